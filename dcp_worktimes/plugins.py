@@ -1,0 +1,238 @@
+"""The worktime registry: built-ins and installed plugins, behind one typed facade.
+
+Use ``get_worktime(name)`` / ``get_worktimes()``, never ``pm.hook`` directly::
+
+    >>> from dcp_worktimes.plugins import get_worktime
+    >>> get_worktime("echo").cls.name                     # doctest: +SKIP
+    'echo'
+    >>> get_worktime("nope")                              # doctest: +SKIP
+    WorktimeNotFound: ENOWORKTIME: no worktime named 'nope' is installed; installed: echo 1.0.0 ...
+
+Sources, in order:
+
+* every module of ``dcp_worktimes.default_worktimes`` (built-ins);
+* every entry point of the group ``dcp_worktimes`` (installed plugin packages), unless
+  ``DCP_WORKTIMES_LOAD_PLUGINS`` restricts them: a comma-separated list of entry-point or
+  distribution names to load; set it to an empty string to load no third-party plugin at all
+  (so a broken plugin can still be uninstalled).
+
+A plugin that fails to import, or whose hook raises, or that registers something that is not a
+valid worktime, is reported (``plugin_errors()`` and a warning) and skipped; the others load.
+Two providers registering one name is a ``DuplicateWorktime`` error naming both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import DuplicateWorktime, WorktimeNotFound
+from .versions import max_satisfying, parse_range, parse_version
+from .worktime import Worktime
+
+ENV_LOAD_PLUGINS = "DCP_WORKTIMES_LOAD_PLUGINS"
+BUILTIN_PROVIDER = "dcp-worktimes"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered worktime class and the package that provided it."""
+
+    cls: type[Worktime]
+    provider: str
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    @property
+    def version(self) -> str:
+        return self.cls.version
+
+    @property
+    def ref(self) -> str:
+        """``module:QualName``: how an evaluator process imports the class again."""
+        return f"{self.cls.__module__}:{self.cls.__qualname__}"
+
+    def describe(self) -> dict:
+        d = self.cls.describe()
+        d["provider"] = self.provider
+        return d
+
+
+@dataclass(frozen=True)
+class PluginError:
+    plugin: str
+    error: str
+
+
+class Registry:
+    """Loads plugins once and answers lookups. One process-wide instance: ``registry()``."""
+
+    def __init__(self, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._worktimes: dict[str, Registration] = {}
+        self._providers: dict[str, str] = {}  # pluggy plugin name -> distribution that provided it
+        self.errors: list[PluginError] = []
+        self._load_builtins()
+        if load_entry_points:
+            self._load_entry_points()
+        self._collect()
+
+    # -- loading --------------------------------------------------------------------------------
+    def _load_builtins(self) -> None:
+        from . import default_worktimes
+
+        for info in pkgutil.iter_modules(default_worktimes.__path__):
+            modname = f"{default_worktimes.__name__}.{info.name}"
+            try:
+                module = importlib.import_module(modname)
+            except Exception as e:  # a broken built-in removes only itself
+                self._report(modname, e)
+                continue
+            self.pm.register(module, name=modname)
+            self._providers[modname] = BUILTIN_PROVIDER
+
+    def _load_entry_points(self) -> None:
+        allowed = os.environ.get(ENV_LOAD_PLUGINS)
+        allow = None if allowed is None else {a.strip() for a in allowed.split(",") if a.strip()}
+        for ep in entry_points(group=hookspecs.PROJECT):
+            dist = ep.dist.name if ep.dist is not None else ep.value
+            if allow is not None and ep.name not in allow and dist not in allow:
+                continue
+            plugin_name = f"{dist}:{ep.name}"
+            if self.pm.has_plugin(plugin_name):
+                continue
+            try:
+                module = ep.load()
+            except Exception as e:
+                self._report(f"{dist} (entry point {ep.name!r})", e)
+                continue
+            if self.pm.is_registered(module):  # two entry points naming one module
+                continue
+            self.pm.register(module, name=plugin_name)
+            self._providers[plugin_name] = dist
+
+    def register_module(self, module: object, provider: str) -> None:
+        """Register an already imported plugin module (tests, embedding applications)."""
+        name = getattr(module, "__name__", repr(module))
+        self.pm.register(module, name=name)
+        self._providers[name] = provider
+        self._collect()
+
+    def _collect(self) -> None:
+        found: dict[str, Registration] = {}
+        for impl in self.pm.hook.register_worktimes.get_hookimpls():
+            provider = self._providers.get(impl.plugin_name, impl.plugin_name)
+            batch: list[type] = []
+            try:
+                impl.function(register=batch.append)
+            except Exception as e:
+                self._report(provider, e)
+                continue
+            for cls in batch:
+                problem = _validate(cls)
+                if problem:
+                    self._report(provider, ValueError(problem))
+                    continue
+                reg = Registration(cls, provider)
+                other = found.get(cls.name)
+                if other is not None and other.cls is not cls:
+                    raise DuplicateWorktime(
+                        f"worktime {cls.name!r} is registered twice: by {other.provider} ({other.ref}) and by "
+                        f"{provider} ({reg.ref}); uninstall one of them or restrict plugins with {ENV_LOAD_PLUGINS}"
+                    )
+                found[cls.name] = reg
+        self._worktimes = found
+
+    def _report(self, plugin: str, error: BaseException) -> None:
+        err = PluginError(plugin, f"{type(error).__name__}: {error}")
+        if err not in self.errors:
+            self.errors.append(err)
+            warnings.warn(f"dcp-worktimes: plugin {plugin} skipped: {err.error}", RuntimeWarning, stacklevel=3)
+
+    # -- lookups --------------------------------------------------------------------------------
+    def worktimes(self) -> dict[str, Registration]:
+        return dict(sorted(self._worktimes.items()))
+
+    def get(self, name: str, version_range: str | None = None) -> Registration:
+        reg = self._worktimes.get(name)
+        if reg is None:
+            raise WorktimeNotFound(f"no worktime named {name!r} is installed; {self._installed_hint(name)}")
+        if version_range is not None:
+            parse_range(version_range)  # a bad range is the caller's error, said as such
+            if max_satisfying([reg.version], version_range) is None:
+                raise WorktimeNotFound(
+                    f"worker does not support {name}@{version_range}: installed {name} is {reg.version}; "
+                    f"ask for a range that includes {reg.version} or upgrade the package {reg.provider}"
+                )
+        return reg
+
+    def _installed_hint(self, name: str) -> str:
+        listing = ", ".join(f"{r.name} {r.version}" for r in self.worktimes().values()) or "none"
+        return f"installed: {listing}. To add it, install its package (for example: pip install dcp-worktime-{name})"
+
+
+def _validate(cls: object) -> str | None:
+    if not (isinstance(cls, type) and issubclass(cls, Worktime)):
+        return f"register() expects a Worktime subclass, got {cls!r}"
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        return f"{cls.__qualname__}.name must be a lowercase name such as 'map-basic', got {name!r}"
+    try:
+        parse_version(cls.version)
+    except ValueError as e:
+        return f"{cls.__qualname__}.version: {e}"
+    if not isinstance(cls.capabilities, dict):
+        return f"{cls.__qualname__}.capabilities must be a dict"
+    return None
+
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = Registry()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget loaded plugins (tests, or after installing a package at run time)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def get_worktimes() -> dict[str, Registration]:
+    """Every installed worktime by name."""
+    return registry().worktimes()
+
+
+def get_worktime(name: str, version_range: str | None = None) -> Registration:
+    """The worktime ``name`` whose version satisfies ``version_range``; else ``WorktimeNotFound``."""
+    return registry().get(name, version_range)
+
+
+def plugin_errors() -> list[PluginError]:
+    return list(registry().errors)
+
+
+def installed_names() -> Iterable[str]:
+    return registry().worktimes().keys()

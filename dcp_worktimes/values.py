@@ -1,0 +1,70 @@
+"""Lossless values across the sandbox boundary (msgpack frames).
+
+The value set every worktime accepts and returns: ``None``, ``bool``, ``int`` of any size,
+``float`` (NaN and infinities included), ``str``, ``bytes``, ``list``, ``dict``. Tuples arrive as
+lists. msgpack covers all of it except integers outside the 64-bit range, which travel as an
+extension type holding their decimal digits::
+
+    >>> from dcp_worktimes.values import pack, unpack
+    >>> unpack(pack([2**100, b"\\x00\\xff", {"a": None}]))
+    [1267650600228229401496703205376, b'\\x00\\xff', {'a': None}]
+
+Anything else raises ``UnserializableValue`` naming the type and where it sits in the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+_EXT_BIGINT = 1  # payload: ASCII decimal digits, optional leading '-'
+
+VALUE_TYPES = "None, bool, int, float, str, bytes, list, dict"
+
+
+class UnserializableValue(TypeError):
+    """A value outside the lossless set (the slice fails with ``EUNSERIALIZABLE``)."""
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, int):  # only reached when msgpack's 64-bit range overflowed
+        return msgpack.ExtType(_EXT_BIGINT, str(int(obj)).encode("ascii"))
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (set, frozenset)):
+        raise UnserializableValue(f"a {type(obj).__name__} cannot cross the sandbox boundary; convert it to a list")
+    raise UnserializableValue(
+        f"a value of type {type(obj).__module__}.{type(obj).__qualname__} cannot cross the sandbox boundary; "
+        f"supported types: {VALUE_TYPES}"
+    )
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_BIGINT:
+        return int(data.decode("ascii"))
+    return msgpack.ExtType(code, data)
+
+
+def pack(value: Any) -> bytes:
+    """Encode one value; raises ``UnserializableValue`` for anything outside the value set."""
+    try:
+        return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=False, datetime=False)
+    except UnserializableValue:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:  # e.g. recursion, non-str-able keys
+        raise UnserializableValue(f"value cannot cross the sandbox boundary: {e}") from None
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True)
+
+
+def packer() -> msgpack.Packer:
+    """A reusable packer with the same rules as ``pack`` (cheaper in a hot loop)."""
+    return msgpack.Packer(default=_default, use_bin_type=True, datetime=False)
+
+
+def unpacker() -> msgpack.Unpacker:
+    """A streaming unpacker for frames read from a pipe."""
+    return msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True, max_buffer_size=2**31 - 1)

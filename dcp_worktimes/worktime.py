@@ -1,0 +1,253 @@
+"""The worktime contract: what a runtime must do to execute DCP slices.
+
+A **worktime** is a class with a ``name``, an exact semver ``version``, ``capabilities``
+advertised to the scheduler, the set of limits its engine enforces by itself, and a life cycle:
+
+1. the evaluator process creates **one instance** (load the engine here, lazily, not at import);
+2. ``prepare(job)`` runs **once per job**: compile the work, load the job's modules. Raise
+   ``WorkError`` if the work is unusable, so the job fails once instead of every slice failing;
+3. ``execute(ctx, datum)`` runs **once per slice**, one at a time, and returns the result
+   (a value of the lossless set in ``dcp_worktimes.values``) or raises ``SliceError``;
+4. ``release()`` when the evaluator retires or moves to another job.
+
+The instance always lives inside a sandboxed evaluator process: the host enforces wall time, CPU
+time, resident memory, output size and the no-progress watchdog from outside even when the
+engine cannot. ``enforces`` tells the host which limits the engine checks itself (and so reports
+with precise codes before the host has to kill the process).
+
+A minimal worktime::
+
+    from dcp_worktimes.worktime import Worktime, SliceContext, JobSpec
+    from dcp_worktimes.errors import SliceError, WorkError
+
+    class Upper(Worktime):
+        name = "upper"
+        version = "1.0.0"
+        capabilities = {"text": {"upper": True}}
+
+        def prepare(self, job: JobSpec) -> None:
+            if job.work not in ("", "upper"):
+                raise WorkError("upper takes no work text; deploy with work='upper'")
+
+        def execute(self, ctx: SliceContext, datum):
+            if not isinstance(datum, str):
+                raise SliceError(f"expected a string, got {type(datum).__name__}")
+            ctx.progress(0.5)
+            ctx.console("log", "upper-casing", len(datum), "chars")
+            return datum.upper()
+
+and its registration (see ``hookspecs.py``)::
+
+    from dcp_worktimes import hookimpl
+
+    @hookimpl
+    def register_worktimes(register):
+        register(Upper)
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+from .limits import Limits
+
+#: Limit names a worktime may list in ``Worktime.enforces``.
+LIMIT_NAMES = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+@dataclass
+class JobSpec:
+    """Everything a worktime needs to know about the job, handed to ``prepare``.
+
+    ``work`` is the work as deployed (JS source, WebAssembly bytes, Python source, a JSON text ...);
+    ``arguments`` are the job's extra work arguments (``work(datum, *arguments)``); ``modules``
+    maps module names to source the work may ``require``/``import``; ``files`` maps relative paths
+    to read-only file contents; ``options`` holds worktime-specific switches (``strict``,
+    ``content_type``, ...).
+    """
+
+    id: str
+    worktime: str
+    work: str | bytes = ""
+    arguments: list[Any] = field(default_factory=list)
+    modules: dict[str, str | bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "worktime": self.worktime,
+            "work": self.work,
+            "arguments": list(self.arguments),
+            "modules": dict(self.modules),
+            "files": dict(self.files),
+            "options": dict(self.options),
+            "limits": self.limits.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "JobSpec":
+        return cls(
+            id=d["id"],
+            worktime=d["worktime"],
+            work=d.get("work", ""),
+            arguments=list(d.get("arguments") or []),
+            modules=dict(d.get("modules") or {}),
+            files=dict(d.get("files") or {}),
+            options=dict(d.get("options") or {}),
+            limits=Limits.from_dict(d.get("limits")),
+        )
+
+
+class SliceContext:
+    """What a running slice may do besides computing: report progress, log, emit, check cancel.
+
+    The host builds one per slice. ``sink`` receives ``(kind, payload)`` events
+    (``"progress"``, ``"console"``, ``"emit"``); ``heartbeat`` is called on every progress report
+    so the no-progress watchdog sees it even when events are throttled.
+
+    Example (what an engine binding does when the guest calls ``progress('50%')``)::
+
+        ctx.progress("50%")        # -> True, and a progress event with value 0.5
+        ctx.console("warn", "low memory", 12)
+        ctx.emit("partial", {"rows": 10})
+        if ctx.cancelled: ...
+    """
+
+    #: DCP throttles progress messages to one per 0.1 s; so do we (the watchdog sees them all).
+    PROGRESS_INTERVAL = 0.1
+
+    def __init__(
+        self,
+        slice_number: int,
+        limits: Limits,
+        job: JobSpec | None = None,
+        sink: Callable[[str, Any], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        cancel_event: threading.Event | None = None,
+    ) -> None:
+        self.slice_number = slice_number
+        self.limits = limits
+        self.job = job
+        self.started = time.monotonic()
+        #: monotonic time after which the slice is too slow (engines use it for their interrupt).
+        self.deadline = self.started + limits.wall_time if limits.wall_time else None
+        self._sink = sink or (lambda kind, payload: None)
+        self._heartbeat = heartbeat or (lambda: None)
+        self._cancel = cancel_event or threading.Event()
+        self._last_value: float | None = None
+        self._last_sent = 0.0
+        self.progress_calls = 0
+
+    # -- progress -----------------------------------------------------------------------------
+    def progress(self, value: Any = None) -> bool:
+        """Report progress: a number in [0, 1], a ``'NN%'`` string, or nothing (indeterminate).
+
+        Out-of-range or backwards values are reported as indeterminate with a console note, as
+        DCP does, never an error. Always returns ``True``.
+        """
+        self.progress_calls += 1
+        self._heartbeat()
+        number = self._normalise(value)
+        now = time.monotonic()
+        if now - self._last_sent >= self.PROGRESS_INTERVAL or number == 1.0:
+            self._last_sent = now
+            self._sink("progress", number)
+        return True
+
+    def _normalise(self, value: Any) -> float | None:
+        if value is None:
+            return None
+        number: float | None
+        if isinstance(value, str):
+            m = _PERCENT.match(value)
+            number = float(m.group(1)) / 100 if m else None
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            number = None
+        if number is None or not (0.0 <= number <= 1.0):
+            self.console("warn", f"progress({value!r}) is not in [0, 1] or 'NN%'; reported as indeterminate")
+            return None
+        if self._last_value is not None and number < self._last_value:
+            self.console("warn", f"progress went backwards ({self._last_value} -> {number}); reported as indeterminate")
+            return None
+        self._last_value = number
+        return number
+
+    # -- console / events ---------------------------------------------------------------------
+    def console(self, level: str, *args: Any) -> None:
+        """Log a console line (``level`` is log/debug/info/warn/error); args are joined by spaces."""
+        message = " ".join(a if isinstance(a, str) else repr(a) for a in args)
+        self._sink("console", {"level": level, "message": message})
+
+    def emit(self, name: str, value: Any = None) -> None:
+        """Deliver a custom event (``work.emit`` in DCP) to the deployer's ``job.work.on(name)``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("emit(name, value): name must be a non-empty string")
+        self._sink("emit", {"name": name, "value": value})
+
+    # -- cancellation -------------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        """True once the host asked this slice to stop; long loops should check it and return."""
+        return self._cancel.is_set()
+
+    def time_left(self) -> float | None:
+        """Seconds until the wall-time limit, or ``None`` when unlimited."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+class Worktime(ABC):
+    """Base class of every worktime. Subclasses set the class attributes and implement ``execute``."""
+
+    #: Unique name jobs ask for (``job.worktime = "map-basic"``).
+    name: ClassVar[str]
+    #: Exact semver version of this worktime (jobs match it with ranges such as ``^1.0.0``).
+    version: ClassVar[str] = "0.0.0"
+    #: Nested dict of booleans/strings advertised to the scheduler and matched against requirements.
+    capabilities: ClassVar[Mapping[str, Any]] = {}
+    #: Limits the engine enforces itself (subset of ``LIMIT_NAMES``); the host enforces all anyway.
+    enforces: ClassVar[frozenset[str]] = frozenset()
+    #: One-line description shown by ``dcp-worker worktimes``.
+    description: ClassVar[str] = ""
+
+    def prepare(self, job: JobSpec) -> None:
+        """Once per job, before its first slice: compile the work, load modules.
+
+        Raise ``WorkError`` when the work cannot run at all. The default keeps ``job`` as
+        ``self.job``.
+        """
+        self.job = job
+
+    @abstractmethod
+    def execute(self, ctx: SliceContext, datum: Any) -> Any:
+        """Run one slice and return its result, or raise ``SliceError`` with a specific code."""
+
+    def release(self) -> None:
+        """The evaluator is done with the current job (or retiring): free per-job resources."""
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The advertised identity: name, version, capabilities, enforced limits."""
+        return {
+            "name": cls.name,
+            "version": cls.version,
+            "capabilities": dict(cls.capabilities),
+            "enforces": sorted(cls.enforces),
+            "description": cls.description or _first_line(cls.__doc__),
+        }
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
