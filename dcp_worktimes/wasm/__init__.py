@@ -1,0 +1,39 @@
+"""Shared WebAssembly machinery (wasmtime) for the ``wasi`` and ``python`` worktimes.
+
+Everything lives in ``engine.py``; see its docstring for the usage example and the decisions.
+Importing this package does not import wasmtime.
+"""
+
+from .engine import (
+    ENV_CACHE,
+    CompiledModule,
+    EngineOptions,
+    Guard,
+    Watchdog,
+    cache_dir,
+    compile_module,
+    get_engine,
+    memory_at_quota,
+    safe_wasm_stack,
+    set_store_limits,
+    stats,
+    trap_to_error,
+    wasm_bytes,
+)
+
+__all__ = [
+    "ENV_CACHE",
+    "CompiledModule",
+    "EngineOptions",
+    "Guard",
+    "Watchdog",
+    "cache_dir",
+    "compile_module",
+    "get_engine",
+    "memory_at_quota",
+    "safe_wasm_stack",
+    "set_store_limits",
+    "stats",
+    "trap_to_error",
+    "wasm_bytes",
+]

@@ -1,0 +1,446 @@
+"""Shared wasmtime machinery for the worktimes that run WebAssembly (``wasi``, ``python``).
+
+Five small pieces, each usable on its own::
+
+    from dcp_worktimes.wasm import (EngineOptions, get_engine, compile_module, Watchdog,
+                                    set_store_limits, trap_to_error)
+
+    options = EngineOptions(fuel=False, exceptions=False)
+    engine = get_engine(options)                       # one Engine per options, per process
+    compiled = compile_module(engine, options, wasm)   # disk-cached: a restarted worker loads, not compiles
+    watchdog = Watchdog(engine)                        # one epoch-interrupter thread per engine
+
+    store = wasmtime.Store(engine)
+    set_store_limits(store, memory=128 << 20)          # memory.grow past it returns -1
+    with watchdog.guard(store, deadline=ctx.deadline, cpu_time=2.0) as guard:
+        try:
+            instance = linker.instantiate(store, compiled.module)
+            ...
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise trap_to_error(exc, interrupted=guard.error) from None
+
+Decisions (why):
+
+* **Epoch interruption is always on.** A store's deadline is one epoch tick ahead; the watchdog
+  thread bumps the engine's epoch only when a guarded store must stop (wall deadline, CPU budget,
+  or a ``check`` callback such as no-progress/output/cancel). So a normal slice pays only the
+  JIT's cheap epoch check, never a periodic tick, and the stop happens within ``poll`` seconds
+  (plus the guest's next loop back-edge). Consequence: every store of an engine made here must run
+  under ``Watchdog.guard`` (an unguarded store traps at once with ``INTERRUPT``), and only one
+  store per engine may be guarded at a time (the epoch is engine-wide).
+* **Fuel is optional** (``EngineOptions(fuel=True)``): a deterministic instruction budget
+  (``Store.set_fuel``), at a run-time cost of roughly 10-30 %. Out of fuel maps to ``ECPULIMIT``.
+* **Compiled code depends on the engine options**, so options are part of the cache key and each
+  distinct ``EngineOptions`` gets its own ``Engine``.
+* **max_wasm_stack is clamped** to half of the smallest thread stack this process gives its
+  threads (main-thread ``RLIMIT_STACK`` and the default for new threads): a wasm stack bigger
+  than the host thread's stack segfaults the host instead of trapping.
+* A guest blocked *inside* a host call (a WASI sleep, a slow Python callback) is not interrupted
+  by the epoch; the evaluator's supervisor still enforces wall time from outside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import resource
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from ..errors import ErrorCode, SliceError
+
+if TYPE_CHECKING:  # wasmtime is imported lazily: importing this module must stay cheap
+    import wasmtime
+
+ENV_CACHE = "DCP_WORKTIMES_CACHE"
+KiB, MiB = 1 << 10, 1 << 20
+WASM_PAGE = 64 * KiB
+
+__all__ = [
+    "ENV_CACHE",
+    "EngineOptions",
+    "get_engine",
+    "safe_wasm_stack",
+    "cache_dir",
+    "CompiledModule",
+    "compile_module",
+    "wasm_bytes",
+    "Watchdog",
+    "Guard",
+    "set_store_limits",
+    "memory_at_quota",
+    "trap_to_error",
+    "stats",
+]
+
+#: Process-wide counters, handy in tests and benchmarks ("the second start compiled nothing").
+stats = {"compiled": 0, "loaded_from_disk": 0, "reused_in_memory": 0}
+
+
+# -- engines -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything that shapes compiled code. Equal options share one ``Engine`` and cache entries.
+
+    ``fuel``: count instructions (deterministic budget, ``ECPULIMIT``), slower.
+    ``exceptions``: enable the wasm exception-handling proposal (CPython-for-WASI needs it).
+    ``max_wasm_stack``: requested guest stack in bytes; clamped by ``safe_wasm_stack``.
+    ``opt_level``: Cranelift optimisation level (``"speed"``, ``"speed_and_size"``, ``"none"``).
+    """
+
+    fuel: bool = False
+    exceptions: bool = False
+    max_wasm_stack: int = 1 * MiB
+    opt_level: str = "speed"
+
+    def fingerprint(self) -> str:
+        """A stable text of the options plus wasmtime version and CPU: the cache-key half."""
+        from importlib.metadata import version
+
+        effective = asdict(self) | {"max_wasm_stack": safe_wasm_stack(self.max_wasm_stack)}
+        fields = ",".join(f"{k}={effective[k]}" for k in sorted(effective))
+        return f"wasmtime={version('wasmtime')};arch={platform.machine()};{fields}"
+
+
+_engines: dict[EngineOptions, "wasmtime.Engine"] = {}
+_engines_lock = threading.Lock()
+
+
+def safe_wasm_stack(requested: int) -> int:
+    """``requested`` clamped to half the smallest stack a thread of this process gets.
+
+    >>> safe_wasm_stack(512 * 1024) <= 512 * 1024
+    True
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    main = soft if soft != resource.RLIM_INFINITY and soft > 0 else 2 * MiB
+    # New threads get threading.stack_size() if set, else glibc's default (RLIMIT_STACK, or
+    # 2 MiB when that is unlimited): the same number as `main` in the second case.
+    threads = threading.stack_size() or main
+    return max(64 * KiB, min(requested, min(main, threads) // 2))
+
+
+def get_engine(options: EngineOptions = EngineOptions()) -> "wasmtime.Engine":
+    """The process's ``Engine`` for these options (created once; epoch interruption always on)."""
+    with _engines_lock:
+        engine = _engines.get(options)
+        if engine is None:
+            import wasmtime
+
+            config = wasmtime.Config()
+            config.epoch_interruption = True
+            config.consume_fuel = options.fuel
+            config.wasm_exceptions = options.exceptions
+            config.max_wasm_stack = safe_wasm_stack(options.max_wasm_stack)
+            config.cranelift_opt_level = options.opt_level
+            engine = _engines[options] = wasmtime.Engine(config)
+        return engine
+
+
+# -- compiled-module cache ---------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where compiled modules live: ``$DCP_WORKTIMES_CACHE/wasm`` or the user cache dir."""
+    base = os.environ.get(ENV_CACHE)
+    if not base:
+        import platformdirs
+
+        base = platformdirs.user_cache_dir("dcp-worktimes")
+    return Path(base) / "wasm"
+
+
+@dataclass
+class CompiledModule:
+    """A compiled module and how it was obtained (``source``: compiled / disk / memory)."""
+
+    module: "wasmtime.Module"
+    digest: str  # sha256 of the wasm bytes
+    path: Path  # the cache file (may be absent when the cache dir is not writable)
+    source: str
+    seconds: float
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.source != "compiled"
+
+
+_memo: dict[str, CompiledModule] = {}
+_MEMO_MAX = 8
+
+
+def wasm_bytes(work: bytes | str | os.PathLike) -> bytes:
+    """Module bytes from binary wasm, WAT text, or a path to a ``.wasm``/``.wat`` file.
+
+    Raises ``ValueError`` saying which of the three forms was expected.
+    """
+    import wasmtime
+
+    if isinstance(work, os.PathLike):
+        work = Path(work).read_bytes()
+    elif isinstance(work, str) and work.strip().endswith((".wasm", ".wat")) and "\n" not in work.strip():
+        path = Path(work.strip()).expanduser()
+        if not path.is_file():
+            raise ValueError(f"work {work!r} looks like a module path but no such file exists")
+        work = path.read_bytes()
+    if isinstance(work, (bytes, bytearray, memoryview)):
+        data = bytes(work)
+        if data[:4] == b"\0asm":
+            return data
+        try:
+            work = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("work bytes are neither a wasm binary (starting with \\0asm) nor WAT text") from None
+    try:
+        return bytes(wasmtime.wat2wasm(work))
+    except wasmtime.WasmtimeError as e:
+        raise ValueError(f"work is not valid WAT text (nor a wasm binary or a .wasm path): {e}") from None
+
+
+def compile_module(engine: "wasmtime.Engine", options: EngineOptions, wasm: bytes) -> CompiledModule:
+    """Compile ``wasm`` for ``engine`` (made from ``options``), through the memory and disk caches.
+
+    The disk entry is keyed by the sha256 of the module bytes and of ``options.fingerprint()``,
+    written atomically, and trusted on load (it is native code: the cache directory must only be
+    writable by the worker's user). A stale or corrupt entry is recompiled and replaced. Raises
+    ``wasmtime.WasmtimeError`` when the module does not validate.
+    """
+    import wasmtime
+
+    started = time.perf_counter()
+    digest = hashlib.sha256(wasm).hexdigest()
+    config_key = hashlib.sha256(options.fingerprint().encode()).hexdigest()[:16]
+    key = f"{digest[:40]}-{config_key}"
+    memo_key = f"{key}-{id(engine)}"
+    if memo_key in _memo:
+        stats["reused_in_memory"] += 1
+        hit = _memo[memo_key]
+        return CompiledModule(hit.module, digest, hit.path, "memory", time.perf_counter() - started)
+    path = cache_dir() / f"{key}.cwasm"
+    module = None
+    source = "disk"
+    if path.is_file():
+        try:
+            module = wasmtime.Module.deserialize_file(engine, str(path))
+            stats["loaded_from_disk"] += 1
+        except wasmtime.WasmtimeError:
+            module = None  # written by another wasmtime build or truncated: recompile below
+    if module is None:
+        source = "compiled"
+        module = wasmtime.Module(engine, wasm)
+        stats["compiled"] += 1
+        _write_atomically(path, module.serialize())
+    compiled = CompiledModule(module, digest, path, source, time.perf_counter() - started)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.pop(next(iter(_memo)))
+    _memo[memo_key] = compiled
+    return compiled
+
+
+def _write_atomically(path: Path, data: bytes | bytearray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a recompile next time; never fail the job for it
+
+
+# -- the epoch watchdog ------------------------------------------------------------------------
+class Guard:
+    """One guarded run. ``error`` is set when the watchdog stopped the guest (and says why)."""
+
+    def __init__(self, watchdog: "Watchdog") -> None:
+        self._watchdog = watchdog
+        self.error: SliceError | None = None
+
+    def interrupt(self, error: SliceError) -> None:
+        """Stop the guest at its next epoch check, from any thread (first reason wins)."""
+        self._watchdog._interrupt(self, error)
+
+
+class Watchdog:
+    """A daemon thread that interrupts the guarded store of ``engine`` when it must stop.
+
+    ``guard(store, deadline=..., cpu_time=..., check=...)`` arms it for one run:
+
+    * ``deadline``: a ``time.monotonic()`` instant (e.g. ``SliceContext.deadline``) → ``ESLICETOOSLOW``;
+    * ``cpu_time``: seconds of CPU used by the *guarding thread* → ``ECPULIMIT``;
+    * ``check``: called every ``poll`` seconds on the watchdog thread; return a ``SliceError``
+      to stop the guest with it (no-progress, cancellation, ...).
+
+    ``guard.interrupt(error)`` stops the guest from any thread (e.g. an output callback).
+    """
+
+    def __init__(self, engine: "wasmtime.Engine", poll: float = 0.05) -> None:
+        self.engine = engine
+        self.poll = poll
+        self._cond = threading.Condition()
+        self._armed: dict | None = None
+        self._thread = threading.Thread(target=self._run, name="dcp-wasm-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def guard(
+        self,
+        store: "wasmtime.Store",
+        *,
+        deadline: float | None = None,
+        cpu_time: float | None = None,
+        check: Callable[[], SliceError | None] | None = None,
+    ) -> Iterator[Guard]:
+        guard = Guard(self)
+        clock = None
+        if cpu_time is not None:
+            clock = time.pthread_getcpuclockid(threading.get_ident())
+            cpu_deadline = time.clock_gettime(clock) + cpu_time
+        with self._cond:
+            if self._armed is not None:
+                raise RuntimeError("this Watchdog already guards a running store; use one store at a time per engine")
+            store.set_epoch_deadline(1)
+            self._armed = {
+                "guard": guard,
+                "deadline": deadline,
+                "clock": clock,
+                "cpu_deadline": cpu_deadline if clock is not None else None,
+                "cpu_time": cpu_time,
+                "check": check,
+            }
+            self._cond.notify()
+        try:
+            yield guard
+        finally:
+            with self._cond:
+                self._armed = None
+                self._cond.notify()
+
+    def _interrupt(self, guard: Guard, error: SliceError) -> None:
+        with self._cond:
+            if self._armed is None or self._armed["guard"] is not guard or guard.error is not None:
+                return
+            guard.error = error
+            self.engine.increment_epoch()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                armed = self._armed
+                if armed is None or armed["guard"].error is not None:
+                    self._cond.wait()
+                    continue
+                timeout = self.poll if (armed["check"] or armed["clock"] is not None) else None
+                if armed["deadline"] is not None:
+                    left = armed["deadline"] - time.monotonic()
+                    timeout = left if timeout is None else min(timeout, left)
+                if timeout is None or timeout > 0:
+                    self._cond.wait(timeout)
+                    if self._armed is not armed:
+                        continue
+            error = self._verdict(armed)
+            if error is not None:
+                self._interrupt(armed["guard"], error)
+
+    @staticmethod
+    def _verdict(armed: dict) -> SliceError | None:
+        if armed["deadline"] is not None and time.monotonic() >= armed["deadline"]:
+            return SliceError("the slice ran past its wall-time limit; raise limits.wall_time or split the work",
+                              code=ErrorCode.ESLICETOOSLOW)
+        if armed["clock"] is not None:
+            try:
+                used = time.clock_gettime(armed["clock"])
+            except OSError:  # the guarded thread is gone
+                return None
+            if used >= armed["cpu_deadline"]:
+                return SliceError(f"the slice used more than {armed['cpu_time']:g} s of CPU; raise limits.cpu_time",
+                                  code=ErrorCode.ECPULIMIT)
+        if armed["check"] is not None:
+            return armed["check"]()
+        return None
+
+
+# -- store limits and traps --------------------------------------------------------------------
+def set_store_limits(
+    store: "wasmtime.Store",
+    *,
+    memory: int | None,
+    table_elements: int | None = 1_000_000,
+    instances: int | None = 16,
+    tables: int | None = 16,
+    memories: int | None = 4,
+) -> None:
+    """Cap what the guest may allocate in ``store`` (``None`` = unlimited).
+
+    ``memory`` is per linear memory, in bytes: ``memory.grow`` beyond it returns -1 (C ``malloc``
+    returns NULL); instantiating a module whose initial memory exceeds it fails.
+    """
+
+    def cap(value: int | None) -> int:
+        return -1 if value is None else int(value)
+
+    store.set_limits(
+        memory_size=cap(memory),
+        table_elements=cap(table_elements),
+        instances=cap(instances),
+        tables=cap(tables),
+        memories=cap(memories),
+    )
+
+
+def memory_at_quota(store: "wasmtime.Store", memory: "wasmtime.Memory | None", limit: int | None) -> bool:
+    """True when ``memory`` cannot grow one more page under ``limit``: a failure now is the quota's."""
+    if memory is None or limit is None:
+        return False
+    return memory.data_len(store) + WASM_PAGE > limit
+
+
+_TRAP_MESSAGES = {
+    "STACK_OVERFLOW": "the guest overflowed its stack (too deep recursion?)",
+    "MEMORY_OUT_OF_BOUNDS": "the guest accessed memory out of bounds",
+    "UNREACHABLE": "the guest aborted (unreachable instruction: abort(), panic or failed assert)",
+    "INTEGER_DIVISION_BY_ZERO": "the guest divided an integer by zero",
+    "INDIRECT_CALL_TO_NULL": "the guest called a null function pointer",
+}
+
+
+def trap_to_error(
+    exc: BaseException,
+    *,
+    interrupted: SliceError | None = None,
+    memory_exhausted: bool = False,
+) -> SliceError:
+    """The ``SliceError`` for a wasmtime failure.
+
+    ``interrupted``: the watchdog's ``guard.error`` (it knows *why* the epoch moved);
+    ``memory_exhausted``: the guest's memory is at its quota (see ``memory_at_quota``), so a
+    trap or a non-zero exit is reported as ``EMEMORYLIMIT``.
+
+    >>> trap_to_error(RuntimeError("boom")).code
+    <ErrorCode.EUNCAUGHT: 'EUNCAUGHT'>
+    """
+    import wasmtime
+
+    code = getattr(exc, "trap_code", None) if isinstance(exc, wasmtime.Trap) else None
+    name = code.name if code is not None else None
+    text = str(exc).strip()
+    if name == "INTERRUPT" or interrupted is not None:
+        if interrupted is not None:
+            return interrupted
+        return SliceError("the guest was interrupted (epoch deadline reached)", code=ErrorCode.ESLICETOOSLOW)
+    if name == "OUT_OF_FUEL":
+        return SliceError("the guest used up its instruction budget (fuel); raise options['fuel']",
+                          code=ErrorCode.ECPULIMIT, name="OutOfFuel", stack=text)
+    if memory_exhausted:
+        return SliceError("the guest ran out of memory at its quota; raise limits.memory",
+                          code=ErrorCode.EMEMORYLIMIT, name="OutOfMemory", stack=text)
+    if isinstance(exc, wasmtime.ExitTrap):
+        return SliceError(f"the guest exited with status {exc.code}", code=ErrorCode.EUNCAUGHT, name="Exit")
+    if name is not None:
+        return SliceError(_TRAP_MESSAGES.get(name, f"the guest trapped: {name.lower().replace('_', ' ')}"),
+                          code=ErrorCode.EUNCAUGHT, name=f"Trap.{name}", stack=text)
+    return SliceError(f"the guest failed: {text}", code=ErrorCode.EUNCAUGHT, name=type(exc).__name__, stack=text)
