@@ -1,0 +1,43 @@
+"""Scheduler URLs: ``sqlite:///abs/path.db``, ``sqlite://rel/path.db``, ``sqlite://:memory:``, a ``.db`` path.
+
+>>> parse_url("sqlite:////tmp/jobs.db")
+('sqlite', '/tmp/jobs.db')
+>>> parse_url("sqlite:///tmp/jobs.db")
+('sqlite', '/tmp/jobs.db')
+>>> parse_url("/tmp/jobs.db")
+('sqlite', '/tmp/jobs.db')
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import SchedulerError
+
+_HINT = "write sqlite:///absolute/path.db (or set DCP_SCHEDULER to such a URL)"
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``(backend kind, target)``; ``SchedulerError`` saying how to write a valid URL."""
+    if not isinstance(url, str) or not url.strip():
+        raise SchedulerError(f"empty scheduler URL; {_HINT}")
+    url = url.strip()
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://"):]
+        if rest in (":memory:", "/:memory:"):
+            return "sqlite", ":memory:"
+        if rest.startswith("/"):
+            # sqlite:///tmp/x.db and sqlite:////tmp/x.db both mean /tmp/x.db (SQLAlchemy's is the
+            # four-slash form; people write three and mean absolute).
+            path = "/" + rest.lstrip("/")
+        else:
+            path = os.path.abspath(rest)
+        if not rest.strip("/"):
+            raise SchedulerError(f"scheduler URL {url!r} has no file path; {_HINT}")
+        return "sqlite", os.path.expanduser(path)
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise SchedulerError(f"unsupported scheduler URL scheme {scheme!r} in {url!r}; supported: sqlite ({_HINT})")
+    if url.endswith((".db", ".sqlite", ".sqlite3")):
+        return "sqlite", os.path.abspath(os.path.expanduser(url))
+    raise SchedulerError(f"cannot read {url!r} as a scheduler URL; {_HINT}")
