@@ -108,6 +108,17 @@ class JobSpec:
         )
 
 
+def _ignore(kind: str, payload: Any) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
+_NEVER = threading.Event()  # the cancel flag of contexts nobody can cancel
+
+
 class SliceContext:
     """What a running slice may do besides computing: report progress, log, emit, check cancel.
 
@@ -126,6 +137,10 @@ class SliceContext:
     #: DCP throttles progress messages to one per 0.1 s; so do we (the watchdog sees them all).
     PROGRESS_INTERVAL = 0.1
 
+    # Slots: a context is built per slice, and trivial slices are counted in microseconds.
+    __slots__ = ("slice_number", "limits", "job", "started", "deadline", "_sink", "_heartbeat", "_cancel",
+                 "_last_value", "_last_sent", "progress_calls")
+
     def __init__(
         self,
         slice_number: int,
@@ -141,11 +156,13 @@ class SliceContext:
         self.started = time.monotonic()
         #: monotonic time after which the slice is too slow (engines use it for their interrupt).
         self.deadline = self.started + limits.wall_time if limits.wall_time else None
-        self._sink = sink or (lambda kind, payload: None)
-        self._heartbeat = heartbeat or (lambda: None)
-        self._cancel = cancel_event or threading.Event()
+        self._sink = sink or _ignore
+        self._heartbeat = heartbeat or _nothing
+        self._cancel = cancel_event or _NEVER
         self._last_value: float | None = None
-        self._last_sent = 0.0
+        # The first event goes out after PROGRESS_INTERVAL too: a slice shorter than that finishes
+        # before any progress event would be useful, and its result says 100 % anyway.
+        self._last_sent = self.started
         self.progress_calls = 0
 
     # -- progress -----------------------------------------------------------------------------
@@ -159,7 +176,7 @@ class SliceContext:
         self._heartbeat()
         number = self._normalise(value)
         now = time.monotonic()
-        if now - self._last_sent >= self.PROGRESS_INTERVAL or number == 1.0:
+        if now - self._last_sent >= self.PROGRESS_INTERVAL:
             self._last_sent = now
             self._sink("progress", number)
         return True
@@ -218,6 +235,9 @@ class Worktime(ABC):
     capabilities: ClassVar[Mapping[str, Any]] = {}
     #: Limits the engine enforces itself (subset of ``LIMIT_NAMES``); the host enforces all anyway.
     enforces: ClassVar[frozenset[str]] = frozenset()
+    #: Whether evaluators of this worktime keep the host's network. ``False`` (the default) gives
+    #: each evaluator an empty network namespace; a worktime that talks to a local server sets it.
+    network: ClassVar[bool] = False
     #: One-line description shown by ``dcp-worker worktimes``.
     description: ClassVar[str] = ""
 
