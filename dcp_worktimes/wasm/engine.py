@@ -392,11 +392,22 @@ def set_store_limits(
     )
 
 
-def memory_at_quota(store: "wasmtime.Store", memory: "wasmtime.Memory | None", limit: int | None) -> bool:
-    """True when ``memory`` cannot grow one more page under ``limit``: a failure now is the quota's."""
+def memory_at_quota(
+    store: "wasmtime.Store", memory: "wasmtime.Memory | None", limit: int | None, margin: int | None = None
+) -> bool:
+    """True when ``memory`` is within ``margin`` of ``limit``: a failure now is (almost surely) the quota's.
+
+    wasmtime-py cannot tell us that a ``memory.grow`` was refused, so this is a heuristic: an
+    allocator asks for chunks (wasi-libc: the request rounded up to pages), so after a refused
+    grow the memory sits less than one request below the quota. The default margin,
+    ``max(1 MiB, limit / 16)``, catches the usual allocation sizes; a single huge request far
+    beyond the quota is not recognised (the guest's own error is reported instead).
+    """
     if memory is None or limit is None:
         return False
-    return memory.data_len(store) + WASM_PAGE > limit
+    if margin is None:
+        margin = max(MiB, limit // 16)
+    return memory.data_len(store) + max(margin, WASM_PAGE) > limit
 
 
 _TRAP_MESSAGES = {

@@ -1,0 +1,8 @@
+"""The ``wasi`` worktime (WebAssembly/WASI command modules on wasmtime); see ``sandbox/wasi.md``.
+
+Importing this package imports wasmtime only when a worktime instance prepares a job.
+"""
+
+from .worktime import WasiWorktime
+
+__all__ = ["WasiWorktime"]

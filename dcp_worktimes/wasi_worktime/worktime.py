@@ -1,0 +1,386 @@
+"""The ``wasi`` worktime: each slice runs a WebAssembly command module under wasmtime.
+
+The slice ABI (stdin/argv/stdout/exit status, the optional ``dcp`` imports) is in ``abi.py`` and
+documented for work authors in ``sandbox/wasi.md``. Quick use, in-process::
+
+    from dcp_worktimes.worktime import JobSpec, SliceContext
+    from dcp_worktimes.wasi_worktime import WasiWorktime
+
+    wt = WasiWorktime()
+    wt.prepare(JobSpec(id="j", worktime="wasi", work=open("sum.wasm", "rb").read()))
+    wt.execute(SliceContext(0, wt.job.limits, wt.job), [1, 2, 3])   # -> what the module printed
+
+Per job: the module is compiled once (disk-cached, see ``dcp_worktimes.wasm``), its imports
+resolved once (``InstancePre``), the job's files written once to a directory mounted read-only
+at ``/job``. Per slice: a fresh ``Store`` (fresh instance, fresh memory), a fresh scratch
+directory at ``/tmp`` (deleted afterwards), the datum on stdin, no environment, no sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import ErrorCode, SliceError, WorkError
+from ..limits import MiB, parse_size
+from ..wasm import (
+    EngineOptions,
+    Watchdog,
+    compile_module,
+    get_engine,
+    memory_at_quota,
+    set_store_limits,
+    trap_to_error,
+    wasm_bytes,
+)
+from ..worktime import JobSpec, SliceContext, Worktime
+from . import abi
+
+#: Guest paths of the two preopened directories.
+SCRATCH_GUEST, FILES_GUEST = "/tmp", "/job"
+DEFAULT_SCRATCH_SIZE = 64 * MiB
+STDERR_TAIL = 2048
+#: How often the watchdog re-measures the scratch directory (a soft cap, see sandbox/wasi.md).
+SCRATCH_CHECK_INTERVAL = 0.2
+
+_ALLOWED_IMPORTS = {"dcp": {"progress", "console", "emit"}}
+_watchdogs: dict[int, Watchdog] = {}
+_watchdogs_lock = threading.Lock()
+
+
+def _watchdog(engine) -> Watchdog:
+    with _watchdogs_lock:
+        wd = _watchdogs.get(id(engine))
+        if wd is None:
+            wd = _watchdogs[id(engine)] = Watchdog(engine)
+        return wd
+
+
+class _Slice:
+    """Per-slice state the host imports and output callbacks reach."""
+
+    def __init__(self, ctx: SliceContext, output_cap: int | None) -> None:
+        self.ctx = ctx
+        self.cap = output_cap
+        self.stdout = bytearray()
+        self.stderr_tail = bytearray()
+        self.console_bytes = 0
+        self.last_progress = time.monotonic()
+        self.guard = None  # set once the watchdog guard is armed
+        self.console = abi.LineSplitter(lambda line: self.log("log", line))
+
+    def over(self, error: str) -> None:
+        if self.guard is not None:
+            self.guard.interrupt(SliceError(error, code=ErrorCode.EOUTPUTLIMIT))
+
+    def on_stdout(self, chunk: bytes) -> None:
+        if self.cap is not None and len(self.stdout) + len(chunk) > self.cap:
+            self.over(f"stdout (the result) exceeded the output limit of {self.cap} bytes; raise limits.output")
+            return
+        self.stdout += chunk
+
+    def on_stderr(self, chunk: bytes) -> None:
+        self.stderr_tail += chunk
+        if len(self.stderr_tail) > STDERR_TAIL:
+            del self.stderr_tail[:-STDERR_TAIL]
+        self.console.write(chunk)
+
+    def log(self, level: str, message: str) -> None:
+        self.console_bytes += len(message)
+        if self.cap is not None and self.console_bytes > self.cap:
+            self.over(f"console output exceeded the output limit of {self.cap} bytes; log less or raise limits.output")
+            return
+        self.ctx.console(level, message)
+
+
+class WasiWorktime(Worktime):
+    """WebAssembly (WASI preview 1) command modules on wasmtime: datum on stdin, result on stdout."""
+
+    name = "wasi"
+    version = "1.0.0"
+    description = "WebAssembly/WASI command modules on wasmtime: datum on stdin, result on stdout"
+    capabilities = {
+        "wasm": {"wasi": "preview1", "simd": True, "exceptions": True, "fuel": True},
+        "wasi": {"command": True, "content_types": ["json", "msgpack", "raw"]},
+    }
+    enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+
+    def __init__(self) -> None:
+        self.job: JobSpec | None = None
+        self._files_dir: str | None = None
+        self._current: _Slice | None = None
+
+    # -- per job ---------------------------------------------------------------------------
+    def prepare(self, job: JobSpec) -> None:
+        import wasmtime
+
+        self.release()
+        self.job = job
+        options = job.options or {}
+        self.content_type = abi.content_type(options.get("content_type"))
+        self.argv = abi.argv(list(job.arguments))
+        self.fuel = _fuel(options.get("fuel"))
+        try:
+            self.scratch_size = parse_size(options.get("scratch_size", DEFAULT_SCRATCH_SIZE), "options.scratch_size")
+        except ValueError as e:
+            raise WorkError(str(e)) from None
+        self.engine_options = EngineOptions(fuel=self.fuel is not None, exceptions=True)
+        self.engine = get_engine(self.engine_options)
+        self.watchdog = _watchdog(self.engine)
+        try:
+            wasm = wasm_bytes(job.work)
+        except (ValueError, OSError) as e:
+            raise WorkError(f"wasi work must be a wasm module (bytes), a .wasm path or WAT text: {e}") from None
+        try:
+            self.compiled = compile_module(self.engine, self.engine_options, wasm)
+        except wasmtime.WasmtimeError as e:
+            raise WorkError(f"the wasm module does not validate: {e}") from None
+        module = self.compiled.module
+        self._check_module(module)
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        self._define_dcp(linker)
+        try:
+            self.pre = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as e:
+            raise WorkError(f"the module's imports cannot be satisfied: {e}") from None
+        self._files_dir = _write_files(job.files) if job.files else None
+
+    def _check_module(self, module) -> None:
+        bad = []
+        for imp in module.imports:
+            if imp.module == "wasi_snapshot_preview1":
+                continue
+            if imp.name not in _ALLOWED_IMPORTS.get(imp.module, ()):
+                bad.append(f"{imp.module}.{imp.name}")
+        if bad:
+            raise WorkError(
+                f"the module imports {', '.join(bad)}; a wasi work may import only wasi_snapshot_preview1.* and "
+                "dcp.progress/console/emit (see sandbox/wasi.md)"
+            )
+        if "_start" not in {e.name for e in module.exports}:
+            raise WorkError("the module exports no _start: build a WASI *command* (e.g. clang --target=wasm32-wasi "
+                            "with a main function, or cargo build --target wasm32-wasip1 for a bin crate)")
+
+    def _define_dcp(self, linker) -> None:
+        import wasmtime
+
+        f64, i32 = wasmtime.ValType.f64(), wasmtime.ValType.i32()
+
+        def read(caller, ptr: int, length: int) -> bytes:
+            memory = caller.get("memory")
+            if not isinstance(memory, wasmtime.Memory):
+                raise wasmtime.Trap("dcp imports need the module to export its memory as 'memory'")
+            if ptr < 0 or length < 0 or ptr + length > memory.data_len(caller):
+                raise wasmtime.Trap(f"dcp import given an out-of-bounds string ({ptr}, {length})")
+            return bytes(memory.read(caller, ptr, ptr + length))
+
+        def progress(value: float) -> None:
+            s = self._current
+            if s is not None:
+                s.last_progress = time.monotonic()
+                s.ctx.progress(abi.progress_value(value))
+
+        def console(caller, level: int, ptr: int, length: int) -> None:
+            s = self._current
+            if s is not None:
+                name = abi.CONSOLE_LEVELS[level] if 0 <= level < len(abi.CONSOLE_LEVELS) else "log"
+                s.log(name, read(caller, ptr, length).decode("utf-8", "replace"))
+
+        def emit(caller, name_ptr: int, name_len: int, value_ptr: int, value_len: int) -> None:
+            s = self._current
+            if s is None:
+                return
+            name = read(caller, name_ptr, name_len).decode("utf-8", "replace")
+            raw = read(caller, value_ptr, value_len)
+            s.console_bytes += len(raw)
+            if s.cap is not None and s.console_bytes > s.cap:
+                s.over(f"emitted events exceeded the output limit of {s.cap} bytes")
+                return
+            try:
+                value = json.loads(raw) if raw.strip() else None
+            except ValueError as e:
+                raise wasmtime.Trap(f"dcp.emit({name!r}): the value is not JSON: {e}") from None
+            s.ctx.emit(name or "message", value)
+
+        linker.define_func("dcp", "progress", wasmtime.FuncType([f64], []), progress)
+        linker.define_func("dcp", "console", wasmtime.FuncType([i32, i32, i32], []), console, access_caller=True)
+        linker.define_func("dcp", "emit", wasmtime.FuncType([i32] * 4, []), emit, access_caller=True)
+
+    def release(self) -> None:
+        if self._files_dir:
+            shutil.rmtree(self._files_dir, ignore_errors=True)
+            self._files_dir = None
+
+    # -- per slice ---------------------------------------------------------------------------
+    def execute(self, ctx: SliceContext, datum: Any) -> Any:
+        import wasmtime
+
+        if self.job is None:
+            raise RuntimeError("prepare(job) must run before execute()")
+        limits = ctx.limits
+        stdin = self.content_type.encode(datum)
+        state = _Slice(ctx, limits.output)
+        workdir = tempfile.mkdtemp(prefix="dcp-wasi-slice-")
+        try:
+            scratch = os.path.join(workdir, "scratch")
+            os.mkdir(scratch, 0o700)
+            stdin_path = os.path.join(workdir, "stdin")
+            with open(stdin_path, "wb") as f:
+                f.write(stdin)
+
+            wasi = wasmtime.WasiConfig()
+            wasi.argv = self.argv  # and no env: nothing of the host leaks in
+            wasi.stdin_file = stdin_path
+            wasi.stdout_custom = state.on_stdout
+            wasi.stderr_custom = state.on_stderr
+            wasi.preopen_dir(scratch, SCRATCH_GUEST, True)
+            if self._files_dir:
+                wasi.preopen_dir(self._files_dir, FILES_GUEST, False)
+
+            store = wasmtime.Store(self.engine)
+            store.set_wasi(wasi)
+            set_store_limits(store, memory=_linear_memory_quota(limits.memory))
+            if self.fuel is not None:
+                store.set_fuel(self.fuel)
+
+            instance = None
+            self._current = state
+            check = _checker(state, limits, scratch, self.scratch_size)
+            failure: BaseException | None = None
+            exit_status = 0
+            with self.watchdog.guard(store, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check) as guard:
+                state.guard = guard
+                try:
+                    instance = self.pre.instantiate(store)
+                    instance.exports(store)["_start"](store)
+                except wasmtime.ExitTrap as e:
+                    exit_status = e.code
+                except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+                    failure = e
+                finally:
+                    self._current = None
+                    state.console.flush()
+            interrupted = guard.error
+            quota_hit = False
+            if instance is not None and (failure is not None or exit_status != 0):
+                memory = instance.exports(store).get("memory")
+                quota_hit = isinstance(memory, wasmtime.Memory) and memory_at_quota(
+                    store, memory, _linear_memory_quota(limits.memory))
+            if interrupted is not None and (failure is not None or interrupted.code == ErrorCode.EOUTPUTLIMIT):
+                raise interrupted
+            if failure is not None:
+                err = trap_to_error(failure, memory_exhausted=quota_hit)
+                if instance is None and err.code == ErrorCode.EUNCAUGHT:
+                    # instantiation itself failed: an initial memory/table above the quota
+                    err = SliceError(f"the module cannot be instantiated within the slice's limits: {failure}",
+                                     code=ErrorCode.EMEMORYLIMIT if "memory" in str(failure) else ErrorCode.EUNCAUGHT)
+                raise _with_stderr(err, state)
+            if exit_status != 0:
+                tail = state.stderr_tail.decode("utf-8", "replace").strip()
+                if quota_hit:
+                    raise SliceError(f"the module ran out of memory at its quota and exited with status {exit_status}; "
+                                     "raise limits.memory", code=ErrorCode.EMEMORYLIMIT, name="OutOfMemory",
+                                     stack=tail or None)
+                shown = f"; stderr ends with: {tail[-500:]}" if tail else " (stderr was empty)"
+                raise SliceError(f"the module exited with status {exit_status}{shown}",
+                                 code=ErrorCode.EUNCAUGHT, name=f"ExitStatus{exit_status}", stack=tail or None)
+            return self.content_type.decode(bytes(state.stdout))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _linear_memory_quota(memory: int | None) -> int | None:
+    """The linear-memory cap: the slice's memory limit minus headroom for the engine's own RSS,
+    so the guest's malloc fails (EMEMORYLIMIT from the engine) before the host's RSS watchdog
+    has to kill the evaluator."""
+    if memory is None:
+        return None
+    return max(64 * 1024, memory - min(16 * MiB, memory // 8))
+
+
+def _fuel(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        fuel = int(float(value)) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        fuel = 0
+    if fuel <= 0 or isinstance(value, bool):
+        raise WorkError(f"options.fuel must be a positive instruction budget such as 1e9, got {value!r}")
+    return fuel
+
+
+def _checker(state: _Slice, limits, scratch: str, scratch_cap: int | None):
+    """The watchdog's periodic check: cancellation, no-progress, scratch-directory size."""
+    last_scan = [0.0]
+
+    def check() -> SliceError | None:
+        now = time.monotonic()
+        if state.ctx.cancelled:
+            return SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
+        timeout = limits.progress_timeout
+        if timeout is not None and now - state.last_progress > timeout:
+            return SliceError(
+                f"no progress() for {timeout:g} s; call dcp.progress(f64) from the module regularly, "
+                "or raise limits.progress_timeout (None turns the watchdog off)", code=ErrorCode.ENOPROGRESS)
+        if scratch_cap is not None and now - last_scan[0] >= SCRATCH_CHECK_INTERVAL:
+            last_scan[0] = now
+            used = _tree_size(scratch)
+            if used > scratch_cap:
+                return SliceError(f"the scratch directory /tmp grew to {used} bytes, over its cap of {scratch_cap}; "
+                                  "raise options.scratch_size", code=ErrorCode.EOUTPUTLIMIT)
+        return None
+
+    return check
+
+
+def _tree_size(path: str) -> int:
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total
+
+
+def _with_stderr(err: SliceError, state: _Slice) -> SliceError:
+    tail = state.stderr_tail.decode("utf-8", "replace").strip()
+    if tail:
+        err.stack = f"{err.stack}\n--- stderr ---\n{tail}" if err.stack else tail
+    return err
+
+
+def _write_files(files: dict[str, bytes | str]) -> str:
+    """The job's files in a fresh directory (mounted read-only at /job for every slice)."""
+    root = tempfile.mkdtemp(prefix="dcp-wasi-files-")
+    try:
+        for name, content in files.items():
+            rel = PurePosixPath(name)
+            if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\0" in name:
+                raise WorkError(f"job file name {name!r} must be a relative path without '..'")
+            data = content.encode() if isinstance(content, str) else bytes(content)
+            target = Path(root, *rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o444)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root
