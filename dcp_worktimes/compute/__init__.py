@@ -1,13 +1,138 @@
 """The Compute API: ``from dcp_worktimes import compute``.
 
-(Work in progress: input sets first; ``for_``, jobs and results follow.)
+Map work over an input set, run it on this machine (or on workers attached to the same
+scheduler), get the results in slice order::
+
+    from dcp_worktimes import compute
+
+    results = compute.for_(1, 3, "function(i){ progress(); return i*10 }").exec()
+    results                      # [10, 20, 30]
+    results.entries()            # [['1', 10], ['2', 20], ['3', 30]]
+
+    def square(x):
+        return x * x
+    compute.for_(range(5), square).exec()          # the python worktime: [0, 1, 4, 9, 16]
+
+Forms of ``for_`` (work always comes after the inputs; an optional list of extra work arguments
+comes last, ``work(datum, *arguments)``; keyword settings are job attributes such as
+``worktime="python"``, ``requirements=...``, ``limits=...``):
+
+* ``for_({"start": 0, "end": 9, "step": 1, "group": None}, work)`` or ``for_(RangeObject(...), work)``
+* ``for_(start, end, work)`` / ``for_(start, end, step, work)``
+* ``for_([{...}, {...}], work)`` — multi-dimensional: one work argument per range, results nested
+* ``for_(iterable_or_generator, work)`` — consumed lazily, in batches
+* ``for_(stats.set.normal(1000, 0, 1, seed=1), work)`` — distributions, lazy and seedable
+
+``do(n, work)`` runs ``work`` ``n`` times (it receives the slice number ``0..n-1``).
+``resume(job_id)`` re-attaches to a deployed job from another process.
 """
 
 from __future__ import annotations
 
-from . import stats
-from .inputs import InputSet, StreamInput, input_set, input_set_from_description
-from .ranges import MultiRange, RangeError, RangeObject
+import numbers
+from decimal import Decimal
+from fractions import Fraction
+from types import SimpleNamespace
+from typing import Any
 
-__all__ = ["stats", "InputSet", "StreamInput", "input_set", "input_set_from_description",
-           "MultiRange", "RangeError", "RangeObject"]
+from . import stats
+from .cost import CostProfile, CostProfileError, freeValue, marketValue, parse_cost, safeMarketValue
+from .events import Event
+from .inputs import InputSet, StreamInput, input_set, input_set_from_description
+from .job import Job, JobCancelled, RequirementsError, resume
+from .ranges import MultiRange, RangeError, RangeObject
+from .results import JobFailed, ResultHandle, ResultKeyError, SliceFailed
+from .work import Work
+
+__all__ = [
+    "for_", "do", "resume", "Job", "stats", "RangeObject", "MultiRange", "RangeError", "InputSet", "StreamInput",
+    "input_set", "input_set_from_description", "ResultHandle", "ResultKeyError", "SliceFailed", "JobFailed",
+    "JobCancelled", "RequirementsError", "CostProfile", "CostProfileError", "parse_cost", "marketValue",
+    "safeMarketValue", "freeValue", "default", "Event", "Work",
+]
+
+#: Default job settings applied by ``for_``/``do`` (DCP's ``compute.default``), e.g.
+#: ``compute.default.worktime = "python"`` or ``compute.default.limits = {"wall_time": "1m"}``.
+default = SimpleNamespace()
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (numbers.Real, Decimal, Fraction)) and not isinstance(x, bool)
+
+
+def _is_work(x: Any) -> bool:
+    import os
+
+    return isinstance(x, (str, bytes, bytearray, Work, os.PathLike)) or callable(x)
+
+
+def _split_tail(rest: tuple, form: str) -> tuple[Any, list | None]:
+    """``(work[, arguments])`` from what follows the inputs."""
+    if not rest:
+        raise TypeError(f"compute.for_({form}): the work is missing; pass it after the inputs: "
+                        f"compute.for_({form}, work)")
+    work, *more = rest
+    if not _is_work(work):
+        raise TypeError(
+            f"compute.for_({form}, ...): expected the work (a JS source string, a Python function, a Path or bytes) "
+            f"after the inputs, got {type(work).__name__} {work!r:.40}"
+        )
+    if len(more) > 1:
+        raise TypeError(f"compute.for_: too many arguments after the work; extra work arguments go in one list: "
+                        f"compute.for_({form}, work, [a, b, c])")
+    args = more[0] if more else None
+    if args is not None and not isinstance(args, (list, tuple)):
+        raise TypeError(
+            f"compute.for_: extra work arguments must be a list, got {type(args).__name__} {args!r:.40}; "
+            f"write compute.for_({form}, work, [{args!r:.40}])"
+        )
+    return work, (list(args) if args is not None else None)
+
+
+def for_(*args: Any, **settings: Any) -> Job:
+    """Create a job mapping work over an input set (forms in the module docstring).
+
+    Nothing is deployed until ``exec()``; every argument is checked here, with a message that says
+    how to fix it.
+    """
+    if not args:
+        raise TypeError("compute.for_() needs inputs and work, e.g. compute.for_(1, 10, work) or "
+                        "compute.for_({'start': 1, 'end': 10}, work)")
+    first = args[0]
+    if _is_number(first):
+        numbers_ = []
+        i = 0
+        while i < len(args) and _is_number(args[i]) and len(numbers_) < 3:
+            numbers_.append(args[i])
+            i += 1
+        if len(numbers_) < 2:
+            raise TypeError(
+                f"compute.for_({first!r}, ...): a numeric form needs start and end: compute.for_(start, end[, step], work)"
+            )
+        form = ", ".join(repr(n) for n in numbers_)
+        work, arguments = _split_tail(args[i:], form)
+        inputs: InputSet = RangeObject(*numbers_)
+    else:
+        if isinstance(first, (str, bytes)) or (callable(first) and not isinstance(first, type) and not hasattr(first, "__iter__")):
+            raise TypeError(
+                "compute.for_: the first argument looks like the work; the inputs come first: "
+                "compute.for_(inputs, work[, arguments])"
+            )
+        inputs = input_set(first)
+        work, arguments = _split_tail(args[1:], type(first).__name__)
+    return _make_job(inputs, work, arguments, settings)
+
+
+def do(n: int, work: Any, arguments: list | None = None, **settings: Any) -> Job:
+    """A job that runs ``work`` ``n`` times; the work receives the slice number (``0..n-1``)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise TypeError(f"compute.do(n, work): n must be a positive integer, got {n!r}")
+    if arguments is not None and not isinstance(arguments, (list, tuple)):
+        raise TypeError(f"compute.do: extra work arguments must be a list, got {arguments!r:.40}")
+    return _make_job(RangeObject(0, int(n) - 1), work, list(arguments) if arguments is not None else None, settings)
+
+
+def _make_job(inputs: InputSet, work: Any, arguments: list | None, settings: dict) -> Job:
+    merged = dict(vars(default))
+    merged.update(settings)
+    return Job(inputs, work, arguments, **merged)

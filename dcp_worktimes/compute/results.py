@@ -1,0 +1,171 @@
+"""Result handles: a job's results in slice order, paired with its inputs.
+
+``ResultHandle`` *is* a list (``results == [10, 20, 30]``, indexing, ``len``, ``sum``), plus the
+methods DCP's client adds, which pair each result with its input as ``String(input)``::
+
+    >>> r = ResultHandle([10, 20, 30], inputs=[1, 2, 3])
+    >>> r.entries()
+    [['1', 10], ['2', 20], ['3', 30]]
+    >>> r.fromEntries(), r.keys(), r.values(), r.key(2)
+    ({'1': 10, '2': 20, '3': 30}, ['1', '2', '3'], [10, 20, 30], 20)
+
+``key(k)`` with a ``k`` that is not an input raises ``ResultKeyError`` (code ``ERANGE``). For a
+multi-dimensional job the handle nests one level per dimension: ``results[i][j]`` is the result
+for the i-th value of the first range and the j-th of the second, and each level has its own keys.
+
+A slice that failed holds a ``SliceFailed`` (an exception, not raised) in its place when the job
+was run with ``errors="return"``; ``results.failures`` lists them either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+from ..errors import DcpError, ErrorCode
+from .ranges import js_number_string
+
+__all__ = ["ResultHandle", "ResultKeyError", "SliceFailed", "JobFailed", "key_string"]
+
+
+def key_string(value: Any) -> str:
+    """An input as a result key, as JavaScript's ``String(value)`` writes it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return ",".join(str(b) for b in value)  # String(Uint8Array)
+    if isinstance(value, dict):
+        return "[object Object]"
+    return js_number_string(value)
+
+
+class ResultKeyError(DcpError, KeyError):
+    """``results.key(k)`` with a ``k`` no slice had as input."""
+
+    code = ErrorCode.ERANGE
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return DcpError.__str__(self)
+
+
+class SliceFailed(DcpError):
+    """A failed slice, as it sits in a result handle (``errors="return"``) and in ``failures``."""
+
+    def __init__(self, slice_number: int, code: str, message: str, stack: str | None = None, name: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.slice_number = slice_number
+        self.stack = stack
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"SliceFailed(slice {self.slice_number}, {self.code}: {self.message})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SliceFailed) and (self.slice_number, str(self.code), self.message)
+                == (other.slice_number, str(other.code), other.message))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ResultHandle(list):
+    """Results in slice order with DCP's ``entries/fromEntries/keys/values/key`` (module docstring).
+
+    ``inputs`` is anything with ``nth(i)`` or indexing giving slice ``i``'s input; it is read
+    lazily, only when a key method is called.
+    """
+
+    def __init__(self, values: Iterable[Any] = (), inputs: Any = None, failures: Sequence[SliceFailed] = (),
+                 job_id: str | None = None) -> None:
+        super().__init__(values)
+        self._inputs = inputs
+        self._index: dict[str, int] | None = None
+        self.failures: list[SliceFailed] = list(failures)
+        self.job_id = job_id
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _input(self, i: int) -> Any:
+        src = self._inputs
+        if src is None:
+            raise DcpError(
+                "the inputs of this job are not known here (a stream job resumed in another process); "
+                "values() and indexing still work",
+                code=ErrorCode.ERANGE,
+            )
+        if callable(src):
+            return src(i)
+        if hasattr(src, "nth"):
+            return src.nth(i)
+        return src[i]
+
+    def input(self, i: int) -> Any:
+        """The input of slice ``i``."""
+        return self._input(i)
+
+    # -- DCP's methods ---------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return [key_string(self._input(i)) for i in range(len(self))]
+
+    def values(self) -> list[Any]:
+        return list(self)
+
+    def entries(self) -> list[list[Any]]:
+        return [[key_string(self._input(i)), v] for i, v in enumerate(self)]
+
+    def fromEntries(self) -> dict[str, Any]:  # noqa: N802 - DCP's name
+        return {key_string(self._input(i)): v for i, v in enumerate(self)}
+
+    from_entries = fromEntries
+
+    def key(self, k: Any) -> Any:
+        """The result whose input is ``k`` (compared as ``String(k)``, so ``key(2)`` and ``key('2')`` agree)."""
+        if self._index is None:
+            self._index = {}
+            for i in range(len(self)):
+                self._index.setdefault(key_string(self._input(i)), i)
+        ks = key_string(k)
+        if ks not in self._index:
+            sample = ", ".join(list(self._index)[:5])
+            raise ResultKeyError(
+                f"no slice has the input {k!r}; keys are the inputs as strings, e.g. {sample}"
+                f"{' ...' if len(self._index) > 5 else ''}"
+            )
+        return self[self._index[ks]]
+
+    def __repr__(self) -> str:
+        return f"ResultHandle({list.__repr__(self)})"
+
+
+def nest(values: list[Any], shape: Sequence[int], dims: Sequence[Any], failures: Sequence[SliceFailed] = (),
+         job_id: str | None = None) -> ResultHandle:
+    """Fold flat row-major ``values`` into nested handles, one level per dimension of ``shape``.
+
+    ``dims[d]`` gives the inputs of dimension ``d`` (a ``RangeObject``), so each level's keys are
+    that dimension's values.
+    """
+    if len(shape) == 1:
+        return ResultHandle(values, dims[0], failures, job_id)
+    stride = 1
+    for s in shape[1:]:
+        stride *= s
+    rows = [nest(values[i * stride:(i + 1) * stride], shape[1:], dims[1:]) for i in range(shape[0])]
+    return ResultHandle(rows, dims[0], failures, job_id)
+
+
+class JobFailed(DcpError):
+    """``exec()`` finished with failed slices. ``results`` holds what did complete (failed slots
+    hold ``SliceFailed``); ``failures`` lists each failed slice with its code and message."""
+
+    code = "EJOBFAILED"
+
+    def __init__(self, results: ResultHandle, failures: Sequence[SliceFailed], job_id: str | None = None) -> None:
+        self.results = results
+        self.failures = list(failures)
+        self.job_id = job_id
+        lines = [f"  slice {f.slice_number}: {f.code}: {f.message}" for f in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more (see .failures)")
+        total = len(results)
+        super().__init__(
+            f"{len(self.failures)} of {total} slices failed in job {job_id}:\n" + "\n".join(lines)
+            + "\nThe completed results are in this error's .results; run exec(errors='return') to get failures "
+            "in place instead of an exception"
+        )

@@ -1,0 +1,237 @@
+"""Work capture: turn what the deployer passed as ``work`` into what a worktime receives.
+
+=====================  ===============================================  =====================
+work                   sent as                                          default worktime
+=====================  ===============================================  =====================
+``str``                the text itself (JS source for map-basic)        ``map-basic``
+Python function        its source, like DCP's ``Function.toString()``   ``python``
+``pathlib.Path``       the file's text (``.js``/``.py``) or bytes        by suffix
+``bytes``              as is (a WebAssembly module for ``wasi``)        ``wasi``
+=====================  ===============================================  =====================
+
+A Python function travels as *source*, so it cannot carry its closure or the module globals it
+uses (they do not exist in the worker). ``capture_python`` checks this up front and says which
+names would be missing and how to fix it::
+
+    >>> def square(x):
+    ...     return x * x
+    >>> capture_python(square).source             # doctest: +SKIP
+    'def square(x):\\n    return x * x\\n'
+    >>> k = 3
+    >>> capture_python(lambda x: x * k)          # doctest: +SKIP
+    WorkError: EBADWORK: the work function uses the global name 'k', which is not sent to the worker ...
+
+Lambdas are sent as an equivalent ``def`` (``lambda x: x*x`` → ``def work(x): return x*x``), so
+the worktime always receives a source string that defines exactly one function, named in
+``options["function"]``.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import dis
+import inspect
+import os
+import textwrap
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import WorkError
+
+__all__ = ["Work", "capture", "capture_python", "SANDBOX_GLOBALS", "WASM_MAGIC"]
+
+#: Names every Python worktime provides inside the sandbox (so using them is not a free variable).
+SANDBOX_GLOBALS = frozenset({"progress", "work", "dcp", "console", "emit", "job"})
+
+WASM_MAGIC = b"\0asm"
+
+_SUFFIX_WORKTIME = {".js": "map-basic", ".mjs": "map-basic", ".cjs": "map-basic", ".py": "python", ".wasm": "wasi"}
+
+
+@dataclass
+class Work:
+    """Captured work: ``payload`` goes into ``JobSpec.work``; ``options`` into ``JobSpec.options``."""
+
+    payload: str | bytes
+    kind: str  # "source" | "python" | "bytes"
+    default_worktime: str
+    options: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # for messages: "a string", "function square", "file x.js"
+
+    @property
+    def source(self) -> str:
+        return self.payload if isinstance(self.payload, str) else ""
+
+
+def capture(work: Any) -> Work:
+    """Capture any supported kind of work; ``WorkError`` for anything else."""
+    if isinstance(work, Work):
+        return work
+    if isinstance(work, str):
+        if not work.strip():
+            raise WorkError(
+                "the work is an empty string; pass a function, e.g. \"function(x){ progress(); return x }\" "
+                "or a Python function"
+            )
+        return Work(work, "source", "map-basic", origin="a string")
+    if isinstance(work, (bytes, bytearray, memoryview)):
+        data = bytes(work)
+        if not data:
+            raise WorkError("the work is empty bytes; pass a WebAssembly module (bytes starting with b'\\0asm')")
+        return Work(data, "bytes", "wasi" if data.startswith(WASM_MAGIC) else "wasi", origin="bytes")
+    if isinstance(work, os.PathLike):
+        path = Path(work)
+        if not path.is_file():
+            raise WorkError(f"work file {str(path)!r} does not exist; pass the path of a .js, .py or .wasm file")
+        worktime = _SUFFIX_WORKTIME.get(path.suffix.lower())
+        data = path.read_bytes()
+        if worktime == "wasi" or data.startswith(WASM_MAGIC):
+            return Work(data, "bytes", "wasi", origin=f"file {path.name}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return Work(data, "bytes", worktime or "wasi", origin=f"file {path.name}")
+        return Work(text, "source", worktime or "map-basic", origin=f"file {path.name}")
+    if callable(work):
+        return capture_python(work)
+    raise WorkError(
+        f"cannot use a {type(work).__name__} as work; pass a JS source string, a Python function, "
+        "a pathlib.Path to a .js/.py/.wasm file, or WebAssembly bytes. Work is the last positional argument: "
+        "compute.for_(inputs, work[, arguments])"
+    )
+
+
+def capture_python(fn: Callable[..., Any]) -> Work:
+    """Source of a Python function as one ``def``; ``WorkError`` if it cannot run elsewhere."""
+    if isinstance(fn, functools_partial_type()):
+        raise WorkError("functools.partial cannot be sent as work (its bound arguments are not source); "
+                        "pass the function and give the extra values as job arguments: for_(inputs, fn, [a, b])")
+    if inspect.isbuiltin(fn) or not isinstance(fn, types.FunctionType):
+        if inspect.ismethod(fn):
+            raise WorkError(f"{fn.__qualname__} is a bound method; its instance cannot be sent. "
+                            "Use a plain module-level function and pass data as job arguments")
+        raise WorkError(f"{fn!r} is not a Python function defined in source; pass a def or lambda from a .py file, "
+                        "or its source as a string")
+    name = fn.__name__
+    code = fn.__code__
+    if code.co_freevars:
+        raise WorkError(
+            f"the work function {name!r} closes over {', '.join(repr(v) for v in code.co_freevars)} from its "
+            "enclosing function; closures are not sent to the worker (only the function's source is, as DCP does "
+            "with toString()). Pass those values as job arguments: compute.for_(inputs, fn, [value, ...]) and add "
+            "parameters for them"
+        )
+    try:
+        lines, first = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        raise WorkError(
+            f"the source of {name!r} is not available (defined in an interactive session or with exec?); "
+            "define it in a .py file, or pass its source as a string with worktime='python'"
+        ) from None
+    source = textwrap.dedent("".join(lines))
+    first = first or 1
+    node, tree_source = _find_node(source, fn, first)
+    if isinstance(node, ast.Lambda):
+        args = ast.unparse(node.args)
+        body = ast.get_source_segment(tree_source, node.body) or ast.unparse(node.body)
+        name = "work"
+        text = f"def work({args}):\n    return {_one_line(body)}\n"
+    else:
+        text = _def_text(tree_source, node)
+    _check_globals(fn, "lambda" if fn.__name__ == "<lambda>" else name)
+    return Work(text, "python", "python", options={"function": name}, origin=f"function {fn.__qualname__}")
+
+
+def functools_partial_type() -> type:
+    import functools
+
+    return functools.partial
+
+
+def _one_line(expr: str) -> str:
+    # A lambda body spanning lines (inside brackets) is fine inside parentheses.
+    return expr if "\n" not in expr else "(" + expr + ")"
+
+
+def _find_node(source: str, fn: types.FunctionType, first: int) -> tuple[ast.AST, str]:
+    """The def/lambda node that compiled to ``fn`` (``first``: file line of ``source``'s line 1)."""
+    offset = first - 1
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        # The lines of a lambda inside a call that spans lines are a fragment; parse the whole file.
+        try:
+            text = inspect.getsource(inspect.getmodule(fn))  # type: ignore[arg-type]
+            tree = ast.parse(text)
+            source, offset = text, 0
+        except (OSError, TypeError, SyntaxError):
+            raise WorkError(f"cannot parse the source of {fn.__name__!r}; pass its source as a string") from None
+    code = fn.__code__
+    is_lambda = fn.__name__ == "<lambda>"
+    candidates: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if is_lambda and isinstance(node, ast.Lambda):
+            lines = {node.lineno}
+        elif not is_lambda and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn.__name__:
+            lines = {node.lineno} | {d.lineno for d in node.decorator_list[:1]}
+        else:
+            continue
+        if code.co_firstlineno in {n + offset for n in lines}:
+            candidates.append(node)
+    if len(candidates) > 1:
+        wanted = list(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+        candidates = [n for n in candidates if [a.arg for a in n.args.posonlyargs + n.args.args + n.args.kwonlyargs] == wanted] or candidates  # type: ignore[attr-defined]
+    if len(candidates) != 1:
+        what = "several lambdas on one line" if candidates else "no matching definition"
+        raise WorkError(
+            f"cannot find the source of {fn.__name__!r} ({what}); put the work on its own line, use a def, "
+            "or pass its source as a string"
+        )
+    return candidates[0], source
+
+
+def _def_text(source: str, node: ast.AST) -> str:
+    lines = source.splitlines(keepends=True)
+    start = node.lineno - 1  # the ``def`` line: decorators are left out (they are not sent)
+    end = node.end_lineno or len(lines)
+    return textwrap.dedent("".join(lines[start:end])).rstrip("\n") + "\n"
+
+
+def _code_objects(code: types.CodeType):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _check_globals(fn: types.FunctionType, name: str) -> None:
+    """Refuse module globals the work uses: they are not sent with the source."""
+    used: list[str] = []
+    for code in _code_objects(fn.__code__):
+        for ins in dis.get_instructions(code):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval not in used:
+                used.append(ins.argval)
+    missing = []
+    for g in used:
+        if g == fn.__name__ or g in SANDBOX_GLOBALS or hasattr(builtins, g):
+            continue
+        if g in fn.__globals__:
+            missing.append(g)
+    if not missing:
+        return
+    modules = [g for g in missing if isinstance(fn.__globals__[g], types.ModuleType)]
+    others = [g for g in missing if g not in modules]
+    hints = []
+    if modules:
+        hints.append(f"import {', '.join(fn.__globals__[m].__name__ for m in modules)} inside the function")
+    if others:
+        hints.append("pass values as job arguments (compute.for_(inputs, fn, [value, ...])) or define helpers "
+                     "inside the function, or ship them as a module with job.requires()")
+    raise WorkError(
+        f"the work function {name!r} uses the global name{'s' if len(missing) > 1 else ''} "
+        f"{', '.join(repr(m) for m in missing)}, which {'are' if len(missing) > 1 else 'is'} not sent to the worker "
+        f"(only the function's source is, as DCP does with toString()); {'; '.join(hints)}"
+    )
