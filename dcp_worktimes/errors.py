@@ -21,6 +21,9 @@ from enum import Enum
 class ErrorCode(str, Enum):
     """Error codes that reach the deployer. ``str`` so they compare equal to plain strings."""
 
+    def __str__(self) -> str:
+        return self.value
+
     # DCP's codes.
     ENOPROGRESS = "ENOPROGRESS"  # no progress() for longer than the progress timeout
     ESLICETOOSLOW = "ESLICETOOSLOW"  # wall-time limit of the slice exceeded

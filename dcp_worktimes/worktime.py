@@ -257,6 +257,14 @@ class Worktime(ABC):
         """The evaluator is done with the current job (or retiring): free per-job resources."""
 
     @classmethod
+    def warmup(cls, report: Callable[[str], None]) -> None:
+        """Prepare expensive, job-independent state ahead of time (compile and cache an engine).
+
+        ``dcp-worker warmup`` calls it with a ``report(message)`` callback for visible progress.
+        The default does nothing.
+        """
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         """The advertised identity: name, version, capabilities, enforced limits."""
         return {

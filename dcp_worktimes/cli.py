@@ -1,0 +1,289 @@
+"""``dcp-worker``: run a worker, run one slice, list worktimes and jobs.
+
+Library errors become CLI errors here and only here (``main``): one line, the code, what to do.
+Sizes and durations take human units (``--memory-limit 256MB``, ``--wall-time 30s``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import DcpError
+from .limits import Limits
+
+_LIMIT_OPTIONS = [
+    ("--wall-time", "wall_time", "Wall-time limit per slice, e.g. 30s, 2m (ESLICETOOSLOW)."),
+    ("--cpu-time", "cpu_time", "CPU-time limit per slice, e.g. 10s (ECPULIMIT)."),
+    ("--memory-limit", "memory", "Memory limit per slice, e.g. 256MB, 1GiB (EMEMORYLIMIT)."),
+    ("--output-limit", "output", "Result size limit per slice, e.g. 16MB (EOUTPUTLIMIT)."),
+    ("--progress-timeout", "progress_timeout", "No-progress watchdog, e.g. 30s; 'off' disables it (ENOPROGRESS)."),
+]
+
+
+def limit_options(f):
+    for flag, name, help_text in reversed(_LIMIT_OPTIONS):
+        f = click.option(flag, name, default=None, metavar="VALUE", help=help_text)(f)
+    return f
+
+
+def _limits(base: Limits | None = None, **values: Any) -> Limits:
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return Limits.parse(base, **given)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _to_json(value: Any) -> Any:
+    """Results as JSON: bytes become {"$bytes": base64}; NaN/Infinity become strings."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$bytes"}:
+            return base64.b64decode(value["$bytes"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return _from_json(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"{what} must be JSON ({e.msg} at column {e.colno}); quote strings: '\"text\"'") from None
+
+
+def _read_work(work: str) -> str | bytes:
+    """A path to an existing file is read (bytes for binary files); anything else is the work itself."""
+    path = Path(work)
+    try:
+        is_file = len(work) < 4096 and "\n" not in work and path.is_file()
+    except OSError:
+        is_file = False
+    if not is_file:
+        return work
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--worktime", "-w", "worktimes", multiple=True, help="Worktime(s) to offer (default: all installed).")
+@click.option("--cores", "--nworkers", type=click.IntRange(min=1), default=None, help="Evaluator processes (default: one per CPU).")
+@click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",
+              help="Scheduler URL, e.g. sqlite:///path/jobs.db (default: the per-user embedded store).")
+@click.option("--capability", "capabilities", multiple=True, metavar="PATH=VALUE",
+              help="Extra capability, e.g. machine.gpu=false (matched against job requirements).")
+@click.option("--until-idle", is_flag=True, help="Exit once no job has slices left for this worker.")
+@limit_options
+@click.version_option(package_name="dcp-worktimes")
+@click.pass_context
+def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until_idle, **limits) -> None:
+    """Run a dcp-worktimes worker: take slices from the scheduler and run them in sandboxed worktimes.
+
+    \b
+    dcp-worker --worktime map-basic --cores 2 --memory-limit 1GiB
+    dcp-worker slice --worktime echo --work '' --datum '[1, 2]'
+    dcp-worker worktimes --json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .scheduler import open_scheduler
+    from .scheduler.worker import Worker
+
+    caps: dict[str, Any] = {}
+    for item in capabilities:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"capability {item!r} must look like machine.gpu=true")
+        node = caps
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = {"true": True, "false": False}.get(raw.lower(), raw)
+    worker_limits = _limits(None, **limits) if any(v is not None for v in limits.values()) else None
+    scheduler = open_scheduler(scheduler_url)
+    worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"dcp-worker {worker.id}: {', '.join(f'{n} {v}' for n, v in worker.worktimes.items())} "
+               f"on {worker.cores} cores, scheduler {scheduler!r}", err=True)
+    try:
+        worker.run(stop, until_idle=until_idle)
+    finally:
+        scheduler.close()
+    click.echo(f"dcp-worker: {worker.completed} slices completed, {worker.failed} failed", err=True)
+
+
+def _flatten(caps: Any, prefix: str = "") -> list[str]:
+    if not isinstance(caps, dict):
+        return [f"{prefix}={json.dumps(caps)}"] if caps is not True else [prefix]
+    out: list[str] = []
+    for k, v in caps.items():
+        out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+@cli.command("worktimes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def worktimes_cmd(as_json: bool) -> None:
+    """List installed worktimes: name, version, capabilities and providing package."""
+    from .plugins import get_worktimes, plugin_errors
+
+    rows = [reg.describe() for reg in get_worktimes().values()]
+    errors = [{"plugin": e.plugin, "error": e.error} for e in plugin_errors()]
+    if as_json:
+        click.echo(json.dumps({"worktimes": rows, "plugin_errors": errors}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "version", "package", "capabilities", box=None)
+    for r in rows:
+        table.add_row(r["name"], r["version"], r["provider"], " ".join(_flatten(r["capabilities"])) or "-")
+    console = Console()
+    console.print(table)
+    for e in errors:
+        console.print(f"[yellow]plugin {e['plugin']} skipped: {e['error']}[/yellow]")
+
+
+@cli.command("slice")
+@click.option("--worktime", "-w", required=True, help="Worktime name, e.g. map-basic, wasi, python, echo.")
+@click.option("--work", required=True, help="The work: a file path, or the work text itself.")
+@click.option("--datum", default="null", show_default=True, help="The slice's input, as JSON ({\"$bytes\": base64} for bytes).")
+@click.option("--arg", "args", multiple=True, help="An extra work argument, as JSON (repeatable).")
+@click.option("--module", "modules", multiple=True, metavar="NAME=PATH", help="A module the work may require/import.")
+@click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="A worktime option, e.g. strict=true.")
+@limit_options
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as a JSON object.")
+def slice_cmd(worktime, work, datum, args, modules, options, as_json, **limits) -> None:
+    """Run one slice in a sandboxed evaluator and print its result (exit status 1 if it fails)."""
+    from .plugins import get_worktime
+    from .runner import run_slice
+    from .worktime import JobSpec
+
+    get_worktime(worktime)
+    mods: dict[str, str | bytes] = {}
+    for m in modules:
+        name, sep, path = m.partition("=")
+        if not sep or not Path(path).is_file():
+            raise click.BadParameter(f"--module {m!r}: write NAME=PATH with an existing file")
+        mods[name] = _read_work(path)
+    opts: dict[str, Any] = {}
+    for o in options:
+        key, sep, raw = o.partition("=")
+        if not sep:
+            raise click.BadParameter(f"--option {o!r}: write KEY=JSON, e.g. strict=true")
+        opts[key] = _parse_json(raw, f"--option {key}")
+    job = JobSpec(id="cli-slice", worktime=worktime, work=_read_work(work),
+                  arguments=[_parse_json(a, "--arg") for a in args], modules=mods, options=opts,
+                  limits=_limits(None, **limits))
+
+    def on_event(kind: str, number: int, payload: Any) -> None:
+        if kind == "console":
+            same = f" (x{payload['same']})" if payload.get("same", 1) > 1 else ""
+            click.echo(f"[console.{payload['level']}] {payload['message']}{same}", err=True)
+        elif kind == "emit":
+            click.echo(f"[emit {payload['name']}] {json.dumps(_to_json(payload['value']))}", err=True)
+
+    out = run_slice(job, _parse_json(datum, "--datum"), on_event)
+    if as_json:
+        body: dict[str, Any] = {"ok": out.ok, "wall_time": out.wall_time, "cpu_time": out.cpu_time,
+                                "bytes_in": out.bytes_in, "bytes_out": out.bytes_out}
+        if out.ok:
+            body["result"] = _to_json(out.value)
+        else:
+            body["error"] = out.error.to_dict()  # type: ignore[union-attr]
+        click.echo(json.dumps(body))
+    elif out.ok:
+        click.echo(json.dumps(_to_json(out.value)))
+    else:
+        err = out.error
+        click.echo(f"{err.code}: {err.message}", err=True)  # type: ignore[union-attr]
+        if err.stack:  # type: ignore[union-attr]
+            click.echo(err.stack, err=True)  # type: ignore[union-attr]
+    if not out.ok:
+        sys.exit(1)
+
+
+@cli.command("warmup")
+@click.option("--worktime", "-w", "names", multiple=True, help="Worktime(s) to warm up (default: all installed).")
+def warmup_cmd(names) -> None:
+    """Compile and cache what worktimes need before their first slice (e.g. the python runtime)."""
+    from .plugins import get_worktime, get_worktimes
+
+    regs = [get_worktime(n) for n in names] if names else list(get_worktimes().values())
+    for reg in regs:
+        click.echo(f"{reg.name}: warming up ...", err=True)
+        reg.cls.warmup(lambda message: click.echo(f"  {reg.name}: {message}", err=True))
+        click.echo(f"{reg.name}: ready", err=True)
+
+
+@cli.command("jobs")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def jobs_cmd(as_json: bool) -> None:
+    """List the scheduler's jobs with their status (use the group's --scheduler to choose the store)."""
+    from .scheduler import open_scheduler
+
+    url = click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    with open_scheduler(url) as sched:
+        rows = sched.job_summaries()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "worktime", "status", "computed", "failed", "total", "name", box=None)
+    for r in rows:
+        table.add_row(r["id"], r["worktime"], r["status"] + (f" ({r['reason']})" if r.get("reason") else ""),
+                      str(r["computed"]), str(r["failed"]), str(r["total"] if r["total"] is not None else "?"),
+                      str((r.get("public") or {}).get("name", "")))
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except DcpError as e:
+        click.echo(f"dcp-worker: {e}", err=True)
+        sys.exit(2)
+    except (ValueError, OSError) as e:
+        click.echo(f"dcp-worker: {e}", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+
+
+if __name__ == "__main__":
+    main()
