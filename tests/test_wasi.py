@@ -1,0 +1,334 @@
+"""The ``wasi`` worktime in-process: real modules (inline WAT and C built with clang + wasi-libc)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
+from dcp_worktimes.limits import Limits
+from dcp_worktimes.values import pack
+from dcp_worktimes.wasi_worktime import WasiWorktime
+from dcp_worktimes.wasi_worktime.toolchain import ToolchainMissing, compile_c
+from dcp_worktimes.worktime import JobSpec, SliceContext
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
+HOSTILE = ROOT / "sandbox" / "hostile"
+
+#: Echoes stdin to stdout: the identity slice, in any content type.
+ECHO_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (local $n i32)
+    (loop $copy
+      (i32.store (i32.const 0) (i32.const 1024))
+      (i32.store (i32.const 4) (i32.const 64512))
+      (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+      (local.set $n (i32.load (i32.const 16)))
+      (if (local.get $n) (then
+        (i32.store (i32.const 4) (local.get $n))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))
+        (br $copy))))))
+"""
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory):
+    """``build("sum_json")`` → wasm bytes of tests/wasi_programs/sum_json.c (or a hostile/c case)."""
+    cache = tmp_path_factory.getbasetemp() / "wasi-cc"
+
+    def build(name: str, where: Path = PROGRAMS) -> bytes:
+        try:
+            return compile_c((where / f"{name}.c").read_text(), cache=cache)
+        except ToolchainMissing as e:
+            pytest.fail(f"the wasi tests compile C to WebAssembly and need the toolchain: {e}")
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DCP_WORKTIMES_CACHE", str(tmp_path_factory.getbasetemp() / "wasm-cache"))
+
+
+def prepared(work, limits: Limits = Limits(), **job) -> WasiWorktime:
+    wt = WasiWorktime()
+    wt.prepare(JobSpec(id="job", worktime="wasi", work=work, limits=limits, **job))
+    return wt
+
+
+def run(wt: WasiWorktime, datum=None, limits: Limits | None = None, events: list | None = None):
+    ctx = SliceContext(0, limits or wt.job.limits, wt.job,
+                       sink=(lambda kind, payload: events.append((kind, payload))) if events is not None else None)
+    return wt.execute(ctx, datum)
+
+
+def failure(wt: WasiWorktime, datum=None, limits: Limits | None = None) -> tuple[SliceError, float]:
+    started = time.monotonic()
+    with pytest.raises(SliceError) as info:
+        run(wt, datum, limits)
+    return info.value, time.monotonic() - started
+
+
+# -- the slice ABI ----------------------------------------------------------------------------
+def test_c_program_reads_json_datum_and_argv_and_returns_stdout_json(build):
+    events: list = []
+    wt = prepared(build("sum_json"), arguments=["x", 5, [1, 2]])
+    assert run(wt, [1, 2, 3, -10], events=events) == {"sum": -4, "count": 4, "argv": ["x", "5", "[1,2]"]}
+    assert ("console", {"level": "log", "message": "summed 4 numbers"}) in events
+
+
+def test_inline_wat_text_is_work():
+    wt = prepared(ECHO_WAT)
+    assert run(wt, {"a": [1, 2.5, None, "é"], "big": 2**70}) == {"a": [1, 2.5, None, "é"], "big": 2**70}
+
+
+def test_wasm_path_is_work(build, tmp_path):
+    path = tmp_path / "sum.wasm"
+    path.write_bytes(build("sum_json"))
+    assert run(prepared(str(path)), [4, 5])["sum"] == 9
+
+
+@pytest.mark.parametrize(
+    "content_type, datum",
+    [("raw", b"\x00\xffbinary"), ("application/octet-stream", b"x"), ("msgpack", [2**80, b"\x00\x01", {"n": None}])],
+)
+def test_content_types(content_type, datum):
+    assert run(prepared(ECHO_WAT, options={"content_type": content_type}), datum) == datum
+
+
+def test_msgpack_stdin_is_exactly_the_packed_datum():
+    assert run(prepared(ECHO_WAT, options={"content_type": "raw"}), pack([1, "a"])) == pack([1, "a"])
+
+
+def test_empty_stdout_is_null():
+    wt = prepared('(module (memory (export "memory") 1) (func (export "_start")))')
+    assert run(wt, [1]) is None
+
+
+def test_exit_status_is_a_slice_error_with_code_and_stderr_tail(build):
+    err, _ = failure(prepared(build("exit3")))
+    assert err.code == ErrorCode.EUNCAUGHT
+    assert "status 3" in err.message and "giving up" in err.message
+    assert "something went wrong: giving up" in err.stack
+
+
+def test_stdout_that_is_not_json_is_unserializable():
+    err, _ = failure(prepared((HOSTILE / "wat" / "unserializable.wat").read_text()))
+    assert err.code == ErrorCode.EUNSERIALIZABLE and "{not json" in err.message
+
+
+def test_dcp_imports_progress_console_emit(build):
+    events: list = []
+    wt = prepared(build("dcp_imports"))
+    ctx = SliceContext(0, wt.job.limits, wt.job, sink=lambda kind, payload: events.append((kind, payload)))
+    assert wt.execute(ctx, None) == "done"
+    assert ctx.progress_calls == 2
+    assert ("console", {"level": "warn", "message": "a warning from C"}) in events
+    assert ("emit", {"name": "partial", "value": {"rows": 10}}) in events
+
+
+# -- quotas -----------------------------------------------------------------------------------
+def test_infinite_loop_stops_within_one_second_of_its_wall_limit(build):
+    limits = Limits.parse(wall_time="1s")
+    err, elapsed = failure(prepared(build("infinite_loop"), limits))
+    assert err.code == ErrorCode.ESLICETOOSLOW
+    assert 1.0 <= elapsed < 2.0, elapsed
+
+
+def test_malloc_bomb_stops_at_the_memory_quota(build):
+    limits = Limits.parse(memory="64MiB")
+    err, elapsed = failure(prepared(build("malloc_bomb"), limits))
+    assert err.code == ErrorCode.EMEMORYLIMIT, err
+    assert "malloc failed after" in (err.stack or "")
+    mib = int(err.stack.split("malloc failed after ")[1].split()[0])
+    assert 40 <= mib < 64, mib  # it got most of the quota, and not more
+    assert elapsed < 10
+
+
+def test_memory_quota_applies_per_slice_limits(build):
+    wt = prepared(build("malloc_bomb"), Limits.parse(memory="512MiB"))
+    err, _ = failure(wt, limits=Limits.parse(memory="32MiB"))
+    assert err.code == ErrorCode.EMEMORYLIMIT
+    assert int(err.stack.split("malloc failed after ")[1].split()[0]) < 32
+
+
+def test_etc_passwd_open_fails_inside_the_guest(build):
+    result = run(prepared(build("read_passwd")))
+    assert result["opened"] is False
+    assert result["errno"] == 76  # wasi-libc's ENOTCAPABLE: no preopen covers /etc
+
+
+def test_escape_attempts_all_fail(build):
+    result = run(prepared(build("escape_attempts", HOSTILE / "c"), files={"input.txt": b"x"}))
+    assert result == {"etc_passwd": False, "dotdot": False, "tmp_dotdot": False, "proc_self": False,
+                      "wrote_job": False, "wrote_existing": False, "env": 0}
+
+
+def test_preopen_escape_at_the_syscall_level_fails():
+    codes = run(prepared((HOSTILE / "wat" / "preopen_escape.wat").read_text()))
+    assert len(codes) == 14 and 0 not in codes, codes
+
+
+def test_job_files_are_read_only_and_scratch_is_fresh_per_slice(build):
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-slice-*")))
+    wt = prepared(build("files"), files={"input.txt": b"hello files"})
+    for _ in range(2):
+        assert run(wt) == {"input": "hello files", "marker_existed": False, "scratch_writable": True,
+                           "job_writable": False}
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-slice-*"))) == before
+    files_dir = wt._files_dir
+    assert files_dir and os.path.isdir(files_dir)
+    wt.release()
+    assert not os.path.exists(files_dir)
+
+
+def test_scratch_directory_is_size_capped(build):
+    source = r"""
+    #include <stdio.h>
+    #include <string.h>
+    int main(void) {
+        static char block[1 << 20];
+        memset(block, 'x', sizeof block);
+        FILE *f = fopen("/tmp/big", "w");
+        for (;;) { fwrite(block, 1, sizeof block, f); fflush(f); }
+    }
+    """
+    wt = prepared(compile_c(source), options={"scratch_size": "4MiB"})
+    err, elapsed = failure(wt, limits=Limits.parse(wall_time="20s"))
+    assert err.code == ErrorCode.EOUTPUTLIMIT and "scratch" in err.message
+    assert elapsed < 10
+
+
+def test_huge_output_hits_the_output_limit():
+    wt = prepared((HOSTILE / "wat" / "huge_output.wat").read_text(), Limits.parse(output="1MiB"))
+    err, elapsed = failure(wt)
+    assert err.code == ErrorCode.EOUTPUTLIMIT
+    assert elapsed < 5
+
+
+def test_cpu_time_limit(build):
+    err, elapsed = failure(prepared(build("infinite_loop"), Limits.parse(wall_time="20s", cpu_time="0.5s")))
+    assert err.code == ErrorCode.ECPULIMIT
+    assert elapsed < 10
+
+
+def test_fuel_is_a_deterministic_instruction_budget(build):
+    fib = build("fib")
+    assert run(prepared(fib, options={"fuel": 10**8}), 20) == 6765
+    err, _ = failure(prepared(fib, options={"fuel": 10**5}), 20)
+    assert err.code == ErrorCode.ECPULIMIT and "fuel" in err.message
+    # same budget, same program: the same verdict every time
+    err2, _ = failure(prepared(fib, options={"fuel": 10**5}), 20)
+    assert err2.code == ErrorCode.ECPULIMIT
+
+
+def test_no_progress_watchdog():
+    wt = prepared((HOSTILE / "wat" / "never_progress.wat").read_text(),
+                  Limits.parse(wall_time="30s", progress_timeout="1s"))
+    err, elapsed = failure(wt)
+    assert err.code == ErrorCode.ENOPROGRESS
+    assert elapsed < 10
+
+
+def test_cancel_stops_the_guest(build):
+    import threading
+
+    wt = prepared(build("infinite_loop"))
+    cancel = threading.Event()
+    ctx = SliceContext(0, Limits.parse(wall_time="30s", progress_timeout=None), wt.job, cancel_event=cancel)
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(SliceError) as info:
+        wt.execute(ctx, None)
+    assert info.value.code == ErrorCode.ECANCELLED
+
+
+@pytest.mark.parametrize("source", ["wat", "c"])
+def test_deep_recursion_fails_cleanly_and_the_worktime_survives(source, build):
+    work = (HOSTILE / "wat" / "deep_recursion.wat").read_text() if source == "wat" else build("deep_recursion", HOSTILE / "c")
+    err, _ = failure(prepared(work))
+    assert err.code == ErrorCode.EUNCAUGHT
+    assert run(prepared(ECHO_WAT), [1]) == [1]
+
+
+def test_an_instance_is_fresh_per_slice_after_a_trap(build):
+    wt = prepared(build("malloc_bomb"), Limits.parse(memory="32MiB"))
+    for _ in range(2):
+        assert failure(wt)[0].code == ErrorCode.EMEMORYLIMIT
+
+
+# -- bad work ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "work, options, message",
+    [
+        (b"\x00asm\x01\x00\x00\x00garbage", {}, "does not validate"),
+        ("(module (func $f (unknown-op)))", {}, "not valid WAT"),
+        ("/nonexistent/prog.wasm", {}, "no such file"),
+        ('(module (import "env" "f" (func)) (func (export "_start")))', {}, "env.f"),
+        ('(module (func (export "run")))', {}, "_start"),
+        (ECHO_WAT, {"content_type": "xml"}, "content_type"),
+        (ECHO_WAT, {"fuel": -1}, "fuel"),
+    ],
+)
+def test_bad_work_is_a_work_error_that_says_what_to_do(work, options, message):
+    with pytest.raises(WorkError) as info:
+        prepared(work, options=options)
+    assert message in str(info.value)
+
+
+def test_bad_job_file_name():
+    with pytest.raises(WorkError, match="relative path"):
+        prepared(ECHO_WAT, files={"../escape": b"x"})
+
+
+def test_raw_content_type_rejects_structured_datum():
+    with pytest.raises(SliceError) as info:
+        run(prepared(ECHO_WAT, options={"content_type": "raw"}), [1, 2])
+    assert info.value.code == ErrorCode.EUNSERIALIZABLE
+
+
+# -- compile once, registry -------------------------------------------------------------------
+def test_module_compiles_once_per_job_and_the_disk_cache_survives_a_restart(build, tmp_path):
+    from dcp_worktimes.wasm import stats
+
+    work = build("sum_json")
+    compiled_before = stats["compiled"]
+    wt = prepared(work)
+    for i in range(3):
+        run(wt, [i])
+    assert stats["compiled"] - compiled_before <= 1
+    # A fresh process (a restarted worker) finds the compiled module on disk.
+    path = tmp_path / "prog.wasm"
+    path.write_bytes(work)
+    script = (
+        "from dcp_worktimes.wasi_worktime import WasiWorktime\n"
+        "from dcp_worktimes.worktime import JobSpec\n"
+        "from dcp_worktimes.wasm import stats\n"
+        f"WasiWorktime().prepare(JobSpec(id='j', worktime='wasi', work={str(path)!r}))\n"
+        "print(stats['compiled'], stats['loaded_from_disk'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env=os.environ | {"DCP_WORKTIMES_CACHE": os.environ["DCP_WORKTIMES_CACHE"]})
+    assert out.stdout.split() == ["0", "1"], out.stdout + out.stderr
+
+
+def test_registered_as_builtin_without_importing_wasmtime():
+    script = (
+        "import sys\n"
+        "from dcp_worktimes.plugins import get_worktime\n"
+        "reg = get_worktime('wasi')\n"
+        "print(reg.cls.name, reg.cls.version, 'wasmtime' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["wasi", "1.0.0", "False"], out.stdout + out.stderr
