@@ -269,14 +269,11 @@ class Job(EventEmitter):
             )
         if captured.kind == "bytes" and name in ("map-basic",):
             raise WorkError(f"map-basic takes JavaScript source, not bytes ({captured.origin}); use worktime='wasi'")
-        if not self.custom_worktime:
-            try:
-                reg = get_worktime(name, self.worktime_version)
-            except ValueError as e:  # a malformed range
-                raise WorktimeNotFound(f"job.worktime_version: {e}") from None
-            self._registration = reg
-        else:
-            self._registration = None
+        if name in ("map-basic", "python") and captured.kind != "bytes" and not captured.payload.strip():
+            raise WorkError(
+                f"the work is an empty string; {name} needs a function, e.g. "
+                + ('"function(x){ progress(); return x }"' if name == "map-basic" else "a Python function or its source")
+            )
         _check_requirements(self.requirements)
         if not isinstance(self.public, Mapping) or set(self.public) - _PUBLIC_KEYS:
             raise TypeError(f"job.public must be a dict with keys from {sorted(_PUBLIC_KEYS)}, got {self.public!r}")
@@ -286,6 +283,14 @@ class Job(EventEmitter):
             pack(self.arguments)
         except UnserializableValue as e:
             raise UnserializableValue(f"job arguments: {e}") from None
+        if not self.custom_worktime:
+            try:
+                reg = get_worktime(name, self.worktime_version)
+            except ValueError as e:  # a malformed range
+                raise WorktimeNotFound(f"job.worktime_version: {e}") from None
+            self._registration = reg
+        else:
+            self._registration = None
         options = dict(captured.options)
         options.update(self.options)
         if isinstance(self.input_set, MultiRange):
@@ -337,8 +342,17 @@ class Job(EventEmitter):
         if self._sched is None:
             from ..scheduler import Scheduler, open_scheduler
 
-            self._sched = self.scheduler if isinstance(self.scheduler, Scheduler) else open_scheduler(self.scheduler)
+            if isinstance(self.scheduler, Scheduler):
+                self._sched, self._owns_sched = self.scheduler, False
+            else:
+                self._sched, self._owns_sched = open_scheduler(self.scheduler), True
         return self._sched
+
+    def _release_scheduler(self) -> None:
+        # A store this job opened itself is closed after exec(); cancel()/status() reopen it.
+        if self._sched is not None and getattr(self, "_owns_sched", False):
+            self._sched.close()
+            self._sched = None
 
     def _record(self, cost: CostProfile) -> Any:
         from ..scheduler import JobRecord
@@ -349,7 +363,9 @@ class Job(EventEmitter):
         total = self._total()
         return JobRecord(
             id=job_id, spec=spec, worktime_range=self.worktime_version, requirements=dict(self.requirements),
-            payment_per_slice=cost.payment_per_slice(total), input=self.input_set.description(), total=total,
+            payment_per_slice=cost.payment_per_slice(total), input=self.input_set.description(),
+            # A stream's total is announced by close_input once every datum has been pushed.
+            total=None if isinstance(self.input_set, StreamInput) else total,
             public=dict(self.public), max_attempts=self.max_attempts,
         )
 
@@ -440,13 +456,18 @@ class Job(EventEmitter):
                     final = self._follow(sched, bar, timeout)
             else:
                 final = self._follow(sched, bar, timeout)
+            feed_error = getattr(self, "_feed_error", None)
+            if feed_error is not None:
+                raise feed_error
+            results = self._results(sched)
         finally:
             if bar is not None:
                 bar.close()
-        feed_error = getattr(self, "_feed_error", None)
-        if feed_error is not None:
-            raise feed_error
-        results = self._results(sched)
+            feeder = getattr(self, "_feeder", None)
+            if feeder is not None and feeder.is_alive():  # the job ended early: stop pushing inputs
+                self._cancel_requested.set()
+                feeder.join(10)
+            self._release_scheduler()
         if final == "cancel":
             raise JobCancelled(f"job {self.id} was cancelled: {self._cancel_reason}", results, self.id)
         if final == "unschedulable":
@@ -605,6 +626,7 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
     job.files = dict(spec.files)
     job.max_attempts = record.max_attempts
     job._sched = sched
+    job._owns_sched = not isinstance(scheduler, Scheduler)
     job._deployed = True
     if isinstance(job.input_set, StreamInput):
         job.input_set._sized = record.total

@@ -70,12 +70,7 @@ def capture(work: Any) -> Work:
     """Capture any supported kind of work; ``WorkError`` for anything else."""
     if isinstance(work, Work):
         return work
-    if isinstance(work, str):
-        if not work.strip():
-            raise WorkError(
-                "the work is an empty string; pass a function, e.g. \"function(x){ progress(); return x }\" "
-                "or a Python function"
-            )
+    if isinstance(work, str):  # "" is valid for some worktimes (echo); Job checks per worktime
         return Work(work, "source", "map-basic", origin="a string")
     if isinstance(work, (bytes, bytearray, memoryview)):
         data = bytes(work)

@@ -1,0 +1,321 @@
+"""Compute API pieces that need no worker: argument forms, validation before deployment, work
+capture, result handles, cost profiles, events. Vectors V1 (handle methods), V10/V11 (via for_),
+V13 (argument form), V15 and V17 live here; execution is in ``test_compute_vectors.py``."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import pytest
+
+from dcp_worktimes import compute
+from dcp_worktimes.compute.cost import CostProfileError, parse_cost
+from dcp_worktimes.compute.results import ResultHandle, ResultKeyError, SliceFailed, nest
+from dcp_worktimes.compute.work import capture
+from dcp_worktimes.errors import ErrorCode, WorkError, WorktimeNotFound
+from dcp_worktimes.scheduler import open_scheduler
+
+JS = "function(i){ progress(); return i*10 }"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    monkeypatch.setenv("DCP_SCHEDULER", url)
+    return url
+
+
+def deployed_jobs(url):
+    with open_scheduler(url) as s:
+        return s.list_jobs()
+
+
+# -- for_ forms and bad calls -----------------------------------------------------------------
+
+
+def test_forms_build_the_same_inputs():
+    assert list(compute.for_(1, 3, JS).input_set) == [1, 2, 3]
+    assert list(compute.for_(1, 5, 2, JS).input_set) == [1, 3, 5]
+    assert list(compute.for_({"start": 1, "end": 3}, JS).input_set) == [1, 2, 3]
+    assert list(compute.for_(compute.RangeObject(1, 3), JS).input_set) == [1, 2, 3]
+    assert compute.for_([{"start": 1, "end": 2}, {"start": 3, "end": 5}], JS).input_set.shape == (2, 3)
+    assert len(compute.for_(compute.stats.set.random(4, seed=1), JS).input_set) == 4
+    job = compute.for_(1, 3, "function(i, a, b){ return i + a + b }", [10, 100])  # V13's form
+    assert job.arguments == [10, 100]
+    assert list(compute.do(3, JS).input_set) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: compute.for_(JS, [1, 2]), "inputs come first"),
+    (lambda: compute.for_(1, 3), "work is missing"),
+    (lambda: compute.for_(1, JS), "needs start and end"),
+    (lambda: compute.for_(1, 3, JS, 10), r"must be a list.*\[10\]"),
+    (lambda: compute.for_([1, 2], JS, (1,), [2]), "too many arguments"),
+    (lambda: compute.for_([1, 2], 42), "expected the work"),
+    (lambda: compute.for_({"start": 1, "end": 3, "step": -1}, JS), "step must approach end"),
+    (lambda: compute.for_({"start": 1, "end": 10, "group": 0}, JS), "group must be a positive integer"),
+    (lambda: compute.for_({"start": 1, "end": 10, "group": 1.5}, JS), "group must be a positive integer"),
+    (lambda: compute.for_("abc", JS), "inputs come first"),
+    (lambda: compute.for_([1], JS, nonsense=1), "unknown job setting 'nonsense'"),
+    (lambda: compute.do(0, JS), "positive integer"),
+])
+def test_bad_calls_raise_at_once_naming_the_fix(call, message):
+    with pytest.raises((TypeError, ValueError)) as info:
+        call()
+    assert __import__("re").search(message, str(info.value)), str(info.value)
+
+
+def test_v17_unknown_worktime_lists_installed_ones_before_deployment(store):
+    job = compute.for_([1, 2], JS)
+    job.worktime = "no-such-worktime"
+    with pytest.raises(WorktimeNotFound) as info:
+        job.exec()
+    assert info.value.code == ErrorCode.ENOWORKTIME
+    assert "no-such-worktime" in str(info.value) and "installed:" in str(info.value)
+    assert "echo" in str(info.value)  # the reference worktime is installed in the dev environment
+    assert deployed_jobs(store) == []
+
+
+def test_worktime_range_that_nothing_satisfies_is_enoworktime(store):
+    job = compute.for_([1], "", worktime="echo@^9.0.0")
+    assert job.worktime == "echo" and job.worktime_version == "^9.0.0"
+    with pytest.raises(WorktimeNotFound, match=r"echo@\^9.0.0"):
+        job.exec()
+    job.worktime_version = "not a range"
+    with pytest.raises(WorktimeNotFound, match="npm-style range"):
+        job.exec()
+    assert deployed_jobs(store) == []
+
+
+def test_v15_cost_profile_without_payment_fields_is_enofunds(store):
+    job = compute.for_([1, 2], "", worktime="echo")
+    with pytest.raises(CostProfileError) as info:
+        job.exec({})
+    assert info.value.code == ErrorCode.ENOFUNDS
+    assert "maxPaymentPerSlice" in str(info.value) and "maxTotalPayment" in str(info.value)
+    assert deployed_jobs(store) == []
+
+
+def test_cost_profiles():
+    assert parse_cost(0).max_total_payment == 0.0
+    assert parse_cost(123).max_total_payment == 123.0
+    assert parse_cost(None) is compute.marketValue
+    assert parse_cost("safeMarketValue") is compute.safeMarketValue
+    assert parse_cost({"maxPaymentPerSlice": 0.5}).payment_per_slice(10) == 0.5
+    assert parse_cost({"maxTotalPayment": 10}).payment_per_slice(4) == 2.5
+    assert parse_cost(compute.safeMarketValue).payment_per_slice(5) > parse_cost(compute.marketValue).payment_per_slice(5)
+    for bad in ({}, {"maxTotalPayment": None}, -1, math.inf, "cheap", {"price": 1}, True, [1]):
+        with pytest.raises(CostProfileError) as info:
+            parse_cost(bad)
+        assert info.value.code == ErrorCode.ENOFUNDS
+
+
+@pytest.mark.parametrize("requirements, message", [
+    ({"machine": {"gpu": "yes"}}, "must be True"),
+    (["gpu"], "must be a dict of booleans"),
+])
+def test_malformed_requirements_are_refused_before_deployment(store, requirements, message):
+    job = compute.for_([1], "", worktime="echo")
+    job.requirements = requirements
+    with pytest.raises(compute.RequirementsError, match=message):
+        job.exec()
+    assert deployed_jobs(store) == []
+
+
+def test_unsatisfiable_requirements_are_refused_before_deployment(store):
+    job = compute.for_([1], "", worktime="echo", requirements={"machine": {"gpu": True}})
+    with pytest.raises(compute.RequirementsError) as info:
+        job.exec()
+    assert "machine.gpu=true" in str(info.value) and "relax job.requirements" in str(info.value)
+    assert deployed_jobs(store) == []
+    # "must not have" is satisfiable here: echo advertises {"echo": True} only
+    ok = compute.for_([1], "", worktime="echo", requirements={"machine": {"gpu": False}})
+    ok._spec()  # validates without raising
+
+
+def test_unserializable_arguments_and_inputs_are_refused_before_deployment(store):
+    with pytest.raises(TypeError, match="job arguments"):
+        compute.for_([1], "", [object()], worktime="echo").exec()
+    with pytest.raises(TypeError, match="input 1"):
+        compute.for_([1, {1, 2}], "", worktime="echo").exec()
+    assert deployed_jobs(store) == []
+
+
+def test_python_function_with_a_js_worktime_is_refused(store):
+    def double(x):
+        return 2 * x
+
+    job = compute.for_([1], double)
+    assert job.worktime == "python"  # a Python function picks the python worktime
+    job.worktime = "map-basic"
+    with pytest.raises(WorkError, match="Python functions run on the 'python' worktime"):
+        job.exec()
+
+
+def test_empty_js_work_is_refused():
+    with pytest.raises(WorkError, match="empty string"):
+        compute.for_([1], "   ")._spec()
+
+
+def test_limits_and_public_settings():
+    job = compute.for_([1], JS, limits={"wall_time": "2s", "memory": "64MB", "progress_timeout": None})
+    assert job.limits.wall_time == 2.0 and job.limits.memory == 64_000_000 and job.limits.progress_timeout is None
+    with pytest.raises(ValueError, match="unknown limit"):
+        job.limits = {"walltime": 1}
+    job.public = {"name": "x", "colour": "red"}
+    with pytest.raises(TypeError, match="job.public"):
+        job._spec()
+
+
+def test_requires_ships_modules(tmp_path):
+    mod = tmp_path / "refiner.js"
+    mod.write_text("exports.refine = (x, j) => x * j")
+    job = compute.for_([1], JS, worktime="echo").requires(str(mod), {"other": "exports.x = 1"}, third="exports.y = 2")
+    spec = job._spec()
+    assert spec.modules == {"refiner": "exports.refine = (x, j) => x * j", "other": "exports.x = 1", "third": "exports.y = 2"}
+    with pytest.raises(WorkError, match="no such file"):
+        job.requires(str(tmp_path / "missing.js"))
+
+
+def test_multi_dimensional_jobs_ask_for_spread_arguments():
+    spec = compute.for_([{"start": 1, "end": 2}, {"start": 3, "end": 5}], "", worktime="echo")._spec()
+    assert spec.options["spread_datum"] is True
+    assert "spread_datum" not in compute.for_([1, 2], "", worktime="echo")._spec().options
+
+
+def test_events_reject_unknown_names():
+    job = compute.for_([1], JS)
+    with pytest.raises(ValueError, match="job.work.on"):
+        job.on("reslut", print)
+    seen = []
+    job.work.on("anything", seen.append)  # custom events have free names
+    job.work.emit("anything", {"value": 1})
+    assert seen == [{"value": 1}] and seen[0].value == 1
+
+
+# -- work capture ------------------------------------------------------------------------------
+
+GLOBAL_K = 3
+
+
+def square(x):
+    return x * x
+
+
+def recursive_fib(n):
+    return n if n < 2 else recursive_fib(n - 1) + recursive_fib(n - 2)
+
+
+def uses_math(x):
+    return math.sqrt(x)
+
+
+def test_python_function_source_is_captured_like_tostring():
+    w = capture(square)
+    assert w.payload == "def square(x):\n    return x * x\n"
+    assert w.default_worktime == "python" and w.options == {"function": "square"}
+    assert "recursive_fib(n - 1)" in capture(recursive_fib).payload  # self-reference is fine
+    lam = capture(lambda x, y=2: x + y)
+    assert lam.payload == "def work(x, y=2):\n    return x + y\n" and lam.options == {"function": "work"}
+
+
+def test_decorators_are_not_sent():
+    def deco(f):
+        return f
+
+    @deco
+    def inc(x):
+        return x + 1
+
+    assert capture(inc).payload == "def inc(x):\n    return x + 1\n"
+
+
+def test_closures_and_globals_are_refused_with_the_fix():
+    k = 3
+
+    def closes(x):
+        return x * k
+
+    with pytest.raises(WorkError, match=r"closes over 'k'.*job arguments"):
+        capture(closes)
+    with pytest.raises(WorkError, match=r"global name 'GLOBAL_K'.*job arguments"):
+        capture(lambda x: x * GLOBAL_K)
+    with pytest.raises(WorkError, match=r"'math'.*import math inside the function"):
+        capture(uses_math)
+
+
+def test_uncapturable_callables_are_refused():
+    import functools
+
+    with pytest.raises(WorkError, match="partial"):
+        capture(functools.partial(square, 2))
+    with pytest.raises(WorkError, match="not a Python function"):
+        capture(len)
+    namespace: dict = {}
+    exec("def f(x):\n    return x\n", namespace)
+    with pytest.raises(WorkError, match="source of 'f' is not available"):
+        capture(namespace["f"])
+
+
+def test_paths_and_bytes(tmp_path):
+    js = tmp_path / "w.js"
+    js.write_text("x => x")
+    assert (capture(js).payload, capture(js).default_worktime) == ("x => x", "map-basic")
+    py = tmp_path / "w.py"
+    py.write_text("def f(x):\n    return x\n")
+    assert capture(py).default_worktime == "python"
+    wasm = tmp_path / "w.wasm"
+    wasm.write_bytes(b"\0asm\x01\0\0\0")
+    assert capture(wasm).payload == b"\0asm\x01\0\0\0" and capture(wasm).default_worktime == "wasi"
+    assert capture(b"\0asm\x01\0\0\0").default_worktime == "wasi"
+    with pytest.raises(WorkError, match="does not exist"):
+        capture(pathlib.Path(tmp_path / "nope.js"))
+    with pytest.raises(WorkError, match="cannot use a int as work"):
+        capture(3)
+
+
+# -- result handles ----------------------------------------------------------------------------
+
+
+def test_v1_handle_methods():
+    r = ResultHandle([10, 20, 30], inputs=compute.RangeObject(1, 3))
+    assert r == [10, 20, 30]
+    assert r.entries() == [["1", 10], ["2", 20], ["3", 30]]
+    assert r.fromEntries() == {"1": 10, "2": 20, "3": 30} == r.from_entries()
+    assert r.keys() == ["1", "2", "3"]
+    assert r.values() == [10, 20, 30]
+    assert r.key(2) == 20 and r.key("2") == 20 and r.key(2.0) == 20
+
+
+def test_missing_key_is_erange_listing_keys():
+    r = ResultHandle([10, 20, 30], inputs=[1, 2, 3])
+    with pytest.raises(ResultKeyError) as info:
+        r.key(7)
+    assert info.value.code == ErrorCode.ERANGE
+    assert "no slice has the input 7" in str(info.value) and "1, 2, 3" in str(info.value)
+    with pytest.raises(KeyError):  # it is a KeyError too, for Python habits
+        r.key("x")
+
+
+def test_decimal_keys_print_like_javascript():
+    r = ResultHandle([1, 2, 3], inputs=compute.RangeObject(0.1, 0.3, 0.1))
+    assert r.keys() == ["0.1", "0.2", "0.3"]
+    assert r.key(0.3) == 3 and r.key("0.3") == 3
+
+
+def test_nested_handles_for_multi_dimensional_jobs():
+    m = compute.MultiRange([{"start": 1, "end": 2}, {"start": 3, "end": 5}])
+    r = nest([3, 4, 5, 6, 8, 10], m.shape, m.ranges)
+    assert r == [[3, 4, 5], [6, 8, 10]]
+    assert r.keys() == ["1", "2"] and r.key(2).keys() == ["3", "4", "5"]
+    assert r.key(2).key(4) == 8
+    assert r.entries() == [["1", [3, 4, 5]], ["2", [6, 8, 10]]]
+
+
+def test_failures_in_place():
+    f = SliceFailed(1, "EUNCAUGHT", "boom")
+    r = ResultHandle([1, f, 3], inputs=[1, 2, 3], failures=[f])
+    assert r[1] is f and r.failures == [f]
+    err = compute.JobFailed(r, [f], "job1")
+    assert "slice 1: EUNCAUGHT: boom" in str(err) and err.results[0] == 1

@@ -1,0 +1,168 @@
+"""``job.exec()`` end to end through the embedded scheduler and real evaluators, with the ``echo``
+worktime (it returns each datum; its JSON work makes it misbehave on request). These check the
+Compute API's own machinery — datums, results, events, failures, streams — independently of any
+script engine; ``test_compute_vectors.py`` runs the spec's vectors on map-basic and python."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from dcp_worktimes import compute
+from dcp_worktimes.errors import ErrorCode
+from dcp_worktimes.scheduler import open_scheduler
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    monkeypatch.setenv("DCP_SCHEDULER", url)
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    return url
+
+
+def echo(inputs, actions=None, *args, **settings):
+    settings.setdefault("cores", 2)
+    return compute.for_(inputs, json.dumps(actions) if actions else "", *args, worktime="echo", **settings)
+
+
+def test_results_come_back_in_slice_order_with_keys(store):
+    r = echo({"start": 1, "end": 3}).exec()
+    assert r == [1, 2, 3]
+    assert r.entries() == [["1", 1], ["2", 2], ["3", 3]] and r.key(2) == 2
+
+
+@pytest.mark.parametrize("inputs, expected", [
+    ({"start": 10, "end": 13, "step": 2}, [10, 12]),                               # V2's datums
+    ({"start": 10, "end": 13, "group": 2}, [[10, 11], [12, 13]]),                  # V3's datums
+    ({"start": 0.1, "end": 0.5, "step": 0.1}, [0.1, 0.2, 0.3, 0.4, 0.5]),          # V8's datums
+    ({"start": 1, "end": 9, "step": 3, "group": 2}, [[1, 4], [7]]),                # V9's datums
+    ([123, 456], [123, 456]),                                                      # V6
+    ([b"\x00\xff\x80" * 100, "x", 2**80, None, {"a": [1.5]}], [b"\x00\xff\x80" * 100, "x", 2**80, None, {"a": [1.5]}]),
+])
+def test_datums_reach_the_worker_exactly(store, inputs, expected):
+    r = echo(inputs).exec()
+    assert r == expected
+    if isinstance(inputs, dict) and inputs.get("step") == 0.1:
+        assert r.keys() == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+
+
+def test_v7_generator_is_streamed_lazily_in_batches(store):
+    pulled = []
+
+    def fruit():
+        for f in ["banana", "orange", "apple"] * 900:  # 2700 datums: three batches
+            pulled.append(f)
+            yield f
+
+    job = echo(fruit())
+    assert pulled == []  # nothing is read before exec()
+    r = job.exec()
+    assert len(r) == 2700 and r[:3] == ["banana", "orange", "apple"] and r[-1] == "apple"
+    assert r.entries()[1] == ["orange", "orange"]
+
+
+def test_multi_dimensional_results_nest(store):
+    r = echo([{"start": 1, "end": 2}, {"start": 3, "end": 5}]).exec()
+    # echo returns the (unspread) datum, so each cell holds [i, j]
+    assert r == [[[1, 3], [1, 4], [1, 5]], [[2, 3], [2, 4], [2, 5]]]
+    assert r.key(2).key(5) == [2, 5]
+
+
+def test_distribution_input_runs(store):
+    s = compute.stats.set.randomInt(20, 1, 6, seed=9)
+    r = echo(s).exec()
+    assert r == [s.nth(i) for i in range(20)]
+
+
+def test_work_errors_are_not_retried_and_reported_together(store):
+    job = echo([1, 2, 3, 4], {"throw": "boom", "when": 2})
+    errors = []
+    job.on("error", errors.append)
+    with pytest.raises(compute.JobFailed) as info:
+        job.exec()
+    err = info.value
+    assert [(f.slice_number, str(f.code), f.message) for f in err.failures] == [(1, "EUNCAUGHT", "boom")]
+    assert "slice 1: EUNCAUGHT: boom" in str(err)
+    assert err.results[0] == 1 and err.results[2:] == [3, 4]  # the completed results are there
+    assert [e.sliceNumber for e in errors] == [1]
+    with open_scheduler(store) as s:
+        assert s.status(err.job_id)["failed"] == 1
+
+
+def test_errors_in_place(store):
+    r = echo([1, 2, 3], {"throw": "boom", "when": 3}).exec(errors="return")
+    assert r[:2] == [1, 2] and isinstance(r[2], compute.SliceFailed)
+    assert r[2].code == "EUNCAUGHT" and r.failures == [r[2]]
+
+
+def test_evaluator_crashes_are_retried_then_reported(store):
+    job = echo([1, 2], {"crash": "exit", "when": 2}, max_attempts=2)
+    r = job.exec(errors="return")
+    assert r[0] == 1
+    assert isinstance(r[1], compute.SliceFailed) and r[1].code == ErrorCode.ECRASH
+
+
+def test_events_reach_handlers(store):
+    job = echo([1, 2], {"console": ["hello"], "emit": {"partial": {"rows": 3}}})
+    seen: dict[str, list] = {}
+    for name in ("accepted", "readyStateChange", "status", "result", "console", "complete"):
+        job.on(name, lambda ev, name=name: seen.setdefault(name, []).append(ev))
+    custom = []
+    job.work.on("partial", custom.append)
+    r = job.exec()
+    assert r == [1, 2]
+    assert seen["accepted"][0].id == job.id
+    assert sorted(ev.sliceNumber for ev in seen["result"]) == [0, 1]
+    assert sorted(ev.result for ev in seen["result"]) == [1, 2]
+    assert {ev.message for ev in seen["console"]} == {"hello"}
+    assert sorted(ev.sliceNumber for ev in custom) == [0, 1] and custom[0].value == {"rows": 3}
+    assert seen["status"][-1].computed == 2 and len(seen["complete"]) == 1
+    assert "deployed" in [ev.state for ev in seen["readyStateChange"]]
+
+
+def test_cancel_from_a_handler(store):
+    job = echo({"start": 1, "end": 200}, {"sleep": 0.05}, cores=1)
+    job.on("result", lambda ev: job.cancel("enough"))
+    t0 = time.monotonic()
+    with pytest.raises(compute.JobCancelled, match="enough") as info:
+        job.exec()
+    assert time.monotonic() - t0 < 30
+    partial = info.value.results
+    assert 1 <= sum(1 for v in partial if v is not None) < 200
+
+
+def test_enoprogress_unless_the_watchdog_is_off(store):
+    r = echo([1], {"silent": 3}, limits={"progress_timeout": "1s"}).exec(errors="return")
+    assert isinstance(r[0], compute.SliceFailed) and r[0].code == ErrorCode.ENOPROGRESS
+    assert echo([1], {"silent": 1.5}, limits={"progress_timeout": None}).exec() == [1]
+
+
+def test_exec_async(store):
+    async def main():
+        return await echo([5, 6]).exec_async()
+
+    assert asyncio.run(main()) == [5, 6]
+
+
+def test_timeout_cancels(store):
+    with pytest.raises(TimeoutError, match="cancelled"):
+        echo([1], {"sleep": 20}).exec(timeout=1.5)
+
+
+def test_progress_bar_when_forced(store, capsys):
+    r = echo([1, 2, 3]).exec(progress=True)
+    assert r == [1, 2, 3]
+    assert "3/3" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_job_returns_its_results(store):
+    job = echo([7, 8, 9])
+    job.exec()
+    again = compute.resume(job.id)
+    t0 = time.monotonic()
+    assert again.exec() == [7, 8, 9]
+    assert time.monotonic() - t0 < 10

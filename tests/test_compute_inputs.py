@@ -1,0 +1,243 @@
+"""Input sets of the Compute API: ranges, multi-dimensional ranges, streams, distributions.
+
+The vectors V2-V4 and V8-V12 of ``shared/spec/compute-for-vectors.md`` are checked here on the
+input side (which datums the slices get); ``test_compute_vectors.py`` runs them through workers.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import tracemalloc
+
+import pytest
+
+from dcp_worktimes import compute
+from dcp_worktimes.compute import stats
+from dcp_worktimes.compute.inputs import StreamInput, input_set, input_set_from_description
+from dcp_worktimes.compute.ranges import MultiRange, RangeError, RangeObject, js_number_string
+
+
+def datums(s):
+    return [s.nth(i) for i in range(len(s))]
+
+
+def test_v2_step_overflow_stops_before_end():
+    assert datums(input_set({"start": 10, "end": 13, "step": 2})) == [10, 12]
+
+
+def test_v3_group_gives_lists_of_consecutive_values():
+    assert datums(input_set({"start": 10, "end": 13, "group": 2})) == [[10, 11], [12, 13]]
+
+
+def test_v4_last_value_is_the_largest_multiple_of_step_not_past_end():
+    r = input_set({"start": 0, "end": 1000, "step": 3})
+    assert len(r) == 334
+    assert r.nth(333) == 999 and r.nth(-1) == 999
+
+
+def test_v8_decimal_steps_are_exact():
+    r = input_set({"start": 0.1, "end": 0.5, "step": 0.1})
+    values = datums(r)
+    assert values == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert all(type(v) is float for v in values)
+    assert 0.30000000000000004 not in values
+    assert [js_number_string(v) for v in values] == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+
+
+def test_ints_stay_ints_and_floats_stay_floats():
+    assert [type(v) for v in datums(input_set({"start": 1, "end": 3}))] == [int, int, int]
+    assert datums(input_set({"start": 1.0, "end": 2, "step": 0.5})) == [1.0, 1.5, 2.0]
+    assert type(input_set({"start": 1.0, "end": 2}).nth(0)) is float
+
+
+def test_v9_step_and_group_together():
+    assert datums(input_set({"start": 1, "end": 9, "step": 3, "group": 2})) == [[1, 4], [7]]
+
+
+def test_descending_range_defaults_to_a_negative_step():
+    assert datums(input_set({"start": 3, "end": 1})) == [3, 2, 1]
+    assert datums(input_set({"start": 3, "end": 1, "step": -2})) == [3, 1]
+
+
+def test_v10_step_moving_away_from_end_is_an_error_naming_the_fix():
+    with pytest.raises(RangeError, match=r"step must approach end.*step=1"):
+        input_set({"start": 1, "end": 3, "step": -1})
+    with pytest.raises(RangeError, match="must not be 0"):
+        input_set({"start": 1, "end": 3, "step": 0})
+
+
+@pytest.mark.parametrize("group", [0, 1.5, -2, "2", True])
+def test_v11_group_must_be_a_positive_integer(group):
+    with pytest.raises(RangeError, match="group must be a positive integer"):
+        input_set({"start": 1, "end": 10, "group": group})
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), None, "ten", [1]])
+def test_non_finite_or_non_numeric_bounds_are_refused(bad):
+    with pytest.raises(RangeError, match="range end"):
+        input_set({"start": 1, "end": bad})
+
+
+def test_unknown_range_keys_and_missing_end_are_named():
+    with pytest.raises(RangeError, match=r"unknown keys \['stop'\]"):
+        input_set({"start": 1, "stop": 3})
+    with pytest.raises(RangeError, match="needs end"):
+        input_set({"start": 1})
+
+
+def test_v12_huge_range_is_instant_and_holds_no_per_slice_memory():
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    job = compute.for_({"start": 0, "end": 10**12}, "function(i){ progress(); return i }")
+    elapsed = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(job.input_set) == 10**12 + 1  # exact
+    assert job.input_set.nth(10**12) == 10**12
+    assert elapsed < 1.0  # typically ~1 ms; generous for a loaded machine
+    assert peak < 2_000_000  # bytes: the work capture and the job object, nothing per slice
+    assert sys.getsizeof(job.input_set) < 1000
+
+
+def test_big_integers_are_exact():
+    r = input_set({"start": 10**30, "end": 10**30 + 10, "step": 5})
+    assert datums(r) == [10**30, 10**30 + 5, 10**30 + 10]
+
+
+def test_range_description_round_trips_exactly():
+    for desc in ({"start": 0.1, "end": 0.5, "step": 0.1}, {"start": 1, "end": 9, "step": 3, "group": 2},
+                 {"start": 10**30, "end": 10**30 + 10}, {"start": 1, "end": 2, "step": 1 / 3}):
+        r = input_set(desc)
+        back = input_set_from_description(r.description())
+        assert datums(back) == datums(r)
+    # the scheduler's own spelling (plain ints) is accepted too
+    assert datums(input_set_from_description({"kind": "range", "start": 0, "end": 9, "step": 1})) == list(range(10))
+
+
+def test_range_object_class_and_dict_agree():
+    assert datums(RangeObject(start=10, end=13, group=2)) == datums(input_set({"start": 10, "end": 13, "group": 2}))
+    assert input_set(RangeObject(1, 3)) == RangeObject(1, 3)
+
+
+def test_v5_multi_dimensional_range_is_row_major():
+    m = input_set([{"start": 1, "end": 2}, {"start": 3, "end": 5}])
+    assert isinstance(m, MultiRange)
+    assert m.shape == (2, 3)
+    assert datums(m) == [[1, 3], [1, 4], [1, 5], [2, 3], [2, 4], [2, 5]]
+    back = input_set_from_description(m.description())
+    assert datums(back) == datums(m)
+
+
+def test_multi_dimensional_errors_name_the_dimension():
+    with pytest.raises(RangeError, match="dimension 1: .*group"):
+        input_set([{"start": 1, "end": 2}, {"start": 3, "end": 5, "group": 0}])
+
+
+def test_lists_and_generators_become_streams_consumed_in_batches():
+    pulled = []
+
+    def gen():
+        for i in range(25):
+            pulled.append(i)
+            yield i
+
+    s = input_set(gen())
+    assert isinstance(s, StreamInput)
+    with pytest.raises(TypeError):
+        len(s)
+    batches = s.batches(10)
+    first = next(batches)
+    assert first == [(i, i) for i in range(10)]
+    assert len(pulled) == 10  # lazily: only one batch read so far
+    rest = [b for b in batches]
+    assert [len(b) for b in rest] == [10, 5]
+    assert len(s) == 25 and s.nth(24) == 24
+    assert input_set([123, 456]).description() == {"kind": "stream"}
+    assert len(input_set([123, 456])) == 2
+
+
+@pytest.mark.parametrize("bad", ["abc", b"abc", {"a": 1}, 42.5j])
+def test_inputs_that_are_almost_always_mistakes_are_refused(bad):
+    with pytest.raises((RangeError, TypeError)):
+        input_set(bad)
+
+
+# -- distributions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda seed: stats.set.random(200, seed=seed),
+    lambda seed: stats.set.randomInt(200, 1, 6, seed=seed),
+    lambda seed: stats.set.normal(200, 10, 2, seed=seed),
+    lambda seed: stats.set.poisson(200, 4.5, seed=seed),
+    lambda seed: stats.set.poisson(200, 250.0, seed=seed),
+    lambda seed: stats.set.binomial(200, 20, 0.3, seed=seed),
+    lambda seed: stats.set.binomial(200, 5000, 0.7, seed=seed),
+])
+def test_distributions_are_seedable_lazy_and_rebuilt_from_descriptions(make):
+    a, b, c = make(7), make(7), make(8)
+    assert datums(a) == datums(b)
+    assert datums(a) != datums(c)
+    back = input_set_from_description(a.description())
+    assert back.nth(123) == a.nth(123)
+    # index-addressable: slice i does not depend on the others having been drawn
+    assert make(7).nth(150) == datums(a)[150]
+
+
+def test_unseeded_distribution_records_its_seed():
+    s = stats.set.normal(10)
+    assert isinstance(s.description()["seed"], int)
+    assert datums(input_set_from_description(s.description())) == datums(s)
+
+
+def test_distribution_moments_are_plausible():
+    n = 4000
+    rnd = datums(stats.set.random(n, seed=1))
+    assert all(0 <= x < 1 for x in rnd) and abs(statistics.mean(rnd) - 0.5) < 0.03
+    ints = datums(stats.set.randomInt(n, 1, 6, seed=1))
+    assert set(ints) == {1, 2, 3, 4, 5, 6}
+    norm = datums(stats.set.normal(n, 10, 2, seed=1))
+    assert abs(statistics.mean(norm) - 10) < 0.15 and abs(statistics.stdev(norm) - 2) < 0.15
+    for lam in (3.0, 400.0):
+        p = datums(stats.set.poisson(n, lam, seed=2))
+        assert all(isinstance(x, int) and x >= 0 for x in p)
+        assert abs(statistics.mean(p) - lam) < 0.1 * lam ** 0.5 * 4
+        assert abs(statistics.variance(p) / lam - 1) < 0.15
+    for trials, prob in ((30, 0.2), (10000, 0.6)):
+        bs = datums(stats.set.binomial(n, trials, prob, seed=3))
+        mean, var = trials * prob, trials * prob * (1 - prob)
+        assert all(0 <= x <= trials for x in bs)
+        assert abs(statistics.mean(bs) - mean) < 4 * (var / n) ** 0.5 + 1e-9
+        assert abs(statistics.variance(bs) / var - 1) < 0.15
+    assert datums(stats.set.identity(4)) == [0, 1, 2, 3]
+
+
+def test_huge_distribution_is_lazy():
+    t0 = time.perf_counter()
+    s = stats.set.normal(10**12, seed=5)
+    assert len(s) == 10**12
+    assert isinstance(s.nth(10**12 - 1), float)
+    assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: stats.set.randomInt(5, 6, 1), "high .* must be >= low"),
+    (lambda: stats.set.normal(5, 0, -1), "stddev must be >= 0"),
+    (lambda: stats.set.binomial(5, 10, 1.5), r"p is a probability"),
+    (lambda: stats.set.poisson(5, -1), "poisson lam"),
+    (lambda: stats.set.random(-1), "at least 0"),
+    (lambda: stats.set.random(2.5), "must be an integer"),
+    (lambda: stats.set.normal(5, sigma=1), "unexpected arguments"),
+])
+def test_distribution_parameters_are_validated(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_js_number_strings():
+    assert [js_number_string(v) for v in (1, 1.0, 0.5, 1e21, 1e-7, 123456789012.5, -0.0, 2**70)] == [
+        "1", "1", "0.5", "1e+21", "1e-7", "123456789012.5", "0", str(2**70)]
+    assert js_number_string(1e-5) == "0.00001"
+    assert js_number_string([10, 11]) == "10,11"
