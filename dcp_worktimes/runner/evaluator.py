@@ -221,6 +221,8 @@ class Evaluator:
         frame: dict
         try:
             result = self.worktime.execute(ctx, unpack(datum_bytes))
+            if self.cancel.is_set():  # whatever a cancelled slice returns is not its result
+                raise SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
             value = self.pack(result)
             if limits.output is not None and len(value) > limits.output:
                 raise SliceError(

@@ -16,7 +16,7 @@ from dcp_worktimes import hookimpl
 from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from dcp_worktimes.worktime import JobSpec, SliceContext, Worktime
 
-ACTIONS = ("spin", "sleep", "silent", "allocate", "crash", "output", "throw", "console", "emit", "progress",
+ACTIONS = ("pid", "spin", "sleep", "silent", "allocate", "crash", "output", "throw", "console", "emit", "progress",
            "result", "unserializable", "when")
 CRASHES = ("segfault", "abort", "exit")
 
@@ -81,6 +81,8 @@ class EchoWorktime(Worktime):
         if "output" in a:
             return b"x" * int(float(a["output"]) * (1 << 20))
         ctx.progress(1)
+        if a.get("pid"):
+            return [datum, os.getpid()]
         return a["result"] if "result" in a else datum
 
 

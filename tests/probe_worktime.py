@@ -1,0 +1,26 @@
+"""A test-only worktime that runs host Python *unsandboxed* inside the evaluator process.
+
+It exists to test the evaluator's process-level layers (network namespace, stdout hygiene) as
+if an engine had been escaped. Never register it outside tests.
+"""
+
+from dcp_worktimes import hookimpl
+from dcp_worktimes.worktime import Worktime
+
+
+class ProbeWorktime(Worktime):
+    name = "probe"
+    version = "0.0.1"
+
+    def prepare(self, job):
+        self.job = job
+        self.fn = {}
+        exec(compile(job.work, "<probe>", "exec"), self.fn)
+
+    def execute(self, ctx, datum):
+        return self.fn["work"](datum)
+
+
+@hookimpl
+def register_worktimes(register):
+    register(ProbeWorktime)

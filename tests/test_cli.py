@@ -1,0 +1,75 @@
+"""``dcp-worker`` as a user runs it: a real process, real evaluators."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def dcp_worker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_worktimes_json_lists_echo_with_its_package():
+    r = dcp_worker("worktimes", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {w["name"]: w for w in json.loads(r.stdout)["worktimes"]}
+    assert rows["echo"]["version"] == "1.0.0" and rows["echo"]["provider"] == "dcp-worktime-echo"
+    assert rows["echo"]["capabilities"] == {"echo": True}
+
+
+def test_worktimes_table():
+    r = dcp_worker("worktimes")
+    assert r.returncode == 0 and "echo" in r.stdout and "dcp-worktime-echo" in r.stdout
+
+
+def test_slice_prints_the_result():
+    r = dcp_worker("slice", "--worktime", "echo", "--work", "", "--datum", '{"a": [1, 2.5, null], "b": {"$bytes": "AP8="}}')
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"a": [1, 2.5, None], "b": {"$bytes": "AP8="}}
+
+
+def test_slice_json_outcome_and_console_on_stderr():
+    r = dcp_worker("slice", "-w", "echo", "--work", '{"console": ["hi", "hi"]}', "--datum", "5", "--json")
+    assert r.returncode == 0
+    body = json.loads(r.stdout)
+    assert body["ok"] and body["result"] == 5 and body["bytes_in"] == 1
+    assert "[console.log] hi (x2)" in r.stderr
+
+
+def test_spin_forever_stops_at_wall_time():
+    t = time.monotonic()
+    r = dcp_worker("slice", "--worktime", "echo", "--work", '{"spin": -1}', "--wall-time", "2s")
+    elapsed = time.monotonic() - t
+    assert r.returncode == 1 and r.stderr.startswith("ESLICETOOSLOW: ")
+    assert elapsed < 4 + 1.5, elapsed  # 4 s for the slice, plus this interpreter's own start-up
+
+
+def test_memory_balloon_stops_at_memory_limit():
+    r = dcp_worker("slice", "--worktime", "echo", "--work", '{"allocate": 1024}', "--memory-limit", "128MB")
+    assert r.returncode == 1 and r.stderr.startswith("EMEMORYLIMIT: ")
+
+
+def test_crash_has_its_own_code():
+    r = dcp_worker("slice", "--worktime", "echo", "--work", '{"crash": "segfault"}')
+    assert r.returncode == 1 and r.stderr.startswith("ECRASH: ") and "SIGSEGV" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["slice", "--worktime", "nope", "--work", ""], "ENOWORKTIME: no worktime named 'nope'"),
+    (["slice", "--worktime", "echo", "--work", "", "--datum", "[1,"], "--datum must be JSON"),
+    (["slice", "--worktime", "echo", "--work", "", "--wall-time", "3x"], "cannot read '3x' as a duration"),
+    (["slice", "--worktime", "echo", "--work", "", "--memory-limit", "lots"], "cannot read 'lots' as a size"),
+    (["slice", "--worktime", "echo", "--work", '{"bogus": 1}'], "EBADWORK: unknown echo action(s) bogus"),
+    (["--cores", "0"], "0 is not in the range x>=1"),
+])
+def test_bad_input_is_one_clear_line(args, message):
+    r = dcp_worker(*args)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr

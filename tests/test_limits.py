@@ -1,0 +1,31 @@
+import pytest
+
+from dcp_worktimes.limits import Limits, parse_duration, parse_size
+
+
+def test_human_units():
+    lim = Limits.parse(wall_time="2s", memory="128MB", output="1GiB", progress_timeout="250ms", cpu_time=3)
+    assert (lim.wall_time, lim.memory, lim.output, lim.progress_timeout, lim.cpu_time) == (2.0, 128_000_000, 2**30, 0.25, 3.0)
+
+
+def test_off_means_unlimited_and_round_trip():
+    lim = Limits.parse(progress_timeout="off", wall_time=None)
+    assert lim.progress_timeout is None and lim.wall_time is None
+    assert Limits.from_dict(lim.to_dict()) == lim
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"memory": "12XB"}, "memory: cannot read '12XB' as a size"),
+    ({"wall_time": -1}, "wall_time: must be a positive"),
+    ({"wall_time": "soon"}, "wall_time: cannot read 'soon'"),
+    ({"memroy": "1GB"}, "unknown limit 'memroy'"),
+    ({"memory": True}, "memory: expected a size"),
+])
+def test_bad_limits_say_what_is_wrong(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Limits.parse(**kw)
+
+
+def test_parsers():
+    assert parse_size("4096") == 4096 and parse_size("none") is None
+    assert parse_duration("2m") == 120.0 and parse_duration("unlimited") is None

@@ -1,0 +1,113 @@
+"""The plugin registry: built-ins, entry points, duplicates, broken plugins, the load switch."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from dcp_worktimes import hookimpl, hookspecs
+from dcp_worktimes.errors import DuplicateWorktime, WorktimeNotFound
+from dcp_worktimes.plugins import ENV_LOAD_PLUGINS, Registry, get_worktime
+from dcp_worktimes.worktime import Worktime
+
+
+def make_plugin(name: str, *classes: type) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def register_worktimes(register):
+        for cls in classes:
+            register(cls)
+
+    module.register_worktimes = register_worktimes
+    return module
+
+
+class Upper(Worktime):
+    name = "upper"
+    version = "1.2.3"
+
+    def execute(self, ctx, datum):
+        return datum.upper()
+
+
+class OtherUpper(Upper):
+    pass
+
+
+def test_echo_comes_from_its_entry_point():
+    reg = get_worktime("echo")
+    assert reg.provider == "dcp-worktime-echo" and reg.version == "1.0.0"
+    assert reg.ref == "dcp_worktime_echo:EchoWorktime"
+
+
+def test_unknown_name_lists_installed_and_the_package_to_install():
+    with pytest.raises(WorktimeNotFound) as e:
+        get_worktime("blender")
+    text = str(e.value)
+    assert e.value.code == "ENOWORKTIME" and "echo 1.0.0" in text and "pip install dcp-worktime-blender" in text
+
+
+def test_version_ranges_use_semver():
+    r = Registry()
+    r.register_module(make_plugin("p_upper", Upper), "dcp-worktime-upper")
+    assert r.get("upper", "^1.0.0").version == "1.2.3"
+    assert r.get("upper", ">=0.0.0").name == "upper"
+    with pytest.raises(WorktimeNotFound, match=r"does not support upper@\^2.0.0"):
+        r.get("upper", "^2.0.0")
+    with pytest.raises(ValueError, match="invalid version range"):
+        r.get("upper", "one point oh")
+
+
+def test_duplicate_names_name_both_providers():
+    r = Registry()
+    r.register_module(make_plugin("p_a", Upper), "pkg-a")
+    with pytest.raises(DuplicateWorktime) as e:
+        r.register_module(make_plugin("p_b", OtherUpper), "pkg-b")
+    assert "pkg-a" in str(e.value) and "pkg-b" in str(e.value)
+
+
+def test_a_broken_plugin_removes_only_itself():
+    @hookimpl
+    def register_worktimes(register):
+        raise RuntimeError("engine missing")
+
+    broken = types.ModuleType("p_broken")
+    broken.register_worktimes = register_worktimes
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match="engine missing"):
+        r.register_module(broken, "dcp-worktime-broken")
+    r.register_module(make_plugin("p_ok", Upper), "dcp-worktime-upper")
+    assert "upper" in r.worktimes() and "echo" in r.worktimes()
+    assert any("dcp-worktime-broken" in e.plugin and "engine missing" in e.error for e in r.errors)
+
+
+def test_invalid_registrations_are_reported_not_fatal():
+    class NoVersion(Worktime):
+        name = "BadName"
+        version = "1"
+
+        def execute(self, ctx, datum):
+            return datum
+
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match="must be a lowercase name"):
+        r.register_module(make_plugin("p_bad", NoVersion), "bad")
+    assert "BadName" not in r.worktimes()
+
+
+def test_load_plugins_switch(monkeypatch):
+    monkeypatch.setenv(ENV_LOAD_PLUGINS, "")
+    assert "echo" not in Registry().worktimes()
+    monkeypatch.setenv(ENV_LOAD_PLUGINS, "echo")
+    assert "echo" in Registry().worktimes()
+    monkeypatch.setenv(ENV_LOAD_PLUGINS, "dcp-worktime-echo")
+    assert "echo" in Registry().worktimes()
+
+
+def test_every_hookspec_is_documented_with_an_example():
+    specs = [getattr(hookspecs, n) for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "dcp_worktimes_spec")]
+    assert specs, "no hookspecs found"
+    for spec in specs:
+        assert "Example" in (spec.__doc__ or ""), spec.__name__

@@ -1,0 +1,154 @@
+"""The sandboxed runner: evaluator processes, batching, limits, recovery, isolation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+
+from dcp_worktimes.errors import WorktimeNotFound
+from dcp_worktimes.limits import Limits
+from dcp_worktimes.plugins import registry
+from dcp_worktimes.runner import EvaluatorPool, run_slice
+from dcp_worktimes.worktime import JobSpec
+
+from .test_values import VALUES
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with EvaluatorPool(cores=2) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def probe():
+    from . import probe_worktime
+
+    registry().register_module(probe_worktime, "tests")
+    yield "probe"
+
+
+def job(work="", **limits):
+    job.n = getattr(job, "n", 0) + 1
+    return JobSpec(id=f"runner-{job.n}", worktime="echo", work=work if isinstance(work, str) else json.dumps(work),
+                   limits=Limits.parse(**limits))
+
+
+def test_values_cross_the_boundary_exactly(pool):
+    outs = {o.number: o for o in pool.map(job(), list(enumerate(VALUES)))}
+    for i, v in enumerate(VALUES):
+        assert outs[i].ok and outs[i].value == v and type(outs[i].value) is type(v)
+
+
+def test_many_slices_arrive_once_each_in_order_of_numbers(pool):
+    outs = list(pool.map(job(), [(i, i * 3) for i in range(5000)]))
+    assert sorted(o.number for o in outs) == list(range(5000))
+    assert all(o.ok and o.value == o.number * 3 for o in outs)
+
+
+def test_evaluators_are_reused_within_a_job_and_fresh_per_job(pool):
+    j = job({"pid": True})
+    pids = {o.value[1] for o in pool.map(j, [(i, i) for i in range(200)])}
+    assert 1 <= len(pids) <= 2  # two slots at most, no respawn between slices
+    other = {o.value[1] for o in pool.map(job({"pid": True}), [(0, 0)])}
+    assert not other & pids
+
+
+def test_reuse_count_is_bounded():
+    with EvaluatorPool(cores=1, max_slices_per_evaluator=5, max_batch=1) as p:
+        pids = [o.value[1] for o in sorted(p.map(job({"pid": True}), [(i, i) for i in range(12)]), key=lambda o: o.number)]
+    assert len(set(pids)) == 3
+
+
+def test_a_killed_slice_spares_the_rest_of_its_batch(pool):
+    work = {"spin": -1, "when": 37}
+    t = time.monotonic()
+    outs = {o.number: o for o in pool.map(job(work, wall_time="1s"), [(i, i) for i in range(100)])}
+    assert time.monotonic() - t < 10
+    assert outs[37].error.code == "ESLICETOOSLOW"
+    assert all(outs[i].ok and outs[i].value == i for i in range(100) if i != 37)
+
+
+def test_memory_limit_kills_the_evaluator_not_the_worker(pool):
+    me = psutil.Process()
+    before = me.memory_info().rss
+    t = time.monotonic()
+    out = next(pool.map(job({"allocate": 1024}, memory="128MB"), [(0, 0)]))
+    assert out.error.code == "EMEMORYLIMIT" and "128" not in "" and time.monotonic() - t < 10
+    assert me.memory_info().rss - before < 32 << 20
+    assert next(pool.map(job(), [(0, "after")])).value == "after"
+
+
+def test_wall_time_bound_via_run_slice():
+    t = time.monotonic()
+    out = run_slice(job({"spin": -1}, wall_time="2s"), 0)
+    elapsed = time.monotonic() - t
+    assert out.error.code == "ESLICETOOSLOW" and elapsed < 4, elapsed
+    assert out.wall_time >= 2
+
+
+def test_progress_timeout_can_be_disabled(pool):
+    out = next(pool.map(job({"silent": 1.5}, progress_timeout="off"), [(0, 1)]))
+    assert out.ok and out.value == 1
+    out = next(pool.map(job({"silent": 5}, progress_timeout="0.5s"), [(0, 1)]))
+    assert out.error.code == "ENOPROGRESS"
+
+
+def test_cancel_stops_running_and_queued_slices(pool):
+    j = job({"sleep": 30})
+    results = []
+    done = threading.Event()
+
+    def collect(o):
+        results.append(o)
+        if len(results) == 10:
+            done.set()
+
+    pool.submit(j, [(i, i) for i in range(10)], collect)
+    time.sleep(0.5)
+    pool.cancel(j.id)
+    assert done.wait(10), f"only {len(results)} outcomes after cancel"
+    assert {o.error.code for o in results} == {"ECANCELLED"}
+
+
+def test_unknown_worktime_fails_at_submit(pool):
+    with pytest.raises(WorktimeNotFound):
+        pool.submit(JobSpec(id="x", worktime="no-such"), [(0, 0)], lambda o: None)
+
+
+def test_bad_cores():
+    with pytest.raises(ValueError, match="cores must be a positive integer"):
+        EvaluatorPool(cores=0)
+
+
+def test_evaluators_have_no_network(pool, probe):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    work = (
+        "import socket\n"
+        "def work(port):\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=2).sendall(b'x')\n"
+        "        return 'connected'\n"
+        "    except OSError as e:\n"
+        "        return type(e).__name__\n"
+    )
+    out = next(pool.map(JobSpec(id="net", worktime=probe, work=work), [(0, port)]))
+    server.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        server.accept()
+    server.close()
+    assert out.ok and out.value != "connected"
+
+
+def test_stray_stdout_does_not_corrupt_frames(pool, probe):
+    work = "import os\ndef work(x):\n    os.write(1, b'\\x93garbage')\n    print('noise')\n    return x + 1\n"
+    outs = list(pool.map(JobSpec(id="stdout", worktime=probe, work=work), [(i, i) for i in range(5)]))
+    assert sorted(o.value for o in outs) == [1, 2, 3, 4, 5]

@@ -1,0 +1,31 @@
+import math
+
+import pytest
+
+from dcp_worktimes.values import UnserializableValue, pack, unpack
+
+VALUES = [
+    None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**64) - 1, 2**200, -(3**150),
+    0.1, -0.0, 1e308, float("inf"), float("-inf"), "", "héllo \u0000 ☃", b"", bytes(range(256)),
+    [], [1, [2, [3, b"x"]]], {}, {"a": {"b": [None, 2**70]}, "": b"\xff"}, {1: "int key", 2**80: "big key"},
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_round_trip_is_exact(value):
+    back = unpack(pack(value))
+    assert back == value and type(back) is type(value)
+
+
+def test_nan_round_trips():
+    assert math.isnan(unpack(pack(float("nan"))))
+
+
+def test_tuples_arrive_as_lists():
+    assert unpack(pack((1, (2, 3)))) == [1, [2, 3]]
+
+
+@pytest.mark.parametrize("bad, word", [(object(), "object"), ({1, 2}, "set"), ([1, {"x": 1j}], "complex")])
+def test_unsupported_values_name_their_type(bad, word):
+    with pytest.raises(UnserializableValue, match=word):
+        pack(bad)
