@@ -1,0 +1,350 @@
+"""One QuickJS context with the map-basic prelude, limits and an interrupt handler.
+
+Binding: ``quickjs-ng`` (see ``sandbox/mapbasic.md`` for the comparison with ``quickjs``). We use
+its low-level ``_quickjs.Context`` directly and work around its traps:
+
+* its time limit counts process CPU time and refuses Python callbacks while set, so we never use
+  it: a ctypes interrupt handler installed with ``JS_SetInterruptHandler`` (exported by the
+  extension) checks the wall-clock, CPU, progress and cancel deadlines. The runtime pointer is
+  read from the ``Context`` object and verified with ``JS_GetRuntimeOpaque`` (the binding stores
+  the context there) before anything is installed; if the check fails we run without an engine
+  interrupt and the host runner kills on wall time;
+* values cross as text (``marshal.py``), never through the binding's int/str conversions;
+* the stack limit is never 0 (that crashes the host) and stays below the thread's C stack;
+* one context per evaluator process: a new job replaces the previous context.
+
+Example (in-process; the runner does the same inside a sandboxed evaluator)::
+
+    engine = JSEngine()
+    engine.compile("function (x, k) { progress(); return x * k }")
+    engine.set_job(arguments=[3], modules={})
+    engine.run(SliceContext(0, Limits()), 7)        # -> 21
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import humanfriendly
+
+from ..errors import ErrorCode, SliceError, WorkError
+from ..values import UnserializableValue
+from ..worktime import SliceContext
+from .marshal import from_js, to_js
+
+PRELUDE = (Path(__file__).with_name("prelude.js")).read_text(encoding="utf-8")
+
+#: JS stack budget: half of the calling thread's C stack, clamped (QuickJS default is 1 MiB).
+MIN_JS_STACK = 256 * 1024
+MAX_JS_STACK = 4 * 1024 * 1024
+
+_INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _thread_stack_size() -> int:
+    """Bytes of C stack of the current thread (main thread: RLIMIT_STACK; others: pthread default)."""
+    if threading.current_thread() is not threading.main_thread():
+        size = threading.stack_size()
+        if size:
+            return size
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 8 * 1024 * 1024
+    return soft
+
+
+def _sanitize(text: str) -> str:
+    """Replace lone surrogates (legal in JS strings, not in UTF-8) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class JSEngine:
+    """A QuickJS runtime + context with the prelude loaded. Not thread-safe: one slice at a time."""
+
+    def __init__(self) -> None:
+        import _quickjs  # lazy: listing worktimes must not load the engine
+
+        self._quickjs = _quickjs
+        self._ctx = _quickjs.Context()
+        self._slice: SliceContext | None = None
+        # Deadlines checked by the interrupt handler (monotonic / process CPU seconds).
+        self._deadline: float | None = None
+        self._cpu_deadline: float | None = None
+        self._progress_deadline: float | None = None
+        self._tripped: ErrorCode | None = None
+        self.interrupt_installed = self._install_interrupt()
+        self._stack_size = 0
+        self._memory_limit = -1
+        self._ctx.add_callable("__dcpHost", self._host)
+        self._op = self._ctx.eval(PRELUDE)
+
+    # -- interrupt ------------------------------------------------------------------------------
+    def _install_interrupt(self) -> bool:
+        try:
+            lib = ctypes.CDLL(self._quickjs.__file__)
+            lib.JS_GetRuntimeOpaque.restype = ctypes.c_void_p
+            lib.JS_GetRuntimeOpaque.argtypes = [ctypes.c_void_p]
+            lib.JS_SetInterruptHandler.restype = None
+            lib.JS_SetInterruptHandler.argtypes = [ctypes.c_void_p, _INTERRUPT, ctypes.c_void_p]
+            # RuntimeData starts with PyObject_HEAD, then the JSRuntime pointer.
+            rt = ctypes.c_void_p.from_address(id(self._ctx) + object.__basicsize__).value
+            if not rt or lib.JS_GetRuntimeOpaque(rt) != id(self._ctx):
+                return False
+            self._handler = _INTERRUPT(self._interrupt)  # keep a reference: QuickJS holds a raw pointer
+            lib.JS_SetInterruptHandler(rt, self._handler, None)
+            return True
+        except (OSError, AttributeError, ValueError):
+            return False
+
+    def _interrupt(self, _rt: int, _opaque: int) -> int:
+        # Runs every ~10k JS operations with the GIL re-acquired: keep it cheap and never raise.
+        try:
+            now = time.monotonic()
+            if self._deadline is not None and now > self._deadline:
+                self._tripped = ErrorCode.ESLICETOOSLOW
+            elif self._progress_deadline is not None and now > self._progress_deadline:
+                self._tripped = ErrorCode.ENOPROGRESS
+            elif self._cpu_deadline is not None and time.process_time() > self._cpu_deadline:
+                self._tripped = ErrorCode.ECPULIMIT
+            elif self._slice is not None and self._slice.cancelled:
+                self._tripped = ErrorCode.ECANCELLED
+            else:
+                return 0
+            return 1
+        except BaseException:  # noqa: BLE001 - an exception here would be printed and ignored
+            return 1
+
+    # -- host callbacks (called by the prelude through __dcpHost) -------------------------------
+    def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
+        # Exceptions must not escape into the binding (it would leave a Python error pending).
+        try:
+            if op == "random":
+                return base64.b64encode(os.urandom(int(a))).decode("ascii")
+            ctx = self._slice
+            if ctx is None:
+                return None  # console output while compiling the work or a module: dropped
+            if op == "progress":
+                ctx.progress(from_js(a))
+                timeout = ctx.limits.progress_timeout
+                if timeout is not None:
+                    self._progress_deadline = time.monotonic() + timeout
+            elif op == "console":
+                ctx.console(a, _sanitize(json.loads(b)))
+            elif op == "emit":
+                ctx.emit(_sanitize(json.loads(a)), from_js(b))
+            return None
+        except BaseException as e:  # noqa: BLE001
+            return f"!{op}: {e}"
+
+    # -- calls ----------------------------------------------------------------------------------
+    def _call(self, *args: Any) -> Any:
+        """Call the prelude dispatcher; engine-level failures become SliceError."""
+        try:
+            return self._op(*args)
+        except self._quickjs.JSException as e:
+            raise self._engine_error(e) from None
+
+    def _engine_error(self, e: Exception) -> SliceError:
+        text = str(e)
+        first = text.split("\n", 1)[0]
+        stack = text.split("\n", 1)[1] if "\n" in text else None
+        tripped, self._tripped = self._tripped, None
+        if tripped is not None:
+            return _limit_error(tripped, self._slice)
+        if "out of memory" in first:
+            self._ctx.gc()
+            return SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="InternalError")
+        if isinstance(e, self._quickjs.StackOverflow):
+            return SliceError(f"{first} (recursion too deep)", code=ErrorCode.EUNCAUGHT, stack=stack, name="RangeError")
+        name, _, message = first.partition(": ")
+        return SliceError(message or first, code=ErrorCode.EUNCAUGHT, stack=stack, name=name or None)
+
+    def set_limits(self, memory: int | None) -> None:
+        """Engine memory quota in bytes (None = unlimited) and a stack limit fitting this thread."""
+        limit = int(memory) if memory else 0  # 0 = unlimited for QuickJS
+        if limit != self._memory_limit:
+            self._ctx.set_memory_limit(limit)
+            self._memory_limit = limit
+        stack = max(MIN_JS_STACK, min(MAX_JS_STACK, _thread_stack_size() // 2))
+        if stack != self._stack_size:  # never 0: a zero stack limit crashes the host
+            self._ctx.set_max_stack_size(stack)
+            self._stack_size = stack
+
+    def compile(self, source: str, strict: bool = False) -> None:
+        """Evaluate the work text to a function, or raise WorkError (EBADWORK) saying why."""
+        try:
+            result = self._call("compile", source, bool(strict))
+        except SliceError as e:
+            raise WorkError(f"the work could not be evaluated: {e.message}") from None
+        if not result:
+            return
+        if result[0] == "n":
+            got = json.loads(result[1:])
+            raise WorkError(
+                f"the work must evaluate to a function, but it evaluated to {got}; deploy it as a function "
+                "expression such as 'function (datum) { return datum * 2 }', 'async (datum) => ...', or a file "
+                "whose last expression is the function"
+            )
+        err = json.loads(result[1:])
+        where = ""
+        for line in (err.get("stack") or "").splitlines():
+            if "<input>:" in line:
+                where = " at line " + line.split("<input>:", 1)[1].rstrip(")").replace(":", ", column ", 1)
+                break
+        kind = err.get("name") or "Error"
+        raise WorkError(f"the work does not compile: {kind}: {err['message']}{where}; fix the work function's source")
+
+    def set_job(self, arguments: list[Any], modules: dict[str, str | bytes]) -> None:
+        """Job arguments (passed after the datum) and module sources for require()."""
+        try:
+            args_text = to_js(list(arguments))
+        except UnserializableValue as e:
+            raise WorkError(f"the job arguments cannot be passed to JavaScript: {e}") from None
+        sources: dict[str, str] = {}
+        for name, src in modules.items():
+            if isinstance(src, bytes):
+                try:
+                    src = src.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise WorkError(f"module {name!r} is not UTF-8 text; map-basic modules are JavaScript source") from None
+            sources[str(name)] = src
+        self._call("job", args_text, json.dumps(sources, ensure_ascii=True))
+
+    def run(self, ctx: SliceContext, datum: Any) -> Any:
+        """Run one slice: call the work, settle promises and timers, return the decoded result."""
+        try:
+            datum_text = to_js(datum)
+        except UnserializableValue as e:
+            raise SliceError(f"the datum cannot be passed to JavaScript: {e}", code=ErrorCode.EUNSERIALIZABLE) from None
+        limits = ctx.limits
+        self.set_limits(limits.memory)
+        self._slice = ctx
+        self._tripped = None
+        self._deadline = ctx.deadline
+        self._cpu_deadline = time.process_time() + limits.cpu_time if limits.cpu_time else None
+        self._progress_deadline = ctx.started + limits.progress_timeout if limits.progress_timeout else None
+        try:
+            envelope = self._call("start", datum_text)
+            if envelope == "p":
+                envelope = self._settle()
+            return self._result(envelope)
+        finally:
+            self._slice = None
+            self._deadline = self._cpu_deadline = self._progress_deadline = None
+            try:
+                self._op("end")
+            except self._quickjs.JSException:
+                pass
+            self._tripped = None
+
+    def _settle(self) -> str:
+        """Run jobs and timers until the work's promise settles; return the prelude's envelope."""
+        while True:
+            self._drain_jobs()
+            envelope = self._call("poll")
+            if envelope:
+                return envelope
+            delay = self._call("next")
+            if delay < 0:
+                raise SliceError(
+                    "the work function's promise never settled and nothing is left to run (no timers, no "
+                    "pending jobs); make sure every Promise it awaits resolves or rejects",
+                    code=ErrorCode.EUNCAUGHT,
+                )
+            if delay > 0:
+                self._sleep(delay / 1000.0)
+            self._call("fire")
+
+    def _drain_jobs(self) -> None:
+        execute = self._ctx.execute_pending_job
+        try:
+            while execute():
+                pass
+        except self._quickjs.JSException as e:
+            raise self._engine_error(e) from None
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for a timer, still honouring the wall, progress and cancel deadlines."""
+        ctx = self._slice
+        end = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            for deadline, code in ((self._deadline, ErrorCode.ESLICETOOSLOW), (self._progress_deadline, ErrorCode.ENOPROGRESS)):
+                if deadline is not None and now > deadline:
+                    raise _limit_error(code, ctx)
+            if ctx is not None and ctx.cancelled:
+                raise _limit_error(ErrorCode.ECANCELLED, ctx)
+            if now >= end:
+                return
+            wake = min(d for d in (end, self._deadline, self._progress_deadline) if d is not None)
+            time.sleep(min(0.05, max(0.0, wake - now) + 0.001))
+
+    def _result(self, envelope: str) -> Any:
+        kind, body = envelope[:1], envelope[1:]
+        if kind == "v":
+            return from_js(body)
+        if kind == "e":
+            err = json.loads(body)
+            name, message = err.get("name"), err.get("message", "")
+            if name == "InternalError" and message == "out of memory":
+                self._ctx.gc()
+                raise SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name=name)
+            stack = err.get("stack") or ""
+            full = f"{name}: {message}\n{stack}" if stack else None
+            raise SliceError(_sanitize(message), code=ErrorCode.EUNCAUGHT, stack=full and _sanitize(full), name=name)
+        if kind == "r":
+            raise SliceError(f"work.reject: {_sanitize(json.loads(body))}", code=ErrorCode.EWORKREJECT)
+        if kind == "u":
+            message = json.loads(body)
+            if message.startswith("the value"):
+                message = "the result" + message[len("the value"):]
+            else:  # e.g. JSON.stringify's "circular reference"
+                message = f"the result cannot cross the sandbox boundary: {message}; return plain, acyclic data"
+            raise SliceError(message, code=ErrorCode.EUNSERIALIZABLE, name="DataCloneError")
+        raise SliceError(f"internal error: unexpected reply {envelope[:40]!r} from the map-basic prelude", code=ErrorCode.ECRASH)
+
+    def eval(self, source: str) -> Any:
+        """Evaluate JS source and decode its value (tests and diagnostics)."""
+        return self._result(self._call("eval", source))
+
+    def memory(self) -> dict[str, int]:
+        return self._ctx.memory()
+
+    def close(self) -> None:
+        self._op = None
+        self._ctx = None
+
+
+def _memory_message(limit: int) -> str:
+    shown = humanfriendly.format_size(limit) if limit > 0 else "the available memory"
+    return f"the work used more than {shown} of JavaScript heap; raise the job's memory limit or process less data per slice"
+
+
+def _limit_error(code: ErrorCode, ctx: SliceContext | None) -> SliceError:
+    limits = ctx.limits if ctx is not None else None
+    if code is ErrorCode.ESLICETOOSLOW:
+        msg = f"the slice ran longer than its wall-time limit of {limits.wall_time:g} s" if limits and limits.wall_time else "the slice ran too long"
+        msg += "; raise the job's wall_time limit or give each slice less work"
+    elif code is ErrorCode.ENOPROGRESS:
+        t = limits.progress_timeout if limits else None
+        msg = (f"the work did not call progress() for {t:g} s" if t else "the work did not call progress()") + (
+            "; call progress() regularly in long loops, or raise/disable the job's progress_timeout"
+        )
+    elif code is ErrorCode.ECPULIMIT:
+        msg = f"the slice used more than {limits.cpu_time:g} s of CPU time" if limits and limits.cpu_time else "CPU limit exceeded"
+        msg += "; raise the job's cpu_time limit or give each slice less work"
+    else:
+        msg = "the slice was cancelled"
+    return SliceError(msg, code=code, name="InternalError")

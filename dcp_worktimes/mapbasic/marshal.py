@@ -1,0 +1,136 @@
+"""Values between Python and the QuickJS guest, as text (the Python half of ``prelude.js``).
+
+The binding's own conversions are unusable (integers beyond 32 bits arrive as garbage, strings
+are cut at NUL), so every value crosses as one string: a flag character, ``"1"`` when the JSON
+that follows contains tagged values, ``"0"`` when it is plain JSON, then the JSON text. A tagged
+value is a one-key object ``{"\\u0000dcp": [kind, text]}`` with kind ``b`` (bytes, base64),
+``n`` (an integer beyond ±(2**53-1), decimal) or ``f`` (a float JSON cannot spell: NaN,
+±Infinity, or an integral number beyond 2**53, as JS prints it).
+
+Conversions (Python → JS → Python)::
+
+    None                 -> null                -> None
+    bool                 -> boolean             -> bool
+    int, |n| <= 2**53-1  -> number              -> int
+    int, larger          -> BigInt              -> int      (exact, any size)
+    float                -> number              -> float, or int when integral (3.0 -> 3;
+                                                    JS has a single number type; -0.0 -> 0)
+    float NaN / ±inf     -> NaN / ±Infinity     -> float
+    str                  -> string              -> str
+    bytes                -> Uint8Array          -> bytes    (exact)
+    list / tuple         -> Array               -> list
+    dict                 -> plain object        -> dict     (keys become strings)
+
+JS values only the guest makes: ``undefined`` → ``None`` (also inside arrays and objects, so
+keys are never silently dropped); ``BigInt`` → ``int``; ``ArrayBuffer`` → ``bytes``; objects
+with ``toJSON()`` (``Date`` → ISO 8601 string) are converted by it; boxed primitives are
+unboxed. Everything else fails the slice with ``EUNSERIALIZABLE`` and a message saying how to
+convert it: ``Map`` (``Object.fromEntries``), ``Set`` (``[...set]``), other typed arrays, class
+instances (``{...obj}`` or a ``toJSON`` method), functions, symbols, errors, cycles.
+
+    >>> text = to_js([1, 2**60, b"\\x00\\xff", float("nan")])
+    >>> text[0]
+    '1'
+    >>> from_js('0[1,2.5,null,"x"]')
+    [1, 2.5, None, 'x']
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+from ..values import UnserializableValue
+
+TAG = "\x00dcp"
+MAX_SAFE = 2**53 - 1
+
+_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"), check_circular=False).encode
+
+
+class _Prep:
+    """Rewrites a Python value into JSON-ready data, tagging what JSON cannot carry."""
+
+    __slots__ = ("tagged",)
+
+    def __init__(self) -> None:
+        self.tagged = False
+
+    def __call__(self, v: Any) -> Any:
+        t = type(v)
+        if t is str or v is None or t is bool:
+            return v
+        if t is int:
+            if -MAX_SAFE <= v <= MAX_SAFE:
+                return v
+            self.tagged = True
+            return {TAG: ["n", str(v)]}
+        if t is float:
+            if math.isfinite(v):
+                return v
+            self.tagged = True
+            return {TAG: ["f", "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")]}
+        if t is list or t is tuple:
+            return [self(x) for x in v]
+        if t is dict:
+            out = {}
+            for k, x in v.items():
+                if not isinstance(k, (str, int, float, bool)) and k is not None:
+                    raise UnserializableValue(
+                        f"a dict key of type {type(k).__name__} ({k!r:.40}) cannot become a JS property name; use str keys"
+                    )
+                if k == TAG:
+                    raise UnserializableValue(r"the dict key '\x00dcp' is reserved by map-basic; rename it")
+                out[k] = self(x)
+            return out
+        if t is bytes or t is bytearray or t is memoryview:
+            self.tagged = True
+            return {TAG: ["b", base64.b64encode(bytes(v)).decode("ascii")]}
+        if isinstance(v, bool):  # subclasses of the basic types: treat as the base type
+            return bool(v)
+        if isinstance(v, int):
+            return self(int(v))
+        if isinstance(v, float):
+            return self(float(v))
+        if isinstance(v, str):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return self(list(v))
+        if isinstance(v, dict):
+            return self(dict(v))
+        raise UnserializableValue(
+            f"a value of type {t.__module__}.{t.__qualname__} cannot be passed to JavaScript; "
+            "supported: None, bool, int, float, str, bytes, list, dict"
+        )
+
+
+def to_js(value: Any) -> str:
+    """Encode a Python value for ``__dcpDecode`` in the guest; ``UnserializableValue`` if impossible."""
+    prep = _Prep()
+    data = prep(value)
+    try:
+        text = _dumps(data)
+    except (TypeError, ValueError, RecursionError) as e:  # e.g. a list that contains itself
+        raise UnserializableValue(f"value cannot be passed to JavaScript: {e}") from None
+    return ("1" if prep.tagged else "0") + text
+
+
+def _revive(d: dict) -> Any:
+    if len(d) == 1 and TAG in d:
+        kind, data = d[TAG]
+        if kind == "b":
+            return base64.b64decode(data)
+        if kind == "n":
+            return int(data)
+        if kind == "f":
+            return float(data)
+    return d
+
+
+def from_js(text: str) -> Any:
+    """Decode what the guest's ``__dcpEncode`` produced."""
+    if text[:1] == "1":
+        return json.loads(text[1:], object_hook=_revive)
+    return json.loads(text[1:])

@@ -1,0 +1,572 @@
+// map-basic prelude: evaluated once in every fresh QuickJS context, before any job code.
+//
+// It builds DCP's sandbox globals (progress, console, work.emit/reject, require, timers,
+// TextEncoder/TextDecoder, structuredClone, crypto.getRandomValues) on top of the bare
+// engine, and returns ONE dispatcher function that the Python side (engine.py) calls with an
+// operation name. Nothing else of the prelude is reachable from job code: the Python callback
+// is captured here and deleted from the global object.
+//
+// Values cross the boundary as text only ("0"/"1" flag + JSON, see marshal.py), never through
+// the binding's implicit conversion (it corrupts integers beyond 32 bits and truncates strings
+// at NUL). Every function that may appear in a stack trace is named __dcp* so that
+// cleanStack() can drop prelude frames from the traces users see.
+(function __dcpPrelude(host) {
+  'use strict';
+  const G = globalThis;
+  delete G.__dcpHost;  // job code must not call the host directly
+  // Captured now so job code that replaces globals cannot break the marshalling.
+  const stringify = JSON.stringify, parse = JSON.parse;
+  const isArray = Array.isArray, getProto = Object.getPrototypeOf, hasOwn = Object.hasOwn;
+  const defineProperty = Object.defineProperty, keysOf = Object.keys, freeze = Object.freeze;
+  const ObjectProto = Object.prototype, U8 = Uint8Array, AB = ArrayBuffer;
+  const toBase64 = Uint8Array.prototype.toBase64, fromBase64 = Uint8Array.fromBase64;
+  const TypedArray = getProto(Uint8Array);
+  const fromCharCode = String.fromCharCode, indirectEval = eval, now = Date.now;
+  const TAG = '\u0000dcp';
+  const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+
+  // --- values ------------------------------------------------------------------------------
+  function __dcpCtorName(v) {
+    try {
+      const c = v.constructor;
+      return (c && typeof c.name === 'string' && c.name) || 'Object';
+    } catch (_) { return 'Object'; }
+  }
+
+  function __dcpUnserializable(key, what, hint) {
+    const where = key === '' ? 'the value' : `the value at key ${stringify(String(key))}`;
+    const e = new TypeError(`${where} is ${what}, which cannot cross the sandbox boundary; ${hint}`);
+    e.name = 'DataCloneError';
+    return e;
+  }
+
+  const PLAIN_HINT = 'return plain data (objects, arrays, numbers, strings, booleans, null, BigInt, ' +
+    'Uint8Array/ArrayBuffer)';
+  let tagged = false;
+  function __dcpReplacer(key, v) {
+    switch (typeof v) {
+      case 'number':
+        if (v !== v || v === Infinity || v === -Infinity || v > MAX_SAFE || v < -MAX_SAFE) {
+          tagged = true;
+          return { [TAG]: ['f', String(v)] };
+        }
+        return v;
+      case 'bigint':
+        tagged = true;
+        return { [TAG]: ['n', v.toString()] };
+      case 'undefined':
+        return null;
+      case 'function':
+        throw __dcpUnserializable(key, `a function (${v.name || 'anonymous'})`, PLAIN_HINT);
+      case 'symbol':
+        throw __dcpUnserializable(key, 'a Symbol', PLAIN_HINT);
+      case 'object': {
+        if (v === null || isArray(v)) return v;
+        const proto = getProto(v);
+        if (proto === ObjectProto || proto === null) {
+          if (hasOwn(v, TAG)) throw __dcpUnserializable(key, 'an object with the reserved key "\\u0000dcp"', 'rename the key');
+          return v;
+        }
+        if (v instanceof U8) { tagged = true; return { [TAG]: ['b', toBase64.call(v)] }; }
+        if (v instanceof AB) { tagged = true; return { [TAG]: ['b', toBase64.call(new U8(v))] }; }
+        if (v instanceof Number || v instanceof String || v instanceof Boolean) return v;
+        if (v instanceof Map) throw __dcpUnserializable(key, 'a Map', 'convert it with Object.fromEntries(map) or [...map]');
+        if (v instanceof Set) throw __dcpUnserializable(key, 'a Set', 'convert it with [...set]');
+        if (v instanceof TypedArray) {
+          throw __dcpUnserializable(key, `a ${__dcpCtorName(v)}`,
+            'convert it with Array.from(x), or to bytes with new Uint8Array(x.buffer, x.byteOffset, x.byteLength)');
+        }
+        if (v instanceof Error) throw __dcpUnserializable(key, `an ${__dcpCtorName(v)}`, 'throw it instead, or return {name, message}');
+        throw __dcpUnserializable(key, `a ${__dcpCtorName(v)} instance`, `${PLAIN_HINT}: copy it with {...obj} or give the class a toJSON() method`);
+      }
+      default:
+        return v;
+    }
+  }
+
+  function __dcpEncode(v) {
+    tagged = false;
+    const text = stringify(v, __dcpReplacer);
+    return (tagged ? '1' : '0') + text;
+  }
+
+  function __dcpReviver(k, v) {
+    if (v !== null && typeof v === 'object' && !isArray(v) && hasOwn(v, TAG)) {
+      const [kind, data] = v[TAG];
+      if (kind === 'b') return fromBase64(data);
+      if (kind === 'n') return BigInt(data);
+      if (kind === 'f') return Number(data);
+    }
+    return v;
+  }
+
+  function __dcpDecode(text) {
+    return text[0] === '1' ? parse(text.slice(1), __dcpReviver) : parse(text.slice(1));
+  }
+
+  // --- console formatting (node-like, small) -----------------------------------------------
+  function __dcpInspect(v, depth, seen) {
+    switch (typeof v) {
+      case 'string': return depth === 0 ? v : stringify(v);
+      case 'number': return Object.is(v, -0) ? '-0' : String(v);
+      case 'bigint': return `${v}n`;
+      case 'undefined': return 'undefined';
+      case 'boolean': return String(v);
+      case 'symbol': return v.toString();
+      case 'function': return `[Function: ${v.name || '(anonymous)'}]`;
+    }
+    if (v === null) return 'null';
+    if (seen.includes(v)) return '[Circular]';
+    try {
+      if (v instanceof Error) return v.stack ? `${v.name}: ${v.message}\n${v.stack}`.trimEnd() : `${v.name}: ${v.message}`;
+      if (v instanceof Date) return isNaN(v) ? 'Invalid Date' : v.toISOString();
+      if (v instanceof RegExp) return String(v);
+      if (depth > 2) return isArray(v) ? '[Array]' : `[${__dcpCtorName(v)}]`;
+      const inner = seen.concat([v]);
+      const show = (x) => __dcpInspect(x, depth + 1, inner);
+      if (isArray(v)) {
+        const items = v.slice(0, 100).map(show);
+        if (v.length > 100) items.push(`... ${v.length - 100} more items`);
+        return items.length ? `[ ${items.join(', ')} ]` : '[]';
+      }
+      if (v instanceof TypedArray) {
+        const items = Array.from(v.subarray(0, 100), show);
+        if (v.length > 100) items.push(`... ${v.length - 100} more items`);
+        return `${__dcpCtorName(v)}(${v.length}) [ ${items.join(', ')} ]`;
+      }
+      if (v instanceof AB) return `ArrayBuffer { byteLength: ${v.byteLength} }`;
+      if (v instanceof Map) return `Map(${v.size}) { ${Array.from(v, ([k, x]) => `${show(k)} => ${show(x)}`).join(', ')} }`;
+      if (v instanceof Set) return `Set(${v.size}) { ${Array.from(v, show).join(', ')} }`;
+      if (v instanceof Promise) return 'Promise { <pending> }';
+      const body = keysOf(v).map((k) => `${/^[A-Za-z_$][\w$]*$/.test(k) ? k : stringify(k)}: ${show(v[k])}`);
+      const proto = getProto(v);
+      const prefix = proto === ObjectProto || proto === null ? '' : `${__dcpCtorName(v)} `;
+      return body.length ? `${prefix}{ ${body.join(', ')} }` : `${prefix}{}`;
+    } catch (_) {
+      return '[object]';
+    }
+  }
+
+  function __dcpFormat(args) {
+    let rest = args;
+    let out = [];
+    if (typeof args[0] === 'string' && args[0].includes('%')) {
+      let i = 1;
+      const first = args[0].replace(/%([sdifjoOc%])/g, (m, c) => {
+        if (c === '%') return '%';
+        if (i >= args.length) return m;
+        const a = args[i++];
+        switch (c) {
+          case 's': return typeof a === 'string' ? a : __dcpInspect(a, 1, []);
+          case 'd': case 'i': return typeof a === 'bigint' ? `${a}n` : String(c === 'i' ? parseInt(a) : Number(a));
+          case 'f': return String(parseFloat(a));
+          case 'j': try { return stringify(a); } catch (_) { return '[Circular]'; }
+          case 'c': return '';
+          default: return __dcpInspect(a, 1, []);
+        }
+      });
+      out.push(first);
+      rest = args.slice(i);
+    } else if (args.length) {
+      out.push(__dcpInspect(args[0], 0, []));
+      rest = args.slice(1);
+    }
+    for (const a of rest) out.push(__dcpInspect(a, 0, []));
+    return out.join(' ');
+  }
+
+  // --- host calls --------------------------------------------------------------------------
+  // host(op, a, b) returns null on success, a result string, or "!message" on failure.
+  function __dcpHostCall(op, a, b) {
+    const r = host(op, a, b);
+    if (typeof r === 'string' && r[0] === '!') throw new Error(r.slice(1));
+    return r;
+  }
+
+  let rejected;  // the reason text once work.reject() was called in the current slice
+  const REJECT = freeze({ toString() { return 'work.reject() was called'; } });
+
+  function progress(value) {
+    let text;
+    try { text = value === undefined ? '0null' : __dcpEncode(value); } catch (_) { text = __dcpEncode(String(value)); }
+    __dcpHostCall('progress', text);
+    return true;
+  }
+
+  const consoleObject = {};
+  for (const level of ['log', 'debug', 'info', 'warn', 'error']) {
+    consoleObject[level] = function (...args) { __dcpHostCall('console', level, stringify(__dcpFormat(args))); };
+  }
+  consoleObject.trace = function (...args) {
+    const stack = new Error().stack.split('\n').slice(1).join('\n');
+    __dcpHostCall('console', 'debug', stringify(`Trace: ${__dcpFormat(args)}\n${stack}`));
+  };
+  consoleObject.dir = consoleObject.log;
+  consoleObject.assert = function (cond, ...args) {
+    if (!cond) __dcpHostCall('console', 'error', stringify(`Assertion failed${args.length ? ': ' + __dcpFormat(args) : ''}`));
+  };
+
+  const workObject = {
+    emit(name, value) {
+      if (typeof name !== 'string' || !name) throw new TypeError('work.emit(name, value): name must be a non-empty string');
+      __dcpHostCall('emit', stringify(name), __dcpEncode(value === undefined ? null : value));
+    },
+    reject(reason) {
+      let text;
+      try { text = reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : __dcpInspect(reason, 1, []); } catch (_) { text = 'rejected'; }
+      rejected = text;
+      throw REJECT;
+    },
+  };
+
+  // --- timers (driven by the host loop: it sleeps until the next one is due) ----------------
+  let timers = new Map();
+  let nextTimerId = 1;
+  let uncaught;  // first error thrown by a timer callback in this slice
+  function __dcpAddTimer(fn, delay, args, repeat) {
+    if (typeof fn !== 'function') throw new TypeError('timer callback must be a function (code strings are not supported)');
+    const ms = Math.max(0, Number(delay) || 0);
+    const id = nextTimerId++;
+    timers.set(id, { fn, args, due: now() + ms, every: repeat ? Math.max(1, ms) : 0 });
+    return id;
+  }
+  function setTimeout(fn, delay, ...args) { return __dcpAddTimer(fn, delay, args, false); }
+  function setInterval(fn, delay, ...args) { return __dcpAddTimer(fn, delay, args, true); }
+  function clearTimeout(id) { timers.delete(id); }
+
+  function __dcpNextTimer() {
+    let best;
+    for (const [id, t] of timers) if (best === undefined || t.due < best[1].due) best = [id, t];
+    return best;
+  }
+  function __dcpFireTimer() {
+    const best = __dcpNextTimer();
+    if (!best || best[1].due > now()) return false;
+    const [id, t] = best;
+    if (t.every) t.due = now() + t.every; else timers.delete(id);
+    try { t.fn(...t.args); } catch (e) { if (uncaught === undefined) uncaught = e; }
+    return true;
+  }
+
+  // --- crypto / text / clone ---------------------------------------------------------------
+  function getRandomValues(ta) {
+    if (!(ta instanceof TypedArray) || ta instanceof Float32Array || ta instanceof Float64Array ||
+        (typeof Float16Array === 'function' && ta instanceof Float16Array)) {
+      throw new TypeError('crypto.getRandomValues: argument must be an integer TypedArray');
+    }
+    if (ta.byteLength > 65536) {
+      throw new DOMException(`crypto.getRandomValues: ${ta.byteLength} bytes requested, at most 65536 allowed`, 'QuotaExceededError');
+    }
+    if (ta.byteLength) new U8(ta.buffer, ta.byteOffset, ta.byteLength).set(fromBase64(__dcpHostCall('random', ta.byteLength)));
+    return ta;
+  }
+  function randomUUID() {
+    const b = getRandomValues(new U8(16));
+    b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  function __dcpBytesOf(input) {
+    if (input === undefined) return new U8(0);
+    if (input instanceof U8) return input;
+    if (input instanceof AB || (typeof SharedArrayBuffer === 'function' && input instanceof SharedArrayBuffer)) return new U8(input);
+    if (ArrayBuffer.isView(input)) return new U8(input.buffer, input.byteOffset, input.byteLength);
+    throw new TypeError('TextDecoder.decode: expected an ArrayBuffer, a TypedArray or a DataView');
+  }
+
+  function __dcpUtf8Encode(s) {
+    s = String(s).toWellFormed();
+    const out = new U8(s.length * 3);
+    let n = 0;
+    for (let i = 0; i < s.length; i++) {
+      let c = s.charCodeAt(i);
+      if (c < 0x80) { out[n++] = c; continue; }
+      if (c < 0x800) { out[n++] = 0xc0 | (c >> 6); out[n++] = 0x80 | (c & 63); continue; }
+      if (c >= 0xd800 && c <= 0xdbff) {
+        c = 0x10000 + ((c - 0xd800) << 10) + (s.charCodeAt(++i) - 0xdc00);
+        out[n++] = 0xf0 | (c >> 18); out[n++] = 0x80 | ((c >> 12) & 63);
+        out[n++] = 0x80 | ((c >> 6) & 63); out[n++] = 0x80 | (c & 63);
+        continue;
+      }
+      out[n++] = 0xe0 | (c >> 12); out[n++] = 0x80 | ((c >> 6) & 63); out[n++] = 0x80 | (c & 63);
+    }
+    return out.slice(0, n);
+  }
+
+  function __dcpUtf8Decode(bytes, fatal) {
+    let out = '', units = [];
+    const n = bytes.length;
+    let i = 0;
+    while (i < n) {
+      const b = bytes[i];
+      if (b < 0x80) { units.push(b); i++; } else {
+        let need, cp, lower = 0x80, upper = 0xbf;
+        if (b >= 0xc2 && b <= 0xdf) { need = 1; cp = b & 0x1f; }
+        else if (b >= 0xe0 && b <= 0xef) { need = 2; cp = b & 0x0f; if (b === 0xe0) lower = 0xa0; if (b === 0xed) upper = 0x9f; }
+        else if (b >= 0xf0 && b <= 0xf4) { need = 3; cp = b & 0x07; if (b === 0xf0) lower = 0x90; if (b === 0xf4) upper = 0x8f; }
+        else need = -1;
+        let j = i + 1, ok = need > 0;
+        for (let k = 0; ok && k < need; k++, j++) {
+          const c = bytes[j];
+          if (j >= n || c < lower || c > upper) { ok = false; break; }
+          cp = (cp << 6) | (c & 0x3f); lower = 0x80; upper = 0xbf;
+        }
+        if (!ok) {
+          if (fatal) throw new TypeError('TextDecoder: the encoded data was not valid utf-8');
+          units.push(0xfffd);
+          i = need > 0 ? j : i + 1;  // WHATWG: replace the maximal invalid subpart, then resync
+        } else {
+          i = j;
+          if (cp > 0xffff) { cp -= 0x10000; units.push(0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff)); } else units.push(cp);
+        }
+      }
+      if (units.length >= 8192) { out += fromCharCode.apply(null, units); units = []; }
+    }
+    return out + fromCharCode.apply(null, units);
+  }
+
+  class TextEncoder {
+    get encoding() { return 'utf-8'; }
+    encode(input = '') { return __dcpUtf8Encode(input); }
+    encodeInto(source, destination) {
+      const bytes = __dcpUtf8Encode(source);
+      // Never split a character: back off to the last complete UTF-8 sequence that fits.
+      let n = Math.min(bytes.length, destination.length);
+      while (n > 0 && n < bytes.length && (bytes[n] & 0xc0) === 0x80) n--;
+      destination.set(bytes.subarray(0, n));
+      return { read: __dcpUtf8Decode(bytes.subarray(0, n), false).length, written: n };
+    }
+  }
+
+  const UTF8_LABELS = ['utf-8', 'utf8', 'unicode-1-1-utf-8', 'unicode11utf8', 'unicode20utf8', 'x-unicode20utf8'];
+  class TextDecoder {
+    #fatal; #ignoreBOM;
+    constructor(label = 'utf-8', options = {}) {
+      if (!UTF8_LABELS.includes(String(label).trim().toLowerCase())) {
+        throw new RangeError(`TextDecoder: encoding ${stringify(String(label))} is not supported; only utf-8 is available in map-basic`);
+      }
+      this.#fatal = Boolean(options && options.fatal);
+      this.#ignoreBOM = Boolean(options && options.ignoreBOM);
+    }
+    get encoding() { return 'utf-8'; }
+    get fatal() { return this.#fatal; }
+    get ignoreBOM() { return this.#ignoreBOM; }
+    decode(input, options) {
+      if (options && options.stream) throw new TypeError('TextDecoder: {stream: true} is not supported in map-basic; decode whole buffers');
+      let bytes = __dcpBytesOf(input);
+      if (!this.#ignoreBOM && bytes.length >= 3 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) bytes = bytes.subarray(3);
+      return __dcpUtf8Decode(bytes, this.#fatal);
+    }
+  }
+
+  function structuredClone(value, options) {
+    if (options && options.transfer && options.transfer.length) {
+      throw new DOMException('structuredClone: transfer lists are not supported in map-basic', 'DataCloneError');
+    }
+    const memo = new Map();
+    function __dcpClone(v) {
+      if (typeof v === 'function') throw new DOMException(`${v.name || 'function'} could not be cloned.`, 'DataCloneError');
+      if (typeof v === 'symbol') throw new DOMException('Symbol could not be cloned.', 'DataCloneError');
+      if (v === null || typeof v !== 'object') return v;
+      if (memo.has(v)) return memo.get(v);
+      let out;
+      if (isArray(v)) {
+        out = new Array(v.length); memo.set(v, out);
+        for (const k of keysOf(v)) out[k] = __dcpClone(v[k]);
+        return out;
+      }
+      if (v instanceof Date) out = new Date(v.getTime());
+      else if (v instanceof RegExp) out = new RegExp(v.source, v.flags);
+      else if (v instanceof Boolean || v instanceof Number || v instanceof String || v instanceof BigInt) out = Object(v.valueOf());
+      else if (v instanceof AB) out = v.slice(0);
+      else if (ArrayBuffer.isView(v)) {
+        const buf = __dcpClone(v.buffer);
+        out = v instanceof DataView ? new DataView(buf, v.byteOffset, v.byteLength) : new v.constructor(buf, v.byteOffset, v.length);
+      } else if (v instanceof Map) {
+        out = new Map(); memo.set(v, out);
+        for (const [k, x] of v) out.set(__dcpClone(k), __dcpClone(x));
+        return out;
+      } else if (v instanceof Set) {
+        out = new Set(); memo.set(v, out);
+        for (const x of v) out.add(__dcpClone(x));
+        return out;
+      } else if (v instanceof Error) {
+        const Ctor = { EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError }[v.name] || Error;
+        out = new Ctor(v.message);
+        memo.set(v, out);
+        if (v.stack !== undefined) out.stack = String(v.stack);
+        if ('cause' in v) out.cause = __dcpClone(v.cause);
+        return out;
+      } else if (v instanceof Promise || v instanceof WeakMap || v instanceof WeakSet || v instanceof WeakRef) {
+        throw new DOMException(`${__dcpCtorName(v)} object could not be cloned.`, 'DataCloneError');
+      } else {
+        out = {}; memo.set(v, out);
+        for (const k of keysOf(v)) out[k] = __dcpClone(v[k]);
+        return out;
+      }
+      memo.set(v, out);
+      return out;
+    }
+    return __dcpClone(value);
+  }
+
+  // --- require (CommonJS over the job's modules; no file system) ----------------------------
+  let moduleSources = {};
+  let moduleCache = new Map();
+  function __dcpNormalize(path) {
+    const out = [];
+    for (const part of String(path).split('/')) {
+      if (part === '' || part === '.') continue;
+      if (part === '..') out.pop(); else out.push(part);
+    }
+    return out.join('/');
+  }
+  function __dcpResolve(name, fromDir) {
+    if (typeof name !== 'string' || !name) throw new TypeError('require(name): name must be a non-empty string');
+    const relative = name.startsWith('./') || name.startsWith('../');
+    const base = __dcpNormalize(relative ? `${fromDir}/${name}` : name);
+    for (const candidate of [base, `${base}.js`, `${base}.json`, `${base}/index.js`]) {
+      if (hasOwn(moduleSources, candidate)) return candidate;
+    }
+    const shipped = keysOf(moduleSources);
+    const e = new Error(`Cannot find module '${name}': this job ships ${shipped.length ? shipped.map((s) => `'${s}'`).join(', ') : 'no modules'}. ` +
+      'require() only loads modules deployed with the job (there is no file system or npm in the sandbox); add it to the job\'s modules');
+    e.code = 'MODULE_NOT_FOUND';
+    return e;
+  }
+  function __dcpMakeRequire(fromDir) {
+    const require = function __dcpRequire(name) {
+      const key = __dcpResolve(name, fromDir);
+      if (typeof key !== 'string') throw key;
+      const cached = moduleCache.get(key);
+      if (cached) return cached.exports;
+      const module = { id: key, filename: key, loaded: false, exports: {} };
+      moduleCache.set(key, module);
+      try {
+        const source = moduleSources[key];
+        if (key.endsWith('.json')) {
+          module.exports = parse(source);
+        } else {
+          const dir = key.includes('/') ? key.slice(0, key.lastIndexOf('/')) : '';
+          // Wrapper on the module's first line, so stack line numbers are the module's own.
+          const fn = indirectEval(`(function (exports, require, module, __filename, __dirname) {${source}\n})`);
+          fn.call(module.exports, module.exports, __dcpMakeRequire(dir), module, key, dir);
+        }
+        module.loaded = true;
+        return module.exports;
+      } catch (e) {
+        moduleCache.delete(key);
+        throw e;
+      }
+    };
+    return require;
+  }
+
+  // --- install the globals -----------------------------------------------------------------
+  const globals = {
+    progress, console: consoleObject, work: workObject, require: __dcpMakeRequire(''),
+    setTimeout, setInterval, clearTimeout, clearInterval: clearTimeout,
+    TextEncoder, TextDecoder, structuredClone,
+    crypto: { getRandomValues, randomUUID },
+  };
+  for (const name of keysOf(globals)) {
+    defineProperty(G, name, { value: globals[name], writable: true, configurable: true, enumerable: false });
+  }
+
+  // --- errors ------------------------------------------------------------------------------
+  const STACK_FRAMES = 30;
+  function __dcpCleanStack(stack) {
+    return String(stack || '').split('\n')
+      .filter((line) => line && !/\bat (__dcp\w*|eval) \(/.test(line) && !/^\s*at <eval> \(<input>:1:/.test(line))
+      .slice(0, STACK_FRAMES).join('\n');
+  }
+  function __dcpErrorEnvelope(e) {
+    if (rejected !== undefined) return 'r' + stringify(rejected);
+    let name = null, message, stack = '';
+    try {
+      if (e instanceof Error) {
+        name = String(e.name); message = String(e.message); stack = __dcpCleanStack(e.stack);
+      } else {
+        message = `uncaught ${typeof e === 'object' && e !== null ? __dcpCtorName(e) : typeof e} thrown: ${__dcpInspect(e, 1, [])}`;
+      }
+    } catch (_) {
+      message = 'an unprintable value was thrown';
+    }
+    return 'e' + stringify({ name, message, stack });
+  }
+  function __dcpValueEnvelope(v) {
+    if (rejected !== undefined) return 'r' + stringify(rejected);
+    try {
+      return 'v' + __dcpEncode(v);
+    } catch (e) {
+      return 'u' + stringify(e instanceof Error ? e.message : String(e));
+    }
+  }
+
+  // --- the job and the slice ---------------------------------------------------------------
+  let workFn = null;
+  let jobArguments = [];
+  let outcome;  // [settled?, value-or-error] of the current async slice
+
+  const EXPRESSION_START = /^\s*(\(|async\b|function\b|[A-Za-z_$][\w$]*\s*=>)/;
+  function __dcpCompile(source, strict) {
+    const prefix = strict ? '"use strict";' : '';
+    let fn;
+    try {
+      fn = indirectEval(`${prefix}(${source}\n)`);
+    } catch (first) {
+      if (!(first instanceof SyntaxError)) return __dcpErrorEnvelope(first);
+      try {
+        fn = indirectEval(prefix + source);   // a whole file whose last expression is the function
+      } catch (second) {
+        return __dcpErrorEnvelope(EXPRESSION_START.test(source) ? first : second);
+      }
+    }
+    if (typeof fn !== 'function') {
+      return 'n' + stringify(fn === null ? 'null' : typeof fn);
+    }
+    workFn = fn;
+    return '';
+  }
+
+  function __dcpStart(datumText) {
+    rejected = undefined; outcome = undefined; uncaught = undefined;
+    let r;
+    try {
+      r = workFn(__dcpDecode(datumText), ...jobArguments);
+      if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
+        Promise.resolve(r).then((v) => { outcome = [true, v]; }, (e) => { outcome = [false, e]; });
+        return 'p';
+      }
+    } catch (e) {
+      return __dcpErrorEnvelope(e);
+    }
+    return __dcpValueEnvelope(r);
+  }
+
+  function __dcpPoll() {
+    if (uncaught !== undefined) return __dcpErrorEnvelope(uncaught);
+    if (outcome === undefined) return rejected !== undefined ? 'r' + stringify(rejected) : '';
+    return outcome[0] ? __dcpValueEnvelope(outcome[1]) : __dcpErrorEnvelope(outcome[1]);
+  }
+
+  return function __dcpDispatch(op, a, b) {
+    switch (op) {
+      case 'compile': return __dcpCompile(a, b);
+      case 'job':
+        jobArguments = __dcpDecode(a);
+        moduleSources = Object.create(null);
+        for (const [k, v] of Object.entries(parse(b))) moduleSources[__dcpNormalize(k)] = v;
+        moduleCache = new Map();
+        return '';
+      case 'start': return __dcpStart(a);
+      case 'poll': return __dcpPoll();
+      case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }
+      case 'fire': return __dcpFireTimer();
+      case 'end': timers = new Map(); outcome = undefined; uncaught = undefined; rejected = undefined; return '';
+      case 'eval': return __dcpValueEnvelope(indirectEval(a));   // tests and diagnostics only
+    }
+    throw new Error(`unknown prelude operation ${op}`);
+  };
+})(globalThis.__dcpHost);

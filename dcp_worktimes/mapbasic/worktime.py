@@ -1,0 +1,61 @@
+"""The ``map-basic`` worktime class: DCP's JavaScript work functions on QuickJS.
+
+Importing this module is cheap (no engine); the QuickJS binding loads in ``prepare``.
+
+    >>> from dcp_worktimes.worktime import JobSpec, SliceContext
+    >>> from dcp_worktimes.limits import Limits
+    >>> wt = MapBasic()
+    >>> wt.prepare(JobSpec(id="j", worktime="map-basic", work="function (x) { progress(); return x * x }"))
+    >>> wt.execute(SliceContext(0, Limits()), 7)
+    49
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import WorkError
+from ..worktime import JobSpec, SliceContext, Worktime
+
+
+class MapBasic(Worktime):
+    """JavaScript work functions (DCP map-basic) on QuickJS (quickjs-ng)."""
+
+    name = "map-basic"
+    version = "1.0.0"
+    capabilities = {"javascript": {"es2023": True, "async": True, "require": True}}
+    enforces = frozenset({"wall_time", "cpu_time", "memory", "stack", "progress_timeout"})
+    description = "JavaScript work functions (DCP map-basic) on QuickJS"
+
+    def __init__(self) -> None:
+        self._engine = None
+
+    def prepare(self, job: JobSpec) -> None:
+        from .engine import JSEngine  # lazy: the engine loads only in evaluators
+
+        self.job = job
+        work = job.work
+        if isinstance(work, bytes):
+            try:
+                work = work.decode("utf-8")
+            except UnicodeDecodeError:
+                raise WorkError("map-basic work must be JavaScript source text (UTF-8); got undecodable bytes") from None
+        if not isinstance(work, str) or not work.strip():
+            raise WorkError("map-basic needs a work function, e.g. work='function (datum) { return datum * 2 }'")
+        # One context per evaluator process: a new job drops the previous job's context first.
+        self.release()
+        engine = JSEngine()
+        engine.set_limits(job.limits.memory)
+        engine.set_job(list(job.arguments), dict(job.modules))
+        engine.compile(work, strict=bool(job.options.get("strict")))
+        self._engine = engine
+
+    def execute(self, ctx: SliceContext, datum: Any) -> Any:
+        if self._engine is None:
+            raise WorkError("map-basic: execute() called before prepare(job)")
+        return self._engine.run(ctx, datum)
+
+    def release(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
