@@ -148,7 +148,7 @@ def test_python_function_with_a_js_worktime_is_refused(store):
 
     job = compute.for_([1], double)
     assert job.worktime == "python"  # a Python function picks the python worktime
-    job.worktime = "map-basic"
+    job.worktime = "echo"
     with pytest.raises(WorkError, match="Python functions run on the 'python' worktime"):
         job.exec()
 

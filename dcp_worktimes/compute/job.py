@@ -261,19 +261,6 @@ class Job(EventEmitter):
 
         name = self.worktime
         captured = self.work.captured
-        if captured.kind == "python" and name != "python" and not self.custom_worktime:
-            raise WorkError(
-                f"the work is a Python function ({captured.origin}) but job.worktime is {name!r}; Python functions "
-                "run on the 'python' worktime: leave job.worktime unset or set it to 'python' (for map-basic pass "
-                "JavaScript source as a string)"
-            )
-        if captured.kind == "bytes" and name in ("map-basic",):
-            raise WorkError(f"map-basic takes JavaScript source, not bytes ({captured.origin}); use worktime='wasi'")
-        if name in ("map-basic", "python") and captured.kind != "bytes" and not captured.payload.strip():
-            raise WorkError(
-                f"the work is an empty string; {name} needs a function, e.g. "
-                + ('"function(x){ progress(); return x }"' if name == "map-basic" else "a Python function or its source")
-            )
         _check_requirements(self.requirements)
         if not isinstance(self.public, Mapping) or set(self.public) - _PUBLIC_KEYS:
             raise TypeError(f"job.public must be a dict with keys from {sorted(_PUBLIC_KEYS)}, got {self.public!r}")
@@ -291,6 +278,19 @@ class Job(EventEmitter):
             self._registration = reg
         else:
             self._registration = None
+        if captured.kind == "python" and name != "python" and not self.custom_worktime:
+            raise WorkError(
+                f"the work is a Python function ({captured.origin}) but job.worktime is {name!r}; Python functions "
+                "run on the 'python' worktime: leave job.worktime unset or set it to 'python' (for map-basic pass "
+                "JavaScript source as a string)"
+            )
+        if captured.kind == "bytes" and name in ("map-basic",):
+            raise WorkError(f"map-basic takes JavaScript source, not bytes ({captured.origin}); use worktime='wasi'")
+        if name in ("map-basic", "python") and captured.kind != "bytes" and not captured.payload.strip():
+            raise WorkError(
+                f"the work is an empty string; {name} needs a function, e.g. "
+                + ('"function(x){ progress(); return x }"' if name == "map-basic" else "a Python function or its source")
+            )
         options = dict(captured.options)
         options.update(self.options)
         if isinstance(self.input_set, MultiRange):

@@ -1,0 +1,87 @@
+"""V16: ``compute.resume(job_id)`` in a new process after the deployer was SIGKILLed mid-job
+gives the same final results, and slices already computed are not run again.
+
+The deployer runs in a subprocess (``exec()`` with local evaluators); once some results are
+stored it is killed with SIGKILL. This test process then resumes the job. Every slice emits a
+custom ``ran`` event when it runs: the resumed run must emit none for the slices whose results
+were stored before the kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dcp_worktimes import compute
+from dcp_worktimes.plugins import get_worktimes
+from dcp_worktimes.scheduler import open_scheduler
+
+N = 40
+
+WORKS = {
+    "echo": json.dumps({"sleep": 0.25, "emit": {"ran": 1}}),
+    "map-basic": "function(i){ const t = Date.now(); while (Date.now() - t < 250) { progress() } "
+                 "work.emit('ran', i); return i }",
+}
+
+DEPLOYER = textwrap.dedent("""
+    import sys
+    from dcp_worktimes import compute
+    worktime, work, idfile, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    job = compute.for_(0, n - 1, work, worktime=worktime, cores=1, progress=False)
+    job.on("accepted", lambda ev: open(idfile, "w").write(ev.id))
+    job.exec()
+    print("finished before being killed")
+""")
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.parametrize("worktime", sorted(WORKS))
+def test_v16_resume_after_sigkill(tmp_path, monkeypatch, worktime):
+    if worktime not in get_worktimes():
+        pytest.skip(f"worktime {worktime} is not installed")
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    monkeypatch.setenv("DCP_SCHEDULER", url)
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    idfile = tmp_path / "job-id.txt"
+    proc = subprocess.Popen([sys.executable, "-c", DEPLOYER, worktime, WORKS[worktime], str(idfile), str(N)],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        job_id = _wait_for(lambda: idfile.exists() and idfile.read_text(), 60, "the job to be accepted")
+        with open_scheduler(url) as s:
+            _wait_for(lambda: s.status(job_id)["computed"] >= 4, 90, "some results")
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            before = s.results(job_id)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = {n for n, rep in before.items() if rep.ok}
+    assert 4 <= len(done_before) < N
+
+    job = compute.resume(job_id)
+    reran = []
+    job.work.on("ran", lambda ev: reran.append(ev.sliceNumber))
+    results = job.exec(cores=2)
+    assert results == list(range(N))
+    assert results.keys() == [str(i) for i in range(N)]
+    assert not (set(reran) & done_before), f"slices {sorted(set(reran) & done_before)} were computed twice"
+    assert set(reran) | done_before == set(range(N))
