@@ -96,6 +96,8 @@ class FrameWriter:
 class _SliceEvents:
     """Turns a slice's context events into frames: collapses repeated console lines, caps traffic."""
 
+    __slots__ = ("out", "index", "cap", "sent", "over", "pending")
+
     def __init__(self, out: FrameWriter, index: int, cap: int | None) -> None:
         self.out, self.index, self.cap = out, index, cap
         self.sent = 0
@@ -144,6 +146,7 @@ class Evaluator:
         self.cancel = threading.Event()
         self.inbox: "queue.Queue[dict | None]" = queue.Queue()
         self._packer = packer()
+        self._beat = lambda: hb.progressed(time.monotonic())  # one closure for every slice
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
@@ -216,8 +219,7 @@ class Evaluator:
         now = time.monotonic()
         cpu0 = time.process_time()
         hb.start(index, now, cpu0)
-        ctx = SliceContext(number, limits, self.job, sink=events, heartbeat=lambda: hb.progressed(time.monotonic()),
-                           cancel_event=self.cancel)
+        ctx = SliceContext(number, limits, self.job, sink=events, heartbeat=self._beat, cancel_event=self.cancel)
         frame: dict
         try:
             result = self.worktime.execute(ctx, unpack(datum_bytes))

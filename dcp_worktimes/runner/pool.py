@@ -60,7 +60,7 @@ WATCHDOG_INTERVAL = 0.02
 MAX_LOST = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class SliceOutcome:
     """What became of one slice. ``value`` decodes ``value_bytes`` (msgpack) on first access."""
 
@@ -81,7 +81,7 @@ class SliceOutcome:
         return unpack(self.value_bytes)  # type: ignore[arg-type]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Task:
     job: JobSpec
     number: int
@@ -166,7 +166,7 @@ class EvaluatorPool:
     def map(self, job: JobSpec, items: Iterable[tuple[int, Any]], on_event: EventCallback | None = None,
             *, packed: bool = False) -> Iterator[SliceOutcome]:
         """Run slices and yield their outcomes in completion order."""
-        results: "queue.Queue[SliceOutcome]" = queue.Queue()
+        results: "queue.SimpleQueue[SliceOutcome]" = queue.SimpleQueue()
         count = self.submit(job, items, results.put, on_event, packed=packed)
         for _ in range(count):
             yield results.get()

@@ -1,0 +1,31 @@
+"""One way to print benchmark tables (rich), shared by every script in benchmarks/."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Median wall time of ``repeat`` runs of ``fn`` (seconds)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], note: str = "") -> None:
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(f"{c:,.1f}" if isinstance(c, float) and abs(c) >= 100 else
+                        f"{c:.3g}" if isinstance(c, float) else str(c) for c in row))
+    console = Console()
+    console.print(table)
+    if note:
+        console.print(note)
