@@ -46,7 +46,9 @@ Rules every backend keeps (the conformance suite checks them):
 Refinements over the first interface draft (additive only): ``events`` takes ``wait=`` seconds to
 block until something new arrives; ``heartbeat`` returns the lease ids that are no longer valid
 (expired and handed to someone else, or their job was cancelled); ``workers()`` lists live
-workers; ``check_schedulable(job_id)``; ``result`` events carry the result bytes.
+workers; ``check_schedulable(job_id)``; ``result`` events carry the result bytes; ``lease``
+takes ``jobs=`` (only these job ids) and ``pid=``; ``leave``, ``wait_for_work`` and
+``job_summaries`` have default implementations; ``cancel`` takes a ``reason``.
 """
 
 from __future__ import annotations
@@ -210,9 +212,14 @@ class Scheduler(ABC):
     # -- worker side ----------------------------------------------------------------------------
     @abstractmethod
     def lease(
-        self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int, lease_seconds: float
+        self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int, lease_seconds: float,
+        *, jobs: list[str] | None = None, pid: int | None = None,
     ) -> list[Lease]:
-        """Up to ``max_slices`` slices this worker can run, each leased for ``lease_seconds``."""
+        """Up to ``max_slices`` slices this worker can run, each leased for ``lease_seconds``.
+
+        ``jobs`` restricts leasing to these job ids (local execution of one job); ``pid`` is the
+        worker's process id when it is not the caller's (lets the store notice a dead worker).
+        """
 
     @abstractmethod
     def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
@@ -243,6 +250,25 @@ class Scheduler(ABC):
         """If live workers exist but none can run the job, mark it ``unschedulable`` (event +
         status) and return the reason; ``None`` when some worker can (or none are attached yet
         and ``grace`` seconds since submission have not passed)."""
+
+    def leave(self, worker_id: str) -> None:
+        """The worker stops (after returning its unfinished slices): forget it."""
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block up to ``timeout`` s, returning early if this backend knows new work arrived."""
+        time.sleep(timeout)
+
+    def job_summaries(self) -> list[dict]:
+        """One dict per job (``dcp-worker jobs``): id, worktime, status, reason, total,
+        distributed, computed, failed, created, payment_per_slice, public."""
+        out = []
+        for rec in self.list_jobs():
+            st = self.status(rec.id)
+            out.append({"id": rec.id, "worktime": rec.spec.worktime, "status": st["status"], "reason": st.get("reason"),
+                        "total": st["total"], "distributed": st["distributed"], "computed": st["computed"],
+                        "failed": st["failed"], "created": rec.created, "payment_per_slice": rec.payment_per_slice,
+                        "public": rec.public})
+        return out
 
     @abstractmethod
     def close(self) -> None:

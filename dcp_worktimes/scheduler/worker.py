@@ -1,0 +1,377 @@
+"""The worker loop: lease slices the installed worktimes can run, run them, report in batches.
+
+::
+
+    from dcp_worktimes.scheduler import open_scheduler
+    from dcp_worktimes.scheduler.worker import Worker
+
+    with open_scheduler("sqlite:///tmp/jobs.db") as s:
+        Worker(s, worktimes=["echo"], cores=2).run(until_idle=True)
+
+or, from the command line (``dcp-worker --worktime echo --scheduler sqlite:///tmp/jobs.db``),
+``run_worker(url, ["echo"], cores=2)``.
+
+One thread does all scheduler traffic: it keeps about ``queue_seconds`` of work per core leased
+and queued on the ``EvaluatorPool`` (so evaluators never wait for the store, yet a slow job's
+slices are not hoarded away from other workers), collects outcomes that
+the pool's threads hand over, and writes them back in batches every ``flush_interval`` seconds
+(or ``flush_size`` reports), together with the console/emit/progress events of those slices.
+Leases are extended every ``lease_seconds / 3``. A worker that dies simply stops extending them:
+the scheduler hands its slices to someone else (at once, if it sees the process is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import replace
+from typing import Any, Iterable
+
+from ..errors import ErrorCode, WorktimeNotFound
+from ..limits import Limits
+from ..plugins import Registration, get_worktime, get_worktimes
+from ..worktime import JobSpec
+from .base import FINAL_STATES, Lease, Scheduler, SliceReport, merge_capabilities
+
+log = logging.getLogger(__name__)
+
+
+def resolve_worktimes(names: Iterable[str] | None) -> dict[str, Registration]:
+    """The installed worktimes a worker offers (all of them when ``names`` is empty/None)."""
+    if not names:
+        return get_worktimes()
+    return {name: get_worktime(name) for name in names}  # WorktimeNotFound lists what is installed
+
+
+def cap_limits(job: Limits, worker: Limits | None) -> Limits:
+    """The stricter of the job's and the worker's limit for each field (``None`` = unlimited)."""
+    if worker is None:
+        return job
+    changes = {}
+    for name in ("wall_time", "cpu_time", "memory", "output", "progress_timeout"):
+        a, b = getattr(job, name), getattr(worker, name)
+        changes[name] = b if a is None else a if b is None else min(a, b)
+    return replace(job, **changes)
+
+
+class Worker:
+    """Takes slices from ``scheduler`` and runs them on an ``EvaluatorPool`` of ``cores`` evaluators.
+
+    ``worktimes``: names of installed worktimes to offer (default: all installed);
+    ``capabilities``: extra capabilities merged over the worktimes' own (matched against job
+    requirements); ``limits``: caps on every slice's limits; ``jobs``: only lease these job ids
+    (local execution of one job); ``pool``: an existing pool to share (not closed by the worker).
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        worktimes: list[str] | None = None,
+        cores: int | None = None,
+        *,
+        capabilities: dict | None = None,
+        limits: Limits | None = None,
+        jobs: list[str] | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        queue_seconds: float = 0.5,
+        max_per_core: int = 4096,
+        flush_interval: float = 0.05,
+        flush_size: int = 2000,
+        poll_interval: float = 0.05,
+        idle_poll_interval: float = 0.5,
+        pool: Any = None,
+    ) -> None:
+        if cores is not None and (not isinstance(cores, int) or cores < 1):
+            raise ValueError(f"cores must be a positive integer, got {cores!r}")
+        self.scheduler = scheduler
+        self.registrations = resolve_worktimes(worktimes)
+        if not self.registrations:
+            raise WorktimeNotFound("no worktime is installed; install one (for example: pip install dcp-worktime-echo)")
+        self.worktimes = {name: reg.version for name, reg in self.registrations.items()}
+        self.capabilities = merge_capabilities(*(reg.cls.capabilities for reg in self.registrations.values()), capabilities)
+        self.cores = cores or os.cpu_count() or 1
+        self.limits = limits
+        self.jobs = list(jobs) if jobs else None
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_seconds = lease_seconds
+        self.queue_seconds = queue_seconds
+        self.max_per_core = max_per_core
+        self._wall_sum = 0.0
+        self._wall_n = 0
+        self.flush_interval = flush_interval
+        self.flush_size = flush_size
+        self.poll_interval = poll_interval
+        self.idle_poll_interval = idle_poll_interval
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._cond = threading.Condition()
+        self._inflight: dict[tuple[str, int], Lease] = {}
+        self._outcomes: list[Any] = []
+        self._events: dict[str, list[dict]] = {}
+        self._specs: dict[str, JobSpec] = {}
+        self._dropped: set[str] = set()  # cancelled jobs: outcomes are discarded
+        self.completed = 0
+        self.failed = 0
+        self.error: BaseException | None = None
+
+    # -- callbacks from pool threads ------------------------------------------------------------
+    def _on_outcome(self, outcome: Any) -> None:
+        with self._cond:
+            self._outcomes.append(outcome)
+            self._wall_sum += outcome.wall_time
+            self._wall_n += 1
+            # Wake the loop when a flush is due by size or there is room worth a lease.
+            if len(self._outcomes) >= self.flush_size or len(self._outcomes) >= self._target() // 4:
+                self._cond.notify_all()
+
+    def _target(self) -> int:
+        """Slices to keep leased: about ``queue_seconds`` of work per core (2 .. ``max_per_core``)."""
+        if self._wall_n < 8:
+            per_core = 16
+        else:
+            mean = max(self._wall_sum / self._wall_n, 1e-6)
+            per_core = int(min(max(self.queue_seconds / mean, 2), self.max_per_core))
+        return self.cores * per_core
+
+    def _on_event(self, job_id: str, kind: str, number: int, payload: Any) -> None:
+        if kind == "console":
+            event = {"type": "console", "sliceNumber": number, "level": payload.get("level", "log"),
+                     "message": payload.get("message", ""), "same": payload.get("same", 1)}
+        elif kind == "emit":
+            event = {"type": "custom", "sliceNumber": number, "name": payload.get("name"), "value": payload.get("value")}
+        elif kind == "progress":
+            event = {"type": "progress", "sliceNumber": number, "value": payload}
+        else:
+            event = {"type": str(kind), "sliceNumber": number, "payload": payload}
+        with self._cond:
+            evs = self._events.setdefault(job_id, [])
+            # Progress is a level, not a log: keep only the latest per slice until the next flush.
+            if kind == "progress" and evs and evs[-1].get("type") == "progress" and evs[-1]["sliceNumber"] == number:
+                evs[-1] = event
+            else:
+                evs.append(event)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, until_idle: bool = False) -> None:
+        """Work until ``stop`` is set (or, with ``until_idle``, until nothing is left to lease)."""
+        stop = stop or threading.Event()
+        if self._pool is None:
+            from ..runner import EvaluatorPool
+
+            self._pool = EvaluatorPool(self.cores)
+        last_flush = last_beat = time.monotonic()
+        idle_wait = self.poll_interval
+        try:
+            while not stop.is_set():
+                leased = self._top_up()
+                now = time.monotonic()
+                if self._outcomes and (now - last_flush >= self.flush_interval or len(self._outcomes) >= self.flush_size):
+                    self._flush()
+                    last_flush = now
+                if now - last_beat >= self.lease_seconds / 3:
+                    self._heartbeat()
+                    last_beat = now
+                with self._cond:
+                    busy = bool(self._inflight)
+                if until_idle and not leased and not busy:
+                    self._flush()
+                    # One more look: the flush may have completed the last slice of a stream
+                    # whose producer is still adding input.
+                    if not self._top_up():
+                        break
+                if leased or busy:
+                    idle_wait = self.poll_interval
+                    with self._cond:
+                        if len(self._outcomes) < self._target() // 4:
+                            self._cond.wait(self.flush_interval)
+                else:
+                    self._flush()
+                    self._wait_for_work(stop, idle_wait)
+                    idle_wait = min(idle_wait * 2, self.idle_poll_interval)
+        except BaseException as e:  # noqa: BLE001 - reported to the caller (run_local) then re-raised
+            self.error = e
+            raise
+        finally:
+            self._shutdown()
+
+    def _wait_for_work(self, stop: threading.Event, timeout: float) -> None:
+        waiter = getattr(self.scheduler, "wait_for_work", None)
+        if waiter is not None:
+            waiter(timeout)
+        else:
+            stop.wait(timeout)
+
+    def _top_up(self) -> int:
+        target = self._target()
+        with self._cond:
+            room = target - len(self._inflight)
+        # Lease in big bites only: a lease is a write transaction, so never one per slice.
+        if room < max(target // 4, 1):
+            return 0
+        kwargs = {"jobs": self.jobs} if self.jobs is not None else {}
+        leases = self.scheduler.lease(self.id, self.worktimes, self.capabilities, room, self.lease_seconds, **kwargs)
+        if not leases:
+            return 0
+        by_job: dict[str, list[Lease]] = {}
+        for lease in leases:
+            by_job.setdefault(lease.job_id, []).append(lease)
+        with self._cond:
+            for lease in leases:
+                self._inflight[(lease.job_id, lease.slice_number)] = lease
+        for job_id, group in by_job.items():
+            spec = self._spec(job_id)
+            self._dropped.discard(job_id)
+            self._pool.submit(
+                spec, [(lease.slice_number, lease.datum) for lease in group], self._on_outcome,
+                lambda kind, n, payload, _j=job_id: self._on_event(_j, kind, n, payload), packed=True,
+            )
+        return len(leases)
+
+    def _spec(self, job_id: str) -> JobSpec:
+        spec = self._specs.get(job_id)
+        if spec is None:
+            record = self.scheduler.get_job(job_id)
+            spec = replace(record.spec, id=job_id, limits=cap_limits(record.spec.limits, self.limits))
+            self._specs[job_id] = spec
+        return spec
+
+    def _flush(self) -> None:
+        with self._cond:
+            outcomes, self._outcomes = self._outcomes, []
+            events, self._events = self._events, {}
+            leases = [self._inflight.pop((o.job_id, o.number), None) for o in outcomes]
+        for job_id, evs in events.items():
+            if job_id not in self._dropped:
+                self.scheduler.post_events(job_id, evs)
+        done: list[tuple[Lease, SliceReport]] = []
+        failed: list[tuple[Lease, SliceReport]] = []
+        no_progress: dict[str, list[dict]] = {}
+        for outcome, lease in zip(outcomes, leases):
+            if lease is None or outcome.job_id in self._dropped:
+                continue
+            report = SliceReport(outcome.number, outcome.ok, outcome.value_bytes,
+                                 None if outcome.ok else outcome.error.to_dict(), outcome.wall_time,
+                                 outcome.cpu_time, outcome.bytes_in, outcome.bytes_out)
+            if outcome.ok:
+                done.append((lease, report))
+            else:
+                failed.append((lease, report))
+                if report.error and report.error.get("code") == ErrorCode.ENOPROGRESS.value:
+                    no_progress.setdefault(outcome.job_id, []).append({"type": "noProgress", "sliceNumber": outcome.number})
+        for job_id, evs in no_progress.items():
+            self.scheduler.post_events(job_id, evs)
+        if done:
+            self.scheduler.complete(done)
+            self.completed += len(done)
+        if failed:
+            self.scheduler.fail(failed)
+            self.failed += len(failed)
+
+    def _heartbeat(self) -> None:
+        with self._cond:
+            lease_ids = list({lease.lease_id for lease in self._inflight.values()})
+        lost = self.scheduler.heartbeat(self.id, lease_ids, self.lease_seconds) if lease_ids else []
+        if not lost:
+            return
+        lost_set = set(lost)
+        with self._cond:
+            jobs = {lease.job_id for lease in self._inflight.values() if lease.lease_id in lost_set}
+        for job_id in jobs:
+            try:
+                cancelled = self.scheduler.status(job_id)["status"] in FINAL_STATES
+            except Exception:  # noqa: BLE001 - a vanished job is as good as cancelled
+                cancelled = True
+            if cancelled:
+                self._drop_job(job_id)
+
+    def _drop_job(self, job_id: str) -> None:
+        """Stop running a cancelled/finished job: its outcomes are discarded."""
+        self._dropped.add(job_id)
+        with self._cond:
+            for key in [k for k in self._inflight if k[0] == job_id]:
+                del self._inflight[key]
+        self._pool.cancel(job_id)
+
+    def _shutdown(self) -> None:
+        try:
+            with self._cond:
+                jobs = {lease.job_id for lease in self._inflight.values()}
+            if self._pool is not None:
+                for job_id in jobs:
+                    self._pool.cancel(job_id)  # queued slices come back ECANCELLED at once
+            try:
+                self._flush_finished_only()
+            finally:
+                with self._cond:
+                    unfinished = list(self._inflight.values())
+                    self._inflight.clear()
+                if unfinished:
+                    self.scheduler.return_slices(unfinished)
+        except Exception:  # noqa: BLE001 - the store may be gone; leases will expire anyway
+            log.exception("worker %s: could not hand back its slices", self.id)
+        finally:
+            if self._owns_pool and self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            leave = getattr(self.scheduler, "leave", None)
+            if leave is not None:
+                try:
+                    leave(self.id)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _flush_finished_only(self) -> None:
+        """Report what finished; slices cancelled by our own shutdown go back unrun instead."""
+        with self._cond:
+            self._outcomes = [o for o in self._outcomes
+                              if o.ok or o.error is None or o.error.code != ErrorCode.ECANCELLED]
+        self._flush()
+
+
+def run_worker(
+    scheduler_url: str | None = None,
+    worktimes: list[str] | None = None,
+    cores: int | None = None,
+    limits: Limits | None = None,
+    *,
+    capabilities: dict | None = None,
+    until_idle: bool = False,
+    stop: threading.Event | None = None,
+    lease_seconds: float = 30.0,
+) -> Worker:
+    """What ``dcp-worker --worktime NAME --scheduler URL`` runs: work until SIGINT/SIGTERM.
+
+    Returns the finished ``Worker`` (``completed``/``failed`` counts) for a summary line.
+    """
+    from .base import open_scheduler
+
+    stop = stop or threading.Event()
+    scheduler = open_scheduler(scheduler_url)
+    worker = Worker(scheduler, worktimes, cores, capabilities=capabilities, limits=limits, lease_seconds=lease_seconds)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        worker.run(stop, until_idle=until_idle)
+    except KeyboardInterrupt:
+        pass  # the finally of run() already handed the slices back
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        scheduler.close()
+    return worker
+
+
+def list_jobs(scheduler_url: str | None = None) -> list[dict]:
+    """Rows for ``dcp-worker jobs``: id, worktime, status, total, distributed, computed, failed, created."""
+    from .base import open_scheduler
+
+    with open_scheduler(scheduler_url) as scheduler:
+        return scheduler.job_summaries()
+
