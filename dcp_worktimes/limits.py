@@ -33,8 +33,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import humanfriendly
-
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -78,6 +76,8 @@ class Limits:
 
     def describe(self) -> str:
         """One line for humans: ``wall 2s, memory 128.0 MB, ...``."""
+        import humanfriendly
+
         parts = []
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -104,6 +104,8 @@ def parse_size(value: Any, what: str = "size") -> int | None:
     if isinstance(value, (int, float)):
         size = int(value)
     else:
+        import humanfriendly  # lazily: evaluators start without it
+
         try:
             size = int(humanfriendly.parse_size(str(value)))
         except humanfriendly.InvalidSize:
@@ -122,6 +124,8 @@ def parse_duration(value: Any, what: str = "duration") -> float | None:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
+        import humanfriendly
+
         try:
             seconds = float(humanfriendly.parse_timespan(str(value)))
         except humanfriendly.InvalidTimespan:
