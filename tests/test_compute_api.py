@@ -217,7 +217,7 @@ def test_python_function_source_is_captured_like_tostring():
     assert w.default_worktime == "python" and w.options == {"function": "square"}
     assert "recursive_fib(n - 1)" in capture(recursive_fib).payload  # self-reference is fine
     lam = capture(lambda x, y=2: x + y)
-    assert lam.payload == "def work(x, y=2):\n    return x + y\n" and lam.options == {"function": "work"}
+    assert lam.payload == "def work_fn(x, y=2):\n    return x + y\n" and lam.options == {"function": "work_fn"}
 
 
 def test_decorators_are_not_sent():

@@ -166,3 +166,42 @@ def test_resume_of_a_finished_job_returns_its_results(store):
     t0 = time.monotonic()
     assert again.exec() == [7, 8, 9]
     assert time.monotonic() - t0 < 10
+
+
+def test_remote_execution_uses_attached_workers(store):
+    import threading
+
+    from dcp_worktimes.scheduler.worker import Worker
+
+    stop = threading.Event()
+    with open_scheduler(store) as s:
+        worker = Worker(s, ["echo"], cores=1)
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            assert echo([1, 2, 3]).exec(local=False, timeout=60) == [1, 2, 3]
+        finally:
+            stop.set()
+            thread.join(30)
+
+
+def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
+    import threading
+
+    from dcp_worktimes.compute import job as job_module
+    from dcp_worktimes.scheduler.worker import Worker
+
+    monkeypatch.setattr(job_module, "REMOTE_GRACE", 0.5)
+    stop = threading.Event()
+    with open_scheduler(store) as s:
+        worker = Worker(s, ["wasi"], cores=1)  # attached, but it does not have echo
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(compute.RequirementsError, match="echo"):
+                echo([1]).exec(local=False, timeout=60)
+            assert time.monotonic() - t0 < 30
+        finally:
+            stop.set()
+            thread.join(30)

@@ -52,6 +52,8 @@ __all__ = ["Job", "JobCancelled", "RequirementsError", "resume", "ENV_PROGRESS"]
 ENV_PROGRESS = "DCP_PROGRESS"
 
 STREAM_BATCH = 1000
+#: With ``exec(local=False)``: seconds to wait for a worker to attach before calling the job unschedulable.
+REMOTE_GRACE = 30.0
 _PUBLIC_KEYS = {"name", "description", "link"}
 
 
@@ -455,11 +457,15 @@ class Job(EventEmitter):
                 with run_local(sched, self.id, cores=cores if cores is not None else self.cores):
                     final = self._follow(sched, bar, timeout)
             else:
-                final = self._follow(sched, bar, timeout)
+                final = self._follow(sched, bar, timeout, remote=True)
             feed_error = getattr(self, "_feed_error", None)
             if feed_error is not None:
                 raise feed_error
             results = self._results(sched)
+        except KeyboardInterrupt as e:
+            e.add_note(f"job {self.id} stays in the scheduler's store; continue it with compute.resume({self.id!r}).exec() "
+                       f"or stop it with compute.resume({self.id!r}).cancel()")
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -498,8 +504,12 @@ class Job(EventEmitter):
             return {"total": self._total(), "distributed": 0, "computed": 0, "failed": 0, "status": "new"}
         return self._scheduler().status(self.id)
 
-    def _follow(self, sched: Any, bar: _ProgressBar | None, timeout: float | None) -> str:
-        """Dispatch events until the job ends; returns how it ended."""
+    def _follow(self, sched: Any, bar: _ProgressBar | None, timeout: float | None, remote: bool = False) -> str:
+        """Dispatch events until the job ends; returns how it ended.
+
+        ``remote``: slices run on attached workers only, so ask the scheduler now and then whether
+        any live worker can run the job (it then emits ``unschedulable`` instead of a silent hang).
+        """
         from ..scheduler.base import FINAL_STATES
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -522,6 +532,8 @@ class Job(EventEmitter):
                 quiet_since = now
             elif now - quiet_since > 2.0:
                 quiet_since = now
+                if remote:
+                    sched.check_schedulable(self.id, grace=REMOTE_GRACE)
                 st = sched.status(self.id)
                 if st.get("status") in FINAL_STATES:  # the log ended without our final event
                     self._events_after = after

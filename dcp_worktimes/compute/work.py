@@ -21,7 +21,8 @@ names would be missing and how to fix it::
     >>> capture_python(lambda x: x * k)          # doctest: +SKIP
     WorkError: EBADWORK: the work function uses the global name 'k', which is not sent to the worker ...
 
-Lambdas are sent as an equivalent ``def`` (``lambda x: x*x`` → ``def work(x): return x*x``), so
+Lambdas are sent as an equivalent ``def`` (``lambda x: x*x`` → ``def work_fn(x): return x*x``; not ``work``,
+which is the sandbox's ``work.emit`` object), so
 the worktime always receives a source string that defines exactly one function, named in
 ``options["function"]``.
 """
@@ -132,8 +133,8 @@ def capture_python(fn: Callable[..., Any]) -> Work:
     if isinstance(node, ast.Lambda):
         args = ast.unparse(node.args)
         body = ast.get_source_segment(tree_source, node.body) or ast.unparse(node.body)
-        name = "work"
-        text = f"def work({args}):\n    return {_one_line(body)}\n"
+        name = "work_fn"
+        text = f"def work_fn({args}):\n    return {_one_line(body)}\n"
     else:
         text = _def_text(tree_source, node)
     _check_globals(fn, "lambda" if fn.__name__ == "<lambda>" else name)
