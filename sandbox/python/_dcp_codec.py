@@ -1,0 +1,223 @@
+"""msgpack for the guest: the lossless value set of ``dcp_worktimes.values``, in pure Python.
+
+Runs inside the WASI CPython (which has no msgpack). The host decodes what this module encodes
+with ``dcp_worktimes.values.unpack`` and encodes what it decodes with ``values.pack``, so the two
+must agree byte for byte on the ext type for big integers (ext 1: ASCII decimal digits).
+
+Guest-only conversions on the way out (documented in ``sandbox/python.md``):
+
+* ``tuple`` → list; ``bytearray``/``memoryview`` → bytes;
+* numpy arrays → nested lists (``ndarray.tolist()``), numpy scalars → the Python scalar
+  (``.item()``); complex numbers and object arrays of non-values are unserializable;
+* anything else (sets, custom objects) raises ``Unserializable`` naming the type and where it
+  sits in the value (``result[3]['key']``).
+"""
+
+from struct import pack as _pack, unpack_from as _unpack_from
+
+EXT_BIGINT = 1
+_MAX_DEPTH = 512
+
+
+class Unserializable(TypeError):
+    """A value outside the lossless set: the slice fails with EUNSERIALIZABLE."""
+
+
+def encode(value):
+    out = []
+    _enc(value, out, "result", 0)
+    return b"".join(out)
+
+
+def _enc(v, out, where, depth):
+    if depth > _MAX_DEPTH:
+        raise Unserializable(f"{where} is nested more than {_MAX_DEPTH} levels deep (a cycle?)")
+    t = type(v)
+    if v is None:
+        out.append(b"\xc0")
+    elif v is True:
+        out.append(b"\xc3")
+    elif v is False:
+        out.append(b"\xc2")
+    elif t is int or (isinstance(v, int) and t is not bool):
+        _enc_int(int(v), out)
+    elif t is float or isinstance(v, float):
+        out.append(b"\xcb" + _pack(">d", float(v)))
+    elif t is str or isinstance(v, str):
+        b = str(v).encode("utf-8", "surrogatepass")
+        n = len(b)
+        if n < 32:
+            out.append(bytes((0xA0 | n,)))
+        elif n < 0x100:
+            out.append(b"\xd9" + bytes((n,)))
+        elif n < 0x10000:
+            out.append(b"\xda" + _pack(">H", n))
+        else:
+            out.append(b"\xdb" + _pack(">I", n))
+        out.append(b)
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        b = bytes(v)
+        n = len(b)
+        if n < 0x100:
+            out.append(b"\xc4" + bytes((n,)))
+        elif n < 0x10000:
+            out.append(b"\xc5" + _pack(">H", n))
+        else:
+            out.append(b"\xc6" + _pack(">I", n))
+        out.append(b)
+    elif t is list or t is tuple or isinstance(v, (list, tuple)):
+        _enc_len(len(v), out, 0x90, b"\xdc", b"\xdd")
+        for i, item in enumerate(v):
+            _enc(item, out, f"{where}[{i}]", depth + 1)
+    elif t is dict or isinstance(v, dict):
+        _enc_len(len(v), out, 0x80, b"\xde", b"\xdf")
+        for k, item in v.items():
+            _enc(k, out, f"{where} key {k!r}", depth + 1)
+            _enc(item, out, f"{where}[{k!r}]", depth + 1)
+    else:
+        converted = _numpy(v, where)
+        if converted is _NOT_NUMPY:
+            raise Unserializable(
+                f"{where} is a {t.__module__}.{t.__qualname__}, which cannot cross the sandbox boundary; "
+                "return None, bool, int, float, str, bytes, lists or dicts (numpy arrays become lists)"
+            )
+        _enc(converted, out, where, depth + 1)
+
+
+def _enc_len(n, out, fix, b16, b32):
+    if n < 16:
+        out.append(bytes((fix | n,)))
+    elif n < 0x10000:
+        out.append(b16 + _pack(">H", n))
+    else:
+        out.append(b32 + _pack(">I", n))
+
+
+def _enc_int(i, out):
+    if 0 <= i < 0x80:
+        out.append(bytes((i,)))
+    elif -32 <= i < 0:
+        out.append(bytes((i & 0xFF,)))
+    elif 0 <= i < 2**64:
+        out.append(b"\xcf" + _pack(">Q", i))
+    elif -(2**63) <= i < 0:
+        out.append(b"\xd3" + _pack(">q", i))
+    else:
+        digits = str(i).encode("ascii")
+        n = len(digits)
+        if n < 0x100:
+            out.append(b"\xc7" + bytes((n, EXT_BIGINT)))
+        elif n < 0x10000:
+            out.append(b"\xc8" + _pack(">HB", n, EXT_BIGINT))
+        else:
+            out.append(b"\xc9" + _pack(">IB", n, EXT_BIGINT))
+        out.append(digits)
+
+
+_NOT_NUMPY = object()
+
+
+def _numpy(v, where):
+    """numpy values as plain ones, without importing numpy when the work never did."""
+    mod = type(v).__module__ or ""
+    if not mod.startswith("numpy"):
+        return _NOT_NUMPY
+    import numpy
+
+    if isinstance(v, numpy.ndarray):
+        if v.dtype.kind == "c":
+            raise Unserializable(f"{where} is a complex numpy array; return its .real and .imag separately")
+        return v.tolist()
+    if isinstance(v, numpy.generic):
+        item = v.item()
+        if isinstance(item, complex):
+            raise Unserializable(f"{where} is a complex number; return its .real and .imag separately")
+        return item
+    return _NOT_NUMPY
+
+
+def decode(data):
+    value, end = _dec(memoryview(data), 0)
+    if end != len(data):
+        raise ValueError(f"{len(data) - end} trailing bytes after a msgpack value")
+    return value
+
+
+def _dec(b, i):
+    c = b[i]
+    i += 1
+    if c < 0x80:
+        return c, i
+    if c >= 0xE0:
+        return c - 0x100, i
+    if 0xA0 <= c <= 0xBF:
+        n = c & 0x1F
+        return str(b[i:i + n], "utf-8", "surrogatepass"), i + n
+    if 0x90 <= c <= 0x9F:
+        return _dec_array(b, i, c & 0x0F)
+    if 0x80 <= c <= 0x8F:
+        return _dec_map(b, i, c & 0x0F)
+    if c == 0xC0:
+        return None, i
+    if c == 0xC2:
+        return False, i
+    if c == 0xC3:
+        return True, i
+    if c in (0xC4, 0xC5, 0xC6):
+        n, i = _length(b, i, c - 0xC4)
+        return bytes(b[i:i + n]), i + n
+    if c in (0xD9, 0xDA, 0xDB):
+        n, i = _length(b, i, c - 0xD9)
+        return str(b[i:i + n], "utf-8", "surrogatepass"), i + n
+    if c == 0xCA:
+        return _unpack_from(">f", b, i)[0], i + 4
+    if c == 0xCB:
+        return _unpack_from(">d", b, i)[0], i + 8
+    if 0xCC <= c <= 0xCF:
+        size = 1 << (c - 0xCC)
+        return int.from_bytes(b[i:i + size], "big"), i + size
+    if 0xD0 <= c <= 0xD3:
+        size = 1 << (c - 0xD0)
+        return int.from_bytes(b[i:i + size], "big", signed=True), i + size
+    if c in (0xDC, 0xDD):
+        n, i = _length(b, i, c - 0xDC + 1)
+        return _dec_array(b, i, n)
+    if c in (0xDE, 0xDF):
+        n, i = _length(b, i, c - 0xDE + 1)
+        return _dec_map(b, i, n)
+    if c in (0xC7, 0xC8, 0xC9) or 0xD4 <= c <= 0xD8:
+        if c >= 0xD4:
+            n = 1 << (c - 0xD4)
+        else:
+            n, i = _length(b, i, c - 0xC7)
+        code = b[i]
+        i += 1
+        payload = bytes(b[i:i + n])
+        if code == EXT_BIGINT:
+            return int(payload.decode("ascii")), i + n
+        raise ValueError(f"unknown msgpack ext type {code}")
+    raise ValueError(f"unknown msgpack byte 0x{c:02x}")
+
+
+def _length(b, i, kind):
+    size = (1, 2, 4)[kind]
+    return int.from_bytes(b[i:i + size], "big"), i + size
+
+
+def _dec_array(b, i, n):
+    out = []
+    for _ in range(n):
+        v, i = _dec(b, i)
+        out.append(v)
+    return out, i
+
+
+def _dec_map(b, i, n):
+    out = {}
+    for _ in range(n):
+        k, i = _dec(b, i)
+        v, i = _dec(b, i)
+        if isinstance(k, list):
+            k = tuple(k)  # a list key cannot be a dict key in Python; msgpack allows it
+        out[k] = v
+    return out, i

@@ -1,0 +1,382 @@
+"""The guest side of the ``python`` worktime: runs inside CPython-for-WASI, never on the host.
+
+The host (``dcp_worktimes.pywasi``) mounts this folder read-only at ``/dcp/boot`` and drives the
+interpreter with three kinds of *turns* (short source snippets run by the reactor's ``turn``
+export)::
+
+    import sys; sys.path.insert(0, "/dcp/boot"); import _dcp_guest; _dcp_guest.install()
+    _dcp_guest.load_work()          # once per instance: fetch the job, compile the work
+    _dcp_guest.run_slice()          # once per slice
+
+Everything else crosses the one door the runtime has (``_host.call(frame) -> bytes``): frames are
+msgpack lists ``[op, ...]`` (see ``_dcp_codec``). Ops the host answers:
+
+``["job"]``                       → ``{"id", "work", "arguments", "options"}``
+``["datum"]``                     → the slice's datum
+``["progress", value]``           → ``True``
+``["console", level, message]``   → nothing
+``["emit", name, value]``         → nothing
+``["loaded", info]`` / ``["result", value]`` / ``["error", {code, name, message, stack}]``
+
+Nothing here trusts the host less than the host trusts the guest: the host decodes guest frames
+with its own (safe) msgpack decoder and checks sizes; this module only organises the guest.
+"""
+
+import ast
+import linecache
+import sys
+import time
+import traceback
+import types
+
+import _host
+
+import _dcp_codec as codec
+
+BOOT_DIR = "/dcp/boot"
+MODULES_DIR = "/dcp/modules"
+FILES_DIR = "/dcp/files"
+WORK_FILE = "<work>"
+PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the watchdog only needs a heartbeat
+
+_state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progress=float("-inf"), installed=False)
+
+
+# -- the door ----------------------------------------------------------------------------------
+def _call(*frame):
+    return _host.call(codec.encode(list(frame)))
+
+
+def _ask(*frame):
+    answer = _call(*frame)
+    return codec.decode(answer) if answer else None
+
+
+# -- console -----------------------------------------------------------------------------------
+class _ConsoleStream:
+    """``sys.stdout``/``sys.stderr``: each complete line becomes one console event."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, level):
+        self.level = level
+        self._buf = ""
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._buf += text
+        if "\n" in self._buf:
+            *lines, self._buf = self._buf.split("\n")
+            for line in lines:
+                _call("console", self.level, line)
+        return len(text)
+
+    def flush(self):
+        if self._buf:
+            line, self._buf = self._buf, ""
+            _call("console", self.level, line)
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        raise OSError("the sandbox console has no file descriptor")
+
+
+def _log_line(level, args):
+    _call("console", level, " ".join(a if isinstance(a, str) else repr(a) for a in args))
+
+
+class Console:
+    """``console.log/debug/info/warn/error(*args)`` as in DCP's JavaScript sandbox."""
+
+    def log(self, *args):
+        _log_line("log", args)
+
+    def debug(self, *args):
+        _log_line("debug", args)
+
+    def info(self, *args):
+        _log_line("info", args)
+
+    def warn(self, *args):
+        _log_line("warn", args)
+
+    warning = warn
+
+    def error(self, *args):
+        _log_line("error", args)
+
+
+console = Console()
+
+
+def _install_logging():
+    import logging
+
+    levels = ((logging.ERROR, "error"), (logging.WARNING, "warn"), (logging.INFO, "info"), (0, "debug"))
+
+    class ConsoleHandler(logging.Handler):
+        def emit(self, record):
+            try:
+                level = next(name for number, name in levels if record.levelno >= number)
+                _call("console", level, self.format(record))
+            except Exception:
+                self.handleError(record)
+
+    root = logging.getLogger()
+    root.handlers[:] = [ConsoleHandler()]
+
+
+def _install_warnings():
+    import warnings
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        _call("console", "warn", f"{filename}:{lineno}: {category.__name__}: {message}")
+
+    warnings.showwarning = showwarning
+
+
+# -- the API the work sees (re-exported by the ``dcp`` module) --------------------------------
+def progress(value=None):
+    """Report progress (a number in [0, 1], ``'NN%'``, or nothing). Always returns True."""
+    now = time.monotonic()
+    if now - _state.last_progress >= PROGRESS_INTERVAL or value == 1 or value == "100%":
+        _state.last_progress = now
+        _call("progress", value)
+    return True
+
+
+class WorkReject(Exception):
+    """Raised by ``work.reject(reason)``: the worker gives the slice back (EWORKREJECT)."""
+
+
+class Work:
+    """``work.emit(name, value)`` and ``work.reject(reason)`` as in DCP."""
+
+    def emit(self, name, value=None):
+        if not isinstance(name, str) or not name:
+            raise ValueError("work.emit(name, value): name must be a non-empty string")
+        _call("emit", name, value)
+
+    def reject(self, reason=""):
+        raise WorkReject(str(reason))
+
+
+work = Work()
+
+
+def emit(name, value=None):
+    work.emit(name, value)
+
+
+def set_slice_handler(fn):
+    """Make ``fn(datum, *job_arguments)`` the function every slice calls (Pyodide-style jobs)."""
+    if not callable(fn):
+        raise TypeError(f"dcp.set_slice_handler(fn): fn must be callable, got {type(fn).__name__}")
+    _state.handler = fn
+    return fn
+
+
+# -- start-up ----------------------------------------------------------------------------------
+def install():
+    """Console capture, import path, working directory; once per instance."""
+    if _state.installed:
+        return
+    sys.dont_write_bytecode = True  # the mounts are read-only; do not even try
+    sys.stdout = _ConsoleStream("log")
+    sys.stderr = _ConsoleStream("error")
+    _install_logging()
+    _install_warnings()
+    if MODULES_DIR not in sys.path:
+        sys.path.insert(1, MODULES_DIR)
+    import os
+
+    try:
+        os.chdir(FILES_DIR)  # relative opens find the job's read-only files
+    except OSError:
+        pass
+    _state.installed = True
+
+
+def _namespace(job):
+    import dcp
+
+    module = types.ModuleType("__work__")
+    module.__file__ = WORK_FILE
+    module.__builtins__ = __builtins__
+    module.__dict__.update(
+        dcp=dcp, progress=progress, work=work, console=console, emit=emit,
+        job=types.SimpleNamespace(id=job.get("id"), arguments=list(job.get("arguments") or []),
+                                  options=dict(job.get("options") or {})),
+    )
+    sys.modules["__work__"] = module
+    return module
+
+
+def _parse(source):
+    try:
+        return source, ast.parse(source, WORK_FILE)
+    except IndentationError:
+        import textwrap
+
+        dedented = textwrap.dedent(source)  # inspect.getsource of a method keeps its indentation
+        if dedented == source:
+            raise
+        return dedented, ast.parse(dedented, WORK_FILE)
+
+
+def _compile_work(job):
+    """The slice function described by the job: a function, a def, a lambda, or a program."""
+    raw = job.get("work") or ""
+    source = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    options = job.get("options") or {}
+    wanted = options.get("function")
+    if not source.strip():
+        raise _LoadError("EBADWORK", "the work is empty; send the source of a Python function or of a program "
+                                     "that calls dcp.set_slice_handler(fn)")
+    try:
+        source, tree = _parse(source)
+    except SyntaxError as e:
+        raise _LoadError("EBADWORK", f"the work does not compile: {e.msg} (line {e.lineno}, column {e.offset})",
+                         "SyntaxError") from None
+    linecache.cache[WORK_FILE] = (len(source), None, source.splitlines(True), WORK_FILE)
+    module = _namespace(job)
+    body = tree.body
+    # A bare lambda expression: the work is that function.
+    if len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Lambda):
+        fn = eval(compile(ast.Expression(body[0].value), WORK_FILE, "eval"), module.__dict__)
+        return fn, "<lambda>"
+    program = "set_slice_handler" in source
+    defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not program:
+        # inspect.getsource keeps decorators, which do not exist in the sandbox: the function
+        # itself is the work.
+        for node in defs:
+            node.decorator_list = []
+    exec(compile(tree, WORK_FILE, "exec"), module.__dict__)
+    if _state.handler is not None:
+        return _state.handler, getattr(_state.handler, "__name__", "handler")
+    if program:
+        raise _LoadError("ENOSLICEHANDLER", "the program ran without calling dcp.set_slice_handler(fn); call it "
+                                            "with the function each slice should run")
+    if wanted:
+        fn = module.__dict__.get(wanted)
+        if not callable(fn):
+            raise _LoadError("ENOSLICEHANDLER", f"the work defines no function named {wanted!r} "
+                                                "(options['function'])")
+        return fn, wanted
+    if len(defs) == 1:
+        return module.__dict__[defs[0].name], defs[0].name
+    if not defs:
+        raise _LoadError("ENOSLICEHANDLER", "the work defines no function; send one function's source, or a "
+                                            "program that calls dcp.set_slice_handler(fn)")
+    names = ", ".join(n.name for n in defs)
+    raise _LoadError("ENOSLICEHANDLER", f"the work defines {len(defs)} functions ({names}); name the slice "
+                                        "function with options['function'] or call dcp.set_slice_handler(fn)")
+
+
+class _LoadError(Exception):
+    def __init__(self, code, message, name=None):
+        super().__init__(message)
+        self.code, self.message, self.name = code, message, name
+
+
+def load_work():
+    """Fetch the job from the host and prepare its slice function (reports loaded or error)."""
+    try:
+        job = _ask("job")
+        _state.job = job
+        _state.arguments = list(job.get("arguments") or [])
+        fn, name = _compile_work(job)
+    except _LoadError as e:
+        _flush()
+        _call("error", {"code": e.code, "name": e.name, "message": e.message, "stack": None})
+        return
+    except BaseException as e:  # noqa: BLE001 - the work's top level may raise anything
+        _flush()
+        _call("error", _describe(e, "while loading the work"))
+        return
+    _state.handler = fn
+    _flush()
+    _call("loaded", {"function": name})
+
+
+def run_slice():
+    """Run the slice function on the host's datum; report its result or its error."""
+    _state.last_progress = float("-inf")  # each slice's first progress() always reaches the host
+    try:
+        datum = _ask("datum")
+        value = _state.handler(datum, *_state.arguments)
+        if hasattr(value, "__await__"):
+            value = _await(value)
+        frame = codec.encode(["result", value])
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
+        _flush()
+        _call("error", _describe(e))
+        return
+    _flush()
+    _host.call(frame)
+
+
+def _await(awaitable):
+    import asyncio
+
+    async def wrap():
+        return await awaitable
+
+    return asyncio.new_event_loop().run_until_complete(wrap())
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+# -- errors ------------------------------------------------------------------------------------
+_RUNTIME = "CPython {v} for WASI with numpy, pandas, scipy, scikit-learn and the standard library"
+
+
+def _describe(e, when=""):
+    """A coded error dict for an exception raised by the work (or by its result's encoding)."""
+    name = type(e).__name__
+    message = str(e) or name
+    code = "EUNCAUGHT"
+    if isinstance(e, MemoryError):
+        code = "EMEMORYLIMIT"
+        message = f"MemoryError: the work ran out of memory at the job's memory limit ({message})"
+    elif isinstance(e, OverflowError) and "index-sized integer" in message:
+        # wasm32: sizes are 32-bit, so a request such as [0]*10**10 cannot even be expressed.
+        code = "EMEMORYLIMIT"
+        message = f"the work asked for more memory than a 32-bit sandbox can hold ({message})"
+    elif isinstance(e, codec.Unserializable):
+        code = "EUNSERIALIZABLE"
+    elif isinstance(e, WorkReject):
+        code = "EWORKREJECT"
+    elif isinstance(e, SystemExit):
+        message = f"the work called sys.exit({e.code!r}); return a value or raise an exception instead"
+    elif isinstance(e, ModuleNotFoundError):
+        v = ".".join(map(str, sys.version_info[:2]))
+        message = (f"No module named {e.name!r}: it is not available in the sandbox ({_RUNTIME.format(v=v)}); "
+                   "send your own pure-Python modules with the job (job modules), or use an available package")
+    if when:
+        message = f"{message} ({when})"
+    return {"code": code, "name": name, "message": message, "stack": _stack(e)}
+
+
+def _stack(e):
+    try:
+        te = traceback.TracebackException.from_exception(e)
+        te.stack = traceback.StackSummary.from_list(
+            [f for f in te.stack if not (f.filename.startswith(BOOT_DIR) or f.filename.startswith("<turn"))])
+        return "".join(te.format())
+    except Exception:  # a broken __str__ must not hide the error itself
+        return None
