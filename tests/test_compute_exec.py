@@ -205,3 +205,9 @@ def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
         finally:
             stop.set()
             thread.join(30)
+
+
+def test_empty_inputs_complete_at_once(store):
+    t0 = time.monotonic()
+    assert echo([]).exec() == [] and echo(range(0)).exec() == []
+    assert time.monotonic() - t0 < 20

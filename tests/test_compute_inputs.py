@@ -241,3 +241,11 @@ def test_js_number_strings():
         "1", "1", "0.5", "1e+21", "1e-7", "123456789012.5", "0", str(2**70)]
     assert js_number_string(1e-5) == "0.00001"
     assert js_number_string([10, 11]) == "10,11"
+
+
+def test_python_ranges_stay_lazy():
+    r = input_set(range(10, 0, -3))
+    assert isinstance(r, RangeObject) and datums(r) == [10, 7, 4, 1]
+    huge = input_set(range(10**15))
+    assert len(huge) == 10**15 and huge.nth(10**15 - 1) == 10**15 - 1
+    assert isinstance(input_set(range(0)), StreamInput)  # empty: nothing to describe

@@ -142,6 +142,9 @@ def input_set(value: Any) -> InputSet:
             f"the input set is a {type(value).__name__}; pass a list of datums (e.g. [{value!r}]) or a range object. "
             "Work goes last: compute.for_(inputs, work)"
         )
+    if isinstance(value, range) and len(value):
+        # A Python range is a range object in disguise: keep it lazy (range(10**12) costs nothing).
+        return RangeObject(value[0], value[-1], value.step)
     if isinstance(value, (list, tuple)) and value and all(
         isinstance(v, RangeObject) or (isinstance(v, Mapping) and ("start" in v or "end" in v)) for v in value
     ):
