@@ -215,12 +215,12 @@ def compile_module(engine: "wasmtime.Engine", options: EngineOptions, wasm: byte
     digest = hashlib.sha256(wasm).hexdigest()
     config_key = hashlib.sha256(options.fingerprint().encode()).hexdigest()[:16]
     key = f"{digest[:40]}-{config_key}"
-    memo_key = f"{key}-{id(engine)}"
+    path = cache_dir() / f"{key}.cwasm"
+    memo_key = f"{path}-{id(engine)}"
     if memo_key in _memo:
         stats["reused_in_memory"] += 1
         hit = _memo[memo_key]
         return CompiledModule(hit.module, digest, hit.path, "memory", time.perf_counter() - started)
-    path = cache_dir() / f"{key}.cwasm"
     module = None
     source = "disk"
     if path.is_file():
@@ -438,7 +438,8 @@ def trap_to_error(
 
     code = getattr(exc, "trap_code", None) if isinstance(exc, wasmtime.Trap) else None
     name = code.name if code is not None else None
-    text = str(exc).strip()
+    # The backtrace is the useful part of the text; drop wasmtime's hint about its env variable.
+    text = "\n".join(line for line in str(exc).strip().splitlines() if "WASMTIME_BACKTRACE_DETAILS" not in line)
     if name == "INTERRUPT" or interrupted is not None:
         if interrupted is not None:
             return interrupted

@@ -1,0 +1,85 @@
+"""The ``wasi`` worktime through the sandboxed runner and the ``dcp-worker slice`` CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dcp_worktimes.limits import Limits
+from dcp_worktimes.runner import EvaluatorPool, run_slice
+from dcp_worktimes.wasi_worktime.toolchain import ToolchainMissing, compile_c
+from dcp_worktimes.worktime import JobSpec
+
+PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "wasi-cc"
+
+    def build(name: str) -> bytes:
+        try:
+            return compile_c((PROGRAMS / f"{name}.c").read_text(), cache=cache)
+        except ToolchainMissing as e:
+            pytest.fail(f"the wasi tests compile C to WebAssembly and need the toolchain: {e}")
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DCP_WORKTIMES_CACHE", str(tmp_path_factory.getbasetemp() / "wasm-cache"))
+
+
+def job(work, limits=Limits(), **kw) -> JobSpec:
+    return JobSpec(id=f"wasi-{time.monotonic_ns()}", worktime="wasi", work=work, limits=limits, **kw)
+
+
+def test_run_slice_returns_the_modules_json_and_console(build):
+    events: list = []
+    out = run_slice(job(build("sum_json")), [1, 2, 3], on_event=lambda *e: events.append(e))
+    assert out.ok, out.error
+    assert out.value == {"sum": 6, "count": 3, "argv": []}
+    assert any(kind == "console" and p["message"] == "summed 3 numbers" for kind, _, p in events)
+
+
+def test_pool_runs_many_slices_and_survives_failing_ones(build):
+    j = job(build("sum_json"))
+    with EvaluatorPool(cores=2) as pool:
+        outs = sorted(pool.map(j, [(i, list(range(i))) for i in range(30)]), key=lambda o: o.number)
+        assert [o.value["sum"] for o in outs] == [sum(range(i)) for i in range(30)]
+        bomb = next(pool.map(job(build("malloc_bomb"), Limits.parse(memory="48MiB")), [(0, None)]))
+        assert bomb.error.code == "EMEMORYLIMIT"
+        again = next(pool.map(j, [(0, [5])]))
+        assert again.ok and again.value["sum"] == 5
+
+
+def test_infinite_loop_through_the_runner_stops_near_its_wall_limit(build):
+    out = run_slice(job(build("infinite_loop"), Limits.parse(wall_time="1s")), None)
+    assert out.error.code == "ESLICETOOSLOW"
+    assert out.wall_time < 2.0, out.wall_time
+
+
+def test_cli_slice_prints_the_modules_json_result(build, tmp_path):
+    exe = shutil.which("dcp-worker") or pytest.fail("dcp-worker is not installed in this environment (pip install -e .)")
+    prog = tmp_path / "prog.wasm"
+    prog.write_bytes(build("sum_json"))
+    proc = subprocess.run([exe, "slice", "--worktime", "wasi", "--work", str(prog), "--datum", "[1,2,3]"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"sum": 6, "count": 3, "argv": []}
+
+
+def test_cli_slice_reports_the_exit_status(build, tmp_path):
+    exe = shutil.which("dcp-worker") or pytest.fail("dcp-worker is not installed in this environment (pip install -e .)")
+    prog = tmp_path / "exit3.wasm"
+    prog.write_bytes(build("exit3"))
+    proc = subprocess.run([exe, "slice", "--worktime", "wasi", "--work", str(prog)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "status 3" in proc.stderr and "giving up" in proc.stderr
