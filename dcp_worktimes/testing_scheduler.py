@@ -1,0 +1,344 @@
+"""Scheduler conformance suite: every scheduler backend subclasses it (fsspec style).
+
+::
+
+    # tests/test_scheduler_mybackend.py
+    import pytest
+    from dcp_worktimes.testing_scheduler import SchedulerConformance
+
+    class TestMyBackend(SchedulerConformance):
+        @pytest.fixture
+        def scheduler(self, tmp_path):
+            s = MyBackend(tmp_path / "store")
+            yield s
+            s.close()
+
+        @pytest.fixture
+        def reopen(self, scheduler, tmp_path):          # optional: durability checks
+            return lambda: MyBackend(tmp_path / "store")
+
+The suite drives the ``Scheduler`` interface directly (no evaluators), so it is fast and checks
+the contract of ``dcp_worktimes.scheduler.base``: leases and their expiry, exactly-once results,
+retries, payment order, matching and unschedulable jobs, streams, cancellation, the event log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+from .compute.inputs import input_set
+from .scheduler.base import JobRecord, Lease, Scheduler, SchedulerError, SliceReport, UnknownJob
+from .values import pack, unpack
+from .worktime import JobSpec
+
+ECHO = {"echo": "1.0.0"}
+
+
+def make_job(job_id: str, n: int = 10, *, worktime: str = "echo", stream: bool = False, **kw: Any) -> JobRecord:
+    """A job over ``range(n)`` (described) or, with ``stream=True``, a stream to fill with add_slices."""
+    desc = {"kind": "stream"} if stream else input_set({"start": 0, "end": n - 1}).description()
+    return JobRecord(id=job_id, spec=JobSpec(id=job_id, worktime=worktime), input=desc, **kw)
+
+
+def ok(lease: Lease, **kw: Any) -> tuple[Lease, SliceReport]:
+    """A successful report echoing the datum."""
+    return lease, SliceReport(lease.slice_number, True, lease.datum, None, kw.get("wall", 0.01), kw.get("cpu", 0.005),
+                              len(lease.datum), len(lease.datum))
+
+
+def err(lease: Lease, code: str = "EUNCAUGHT", **extra: Any) -> tuple[Lease, SliceReport]:
+    return lease, SliceReport(lease.slice_number, False, None, {"code": code, "message": f"boom {code}", **extra})
+
+
+def drain(s: Scheduler, worker: str = "w1", worktimes: dict | None = None, caps: dict | None = None,
+          **kw: Any) -> list[Lease]:
+    """Lease until nothing is left."""
+    out: list[Lease] = []
+    while True:
+        got = s.lease(worker, worktimes or ECHO, caps or {}, kw.get("max_slices", 1000), kw.get("lease_seconds", 30))
+        if not got:
+            return out
+        out.extend(got)
+
+
+class SchedulerConformance:
+    """Subclass and override the ``scheduler`` fixture (and ``reopen`` for durability checks)."""
+
+    @pytest.fixture
+    def scheduler(self) -> Scheduler:
+        raise NotImplementedError("override the `scheduler` fixture to yield a fresh, empty backend")
+
+    @pytest.fixture
+    def reopen(self) -> Callable[[], Scheduler] | None:
+        return None
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def test_submit_and_get_job(self, scheduler: Scheduler) -> None:
+        job = make_job("j1", 5, payment_per_slice=2.5, requirements={"echo": True}, public={"name": "demo"})
+        job.spec.work = b"\x00\xffbinary"
+        scheduler.submit(job)
+        got = scheduler.get_job("j1")
+        assert got.spec.work == b"\x00\xffbinary"
+        assert got.total == 5 and got.status == "running"
+        assert got.public == {"name": "demo"} and got.payment_per_slice == 2.5
+        assert scheduler.status("j1") == {"total": 5, "distributed": 0, "computed": 0, "failed": 0, "status": "running"}
+        assert [e["type"] for _, e in scheduler.events("j1")][0] == "accepted"
+        assert "j1" in [j.id for j in scheduler.list_jobs()]
+        assert scheduler.job_summaries()[0]["id"] == "j1"
+
+    def test_duplicate_and_unknown_jobs(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1"))
+        with pytest.raises(SchedulerError, match="already exists"):
+            scheduler.submit(make_job("j1"))
+        with pytest.raises(UnknownJob, match="nope"):
+            scheduler.get_job("nope")
+        with pytest.raises(UnknownJob):
+            scheduler.status("nope")
+
+    def test_bad_job_is_refused_with_reason(self, scheduler: Scheduler) -> None:
+        with pytest.raises(SchedulerError, match="version range"):
+            scheduler.submit(make_job("j1", worktime_range="not a range!"))
+
+    # -- leases and results -------------------------------------------------------------------------
+    def test_every_slice_once_with_datums(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 25))
+        first = scheduler.lease("w1", ECHO, {}, 10, 30)
+        assert len(first) == 10
+        rest = drain(scheduler, "w2")
+        leases = first + rest
+        assert sorted(lease.slice_number for lease in leases) == list(range(25))
+        assert all(unpack(lease.datum) == lease.slice_number for lease in leases)
+        assert all(lease.attempt == 1 for lease in leases)
+        scheduler.complete([ok(lease, wall=0.25, cpu=0.125) for lease in leases])
+        results = scheduler.results("j1")
+        assert sorted(results) == list(range(25))
+        r = results[7]
+        assert r.ok and unpack(r.value) == 7 and r.wall_time == 0.25 and r.cpu_time == 0.125
+        assert r.bytes_in == len(pack(7)) and r.bytes_out == len(pack(7))
+        st = scheduler.status("j1")
+        assert st["status"] == "complete" and st["computed"] == 25 and st["distributed"] == 25
+        types = [e["type"] for _, e in scheduler.events("j1")]
+        assert types.count("result") == 25 and types[-1] == "complete"
+
+    def test_duplicate_report_recorded_once(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 3))
+        leases = drain(scheduler)
+        scheduler.complete([ok(lease) for lease in leases])
+        scheduler.complete([ok(lease) for lease in leases])
+        events = [e for _, e in scheduler.events("j1") if e["type"] == "result"]
+        assert sorted(e["sliceNumber"] for e in events) == [0, 1, 2]
+        assert scheduler.status("j1")["computed"] == 3
+
+    def test_expired_lease_is_handed_out_again_and_late_result_ignored(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 4))
+        old = scheduler.lease("w1", ECHO, {}, 4, lease_seconds=0.2)
+        assert scheduler.lease("w2", ECHO, {}, 4, 30) == []  # held by w1
+        time.sleep(0.8)
+        new = drain(scheduler, "w2")
+        assert sorted(lease.slice_number for lease in new) == [0, 1, 2, 3]
+        assert all(lease.attempt == 2 for lease in new)
+        # The old worker wakes up and reports: ignored, whatever it says.
+        scheduler.complete([(lease, SliceReport(lease.slice_number, True, pack("stale"))) for lease in old])
+        scheduler.complete([ok(lease) for lease in new])
+        results = scheduler.results("j1")
+        assert {n: unpack(r.value) for n, r in results.items()} == {0: 0, 1: 1, 2: 2, 3: 3}
+        assert scheduler.status("j1")["computed"] == 4
+
+    def test_heartbeat_keeps_lease_and_reports_lost_ones(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 2))
+        held = scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.4)
+        lost = scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.2)
+        deadline = time.time() + 1.0
+        while time.time() < deadline:
+            scheduler.heartbeat("w1", [held[0].lease_id], 0.4)
+            time.sleep(0.1)
+        # lost[0] expired long ago; held[0] was kept alive.
+        again = drain(scheduler, "w2")
+        assert [lease.slice_number for lease in again] == [lost[0].slice_number]
+        gone = scheduler.heartbeat("w1", [held[0].lease_id, lost[0].lease_id], 30)
+        assert gone == [lost[0].lease_id]
+
+    def test_retryable_failure_is_retried_then_final(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 1, max_attempts=2))
+        (a,) = scheduler.lease("w1", ECHO, {}, 5, 30)
+        scheduler.fail([err(a, "ECRASH")])
+        (b,) = scheduler.lease("w1", ECHO, {}, 5, 30)
+        assert b.slice_number == 0 and b.attempt == 2
+        scheduler.fail([err(b, "ECRASH")])
+        assert scheduler.lease("w1", ECHO, {}, 5, 30) == []
+        r = scheduler.results("j1")[0]
+        assert not r.ok and r.error["code"] == "ECRASH"
+        st = scheduler.status("j1")
+        assert st["failed"] == 1 and st["status"] == "failed"
+
+    def test_work_error_is_final_at_once(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 2))
+        leases = drain(scheduler)
+        scheduler.fail([err(leases[0], "EUNCAUGHT", stack="at work (1:1)")])
+        scheduler.complete([ok(leases[1])])
+        assert scheduler.lease("w1", ECHO, {}, 5, 30) == []
+        errors = [e for _, e in scheduler.events("j1") if e["type"] == "error"]
+        assert errors == [{"type": "error", "sliceNumber": 0, "code": "EUNCAUGHT", "message": "boom EUNCAUGHT",
+                           "stack": "at work (1:1)"}]
+        assert scheduler.status("j1")["status"] == "failed"
+
+    def test_lost_too_often_fails_with_ecrash(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 1, max_attempts=1))
+        scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.1)
+        time.sleep(0.7)
+        assert scheduler.lease("w2", ECHO, {}, 1, 30) == []
+        r = scheduler.results("j1")[0]
+        assert not r.ok and r.error["code"] == "ECRASH" and "max_attempts" in r.error["message"]
+
+    def test_returned_slices_come_back_without_using_an_attempt(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 3))
+        leases = drain(scheduler)
+        scheduler.complete([ok(leases[0])])
+        scheduler.return_slices(leases[1:])
+        again = drain(scheduler, "w2")
+        assert sorted(lease.slice_number for lease in again) == [1, 2]
+        assert all(lease.attempt == 1 for lease in again)
+        assert all(unpack(lease.datum) == lease.slice_number for lease in again)
+        scheduler.complete([ok(lease) for lease in leases[1:]])  # returned: ignored
+        scheduler.complete([ok(lease) for lease in again])
+        assert scheduler.status("j1")["status"] == "complete"
+
+    def test_concurrent_lessees_never_share_a_slice(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 600))
+        got: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+
+        def take(name: str) -> None:
+            while True:
+                leases = scheduler.lease(name, ECHO, {}, 7, 30)
+                if not leases:
+                    return
+                got[name].extend(lease.slice_number for lease in leases)
+                scheduler.complete([ok(lease) for lease in leases])
+
+        threads = [threading.Thread(target=take, args=(n,)) for n in got]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        everything = sorted(got["a"] + got["b"] + got["c"])
+        assert everything == list(range(600))
+        assert scheduler.status("j1")["computed"] == 600
+
+    # -- order and matching -------------------------------------------------------------------------
+    def test_higher_payment_leased_first(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("cheap", 3, payment_per_slice=0.1))
+        scheduler.submit(make_job("rich", 3, payment_per_slice=5.0))
+        first = scheduler.lease("w1", ECHO, {}, 3, 30)
+        assert {lease.job_id for lease in first} == {"rich"}
+        second = scheduler.lease("w1", ECHO, {}, 3, 30)
+        assert {lease.job_id for lease in second} == {"cheap"}
+
+    def test_matching_worktime_range_and_requirements(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("v2", 1, worktime_range="^2.0.0"))
+        scheduler.submit(make_job("gpu", 1, requirements={"machine": {"gpu": True}}))
+        scheduler.submit(make_job("nogpu", 1, requirements={"machine": {"gpu": False}}))
+        scheduler.submit(make_job("other", 1, worktime="map-basic"))
+        plain = drain(scheduler, "w1", ECHO, {})
+        assert {lease.job_id for lease in plain} == {"nogpu"}
+        gpu = drain(scheduler, "w2", {"echo": "2.1.0"}, {"machine": {"gpu": True}})
+        assert {lease.job_id for lease in gpu} == {"v2", "gpu"}
+        assert scheduler.lease("w3", {"map-basic": "1.0.0"}, {}, 5, 30)[0].job_id == "other"
+
+    def test_job_nobody_can_run_is_reported(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 2, requirements={"gpu": True}))
+        assert scheduler.lease("w1", ECHO, {}, 5, 30) == []
+        reason = scheduler.check_schedulable("j1")
+        assert reason and "gpu" in reason
+        st = scheduler.status("j1")
+        assert st["status"] == "unschedulable"
+        assert [e for _, e in scheduler.events("j1") if e["type"] == "unschedulable"][0]["reason"] == reason
+        # A worker that can run it arrives: the job runs again.
+        leases = scheduler.lease("w2", ECHO, {"gpu": True}, 5, 30)
+        assert len(leases) == 2 and scheduler.status("j1")["status"] == "running"
+        assert scheduler.check_schedulable("j1") is None
+
+    def test_no_worker_at_all_is_reported_after_grace(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 2, worktime="nobody-has-this"))
+        assert scheduler.check_schedulable("j1", grace=60) is None
+        assert "nobody-has-this" in (scheduler.check_schedulable("j1", grace=0) or "") or \
+            "no worker" in (scheduler.check_schedulable("j1", grace=0) or "")
+        assert scheduler.status("j1")["status"] == "unschedulable"
+
+    # -- streams, cancel, events ----------------------------------------------------------------------
+    def test_stream_input(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("s", stream=True))
+        scheduler.add_slices("s", [(0, pack("a")), (1, pack(b"\x00\x01"))])
+        scheduler.add_slices("s", [(1, pack("dup")), (2, pack({"k": [1, 2]}))])
+        leases = drain(scheduler)
+        assert {lease.slice_number: unpack(lease.datum) for lease in leases} == {0: "a", 1: b"\x00\x01", 2: {"k": [1, 2]}}
+        scheduler.complete([ok(lease) for lease in leases])
+        assert scheduler.status("s")["status"] == "running"  # input still open
+        scheduler.add_slices("s", [(3, pack(3.5))])
+        more = drain(scheduler)
+        scheduler.complete([ok(lease) for lease in more])
+        scheduler.close_input("s", 4)
+        st = scheduler.status("s")
+        assert st["status"] == "complete" and st["total"] == 4 and st["distributed"] == 4
+        assert unpack(scheduler.results("s")[3].value) == 3.5
+
+    def test_cancel(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 10))
+        leases = scheduler.lease("w1", ECHO, {}, 3, 30)
+        scheduler.cancel("j1", "enough")
+        assert scheduler.lease("w1", ECHO, {}, 10, 30) == []
+        scheduler.complete([ok(lease) for lease in leases])
+        assert scheduler.results("j1") == {}
+        assert scheduler.status("j1")["status"] == "cancelled"
+        assert scheduler.heartbeat("w1", [leases[0].lease_id], 30) == [leases[0].lease_id]
+        assert [e for _, e in scheduler.events("j1")][-1] == {"type": "cancel", "reason": "enough"}
+
+    def test_events_incremental_and_worker_events(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 2))
+        seen = scheduler.events("j1")
+        after = seen[-1][0]
+        assert scheduler.events("j1", after) == []
+        scheduler.post_events("j1", [{"type": "console", "level": "log", "message": "hi", "sliceNumber": 0, "same": 1},
+                                     {"type": "custom", "name": "partial", "value": b"\x01", "sliceNumber": 0}])
+        new = scheduler.events("j1", after)
+        assert [e["type"] for _, e in new] == ["console", "custom"] and new[1][1]["value"] == b"\x01"
+        assert all(seq > after for seq, _ in new) and new[0][0] < new[1][0]
+
+    def test_events_wait_wakes_up(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 1))
+        after = scheduler.events("j1")[-1][0]
+        t = threading.Timer(0.2, lambda: scheduler.post_events("j1", [{"type": "custom", "name": "x", "value": 1}]))
+        t.start()
+        started = time.monotonic()
+        got = scheduler.events("j1", after, wait=10)
+        assert got and time.monotonic() - started < 5
+        assert scheduler.events("j1", got[-1][0], wait=0.1) == []
+
+    def test_workers_are_listed(self, scheduler: Scheduler) -> None:
+        scheduler.lease("w-listed", ECHO, {"x": True}, 1, 30)
+        ws = {w.id: w for w in scheduler.workers()}
+        assert ws["w-listed"].worktimes == ECHO and ws["w-listed"].capabilities == {"x": True}
+        scheduler.leave("w-listed")
+        assert "w-listed" not in {w.id for w in scheduler.workers()}
+
+    # -- durability ---------------------------------------------------------------------------------
+    def test_reopen_keeps_jobs_results_and_leases(self, scheduler: Scheduler, reopen: Any) -> None:
+        if reopen is None:
+            pytest.skip("backend is not durable")
+        scheduler.submit(make_job("j1", 4))
+        leases = scheduler.lease("w1", ECHO, {}, 2, 30)
+        scheduler.complete([ok(leases[0])])
+        other = reopen()
+        try:
+            assert set(other.results("j1")) == {0}
+            rest = drain(other, "w2")
+            assert sorted(lease.slice_number for lease in rest) == [2, 3]  # slice 1 is still leased
+            other.complete([ok(lease) for lease in rest])
+            scheduler.complete([ok(leases[1])])
+            assert other.status("j1")["status"] == "complete"
+            assert sorted(other.results("j1")) == [0, 1, 2, 3]
+        finally:
+            other.close()
