@@ -1,0 +1,196 @@
+"""Workers on real evaluators: local runs, two worker processes, SIGKILL, matching."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from dcp_worktimes.errors import DcpError, WorktimeNotFound
+from dcp_worktimes.scheduler import JobRecord, open_scheduler
+from dcp_worktimes.scheduler.local import run_local
+from dcp_worktimes.scheduler.worker import Worker
+from dcp_worktimes.testing_scheduler import make_job
+from dcp_worktimes.values import pack, unpack
+
+pytest.importorskip("dcp_worktime_echo")
+
+
+def follow(s, job_id, timeout=120.0):
+    """Events until complete/cancel (what job.exec() does), with a hard time bound."""
+    after, seen = 0, []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for seq, ev in s.events(job_id, after, wait=1.0):
+            after = seq
+            seen.append(ev)
+            if ev["type"] in ("complete", "cancel"):
+                return seen
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {s.status(job_id)}")
+
+
+@pytest.fixture
+def store(tmp_path):
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    s = open_scheduler(url)
+    yield url, s
+    s.close()
+
+
+def test_run_local_completes_every_slice(store):
+    url, s = store
+    s.submit(make_job("j1", 300))
+    with run_local(s, "j1", cores=2):
+        events = follow(s, "j1")
+    results = s.results("j1")
+    assert {n: unpack(r.value) for n, r in results.items()} == {n: n for n in range(300)}
+    assert all(r.wall_time >= 0 and r.bytes_in > 0 for r in results.values())
+    assert sum(e["type"] == "result" for e in events) == 300
+    assert s.status("j1")["status"] == "complete"
+
+
+def test_console_emit_and_errors_reach_the_event_log(store):
+    url, s = store
+    job = make_job("j1", 3)
+    job.spec.work = json.dumps({"when": 1, "console": ["hello"], "emit": {"partial": {"a": 1}}, "throw": "bad one"})
+    s.submit(job)
+    with run_local(s, "j1", cores=1):
+        events = follow(s, "j1")
+    kinds = [e["type"] for e in events]
+    assert "console" in kinds and "error" in kinds and "custom" in kinds
+    custom = next(e for e in events if e["type"] == "custom")
+    assert custom["name"] == "partial" and custom["value"] == {"a": 1} and custom["sliceNumber"] == 1
+    console = next(e for e in events if e["type"] == "console")
+    assert console["message"] == "hello" and console["sliceNumber"] == 1
+    error = next(e for e in events if e["type"] == "error")
+    assert error["sliceNumber"] == 1 and error["code"] == "EUNCAUGHT" and "bad one" in error["message"]
+    assert s.status("j1")["computed"] == 2 and s.status("j1")["failed"] == 1
+
+
+def test_run_local_fails_at_once_when_nothing_installed_matches(store):
+    url, s = store
+    s.submit(make_job("nope", 2, worktime="no-such-worktime"))
+    started = time.monotonic()
+    with pytest.raises(WorktimeNotFound, match="no-such-worktime"):
+        with run_local(s, "nope"):
+            pass
+    s.submit(make_job("old", 2, worktime_range="^9.0.0"))
+    with pytest.raises(WorktimeNotFound, match=r"echo@\^9.0.0"):
+        with run_local(s, "old"):
+            pass
+    s.submit(make_job("gpu", 2, requirements={"gpu": True}))
+    with pytest.raises(DcpError, match="gpu=true") as info:
+        with run_local(s, "gpu"):
+            pass
+    assert info.value.code == "EREQUIREMENTS"
+    assert time.monotonic() - started < 5
+
+
+def test_attached_worker_that_cannot_run_a_job_reports_it_unschedulable(store):
+    url, s = store
+    s.submit(make_job("gpu", 2, requirements={"gpu": True}))
+    s.SCHEDULABLE_GRACE = 0.0  # type: ignore[attr-defined]
+    s.SCHEDULABLE_INTERVAL = 0.0  # type: ignore[attr-defined]
+    stop = threading.Event()
+    w = Worker(s, ["echo"], cores=1, poll_interval=0.05, idle_poll_interval=0.1)
+    t = threading.Thread(target=w.run, args=(stop,))
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while s.status("gpu")["status"] != "unschedulable" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(30)
+    st = s.status("gpu")
+    assert st["status"] == "unschedulable" and "gpu=true" in st["reason"]
+    assert any(e["type"] == "unschedulable" for _, e in s.events("gpu"))
+
+
+def test_worker_runs_until_idle_and_stops_evaluators(store):
+    url, s = store
+    s.submit(make_job("a", 50, payment_per_slice=1))
+    s.submit(make_job("b", 50, payment_per_slice=3))
+    w = Worker(s, ["echo"], cores=2)
+    w.run(until_idle=True)
+    assert w.completed == 100
+    assert s.status("a")["status"] == s.status("b")["status"] == "complete"
+    # The richer job's results came first.
+    assert max(r for r in s.results("b")) == 49
+    first_a = min(seq for seq, e in s.events("a") if e["type"] == "result")
+    last_b = max(seq for seq, e in s.events("b") if e["type"] == "result")
+    assert first_a > 0 and last_b > 0
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    from dcp_worktimes.scheduler.worker import run_worker
+    run_worker(sys.argv[1], ["echo"], cores=1, lease_seconds=float(sys.argv[2]))
+""")
+
+
+def start_worker(url, lease_seconds=3.0):
+    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(lease_seconds)], start_new_session=True)
+
+
+def test_sigkill_one_of_two_worker_processes(store):
+    """Acceptance: two dcp-worker processes, one SIGKILLed mid-job; every slice exactly once."""
+    url, s = store
+    n = 200
+    job = make_job("k", n)
+    job.spec.work = json.dumps({"sleep": 0.02})
+    s.submit(job)
+    a, b = start_worker(url), start_worker(url)
+    try:
+        deadline = time.monotonic() + 120
+        while s.status("k")["computed"] < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.status("k")["computed"] < n, "job finished before the kill; make slices slower"
+        os.killpg(a.pid, signal.SIGKILL)  # the worker and its evaluators
+        a.wait(10)
+        follow(s, "k", timeout=180)
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+    results = s.results("k")
+    assert sorted(results) == list(range(n))
+    assert all(r.ok and unpack(r.value) == i for i, r in results.items())
+    st = s.status("k")
+    assert st == {"total": n, "distributed": n, "computed": n, "failed": 0, "status": "complete"}
+    events = s.events("k")
+    assert sorted(e["sliceNumber"] for _, e in events if e["type"] == "result") == list(range(n))
+    import sqlite3
+
+    db = sqlite3.connect(url[len("sqlite:///"):])
+    retried = db.execute("SELECT COUNT(*) FROM results WHERE job_id = 'k' AND attempt > 1").fetchone()[0]
+    assert retried >= 1  # the killed worker's slices were run again by the survivor
+
+
+def test_worker_sigterm_hands_slices_back(store):
+    url, s = store
+    job = make_job("t", 40)
+    job.spec.work = json.dumps({"sleep": 0.2})
+    s.submit(job)
+    p = start_worker(url, lease_seconds=600)  # only a clean hand-back can free its slices quickly
+    try:
+        deadline = time.monotonic() + 60
+        while s.status("t")["computed"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGTERM)
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    w = Worker(s, ["echo"], cores=2, worker_id="second")
+    w.run(until_idle=True)
+    assert s.status("t")["status"] == "complete"
+    assert sorted(s.results("t")) == list(range(40))
