@@ -138,6 +138,14 @@ def test_conversion_table_from_js():
     assert math.isnan(got["nan"]) and type(got["huge"]) is float
 
 
+def test_long_concatenated_strings_cross():
+    # quickjs-ng keeps such strings as ropes, which the binding cannot convert by itself.
+    h = Harness().prepare("x => { const s = 'v' + 'x'.repeat(x); console.log('c' + s); work.emit('e' + s, s + 'e'); return s + '!' }")
+    assert h(100_000) == "v" + "x" * 100_000 + "!"
+    assert ("emit", {"name": "ev" + "x" * 100_000, "value": "v" + "x" * 100_000 + "e"}) in h.events
+    assert {"level": "log", "message": "cv" + "x" * 100_000} in [p for k, p in h.events if k == "console"]
+
+
 def test_python_types_seen_from_js():
     got = slice_of("x => x.map(v => v instanceof Uint8Array ? 'Uint8Array' : typeof v)", [1, 2**60, 1.5, "s", b"b", None, [], {}])
     assert got == ["number", "bigint", "number", "string", "Uint8Array", "object", "object", "object"]

@@ -177,8 +177,13 @@
 
   // --- host calls --------------------------------------------------------------------------
   // host(op, a, b) returns null on success, a result string, or "!message" on failure.
+  // The binding cannot convert "rope" strings (long strings built by concatenation: it raises
+  // "Unknown quickjs tag: -6"), so every string handed to Python is flattened first.
+  const join = Array.prototype.join;
+  function __dcpFlat(s) { return typeof s === 'string' ? join.call([s], '') : s; }
+
   function __dcpHostCall(op, a, b) {
-    const r = host(op, a, b);
+    const r = host(op, __dcpFlat(a), __dcpFlat(b));
     if (typeof r === 'string' && r[0] === '!') throw new Error(r.slice(1));
     return r;
   }
@@ -552,6 +557,9 @@
   }
 
   return function __dcpDispatch(op, a, b) {
+    return __dcpFlat(__dcpOperation(op, a, b));
+  };
+  function __dcpOperation(op, a, b) {
     switch (op) {
       case 'compile': return __dcpCompile(a, b);
       case 'job':
@@ -568,5 +576,5 @@
       case 'eval': return __dcpValueEnvelope(indirectEval(a));   // tests and diagnostics only
     }
     throw new Error(`unknown prelude operation ${op}`);
-  };
+  }
 })(globalThis.__dcpHost);
