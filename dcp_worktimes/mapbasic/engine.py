@@ -30,17 +30,15 @@ import os
 import resource
 import threading
 import time
-from pathlib import Path
 from typing import Any
-
-import humanfriendly
 
 from ..errors import ErrorCode, SliceError, WorkError
 from ..values import UnserializableValue
 from ..worktime import SliceContext
 from .marshal import from_js, to_js
 
-PRELUDE = (Path(__file__).with_name("prelude.js")).read_text(encoding="utf-8")
+with open(os.path.join(os.path.dirname(__file__), "prelude.js"), encoding="utf-8") as _f:
+    PRELUDE = _f.read()
 
 #: JS stack budget: half of the calling thread's C stack, clamped (QuickJS default is 1 MiB).
 MIN_JS_STACK = 256 * 1024
@@ -328,7 +326,7 @@ class JSEngine:
 
 
 def _memory_message(limit: int) -> str:
-    shown = humanfriendly.format_size(limit) if limit > 0 else "the available memory"
+    shown = f"{limit / 1e6:g} MB" if limit > 0 else "the available memory"
     return f"the work used more than {shown} of JavaScript heap; raise the job's memory limit or process less data per slice"
 
 
