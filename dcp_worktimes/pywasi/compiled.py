@@ -55,6 +55,8 @@ def load(progress: ProgressCallback | None = None) -> Compiled:
     global _done
     with _lock:
         if _done is not None:
+            if progress is not None:
+                progress(1.0, f"CPython {_done.runtime.python_version} for WASI already loaded")
             return _done
         runtime = find_runtime()
         engine = get_engine(ENGINE_OPTIONS)

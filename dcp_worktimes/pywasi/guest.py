@@ -50,6 +50,9 @@ SLICE = "_dcp_guest.run_slice()\n"
 CONSOLE_LEVELS = frozenset({"log", "debug", "info", "warn", "error"})
 HOST_FAULT = -2  # the door's "host failed" answer: the guest's _host.call raises OSError
 _MASK = 0xFFFFFFFF
+_EINVAL, _EFAULT = 28, 21  # WASI errno values
+_SUBSCRIPTION = "<QB7xIxxxxQQH6x"  # userdata, tag, clock id or fd, timeout, precision, flags (48 bytes)
+_EVENT = "<QHB5xQH6x"  # userdata, error, type, nbytes, flags (32 bytes)
 
 _watchdogs: dict[int, Watchdog] = {}
 
@@ -158,11 +161,17 @@ class Guest:
         # stdout/stderr are left unset (discarded): the bootstrap routes print/logging through the
         # door; only raw writes to fd 1/2 are lost, and they cannot flood the host.
         store.set_wasi(wasi)
+        self._origin_ns = time.monotonic_ns()  # the guest's monotonic clock counts from about here
         set_store_limits(store, memory=self.memory_limit)
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
         i32 = wasmtime.ValType.i32()
         linker.define_func("host", "call", wasmtime.FuncType([i32] * 4, [i32]), self._door, access_caller=True)
+        # wasmtime's own poll_oneoff blocks the thread for a whole time.sleep(), where no epoch
+        # deadline can reach it: ours sleeps in short steps and returns early once the slice must stop.
+        linker.allow_shadowing = True
+        linker.define_func("wasi_snapshot_preview1", "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]),
+                           self._poll_oneoff, access_caller=True)
         self.store = store
         try:
             with _watchdog(engine).guard(store, deadline=deadline):
@@ -335,6 +344,43 @@ class Guest:
                        SliceError(f"the host failed to serve the sandbox: {type(e).__name__}: {e}",
                                   code=ErrorCode.ECRASH))
             return HOST_FAULT
+
+    def _poll_oneoff(self, caller: Any, in_ptr: int, out_ptr: int, n: int, nevents_ptr: int) -> int:
+        """WASI ``poll_oneoff`` for a guest without sockets: clocks sleep interruptibly, fds are ready."""
+        try:
+            in_ptr, out_ptr, n, nevents_ptr = (v & _MASK for v in (in_ptr, out_ptr, n, nevents_ptr))
+            if n == 0:
+                return _EINVAL
+            memory = self._memory
+            size = memory.data_len(caller)
+            if n > 4096 or in_ptr + 48 * n > size or out_ptr + 32 * n > size or nevents_ptr + 4 > size:
+                return _EFAULT
+            raw = bytes(memory.read(caller, in_ptr, in_ptr + 48 * n))
+            ready, clocks = [], []
+            for userdata, tag, which, timeout, _precision, flags in struct.iter_unpack(_SUBSCRIPTION, raw):
+                if tag == 0:  # clock
+                    if flags & 1:  # absolute time on the subscription's clock
+                        now_ns = time.time_ns() if which == 0 else time.monotonic_ns() - self._origin_ns
+                        timeout = max(0, timeout - now_ns)
+                    clocks.append((timeout, userdata))
+                elif tag in (1, 2):  # fd read/write: files and stdio never block
+                    ready.append(struct.pack(_EVENT, userdata, 0, tag, 0, 0))
+                else:
+                    return _EINVAL
+            if not ready and clocks:
+                wait = min(t for t, _ in clocks)
+                until = time.monotonic() + wait / 1e9
+                while (left := until - time.monotonic()) > 0:
+                    guard = self._guard
+                    if self._stop is not None or (guard is not None and guard.error is not None):
+                        break  # the guest traps at its next epoch check
+                    time.sleep(min(left, 0.01))
+                ready = [struct.pack(_EVENT, u, 0, 0, 0, 0) for t, u in clocks if t <= wait]
+            memory.write(caller, b"".join(ready), out_ptr)
+            memory.write(caller, struct.pack("<I", len(ready)), nevents_ptr)
+            return 0
+        except Exception:
+            return _EINVAL
 
     def _halt(self, error: SliceError) -> None:
         if self._stop is None:

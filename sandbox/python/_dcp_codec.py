@@ -23,10 +23,15 @@ class Unserializable(TypeError):
     """A value outside the lossless set: the slice fails with EUNSERIALIZABLE."""
 
 
-def encode(value):
+def encode(value, where="value"):
     out = []
-    _enc(value, out, "result", 0)
+    _enc(value, out, where, 0)
     return b"".join(out)
+
+
+def encode_frame(op, value, where):
+    """``[op, value]`` with errors naming ``where`` (``result[3]``), not the frame's own index."""
+    return b"\x92" + encode(op) + encode(value, where)
 
 
 def _enc(v, out, where, depth):

@@ -162,7 +162,7 @@ class Work:
     def emit(self, name, value=None):
         if not isinstance(name, str) or not name:
             raise ValueError("work.emit(name, value): name must be a non-empty string")
-        _call("emit", name, value)
+        _host.call(b"\x93" + codec.encode("emit") + codec.encode(name) + codec.encode(value, f"emit({name!r}) value"))
 
     def reject(self, reason=""):
         raise WorkReject(str(reason))
@@ -315,7 +315,7 @@ def run_slice():
         value = _state.handler(datum, *_state.arguments)
         if hasattr(value, "__await__"):
             value = _await(value)
-        frame = codec.encode(["result", value])
+        frame = codec.encode_frame("result", value, "result")
     except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
         _flush()
         _call("error", _describe(e))
@@ -325,12 +325,18 @@ def run_slice():
 
 
 def _await(awaitable):
-    import asyncio
-
-    async def wrap():
-        return await awaitable
-
-    return asyncio.new_event_loop().run_until_complete(wrap())
+    """Drive an ``async def`` handler to completion. WASI has no sockets or threads, so asyncio's
+    event loop cannot start (no self-pipe); a coroutine that only computes (and awaits other
+    coroutines) needs none."""
+    steps = awaitable.__await__()
+    try:
+        while True:
+            yielded = steps.send(None)
+            if yielded is not None:
+                raise RuntimeError("an async slice handler awaited I/O or a timer; the sandbox has no event loop "
+                                   "(only computation can be awaited)")
+    except StopIteration as done:
+        return done.value
 
 
 def _flush():

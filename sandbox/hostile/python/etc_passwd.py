@@ -1,0 +1,2 @@
+def work(datum):
+    return open("/etc/passwd").read()

@@ -1,0 +1,3 @@
+def work(path):
+    with open(path) as f:
+        return f.read()

@@ -1,0 +1,3 @@
+def work(datum):
+    while True:
+        print("x" * 1000)

@@ -1,0 +1,2 @@
+def work(datum):
+    return b"x" * (8 << 20)

@@ -1,0 +1,3 @@
+def work(datum):
+    while True:
+        pass

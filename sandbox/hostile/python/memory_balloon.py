@@ -1,0 +1,4 @@
+def work(datum):
+    hoard = []
+    while True:
+        hoard.append(bytearray(1 << 20))

@@ -1,0 +1,3 @@
+def work(datum):
+    x = [0] * 10**10
+    return len(x)

@@ -1,0 +1,5 @@
+def work(address):
+    import socket
+    connection = socket.create_connection((address[0], address[1]), timeout=2)
+    connection.sendall(b"escaped")
+    return "connected"

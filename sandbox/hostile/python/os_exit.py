@@ -1,0 +1,3 @@
+def work(datum):
+    import os
+    os._exit(3)

@@ -1,0 +1,3 @@
+def work(datum):
+    import sys
+    sys.exit(3)

@@ -1,0 +1,2 @@
+def work(datum):
+    raise ValueError("boom from the work")

@@ -1,0 +1,2 @@
+def work(datum):
+    return {"a set": {1, 2, 3}}

