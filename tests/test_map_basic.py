@@ -86,6 +86,18 @@ def test_bad_work_is_a_job_error(work, message):
     assert message in info.value.message
 
 
+def test_endless_top_level_code_is_a_bounded_job_error():
+    t = time.monotonic()
+    with pytest.raises(WorkError, match="took longer than 0.5 s"):
+        Harness().prepare("for (;;) {}\nx => x", Limits.parse(wall_time="0.5s"))
+    assert time.monotonic() - t < 3
+
+
+def test_arguments_over_the_memory_limit_are_a_job_error():
+    with pytest.raises(WorkError, match="memory"):
+        Harness().prepare("x => x", Limits.parse(memory="1MB"), arguments=["x" * 3_000_000])
+
+
 def test_work_compiled_once_per_job_state_persists_between_slices():
     h = Harness().prepare("(() => { let calls = 0; return (x) => ++calls })()")
     assert [h(None) for _ in range(3)] == [1, 2, 3]

@@ -180,12 +180,22 @@ class JSEngine:
             self._ctx.set_max_stack_size(stack)
             self._stack_size = stack
 
-    def compile(self, source: str, strict: bool = False) -> None:
-        """Evaluate the work text to a function, or raise WorkError (EBADWORK) saying why."""
+    def compile(self, source: str, strict: bool = False, time_limit: float | None = 60.0) -> None:
+        """Evaluate the work text to a function, or raise WorkError (EBADWORK) saying why.
+
+        A file-style work runs top-level code: ``time_limit`` bounds it (an endless loop there
+        would otherwise hang ``prepare``).
+        """
+        self._deadline = time.monotonic() + time_limit if time_limit else None
         try:
             result = self._call("compile", source, bool(strict))
         except SliceError as e:
+            if e.code == ErrorCode.ESLICETOOSLOW:
+                raise WorkError(f"evaluating the work took longer than {time_limit:g} s; the work text must "
+                                "evaluate to a function quickly (move heavy set-up into the function)") from None
             raise WorkError(f"the work could not be evaluated: {e.message}") from None
+        finally:
+            self._deadline = None
         if not result:
             return
         if result[0] == "n":

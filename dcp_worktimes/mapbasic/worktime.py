@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import WorkError
+from ..errors import SliceError, WorkError
 from ..worktime import JobSpec, SliceContext, Worktime
 
 
@@ -46,8 +46,11 @@ class MapBasic(Worktime):
         self.release()
         engine = JSEngine()
         engine.set_limits(job.limits.memory)
-        engine.set_job(list(job.arguments), dict(job.modules))
-        engine.compile(work, strict=bool(job.options.get("strict")))
+        try:
+            engine.set_job(list(job.arguments), dict(job.modules))
+            engine.compile(work, strict=bool(job.options.get("strict")), time_limit=job.limits.wall_time or 60.0)
+        except SliceError as e:  # e.g. the arguments alone exceed the memory limit
+            raise WorkError(f"map-basic could not load the job: {e.message}") from None
         self._engine = engine
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
