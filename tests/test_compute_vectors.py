@@ -206,3 +206,27 @@ def test_v18_bytes_round_trip(store, wt):
     assert r == [bytes(255 - x for x in data), b"", b"\xff"]
     assert all(type(v) is bytes for v in r)
     assert job(wt, [data], WORK["identity"][wt]).exec() == [data]
+
+
+DIMS = [{"start": 1, "end": 2}, {"start": 3, "end": 4}]
+
+
+@pytest.mark.parametrize("wt", [_param("map-basic")])
+def test_multi_dimensional_js_forms(store, wt):
+    # a whole file whose last statement declares the function (the seed's own example)
+    assert job(wt, DIMS, "// squares\nfunction workFn(i, j) {\n  progress();\n  return i * j\n}\n").exec() == [[3, 4], [6, 8]]
+    assert job(wt, DIMS, "(i, j, a) => i * j + a", [100]).exec() == [[103, 104], [106, 108]]
+    strict = job(wt, DIMS, "function(i, j){ undeclared = 1; return i }", options={"strict": True})
+    r = strict.exec(errors="return")
+    assert r[0][0].code == "EUNCAUGHT" and "undeclared" in r[0][0].message
+    thrown = job(wt, DIMS, "function(i, j){\n  throw new Error('at line 2')\n}").exec(errors="return")[1][1]
+    assert "at line 2" in thrown.message and "<input>:2:" in (thrown.stack or "")  # the user's line numbers
+
+
+@pytest.mark.parametrize("wt", [_param("map-basic")])
+def test_one_failure_for_all_slices_reads_as_one_line(store, wt):
+    with pytest.raises(compute.JobFailed) as info:
+        job(wt, DIMS, "42").exec()
+    text = str(info.value)
+    assert "4 of 4 slices failed" in text and "slices 0-3 (4): EBADWORK" in text
+    assert text.count("EBADWORK") == 1

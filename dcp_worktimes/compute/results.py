@@ -150,20 +150,47 @@ def nest(values: list[Any], shape: Sequence[int], dims: Sequence[Any], failures:
     return ResultHandle(rows, dims[0], failures, job_id)
 
 
+def _spans(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``'0-2, 5'``."""
+    out, start, prev = [], None, None
+    for n in sorted(numbers):
+        if start is None:
+            start = prev = n
+        elif n == prev + 1:
+            prev = n
+        else:
+            out.append(f"{start}-{prev}" if prev != start else str(start))
+            start = prev = n
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev != start else str(start))
+    return ", ".join(out)
+
+
 class JobFailed(DcpError):
     """``exec()`` finished with failed slices. ``results`` holds what did complete (failed slots
-    hold ``SliceFailed``); ``failures`` lists each failed slice with its code and message."""
+    hold ``SliceFailed``); ``failures`` lists each failed slice with its code and message.
+
+    The message groups slices that failed the same way, so a work error hit by every slice reads
+    as one line, not a million.
+    """
 
     code = "EJOBFAILED"
 
-    def __init__(self, results: ResultHandle, failures: Sequence[SliceFailed], job_id: str | None = None) -> None:
+    def __init__(self, results: ResultHandle, failures: Sequence[SliceFailed], job_id: str | None = None,
+                 total: int | None = None) -> None:
         self.results = results
         self.failures = list(failures)
         self.job_id = job_id
-        lines = [f"  slice {f.slice_number}: {f.code}: {f.message}" for f in self.failures[:20]]
-        if len(self.failures) > 20:
-            lines.append(f"  ... and {len(self.failures) - 20} more (see .failures)")
-        total = len(results)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for f in self.failures:
+            groups.setdefault((str(f.code), f.message), []).append(f.slice_number)
+        lines = []
+        for (code, message), numbers in list(groups.items())[:20]:
+            which = f"slice {numbers[0]}" if len(numbers) == 1 else f"slices {_spans(numbers)} ({len(numbers)})"
+            lines.append(f"  {which}: {code}: {message}")
+        if len(groups) > 20:
+            lines.append(f"  ... and {len(groups) - 20} more kinds of failure (see .failures)")
+        total = total if total is not None else len(results)
         super().__init__(
             f"{len(self.failures)} of {total} slices failed in job {job_id}:\n" + "\n".join(lines)
             + "\nThe completed results are in this error's .results; run exec(errors='return') to get failures "
