@@ -29,6 +29,7 @@ WORKS = {
     "echo": json.dumps({"sleep": 0.25, "emit": {"ran": 1}}),
     "map-basic": "function(i){ const t = Date.now(); while (Date.now() - t < 250) { progress() } "
                  "work.emit('ran', i); return i }",
+    "python": "def slow(i):\n    import time\n    time.sleep(0.25)\n    progress()\n    work.emit('ran', i)\n    return i\n",
 }
 
 DEPLOYER = textwrap.dedent("""
