@@ -211,3 +211,29 @@ def test_empty_inputs_complete_at_once(store):
     t0 = time.monotonic()
     assert echo([]).exec() == [] and echo(range(0)).exec() == []
     assert time.monotonic() - t0 < 20
+
+
+def test_a_stream_that_fails_midway_stops_the_job_and_says_where(store):
+    def datums():
+        for i in range(2500):
+            yield {1, 2} if i == 1500 else i  # a set cannot be sent
+
+    with pytest.raises(TypeError, match="input 1500"):
+        echo(datums()).exec()
+
+    def broken():
+        yield 1
+        raise RuntimeError("the source broke")
+
+    with pytest.raises(RuntimeError, match="the source broke"):
+        echo(broken()).exec()
+
+
+def test_compute_default_applies_to_new_jobs(store, monkeypatch):
+    monkeypatch.setattr(compute.default, "worktime", "echo", raising=False)
+    monkeypatch.setattr(compute.default, "max_attempts", 5, raising=False)
+    j = compute.for_([1], "")
+    assert j.worktime == "echo" and j.max_attempts == 5
+    assert j.exec() == [1]
+    with pytest.raises(TypeError, match="unknown job setting 'id'"):
+        compute.for_([1], "", id="x")

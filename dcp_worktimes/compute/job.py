@@ -56,6 +56,9 @@ STREAM_BATCH = 1000
 #: With ``exec(local=False)``: seconds to wait for a worker to attach before calling the job unschedulable.
 REMOTE_GRACE = 30.0
 _PUBLIC_KEYS = {"name", "description", "link"}
+#: Job attributes that ``for_``/``do`` keywords and ``compute.default`` may set.
+SETTINGS = frozenset({"worktime", "worktime_version", "custom_worktime", "requirements", "public", "limits", "options",
+                      "modules", "files", "max_attempts", "scheduler", "cores", "progress"})
 
 
 class RequirementsError(DcpError):
@@ -217,11 +220,8 @@ class Job(EventEmitter):
         self._deployed = False
         self._status: dict = {}
         for key, value in settings.items():
-            if key.startswith("_") or not hasattr(self, key) and key not in ("worktime", "limits"):
-                raise TypeError(
-                    f"unknown job setting {key!r}; settings: worktime, worktime_version, custom_worktime, "
-                    "requirements, public, limits, options, modules, files, max_attempts, scheduler, cores, progress"
-                )
+            if key not in SETTINGS:
+                raise TypeError(f"unknown job setting {key!r}; settings: {', '.join(sorted(SETTINGS))}")
             setattr(self, key, value)
 
     # -- attributes with parsing -----------------------------------------------------------------
