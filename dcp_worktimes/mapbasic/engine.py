@@ -84,6 +84,7 @@ class JSEngine:
         self._tripped: ErrorCode | None = None
         self.interrupt_installed = self._install_interrupt()
         self._stack_size = 0
+        self._stack_thread: int | None = None
         self._memory_limit = -1
         self._ctx.add_callable("__dcpHost", self._host)
         self._op = self._ctx.eval(PRELUDE)
@@ -175,10 +176,11 @@ class JSEngine:
         if limit != self._memory_limit:
             self._ctx.set_memory_limit(limit)
             self._memory_limit = limit
-        stack = max(MIN_JS_STACK, min(MAX_JS_STACK, _thread_stack_size() // 2))
-        if stack != self._stack_size:  # never 0: a zero stack limit crashes the host
-            self._ctx.set_max_stack_size(stack)
-            self._stack_size = stack
+        thread = threading.get_ident()
+        if thread != self._stack_thread:
+            stack = max(MIN_JS_STACK, min(MAX_JS_STACK, _thread_stack_size() // 2))
+            self._ctx.set_max_stack_size(stack)  # never 0: a zero stack limit crashes the host
+            self._stack_size, self._stack_thread = stack, thread
 
     def compile(self, source: str, strict: bool = False, time_limit: float | None = 60.0) -> None:
         """Evaluate the work text to a function, or raise WorkError (EBADWORK) saying why.
@@ -249,12 +251,9 @@ class JSEngine:
                 envelope = self._settle()
             return self._result(envelope)
         finally:
+            # Timers and promise state left by this slice are reset by the next "start".
             self._slice = None
             self._deadline = self._cpu_deadline = self._progress_deadline = None
-            try:
-                self._op("end")
-            except self._quickjs.JSException:
-                pass
             self._tripped = None
 
     def _settle(self) -> str:

@@ -108,6 +108,11 @@ class _Prep:
 
 def to_js(value: Any) -> str:
     """Encode a Python value for ``__dcpDecode`` in the guest; ``UnserializableValue`` if impossible."""
+    t = type(value)
+    if t is int and -MAX_SAFE <= value <= MAX_SAFE:  # fast paths: most datums are scalars
+        return "0" + int.__repr__(value)
+    if t is str:
+        return "0" + _dumps(value)
     prep = _Prep()
     data = prep(value)
     try:
@@ -129,8 +134,10 @@ def _revive(d: dict) -> Any:
     return d
 
 
+_plain = json.JSONDecoder().decode
+_tagged = json.JSONDecoder(object_hook=_revive).decode
+
+
 def from_js(text: str) -> Any:
     """Decode what the guest's ``__dcpEncode`` produced."""
-    if text[:1] == "1":
-        return json.loads(text[1:], object_hook=_revive)
-    return json.loads(text[1:])
+    return (_tagged if text[:1] == "1" else _plain)(text[1:])

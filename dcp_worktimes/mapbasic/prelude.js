@@ -85,6 +85,10 @@
   }
 
   function __dcpEncode(v) {
+    const t = typeof v;
+    if ((t === 'number' && v <= MAX_SAFE && v >= -MAX_SAFE) || t === 'string' || t === 'boolean' || v === null) {
+      return '0' + stringify(v);  // fast path: scalars need no replacer (NaN fails the range test)
+    }
     tagged = false;
     const text = stringify(v, __dcpReplacer);
     return (tagged ? '1' : '0') + text;
@@ -537,6 +541,7 @@
 
   function __dcpStart(datumText) {
     rejected = undefined; outcome = undefined; uncaught = undefined;
+    if (timers.size) timers = new Map();  // timers left by the previous slice never fire
     let r;
     try {
       r = workFn(__dcpDecode(datumText), ...jobArguments);
