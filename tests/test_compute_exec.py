@@ -136,8 +136,12 @@ def test_cancel_from_a_handler(store):
 
 
 def test_enoprogress_unless_the_watchdog_is_off(store):
-    r = echo([1], {"silent": 3}, limits={"progress_timeout": "1s"}).exec(errors="return")
+    job = echo([1], {"silent": 3}, limits={"progress_timeout": "1s"})
+    no_progress = []
+    job.on("noProgress", no_progress.append)
+    r = job.exec(errors="return")
     assert isinstance(r[0], compute.SliceFailed) and r[0].code == ErrorCode.ENOPROGRESS
+    assert [ev.sliceNumber for ev in no_progress] == [0]
     assert echo([1], {"silent": 1.5}, limits={"progress_timeout": None}).exec() == [1]
 
 
