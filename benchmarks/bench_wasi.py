@@ -1,0 +1,208 @@
+"""The ``wasi`` worktime: CPU-bound speed vs native, per-slice overhead, and cold start with/without
+the compiled-module cache.
+
+    python benchmarks/bench_wasi.py [--fib 35] [--matmul 400] [--functions 3000] [--repeat 5]
+
+1. fib(n) and an n x n matrix multiply (tests/wasi_programs/{fib,matmul}.c): native ``gcc -O2``
+   process vs a ``wasi`` slice of the same C built with ``clang -O2`` (in-process worktime, warm;
+   with fuel metering; bare wasmtime without epoch checks; through the sandboxed runner).
+   Issue #6's goal: wasi within 2x of native.
+2. Per-slice overhead of the command form on a trivial module (fresh Store, instance, WASI context,
+   scratch dir and stdin file per slice).
+3. Cold start of a *new worker process* (``prepare`` + first slice): an empty module cache (compile)
+   vs the cache the first start left (load). The second start must compile nothing.
+
+Needs gcc, and clang + wasi-libc + lld + libclang-rt-dev-wasm32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _table import best_of, print_table  # noqa: E402
+
+from dcp_worktimes.limits import Limits  # noqa: E402
+from dcp_worktimes.runner import EvaluatorPool  # noqa: E402
+from dcp_worktimes.wasi_worktime import WasiWorktime  # noqa: E402
+from dcp_worktimes.wasi_worktime.toolchain import compile_c  # noqa: E402
+from dcp_worktimes.worktime import JobSpec, SliceContext  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = ROOT / "tests" / "wasi_programs"
+NO_WATCHDOG = Limits(wall_time=600, progress_timeout=None)
+
+START_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+from dcp_worktimes.wasi_worktime import WasiWorktime
+from dcp_worktimes.worktime import JobSpec, SliceContext
+from dcp_worktimes.limits import Limits
+from dcp_worktimes.wasm import stats
+t1 = time.perf_counter()
+wt = WasiWorktime()
+job = JobSpec(id="j", worktime="wasi", work=sys.argv[1])
+wt.prepare(job)
+t2 = time.perf_counter()
+wt.execute(SliceContext(0, Limits(progress_timeout=None), job), json.loads(sys.argv[2]))
+t3 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "prepare": t2 - t1, "first_slice": t3 - t2, "module": wt.compiled.seconds,
+                  "source": wt.compiled.source, **stats}))
+"""
+
+
+def big_module_source(functions: int) -> str:
+    """A C program with many distinct functions: compile cost grows with code size."""
+    lines = ["#include <stdio.h>", "typedef unsigned (*fn)(unsigned);"]
+    for i in range(functions):
+        lines.append(f"unsigned f{i}(unsigned x) {{ x ^= x << {i % 13 + 1}; x += {i * 2654435761 % 2**32}u; "
+                     f"for (unsigned k = 0; k < (x & 7); k++) x = x * {i % 97 + 3}u + k; return x ^ (x >> {i % 11 + 1}); }}")
+    lines.append("static const fn table[] = {" + ", ".join(f"f{i}" for i in range(functions)) + "};")
+    lines.append("int main(void) { unsigned x = 1; for (unsigned i = 0; i < sizeof table / sizeof *table; i++) "
+                 "x = table[i](x); printf(\"%u\\n\", x); return 0; }")
+    return "\n".join(lines)
+
+
+def native_time(kernel: str, n: int, repeat: int, tmp: Path) -> float:
+    exe = tmp / f"{kernel}-native"
+    subprocess.run(["gcc", "-O2", str(PROGRAMS / f"{kernel}.c"), "-o", str(exe)], check=True)
+    return best_of(lambda: subprocess.run([str(exe)], input=str(n).encode(), capture_output=True, check=True), repeat)
+
+
+def raw_wasmtime_time(wasm: bytes, n: int, repeat: int, tmp: Path) -> float:
+    """The same module on a bare wasmtime engine without epoch interruption (reference only)."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, wasm)
+    stdin = tmp / "raw-stdin"
+    stdin.write_text(str(n))
+
+    def one() -> None:
+        store = wasmtime.Store(engine)
+        wasi = wasmtime.WasiConfig()
+        wasi.stdin_file = str(stdin)
+        wasi.stdout_custom = lambda chunk: None
+        store.set_wasi(wasi)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        linker.instantiate(store, module).exports(store)["_start"](store)
+
+    one()
+    return best_of(one, repeat)
+
+
+def slice_time(work: bytes, datum, repeat: int, **options) -> float:
+    wt = WasiWorktime()
+    job = JobSpec(id="bench", worktime="wasi", work=work, options=options, limits=NO_WATCHDOG)
+    wt.prepare(job)
+    wt.execute(SliceContext(0, NO_WATCHDOG, job), datum)  # warm
+    return best_of(lambda: wt.execute(SliceContext(0, NO_WATCHDOG, job), datum), repeat)
+
+
+def runner_time(work: bytes, datum, repeat: int) -> float:
+    with EvaluatorPool(cores=1) as pool:
+        counter = iter(range(10**6))
+
+        def one() -> None:
+            job = JobSpec(id=f"bench-{next(counter)}", worktime="wasi", work=work, limits=NO_WATCHDOG)
+            out = next(pool.map(job, [(0, datum)]))
+            assert out.ok, out.error
+
+        one()
+        # A new job per call: evaluator spawn + prepare (cache hit) + slice, as a worker sees a job.
+        return best_of(one, repeat)
+
+
+def worker_start(path: Path, datum, cache: Path) -> dict:
+    env = os.environ | {"DCP_WORKTIMES_CACHE": str(cache)}
+    out = subprocess.run([sys.executable, "-c", START_SCRIPT, str(path), json.dumps(datum)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fib", type=int, default=35)
+    ap.add_argument("--matmul", type=int, default=400, help="matrix size n (n x n doubles)")
+    ap.add_argument("--functions", type=int, default=3000, help="functions in the big module (compile cost)")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-wasi-") as tmpdir:
+        tmp = Path(tmpdir)
+        os.environ["DCP_WORKTIMES_CACHE"] = str(tmp / "cache")
+        fib = compile_c((PROGRAMS / "fib.c").read_text())
+        big = compile_c(big_module_source(args.functions))
+        trivial = compile_c((PROGRAMS / "sum_json.c").read_text())
+
+        # 1. CPU-bound
+        rows = []
+        for kernel, n in [("fib", args.fib), ("matmul", args.matmul)]:
+            wasm = fib if kernel == "fib" else compile_c((PROGRAMS / "matmul.c").read_text())
+            t_native = native_time(kernel, n, args.repeat, tmp)
+            t_wasi = slice_time(wasm, n, args.repeat)
+            t_fuel = slice_time(wasm, n, args.repeat, fuel=10**13)
+            t_raw = raw_wasmtime_time(wasm, n, args.repeat, tmp)
+            t_runner = runner_time(wasm, n, args.repeat)
+            rows.append([f"{kernel}({n})", t_native * 1e3, t_wasi * 1e3, t_wasi / t_native, t_fuel / t_native,
+                         t_raw / t_native, t_runner / t_native])
+        print_table(
+            "CPU-bound C: native gcc -O2 vs wasi slice (clang -O2 → wasm32-wasi → wasmtime)",
+            ["kernel", "native ms", "wasi ms", "wasi ×", "fuel ×", "no-epoch ×", "runner ×"],
+            rows,
+            note="× = time / native gcc -O2; goal: wasi within 2x. fuel = with an instruction budget. no-epoch = bare "
+                 "wasmtime without the epoch checks that make wall-time interruption possible (not shipped; shows "
+                 "their cost). runner = a new job each time: evaluator spawn + prepare (cache hit) + slice.",
+        )
+
+        # 2. Per-slice overhead
+        n = 200
+        wt = WasiWorktime()
+        job = JobSpec(id="overhead", worktime="wasi", work=trivial, limits=NO_WATCHDOG)
+        wt.prepare(job)
+        times = []
+        for i in range(n):
+            t = time.perf_counter()
+            wt.execute(SliceContext(i, NO_WATCHDOG, job), [1, 2, 3])
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        print_table(
+            "Per-slice overhead, command form (trivial C module, warm, in-process)",
+            ["measure", "ms"],
+            [["median slice", med * 1e3], ["p90 slice", sorted(times)[int(n * 0.9)] * 1e3],
+             ["slices per second per core", 1 / med]],
+        )
+
+        # 3. Cold start of a new worker process, cache miss vs hit
+        rows = []
+        for label, wasm, datum in [("fib.c", fib, 20), (f"{args.functions} fns", big, None)]:
+            path = tmp / f"{abs(hash(label))}.wasm"
+            path.write_bytes(wasm)
+            cache = tmp / f"cache-{abs(hash(label))}"
+            miss = worker_start(path, datum, cache)
+            hit = worker_start(path, datum, cache)
+            rows.append([label, len(wasm) // 1024, miss["module"] * 1e3, hit["module"] * 1e3,
+                         miss["module"] / max(hit["module"], 1e-9), (miss["prepare"] + miss["first_slice"]) * 1e3,
+                         (hit["prepare"] + hit["first_slice"]) * 1e3, f"{miss['compiled']} / {hit['compiled']}"])
+        print_table(
+            "Worker start: prepare (compile or load) + first slice, new process each",
+            ["module", "KiB", "compile ms", "load ms", "ratio", "start miss", "start hit", "compiles"],
+            rows,
+            note="compile ms = cache miss, load ms = cache hit (the module only); start = prepare + first slice in a "
+                 "new process, wasmtime import and engine included; compiles = modules compiled by the 1st / 2nd "
+                 "start: the second start of a worker must compile nothing",
+        )
+
+
+if __name__ == "__main__":
+    main()
