@@ -86,6 +86,11 @@ def test_bad_work_is_a_job_error(work, message):
     assert message in info.value.message
 
 
+def test_unencodable_work_text_is_a_job_error():
+    with pytest.raises(WorkError, match="unpaired surrogate"):
+        Harness().prepare("x => '\ud800'")
+
+
 def test_endless_top_level_code_is_a_bounded_job_error():
     t = time.monotonic()
     with pytest.raises(WorkError, match="took longer than 0.5 s"):
@@ -386,6 +391,17 @@ def test_deep_recursion_fails_cleanly():
 
 def test_reasonable_recursion_depth_works():
     assert slice_of("function f(n) { return n === 0 ? 0 : 1 + f(n - 1) }", 3000) == 3000
+
+
+def test_deep_recursion_in_a_worker_thread_fails_cleanly():
+    import threading
+
+    h = Harness().prepare((HOSTILE / "deep_recursion.js").read_text())
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(h.fails()))
+    thread.start()
+    thread.join(60)
+    assert errors and errors[0].code == ErrorCode.EUNCAUGHT and errors[0].name == "RangeError"
 
 
 def test_never_progress_stops_at_progress_timeout():

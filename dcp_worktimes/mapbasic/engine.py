@@ -55,7 +55,8 @@ def _thread_stack_size() -> int:
             return size
     soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
     if soft == resource.RLIM_INFINITY or soft <= 0:
-        return 8 * 1024 * 1024
+        # Main thread: grows on demand. Other threads: glibc falls back to a 2 MiB default.
+        return 8 * 1024 * 1024 if threading.current_thread() is threading.main_thread() else 2 * 1024 * 1024
     return soft
 
 
@@ -188,6 +189,11 @@ class JSEngine:
         A file-style work runs top-level code: ``time_limit`` bounds it (an endless loop there
         would otherwise hang ``prepare``).
         """
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError as e:  # the binding cannot pass lone surrogates into the engine
+            raise WorkError(f"the work text contains an unpaired surrogate ({source[e.start]!r} at offset {e.start}); "
+                            "write it as a \\u escape inside a string literal") from None
         self._deadline = time.monotonic() + time_limit if time_limit else None
         try:
             result = self._call("compile", source, bool(strict))
