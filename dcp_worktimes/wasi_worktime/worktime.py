@@ -105,9 +105,10 @@ class WasiWorktime(Worktime):
     name = "wasi"
     version = "1.0.0"
     description = "WebAssembly/WASI command modules on wasmtime: datum on stdin, result on stdout"
+    # Nested booleans, as the scheduler's requirement matching expects.
     capabilities = {
-        "wasm": {"wasi": "preview1", "simd": True, "exceptions": True, "fuel": True},
-        "wasi": {"command": True, "content_types": ["json", "msgpack", "raw"]},
+        "wasm": {"wasi_preview1": True, "simd": True, "exceptions": True, "fuel": True},
+        "wasi": {"command": True, "json": True, "msgpack": True, "raw": True},
     }
     enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
 
