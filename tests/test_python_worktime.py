@@ -85,6 +85,8 @@ def test_unusable_work_fails_at_prepare(wt, work, code, words):
 
 def test_options_function_selects_among_several(wt):
     assert run(wt, "def a(x): return 1\ndef b(x): return 2\n", 0, options={"function": "b"}) == [2]
+    # Without options, a function named `work` is the slice function and the others are helpers.
+    assert run(wt, "def helper(x): return x + 1\ndef work(x): return helper(x) * 2\n", 1) == [4]
 
 
 # -- values ------------------------------------------------------------------------------------

@@ -273,12 +273,15 @@ def _compile_work(job):
         return fn, wanted
     if len(defs) == 1:
         return module.__dict__[defs[0].name], defs[0].name
+    if any(n.name == "work" for n in defs) and callable(module.__dict__.get("work")):
+        return module.__dict__["work"], "work"  # helpers beside a function named `work`
     if not defs:
         raise _LoadError("ENOSLICEHANDLER", "the work defines no function; send one function's source, or a "
                                             "program that calls dcp.set_slice_handler(fn)")
     names = ", ".join(n.name for n in defs)
     raise _LoadError("ENOSLICEHANDLER", f"the work defines {len(defs)} functions ({names}); name the slice "
-                                        "function with options['function'] or call dcp.set_slice_handler(fn)")
+                                        "function `work`, or pass options['function'], or call "
+                                        "dcp.set_slice_handler(fn)")
 
 
 class _LoadError(Exception):
