@@ -182,16 +182,38 @@ def test_preopen_escape_at_the_syscall_level_fails():
 
 
 def test_job_files_are_read_only_and_scratch_is_fresh_per_slice(build):
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-slice-*")))
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-*")))
     wt = prepared(build("files"), files={"input.txt": b"hello files"})
     for _ in range(2):
         assert run(wt) == {"input": "hello files", "marker_existed": False, "scratch_writable": True,
                            "job_writable": False}
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-slice-*"))) == before
-    files_dir = wt._files_dir
-    assert files_dir and os.path.isdir(files_dir)
+        assert os.listdir(os.path.join(wt._slice_root, "scratch")) == []
+    files_dir, stdin_path = wt._files_dir, wt._stdin_path
+    assert files_dir and os.path.isdir(files_dir) and os.path.isfile(stdin_path)
     wt.release()
-    assert not os.path.exists(files_dir)
+    assert not os.path.exists(files_dir) and not os.path.exists(stdin_path)
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-*"))) == before
+
+
+def test_scratch_is_emptied_even_of_nested_directories():
+    source = r"""
+    #include <stdio.h>
+    #include <sys/stat.h>
+    int main(void) {
+        struct stat st;
+        int existed = stat("/tmp/a", &st) == 0;
+        mkdir("/tmp/a", 0700);
+        mkdir("/tmp/a/b", 0700);
+        FILE *f = fopen("/tmp/a/b/c.txt", "w");
+        fputs("deep", f);
+        fclose(f);
+        printf("%s\n", existed ? "true" : "false");
+        return 0;
+    }
+    """
+    wt = prepared(compile_c(source))
+    assert [run(wt) for _ in range(3)] == [False, False, False]
+    assert os.listdir(os.path.join(wt._slice_root, "scratch")) == []
 
 
 def test_scratch_directory_is_size_capped(build):
