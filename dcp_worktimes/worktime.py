@@ -257,6 +257,14 @@ class Worktime(ABC):
         """The evaluator is done with the current job (or retiring): free per-job resources."""
 
     @classmethod
+    def preload(cls) -> None:
+        """Import the engine ahead of time in the worktime's zygote process, which then forks
+        ready evaluators (see ``runner/zygote.py``). Import only: it **must not** start threads
+        or create engine instances, because ``fork`` copies only the calling thread.
+        The default does nothing.
+        """
+
+    @classmethod
     def warmup(cls, report: Callable[[str], None]) -> None:
         """Prepare expensive, job-independent state ahead of time (compile and cache an engine).
 

@@ -30,6 +30,10 @@ class MapBasic(Worktime):
     def __init__(self) -> None:
         self._engine = None
 
+    @classmethod
+    def preload(cls) -> None:
+        from . import engine  # noqa: F401  (the QuickJS binding, loaded once in the zygote)
+
     def prepare(self, job: JobSpec) -> None:
         from .engine import JSEngine  # lazy: the engine loads only in evaluators
 

@@ -269,23 +269,19 @@ def _load_class(ref: str) -> type[Worktime]:
     return obj
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--worktime", required=True, help="module:Class of the worktime")
-    ap.add_argument("--heartbeat-fd", type=int, required=True)
-    ap.add_argument("--parent", type=int, required=True)
-    ap.add_argument("--network", action="store_true")
-    args = ap.parse_args(argv)
-    iso = isolation.apply(network=args.network, parent_pid=args.parent)
+def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, network: bool) -> None:
+    """Be an evaluator on fds 0/1/2 until told to exit (after a plain start or a zygote's fork)."""
+    iso = isolation.apply(network=network, parent_pid=parent)
     frames_fd = os.dup(1)
     os.dup2(2, 1)  # stray writes to stdout land in stderr, never in the frame stream
     sys.stdout = sys.stderr
     out = FrameWriter(frames_fd)
-    hb = Heartbeat(args.heartbeat_fd)
+    hb = Heartbeat(heartbeat_fd)
     try:
-        worktime = _load_class(args.worktime)()
+        cls = _load_class(worktime_cls) if isinstance(worktime_cls, str) else worktime_cls
+        worktime = cls()
     except Exception as e:
-        err = SliceError(f"cannot start worktime {args.worktime}: {type(e).__name__}: {e}", code=ErrorCode.ECRASH,
+        err = SliceError(f"cannot start worktime {worktime_cls}: {type(e).__name__}: {e}", code=ErrorCode.ECRASH,
                          stack=traceback.format_exc())
         out.send({"t": "fatal", "error": err.to_dict()})
         return
@@ -297,6 +293,16 @@ def main(argv: list[str] | None = None) -> None:
         worktime.release()
     finally:
         out.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--worktime", required=True, help="module:Class of the worktime")
+    ap.add_argument("--heartbeat-fd", type=int, required=True)
+    ap.add_argument("--parent", type=int, required=True)
+    ap.add_argument("--network", action="store_true")
+    args = ap.parse_args(argv)
+    serve(args.worktime, args.heartbeat_fd, args.parent, args.network)
 
 
 if __name__ == "__main__":

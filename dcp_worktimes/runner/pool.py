@@ -42,7 +42,7 @@ from ..limits import Limits
 from ..plugins import get_worktime
 from ..values import pack, unpack
 from ..worktime import JobSpec
-from .process import EvaluatorDied, EvaluatorProcess
+from .process import EvaluatorDied, EvaluatorProcess, Zygote, zygotes_enabled
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ class EvaluatorPool:
         self._cancelled: set[str] = set()
         self._closed = False
         self._slots = [_Slot(i) for i in range(self.cores)]
+        self._zygotes: dict[str, Zygote | None] = {}
+        self._zygote_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._slot_loop, args=(s,), daemon=True, name=f"dcp-slot-{s.index}")
                          for s in self._slots]
         for t in self._threads:
@@ -194,7 +196,11 @@ class EvaluatorPool:
         for t in self._threads:
             t.join(10)
         for slot in self._slots:
-            self._retire(slot)
+            self._retire(slot, wait=True)
+        for z in self._zygotes.values():
+            if z is not None:
+                z.close()
+        self._zygotes.clear()
 
     def __enter__(self) -> "EvaluatorPool":
         return self
@@ -249,7 +255,7 @@ class EvaluatorPool:
             return proc
         self._retire(slot)
         reg = get_worktime(job.worktime)
-        proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env)
+        proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env, zygote=self._zygote(reg.ref))
         slot.proc, slot.psproc = proc, psutil.Process(proc.pid)
         slot.preparing_since = time.monotonic()
         try:
@@ -269,10 +275,31 @@ class EvaluatorPool:
         slot.memory_slack = 0.25 if "memory" in enforces else 0.0
         return proc
 
-    def _retire(self, slot: _Slot) -> None:
+    def _zygote(self, ref: str) -> Zygote | None:
+        """The worktime's zygote, started on first use; ``None`` (plain start) if disabled or broken."""
+        if not zygotes_enabled():
+            return None
+        with self._zygote_lock:
+            z = self._zygotes.get(ref)
+            if z is not None and not z.alive():
+                z = self._zygotes[ref] = None
+                self._zygotes.pop(ref)
+            if ref not in self._zygotes:
+                try:
+                    self._zygotes[ref] = Zygote(ref, env=self.env)
+                except (OSError, RuntimeError) as e:
+                    log.warning("starting evaluators without a zygote for %s: %s", ref, e)
+                    self._zygotes[ref] = None
+            return self._zygotes[ref]
+
+    def _retire(self, slot: _Slot, wait: bool = False) -> None:
         proc, slot.proc, slot.psproc = slot.proc, None, None
-        if proc is not None:
+        if proc is None:
+            return
+        if wait:
             proc.close()
+        else:  # let it finish its release() while this slot already starts the next evaluator
+            threading.Thread(target=proc.close, daemon=True, name="dcp-retire").start()
 
     def _run_batch(self, slot: _Slot, batch: list[_Task]) -> None:
         job = batch[0].job

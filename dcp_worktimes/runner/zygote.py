@@ -1,0 +1,108 @@
+"""A zygote: a pre-started process that forks ready evaluators in a few milliseconds.
+
+Starting an evaluator from scratch costs a Python start-up plus imports (~50-100 ms, more under
+load), and every job gets fresh evaluators. The zygote pays that once per worktime: it imports the
+worktime's module, calls its ``preload()`` (which may import the engine, but must not start
+threads: ``fork`` copies only the calling thread), then forks one evaluator per request::
+
+    supervisor ──(socketpair, SEQPACKET)──► zygote ──fork──► evaluator (fds 0/1/2 + heartbeat)
+      request: {"network", "parent"} + fds [stdin, stdout, stderr, heartbeat]
+      reply:   {"pid"}; later, asynchronously: {"exit": pid, "status": wait status}
+
+The evaluator is the zygote's child, so the zygote reaps it and reports how it died (for
+``ECRASH`` messages). The zygote dies with the worker (``PR_SET_PDEATHSIG``) and its evaluators
+die with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+import msgpack
+
+from . import isolation
+
+MAX_FDS = 4
+
+
+def _recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    fds = array.array("i")
+    msg, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    if not msg:
+        return None, []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return msgpack.unpackb(msg), list(fds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--worktime", required=True)
+    ap.add_argument("--parent", type=int, required=True)
+    args = ap.parse_args(argv)
+    isolation.apply(network=True, parent_pid=args.parent)  # die with the worker; netns is per evaluator
+    from .evaluator import _load_class, serve
+
+    sock = socket.socket(fileno=0)  # the supervisor hands us our end of a socketpair as stdin
+    try:
+        cls: Any = _load_class(args.worktime)
+        preload = getattr(cls, "preload", None)
+        if callable(preload):
+            preload()
+        sock.send(msgpack.packb({"ready": True}))
+    except Exception as e:
+        sock.send(msgpack.packb({"ready": False, "error": f"{type(e).__name__}: {e}"}))
+        return
+    if threading.active_count() > 1:  # a preload started threads: forking would be unsafe
+        sock.send(msgpack.packb({"warning": "preload started threads"}))
+
+    while True:
+        ready, _, _ = select.select([sock], [], [], 0.05)
+        _reap(sock)
+        if not ready:
+            continue
+        req, fds = _recv(sock)
+        if req is None:
+            return  # the supervisor closed its end: we are done
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                os.setsid()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for target, fd in enumerate(fds[:3]):
+                    os.dup2(fd, target)
+                for fd in fds[:3]:
+                    if fd > 2:
+                        os.close(fd)
+                serve(cls, fds[3], os.getppid(), bool(req.get("network")))
+            finally:
+                sys.stdout.flush() if sys.stdout else None
+                os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        sock.send(msgpack.packb({"pid": pid}))
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock.send(msgpack.packb({"exit": pid, "status": status}))
+
+
+if __name__ == "__main__":
+    main()
