@@ -152,3 +152,17 @@ def test_stray_stdout_does_not_corrupt_frames(pool, probe):
     work = "import os\ndef work(x):\n    os.write(1, b'\\x93garbage')\n    print('noise')\n    return x + 1\n"
     outs = list(pool.map(JobSpec(id="stdout", worktime=probe, work=work), [(i, i) for i in range(5)]))
     assert sorted(o.value for o in outs) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_both_launch_paths_isolate_and_report_crashes(monkeypatch, zygote):
+    monkeypatch.setenv("DCP_WORKTIMES_ZYGOTE", zygote)
+    with EvaluatorPool(cores=1) as p:
+        pids = {o.value[1] for o in p.map(job({"pid": True}), [(i, i) for i in range(3)])}
+        assert len(pids) == 1
+        slot = p._slots[0]
+        assert (slot.proc.zygote is not None) == (zygote == "1")
+        assert slot.proc.isolation.get("no_network") is True
+        crash = next(p.map(job({"crash": "abort"}), [(0, 0)]))
+        assert crash.error.code == "ECRASH" and "SIGABRT" in crash.error.message
+        assert next(p.map(job(), [(0, "next")])).value == "next"
