@@ -281,3 +281,14 @@ def test_time_sleep_really_sleeps(wt):
     started = time.monotonic()
     [slept] = run(wt, src, 0.3)
     assert 0.25 <= slept and time.monotonic() - started >= 0.25
+
+
+def test_bootstrap_code_cache_cold_then_warm(wt, monkeypatch, tmp_path):
+    # The compiled module stays loaded in this process; only the bootstrap's code cache moves.
+    monkeypatch.setenv("DCP_WORKTIMES_CACHE", str(tmp_path))
+    assert run(wt, "def f(x):\n    return x * 2\n", 4) == [8]  # cold: the guest compiles the bootstrap
+    cached = sorted(p.name.split("-")[1] for p in (tmp_path / "pywasi").glob("boot-*.marshal"))
+    assert cached == ["_dcp_codec", "_dcp_guest", "dcp"]
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "pywasi").glob("boot-*.marshal")}
+    assert run(wt, "import dcp\ndcp.set_slice_handler(lambda x: x * 3)\n", 4) == [12]  # warm: loaded
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

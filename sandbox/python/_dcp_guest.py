@@ -22,11 +22,8 @@ Nothing here trusts the host less than the host trusts the guest: the host decod
 with its own (safe) msgpack decoder and checks sizes; this module only organises the guest.
 """
 
-import ast
-import linecache
 import sys
 import time
-import traceback
 import types
 
 import _host
@@ -39,7 +36,8 @@ FILES_DIR = "/dcp/files"
 WORK_FILE = "<work>"
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the watchdog only needs a heartbeat
 
-_state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progress=float("-inf"), installed=False)
+_state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progress=float("-inf"), installed=False,
+                               logging=False)
 
 
 # -- the door ----------------------------------------------------------------------------------
@@ -117,6 +115,12 @@ console = Console()
 
 
 def _install_logging():
+    """Route the root logger to the console, once ``logging`` is imported by anyone (importing it
+    ourselves would cost ~30 ms of every interpreter start; until then Python's last-resort
+    handler writes WARNING+ records to sys.stderr, which reaches the console as ``error``)."""
+    if _state.logging or "logging" not in sys.modules:
+        return
+    _state.logging = True
     import logging
 
     levels = ((logging.ERROR, "error"), (logging.WARNING, "warn"), (logging.INFO, "info"), (0, "debug"))
@@ -191,7 +195,6 @@ def install():
     sys.dont_write_bytecode = True  # the mounts are read-only; do not even try
     sys.stdout = _ConsoleStream("log")
     sys.stderr = _ConsoleStream("error")
-    _install_logging()
     _install_warnings()
     if MODULES_DIR not in sys.path:
         sys.path.insert(1, MODULES_DIR)
@@ -220,6 +223,8 @@ def _namespace(job):
 
 
 def _parse(source):
+    import ast
+
     try:
         return source, ast.parse(source, WORK_FILE)
     except IndentationError:
@@ -233,6 +238,9 @@ def _parse(source):
 
 def _compile_work(job):
     """The slice function described by the job: a function, a def, a lambda, or a program."""
+    import ast
+    import linecache
+
     raw = job.get("work") or ""
     source = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     options = job.get("options") or {}
@@ -306,6 +314,7 @@ def load_work():
         _call("error", _describe(e, "while loading the work"))
         return
     _state.handler = fn
+    _install_logging()
     _flush()
     _call("loaded", {"function": name})
 
@@ -313,6 +322,7 @@ def load_work():
 def run_slice():
     """Run the slice function on the host's datum; report its result or its error."""
     _state.last_progress = float("-inf")  # each slice's first progress() always reaches the host
+    _install_logging()
     try:
         datum = _ask("datum")
         value = _state.handler(datum, *_state.arguments)
@@ -383,6 +393,8 @@ def _describe(e, when=""):
 
 def _stack(e):
     try:
+        import traceback
+
         te = traceback.TracebackException.from_exception(e)
         te.stack = traceback.StackSummary.from_list(
             [f for f in te.stack if not (f.filename.startswith(BOOT_DIR) or f.filename.startswith("<turn"))])
