@@ -128,3 +128,14 @@ def test_cli_acceptance():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "49"
+
+
+def test_spread_datum_option_spreads_list_datums():
+    from dcp_worktimes.runner import run_slice
+    from dcp_worktimes.worktime import JobSpec
+
+    job = JobSpec(id="spread", worktime="map-basic", work="(i, j, k) => [i * j, k]", arguments=["extra"],
+                  options={"spread_datum": True})
+    assert run_slice(job, [3, 4]).value == [12, "extra"]
+    plain = JobSpec(id="plain", worktime="map-basic", work="(d, k) => [d, k]", arguments=["extra"])
+    assert run_slice(plain, [3, 4]).value == [[3, 4], "extra"]

@@ -28,7 +28,6 @@ thread of the event loop's default executor).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import threading
@@ -143,9 +142,8 @@ def _spread(worktime: str, payload: Any, options: dict) -> tuple[Any, dict]:
     """Multi-dimensional jobs call ``work(*datum, *arguments)``.
 
     Python work gets a small trampoline appended to its source (line numbers of the user's code
-    do not move); map-basic work is wrapped in a function that evaluates it as map-basic does and
-    spreads the datum. Every other worktime is told with ``options["spread_datum"] = True`` (the
-    contract in ``inputs.py``).
+    do not move); every other worktime, map-basic included, is told with
+    ``options["spread_datum"] = True`` (the contract in ``inputs.py``).
     """
     if worktime == "python" and isinstance(payload, str):
         target = options.get("function") or _single_def(payload)
@@ -153,21 +151,6 @@ def _spread(worktime: str, payload: Any, options: dict) -> tuple[Any, dict]:
             payload = (payload.rstrip("\n") + "\n\n\ndef __dcp_spread__(datum, *arguments):\n"
                        f"    return {target}(*datum, *arguments)\n")
             return payload, {**options, "function": "__dcp_spread__"}
-    if worktime == "map-basic" and isinstance(payload, str):
-        # Evaluate the work exactly as map-basic does (an expression, else a program whose last
-        # expression is the function), in the same global scope and with the same strictness,
-        # then call it with the datum spread. Its line numbers in stacks stay the user's.
-        prefix = '"use strict";' if options.get("strict") else ""
-        src = json.dumps(payload)
-        payload = (
-            "(function () { const s = " + src + "; let w;"
-            f" try {{ w = (0, eval)('{prefix}(' + s + '\\n)'); }}"
-            " catch (e) { if (!(e instanceof SyntaxError)) throw e;"
-            f" w = (0, eval)('{prefix}' + s); }}"
-            " if (typeof w !== 'function') return w;"
-            " return function (datum, ...args) { return w.call(this, ...datum, ...args); }; })()"
-        )
-        return payload, dict(options)
     return payload, {**options, "spread_datum": True}
 
 

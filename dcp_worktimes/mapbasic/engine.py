@@ -222,8 +222,9 @@ class JSEngine:
         kind = err.get("name") or "Error"
         raise WorkError(f"the work does not compile: {kind}: {err['message']}{where}; fix the work function's source")
 
-    def set_job(self, arguments: list[Any], modules: dict[str, str | bytes]) -> None:
-        """Job arguments (passed after the datum) and module sources for require()."""
+    def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False) -> None:
+        """Job arguments (passed after the datum), module sources for require(), and whether a list
+        datum is spread into separate arguments (multi-dimensional jobs)."""
         try:
             args_text = to_js(list(arguments))
         except UnserializableValue as e:
@@ -237,6 +238,7 @@ class JSEngine:
                     raise WorkError(f"module {name!r} is not UTF-8 text; map-basic modules are JavaScript source") from None
             sources[str(name)] = src
         self._call("job", args_text, json.dumps(sources, ensure_ascii=True))
+        self._call("spread", bool(spread))
 
     def run(self, ctx: SliceContext, datum: Any) -> Any:
         """Run one slice: call the work, settle promises and timers, return the decoded result."""

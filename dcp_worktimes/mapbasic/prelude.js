@@ -516,6 +516,7 @@
   // --- the job and the slice ---------------------------------------------------------------
   let workFn = null;
   let jobArguments = [];
+  let spreadDatum = false;  // multi-dimensional jobs: work(...datum, ...jobArguments)
   let outcome;  // [settled?, value-or-error] of the current async slice
 
   const EXPRESSION_START = /^\s*(\(|async\b|function\b|[A-Za-z_$][\w$]*\s*=>)/;
@@ -544,7 +545,8 @@
     if (timers.size) timers = new Map();  // timers left by the previous slice never fire
     let r;
     try {
-      r = workFn(__dcpDecode(datumText), ...jobArguments);
+      const datum = __dcpDecode(datumText);
+      r = spreadDatum && Array.isArray(datum) ? workFn(...datum, ...jobArguments) : workFn(datum, ...jobArguments);
       if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
         Promise.resolve(r).then((v) => { outcome = [true, v]; }, (e) => { outcome = [false, e]; });
         return 'p';
@@ -573,6 +575,7 @@
         for (const [k, v] of Object.entries(parse(b))) moduleSources[__dcpNormalize(k)] = v;
         moduleCache = new Map();
         return '';
+      case 'spread': spreadDatum = !!a; return '';
       case 'start': return __dcpStart(a);
       case 'poll': return __dcpPoll();
       case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }

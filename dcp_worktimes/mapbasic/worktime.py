@@ -51,7 +51,7 @@ class MapBasic(Worktime):
         engine = JSEngine()
         engine.set_limits(job.limits.memory)
         try:
-            engine.set_job(list(job.arguments), dict(job.modules))
+            engine.set_job(list(job.arguments), dict(job.modules), spread=bool(job.options.get("spread_datum")))
             engine.compile(work, strict=bool(job.options.get("strict")), time_limit=job.limits.wall_time or 60.0)
         except SliceError as e:  # e.g. the arguments alone exceed the memory limit
             raise WorkError(f"map-basic could not load the job: {e.message}") from None
