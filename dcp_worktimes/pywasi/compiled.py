@@ -106,6 +106,25 @@ def stdlib_folder_for(runtime: Runtime) -> Path:
     return folder
 
 
+def load_if_cached() -> Compiled | None:
+    """``load()`` when the compiled artifact is on disk (or loaded), else ``None`` without compiling."""
+    import hashlib
+
+    if _done is not None:
+        return _done
+    try:
+        runtime = find_runtime()
+        digest = runtime.sha256.get(runtime.snapshot.name)
+        if digest is None:
+            return None
+        config_key = hashlib.sha256(ENGINE_OPTIONS.fingerprint().encode()).hexdigest()[:16]
+        if not (cache_dir() / f"{digest[:40]}-{config_key}.cwasm").is_file():
+            return None
+        return load()
+    except Exception:
+        return None  # the evaluator's prepare reports the problem with its full message
+
+
 def warmup(progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Compile (or load) the runtime and start one interpreter; returns what it did and how long.
 
