@@ -188,3 +188,10 @@ def test_stats_count_compiles(engine):
     before = stats["compiled"]
     compile_module(engine, EngineOptions(), wasm_bytes('(module (func (export "x")))'))
     assert stats["compiled"] == before + 1
+
+
+def test_one_shared_watchdog_per_engine(engine):
+    from dcp_worktimes.wasm import get_watchdog
+
+    assert get_watchdog(engine) is get_watchdog(engine)
+    assert get_watchdog(get_engine(EngineOptions(fuel=True))) is not get_watchdog(engine)

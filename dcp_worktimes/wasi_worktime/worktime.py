@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,9 +30,9 @@ from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import MiB, parse_size
 from ..wasm import (
     EngineOptions,
-    Watchdog,
     compile_module,
     get_engine,
+    get_watchdog,
     memory_at_quota,
     set_store_limits,
     trap_to_error,
@@ -50,18 +49,6 @@ STDERR_TAIL = 2048
 SCRATCH_CHECK_INTERVAL = 0.2
 
 _ALLOWED_IMPORTS = {"dcp": {"progress", "console", "emit"}}
-_watchdogs: dict[int, Watchdog] = {}
-_watchdogs_lock = threading.Lock()
-
-
-def _watchdog(engine) -> Watchdog:
-    with _watchdogs_lock:
-        wd = _watchdogs.get(id(engine))
-        if wd is None:
-            wd = _watchdogs[id(engine)] = Watchdog(engine)
-        return wd
-
-
 class _Slice:
     """Per-slice state the host imports and output callbacks reach."""
 
@@ -135,7 +122,7 @@ class WasiWorktime(Worktime):
             raise WorkError(str(e)) from None
         self.engine_options = EngineOptions(fuel=self.fuel is not None, exceptions=True)
         self.engine = get_engine(self.engine_options)
-        self.watchdog = _watchdog(self.engine)
+        self.watchdog = get_watchdog(self.engine)
         try:
             wasm = wasm_bytes(job.work)
         except (ValueError, OSError) as e:

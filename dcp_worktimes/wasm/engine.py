@@ -2,13 +2,13 @@
 
 Five small pieces, each usable on its own::
 
-    from dcp_worktimes.wasm import (EngineOptions, get_engine, compile_module, Watchdog,
+    from dcp_worktimes.wasm import (EngineOptions, get_engine, compile_module, get_watchdog,
                                     set_store_limits, trap_to_error)
 
     options = EngineOptions(fuel=False, exceptions=False)
     engine = get_engine(options)                       # one Engine per options, per process
     compiled = compile_module(engine, options, wasm)   # disk-cached: a restarted worker loads, not compiles
-    watchdog = Watchdog(engine)                        # one epoch-interrupter thread per engine
+    watchdog = get_watchdog(engine)                    # the engine's shared epoch-interrupter thread
 
     store = wasmtime.Store(engine)
     set_store_limits(store, memory=128 << 20)          # memory.grow past it returns -1
@@ -74,6 +74,7 @@ __all__ = [
     "wasm_bytes",
     "Watchdog",
     "Guard",
+    "get_watchdog",
     "set_store_limits",
     "memory_at_quota",
     "trap_to_error",
@@ -378,6 +379,19 @@ class Watchdog:
         if armed["check"] is not None:
             return armed["check"]()
         return None
+
+
+_watchdogs: dict[int, Watchdog] = {}
+
+
+def get_watchdog(engine: "wasmtime.Engine") -> Watchdog:
+    """The process's shared ``Watchdog`` for ``engine`` (the epoch is engine-wide, so every user of
+    one engine must share one watchdog for its one-store-at-a-time check to mean anything)."""
+    with _engines_lock:
+        watchdog = _watchdogs.get(id(engine))
+        if watchdog is None:
+            watchdog = _watchdogs[id(engine)] = Watchdog(engine)
+        return watchdog
 
 
 # -- store limits and traps --------------------------------------------------------------------
