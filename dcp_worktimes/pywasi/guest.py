@@ -85,9 +85,15 @@ _watchdogs: dict[int, Watchdog] = {}
 
 
 def _watchdog(engine: "wasmtime.Engine") -> Watchdog:
+    """The engine's shared watchdog (``dcp_worktimes.wasm.get_watchdog``), or our own per engine."""
+    from .. import wasm
+
+    shared = getattr(wasm, "get_watchdog", None)
+    if shared is not None:
+        return shared(engine)
     wd = _watchdogs.get(id(engine))
     if wd is None:
-        wd = _watchdogs[id(engine)] = Watchdog(engine, poll=0.02)
+        wd = _watchdogs[id(engine)] = Watchdog(engine)
     return wd
 
 
