@@ -344,3 +344,19 @@ def test_missing_runtime_says_how_to_install(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         find_runtime.cache_clear()
+
+
+def test_job_folders_of_killed_evaluators_are_swept(warm, tmp_path):
+    import subprocess
+    import tempfile
+
+    from dcp_worktimes.pywasi import guest
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = Path(tempfile.gettempdir()) / f"dcp-python-{dead.pid}-test"
+    orphan.mkdir(exist_ok=True)
+    guest._swept = False
+    with guest.GuestDirs.create() as dirs:
+        assert dirs.root.name.startswith(f"dcp-python-{__import__('os').getpid()}-")
+    assert not orphan.exists()

