@@ -83,3 +83,11 @@ def test_cli_slice_reports_the_exit_status(build, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "status 3" in proc.stderr and "giving up" in proc.stderr
+
+
+def test_a_guest_sleeping_in_a_wasi_call_is_stopped_by_the_supervisor(build):
+    # The epoch only interrupts running wasm code; the evaluator is killed from outside instead.
+    started = time.monotonic()
+    out = run_slice(job(build("sleep"), Limits.parse(wall_time="1s")), None)
+    assert out.error is not None and out.error.code == "ESLICETOOSLOW", out.error
+    assert time.monotonic() - started < 10
