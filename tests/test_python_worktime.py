@@ -360,3 +360,11 @@ def test_job_folders_of_killed_evaluators_are_swept(warm, tmp_path):
     with guest.GuestDirs.create() as dirs:
         assert dirs.root.name.startswith(f"dcp-python-{__import__('os').getpid()}-")
     assert not orphan.exists()
+
+
+def test_numpy_default_int_is_32_bit(wt):
+    # Documented difference from native numpy (sandbox/python.md): wasm32's default integer is int32.
+    src = ("import numpy as np\n"
+           "def f(n):\n"
+           "    return [str(np.arange(n).dtype), int(np.arange(n).sum()), int(np.arange(n, dtype=np.int64).sum())]\n")
+    assert run(wt, src, 100_000) == [["int32", 4999950000 - 2**32, 4999950000]]

@@ -11,7 +11,8 @@ Each slice calls ``fn(datum, *job.arguments)``. Inside, ``progress``, ``console`
 ``emit`` and ``job`` are globals and ``import dcp`` works; ``print`` and ``logging`` become console
 events; ``job.modules`` are importable; ``job.files`` are readable (read-only) from the working
 directory ``/dcp/files``; ``/tmp`` is scratch. numpy arrays come back as nested lists
-(``ndarray.tolist()``), numpy scalars as Python scalars. Example::
+(``ndarray.tolist()``), numpy scalars as Python scalars. The sandbox is 32-bit: numpy's default
+integer is ``int32`` (``np.arange(100000).sum()`` overflows; use ``dtype=np.int64``). Example::
 
     from dcp_worktimes.worktime import JobSpec, SliceContext
     from dcp_worktimes.limits import Limits
