@@ -172,6 +172,11 @@ class SqliteScheduler(Scheduler):
             # NORMAL in WAL mode: a power cut may lose the last commits, never corrupts the store.
             self._db.execute("PRAGMA synchronous = NORMAL")
             with self._tx():
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version not in (0, SCHEMA_VERSION):
+                    raise SchedulerError(
+                        f"{path} was written by another version of dcp-worktimes (store format {version}, this one "
+                        f"reads {SCHEMA_VERSION}); move it away or choose another store with DCP_SCHEDULER=sqlite:///path.db")
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self._db.execute(stmt)

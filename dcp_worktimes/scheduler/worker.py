@@ -132,8 +132,8 @@ class Worker:
 
     def _target(self) -> int:
         """Slices to keep leased: about ``queue_seconds`` of work per core (2 .. ``max_per_core``)."""
-        if self._wall_n < 8:
-            per_core = 16
+        if self._wall_n < 2 * self.cores:
+            per_core = 4  # small first bites: slow slices must not be hoarded before we know
         else:
             mean = max(self._wall_sum / self._wall_n, 1e-6)
             per_core = int(min(max(self.queue_seconds / mean, 2), self.max_per_core))
