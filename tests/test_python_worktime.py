@@ -368,3 +368,17 @@ def test_numpy_default_int_is_32_bit(wt):
            "def f(n):\n"
            "    return [str(np.arange(n).dtype), int(np.arange(n).sum()), int(np.arange(n, dtype=np.int64).sum())]\n")
     assert run(wt, src, 100_000) == [["int32", 4999950000 - 2**32, 4999950000]]
+
+
+def test_one_compiler_per_machine(python_cache):  # noqa: F811
+    import subprocess
+    import sys
+
+    from dcp_worktimes.pywasi.compiled import _machine_lock
+
+    code = "from dcp_worktimes.pywasi.compiled import _machine_lock\nwith _machine_lock(): print('got it')\n"
+    with _machine_lock():
+        other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(1.0)  # a second process waits while this one "compiles"
+    assert other.communicate(timeout=30)[0].strip() == "got it"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..wasm import EngineOptions, cache_dir, compile_module, get_engine
 from .artifacts import INSTALL_HINT, Runtime, RuntimeMissing, find_runtime, stdlib_folder
@@ -65,7 +66,13 @@ def load(progress: ProgressCallback | None = None) -> Compiled:
 
         def work() -> None:
             try:
-                box["compiled"] = compile_module(engine, ENGINE_OPTIONS, wasm)
+                if _artifact_path(runtime) is not None and _artifact_path(runtime).is_file():
+                    box["compiled"] = compile_module(engine, ENGINE_OPTIONS, wasm)
+                    return
+                # One compiler per machine: ~2.3 GB of RAM and both cores each. Others wait here,
+                # then load what the first one wrote.
+                with _machine_lock():
+                    box["compiled"] = compile_module(engine, ENGINE_OPTIONS, wasm)
             except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
                 box["error"] = e
 
@@ -106,21 +113,38 @@ def stdlib_folder_for(runtime: Runtime) -> Path:
     return folder
 
 
-def load_if_cached() -> Compiled | None:
-    """``load()`` when the compiled artifact is on disk (or loaded), else ``None`` without compiling."""
+def _artifact_path(runtime: Runtime) -> Path | None:
+    """Where ``compile_module`` keeps our artifact (its naming: ``<sha256[:40]>-<options key>.cwasm``)."""
     import hashlib
 
+    digest = runtime.sha256.get(runtime.snapshot.name)
+    if digest is None:
+        return None
+    config_key = hashlib.sha256(ENGINE_OPTIONS.fingerprint().encode()).hexdigest()[:16]
+    return cache_dir() / f"{digest[:40]}-{config_key}.cwasm"
+
+
+@contextmanager
+def _machine_lock() -> Iterator[None]:
+    import fcntl
+
+    folder = cache_dir().parent / "pywasi"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(folder / "compile.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_if_cached() -> Compiled | None:
+    """``load()`` when the compiled artifact is on disk (or loaded), else ``None`` without compiling."""
     if _done is not None:
         return _done
     try:
-        runtime = find_runtime()
-        digest = runtime.sha256.get(runtime.snapshot.name)
-        if digest is None:
-            return None
-        config_key = hashlib.sha256(ENGINE_OPTIONS.fingerprint().encode()).hexdigest()[:16]
-        if not (cache_dir() / f"{digest[:40]}-{config_key}.cwasm").is_file():
-            return None
-        return load()
+        path = _artifact_path(find_runtime())
+        return load() if path is not None and path.is_file() else None
     except Exception:
         return None  # the evaluator's prepare reports the problem with its full message
 
