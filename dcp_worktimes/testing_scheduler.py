@@ -324,6 +324,17 @@ class SchedulerConformance:
         scheduler.leave("w-listed")
         assert "w-listed" not in {w.id for w in scheduler.workers()}
 
+    def test_delete_job(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("gone", 3))
+        scheduler.submit(make_job("kept", 3))
+        leases = scheduler.lease("w1", ECHO, {}, 2, 30)
+        scheduler.delete_job("gone")
+        with pytest.raises(UnknownJob):
+            scheduler.status("gone")
+        assert [j.id for j in scheduler.list_jobs()] == ["kept"]
+        scheduler.complete([ok(lease) for lease in leases if lease.job_id == "gone"])  # ignored, no crash
+        assert scheduler.status("kept")["total"] == 3
+
     # -- durability ---------------------------------------------------------------------------------
     def test_reopen_keeps_jobs_results_and_leases(self, scheduler: Scheduler, reopen: Any) -> None:
         if reopen is None:

@@ -48,7 +48,7 @@ block until something new arrives; ``heartbeat`` returns the lease ids that are 
 (expired and handed to someone else, or their job was cancelled); ``workers()`` lists live
 workers; ``check_schedulable(job_id)``; ``result`` events carry the result bytes; ``lease``
 takes ``jobs=`` (only these job ids) and ``pid=``; ``leave``, ``wait_for_work`` and
-``job_summaries`` have default implementations; ``cancel`` takes a ``reason``.
+``job_summaries`` have default implementations; ``delete_job``; ``cancel`` takes a ``reason``.
 """
 
 from __future__ import annotations
@@ -250,6 +250,10 @@ class Scheduler(ABC):
         """If live workers exist but none can run the job, mark it ``unschedulable`` (event +
         status) and return the reason; ``None`` when some worker can (or none are attached yet
         and ``grace`` seconds since submission have not passed)."""
+
+    def delete_job(self, job_id: str) -> None:
+        """Forget a job and everything stored for it (a running job is cancelled first)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
 
     def leave(self, worker_id: str) -> None:
         """The worker stops (after returning its unfinished slices): forget it."""

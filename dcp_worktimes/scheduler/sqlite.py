@@ -231,6 +231,11 @@ class SqliteScheduler(Scheduler):
         )
         self._db.execute("UPDATE jobs SET seq = ? WHERE id = ?", (seq + len(events), job_id))
 
+    def _status_or_none(self, job_id: str) -> str | None:
+        """The job's status, or ``None`` for a job that was deleted (late worker traffic is ignored)."""
+        row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
     def _job_row(self, job_id: str) -> tuple:
         row = self._db.execute(
             "SELECT status, total, described, next_slice, pending, distributed, computed, failed FROM jobs WHERE id = ?",
@@ -391,6 +396,16 @@ class SqliteScheduler(Scheduler):
             self._db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
             self._append_events(job_id, [{"type": "readyStateChange", "state": "cancelled"}, {"type": "cancel", "reason": reason}])
         self._notify()
+
+    def delete_job(self, job_id: str) -> None:
+        self.cancel(job_id, "deleted")
+        with self._lock, self._tx():
+            for table, column in (("events", "job_id"), ("results", "job_id"), ("slices", "job_id"),
+                                  ("leases", "job_id"), ("jobs", "id")):
+                self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+        self._jobs.pop(job_id, None)
+        self._inputs.pop(job_id, None)
+        self._fast.pop(job_id, None)
 
     def list_jobs(self) -> list[JobRecord]:
         with self._lock:
@@ -679,9 +694,9 @@ class SqliteScheduler(Scheduler):
             by_job.setdefault(lease.job_id, []).append((lease, report))
         with self._lock, self._tx():
             for job_id, group in by_job.items():
-                status, *_ = self._job_row(job_id)
-                if status == CANCELLED:
-                    continue  # late results of a cancelled job are dropped
+                status = self._status_or_none(job_id)
+                if status is None or status == CANCELLED:
+                    continue  # late results of a cancelled or deleted job are dropped
                 group = self._live(group)
                 if not group:
                     continue
@@ -717,8 +732,8 @@ class SqliteScheduler(Scheduler):
             for lease in leases:
                 by_job.setdefault(lease.job_id, []).append(lease)
             for job_id, group in by_job.items():
-                status, *_ = self._job_row(job_id)
-                if status in FINAL_STATES:
+                status = self._status_or_none(job_id)
+                if status is None or status in FINAL_STATES:
                     continue
                 live = self._live([(lease, None) for lease in group])  # type: ignore[misc]
                 numbers = [lease.slice_number for lease, _ in live]
@@ -735,8 +750,8 @@ class SqliteScheduler(Scheduler):
         if not events:
             return
         with self._lock, self._tx():
-            status, *_ = self._job_row(job_id)
-            if status == CANCELLED:
+            status = self._status_or_none(job_id)
+            if status is None or status == CANCELLED:
                 return
             self._append_events(job_id, events)
         self._notify()

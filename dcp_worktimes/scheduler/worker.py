@@ -36,7 +36,7 @@ from ..errors import ErrorCode, WorktimeNotFound
 from ..limits import Limits
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec
-from .base import FINAL_STATES, Lease, Scheduler, SliceReport, merge_capabilities
+from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob, merge_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,13 @@ class Worker:
             for lease in leases:
                 self._inflight[(lease.job_id, lease.slice_number)] = lease
         for job_id, group in by_job.items():
-            spec = self._spec(job_id)
+            try:
+                spec = self._spec(job_id)
+            except UnknownJob:  # deleted between lease and now
+                with self._cond:
+                    for lease in group:
+                        self._inflight.pop((lease.job_id, lease.slice_number), None)
+                continue
             self._dropped.discard(job_id)
             self._pool.submit(
                 spec, [(lease.slice_number, lease.datum) for lease in group], self._on_outcome,
