@@ -223,6 +223,7 @@ class WasiWorktime(Worktime):
 
         if self.job is None:
             raise RuntimeError("prepare(job) must run before execute()")
+        _register_settle()
         limits = ctx.limits
         stdin = self.content_type.encode(datum)
         state = _Slice(ctx, limits.output)
@@ -308,6 +309,29 @@ class WasiWorktime(Worktime):
             fd, self._stdin_path = tempfile.mkstemp(prefix="dcp-wasi-stdin-", dir=shm or self._slice_root)
             os.close(fd)
         return self._slice_root
+
+
+_settle_registered = False
+
+
+def _settle_at_exit() -> None:
+    """Give wasmtime's runtime threads a moment to drop our output callbacks before Python
+    finalises: they call back into Python from foreign (tokio) threads, and one doing so during
+    finalisation aborts with "panic in a function that cannot unwind" (seen in ~1 of 3 processes
+    that exit right after a slice). Evaluators leave with os._exit and never get here."""
+    import gc
+
+    gc.collect()
+    time.sleep(0.05)
+
+
+def _register_settle() -> None:
+    global _settle_registered
+    if not _settle_registered:
+        import atexit
+
+        atexit.register(_settle_at_exit)
+        _settle_registered = True
 
 
 def _linear_memory_quota(memory: int | None) -> int | None:
