@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -128,15 +127,13 @@ def test_worker_runs_until_idle_and_stops_evaluators(store):
     assert w.id not in {info.id for info in s.workers()}  # it said goodbye
 
 
-WORKER = textwrap.dedent("""
-    import sys
-    from dcp_worktimes.scheduler.worker import run_worker
-    run_worker(sys.argv[1], ["echo"], cores=1, lease_seconds=float(sys.argv[2]))
-""")
+# The real command line (`dcp-worker --worktime echo --cores 1 --scheduler URL`).
+DCP_WORKER = "import sys; from dcp_worktimes.cli import main; sys.argv[0] = 'dcp-worker'; main()"
 
 
-def start_worker(url, lease_seconds=3.0):
-    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(lease_seconds)], start_new_session=True)
+def start_worker(url):
+    return subprocess.Popen([sys.executable, "-c", DCP_WORKER, "--worktime", "echo", "--cores", "1", "--scheduler", url],
+                            start_new_session=True, stderr=subprocess.DEVNULL)
 
 
 def test_sigkill_one_of_two_worker_processes(store):
@@ -175,11 +172,13 @@ def test_sigkill_one_of_two_worker_processes(store):
 
 
 def test_worker_sigterm_hands_slices_back(store):
+    import sqlite3
+
     url, s = store
     job = make_job("t", 40)
     job.spec.work = json.dumps({"sleep": 0.2})
     s.submit(job)
-    p = start_worker(url, lease_seconds=600)  # only a clean hand-back can free its slices quickly
+    p = start_worker(url)
     try:
         deadline = time.monotonic() + 60
         while s.status("t")["computed"] < 2 and time.monotonic() < deadline:
@@ -189,6 +188,11 @@ def test_worker_sigterm_hands_slices_back(store):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+    db = sqlite3.connect(url[len("sqlite:///"):])
+    assert db.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0  # nothing left held
+    computed = s.status("t")["computed"]
+    assert 2 <= computed < 40
+    assert db.execute("SELECT pending FROM jobs WHERE id = 't'").fetchone()[0] >= 1
     w = Worker(s, ["echo"], cores=2, worker_id="second")
     w.run(until_idle=True)
     assert s.status("t")["status"] == "complete"
