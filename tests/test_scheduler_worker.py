@@ -13,11 +13,11 @@ import time
 import pytest
 
 from dcp_worktimes.errors import DcpError, WorktimeNotFound
-from dcp_worktimes.scheduler import JobRecord, open_scheduler
+from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.scheduler.local import run_local
 from dcp_worktimes.scheduler.worker import Worker
 from dcp_worktimes.testing_scheduler import make_job
-from dcp_worktimes.values import pack, unpack
+from dcp_worktimes.values import unpack
 
 pytest.importorskip("dcp_worktime_echo")
 
