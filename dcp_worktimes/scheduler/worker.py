@@ -104,6 +104,8 @@ class Worker:
         self.max_per_core = max_per_core
         self._wall_sum = 0.0
         self._wall_n = 0
+        self._next_lease = 0.0
+        self._lease_backoff = 0.0
         self.flush_interval = flush_interval
         self.flush_size = flush_size
         self.poll_interval = poll_interval
@@ -183,7 +185,7 @@ class Worker:
                     self._flush()
                     # One more look: the flush may have completed the last slice of a stream
                     # whose producer is still adding input.
-                    if not self._top_up():
+                    if not self._top_up(force=True):
                         break
                 if leased or busy:
                     idle_wait = self.poll_interval
@@ -207,17 +209,24 @@ class Worker:
         else:
             stop.wait(timeout)
 
-    def _top_up(self) -> int:
+    def _top_up(self, force: bool = False) -> int:
         target = self._target()
         with self._cond:
             room = target - len(self._inflight)
+            busy = bool(self._inflight)
         # Lease in big bites only: a lease is a write transaction, so never one per slice.
         if room < max(target // 4, 1):
             return 0
+        now = time.monotonic()
+        if busy and not force and now < self._next_lease:
+            return 0  # the store had nothing for us a moment ago: don't ask every 50 ms
         kwargs = {"jobs": self.jobs} if self.jobs is not None else {}
         leases = self.scheduler.lease(self.id, self.worktimes, self.capabilities, room, self.lease_seconds, **kwargs)
         if not leases:
+            self._lease_backoff = min(max(self._lease_backoff * 2, self.poll_interval), self.idle_poll_interval)
+            self._next_lease = now + self._lease_backoff
             return 0
+        self._lease_backoff = 0.0
         by_job: dict[str, list[Lease]] = {}
         for lease in leases:
             by_job.setdefault(lease.job_id, []).append(lease)
