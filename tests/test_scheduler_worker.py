@@ -197,3 +197,42 @@ def test_worker_sigterm_hands_slices_back(store):
     w.run(until_idle=True)
     assert s.status("t")["status"] == "complete"
     assert sorted(s.results("t")) == list(range(40))
+
+
+RUN_WORKER = ("import sys; from dcp_worktimes.scheduler.worker import run_worker; "
+              "run_worker(sys.argv[1], ['echo'], cores=1, lease_seconds=float(sys.argv[2]))")
+
+
+def test_frozen_worker_loses_its_lease_and_its_late_results_are_ignored(store):
+    """SIGSTOP a worker (alive, silent): its slices go to the other worker after lease expiry;
+    after SIGCONT its late reports change nothing."""
+    import sqlite3
+
+    url, s = store
+    n = 60
+    job = make_job("f", n)
+    job.spec.work = json.dumps({"sleep": 0.05})
+    s.submit(job)
+    procs = [subprocess.Popen([sys.executable, "-c", RUN_WORKER, url, "1.5"], start_new_session=True)
+             for _ in range(2)]
+    frozen = procs[0]
+    try:
+        deadline = time.monotonic() + 120
+        while s.status("f")["computed"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(frozen.pid, signal.SIGSTOP)
+        follow(s, "f", timeout=180)
+        os.killpg(frozen.pid, signal.SIGCONT)
+        time.sleep(3)  # it wakes up, reports what it finished, learns its leases are gone
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGCONT)
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(60)
+    results = s.results("f")
+    assert sorted(results) == list(range(n)) and all(unpack(r.value) == i for i, r in results.items())
+    assert s.status("f") == {"total": n, "distributed": n, "computed": n, "failed": 0, "status": "complete"}
+    db = sqlite3.connect(url[len("sqlite:///"):])
+    assert db.execute("SELECT COUNT(*) FROM results WHERE job_id = 'f' AND attempt > 1").fetchone()[0] >= 1
+    assert sum(1 for _, e in s.events("f") if e["type"] == "result") == n
