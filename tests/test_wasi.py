@@ -354,3 +354,41 @@ def test_registered_as_builtin_without_importing_wasmtime():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["wasi", "1.0.0", "False"], out.stdout + out.stderr
+
+
+def test_directories_of_dead_processes_are_swept(tmp_path):
+    # A process that dies without release() (an evaluator killed by the supervisor) leaves its
+    # slice directory and stdin file behind; the next process to prepare a job removes them.
+    script = (
+        "import os\n"
+        "from dcp_worktimes.wasi_worktime import WasiWorktime\n"
+        "from dcp_worktimes.worktime import JobSpec, SliceContext\n"
+        f"wt = WasiWorktime(); job = JobSpec(id='j', worktime='wasi', work={ECHO_WAT!r}, files={{'a': b'x'}})\n"
+        "wt.prepare(job); wt.execute(SliceContext(0, job.limits, job), [1])\n"
+        "print(wt._slice_root, wt._stdin_path, wt._files_dir, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    left = out.stdout.split()
+    assert len(left) == 3 and all(os.path.exists(p) for p in left), out.stdout + out.stderr
+    assert os.path.getsize(left[1]) == 0  # the datum does not linger in memory after the slice
+    import dcp_worktimes.wasi_worktime.worktime as module
+
+    module._swept = False
+    prepared(ECHO_WAT).release()
+    assert not any(os.path.exists(p) for p in left)
+
+
+def test_release_at_exit_and_on_garbage_collection():
+    script = (
+        "from dcp_worktimes.wasi_worktime import WasiWorktime\n"
+        "from dcp_worktimes.worktime import JobSpec, SliceContext\n"
+        f"job = JobSpec(id='j', worktime='wasi', work={ECHO_WAT!r})\n"
+        "kept = WasiWorktime(); kept.prepare(job); kept.execute(SliceContext(0, job.limits, job), 1)\n"
+        "gone = WasiWorktime(); gone.prepare(job); gone.execute(SliceContext(0, job.limits, job), 1)\n"
+        "print(kept._slice_root, gone._slice_root, flush=True)\n"
+        "del gone\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    left = out.stdout.split()
+    assert len(left) == 2 and not any(os.path.exists(p) for p in left), out.stdout + out.stderr

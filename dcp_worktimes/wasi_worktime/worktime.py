@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -111,6 +113,9 @@ class WasiWorktime(Worktime):
         import wasmtime
 
         self.release()
+        _sweep_dead_processes_dirs()
+        _register_settle()
+        _live.add(self)
         self.job = job
         options = job.options or {}
         self.content_type = abi.content_type(options.get("content_type"))
@@ -203,7 +208,14 @@ class WasiWorktime(Worktime):
         linker.define_func("dcp", "console", wasmtime.FuncType([i32, i32, i32], []), console, access_caller=True)
         linker.define_func("dcp", "emit", wasmtime.FuncType([i32] * 4, []), emit, access_caller=True)
 
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
+
     def release(self) -> None:
+        _live.discard(self)
         if self._files_dir:
             shutil.rmtree(self._files_dir, ignore_errors=True)
             self._files_dir = None
@@ -293,6 +305,10 @@ class WasiWorktime(Worktime):
             return self.content_type.decode(bytes(state.stdout))
         finally:
             _empty_scratch(scratch)
+            try:
+                os.truncate(self._stdin_path, 0)
+            except (OSError, TypeError):
+                pass
 
     def _slice_dir(self) -> str:
         """This instance's private slice directory: ``stdin`` (outside the guest's view) and
@@ -301,14 +317,64 @@ class WasiWorktime(Worktime):
         indistinguishable from a fresh one (WASI preview 1 cannot change modes or owners), so
         each slice empties it instead (see ``_empty_scratch``)."""
         if self._slice_root is None or not os.path.isdir(os.path.join(self._slice_root, "scratch")):
-            self._slice_root = tempfile.mkdtemp(prefix="dcp-wasi-slice-")
+            self._slice_root = tempfile.mkdtemp(prefix=_prefix("slice"))
             os.mkdir(os.path.join(self._slice_root, "scratch"), 0o700)
             # Rewriting a file on ext4 costs ~0.2 ms (a quarter of a trivial slice); on tmpfs ~10 µs.
-            # The datum is in memory anyway, so keep its stdin copy in memory too when we can.
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-            fd, self._stdin_path = tempfile.mkstemp(prefix="dcp-wasi-stdin-", dir=shm or self._slice_root)
+            # The datum is in memory anyway, so keep its stdin copy in memory too when we can
+            # (truncated after every slice, so an idle evaluator holds no datum in /dev/shm).
+            fd, self._stdin_path = tempfile.mkstemp(prefix=_prefix("stdin"), dir=_shm() or self._slice_root)
             os.close(fd)
         return self._slice_root
+
+
+# -- host-side directories: named by owner pid, swept when the owner is gone -----------------
+# An evaluator killed by the supervisor (wall time, RSS) never runs release(); the next
+# evaluator to prepare a job removes what dead processes left behind.
+_OWNED = re.compile(r"^dcp-wasi-(?:slice|stdin|files)-(\d+)-")
+_swept = False
+_live: "weakref.WeakSet[WasiWorktime]" = weakref.WeakSet()
+
+
+def _prefix(kind: str) -> str:
+    return f"dcp-wasi-{kind}-{os.getpid()}-"
+
+
+def _shm() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_dead_processes_dirs() -> None:
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for base in {tempfile.gettempdir(), _shm()} - {None}:
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            m = _OWNED.match(name)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            path = os.path.join(base, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
 
 _settle_registered = False
@@ -321,6 +387,8 @@ def _settle_at_exit() -> None:
     that exit right after a slice). Evaluators leave with os._exit and never get here."""
     import gc
 
+    for worktime in list(_live):
+        worktime.release()
     gc.collect()
     time.sleep(0.05)
 
@@ -424,7 +492,7 @@ def _with_stderr(err: SliceError, state: _Slice) -> SliceError:
 
 def _write_files(files: dict[str, bytes | str]) -> str:
     """The job's files in a fresh directory (mounted read-only at /job for every slice)."""
-    root = tempfile.mkdtemp(prefix="dcp-wasi-files-")
+    root = tempfile.mkdtemp(prefix=_prefix("files"))
     try:
         for name, content in files.items():
             rel = PurePosixPath(name)
