@@ -144,6 +144,7 @@ def test_console_progress_and_emit_events(wt):
            "    print('oops', file=sys.stderr)\n"
            "    logging.warning('careful')\n"
            "    console.info('from console')\n"
+           "    sys.stdout.buffer.write(b'raw bytes\\n')\n"
            "    import time\n"
            "    time.sleep(0.15)  # the host sends the first progress event after 0.1 s\n"
            "    progress(0.5)\n"
@@ -155,6 +156,7 @@ def test_console_progress_and_emit_events(wt):
     assert ("console", {"level": "error", "message": "oops"}) in events
     assert ("console", {"level": "warn", "message": "careful"}) in events
     assert ("console", {"level": "info", "message": "from console"}) in events
+    assert ("console", {"level": "log", "message": "raw bytes"}) in events
     assert ("progress", 0.5) in events
     assert ("emit", {"name": "partial", "value": {"n": 7, "b": b"\x00"}}) in events
 

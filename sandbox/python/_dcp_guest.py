@@ -76,6 +76,21 @@ class _ConsoleStream:
             line, self._buf = self._buf, ""
             _call("console", self.level, line)
 
+    @property
+    def buffer(self):
+        """``sys.stdout.buffer.write(b"...")``: bytes are decoded as UTF-8 (replacing errors)."""
+        stream = self
+
+        class _Bytes:
+            def write(self, data):
+                stream.write(bytes(data).decode("utf-8", "replace"))
+                return len(data)
+
+            def flush(self):
+                stream.flush()
+
+        return _Bytes()
+
     def isatty(self):
         return False
 
