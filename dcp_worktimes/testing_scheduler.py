@@ -133,6 +133,22 @@ class SchedulerConformance:
         assert sorted(e["sliceNumber"] for e in events) == [0, 1, 2]
         assert scheduler.status("j1")["computed"] == 3
 
+    def test_repeated_reports_do_not_use_up_a_lease(self, scheduler: Scheduler) -> None:
+        # A confused worker reporting one slice many times must not make the scheduler think the
+        # batch is finished (the other slices would then be lost).
+        scheduler.submit(make_job("j1", 4))
+        l0, l1, l2, l3 = scheduler.lease("w1", ECHO, {}, 4, 30)
+        scheduler.complete([ok(l0), ok(l0)])
+        scheduler.complete([ok(l0)])
+        scheduler.fail([err(l1, "ECRASH")])
+        scheduler.fail([err(l1, "ECRASH")])  # already back in the queue: ignored
+        scheduler.complete([ok(l2), ok(l3)])
+        (again,) = drain(scheduler, "w2")
+        assert again.slice_number == 1 and again.attempt == 2
+        scheduler.complete([ok(again)])
+        st = scheduler.status("j1")
+        assert st["status"] == "complete" and st["computed"] == 4 and st["failed"] == 0
+
     def test_expired_lease_is_handed_out_again_and_late_result_ignored(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 4))
         old = scheduler.lease("w1", ECHO, {}, 4, lease_seconds=0.2)

@@ -644,26 +644,49 @@ class SqliteScheduler(Scheduler):
             self._db.executemany("DELETE FROM slices WHERE job_id = ? AND n = ?", keys)
         return recorded
 
-    def _live(self, group: list[tuple[Lease, SliceReport]]) -> list[tuple[Lease, SliceReport]]:
-        """Inside a transaction: the reports whose lease still exists (others are late: ignored)."""
-        live: dict[str, bool] = {}
-        out = []
-        for lease, report in group:
-            ok = live.get(lease.lease_id)
-            if ok is None:
-                row = self._db.execute("SELECT 1 FROM leases WHERE id = ?", (lease.lease_id,)).fetchone()
-                ok = live[lease.lease_id] = row is not None
-            if ok:
-                out.append((lease, report))
-        # A report for a slice the worker returned (or that was re-queued) is ignored too.
-        return out
+    def _valid(self, job_id: str, group: list[tuple[Lease, Any]]) -> tuple[list[tuple[Lease, Any]], set[int]]:
+        """Inside a transaction: the reports that still count, and which of them have a slice row.
 
-    def _rows_possible(self, job_id: str, group: list[tuple[Lease, Any]]) -> bool:
-        """Whether any of these slices may have a slice row (fresh range slices usually have none)."""
-        lo = min(lease.slice_number for lease, _ in group)
-        hi = max(lease.slice_number for lease, _ in group)
-        return self._db.execute(
-            "SELECT 1 FROM slices WHERE job_id = ? AND n >= ? AND n <= ? LIMIT 1", (job_id, lo, hi)).fetchone() is not None
+        A report counts when its lease still exists, its slice has no result yet, it is the first
+        report for that slice in this batch, and the slice is still that lease's: either a slice
+        row leased to it, or (no row) a fresh slice inside the lease's range. So late reports
+        from an expired lease, reports of returned or re-queued slices and duplicates are ignored,
+        and leases are counted down exactly once per slice.
+        """
+        spans: dict[str, tuple[int, int] | None] = {}
+        for lease_id in {lease.lease_id for lease, _ in group}:
+            row = self._db.execute("SELECT first, stop FROM leases WHERE id = ?", (lease_id,)).fetchone()
+            if row is not None:
+                spans[lease_id] = (row[0], row[1]) if row[0] is not None else None
+        if not spans:
+            return [], set()
+        numbers = [lease.slice_number for lease, _ in group if lease.lease_id in spans]
+        done: set[int] = set()
+        rows: dict[int, tuple[int, str | None]] = {}
+        for i in range(0, len(numbers), 500):
+            chunk = numbers[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            done.update(n for (n,) in self._db.execute(
+                f"SELECT n FROM results WHERE job_id = ? AND n IN ({marks})", (job_id, *chunk)))
+            rows.update((n, (state, lid)) for n, state, lid in self._db.execute(
+                f"SELECT n, state, lease_id FROM slices WHERE job_id = ? AND n IN ({marks})", (job_id, *chunk)))
+        out = []
+        seen: set[int] = set()
+        for lease, report in group:
+            n = lease.slice_number
+            if lease.lease_id not in spans or n in done or n in seen:
+                continue
+            row = rows.get(n)
+            if row is not None:
+                if row != (LEASED, lease.lease_id):
+                    continue
+            else:
+                span = spans[lease.lease_id]
+                if span is None or not span[0] <= n < span[1]:
+                    continue
+            seen.add(n)
+            out.append((lease, report))
+        return out, {n for n in seen if n in rows}
 
     def _settle(self, group: list[tuple[Lease, Any]]) -> None:
         """Inside a transaction: count slices off their leases; drop leases with nothing left."""
@@ -697,12 +720,12 @@ class SqliteScheduler(Scheduler):
                 status = self._status_or_none(job_id)
                 if status is None or status == CANCELLED:
                     continue  # late results of a cancelled or deleted job are dropped
-                group = self._live(group)
+                group, with_rows = self._valid(job_id, group)
                 if not group:
                     continue
                 if ok:
                     self._record_final(job_id, [(r, lease.attempt) for lease, r in group], ok=True,
-                                       rows_possible=self._rows_possible(job_id, group))
+                                       rows_possible=bool(with_rows))
                 else:
                     rec = self._record(job_id)
                     again = [(lease, r) for lease, r in group if is_retryable(r.error) and lease.attempt < rec.max_attempts]
@@ -735,15 +758,10 @@ class SqliteScheduler(Scheduler):
                 status = self._status_or_none(job_id)
                 if status is None or status in FINAL_STATES:
                     continue
-                live = self._live([(lease, None) for lease in group])  # type: ignore[misc]
-                numbers = [lease.slice_number for lease, _ in live]
-                done = {n for (n,) in self._db.execute(
-                    "SELECT n FROM results WHERE job_id = ? AND n >= ? AND n <= ?", (job_id, min(numbers), max(numbers)))
-                        } if numbers else set()
-                back = [(lease.slice_number, lease.attempt - 1) for lease, _ in live if lease.slice_number not in done]
-                if back:
-                    self._requeue(job_id, back)
-                self._settle(live)
+                live, _rows = self._valid(job_id, [(lease, None) for lease in group])
+                if live:
+                    self._requeue(job_id, [(lease.slice_number, lease.attempt - 1) for lease, _ in live])
+                    self._settle(live)
         self._notify()
 
     def post_events(self, job_id: str, events: list[dict]) -> None:
