@@ -78,3 +78,9 @@ def test_squares_through_a_pool_with_events(warm):  # noqa: F811
                       key=lambda o: o.number)
     assert [o.value for o in outs] == [0, 1, 4, 9, 16]
     assert ("console", 3) in {(kind, n) for kind, n, _ in events}
+
+
+def test_acceptance_compute_for_with_a_lambda(warm):  # noqa: F811
+    from dcp_worktimes import compute
+
+    assert list(compute.for_(range(5), lambda x: x * x, worktime="python").exec()) == [0, 1, 4, 9, 16]
