@@ -140,7 +140,9 @@ def safe_wasm_stack(requested: int) -> int:
     # New threads get threading.stack_size() if set, else glibc's default (RLIMIT_STACK, or
     # 2 MiB when that is unlimited): the same number as `main` in the second case.
     threads = threading.stack_size() or main
-    return max(64 * KiB, min(requested, min(main, threads) // 2))
+    # wasmtime itself aborts the process for a max_wasm_stack above 2 MiB (seen with 4 MiB on an
+    # 8 MiB main stack), whatever the host thread's stack: cap there too.
+    return max(64 * KiB, min(requested, min(main, threads) // 2, 2 * MiB))
 
 
 def get_engine(options: EngineOptions = EngineOptions()) -> "wasmtime.Engine":
