@@ -117,7 +117,7 @@ class SchedulerConformance:
         results = scheduler.results("j1")
         assert sorted(results) == list(range(25))
         r = results[7]
-        assert r.ok and unpack(r.value) == 7 and r.wall_time == 0.25 and r.cpu_time == 0.125
+        assert r.ok and unpack(r.value) == 7 and r.wall_time == 0.25 and r.cpu_time == 0.125 and r.attempt == 1
         assert r.bytes_in == len(pack(7)) and r.bytes_out == len(pack(7))
         st = scheduler.status("j1")
         assert st["status"] == "complete" and st["computed"] == 25 and st["distributed"] == 25
@@ -293,8 +293,9 @@ class SchedulerConformance:
         assert {lease.slice_number: unpack(lease.datum) for lease in leases} == {0: "a", 1: b"\x00\x01", 2: {"k": [1, 2]}}
         scheduler.complete([ok(lease) for lease in leases])
         assert scheduler.status("s")["status"] == "running"  # input still open
-        scheduler.add_slices("s", [(3, pack(3.5))])
+        scheduler.add_slices("s", [(0, pack("done already")), (3, pack(3.5))])  # slice 0 is not run again
         more = drain(scheduler)
+        assert [lease.slice_number for lease in more] == [3]
         scheduler.complete([ok(lease) for lease in more])
         scheduler.close_input("s", 4)
         st = scheduler.status("s")

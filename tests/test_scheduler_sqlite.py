@@ -42,7 +42,11 @@ def test_wal_mode_and_results_as_msgpack_bytes(tmp_path):
     s.complete([ok(lease) for lease in leases])
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT value FROM results WHERE n = 1").fetchone()[0] == b"\x01"
+    (data,) = db.execute("SELECT data FROM results").fetchone()  # one row for the reported batch
+    from dcp_worktimes.values import unpack
+
+    ns, oks, values = unpack(data)[:3]
+    assert ns == [0, 1] and oks == [True, True] and values == [b"\x00", b"\x01"]  # the worker's bytes as sent
     s.close()
 
 

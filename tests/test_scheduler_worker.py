@@ -164,10 +164,7 @@ def test_sigkill_one_of_two_worker_processes(store):
     assert st == {"total": n, "distributed": n, "computed": n, "failed": 0, "status": "complete"}
     events = s.events("k")
     assert sorted(e["sliceNumber"] for _, e in events if e["type"] == "result") == list(range(n))
-    import sqlite3
-
-    db = sqlite3.connect(url[len("sqlite:///"):])
-    retried = db.execute("SELECT COUNT(*) FROM results WHERE job_id = 'k' AND attempt > 1").fetchone()[0]
+    retried = sum(1 for r in results.values() if r.attempt > 1)
     assert retried >= 1  # the killed worker's slices were run again by the survivor
 
 
@@ -206,8 +203,6 @@ RUN_WORKER = ("import sys; from dcp_worktimes.scheduler.worker import run_worker
 def test_frozen_worker_loses_its_lease_and_its_late_results_are_ignored(store):
     """SIGSTOP a worker (alive, silent): its slices go to the other worker after lease expiry;
     after SIGCONT its late reports change nothing."""
-    import sqlite3
-
     url, s = store
     n = 60
     job = make_job("f", n)
@@ -233,6 +228,5 @@ def test_frozen_worker_loses_its_lease_and_its_late_results_are_ignored(store):
     results = s.results("f")
     assert sorted(results) == list(range(n)) and all(unpack(r.value) == i for i, r in results.items())
     assert s.status("f") == {"total": n, "distributed": n, "computed": n, "failed": 0, "status": "complete"}
-    db = sqlite3.connect(url[len("sqlite:///"):])
-    assert db.execute("SELECT COUNT(*) FROM results WHERE job_id = 'f' AND attempt > 1").fetchone()[0] >= 1
+    assert sum(1 for r in results.values() if r.attempt > 1) >= 1
     assert sum(1 for _, e in s.events("f") if e["type"] == "result") == n

@@ -6,18 +6,21 @@ Storage, and why it is shaped so:
   (``next_slice``, ``pending``, ``distributed``, ``computed``, ``failed``, ``seq``) so leasing and
   status never scan slices.
 * ``leases``: one row per batch handed to a worker (not per slice): its expiry, and either a
-  contiguous run ``[first, stop)`` of fresh slices of a range/distribution (which never get a
-  slice row: ``next_slice`` walks the description) or, for ``first IS NULL``, the slice rows that
-  point at it. Heartbeats extend one row per batch. An expired lease is deleted and its
-  unfinished slices become pending rows; a report is accepted only while its lease row exists, so
-  late reports from an old lease are ignored, and ``results``' primary key makes every result
-  recorded exactly once.
-* ``slices``: only slices that are *pending* (stream datums, retries) or leased from pending
-  (datum NULL for described inputs: recomputed from the description).
-* ``results``: final reports as they arrive (value kept as the worker's msgpack bytes).
-* ``events``: the job's event log; ``result`` and ``error`` events are not stored twice but read
-  from ``results`` in the same per-job sequence (``seq``), so a 100 000-slice job costs 100 000
-  rows, not 200 000.
+  contiguous run ``[first, stop)`` of fresh slices of a range/distribution with a bitmap of the
+  ones already settled (those slices never get a slice row: ``next_slice`` walks the
+  description), or, for ``first IS NULL``, the slice rows that point at it. Heartbeats extend one
+  row per batch. An expired lease is deleted and its unsettled slices become pending rows.
+* ``slices``: slices that are pending (stream datums, retries), leased from pending, or done
+  (state 2, kept so a stream slice added twice is not run twice). Datum NULL for described
+  inputs: recomputed from the description.
+* ``results``: one row per reported *batch*: the msgpack of its columns (slice numbers, ok flags,
+  result bytes as the worker sent them, errors, wall/CPU time, bytes in/out, attempts), under the
+  per-job sequence numbers ``seq .. last``. A report is recorded only if its slice is still its
+  lease's (lease row exists, and the bit is unset or the slice row points at it); the bit or row
+  is settled in the same transaction, so every result is recorded exactly once and late reports
+  from an old lease are ignored.
+* ``events``: the job's event log; ``result`` and ``error`` events are not stored twice but
+  expanded from ``results`` in the same per-job sequence.
 * ``workers``: live workers (host, pid, worktimes, capabilities). A worker on this host whose
   process is gone loses its leases at once instead of after lease expiry.
 
@@ -57,8 +60,8 @@ from .base import (
     worker_can_run,
 )
 
-SCHEMA_VERSION = 2
-PENDING, LEASED = 0, 1
+SCHEMA_VERSION = 3
+PENDING, LEASED, DONE = 0, 1, 2
 HOST = socket.gethostname()
 
 _SCHEMA = """
@@ -97,6 +100,7 @@ CREATE TABLE IF NOT EXISTS leases (
     expires REAL NOT NULL,
     first INTEGER,
     stop INTEGER,
+    bits BLOB,
     count INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0
 );
@@ -104,16 +108,11 @@ CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires);
 CREATE INDEX IF NOT EXISTS leases_worker ON leases(worker_id);
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
+    last INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    ok INTEGER NOT NULL,
-    value BLOB,
-    error BLOB,
-    wall REAL, cpu REAL, bytes_in INTEGER, bytes_out INTEGER,
-    attempt INTEGER,
-    PRIMARY KEY (job_id, n)
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, last)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS results_seq ON results(job_id, seq);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -308,10 +307,10 @@ class SqliteScheduler(Scheduler):
                 raise SchedulerError(f"job {job_id}: input already closed with {total} slices; cannot add more")
             if status in FINAL_STATES:
                 return
+            # Done stream slices keep their row (state 2), so adding one again is ignored too.
             cur = self._db.executemany(
-                "INSERT OR IGNORE INTO slices (job_id, n, state, datum) SELECT ?, ?, 0, ? "
-                "WHERE NOT EXISTS (SELECT 1 FROM results WHERE job_id = ? AND n = ?)",
-                [(job_id, int(n), bytes(d), job_id, int(n)) for n, d in items],
+                "INSERT OR IGNORE INTO slices (job_id, n, state, datum) VALUES (?, ?, 0, ?)",
+                [(job_id, int(n), bytes(d)) for n, d in items],
             )
             self._db.execute("UPDATE jobs SET pending = pending + ? WHERE id = ?", (cur.rowcount, job_id))
         self._notify()
@@ -338,36 +337,35 @@ class SqliteScheduler(Scheduler):
 
     def _read_events(self, job_id: str, after: int, limit: int | None) -> list[tuple[int, dict]]:
         self._record(job_id)  # UnknownJob for a bad id
-        q = (
-            "SELECT seq, event, NULL, NULL, NULL, NULL FROM events WHERE job_id = ? AND seq > ? "
-            "UNION ALL SELECT seq, NULL, n, ok, value, error FROM results WHERE job_id = ? AND seq > ? "
-            "ORDER BY 1"
-        )
-        args: tuple = (job_id, after, job_id, after)
-        if limit is not None:
-            q += " LIMIT ?"
-            args += (int(limit),)
-        out: list[tuple[int, dict]] = []
-        for seq, event, n, ok, value, error in self._db.execute(q, args):
-            if event is not None:
-                out.append((seq, unpack(event)))
-            elif ok:
-                out.append((seq, {"type": "result", "sliceNumber": n, "value": value}))
-            else:
-                err = unpack(error) if error else {}
-                out.append((seq, {"type": "error", "sliceNumber": n, **err}))
-        return out
+        out: list[tuple[int, dict]] = [
+            (seq, unpack(event)) for seq, event in self._db.execute(
+                "SELECT seq, event FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after))
+        ]
+        batches = self._db.execute(
+            "SELECT seq, data FROM results WHERE job_id = ? AND last > ? ORDER BY last", (job_id, after)).fetchall()
+        if batches:
+            for first, data in batches:
+                ns, oks, values, errors = unpack(data)[:4]
+                for i, n in enumerate(ns):
+                    seq = first + i
+                    if seq <= after:
+                        continue
+                    if oks[i]:
+                        out.append((seq, {"type": "result", "sliceNumber": n, "value": values[i]}))
+                    else:
+                        out.append((seq, {"type": "error", "sliceNumber": n, **(errors[i] or {})}))
+            out.sort(key=_first)  # runs that are each already in order: cheap
+        return out if limit is None else out[: int(limit)]
 
     def results(self, job_id: str) -> dict[int, SliceReport]:
         with self._lock:
             self._record(job_id)
-            rows = self._db.execute(
-                "SELECT n, ok, value, error, wall, cpu, bytes_in, bytes_out FROM results WHERE job_id = ?", (job_id,)
-            ).fetchall()
-        return {
-            n: SliceReport(n, bool(ok), value, unpack(error) if error else None, wall or 0.0, cpu or 0.0, bin_ or 0, bout or 0)
-            for n, ok, value, error, wall, cpu, bin_, bout in rows
-        }
+            batches = self._db.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchall()
+        out: dict[int, SliceReport] = {}
+        for (data,) in batches:
+            for n, ok, value, error, wall, cpu, bin_, bout, attempt in zip(*unpack(data)):
+                out[n] = SliceReport(n, bool(ok), value, error, wall, cpu, bin_, bout, attempt)
+        return out
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -510,8 +508,8 @@ class SqliteScheduler(Scheduler):
             stop = min(total, next_slice + more)
             token = _token()
             self._db.execute(
-                "INSERT INTO leases (id, job_id, worker_id, expires, first, stop, count) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token, job_id, worker_id, expires, next_slice, stop, stop - next_slice),
+                "INSERT INTO leases (id, job_id, worker_id, expires, first, stop, bits, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (token, job_id, worker_id, expires, next_slice, stop, bytes((stop - next_slice + 7) // 8), stop - next_slice),
             )
             self._db.execute("UPDATE jobs SET next_slice = ? WHERE id = ?", (stop, job_id))
             out.extend(Lease(job_id, n, datum, token, 1, expires)
@@ -570,18 +568,14 @@ class SqliteScheduler(Scheduler):
                 self._db.execute("UPDATE leases SET expires = 0 WHERE worker_id = ?", (wid,))
                 self._db.execute("DELETE FROM workers WHERE id = ?", (wid,))
         expired = self._db.execute(
-            "SELECT id, job_id, first, stop FROM leases WHERE expires < ?", (now,)
+            "SELECT id, job_id, first, stop, bits FROM leases WHERE expires < ?", (now,)
         ).fetchall()
         touched = set()
-        for lease_id, job_id, first, stop in expired:
+        for lease_id, job_id, first, stop, bits in expired:
             self._db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
             rec = self._record(job_id)
             if first is not None:
-                done = {n for (n,) in self._db.execute(
-                    "SELECT n FROM results WHERE job_id = ? AND n >= ? AND n < ?", (job_id, first, stop))}
-                returned = {n for (n,) in self._db.execute(
-                    "SELECT n FROM slices WHERE job_id = ? AND n >= ? AND n < ?", (job_id, first, stop))}
-                lost = [(n, 1) for n in range(first, stop) if n not in done and n not in returned]
+                lost = [(first + i, 1) for i in range(stop - first) if not bits[i >> 3] >> (i & 7) & 1]
             else:
                 lost = self._db.execute(
                     "SELECT n, attempt FROM slices WHERE lease_id = ? AND state = 1", (lease_id,)).fetchall()
@@ -599,6 +593,8 @@ class SqliteScheduler(Scheduler):
                         "message": f"slice {n} was lost {a} times (its worker died or stopped reporting); "
                                    f"giving up after max_attempts={rec.max_attempts}"}), a) for n, a in final
                 ], ok=False)
+                self._db.executemany("UPDATE slices SET state = 2, datum = NULL, lease_id = NULL WHERE job_id = ? AND n = ?",
+                                     [(job_id, n) for n, _a in final])
         for job_id in touched:
             self._maybe_finish(job_id)
 
@@ -611,91 +607,87 @@ class SqliteScheduler(Scheduler):
         )
         self._db.execute("UPDATE jobs SET pending = pending + ? WHERE id = ?", (cur.rowcount, job_id))
 
-    def _record_final(self, job_id: str, items: list[tuple[SliceReport, int]], ok: bool, rows_possible: bool = True) -> int:
-        """Inside a transaction: insert final results (first one wins), drop their slice rows.
-
-        The caller has checked that each report's lease is live. Returns how many were recorded.
-        """
+    def _record_final(self, job_id: str, items: list[tuple[SliceReport, int]], ok: bool) -> int:
+        """Inside a transaction: store final reports as one batch row (the caller settled them)."""
+        if not items:
+            return 0
         seq = self._db.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-        rows = [
-            (job_id, r.slice_number, seq + i + 1, int(ok), r.value if ok else None,
-             None if ok else pack(r.error or {}), float(r.wall_time), float(r.cpu_time), int(r.bytes_in),
-             int(r.bytes_out), attempt)
-            for i, (r, attempt) in enumerate(items)
+        columns = [
+            [r.slice_number for r, _a in items],
+            [r.ok and ok for r, _a in items],
+            [r.value if ok else None for r, _a in items],
+            [None if ok else (r.error or {}) for r, _a in items],
+            [float(r.wall_time) for r, _a in items],
+            [float(r.cpu_time) for r, _a in items],
+            [int(r.bytes_in) for r, _a in items],
+            [int(r.bytes_out) for r, _a in items],
+            [int(a) for _r, a in items],
         ]
-        before = self._db.total_changes
-        self._db.executemany(
-            "INSERT OR IGNORE INTO results (job_id, n, seq, ok, value, error, wall, cpu, bytes_in, bytes_out, attempt) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        recorded = self._db.total_changes - before
-        if recorded:
-            column = "computed" if ok else "failed"
-            self._db.execute(f"UPDATE jobs SET {column} = {column} + ?, seq = ? WHERE id = ?", (recorded, seq + len(items), job_id))
-        if recorded and rows_possible:
-            keys = [(job_id, r.slice_number) for r, _a in items]
-            # A pending copy (returned, then reported anyway) must leave the pending count too.
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM slices WHERE job_id = ? AND n = ? AND state = 0", keys)
-            stale = self._db.total_changes - before
-            if stale:
-                self._db.execute("UPDATE jobs SET pending = pending - ? WHERE id = ?", (stale, job_id))
-            self._db.executemany("DELETE FROM slices WHERE job_id = ? AND n = ?", keys)
-        return recorded
+        last = seq + len(items)
+        self._db.execute("INSERT INTO results (job_id, last, seq, data) VALUES (?, ?, ?, ?)",
+                         (job_id, last, seq + 1, pack(columns)))
+        column = "computed" if ok else "failed"
+        self._db.execute(f"UPDATE jobs SET {column} = {column} + ?, seq = ? WHERE id = ?", (len(items), last, job_id))
+        return len(items)
 
-    def _valid(self, job_id: str, group: list[tuple[Lease, Any]]) -> tuple[list[tuple[Lease, Any]], set[int]]:
-        """Inside a transaction: the reports that still count, and which of them have a slice row.
+    def _valid(self, job_id: str, group: list[tuple[Lease, Any]]) -> tuple[list[tuple[Lease, Any]], dict]:
+        """Inside a transaction: the reports that still count, and the state to settle them with.
 
-        A report counts when its lease still exists, its slice has no result yet, it is the first
-        report for that slice in this batch, and the slice is still that lease's: either a slice
-        row leased to it, or (no row) a fresh slice inside the lease's range. So late reports
-        from an expired lease, reports of returned or re-queued slices and duplicates are ignored,
-        and leases are counted down exactly once per slice.
+        A report counts when its lease still exists and the slice is still that lease's and
+        unsettled: a fresh slice inside the lease's range whose bit is unset, or a slice row leased
+        to it. The first such report per slice wins; late reports from an expired lease, reports of
+        returned or re-queued slices and duplicates are ignored.
         """
-        spans: dict[str, tuple[int, int] | None] = {}
+        leases: dict[str, list] = {}
         for lease_id in {lease.lease_id for lease, _ in group}:
-            row = self._db.execute("SELECT first, stop FROM leases WHERE id = ?", (lease_id,)).fetchone()
+            row = self._db.execute("SELECT first, stop, bits FROM leases WHERE id = ?", (lease_id,)).fetchone()
             if row is not None:
-                spans[lease_id] = (row[0], row[1]) if row[0] is not None else None
-        if not spans:
-            return [], set()
-        numbers = [lease.slice_number for lease, _ in group if lease.lease_id in spans]
-        done: set[int] = set()
+                leases[lease_id] = [row[0], row[1], bytearray(row[2]) if row[2] is not None else None, 0]
+        if not leases:
+            return [], leases
+        by_row = [lease.slice_number for lease, _ in group if lease.lease_id in leases and leases[lease.lease_id][0] is None]
         rows: dict[int, tuple[int, str | None]] = {}
-        for i in range(0, len(numbers), 500):
-            chunk = numbers[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            done.update(n for (n,) in self._db.execute(
-                f"SELECT n FROM results WHERE job_id = ? AND n IN ({marks})", (job_id, *chunk)))
+        for i in range(0, len(by_row), 500):
+            chunk = by_row[i:i + 500]
             rows.update((n, (state, lid)) for n, state, lid in self._db.execute(
-                f"SELECT n, state, lease_id FROM slices WHERE job_id = ? AND n IN ({marks})", (job_id, *chunk)))
+                f"SELECT n, state, lease_id FROM slices WHERE job_id = ? AND n IN ({','.join('?' * len(chunk))})",
+                (job_id, *chunk)))
         out = []
-        seen: set[int] = set()
         for lease, report in group:
-            n = lease.slice_number
-            if lease.lease_id not in spans or n in done or n in seen:
+            entry = leases.get(lease.lease_id)
+            if entry is None:
                 continue
-            row = rows.get(n)
-            if row is not None:
-                if row != (LEASED, lease.lease_id):
+            n = lease.slice_number
+            first, stop, bits = entry[0], entry[1], entry[2]
+            if first is None:
+                if rows.get(n) != (LEASED, lease.lease_id):
                     continue
+                rows[n] = (DONE, None)  # settled: a second report in this batch is ignored
             else:
-                span = spans[lease.lease_id]
-                if span is None or not span[0] <= n < span[1]:
+                i = n - first
+                if not 0 <= i < stop - first or bits[i >> 3] >> (i & 7) & 1:
                     continue
-            seen.add(n)
+                bits[i >> 3] |= 1 << (i & 7)
+            entry[3] += 1
             out.append((lease, report))
-        return out, {n for n in seen if n in rows}
+        return out, leases
 
-    def _settle(self, group: list[tuple[Lease, Any]]) -> None:
-        """Inside a transaction: count slices off their leases; drop leases with nothing left."""
-        counts: dict[str, int] = {}
-        for lease, _r in group:
-            counts[lease.lease_id] = counts.get(lease.lease_id, 0) + 1
-        for lease_id, k in counts.items():
-            self._db.execute("UPDATE leases SET done = done + ? WHERE id = ?", (k, lease_id))
+    def _settle(self, job_id: str, leases: dict, done_rows: list[int]) -> None:
+        """Inside a transaction: write back lease bitmaps and counts; mark settled rows done."""
+        for lease_id, (first, _stop, bits, k) in leases.items():
+            if not k:
+                continue
+            if first is not None:
+                self._db.execute("UPDATE leases SET done = done + ?, bits = ? WHERE id = ?", (k, bytes(bits), lease_id))
+            else:
+                self._db.execute("UPDATE leases SET done = done + ? WHERE id = ?", (k, lease_id))
             self._db.execute("DELETE FROM leases WHERE id = ? AND done >= count", (lease_id,))
+        if done_rows:
+            self._db.executemany("UPDATE slices SET state = 2, datum = NULL, lease_id = NULL WHERE job_id = ? AND n = ?",
+                                 [(job_id, n) for n in done_rows])
+
+    def _row_slices(self, group: list[tuple[Lease, Any]], leases: dict) -> list[int]:
+        return [lease.slice_number for lease, _ in group if leases[lease.lease_id][0] is None]
 
     def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
         now = time.time()
@@ -720,21 +712,20 @@ class SqliteScheduler(Scheduler):
                 status = self._status_or_none(job_id)
                 if status is None or status == CANCELLED:
                     continue  # late results of a cancelled or deleted job are dropped
-                group, with_rows = self._valid(job_id, group)
+                group, leases = self._valid(job_id, group)
                 if not group:
                     continue
                 if ok:
-                    self._record_final(job_id, [(r, lease.attempt) for lease, r in group], ok=True,
-                                       rows_possible=bool(with_rows))
+                    self._record_final(job_id, [(r, lease.attempt) for lease, r in group], ok=True)
+                    self._settle(job_id, leases, self._row_slices(group, leases))
                 else:
                     rec = self._record(job_id)
                     again = [(lease, r) for lease, r in group if is_retryable(r.error) and lease.attempt < rec.max_attempts]
                     final = [(lease, r) for lease, r in group if not (is_retryable(r.error) and lease.attempt < rec.max_attempts)]
-                    if again:
+                    self._record_final(job_id, [(r, lease.attempt) for lease, r in final], ok=False)
+                    self._settle(job_id, leases, self._row_slices(final, leases))
+                    if again:  # after settling: the re-queued rows must not be marked done
                         self._requeue(job_id, [(lease.slice_number, lease.attempt) for lease, _r in again])
-                    if final:
-                        self._record_final(job_id, [(r, lease.attempt) for lease, r in final], ok=False)
-                self._settle(group)
                 _s, total, _d, _n, _p, distributed, computed, failed = self._job_row(job_id)
                 self._append_events(job_id, [{"type": "status", "total": total, "distributed": distributed,
                                               "computed": computed, "failed": failed}])
@@ -758,10 +749,10 @@ class SqliteScheduler(Scheduler):
                 status = self._status_or_none(job_id)
                 if status is None or status in FINAL_STATES:
                     continue
-                live, _rows = self._valid(job_id, [(lease, None) for lease in group])
+                live, leases = self._valid(job_id, [(lease, None) for lease in group])
                 if live:
+                    self._settle(job_id, leases, [])
                     self._requeue(job_id, [(lease.slice_number, lease.attempt - 1) for lease, _ in live])
-                    self._settle(live)
         self._notify()
 
     def post_events(self, job_id: str, events: list[dict]) -> None:
@@ -830,6 +821,10 @@ class SqliteScheduler(Scheduler):
 
 def _token() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def _first(item: tuple) -> Any:
+    return item[0]
 
 
 class _Transaction:
