@@ -172,6 +172,9 @@ class SqliteScheduler(Scheduler):
             self._db.execute("PRAGMA synchronous = NORMAL")
             with self._tx():
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version == 2:
+                    self._migrate_from_2()
+                    version = SCHEMA_VERSION
                 if version not in (0, SCHEMA_VERSION):
                     raise SchedulerError(
                         f"{path} was written by another version of dcp-worktimes (store format {version}, this one "
@@ -191,6 +194,33 @@ class SqliteScheduler(Scheduler):
 
     def __repr__(self) -> str:
         return f"<SqliteScheduler {self.path}>"
+
+    def _migrate_from_2(self) -> None:
+        """Inside the opening transaction: format 2 kept one results row per slice and no lease
+        bitmaps; turn each result into a one-slice batch and rebuild the bitmaps."""
+        old = self._db.execute(
+            "SELECT job_id, n, seq, ok, value, error, wall, cpu, bytes_in, bytes_out, attempt FROM results").fetchall()
+        self._db.execute("DROP INDEX IF EXISTS results_seq")
+        self._db.execute("DROP TABLE results")
+        self._db.execute("ALTER TABLE leases ADD COLUMN bits BLOB")
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                self._db.execute(stmt)
+        done: dict[str, set[int]] = {}
+        for job_id, n, seq, ok, value, error, wall, cpu, bin_, bout, attempt in old:
+            done.setdefault(job_id, set()).add(n)
+            data = pack([[n], [bool(ok)], [value], [unpack(error) if error else None], [wall or 0.0], [cpu or 0.0],
+                         [bin_ or 0], [bout or 0], [attempt or 1]])
+            self._db.execute("INSERT INTO results (job_id, last, seq, data) VALUES (?, ?, ?, ?)", (job_id, seq, seq, data))
+        for lease_id, job_id, first, stop in self._db.execute(
+                "SELECT id, job_id, first, stop FROM leases WHERE first IS NOT NULL").fetchall():
+            settled = done.get(job_id, set()) | {n for (n,) in self._db.execute(
+                "SELECT n FROM slices WHERE job_id = ? AND n >= ? AND n < ?", (job_id, first, stop))}
+            bits = bytearray((stop - first + 7) // 8)
+            for n in settled:
+                if first <= n < stop:
+                    bits[(n - first) >> 3] |= 1 << ((n - first) & 7)
+            self._db.execute("UPDATE leases SET bits = ? WHERE id = ?", (bytes(bits), lease_id))
 
     # -- plumbing -----------------------------------------------------------------------------
     def _tx(self) -> "_Transaction":
