@@ -29,3 +29,8 @@ def test_tuples_arrive_as_lists():
 def test_unsupported_values_name_their_type(bad, word):
     with pytest.raises(UnserializableValue, match=word):
         pack(bad)
+
+
+def test_integers_of_any_size_even_past_the_decimal_digit_limit():
+    huge = -(10**5000) + 7
+    assert unpack(pack([huge])) == [huge]

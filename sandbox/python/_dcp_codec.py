@@ -2,7 +2,7 @@
 
 Runs inside the WASI CPython (which has no msgpack). The host decodes what this module encodes
 with ``dcp_worktimes.values.unpack`` and encodes what it decodes with ``values.pack``, so the two
-must agree byte for byte on the ext type for big integers (ext 1: ASCII decimal digits).
+must agree byte for byte on the ext type for big integers (ext 1: ASCII hexadecimal digits, optional leading '-').
 
 Guest-only conversions on the way out (documented in ``sandbox/python.md``):
 
@@ -108,7 +108,7 @@ def _enc_int(i, out):
     elif -(2**63) <= i < 0:
         out.append(b"\xd3" + _pack(">q", i))
     else:
-        digits = str(i).encode("ascii")
+        digits = format(i, "x").encode("ascii")
         n = len(digits)
         if n < 0x100:
             out.append(b"\xc7" + bytes((n, EXT_BIGINT)))
@@ -199,7 +199,7 @@ def _dec(b, i):
         i += 1
         payload = bytes(b[i:i + n])
         if code == EXT_BIGINT:
-            return int(payload.decode("ascii")), i + n
+            return int(payload.decode("ascii"), 16), i + n
         raise ValueError(f"unknown msgpack ext type {code}")
     raise ValueError(f"unknown msgpack byte 0x{c:02x}")
 
