@@ -24,6 +24,7 @@ Two providers registering one name is a ``DuplicateWorktime`` error naming both.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -31,14 +32,12 @@ import threading
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Iterable
-
 import pluggy
 
 from . import hookspecs
 from .errors import DuplicateWorktime, WorktimeNotFound
 from .versions import max_satisfying, parse_range, parse_version
-from .worktime import Worktime
+from .worktime import LIMIT_NAMES, Worktime
 
 ENV_LOAD_PLUGINS = "DCP_WORKTIMES_LOAD_PLUGINS"
 BUILTIN_PROVIDER = "dcp-worktimes"
@@ -102,8 +101,7 @@ class Registry:
             except Exception as e:  # a broken built-in removes only itself
                 self._report(modname, e)
                 continue
-            self.pm.register(module, name=modname)
-            self._providers[modname] = BUILTIN_PROVIDER
+            self._register(module, modname, BUILTIN_PROVIDER)
 
     def _load_entry_points(self) -> None:
         allowed = os.environ.get(ENV_LOAD_PLUGINS)
@@ -122,15 +120,21 @@ class Registry:
                 continue
             if self.pm.is_registered(module):  # two entry points naming one module
                 continue
-            self.pm.register(module, name=plugin_name)
-            self._providers[plugin_name] = dist
+            self._register(module, plugin_name, dist)
+
+    def _register(self, module: object, name: str, provider: str) -> bool:
+        try:  # pluggy validates hook signatures here: a bad one removes only this plugin
+            self.pm.register(module, name=name)
+        except Exception as e:
+            self._report(provider, e)
+            return False
+        self._providers[name] = provider
+        return True
 
     def register_module(self, module: object, provider: str) -> None:
         """Register an already imported plugin module (tests, embedding applications)."""
-        name = getattr(module, "__name__", repr(module))
-        self.pm.register(module, name=name)
-        self._providers[name] = provider
-        self._collect()
+        if self._register(module, getattr(module, "__name__", repr(module)), provider):
+            self._collect()
 
     def _collect(self) -> None:
         found: dict[str, Registration] = {}
@@ -195,9 +199,25 @@ def _validate(cls: object) -> str | None:
         parse_version(cls.version)
     except ValueError as e:
         return f"{cls.__qualname__}.version: {e}"
-    if not isinstance(cls.capabilities, dict):
-        return f"{cls.__qualname__}.capabilities must be a dict"
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        return f"{cls.__qualname__} is abstract (implement {missing})"
+    if not isinstance(cls.capabilities, dict) or not _plain(cls.capabilities):
+        return (f"{cls.__qualname__}.capabilities must be a nested dict of booleans, strings, numbers "
+                "and lists of those")
+    unknown = set(cls.enforces) - LIMIT_NAMES
+    if unknown:
+        return f"{cls.__qualname__}.enforces names unknown limits {sorted(unknown)}; known: {sorted(LIMIT_NAMES)}"
     return None
+
+
+def _plain(value: object) -> bool:
+    """JSON-like: what the scheduler can store and match requirements against."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (bool, str, int, float))
 
 
 _lock = threading.Lock()
@@ -233,6 +253,3 @@ def get_worktime(name: str, version_range: str | None = None) -> Registration:
 def plugin_errors() -> list[PluginError]:
     return list(registry().errors)
 
-
-def installed_names() -> Iterable[str]:
-    return registry().worktimes().keys()

@@ -29,7 +29,7 @@ own memory unaffected. Cases a worktime omits are reported as skipped, never as 
 
 from __future__ import annotations
 
-import os
+import queue
 import secrets
 import socket
 import time
@@ -43,6 +43,10 @@ from .limits import Limits
 from .plugins import get_worktime
 from .runner import EvaluatorPool, SliceOutcome
 from .worktime import JobSpec
+
+
+#: The longest any single conformance slice may take (the first compile of a big engine included).
+RUN_TIMEOUT = 900.0
 
 
 @dataclass
@@ -79,6 +83,10 @@ HOSTILE_CASES: dict[str, HostileCase] = {
     "never_progress": HostileCase(frozenset({"ENOPROGRESS"}), {"progress_timeout": "1s", "wall_time": "30s"}, 6.0,
                                   "runs long without calling progress()"),
     "throw": HostileCase(frozenset({"EUNCAUGHT"}), {}, 15.0, "throws / raises an error"),
+    "cpu_burn": HostileCase(frozenset({"ECPULIMIT"}), {"cpu_time": "1s", "wall_time": "60s"}, 15.0,
+                            "burns CPU for 10 s: stopped at the CPU-time limit"),
+    "crash": HostileCase(frozenset({"ECRASH"}), {}, 15.0,
+                         "kills its own evaluator process (where the engine can express that at all)"),
     "unserializable": HostileCase(frozenset({"EUNSERIALIZABLE"}), {}, 15.0,
                                   "returns a value that cannot cross the boundary losslessly"),
     "file_access": HostileCase(frozenset(), {"wall_time": "20s"}, 30.0,
@@ -96,7 +104,13 @@ def run(pool: EvaluatorPool, name: str, work: str | bytes, datum: Any, *, argume
     job = JobSpec(id=f"conformance-{secrets.token_hex(4)}", worktime=name, work=work, arguments=list(arguments or []),
                   options=dict(options or {}), limits=limits or Limits())
     sink = (lambda kind, n, payload: events.append((kind, payload))) if events is not None else None
-    return next(pool.map(job, [(0, datum)], sink))
+    got: "queue.SimpleQueue[SliceOutcome]" = queue.SimpleQueue()
+    pool.submit(job, [(0, datum)], got.put, sink)
+    try:  # bounded: a worktime that hangs the runner fails the test instead of hanging the suite
+        return got.get(timeout=RUN_TIMEOUT)
+    except queue.Empty:
+        pool.cancel(job.id)
+        raise AssertionError(f"{name}: no outcome within {RUN_TIMEOUT:g}s; the runner or the worktime hangs") from None
 
 
 class WorktimeConformance:

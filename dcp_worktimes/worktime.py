@@ -139,7 +139,7 @@ class SliceContext:
 
     # Slots: a context is built per slice, and trivial slices are counted in microseconds.
     __slots__ = ("slice_number", "limits", "job", "started", "deadline", "_sink", "_heartbeat", "_cancel",
-                 "_last_value", "_last_sent", "progress_calls")
+                 "_last_value", "_last_sent", "progress_calls", "_warned")
 
     def __init__(
         self,
@@ -164,6 +164,7 @@ class SliceContext:
         # before any progress event would be useful, and its result says 100 % anyway.
         self._last_sent = self.started
         self.progress_calls = 0
+        self._warned = False
 
     # -- progress -----------------------------------------------------------------------------
     def progress(self, value: Any = None) -> bool:
@@ -193,13 +194,19 @@ class SliceContext:
         else:
             number = None
         if number is None or not (0.0 <= number <= 1.0):
-            self.console("warn", f"progress({value!r}) is not in [0, 1] or 'NN%'; reported as indeterminate")
+            self._warn(f"progress({value!r}) is not in [0, 1] or 'NN%'; reported as indeterminate")
             return None
         if self._last_value is not None and number < self._last_value:
-            self.console("warn", f"progress went backwards ({self._last_value} -> {number}); reported as indeterminate")
+            self._warn(f"progress went backwards ({self._last_value} -> {number}); reported as indeterminate")
             return None
         self._last_value = number
         return number
+
+    def _warn(self, message: str) -> None:
+        # Once per slice: a loop reporting odd progress must not flood the console (or its quota).
+        if not self._warned:
+            self._warned = True
+            self.console("warn", message + " (further progress warnings in this slice are not shown)")
 
     # -- console / events ---------------------------------------------------------------------
     def console(self, level: str, *args: Any) -> None:

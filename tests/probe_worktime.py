@@ -21,6 +21,18 @@ class ProbeWorktime(Worktime):
         return self.fn["work"](datum)
 
 
+class StuckAtStart(ProbeWorktime):
+    """Its constructor never returns (a broken engine binding)."""
+
+    name = "stuck-at-start"
+
+    def __init__(self):
+        import time
+
+        time.sleep(3600)
+
+
 @hookimpl
 def register_worktimes(register):
     register(ProbeWorktime)
+    register(StuckAtStart)

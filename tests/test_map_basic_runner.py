@@ -49,7 +49,8 @@ class TestMapBasicConformance(WorktimeConformance):
 
 
 def test_the_whole_hostile_kit_is_covered():
-    assert {p.stem for p in HOSTILE.glob("*.js")} >= set(HOSTILE_CASES)
+    # "crash" needs a way to kill the process from inside; JavaScript has none, which is the point.
+    assert {p.stem for p in HOSTILE.glob("*.js")} >= set(HOSTILE_CASES) - {"crash"}
 
 
 @pytest.fixture(scope="module")

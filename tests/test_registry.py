@@ -111,3 +111,39 @@ def test_every_hookspec_is_documented_with_an_example():
     assert specs, "no hookspecs found"
     for spec in specs:
         assert "Example" in (spec.__doc__ or ""), spec.__name__
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"capabilities": {"gpu": object()}}, "capabilities must be a nested dict"),
+    ({"enforces": frozenset({"wall_time", "magic"})}, "enforces names unknown limits"),
+])
+def test_capabilities_and_enforces_are_checked(attrs, message):
+    cls = type("Odd", (Upper,), {"name": "odd", **attrs})
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match=message):
+        r.register_module(make_plugin("p_odd", cls), "odd")
+    assert "odd" not in r.worktimes()
+
+
+def test_abstract_worktime_is_refused():
+    class Half(Worktime):
+        name = "half"
+        version = "1.0.0"
+
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match="abstract"):
+        r.register_module(make_plugin("p_half", Half), "half")
+    assert "half" not in r.worktimes()
+
+
+def test_a_hook_with_a_wrong_signature_removes_only_its_plugin():
+    @hookimpl
+    def register_worktimes(register, extra):
+        register(Upper)
+
+    bad = types.ModuleType("p_sig")
+    bad.register_worktimes = register_worktimes
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match="p_sig|extra"):
+        r.register_module(bad, "dcp-worktime-sig")
+    assert "echo" in r.worktimes() and "upper" not in r.worktimes()

@@ -166,3 +166,70 @@ def test_both_launch_paths_isolate_and_report_crashes(monkeypatch, zygote):
         crash = next(p.map(job({"crash": "abort"}), [(0, 0)]))
         assert crash.error.code == "ECRASH" and "SIGABRT" in crash.error.message
         assert next(p.map(job(), [(0, "next")])).value == "next"
+
+
+def _evaluator_pids() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_close_with_running_and_queued_slices_is_prompt_and_complete():
+    before = _evaluator_pids()
+    outs = []
+    p = EvaluatorPool(cores=1)
+    p.submit(job({"spin": -1}), [(i, i) for i in range(20)], outs.append)
+    time.sleep(1.0)
+    t = time.monotonic()
+    p.close()
+    assert time.monotonic() - t < 5
+    assert len(outs) == 20 and {o.error.code for o in outs} == {"ECANCELLED"}
+    time.sleep(0.3)
+    assert _evaluator_pids() <= before
+
+
+def test_cancel_kills_a_slice_that_ignores_it(pool, probe):
+    spin = "def work(x):\n    while True:\n        pass\n"
+    j = JobSpec(id="ignores-cancel", worktime=probe, work=spin)
+    got = []
+    pool.submit(j, [(0, 0)], got.append)
+    time.sleep(1.0)
+    t = time.monotonic()
+    pool.cancel(j.id)
+    while not got and time.monotonic() - t < 10:
+        time.sleep(0.05)
+    assert got and got[0].error.code == "ECANCELLED"
+    assert time.monotonic() - t < 3
+
+
+def test_an_evaluator_that_never_starts_fails_the_job_within_the_start_timeout(probe):
+    with EvaluatorPool(cores=1, start_timeout=2) as p:
+        t = time.monotonic()
+        outs = list(p.map(JobSpec(id="stuck", worktime="stuck-at-start", work=""), [(i, i) for i in range(5)]))
+        assert time.monotonic() - t < 10
+    assert len(outs) == 5 and all(o.error.code == "ECRASH" for o in outs)
+    assert "did not answer within 2s" in outs[0].error.message
+
+
+def test_finished_results_leave_before_a_slow_slice_ends(pool):
+    arrived = {}
+    t = time.monotonic()
+    j = job({"spin": -1, "when": 5}, wall_time="3s")
+    for o in pool.map(j, [(i, i) for i in range(6)]):
+        arrived[o.number] = (time.monotonic() - t, o)
+    assert arrived[5][1].error.code == "ESLICETOOSLOW"
+    assert all(arrived[i][1].ok and arrived[i][0] < 2 for i in range(5)), arrived
+
+
+def test_no_descriptor_leaks_across_pools():
+    import os
+
+    def count():
+        return len(os.listdir("/proc/self/fd"))
+
+    with EvaluatorPool(cores=1) as p:
+        next(p.map(job(), [(0, 0)]))
+    before = count()
+    for _ in range(4):
+        with EvaluatorPool(cores=1) as p:
+            assert next(p.map(job(), [(0, 1)])).value == 1
+            next(p.map(job({"crash": "abort"}), [(0, 0)]))
+    assert count() <= before + 2

@@ -21,7 +21,7 @@ PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
 WAT_CASES = ["infinite_loop", "memory_balloon", "deep_recursion", "huge_output", "never_progress", "throw",
              "unserializable", "network_access"]
 C_CASES = ["infinite_loop", "memory_balloon", "deep_recursion", "huge_output", "never_progress", "throw",
-           "unserializable", "file_access"]
+           "unserializable", "file_access", "cpu_burn"]
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,13 @@ class FrameWriter:
                 self._pack_results()
                 self._flush()
 
+    def flusher(self) -> None:
+        """Thread: finished results never wait longer than ~FLUSH_AFTER, even behind a long slice
+        (a result still buffered when the watchdog kills the evaluator would be computed again)."""
+        while True:
+            time.sleep(FLUSH_AFTER)
+            self.flush_if_stale()
+
     def _pack_results(self) -> None:
         # Results go before whatever frame follows, so the supervisor sees slices finish in order.
         if self.results:
@@ -129,7 +136,7 @@ class _SliceEvents:
 
     def _send(self, kind: str, payload: Any) -> None:
         frame = {"t": "ev", "i": self.index, "k": kind, "p": payload}
-        if self.cap is not None:
+        if self.cap is not None and kind != "progress":  # progress is throttled, not metered
             self.sent += len(str(payload))
             if self.sent > self.cap:
                 self.over = True
@@ -209,7 +216,6 @@ class Evaluator:
             if self.cancel.is_set():
                 self.out.send({"t": "err", "i": index, "e": {"code": "ECANCELLED", "message": "cancelled"}})
                 continue
-            self.out.flush_if_stale()
             self.one(index, number, datum_bytes, limits)
         self.hb.idle()
 
@@ -287,6 +293,7 @@ def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, ne
         return
     ev = Evaluator(worktime, out, hb)
     threading.Thread(target=ev.reader, args=(0,), daemon=True).start()
+    threading.Thread(target=out.flusher, daemon=True).start()
     out.send({"t": "ready", "isolation": iso, "pid": os.getpid()})
     ev.serve()
     try:

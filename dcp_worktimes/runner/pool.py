@@ -42,7 +42,7 @@ from ..limits import Limits
 from ..plugins import get_worktime
 from ..values import pack, unpack
 from ..worktime import JobSpec
-from .process import EvaluatorDied, EvaluatorProcess, Zygote, zygotes_enabled
+from .process import START_TIMEOUT, EvaluatorDied, EvaluatorProcess, Zygote, zygotes_enabled
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ DEFAULT_PREPARE_TIMEOUT = 900.0
 WATCHDOG_INTERVAL = 0.02
 #: A slice whose evaluator died under it while running *another* slice is re-run at most this often.
 MAX_LOST = 3
+#: Seconds a cancelled slice gets to notice ``ctx.cancelled`` before its evaluator is killed.
+CANCEL_GRACE = 0.5
+#: Jobs remembered as cancelled/unusable (a long-running worker must not grow without bound).
+MEMORY_OF_JOBS = 1000
 
 
 @dataclass(slots=True)
@@ -102,6 +106,7 @@ class _Slot:
     memory_slack: float = 0.0
     busy: bool = False
     preparing_since: float | None = None
+    cancel_at: float | None = None
     batch_size: int = 1
 
 
@@ -115,6 +120,7 @@ class EvaluatorPool:
         max_slices_per_evaluator: int = DEFAULT_MAX_SLICES,
         prepare_timeout: float = DEFAULT_PREPARE_TIMEOUT,
         max_batch: int = 256,
+        start_timeout: float = START_TIMEOUT,
         env: dict[str, str] | None = None,
     ) -> None:
         if cores is not None and (not isinstance(cores, int) or cores < 1):
@@ -123,12 +129,13 @@ class EvaluatorPool:
         self.max_slices = max_slices_per_evaluator
         self.prepare_timeout = prepare_timeout
         self.max_batch = max_batch
+        self.start_timeout = start_timeout
         self.env = env
         self._lock = threading.Condition()
         self._queues: "collections.OrderedDict[str, collections.deque[_Task]]" = collections.OrderedDict()
         self._queued = 0
-        self._bad_jobs: dict[str, SliceError] = {}
-        self._cancelled: set[str] = set()
+        self._bad_jobs: "collections.OrderedDict[str, SliceError]" = collections.OrderedDict()
+        self._cancelled: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._closed = False
         self._slots = [_Slot(i) for i in range(self.cores)]
         self._zygotes: dict[str, Zygote | None] = {}
@@ -159,7 +166,7 @@ class EvaluatorPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the evaluator pool is closed")
-            self._cancelled.discard(job.id)
+            self._cancelled.pop(job.id, None)
             self._queues.setdefault(job.id, collections.deque()).extend(tasks)
             self._queued += len(tasks)
             self._lock.notify_all()
@@ -176,31 +183,47 @@ class EvaluatorPool:
     def cancel(self, job_id: str) -> None:
         """Drop the job's queued slices (they complete with ``ECANCELLED``) and stop its running ones."""
         with self._lock:
-            self._cancelled.add(job_id)
+            _remember(self._cancelled, job_id, None)
             dropped = self._queues.pop(job_id, collections.deque())
             self._queued -= len(dropped)
             running = [s for s in self._slots if s.busy and s.batch and s.batch[0].job.id == job_id]
         for task in dropped:
             self._deliver(task, ok=False, error=SliceError("the job was cancelled", code=ErrorCode.ECANCELLED))
         for slot in running:
-            if slot.proc is not None:
+            proc = slot.proc
+            if proc is not None:
+                slot.cancel_at = time.monotonic()  # the watchdog kills it if it ignores the request
                 try:
-                    slot.proc.send({"op": "cancel"})
+                    proc.send({"op": "cancel"})
                 except EvaluatorDied:
                     pass
 
     def close(self) -> None:
+        """Stop: queued slices complete with ``ECANCELLED``, running ones are killed, processes end."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
+            dropped = [t for q in self._queues.values() for t in q]
+            self._queues.clear()
+            self._queued = 0
             self._lock.notify_all()
+        shutdown = SliceError("the worker shut down before the slice finished", code=ErrorCode.ECANCELLED)
+        for task in dropped:
+            self._deliver(task, ok=False, error=shutdown)
+        for slot in self._slots:
+            proc = slot.proc
+            if slot.busy and proc is not None:
+                proc.kill(shutdown)
         for t in self._threads:
             t.join(10)
         for slot in self._slots:
             self._retire(slot, wait=True)
-        for z in self._zygotes.values():
+        with self._zygote_lock:
+            zygotes, self._zygotes = list(self._zygotes.values()), {}
+        for z in zygotes:
             if z is not None:
                 z.close()
-        self._zygotes.clear()
 
     def __enter__(self) -> "EvaluatorPool":
         return self
@@ -213,7 +236,7 @@ class EvaluatorPool:
         with self._lock:
             while not self._queued and not self._closed:
                 self._lock.wait()
-            if self._closed and not self._queued:
+            if self._closed:
                 return None
             current = slot.proc.job_id if slot.proc is not None else None
             job_id = current if current in self._queues and self._queues[current] else None
@@ -255,9 +278,10 @@ class EvaluatorPool:
             return proc
         self._retire(slot)
         reg = get_worktime(job.worktime)
-        proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env, zygote=self._zygote(reg.ref))
+        proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env, zygote=self._zygote(reg.ref),
+                                start_timeout=self.start_timeout)
         slot.proc, slot.psproc = proc, psutil.Process(proc.pid)
-        slot.preparing_since = time.monotonic()
+        slot.preparing_since = time.monotonic()  # the watchdog bounds prepare by prepare_timeout
         try:
             proc.send({"op": "prepare", "job": job.to_dict()})
             msg = next(m for m in proc.frames() if m.get("t") in ("prepared", "prepare_error"))
@@ -280,10 +304,12 @@ class EvaluatorPool:
         if not zygotes_enabled():
             return None
         with self._zygote_lock:
+            if self._closed:
+                raise EvaluatorDied(SliceError("the evaluator pool is closed", code=ErrorCode.ECANCELLED), None)
             z = self._zygotes.get(ref)
             if z is not None and not z.alive():
-                z = self._zygotes[ref] = None
-                self._zygotes.pop(ref)
+                del self._zygotes[ref]
+                z.close()
             if ref not in self._zygotes:
                 try:
                     self._zygotes[ref] = Zygote(ref, env=self.env)
@@ -310,9 +336,14 @@ class EvaluatorPool:
             try:
                 proc = self._ensure(slot, job)
             except _JobUnusable as e:
-                bad = self._bad_jobs[job.id] = e.error
+                bad = e.error
+                _remember(self._bad_jobs, job.id, bad)
             except EvaluatorDied as e:
+                # An evaluator that cannot start or prepare for this job will not do better on
+                # the next batch: fail the job's slices at once instead of retrying each.
                 bad = e.reason or SliceError("the evaluator failed to start", code=ErrorCode.ECRASH)
+                if not self._closed:
+                    _remember(self._bad_jobs, job.id, bad)
                 self._retire(slot)
         if bad is not None:
             for task in batch:
@@ -320,7 +351,7 @@ class EvaluatorPool:
             return
 
         started = time.monotonic()
-        slot.batch, slot.limits, slot.busy = batch, job.limits, True
+        slot.batch, slot.limits, slot.cancel_at, slot.busy = batch, job.limits, None, True
         done: set[int] = set()
         try:
             proc.send({"op": "run", "items": [[t.number, t.datum] for t in batch]})
@@ -351,7 +382,7 @@ class EvaluatorPool:
                     break
             proc.slices_run += len(batch)
         except EvaluatorDied as died:
-            self._post_mortem(slot, batch, done, died)
+            self._post_mortem(slot, proc, batch, done, died)
         finally:
             slot.busy = False
         elapsed = time.monotonic() - started
@@ -361,15 +392,10 @@ class EvaluatorPool:
         elif elapsed > 0.05:
             slot.batch_size = max(1, slot.batch_size // 2)
 
-    def _post_mortem(self, slot: _Slot, batch: list[_Task], done: set[int], died: EvaluatorDied) -> None:
-        proc = slot.proc
-        assert proc is not None
-        index = died.index
-        if index is None:
-            index = proc.heartbeat.read()[1]
-            started = proc.heartbeat.read()[2]
-        else:
-            started = proc.heartbeat.read()[2]
+    def _post_mortem(self, slot: _Slot, proc: EvaluatorProcess, batch: list[_Task], done: set[int],
+                     died: EvaluatorDied) -> None:
+        _, running, started, _, _ = proc.heartbeat.read()
+        index = running if died.index is None else died.index
         reason = died.reason or SliceError("the evaluator died", code=ErrorCode.ECRASH)
         self._retire(slot)
         slot.batch_size = 1
@@ -387,8 +413,11 @@ class EvaluatorPool:
                         code=ErrorCode.ECRASH))
                 else:
                     again.append(task)
-        if again:
+        if again and not self._closed:
             self._requeue(again)
+        elif again:
+            for task in again:
+                self._deliver(task, False, error=reason)
 
     def _deliver(self, task: _Task, ok: bool, value: bytes | None = None, error: SliceError | None = None,
                  wall: float = 0.0, cpu: float = 0.0) -> None:
@@ -409,6 +438,8 @@ class EvaluatorPool:
                     self._check(slot, now)
                 except (psutil.Error, OSError, ValueError):
                     continue  # the process just ended; its driver thread handles that
+                except Exception:  # a bug here must never silently stop limit enforcement
+                    log.exception("watchdog check failed")
 
     def _check(self, slot: _Slot, now: float) -> None:
         proc = slot.proc
@@ -418,6 +449,9 @@ class EvaluatorPool:
             proc.kill(SliceError(f"preparing the job took longer than {self.prepare_timeout:.0f}s", code=ErrorCode.EBADWORK))
             return
         if not slot.busy or slot.limits is None:
+            return
+        if slot.cancel_at is not None and now - slot.cancel_at > CANCEL_GRACE:
+            proc.kill(SliceError("the slice was cancelled (and did not stop by itself)", code=ErrorCode.ECANCELLED))
             return
         _, index, started, last_progress, cpu_start = proc.heartbeat.read()
         if index < 0:
@@ -456,6 +490,13 @@ class EvaluatorPool:
                     f"the slice used {used:.1f}s of CPU time, over its limit of {lim.cpu_time:g}s; "
                     "raise the limit (cpu_time / --cpu-time) or do less per slice",
                     code=ErrorCode.ECPULIMIT), index)
+
+
+def _remember(memory: "collections.OrderedDict[str, Any]", key: str, value: Any) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > MEMORY_OF_JOBS:
+        memory.popitem(last=False)
 
 
 class _JobUnusable(Exception):

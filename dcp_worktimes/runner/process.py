@@ -28,6 +28,8 @@ from ..values import packer, unpacker
 from .heartbeat import Heartbeat
 
 STDERR_TAIL = 4096
+#: Seconds an evaluator (or a zygote) may take from launch to its first frame.
+START_TIMEOUT = 120.0
 ENV_ZYGOTE = "DCP_WORKTIMES_ZYGOTE"
 
 
@@ -56,7 +58,14 @@ class Zygote:
         self._replies: "queue.SimpleQueue[dict | None]" = queue.SimpleQueue()
         self._exits: dict[int, int] = {}
         self._exit_cond = threading.Condition()
-        hello = self._read()
+        self.sock.settimeout(START_TIMEOUT)
+        try:
+            hello = self._read()
+            if hello and hello.get("ready") and hello.get("threads"):
+                hello = {"error": f"preload() started threads ({hello['threads']}): forking would be unsafe"}
+        except OSError:
+            hello = None
+        self.sock.settimeout(None)
         if not hello or not hello.get("ready"):
             self.close()
             raise RuntimeError(f"zygote for {worktime_ref} failed: {(hello or {}).get('error', 'no answer')}")
@@ -119,74 +128,84 @@ class Zygote:
 
 
 class EvaluatorProcess:
-    """One sandboxed evaluator. Not thread-safe: one driver thread; the watchdog may ``kill`` it."""
+    """One sandboxed evaluator. One driver thread reads its frames; any thread may ``send``/``kill``.
+
+    Both launch paths use pipes this object creates and alone closes.
+    """
 
     def __init__(self, worktime_ref: str, network: bool = False, env: dict[str, str] | None = None,
-                 zygote: Zygote | None = None) -> None:
+                 zygote: Zygote | None = None, start_timeout: float = START_TIMEOUT) -> None:
         self.heartbeat = Heartbeat()
         self.zygote = zygote
         self.proc: subprocess.Popen | None = None
-        if zygote is not None:
-            (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
-            try:
-                self.pid = zygote.fork([in_r, out_w, err_w, self.heartbeat.fd], network)
-            finally:
-                for fd in (in_r, out_w, err_w):
-                    os.close(fd)
-            self._stdin = os.fdopen(in_w, "wb", buffering=0)
-            self._stdout_fd, self._stderr_fd = out_r, err_r
-        else:
-            cmd = [sys.executable, "-m", "dcp_worktimes.runner.evaluator", "--worktime", worktime_ref,
-                   "--heartbeat-fd", str(self.heartbeat.fd), "--parent", str(os.getpid())]
-            if network:
-                cmd.append("--network")
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(self.heartbeat.fd,), start_new_session=True, env=env, bufsize=0,
-            )
-            self.pid = self.proc.pid
-            self._stdin = self.proc.stdin  # type: ignore[assignment]
-            self._stdout_fd, self._stderr_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()  # type: ignore[union-attr]
-        self._status: int | None = None  # returncode as subprocess reports it (negative: signal)
+        self.pid = 0
+        self._status: int | None = None  # exit status as subprocess reports it (negative: signal)
+        self._send_lock = threading.Lock()
         self._unpacker = unpacker()
         self._packer = packer()
         self._stderr_tail: collections.deque[bytes] = collections.deque(maxlen=64)
-        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
-        self._stderr_thread.start()
         self.kill_reason: SliceError | None = None
         self.kill_index: int | None = None
         self.baseline_rss = 0
         self.slices_run = 0
         self.job_id: str | None = None
-        self.bytes_read = 0
-        ready = self.expect("ready")
+        (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
+        self._stdin = os.fdopen(in_w, "wb", buffering=0)
+        self._stdout_fd, self._stderr_fd = out_r, err_r
+        try:
+            try:
+                if zygote is not None:
+                    self.pid = zygote.fork([in_r, out_w, err_w, self.heartbeat.fd], network)
+                else:
+                    cmd = [sys.executable, "-m", "dcp_worktimes.runner.evaluator", "--worktime", worktime_ref,
+                           "--heartbeat-fd", str(self.heartbeat.fd), "--parent", str(os.getpid())]
+                    if network:
+                        cmd.append("--network")
+                    self.proc = subprocess.Popen(cmd, stdin=in_r, stdout=out_w, stderr=err_w,
+                                                 pass_fds=(self.heartbeat.fd,), start_new_session=True, env=env)
+                    self.pid = self.proc.pid
+            finally:
+                for fd in (in_r, out_w, err_w):  # the child's ends: only the child keeps them
+                    os.close(fd)
+            self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+            self._stderr_thread.start()
+            ready = self.expect("ready", timeout=start_timeout)
+        except BaseException:
+            self.close(timeout=0)
+            raise
         self.isolation: dict[str, Any] = ready.get("isolation", {})
 
     # -- frames -------------------------------------------------------------------------------
     def send(self, msg: dict) -> None:
-        try:
-            self._stdin.write(self._packer.pack(msg))
-        except (BrokenPipeError, OSError, ValueError):
-            raise EvaluatorDied(self.kill_reason or self._crash_reason(), self.kill_index) from None
+        # Locked: a cancel from the caller's thread must not interleave with a big "run" frame.
+        with self._send_lock:
+            try:
+                self._stdin.write(self._packer.pack(msg))
+            except (BrokenPipeError, OSError, ValueError):
+                raise EvaluatorDied(self.kill_reason or self._crash_reason(), self.kill_index) from None
 
-    def frames(self) -> Iterator[dict]:
-        """Frames as they arrive; raises ``EvaluatorDied`` at end of stream."""
+    def frames(self, timeout: float | None = None) -> Iterator[dict]:
+        """Frames as they arrive; raises ``EvaluatorDied`` at end of stream (or after ``timeout`` s)."""
         fd = self._stdout_fd
         unp = self._unpacker
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             for msg in unp:
                 yield msg
+            if deadline is not None:
+                ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    self.kill(SliceError(f"the evaluator did not answer within {timeout:g}s", code=ErrorCode.ECRASH))
             try:
                 data = os.read(fd, 1 << 16)
             except OSError:
                 data = b""
             if not data:
                 raise EvaluatorDied(self.kill_reason or self._crash_reason(), self.kill_index)
-            self.bytes_read += len(data)
             unp.feed(data)
 
-    def expect(self, kind: str) -> dict:
-        for msg in self.frames():
+    def expect(self, kind: str, timeout: float | None = None) -> dict:
+        for msg in self.frames(timeout):
             t = msg.get("t")
             if t == kind:
                 return msg
@@ -200,6 +219,8 @@ class EvaluatorProcess:
         """Kill the whole process group (an engine may have children). First verdict wins."""
         if reason is not None and self.kill_reason is None:
             self.kill_reason, self.kill_index = reason, index
+        if not self.pid or self._status is not None:  # never signal a pid that may have been reused
+            return
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -232,7 +253,7 @@ class EvaluatorProcess:
 
     def close(self, timeout: float = 1.0) -> None:
         """Ask the evaluator to exit (so ``release()`` cleans up), then make sure it is gone."""
-        if self._status is None:
+        if self.pid and self._status is None and timeout > 0:
             try:
                 self.send({"op": "exit"})
                 self._stdin.close()
@@ -242,15 +263,13 @@ class EvaluatorProcess:
         self.kill()
         if self.proc is not None:
             self.wait(5)  # reap our own child; a zygote reaps its children itself
-        for closer in (self._stdin.close, lambda: os.close(self._stdout_fd)):
+        try:
+            self._stdin.close()
+        except OSError:
+            pass
+        for fd in (self._stdout_fd, self._stderr_fd):
             try:
-                closer()
-            except OSError:
-                pass
-        if self.proc is None:  # Popen owns its pipes; ours we close ourselves
-            self._stderr_thread.join(1)
-            try:
-                os.close(self._stderr_fd)
+                os.close(fd)
             except OSError:
                 pass
         self.heartbeat.close()
@@ -274,7 +293,8 @@ class EvaluatorProcess:
             self._stderr_tail.append(data)
 
     def stderr_tail(self) -> str:
-        self._stderr_thread.join(0.5)
+        if hasattr(self, "_stderr_thread"):
+            self._stderr_thread.join(0.5)
         return b"".join(self._stderr_tail)[-STDERR_TAIL:].decode("utf-8", "replace").strip()
 
     def _crash_reason(self) -> SliceError:

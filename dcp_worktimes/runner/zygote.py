@@ -22,8 +22,8 @@ import os
 import select
 import signal
 import socket
-import sys
 import threading
+import traceback
 from typing import Any
 
 import msgpack
@@ -58,12 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         preload = getattr(cls, "preload", None)
         if callable(preload):
             preload()
-        sock.send(msgpack.packb({"ready": True}))
+        # A preload that started threads makes fork unsafe: the supervisor then starts plainly.
+        sock.send(msgpack.packb({"ready": True, "threads": threading.active_count() - 1}))
     except Exception as e:
         sock.send(msgpack.packb({"ready": False, "error": f"{type(e).__name__}: {e}"}))
         return
-    if threading.active_count() > 1:  # a preload started threads: forking would be unsafe
-        sock.send(msgpack.packb({"warning": "preload started threads"}))
 
     while True:
         ready, _, _ = select.select([sock], [], [], 0.05)
@@ -75,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             return  # the supervisor closed its end: we are done
         pid = os.fork()
         if pid == 0:
+            status = 0
             try:
                 sock.close()
                 os.setsid()
@@ -85,9 +85,11 @@ def main(argv: list[str] | None = None) -> None:
                     if fd > 2:
                         os.close(fd)
                 serve(cls, fds[3], os.getppid(), bool(req.get("network")))
+            except BaseException:
+                traceback.print_exc()  # to the evaluator's stderr: the crash report quotes it
+                status = 1
             finally:
-                sys.stdout.flush() if sys.stdout else None
-                os._exit(0)
+                os._exit(status)
         for fd in fds:
             os.close(fd)
         sock.send(msgpack.packb({"pid": pid}))

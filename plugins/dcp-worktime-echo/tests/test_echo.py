@@ -38,6 +38,8 @@ class TestEchoConformance(WorktimeConformance):
             "throw": json.dumps({"throw": "on purpose"}),
             "unserializable": json.dumps({"unserializable": True}),
             "deep_recursion": json.dumps({"crash": "segfault"}),  # echo's stand-in: a crashed stack
+            "cpu_burn": json.dumps({"spin": 10}),
+            "crash": json.dumps({"crash": "abort"}),
         }
 
 
