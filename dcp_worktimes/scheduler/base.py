@@ -259,9 +259,10 @@ class Scheduler(ABC):
     def leave(self, worker_id: str) -> None:
         """The worker stops (after returning its unfinished slices): forget it."""
 
-    def wait_for_work(self, timeout: float) -> None:
-        """Block up to ``timeout`` s, returning early if this backend knows new work arrived."""
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s; ``True`` when woken early because this backend saw new work."""
         time.sleep(timeout)
+        return False
 
     def job_summaries(self) -> list[dict]:
         """One dict per job (``dcp-worker jobs``): id, worktime, status, reason, total,

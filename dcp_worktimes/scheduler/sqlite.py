@@ -795,10 +795,10 @@ class SqliteScheduler(Scheduler):
             self._append_events(job_id, events)
         self._notify()
 
-    def wait_for_work(self, timeout: float) -> None:
+    def wait_for_work(self, timeout: float) -> bool:
         # Wakes on commits of this process; other processes' commits are seen at the timeout.
         with self._cond:
-            self._cond.wait(timeout)
+            return self._cond.wait(timeout)
 
     def workers(self) -> list[WorkerInfo]:
         cutoff = time.time() - WORKER_TTL

@@ -128,8 +128,10 @@ class Worker:
             self._outcomes.append(outcome)
             self._wall_sum += outcome.wall_time
             self._wall_n += 1
-            # Wake the loop when a flush is due by size or there is room worth a lease.
-            if len(self._outcomes) >= self.flush_size or len(self._outcomes) >= self._target() // 4:
+            # Wake the loop when a flush is due by size, there is room worth a lease, or nothing
+            # else is running (no later outcome to batch this one with: report it now).
+            k = len(self._outcomes)
+            if k >= self.flush_size or k >= self._target() // 4 or k >= len(self._inflight):
                 self._cond.notify_all()
 
     def _target(self) -> int:
@@ -173,7 +175,10 @@ class Worker:
             while not stop.is_set():
                 leased = self._top_up()
                 now = time.monotonic()
-                if self._outcomes and (now - last_flush >= self.flush_interval or len(self._outcomes) >= self.flush_size):
+                with self._cond:
+                    pending, running = len(self._outcomes), len(self._inflight)
+                if pending and (now - last_flush >= self.flush_interval or pending >= self.flush_size
+                                or pending >= running):
                     self._flush()
                     last_flush = now
                 if now - last_beat >= self.lease_seconds / 3:
@@ -190,7 +195,8 @@ class Worker:
                 if leased or busy:
                     idle_wait = self.poll_interval
                     with self._cond:
-                        if len(self._outcomes) < self._target() // 4:
+                        k = len(self._outcomes)
+                        if k < self._target() // 4 and k < len(self._inflight):
                             self._cond.wait(self.flush_interval)
                 else:
                     self._flush()
@@ -203,11 +209,12 @@ class Worker:
             self._shutdown()
 
     def _wait_for_work(self, stop: threading.Event, timeout: float) -> None:
-        waiter = getattr(self.scheduler, "wait_for_work", None)
-        if waiter is not None:
-            waiter(timeout)
-        else:
-            stop.wait(timeout)
+        # Short waits so that stop (the deployer's job finished) is noticed within ~20 ms.
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.scheduler.wait_for_work(min(left, 0.02)):
+                return
 
     def _top_up(self, force: bool = False) -> int:
         target = self._target()
