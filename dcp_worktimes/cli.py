@@ -7,6 +7,7 @@ Sizes and durations take human units (``--memory-limit 256MB``, ``--wall-time 30
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 import signal
@@ -56,21 +57,39 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-def _from_json(value: Any) -> Any:
+def _from_json(value: Any, what: str) -> Any:
     if isinstance(value, dict):
         if set(value) == {"$bytes"}:
-            return base64.b64decode(value["$bytes"])
-        return {k: _from_json(v) for k, v in value.items()}
+            data = value["$bytes"]
+            try:
+                if not isinstance(data, str):
+                    raise ValueError("not a string")
+                return base64.b64decode(data, validate=True)
+            except (ValueError, binascii.Error) as e:
+                raise click.BadParameter(f'{what}: {{"$bytes": ...}} must hold base64 text ({e})') from None
+        return {k: _from_json(v, what) for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [_from_json(v, what) for v in value]
     return value
 
 
 def _parse_json(text: str, what: str) -> Any:
+    """JSON from the text, or from a file (``@path``) or standard input (``-``) for big values."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as e:
+            raise click.BadParameter(f"{what}: cannot read {text[1:]!r}: {e.strerror}") from None
     try:
-        return _from_json(json.loads(text))
+        return _from_json(json.loads(text), what)
     except json.JSONDecodeError as e:
-        raise click.BadParameter(f"{what} must be JSON ({e.msg} at column {e.colno}); quote strings: '\"text\"'") from None
+        raise click.BadParameter(f"{what} must be JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                                 "quote strings: '\"text\"'; @FILE reads a file, - reads standard input") from None
+
+
+_WORK_SUFFIXES = (".js", ".mjs", ".cjs", ".wasm", ".wat", ".py", ".json")
 
 
 def _read_work(work: str) -> str | bytes:
@@ -81,6 +100,10 @@ def _read_work(work: str) -> str | bytes:
     except OSError:
         is_file = False
     if not is_file:
+        looks_like_path = work and not any(c in work for c in " \t(){};=") and (
+            work.endswith(_WORK_SUFFIXES) or work.startswith(("/", "./", "../", "~")))
+        if looks_like_path:
+            raise click.BadParameter(f"--work {work!r} looks like a file path, but there is no such file")
         return work
     data = path.read_bytes()
     try:
@@ -109,6 +132,12 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     dcp-worker worktimes --json
     """
     if ctx.invoked_subcommand is not None:
+        given = [n for n in ("worktimes", "cores", "capabilities", "until_idle") if ctx.params.get(n)]
+        given += [n for n, v in limits.items() if v is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise click.UsageError(f"{flags} belong to the worker itself, not to '{ctx.invoked_subcommand}'; "
+                                   f"put them after the subcommand if it has them (dcp-worker {ctx.invoked_subcommand} --help)")
         return
     from .scheduler import open_scheduler
     from .scheduler.worker import Worker
@@ -173,7 +202,8 @@ def worktimes_cmd(as_json: bool) -> None:
 @cli.command("slice")
 @click.option("--worktime", "-w", required=True, help="Worktime name, e.g. map-basic, wasi, python, echo.")
 @click.option("--work", required=True, help="The work: a file path, or the work text itself.")
-@click.option("--datum", default="null", show_default=True, help="The slice's input, as JSON ({\"$bytes\": base64} for bytes).")
+@click.option("--datum", default="null", show_default=True,
+              help="The slice's input as JSON ({\"$bytes\": base64} for bytes); @FILE reads a file, - reads stdin.")
 @click.option("--arg", "args", multiple=True, help="An extra work argument, as JSON (repeatable).")
 @click.option("--module", "modules", multiple=True, metavar="NAME=PATH", help="A module the work may require/import.")
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="A worktime option, e.g. strict=true.")
@@ -243,12 +273,14 @@ def warmup_cmd(names) -> None:
 
 
 @cli.command("jobs")
+@click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",
+              help="Scheduler URL (default: the per-user embedded store).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def jobs_cmd(as_json: bool) -> None:
-    """List the scheduler's jobs with their status (use the group's --scheduler to choose the store)."""
+def jobs_cmd(scheduler_url: str | None, as_json: bool) -> None:
+    """List the scheduler's jobs with their status."""
     from .scheduler import open_scheduler
 
-    url = click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
     with open_scheduler(url) as sched:
         rows = sched.job_summaries()
     if as_json:
@@ -257,11 +289,12 @@ def jobs_cmd(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "worktime", "status", "computed", "failed", "total", "name", box=None)
+    table = Table("worktime", "status", "computed", "failed", "total", "name", box=None)
+    table.add_column("id", no_wrap=True, overflow="fold")  # the full id is what compute.resume needs
     for r in rows:
-        table.add_row(r["id"], r["worktime"], r["status"] + (f" ({r['reason']})" if r.get("reason") else ""),
+        table.add_row(r["worktime"], r["status"] + (f" ({r['reason']})" if r.get("reason") else ""),
                       str(r["computed"]), str(r["failed"]), str(r["total"] if r["total"] is not None else "?"),
-                      str((r.get("public") or {}).get("name", "")))
+                      str((r.get("public") or {}).get("name", "")), r["id"])
     Console().print(table)
 
 
@@ -280,8 +313,6 @@ def main() -> None:
     except (ValueError, OSError) as e:
         click.echo(f"dcp-worker: {e}", err=True)
         sys.exit(2)
-    except SystemExit:
-        raise
 
 
 if __name__ == "__main__":

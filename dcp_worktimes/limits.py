@@ -63,6 +63,10 @@ class Limits:
                 known = ", ".join(_SIZE_FIELDS + _TIME_FIELDS)
                 raise ValueError(f"unknown limit {key!r}; known limits: {known}")
             changes[key] = parse_size(value, key) if key in _SIZE_FIELDS else parse_duration(value, key)
+        memory = changes.get("memory")
+        if memory is not None and memory < MiB:
+            raise ValueError(f"memory: {values['memory']!r} is {memory} bytes, too little to run anything; "
+                             "write a unit, e.g. 512MB or 2GiB")
         return dataclasses.replace(base, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,10 +110,18 @@ def parse_size(value: Any, what: str = "size") -> int | None:
     else:
         import humanfriendly  # lazily: evaluators start without it
 
+        text = str(value).strip()
         try:
-            size = int(humanfriendly.parse_size(str(value)))
+            float(text)
+        except ValueError:
+            pass
+        else:  # "--memory-limit 1.5" almost never means 1 byte: make the unit explicit
+            raise ValueError(f"{what}: {value!r} has no unit; write it like {text}MB or {text}GiB "
+                             f"(or {text}B if you really mean bytes)")
+        try:
+            size = int(humanfriendly.parse_size(text))
         except humanfriendly.InvalidSize:
-            raise ValueError(f"{what}: cannot read {value!r} as a size; write it like 128MB, 1GiB or 4096") from None
+            raise ValueError(f"{what}: cannot read {value!r} as a size; write it like 128MB, 1GiB or 4096B") from None
     if size <= 0:
         raise ValueError(f"{what}: must be positive, got {value!r} (use 'none' for unlimited)")
     return size

@@ -67,9 +67,26 @@ def test_crash_has_its_own_code():
     (["slice", "--worktime", "echo", "--work", "", "--memory-limit", "lots"], "cannot read 'lots' as a size"),
     (["slice", "--worktime", "echo", "--work", '{"bogus": 1}'], "EBADWORK: unknown echo action(s) bogus"),
     (["--cores", "0"], "0 is not in the range x>=1"),
+    (["slice", "-w", "echo", "--work", "", "--datum", '{"$bytes": "!!"}'], '{"$bytes": ...} must hold base64 text'),
+    (["slice", "-w", "echo", "--work", "", "--datum", '{"$bytes": 5}'], '{"$bytes": ...} must hold base64 text'),
+    (["slice", "-w", "echo", "--work", "", "--datum", "@/no/such.json"], "--datum: cannot read '/no/such.json'"),
+    (["slice", "-w", "echo", "--work", "/no/such/file.json"], "looks like a file path, but there is no such file"),
+    (["slice", "-w", "echo", "--work", "", "--memory-limit", "1.5"], "'1.5' has no unit; write it like 1.5MB"),
+    (["--wall-time", "1s", "slice", "-w", "echo", "--work", ""], "--wall-time belong to the worker itself"),
 ])
 def test_bad_input_is_one_clear_line(args, message):
     r = dcp_worker(*args)
     assert r.returncode != 0
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_big_datums_come_from_a_file_or_stdin(tmp_path):
+    big = list(range(200_000))
+    path = tmp_path / "datum.json"
+    path.write_text(json.dumps(big))
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", f"@{path}")
+    assert r.returncode == 0 and json.loads(r.stdout) == big
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "-w", "echo", "--work", "", "--datum", "-"],
+                       input='{"from": "stdin"}', capture_output=True, text=True, timeout=60)
+    assert json.loads(r.stdout) == {"from": "stdin"}

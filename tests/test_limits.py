@@ -20,6 +20,8 @@ def test_off_means_unlimited_and_round_trip():
     ({"wall_time": "soon"}, "wall_time: cannot read 'soon'"),
     ({"memroy": "1GB"}, "unknown limit 'memroy'"),
     ({"memory": True}, "memory: expected a size"),
+    ({"memory": "1.5"}, "has no unit; write it like 1.5MB"),
+    ({"memory": 512}, "too little to run anything"),
 ])
 def test_bad_limits_say_what_is_wrong(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -27,5 +29,7 @@ def test_bad_limits_say_what_is_wrong(kw, message):
 
 
 def test_parsers():
-    assert parse_size("4096") == 4096 and parse_size("none") is None
+    assert parse_size("4096B") == 4096 and parse_size(4096) == 4096 and parse_size("none") is None
+    with pytest.raises(ValueError, match="has no unit"):
+        parse_size("4096")
     assert parse_duration("2m") == 120.0 and parse_duration("unlimited") is None
