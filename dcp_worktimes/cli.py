@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -153,6 +154,14 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
             node = node.setdefault(p, {})
         node[leaf] = {"true": True, "false": False}.get(raw.lower(), raw)
     worker_limits = _limits(None, **limits) if any(v is not None for v in limits.values()) else None
+    from .scheduler.base import default_url
+    from .scheduler.urls import parse_url
+
+    kind, target = parse_url(scheduler_url or default_url())
+    if kind == "sqlite" and target != ":memory:" and not os.path.exists(target):
+        # A typo in --scheduler would otherwise wait forever on an empty store nobody deploys to.
+        click.echo(f"dcp-worker: no job store at {target} yet; creating an empty one (deployers must use the same "
+                   "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)
     worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits)
     stop = threading.Event()
