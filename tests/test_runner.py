@@ -233,3 +233,17 @@ def test_no_descriptor_leaks_across_pools():
             assert next(p.map(job(), [(0, 1)])).value == 1
             next(p.map(job({"crash": "abort"}), [(0, 0)]))
     assert count() <= before + 2
+
+
+def test_memory_of_processes_an_engine_spawns_counts_too(pool, probe):
+    work = (
+        "import subprocess, sys\n"
+        "def work(mb):\n"
+        "    code = f'import time; x = bytearray({mb} << 20); x[::4096] = b\"x\" * len(x[::4096]); time.sleep(30)'\n"
+        "    subprocess.run([sys.executable, '-c', code])\n"
+        "    return 'survived'\n"
+    )
+    t = time.monotonic()
+    out = next(pool.map(JobSpec(id="spawner", worktime=probe, work=work, limits=Limits.parse(memory="100MB")), [(0, 400)]))
+    assert out.error is not None and out.error.code == "EMEMORYLIMIT", out
+    assert time.monotonic() - t < 15

@@ -108,6 +108,8 @@ class _Slot:
     preparing_since: float | None = None
     cancel_at: float | None = None
     batch_size: int = 1
+    family: list = field(default_factory=list)  # the evaluator's child processes (engines may spawn)
+    ticks: int = 0
 
 
 class EvaluatorPool:
@@ -472,8 +474,11 @@ class EvaluatorPool:
         ps = slot.psproc
         if ps is None:
             return
+        slot.ticks += 1
+        if slot.ticks % 10 == 1:  # listing children scans /proc: not on every tick
+            slot.family = ps.children(recursive=True)
         if lim.memory is not None:
-            rss = ps.memory_info().rss
+            rss = ps.memory_info().rss + _sum(p.memory_info().rss for p in slot.family)
             allowed = proc.baseline_rss + lim.memory * (1 + slot.memory_slack)
             if rss > allowed:
                 proc.kill(SliceError(
@@ -484,12 +489,24 @@ class EvaluatorPool:
                 return
         if lim.cpu_time is not None:
             t = ps.cpu_times()
-            used = t.user + t.system - cpu_start
+            used = t.user + t.system + t.children_user + t.children_system - cpu_start
+            used += _sum(sum(p.cpu_times()[:2]) for p in slot.family)
             if used > lim.cpu_time + slot.grace:
                 proc.kill(SliceError(
                     f"the slice used {used:.1f}s of CPU time, over its limit of {lim.cpu_time:g}s; "
                     "raise the limit (cpu_time / --cpu-time) or do less per slice",
                     code=ErrorCode.ECPULIMIT), index)
+
+
+def _sum(values: Iterable[float]) -> float:
+    """Sum over processes that may vanish while we look."""
+    total = 0.0
+    try:
+        for v in values:
+            total += v
+    except psutil.Error:
+        pass
+    return total
 
 
 def _remember(memory: "collections.OrderedDict[str, Any]", key: str, value: Any) -> None:

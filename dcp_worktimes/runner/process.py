@@ -89,6 +89,8 @@ class Zygote:
             if "exit" in msg:
                 with self._exit_cond:
                     self._exits[msg["exit"]] = msg["status"]
+                    while len(self._exits) > 256:  # statuses nobody asked for (clean exits)
+                        del self._exits[next(iter(self._exits))]
                     self._exit_cond.notify_all()
             elif "pid" in msg:
                 self._replies.put(msg)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import signal
 import time
 from typing import Any
 
@@ -47,6 +46,13 @@ class EchoWorktime(Worktime):
             raise WorkError(f"unknown echo action(s) {', '.join(unknown)}; known: {', '.join(ACTIONS)}")
         if "crash" in actions and actions["crash"] not in CRASHES:
             raise WorkError(f"crash must be one of {', '.join(CRASHES)}")
+        for key in ("spin", "sleep", "silent", "allocate", "output"):
+            value = actions.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise WorkError(f"echo action {key!r} takes a number, got {value!r}")
+        for key, kind in (("console", list), ("emit", dict), ("progress", list)):
+            if not isinstance(actions.get(key, kind()), kind):
+                raise WorkError(f"echo action {key!r} takes a {kind.__name__}")
         self.actions = actions
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
@@ -68,8 +74,11 @@ class EchoWorktime(Worktime):
             _sleep(ctx, a["silent"], report=False)
         if "allocate" in a:
             hoard = []
-            for _ in range(int(a["allocate"]) // 8):
-                hoard.append(bytearray(os.urandom(1)) * (8 << 20))  # touched: counts in RSS
+            left = int(float(a["allocate"]) * (1 << 20))
+            while left > 0:
+                chunk = min(left, 8 << 20)
+                hoard.append(bytearray(os.urandom(1)) * chunk)  # touched: counts in RSS
+                left -= chunk
                 ctx.progress()
             del hoard
         if "crash" in a:
