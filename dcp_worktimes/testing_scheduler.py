@@ -302,6 +302,31 @@ class SchedulerConformance:
         assert st["status"] == "complete" and st["total"] == 4 and st["distributed"] == 4
         assert unpack(scheduler.results("s")[3].value) == 3.5
 
+    def test_stream_gaps_and_late_numbers(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("s", stream=True))
+        scheduler.add_slices("s", [(0, pack("a")), (1, pack("b")), (5, pack("f"))])
+        first = drain(scheduler)
+        assert [(lease.slice_number, unpack(lease.datum)) for lease in first] == [(0, "a"), (1, "b"), (5, "f")]
+        scheduler.add_slices("s", [(3, pack("d")), (2, pack("c"))])  # below what was already handed out
+        late = drain(scheduler, "w2")
+        assert sorted((lease.slice_number, unpack(lease.datum)) for lease in late) == [(2, "c"), (3, "d")]
+        scheduler.complete([ok(lease) for lease in first + late])
+        scheduler.close_input("s", 5)
+        assert scheduler.status("s")["status"] == "complete"
+        assert sorted(scheduler.results("s")) == [0, 1, 2, 3, 5]
+
+    def test_stream_slice_lost_is_leased_again_with_its_datum(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("s", stream=True))
+        scheduler.add_slices("s", [(0, pack(b"\x00zero")), (1, pack([1]))])
+        scheduler.close_input("s", 2)
+        scheduler.lease("w1", ECHO, {}, 2, lease_seconds=0.2)
+        time.sleep(0.7)
+        again = drain(scheduler, "w2")
+        assert [(lease.slice_number, unpack(lease.datum), lease.attempt) for lease in again] == \
+            [(0, b"\x00zero", 2), (1, [1], 2)]
+        scheduler.complete([ok(lease) for lease in again])
+        assert scheduler.status("s")["status"] == "complete"
+
     def test_cancel(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 10))
         leases = scheduler.lease("w1", ECHO, {}, 3, 30)

@@ -10,9 +10,10 @@ Storage, and why it is shaped so:
   ones already settled (those slices never get a slice row: ``next_slice`` walks the
   description), or, for ``first IS NULL``, the slice rows that point at it. Heartbeats extend one
   row per batch. An expired lease is deleted and its unsettled slices become pending rows.
-* ``slices``: slices that are pending (stream datums, retries), leased from pending, or done
-  (state 2, kept so a stream slice added twice is not run twice). Datum NULL for described
-  inputs: recomputed from the description.
+* ``slices``: stream datums (state 3, *queued*: leased in runs by the ``next_slice`` cursor
+  exactly like a range, so never updated one by one; the row stays so a slice added twice is
+  not run twice), and slices that are pending (retries, returns), leased from pending, or done
+  (state 2). Datum NULL for described inputs: recomputed from the description.
 * ``results``: one row per reported *batch*: the msgpack of its columns (slice numbers, ok flags,
   result bytes as the worker sent them, errors, wall/CPU time, bytes in/out, attempts), under the
   per-job sequence numbers ``seq .. last``. A report is recorded only if its slice is still its
@@ -60,8 +61,9 @@ from .base import (
     worker_can_run,
 )
 
-SCHEMA_VERSION = 3
-PENDING, LEASED, DONE = 0, 1, 2
+SCHEMA_VERSION = 4
+#: Slice row states. QUEUED: a stream slice not leased yet (walked by ``next_slice`` like a range).
+PENDING, LEASED, DONE, QUEUED = 0, 1, 2, 3
 HOST = socket.gethostname()
 
 _SCHEMA = """
@@ -79,7 +81,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     distributed INTEGER NOT NULL DEFAULT 0,
     computed INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    seq INTEGER NOT NULL DEFAULT 0
+    seq INTEGER NOT NULL DEFAULT 0,
+    added INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS slices (
     job_id TEXT NOT NULL,
@@ -174,6 +177,9 @@ class SqliteScheduler(Scheduler):
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
                 if version == 2:
                     self._migrate_from_2()
+                    version = 3
+                if version == 3:  # format 4 added jobs.added (stream slices queued)
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN added INTEGER NOT NULL DEFAULT 0")
                     version = SCHEMA_VERSION
                 if version not in (0, SCHEMA_VERSION):
                     raise SchedulerError(
@@ -337,12 +343,19 @@ class SqliteScheduler(Scheduler):
                 raise SchedulerError(f"job {job_id}: input already closed with {total} slices; cannot add more")
             if status in FINAL_STATES:
                 return
-            # Done stream slices keep their row (state 2), so adding one again is ignored too.
-            cur = self._db.executemany(
-                "INSERT OR IGNORE INTO slices (job_id, n, state, datum) VALUES (?, ?, 0, ?)",
-                [(job_id, int(n), bytes(d)) for n, d in items],
-            )
-            self._db.execute("UPDATE jobs SET pending = pending + ? WHERE id = ?", (cur.rowcount, job_id))
+            # Stream slices are queued rows that leasing walks in order like a range (no per-slice
+            # update when leased); their rows stay, so adding one again is ignored. A slice numbered
+            # below the cursor (added out of order) is queued as pending instead.
+            cursor = self._db.execute("SELECT next_slice FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            rows = [(job_id, int(n), QUEUED if n >= cursor else PENDING, bytes(d)) for n, d in items]
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO slices (job_id, n, state, datum) VALUES (?, ?, ?, ?)",
+                                 [r for r in rows if r[2] == QUEUED])
+            queued = self._db.total_changes - before
+            late = [r for r in rows if r[2] == PENDING]
+            cur = self._db.executemany("INSERT OR IGNORE INTO slices (job_id, n, state, datum) VALUES (?, ?, ?, ?)", late)
+            self._db.execute("UPDATE jobs SET added = added + ?, pending = pending + ? WHERE id = ?",
+                             (queued, cur.rowcount if late else 0, job_id))
         self._notify()
 
     def close_input(self, job_id: str, total: int) -> None:
@@ -480,7 +493,8 @@ class SqliteScheduler(Scheduler):
                 self._reclaim(now)
             candidates = self._db.execute(
                 "SELECT id, status, total, described, next_slice, pending FROM jobs "
-                "WHERE status IN (?, ?) AND (pending > 0 OR (described = 1 AND next_slice < total)) "
+                "WHERE status IN (?, ?) AND (pending > 0 OR (described = 1 AND next_slice < total) "
+                "OR (described = 0 AND distributed < added)) "
                 "ORDER BY payment DESC, created ASC",
                 (RUNNING, UNSCHEDULABLE),
             ).fetchall()
@@ -545,6 +559,26 @@ class SqliteScheduler(Scheduler):
             out.extend(Lease(job_id, n, datum, token, 1, expires)
                        for n, datum in zip(range(next_slice, stop), self._packed_datums(job_id, next_slice, stop)))
             first_time += stop - next_slice
+        elif not described and more > 0:
+            rows = self._db.execute(
+                "SELECT n, datum FROM slices WHERE job_id = ? AND n >= ? AND state = 3 ORDER BY n LIMIT ?",
+                (job_id, next_slice, more),
+            ).fetchall()
+            if rows:
+                # One range lease over the queued rows; numbers missing in between count as settled.
+                stop = rows[-1][0] + 1
+                bits = bytearray(b"\xff" * ((stop - next_slice + 7) // 8))
+                for n, _d in rows:
+                    i = n - next_slice
+                    bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+                token = _token()
+                self._db.execute(
+                    "INSERT INTO leases (id, job_id, worker_id, expires, first, stop, bits, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (token, job_id, worker_id, expires, next_slice, stop, bytes(bits), len(rows)),
+                )
+                self._db.execute("UPDATE jobs SET next_slice = ? WHERE id = ?", (stop, job_id))
+                out.extend(Lease(job_id, n, datum, token, 1, expires) for n, datum in rows)
+                first_time += len(rows)
         if first_time:
             self._db.execute("UPDATE jobs SET distributed = distributed + ? WHERE id = ?", (first_time, job_id))
         return out
