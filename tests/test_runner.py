@@ -247,3 +247,18 @@ def test_memory_of_processes_an_engine_spawns_counts_too(pool, probe):
     out = next(pool.map(JobSpec(id="spawner", worktime=probe, work=work, limits=Limits.parse(memory="100MB")), [(0, 400)]))
     assert out.error is not None and out.error.code == "EMEMORYLIMIT", out
     assert time.monotonic() - t < 15
+
+
+def test_heartbeat_never_yields_a_torn_record():
+    import struct
+
+    from dcp_worktimes.runner.heartbeat import Heartbeat
+
+    hb = Heartbeat()
+    assert hb.read() == (-1, 0.0, 0.0, 0.0)
+    hb.start(3, 100.0, 1.5)
+    assert hb.read() == (3, 100.0, 100.0, 1.5)
+    struct.pack_into("<Q", hb._map, 0, 7)  # a writer descheduled mid-write: odd sequence number
+    assert hb.read() is None
+    assert hb.last_words()[0] == 3
+    hb.close()

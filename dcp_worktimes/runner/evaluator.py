@@ -106,10 +106,15 @@ class _SliceEvents:
     __slots__ = ("out", "index", "cap", "sent", "over", "pending")
 
     def __init__(self, out: FrameWriter, index: int, cap: int | None) -> None:
+        self.reset(out, index, cap)
+
+    def reset(self, out: FrameWriter, index: int, cap: int | None) -> "_SliceEvents":
+        # One object per evaluator, reset per slice: trivial slices are counted in microseconds.
         self.out, self.index, self.cap = out, index, cap
         self.sent = 0
         self.over = False
         self.pending: dict | None = None
+        return self
 
     def __call__(self, kind: str, payload: Any) -> None:
         if self.over:
@@ -154,6 +159,7 @@ class Evaluator:
         self.inbox: "queue.Queue[dict | None]" = queue.Queue()
         self._packer = packer()
         self._beat = lambda: hb.progressed(time.monotonic())  # one closure for every slice
+        self._events = _SliceEvents(out, -1, None)
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
@@ -220,7 +226,7 @@ class Evaluator:
         self.hb.idle()
 
     def one(self, index: int, number: int, datum_bytes: bytes, limits: Limits) -> None:
-        events = _SliceEvents(self.out, index, limits.output)
+        events = self._events.reset(self.out, index, limits.output)
         hb = self.hb
         now = time.monotonic()
         cpu0 = time.process_time()

@@ -5,7 +5,11 @@ time, the time of its last ``progress()`` and its process CPU time at start. The
 watchdog reads it every tick. Shared memory instead of frames because ``progress()`` may be
 called millions of times per slice: a pipe message per call would cost more than the work.
 
-``CLOCK_MONOTONIC`` is system-wide on Linux, so times compare across the two processes.
+The record is a seqlock: the writer makes the sequence number odd, writes the fields, makes it
+even again; a reader that sees an odd or changed number retries, and after a few tries gives up
+for this tick (the writer may be descheduled mid-write: a torn record once killed a healthy slice
+as "no progress since time 0"). ``CLOCK_MONOTONIC`` is system-wide on Linux, so times compare
+across the two processes.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import mmap
 import os
 import struct
 
-_LAYOUT = struct.Struct("<qqddd")  # generation, index (-1 idle), started, last_progress, cpu_start
-SIZE = _LAYOUT.size
+_SEQ = struct.Struct("<Q")
+_FIELDS = struct.Struct("<qddd")  # index (-1 idle), started, last_progress, cpu_start
+_FIELDS_AT = _SEQ.size
+SIZE = _SEQ.size + _FIELDS.size
 IDLE = -1
 
 
@@ -29,31 +35,47 @@ class Heartbeat:
             os.ftruncate(fd, SIZE)
         self.fd = fd
         self._map = mmap.mmap(fd, SIZE)
-        self._gen = 0
+        self._seq = _SEQ.unpack_from(self._map, 0)[0] & ~1
         if new:
             self.idle()  # zeroed memory would read as "slice 0 started at time 0"
 
-    # -- evaluator side -------------------------------------------------------------------------
+    # -- evaluator side (one writer) --------------------------------------------------------------
+    def _write(self, index: int, started: float, last: float, cpu: float) -> None:
+        m = self._map
+        self._seq += 1
+        _SEQ.pack_into(m, 0, self._seq)  # odd: writing
+        _FIELDS.pack_into(m, _FIELDS_AT, index, started, last, cpu)
+        self._seq += 1
+        _SEQ.pack_into(m, 0, self._seq)  # even: consistent
+
     def start(self, index: int, now: float, cpu: float) -> None:
-        self._gen += 1
-        _LAYOUT.pack_into(self._map, 0, self._gen, index, now, now, cpu)
+        self._write(index, now, now, cpu)
 
     def progressed(self, now: float) -> None:
-        struct.pack_into("<d", self._map, 24, now)  # one aligned 8-byte store: no torn read
+        # One aligned 8-byte store: never torn on the platforms we run on, so no seqlock round.
+        struct.pack_into("<d", self._map, _FIELDS_AT + 16, now)
 
     def idle(self) -> None:
-        self._gen += 1
-        _LAYOUT.pack_into(self._map, 0, self._gen, IDLE, 0.0, 0.0, 0.0)
+        self._write(IDLE, 0.0, 0.0, 0.0)
 
-    # -- supervisor side ------------------------------------------------------------------------
-    def read(self) -> tuple[int, int, float, float, float]:
-        """``(generation, index, started, last_progress, cpu_start)``; retried if torn."""
-        for _ in range(4):
-            first = _LAYOUT.unpack_from(self._map, 0)
-            again = _LAYOUT.unpack_from(self._map, 0)
-            if first[:3] == again[:3]:
-                return again
-        return again
+    # -- supervisor side --------------------------------------------------------------------------
+    def read(self) -> tuple[int, float, float, float] | None:
+        """``(index, started, last_progress, cpu_start)``, or ``None`` if no consistent read now."""
+        m = self._map
+        if self._map.closed:
+            return None
+        for _ in range(8):
+            before = _SEQ.unpack_from(m, 0)[0]
+            if before & 1:
+                continue
+            fields = _FIELDS.unpack_from(m, _FIELDS_AT)
+            if _SEQ.unpack_from(m, 0)[0] == before:
+                return fields
+        return None
+
+    def last_words(self) -> tuple[int, float, float, float]:
+        """The record as a dead writer left it (consistent or not: nobody will finish the write)."""
+        return _FIELDS.unpack_from(self._map, _FIELDS_AT)
 
     def close(self) -> None:
         try:

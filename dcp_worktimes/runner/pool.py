@@ -396,7 +396,7 @@ class EvaluatorPool:
 
     def _post_mortem(self, slot: _Slot, proc: EvaluatorProcess, batch: list[_Task], done: set[int],
                      died: EvaluatorDied) -> None:
-        _, running, started, _, _ = proc.heartbeat.read()
+        running, started, _, _ = proc.heartbeat.last_words()
         index = running if died.index is None else died.index
         reason = died.reason or SliceError("the evaluator died", code=ErrorCode.ECRASH)
         self._retire(slot)
@@ -455,7 +455,10 @@ class EvaluatorPool:
         if slot.cancel_at is not None and now - slot.cancel_at > CANCEL_GRACE:
             proc.kill(SliceError("the slice was cancelled (and did not stop by itself)", code=ErrorCode.ECANCELLED))
             return
-        _, index, started, last_progress, cpu_start = proc.heartbeat.read()
+        beat = proc.heartbeat.read()
+        if beat is None:  # the evaluator is mid-write: look again next tick
+            return
+        index, started, last_progress, cpu_start = beat
         if index < 0:
             return
         lim = slot.limits
