@@ -14,7 +14,7 @@ import time
 import pytest
 
 from dcp_worktimes import compute
-from dcp_worktimes.errors import ErrorCode, WorktimeNotFound
+from dcp_worktimes.errors import ErrorCode, WorkError, WorktimeNotFound
 from dcp_worktimes.plugins import get_worktimes
 
 INSTALLED = set(get_worktimes())
@@ -224,9 +224,22 @@ def test_multi_dimensional_js_forms(store, wt):
 
 
 @pytest.mark.parametrize("wt", [_param("map-basic")])
-def test_one_failure_for_all_slices_reads_as_one_line(store, wt):
-    with pytest.raises(compute.JobFailed) as info:
-        job(wt, DIMS, "42").exec()
-    text = str(info.value)
-    assert "4 of 4 slices failed" in text and "slices 0-3 (4): EBADWORK" in text
-    assert text.count("EBADWORK") == 1
+def test_unusable_work_is_one_error_not_one_per_slice(store, wt):
+    # Work that does not compile fails every slice the same way: exec() raises one WorkError with
+    # the engine's message, whatever errors= says, and stops the job at the first EBADWORK.
+    for errors in ("raise", "return"):
+        with pytest.raises(WorkError) as info:
+            job(wt, DIMS, "42").exec(errors=errors)
+        text = str(info.value)
+        assert info.value.code == ErrorCode.EBADWORK and "must evaluate to a function" in text
+        assert text.count("must evaluate to a function") == 1 and "slices failed" not in text
+
+
+@pytest.mark.parametrize("wt", [_param("map-basic")])
+def test_unusable_work_cancels_the_remaining_slices(store, wt):
+    j = job(wt, {"start": 0, "end": 999}, "function(x){ return x +* }")
+    with pytest.raises(WorkError, match="does not compile"):
+        j.exec()
+    st = compute.resume(j.id).status()
+    assert st["status"] == "cancelled" and "EBADWORK" in st.get("reason", "")
+    assert st["computed"] == 0 and st["failed"] < 1000  # stopped early, not 1000 separate failures

@@ -105,6 +105,11 @@ def for_(*args: Any, **settings: Any) -> Job:
         while i < len(args) and _is_number(args[i]) and len(numbers_) < 3:
             numbers_.append(args[i])
             i += 1
+        if len(numbers_) < 2 and any(_is_number(a) for a in args[i:]):
+            raise TypeError(
+                f"compute.for_({', '.join(f'{a!r:.20}' for a in args)}): the work must come after start, end[, step]: "
+                "compute.for_(start, end[, step], work[, arguments])"
+            )
         if len(numbers_) < 2:
             raise TypeError(
                 f"compute.for_({first!r}, ...): a numeric form needs start and end: compute.for_(start, end[, step], work)"

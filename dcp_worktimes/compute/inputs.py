@@ -1,6 +1,8 @@
 """Input sets: what a job maps its work over, as the scheduler sees them.
 
-Every input set has an exact ``len()`` (``TypeError`` for streams of unknown length), ``nth(i)``
+Every input set has an exact ``size`` (an ``int`` of any size; ``len()`` works up to 2**63-1 and
+raises ``OverflowError`` pointing to ``size`` above; both raise ``TypeError`` for streams of
+unknown length: ``input_size`` turns that into ``None``), ``nth(i)``
 (the datum of slice ``i``, computed without materialising the set) and a ``description()`` that
 is plain JSON/msgpack data. ``input_set_from_description`` is its inverse: the scheduler stores
 descriptions and slices ranges and distributions on demand::
@@ -30,6 +32,8 @@ Descriptions by kind:
 from __future__ import annotations
 
 import itertools
+import numbers
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,6 +43,8 @@ from .stats import DistributionSet
 __all__ = [
     "InputSet",
     "StreamInput",
+    "input_size",
+    "plain",
     "input_set",
     "input_set_from_description",
     "RangeObject",
@@ -50,6 +56,9 @@ __all__ = [
 
 @runtime_checkable
 class InputSet(Protocol):
+    @property
+    def size(self) -> int: ...
+
     def __len__(self) -> int: ...
 
     def nth(self, i: int) -> Any: ...
@@ -80,18 +89,22 @@ class StreamInput:
         self.consumed = 0
         self.exhausted = iterable is None
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
         if self._sized is not None:
             return self._sized
         if self.exhausted and self._source is not None:
             return self.consumed
         raise TypeError("the length of a stream input is not known until it has been consumed")
 
+    def __len__(self) -> int:
+        return self.size
+
     def nth(self, i: int) -> Any:
         if self.seen is not None and 0 <= i < len(self.seen):
             return self.seen[i]
         if self._source is not None and hasattr(self._source, "__getitem__") and self._sized is not None:
-            return self._source[i]  # type: ignore[index]
+            return plain(self._source[i])  # type: ignore[index]
         raise TypeError(
             "slice datums of a stream input live in the scheduler's store, not in its description; "
             "read them from the scheduler (the deployer pushed them with add_slices)"
@@ -104,7 +117,7 @@ class StreamInput:
         if self._iter is None:
             self._iter = iter(self._source)
         while True:
-            chunk = list(itertools.islice(self._iter, size))
+            chunk = [plain(v) for v in itertools.islice(self._iter, size)]
             if not chunk:
                 self.exhausted = True
                 return
@@ -121,11 +134,62 @@ class StreamInput:
         return f"StreamInput({self._source!r})"
 
 
+_RANGE_KEYS = frozenset({"start", "end", "step", "group"})
+
+
+def input_size(inputs: Any) -> int | None:
+    """Exact number of slices of an input set (any size), or ``None`` for a stream of unknown length."""
+    try:
+        size = getattr(inputs, "size", None)
+        return size if isinstance(size, int) else len(inputs)
+    except TypeError:
+        return None
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays (and other number types) turned into the lossless set.
+
+    ``np.int64(3)`` -> ``3``, ``np.float64(0.5)`` -> ``0.5``, ``np.arange(3)`` -> ``[0, 1, 2]``,
+    recursively inside lists, tuples and dicts; anything else is returned as it is (``pack`` then
+    says what cannot be sent). numpy is only looked at when the program already imported it::
+
+        >>> plain([1, (2.5, {"a": True})])
+        [1, (2.5, {'a': True})]
+    """
+    t = type(value)
+    if t in (int, float, str, bytes, bool) or value is None:
+        return value
+    if t is list:
+        return [plain(v) for v in value]
+    if t is tuple:
+        return tuple(plain(v) for v in value)
+    if t is dict:
+        return {plain(k): plain(v) for k, v in value.items()}
+    np = sys.modules.get("numpy")  # no numpy objects can exist unless numpy was imported
+    if np is not None:
+        if isinstance(value, np.ndarray):
+            return plain(value.tolist())
+        if isinstance(value, np.generic):
+            return plain(value.item())
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):  # a float subclass
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Rational):
+        return float(value)  # Fractions stay: float() would round them, pack() refuses them instead
+    return value
+
+
+def _is_range_spec(v: Any) -> bool:
+    return isinstance(v, RangeObject) or (isinstance(v, Mapping) and bool(v) and set(v) <= _RANGE_KEYS)
+
+
 def input_set(value: Any) -> InputSet:
     """The input set for one ``compute.for_`` input argument.
 
     A ``RangeObject`` or range dict → ``RangeObject``; a list/tuple whose items are *all* range
-    objects → ``MultiRange``; a distribution → itself; any other iterable (list, tuple, set of
+    objects (dicts with only the keys start, end, step, group) → ``MultiRange`` (a list of other
+    dicts is a list of data, even when they have a ``start`` key); a distribution → itself; any other iterable (list, tuple, set of
     values, generator, ``range``) → ``StreamInput``. Strings, bytes and mappings that are not
     ranges are refused: they are almost always a mistake (a string would be sliced per character).
     """
@@ -146,9 +210,7 @@ def input_set(value: Any) -> InputSet:
     if isinstance(value, range) and len(value):
         # A Python range is a range object in disguise: keep it lazy (range(10**12) costs nothing).
         return RangeObject(value[0], value[-1], value.step)
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(v, RangeObject) or (isinstance(v, Mapping) and ("start" in v or "end" in v)) for v in value
-    ):
+    if isinstance(value, (list, tuple)) and value and all(_is_range_spec(v) for v in value):
         return MultiRange(value)
     if isinstance(value, Iterable):
         return StreamInput(value)

@@ -19,7 +19,10 @@ Failure policy: a slice whose work raises fails for good (the work is determinis
 lost to a crashed evaluator is retried up to ``job.max_attempts`` times by the scheduler. When
 slices fail, ``exec()`` raises one ``JobFailed`` listing each failed slice (code and message)
 whose ``.results`` still holds every completed result; ``exec(errors="return")`` returns the
-handle instead with a ``SliceFailed`` in each failed slot.
+handle instead with a ``SliceFailed`` in each failed slot. Work that cannot be used at all (it
+does not compile, its top level raises: error code ``EBADWORK``) would fail every slice the same
+way, so the first such error cancels the rest of the job and ``exec()`` raises one ``WorkError``
+with the engine's message, whatever ``errors`` says.
 
 Events are dispatched on the thread that runs ``exec()`` (``exec_async`` runs it in a worker
 thread of the event loop's default executor).
@@ -28,6 +31,8 @@ thread of the event loop's default executor).
 from __future__ import annotations
 
 import asyncio
+import math
+import numbers
 import os
 import sys
 import threading
@@ -41,7 +46,7 @@ from ..limits import Limits
 from ..values import UnserializableValue, pack, unpack
 from .cost import CostProfile, parse_cost
 from .events import JOB_EVENTS, Event, EventEmitter
-from .inputs import InputSet, StreamInput, input_set_from_description
+from .inputs import InputSet, StreamInput, input_set_from_description, input_size, plain
 from .ranges import MultiRange
 from .results import JobFailed, ResultHandle, SliceFailed, nest
 from .work import Work, capture
@@ -54,6 +59,8 @@ ENV_PROGRESS = "DCP_PROGRESS"
 STREAM_BATCH = 1000
 #: With ``exec(local=False)``: seconds to wait for a worker to attach before calling the job unschedulable.
 REMOTE_GRACE = 30.0
+#: The scheduler's stores count slices in signed 64-bit integers (SQLite's INTEGER).
+MAX_SLICES = 2**63 - 1
 _PUBLIC_KEYS = {"name", "description", "link"}
 #: Job attributes that ``for_``/``do`` keywords and ``compute.default`` may set.
 SETTINGS = frozenset({"worktime", "worktime_version", "custom_worktime", "requirements", "public", "limits", "options",
@@ -103,6 +110,70 @@ def _check_requirements(req: Any, path: str = "requirements") -> None:
             raise RequirementsError(
                 f"{path}.{k} must be True (must have) or False (must not have), or a nested dict; got {v!r}"
             )
+
+
+def _check_modules(modules: Any) -> dict[str, str | bytes]:
+    """``job.modules`` checked as ``requires()`` checks it: ``{name: str or bytes source}``."""
+    if not isinstance(modules, Mapping):
+        raise TypeError(f"job.modules must be a dict {{name: source}} (or use job.requires()), got {type(modules).__name__}")
+    out: dict[str, str | bytes] = {}
+    for name, source in modules.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"job.modules: module names must be non-empty strings, got {name!r}")
+        if isinstance(source, (bytearray, memoryview)):
+            source = bytes(source)
+        if not isinstance(source, (str, bytes)):
+            raise TypeError(
+                f"job.modules[{name!r}]: source must be str or bytes, got {type(source).__name__} {source!r:.40}; "
+                "ship a module file with job.requires('path/to/module.py')"
+            )
+        out[name] = source
+    return out
+
+
+def _check_files(files: Any) -> dict[str, bytes]:
+    """``job.files``: ``{relative path: bytes}`` the work may read."""
+    if not isinstance(files, Mapping):
+        raise TypeError(f"job.files must be a dict {{relative path: bytes}}, got {type(files).__name__}")
+    out: dict[str, bytes] = {}
+    for path, data in files.items():
+        if not isinstance(path, str) or not path or path.startswith(("/", "\\")) or ".." in Path(path).parts:
+            raise TypeError(f"job.files: keys must be relative paths inside the job's directory such as 'data/a.txt', got {path!r}")
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        if isinstance(data, str):
+            raise TypeError(
+                f"job.files[{path!r}] is a str; files hold bytes: write {{{path!r}: text.encode()}} "
+                "(or ship source the work imports with job.requires())"
+            )
+        if not isinstance(data, bytes):
+            raise TypeError(f"job.files[{path!r}] must be bytes, got {type(data).__name__}")
+        out[path] = data
+    return out
+
+
+def _check_scheduler(value: Any) -> None:
+    from ..scheduler import Scheduler
+
+    if value is None or isinstance(value, Scheduler):
+        return
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"scheduler must be a scheduler URL such as 'sqlite:///path/jobs.db', a Scheduler instance or None "
+            f"(= $DCP_SCHEDULER or the per-user store), got {type(value).__name__} {value!r:.40}"
+        )
+
+
+def _check_cores(cores: Any, what: str) -> None:
+    if cores is not None and (isinstance(cores, bool) or not isinstance(cores, numbers.Integral) or cores < 1):
+        raise ValueError(f"{what} must be a positive number of evaluator processes, or None for all cores; got {cores!r}")
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"exec(timeout=...) must be a positive number of seconds, or None to wait forever; got {timeout!r}")
 
 
 def _progress_wanted(explicit: bool | None) -> bool:
@@ -189,8 +260,8 @@ class Job(EventEmitter):
         self.public: dict = {}
         self._limits = Limits()
         self.options: dict[str, Any] = {}
-        self.modules: dict[str, str | bytes] = {}
-        self.files: dict[str, bytes] = {}
+        self._modules: dict[str, str | bytes] = {}
+        self._files: dict[str, bytes] = {}
         self.max_attempts = 3
         #: Scheduler URL or instance; ``None`` = ``$DCP_SCHEDULER`` or the per-user SQLite store.
         self.scheduler: Any = None
@@ -221,7 +292,9 @@ class Job(EventEmitter):
         if not isinstance(value, str) or not value.strip():
             raise TypeError(f"job.worktime must be a worktime name such as 'map-basic', got {value!r}")
         name, _, rng = value.strip().partition("@")
-        self._worktime = name
+        if not name.strip():
+            raise TypeError(f"job.worktime {value!r} has no name before '@'; write e.g. 'map-basic@^1.0.0'")
+        self._worktime = name.strip()
         if rng:
             self.worktime_version = rng
 
@@ -240,6 +313,24 @@ class Job(EventEmitter):
             self._limits = Limits.parse(**value)
         else:
             raise TypeError(f"job.limits must be a Limits or a dict such as {{'wall_time': '2s'}}, got {value!r}")
+
+    @property
+    def modules(self) -> dict[str, str | bytes]:
+        """Modules shipped with the job, ``{name: source}`` (``requires()`` adds to it)."""
+        return self._modules
+
+    @modules.setter
+    def modules(self, value: Mapping[str, str | bytes] | None) -> None:
+        self._modules = _check_modules(value if value is not None else {})
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """Read-only files for the work, ``{relative path: bytes}``."""
+        return self._files
+
+    @files.setter
+    def files(self, value: Mapping[str, bytes] | None) -> None:
+        self._files = _check_files(value if value is not None else {})
 
     def requires(self, *modules: Any, **named: str | bytes) -> "Job":
         """Ship modules with the job (what the work ``require``s / ``import``s).
@@ -270,18 +361,12 @@ class Job(EventEmitter):
         return self
 
     def _add_module(self, name: Any, source: Any) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"module names must be non-empty strings, got {name!r}")
-        if not isinstance(source, (str, bytes)):
-            raise TypeError(f"module {name!r}: source must be str or bytes, got {type(source).__name__}")
-        self.modules[name] = source
+        self._modules.update(_check_modules({name: source}))
 
     # -- validation and deployment ---------------------------------------------------------------
     def _total(self) -> int | None:
-        try:
-            return len(self.input_set)
-        except TypeError:
-            return None
+        """Exact slice count (any size; never ``len()``, which stops at 2**63-1), ``None`` for a stream."""
+        return input_size(self.input_set)
 
     def _spec(self) -> Any:
         """Validate everything and build the ``JobSpec`` (raises before anything is deployed)."""
@@ -295,10 +380,32 @@ class Job(EventEmitter):
             raise TypeError(f"job.public must be a dict with keys from {sorted(_PUBLIC_KEYS)}, got {self.public!r}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"job.max_attempts must be a positive integer, got {self.max_attempts!r}")
+        _check_cores(self.cores, "job.cores")
+        _check_scheduler(self.scheduler)
+        total = self._total()
+        if total is not None and total > MAX_SLICES:
+            raise ValueError(
+                f"this job has {total} slices; a scheduler store counts at most 2**63-1 = {MAX_SLICES} slices per job "
+                "(and no machine would finish that many); split the range into smaller jobs or use a larger step/group"
+            )
+        modules, files = _check_modules(self.modules), _check_files(self.files)
+        if not isinstance(self.arguments, (list, tuple)):
+            raise TypeError(f"job.arguments must be a list (work(datum, *arguments)), got {type(self.arguments).__name__}")
+        arguments = plain(list(self.arguments))
         try:
-            pack(self.arguments)
+            pack(arguments)
         except UnserializableValue as e:
             raise UnserializableValue(f"job arguments: {e}") from None
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"job.options must be a dict of worktime switches such as {{'strict': True}}, got {self.options!r:.40}")
+        user_options = plain(dict(self.options))
+        for key, value in user_options.items():
+            if not isinstance(key, str):
+                raise TypeError(f"job.options keys must be strings, got {key!r}")
+            try:
+                pack(value)
+            except UnserializableValue as e:
+                raise UnserializableValue(f"job.options[{key!r}]: {e}") from None
         if not self.custom_worktime:
             try:
                 reg = get_worktime(name, self.worktime_version)
@@ -321,13 +428,13 @@ class Job(EventEmitter):
                 + ('"function(x){ progress(); return x }"' if name == "map-basic" else "a Python function or its source")
             )
         options = dict(captured.options)
-        options.update(self.options)
+        options.update(user_options)
         payload = captured.payload
         if isinstance(self.input_set, MultiRange):
             payload, options = _spread(name, payload, options)
         return JobSpec(
-            id="", worktime=name, work=payload, arguments=list(self.arguments), modules=dict(self.modules),
-            files=dict(self.files), options=options, limits=self.limits,
+            id="", worktime=name, work=payload, arguments=arguments, modules=modules,
+            files=files, options=options, limits=self.limits,
         )
 
     def _local_capabilities(self) -> dict:
@@ -372,10 +479,12 @@ class Job(EventEmitter):
         if self._sched is None:
             from ..scheduler import Scheduler, open_scheduler
 
+            _check_scheduler(self.scheduler)
             if isinstance(self.scheduler, Scheduler):
                 self._sched, self._owns_sched = self.scheduler, False
             else:
-                self._sched, self._owns_sched = open_scheduler(self.scheduler), True
+                url = os.fspath(self.scheduler) if isinstance(self.scheduler, os.PathLike) else self.scheduler
+                self._sched, self._owns_sched = open_scheduler(url), True
         return self._sched
 
     def _release_scheduler(self) -> None:
@@ -403,6 +512,8 @@ class Job(EventEmitter):
         """Validate and submit the job without running it; returns the job id. ``exec()`` calls this."""
         if self._deployed:
             return self.id  # type: ignore[return-value]
+        if self._cancel_requested.is_set():
+            raise JobCancelled("the job was cancelled before it was deployed (job.cancel()); build a new job to run it")
         profile = parse_cost(cost)
         record = self._record(profile)
         self._check_schedulable(record, local)
@@ -472,7 +583,13 @@ class Job(EventEmitter):
         """
         if errors not in ("raise", "return"):
             raise ValueError(f"exec(errors=...) must be 'raise' or 'return', got {errors!r}")
+        # Every argument is checked before deploying: a job deployed and then abandoned over a bad
+        # argument would stay "running" in the store forever.
+        _check_cores(cores, "exec(cores=...)")
+        _check_timeout(timeout)
         profile = parse_cost(cost)  # ENOFUNDS before anything else happens
+        if self._cancel_requested.is_set() and not self._deployed:
+            raise JobCancelled("the job was cancelled before exec() (job.cancel()); build a new job to run it")
         self.deploy(profile, local=local)
         sched = self._scheduler()
         bar = None
@@ -502,6 +619,8 @@ class Job(EventEmitter):
                 self._cancel_requested.set()
                 feeder.join(10)
             self._release_scheduler()
+        if final == "badwork":
+            raise WorkError(self._bad_work_message())
         if final == "cancel":
             raise JobCancelled(f"job {self.id} was cancelled: {self._cancel_reason}", results, self.id)
         if final == "unschedulable":
@@ -543,6 +662,8 @@ class Job(EventEmitter):
         deadline = None if timeout is None else time.monotonic() + timeout
         after = getattr(self, "_events_after", 0)
         self._cancel_reason = ""
+        self._bad_work: Mapping[str, Any] | None = None
+        self._sched_for_dispatch = sched
         quiet_since = time.monotonic()
         st = sched.status(self.id)
         if st.get("status") in FINAL_STATES:  # e.g. resuming a job that finished meanwhile
@@ -582,6 +703,17 @@ class Job(EventEmitter):
         if kind == "custom":
             self.work.emit(payload.get("name", ""), payload)
             return None
+        if kind == "error" and str(payload.get("code")) == ErrorCode.EBADWORK.value:
+            # The work itself is unusable: every other slice would fail the same way. Stop now.
+            self.emit(kind, payload)
+            self._bad_work = payload
+            reason = f"the work is unusable (EBADWORK): {payload.get('message', '')}"
+            self._cancel_reason = reason
+            try:
+                self._sched_for_dispatch.cancel(self.id, reason)
+            except Exception:  # noqa: BLE001 - the job may have ended meanwhile; the error is raised anyway
+                pass
+            return "badwork"
         if kind == "status":
             self._status = dict(payload)
             if bar is not None:
@@ -601,6 +733,12 @@ class Job(EventEmitter):
         if kind == "readyStateChange" and payload.get("state") == "failed":
             self._cancel_reason = str(payload.get("reason", "")) or "see the job's error events"
         return None
+
+    def _bad_work_message(self) -> str:
+        ev = self._bad_work or {}
+        msg = str(ev.get("message", "")).strip() or "no message"
+        return (f"job {self.id}: the work cannot be used (slice {ev.get('sliceNumber')} failed with EBADWORK, so every "
+                f"slice would): {msg}\nThe job was cancelled; fix the work and deploy it again")
 
     def _results(self, sched: Any) -> ResultHandle:
         reports = sched.results(self.id)
@@ -644,8 +782,16 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
     """
     from ..scheduler import Scheduler, open_scheduler
 
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise TypeError(
+            f"compute.resume(job_id): job ids are strings, as job.id (or exec()'s JobFailed.job_id) gives them; "
+            f"got {type(job_id).__name__} {job_id!r:.40}"
+        )
+    _check_scheduler(scheduler)
+    if isinstance(scheduler, os.PathLike):
+        scheduler = os.fspath(scheduler)
     sched = scheduler if isinstance(scheduler, Scheduler) else open_scheduler(scheduler)
-    record = sched.get_job(job_id)
+    record = sched.get_job(job_id.strip())
     if record.total is None and record.input.get("kind") == "stream":
         raise DcpError(
             f"job {job_id} cannot be resumed: its input stream was not fully sent before the deployer stopped "

@@ -23,16 +23,31 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
-__all__ = ["RangeObject", "MultiRange", "RangeError", "js_number_string", "exact_number"]
+__all__ = ["RangeObject", "MultiRange", "RangeError", "js_number_string", "exact_number", "checked_len"]
 
 
 class RangeError(ValueError):
     """A range object that cannot describe a set (raised before deployment)."""
+
+
+def checked_len(size: int, what: str) -> int:
+    """``size`` for ``__len__``, or a clear ``OverflowError`` when ``len()`` cannot hold it.
+
+    ``len()`` is capped at ``sys.maxsize`` (2**63-1); sets that large are still exact and lazy,
+    and ``.size`` gives their count as an ``int`` of any size.
+    """
+    if size > sys.maxsize:
+        raise OverflowError(
+            f"this {what} has {size} slices, more than len() can return (at most sys.maxsize = {sys.maxsize}); "
+            "use its .size attribute for the exact count"
+        )
+    return size
 
 
 def exact_number(value: Any, what: str) -> tuple[Fraction, bool]:
@@ -48,7 +63,8 @@ def exact_number(value: Any, what: str) -> tuple[Fraction, bool]:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise RangeError(f"{what} must be a finite number, got {value!r} (Infinity and NaN are not supported)")
-        return Fraction(Decimal(repr(value))), False
+        # float.__repr__: a float subclass may print itself otherwise (numpy 2: 'np.float64(0.5)').
+        return Fraction(Decimal(float.__repr__(float(value)))), False
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise RangeError(f"{what} must be a finite number, got {value!r}")
@@ -193,11 +209,15 @@ class RangeObject:
         raise RangeError(f"expected a range object such as {{'start': 0, 'end': 10}}, got {type(value).__name__}")
 
     # -- the set ---------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        """Number of slices (values, or groups of values)."""
+    @property
+    def size(self) -> int:
+        """Number of slices (values, or groups of values), exact at any size (``len()`` stops at 2**63-1)."""
         if self.group is None:
             return self.count
         return -(-self.count // self.group)
+
+    def __len__(self) -> int:
+        return checked_len(self.size, "range")
 
     def value(self, k: int) -> int | float:
         """The k-th value of the range (not slice), exact then converted once."""
@@ -208,7 +228,7 @@ class RangeObject:
 
     def nth(self, i: int) -> Any:
         """Datum of slice ``i``: a value, or a list of up to ``group`` values."""
-        n = len(self)
+        n = self.size
         if i < 0:
             i += n
         if not 0 <= i < n:
@@ -219,7 +239,7 @@ class RangeObject:
         return [self.value(k) for k in range(first, min(first + self.group, self.count))]
 
     def __iter__(self):
-        return (self.nth(i) for i in range(len(self)))
+        return (self.nth(i) for i in range(self.size))
 
     def description(self) -> dict:
         return {
@@ -268,14 +288,19 @@ class MultiRange:
             except RangeError as e:
                 raise RangeError(f"dimension {d}: {e}") from None
         self.ranges: tuple[RangeObject, ...] = tuple(dims)
-        self.shape: tuple[int, ...] = tuple(len(r) for r in self.ranges)
+        self.shape: tuple[int, ...] = tuple(r.size for r in self.ranges)
+
+    @property
+    def size(self) -> int:
+        """Number of slices, exact at any size (``len()`` stops at 2**63-1)."""
+        return math.prod(self.shape)
 
     def __len__(self) -> int:
-        return math.prod(self.shape)
+        return checked_len(self.size, "multi-dimensional range")
 
     def indices(self, i: int) -> tuple[int, ...]:
         """Per-dimension indices of slice ``i``."""
-        n = len(self)
+        n = self.size
         if not 0 <= i < n:
             raise IndexError(f"slice {i} out of range: this range has {n} slices")
         out = []
@@ -288,7 +313,7 @@ class MultiRange:
         return [r.nth(k) for r, k in zip(self.ranges, self.indices(i))]
 
     def __iter__(self):
-        return (self.nth(i) for i in range(len(self)))
+        return (self.nth(i) for i in range(self.size))
 
     def description(self) -> dict:
         return {"kind": "ranges", "ranges": [r.description() for r in self.ranges]}

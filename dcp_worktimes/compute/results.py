@@ -166,6 +166,11 @@ def _spans(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
+def _leaf_count(results: Sequence[Any]) -> int:
+    """Slices behind a handle: a multi-dimensional handle nests one level per dimension."""
+    return sum(_leaf_count(v) if isinstance(v, ResultHandle) else 1 for v in results)
+
+
 class JobFailed(DcpError):
     """``exec()`` finished with failed slices. ``results`` holds what did complete (failed slots
     hold ``SliceFailed``); ``failures`` lists each failed slice with its code and message.
@@ -190,7 +195,7 @@ class JobFailed(DcpError):
             lines.append(f"  {which}: {code}: {message}")
         if len(groups) > 20:
             lines.append(f"  ... and {len(groups) - 20} more kinds of failure (see .failures)")
-        total = total if total is not None else len(results)
+        total = total if total is not None else _leaf_count(results)
         super().__init__(
             f"{len(self.failures)} of {total} slices failed in job {job_id}:\n" + "\n".join(lines)
             + "\nThe completed results are in this error's .results; run exec(errors='return') to get failures "

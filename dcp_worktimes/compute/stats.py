@@ -199,8 +199,15 @@ class DistributionSet:
             seed = secrets.randbits(63)
         self.seed = _integer(seed, "seed")
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """Number of slices, exact at any size (``len()`` stops at 2**63-1)."""
         return self.n
+
+    def __len__(self) -> int:
+        from .ranges import checked_len
+
+        return checked_len(self.n, "distribution set")
 
     def nth(self, i: int) -> Any:
         if i < 0:
