@@ -3,7 +3,8 @@
     python benchmarks/bench_scheduler.py [--slices 100000] [--cpu-slices 200] [--no-dask]
 
 Trivial slices: ``compute.for_(0, n-1, work).exec()`` with the echo worktime and with map-basic
-(identity work), through a fresh SQLite store: deploy, lease in batches, run on sandboxed
+(identity work), and ``compute.for_(generator)`` with echo (streamed into the store in batches),
+through a fresh SQLite store: deploy, lease in batches, run on sandboxed
 evaluators, write results as they arrive, follow the event log, build the result handle. The
 evaluator start-up is inside the timing. Against the same identity function over the same
 integers on all cores with ``multiprocessing.Pool.map`` (chunked) and, when ``distributed`` is
@@ -67,6 +68,14 @@ def e2e(store: str, n: int, worktime: str, work: str, cores: int, expect=None) -
     return timed(run)
 
 
+def e2e_stream(store: str, n: int, cores: int) -> float:
+    def run() -> None:
+        values = list(compute.for_((i for i in range(n)), "", worktime="echo", scheduler=store).exec(cores=cores))
+        assert len(values) == n and values[-1] == n - 1
+
+    return timed(run)
+
+
 def runner_only(n: int, cores: int) -> float:
     from dcp_worktimes.runner import EvaluatorPool
     from dcp_worktimes.worktime import JobSpec
@@ -109,6 +118,7 @@ def main() -> None:
         store = f"sqlite:///{tmp}/bench.db"
         t_echo = e2e(store, n, "echo", "", cores, expect=lambda i: i)
         t_map = e2e(store, n, "map-basic", "function(x){ return x }", cores, expect=lambda i: i)
+        t_stream = e2e_stream(store, n, cores)
         t_runner = runner_only(n, cores)
         with multiprocessing.Pool(cores) as mp:
             chunk = max(1, n // (cores * 4))
@@ -132,6 +142,8 @@ def main() -> None:
          f"{t_dask / t_echo:.2f}x" if t_dask else "-"),
         ("compute.for_ map-basic (end to end)", t_map, n / t_map, t_pool / t_map,
          f"{t_dask / t_map:.2f}x" if t_dask else "-"),
+        ("compute.for_(generator) echo (streamed input)", t_stream, n / t_stream, t_pool / t_stream,
+         f"{t_dask / t_stream:.2f}x" if t_dask else "-"),
         ("EvaluatorPool.map echo (runner alone, no store)", t_runner, n / t_runner, t_pool / t_runner,
          f"{t_dask / t_runner:.2f}x" if t_dask else "-"),
         (f"multiprocessing.Pool.map chunked ({chunk}/chunk)", t_pool, n / t_pool, 1.0,

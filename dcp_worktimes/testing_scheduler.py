@@ -279,10 +279,11 @@ class SchedulerConformance:
 
     def test_no_worker_at_all_is_reported_after_grace(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 2, worktime="nobody-has-this"))
-        assert scheduler.check_schedulable("j1", grace=60) is None
-        assert "nobody-has-this" in (scheduler.check_schedulable("j1", grace=0) or "") or \
-            "no worker" in (scheduler.check_schedulable("j1", grace=0) or "")
+        assert scheduler.check_schedulable("j1", grace=60) is None  # still within the grace period
+        reason = scheduler.check_schedulable("j1", grace=0)
+        assert reason and ("no worker" in reason or "nobody-has-this" in reason)
         assert scheduler.status("j1")["status"] == "unschedulable"
+        assert scheduler.status("j1")["reason"] == reason
 
     # -- streams, cancel, events ----------------------------------------------------------------------
     def test_stream_input(self, scheduler: Scheduler) -> None:
