@@ -200,7 +200,8 @@ class Scheduler(ABC):
 
     @abstractmethod
     def status(self, job_id: str) -> dict:
-        """``{total, distributed, computed, failed, status}``."""
+        """``{total, distributed, computed, failed, status}``, plus ``reason`` when the job is
+        unschedulable or cancelled (why, in a sentence)."""
 
     @abstractmethod
     def cancel(self, job_id: str, reason: str = "cancelled by the deployer") -> None:
