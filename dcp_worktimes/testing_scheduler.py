@@ -166,11 +166,12 @@ class SchedulerConformance:
 
     def test_heartbeat_keeps_lease_and_reports_lost_ones(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 2))
-        held = scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.4)
+        held = scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.3)
         lost = scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.2)
-        deadline = time.time() + 1.0
+        deadline = time.time() + 1.2  # well past both initial expiries
         while time.time() < deadline:
-            scheduler.heartbeat("w1", [held[0].lease_id], 0.4)
+            # Each beat extends by 1 s: only a stall of a whole second could lose it.
+            scheduler.heartbeat("w1", [held[0].lease_id], 1.0)
             time.sleep(0.1)
         # lost[0] expired long ago; held[0] was kept alive.
         again = drain(scheduler, "w2")
