@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER NOT NULL DEFAULT 0,
     added INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, payment DESC, created);
 CREATE TABLE IF NOT EXISTS slices (
     job_id TEXT NOT NULL,
     n INTEGER NOT NULL,
