@@ -9,9 +9,13 @@ import sys
 import pytest
 
 from dcp_worktimes import compute
+from math import floor as fl
+from math import sqrt
+
 from dcp_worktimes.compute.results import ResultHandle, SliceFailed, nest
 from dcp_worktimes.compute.ranges import RangeObject
-from dcp_worktimes.errors import ErrorCode
+from dcp_worktimes.compute.work import capture
+from dcp_worktimes.errors import ErrorCode, WorkError
 from dcp_worktimes.plugins import get_worktimes
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.values import UnserializableValue
@@ -19,6 +23,41 @@ from dcp_worktimes.values import UnserializableValue
 JS = "function(i){ progress(); return i*10 }"
 INSTALLED = set(get_worktimes())
 needs_map_basic = pytest.mark.skipif("map-basic" not in INSTALLED, reason="worktime map-basic is not installed")
+needs_python = pytest.mark.skipif("python" not in INSTALLED, reason="worktime python is not installed")
+
+# -- module-level work for the default-value checks (their source is what is sent) ----------------
+SCALE = 2.5
+TABLE = {"a": [1, (2,)], "b": b"x", "inf": float("inf")}
+UNSENDABLE = object()
+
+
+def scaled(x, scale=SCALE, *, table=TABLE, k=-1, n=int("3")):
+    return [x * scale, table["a"], table["inf"] > 0, k, n]
+
+
+def scaled_multiline(x,
+                     scale=(SCALE
+                            * 2), k=1):
+    return x * scale + k
+
+
+def unsendable_default(x, o=UNSENDABLE):
+    return x
+
+
+def kw_unsendable(x, *, o=UNSENDABLE):
+    return x
+
+
+def uses_sqrt(x):
+    return sqrt(x)
+
+
+def uses_aliased_floor(x):
+    return fl(x)
+
+
+scaled_lambda = lambda x, s=SCALE: x * s  # noqa: E731
 
 
 @pytest.fixture
@@ -201,3 +240,41 @@ def test_failure_summary_of_a_multi_dimensional_job(store):
         job.exec()
     assert "3 of 6 slices failed" in str(info.value)
     assert info.value.results[0] == [1, 2, 3] and all(f.code == ErrorCode.EUNCAUGHT for f in info.value.failures)
+
+
+# -- 20: default values that use module globals; names imported from modules ----------------------
+
+
+def run_source(work, *args):
+    ns: dict = {}
+    exec(work.payload, ns)  # the source alone, as the worker gets it: no module globals
+    return ns[work.options["function"]](*args)
+
+
+def test_default_values_travel_as_values():
+    w = capture(scaled)
+    assert w.payload.startswith("def scaled(x, scale=2.5, *, table={'a': [1, (2,)], 'b': b'x', 'inf': float('inf')}, k=-1, n=3):")
+    assert run_source(w, 2) == [5.0, [1, (2,)], True, -1, 3]
+    multi = capture(scaled_multiline)
+    assert multi.payload.splitlines()[3] == "    return x * scale + k"  # the body keeps its line number
+    assert run_source(multi, 2) == 11.0
+    assert run_source(capture(scaled_lambda), 2) == 5.0
+
+
+@pytest.mark.parametrize("fn, param", [(unsendable_default, "o"), (kw_unsendable, "o")])
+def test_default_values_outside_the_value_set_are_refused(fn, param):
+    with pytest.raises(WorkError, match=rf"default of parameter '{param}'.*\(UNSENDABLE\).*builtins.object.*job argument"):
+        capture(fn)
+
+
+def test_names_imported_from_modules_say_import_it_inside():
+    with pytest.raises(WorkError, match=r"import it inside the function: from math import sqrt$"):
+        capture(uses_sqrt)
+    with pytest.raises(WorkError, match=r"from math import floor as fl"):
+        capture(uses_aliased_floor)
+
+
+@needs_python
+def test_default_from_a_global_runs_on_the_python_worktime(store):
+    r = compute.for_([1, 2], scaled, cores=1).exec()
+    assert r == [[2.5, [1, [2]], True, -1, 3], [5.0, [1, [2]], True, -1, 3]]
