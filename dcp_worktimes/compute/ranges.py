@@ -12,6 +12,8 @@ so ``0.1`` is one tenth, not the binary float nearest to it), the set is never m
     [12, 13]
     >>> len(RangeObject(start=0, end=10**12))
     1000000000001
+    >>> RangeObject(start=0, end=10**19).size      # len() stops at sys.maxsize; .size is exact
+    10000000000000000001
 
 Datums are ``int`` when start, end and step are all integers, else ``float`` (the nearest double
 to the exact decimal value: ``float(Decimal("0.3")) == 0.3``). With ``group: n`` each slice gets a
