@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from ..errors import DcpError, ErrorCode, WorkError, WorktimeNotFound
 from ..limits import Limits

@@ -19,7 +19,7 @@ was run with ``errors="return"``; ``results.failures`` lists them either way.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..errors import DcpError, ErrorCode
 from .ranges import js_number_string
