@@ -64,7 +64,7 @@ class Limits:
                 raise ValueError(f"unknown limit {key!r}; known limits: {known}")
             changes[key] = parse_size(value, key) if key in _SIZE_FIELDS else parse_duration(value, key)
         memory = changes.get("memory")
-        if memory is not None and memory < MiB:
+        if memory is not None and memory < 64 * 1024:  # catches "memory=512" meant as MB
             raise ValueError(f"memory: {values['memory']!r} is {memory} bytes, too little to run anything; "
                              "write a unit, e.g. 512MB or 2GiB")
         return dataclasses.replace(base, **changes)
