@@ -13,7 +13,7 @@ the timing) with ``client.map``. The runner alone (``EvaluatorPool.map``, no sto
 the store's share is visible.
 
 CPU-bound slices: ``cpu-slices`` slices of fib(25) in map-basic, end to end (evaluator start-up
-included), on 1 core and on all cores, median of ``--repeat`` runs: parallel efficiency =
+included), on 1 core and on all cores, median of ``--repeat`` interleaved rounds: parallel efficiency =
 t(1 core) / (cores × t(all cores)), next to the same ratio for ``multiprocessing.Pool`` running
 fib(25) in Python at the same moment (the machine's ceiling while others share its cores).
 
@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _table import best_of, print_table  # noqa: E402
+from _table import print_table  # noqa: E402
 
 from dcp_worktimes import compute  # noqa: E402
 
@@ -110,7 +111,7 @@ def main() -> None:
     ap.add_argument("--dask-slices", type=int, default=10_000,
                     help="Dask runs ~300 tasks/s here: time it on fewer slices and compare rates (default 10000)")
     ap.add_argument("--no-dask", action="store_true")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per CPU-bound measurement (median)")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds of the CPU-bound measurements (median)")
     args = ap.parse_args()
     n, cores = args.slices, os.cpu_count() or 1
 
@@ -127,15 +128,18 @@ def main() -> None:
         t_dask_raw = None if args.no_dask else dask_map(nd, cores)
         t_dask = None if t_dask_raw is None else t_dask_raw * n / nd  # same rate, scaled to n slices
 
-        # CPU-bound: medians of --repeat runs, interleaved, because other processes share the cores.
+        # CPU-bound: medians of --repeat rounds, each round running all four one after the other,
+        # because other processes share these cores and their load drifts within seconds.
         m = args.cpu_slices
-        t_fib1 = best_of(lambda: e2e(store, m, "map-basic", FIB, 1, expect=lambda i: 75025), args.repeat)
-        t_fibn = best_of(lambda: e2e(store, m, "map-basic", FIB, cores, expect=lambda i: 75025), args.repeat)
-        # Control: the same machine's ceiling right now.
-        with multiprocessing.Pool(1) as mp1:
-            t_py1 = best_of(lambda: mp1.map(py_fib25, range(m), chunksize=1), args.repeat)
-        with multiprocessing.Pool(cores) as mpn:
-            t_pyn = best_of(lambda: mpn.map(py_fib25, range(m), chunksize=1), args.repeat)
+        runs: dict[str, list[float]] = {"fib1": [], "fibn": [], "py1": [], "pyn": []}
+        with multiprocessing.Pool(1) as mp1, multiprocessing.Pool(cores) as mpn:
+            for _ in range(args.repeat):
+                runs["fib1"].append(e2e(store, m, "map-basic", FIB, 1, expect=lambda i: 75025))
+                runs["fibn"].append(e2e(store, m, "map-basic", FIB, cores, expect=lambda i: 75025))
+                # Control: the same machine's ceiling right now.
+                runs["py1"].append(timed(lambda: mp1.map(py_fib25, range(m), chunksize=1)))
+                runs["pyn"].append(timed(lambda: mpn.map(py_fib25, range(m), chunksize=1)))
+        t_fib1, t_fibn, t_py1, t_pyn = (statistics.median(runs[k]) for k in ("fib1", "fibn", "py1", "pyn"))
 
     rows = [
         ("compute.for_ echo (end to end, SQLite store)", t_echo, n / t_echo, t_pool / t_echo,
