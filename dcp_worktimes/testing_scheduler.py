@@ -118,6 +118,8 @@ class SchedulerConformance:
         assert sorted(results) == list(range(25))
         r = results[7]
         assert r.ok and unpack(r.value) == 7 and r.wall_time == 0.25 and r.cpu_time == 0.125 and r.attempt == 1
+        assert {results[lease.slice_number].worker for lease in first} == {"w1"}
+        assert {results[lease.slice_number].worker for lease in rest} == {"w2"}
         assert r.bytes_in == len(pack(7)) and r.bytes_out == len(pack(7))
         st = scheduler.status("j1")
         assert st["status"] == "complete" and st["computed"] == 25 and st["distributed"] == 25

@@ -164,8 +164,10 @@ def test_sigkill_one_of_two_worker_processes(store):
     assert st == {"total": n, "distributed": n, "computed": n, "failed": 0, "status": "complete"}
     events = s.events("k")
     assert sorted(e["sliceNumber"] for _, e in events if e["type"] == "result") == list(range(n))
-    retried = sum(1 for r in results.values() if r.attempt > 1)
-    assert retried >= 1  # the killed worker's slices were run again by the survivor
+    retried = [r for r in results.values() if r.attempt > 1]
+    assert retried  # the killed worker's slices were run again ...
+    assert all(f"-{b.pid}-" in r.worker for r in retried)  # ... by the survivor
+    assert {f"-{a.pid}-" in r.worker for r in results.values()} == {True, False}  # both had worked  # the killed worker's slices were run again by the survivor
 
 
 def test_worker_sigterm_hands_slices_back(store):
@@ -230,3 +232,23 @@ def test_frozen_worker_loses_its_lease_and_its_late_results_are_ignored(store):
     assert s.status("f") == {"total": n, "distributed": n, "computed": n, "failed": 0, "status": "complete"}
     assert sum(1 for r in results.values() if r.attempt > 1) >= 1
     assert sum(1 for _, e in s.events("f") if e["type"] == "result") == n
+
+
+def test_dcp_worker_in_another_process_helps_a_local_exec(store):
+    """`dcp-worker` started in another terminal takes slices of a job run with exec() locally."""
+    from dcp_worktimes import compute
+
+    url, s = store
+    helper = start_worker(url)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(f"-{helper.pid}-" in w.id for w in s.workers()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job = compute.for_(0, 79, json.dumps({"sleep": 0.05}), worktime="echo", scheduler=url)
+        values = list(job.exec(cores=1))
+    finally:
+        os.killpg(helper.pid, signal.SIGTERM)
+        helper.wait(60)
+    assert values == list(range(80))
+    workers = {r.worker for r in s.results(job.id).values()}
+    assert len(workers) == 2 and any(f"-{helper.pid}-" in w for w in workers)

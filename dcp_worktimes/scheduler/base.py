@@ -48,7 +48,7 @@ block until something new arrives; ``heartbeat`` returns the lease ids that are 
 (expired and handed to someone else, or their job was cancelled); ``workers()`` lists live
 workers; ``check_schedulable(job_id)``; ``result`` events carry the result bytes; ``lease``
 takes ``jobs=`` (only these job ids) and ``pid=``; ``leave``, ``wait_for_work`` and
-``job_summaries`` have default implementations; ``delete_job``; ``SliceReport.attempt``; ``cancel`` takes a ``reason``.
+``job_summaries`` have default implementations; ``delete_job``; ``SliceReport.attempt`` and ``.worker``; ``cancel`` takes a ``reason``.
 """
 
 from __future__ import annotations
@@ -160,6 +160,7 @@ class SliceReport:
     bytes_in: int = 0
     bytes_out: int = 0
     attempt: int = 0  # filled in by ``results()``: which attempt produced it (1 = first lease)
+    worker: str | None = None  # filled in by ``results()``: the worker that computed it
 
 
 @dataclass

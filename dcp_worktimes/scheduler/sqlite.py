@@ -15,7 +15,7 @@ Storage, and why it is shaped so:
   not run twice), and slices that are pending (retries, returns), leased from pending, or done
   (state 2). Datum NULL for described inputs: recomputed from the description.
 * ``results``: one row per reported *batch*: the msgpack of its columns (slice numbers, ok flags,
-  result bytes as the worker sent them, errors, wall/CPU time, bytes in/out, attempts), under the
+  result bytes as the worker sent them, errors, wall/CPU time, bytes in/out, attempts, worker ids), under the
   per-job sequence numbers ``seq .. last``. A report is recorded only if its slice is still its
   lease's (lease row exists, and the bit is unset or the slice row points at it); the bit or row
   is settled in the same transaction, so every result is recorded exactly once and late reports
@@ -407,8 +407,11 @@ class SqliteScheduler(Scheduler):
             batches = self._db.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchall()
         out: dict[int, SliceReport] = {}
         for (data,) in batches:
-            for n, ok, value, error, wall, cpu, bin_, bout, attempt in zip(*unpack(data)):
-                out[n] = SliceReport(n, bool(ok), value, error, wall, cpu, bin_, bout, attempt)
+            columns = unpack(data)
+            if len(columns) < 10:  # batches written before the worker column existed
+                columns.append([None] * len(columns[0]))
+            for n, ok, value, error, wall, cpu, bin_, bout, attempt, worker in zip(*columns):
+                out[n] = SliceReport(n, bool(ok), value, error, wall, cpu, bin_, bout, attempt, worker)
         return out
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -672,7 +675,8 @@ class SqliteScheduler(Scheduler):
         )
         self._db.execute("UPDATE jobs SET pending = pending + ? WHERE id = ?", (cur.rowcount, job_id))
 
-    def _record_final(self, job_id: str, items: list[tuple[SliceReport, int]], ok: bool) -> int:
+    def _record_final(self, job_id: str, items: list[tuple[SliceReport, int]], ok: bool,
+                      workers: list[str | None] | None = None) -> int:
         """Inside a transaction: store final reports as one batch row (the caller settled them)."""
         if not items:
             return 0
@@ -687,6 +691,7 @@ class SqliteScheduler(Scheduler):
             [int(r.bytes_in) for r, _a in items],
             [int(r.bytes_out) for r, _a in items],
             [int(a) for _r, a in items],
+            workers if workers is not None else [None] * len(items),
         ]
         last = seq + len(items)
         self._db.execute("INSERT INTO results (job_id, last, seq, data) VALUES (?, ?, ?, ?)",
@@ -705,9 +710,9 @@ class SqliteScheduler(Scheduler):
         """
         leases: dict[str, list] = {}
         for lease_id in {lease.lease_id for lease, _ in group}:
-            row = self._db.execute("SELECT first, stop, bits FROM leases WHERE id = ?", (lease_id,)).fetchone()
+            row = self._db.execute("SELECT first, stop, bits, worker_id FROM leases WHERE id = ?", (lease_id,)).fetchone()
             if row is not None:
-                leases[lease_id] = [row[0], row[1], bytearray(row[2]) if row[2] is not None else None, 0]
+                leases[lease_id] = [row[0], row[1], bytearray(row[2]) if row[2] is not None else None, 0, row[3]]
         if not leases:
             return [], leases
         by_row = [lease.slice_number for lease, _ in group if lease.lease_id in leases and leases[lease.lease_id][0] is None]
@@ -739,7 +744,7 @@ class SqliteScheduler(Scheduler):
 
     def _settle(self, job_id: str, leases: dict, done_rows: list[int]) -> None:
         """Inside a transaction: write back lease bitmaps and counts; mark settled rows done."""
-        for lease_id, (first, _stop, bits, k) in leases.items():
+        for lease_id, (first, _stop, bits, k, _worker) in leases.items():
             if not k:
                 continue
             if first is not None:
@@ -781,13 +786,15 @@ class SqliteScheduler(Scheduler):
                 if not group:
                     continue
                 if ok:
-                    self._record_final(job_id, [(r, lease.attempt) for lease, r in group], ok=True)
+                    self._record_final(job_id, [(r, lease.attempt) for lease, r in group], ok=True,
+                                       workers=[leases[lease.lease_id][4] for lease, _r in group])
                     self._settle(job_id, leases, self._row_slices(group, leases))
                 else:
                     rec = self._record(job_id)
                     again = [(lease, r) for lease, r in group if is_retryable(r.error) and lease.attempt < rec.max_attempts]
                     final = [(lease, r) for lease, r in group if not (is_retryable(r.error) and lease.attempt < rec.max_attempts)]
-                    self._record_final(job_id, [(r, lease.attempt) for lease, r in final], ok=False)
+                    self._record_final(job_id, [(r, lease.attempt) for lease, r in final], ok=False,
+                                       workers=[leases[lease.lease_id][4] for lease, _r in final])
                     self._settle(job_id, leases, self._row_slices(final, leases))
                     if again:  # after settling: the re-queued rows must not be marked done
                         self._requeue(job_id, [(lease.slice_number, lease.attempt) for lease, _r in again])
