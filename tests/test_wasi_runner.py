@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -66,7 +68,8 @@ def test_infinite_loop_through_the_runner_stops_near_its_wall_limit(build):
 
 
 def test_cli_slice_prints_the_modules_json_result(build, tmp_path):
-    exe = shutil.which("dcp-worker") or pytest.fail("dcp-worker is not installed in this environment (pip install -e .)")
+    exe = (shutil.which("dcp-worker", path=os.path.dirname(sys.executable)) or shutil.which("dcp-worker")
+           or pytest.fail("dcp-worker is not installed in this environment (pip install -e .)"))
     prog = tmp_path / "prog.wasm"
     prog.write_bytes(build("sum_json"))
     proc = subprocess.run([exe, "slice", "--worktime", "wasi", "--work", str(prog), "--datum", "[1,2,3]"],
@@ -76,7 +79,8 @@ def test_cli_slice_prints_the_modules_json_result(build, tmp_path):
 
 
 def test_cli_slice_reports_the_exit_status(build, tmp_path):
-    exe = shutil.which("dcp-worker") or pytest.fail("dcp-worker is not installed in this environment (pip install -e .)")
+    exe = (shutil.which("dcp-worker", path=os.path.dirname(sys.executable)) or shutil.which("dcp-worker")
+           or pytest.fail("dcp-worker is not installed in this environment (pip install -e .)"))
     prog = tmp_path / "exit3.wasm"
     prog.write_bytes(build("exit3"))
     proc = subprocess.run([exe, "slice", "--worktime", "wasi", "--work", str(prog)],
