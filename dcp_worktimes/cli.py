@@ -281,16 +281,26 @@ def warmup_cmd(names) -> None:
         click.echo(f"{reg.name}: ready", err=True)
 
 
+_SCHEDULER_OPTION = click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",
+                                 help="Scheduler URL (default: the per-user embedded store).")
+
+
 @cli.command("jobs")
-@click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",
-              help="Scheduler URL (default: the per-user embedded store).")
+@_SCHEDULER_OPTION
+@click.option("--delete", "delete", multiple=True, metavar="JOB_ID", help="Forget a job and its stored data.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def jobs_cmd(scheduler_url: str | None, as_json: bool) -> None:
-    """List the scheduler's jobs with their status."""
+def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], as_json: bool) -> None:
+    """List the scheduler's jobs with their status (or delete some)."""
     from .scheduler import open_scheduler
 
     url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
     with open_scheduler(url) as sched:
+        for job_id in delete:
+            sched.get_job(job_id)  # an unknown id is an error that says so, not a silent no-op
+            sched.delete_job(job_id)
+            click.echo(f"deleted job {job_id}", err=True)
+        if delete:
+            return
         rows = sched.job_summaries()
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -305,6 +315,21 @@ def jobs_cmd(scheduler_url: str | None, as_json: bool) -> None:
                       str(r["computed"]), str(r["failed"]), str(r["total"] if r["total"] is not None else "?"),
                       str((r.get("public") or {}).get("name", "")), r["id"])
     Console().print(table)
+
+
+@cli.command("resume")
+@click.argument("job_id")
+@_SCHEDULER_OPTION
+@click.option("--cores", type=click.IntRange(min=1), default=None, help="Evaluators to run here (default: all cores).")
+@click.option("--errors", type=click.Choice(["raise", "return"]), default="raise", show_default=True,
+              help="'return' prints failed slices in place instead of failing.")
+def resume_cmd(job_id: str, scheduler_url: str | None, cores: int | None, errors: str) -> None:
+    """Finish a deployed job on this machine and print its results as JSON (completed slices are not rerun)."""
+    from . import compute
+
+    url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    results = compute.resume(job_id, scheduler=url).exec(cores=cores, errors=errors)
+    click.echo(json.dumps(_to_json([v if not isinstance(v, BaseException) else {"error": str(v)} for v in results])))
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -90,3 +91,29 @@ def test_big_datums_come_from_a_file_or_stdin(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "-w", "echo", "--work", "", "--datum", "-"],
                        input='{"from": "stdin"}', capture_output=True, text=True, timeout=60)
     assert json.loads(r.stdout) == {"from": "stdin"}
+
+
+def test_jobs_resume_and_delete(tmp_path):
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {**os.environ, "DCP_SCHEDULER": store}
+    deploy = subprocess.run(
+        [sys.executable, "-c", "from dcp_worktimes import compute\n"
+         "j = compute.for_(range(4), '', worktime='echo'); j.deploy(); print(j.id)"],
+        capture_output=True, text=True, env=env, timeout=60)
+    job_id = deploy.stdout.strip()
+    assert len(job_id) >= 16, deploy.stderr
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    listed = json.loads(cli("jobs", "--json").stdout)
+    assert [r["id"] for r in listed] == [job_id] and listed[0]["computed"] == 0
+    r = cli("resume", job_id)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [0, 1, 2, 3]
+    assert json.loads(cli("jobs", "--json").stdout)[0]["status"] == "complete"
+    bad = cli("resume", "no-such-job")
+    assert bad.returncode == 2 and "no job 'no-such-job'" in bad.stderr
+    assert cli("jobs", "--delete", job_id).returncode == 0
+    assert json.loads(cli("jobs", "--json").stdout) == []
