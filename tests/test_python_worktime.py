@@ -384,3 +384,17 @@ def test_one_compiler_per_machine(python_cache):  # noqa: F811
         with pytest.raises(subprocess.TimeoutExpired):
             other.wait(1.0)  # a second process waits while this one "compiles"
     assert other.communicate(timeout=30)[0].strip() == "got it"
+
+
+def test_scratch_directory_is_capped(wt):
+    src = ("def work(mb):\n"
+           "    chunk = b'x' * (1 << 20)\n"
+           "    with open('/tmp/fill.bin', 'wb') as fh:\n"
+           "        for i in range(mb):\n"
+           "            fh.write(chunk)\n"
+           "            progress()\n"
+           "    return 'wrote'\n")
+    assert run(wt, src, 2, options={"scratch_size": "8MiB"}) == ["wrote"]
+    with pytest.raises(SliceError) as e:
+        run(wt, src, 4000, options={"scratch_size": "8MiB"}, wall_time="60s")
+    assert e.value.code == "EOUTPUTLIMIT" and "scratch directory /tmp" in e.value.message

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from ..errors import ErrorCode, SliceError, WorkError
 from ..values import UnserializableValue, pack, unpack
 from ..wasm import Watchdog, memory_at_quota, set_store_limits, trap_to_error
+from ..wasm.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap
 from .artifacts import boot_dir
 
 if TYPE_CHECKING:
@@ -204,7 +205,9 @@ def _write_inside(base: Path, rel: str, data: str | bytes, what: str) -> None:
 class Guest:
     """A WASI CPython instance. Not thread-safe: one turn at a time (the evaluator's one slice)."""
 
-    def __init__(self, compiled: "Compiled", dirs: GuestDirs, *, memory: int | None) -> None:
+    def __init__(self, compiled: "Compiled", dirs: GuestDirs, *, memory: int | None,
+                 scratch_size: int | None = DEFAULT_SCRATCH_SIZE) -> None:
+        self.scratch_size = scratch_size
         self.compiled = compiled
         self.dirs = dirs
         self.memory_limit = memory
@@ -337,6 +340,8 @@ class Guest:
                 state["progress"] = time.monotonic()
             return self._events(ctx, op, frame, state)
 
+        scratch = ScratchCap(str(self.dirs.scratch), self.scratch_size)
+
         def check() -> SliceError | None:
             if ctx.cancelled:
                 return SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
@@ -346,7 +351,7 @@ class Guest:
                     f"no progress() for {pt:g}s (the progress timeout); call dcp.progress() regularly in "
                     "long-running work, or raise/disable the timeout (progress_timeout=None)",
                     code=ErrorCode.ENOPROGRESS)
-            return None
+            return scratch.check()  # the guest's /tmp is a host folder: it must not fill the disk
 
         self._turn(SLICE, handler, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check,
                    output_limit=limits.output, what="running the slice")

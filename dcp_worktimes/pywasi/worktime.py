@@ -33,7 +33,9 @@ import time
 from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
+from ..limits import parse_size
 from ..values import UnserializableValue, pack
+from ..wasm.scratch import DEFAULT_SCRATCH_SIZE
 from ..worktime import JobSpec, SliceContext, Worktime
 
 
@@ -90,6 +92,10 @@ class PythonWorktime(Worktime):
         except UnserializableValue as e:
             raise WorkError(f"the job's arguments or options cannot enter the sandbox: {e}",
                             code=ErrorCode.EUNSERIALIZABLE) from None
+        try:
+            self._scratch_size = parse_size(job.options.get("scratch_size", DEFAULT_SCRATCH_SIZE), "options.scratch_size")
+        except ValueError as e:
+            raise WorkError(str(e)) from None
         self._compiled = load()
         self._dirs = GuestDirs.create(job.files, job.modules)
         wall = job.limits.wall_time
@@ -101,7 +107,7 @@ class PythonWorktime(Worktime):
         if self._guest is not None:
             self._guest.close()
         assert self.job is not None and self._dirs is not None
-        guest = Guest(self._compiled, self._dirs, memory=self.job.limits.memory)
+        guest = Guest(self._compiled, self._dirs, memory=self.job.limits.memory, scratch_size=self._scratch_size)
         self._guest = guest
         self.starts += 1
         guest.start(deadline=deadline)

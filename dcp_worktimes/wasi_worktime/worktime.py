@@ -40,15 +40,13 @@ from ..wasm import (
     trap_to_error,
     wasm_bytes,
 )
+from ..wasm.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap
 from ..worktime import JobSpec, SliceContext, Worktime
 from . import abi
 
 #: Guest paths of the two preopened directories.
 SCRATCH_GUEST, FILES_GUEST = "/tmp", "/job"
-DEFAULT_SCRATCH_SIZE = 64 * MiB
 STDERR_TAIL = 2048
-#: How often the watchdog re-measures the scratch directory (a soft cap, see sandbox/wasi.md).
-SCRATCH_CHECK_INTERVAL = 0.2
 
 _ALLOWED_IMPORTS = {"dcp": {"progress", "console", "emit"}}
 class _Slice:
@@ -425,7 +423,7 @@ def _fuel(value: Any) -> int | None:
 
 def _checker(state: _Slice, limits, scratch: str, scratch_cap: int | None):
     """The watchdog's periodic check: cancellation, no-progress, scratch-directory size."""
-    last_scan = [0.0]
+    scratch_guard = ScratchCap(scratch, scratch_cap)
 
     def check() -> SliceError | None:
         now = time.monotonic()
@@ -436,13 +434,7 @@ def _checker(state: _Slice, limits, scratch: str, scratch_cap: int | None):
             return SliceError(
                 f"no progress() for {timeout:g} s; call dcp.progress(f64) from the module regularly, "
                 "or raise limits.progress_timeout (None turns the watchdog off)", code=ErrorCode.ENOPROGRESS)
-        if scratch_cap is not None and now - last_scan[0] >= SCRATCH_CHECK_INTERVAL:
-            last_scan[0] = now
-            used = _tree_size(scratch)
-            if used > scratch_cap:
-                return SliceError(f"the scratch directory /tmp grew to {used} bytes, over its cap of {scratch_cap}; "
-                                  "raise options.scratch_size", code=ErrorCode.EOUTPUTLIMIT)
-        return None
+        return scratch_guard.check()
 
     return check
 
@@ -463,24 +455,6 @@ def _empty_scratch(scratch: str) -> None:
             except FileNotFoundError:
                 pass
 
-
-def _tree_size(path: str) -> int:
-    total = 0
-    stack = [path]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        else:
-                            total += entry.stat(follow_symlinks=False).st_blocks * 512
-                    except OSError:
-                        pass
-        except OSError:
-            pass
-    return total
 
 
 def _with_stderr(err: SliceError, state: _Slice) -> SliceError:
