@@ -16,7 +16,7 @@ from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.values import pack
 from dcp_worktimes.wasi_worktime import WasiWorktime
-from dcp_worktimes.wasi_worktime.toolchain import ToolchainMissing, compile_c
+from dcp_worktimes.wasi_worktime.toolchain import compile_c
 from dcp_worktimes.worktime import JobSpec, SliceContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,20 +41,6 @@ ECHO_WAT = """
         (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))
         (br $copy))))))
 """
-
-
-@pytest.fixture(scope="session")
-def build(tmp_path_factory):
-    """``build("sum_json")`` → wasm bytes of tests/wasi_programs/sum_json.c (or a hostile/c case)."""
-    cache = tmp_path_factory.getbasetemp() / "wasi-cc"
-
-    def build(name: str, where: Path = PROGRAMS) -> bytes:
-        try:
-            return compile_c((where / f"{name}.c").read_text(), cache=cache)
-        except ToolchainMissing as e:
-            pytest.fail(f"the wasi tests compile C to WebAssembly and need the toolchain: {e}")
-
-    return build
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +135,7 @@ def test_infinite_loop_stops_within_one_second_of_its_wall_limit(build):
 
 def test_malloc_bomb_stops_at_the_memory_quota(build):
     limits = Limits.parse(memory="64MiB")
-    err, elapsed = failure(prepared(build("malloc_bomb"), limits))
+    err, elapsed = failure(prepared(build("memory_balloon", HOSTILE / "c"), limits))
     assert err.code == ErrorCode.EMEMORYLIMIT, err
     assert "malloc failed after" in (err.stack or "")
     mib = int(err.stack.split("malloc failed after ")[1].split()[0])
@@ -158,7 +144,7 @@ def test_malloc_bomb_stops_at_the_memory_quota(build):
 
 
 def test_memory_quota_applies_per_slice_limits(build):
-    wt = prepared(build("malloc_bomb"), Limits.parse(memory="512MiB"))
+    wt = prepared(build("memory_balloon", HOSTILE / "c"), Limits.parse(memory="512MiB"))
     err, _ = failure(wt, limits=Limits.parse(memory="32MiB"))
     assert err.code == ErrorCode.EMEMORYLIMIT
     assert int(err.stack.split("malloc failed after ")[1].split()[0]) < 32
@@ -285,7 +271,7 @@ def test_deep_recursion_fails_cleanly_and_the_worktime_survives(source, build):
 
 
 def test_an_instance_is_fresh_per_slice_after_a_trap(build):
-    wt = prepared(build("malloc_bomb"), Limits.parse(memory="32MiB"))
+    wt = prepared(build("memory_balloon", HOSTILE / "c"), Limits.parse(memory="32MiB"))
     for _ in range(2):
         assert failure(wt)[0].code == ErrorCode.EMEMORYLIMIT
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from dcp_worktimes.testing import Sample, WorktimeConformance
-from dcp_worktimes.wasi_worktime.toolchain import ToolchainMissing, compile_c
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "sandbox" / "hostile"
@@ -22,19 +21,6 @@ WAT_CASES = ["infinite_loop", "memory_balloon", "deep_recursion", "huge_output",
              "unserializable", "network_access"]
 C_CASES = ["infinite_loop", "memory_balloon", "deep_recursion", "huge_output", "never_progress", "throw",
            "unserializable", "file_access", "cpu_burn"]
-
-
-@pytest.fixture(scope="session")
-def cc(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "wasi-cc"
-
-    def cc(path: Path) -> bytes:
-        try:
-            return compile_c(path.read_text(), cache=cache)
-        except ToolchainMissing as e:
-            pytest.fail(f"the wasi tests compile C to WebAssembly and need the toolchain: {e}")
-
-    return cc
 
 
 @pytest.fixture(autouse=True)

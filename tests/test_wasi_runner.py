@@ -14,23 +14,10 @@ import pytest
 
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.runner import EvaluatorPool, run_slice
-from dcp_worktimes.wasi_worktime.toolchain import ToolchainMissing, compile_c
 from dcp_worktimes.worktime import JobSpec
 
 PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
-
-
-@pytest.fixture(scope="session")
-def build(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "wasi-cc"
-
-    def build(name: str) -> bytes:
-        try:
-            return compile_c((PROGRAMS / f"{name}.c").read_text(), cache=cache)
-        except ToolchainMissing as e:
-            pytest.fail(f"the wasi tests compile C to WebAssembly and need the toolchain: {e}")
-
-    return build
+HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile"
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +42,7 @@ def test_pool_runs_many_slices_and_survives_failing_ones(build):
     with EvaluatorPool(cores=2) as pool:
         outs = sorted(pool.map(j, [(i, list(range(i))) for i in range(30)]), key=lambda o: o.number)
         assert [o.value["sum"] for o in outs] == [sum(range(i)) for i in range(30)]
-        bomb = next(pool.map(job(build("malloc_bomb"), Limits.parse(memory="48MiB")), [(0, None)]))
+        bomb = next(pool.map(job(build("memory_balloon", HOSTILE / "c"), Limits.parse(memory="48MiB")), [(0, None)]))
         assert bomb.error.code == "EMEMORYLIMIT"
         again = next(pool.map(j, [(0, [5])]))
         assert again.ok and again.value["sum"] == 5

@@ -1,0 +1,35 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+WASI_PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
+
+
+@pytest.fixture(scope="session")
+def cc(tmp_path_factory):
+    """``cc(path)`` → WebAssembly bytes of a C file, compiled with clang + wasi-libc (cached per run)."""
+    from dcp_worktimes.wasi_worktime.toolchain import ToolchainMissing, compile_c
+
+    cache = tmp_path_factory.getbasetemp() / "wasi-cc"
+
+    def cc(path: Path) -> bytes:
+        try:
+            return compile_c(Path(path).read_text(), cache=cache)
+        except ToolchainMissing as e:
+            pytest.fail(f"the wasi tests compile C to WebAssembly and need the toolchain: {e}")
+
+    return cc
+
+
+@pytest.fixture(scope="session")
+def build(cc):
+    """``build("sum_json")`` → wasm bytes of tests/wasi_programs/sum_json.c (``where=`` another folder)."""
+
+    def build(name: str, where: Path = WASI_PROGRAMS) -> bytes:
+        return cc(where / f"{name}.c")
+
+    return build
