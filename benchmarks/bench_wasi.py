@@ -52,7 +52,7 @@ from dcp_worktimes.limits import Limits
 from dcp_worktimes.wasm import stats
 t1 = time.perf_counter()
 wt = WasiWorktime()
-job = JobSpec(id="j", worktime="wasi", work=sys.argv[1])
+job = JobSpec(id="j", worktime="wasi", work=open(sys.argv[1], "rb").read())  # as a deployer ships it
 wt.prepare(job)
 t2 = time.perf_counter()
 wt.execute(SliceContext(0, Limits(progress_timeout=None), job), json.loads(sys.argv[2]))

@@ -113,7 +113,9 @@ def _read_work(work: str) -> str | bytes:
         return data
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Limits are the most a job may use on this worker (defaults: wall 1h, memory 2GiB, "
+                    "output 64MiB, progress timeout 30s, CPU unlimited); a job may ask for less.")
 @click.option("--worktime", "-w", "worktimes", multiple=True, help="Worktime(s) to offer (default: all installed).")
 @click.option("--cores", "--nworkers", type=click.IntRange(min=1), default=None, help="Evaluator processes (default: one per CPU).")
 @click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",
@@ -153,7 +155,10 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = {"true": True, "false": False}.get(raw.lower(), raw)
-    worker_limits = _limits(None, **limits) if any(v is not None for v in limits.values()) else None
+    # A worker serves strangers: a job may ask for less than the worker's limits, never for more,
+    # and "unlimited" in a job means "the worker's maximum". The maxima default to Limits();
+    # the worker's owner raises them with the flags ('off' for none).
+    worker_limits = _limits(None, **limits)
     from .scheduler.base import default_url
     from .scheduler.urls import parse_url
 

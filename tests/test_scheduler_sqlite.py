@@ -187,3 +187,25 @@ def test_store_of_format_2_is_migrated(tmp_path):
     assert {n: unpack(r.value) for n, r in s.results("old").items()} == {0: "zero", 1: 1, 2: 2, 3: 3}
     assert s.status("old")["status"] == "complete"
     s.close()
+
+
+def test_a_store_locked_by_a_stopped_process_makes_writers_wait_not_crash(tmp_path):
+    import sqlite3
+    import threading
+    import time
+
+    from dcp_worktimes.scheduler import open_scheduler
+    from dcp_worktimes.scheduler.sqlite import _Transaction
+
+    path = tmp_path / "locked.db"
+    sched = open_scheduler(f"sqlite:///{path}")
+    sched._db.execute("PRAGMA busy_timeout = 200")  # exercise several rounds of the retry loop
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # like a worker SIGSTOPped inside a write
+    threading.Timer(1.5, lambda: holder.execute("COMMIT")).start()
+    t = time.monotonic()
+    with _Transaction(sched):
+        pass
+    assert 1.0 < time.monotonic() - t < 10
+    sched.close()
+    holder.close()

@@ -80,10 +80,21 @@ def test_inline_wat_text_is_work():
     assert run(wt, {"a": [1, 2.5, None, "é"], "big": 2**70}) == {"a": [1, 2.5, None, "é"], "big": 2**70}
 
 
-def test_wasm_path_is_work(build, tmp_path):
+def test_a_path_as_work_is_read_by_the_deployer_never_by_the_worker(build, tmp_path):
+    from dcp_worktimes import compute
+
     path = tmp_path / "sum.wasm"
     path.write_bytes(build("sum_json"))
-    assert run(prepared(str(path)), [4, 5])["sum"] == 9
+    # On a worker, a file name in the job is refused: it must not read the worker's own files.
+    with pytest.raises(WorkError, match="workers never read files named by a job"):
+        prepared(str(path))
+    secret = tmp_path / "secret.wat"
+    secret.write_text("api_key=TOPSECRET\n")
+    with pytest.raises(WorkError) as e:
+        prepared(str(secret))
+    assert "TOPSECRET" not in str(e.value)
+    # The deployer's side (the Compute API, dcp-worker slice) reads the file and ships its bytes.
+    assert compute.for_([[4, 5]], str(path), worktime="wasi").exec(progress=False) == [{"sum": 9, "count": 2, "argv": []}]
 
 
 @pytest.mark.parametrize(
@@ -282,7 +293,7 @@ def test_an_instance_is_fresh_per_slice_after_a_trap(build):
     [
         (b"\x00asm\x01\x00\x00\x00garbage", {}, "does not validate"),
         ("(module (func $f (unknown-op)))", {}, "not valid WAT"),
-        ("/nonexistent/prog.wasm", {}, "no such file"),
+        ("/nonexistent/prog.wasm", {}, "workers never read files named by a job"),
         ('(module (import "env" "f" (func)) (func (export "_start")))', {}, "env.f"),
         ('(module (func (export "run")))', {}, "_start"),
         (ECHO_WAT, {"content_type": "xml"}, "content_type"),
@@ -323,7 +334,7 @@ def test_module_compiles_once_per_job_and_the_disk_cache_survives_a_restart(buil
         "from dcp_worktimes.wasi_worktime import WasiWorktime\n"
         "from dcp_worktimes.worktime import JobSpec\n"
         "from dcp_worktimes.wasm import stats\n"
-        f"WasiWorktime().prepare(JobSpec(id='j', worktime='wasi', work={str(path)!r}))\n"
+        f"WasiWorktime().prepare(JobSpec(id='j', worktime='wasi', work=open({str(path)!r}, 'rb').read()))\n"
         "print(stats['compiled'], stats['loaded_from_disk'])\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

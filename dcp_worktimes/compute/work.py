@@ -78,6 +78,10 @@ def capture(work: Any) -> Work:
     if isinstance(work, Work):
         return work
     if isinstance(work, str):  # "" is valid for some worktimes (echo); Job checks per worktime
+        name = work.strip()
+        if "\n" not in name and name.endswith((".wasm", ".wat")):
+            # A module named by path is read here, on the deployer's side: workers never read files.
+            return capture(Path(name).expanduser())
         return Work(work, "source", "map-basic", origin="a string")
     if isinstance(work, (bytes, bytearray, memoryview)):
         data = bytes(work)

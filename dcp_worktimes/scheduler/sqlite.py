@@ -31,6 +31,7 @@ batches), so the host is not the bottleneck.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -135,6 +136,8 @@ CREATE TABLE IF NOT EXISTS workers (
 # condition, so a deployer waiting in events() wakes as soon as a local worker commits.
 _conditions: dict[str, threading.Condition] = {}
 _conditions_lock = threading.Lock()
+
+log = logging.getLogger(__name__)
 
 
 def _condition(path: str) -> threading.Condition:
@@ -907,10 +910,30 @@ class _Transaction:
 
     def __enter__(self) -> None:
         self.owner._lock.acquire()
-        db = self.owner._db
-        self.outer = not db.in_transaction
-        if self.outer:
-            db.execute("BEGIN IMMEDIATE")
+        try:
+            db = self.owner._db
+            self.outer = not db.in_transaction
+            if self.outer:
+                self._begin(db)
+        except BaseException:
+            self.owner._lock.release()
+            raise
+
+    def _begin(self, db: sqlite3.Connection) -> None:
+        # Another process holding the write lock (a SIGSTOPped worker, a Ctrl-Z) must make us
+        # wait, not crash: the busy timeout waits 60 s per attempt, and we keep trying, saying so.
+        waited = 0.0
+        while True:
+            started = time.monotonic()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                waited += time.monotonic() - started
+                log.warning("the job store %s has been locked by another process for %.0f s (a stopped "
+                            "worker or deployer?); still waiting", self.owner.path, waited)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:

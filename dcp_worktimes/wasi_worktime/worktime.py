@@ -127,9 +127,9 @@ class WasiWorktime(Worktime):
         self.engine = get_engine(self.engine_options)
         self.watchdog = get_watchdog(self.engine)
         try:
-            wasm = wasm_bytes(job.work)
+            wasm = wasm_bytes(job.work, paths=False)
         except (ValueError, OSError) as e:
-            raise WorkError(f"wasi work must be a wasm module (bytes), a .wasm path or WAT text: {e}") from None
+            raise WorkError(f"wasi work must be a wasm module (bytes) or WAT text: {e}") from None
         try:
             self.compiled = compile_module(self.engine, self.engine_options, wasm)
         except wasmtime.WasmtimeError as e:

@@ -192,16 +192,22 @@ _memo: dict[str, CompiledModule] = {}
 _MEMO_MAX = 8
 
 
-def wasm_bytes(work: bytes | str | os.PathLike) -> bytes:
-    """Module bytes from binary wasm, WAT text, or a path to a ``.wasm``/``.wat`` file.
+def wasm_bytes(work: bytes | str | os.PathLike, *, paths: bool = True) -> bytes:
+    """Module bytes from binary wasm, WAT text, or (with ``paths``) a path to a ``.wasm``/``.wat`` file.
 
-    Raises ``ValueError`` saying which of the three forms was expected.
+    Workers call it with ``paths=False``: a job's work naming a file must never make the *worker*
+    read its own file system (the deployer's side reads files and ships bytes).
+    Raises ``ValueError`` saying which of the forms was expected.
     """
     import wasmtime
 
+    looks_like_path = isinstance(work, str) and work.strip().endswith((".wasm", ".wat")) and "\n" not in work.strip()
+    if not paths and (isinstance(work, os.PathLike) or looks_like_path):
+        raise ValueError(f"work {str(work)!r} is a file name; workers never read files named by a job: deploy the "
+                         "module's bytes or WAT text (dcp-worker slice and the Compute API read the file for you)")
     if isinstance(work, os.PathLike):
         work = Path(work).read_bytes()
-    elif isinstance(work, str) and work.strip().endswith((".wasm", ".wat")) and "\n" not in work.strip():
+    elif looks_like_path:
         path = Path(work.strip()).expanduser()
         if not path.is_file():
             raise ValueError(f"work {work!r} looks like a module path but no such file exists")
