@@ -117,3 +117,30 @@ def test_jobs_resume_and_delete(tmp_path):
     assert bad.returncode == 2 and "no job 'no-such-job'" in bad.stderr
     assert cli("jobs", "--delete", job_id).returncode == 0
     assert json.loads(cli("jobs", "--json").stdout) == []
+
+
+def test_a_worker_caps_what_a_job_asks_for(tmp_path):
+    """A job saying "unlimited" gets the worker's maximum, not the worker's whole machine."""
+    import signal
+    import time
+
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {**os.environ, "DCP_SCHEDULER": store}
+    worker = subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--worktime", "echo", "--cores", "1",
+                               "--output-limit", "8MiB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "dcp-worker" not in (worker.stderr.readline() or "") and time.monotonic() < deadline:
+            pass  # its banner: it has opened the store and is serving
+        deployer = subprocess.run(
+            [sys.executable, "-c",
+             "from dcp_worktimes import compute\n"
+             "j = compute.for_([0], '{\"output\": 12}', worktime='echo', limits={'output': None})\n"
+             "r = j.exec(local=False, errors='return', progress=False)\n"
+             "print(r[0].code if isinstance(r[0], BaseException) else 'ok')"],
+            capture_output=True, text=True, env=env, timeout=120)
+        assert deployer.stdout.strip() == "EOUTPUTLIMIT", deployer.stdout + deployer.stderr
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
