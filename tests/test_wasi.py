@@ -389,3 +389,27 @@ def test_release_at_exit_and_on_garbage_collection():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     left = out.stdout.split()
     assert len(left) == 2 and not any(os.path.exists(p) for p in left), out.stdout + out.stderr
+
+
+def test_scratch_cap_counts_empty_files_and_cannot_be_lifted_by_the_job(monkeypatch):
+    from dcp_worktimes.wasm.scratch import scratch_size
+
+    monkeypatch.setenv("DCP_WORKTIMES_SCRATCH_LIMIT", "16MiB")
+    assert scratch_size("none") == 16 << 20 and scratch_size("1GiB") == 16 << 20 and scratch_size("1MiB") == 1 << 20
+    source = r"""
+    #include <stdio.h>
+    int main(void) {
+        char name[64];
+        for (int i = 0; i < 1000000; i++) {
+            snprintf(name, sizeof name, "/tmp/f%d", i);
+            FILE *f = fopen(name, "w");
+            if (!f) return 2;
+            fclose(f);
+        }
+        return 0;
+    }
+    """
+    wt = prepared(compile_c(source), options={"scratch_size": "none", "content_type": "raw"})
+    err, elapsed = failure(wt, b"", limits=Limits.parse(wall_time="60s", progress_timeout="off"))
+    assert err.code == ErrorCode.EOUTPUTLIMIT and "scratch directory" in err.message
+    assert elapsed < 30

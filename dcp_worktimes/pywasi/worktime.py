@@ -33,9 +33,8 @@ import time
 from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import parse_size
 from ..values import UnserializableValue, pack
-from ..wasm.scratch import DEFAULT_SCRATCH_SIZE
+from ..wasm.scratch import scratch_size
 from ..worktime import JobSpec, SliceContext, Worktime
 
 
@@ -93,7 +92,7 @@ class PythonWorktime(Worktime):
             raise WorkError(f"the job's arguments or options cannot enter the sandbox: {e}",
                             code=ErrorCode.EUNSERIALIZABLE) from None
         try:
-            self._scratch_size = parse_size(job.options.get("scratch_size", DEFAULT_SCRATCH_SIZE), "options.scratch_size")
+            self._scratch_size = scratch_size(job.options.get("scratch_size"))
         except ValueError as e:
             raise WorkError(str(e)) from None
         self._compiled = load()

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import MiB, parse_size
+from ..limits import MiB
 from ..wasm import (
     EngineOptions,
     compile_module,
@@ -40,7 +40,7 @@ from ..wasm import (
     trap_to_error,
     wasm_bytes,
 )
-from ..wasm.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap
+from ..wasm.scratch import ScratchCap, scratch_size
 from ..worktime import JobSpec, SliceContext, Worktime
 from . import abi
 
@@ -120,7 +120,7 @@ class WasiWorktime(Worktime):
         self.argv = abi.argv(list(job.arguments))
         self.fuel = _fuel(options.get("fuel"))
         try:
-            self.scratch_size = parse_size(options.get("scratch_size", DEFAULT_SCRATCH_SIZE), "options.scratch_size")
+            self.scratch_size = scratch_size(options.get("scratch_size"))
         except ValueError as e:
             raise WorkError(str(e)) from None
         self.engine_options = EngineOptions(fuel=self.fuel is not None, exceptions=True)

@@ -17,11 +17,30 @@ from ..errors import ErrorCode, SliceError
 
 MiB = 1 << 20
 DEFAULT_SCRATCH_SIZE = 64 * MiB
+#: The most a job may ask for (``options.scratch_size``); the worker's owner sets it with this variable.
+ENV_SCRATCH_LIMIT = "DCP_WORKTIMES_SCRATCH_LIMIT"
+DEFAULT_SCRATCH_LIMIT = 1024 * MiB
 CHECK_INTERVAL = 0.2
+#: What an entry costs at least: empty files and directories use an inode and a block of metadata.
+ENTRY_COST = 4096
+
+
+def scratch_size(option: object) -> int:
+    """The cap for a job asking for ``option`` (``None``: the default): never above the worker's limit.
+
+    ``ValueError`` for a value that is not a size. A job cannot lift the cap ("none" means the
+    worker's limit): the scratch directory lives on the worker's disk.
+    """
+    from ..limits import parse_size
+
+    limit = parse_size(os.environ.get(ENV_SCRATCH_LIMIT) or DEFAULT_SCRATCH_LIMIT, ENV_SCRATCH_LIMIT) or DEFAULT_SCRATCH_LIMIT
+    asked = parse_size(DEFAULT_SCRATCH_SIZE if option is None else option, "options.scratch_size")
+    return limit if asked is None else min(asked, limit)
 
 
 def tree_size(path: str) -> int:
-    """Bytes of disk the tree under ``path`` occupies (allocated blocks: sparse files count as used)."""
+    """Bytes of disk the tree under ``path`` occupies: allocated blocks, and at least ENTRY_COST per
+    entry (a million empty files fill a disk's inodes as surely as bytes fill its blocks)."""
     total = 0
     stack = [path]
     while stack:
@@ -31,8 +50,9 @@ def tree_size(path: str) -> int:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
+                            total += ENTRY_COST
                         else:
-                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                            total += max(entry.stat(follow_symlinks=False).st_blocks * 512, ENTRY_COST)
                     except OSError:
                         pass
         except OSError:
