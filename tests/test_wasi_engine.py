@@ -195,3 +195,18 @@ def test_one_shared_watchdog_per_engine(engine):
 
     assert get_watchdog(engine) is get_watchdog(engine)
     assert get_watchdog(get_engine(EngineOptions(fuel=True))) is not get_watchdog(engine)
+
+
+def test_the_disk_cache_evicts_least_recently_used_modules(monkeypatch, tmp_path):
+    import os
+    import time
+
+    from dcp_worktimes.wasm.engine import evict
+
+    for i, name in enumerate(["old", "used", "new"]):
+        (tmp_path / f"{name}.cwasm").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"{name}.cwasm", (time.time() - 100 + i, time.time() - 100 + i))
+    os.utime(tmp_path / "used.cwasm")  # loaded just now
+    removed = evict(tmp_path, keep=tmp_path / "new.cwasm", limit=2500)
+    assert [p.name for p in removed] == ["old.cwasm"]
+    assert sorted(p.name for p in tmp_path.glob("*.cwasm")) == ["new.cwasm", "used.cwasm"]

@@ -252,6 +252,7 @@ def compile_module(engine: "wasmtime.Engine", options: EngineOptions, wasm: byte
         try:
             module = wasmtime.Module.deserialize_file(engine, str(path))
             stats["loaded_from_disk"] += 1
+            _touch(path)  # least recently *used* entries are evicted first
         except wasmtime.WasmtimeError:
             module = None  # written by another wasmtime build or truncated: recompile below
     if module is None:
@@ -259,11 +260,59 @@ def compile_module(engine: "wasmtime.Engine", options: EngineOptions, wasm: byte
         module = wasmtime.Module(engine, wasm)
         stats["compiled"] += 1
         _write_atomically(path, module.serialize())
+        evict(path.parent, keep=path)
     compiled = CompiledModule(module, digest, path, source, time.perf_counter() - started)
     if len(_memo) >= _MEMO_MAX:
         _memo.pop(next(iter(_memo)))
     _memo[memo_key] = compiled
     return compiled
+
+
+#: Most bytes of compiled modules kept on disk; jobs choose the modules, so the cache must not grow
+#: without bound (the python runtime alone is ~290 MB). ``DCP_WORKTIMES_CACHE_LIMIT`` overrides.
+ENV_CACHE_LIMIT = "DCP_WORKTIMES_CACHE_LIMIT"
+DEFAULT_CACHE_LIMIT = 4 << 30
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def evict(folder: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Delete the least recently used ``*.cwasm`` in ``folder`` until the total fits ``limit``."""
+    if limit is None:
+        from ..limits import parse_size
+
+        try:
+            limit = parse_size(os.environ.get(ENV_CACHE_LIMIT) or DEFAULT_CACHE_LIMIT, ENV_CACHE_LIMIT)
+        except ValueError:
+            limit = DEFAULT_CACHE_LIMIT
+        if limit is None:
+            return []
+    entries = []
+    for p in folder.glob("*.cwasm"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, p in sorted(entries):
+        if total <= limit:
+            break
+        if keep is not None and p == keep:
+            continue
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(p)
+    return removed
 
 
 def _write_atomically(path: Path, data: bytes | bytearray) -> None:
