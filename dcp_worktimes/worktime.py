@@ -220,6 +220,13 @@ class SliceContext:
             raise ValueError("emit(name, value): name must be a non-empty string")
         self._sink("emit", {"name": name, "value": value})
 
+    @property
+    def over_quota(self) -> bool:
+        """True once this slice's console/emit traffic went over its output limit. The host drops
+        further events and fails the slice with ``EOUTPUTLIMIT`` when it returns; an engine that
+        can interrupt its guest should stop it now rather than let it run on for nothing."""
+        return bool(getattr(self._sink, "over", False))
+
     # -- cancellation -------------------------------------------------------------------------
     @property
     def cancelled(self) -> bool:

@@ -140,3 +140,18 @@ def test_spread_datum_option_spreads_list_datums():
     assert run_slice(job, [3, 4]).value == [12, "extra"]
     plain = JobSpec(id="plain", worktime="map-basic", work="(d, k) => [d, k]", arguments=["extra"])
     assert run_slice(plain, [3, 4]).value == [[3, 4], "extra"]
+
+
+def test_console_flood_over_the_output_limit_stops_the_slice_at_once():
+    import time
+
+    from dcp_worktimes.limits import Limits
+    from dcp_worktimes.runner import run_slice
+    from dcp_worktimes.worktime import JobSpec
+
+    work = 'function (x) { for (let i = 0; i < 1e7; i++) console.log("x".repeat(1000) + i); return 1 }'
+    t = time.monotonic()
+    out = run_slice(JobSpec(id="flood", worktime="map-basic", work=work,
+                            limits=Limits.parse(output="1MB", wall_time="30s")), 0)
+    assert out.error is not None and out.error.code == "EOUTPUTLIMIT", out.error
+    assert time.monotonic() - t < 10

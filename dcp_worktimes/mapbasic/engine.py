@@ -120,6 +120,8 @@ class JSEngine:
                 self._tripped = ErrorCode.ECPULIMIT
             elif self._slice is not None and self._slice.cancelled:
                 self._tripped = ErrorCode.ECANCELLED
+            elif self._slice is not None and self._slice.over_quota:
+                self._tripped = ErrorCode.EOUTPUTLIMIT
             else:
                 return 0
             return 1
@@ -360,6 +362,10 @@ def _limit_error(code: ErrorCode, ctx: SliceContext | None) -> SliceError:
     elif code is ErrorCode.ECPULIMIT:
         msg = f"the slice used more than {limits.cpu_time:g} s of CPU time" if limits and limits.cpu_time else "CPU limit exceeded"
         msg += "; raise the job's cpu_time limit or give each slice less work"
+    elif code is ErrorCode.EOUTPUTLIMIT:
+        cap = limits.output if limits else None
+        msg = (f"console/emit traffic went over the output limit of {cap} bytes" if cap else "output limit exceeded")
+        msg += "; log less, or raise the job's output limit"
     else:
         msg = "the slice was cancelled"
     return SliceError(msg, code=code, name="InternalError")
