@@ -46,11 +46,12 @@ def _limits(base: Limits | None = None, **values: Any) -> Limits:
 
 
 def _to_json(value: Any) -> Any:
-    """Results as JSON: bytes become {"$bytes": base64}; NaN/Infinity become strings."""
+    """Results as JSON: bytes become {"$bytes": base64}; NaN/±Infinity {"$float": "nan" | "inf" | "-inf"}
+    (tagged, so they cannot be mistaken for the strings "nan" and "inf")."""
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return {"$float": str(value)}
     if isinstance(value, list):
         return [_to_json(v) for v in value]
     if isinstance(value, dict):
@@ -60,6 +61,8 @@ def _to_json(value: Any) -> Any:
 
 def _from_json(value: Any, what: str) -> Any:
     if isinstance(value, dict):
+        if set(value) == {"$float"} and value["$float"] in ("nan", "inf", "-inf"):
+            return float(value["$float"])
         if set(value) == {"$bytes"}:
             data = value["$bytes"]
             try:

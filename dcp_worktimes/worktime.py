@@ -101,11 +101,23 @@ class JobSpec:
             worktime=d["worktime"],
             work=d.get("work", ""),
             arguments=list(d.get("arguments") or []),
-            modules=dict(d.get("modules") or {}),
-            files=dict(d.get("files") or {}),
+            modules=_texts(d.get("modules") or {}, "modules", (str, bytes)),
+            files=_texts(d.get("files") or {}, "files", (bytes,)),
             options=dict(d.get("options") or {}),
             limits=Limits.from_dict(d.get("limits")),
         )
+
+
+def _texts(mapping: Mapping[str, Any], what: str, kinds: tuple[type, ...]) -> dict[str, Any]:
+    """A job's modules/files as they arrive from a store: names are strings, contents the right type
+    (``bytes(5)`` would silently be five NULs, ``bytes(3 * 10**9)`` three gigabytes)."""
+    out = {}
+    for name, content in dict(mapping).items():
+        if not isinstance(name, str) or not isinstance(content, kinds):
+            allowed = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"job {what}[{name!r}] must be {allowed}, got {type(content).__name__}")
+        out[name] = content
+    return out
 
 
 def _ignore(kind: str, payload: Any) -> None:

@@ -262,3 +262,13 @@ def test_heartbeat_never_yields_a_torn_record():
     assert hb.read() is None
     assert hb.last_words()[0] == 3
     hb.close()
+
+
+def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
+    out = next(pool.map(JobSpec(id="badfiles", worktime="echo", files={"big": 3 * 10**9}), [(0, 0)]))
+    assert out.error.code == "EBADWORK" and "files['big'] must be bytes, got int" in out.error.message
+
+
+def test_work_that_cannot_be_encoded_fails_the_job_cleanly(pool):
+    out = next(pool.map(JobSpec(id="surrogate", worktime="echo", work="\udcff"), [(0, 0)]))
+    assert out.error.code in ("EBADWORK", "EUNSERIALIZABLE") and "ECRASH" not in str(out.error)

@@ -40,7 +40,7 @@ import psutil
 from ..errors import ErrorCode, SliceError
 from ..limits import Limits
 from ..plugins import get_worktime
-from ..values import pack, unpack
+from ..values import UnserializableValue, pack, unpack
 from ..worktime import JobSpec
 from .process import START_TIMEOUT, EvaluatorDied, EvaluatorProcess, Zygote, zygotes_enabled
 
@@ -285,7 +285,11 @@ class EvaluatorPool:
         slot.proc, slot.psproc = proc, psutil.Process(proc.pid)
         slot.preparing_since = time.monotonic()  # the watchdog bounds prepare by prepare_timeout
         try:
-            proc.send({"op": "prepare", "job": job.to_dict()})
+            try:
+                proc.send({"op": "prepare", "job": job.to_dict()})
+            except UnserializableValue as e:
+                self._retire(slot)
+                raise _JobUnusable(SliceError(f"the job cannot be sent to an evaluator: {e}", code=ErrorCode.EBADWORK))
             msg = next(m for m in proc.frames() if m.get("t") in ("prepared", "prepare_error"))
         finally:
             slot.preparing_since = None

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import msgpack
 
 from ..errors import ErrorCode, SliceError
-from ..values import packer, unpacker
+from ..values import UnserializableValue, packer, unpacker
 from .heartbeat import Heartbeat
 
 STDERR_TAIL = 4096
@@ -179,10 +179,17 @@ class EvaluatorProcess:
 
     # -- frames -------------------------------------------------------------------------------
     def send(self, msg: dict) -> None:
+        """Write one frame. ``UnserializableValue`` if the message cannot be encoded (the evaluator
+        is fine); ``EvaluatorDied`` if the pipe is gone."""
         # Locked: a cancel from the caller's thread must not interleave with a big "run" frame.
         with self._send_lock:
             try:
-                self._stdin.write(self._packer.pack(msg))
+                data = self._packer.pack(msg)
+            except (ValueError, TypeError, OverflowError) as e:  # e.g. a lone surrogate in the work text
+                self._packer = packer()  # a failed pack may leave partial data behind
+                raise UnserializableValue(f"cannot send to the evaluator: {type(e).__name__}: {e}") from None
+            try:
+                self._stdin.write(data)
             except (BrokenPipeError, OSError, ValueError):
                 raise EvaluatorDied(self.kill_reason or self._crash_reason(), self.kill_index) from None
 

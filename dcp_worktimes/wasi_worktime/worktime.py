@@ -414,7 +414,7 @@ def _fuel(value: Any) -> int | None:
         return None
     try:
         fuel = int(float(value)) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 is infinity
         fuel = 0
     if fuel <= 0 or isinstance(value, bool):
         raise WorkError(f"options.fuel must be a positive instruction budget such as 1e9, got {value!r}")

@@ -77,6 +77,10 @@ def _enc(v, out, where, depth):
     elif t is dict or isinstance(v, dict):
         _enc_len(len(v), out, 0x80, b"\xde", b"\xdf")
         for k, item in v.items():
+            if isinstance(k, (list, tuple, dict)):
+                # The host decodes the value set with lists, which cannot be dict keys there either.
+                raise Unserializable(f"{where} has the key {k!r}; dict keys must be None, bool, int, float, "
+                                     "str or bytes (use a string such as '1,2' for a compound key)")
             _enc(k, out, f"{where} key {k!r}", depth + 1)
             _enc(item, out, f"{where}[{k!r}]", depth + 1)
     else:
