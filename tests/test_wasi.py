@@ -413,3 +413,9 @@ def test_scratch_cap_counts_empty_files_and_cannot_be_lifted_by_the_job(monkeypa
     err, elapsed = failure(wt, b"", limits=Limits.parse(wall_time="60s", progress_timeout="off"))
     assert err.code == ErrorCode.EOUTPUTLIMIT and "scratch directory" in err.message
     assert elapsed < 30
+
+
+def test_a_module_needing_a_disabled_feature_is_bad_work_not_a_memory_error():
+    wt = prepared('(module (memory 1 65536 shared) (func (export "_start")))')
+    err, _ = failure(wt)
+    assert err.code == ErrorCode.EBADWORK and "shared memory" in err.message

@@ -287,9 +287,15 @@ class WasiWorktime(Worktime):
             if failure is not None:
                 err = trap_to_error(failure, memory_exhausted=quota_hit)
                 if instance is None and err.code == ErrorCode.EUNCAUGHT:
-                    # instantiation itself failed: an initial memory/table above the quota
-                    err = SliceError(f"the module cannot be instantiated within the slice's limits: {failure}",
-                                     code=ErrorCode.EMEMORYLIMIT if "memory" in str(failure) else ErrorCode.EUNCAUGHT)
+                    # instantiation itself failed: a feature this engine does not offer (shared
+                    # memory, ...) is the module's fault; an initial memory/table above the quota is ours
+                    text = str(failure)
+                    if "disabled" in text or "not supported" in text or "unsupported" in text:
+                        err = SliceError(f"the module needs something this worktime does not offer: {text}",
+                                         code=ErrorCode.EBADWORK)
+                    else:
+                        err = SliceError(f"the module cannot be instantiated within the slice's limits: {text}",
+                                         code=ErrorCode.EMEMORYLIMIT if "memory" in text else ErrorCode.EUNCAUGHT)
                 raise _with_stderr(err, state)
             if exit_status != 0:
                 tail = state.stderr_tail.decode("utf-8", "replace").strip()
