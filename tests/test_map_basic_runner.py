@@ -12,7 +12,7 @@ import pytest
 
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.runner import EvaluatorPool
-from dcp_worktimes.testing import HOSTILE_CASES, Sample, WorktimeConformance, run
+from dcp_worktimes.testing import HOSTILE_CASES, Sample, WorktimeConformance
 from dcp_worktimes.worktime import JobSpec
 
 HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "js"
