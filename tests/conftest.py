@@ -33,3 +33,12 @@ def build(cc):
         return cc(where / f"{name}.c")
 
     return build
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A private embedded job store for the test (and no progress bars)."""
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    monkeypatch.setenv("DCP_SCHEDULER", url)
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    return url

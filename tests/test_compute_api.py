@@ -19,13 +19,6 @@ from dcp_worktimes.scheduler import open_scheduler
 JS = "function(i){ progress(); return i*10 }"
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path}/jobs.db"
-    monkeypatch.setenv("DCP_SCHEDULER", url)
-    return url
-
-
 def deployed_jobs(url):
     with open_scheduler(url) as s:
         return s.list_jobs()

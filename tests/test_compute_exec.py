@@ -16,14 +16,6 @@ from dcp_worktimes.errors import ErrorCode
 from dcp_worktimes.scheduler import open_scheduler
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path}/jobs.db"
-    monkeypatch.setenv("DCP_SCHEDULER", url)
-    monkeypatch.setenv("DCP_PROGRESS", "0")
-    return url
-
-
 def echo(inputs, actions=None, *args, **settings):
     settings.setdefault("cores", 2)
     return compute.for_(inputs, json.dumps(actions) if actions else "", *args, worktime="echo", **settings)

@@ -60,14 +60,6 @@ def uses_aliased_floor(x):
 scaled_lambda = lambda x, s=SCALE: x * s  # noqa: E731
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path}/jobs.db"
-    monkeypatch.setenv("DCP_SCHEDULER", url)
-    monkeypatch.setenv("DCP_PROGRESS", "0")
-    return url
-
-
 def deployed_jobs(url):
     with open_scheduler(url) as s:
         return s.list_jobs()

@@ -76,14 +76,6 @@ WORK = {
 }
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path}/jobs.db"
-    monkeypatch.setenv("DCP_SCHEDULER", url)
-    monkeypatch.setenv("DCP_PROGRESS", "0")
-    return url
-
-
 def job(worktime, *args, **settings):
     settings.setdefault("cores", 2)
     return compute.for_(*args, worktime=worktime, **settings)

@@ -371,14 +371,7 @@ def _sweep_dead_processes_dirs() -> None:
             m = _OWNED.match(name)
             if m is None or _pid_alive(int(m.group(1))):
                 continue
-            path = os.path.join(base, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            _remove(os.path.join(base, name))
 
 
 _settle_registered = False
@@ -453,13 +446,18 @@ def _empty_scratch(scratch: str) -> None:
     except FileNotFoundError:
         return
     for path in left:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _remove(path)
+
+
+def _remove(path: str) -> None:
+    """Delete a file or a whole directory tree (never following a symlink out of it)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 
