@@ -179,7 +179,13 @@ def test_preopen_escape_at_the_syscall_level_fails():
 
 
 def test_job_files_are_read_only_and_scratch_is_fresh_per_slice(build):
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-*")))
+    # Only this process's directories: prepare() also sweeps what dead evaluators of earlier
+    # tests left behind, so the global set may legitimately shrink meanwhile.
+    def ours() -> set[str]:
+        return {path for base in (tempfile.gettempdir(), "/dev/shm")
+                for path in glob.glob(os.path.join(base, f"dcp-wasi-*-{os.getpid()}-*"))}
+
+    before = ours()
     wt = prepared(build("files"), files={"input.txt": b"hello files"})
     for _ in range(2):
         assert run(wt) == {"input": "hello files", "marker_existed": False, "scratch_writable": True,
@@ -189,7 +195,7 @@ def test_job_files_are_read_only_and_scratch_is_fresh_per_slice(build):
     assert files_dir and os.path.isdir(files_dir) and os.path.isfile(stdin_path)
     wt.release()
     assert not os.path.exists(files_dir) and not os.path.exists(stdin_path)
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dcp-wasi-*"))) == before
+    assert ours() == before
 
 
 def test_scratch_is_emptied_even_of_nested_directories():
