@@ -179,8 +179,8 @@ def test_preopen_escape_at_the_syscall_level_fails():
 
 
 def test_job_files_are_read_only_and_scratch_is_fresh_per_slice(build):
-    # Only this process's directories: prepare() also sweeps what dead evaluators of earlier
-    # tests left behind, so the global set may legitimately shrink meanwhile.
+    # Only this process's directories, and only new ones: prepare() sweeps what dead evaluators
+    # left behind and the GC releases earlier tests' worktimes, so the set may shrink meanwhile.
     def ours() -> set[str]:
         return {path for base in (tempfile.gettempdir(), "/dev/shm")
                 for path in glob.glob(os.path.join(base, f"dcp-wasi-*-{os.getpid()}-*"))}
@@ -191,11 +191,11 @@ def test_job_files_are_read_only_and_scratch_is_fresh_per_slice(build):
         assert run(wt) == {"input": "hello files", "marker_existed": False, "scratch_writable": True,
                            "job_writable": False}
         assert os.listdir(os.path.join(wt._slice_root, "scratch")) == []
-    files_dir, stdin_path = wt._files_dir, wt._stdin_path
-    assert files_dir and os.path.isdir(files_dir) and os.path.isfile(stdin_path)
+    files_dir, stdin_path, slice_root = wt._files_dir, wt._stdin_path, wt._slice_root
+    assert files_dir and os.path.isdir(files_dir) and os.path.isfile(stdin_path) and os.path.isdir(slice_root)
     wt.release()
-    assert not os.path.exists(files_dir) and not os.path.exists(stdin_path)
-    assert ours() == before
+    assert not any(os.path.exists(p) for p in (files_dir, stdin_path, slice_root))
+    assert ours() - before == set()
 
 
 def test_scratch_is_emptied_even_of_nested_directories():
