@@ -127,6 +127,33 @@ def test_worker_runs_until_idle_and_stops_evaluators(store):
     assert w.id not in {info.id for info in s.workers()}  # it said goodbye
 
 
+def test_worker_stops_a_cancelled_jobs_slices_within_seconds(store):
+    """A deployer's cancel reaches a worker long before its next lease extension (30 s / 3)."""
+    url, s = store
+    job = make_job("slow", 4)
+    job.spec.work = json.dumps({"sleep": 60})
+    s.submit(job)
+    w = Worker(s, ["echo"], cores=2, lease_seconds=30.0)
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(slot.busy for slot in (w._pool._slots if w._pool else [])):
+            assert time.monotonic() < deadline, "the worker never started the slow slices"
+            time.sleep(0.05)
+        s.cancel("slow")
+        cancelled = time.monotonic()
+        while w._inflight or any(slot.busy for slot in w._pool._slots):
+            assert time.monotonic() - cancelled < 5, "the cancelled job's slices kept running"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive() and w.error is None
+    assert w.completed == 0 and s.status("slow")["status"] == "cancelled"
+
+
 # The real command line (`dcp-worker --worktime echo --cores 1 --scheduler URL`).
 DCP_WORKER = "import sys; from dcp_worktimes.cli import main; sys.argv[0] = 'dcp-worker'; main()"
 

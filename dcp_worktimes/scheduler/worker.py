@@ -17,7 +17,9 @@ slices are not hoarded away from other workers), collects outcomes that
 the pool's threads hand over, and writes them back in batches every ``flush_interval`` seconds
 (or ``flush_size`` reports), together with the console/emit/progress events of those slices.
 Leases are extended every ``lease_seconds / 3``. A worker that dies simply stops extending them:
-the scheduler hands its slices to someone else (at once, if it sees the process is gone).
+the scheduler hands its slices to someone else (at once, if it sees the process is gone). Every
+``CANCEL_CHECK`` seconds the worker reads the status of the jobs it is running, so a job the
+deployer cancels stops on this worker within about a second, not at the next lease extension.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from ..worktime import JobSpec
 from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob, merge_capabilities
 
 log = logging.getLogger(__name__)
+
+#: Seconds between reads of the running jobs' status (a cheap read; a cancel stops slices this soon).
+CANCEL_CHECK = 1.0
 
 
 def resolve_worktimes(names: Iterable[str] | None) -> dict[str, Registration]:
@@ -169,7 +174,7 @@ class Worker:
             from ..runner import EvaluatorPool
 
             self._pool = EvaluatorPool(self.cores)
-        last_flush = last_beat = time.monotonic()
+        last_flush = last_beat = last_check = time.monotonic()
         idle_wait = self.poll_interval
         try:
             while not stop.is_set():
@@ -183,7 +188,12 @@ class Worker:
                     last_flush = now
                 if now - last_beat >= self.lease_seconds / 3:
                     self._heartbeat()
-                    last_beat = now
+                    last_beat = last_check = now
+                elif now - last_check >= CANCEL_CHECK:
+                    with self._cond:
+                        running = {lease.job_id for lease in self._inflight.values()}
+                    self._drop_finished(running)
+                    last_check = now
                 with self._cond:
                     busy = bool(self._inflight)
                 if until_idle and not leased and not busy:
@@ -304,11 +314,18 @@ class Worker:
         lost_set = set(lost)
         with self._cond:
             jobs = {lease.job_id for lease in self._inflight.values() if lease.lease_id in lost_set}
+        self._drop_finished(jobs)
+
+    def _drop_finished(self, jobs: Iterable[str]) -> None:
+        """Drop those of ``jobs`` that are cancelled, finished or gone from the store."""
         for job_id in jobs:
             try:
                 cancelled = self.scheduler.status(job_id)["status"] in FINAL_STATES
-            except Exception:  # noqa: BLE001 - a vanished job is as good as cancelled
+            except UnknownJob:  # deleted: as good as cancelled
                 cancelled = True
+            except Exception as e:  # noqa: BLE001 - a store hiccup must not stop a wanted job
+                log.warning("could not read the status of job %s: %s", job_id, e)
+                continue
             if cancelled:
                 self._drop_job(job_id)
 
