@@ -275,6 +275,9 @@ class SchedulerConformance:
         st = scheduler.status("j1")
         assert st["status"] == "unschedulable"
         assert [e for _, e in scheduler.events("j1") if e["type"] == "unschedulable"][0]["reason"] == reason
+        # Asked again (a deployer asks every quiet period): the same verdict, no second event.
+        assert scheduler.check_schedulable("j1") == reason
+        assert [e["type"] for _, e in scheduler.events("j1")].count("unschedulable") == 1
         # A worker that can run it arrives: the job runs again.
         leases = scheduler.lease("w2", ECHO, {"gpu": True}, 5, 30)
         assert len(leases) == 2 and scheduler.status("j1")["status"] == "running"

@@ -877,13 +877,21 @@ class SqliteScheduler(Scheduler):
         else:
             reason = "; ".join(sorted(set(r for r in reasons if r))) + (
                 f" (live workers: {len(live)}); start a worker that has it, or change the job's worktime/requirements")
-        with self._lock, self._tx():
+        with self._lock:
+            # A deployer asks every few quiet seconds: answer an unchanged verdict with a read,
+            # and take the write lock only to record a new one.
             row = self._db.execute("SELECT status, reason FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row[0] in FINAL_STATES:
                 return None
-            if row[0] != UNSCHEDULABLE or row[1] != reason:
-                self._db.execute("UPDATE jobs SET status = ?, reason = ? WHERE id = ?", (UNSCHEDULABLE, reason, job_id))
-                self._append_events(job_id, [{"type": "unschedulable", "reason": reason}])
+            if row[0] == UNSCHEDULABLE and row[1] == reason:
+                return reason
+            with self._tx():
+                row = self._db.execute("SELECT status, reason FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row[0] in FINAL_STATES:
+                    return None
+                if row[0] != UNSCHEDULABLE or row[1] != reason:
+                    self._db.execute("UPDATE jobs SET status = ?, reason = ? WHERE id = ?", (UNSCHEDULABLE, reason, job_id))
+                    self._append_events(job_id, [{"type": "unschedulable", "reason": reason}])
         self._notify()
         return reason
 
