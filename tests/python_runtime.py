@@ -1,0 +1,30 @@
+"""The python worktime's runtime for the tests: one compiled-module cache for all of them.
+
+Compiling CPython-for-WASI takes ~2 minutes, so the suite must compile it at most once per
+machine: the cache is the user's persistent one (or ``$DCP_WORKTIMES_CACHE`` as it was when the
+test session started), never a per-test temporary folder. Other tests may point
+``DCP_WORKTIMES_CACHE`` at a temporary folder; the ``python_cache`` fixture (conftest.py) puts
+ours back for the duration of the python tests, and ``warm`` compiles (or loads) once.
+"""
+
+from __future__ import annotations
+
+import os
+
+import platformdirs
+
+#: Read at import (collection) time, before any test has monkeypatched the variable.
+PYTHON_CACHE = os.environ.get("DCP_WORKTIMES_CACHE") or platformdirs.user_cache_dir("dcp-worktimes")
+
+#: A first compile on a fresh, busy 2-core machine: generous, only ever reached once per machine.
+FIRST_COMPILE_TIMEOUT = 900
+
+
+def runtime_available() -> bool:
+    try:
+        from dcp_worktimes.pywasi.artifacts import find_runtime
+
+        find_runtime()
+        return True
+    except Exception:
+        return False
