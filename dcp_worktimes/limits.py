@@ -88,11 +88,25 @@ class Limits:
             if v is None:
                 shown = "unlimited"
             elif f.name in _SIZE_FIELDS:
-                shown = humanfriendly.format_size(v, binary=True)
+                shown = format_size(v)
             else:
                 shown = humanfriendly.format_timespan(v)
             parts.append(f"{f.name} {shown}")
         return ", ".join(parts)
+
+
+def format_size(size: float, like: int | None = None) -> str:
+    """Bytes for humans, in the unit family the user wrote (``like``, default ``size`` itself):
+    a limit given as 128MB is shown in MB, one given as 1GiB in GiB.
+
+    >>> format_size(128_000_000), format_size(1 << 30), format_size(146_800_000, like=128 << 20)
+    ('128 MB', '1 GiB', '140 MiB')
+    """
+    import humanfriendly
+
+    ref = int(size if like is None else like)
+    binary = ref >= 1024 and ref % 1024 == 0 and ref % 1000 != 0
+    return humanfriendly.format_size(size, binary=binary)
 
 
 def _is_none(value: Any) -> bool:

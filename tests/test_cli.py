@@ -53,7 +53,7 @@ def test_spin_forever_stops_at_wall_time():
 
 def test_memory_balloon_stops_at_memory_limit():
     r = dcp_worker("slice", "--worktime", "echo", "--work", '{"allocate": 1024}', "--memory-limit", "128MB")
-    assert r.returncode == 1 and r.stderr.startswith("EMEMORYLIMIT: ")
+    assert r.returncode == 1 and r.stderr.startswith("EMEMORYLIMIT: ") and "limit of 128 MB" in r.stderr
 
 
 def test_crash_has_its_own_code():

@@ -1,6 +1,6 @@
 import pytest
 
-from dcp_worktimes.limits import Limits, parse_duration, parse_size
+from dcp_worktimes.limits import Limits, format_size, parse_duration, parse_size
 
 
 def test_human_units():
@@ -33,3 +33,11 @@ def test_parsers():
     with pytest.raises(ValueError, match="has no unit"):
         parse_size("4096")
     assert parse_duration("2m") == 120.0 and parse_duration("unlimited") is None
+
+
+def test_sizes_are_shown_in_the_unit_family_the_user_wrote():
+    assert format_size(parse_size("128MB")) == "128 MB"
+    assert format_size(parse_size("1GiB")) == "1 GiB"
+    assert format_size(146_800_000, like=parse_size("128MiB")) == "140 MiB"
+    assert format_size(146_800_000, like=parse_size("128MB")) == "146.8 MB"
+    assert "memory 128 MB" in Limits.parse(memory="128MB").describe()

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from ..errors import ErrorCode, SliceError, WorkError
+from ..limits import format_size
 from ..values import UnserializableValue
 from ..worktime import SliceContext
 from .marshal import from_js, to_js
@@ -345,7 +346,7 @@ class JSEngine:
 
 
 def _memory_message(limit: int) -> str:
-    shown = f"{limit / 1e6:g} MB" if limit > 0 else "the available memory"
+    shown = format_size(limit) if limit > 0 else "the available memory"
     return f"the work used more than {shown} of JavaScript heap; raise the job's memory limit or process less data per slice"
 
 

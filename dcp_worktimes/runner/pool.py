@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 import psutil
 
 from ..errors import ErrorCode, SliceError
-from ..limits import Limits
+from ..limits import Limits, format_size
 from ..plugins import get_worktime
 from ..values import UnserializableValue, pack, unpack
 from ..worktime import JobSpec
@@ -489,8 +489,9 @@ class EvaluatorPool:
             allowed = proc.baseline_rss + lim.memory * (1 + slot.memory_slack)
             if rss > allowed:
                 proc.kill(SliceError(
-                    f"the slice used {rss / 2**20:.0f} MiB of resident memory, over its limit of "
-                    f"{lim.memory / 2**20:.0f} MiB (on top of the worktime's own {proc.baseline_rss / 2**20:.0f} MiB); "
+                    f"the slice used {format_size(rss - proc.baseline_rss, like=lim.memory)} of resident memory, over "
+                    f"its limit of {format_size(lim.memory)} (on top of the worktime's own "
+                    f"{format_size(proc.baseline_rss, like=lim.memory)}); "
                     "use less memory or raise the limit (memory / --memory-limit)",
                     code=ErrorCode.EMEMORYLIMIT), index)
                 return
