@@ -68,6 +68,31 @@ def test_huge_range_is_not_materialised(tmp_path):
     s.close()
 
 
+def test_a_finished_streams_inputs_are_freed_and_its_results_kept(tmp_path):
+    from dcp_worktimes.testing_scheduler import ok
+    from dcp_worktimes.values import pack, unpack
+
+    s = open_scheduler(f"sqlite:///{tmp_path}/x.db")
+    s.submit(make_job("s", stream=True))
+    s.add_slices("s", [(n, pack(b"x" * 1000 + bytes([n]))) for n in range(50)])
+    s.close_input("s", 50)
+    db = sqlite3.connect(tmp_path / "x.db")
+    stored = "SELECT COUNT(*) FROM slices WHERE job_id = 's'"
+    assert db.execute(stored).fetchone()[0] == 50
+    leases = s.lease("w", {"echo": "1.0.0"}, {}, 50, 30)
+    s.complete([ok(lease) for lease in leases[:49]])
+    assert db.execute(stored).fetchone()[0] == 50  # still running: every input is kept
+    s.complete([ok(lease) for lease in leases[49:]])
+    assert s.status("s")["status"] == "complete"
+    assert db.execute(stored).fetchone()[0] == 0  # one finished job's inputs do not stay on disk
+    assert unpack(s.results("s")[49].value) == b"x" * 1000 + bytes([49])
+    with pytest.raises(SchedulerError, match="input already closed"):  # nothing can need the rows again
+        s.add_slices("s", [(3, pack("again"))])
+    s.complete([ok(leases[0])])  # a late duplicate report changes nothing
+    assert s.status("s")["computed"] == 50 and len(s.results("s")) == 50
+    s.close()
+
+
 def test_default_url_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("DCP_SCHEDULER", f"sqlite:///{tmp_path}/env.db")
     with open_scheduler() as s:

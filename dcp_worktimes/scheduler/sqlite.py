@@ -13,7 +13,8 @@ Storage, and why it is shaped so:
 * ``slices``: stream datums (state 3, *queued*: leased in runs by the ``next_slice`` cursor
   exactly like a range, so never updated one by one; the row stays so a slice added twice is
   not run twice), and slices that are pending (retries, returns), leased from pending, or done
-  (state 2). Datum NULL for described inputs: recomputed from the description.
+  (state 2). Datum NULL for described inputs: recomputed from the description. A job's rows
+  are deleted when it reaches a final state.
 * ``results``: one row per reported *batch*: the msgpack of its columns (slice numbers, ok flags,
   result bytes as the worker sent them, errors, wall/CPU time, bytes in/out, attempts, worker ids), under the
   per-job sequence numbers ``seq .. last``. A report is recorded only if its slice is still its
@@ -291,6 +292,9 @@ class SqliteScheduler(Scheduler):
             return
         final = COMPLETE if failed == 0 else FAILED
         self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (final, job_id))
+        # A final job is never leased again and its input is closed: its slice rows (a stream's
+        # datums, retry bookkeeping) are dead weight. Results and counters are stored apart.
+        self._db.execute("DELETE FROM slices WHERE job_id = ?", (job_id,))
         self._append_events(
             job_id,
             [
