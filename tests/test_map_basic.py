@@ -334,6 +334,30 @@ def test_text_encoding_clone_crypto():
     assert got == ["héllo €𝄞".encode(), "héllo €𝄞", "a\ufffdb\ufffd", 5, 1, True, 1, True, "TypeError", "DataCloneError", 36]
 
 
+def test_text_decoder_streams_characters_split_across_chunks():
+    got = slice_of("""() => {
+        const text = '\ufeffa€𝄞é-z';
+        const bytes = new TextEncoder().encode(text);
+        const splits = [];
+        for (let i = 0; i <= bytes.length; i++) {
+            for (let j = i; j <= bytes.length; j++) {
+                const d = new TextDecoder();
+                splits.push(d.decode(bytes.subarray(0, i), {stream: true}) + d.decode(bytes.subarray(i, j), {stream: true})
+                            + d.decode(bytes.subarray(j)));
+            }
+        }
+        const d = new TextDecoder();
+        const cut = d.decode(new Uint8Array([0x61, 0xe2, 0x82]), {stream: true}) + '|' + d.decode();
+        let fatal = null;
+        const f = new TextDecoder('utf-8', {fatal: true});
+        f.decode(new Uint8Array([0xf0, 0x9d]), {stream: true});
+        try { f.decode() } catch (e) { fatal = e.name }
+        const bad = new TextDecoder().decode(new Uint8Array([0xe0, 0x80]), {stream: true});
+        return [new Set(splits).size, splits[0], cut, fatal, bad, new TextDecoder().decode(bytes.subarray(0, 3), {stream: true})];
+    }""")
+    assert got == [1, "a€𝄞é-z", "a|\ufffd", "TypeError", "\ufffd\ufffd", ""]
+
+
 def test_modern_builtins():
     assert slice_of("""() => [
         [1, 2, 3].at(-1), Object.hasOwn({a: 1}, 'a'), [1, 2, 3].findLast(x => x < 3), [3, 1, 2].toSorted(),

@@ -349,8 +349,28 @@
   }
 
   const UTF8_LABELS = ['utf-8', 'utf8', 'unicode-1-1-utf-8', 'unicode11utf8', 'unicode20utf8', 'x-unicode20utf8'];
+  // Bytes at the end of `bytes` that begin a valid but unfinished sequence: with {stream: true}
+  // they wait for the next chunk instead of decoding as U+FFFD.
+  function __dcpUnfinishedTail(bytes) {
+    const n = bytes.length;
+    for (let p = n - 1; p >= 0 && p >= n - 3; p--) {
+      const b = bytes[p];
+      if (b >= 0x80 && b <= 0xbf) continue;  // a continuation byte: look further back for the lead
+      const need = b >= 0xc2 && b <= 0xdf ? 1 : b >= 0xe0 && b <= 0xef ? 2 : b >= 0xf0 && b <= 0xf4 ? 3 : 0;
+      if (need === 0 || n - p - 1 >= need) return 0;
+      if (n - p > 1) {  // the first continuation has a narrower range after some leads
+        const c = bytes[p + 1];
+        const lower = b === 0xe0 ? 0xa0 : b === 0xf0 ? 0x90 : 0x80;
+        const upper = b === 0xed ? 0x9f : b === 0xf4 ? 0x8f : 0xbf;
+        if (c < lower || c > upper) return 0;
+      }
+      return n - p;
+    }
+    return 0;
+  }
+
   class TextDecoder {
-    #fatal; #ignoreBOM;
+    #fatal; #ignoreBOM; #pending = null; #started = false;
     constructor(label = 'utf-8', options = {}) {
       if (!UTF8_LABELS.includes(String(label).trim().toLowerCase())) {
         throw new RangeError(`TextDecoder: encoding ${stringify(String(label))} is not supported; only utf-8 is available in map-basic`);
@@ -362,10 +382,30 @@
     get fatal() { return this.#fatal; }
     get ignoreBOM() { return this.#ignoreBOM; }
     decode(input, options) {
-      if (options && options.stream) throw new TypeError('TextDecoder: {stream: true} is not supported in map-basic; decode whole buffers');
+      const stream = Boolean(options && options.stream);
       let bytes = __dcpBytesOf(input);
-      if (!this.#ignoreBOM && bytes.length >= 3 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) bytes = bytes.subarray(3);
-      return __dcpUtf8Decode(bytes, this.#fatal);
+      if (this.#pending) {
+        const joined = new U8(this.#pending.length + bytes.length);
+        joined.set(this.#pending);
+        joined.set(bytes, this.#pending.length);
+        bytes = joined;
+        this.#pending = null;
+      }
+      if (stream) {
+        const keep = __dcpUnfinishedTail(bytes);
+        if (keep) {
+          this.#pending = bytes.slice(bytes.length - keep);
+          bytes = bytes.subarray(0, bytes.length - keep);
+        }
+      }
+      let out = __dcpUtf8Decode(bytes, this.#fatal);
+      // The BOM is dropped once, at the start of the stream (it may arrive split across chunks).
+      if (!this.#started && out.length) {
+        this.#started = true;
+        if (!this.#ignoreBOM && out.charCodeAt(0) === 0xfeff) out = out.slice(1);
+      }
+      if (!stream) this.#started = false;  // a call without {stream: true} ends the stream
+      return out;
     }
   }
 
