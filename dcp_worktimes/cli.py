@@ -27,7 +27,7 @@ _LIMIT_OPTIONS = [
     ("--cpu-time", "cpu_time", "CPU-time limit per slice, e.g. 10s (ECPULIMIT)."),
     ("--memory-limit", "memory", "Memory limit per slice, e.g. 256MB, 1GiB (EMEMORYLIMIT)."),
     ("--output-limit", "output", "Result size limit per slice, e.g. 16MB (EOUTPUTLIMIT)."),
-    ("--progress-timeout", "progress_timeout", "No-progress watchdog, e.g. 30s; 'off' disables it (ENOPROGRESS)."),
+    ("--progress-timeout", "progress_timeout", "No-progress watchdog, e.g. 30s; 'off' disables it for every job (ENOPROGRESS)."),
 ]
 
 
@@ -118,7 +118,8 @@ def _read_work(work: str) -> str | bytes:
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Limits are the most a job may use on this worker (defaults: wall 1h, memory 2GiB, "
-                    "output 64MiB, progress timeout 30s, CPU unlimited); a job may ask for less.")
+                    "output 64MiB, progress timeout 30s, CPU unlimited); a job may ask for less, and either "
+                    "side may turn the no-progress watchdog off.")
 @click.option("--worktime", "-w", "worktimes", multiple=True, help="Worktime(s) to offer (default: all installed).")
 @click.option("--cores", "--nworkers", type=click.IntRange(min=1), default=None, help="Evaluator processes (default: one per CPU).")
 @click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",

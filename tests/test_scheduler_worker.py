@@ -154,6 +154,27 @@ def test_worker_stops_a_cancelled_jobs_slices_within_seconds(store):
     assert w.completed == 0 and s.status("slow")["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("job_timeout, worker_timeout, code", [
+    ("1s", "1s", "ENOPROGRESS"),
+    ("1s", "off", None),   # V14: the worker disables the watchdog
+    ("off", "1s", None),   # V14: the job disables it, even on a worker whose default is on
+    ("1s", "30s", "ENOPROGRESS"),
+])
+def test_either_the_job_or_the_worker_can_turn_the_no_progress_watchdog_off(store, job_timeout, worker_timeout, code):
+    from dcp_worktimes.limits import Limits
+
+    url, s = store
+    job = make_job("quiet", 1)
+    job.spec.work = json.dumps({"silent": 2.5})
+    job.spec.limits = Limits.parse(progress_timeout=job_timeout)
+    s.submit(job)
+    w = Worker(s, ["echo"], cores=1, limits=Limits.parse(progress_timeout=worker_timeout))
+    w.run(until_idle=True)
+    (report,) = s.results("quiet").values()
+    assert (report.error or {}).get("code") == code, report.error
+    assert report.ok == (code is None)
+
+
 # The real command line (`dcp-worker --worktime echo --cores 1 --scheduler URL`).
 DCP_WORKER = "import sys; from dcp_worktimes.cli import main; sys.argv[0] = 'dcp-worker'; main()"
 

@@ -54,13 +54,23 @@ def resolve_worktimes(names: Iterable[str] | None) -> dict[str, Registration]:
 
 
 def cap_limits(job: Limits, worker: Limits | None) -> Limits:
-    """The stricter of the job's and the worker's limit for each field (``None`` = unlimited)."""
+    """The stricter of the job's and the worker's limit for each resource (``None`` = unlimited).
+
+    The no-progress watchdog is not a resource but a check for hung work: it is off when the job
+    *or* the worker turns it off (DCP: "unless the job or worker disables the watchdog"), and
+    otherwise the shorter timeout applies.
+
+    >>> cap_limits(Limits.parse(memory="4GiB"), Limits.parse(progress_timeout="off")).progress_timeout is None
+    True
+    """
     if worker is None:
         return job
     changes = {}
-    for name in ("wall_time", "cpu_time", "memory", "output", "progress_timeout"):
+    for name in ("wall_time", "cpu_time", "memory", "output"):
         a, b = getattr(job, name), getattr(worker, name)
         changes[name] = b if a is None else a if b is None else min(a, b)
+    a, b = job.progress_timeout, worker.progress_timeout
+    changes["progress_timeout"] = None if a is None or b is None else min(a, b)
     return replace(job, **changes)
 
 
