@@ -250,6 +250,17 @@ def test_memory_of_processes_an_engine_spawns_counts_too(pool, probe):
     assert time.monotonic() - t < 15
 
 
+def test_a_lone_console_line_is_not_held_until_the_slice_ends(pool):
+    arrived = []
+    t = time.monotonic()
+    j = job({"console": ["hello", "hello", "hello"], "sleep": 3})
+    out = next(pool.map(j, [(0, 0)], on_event=lambda kind, n, p: arrived.append((time.monotonic() - t, kind, p))))
+    assert out.ok
+    consoles = [(at, p) for at, kind, p in arrived if kind == "console"]
+    assert len(consoles) == 1 and consoles[0][1]["same"] == 3  # repeats still collapse
+    assert consoles[0][0] < 2.0, consoles  # sent ~0.1 s after it was logged, not at the end (~3 s)
+
+
 def test_heartbeat_never_yields_a_torn_record():
     import struct
 

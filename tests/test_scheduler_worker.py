@@ -73,6 +73,26 @@ def test_console_emit_and_errors_reach_the_event_log(store):
     assert s.status("j1")["computed"] == 2 and s.status("j1")["failed"] == 1
 
 
+def test_events_of_a_running_slice_arrive_while_it_runs_and_in_order(store):
+    url, s = store
+    job = make_job("talk", 1)
+    job.spec.work = json.dumps({"console": ["start"], "emit": {"partial": 1}, "sleep": 4})
+    s.submit(job)
+    seen = []
+    with run_local(s, "talk", cores=1):
+        t0 = time.monotonic()
+        after = 0
+        while not any(e["type"] == "complete" for _, e in seen):
+            assert time.monotonic() - t0 < 60
+            for seq, ev in s.events("talk", after, wait=0.2):
+                after = seq
+                seen.append((time.monotonic() - t0, ev))
+    kinds = [e["type"] for _, e in seen if e["type"] in ("console", "custom", "result")]
+    assert kinds == ["console", "custom", "result"]  # logged before emitted, both before the result
+    when = {e["type"]: t for t, e in seen}
+    assert when["console"] < 2.5 and when["custom"] < 2.5 and when["result"] > 3.5, when
+
+
 def test_run_local_fails_at_once_when_nothing_installed_matches(store):
     url, s = store
     s.submit(make_job("nope", 2, worktime="no-such-worktime"))

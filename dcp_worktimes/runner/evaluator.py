@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits
@@ -49,6 +49,7 @@ class FrameWriter:
         self.pending_bytes = 0
         self.lock = threading.Lock()
         self.packer = packer()
+        self.tick: Callable[[], None] | None = None  # called by the flusher thread every cycle
 
     def send(self, frame: dict) -> None:
         data = self.packer.pack(frame)
@@ -79,6 +80,8 @@ class FrameWriter:
         (a result still buffered when the watchdog kills the evaluator would be computed again)."""
         while True:
             time.sleep(FLUSH_AFTER)
+            if self.tick is not None:
+                self.tick()
             self.flush_if_stale()
 
     def _pack_results(self) -> None:
@@ -101,11 +104,20 @@ class FrameWriter:
 
 
 class _SliceEvents:
-    """Turns a slice's context events into frames: collapses repeated console lines, caps traffic."""
+    """Turns a slice's context events into frames: collapses repeated console lines, caps traffic.
 
-    __slots__ = ("out", "index", "cap", "sent", "over", "pending")
+    Identical consecutive console lines become one event with a ``same`` count. The line waits
+    at most ``CONSOLE_HOLD`` seconds for repeats (the frame writer's flusher thread sends it), and
+    any other event sends it first, so the deployer sees events promptly and in order.
+    """
+
+    __slots__ = ("out", "index", "cap", "sent", "over", "pending", "since", "lock")
+
+    #: Seconds a console line waits for identical repeats before it is sent anyway.
+    CONSOLE_HOLD = 0.1
 
     def __init__(self, out: FrameWriter, index: int, cap: int | None) -> None:
+        self.lock = threading.Lock()  # the main thread adds, the flusher thread sends stale lines
         self.reset(out, index, cap)
 
     def reset(self, out: FrameWriter, index: int, cap: int | None) -> "_SliceEvents":
@@ -114,27 +126,43 @@ class _SliceEvents:
         self.sent = 0
         self.over = False
         self.pending: dict | None = None
+        self.since = 0.0
         return self
 
     def __call__(self, kind: str, payload: Any) -> None:
         if self.over:
-            return
-        if kind == "console":
-            p = self.pending
-            if p is not None and p["level"] == payload["level"] and p["message"] == payload["message"]:
-                p["same"] += 1
-                return
-            self.flush_console()
-            self.pending = {**payload, "same": 1}
             return
         if kind == "emit":
             try:
                 pack(payload["value"])
             except UnserializableValue as e:
                 raise ValueError(f"work.emit({payload['name']!r}, value): {e}") from None
-        self._send(kind, payload)
+        with self.lock:
+            p = self.pending
+            if kind == "console":
+                if p is not None and p["level"] == payload["level"] and p["message"] == payload["message"]:
+                    p["same"] += 1
+                    return
+                self._flush_console()
+                self.pending = {**payload, "same": 1}
+                self.since = time.monotonic()
+                return
+            if p is not None:
+                self._flush_console()  # what was logged before this event is delivered before it
+            self._send(kind, payload)
 
     def flush_console(self) -> None:
+        with self.lock:
+            self._flush_console()
+
+    def flush_stale(self) -> None:
+        """Flusher thread: send a console line that has waited CONSOLE_HOLD for repeats."""
+        if self.pending is not None and time.monotonic() - self.since > self.CONSOLE_HOLD:
+            with self.lock:
+                if self.pending is not None and time.monotonic() - self.since > self.CONSOLE_HOLD:
+                    self._flush_console()
+
+    def _flush_console(self) -> None:
         if self.pending is not None:
             p, self.pending = self.pending, None
             self._send("console", p)
@@ -160,6 +188,7 @@ class Evaluator:
         self._packer = packer()
         self._beat = lambda: hb.progressed(time.monotonic())  # one closure for every slice
         self._events = _SliceEvents(out, -1, None)
+        out.tick = self._events.flush_stale
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between reads of the running jobs' status (a cheap read; a cancel stops slices this soon).
 CANCEL_CHECK = 1.0
+#: Seconds console/progress/emit events of running slices may wait for a write (results flush sooner).
+EVENTS_FLUSH = 0.25
 
 
 def resolve_worktimes(names: Iterable[str] | None) -> dict[str, Registration]:
@@ -191,9 +193,9 @@ class Worker:
                 leased = self._top_up()
                 now = time.monotonic()
                 with self._cond:
-                    pending, running = len(self._outcomes), len(self._inflight)
-                if pending and (now - last_flush >= self.flush_interval or pending >= self.flush_size
-                                or pending >= running):
+                    pending, running, events = len(self._outcomes), len(self._inflight), bool(self._events)
+                if (pending and (now - last_flush >= self.flush_interval or pending >= self.flush_size
+                                 or pending >= running)) or (events and now - last_flush >= EVENTS_FLUSH):
                     self._flush()
                     last_flush = now
                 if now - last_beat >= self.lease_seconds / 3:
