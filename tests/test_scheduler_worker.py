@@ -93,6 +93,27 @@ def test_events_of_a_running_slice_arrive_while_it_runs_and_in_order(store):
     assert when["console"] < 2.5 and when["custom"] < 2.5 and when["result"] > 3.5, when
 
 
+def test_a_rejected_slice_is_given_back_and_runs_again(store):
+    url, s = store
+    from dcp_worktimes.values import pack
+
+    job = make_job("picky", 3, worktime="map-basic")
+    # Globals persist between slices of a job in one evaluator: the first try of slice 1 refuses it.
+    job.spec.work = "x => { globalThis.tries = (globalThis.tries || 0) + 1; if (x == 1 && tries < 3) work.reject('busy'); return x }"
+    s.submit(job)
+    never = make_job("never", 1, worktime="map-basic")
+    never.spec.work = "x => work.reject('never')"
+    s.submit(never)
+    with run_local(s, "picky", cores=1):
+        follow(s, "picky")
+    assert {n: unpack(r.value) for n, r in s.results("picky").items()} == {0: 0, 1: 1, 2: 2}
+    with run_local(s, "never", cores=1):
+        follow(s, "never")
+    (report,) = s.results("never").values()
+    assert report.error["code"] == "EWORKREJECT" and "never" in report.error["message"]
+    assert report.attempt == never.max_attempts  # retried, then failed for good
+
+
 def test_run_local_fails_at_once_when_nothing_installed_matches(store):
     url, s = store
     s.submit(make_job("nope", 2, worktime="no-such-worktime"))

@@ -24,7 +24,8 @@ Rules every backend keeps (the conformance suite checks them):
   ``attempt + 1``; a report carrying an old lease is ignored, so **each slice's result is
   recorded exactly once**. A slice whose leases were lost ``max_attempts`` times fails with
   ``ECRASH``.
-* **Retries.** ``fail`` with a retryable error (``ECRASH``: the evaluator died; or an error dict
+* **Retries.** ``fail`` with a retryable error (``ECRASH``: the evaluator died; ``EWORKREJECT``:
+  the work called ``work.reject()``, which DCP retries and then gives back; or an error dict
   with ``"retryable": True``) puts the slice back until ``max_attempts``; any other error is the
   work's fault and is final.
 * **Order.** Slices of the job paying more per slice are leased first; among equals, older jobs
@@ -70,8 +71,9 @@ ENV_SCHEDULER = "DCP_SCHEDULER"
 RUNNING, COMPLETE, CANCELLED, FAILED, UNSCHEDULABLE = "running", "complete", "cancelled", "failed", "unschedulable"
 FINAL_STATES = frozenset({COMPLETE, CANCELLED, FAILED})
 
-#: Error codes a scheduler retries (the evaluator died, not the work's fault).
-RETRYABLE_CODES = frozenset({ErrorCode.ECRASH.value})
+#: Error codes a scheduler retries: the evaluator died (not the work's fault), or the work
+#: refused the slice with ``work.reject()`` (DCP: "the worker refuses the slice; retried, then given back").
+RETRYABLE_CODES = frozenset({ErrorCode.ECRASH.value, ErrorCode.EWORKREJECT.value})
 
 #: A worker that has not called ``lease``/``heartbeat`` for this long is not live.
 WORKER_TTL = 15.0
