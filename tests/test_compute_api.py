@@ -312,15 +312,3 @@ def test_failures_in_place():
     assert r[1] is f and r.failures == [f]
     err = compute.JobFailed(r, [f], "job1")
     assert "slice 1: EUNCAUGHT: boom" in str(err) and err.results[0] == 1
-
-
-def test_python_multi_dimensional_work_gets_a_spreading_trampoline():
-    job = compute.for_([{"start": 1, "end": 2}, {"start": 3, "end": 5}], lambda i, j: i * j)
-    job.worktime = "python"
-    job.custom_worktime = True  # no need for the python worktime to be installed for this check
-    spec = job._spec()
-    assert spec.options["function"] == "__dcp_spread__" and "spread_datum" not in spec.options
-    namespace: dict = {}
-    exec(spec.work, namespace)  # the sent source defines the work and the trampoline
-    assert namespace["__dcp_spread__"]([2, 5]) == 10
-    assert spec.work.startswith("def work_fn(i, j):\n    return i * j\n")  # user lines do not move

@@ -113,6 +113,16 @@ def test_v5_multi_dimensional(store, wt):
     assert job(wt, [{"start": 1, "end": 2}, {"start": 3, "end": 5}], WORK["V5"][wt]).exec() == [[3, 4, 5], [6, 8, 10]]
 
 
+@pytest.mark.parametrize("source", [
+    "import dcp\n\ndef h(i, j):\n    return i * j\n\ndcp.set_slice_handler(h)\n",  # Pyodide-style program
+    "def helper(a):\n    return a\n\n\ndef work(i, j):\n    return helper(i) * j\n",  # helpers beside `work`
+    "lambda i, j: i * j",
+], ids=["program", "helpers", "lambda"])
+@pytest.mark.skipif("python" not in INSTALLED, reason="worktime python is not installed")
+def test_v5_multi_dimensional_python_work_in_every_form(store, source):
+    assert job("python", [{"start": 1, "end": 2}, {"start": 3, "end": 5}], source).exec() == [[3, 4, 5], [6, 8, 10]]
+
+
 @pytest.mark.parametrize("wt", WORKTIMES)
 def test_v6_list(store, wt):
     assert job(wt, [123, 456], WORK["identity"][wt]).exec() == [123, 456]

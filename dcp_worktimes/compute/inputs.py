@@ -20,8 +20,7 @@ Descriptions by kind:
   strings (``"0.1"``; big integers as digits); ``integral`` says the datums are ints.
 * ``{"kind": "ranges", "ranges": [<range>, ...]}`` — multi-dimensional; datum ``i`` is the list of
   per-dimension values, last dimension fastest. The job's ``options["spread_datum"]`` is ``True``
-  so the worktime calls ``work(*datum, *arguments)`` (for ``python`` the Compute API instead
-  appends a trampoline ``__dcp_spread__`` to the source and names it in ``options["function"]``).
+  so the worktime calls ``work(*datum, *arguments)`` (map-basic and python both honour it).
 * ``{"kind": "distribution", "name", "n", "params", "seed"}`` — see ``stats.py``.
 * ``{"kind": "stream"}`` — iterables, generators and lists: the deployer pushes packed datums
   with ``Scheduler.add_slices`` in batches and then ``close_input(total)``. ``nth`` is not

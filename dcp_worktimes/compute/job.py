@@ -209,33 +209,6 @@ class _ProgressBar:
         self.progress.stop()
 
 
-def _spread(worktime: str, payload: Any, options: dict) -> tuple[Any, dict]:
-    """Multi-dimensional jobs call ``work(*datum, *arguments)``.
-
-    Python work gets a small trampoline appended to its source (line numbers of the user's code
-    do not move); every other worktime, map-basic included, is told with
-    ``options["spread_datum"] = True`` (the contract in ``inputs.py``).
-    """
-    if worktime == "python" and isinstance(payload, str):
-        target = options.get("function") or _single_def(payload)
-        if target:
-            payload = (payload.rstrip("\n") + "\n\n\ndef __dcp_spread__(datum, *arguments):\n"
-                       f"    return {target}(*datum, *arguments)\n")
-            return payload, {**options, "function": "__dcp_spread__"}
-    return payload, {**options, "spread_datum": True}
-
-
-def _single_def(source: str) -> str | None:
-    import ast
-
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    defs = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    return defs[0] if len(defs) == 1 else None
-
-
 class Job(EventEmitter):
     """A job handle (see the module docstring). Build it with ``compute.for_`` / ``compute.do``."""
 
@@ -431,7 +404,7 @@ class Job(EventEmitter):
         options.update(user_options)
         payload = captured.payload
         if isinstance(self.input_set, MultiRange):
-            payload, options = _spread(name, payload, options)
+            options["spread_datum"] = True  # work(*datum, *arguments): the contract in inputs.py
         return JobSpec(
             id="", worktime=name, work=payload, arguments=arguments, modules=modules,
             files=files, options=options, limits=self.limits,

@@ -37,7 +37,7 @@ WORK_FILE = "<work>"
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the watchdog only needs a heartbeat
 
 _state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progress=float("-inf"), installed=False,
-                               logging=False)
+                               logging=False, spread=False)
 
 
 # -- the door ----------------------------------------------------------------------------------
@@ -319,6 +319,8 @@ def load_work():
         job = _ask("job")
         _state.job = job
         _state.arguments = list(job.get("arguments") or [])
+        # Multi-dimensional jobs: the datum holds one value per dimension, one argument each.
+        _state.spread = bool((job.get("options") or {}).get("spread_datum"))
         fn, name = _compile_work(job)
     except _LoadError as e:
         _flush()
@@ -340,7 +342,10 @@ def run_slice():
     _install_logging()
     try:
         datum = _ask("datum")
-        value = _state.handler(datum, *_state.arguments)
+        if _state.spread and isinstance(datum, list):
+            value = _state.handler(*datum, *_state.arguments)
+        else:
+            value = _state.handler(datum, *_state.arguments)
         if hasattr(value, "__await__"):
             value = _await(value)
         frame = codec.encode_frame("result", value, "result")
