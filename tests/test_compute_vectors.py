@@ -248,3 +248,11 @@ def test_unusable_work_cancels_the_remaining_slices(store, wt):
     st = compute.resume(j.id).status()
     assert st["status"] == "cancelled" and "EBADWORK" in st.get("reason", "")
     assert st["computed"] == 0 and st["failed"] < 10**6
+
+
+@pytest.mark.skipif("map-basic" not in INSTALLED, reason="worktime map-basic is not installed")
+def test_the_specs_requirements_examples_on_map_basic(store):
+    """seed-compute-api.txt: "any worker which can interpret ES7 but is not SpiderMonkey will match"."""
+    assert job("map-basic", [1, 2], "x => x * 2", requirements={"engine": {"es7": True, "spidermonkey": False}}).exec() == [2, 4]
+    with pytest.raises(compute.RequirementsError, match="engine.spidermonkey=true"):
+        job("map-basic", [1], "x => x", requirements={"engine": {"es7": True, "spidermonkey": True}}).exec()

@@ -23,7 +23,9 @@ class MapBasic(Worktime):
 
     name = "map-basic"
     version = "1.0.0"
-    capabilities = {"javascript": {"es2023": True, "async": True, "require": True}}
+    # "engine" is the namespace of DCP's requirements examples ({engine: {es7: true, spidermonkey: false}}).
+    capabilities = {"javascript": {"es2023": True, "async": True, "require": True},
+                    "engine": {"es7": True, "es2023": True, "quickjs": True}}
     enforces = frozenset({"wall_time", "cpu_time", "memory", "stack", "progress_timeout"})
     description = "JavaScript work functions (DCP map-basic) on QuickJS"
 
