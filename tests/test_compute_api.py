@@ -312,3 +312,17 @@ def test_failures_in_place():
     assert r[1] is f and r.failures == [f]
     err = compute.JobFailed(r, [f], "job1")
     assert "slice 1: EUNCAUGHT: boom" in str(err) and err.results[0] == 1
+
+
+def test_an_unset_map_basic_version_means_caret_one():
+    """dcp-behaviour.md: "unset means map-basic at ^1.0.0"."""
+    from dcp_worktimes.scheduler.base import worker_can_run
+
+    record = compute.for_([1], "x => x")._record(compute.marketValue)
+    assert record.worktime_range == "^1.0.0"
+    assert worker_can_run(record, {"map-basic": "1.4.0"}, {}) is None
+    assert "map-basic@^1.0.0" in worker_can_run(record, {"map-basic": "2.0.0"}, {})
+    assert "map-basic@^1.0.0" in worker_can_run(record, {"map-basic": "0.9.0"}, {})
+    assert compute.for_([1], "", worktime="echo")._record(compute.marketValue).worktime_range is None
+    pinned = compute.for_([1], "x => x", worktime="map-basic@>=1.0.0")._record(compute.marketValue)
+    assert pinned.worktime_range == ">=1.0.0"

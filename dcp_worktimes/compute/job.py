@@ -63,6 +63,8 @@ REMOTE_GRACE = 30.0
 MAX_SLICES = 2**63 - 1
 _PUBLIC_KEYS = {"name", "description", "link"}
 #: Job attributes that ``for_``/``do`` keywords and ``compute.default`` may set.
+#: The map-basic versions a job accepts unless it says otherwise (DCP's default).
+MAP_BASIC_RANGE = "^1.0.0"
 SETTINGS = frozenset({"worktime", "worktime_version", "custom_worktime", "requirements", "public", "limits", "options",
                       "modules", "files", "max_attempts", "scheduler", "cores", "progress"})
 
@@ -271,6 +273,13 @@ class Job(EventEmitter):
         if rng:
             self.worktime_version = rng
 
+    def _worktime_range(self) -> str | None:
+        """The semver range the job asks for: ``worktime_version``, or, for map-basic, ``^1.0.0``
+        (DCP: "unset means map-basic at ^1.0.0"; a 2.0 map-basic may change the work's contract)."""
+        if self.worktime_version is None and self.worktime == "map-basic":
+            return MAP_BASIC_RANGE
+        return self.worktime_version
+
     @property
     def limits(self) -> Limits:
         """Per-slice limits. Assign a ``Limits`` or a dict of human values: ``{"wall_time": "2s"}``."""
@@ -381,7 +390,7 @@ class Job(EventEmitter):
                 raise UnserializableValue(f"job.options[{key!r}]: {e}") from None
         if not self.custom_worktime:
             try:
-                reg = get_worktime(name, self.worktime_version)
+                reg = get_worktime(name, self._worktime_range())
             except ValueError as e:  # a malformed range
                 raise WorktimeNotFound(f"job.worktime_version: {e}") from None
             self._registration = reg
@@ -474,7 +483,7 @@ class Job(EventEmitter):
         spec.id = job_id
         total = self._total()
         return JobRecord(
-            id=job_id, spec=spec, worktime_range=self.worktime_version, requirements=dict(self.requirements),
+            id=job_id, spec=spec, worktime_range=self._worktime_range(), requirements=dict(self.requirements),
             payment_per_slice=cost.payment_per_slice(total), input=self.input_set.description(),
             # A stream's total is announced by close_input once every datum has been pushed.
             total=None if isinstance(self.input_set, StreamInput) else total,
