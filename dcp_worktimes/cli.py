@@ -158,18 +158,14 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = {"true": True, "false": False}.get(raw.lower(), raw)
+        node[leaf] = _capability_value(item, raw)
     # A worker serves strangers: a job may ask for less than the worker's limits, never for more,
     # and "unlimited" in a job means "the worker's maximum". The maxima default to Limits();
     # the worker's owner raises them with the flags ('off' for none).
     worker_limits = _limits(None, **limits)
-    from .scheduler.base import default_url
-    from .scheduler.urls import parse_url
-
-    kind, target = parse_url(scheduler_url or default_url())
-    if kind == "sqlite" and target != ":memory:" and not os.path.exists(target):
+    if not _store_exists(scheduler_url):
         # A typo in --scheduler would otherwise wait forever on an empty store nobody deploys to.
-        click.echo(f"dcp-worker: no job store at {target} yet; creating an empty one (deployers must use the same "
+        click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)
     worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits)
@@ -303,6 +299,13 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], as_json: bool) 
     from .scheduler import open_scheduler
 
     url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    if not _store_exists(url):
+        if url:  # a typo in --scheduler must not look like "all my jobs are gone", nor create a store
+            raise click.UsageError(f"no job store at {_store_path(url)}; check --scheduler / DCP_SCHEDULER")
+        if delete:
+            raise click.UsageError(f"no job store at {_store_path(url)} yet, so no job {delete[0]!r} to delete")
+        click.echo("[]" if as_json else "no jobs yet (nothing was deployed to the per-user store)")
+        return
     with open_scheduler(url) as sched:
         for job_id in delete:
             sched.get_job(job_id)  # an unknown id is an error that says so, not a silent no-op
@@ -317,13 +320,18 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], as_json: bool) 
     from rich.console import Console
     from rich.table import Table
 
+    from rich.text import Text
+
     table = Table("worktime", "status", "computed", "failed", "total", "name", box=None)
     table.add_column("id", no_wrap=True, overflow="fold")  # the full id is what compute.resume needs
     for r in rows:
-        table.add_row(r["worktime"], r["status"] + (f" ({r['reason']})" if r.get("reason") else ""),
-                      str(r["computed"]), str(r["failed"]), str(r["total"] if r["total"] is not None else "?"),
-                      str((r.get("public") or {}).get("name", "")), r["id"])
-    Console().print(table)
+        cells = (r["worktime"], r["status"] + (f" ({r['reason']})" if r.get("reason") else ""),
+                 str(r["computed"]), str(r["failed"]), str(r["total"] if r["total"] is not None else "?"),
+                 str((r.get("public") or {}).get("name", "")), r["id"])
+        # Job names come from strangers: Text (never markup) with control characters escaped.
+        table.add_row(*(Text(_printable(c)) for c in cells))
+    # Piped into grep or a file: no terminal width to fit, so never cut a cell.
+    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
 
 
 @cli.command("resume")
@@ -337,8 +345,56 @@ def resume_cmd(job_id: str, scheduler_url: str | None, cores: int | None, errors
     from . import compute
 
     url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
-    results = compute.resume(job_id, scheduler=url).exec(cores=cores, errors=errors)
+    if not _store_exists(url):
+        raise click.UsageError(f"no job store at {_store_path(url)}, so no job {job_id!r}; check --scheduler / DCP_SCHEDULER")
+    try:
+        results = compute.resume(job_id, scheduler=url).exec(cores=cores, errors=errors)
+    except compute.JobFailed as e:
+        first, _, _ = str(e).rpartition("\nThe completed results")
+        raise click.ClickException(f"{first}\nRun with --errors return to print every result, with the failed "
+                                   "slices as {\"error\": ...} in place") from None
     click.echo(json.dumps(_to_json([v if not isinstance(v, BaseException) else {"error": str(v)} for v in results])))
+
+
+_BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _capability_value(item: str, raw: str) -> Any:
+    """``machine.gpu=no`` is ``False`` (a non-empty string would count as having one); numbers
+    and JSON strings are read as JSON; anything else stays a string (``machine.arch=x86_64``)."""
+    text = raw.strip()
+    if not text:
+        raise click.BadParameter(f"capability {item!r} has no value; write e.g. machine.gpu=true or machine.gpu=false")
+    if text.lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[text.lower()]
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, (dict, list)) or value is None:
+        raise click.BadParameter(f"capability {item!r}: give one value (true/false, a number or a word), not {text}")
+    return value
+
+
+def _store_path(url: str | None) -> str:
+    from .scheduler.base import default_url
+    from .scheduler.urls import parse_url
+
+    return parse_url(url or default_url())[1]
+
+
+def _store_exists(url: str | None) -> bool:
+    """Whether the job store is there (read-only commands must not create one by accident)."""
+    from .scheduler.base import default_url
+    from .scheduler.urls import parse_url
+
+    kind, target = parse_url(url or default_url())
+    return kind != "sqlite" or target == ":memory:" or os.path.exists(target)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, newlines) shown as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def main() -> None:

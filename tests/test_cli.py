@@ -74,6 +74,10 @@ def test_crash_has_its_own_code():
     (["slice", "-w", "echo", "--work", "/no/such/file.json"], "looks like a file path, but there is no such file"),
     (["slice", "-w", "echo", "--work", "", "--memory-limit", "1.5"], "'1.5' has no unit; write it like 1.5MB"),
     (["--wall-time", "1s", "slice", "-w", "echo", "--work", ""], "--wall-time belong to the worker itself"),
+    (["--capability", "machine.gpu=", "--until-idle"], "capability 'machine.gpu=' has no value"),
+    (["--capability", "machine.gpu={}", "--until-idle"], "give one value"),
+    (["jobs", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
+    (["resume", "abc", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
 ])
 def test_bad_input_is_one_clear_line(args, message):
     r = dcp_worker(*args)
@@ -144,3 +148,53 @@ def test_a_worker_caps_what_a_job_asks_for(tmp_path):
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+
+
+def test_capability_words_mean_what_they_say():
+    from dcp_worktimes.cli import _capability_value
+
+    assert [_capability_value("c", v) for v in ("no", "Off", "false", "yes", "TRUE", "0", "2.5", "x86_64", '"no"')] == \
+        [False, False, False, True, True, 0, 2.5, "x86_64", "no"]
+
+
+def test_jobs_table_shows_names_literally_and_whole_when_piped(tmp_path):
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {**os.environ, "DCP_SCHEDULER": store}
+    name = "sweep [/data/run1] [bold]B[/bold] \x1b[31mRED"
+    deploy = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom dcp_worktimes import compute\n"
+         "j = compute.for_(range(2), '', worktime='echo'); j.public = {'name': sys.argv[1]}; j.deploy(); print(j.id)",
+         name], capture_output=True, text=True, env=env, timeout=60)
+    job_id = deploy.stdout.strip()
+    assert job_id, deploy.stderr
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "sweep [/data/run1] [bold]B[/bold] \\x1b[31mRED" in r.stdout  # literal, the escape shown, not sent
+    assert "\x1b" not in r.stdout
+    row = next(line for line in r.stdout.splitlines() if job_id in line)
+    assert row.split()[:3] == ["echo", "running", "0"]  # no cell cut to fit 80 columns
+
+
+def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {**os.environ, "DCP_SCHEDULER": store, "DCP_PROGRESS": "0"}
+    run = subprocess.run(
+        [sys.executable, "-c", "from dcp_worktimes import compute\n"
+         "j = compute.for_([1, 2, 3], '{\"throw\": \"two\", \"when\": 2}', worktime='echo', cores=1)\n"
+         "try:\n    j.exec()\nexcept compute.JobFailed:\n    print(j.id)"],
+        capture_output=True, text=True, env=env, timeout=120)
+    job_id = run.stdout.strip()
+    assert job_id, run.stderr
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    r = cli("resume", "--errors", "return", job_id)
+    assert r.returncode == 0, r.stderr
+    one, two, three = json.loads(r.stdout)
+    assert one == 1 and three == 3 and "two" in two["error"]
+    r = cli("resume", job_id)
+    assert r.returncode == 1 and "1 of 3 slices failed" in r.stderr and "--errors return" in r.stderr
+    assert "exec(errors=" not in r.stderr and "Traceback" not in r.stderr

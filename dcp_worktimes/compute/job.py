@@ -607,11 +607,8 @@ class Job(EventEmitter):
             raise JobCancelled(f"job {self.id} was cancelled: {self._cancel_reason}", results, self.id)
         if final == "unschedulable":
             raise RequirementsError(f"job {self.id} cannot run: {self._cancel_reason}")
-        if final == "failed":
-            # A job-level failure (the work is unusable): surface the first error as it is.
-            if results.failures:
-                raise JobFailed(results, results.failures, self.id, self._slice_count)
-            raise WorkError(f"job {self.id} failed: {self._cancel_reason}")
+        if final == "failed" and not results.failures:
+            raise WorkError(f"job {self.id} failed: {self._cancel_reason or 'see its error events'}")
         if results.failures and errors == "raise":
             raise JobFailed(results, results.failures, self.id, self._slice_count)
         return results
@@ -649,6 +646,7 @@ class Job(EventEmitter):
         quiet_since = time.monotonic()
         st = sched.status(self.id)
         if st.get("status") in FINAL_STATES:  # e.g. resuming a job that finished meanwhile
+            self._cancel_reason = str(st.get("reason") or "")
             return {"complete": "complete", "cancelled": "cancel"}.get(st["status"], st["status"])
         while True:
             events = sched.events(self.id, after, wait=0.25)
