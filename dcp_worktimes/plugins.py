@@ -85,6 +85,7 @@ class Registry:
         self._worktimes: dict[str, Registration] = {}
         self._providers: dict[str, str] = {}  # pluggy plugin name -> distribution that provided it
         self.errors: list[PluginError] = []
+        self._filtered: list[str] = []  # plugins left out by DCP_WORKTIMES_LOAD_PLUGINS (named in errors)
         self._load_builtins()
         if load_entry_points:
             self._load_entry_points()
@@ -109,6 +110,7 @@ class Registry:
         for ep in entry_points(group=hookspecs.PROJECT):
             dist = ep.dist.name if ep.dist is not None else ep.value
             if allow is not None and ep.name not in allow and dist not in allow:
+                self._filtered.append(f"{dist} (entry point {ep.name!r})")
                 continue
             plugin_name = f"{dist}:{ep.name}"
             if self.pm.has_plugin(plugin_name):
@@ -185,8 +187,17 @@ class Registry:
         return reg
 
     def _installed_hint(self, name: str) -> str:
+        import difflib
+
         listing = ", ".join(f"{r.name} {r.version}" for r in self.worktimes().values()) or "none"
-        return f"installed: {listing}. To add it, install its package (for example: pip install dcp-worktime-{name})"
+        hint = f"installed: {listing}."
+        close = difflib.get_close_matches(name, list(self._worktimes), n=1, cutoff=0.6)
+        if close:  # a typo: never suggest installing a package named after it
+            return f"{hint} Did you mean {close[0]!r}?"
+        if self._filtered:
+            hint += (f" {ENV_LOAD_PLUGINS}={os.environ.get(ENV_LOAD_PLUGINS, '')!r} left out the plugins of "
+                     f"{', '.join(self._filtered)}; add the one you need to it, or unset it.")
+        return f"{hint} To add it, install its package (for example: pip install dcp-worktime-{name})"
 
 
 def _validate(cls: object) -> str | None:

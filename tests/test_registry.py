@@ -49,6 +49,19 @@ def test_unknown_name_lists_installed_and_the_package_to_install():
     assert e.value.code == "ENOWORKTIME" and "echo 1.0.0" in text and "pip install dcp-worktime-blender" in text
 
 
+def test_a_misspelt_name_gets_a_suggestion_not_a_package_to_install():
+    with pytest.raises(WorktimeNotFound) as e:
+        get_worktime("ecoh")
+    assert "Did you mean 'echo'?" in str(e.value) and "pip install" not in str(e.value)
+
+
+def test_a_worktime_left_out_by_the_plugin_filter_says_so(monkeypatch):
+    monkeypatch.setenv(ENV_LOAD_PLUGINS, "nothing-of-that-name")
+    with pytest.raises(WorktimeNotFound) as e:
+        Registry().get("blender")
+    assert f"{ENV_LOAD_PLUGINS}='nothing-of-that-name' left out the plugins of dcp-worktime-echo" in str(e.value)
+
+
 def test_version_ranges_use_semver():
     r = Registry()
     r.register_module(make_plugin("p_upper", Upper), "dcp-worktime-upper")
