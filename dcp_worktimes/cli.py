@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from .errors import DcpError
-from .limits import Limits
+from .limits import Limits, check_cores
 
 _LIMIT_OPTIONS = [
     ("--wall-time", "wall_time", "Wall-time limit per slice, e.g. 30s, 2m (ESLICETOOSLOW)."),
@@ -149,6 +149,10 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     from .scheduler import open_scheduler
     from .scheduler.worker import Worker
 
+    try:
+        check_cores(cores, "--cores")
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
     caps: dict[str, Any] = {}
     for item in capabilities:
         key, sep, raw = item.partition("=")

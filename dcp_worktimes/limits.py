@@ -95,6 +95,30 @@ class Limits:
         return ", ".join(parts)
 
 
+#: Evaluators per CPU at most: slices are CPU-bound, so more only adds memory and switching.
+MAX_EVALUATORS_PER_CPU = 8
+
+
+def check_cores(cores: Any, what: str = "cores") -> None:
+    """``None`` (one evaluator per CPU) or a positive int no larger than ``MAX_EVALUATORS_PER_CPU``
+    per CPU of this machine; ``ValueError`` saying which.
+
+    >>> check_cores(2); check_cores(None)
+    """
+    import numbers
+    import os
+
+    if cores is None:
+        return
+    if isinstance(cores, bool) or not isinstance(cores, numbers.Integral) or cores < 1:
+        raise ValueError(f"{what} must be a positive number of evaluator processes, or None for all cores; got {cores!r}")
+    cpus = os.cpu_count() or 1
+    if cores > MAX_EVALUATORS_PER_CPU * cpus:
+        raise ValueError(f"{what}={cores} is more than {MAX_EVALUATORS_PER_CPU} evaluators per CPU on this {cpus}-CPU "
+                         f"machine (at most {MAX_EVALUATORS_PER_CPU * cpus}); slices are CPU-bound, so one per CPU "
+                         "(the default) is fastest")
+
+
 def format_size(size: float, like: int | None = None) -> str:
     """Bytes for humans, in the unit family the user wrote (``like``, default ``size`` itself):
     a limit given as 128MB is shown in MB, one given as 1GiB in GiB.

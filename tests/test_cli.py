@@ -75,6 +75,7 @@ def test_crash_has_its_own_code():
     (["slice", "-w", "echo", "--work", "", "--memory-limit", "1.5"], "'1.5' has no unit; write it like 1.5MB"),
     (["--wall-time", "1s", "slice", "-w", "echo", "--work", ""], "--wall-time belong to the worker itself"),
     (["--capability", "machine.gpu=", "--until-idle"], "capability 'machine.gpu=' has no value"),
+    (["--cores", "100000", "--until-idle"], "--cores=100000 is more than 8 evaluators per CPU"),
     (["--capability", "machine.gpu={}", "--until-idle"], "give one value"),
     (["jobs", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
     (["resume", "abc", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),

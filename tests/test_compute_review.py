@@ -138,6 +138,8 @@ def test_bad_exec_arguments_raise_before_deploying(store, kwargs, message):
 def test_bad_job_cores_raise_before_deploying(store):
     with pytest.raises(ValueError, match="job.cores"):
         compute.for_(1, 3, JS, cores=0).exec()
+    with pytest.raises(ValueError, match=r"exec\(cores=...\)=100000 is more than"):
+        compute.for_(1, 3, JS).exec(cores=100_000)
     assert deployed_jobs(store) == []
 
 

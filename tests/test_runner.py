@@ -123,8 +123,10 @@ def test_unknown_worktime_fails_at_submit(pool):
 
 
 def test_bad_cores():
-    with pytest.raises(ValueError, match="cores must be a positive integer"):
+    with pytest.raises(ValueError, match="cores must be a positive number of evaluator processes"):
         EvaluatorPool(cores=0)
+    with pytest.raises(ValueError, match="more than 8 evaluators per CPU"):  # not 100000 threads, then a crash
+        EvaluatorPool(cores=100_000)
 
 
 def test_evaluators_have_no_network(pool, probe):

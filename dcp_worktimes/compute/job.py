@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DcpError, ErrorCode, WorkError, WorktimeNotFound
-from ..limits import Limits
+from ..limits import Limits, check_cores
 from ..values import UnserializableValue, pack, unpack
 from .cost import CostProfile, parse_cost
 from .events import JOB_EVENTS, Event, EventEmitter
@@ -164,11 +164,6 @@ def _check_scheduler(value: Any) -> None:
             f"scheduler must be a scheduler URL such as 'sqlite:///path/jobs.db', a Scheduler instance or None "
             f"(= $DCP_SCHEDULER or the per-user store), got {type(value).__name__} {value!r:.40}"
         )
-
-
-def _check_cores(cores: Any, what: str) -> None:
-    if cores is not None and (isinstance(cores, bool) or not isinstance(cores, numbers.Integral) or cores < 1):
-        raise ValueError(f"{what} must be a positive number of evaluator processes, or None for all cores; got {cores!r}")
 
 
 def _check_timeout(timeout: Any) -> None:
@@ -362,7 +357,7 @@ class Job(EventEmitter):
             raise TypeError(f"job.public must be a dict with keys from {sorted(_PUBLIC_KEYS)}, got {self.public!r}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"job.max_attempts must be a positive integer, got {self.max_attempts!r}")
-        _check_cores(self.cores, "job.cores")
+        check_cores(self.cores, "job.cores")
         _check_scheduler(self.scheduler)
         total = self._total()
         if total is not None and total > MAX_SLICES:
@@ -567,7 +562,7 @@ class Job(EventEmitter):
             raise ValueError(f"exec(errors=...) must be 'raise' or 'return', got {errors!r}")
         # Every argument is checked before deploying: a job deployed and then abandoned over a bad
         # argument would stay "running" in the store forever.
-        _check_cores(cores, "exec(cores=...)")
+        check_cores(cores, "exec(cores=...)")
         _check_timeout(timeout)
         profile = parse_cost(cost)  # ENOFUNDS before anything else happens
         if self._cancel_requested.is_set() and not self._deployed:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 import psutil
 
 from ..errors import ErrorCode, SliceError
-from ..limits import Limits, format_size
+from ..limits import Limits, check_cores, format_size
 from ..plugins import get_worktime
 from ..values import UnserializableValue, pack, unpack
 from ..worktime import JobSpec
@@ -125,8 +125,7 @@ class EvaluatorPool:
         start_timeout: float = START_TIMEOUT,
         env: dict[str, str] | None = None,
     ) -> None:
-        if cores is not None and (not isinstance(cores, int) or cores < 1):
-            raise ValueError(f"cores must be a positive integer, got {cores!r}")
+        check_cores(cores)
         self.cores = cores or os.cpu_count() or 1
         self.max_slices = max_slices_per_evaluator
         self.prepare_timeout = prepare_timeout

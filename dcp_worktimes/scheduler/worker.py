@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import Any, Iterable
 
 from ..errors import ErrorCode, WorktimeNotFound
-from ..limits import Limits
+from ..limits import Limits, check_cores
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec
 from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob, merge_capabilities
@@ -104,8 +104,7 @@ class Worker:
         idle_poll_interval: float = 0.5,
         pool: Any = None,
     ) -> None:
-        if cores is not None and (not isinstance(cores, int) or cores < 1):
-            raise ValueError(f"cores must be a positive integer, got {cores!r}")
+        check_cores(cores)
         self.scheduler = scheduler
         self.registrations = resolve_worktimes(worktimes)
         if not self.registrations:
