@@ -7,6 +7,7 @@ whole suite (see ``test_python_worktime_cache``): a fresh machine compiles it on
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -398,3 +399,17 @@ def test_scratch_directory_is_capped(wt):
     with pytest.raises(SliceError) as e:
         run(wt, src, 4000, options={"scratch_size": "8MiB"}, wall_time="60s")
     assert e.value.code == "EOUTPUTLIMIT" and "scratch directory /tmp" in e.value.message
+
+
+def test_a_scratch_tree_deeper_than_recursion_is_cleaned_and_hurts_no_other_job(wt):
+    src = (Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "python" / "deep_scratch.py").read_text()
+    spec = job(src)
+    wt.prepare(spec)
+    try:  # stopped if the scratch cap's watchdog measures the tree while it grows
+        assert wt.execute(SliceContext(0, spec.limits, spec), 0) == 0
+    except SliceError as e:
+        assert e.code == "EOUTPUTLIMIT" and "nested more than 64 levels" in e.message
+    assert [wt.execute(SliceContext(i, spec.limits, spec), i) for i in (1, 2)] == [10, 20]
+    root = wt._dirs.root
+    assert run(wt, "def work(x):\n    return x + 1\n", 1) == [2]  # the next job prepares and runs
+    assert not os.path.exists(root)  # the deep tree went with the old job

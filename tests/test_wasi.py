@@ -236,6 +236,31 @@ def test_scratch_directory_is_size_capped(build):
     assert elapsed < 10
 
 
+def test_a_scratch_tree_deeper_than_recursion_is_cleaned_and_hurts_no_other_slice(build):
+    wasm = build("deep_scratch", HOSTILE / "c")
+    wt = prepared(wasm)
+    try:  # slice 0 makes 1500 nested directories: stopped if the cap's watchdog measures it meanwhile
+        assert run(wt, 0) == 0
+    except SliceError as e:
+        assert e.code == ErrorCode.EOUTPUTLIMIT and "nested more than 64 levels" in e.message
+    assert [run(wt, x) for x in range(1, 4)] == [10, 20, 30]
+    assert os.listdir(os.path.join(wt._slice_root, "scratch")) == []
+    slice_root = wt._slice_root
+    wt.release()
+    assert not os.path.exists(slice_root)
+    assert run(prepared(wasm), 5) == 50  # the next job on this evaluator is fine too
+
+
+def test_files_hidden_below_host_path_max_still_count_against_the_scratch_cap(build):
+    wt = prepared(build("hidden_scratch", HOSTILE / "c"), options={"scratch_size": "8MiB"})
+    err, elapsed = failure(wt, limits=Limits.parse(wall_time="20s"))
+    assert err.code == ErrorCode.EOUTPUTLIMIT and "scratch directory /tmp cannot be measured" in err.message, err
+    assert elapsed < 10
+    slice_root = wt._slice_root
+    wt.release()
+    assert not os.path.exists(slice_root)  # removed although its paths are longer than PATH_MAX
+
+
 def test_huge_output_hits_the_output_limit():
     wt = prepared((HOSTILE / "wat" / "huge_output.wat").read_text(), Limits.parse(output="1MiB"))
     err, elapsed = failure(wt)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import struct
 import tempfile
 import time
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from ..errors import ErrorCode, SliceError, WorkError
 from ..values import UnserializableValue, pack, unpack
 from ..wasm import Watchdog, memory_at_quota, set_store_limits, trap_to_error
-from ..wasm.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap
+from ..wasm.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
 from .artifacts import boot_dir
 
 if TYPE_CHECKING:
@@ -126,7 +125,7 @@ class GuestDirs:
         return dirs
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(str(self.root))
 
     def __enter__(self) -> "GuestDirs":
         return self
@@ -150,7 +149,7 @@ def _sweep_orphans() -> None:
             pid = int(d.name[len(_DIR_PREFIX):].split("-", 1)[0])
             os.kill(pid, 0)
         except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
+            remove_tree(str(d))
         except (ValueError, OSError):
             pass  # not ours, or alive under another user
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import weakref
@@ -40,7 +39,7 @@ from ..wasm import (
     trap_to_error,
     wasm_bytes,
 )
-from ..wasm.scratch import ScratchCap, scratch_size
+from ..wasm.scratch import ScratchCap, remove_tree, scratch_size
 from ..worktime import JobSpec, SliceContext, Worktime
 from . import abi
 
@@ -215,10 +214,10 @@ class WasiWorktime(Worktime):
     def release(self) -> None:
         _live.discard(self)
         if self._files_dir:
-            shutil.rmtree(self._files_dir, ignore_errors=True)
+            remove_tree(self._files_dir)
             self._files_dir = None
         if self._slice_root:
-            shutil.rmtree(self._slice_root, ignore_errors=True)
+            remove_tree(self._slice_root)
             self._slice_root = None
         if self._stdin_path:
             try:
@@ -371,7 +370,7 @@ def _sweep_dead_processes_dirs() -> None:
             m = _OWNED.match(name)
             if m is None or _pid_alive(int(m.group(1))):
                 continue
-            _remove(os.path.join(base, name))
+            remove_tree(os.path.join(base, name))
 
 
 _settle_registered = False
@@ -446,18 +445,9 @@ def _empty_scratch(scratch: str) -> None:
     except FileNotFoundError:
         return
     for path in left:
-        _remove(path)
+        remove_tree(path)
 
 
-def _remove(path: str) -> None:
-    """Delete a file or a whole directory tree (never following a symlink out of it)."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 
@@ -482,6 +472,6 @@ def _write_files(files: dict[str, bytes | str]) -> str:
             target.write_bytes(data)
             target.chmod(0o444)
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_tree(root)
         raise
     return root

@@ -10,8 +10,10 @@ seconds (a scan is a directory walk), so the cap is soft by what one interval of
 
 from __future__ import annotations
 
+import errno
 import os
 import time
+from typing import Callable
 
 from ..errors import ErrorCode, SliceError
 
@@ -38,26 +40,113 @@ def scratch_size(option: object) -> int:
     return limit if asked is None else min(asked, limit)
 
 
+#: Deeper scratch trees count as over the cap: nothing needs them, and a tree too deep for the
+#: host's path length could otherwise hide files from the measurement.
+MAX_DEPTH = 64
+
+
+class Unmeasurable(Exception):
+    """The tree cannot be measured (too deep, paths too long, unreadable): treat it as over the cap."""
+
+
 def tree_size(path: str) -> int:
     """Bytes of disk the tree under ``path`` occupies: allocated blocks, and at least ENTRY_COST per
-    entry (a million empty files fill a disk's inodes as surely as bytes fill its blocks)."""
+    entry (a million empty files fill a disk's inodes as surely as bytes fill its blocks).
+
+    ``Unmeasurable`` for a tree deeper than ``MAX_DEPTH`` or one the host cannot read: an entry the
+    walk skipped would be disk space nobody counts.
+    """
     total = 0
-    stack = [path]
+    stack = [(path, 0)]
     while stack:
+        here, depth = stack.pop()
         try:
-            with os.scandir(stack.pop()) as it:
+            with os.scandir(here) as it:
                 for entry in it:
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
+                            if depth >= MAX_DEPTH:
+                                raise Unmeasurable(f"directories nested more than {MAX_DEPTH} levels deep")
+                            stack.append((entry.path, depth + 1))
                             total += ENTRY_COST
                         else:
                             total += max(entry.stat(follow_symlinks=False).st_blocks * 512, ENTRY_COST)
-                    except OSError:
-                        pass
-        except OSError:
+                    except FileNotFoundError:
+                        pass  # deleted by the guest since the listing
+        except FileNotFoundError:
             pass
+        except OSError as e:
+            raise Unmeasurable(f"a directory the host cannot read ({e.strerror})") from None
     return total
+
+
+def remove_tree(path: str) -> None:
+    """Delete ``path`` and everything under it, however deep or long its paths, never following a
+    symlink; best effort (what cannot be deleted stays, silently, like ``rmtree(ignore_errors)``).
+
+    ``shutil.rmtree`` recurses once per level (a guest's 1000-level tree raised RecursionError)
+    and needs whole paths (ENAMETOOLONG). Instead each pass deletes the files one level down and
+    renames the directories two levels down up into ``path``: two descriptors open at a time.
+    """
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError:  # a file or a symlink, not a directory
+        _quietly(os.unlink, path)
+        return
+    moved = 0
+    try:
+        while True:
+            try:
+                with os.scandir(top) as it:
+                    entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            except OSError:
+                return
+            done = 0
+            for name, is_dir in entries:
+                if not is_dir:
+                    done += _quietly(os.unlink, name, dir_fd=top)
+                    continue
+                try:
+                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+                except OSError:
+                    continue
+                try:
+                    with os.scandir(sub) as it:
+                        inner = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                    for child, child_is_dir in inner:
+                        if not child_is_dir:
+                            done += _quietly(os.unlink, child, dir_fd=sub)
+                            continue
+                        for _ in range(1000):  # up one level, under a name not taken in `top`
+                            moved += 1
+                            try:
+                                os.rename(child, f".dcp-up-{moved}", src_dir_fd=sub, dst_dir_fd=top)
+                                done += 1
+                                break
+                            except OSError as e:
+                                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                                    break
+                except OSError:
+                    pass
+                finally:
+                    os.close(sub)
+                done += _quietly(os.rmdir, name, dir_fd=top)  # fails while its children move up
+            if not entries or not done:
+                break  # empty, or nothing more can be deleted
+    finally:
+        os.close(top)
+    _quietly(os.rmdir, path)
+
+
+def _quietly(op: Callable[..., object], *args: object, **kwargs: object) -> int:
+    """``op(*args)``; 1 if it worked, 0 if it raised OSError."""
+    try:
+        op(*args, **kwargs)
+        return 1
+    except OSError:
+        return 0
 
 
 class ScratchCap:
@@ -75,7 +164,11 @@ class ScratchCap:
         if now - self._last < self.interval:
             return None
         self._last = now
-        used = tree_size(self.path)
+        try:
+            used = tree_size(self.path)
+        except Unmeasurable as e:
+            return SliceError(f"the scratch directory /tmp cannot be measured against its cap: {e}; keep /tmp "
+                              "shallow", code=ErrorCode.EOUTPUTLIMIT)
         if used > self.cap:
             return SliceError(f"the scratch directory /tmp grew to {used} bytes, over its cap of {self.cap}; "
                               f"write less, or raise {self.option}", code=ErrorCode.EOUTPUTLIMIT)
