@@ -57,8 +57,10 @@ def pack(value: Any) -> bytes:
         raise UnserializableValue(f"value cannot cross the sandbox boundary: {e}") from None
 
 
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True)
+def unpack(data: bytes, unicode_errors: str = "strict") -> Any:
+    """The value ``pack`` encoded (``unicode_errors="replace"`` for text that may be broken)."""
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True,
+                           unicode_errors=unicode_errors)
 
 
 def packer() -> msgpack.Packer:

@@ -154,6 +154,25 @@ def _sweep_orphans() -> None:
             pass  # not ours, or alive under another user
 
 
+def _guest_frame(data: bytes) -> Any:
+    """One frame from the guest. Its bytes are the work's to forge: a malformed frame is the work's
+    error (``EUNCAUGHT``), a string that is not Unicode (a lone surrogate) ``EUNSERIALIZABLE`` for
+    a result or an emitted value, and replaced by U+FFFD in a console line."""
+    import msgpack
+
+    try:
+        return unpack(data)
+    except UnicodeDecodeError:
+        frame = unpack(data, unicode_errors="replace")
+        if isinstance(frame, list) and frame and frame[0] == "console":
+            return frame
+        raise SliceError("a string in the work's result or event is not valid Unicode (a lone surrogate such as "
+                         "'\\udcff'); encode such text before returning it", code=ErrorCode.EUNSERIALIZABLE) from None
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise SliceError(f"the work sent the host a malformed frame ({type(e).__name__}: {e})",
+                         code=ErrorCode.EUNCAUGHT) from None
+
+
 def _boot_cache_path(compiled: "Compiled", name: str) -> Path:
     from ..wasm import cache_dir
 
@@ -406,8 +425,11 @@ class Guest:
             self.alive = False
             raise stopped
         if rc != 0:
+            # The guest's bootstrap raised out of its turn: only code in the sandbox runs there, so
+            # the work broke it (tampered builtins, a pathological exception), not the worker.
             self.alive = False
-            raise SliceError(f"the Python sandbox failed while {what} (turn status {rc})", code=ErrorCode.ECRASH)
+            raise SliceError(f"the work broke the Python sandbox while {what} (turn status {rc}); the sandbox "
+                             "restarts for the next slice", code=ErrorCode.EUNCAUGHT)
 
     def _door(self, caller: Any, ptr: int, length: int, out_ptr: int, out_len: int) -> int:
         """``host.call(ptr, len, *out_ptr, *out_len)``: one msgpack frame in, one answer out."""
@@ -423,7 +445,7 @@ class Guest:
                                       f"limit of {limit} bytes; return less data or raise the job's output limit",
                                       code=ErrorCode.EOUTPUTLIMIT))
                 return HOST_FAULT
-            frame = unpack(bytes(memory.read(caller, ptr, ptr + length)))
+            frame = _guest_frame(bytes(memory.read(caller, ptr, ptr + length)))
             if not isinstance(frame, list) or not frame or not isinstance(frame[0], str) or self._handler is None:
                 return HOST_FAULT
             answer = self._handler(frame[0], frame)
@@ -510,4 +532,4 @@ class Guest:
             if ctx is not None and len(frame) > 1 and isinstance(frame[1], str) and frame[1]:
                 ctx.emit(frame[1], frame[2] if len(frame) > 2 else None)
             return None
-        raise SliceError(f"the sandbox sent an unknown request {op!r}", code=ErrorCode.ECRASH)
+        raise SliceError(f"the work sent the host an unknown request {op!r}", code=ErrorCode.EUNCAUGHT)

@@ -387,7 +387,10 @@ _RUNTIME = "CPython {v} for WASI with numpy, pandas, scipy, scikit-learn and the
 def _describe(e, when=""):
     """A coded error dict for an exception raised by the work (or by its result's encoding)."""
     name = type(e).__name__
-    message = str(e) or name
+    try:
+        message = str(e) or name
+    except BaseException:  # noqa: BLE001 - a broken __str__ (recursion, raise) must not hide the error
+        message = f"{name} (its message could not be printed)"
     code = "EUNCAUGHT"
     if isinstance(e, MemoryError):
         code = "EMEMORYLIMIT"
