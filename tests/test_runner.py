@@ -263,6 +263,11 @@ def test_a_lone_console_line_is_not_held_until_the_slice_ends(pool):
     assert consoles[0][0] < 2.0, consoles  # sent ~0.1 s after it was logged, not at the end (~3 s)
 
 
+def test_a_last_console_line_over_the_output_limit_fails_the_slice(pool):
+    out = next(pool.map(job({"console": ["z" * 200_000]}, output="100KB"), [(0, 0)]))
+    assert not out.ok and out.error.code == "EOUTPUTLIMIT", out
+
+
 def test_heartbeat_never_yields_a_torn_record():
     import struct
 

@@ -273,11 +273,11 @@ class Evaluator:
                     "return less data or raise the job's output limit",
                     code=ErrorCode.EOUTPUTLIMIT,
                 )
+            if events.pending is not None:
+                events.flush_console()  # first: the last line counts against the limit too
             if events.over:
                 raise SliceError(f"console/emit traffic over the output limit of {limits.output} bytes",
                                  code=ErrorCode.EOUTPUTLIMIT)
-            if events.pending is not None:
-                events.flush_console()
             self.out.result([index, value, time.monotonic() - now, time.process_time() - cpu0], len(value))
             return
         except SliceError as e:
