@@ -272,6 +272,16 @@ def test_set_interval_and_clear():
     })""") == 3
 
 
+def test_microtasks_a_synchronous_slice_queues_are_its_own():
+    h = Harness().prepare("x => { if (x === 0) { function f() { queueMicrotask(f) } f(); return 0 } "
+                          "return Promise.resolve(x * 10) }", Limits.parse(wall_time="1s"))
+    err = h.fails(0)  # the endless microtask chain is slice 0's, stopped at slice 0's wall time
+    assert err.code == ErrorCode.ESLICETOOSLOW
+    assert [h(x) for x in (1, 2)] == [10, 20]  # not blamed on the next (async) slices
+    queued = Harness().prepare("x => { Promise.resolve().then(() => { globalThis.seen = x }); return x }")
+    assert queued(5) == 5 and queued.wt._engine.eval("globalThis.seen") == 5  # ran within its slice
+
+
 def test_async_rejection_is_uncaught_with_stack():
     err = Harness().prepare("async x => {\n  await null;\n  throw new RangeError('late')\n}").fails()
     assert err.code == ErrorCode.EUNCAUGHT and err.name == "RangeError" and err.message == "late"

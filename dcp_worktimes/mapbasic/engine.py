@@ -260,6 +260,10 @@ class JSEngine:
             envelope = self._call("start", datum_text)
             if envelope == "p":
                 envelope = self._settle()
+            else:
+                # Jobs a synchronous work queued (queueMicrotask, .then) run now, under this slice's
+                # limits: left queued they would run, and be blamed, in the next async slice.
+                self._drain_jobs()
             return self._result(envelope)
         finally:
             # Timers and promise state left by this slice are reset by the next "start".
