@@ -401,7 +401,13 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+#: Decimal digits the CLI reads and prints in an integer (Python's default stops at 4300; the
+#: conversion is quadratic, so a result from a stranger's slice must not get an unbounded one).
+MAX_INT_DIGITS = 200_000
+
+
 def main() -> None:
+    sys.set_int_max_str_digits(MAX_INT_DIGITS)
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

@@ -126,6 +126,7 @@ def test_new_job_gets_a_fresh_context():
 # -- values ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", [
     None, True, False, 0, -1, 7, 2**31, 2**40, 2**53 - 1, -(2**53 - 1), 2**64, -(2**100), 1.5, -0.25, 1e300,
+    2**20000 + 1, -(3**9000),  # beyond Python's 4300-digit decimal conversion limit
     "", "héllo €𝄞", "nul\x00inside", "\u2028", b"", b"\x00\xff" * 100, bytes(range(256)),
     [], [1, [2, [3]]], {}, {"a": {"b": [None, b"x"]}}, {"": 1, "\x00": 2},
 ])
@@ -133,6 +134,10 @@ def test_identity_round_trip_is_exact(value):
     h = Harness().prepare("x => x")
     got = h(value)
     assert got == value and type(got) is type(value)
+
+
+def test_bigint_arithmetic_beyond_4300_digits_is_exact():
+    assert slice_of("x => [x + 1n, 10n ** 5000n, -x]", 2**20000) == [2**20000 + 1, 10**5000, -(2**20000)]
 
 
 def test_non_finite_floats_round_trip():

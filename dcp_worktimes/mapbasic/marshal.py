@@ -66,7 +66,7 @@ class _Prep:
             if -MAX_SAFE <= v <= MAX_SAFE:
                 return v
             self.tagged = True
-            return {TAG: ["n", str(v)]}
+            return {TAG: ["n", format(v, "x")]}  # hex: decimal str() stops at 4300 digits
         if t is float:
             if math.isfinite(v):
                 return v
@@ -128,7 +128,7 @@ def _revive(d: dict) -> Any:
         if kind == "b":
             return base64.b64decode(data)
         if kind == "n":
-            return int(data)
+            return int(data, 16)  # base 16 has no digit limit (and no quadratic conversion)
         if kind == "f":
             return float(data)
     return d

@@ -53,7 +53,7 @@
         return v;
       case 'bigint':
         tagged = true;
-        return { [TAG]: ['n', v.toString()] };
+        return { [TAG]: ['n', v.toString(16)] };  // hex: the host reads any size exactly
       case 'undefined':
         return null;
       case 'function':
@@ -98,7 +98,7 @@
     if (v !== null && typeof v === 'object' && !isArray(v) && hasOwn(v, TAG)) {
       const [kind, data] = v[TAG];
       if (kind === 'b') return fromBase64(data);
-      if (kind === 'n') return BigInt(data);
+      if (kind === 'n') return data[0] === '-' ? -BigInt('0x' + data.slice(1)) : BigInt('0x' + data);
       if (kind === 'f') return Number(data);
     }
     return v;
