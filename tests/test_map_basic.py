@@ -126,7 +126,8 @@ def test_new_job_gets_a_fresh_context():
 # -- values ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", [
     None, True, False, 0, -1, 7, 2**31, 2**40, 2**53 - 1, -(2**53 - 1), 2**64, -(2**100), 1.5, -0.25, 1e300,
-    2**20000 + 1, -(3**9000),  # beyond Python's 4300-digit decimal conversion limit
+    # beyond Python's 4300-digit decimal conversion limit (ids: pytest would print them in decimal)
+    pytest.param(2**20000 + 1, id="2**20000+1"), pytest.param(-(3**9000), id="-3**9000"),
     "", "héllo €𝄞", "nul\x00inside", "\u2028", b"", b"\x00\xff" * 100, bytes(range(256)),
     [], [1, [2, [3]]], {}, {"a": {"b": [None, b"x"]}}, {"": 1, "\x00": 2},
 ])
