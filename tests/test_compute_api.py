@@ -326,3 +326,14 @@ def test_an_unset_map_basic_version_means_caret_one():
     assert compute.for_([1], "", worktime="echo")._record(compute.marketValue).worktime_range is None
     pinned = compute.for_([1], "x => x", worktime="map-basic@>=1.0.0")._record(compute.marketValue)
     assert pinned.worktime_range == ">=1.0.0"
+
+
+def test_a_misspelt_job_setting_is_an_error_not_a_silent_new_attribute():
+    job = compute.for_([1], "x => x")
+    with pytest.raises(AttributeError, match="no setting 'requirments'; did you mean 'requirements'"):
+        job.requirments = {"machine": {"gpu": True}}
+    with pytest.raises(AttributeError, match="did you mean 'limits'"):
+        job.limts = {"wall_time": "1s"}
+    job.requirements = {"machine": {"gpu": False}}  # real settings still work
+    job.limits = {"wall_time": "2s"}
+    assert job.limits.wall_time == 2.0 and job.requirements == {"machine": {"gpu": False}}

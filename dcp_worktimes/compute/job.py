@@ -247,6 +247,19 @@ class Job(EventEmitter):
             if key not in SETTINGS:
                 raise TypeError(f"unknown job setting {key!r}; settings: {', '.join(sorted(SETTINGS))}")
             setattr(self, key, value)
+        self._sealed = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `job.requirments = {...}` would otherwise be a new attribute nobody reads: a job deployed
+        # without the requirements (or limits) its author believes it has.
+        if (not name.startswith("_") and self.__dict__.get("_sealed") and name not in self.__dict__
+                and not hasattr(type(self), name)):
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(SETTINGS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise AttributeError(f"a job has no setting {name!r}; {hint}settings: {', '.join(sorted(SETTINGS))}")
+        super().__setattr__(name, value)
 
     # -- attributes with parsing -----------------------------------------------------------------
     @property
