@@ -78,6 +78,8 @@ def test_called_with_datum_then_job_arguments():
     ("function (x) {\n  let y = ;\n}", "line 2"),
     ("const a = 1;\nconst b = ;\n", "line 2"),
     ("   ", "needs a work function"),
+    ("def f(x):\n    return x * 2\n", "it looks like Python: deploy it with worktime='python'"),
+    ("(module (func (export \"_start\")))", "it looks like WebAssembly: deploy it with worktime='wasi'"),
 ])
 def test_bad_work_is_a_job_error(work, message):
     with pytest.raises(WorkError) as info:

@@ -223,7 +223,8 @@ class JSEngine:
                 where = " at line " + line.split("<input>:", 1)[1].rstrip(")").replace(":", ", column ", 1)
                 break
         kind = err.get("name") or "Error"
-        raise WorkError(f"the work does not compile: {kind}: {err['message']}{where}; fix the work function's source")
+        raise WorkError(f"the work does not compile: {kind}: {err['message']}{where}; "
+                        f"{_other_language(source) or 'fix the work function' + chr(39) + 's source'}")
 
     def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False) -> None:
         """Job arguments (passed after the datum), module sources for require(), and whether a list
@@ -347,6 +348,17 @@ class JSEngine:
     def close(self) -> None:
         self._op = None
         self._ctx = None
+
+
+def _other_language(source: str) -> str | None:
+    """A hint when JavaScript that does not compile looks like another worktime's work."""
+    import re
+
+    if re.match(r"\s*(def |async def |import |from [\w.]+ import |class \w+.*:|lambda\b)", source):
+        return "it looks like Python: deploy it with worktime='python'"
+    if re.match(r"\s*\(module\b", source) or source.startswith("\0asm"):
+        return "it looks like WebAssembly: deploy it with worktime='wasi'"
+    return None
 
 
 def _memory_message(limit: int) -> str:
