@@ -216,6 +216,20 @@ def test_either_the_job_or_the_worker_can_turn_the_no_progress_watchdog_off(stor
     assert report.ok == (code is None)
 
 
+def test_a_limit_this_worker_lowered_is_named_in_the_error(store):
+    from dcp_worktimes.limits import Limits
+
+    url, s = store
+    job = make_job("slow", 1)
+    job.spec.work = json.dumps({"sleep": 3})
+    s.submit(job)
+    Worker(s, ["echo"], cores=1, limits=Limits.parse(wall_time="1s")).run(until_idle=True)
+    (report,) = s.results("slow").values()
+    assert report.error["code"] == "ESLICETOOSLOW"
+    assert "this worker allows at most 1 s of wall_time" in report.error["message"]
+    assert "dcp-worker --wall-time" in report.error["message"]
+
+
 # The real command line (`dcp-worker --worktime echo --cores 1 --scheduler URL`).
 DCP_WORKER = "import sys; from dcp_worktimes.cli import main; sys.argv[0] = 'dcp-worker'; main()"
 

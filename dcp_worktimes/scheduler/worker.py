@@ -35,13 +35,16 @@ from dataclasses import replace
 from typing import Any, Iterable
 
 from ..errors import ErrorCode, WorktimeNotFound
-from ..limits import Limits, check_cores
+from ..limits import Limits, check_cores, format_size
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec
 from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob, merge_capabilities
 
 log = logging.getLogger(__name__)
 
+#: The limit behind each quota error code.
+_LIMIT_OF_CODE = {ErrorCode.ESLICETOOSLOW.value: "wall_time", ErrorCode.ECPULIMIT.value: "cpu_time",
+                  ErrorCode.EMEMORYLIMIT.value: "memory", ErrorCode.EOUTPUTLIMIT.value: "output"}
 #: Seconds between reads of the running jobs' status (a cheap read; a cancel stops slices this soon).
 CANCEL_CHECK = 1.0
 #: Seconds console/progress/emit events of running slices may wait for a write (results flush sooner).
@@ -133,6 +136,7 @@ class Worker:
         self._outcomes: list[Any] = []
         self._events: dict[str, list[dict]] = {}
         self._specs: dict[str, JobSpec] = {}
+        self._capped: dict[str, dict[str, float]] = {}  # job -> the limits this worker lowered
         self._dropped: set[str] = set()  # cancelled jobs: outcomes are discarded
         self.completed = 0
         self.failed = 0
@@ -282,7 +286,23 @@ class Worker:
             record = self.scheduler.get_job(job_id)
             spec = replace(record.spec, id=job_id, limits=cap_limits(record.spec.limits, self.limits))
             self._specs[job_id] = spec
+            self._capped[job_id] = {
+                name: getattr(spec.limits, name) for name in _LIMIT_OF_CODE.values()
+                if getattr(spec.limits, name) != getattr(record.spec.limits, name)}
         return spec
+
+    def _explain_cap(self, job_id: str, error: dict) -> dict:
+        """A limit error caused by this worker's cap says so: raising the job's limit cannot help."""
+        name = _LIMIT_OF_CODE.get(str(error.get("code")))
+        capped = self._capped.get(job_id, {})
+        if name is None or name not in capped:
+            return error
+        value = capped[name]
+        shown = format_size(value) if name in ("memory", "output") else f"{value:g} s"
+        flag = "--" + {"output": "output-limit", "memory": "memory-limit"}.get(name, name.replace("_", "-"))
+        note = (f" (this worker allows at most {shown} of {name} per slice, less than the job asks for; its owner "
+                f"sets that with dcp-worker {flag})")
+        return {**error, "message": str(error.get("message", "")) + note}
 
     def _flush(self) -> None:
         with self._cond:
@@ -299,7 +319,8 @@ class Worker:
             if lease is None or outcome.job_id in self._dropped:
                 continue
             report = SliceReport(outcome.number, outcome.ok, outcome.value_bytes,
-                                 None if outcome.ok else outcome.error.to_dict(), outcome.wall_time,
+                                 None if outcome.ok else self._explain_cap(outcome.job_id, outcome.error.to_dict()),
+                                 outcome.wall_time,
                                  outcome.cpu_time, outcome.bytes_in, outcome.bytes_out)
             if outcome.ok:
                 done.append((lease, report))
