@@ -61,7 +61,9 @@ def _to_json(value: Any) -> Any:
 
 def _from_json(value: Any, what: str) -> Any:
     if isinstance(value, dict):
-        if set(value) == {"$float"} and value["$float"] in ("nan", "inf", "-inf"):
+        if set(value) == {"$float"}:
+            if value["$float"] not in ("nan", "inf", "-inf"):
+                raise click.BadParameter(f'{what}: {{"$float": ...}} must be "nan", "inf" or "-inf", got {value["$float"]!r}')
             return float(value["$float"])
         if set(value) == {"$bytes"}:
             data = value["$bytes"]
@@ -88,6 +90,8 @@ def _parse_json(text: str, what: str) -> Any:
             raise click.BadParameter(f"{what}: cannot read {text[1:]!r}: {e.strerror}") from None
     try:
         return _from_json(json.loads(text), what)
+    except RecursionError:
+        raise click.BadParameter(f"{what}: the JSON is nested too deeply (keep it under ~900 levels)") from None
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"{what} must be JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                                  "quote strings: '\"text\"'; @FILE reads a file, - reads standard input") from None

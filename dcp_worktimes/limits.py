@@ -150,10 +150,12 @@ def parse_size(value: Any, what: str = "size") -> int | None:
 
         text = str(value).strip()
         try:
-            float(text)
+            number = float(text)
         except ValueError:
             pass
         else:  # "--memory-limit 1.5" almost never means 1 byte: make the unit explicit
+            if number <= 0:
+                raise ValueError(f"{what}: must be positive, got {value!r} (use 'none' for unlimited)")
             raise ValueError(f"{what}: {value!r} has no unit; write it like {text}MB or {text}GiB "
                              f"(or {text}B if you really mean bytes)")
         try:

@@ -18,6 +18,9 @@ import semantic_version
 
 def parse_range(spec: str | None) -> semantic_version.NpmSpec:
     """Parse an npm-style range; ``None``/``""`` means any version. ``ValueError`` names the problem."""
+    if spec is not None and not isinstance(spec, str):
+        raise ValueError(f"invalid version range {spec!r}: write it as a string, an npm-style range such as "
+                         "'^1.0.0', '~1.2', '>=0.0.0' or '*'")
     text = (spec or "*").strip() or "*"
     try:
         return semantic_version.NpmSpec(text)

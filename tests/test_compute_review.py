@@ -15,7 +15,7 @@ from math import sqrt
 from dcp_worktimes.compute.results import ResultHandle, SliceFailed, nest
 from dcp_worktimes.compute.ranges import RangeObject
 from dcp_worktimes.compute.work import capture
-from dcp_worktimes.errors import ErrorCode, WorkError
+from dcp_worktimes.errors import ErrorCode, WorkError, WorktimeNotFound
 from dcp_worktimes.plugins import get_worktimes
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.values import UnserializableValue
@@ -272,3 +272,16 @@ def test_names_imported_from_modules_say_import_it_inside():
 def test_default_from_a_global_runs_on_the_python_worktime(store):
     r = compute.for_([1, 2], scaled, cores=1).exec()
     assert r == [[2.5, [1, [2]], True, -1, 3], [5.0, [1, [2]], True, -1, 3]]
+
+
+def test_more_bad_arguments_are_named_before_deploying(store):
+    with pytest.raises(TypeError, match=r"exec\(local=...\) must be True .* got 'no'"):
+        compute.for_(1, 3, JS).exec(local="no")
+    with pytest.raises(WorktimeNotFound, match="write it as a string"):
+        compute.for_(1, 3, JS, worktime_version=1).exec()
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        compute.for_([deep], JS).exec()
+    assert deployed_jobs(store) == []

@@ -155,21 +155,29 @@ def plain(value: Any) -> Any:
         >>> plain([1, (2.5, {"a": True})])
         [1, (2.5, {'a': True})]
     """
+    try:
+        return _plain(value)
+    except RecursionError:
+        raise ValueError("a value is nested too deeply to send (more than a few hundred levels of lists/dicts); "
+                         "flatten it") from None
+
+
+def _plain(value: Any) -> Any:
     t = type(value)
     if t in (int, float, str, bytes, bool) or value is None:
         return value
     if t is list:
-        return [plain(v) for v in value]
+        return [_plain(v) for v in value]
     if t is tuple:
-        return tuple(plain(v) for v in value)
+        return tuple(_plain(v) for v in value)
     if t is dict:
-        return {plain(k): plain(v) for k, v in value.items()}
+        return {_plain(k): _plain(v) for k, v in value.items()}
     np = sys.modules.get("numpy")  # no numpy objects can exist unless numpy was imported
     if np is not None:
         if isinstance(value, np.ndarray):
-            return plain(value.tolist())
+            return _plain(value.tolist())
         if isinstance(value, np.generic):
-            return plain(value.item())
+            return _plain(value.item())
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, float):  # a float subclass

@@ -573,6 +573,8 @@ class Job(EventEmitter):
         """
         if errors not in ("raise", "return"):
             raise ValueError(f"exec(errors=...) must be 'raise' or 'return', got {errors!r}")
+        if not isinstance(local, bool):  # exec(local="no") must not quietly mean True
+            raise TypeError(f"exec(local=...) must be True (run here) or False (attached workers), got {local!r}")
         # Every argument is checked before deploying: a job deployed and then abandoned over a bad
         # argument would stay "running" in the store forever.
         check_cores(cores, "exec(cores=...)")
