@@ -381,7 +381,7 @@ def _limit_error(code: ErrorCode, ctx: SliceContext | None) -> SliceError:
         msg += "; raise the job's cpu_time limit or give each slice less work"
     elif code is ErrorCode.EOUTPUTLIMIT:
         cap = limits.output if limits else None
-        msg = (f"console/emit traffic went over the output limit of {cap} bytes" if cap else "output limit exceeded")
+        msg = (f"console/emit traffic went over the output limit of {format_size(cap)}" if cap else "output limit exceeded")
         msg += "; log less, or raise the job's output limit"
     else:
         msg = "the slice was cancelled"

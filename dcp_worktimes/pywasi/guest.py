@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import ErrorCode, SliceError, WorkError
+from ..limits import format_size
 from ..values import UnserializableValue, pack, unpack
 from ..wasm import Watchdog, memory_at_quota, set_store_limits, trap_to_error
 from ..wasm.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
@@ -442,7 +443,7 @@ class Guest:
             limit = self._output_limit
             if limit is not None and length > limit + 64:
                 self._halt(SliceError(f"the work sent a {length}-byte frame (result or event), over the output "
-                                      f"limit of {limit} bytes; return less data or raise the job's output limit",
+                                      f"limit of {format_size(limit)}; return less data or raise the job's output limit",
                                       code=ErrorCode.EOUTPUTLIMIT))
                 return HOST_FAULT
             frame = _guest_frame(bytes(memory.read(caller, ptr, ptr + length)))
@@ -522,7 +523,7 @@ class Guest:
                 state["console"] += len(message)
                 limit = self._output_limit
                 if limit is not None and state["console"] > limit:
-                    self._halt(SliceError(f"console output over the output limit of {limit} bytes; print less or "
+                    self._halt(SliceError(f"console output over the output limit of {format_size(limit)}; print less or "
                                           "raise the job's output limit", code=ErrorCode.EOUTPUTLIMIT))
                     return None
             if ctx is not None:

@@ -29,7 +29,7 @@ import traceback
 from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import Limits
+from ..limits import Limits, format_size
 from ..values import UnserializableValue, pack, packer, unpack, unpacker
 from ..worktime import JobSpec, SliceContext, Worktime
 from . import isolation
@@ -269,14 +269,14 @@ class Evaluator:
             value = self.pack(result)
             if limits.output is not None and len(value) > limits.output:
                 raise SliceError(
-                    f"result is {len(value)} bytes, over the output limit of {limits.output} bytes; "
+                    f"result is {len(value)} bytes, over the output limit of {format_size(limits.output)}; "
                     "return less data or raise the job's output limit",
                     code=ErrorCode.EOUTPUTLIMIT,
                 )
             if events.pending is not None:
                 events.flush_console()  # first: the last line counts against the limit too
             if events.over:
-                raise SliceError(f"console/emit traffic over the output limit of {limits.output} bytes",
+                raise SliceError(f"console/emit traffic over the output limit of {format_size(limits.output)}",
                                  code=ErrorCode.EOUTPUTLIMIT)
             self.out.result([index, value, time.monotonic() - now, time.process_time() - cpu0], len(value))
             return

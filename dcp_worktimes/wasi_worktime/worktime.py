@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import MiB
+from ..limits import MiB, format_size
 from ..wasm import (
     EngineOptions,
     compile_module,
@@ -67,7 +67,7 @@ class _Slice:
 
     def on_stdout(self, chunk: bytes) -> None:
         if self.cap is not None and len(self.stdout) + len(chunk) > self.cap:
-            self.over(f"stdout (the result) exceeded the output limit of {self.cap} bytes; raise limits.output")
+            self.over(f"stdout (the result) exceeded the output limit of {format_size(self.cap)}; raise limits.output")
             return
         self.stdout += chunk
 
@@ -80,7 +80,7 @@ class _Slice:
     def log(self, level: str, message: str) -> None:
         self.console_bytes += len(message)
         if self.cap is not None and self.console_bytes > self.cap:
-            self.over(f"console output exceeded the output limit of {self.cap} bytes; log less or raise limits.output")
+            self.over(f"console output exceeded the output limit of {format_size(self.cap)}; log less or raise limits.output")
             return
         self.ctx.console(level, message)
 
@@ -193,7 +193,7 @@ class WasiWorktime(Worktime):
             raw = read(caller, value_ptr, value_len)
             s.console_bytes += len(raw)
             if s.cap is not None and s.console_bytes > s.cap:
-                s.over(f"emitted events exceeded the output limit of {s.cap} bytes")
+                s.over(f"emitted events exceeded the output limit of {format_size(s.cap)}")
                 return
             try:
                 value = json.loads(raw) if raw.strip() else None

@@ -170,6 +170,9 @@ class ScratchCap:
             return SliceError(f"the scratch directory /tmp cannot be measured against its cap: {e}; keep /tmp "
                               "shallow", code=ErrorCode.EOUTPUTLIMIT)
         if used > self.cap:
-            return SliceError(f"the scratch directory /tmp grew to {used} bytes, over its cap of {self.cap}; "
+            from ..limits import format_size
+
+            return SliceError(f"the scratch directory /tmp grew to {format_size(used, like=self.cap)}, over its cap "
+                              f"of {format_size(self.cap)}; "
                               f"write less, or raise {self.option}", code=ErrorCode.EOUTPUTLIMIT)
         return None
