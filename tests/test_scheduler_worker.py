@@ -52,6 +52,8 @@ def test_run_local_completes_every_slice(store):
     assert {n: unpack(r.value) for n, r in results.items()} == {n: n for n in range(300)}
     assert all(r.wall_time >= 0 and r.bytes_in > 0 for r in results.values())
     assert sum(e["type"] == "result" for e in events) == 300
+    statuses = [e for e in events if e["type"] == "status"]
+    assert statuses[-1]["computed"] == 300 and statuses.count(statuses[-1]) == 1  # the final status once
     assert s.status("j1")["status"] == "complete"
 
 

@@ -285,11 +285,11 @@ class SqliteScheduler(Scheduler):
             raise UnknownJob(f"no job {job_id!r} in the scheduler store {self.path}; list jobs with `dcp-worker jobs`")
         return row
 
-    def _maybe_finish(self, job_id: str) -> None:
-        """Inside a transaction: mark the job complete once every slice has a final report."""
+    def _maybe_finish(self, job_id: str) -> bool:
+        """Inside a transaction: mark the job complete once every slice has a final report (``True``)."""
         status, total, _d, _n, _p, distributed, computed, failed = self._job_row(job_id)
         if status in FINAL_STATES or total is None or computed + failed < total:
-            return
+            return False
         final = COMPLETE if failed == 0 else FAILED
         self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (final, job_id))
         # A final job is never leased again and its input is closed: its slice rows (a stream's
@@ -303,6 +303,7 @@ class SqliteScheduler(Scheduler):
                 {"type": "complete", "computed": computed, "failed": failed},
             ],
         )
+        return True
 
     # -- deployer side --------------------------------------------------------------------------
     def submit(self, job: JobRecord) -> None:
@@ -805,10 +806,10 @@ class SqliteScheduler(Scheduler):
                     self._settle(job_id, leases, self._row_slices(final, leases))
                     if again:  # after settling: the re-queued rows must not be marked done
                         self._requeue(job_id, [(lease.slice_number, lease.attempt) for lease, _r in again])
-                _s, total, _d, _n, _p, distributed, computed, failed = self._job_row(job_id)
-                self._append_events(job_id, [{"type": "status", "total": total, "distributed": distributed,
-                                              "computed": computed, "failed": failed}])
-                self._maybe_finish(job_id)
+                if not self._maybe_finish(job_id):  # a finishing job's status event comes with its end
+                    _s, total, _d, _n, _p, distributed, computed, failed = self._job_row(job_id)
+                    self._append_events(job_id, [{"type": "status", "total": total, "distributed": distributed,
+                                                  "computed": computed, "failed": failed}])
         self._notify()
 
     def complete(self, done: list[tuple[Lease, SliceReport]]) -> None:
