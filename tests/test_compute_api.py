@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import pathlib as pl
 
 import pytest
 
@@ -204,6 +205,10 @@ def uses_math(x):
     return math.sqrt(x)
 
 
+def uses_an_alias(x):
+    return pl.PurePath(x).name
+
+
 def test_python_function_source_is_captured_like_tostring():
     w = capture(square)
     assert w.payload == "def square(x):\n    return x * x\n"
@@ -236,6 +241,8 @@ def test_closures_and_globals_are_refused_with_the_fix():
         capture(lambda x: x * GLOBAL_K)
     with pytest.raises(WorkError, match=r"'math'.*import math inside the function"):
         capture(uses_math)
+    with pytest.raises(WorkError, match=r"import pathlib as pl inside the function"):
+        capture(uses_an_alias)
 
 
 def test_uncapturable_callables_are_refused():

@@ -340,7 +340,8 @@ def _check_globals(fn: types.FunctionType, name: str) -> None:
     others = [g for g in missing if g not in modules and g not in imported]
     hints = []
     if modules:
-        hints.append(f"import {', '.join(fn.__globals__[m].__name__ for m in modules)} inside the function")
+        names = [fn.__globals__[m].__name__ + ("" if fn.__globals__[m].__name__ == m else f" as {m}") for m in modules]
+        hints.append(f"import {', '.join(names)} inside the function")  # "import numpy as np", as it is used
     for g in imported:
         mod, real = _imported_from(fn.__globals__[g], fn)  # type: ignore[misc]
         hints.append(f"import it inside the function: from {mod} import {real}{'' if real == g else f' as {g}'}")
