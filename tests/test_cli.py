@@ -123,6 +123,8 @@ def test_jobs_resume_and_delete(tmp_path):
     assert json.loads(cli("jobs", "--json").stdout)[0]["status"] == "complete"
     bad = cli("resume", "no-such-job")
     assert bad.returncode == 2 and "no job 'no-such-job'" in bad.stderr
+    empty = cli("resume", "")
+    assert empty.returncode == 2 and "the job id is empty" in empty.stderr and "Traceback" not in empty.stderr
     assert cli("jobs", "--delete", job_id).returncode == 0
     assert json.loads(cli("jobs", "--json").stdout) == []
 

@@ -152,9 +152,11 @@ def test_work_between_start_and_end_is_named():
 
 
 def test_resume_of_a_non_string_id_says_what_ids_are(store):
-    for bad in (None, 5, ""):
+    for bad in (None, 5):
         with pytest.raises(TypeError, match="job ids are strings.*job.id"):
             compute.resume(bad)
+    with pytest.raises(ValueError, match="the job id is empty"):
+        compute.resume("  ")
 
 
 def test_scheduler_of_the_wrong_type_is_named(store):

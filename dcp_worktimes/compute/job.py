@@ -772,7 +772,9 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
     """
     from ..scheduler import Scheduler, open_scheduler
 
-    if not isinstance(job_id, str) or not job_id.strip():
+    if isinstance(job_id, str) and not job_id.strip():
+        raise ValueError("compute.resume(job_id): the job id is empty; `dcp-worker jobs` lists the ids")
+    if not isinstance(job_id, str):
         raise TypeError(
             f"compute.resume(job_id): job ids are strings, as job.id (or exec()'s JobFailed.job_id) gives them; "
             f"got {type(job_id).__name__} {job_id!r:.40}"
