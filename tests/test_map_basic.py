@@ -432,6 +432,22 @@ def test_infinite_loop_stops_at_wall_time_and_engine_survives():
     assert h(1) == 2
 
 
+@pytest.mark.parametrize("work", [
+    "x => { const a = []; for (;;) a.push([x]) }",
+    "x => { const s = new Set(); for (;;) s.add(Math.random()) }",
+    "x => { const m = new Map(); for (let i = 0;; i++) m.set(i, () => i) }",
+])
+def test_many_small_allocations_hit_the_memory_limit_too(work):
+    # QuickJS throws null when even its out-of-memory error cannot be allocated.
+    err = Harness().prepare(work, Limits.parse(memory="64MB", wall_time="60s")).fails()
+    assert err.code == ErrorCode.EMEMORYLIMIT, err
+
+
+def test_a_work_that_throws_null_itself_is_uncaught_not_out_of_memory():
+    err = Harness().prepare("x => { if (x) throw null; return 1 }", Limits.parse(memory="64MB")).fails(1)
+    assert err.code == ErrorCode.EUNCAUGHT and "null" in err.message
+
+
 def test_memory_balloon_hits_the_memory_limit_and_engine_survives():
     h = Harness().prepare((HOSTILE / "memory_balloon.js").read_text(), Limits.parse(memory="64MiB", wall_time="60s"))
     err = h.fails()

@@ -88,6 +88,7 @@ class JSEngine:
         self._stack_size = 0
         self._stack_thread: int | None = None
         self._memory_limit = -1
+        self._may_throw_null = False  # whether the job's code can throw null itself
         self._ctx.add_callable("__dcpHost", self._host)
         self._op = self._ctx.eval(PRELUDE)
 
@@ -198,6 +199,7 @@ class JSEngine:
             raise WorkError(f"the work text contains an unpaired surrogate ({source[e.start]!r} at offset {e.start}); "
                             "write it as a \\u escape inside a string literal") from None
         self._deadline = time.monotonic() + time_limit if time_limit else None
+        self._may_throw_null = _throws_null(source)
         try:
             result = self._call("compile", source, bool(strict))
         except SliceError as e:
@@ -241,6 +243,7 @@ class JSEngine:
                 except UnicodeDecodeError:
                     raise WorkError(f"module {name!r} is not UTF-8 text; map-basic modules are JavaScript source") from None
             sources[str(name)] = src
+            self._may_throw_null = self._may_throw_null or _throws_null(src)
         self._call("job", args_text, json.dumps(sources, ensure_ascii=True))
         self._call("spread", bool(spread))
 
@@ -321,9 +324,13 @@ class JSEngine:
         if kind == "e":
             err = json.loads(body)
             name, message = err.get("name"), err.get("message", "")
-            if name == "InternalError" and message == "out of memory":
+            if (name == "InternalError" and message == "out of memory") or (
+                    name is None and message == "uncaught object thrown: null" and self._memory_limit > 0
+                    and not self._may_throw_null):
+                # QuickJS throws null when the heap is too full for even its out-of-memory error.
                 self._ctx.gc()
-                raise SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name=name)
+                raise SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT,
+                                 name="InternalError")
             stack = err.get("stack") or ""
             full = f"{name}: {message}\n{stack}" if stack else None
             raise SliceError(_sanitize(message), code=ErrorCode.EUNCAUGHT, stack=full and _sanitize(full), name=name)
@@ -348,6 +355,14 @@ class JSEngine:
     def close(self) -> None:
         self._op = None
         self._ctx = None
+
+
+def _throws_null(source: str) -> bool:
+    """Whether JavaScript source may throw or reject with ``null`` itself (then a ``null``
+    exception is the work's own, not QuickJS out of memory)."""
+    import re
+
+    return re.search(r"\bthrow\b[^;\n]*\bnull\b|\breject\b\s*\([^)]*\bnull\b", source) is not None
 
 
 def _other_language(source: str) -> str | None:
