@@ -448,6 +448,17 @@ def test_a_work_that_throws_null_itself_is_uncaught_not_out_of_memory():
     assert err.code == ErrorCode.EUNCAUGHT and "null" in err.message
 
 
+def test_a_small_value_that_expands_when_written_out_stops_at_the_output_limit():
+    h = Harness().prepare("x => { let a = [1]; for (let i = 0; i < 40; i++) a = [a, a]; return a }",
+                          Limits.parse(output="1MB", memory="256MB", wall_time="60s"))
+    t = time.monotonic()
+    err = h.fails()
+    assert err.code == ErrorCode.EOUTPUTLIMIT and "1 MB" in err.message, err
+    assert time.monotonic() - t < 10  # it used to write 2**40 elements: ENOPROGRESS after 30 s
+    h.prepare("x => ['ok', 'z'.repeat(1000)]", Limits.parse(output="1MB"))
+    assert h(1) == ["ok", "z" * 1000]
+
+
 def test_memory_balloon_hits_the_memory_limit_and_engine_survives():
     h = Harness().prepare((HOSTILE / "memory_balloon.js").read_text(), Limits.parse(memory="64MiB", wall_time="60s"))
     err = h.fails()

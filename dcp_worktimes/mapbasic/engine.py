@@ -261,7 +261,7 @@ class JSEngine:
         self._cpu_deadline = time.process_time() + limits.cpu_time if limits.cpu_time else None
         self._progress_deadline = ctx.started + limits.progress_timeout if limits.progress_timeout else None
         try:
-            envelope = self._call("start", datum_text)
+            envelope = self._call("start", datum_text, limits.output if limits.output is not None else -1)
             if envelope == "p":
                 envelope = self._settle()
             else:
@@ -336,6 +336,11 @@ class JSEngine:
             raise SliceError(_sanitize(message), code=ErrorCode.EUNCAUGHT, stack=full and _sanitize(full), name=name)
         if kind == "r":
             raise SliceError(f"work.reject: {_sanitize(json.loads(body))}", code=ErrorCode.EWORKREJECT)
+        if kind == "o":
+            cap = self._slice.limits.output if self._slice is not None else None
+            shown = format_size(cap) if cap else "its limit"
+            raise SliceError(f"the result is larger than the output limit of {shown} when written out; return less "
+                             "data or raise the job's output limit", code=ErrorCode.EOUTPUTLIMIT)
         if kind == "u":
             message = json.loads(body)
             if message.startswith("the value"):

@@ -43,8 +43,17 @@
   const PLAIN_HINT = 'return plain data (objects, arrays, numbers, strings, booleans, null, BigInt, ' +
     'Uint8Array/ArrayBuffer)';
   let tagged = false;
+  // Output budget of one encoding (the slice's output limit): every value the replacer sees adds
+  // at least a byte, a string its length. A small value that expands hugely when written out
+  // ([a, a] nested 40 deep) stops here at the limit, not after minutes of CPU or out of memory.
+  let outputCap = Infinity, encodeBudget = Infinity;
+  const OUTPUT_OVER = new RangeError('over the output limit');
   function __dcpReplacer(key, v) {
+    if (--encodeBudget < 0) throw OUTPUT_OVER;
     switch (typeof v) {
+      case 'string':
+        if ((encodeBudget -= v.length) < 0) throw OUTPUT_OVER;
+        return v;
       case 'number':
         if (v !== v || v === Infinity || v === -Infinity || v > MAX_SAFE || v < -MAX_SAFE) {
           tagged = true;
@@ -90,6 +99,7 @@
       return '0' + stringify(v);  // fast path: scalars need no replacer (NaN fails the range test)
     }
     tagged = false;
+    encodeBudget = outputCap;
     const text = stringify(v, __dcpReplacer);
     return (tagged ? '1' : '0') + text;
   }
@@ -587,6 +597,7 @@
     try {
       return 'v' + __dcpEncode(v);
     } catch (e) {
+      if (e === OUTPUT_OVER) return 'o';
       return 'u' + stringify(e instanceof Error ? e.message : String(e));
     }
   }
@@ -654,7 +665,7 @@
         moduleCache = new Map();
         return '';
       case 'spread': spreadDatum = !!a; return '';
-      case 'start': return __dcpStart(a);
+      case 'start': outputCap = b >= 0 ? b : Infinity; return __dcpStart(a);
       case 'poll': return __dcpPoll();
       case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }
       case 'fire': return __dcpFireTimer();
