@@ -111,7 +111,8 @@ def _read_work(work: str) -> str | bytes:
         looks_like_path = work and not any(c in work for c in " \t(){};=") and (
             work.endswith(_WORK_SUFFIXES) or work.startswith(("/", "./", "../", "~")))
         if looks_like_path:
-            raise click.BadParameter(f"--work {work!r} looks like a file path, but there is no such file")
+            what = "a directory, not a file" if os.path.isdir(work) else "there is no such file"
+            raise click.BadParameter(f"--work {work!r} looks like a file path, but {what}")
         return work
     data = path.read_bytes()
     try:

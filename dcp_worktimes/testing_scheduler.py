@@ -256,6 +256,18 @@ class SchedulerConformance:
         second = scheduler.lease("w1", ECHO, {}, 3, 30)
         assert {lease.job_id for lease in second} == {"cheap"}
 
+    def test_a_new_bid_reorders_leasing(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("cheap", 6, payment_per_slice=0.1))
+        scheduler.submit(make_job("rich", 6, payment_per_slice=5.0))
+        assert {lease.job_id for lease in scheduler.lease("w1", ECHO, {}, 3, 30)} == {"rich"}
+        scheduler.set_payment("cheap", 9.0)  # exec(newCost) on a deployed job
+        assert {lease.job_id for lease in scheduler.lease("w1", ECHO, {}, 3, 30)} == {"cheap"}
+        assert scheduler.get_job("cheap").payment_per_slice == 9.0
+        with pytest.raises(UnknownJob):
+            scheduler.set_payment("nope", 1.0)
+        with pytest.raises(SchedulerError):
+            scheduler.set_payment("cheap", -1)
+
     def test_matching_worktime_range_and_requirements(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("v2", 1, worktime_range="^2.0.0"))
         scheduler.submit(make_job("gpu", 1, requirements={"machine": {"gpu": True}}))

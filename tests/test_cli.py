@@ -72,6 +72,7 @@ def test_crash_has_its_own_code():
     (["slice", "-w", "echo", "--work", "", "--datum", '{"$bytes": 5}'], '{"$bytes": ...} must hold base64 text'),
     (["slice", "-w", "echo", "--work", "", "--datum", "@/no/such.json"], "--datum: cannot read '/no/such.json'"),
     (["slice", "-w", "echo", "--work", "/no/such/file.json"], "looks like a file path, but there is no such file"),
+    (["slice", "-w", "echo", "--work", "/tmp"], "looks like a file path, but a directory, not a file"),
     (["slice", "-w", "echo", "--work", "", "--memory-limit", "1.5"], "'1.5' has no unit; write it like 1.5MB"),
     (["--wall-time", "1s", "slice", "-w", "echo", "--work", ""], "--wall-time belong to the worker itself"),
     (["--capability", "machine.gpu=", "--until-idle"], "capability 'machine.gpu=' has no value"),

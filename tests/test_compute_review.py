@@ -287,3 +287,12 @@ def test_more_bad_arguments_are_named_before_deploying(store):
     with pytest.raises(ValueError, match="nested too deeply"):
         compute.for_([deep], JS).exec()
     assert deployed_jobs(store) == []
+
+
+def test_exec_with_a_new_cost_updates_a_deployed_jobs_bid(store):
+    """seed-compute-api.txt, "Altering Price Parameters": g.exec(compute.safeMarketValue) updates the bid."""
+    job = compute.for_(2, 5, JS, cores=1)
+    job_id = job.deploy(compute.marketValue)
+    assert job.exec({"maxPaymentPerSlice": 5}) == [20, 30, 40, 50]
+    with open_scheduler(store) as s:
+        assert s.get_job(job_id).payment_per_slice == 5

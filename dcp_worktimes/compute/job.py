@@ -582,6 +582,8 @@ class Job(EventEmitter):
         profile = parse_cost(cost)  # ENOFUNDS before anything else happens
         if self._cancel_requested.is_set() and not self._deployed:
             raise JobCancelled("the job was cancelled before exec() (job.cancel()); build a new job to run it")
+        if self._deployed and cost is not None:  # DCP: exec(newCost) on a deployed job updates its bid
+            self._scheduler().set_payment(self.id, profile.payment_per_slice(self._total()))
         self.deploy(profile, local=local)
         sched = self._scheduler()
         bar = None

@@ -211,6 +211,11 @@ class Scheduler(ABC):
         """Stop handing out the job's slices and ignore its late results (emits ``cancel``)."""
 
     @abstractmethod
+    def set_payment(self, job_id: str, payment_per_slice: float) -> None:
+        """Change what the job offers per slice from now on (DCP: ``exec(newCost)`` on a deployed
+        job updates its bid); it orders leasing like the payment given at submit."""
+
+    @abstractmethod
     def list_jobs(self) -> list[JobRecord]:
         """Every stored job, newest first."""
 

@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from ..errors import ErrorCode
@@ -438,6 +439,17 @@ class SqliteScheduler(Scheduler):
         if reason:
             out["reason"] = reason
         return out
+
+    def set_payment(self, job_id: str, payment_per_slice: float) -> None:
+        payment = float(payment_per_slice)
+        if not payment >= 0 or payment == float("inf"):
+            raise SchedulerError(f"payment per slice must be a finite number >= 0, got {payment_per_slice!r}")
+        with self._lock, self._tx():
+            rec = replace(self._record(job_id), payment_per_slice=payment)  # UnknownJob for a bad id
+            self._db.execute("UPDATE jobs SET payment = ?, record = ? WHERE id = ?",
+                             (payment, pack(rec.to_dict()), job_id))
+            self._jobs[job_id] = rec
+        self._notify()
 
     def cancel(self, job_id: str, reason: str = "cancelled by the deployer") -> None:
         with self._lock, self._tx():
