@@ -261,6 +261,22 @@ def test_files_hidden_below_host_path_max_still_count_against_the_scratch_cap(bu
     assert not os.path.exists(slice_root)  # removed although its paths are longer than PATH_MAX
 
 
+def test_a_guest_that_hoards_file_descriptors_gets_its_result_and_leaves_none_open():
+    source = r"""
+    #include <fcntl.h>
+    #include <stdio.h>
+    int main(void) { int n = 0; while (open("/tmp/f", O_RDONLY | O_CREAT, 0600) >= 0) n++; printf("%d\n", n); return 0; }
+    """
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    wt = prepared(compile_c(source))
+    first = run(wt)
+    assert first > 100  # it ran out at the process limit, inside the guest
+    before = fds()
+    assert run(wt) == first  # the store closed them all, and the scratch was emptied for this slice
+    assert fds() <= before + 1
+    assert os.listdir(os.path.join(wt._slice_root, "scratch")) == []
+
+
 def test_huge_output_hits_the_output_limit():
     wt = prepared((HOSTILE / "wat" / "huge_output.wat").read_text(), Limits.parse(output="1MiB"))
     err, elapsed = failure(wt)

@@ -307,6 +307,10 @@ class WasiWorktime(Worktime):
                                  code=ErrorCode.EUNCAUGHT, name=f"ExitStatus{exit_status}", stack=tail or None)
             return self.content_type.decode(bytes(state.stdout))
         finally:
+            # The store owns the guest's open files (thousands, if it hoards them): close them before
+            # the scratch directory is emptied, which needs descriptors of its own.
+            store = instance = guard = None
+            state.guard = None
             _empty_scratch(scratch)
             try:
                 os.truncate(self._stdin_path, 0)
