@@ -216,6 +216,8 @@ def _validate(cls: object) -> str | None:
     if not isinstance(cls.capabilities, dict) or not _plain(cls.capabilities):
         return (f"{cls.__qualname__}.capabilities must be a nested dict of booleans, strings, numbers "
                 "and lists of those")
+    if cls.options is not None and not (isinstance(cls.options, dict) and all(isinstance(k, str) for k in cls.options)):
+        return f"{cls.__qualname__}.options must be None or a dict {{option name: meaning}}, got {cls.options!r:.60}"
     unknown = set(cls.enforces) - LIMIT_NAMES
     if unknown:
         return f"{cls.__qualname__}.enforces names unknown limits {sorted(unknown)}; known: {sorted(LIMIT_NAMES)}"

@@ -54,6 +54,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
+from .errors import WorkError
 from .limits import Limits
 
 #: Limit names a worktime may list in ``Worktime.enforces``.
@@ -250,6 +251,10 @@ class SliceContext:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
 
+#: Job options the host itself sets, accepted by every worktime.
+HOST_OPTIONS = frozenset({"spread_datum"})
+
+
 class Worktime(ABC):
     """Base class of every worktime. Subclasses set the class attributes and implement ``execute``."""
 
@@ -266,6 +271,34 @@ class Worktime(ABC):
     network: ClassVar[bool] = False
     #: One-line description shown by ``dcp-worker worktimes``.
     description: ClassVar[str] = ""
+    #: The ``job.options`` this worktime reads, ``{name: one-line meaning}``; ``None`` (the default)
+    #: accepts any. Declared, a misspelt option (``contenttype``) fails the job instead of being
+    #: silently ignored. ``spread_datum`` (set by the Compute API) is always accepted.
+    options: ClassVar[Mapping[str, str] | None] = None
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """``WorkError`` (``EBADWORK``) for an option this worktime does not read.
+
+        >>> class Js(Worktime):
+        ...     name, options = "js", {"strict": "run the work in strict mode"}
+        ...     def execute(self, ctx, datum): return datum
+        >>> Js.check_options({"strict": True, "spread_datum": True})
+        >>> Js.check_options({"stirct": True})
+        Traceback (most recent call last):
+        dcp_worktimes.errors.WorkError: EBADWORK: worktime js has no option 'stirct' (did you mean 'strict'?); its options: strict
+        """
+        if cls.options is None:
+            return
+        unknown = [k for k in options if k not in cls.options and k not in HOST_OPTIONS]
+        if not unknown:
+            return
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(cls.options), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = ", ".join(sorted(cls.options)) or "none"
+        raise WorkError(f"worktime {cls.name} has no option {unknown[0]!r}{hint}; its options: {known}")
 
     def prepare(self, job: JobSpec) -> None:
         """Once per job, before its first slice: compile the work, load modules.

@@ -78,6 +78,8 @@ def test_crash_has_its_own_code():
     (["--capability", "machine.gpu=", "--until-idle"], "capability 'machine.gpu=' has no value"),
     (["--cores", "100000", "--until-idle"], "--cores=100000 is more than 8 evaluators per CPU"),
     (["slice", "-w", "echo", "--work", "", "--datum", '{"$float": "banana"}'], 'must be "nan", "inf" or "-inf"'),
+    (["slice", "-w", "wasi", "--work", "(module)", "--option", 'contenttype="raw"'],
+     "EBADWORK: worktime wasi has no option 'contenttype' (did you mean 'content_type'?)"),
     (["slice", "-w", "echo", "--work", "", "--datum", "[" * 5000 + "]" * 5000], "nested too deeply"),
     (["slice", "-w", "echo", "--work", "", "--memory-limit", "0"], "memory: must be positive, got '0'"),
     (["--capability", "machine.gpu={}", "--until-idle"], "give one value"),

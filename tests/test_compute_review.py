@@ -296,3 +296,11 @@ def test_exec_with_a_new_cost_updates_a_deployed_jobs_bid(store):
     assert job.exec({"maxPaymentPerSlice": 5}) == [20, 30, 40, 50]
     with open_scheduler(store) as s:
         assert s.get_job(job_id).payment_per_slice == 5
+
+
+def test_a_misspelt_worktime_option_fails_before_deploying(store):
+    job = compute.for_([1], JS, options={"stirct": True})
+    with pytest.raises(WorkError, match="worktime map-basic has no option 'stirct' .did you mean 'strict'.."):
+        job.exec()
+    assert deployed_jobs(store) == []
+    assert compute.for_([1], "x => x", options={"strict": True}).exec() == [1]

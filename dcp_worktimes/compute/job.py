@@ -422,6 +422,8 @@ class Job(EventEmitter):
         payload = captured.payload
         if isinstance(self.input_set, MultiRange):
             options["spread_datum"] = True  # work(*datum, *arguments): the contract in inputs.py
+        if self._registration is not None:
+            self._registration.cls.check_options(options)  # a misspelt option fails here, not silently
         return JobSpec(
             id="", worktime=name, work=payload, arguments=arguments, modules=modules,
             files=files, options=options, limits=self.limits,

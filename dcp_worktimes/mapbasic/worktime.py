@@ -28,6 +28,7 @@ class MapBasic(Worktime):
                     "engine": {"es7": True, "es2023": True, "quickjs": True}}
     enforces = frozenset({"wall_time", "cpu_time", "memory", "stack", "progress_timeout"})
     description = "JavaScript work functions (DCP map-basic) on QuickJS"
+    options = {"strict": "evaluate the work in strict mode ('use strict')"}
 
     def __init__(self) -> None:
         self._engine = None

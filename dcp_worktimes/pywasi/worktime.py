@@ -60,6 +60,8 @@ class PythonWorktime(Worktime):
     capabilities = _capabilities()
     enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
     description = "Python 3 with numpy/pandas/scipy, sandboxed as CPython compiled to WASI on wasmtime"
+    options = {"function": "the name of the slice function when the work defines several",
+               "scratch_size": "the cap on the job's /tmp, e.g. 64MB"}
 
     def __init__(self) -> None:
         self.job: JobSpec | None = None

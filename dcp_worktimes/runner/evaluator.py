@@ -233,6 +233,7 @@ class Evaluator:
             if self.job is not None:
                 self.worktime.release()
             self.job = JobSpec.from_dict(job_dict)
+            type(self.worktime).check_options(self.job.options)
             self.worktime.prepare(self.job)
         except WorkError as e:
             self.out.send({"t": "prepare_error", "error": SliceError(e.message, code=e.code).to_dict()})

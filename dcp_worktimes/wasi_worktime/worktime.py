@@ -97,6 +97,9 @@ class WasiWorktime(Worktime):
         "wasi": {"command": True, "json": True, "msgpack": True, "raw": True},
     }
     enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+    options = {"content_type": "json (default), msgpack or raw: how the datum and result are encoded",
+               "fuel": "a deterministic instruction budget per slice (ECPULIMIT when spent)",
+               "scratch_size": "the cap on the slice's /tmp, e.g. 64MB"}
 
     def __init__(self) -> None:
         self.job: JobSpec | None = None
