@@ -344,3 +344,21 @@ def test_a_misspelt_job_setting_is_an_error_not_a_silent_new_attribute():
     job.requirements = {"machine": {"gpu": False}}  # real settings still work
     job.limits = {"wall_time": "2s"}
     assert job.limits.wall_time == 2.0 and job.requirements == {"machine": {"gpu": False}}
+
+
+def test_a_decorated_work_function_says_it_is_decorated():
+    import functools
+
+    def logged(f):
+        @functools.wraps(f)
+        def wrapper(*a):
+            return f(*a)
+        return wrapper
+
+    @logged
+    def square(x):
+        return x * x
+
+    with pytest.raises(WorkError, match=r"'square' is decorated.*square.__wrapped__"):
+        capture(square)
+    assert capture(square.__wrapped__).payload.startswith("def square(x):")

@@ -123,6 +123,10 @@ def capture_python(fn: Callable[..., Any]) -> Work:
                         "or its source as a string")
     name = fn.__name__
     code = fn.__code__
+    if hasattr(fn, "__wrapped__"):  # functools.wraps: the source found would be the inner function's
+        raise WorkError(f"the work function {name!r} is decorated; a decorator's wrapper cannot be sent (only "
+                        f"source is, as DCP does with toString()). Deploy the undecorated function "
+                        f"({name}.__wrapped__) and apply what the decorator does inside it")
     if code.co_freevars:
         raise WorkError(
             f"the work function {name!r} closes over {', '.join(repr(v) for v in code.co_freevars)} from its "
