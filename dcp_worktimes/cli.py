@@ -301,9 +301,10 @@ _SCHEDULER_OPTION = click.option("--scheduler", "scheduler_url", default=None, e
 
 @cli.command("jobs")
 @_SCHEDULER_OPTION
-@click.option("--delete", "delete", multiple=True, metavar="JOB_ID", help="Forget a job and its stored data.")
+@click.option("--delete", "delete", multiple=True, metavar="JOB_ID", help="Forget a finished job and its stored data.")
+@click.option("--force", is_flag=True, help="With --delete: also cancel and delete jobs that are still running.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], as_json: bool) -> None:
+def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as_json: bool) -> None:
     """List the scheduler's jobs with their status (or delete some)."""
     from .scheduler import open_scheduler
 
@@ -316,8 +317,14 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], as_json: bool) 
         click.echo("[]" if as_json else "no jobs yet (nothing was deployed to the per-user store)")
         return
     with open_scheduler(url) as sched:
+        from .scheduler.base import FINAL_STATES
+
         for job_id in delete:
-            sched.get_job(job_id)  # an unknown id is an error that says so, not a silent no-op
+            st = sched.status(job_id)  # an unknown id is an error that says so, not a silent no-op
+            if st["status"] not in FINAL_STATES and not force:
+                raise click.UsageError(
+                    f"job {job_id} is still {st['status']} ({st['computed']} of {st['total'] or '?'} slices computed); "
+                    "its deployer would fail. Pass --force to cancel and delete it")
             sched.delete_job(job_id)
             click.echo(f"deleted job {job_id}", err=True)
         if delete:

@@ -120,6 +120,8 @@ def test_jobs_resume_and_delete(tmp_path):
 
     listed = json.loads(cli("jobs", "--json").stdout)
     assert [r["id"] for r in listed] == [job_id] and listed[0]["computed"] == 0
+    running = cli("jobs", "--delete", job_id)
+    assert running.returncode == 2 and "still running" in running.stderr and "--force" in running.stderr
     r = cli("resume", job_id)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [0, 1, 2, 3]
@@ -129,6 +131,12 @@ def test_jobs_resume_and_delete(tmp_path):
     empty = cli("resume", "")
     assert empty.returncode == 2 and "the job id is empty" in empty.stderr and "Traceback" not in empty.stderr
     assert cli("jobs", "--delete", job_id).returncode == 0
+    assert json.loads(cli("jobs", "--json").stdout) == []
+    other = subprocess.run(
+        [sys.executable, "-c", "from dcp_worktimes import compute\n"
+         "j = compute.for_(range(4), '', worktime='echo'); j.deploy(); print(j.id)"],
+        capture_output=True, text=True, env=env, timeout=60).stdout.strip()
+    assert cli("jobs", "--delete", other, "--force").returncode == 0
     assert json.loads(cli("jobs", "--json").stdout) == []
 
 
