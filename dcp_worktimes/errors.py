@@ -18,6 +18,11 @@ from __future__ import annotations
 from enum import Enum
 
 
+#: ``SliceError.name`` of a scratch-directory cap violation: its code is EOUTPUTLIMIT, but the
+#: limit behind it is the scratch size, not ``limits.output``.
+SCRATCH_ERROR = "ScratchCap"
+
+
 class ErrorCode(str, Enum):
     """Error codes that reach the deployer. ``str`` so they compare equal to plain strings."""
 

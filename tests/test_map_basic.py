@@ -459,6 +459,20 @@ def test_a_small_value_that_expands_when_written_out_stops_at_the_output_limit()
     assert h(1) == ["ok", "z" * 1000]
 
 
+def test_the_output_budget_counts_bytes_as_bytes_and_keys_too():
+    h = Harness().prepare("x => x ? new Uint8Array(900000) : [{a: new Uint8Array(900000)}]", Limits.parse(output="1MB"))
+    assert len(h(1)) == 900000 and len(h(0)[0]["a"]) == 900000  # 90 % of the limit: fits (base64 would not)
+    h.prepare("x => { const o = {['k'.repeat(2e6)]: 0}; return Array(300).fill(o) }",
+              Limits.parse(output="1MB", memory="1GB", wall_time="60s"))
+    t = time.monotonic()
+    assert h.fails().code == ErrorCode.EOUTPUTLIMIT and time.monotonic() - t < 5
+
+
+def test_a_set_and_clear_timer_loop_does_not_grow_memory():
+    work = "n => { for (let i = 0; i < n; i++) clearTimeout(setTimeout(() => 0, 1000)); return n }"
+    assert slice_of(work, 500_000, Limits.parse(memory="64MB", wall_time="60s")) == 500_000
+
+
 def test_memory_balloon_hits_the_memory_limit_and_engine_survives():
     h = Harness().prepare((HOSTILE / "memory_balloon.js").read_text(), Limits.parse(memory="64MiB", wall_time="60s"))
     err = h.fails()

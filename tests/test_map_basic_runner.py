@@ -155,3 +155,9 @@ def test_console_flood_over_the_output_limit_stops_the_slice_at_once():
                             limits=Limits.parse(output="1MB", wall_time="30s")), 0)
     assert out.error is not None and out.error.code == "EOUTPUTLIMIT", out.error
     assert time.monotonic() - t < 10
+
+
+def test_an_emit_over_the_output_limit_is_the_hosts_verdict_not_a_catchable_error(pool):
+    work = "x => { try { work.emit('big', {s: 'z'.repeat(2e6)}) } catch (e) { return 'caught' } return 1 }"
+    out = next(pool.map(job(work, limits=Limits.parse(output="1MB")), [(0, 0)]))
+    assert not out.ok and out.error.code == "EOUTPUTLIMIT", out

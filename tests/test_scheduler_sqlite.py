@@ -93,6 +93,16 @@ def test_a_finished_streams_inputs_are_freed_and_its_results_kept(tmp_path):
     s.close()
 
 
+def test_a_new_bid_is_seen_by_every_process_on_the_store(tmp_path):
+    a, b = open_scheduler(f"sqlite:///{tmp_path}/x.db"), open_scheduler(f"sqlite:///{tmp_path}/x.db")
+    a.submit(make_job("j", 2, payment_per_slice=1.0))
+    assert b.get_job("j").payment_per_slice == 1.0  # b caches the record now
+    a.set_payment("j", 4.0)
+    assert b.get_job("j").payment_per_slice == 4.0
+    a.close()
+    b.close()
+
+
 def test_default_url_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("DCP_SCHEDULER", f"sqlite:///{tmp_path}/env.db")
     with open_scheduler() as s:

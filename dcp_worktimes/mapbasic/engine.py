@@ -167,13 +167,18 @@ class JSEngine:
         tripped, self._tripped = self._tripped, None
         if tripped is not None:
             return _limit_error(tripped, self._slice)
-        if "out of memory" in first:
+        if "out of memory" in first or (first.strip() == "null" and self._null_is_out_of_memory()):
             self._ctx.gc()
             return SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="InternalError")
         if isinstance(e, self._quickjs.StackOverflow):
             return SliceError(f"{first} (recursion too deep)", code=ErrorCode.EUNCAUGHT, stack=stack, name="RangeError")
         name, _, message = first.partition(": ")
         return SliceError(message or first, code=ErrorCode.EUNCAUGHT, stack=stack, name=name or None)
+
+    def _null_is_out_of_memory(self) -> bool:
+        """A ``null`` exception: QuickJS throws it when the heap is too full for even its
+        out-of-memory error, so it is one unless there is no heap limit or the work throws null."""
+        return self._memory_limit > 0 and not self._may_throw_null
 
     def set_limits(self, memory: int | None) -> None:
         """Engine memory quota in bytes (None = unlimited) and a stack limit fitting this thread."""
@@ -325,9 +330,7 @@ class JSEngine:
             err = json.loads(body)
             name, message = err.get("name"), err.get("message", "")
             if (name == "InternalError" and message == "out of memory") or (
-                    name is None and message == "uncaught object thrown: null" and self._memory_limit > 0
-                    and not self._may_throw_null):
-                # QuickJS throws null when the heap is too full for even its out-of-memory error.
+                    name is None and message == "uncaught object thrown: null" and self._null_is_out_of_memory()):
                 self._ctx.gc()
                 raise SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT,
                                  name="InternalError")

@@ -46,10 +46,11 @@
   // Output budget of one encoding (the slice's output limit): every value the replacer sees adds
   // at least a byte, a string its length. A small value that expands hugely when written out
   // ([a, a] nested 40 deep) stops here at the limit, not after minutes of CPU or out of memory.
-  let outputCap = Infinity, encodeBudget = Infinity;
+  let outputCap = Infinity, encodeBudget = Infinity;  // the budget is finite only while a result encodes
   const OUTPUT_OVER = new RangeError('over the output limit');
   function __dcpReplacer(key, v) {
     if (--encodeBudget < 0) throw OUTPUT_OVER;
+    if (key !== '' && !isArray(this) && (encodeBudget -= key.length) < 0) throw OUTPUT_OVER;
     switch (typeof v) {
       case 'string':
         if ((encodeBudget -= v.length) < 0) throw OUTPUT_OVER;
@@ -76,8 +77,12 @@
           if (hasOwn(v, TAG)) throw __dcpUnserializable(key, 'an object with the reserved key "\\u0000dcp"', 'rename the key');
           return v;
         }
-        if (v instanceof U8) { tagged = true; return { [TAG]: ['b', toBase64.call(v)] }; }
-        if (v instanceof AB) { tagged = true; return { [TAG]: ['b', toBase64.call(new U8(v))] }; }
+        if (v instanceof U8 || v instanceof AB) {
+          tagged = true;
+          const b64 = toBase64.call(v instanceof U8 ? v : new U8(v));
+          encodeBudget += b64.length - (v.byteLength + 8);  // bytes cross as bytes: charge those, not base64
+          return { [TAG]: ['b', b64] };
+        }
         if (v instanceof Number || v instanceof String || v instanceof Boolean) return v;
         if (v instanceof Map) throw __dcpUnserializable(key, 'a Map', 'convert it with Object.fromEntries(map) or [...map]');
         if (v instanceof Set) throw __dcpUnserializable(key, 'a Set', 'convert it with [...set]');
@@ -99,7 +104,6 @@
       return '0' + stringify(v);  // fast path: scalars need no replacer (NaN fails the range test)
     }
     tagged = false;
-    encodeBudget = outputCap;
     const text = stringify(v, __dcpReplacer);
     return (tagged ? '1' : '0') + text;
   }
@@ -284,7 +288,15 @@
   }
   function setTimeout(fn, delay, ...args) { return __dcpAddTimer(fn, delay, args, false); }
   function setInterval(fn, delay, ...args) { return __dcpAddTimer(fn, delay, args, true); }
-  function clearTimeout(id) { timers.delete(id); }
+  function clearTimeout(id) {
+    // Stale entries wait in the heap until they surface: a debounce loop (set, clear, set, ...)
+    // must not grow it without bound, so rebuild it from the live timers now and then.
+    if (timers.delete(id) && dueHeap.length > 2 * timers.size + 64) {
+      const live = dueHeap.filter(([due, tid]) => { const t = timers.get(tid); return t !== undefined && t.due === due; });
+      dueHeap = [];
+      for (const entry of live) __dcpHeapPush(entry);
+    }
+  }
 
   function __dcpNextTimer() {
     while (dueHeap.length) {
@@ -595,10 +607,13 @@
   function __dcpValueEnvelope(v) {
     if (rejected !== undefined) return 'r' + stringify(rejected);
     try {
+      encodeBudget = outputCap;  // the result only: console and emit traffic is metered by the host
       return 'v' + __dcpEncode(v);
     } catch (e) {
       if (e === OUTPUT_OVER) return 'o';
       return 'u' + stringify(e instanceof Error ? e.message : String(e));
+    } finally {
+      encodeBudget = Infinity;
     }
   }
 

@@ -162,14 +162,15 @@ def _guest_frame(data: bytes) -> Any:
     import msgpack
 
     try:
-        return unpack(data)
-    except UnicodeDecodeError:
-        frame = unpack(data, unicode_errors="replace")
-        if isinstance(frame, list) and frame and frame[0] == "console":
-            return frame
-        raise SliceError("a string in the work's result or event is not valid Unicode (a lone surrogate such as "
-                         "'\\udcff'); encode such text before returning it", code=ErrorCode.EUNSERIALIZABLE) from None
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        try:
+            return unpack(data)
+        except UnicodeDecodeError:
+            frame = unpack(data, unicode_errors="replace")
+            if isinstance(frame, list) and frame and frame[0] == "console":
+                return frame
+            raise SliceError("a string in the work's result or event is not valid Unicode (a lone surrogate such as "
+                             "'\\udcff'); encode such text before returning it", code=ErrorCode.EUNSERIALIZABLE) from None
+    except (ValueError, TypeError, msgpack.UnpackException) as e:  # also from the second, lenient unpack
         raise SliceError(f"the work sent the host a malformed frame ({type(e).__name__}: {e})",
                          code=ErrorCode.EUNCAUGHT) from None
 

@@ -427,8 +427,10 @@ class SqliteScheduler(Scheduler):
         with self._lock:
             rec = self._record(job_id)
             status, total, *_ = self._job_row(job_id)
+            # The payment may change (set_payment) in another process: the row, not the cache, has it.
+            (payment,) = self._db.execute("SELECT payment FROM jobs WHERE id = ?", (job_id,)).fetchone()
         out = JobRecord.from_dict(rec.to_dict())
-        out.status, out.total = status, total
+        out.status, out.total, out.payment_per_slice = status, total, payment
         return out
 
     def status(self, job_id: str) -> dict:

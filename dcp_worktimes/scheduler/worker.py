@@ -34,7 +34,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Iterable
 
-from ..errors import ErrorCode, WorktimeNotFound
+from ..errors import SCRATCH_ERROR, ErrorCode, WorktimeNotFound
 from ..limits import Limits, check_cores, format_size
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec
@@ -295,7 +295,7 @@ class Worker:
         """A limit error caused by this worker's cap says so: raising the job's limit cannot help."""
         name = _LIMIT_OF_CODE.get(str(error.get("code")))
         capped = self._capped.get(job_id, {})
-        if name is None or name not in capped:
+        if name is None or name not in capped or error.get("name") == SCRATCH_ERROR:
             return error
         value = capped[name]
         shown = format_size(value) if name in ("memory", "output") else f"{value:g} s"

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Callable
 
-from ..errors import ErrorCode, SliceError
+from ..errors import SCRATCH_ERROR, ErrorCode, SliceError
 
 MiB = 1 << 20
 DEFAULT_SCRATCH_SIZE = 64 * MiB
@@ -168,11 +168,12 @@ class ScratchCap:
             used = tree_size(self.path)
         except Unmeasurable as e:
             return SliceError(f"the scratch directory /tmp cannot be measured against its cap: {e}; keep /tmp "
-                              "shallow", code=ErrorCode.EOUTPUTLIMIT)
+                              "shallow", code=ErrorCode.EOUTPUTLIMIT, name=SCRATCH_ERROR)
         if used > self.cap:
             from ..limits import format_size
 
             return SliceError(f"the scratch directory /tmp grew to {format_size(used, like=self.cap)}, over its cap "
                               f"of {format_size(self.cap)}; "
-                              f"write less, or raise {self.option}", code=ErrorCode.EOUTPUTLIMIT)
+                              f"write less, or raise {self.option}", code=ErrorCode.EOUTPUTLIMIT,
+                              name=SCRATCH_ERROR)
         return None
