@@ -236,6 +236,14 @@ def test_distribution_parameters_are_validated(call, message):
         call()
 
 
+def test_the_specs_distribution_example_takes_the_seed_last():
+    """seed-compute-api.txt: compute.for(stats.set.poisson(10, 0.1, 100), (i) => i)."""
+    s = stats.set.poisson(10, 0.1, 100)
+    assert len(s) == 10 and s.seed == 100 and list(s) == list(stats.set.poisson(10, 0.1, seed=100))
+    with pytest.raises(ValueError, match="arguments do not fit"):
+        stats.set.poisson(10, 0.1, 100, 7)
+
+
 def test_js_number_strings():
     assert [js_number_string(v) for v in (1, 1.0, 0.5, 1e21, 1e-7, 123456789012.5, -0.0, 2**70)] == [
         "1", "1", "0.5", "1e+21", "1e-7", "123456789012.5", "0", str(2**70)]

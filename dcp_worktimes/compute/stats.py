@@ -13,7 +13,8 @@ the description::
     >>> stats.set.identity(3).nth(2)
     2
 
-Signatures (the count ``n`` always comes first):
+Signatures (the count ``n`` always comes first; ``seed`` may also be the last positional argument,
+as in the spec's ``stats.set.poisson(10, 0.1, 100)``):
 
 =========================================  ==================================================
 ``random(n, seed=None)``                    uniform floats in [0, 1)
@@ -237,6 +238,8 @@ def _maker(name: str):
     names = _KINDS[name][0]
 
     def make(n: Any, *args: Any, seed: int | None = None, **kwargs: Any) -> DistributionSet:
+        if len(args) == len(names) + 1 and seed is None:  # the seed may come last, positionally, as in
+            *args, seed = args                           # the spec's stats.set.poisson(10, 0.1, 100)
         params = list(args)
         for key in names[len(args):]:
             if key in kwargs:
