@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _table import print_table  # noqa: E402
 
 from dcp_worktimes.limits import Limits  # noqa: E402
-from dcp_worktimes.mapbasic import MapBasic  # noqa: E402
+from dcp_worktimes.worktimes.map_basic import MapBasic  # noqa: E402
 from dcp_worktimes.plugins import get_worktimes  # noqa: E402
 from dcp_worktimes.runner import EvaluatorPool  # noqa: E402
 from dcp_worktimes.worktime import JobSpec, SliceContext  # noqa: E402
@@ -122,11 +122,11 @@ def throughput_table(slices: int) -> None:
 COLD = textwrap.dedent("""
     import json, time
     t0 = time.perf_counter()
-    from dcp_worktimes.mapbasic import MapBasic
+    from dcp_worktimes.worktimes.map_basic import MapBasic
     from dcp_worktimes.worktime import JobSpec, SliceContext
     from dcp_worktimes.limits import Limits
     t1 = time.perf_counter()
-    import dcp_worktimes.mapbasic.engine
+    import dcp_worktimes.worktimes.map_basic.engine
     t2 = time.perf_counter()
     wt = MapBasic()
     wt.prepare(JobSpec(id="cold", worktime="map-basic", work="function (x) { progress(); return x * x }"))

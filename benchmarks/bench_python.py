@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _table import print_table  # noqa: E402
 
 from dcp_worktimes.limits import Limits  # noqa: E402
-from dcp_worktimes.pywasi import PythonWorktime  # noqa: E402
-from dcp_worktimes.pywasi.compiled import load  # noqa: E402
+from dcp_worktimes.worktimes.python import PythonWorktime  # noqa: E402
+from dcp_worktimes.worktimes.python.compiled import load  # noqa: E402
 from dcp_worktimes.runner import EvaluatorPool, run_slice  # noqa: E402
 from dcp_worktimes.worktime import JobSpec, SliceContext  # noqa: E402
 

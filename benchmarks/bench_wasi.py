@@ -35,8 +35,8 @@ from _table import best_of, print_table  # noqa: E402
 
 from dcp_worktimes.limits import Limits  # noqa: E402
 from dcp_worktimes.runner import EvaluatorPool  # noqa: E402
-from dcp_worktimes.wasi_worktime import WasiWorktime  # noqa: E402
-from dcp_worktimes.wasi_worktime.toolchain import compile_c  # noqa: E402
+from dcp_worktimes.worktimes.wasi import WasiWorktime  # noqa: E402
+from dcp_worktimes.worktimes.wasi.toolchain import compile_c  # noqa: E402
 from dcp_worktimes.worktime import JobSpec, SliceContext  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,10 +46,10 @@ NO_WATCHDOG = Limits(wall_time=600, progress_timeout=None)
 START_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
-from dcp_worktimes.wasi_worktime import WasiWorktime
+from dcp_worktimes.worktimes.wasi import WasiWorktime
 from dcp_worktimes.worktime import JobSpec, SliceContext
 from dcp_worktimes.limits import Limits
-from dcp_worktimes.wasm import stats
+from dcp_worktimes.worktimes.wasm_runtime import stats
 t1 = time.perf_counter()
 wt = WasiWorktime()
 job = JobSpec(id="j", worktime="wasi", work=open(sys.argv[1], "rb").read())  # as a deployer ships it
@@ -137,7 +137,7 @@ def reactor_call_time(n: int) -> float:
     """Best case of a reactor ABI: write the datum into a reused instance, call, read the result."""
     import wasmtime
 
-    from dcp_worktimes.wasm import EngineOptions, Watchdog, compile_module, get_engine, wasm_bytes
+    from dcp_worktimes.worktimes.wasm_runtime import EngineOptions, Watchdog, compile_module, get_engine, wasm_bytes
 
     options = EngineOptions()
     engine = get_engine(options)

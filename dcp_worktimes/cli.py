@@ -37,6 +37,49 @@ def limit_options(f):
     return f
 
 
+#: Parameter-name prefix of the flags made from worktimes' ``settings`` (``--ollama-host``).
+_SETTING_PREFIX = "setting__"
+
+
+def _setting_params() -> list[click.Option]:
+    """One ``--NAME VALUE`` flag per setting the installed worktimes declare (``Worktime.settings``),
+    plus ``--trust-work NAME``. Built at start-up, so ``--help`` lists what is installed."""
+    from .plugins import get_worktimes
+
+    helps: dict[str, list[str]] = {}
+    for reg in get_worktimes().values():
+        for name, text in reg.cls.settings.items():
+            helps.setdefault(name, []).append(f"{reg.name}: {text}")
+    params = [click.Option([f"--{name}", _SETTING_PREFIX + name.replace("-", "_")], default=None, metavar="VALUE",
+                           help="; ".join(texts)) for name, texts in sorted(helps.items())]
+    params.append(click.Option(["--trust-work", "trusted"], multiple=True, metavar="WORKTIME",
+                               help="Run this worktime's work without the OS-level sandbox it asks for (only for "
+                                    "work you trust: its author then has this user's rights on this machine)."))
+    return params
+
+
+def _worktime_config(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{worktime: {setting: value}}`` from the setting flags given (``Worktime.config``)."""
+    from .plugins import get_worktime, get_worktimes
+
+    given = {k[len(_SETTING_PREFIX):].replace("_", "-"): v for k, v in params.items()
+             if k.startswith(_SETTING_PREFIX) and v is not None}
+    config: dict[str, dict[str, Any]] = {}
+    for reg in get_worktimes().values():
+        mine = {name: value for name, value in given.items() if name in reg.cls.settings}
+        if mine:
+            config[reg.name] = mine
+    for name in params.get("trusted") or ():
+        get_worktime(name)  # a typo names the installed worktimes
+        config.setdefault(name, {})["trusted"] = True
+    return config
+
+
+def _with_settings(command: click.Command) -> click.Command:
+    command.params.extend(_setting_params())
+    return command
+
+
 def _limits(base: Limits | None = None, **values: Any) -> Limits:
     given = {k: v for k, v in values.items() if v is not None}
     try:
@@ -145,7 +188,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     """
     if ctx.invoked_subcommand is not None:
         given = [n for n in ("worktimes", "cores", "capabilities", "until_idle") if ctx.params.get(n)]
-        given += [n for n, v in limits.items() if v is not None]
+        given += [n.removeprefix(_SETTING_PREFIX) for n, v in limits.items() if v not in (None, ())]
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise click.UsageError(f"{flags} belong to the worker itself, not to '{ctx.invoked_subcommand}'; "
@@ -171,13 +214,15 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     # A worker serves strangers: a job may ask for less than the worker's limits, never for more,
     # and "unlimited" in a job means "the worker's maximum". The maxima default to Limits();
     # the worker's owner raises them with the flags ('off' for none).
+    config = _worktime_config(limits)
+    limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
     worker_limits = _limits(None, **limits)
     if not _store_exists(scheduler_url):
         # A typo in --scheduler would otherwise wait forever on an empty store nobody deploys to.
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)
-    worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits)
+    worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits, config=config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -201,21 +246,26 @@ def _flatten(caps: Any, prefix: str = "") -> list[str]:
 
 @cli.command("worktimes")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def worktimes_cmd(as_json: bool) -> None:
-    """List installed worktimes: name, version, capabilities and providing package."""
+def worktimes_cmd(as_json: bool, **settings: Any) -> None:
+    """List installed worktimes: name, version, capabilities (with the settings given) and package;
+    a worktime that cannot run on this machine says why."""
     from .plugins import get_worktimes, plugin_errors
 
-    rows = [reg.describe() for reg in get_worktimes().values()]
+    config = _worktime_config(settings)
+    rows = [reg.describe(config.get(name)) for name, reg in get_worktimes().items()]
     errors = [{"plugin": e.plugin, "error": e.error} for e in plugin_errors()]
     if as_json:
         click.echo(json.dumps({"worktimes": rows, "plugin_errors": errors}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("name", "version", "package", "capabilities", box=None)
     for r in rows:
-        table.add_row(r["name"], r["version"], r["provider"], " ".join(_flatten(r["capabilities"])) or "-")
+        caps = " ".join(_flatten(r["capabilities"])) or "-"
+        table.add_row(r["name"], r["version"], r["provider"],
+                      caps if r["available"] else Text(f"not available here: {r['unavailable']}", style="yellow"))
     console = Console()
     console.print(table)
     for e in errors:
@@ -238,7 +288,11 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, **limits) 
     from .runner import run_slice
     from .worktime import JobSpec
 
-    get_worktime(worktime)
+    config = _worktime_config(limits).get(worktime, {})
+    limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
+    probe = get_worktime(worktime).probe(config)
+    if not probe.available:
+        raise DcpError(f"worktime {worktime} cannot run on this machine: {probe.unavailable}", code="ENOWORKTIME")
     mods: dict[str, str | bytes] = {}
     for m in modules:
         name, sep, path = m.partition("=")
@@ -262,7 +316,7 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, **limits) 
         elif kind == "emit":
             click.echo(f"[emit {payload['name']}] {json.dumps(_to_json(payload['value']))}", err=True)
 
-    out = run_slice(job, _parse_json(datum, "--datum"), on_event)
+    out = run_slice(job, _parse_json(datum, "--datum"), on_event, config=config)
     if as_json:
         body: dict[str, Any] = {"ok": out.ok, "wall_time": out.wall_time, "cpu_time": out.cpu_time,
                                 "bytes_in": out.bytes_in, "bytes_out": out.bytes_out}
@@ -420,6 +474,8 @@ MAX_INT_DIGITS = 200_000
 
 def main() -> None:
     sys.set_int_max_str_digits(MAX_INT_DIGITS)
+    for command in (cli, slice_cmd, worktimes_cmd):
+        _with_settings(command)
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

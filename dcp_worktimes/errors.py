@@ -101,15 +101,23 @@ class SliceError(DcpError):
         code: ErrorCode | str = ErrorCode.EUNCAUGHT,
         stack: str | None = None,
         name: str | None = None,
+        worker_fault: bool = False,
     ) -> None:
         super().__init__(message, code=code)
         self.stack = stack
         self.name = name  # the guest's error class name ("TypeError", "ZeroDivisionError")
+        #: The worker, not the work, is at fault (its runtime is missing, its disk is full): the
+        #: slice goes back to the scheduler unrun instead of failing.
+        self.worker_fault = worker_fault
 
     def to_dict(self) -> dict:
         code = self.code.value if isinstance(self.code, ErrorCode) else str(self.code)
-        return {"code": code, "message": self.message, "stack": self.stack, "name": self.name}
+        d = {"code": code, "message": self.message, "stack": self.stack, "name": self.name}
+        if self.worker_fault:
+            d["worker_fault"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SliceError":
-        return cls(d.get("message", ""), code=d.get("code", "EUNCAUGHT"), stack=d.get("stack"), name=d.get("name"))
+        return cls(d.get("message", ""), code=d.get("code", "EUNCAUGHT"), stack=d.get("stack"), name=d.get("name"),
+                   worker_fault=bool(d.get("worker_fault")))

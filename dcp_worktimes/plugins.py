@@ -10,7 +10,7 @@ Use ``get_worktime(name)`` / ``get_worktimes()``, never ``pm.hook`` directly::
 
 Sources, in order:
 
-* every module of ``dcp_worktimes.default_worktimes`` (built-ins);
+* the packages of ``dcp_worktimes.worktimes`` (built-ins, registered by the same hook);
 * every entry point of the group ``dcp_worktimes`` (installed plugin packages), unless
   ``DCP_WORKTIMES_LOAD_PLUGINS`` restricts them: a comma-separated list of entry-point or
   distribution names to load; set it to an empty string to load no third-party plugin at all
@@ -26,22 +26,25 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import pkgutil
 import re
+import sys
 import threading
 import warnings
+import functools
 from dataclasses import dataclass
+from typing import Any, Mapping
 from importlib.metadata import entry_points
 import pluggy
 
 from . import hookspecs
 from .errors import DuplicateWorktime, WorktimeNotFound
 from .versions import max_satisfying, parse_range, parse_version
-from .worktime import LIMIT_NAMES, Worktime
+from .worktime import LIMIT_NAMES, WORK_KINDS, Probe, Worktime
 
 ENV_LOAD_PLUGINS = "DCP_WORKTIMES_LOAD_PLUGINS"
 BUILTIN_PROVIDER = "dcp-worktimes"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_SETTING = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,41 @@ class Registration:
         """``module:QualName``: how an evaluator process imports the class again."""
         return f"{self.cls.__module__}:{self.cls.__qualname__}"
 
-    def describe(self) -> dict:
-        d = self.cls.describe()
+    def probe(self, config: Mapping[str, Any] | None = None) -> Probe:
+        """``cls.probe(config)``, once per process and config (a probe may start the engine)."""
+        return _probe(self.cls, _freeze(config or {}))
+
+    def describe(self, config: Mapping[str, Any] | None = None) -> dict:
+        d = self.cls.describe(self.probe(config))
         d["provider"] = self.provider
         return d
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple) and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in value):
+        return {k: _thaw(v) for k, v in value}
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(cls: type[Worktime], frozen: Any) -> Probe:
+    try:
+        probe = cls.probe(_thaw(frozen) or {})
+    except Exception as e:  # a probe that raises says so instead of taking the worker down
+        return Probe({}, unavailable=f"probing {cls.name} failed: {type(e).__name__}: {e}")
+    if not isinstance(probe, Probe):
+        return Probe({}, unavailable=f"{cls.__qualname__}.probe() returned {type(probe).__name__}, not a Probe")
+    if not _plain(dict(probe.capabilities)):
+        return Probe({}, unavailable=f"{cls.__qualname__}.probe() returned capabilities that are not plain data")
+    return probe
 
 
 @dataclass(frozen=True)
@@ -93,10 +127,10 @@ class Registry:
 
     # -- loading --------------------------------------------------------------------------------
     def _load_builtins(self) -> None:
-        from . import default_worktimes
+        from . import worktimes
 
-        for info in pkgutil.iter_modules(default_worktimes.__path__):
-            modname = f"{default_worktimes.__name__}.{info.name}"
+        for name in worktimes.BUILTINS:
+            modname = f"{worktimes.__name__}.{name}"
             try:
                 module = importlib.import_module(modname)
             except Exception as e:  # a broken built-in removes only itself
@@ -221,6 +255,35 @@ def _validate(cls: object) -> str | None:
     unknown = set(cls.enforces) - LIMIT_NAMES
     if unknown:
         return f"{cls.__qualname__}.enforces names unknown limits {sorted(unknown)}; known: {sorted(LIMIT_NAMES)}"
+    if not (isinstance(cls.settings, Mapping) and all(isinstance(k, str) and _SETTING.match(k) and isinstance(v, str)
+                                                       for k, v in cls.settings.items())):
+        return (f"{cls.__qualname__}.settings must be a dict {{setting name: help}} with lower-case names such as "
+                f"'ollama-host', got {cls.settings!r:.60}")
+    bad = [k for k in cls.default_for if not (k in WORK_KINDS or (isinstance(k, str) and k.startswith(".")))]
+    if bad:
+        return (f"{cls.__qualname__}.default_for has {bad[0]!r}: use file suffixes such as '.js' or one of "
+                f"{sorted(WORK_KINDS)}")
+    if cls.default_range is not None:
+        try:
+            parse_range(cls.default_range)
+        except ValueError as e:
+            return f"{cls.__qualname__}.default_range: {e}"
+    return _importable(cls)
+
+
+def _importable(cls: type) -> str | None:
+    """Evaluators import the class again by ``module:QualName``: a class they cannot find would
+    fail every slice with ECRASH, so it is refused here instead."""
+    module, qual = cls.__module__, cls.__qualname__
+    if module == "__main__" or "<locals>" in qual:
+        where = "in __main__" if module == "__main__" else "inside a function"
+        return (f"{qual} is defined {where}, where an evaluator process cannot import it; define the worktime "
+                "class at the top level of an importable module (your plugin package)")
+    obj: Any = sys.modules.get(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    if obj is not cls:
+        return f"{qual} cannot be imported again as {module}:{qual}; define it at the top level of its module"
     return None
 
 

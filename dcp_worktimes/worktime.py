@@ -10,6 +10,19 @@ advertised to the scheduler, the set of limits its engine enforces by itself, an
    (a value of the lossless set in ``dcp_worktimes.values``) or raises ``SliceError``;
 4. ``release()`` when the evaluator retires or moves to another job.
 
+Around that life cycle, class-level hooks let a worktime take part everywhere else, so neither the
+Compute API nor the worker knows anything specific to one worktime:
+
+* **on the deployer's machine**: ``capture_work(work)`` turns what the deployer passed
+  (``compute.for_(inputs, work)``: a string, bytes, a ``Path``, a function, a dict ...) into the
+  job's work and options; ``default_for`` says which kinds of work default to this worktime;
+  ``default_range`` is the version range a job gets when it names none; ``validate(job)`` refuses
+  a job before anything is stored (and again in the evaluator, before ``prepare``);
+* **on the worker**: ``settings`` are the worker owner's knobs (each becomes a ``dcp-worker``
+  flag; the values arrive in ``self.config``); ``probe(config)`` says whether this machine can run
+  the worktime at all and what it advertises: a worktime whose engine is missing is listed with
+  the reason and never offered to the scheduler.
+
 The instance always lives inside a sandboxed evaluator process: the host enforces wall time, CPU
 time, resident memory, output size and the no-progress watchdog from outside even when the
 engine cannot. ``enforces`` tells the host which limits the engine checks itself (and so reports
@@ -52,10 +65,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping
 
 from .errors import WorkError
 from .limits import Limits
+
 
 #: Limit names a worktime may list in ``Worktime.enforces``.
 LIMIT_NAMES = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
@@ -254,6 +269,58 @@ class SliceContext:
 #: Job options the host itself sets, accepted by every worktime.
 HOST_OPTIONS = frozenset({"spread_datum"})
 
+#: ``Worktime.default_for`` kinds besides file suffixes (``".js"``): what ``work_kind`` returns.
+WORK_KINDS = frozenset({"text", "bytes", "function", "data"})
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What ``Worktime.probe`` found on this machine.
+
+    ``capabilities`` are advertised to the scheduler (matched against job requirements);
+    ``unavailable`` says why the worktime cannot run here (its engine is missing, a model is not
+    installed ...), in a sentence that says how to fix it. An unavailable worktime is listed by
+    ``dcp-worker worktimes`` with that reason and never offered to the scheduler.
+    """
+
+    capabilities: Mapping[str, Any]
+    unavailable: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable is None
+
+
+@dataclass(frozen=True)
+class CapturedWork:
+    """The deployer's work as a job carries it: ``work`` (text or bytes) plus the job ``options``
+    the capture adds; ``origin`` names it in messages (``"function square"``, ``"file shot.blend"``)."""
+
+    work: str | bytes
+    options: Mapping[str, Any] = field(default_factory=dict)
+    origin: str = ""
+
+
+def work_kind(work: Any) -> str:
+    """The kind of a deployer's work, as ``Worktime.default_for`` names it: a lower-case file
+    suffix (``".js"``) for a path, else ``"text"``, ``"bytes"``, ``"function"`` or ``"data"``.
+
+    >>> work_kind("function (x) { return x }"), work_kind(b"\\0asm"), work_kind(len)
+    ('text', 'bytes', 'function')
+    """
+    import os
+    from pathlib import PurePath
+
+    if isinstance(work, os.PathLike):
+        return PurePath(os.fspath(work)).suffix.lower() or "data"
+    if isinstance(work, str):
+        return "text"
+    if isinstance(work, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if callable(work):
+        return "function"
+    return "data"
+
 
 class Worktime(ABC):
     """Base class of every worktime. Subclasses set the class attributes and implement ``execute``."""
@@ -275,6 +342,84 @@ class Worktime(ABC):
     #: accepts any. Declared, a misspelt option (``contenttype``) fails the job instead of being
     #: silently ignored. ``spread_datum`` (set by the Compute API) is always accepted.
     options: ClassVar[Mapping[str, str] | None] = None
+    #: Settings the worker's owner gives this worktime, ``{name: one-line help}``: each becomes a
+    #: ``dcp-worker --NAME VALUE`` flag (``{"ollama-host": "Ollama server URL"}`` gives
+    #: ``--ollama-host``); a name several worktimes declare is one flag that reaches them all.
+    settings: ClassVar[Mapping[str, str]] = {}
+    #: The version range a job that names none asks for (DCP: map-basic jobs get ``^1.0.0``).
+    default_range: ClassVar[str | None] = None
+    #: Kinds of deployer work that default to this worktime when the job names none: file
+    #: suffixes (``".js"``) and ``WORK_KINDS`` (``"text"``, ``"bytes"``, ``"function"``, ``"data"``).
+    default_for: ClassVar[frozenset[str]] = frozenset()
+
+    #: The worker owner's settings for this worktime (``{name: value}`` for the names in
+    #: ``settings`` that were given), plus ``"trusted": True`` when the owner ran
+    #: ``dcp-worker --trust-work NAME``. The host sets it on the instance before ``prepare``.
+    config: Mapping[str, Any] = MappingProxyType({})
+
+    # -- class-level hooks: the deployer's machine and the worker ---------------------------------
+    @classmethod
+    def probe(cls, config: Mapping[str, Any]) -> Probe:
+        """Whether this machine can run the worktime with ``config``, and what it advertises.
+
+        Called once per worker process (and by ``dcp-worker worktimes``), outside the sandbox,
+        before any job: check that the engine is installed, read its version, list models.
+        Keep it quick (cache expensive findings on disk); never raise for a missing engine,
+        return ``Probe(caps, unavailable="...")`` saying how to install it. The default: always
+        available, advertising ``capabilities``.
+
+        >>> class Gpu(Worktime):
+        ...     name = "gpu"
+        ...     def execute(self, ctx, datum): return datum
+        ...     @classmethod
+        ...     def probe(cls, config):
+        ...         return Probe({}, unavailable="no CUDA device; this worktime needs one")
+        >>> Gpu.probe({}).available
+        False
+        """
+        return Probe(dict(cls.capabilities))
+
+    @classmethod
+    def capture_work(cls, work: Any) -> CapturedWork:
+        """Deployer side: the job's work from what the deployer passed to ``compute.for_``.
+
+        The default takes text (``str``), bytes, and a path to a file (read here, on the
+        deployer's machine: workers never read the deployer's files; UTF-8 text stays text).
+        Override it for other kinds (a Python function becomes its source; a dict becomes JSON),
+        raising ``WorkError`` with what to pass instead.
+
+        >>> Worktime.capture_work("function (x) { return x }").work
+        'function (x) { return x }'
+        """
+        import os
+        from pathlib import Path
+
+        if isinstance(work, str):
+            return CapturedWork(work, origin="a string")
+        if isinstance(work, (bytes, bytearray, memoryview)):
+            return CapturedWork(bytes(work), origin="bytes")
+        if isinstance(work, os.PathLike):
+            path = Path(work).expanduser()
+            if not path.is_file():
+                what = "a directory, not a file" if path.is_dir() else "no such file"
+                raise WorkError(f"work file {str(path)!r}: {what}; pass the path of the work's file")
+            data = path.read_bytes()
+            try:
+                return CapturedWork(data.decode("utf-8"), origin=f"file {path.name}")
+            except UnicodeDecodeError:
+                return CapturedWork(data, origin=f"file {path.name}")
+        raise WorkError(f"worktime {cls.name} cannot use a {type(work).__name__} as work; pass text, bytes or a "
+                        "pathlib.Path to the work's file")
+
+    @classmethod
+    def validate(cls, job: JobSpec) -> None:
+        """Refuse a job this worktime can never run (``WorkError``, ``EBADWORK``).
+
+        Runs on the deployer's machine before anything is stored, and in the evaluator before
+        ``prepare``: cheap checks only (no engine). The default checks ``job.options`` against
+        ``options``; an override should call ``super().validate(job)``.
+        """
+        cls.check_options(job.options)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
@@ -332,13 +477,17 @@ class Worktime(ABC):
         """
 
     @classmethod
-    def describe(cls) -> dict[str, Any]:
-        """The advertised identity: name, version, capabilities, enforced limits."""
+    def describe(cls, probe: Probe | None = None) -> dict[str, Any]:
+        """The advertised identity: name, version, capabilities (``probe``'s when given),
+        enforced limits, settings, and whether it is available here (with the reason if not)."""
         return {
             "name": cls.name,
             "version": cls.version,
-            "capabilities": dict(cls.capabilities),
+            "capabilities": dict(probe.capabilities if probe is not None else cls.capabilities),
             "enforces": sorted(cls.enforces),
+            "settings": dict(cls.settings),
+            "available": probe is None or probe.available,
+            "unavailable": probe.unavailable if probe is not None else None,
             "description": cls.description or _first_line(cls.__doc__),
         }
 

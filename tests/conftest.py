@@ -14,7 +14,7 @@ WASI_PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
 @pytest.fixture(scope="session")
 def cc(tmp_path_factory):
     """``cc(path)`` → WebAssembly bytes of a C file, compiled with clang + wasi-libc (cached per run)."""
-    from dcp_worktimes.wasi_worktime.toolchain import ToolchainMissing, compile_c
+    from dcp_worktimes.worktimes.wasi.toolchain import ToolchainMissing, compile_c
 
     cache = tmp_path_factory.getbasetemp() / "wasi-cc"
 
@@ -59,7 +59,7 @@ def warm(python_cache):
     """The compiled runtime (compiled here at most once per machine, with progress on stderr)."""
     import sys
 
-    from dcp_worktimes.pywasi.compiled import load
+    from dcp_worktimes.worktimes.python.compiled import load
 
     last = [0.0]
 

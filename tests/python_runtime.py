@@ -22,7 +22,7 @@ FIRST_COMPILE_TIMEOUT = 900
 
 def runtime_available() -> bool:
     try:
-        from dcp_worktimes.pywasi.artifacts import find_runtime
+        from dcp_worktimes.worktimes.python.artifacts import find_runtime
 
         find_runtime()
         return True

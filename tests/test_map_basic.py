@@ -14,8 +14,8 @@ import pytest
 
 from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from dcp_worktimes.limits import Limits
-from dcp_worktimes.mapbasic import MapBasic
-from dcp_worktimes.mapbasic.marshal import from_js, to_js
+from dcp_worktimes.worktimes.map_basic import MapBasic
+from dcp_worktimes.worktimes.map_basic.marshal import from_js, to_js
 from dcp_worktimes.values import UnserializableValue
 from dcp_worktimes.worktime import JobSpec, SliceContext
 

@@ -29,7 +29,7 @@ HOSTILE = Path(__file__).resolve().parent.parent / "sandbox" / "hostile" / "pyth
 
 @pytest.fixture(scope="module")
 def wt(warm):
-    from dcp_worktimes.pywasi import PythonWorktime
+    from dcp_worktimes.worktimes.python import PythonWorktime
 
     worktime = PythonWorktime()
     yield worktime
@@ -270,7 +270,7 @@ def test_registered_as_python(warm):
 
 
 def test_warmup_reports_a_cache_hit(warm):
-    from dcp_worktimes.pywasi import warmup
+    from dcp_worktimes.worktimes.python import warmup
 
     seen = []
     info = warmup(lambda fraction, message: seen.append((fraction, message)))
@@ -290,9 +290,9 @@ def test_bootstrap_code_cache_cold_then_warm(wt, monkeypatch, tmp_path):
     # The compiled module stays loaded in this process; only the bootstrap's code cache moves.
     monkeypatch.setenv("DCP_WORKTIMES_CACHE", str(tmp_path))
     assert run(wt, "def f(x):\n    return x * 2\n", 4) == [8]  # cold: the guest compiles the bootstrap
-    cached = sorted(p.name.split("-")[1] for p in (tmp_path / "pywasi").glob("boot-*.marshal"))
+    cached = sorted(p.name.split("-")[1] for p in (tmp_path / "python-worktime").glob("boot-*.marshal"))
     assert cached == ["_dcp_codec", "_dcp_guest", "dcp"]
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "pywasi").glob("boot-*.marshal")}
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "python-worktime").glob("boot-*.marshal")}
     assert run(wt, "import dcp\ndcp.set_slice_handler(lambda x: x * 3)\n", 4) == [12]  # warm: loaded
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
@@ -335,7 +335,7 @@ def test_wasm_work_is_pointed_at_the_wasi_worktime(wt):
 
 
 def test_missing_runtime_says_how_to_install(monkeypatch, tmp_path):
-    from dcp_worktimes.pywasi.artifacts import RuntimeMissing, find_runtime
+    from dcp_worktimes.worktimes.python.artifacts import RuntimeMissing, find_runtime
 
     monkeypatch.setenv("DCP_PYTHON_WASI_ARTIFACTS", str(tmp_path))
     find_runtime.cache_clear()
@@ -353,7 +353,7 @@ def test_job_folders_of_killed_evaluators_are_swept(warm, tmp_path):
     import subprocess
     import tempfile
 
-    from dcp_worktimes.pywasi import guest
+    from dcp_worktimes.worktimes.python import interpreter as guest
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -377,9 +377,9 @@ def test_one_compiler_per_machine(python_cache):  # noqa: F811
     import subprocess
     import sys
 
-    from dcp_worktimes.pywasi.compiled import _machine_lock
+    from dcp_worktimes.worktimes.python.compiled import _machine_lock
 
-    code = "from dcp_worktimes.pywasi.compiled import _machine_lock\nwith _machine_lock(): print('got it')\n"
+    code = "from dcp_worktimes.worktimes.python.compiled import _machine_lock\nwith _machine_lock(): print('got it')\n"
     with _machine_lock():
         other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         with pytest.raises(subprocess.TimeoutExpired):

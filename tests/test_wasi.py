@@ -15,8 +15,8 @@ import pytest
 from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.values import pack
-from dcp_worktimes.wasi_worktime import WasiWorktime
-from dcp_worktimes.wasi_worktime.toolchain import compile_c
+from dcp_worktimes.worktimes.wasi import WasiWorktime
+from dcp_worktimes.worktimes.wasi.toolchain import compile_c
 from dcp_worktimes.worktime import JobSpec, SliceContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -366,7 +366,7 @@ def test_raw_content_type_rejects_structured_datum():
 
 # -- compile once, registry -------------------------------------------------------------------
 def test_module_compiles_once_per_job_and_the_disk_cache_survives_a_restart(build, tmp_path):
-    from dcp_worktimes.wasm import stats
+    from dcp_worktimes.worktimes.wasm_runtime import stats
 
     work = build("sum_json")
     compiled_before = stats["compiled"]
@@ -378,9 +378,9 @@ def test_module_compiles_once_per_job_and_the_disk_cache_survives_a_restart(buil
     path = tmp_path / "prog.wasm"
     path.write_bytes(work)
     script = (
-        "from dcp_worktimes.wasi_worktime import WasiWorktime\n"
+        "from dcp_worktimes.worktimes.wasi import WasiWorktime\n"
         "from dcp_worktimes.worktime import JobSpec\n"
-        "from dcp_worktimes.wasm import stats\n"
+        "from dcp_worktimes.worktimes.wasm_runtime import stats\n"
         f"WasiWorktime().prepare(JobSpec(id='j', worktime='wasi', work=open({str(path)!r}, 'rb').read()))\n"
         "print(stats['compiled'], stats['loaded_from_disk'])\n"
     )
@@ -405,7 +405,7 @@ def test_directories_of_dead_processes_are_swept(tmp_path):
     # slice directory and stdin file behind; the next process to prepare a job removes them.
     script = (
         "import os\n"
-        "from dcp_worktimes.wasi_worktime import WasiWorktime\n"
+        "from dcp_worktimes.worktimes.wasi import WasiWorktime\n"
         "from dcp_worktimes.worktime import JobSpec, SliceContext\n"
         f"wt = WasiWorktime(); job = JobSpec(id='j', worktime='wasi', work={ECHO_WAT!r}, files={{'a': b'x'}})\n"
         "wt.prepare(job); wt.execute(SliceContext(0, job.limits, job), [1])\n"
@@ -416,7 +416,7 @@ def test_directories_of_dead_processes_are_swept(tmp_path):
     left = out.stdout.split()
     assert len(left) == 3 and all(os.path.exists(p) for p in left), out.stdout + out.stderr
     assert os.path.getsize(left[1]) == 0  # the datum does not linger in memory after the slice
-    import dcp_worktimes.wasi_worktime.worktime as module
+    import dcp_worktimes.worktimes.wasi.worktime as module
 
     module._swept = False
     prepared(ECHO_WAT).release()
@@ -425,7 +425,7 @@ def test_directories_of_dead_processes_are_swept(tmp_path):
 
 def test_release_at_exit_and_on_garbage_collection():
     script = (
-        "from dcp_worktimes.wasi_worktime import WasiWorktime\n"
+        "from dcp_worktimes.worktimes.wasi import WasiWorktime\n"
         "from dcp_worktimes.worktime import JobSpec, SliceContext\n"
         f"job = JobSpec(id='j', worktime='wasi', work={ECHO_WAT!r})\n"
         "kept = WasiWorktime(); kept.prepare(job); kept.execute(SliceContext(0, job.limits, job), 1)\n"
@@ -439,7 +439,7 @@ def test_release_at_exit_and_on_garbage_collection():
 
 
 def test_scratch_cap_counts_empty_files_and_cannot_be_lifted_by_the_job(monkeypatch):
-    from dcp_worktimes.wasm.scratch import scratch_size
+    from dcp_worktimes.worktimes.wasm_runtime.scratch import scratch_size
 
     monkeypatch.setenv("DCP_WORKTIMES_SCRATCH_LIMIT", "16MiB")
     assert scratch_size("none") == 16 << 20 and scratch_size("1GiB") == 16 << 20 and scratch_size("1MiB") == 1 << 20

@@ -1,4 +1,4 @@
-"""The shared wasmtime machinery (``dcp_worktimes.wasm``): engines, disk cache, watchdog, traps."""
+"""The shared wasmtime machinery (``dcp_worktimes.worktimes.wasm_runtime``): engines, disk cache, watchdog, traps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import wasmtime
 
 from dcp_worktimes.errors import ErrorCode, SliceError
-from dcp_worktimes.wasm import (
+from dcp_worktimes.worktimes.wasm_runtime import (
     EngineOptions,
     Watchdog,
     cache_dir,
@@ -77,7 +77,7 @@ def test_compiled_module_goes_to_disk_and_a_new_process_loads_it(engine, tmp_pat
     assert first.source == "compiled" and first.path.is_file()
     assert compile_module(engine, EngineOptions(), wasm).source == "memory"
     script = (
-        "from dcp_worktimes.wasm import EngineOptions, get_engine, compile_module, wasm_bytes\n"
+        "from dcp_worktimes.worktimes.wasm_runtime import EngineOptions, get_engine, compile_module, wasm_bytes\n"
         f"c = compile_module(get_engine(EngineOptions()), EngineOptions(), wasm_bytes({SPIN!r}))\n"
         "print(c.source)\n"
     )
@@ -98,7 +98,7 @@ def test_a_corrupt_cache_entry_is_recompiled(engine):
     assert first.source == "compiled"
     first.path.write_bytes(b"garbage")
     script = (
-        "from dcp_worktimes.wasm import EngineOptions, get_engine, compile_module, wasm_bytes\n"
+        "from dcp_worktimes.worktimes.wasm_runtime import EngineOptions, get_engine, compile_module, wasm_bytes\n"
         f"c = compile_module(get_engine(EngineOptions()), EngineOptions(), wasm_bytes({text!r}))\n"
         "print(c.source)\n"
     )
@@ -191,7 +191,7 @@ def test_stats_count_compiles(engine):
 
 
 def test_one_shared_watchdog_per_engine(engine):
-    from dcp_worktimes.wasm import get_watchdog
+    from dcp_worktimes.worktimes.wasm_runtime import get_watchdog
 
     assert get_watchdog(engine) is get_watchdog(engine)
     assert get_watchdog(get_engine(EngineOptions(fuel=True))) is not get_watchdog(engine)
@@ -201,7 +201,7 @@ def test_the_disk_cache_evicts_least_recently_used_modules(monkeypatch, tmp_path
     import os
     import time
 
-    from dcp_worktimes.wasm.engine import evict
+    from dcp_worktimes.worktimes.wasm_runtime.engine import evict
 
     for i, name in enumerate(["old", "used", "new"]):
         (tmp_path / f"{name}.cwasm").write_bytes(b"x" * 1000)

@@ -5,7 +5,7 @@ It isolates itself, instantiates one worktime, then serves msgpack frames on std
 ======================================  =====================================================
 supervisor → evaluator                  evaluator → supervisor
 ======================================  =====================================================
-``{op: prepare, job}``                  ``{t: prepared, rss}`` / ``{t: prepare_error, error}``
+``{op: prepare, job, config}``          ``{t: prepared, rss}`` / ``{t: prepare_error, error}``
 ``{op: run, items: [[n, datum], ...]}`` per slice ``{t: ok, i, v, wall, cpu}`` or ``{t: err, i, e, ...}``,
                                         events ``{t: ev, i, k, p}``, then ``{t: done}``
 ``{op: cancel}``                        (remaining slices of the batch answer ``ECANCELLED``)
@@ -222,21 +222,30 @@ class Evaluator:
                 return
             op = msg.get("op")
             if op == "prepare":
-                self.prepare(msg["job"])
+                self.prepare(msg["job"], msg.get("config") or {})
             elif op == "run":
                 self.cancel.clear()
                 self.run(msg["items"])
                 self.out.send({"t": "done"})
 
-    def prepare(self, job_dict: dict) -> None:
+    def prepare(self, job_dict: dict, config: dict) -> None:
         try:
             if self.job is not None:
                 self.worktime.release()
             self.job = JobSpec.from_dict(job_dict)
-            type(self.worktime).check_options(self.job.options)
+            self.worktime.config = config
+            type(self.worktime).validate(self.job)
             self.worktime.prepare(self.job)
         except WorkError as e:
-            self.out.send({"t": "prepare_error", "error": SliceError(e.message, code=e.code).to_dict()})
+            # ENOWORKTIME from prepare: this machine lacks something (a runtime, a model), nothing
+            # is wrong with the work: the worker gives the slices back instead of failing the job.
+            fault = e.code == ErrorCode.ENOWORKTIME
+            self.out.send({"t": "prepare_error", "error": SliceError(e.message, code=e.code, worker_fault=fault).to_dict()})
+            return
+        except OSError as e:  # the worker's disk, cache or engine install, not the work
+            err = SliceError(f"the worker could not prepare the job: {type(e).__name__}: {e}", code=ErrorCode.ENOWORKTIME,
+                             worker_fault=True)
+            self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
         except Exception as e:
             err = SliceError(f"{type(e).__name__}: {e}", code=ErrorCode.EBADWORK, stack=traceback.format_exc())

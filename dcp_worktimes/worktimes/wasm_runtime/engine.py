@@ -2,7 +2,7 @@
 
 Five small pieces, each usable on its own::
 
-    from dcp_worktimes.wasm import (EngineOptions, get_engine, compile_module, get_watchdog,
+    from dcp_worktimes.worktimes.wasm_runtime import (EngineOptions, get_engine, compile_module, get_watchdog,
                                     set_store_limits, trap_to_error)
 
     options = EngineOptions(fuel=False, exceptions=False)
@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..errors import ErrorCode, SliceError
+from ...errors import ErrorCode, SliceError
 
 if TYPE_CHECKING:  # wasmtime is imported lazily: importing this module must stay cheap
     import wasmtime
@@ -284,7 +284,7 @@ def _touch(path: Path) -> None:
 def evict(folder: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:
     """Delete the least recently used ``*.cwasm`` in ``folder`` until the total fits ``limit``."""
     if limit is None:
-        from ..limits import parse_size
+        from ...limits import parse_size
 
         try:
             limit = parse_size(os.environ.get(ENV_CACHE_LIMIT) or DEFAULT_CACHE_LIMIT, ENV_CACHE_LIMIT)

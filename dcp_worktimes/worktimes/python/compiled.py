@@ -2,10 +2,10 @@
 
 The first compile of ``python-snapshot.wasm`` (104 MB) takes ~2 minutes and ~2.3 GB of RAM on a
 2-core machine; afterwards the serialized artifact (keyed by module hash + engine options, see
-``dcp_worktimes.wasm.compile_module``) loads in milliseconds. ``warmup`` is what
+``dcp_worktimes.worktimes.wasm_runtime.compile_module``) loads in milliseconds. ``warmup`` is what
 ``dcp-worker warmup --worktime python`` runs::
 
-    >>> from dcp_worktimes.pywasi import warmup                       # doctest: +SKIP
+    >>> from dcp_worktimes.worktimes.python import warmup                       # doctest: +SKIP
     >>> warmup(lambda fraction, message: print(f"{fraction:.0%} {message}"))   # doctest: +SKIP
     3% compiling CPython 3.15.0 for WASI (first use only, ~2 min on 2 cores): 4s
     ...
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..wasm import EngineOptions, cache_dir, compile_module, get_engine
-from .artifacts import INSTALL_HINT, Runtime, RuntimeMissing, find_runtime, stdlib_folder
+from ..wasm_runtime import EngineOptions, cache_dir, compile_module, get_engine
+from .artifacts import INSTALL_HINT, Runtime, RuntimeMissing, find_runtime, runtime_cache, stdlib_folder
 
 if TYPE_CHECKING:
     import wasmtime
@@ -109,7 +109,7 @@ def stdlib_folder_for(runtime: Runtime) -> Path:
     """The read-only folder mounted at ``/usr/local/lib`` (made once, next to the module cache)."""
     folder = _stdlib.get(runtime)
     if folder is None:
-        folder = _stdlib[runtime] = stdlib_folder(runtime, cache_dir().parent / "pywasi")
+        folder = _stdlib[runtime] = stdlib_folder(runtime, runtime_cache())
     return folder
 
 
@@ -128,7 +128,7 @@ def _artifact_path(runtime: Runtime) -> Path | None:
 def _machine_lock() -> Iterator[None]:
     import fcntl
 
-    folder = cache_dir().parent / "pywasi"
+    folder = runtime_cache()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(folder / "compile.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -154,7 +154,7 @@ def warmup(progress: ProgressCallback | None = None) -> dict[str, Any]:
 
     ``progress(fraction, message)`` is called about twice a second while compiling.
     """
-    from .guest import Guest, GuestDirs
+    from .interpreter import Guest, GuestDirs
 
     compiled = load(progress)
     stdlib_folder_for(compiled.runtime)

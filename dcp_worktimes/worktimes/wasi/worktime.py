@@ -4,13 +4,13 @@ The slice ABI (stdin/argv/stdout/exit status, the optional ``dcp`` imports) is i
 documented for work authors in ``sandbox/wasi.md``. Quick use, in-process::
 
     from dcp_worktimes.worktime import JobSpec, SliceContext
-    from dcp_worktimes.wasi_worktime import WasiWorktime
+    from dcp_worktimes.worktimes.wasi import WasiWorktime
 
     wt = WasiWorktime()
     wt.prepare(JobSpec(id="j", worktime="wasi", work=open("sum.wasm", "rb").read()))
     wt.execute(SliceContext(0, wt.job.limits, wt.job), [1, 2, 3])   # -> what the module printed
 
-Per job: the module is compiled once (disk-cached, see ``dcp_worktimes.wasm``), its imports
+Per job: the module is compiled once (disk-cached, see ``dcp_worktimes.worktimes.wasm_runtime``), its imports
 resolved once (``InstancePre``), the job's files written once to a directory mounted read-only
 at ``/job``. Per slice: a fresh ``Store`` (fresh instance, fresh memory), an empty scratch
 directory at ``/tmp`` (emptied afterwards), the datum on stdin, no environment, no sockets.
@@ -27,9 +27,9 @@ import weakref
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import MiB, format_size
-from ..wasm import (
+from ...errors import ErrorCode, SliceError, WorkError
+from ...limits import MiB, format_size
+from ..wasm_runtime import (
     EngineOptions,
     compile_module,
     get_engine,
@@ -39,8 +39,8 @@ from ..wasm import (
     trap_to_error,
     wasm_bytes,
 )
-from ..wasm.scratch import ScratchCap, remove_tree, scratch_size
-from ..worktime import JobSpec, SliceContext, Worktime
+from ..wasm_runtime.scratch import ScratchCap, remove_tree, scratch_size
+from ...worktime import JobSpec, SliceContext, Worktime
 from . import abi
 
 #: Guest paths of the two preopened directories.

@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import ErrorCode, SliceError, WorkError
-from ..values import UnserializableValue, pack, unpack
+from ...errors import ErrorCode, SliceError, WorkError
+from ...values import UnserializableValue, pack, unpack
 
 #: Accepted spellings of each content type.
 CONTENT_TYPES = {

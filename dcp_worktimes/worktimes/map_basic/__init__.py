@@ -9,6 +9,12 @@
 Design notes and the engine comparison: ``sandbox/mapbasic.md``.
 """
 
+from ...hookspecs import hookimpl
 from .worktime import MapBasic
 
-__all__ = ["MapBasic"]
+__all__ = ["MapBasic", "register_worktimes"]
+
+
+@hookimpl
+def register_worktimes(register):
+    register(MapBasic)

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Callable
 
-from ..errors import SCRATCH_ERROR, ErrorCode, SliceError
+from ...errors import SCRATCH_ERROR, ErrorCode, SliceError
 
 MiB = 1 << 20
 DEFAULT_SCRATCH_SIZE = 64 * MiB
@@ -33,7 +33,7 @@ def scratch_size(option: object) -> int:
     ``ValueError`` for a value that is not a size. A job cannot lift the cap ("none" means the
     worker's limit): the scratch directory lives on the worker's disk.
     """
-    from ..limits import parse_size
+    from ...limits import parse_size
 
     limit = parse_size(os.environ.get(ENV_SCRATCH_LIMIT) or DEFAULT_SCRATCH_LIMIT, ENV_SCRATCH_LIMIT) or DEFAULT_SCRATCH_LIMIT
     asked = parse_size(DEFAULT_SCRATCH_SIZE if option is None else option, "options.scratch_size")
@@ -170,7 +170,7 @@ class ScratchCap:
             return SliceError(f"the scratch directory /tmp cannot be measured against its cap: {e}; keep /tmp "
                               "shallow", code=ErrorCode.EOUTPUTLIMIT, name=SCRATCH_ERROR)
         if used > self.cap:
-            from ..limits import format_size
+            from ...limits import format_size
 
             return SliceError(f"the scratch directory /tmp grew to {format_size(used, like=self.cap)}, over its cap "
                               f"of {format_size(self.cap)}; "

@@ -1,2 +1,0 @@
-"""Built-in worktimes. Every module in this package is a plugin registered through the same
-``register_worktimes`` hook third-party packages use (see ``dcp_worktimes.plugins``)."""
