@@ -144,17 +144,31 @@ class WorktimeConformance:
     def job_options(self) -> dict[str, Any]:
         return {}
 
+    @pytest.fixture(scope="class")
+    def worker_config(self) -> dict[str, dict[str, Any]]:
+        """The worker owner's settings per worktime name (``Worktime.config``), e.g.
+        ``{"ollama": {"model": "/path/model.gguf"}}``."""
+        return {}
+
     # -- shared machinery -----------------------------------------------------------------------
     @pytest.fixture(scope="class")
-    @classmethod
-    def pool(cls):
-        with EvaluatorPool(cores=1) as pool:
+    def pool(self, worker_config):
+        with EvaluatorPool(cores=1, config=worker_config) as pool:
             yield pool
 
+    @pytest.fixture(autouse=True)
+    def _available(self, worktime_name: str, worker_config) -> None:
+        """A worktime that cannot run on this machine skips the kit, saying why (the probe's reason
+        names what to install); it is never counted as passing."""
+        probe = get_worktime(worktime_name).probe(worker_config.get(worktime_name))
+        if not probe.available:
+            pytest.skip(f"{worktime_name} is not available on this machine: {probe.unavailable}")
+
     # -- the contract ---------------------------------------------------------------------------
-    def test_registered(self, worktime_name: str) -> None:
+    def test_registered(self, worktime_name: str, worker_config) -> None:
         reg = get_worktime(worktime_name)
-        desc = reg.describe()
+        desc = reg.describe(worker_config.get(worktime_name))
+        assert desc["available"], desc["unavailable"]
         assert desc["name"] == worktime_name
         assert get_worktime(worktime_name, f"^{reg.version.split('.')[0]}.0.0" if not reg.version.startswith("0.") else "*")
         assert isinstance(desc["capabilities"], dict)
