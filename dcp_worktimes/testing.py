@@ -145,14 +145,16 @@ class WorktimeConformance:
         return {}
 
     @pytest.fixture(scope="class")
-    def worker_config(self) -> dict[str, dict[str, Any]]:
+    @classmethod
+    def worker_config(cls) -> dict[str, dict[str, Any]]:
         """The worker owner's settings per worktime name (``Worktime.config``), e.g.
         ``{"ollama": {"model": "/path/model.gguf"}}``."""
         return {}
 
     # -- shared machinery -----------------------------------------------------------------------
     @pytest.fixture(scope="class")
-    def pool(self, worker_config):
+    @classmethod
+    def pool(cls, worker_config):
         with EvaluatorPool(cores=1, config=worker_config) as pool:
             yield pool
 
