@@ -313,6 +313,11 @@ class Block(ABC):
     def done(self, i: int, value: Any) -> None:
         """Slice ``i`` returned ``value``."""
 
+    def done_many(self, indexes: list[int], values: list[Any]) -> None:
+        """Slices ``indexes`` returned ``values`` (an engine that computed a run of them at once)."""
+        for i, value in zip(indexes, values):
+            self.done(i, value)
+
     @abstractmethod
     def failed(self, i: int, error: BaseException) -> None:
         """Slice ``i`` failed (a ``SliceError`` with its code; any other exception is ``EUNCAUGHT``)."""

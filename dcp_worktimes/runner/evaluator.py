@@ -79,6 +79,21 @@ class FrameWriter:
                 self._pack_results()
                 self._flush()
 
+    def results_many(self, indexes: list[int], values: list[bytes], walls: list[float], cpus: list[float]) -> None:
+        """Queue many finished slices at once (a block engine's call)."""
+        with self.lock:
+            cols = self.results
+            if not cols[0]:
+                self.first = time.monotonic()
+            cols[0].extend(indexes)
+            cols[1].extend(values)
+            cols[2].extend(walls)
+            cols[3].extend(cpus)
+            self.pending_bytes += sum(map(len, values))
+            if self.pending_bytes > 65536 or len(cols[0]) >= 4096:
+                self._pack_results()
+                self._flush()
+
     def flush_if_stale(self) -> None:
         with self.lock:
             if self.results[0] and time.monotonic() - self.first > FLUSH_AFTER:
@@ -350,6 +365,7 @@ class RunBlock(Block):
         self.job = job
         self.limits = job.limits
         self._pending = list(range(len(numbers)))
+        self._pending_set = set(self._pending)
         self._settled: set[int] = set()
         self._events: dict[int, _SliceEvents] = {}
         self._call: list[tuple] = []  # (index, result or error, is_error, wall, events) of this call
@@ -362,6 +378,7 @@ class RunBlock(Block):
     def pending(self) -> list[int]:
         if self._settled:
             self._pending = [i for i in self._pending if i not in self._settled]
+            self._pending_set -= self._settled
             self._settled = set()
         return list(self._pending)
 
@@ -376,11 +393,23 @@ class RunBlock(Block):
     def done(self, i: int, value: Any) -> None:
         self._record(i, value, False)
 
+    def done_many(self, indexes: list[int], values: list[Any]) -> None:
+        if not indexes:
+            return
+        fresh = set(indexes)
+        if len(fresh) != len(indexes) or not fresh.isdisjoint(self._settled) or not fresh.issubset(self._pending_set):
+            return super().done_many(indexes, values)  # duplicates or settled ones: one by one
+        now = time.monotonic()
+        wall = (now - self._mark) / len(indexes)
+        self._mark = now
+        self._call.extend((i, v, False, wall) for i, v in zip(indexes, values))
+        self._settled.update(fresh)
+
     def failed(self, i: int, error: BaseException) -> None:
         self._record(i, error, True)
 
     def _record(self, i: int, outcome: Any, is_error: bool) -> None:
-        if i in self._settled or i not in self._pending:
+        if i in self._settled or i not in self._pending_set:
             return  # settled already: the first outcome stands
         now = time.monotonic()
         self._call.append((i, outcome, is_error, now - self._mark))
@@ -415,16 +444,42 @@ class RunBlock(Block):
                 raise RuntimeError(f"{type(ev.worktime).__name__}.execute_block returned without settling a slice")
 
     def _send(self, cpu: float) -> None:
-        wall_total = sum(c[3] for c in self._call) or 1.0
+        calls, self._call = self._call, []
+        wall_total = sum(c[3] for c in calls) or 1.0
         ev, limits = self.ev, self.limits
-        for i, outcome, is_error, wall in self._call:
+        if not self._events and not ev.cancel.is_set():
+            # The usual case (no slice logged anything): pack every result in one go.
+            out = self._pack_quiet(calls, cpu / wall_total)
+            if out is not None:
+                ev.out.results_many(*out)
+                return
+        for i, outcome, is_error, wall in calls:
             share = cpu * wall / wall_total
             events = self._events.pop(i, None) or _QUIET
             if is_error:
                 ev.settle_error(i, outcome, events, wall, share)
             else:
                 ev.settle(i, outcome, events, limits, wall, share)
-        self._call = []
+
+    def _pack_quiet(self, calls: list[tuple], cpu_per_wall: float) -> tuple[list, list, list, list] | None:
+        """Indexes, packed values, walls and CPU times of ``calls``, or ``None`` if any of them
+        needs the slow path (an error, a result that cannot be packed or is over the limit)."""
+        pack_value = self.ev.pack
+        limit = self.limits.output
+        indexes, values, walls = [], [], []
+        try:
+            for i, outcome, is_error, wall in calls:
+                if is_error:
+                    return None
+                v = pack_value(outcome)
+                if limit is not None and len(v) > limit:
+                    return None
+                indexes.append(i)
+                values.append(v)
+                walls.append(wall)
+        except Exception:  # noqa: BLE001 - the slow path says which slice and why
+            return None
+        return indexes, values, walls, [w * cpu_per_wall for w in walls]
 
 
 class _Quiet:

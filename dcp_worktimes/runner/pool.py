@@ -321,6 +321,8 @@ class EvaluatorPool:
             share = math.ceil(self._queued / self.cores)
             head = q[0]
             n = max(1, min(slot.batch_size, share, len(head)))
+            if head.lost is not None and head.lost[0] > 0:
+                n = 1  # a suspect of a run that died unexplained: alone, so a second death is exact
             task = head.cut(n) if n < len(head) else q.popleft()
             if not q:
                 del self._queues[job_id]
@@ -554,9 +556,11 @@ class EvaluatorPool:
         beat = proc.heartbeat.read()
         if beat is None:  # the evaluator is mid-write: look again next tick
             return
-        index, started, last_progress, cpu_start, _span = beat
+        index, started, last_progress, cpu_start, span = beat
         if index < 0:
             return
+        if span != 1:  # an engine running a block: the verdict cannot name the slice (see _post_mortem)
+            index = None
         lim = slot.limits
         if lim.wall_time is not None and now - started > lim.wall_time + slot.grace:
             proc.kill(exceeded("wall_time", lim.wall_time), index)

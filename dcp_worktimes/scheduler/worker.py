@@ -421,7 +421,10 @@ class Worker:
 
     def _report(self, outcome: Any, keep: list[int]) -> Report:
         """The scheduler's ``Report`` for the slices of ``outcome`` at positions ``keep``."""
-        errors = [None if e is None else self._explain_cap(outcome.job_id, e.to_dict()) for e in outcome.errors]
+        if all(outcome.oks):
+            errors: list = [None] * len(outcome)
+        else:
+            errors = [None if e is None else self._explain_cap(outcome.job_id, e.to_dict()) for e in outcome.errors]
         columns = (outcome.numbers, outcome.oks, outcome.values, errors, outcome.walls, outcome.cpus,
                    outcome.bytes_in, outcome.bytes_out)
         if len(keep) != len(outcome):

@@ -323,8 +323,9 @@ class LeaseEngine:
                 continue
             counted = True
             idx = [i for i, v in enumerate(valid) if v] if not all(valid) else None
-            retry = [i for i in (idx if idx is not None else range(len(r)))
-                     if not r.oks[i] and is_retryable(r.errors[i]) and attempts[i] < max_attempts]
+            all_ok = all(r.oks)
+            retry = [] if all_ok else [i for i in (idx if idx is not None else range(len(r)))
+                                       if not r.oks[i] and is_retryable(r.errors[i]) and attempts[i] < max_attempts]
             keep = idx if idx is not None else list(range(len(r)))
             if retry:
                 gone = set(retry)
@@ -334,7 +335,7 @@ class LeaseEngine:
                 self._finish_rows(job_id, [r.numbers[i] for i in keep])
             if retry:  # after settling: the re-queued rows must not be marked done
                 store.requeue(job_id, [(r.numbers[i], attempts[i]) for i in retry])
-            unusable = unusable_work_reason(r.errors[i] for i in keep if not r.oks[i])
+            unusable = None if all_ok else unusable_work_reason(r.errors[i] for i in keep if not r.oks[i])
             if unusable:
                 self._settle(held)
                 store.cancel(job_id, unusable, code="EBADWORK")

@@ -109,10 +109,11 @@ class Store:
             return
         if len(keep) == len(r):  # the usual case: the whole report counts; no per-slice copying
             columns = [r.numbers, r.oks, r.values, r.errors, r.walls, r.cpus, r.bytes_in, r.bytes_out, attempts]
+            failed = len(keep) - sum(r.oks)
         else:
             columns = [[col[i] for i in keep] for col in (r.numbers, r.oks, r.values, r.errors, r.walls, r.cpus,
                                                           r.bytes_in, r.bytes_out, attempts)]
-        failed = len(keep) - sum(1 for i in keep if r.oks[i])
+            failed = len(keep) - sum(columns[1])
         self.record_batch(job_id, columns + [[worker] * len(keep)], failed)
 
     def record_batch(self, job_id: str, columns: list[list], failed: int) -> None:
