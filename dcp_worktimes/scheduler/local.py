@@ -43,10 +43,21 @@ def run_local(
     """Run ``job_id`` on ``cores`` local evaluators (default: all cores) for the duration of the block.
 
     ``config``: the settings of the job's worktime (``Worktime.config``)."""
+    from ..runner.shared import borrow
+
     job = scheduler.get_job(job_id)
     check_runnable_here(job, capabilities, config)
-    worker = Worker(scheduler, [job.spec.worktime], cores, capabilities=capabilities, limits=limits, jobs=[job_id],
-                    lease_seconds=lease_seconds, config={job.spec.worktime: config or {}})
+    configs = {job.spec.worktime: config or {}}
+    with borrow(cores, configs) as pool:
+        worker = Worker(scheduler, [job.spec.worktime], cores, capabilities=capabilities, limits=limits, jobs=[job_id],
+                        lease_seconds=lease_seconds, config=configs, pool=pool)
+        try:
+            yield from _running(worker, scheduler, job_id)
+        finally:
+            pool.release(job_id)
+
+
+def _running(worker: Worker, scheduler: Scheduler, job_id: str) -> Iterator[Worker]:
     stop = threading.Event()
 
     def target() -> None:
