@@ -174,11 +174,14 @@ def _read_work(work: str) -> str | bytes:
               help="Scheduler URL, e.g. sqlite:///path/jobs.db (default: the per-user embedded store).")
 @click.option("--capability", "capabilities", multiple=True, metavar="PATH=VALUE",
               help="Extra capability, e.g. machine.gpu=false (matched against job requirements).")
+@click.option("--category", "categories", multiple=True, metavar="NAME",
+              help="Serve only jobs of applications in this category, e.g. video (repeatable; DCP's hashTags). "
+                   "Default: every job.")
 @click.option("--until-idle", is_flag=True, help="Exit once no job has slices left for this worker.")
 @limit_options
 @click.version_option(package_name="dcp-worktimes")
 @click.pass_context
-def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until_idle, **limits) -> None:
+def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categories, until_idle, **limits) -> None:
     """Run a dcp-worktimes worker: take slices from the scheduler and run them in sandboxed worktimes.
 
     \b
@@ -187,7 +190,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     dcp-worker worktimes --json
     """
     if ctx.invoked_subcommand is not None:
-        given = [n for n in ("worktimes", "cores", "capabilities", "until_idle") if ctx.params.get(n)]
+        given = [n for n in ("worktimes", "cores", "capabilities", "categories", "until_idle") if ctx.params.get(n)]
         given += [n.removeprefix(_SETTING_PREFIX) for n, v in limits.items() if v not in (None, ())]
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
@@ -222,7 +225,8 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)
-    worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits, config=config)
+    worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits, config=config,
+                    categories=list(categories) or None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -184,10 +184,8 @@ def test_remote_execution_uses_attached_workers(store):
 def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
     import threading
 
-    from dcp_worktimes.compute import follow as job_module
     from dcp_worktimes.scheduler.worker import Worker
 
-    monkeypatch.setattr(job_module, "REMOTE_GRACE", 0.5)
     stop = threading.Event()
     with open_scheduler(store) as s:
         worker = Worker(s, ["wasi"], cores=1)  # attached, but it does not have echo
@@ -195,7 +193,7 @@ def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
         thread.start()
         try:
             t0 = time.monotonic()
-            j = echo([1])
+            j = echo([1], worker_wait=0.5)
             with pytest.raises(compute.RequirementsError, match="echo"):
                 j.exec(local=False, timeout=60)
             assert time.monotonic() - t0 < 30

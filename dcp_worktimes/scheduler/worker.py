@@ -39,7 +39,7 @@ from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec, Probe
 from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob
-from .matching import merge_capabilities
+from .matching import check_categories, merge_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class Worker:
     ``worktimes``: names of installed worktimes to offer (default: all installed);
     ``capabilities``: extra capabilities merged over the worktimes' own (matched against job
     requirements); ``limits``: caps on every slice's limits; ``jobs``: only lease these job ids
-    (local execution of one job); ``pool``: an existing pool to share (not closed by the worker).
+    (local execution of one job); ``categories``: serve only jobs of applications carrying one of
+    these categories (``None``: every job); ``pool``: an existing pool to share (not closed by the worker).
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class Worker:
         limits: Limits | None = None,
         config: Mapping[str, Mapping[str, Any]] | None = None,
         jobs: list[str] | None = None,
+        categories: list[str] | None = None,
         worker_id: str | None = None,
         lease_seconds: float = 30.0,
         queue_seconds: float = 0.5,
@@ -138,6 +140,7 @@ class Worker:
         self.cores = cores or os.cpu_count() or 1
         self.limits = limits
         self.jobs = list(jobs) if jobs else None
+        self.categories = check_categories(categories, "categories") if categories is not None else None
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_seconds = lease_seconds
         self.queue_seconds = queue_seconds
@@ -280,7 +283,9 @@ class Worker:
         offered = self._offered()
         if not offered:
             return 0
-        kwargs = {"jobs": self.jobs} if self.jobs is not None else {}
+        kwargs: dict[str, Any] = {"jobs": self.jobs} if self.jobs is not None else {}
+        if self.categories is not None:
+            kwargs["categories"] = self.categories
         leases = self.scheduler.lease(self.id, offered, self.capabilities, room, self.lease_seconds, **kwargs)
         if not leases:
             self._lease_backoff = min(max(self._lease_backoff * 2, self.poll_interval), self.idle_poll_interval)
@@ -461,6 +466,7 @@ def run_worker(
     limits: Limits | None = None,
     *,
     capabilities: dict | None = None,
+    categories: list[str] | None = None,
     until_idle: bool = False,
     stop: threading.Event | None = None,
     lease_seconds: float = 30.0,
@@ -473,7 +479,8 @@ def run_worker(
 
     stop = stop or threading.Event()
     scheduler = open_scheduler(scheduler_url)
-    worker = Worker(scheduler, worktimes, cores, capabilities=capabilities, limits=limits, lease_seconds=lease_seconds)
+    worker = Worker(scheduler, worktimes, cores, capabilities=capabilities, limits=limits, categories=categories,
+                    lease_seconds=lease_seconds)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
