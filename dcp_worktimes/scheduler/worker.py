@@ -38,7 +38,7 @@ from ..errors import ErrorCode, WorktimeNotFound
 from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec, Probe
-from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob
+from .base import FINAL_STATES, JobRecord, Lease, Scheduler, SliceReport, UnknownJob
 from .matching import check_categories, merge_capabilities
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,35 @@ log = logging.getLogger(__name__)
 CANCEL_CHECK = 1.0
 #: Seconds console/progress/emit events of running slices may wait for a write (results flush sooner).
 EVENTS_FLUSH = 0.25
+
+
+#: Seconds between the checks of which jobs ended (for ``WorkerEvents.job_finished``).
+REPORT_CHECK = 2.0
+#: A job this worker has had no slice of for this long is reported as finished here (it may still
+#: run elsewhere, or wait for a deployer); a later slice of it starts it again.
+IDLE_JOB = 60.0
+
+
+class WorkerEvents:
+    """What a worker tells its owner (``dcp-worker``'s log: ``dcp_worktimes.worker_log``).
+
+    Called on the worker's loop thread, never from an evaluator's; the default does nothing.
+    Subclass and pass ``Worker(..., events=...)``::
+
+        class Counter(WorkerEvents):
+            def slices_done(self, job_id, reports):
+                print(job_id, sum(r.ok for r in reports), "ok")
+    """
+
+    def job_started(self, job: JobRecord) -> None:
+        """The first slice of ``job`` was leased here (or the first since it was reported finished)."""
+
+    def slices_done(self, job_id: str, reports: list[SliceReport]) -> None:
+        """Final reports of ``job_id``'s slices, as written to the scheduler (``error`` holds the code)."""
+
+    def job_finished(self, job_id: str, status: dict) -> None:
+        """``job_id`` has nothing left here: ``status`` is ``Scheduler.status`` (its ``status`` says
+        whether the job as a whole ended) or ``{"status": "gone"}`` for a deleted job."""
 
 
 #: Seconds a worktime whose evaluators could not prepare a job for reasons of this machine (its
@@ -101,7 +130,9 @@ class Worker:
     ``capabilities``: extra capabilities merged over the worktimes' own (matched against job
     requirements); ``limits``: caps on every slice's limits; ``jobs``: only lease these job ids
     (local execution of one job); ``categories``: serve only jobs of applications carrying one of
-    these categories (``None``: every job); ``pool``: an existing pool to share (not closed by the worker).
+    these categories (``None``: every job); ``events``: a ``WorkerEvents`` told which jobs start
+    and finish here and how their slices end; ``pool``: an existing pool to share (not closed by
+    the worker).
     """
 
     def __init__(
@@ -124,6 +155,7 @@ class Worker:
         poll_interval: float = 0.05,
         idle_poll_interval: float = 0.5,
         pool: Any = None,
+        events: WorkerEvents | None = None,
     ) -> None:
         check_cores(cores)
         self.scheduler = scheduler
@@ -165,6 +197,8 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self.error: BaseException | None = None
+        self.events = events
+        self._last_slice: dict[str, float] = {}  # jobs reported started -> when a slice of theirs was last leased
 
     # -- callbacks from pool threads ------------------------------------------------------------
     def _on_outcome(self, outcome: Any) -> None:
@@ -213,7 +247,7 @@ class Worker:
             from ..runner import EvaluatorPool
 
             self._pool = EvaluatorPool(self.cores, config=self.config)
-        last_flush = last_beat = last_check = time.monotonic()
+        last_flush = last_beat = last_check = last_report = time.monotonic()
         idle_wait = self.poll_interval
         try:
             while not stop.is_set():
@@ -237,6 +271,9 @@ class Worker:
                         running = {lease.job_id for lease in self._inflight.values()}
                     self._drop_finished(running)
                     last_check = now
+                if self.events is not None and now - last_report >= REPORT_CHECK:
+                    self._report_finished(now)
+                    last_report = now
                 with self._cond:
                     busy = bool(self._inflight)
                 if until_idle and not leased and not busy:
@@ -260,6 +297,8 @@ class Worker:
             raise
         finally:
             self._shutdown()
+            if self.events is not None:
+                self._report_finished(float("inf"))
 
     def _wait_for_work(self, stop: threading.Event, timeout: float) -> None:
         # Short waits so that stop (the deployer's job finished) is noticed within ~20 ms.
@@ -307,6 +346,10 @@ class Worker:
                         self._inflight.pop((lease.job_id, lease.slice_number), None)
                 continue
             self._dropped.discard(job_id)
+            if self.events is not None:
+                if job_id not in self._last_slice:
+                    self.events.job_started(self.scheduler.get_job(job_id))
+                self._last_slice[job_id] = time.monotonic()
             self._pool.submit(
                 spec, [(lease.slice_number, lease.datum) for lease in group], self._on_outcome,
                 lambda kind, n, payload, _j=job_id: self._on_event(_j, kind, n, payload), packed=True,
@@ -390,6 +433,31 @@ class Worker:
         if failed:
             self.scheduler.fail(failed)
             self.failed += len(failed)
+        if self.events is not None and (done or failed):
+            by_job: dict[str, list[SliceReport]] = {}
+            for lease, report in done + failed:
+                by_job.setdefault(lease.job_id, []).append(report)
+            for job_id, reports in by_job.items():
+                self.events.slices_done(job_id, reports)
+
+    def _report_finished(self, now: float) -> None:
+        """Tell ``events`` which started jobs have nothing left here: ended, deleted, or idle here
+        for ``IDLE_JOB`` seconds (``now = inf``: the worker is stopping, every job)."""
+        with self._cond:
+            busy = {lease.job_id for lease in self._inflight.values()}
+        for job_id, last in list(self._last_slice.items()):
+            if job_id in busy and now != float("inf"):
+                continue
+            try:
+                status = self.scheduler.status(job_id)
+            except UnknownJob:
+                status = {"status": "gone"}
+            except Exception as e:  # noqa: BLE001 - a report must never stop the worker
+                log.warning("could not read the status of job %s: %s", job_id, e)
+                continue
+            if status["status"] in FINAL_STATES or status["status"] == "gone" or now - last >= IDLE_JOB:
+                del self._last_slice[job_id]
+                self.events.job_finished(job_id, status)  # type: ignore[union-attr]
 
     def _heartbeat(self) -> None:
         with self._cond:
