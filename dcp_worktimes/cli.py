@@ -456,6 +456,37 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
     Console(width=None if sys.stdout.isatty() else 100_000).print(table)
 
 
+@cli.command("applications")
+@_SCHEDULER_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def applications_cmd(scheduler_url: str | None, as_json: bool) -> None:
+    """List published applications: name, version, categories (what --category serves) and functions."""
+    from .scheduler import open_scheduler
+
+    url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    if not _store_exists(url):
+        if url:
+            raise click.UsageError(f"no job store at {_store_path(url)}; check --scheduler / DCP_SCHEDULER")
+        click.echo("[]" if as_json else "no applications yet (nothing was published to the per-user store)")
+        return
+    with open_scheduler(url) as sched:
+        apps = sched.list_applications()
+    rows = [{"name": a.name, "version": a.version, "categories": a.categories, "functions": sorted(a.functions),
+             "description": a.public.get("description")} for a in apps]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("name", "version", "categories", "functions", "description", box=None)
+    for r in rows:  # published by strangers: Text, never markup
+        table.add_row(*(Text(_printable(str(c))) for c in (r["name"], r["version"], ", ".join(r["categories"]) or "-",
+                                                           ", ".join(r["functions"]), r["description"] or "")))
+    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+
+
 @cli.command("resume")
 @click.argument("job_id")
 @_SCHEDULER_OPTION

@@ -181,7 +181,7 @@ class WorkerLog(WorkerEvents):
         from rich.table import Table
 
         w = self.worker
-        running = len(w._inflight) if w is not None else 0
+        running = w.leased if w is not None else 0
         offered = ", ".join(w.worktimes) if w is not None else ""
         status = Text.assemble(
             (f"serving {offered} on {plural(w.cores if w else 0, 'core')}", "bold"),

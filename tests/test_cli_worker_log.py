@@ -155,8 +155,9 @@ def test_help_and_readme_agree_on_the_exit_statuses():
         assert re.search(rf"^\s+{code}\s", help_text, re.M), f"--help lacks exit status {code}"
     for flag in ("--category", "--verbose", "--quiet", "--until-idle", "--cores"):
         assert flag in help_text, flag
-    commands = (cli_module.cli, cli_module.slice_cmd, cli_module.jobs_cmd, cli_module.resume_cmd,
-                cli_module.warmup_cmd, cli_module.worktimes_cmd)
+    for name in cli_module.cli.commands:
+        assert f"dcp-worker {name}" in readme and name in help_text, name
+    commands = (cli_module.cli, *cli_module.cli.commands.values())
     flags = {opt for command in commands for param in command.params for opt in param.opts
              if opt.startswith("--") and not (param.name or "").startswith(cli_module._SETTING_PREFIX)}
     flags.add("--trust-work")  # added at start-up with the installed worktimes' settings

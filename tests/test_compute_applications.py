@@ -203,3 +203,15 @@ def test_workers_choose_the_categories_they_serve(store, tmp_path):
             _stop(video)
     finally:
         _stop(audio)
+
+
+def test_dcp_worker_lists_applications(store, tmp_path):
+    publish_video_processor(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "applications", "--json"], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"name": "videoProcessor", "version": "1.0.0", "categories": ["video", "rendering"],
+                                     "functions": ["enhance", "stabilize", "vingette"], "description": "frame filters"}]
+    table = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "applications"], capture_output=True, text=True,
+                           timeout=60, env=dict(os.environ)).stdout
+    assert "videoProcessor" in table and "video, rendering" in table

@@ -247,7 +247,8 @@ class Application:
         requirements = merge_capabilities(fn.requirements, settings.pop("requirements", None) or {})
         options = {**spec.options, **(settings.pop("options", None) or {})}
         limits = settings.pop("limits", None)
-        settings.setdefault("scheduler", self.scheduler)
+        if self.scheduler is not None:
+            settings.setdefault("scheduler", self.scheduler)
         origin = f"function {function} of application {app.name} {app.version}"
         job = _make_job(inputs, CapturedWork(spec.work, {}, origin), arguments,
                         {**settings, "worktime": spec.worktime})
@@ -264,14 +265,17 @@ class Application:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _scheduler(self) -> Any:
+        """The store (as a context manager): this handle's, else ``compute.default.scheduler``'s, else the default."""
         from contextlib import nullcontext
 
         from ..scheduler import open_scheduler
+        from . import default
 
-        if isinstance(self.scheduler, Scheduler):
-            return nullcontext(self.scheduler)
-        url = os.fspath(self.scheduler) if isinstance(self.scheduler, os.PathLike) else self.scheduler
-        return open_scheduler(url)
+        where = self.scheduler if self.scheduler is not None else getattr(default, "scheduler", None)
+        check_scheduler(where)
+        if isinstance(where, Scheduler):
+            return nullcontext(where)
+        return open_scheduler(os.fspath(where) if isinstance(where, os.PathLike) else where)
 
     def __repr__(self) -> str:
         form = "to publish" if self._owner is not None else "published"

@@ -200,6 +200,11 @@ class Worker:
         self.events = events
         self._last_slice: dict[str, float] = {}  # jobs reported started -> when a slice of theirs was last leased
 
+    @property
+    def leased(self) -> int:
+        """Slices leased here and not yet reported (queued on the evaluators or running)."""
+        return len(self._inflight)
+
     # -- callbacks from pool threads ------------------------------------------------------------
     def _on_outcome(self, outcome: Any) -> None:
         with self._cond:
