@@ -25,7 +25,9 @@ way, so the scheduler stops the job at the first such error and ``exec()`` raise
 ``WorkError`` with the engine's message, whatever ``errors`` says.
 
 Events are dispatched on the thread that runs ``exec()`` (``exec_async`` runs it in a worker
-thread of the event loop's default executor).
+thread of the event loop's default executor), one handler at a time. An ``exec()`` made while
+another runs (from a thread, ``exec_async`` or a handler) joins it (``_Run``): it re-bids, and
+returns the same results; the first one keeps dispatching the events.
 """
 
 from __future__ import annotations
