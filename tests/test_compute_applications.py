@@ -215,3 +215,15 @@ def test_dcp_worker_lists_applications(store, tmp_path):
     table = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "applications"], capture_output=True, text=True,
                            timeout=60, env=dict(os.environ)).stdout
     assert "videoProcessor" in table and "video, rendering" in table
+
+
+def test_a_function_for_a_worktime_only_remote_workers_have(store):
+    app = compute.Application("render", "1.0.0", IDENTITY)
+    app.define_function("frame", "scene.blend", worktime="blender-like", custom_worktime=True)
+    app.publish()
+    job = compute.Application("render").for_([1, 2], "frame", worker_wait=0.5)
+    assert job.custom_worktime and job.worktime == "blender-like"
+    with pytest.raises(compute.RequirementsError, match="blender-like"):  # deployed, then no worker has it
+        job.exec(local=False, timeout=60)
+    with pytest.raises(Exception, match="ENOWORKTIME"):  # and this machine cannot run it either
+        compute.Application("render").for_([1], "frame").exec()

@@ -253,6 +253,11 @@ class Application:
         job = _make_job(inputs, CapturedWork(spec.work, {}, origin), arguments,
                         {**settings, "worktime": spec.worktime})
         job.worktime_version = fn.worktime_range
+        from ..plugins import get_worktimes
+
+        # Published work was checked when it was published; a worktime only remote workers have
+        # (defined with custom_worktime) is not refused here: exec(local=False) waits for them.
+        job.custom_worktime = spec.worktime not in get_worktimes()
         job.modules = dict(spec.modules)
         job.files = dict(spec.files)
         job.options = options
