@@ -44,7 +44,8 @@ def shares(cores: int) -> list[int]:
 
 def helper_argv(url: str, cores: int, *, job: str | None = None, worktimes: list[str] | None = None,
                 config: Mapping[str, Mapping[str, Any]] | None = None, limits: Mapping[str, str] | None = None,
-                capabilities: list[str] | None = None, until_idle: bool = False) -> list[str]:
+                capabilities: list[str] | None = None, categories: list[str] | None = None,
+                until_idle: bool = False) -> list[str]:
     """The command line of one helper worker process."""
     argv = [sys.executable, "-m", "dcp_worktimes.cli", "--scheduler", url, "--cores", str(cores), "--helper"]
     for name in worktimes or []:
@@ -55,6 +56,8 @@ def helper_argv(url: str, cores: int, *, job: str | None = None, worktimes: list
         argv += [FLAGS[name], f"{value}B" if name in ("memory", "output") else str(value)]  # sizes in bytes
     for item in capabilities or []:
         argv += ["--capability", item]
+    for item in categories or []:
+        argv += ["--category", item]
     seen: set[str] = set()
     for worktime, settings in (config or {}).items():
         for name, value in settings.items():
