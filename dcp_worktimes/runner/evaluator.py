@@ -188,6 +188,7 @@ class Evaluator:
         self._packer = packer()
         self._beat = lambda: hb.progressed(time.monotonic())  # one closure for every slice
         self._events = _SliceEvents(out, -1, None)
+        self.family = False  # whether the worktime keeps child processes between slices
         out.tick = self._events.flush_stale
 
     def pack(self, value: Any) -> bytes:
@@ -251,7 +252,10 @@ class Evaluator:
             err = SliceError(f"{type(e).__name__}: {e}", code=ErrorCode.EBADWORK, stack=traceback.format_exc())
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
-        self.out.send({"t": "prepared", "rss": _rss()})
+        # A worktime that keeps its engine running as a child process (blender) has it counted in
+        # its footprint and in each slice's CPU clock: the watchdog measures the whole process tree.
+        self.family = _has_children()
+        self.out.send({"t": "prepared", "rss": _rss(self.family)})
 
     def run(self, items: list) -> None:
         job = self.job
@@ -268,7 +272,7 @@ class Evaluator:
         events = self._events.reset(self.out, index, limits.output)
         hb = self.hb
         now = time.monotonic()
-        cpu0 = time.process_time()
+        cpu0 = _cpu(self.family)
         hb.start(index, now, cpu0)
         ctx = SliceContext(number, limits, self.job, sink=events, heartbeat=self._beat, cancel_event=self.cancel)
         frame: dict
@@ -288,7 +292,7 @@ class Evaluator:
             if events.over:
                 raise SliceError(f"console/emit traffic over the output limit of {format_size(limits.output)}",
                                  code=ErrorCode.EOUTPUTLIMIT)
-            self.out.result([index, value, time.monotonic() - now, time.process_time() - cpu0], len(value))
+            self.out.result([index, value, time.monotonic() - now, _cpu(self.family) - cpu0], len(value))
             return
         except SliceError as e:
             frame = {"t": "err", "i": index, "e": e.to_dict()}
@@ -303,13 +307,48 @@ class Evaluator:
                 "code": "EUNCAUGHT", "message": f"{type(e).__name__}: {e}", "stack": traceback.format_exc()}}
         events.flush_console()
         frame["wall"] = time.monotonic() - now
-        frame["cpu"] = time.process_time() - cpu0
+        frame["cpu"] = _cpu(self.family) - cpu0
         self.out.send(frame)
 
 
-def _rss() -> int:
+def _rss(family: bool = False) -> int:
+    """Resident bytes of this process, plus its live children's when ``family``."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    if family:
+        rss += sum(_children(lambda p: p.memory_info().rss))
+    return rss
+
+
+def _cpu(family: bool) -> float:
+    """CPU seconds of this process and its exited children, plus its live children's when
+    ``family``: what the watchdog counts, so each slice is measured from here."""
+    t = os.times()
+    used = time.process_time() + t.children_user + t.children_system
+    if family:
+        used += sum(_children(lambda p: sum(p.cpu_times()[:2])))
+    return used
+
+
+def _has_children() -> bool:
+    """Whether this process has child processes now (none is reaped: WNOWAIT)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
+
+
+def _children(measure: Callable[[Any], float]) -> list[float]:
+    import psutil  # only for worktimes with child processes: the others never pay its import
+
+    values = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            values.append(measure(child))
+        except psutil.Error:  # it ended while we looked
+            pass
+    return values
 
 
 def _load_class(ref: str) -> type[Worktime]:
