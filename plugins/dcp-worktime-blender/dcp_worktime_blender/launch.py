@@ -75,7 +75,8 @@ class JobFiles:
         extra = () if blender_dir.startswith("/usr/") else (blender_dir,)
         argv = sandboxing.command(box.bwrap, argv, str(self.path), scratch_size=scratch_size, seccomp_fd=fd,
                                   extra_ro=extra)
-        return Launch(argv, pass_fds=() if fd is None else (fd,), close_after_start=() if fd is None else (fd,))
+        return Launch(argv, pass_fds=() if fd is None else (fd,), close_after_start=() if fd is None else (fd,),
+                      sandboxed=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

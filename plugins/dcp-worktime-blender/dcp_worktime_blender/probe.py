@@ -34,6 +34,7 @@ PROBED_ENGINES = ("CYCLES", "BLENDER_WORKBENCH", "BLENDER_EEVEE")
 #: A scene script for the probe: the factory scene (cube, light, camera) is all it needs.
 PROBE_SCENE = "import bpy\nbpy.context.scene.frame_end = 1\n"
 PROBE_TIMEOUT = 180.0
+SANDBOX = Path(sandboxing.__file__)
 CACHE_FORMAT = 1
 
 
@@ -57,7 +58,7 @@ def blender_facts(blender: str, box: sandboxing.Sandbox) -> dict[str, Any]:
     sandbox: from the cache, or probed (and cached) now."""
     st = os.stat(blender)
     key = json.dumps([CACHE_FORMAT, os.path.realpath(blender), st.st_size, st.st_mtime_ns, box.name, box.seccomp,
-                      hashlib.sha256(DRIVER.read_bytes()).hexdigest()])
+                      hashlib.sha256(DRIVER.read_bytes() + SANDBOX.read_bytes()).hexdigest()])
     # One file per binary: a new key (Blender upgraded, another sandbox) overwrites the old answer.
     path = cache_dir() / f"probe-{hashlib.sha256(os.path.realpath(blender).encode()).hexdigest()[:32]}.json"
     try:

@@ -74,6 +74,7 @@ class Launch:
     #: Unsandboxed only: make Blender die with the evaluator (bwrap's --die-with-parent does it otherwise).
     pdeathsig: bool = False
     close_after_start: tuple[int, ...] = ()
+    sandboxed: bool = False
 
 
 class BlenderDied(Exception):
@@ -81,8 +82,9 @@ class BlenderDied(Exception):
 
 
 class BlenderProcess:
-    def __init__(self, proc: subprocess.Popen, cmd_w: int, reply_r: int) -> None:
+    def __init__(self, proc: subprocess.Popen, cmd_w: int, reply_r: int, sandboxed: bool = False) -> None:
         self.proc = proc
+        self.sandboxed = sandboxed
         self._cmd_w = cmd_w
         self._reply_r = reply_r
         self._lock = threading.Lock()
@@ -121,7 +123,7 @@ class BlenderProcess:
         finally:
             for fd in (cmd_r, reply_w, *launch.close_after_start):
                 os.close(fd)
-        return cls(proc, cmd_w, reply_r)
+        return cls(proc, cmd_w, reply_r, sandboxed=launch.sandboxed)
 
     def ready(self, deadline: float | None = None) -> dict:
         """The driver's first reply: ``{"t": "ready", ...}`` or ``{"t": "error", ...}``.
@@ -176,6 +178,8 @@ class BlenderProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.proc.returncode
+        if code is not None and code > 128 and self.sandboxed:
+            code = 128 - code  # bwrap exits with 128 + the signal that killed what it ran
         if code is None:
             how = "stopped answering"
         elif code < 0:

@@ -13,6 +13,7 @@ started as ``bwrap ARGS blender ...`` (``command()``), which gives it:
   own ``/proc``;
 * the job's files read-only at ``/job``; the only writable place is ``/scratch``, a tmpfs of a
   fixed size (``/tmp`` points into it), so a work that fills it gets ``ENOSPC``, not the disk;
+  the sandbox's own ``/`` and ``/dev`` are remounted read-only, so they are no second scratch;
 * a seccomp filter (``seccomp_program()``, built with libseccomp when its Python binding
   ``pyseccomp`` and the library load): no new processes (``fork``, ``vfork``, ``clone`` without
   ``CLONE_THREAD``: threads still work), no sockets but ``AF_UNIX``, none of the kernel interfaces
@@ -111,7 +112,10 @@ def command(bwrap: str, argv: list[str], job_dir: str, *, scratch_size: int, sec
     args += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(scratch_size), "--tmpfs", "/scratch",
              "--perms", "1777", "--dir", "/scratch/tmp", "--symlink", "/scratch/tmp", "/tmp",
-             "--ro-bind", job_dir, "/job", "--chdir", "/scratch"]
+             "--ro-bind", job_dir, "/job", "--symlink", "/proc/self/mounts", "/etc/mtab",
+             # Last: bwrap builds / and /dev as in-memory tmpfs; writable, they would be a second,
+             # uncapped scratch space (memory no process's resident set shows).
+             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/scratch"]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     return args + ["--", *argv]
