@@ -228,3 +228,17 @@ def test_output_limit_refuses_a_big_image(pool, scene_blend):
 def test_run_helper_sees_the_result(pool, scene_blend):
     out = run(pool, "blender", scene_blend.read_bytes(), 2, options={"samples": 1})
     assert out.ok and out.value["frame"] == 2
+
+
+def test_dcp_worker_slice_writes_the_frame(scene_blend, tmp_path, direct_render):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "frame3.png"
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "--worktime", "blender", "--work", str(scene_blend),
+                        "--datum", "3", "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(r.stdout)
+    assert meta["image"] == {"$file": str(out)} and meta["frame"] == 3 and meta["width"] == 64
+    assert pixels(out.read_bytes()) == pixels(direct_render(scene_blend, 3))
