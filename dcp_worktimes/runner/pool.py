@@ -354,6 +354,8 @@ class EvaluatorPool:
                 if not self._closed:
                     _remember(self._bad_jobs, job.id, bad)
                 self._retire(slot)
+        if bad is None and job.id in self._cancelled:  # cancelled while its evaluator was preparing
+            bad = SliceError("the job was cancelled", code=ErrorCode.ECANCELLED)
         if bad is not None:
             for task in batch:
                 self._deliver(task, ok=False, error=bad)
