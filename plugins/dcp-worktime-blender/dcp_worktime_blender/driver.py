@@ -50,10 +50,11 @@ _libc = ctypes.CDLL(None)
 class Refusal(Exception):
     """A failure the host reports with ``code``/``name`` rather than as the work's own exception."""
 
-    def __init__(self, message, code="EUNCAUGHT", name="BlenderError"):
+    def __init__(self, message, code="EUNCAUGHT", name="BlenderError", limit=None):
         super().__init__(message)
         self.code = code
         self.name = name
+        self.limit = limit  # the limit exceeded, for the host's wording (``scratch``)
 
 
 def read_exact(fd, n):
@@ -105,9 +106,10 @@ def mark(what, ident):
     print("%s %s %s" % (MARK, what, ident), flush=True)
 
 
-def failure(stage, exc, code="EUNCAUGHT", name=None):
+def failure(stage, exc, code="EUNCAUGHT", name=None, limit=None):
     """An error reply; ``stage`` is load (the work), options, or render (one frame)."""
     refusal = isinstance(exc, Refusal)
+    limit = exc.limit if refusal else limit
     message = str(exc).strip()
     if message.startswith("Error: "):  # bpy.ops errors repeat Blender's report prefix
         message = message[len("Error: "):].strip()
@@ -118,6 +120,7 @@ def failure(stage, exc, code="EUNCAUGHT", name=None):
         "name": exc.name if refusal else (name or type(exc).__name__),
         "message": message or type(exc).__name__,
         "stack": None if refusal else traceback.format_exc(),
+        "limit": limit,
     }
 
 
@@ -286,9 +289,8 @@ def render(scene, namespace, cmd, out_dir):
         written = os.listdir(out_dir)
         disk = os.statvfs(out_dir)
         if disk.f_bavail * disk.f_frsize < FULL:
-            raise Refusal("the sandbox's scratch space (%d MiB) is full, so frame %d may not have been saved whole; "
-                          "ask for a larger options.scratch_size or write less" % (disk.f_blocks * disk.f_frsize >> 20, frame),
-                          code="EOUTPUTLIMIT", name="ScratchCap")
+            raise Refusal("it is full, so frame %d may not have been saved whole" % frame, code="EOUTPUTLIMIT",
+                          limit="scratch")
         if len(written) != 1:
             raise Refusal("Blender did not save frame %d (its console lines say why)" % frame)
         with open(os.path.join(out_dir, written[0]), "rb") as f:
@@ -343,8 +345,9 @@ def serve(spec):
         try:
             reply, payload = render(scene, namespace, cmd, out_dir)
         except OSError as e:
-            code, name = ("EOUTPUTLIMIT", "ScratchCap") if e.errno == errno.ENOSPC else ("EUNCAUGHT", None)
-            reply = dict(failure("render", e, code=code, name=name), id=cmd["id"])
+            full = e.errno == errno.ENOSPC  # the only place it can write is the sandbox's /scratch
+            reply = dict(failure("render", e, code="EOUTPUTLIMIT" if full else "EUNCAUGHT", limit="scratch" if full else None),
+                         id=cmd["id"])
         except BaseException as e:
             reply = dict(failure("render", e), id=cmd["id"])
         mark("done", cmd["id"])

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from dcp_worktimes.errors import ErrorCode, SliceError
+from dcp_worktimes.limits import exceeded
 
 LENGTH = struct.Struct(">I")
 MARK = "\x1edcp-driver"
@@ -269,9 +270,8 @@ class BlenderProcess:
                                  "driver's reply pipe", code=ErrorCode.EUNCAUGHT)
             if max_payload is not None and n > max_payload:
                 self.kill()  # its pipe holds the unread image: this process cannot answer again
-                raise SliceError(f"the rendered image is {n} bytes, over the output limit of {max_payload} bytes; "
-                                 "render a smaller or compressed image (resolution, file_format) or raise the limit",
-                                 code=ErrorCode.EOUTPUTLIMIT)
+                raise exceeded("output", max_payload, used=n, what="the rendered image",
+                               detail="render a smaller or compressed image: resolution, file_format")
             payload = self._read(n, deadline, stop)
         return message, payload
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
+from dcp_worktimes.limits import exceeded
 from dcp_worktimes.worktime import CapturedWork, JobSpec, Probe, SliceContext, Worktime
 
 from . import options as opts
@@ -194,8 +195,7 @@ class BlenderWorktime(Worktime):
             if ctx.cancelled:
                 return SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
             if ctx.over_quota:
-                return SliceError(f"Blender's console output went over the output limit of {limit} bytes; print less",
-                                  code=ErrorCode.EOUTPUTLIMIT)
+                return exceeded("output", limit, what="Blender's console output")
             return None
 
         try:
@@ -213,17 +213,17 @@ class BlenderWorktime(Worktime):
             raise
         if reply["t"] == "error":
             code = reply.get("code") if isinstance(reply.get("code"), str) else ErrorCode.EUNCAUGHT
-            if reply.get("name") == "ScratchCap":  # the next frame gets a fresh, empty /scratch
+            if reply.get("limit") == "scratch":  # the next frame gets a fresh, empty /scratch
                 proc.kill()
                 self.process = None
+                raise exceeded("scratch", self.scratch_size, used=self.scratch_size, what="the sandbox's /scratch",
+                               detail=f"{reply.get('name')}: {reply.get('message')}")
             raise SliceError(str(reply.get("message")), code=code, name=str(reply.get("name") or "BlenderError"),
                              stack=_script_frames(reply["stack"]) if isinstance(reply.get("stack"), str) else None)
         return _result(reply, image, command)
 
     def _too_slow(self, ctx: SliceContext, doing: str) -> SliceError:
-        return SliceError(f"the slice ran longer than its wall-time limit of {ctx.limits.wall_time:g}s while {doing}; "
-                          "render smaller frames or fewer samples, or raise the limit (wall_time / --wall-time)",
-                          code=ErrorCode.ESLICETOOSLOW)
+        return exceeded("wall_time", ctx.limits.wall_time, detail=doing)
 
     def release(self) -> None:
         if self.process is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 
 import pytest
 from blender_testing import pixels
@@ -208,12 +209,18 @@ def test_capture_work(scene_blend, tmp_path):
     assert ".blend" in BlenderWorktime.default_for
 
 
-def test_cancelled_slice_stops_blender(pool, scene_blend):
+@pytest.mark.parametrize("when", ["rendering", "loading"])
+def test_a_cancelled_slice_stops(pool, scene_blend, when):
+    """Cancelled while Blender renders (the evaluator kills it) or while it still loads the .blend."""
     j = job(scene_blend.read_bytes(), {"samples": 1 << 20})
     got = []
-    done = threading.Event()
-    pool.submit(j, [(0, ENDLESS)], lambda o: (got.append(o), done.set()))
-    threading.Timer(1.5, pool.cancel, args=(j.id,)).start()
+    done, rendering = threading.Event(), threading.Event()
+    pool.submit(j, [(0, ENDLESS)], lambda o: (got.append(o), done.set()), lambda kind, n, p: rendering.set())
+    if when == "rendering":
+        assert rendering.wait(60)  # a first progress event: the frame is being rendered
+    else:
+        time.sleep(0.3)  # an evaluator has taken the slice; Blender takes a second or more to load
+    pool.cancel(j.id)
     assert done.wait(60)
     assert got[0].error.code == "ECANCELLED"
 
@@ -222,7 +229,7 @@ def test_output_limit_refuses_a_big_image(pool, scene_blend):
     # 256×256 of Cycles noise at one sample: a PNG of ~37 KB.
     out = render(pool, scene_blend.read_bytes(), [1], options={"resolution": [256, 256], "samples": 1},
                  limits=Limits.parse(output="16KiB"))[0]
-    assert out.error.code == "EOUTPUTLIMIT" and "output limit" in out.error.message
+    assert out.error.code == "EOUTPUTLIMIT" and out.error.limit == "output" and "the rendered image is" in out.error.message
 
 
 def test_run_helper_sees_the_result(pool, scene_blend):

@@ -126,7 +126,7 @@ def test_writes_outside_scratch_fail_everywhere(pool, tmp_path):
 
 def test_filling_the_disk_stops_at_the_scratch_cap(pool):
     out = hostile_run(pool, "fill_disk")
-    assert out.error.code == "EOUTPUTLIMIT" and out.error.name == "ScratchCap"
+    assert out.error.code == "EOUTPUTLIMIT" and out.error.limit == "scratch" and "/scratch" in out.error.message
     assert "No space left" in out.error.message
     assert healthy(pool)  # a fresh Blender, a fresh /scratch
 
