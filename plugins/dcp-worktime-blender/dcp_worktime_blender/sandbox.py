@@ -109,9 +109,11 @@ def command(bwrap: str, argv: list[str], job_dir: str, *, scratch_size: int, sec
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for path in extra_ro:
         args += ["--ro-bind", path, path]
+    # /tmp points into /scratch, unless Blender itself lives under /tmp (TMPDIR says where then).
+    tmp_link = [] if any(p == "/tmp" or p.startswith("/tmp/") for p in extra_ro) else ["--symlink", "/scratch/tmp", "/tmp"]
     args += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(scratch_size), "--tmpfs", "/scratch",
-             "--perms", "1777", "--dir", "/scratch/tmp", "--symlink", "/scratch/tmp", "/tmp",
+             "--perms", "1777", "--dir", "/scratch/tmp", *tmp_link,
              "--ro-bind", job_dir, "/job", "--symlink", "/proc/self/mounts", "/etc/mtab",
              # Last: bwrap builds / and /dev as in-memory tmpfs; writable, they would be a second,
              # uncapped scratch space (memory no process's resident set shows).
