@@ -13,6 +13,8 @@ bubblewrap) and ``pip install -e plugins/dcp-worktime-blender``. One run, one ma
 * the worktime with a new evaluator (so a new Blender) per slice: the path the fast path avoids.
 
 Every worktime row counts the whole job: evaluators, Blender start, .blend load, every frame.
+The first, third and fourth rows take turns ``--rounds`` times (each reports its median), so a
+shared machine's drifting load weighs on them alike.
 Then cold and warm figures, in process: ``prepare`` (sandbox + Blender start + .blend load) and
 the first frame, against the median of the following frames. Issue #15's target: multi-frame
 jobs through the worktime reach >= 90 % of ``blender -b -a``'s frames per second.
@@ -115,6 +117,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--engine", default="CYCLES", choices=["CYCLES", "BLENDER_WORKBENCH", "BLENDER_EEVEE"])
     ap.add_argument("--per-frame", type=int, default=8, help="frames rendered with a new Blender each (rows 2 and 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="turns of the three main rows (each row: the median)")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     cores = os.cpu_count() or 1
@@ -130,14 +133,24 @@ def main() -> None:
         out = str(Path(tmp) / "out" / "f_####")
         print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1 and 5 min), {cores} cores", file=sys.stderr)
 
-        t_anim = run(blender_cmd(blender, blend_path, "-o", out, "-F", "PNG", "-a"))
+        # The main rows take turns, `--rounds` times, each keeping its median: a shared machine's
+        # load drifts, and a row measured only while a neighbour compiles would say nothing.
+        rounds: dict[str, list[float]] = {"anim": [], "one": [], "many": []}
+        measure = {
+            "anim": lambda: run(blender_cmd(blender, blend_path, "-o", out, "-F", "PNG", "-a")),
+            "one": lambda: through_pool(blend, n, cores=1, threads=cores),
+            "many": lambda: through_pool(blend, n, cores=cores, threads=1),
+        }
+        for r in range(args.rounds):
+            for name in (list(measure) if r % 2 == 0 else reversed(list(measure))):
+                rounds[name].append(measure[name]())
+        t_anim, t_one, t_many = (statistics.median(rounds[k_]) for k_ in ("anim", "one", "many"))
         t_each = sum(run(blender_cmd(blender, blend_path, "-o", out, "-F", "PNG", "-f", str(f))) for f in range(1, k + 1))
-        t_one = through_pool(blend, n, cores=1, threads=cores)
-        t_many = through_pool(blend, n, cores=cores, threads=1)
         t_fresh = through_pool(blend, k, cores=1, threads=cores, max_slices_per_evaluator=1)
         prepare, first, warm = cold_and_warm(blend, min(n, 12), threads=cores)
         t_start = run(blender_cmd(blender, blend_path))  # Blender start + .blend load, no render
         print(f"load after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+        spread = {k_: f"{min(v):.1f}-{max(v):.1f}" for k_, v in rounds.items()}
 
     base = n / t_anim
     rows = [
@@ -149,7 +162,9 @@ def main() -> None:
     ]
     print_table(f"{args.engine} {width}x{height}, {args.samples} samples, {n} frames",
                 ["", "frames/s", "vs blender -b -a"], rows,
-                note=f"best worktime row: {max(r[2] for r in rows[2:4]):.0%} of blender -b -a (target >= 90 %).")
+                note=f"best worktime row: {max(r[2] for r in rows[2:4]):.0%} of blender -b -a (target >= 90 %); "
+                     f"medians of {args.rounds} rounds taken in turns, seconds per round: blender -a {spread['anim']}, "
+                     f"1 evaluator {spread['one']}, {cores} evaluators {spread['many']}.")
     print_table("cold and warm, in process (threads=%d)" % cores, ["", "seconds"], [
         ("blender -b FILE (start + load, no render)", t_start),
         ("prepare: sandbox + Blender start + .blend load", prepare),
