@@ -41,6 +41,8 @@ LENGTH = struct.Struct(">I")
 MARK = "\x1edcp-driver"
 #: The largest JSON reply header we accept (the image travels separately).
 MAX_HEADER = 1 << 20
+#: Longest log line read at once (a longer one arrives in pieces).
+MAX_LINE = 64 << 10
 #: Blender output lines kept for error messages.
 TAIL_LINES = 40
 #: How long the host waits for the last log lines of a frame after its reply (they are flushed first).
@@ -341,7 +343,8 @@ class BlenderProcess:
     def _read_log(self) -> None:
         stream = self.proc.stdout
         assert stream is not None
-        for raw in iter(stream.readline, b""):
+        # Bounded reads: a script printing gigabytes without a newline must not balloon the evaluator.
+        for raw in iter(lambda: stream.readline(MAX_LINE), b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if line.startswith(MARK):
                 parts = line.split()
