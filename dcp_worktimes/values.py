@@ -63,6 +63,19 @@ def unpack(data: bytes, unicode_errors: str = "strict") -> Any:
                            unicode_errors=unicode_errors)
 
 
+def unpack_all(packed: list[bytes]) -> list[Any]:
+    """The values of many packed items, decoded in one call (they are joined into one msgpack
+    array): a batch of a million results costs one C-level decode, not a million calls.
+
+    >>> unpack_all([pack(1), pack("two"), pack([3])])
+    [1, 'two', [3]]
+    """
+    n = len(packed)
+    header = (bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536
+              else b"\xdd" + n.to_bytes(4, "big"))
+    return unpack(header + b"".join(packed))
+
+
 def packer() -> msgpack.Packer:
     """A reusable packer with the same rules as ``pack`` (cheaper in a hot loop)."""
     return msgpack.Packer(default=_default, use_bin_type=True, datetime=False)

@@ -36,10 +36,9 @@ def test_wal_mode_and_results_as_msgpack_bytes(tmp_path):
     path = tmp_path / "x.db"
     s = open_scheduler(f"sqlite:///{path}")
     s.submit(make_job("j1", 2))
-    leases = s.lease("w", {"echo": "1.0.0"}, {}, 2, 30)
-    from dcp_worktimes.testing_scheduler import ok
+    from dcp_worktimes.testing_scheduler import ok, take
 
-    s.complete([ok(lease) for lease in leases])
+    s.report(ok(*take(s, "w", max_slices=2)))
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     (data,) = db.execute("SELECT data FROM results").fetchone()  # one row for the reported batch
@@ -60,8 +59,8 @@ def test_huge_range_is_not_materialised(tmp_path):
     desc = input_set({"start": 0, "end": 10**12}).description()
     s.submit(JobRecord(id="big", spec=JobSpec(id="big", worktime="echo"), input=desc))
     assert s.status("big")["total"] == 10**12 + 1
-    leases = s.lease("w", {"echo": "1.0.0"}, {}, 3, 30)
-    assert [lease.slice_number for lease in leases] == [0, 1, 2]
+    (lease,) = s.lease("w", {"echo": "1.0.0"}, {}, 3, 30)
+    assert lease.numbers == [0, 1, 2] and lease.datums == [0, 1, 2]
     db = sqlite3.connect(tmp_path / "x.db")
     assert db.execute("SELECT COUNT(*) FROM slices").fetchone()[0] == 0  # one lease row, no slice rows
     assert db.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 1
@@ -69,7 +68,7 @@ def test_huge_range_is_not_materialised(tmp_path):
 
 
 def test_a_finished_streams_inputs_are_freed_and_its_results_kept(tmp_path):
-    from dcp_worktimes.testing_scheduler import ok
+    from dcp_worktimes.testing_scheduler import ok, take
     from dcp_worktimes.values import pack, unpack
 
     s = open_scheduler(f"sqlite:///{tmp_path}/x.db")
@@ -79,16 +78,16 @@ def test_a_finished_streams_inputs_are_freed_and_its_results_kept(tmp_path):
     db = sqlite3.connect(tmp_path / "x.db")
     stored = "SELECT COUNT(*) FROM slices WHERE job_id = 's'"
     assert db.execute(stored).fetchone()[0] == 50
-    leases = s.lease("w", {"echo": "1.0.0"}, {}, 50, 30)
-    s.complete([ok(lease) for lease in leases[:49]])
+    leases = take(s, "w", max_slices=50)
+    s.report(ok(*leases[:49]))
     assert db.execute(stored).fetchone()[0] == 50  # still running: every input is kept
-    s.complete([ok(lease) for lease in leases[49:]])
+    s.report(ok(*leases[49:]))
     assert s.status("s")["status"] == "complete"
     assert db.execute(stored).fetchone()[0] == 0  # one finished job's inputs do not stay on disk
     assert unpack(s.results("s")[49].value) == b"x" * 1000 + bytes([49])
     with pytest.raises(SchedulerError, match="input already closed"):  # nothing can need the rows again
         s.add_slices("s", [(3, pack("again"))])
-    s.complete([ok(leases[0])])  # a late duplicate report changes nothing
+    s.report(ok(leases[0]))  # a late duplicate report changes nothing
     assert s.status("s")["computed"] == 50 and len(s.results("s")) == 50
     s.close()
 

@@ -10,8 +10,7 @@ from dcp_worktimes.inputs import input_set
 from dcp_worktimes.scheduler.sqlite import SqliteScheduler
 from dcp_worktimes.scheduler.sqlite.leases import HeldLease
 from dcp_worktimes.scheduler.sqlite.schema import PENDING
-from dcp_worktimes.testing_scheduler import err, make_job, ok
-from dcp_worktimes.values import pack, unpack
+from dcp_worktimes.testing_scheduler import back, err, make_job, ok, take
 
 ECHO = {"echo": "1.0.0"}
 
@@ -33,39 +32,48 @@ def lease_rows(s):
 
 def test_a_range_is_leased_as_one_run_row_with_a_bitmap(s):
     s.submit(make_job("j", 10))
-    leases = s.lease("w", ECHO, {}, 4, 30)
-    assert [lease.slice_number for lease in leases] == [0, 1, 2, 3] and len({lease.lease_id for lease in leases}) == 1
+    (block,) = s.lease("w", ECHO, {}, 4, 30)
+    assert block.numbers == [0, 1, 2, 3] and block.datums == [0, 1, 2, 3] and block.attempts == [1, 1, 1, 1]
     (row,) = lease_rows(s)
     assert row[1:] == (0, 4, 4, 0)  # first, stop, count, done: no per-slice rows
     assert s._store.db.execute("SELECT COUNT(*) FROM slices").fetchone()[0] == 0
-    s.complete([ok(leases[1]), ok(leases[1])])  # a duplicate in the same batch counts once
+    slices = take_all(block)
+    s.report(ok(slices[1], slices[1]))  # a duplicate in the same report counts once
     assert lease_rows(s)[0][4] == 1 and s.status("j")["computed"] == 1
-    s.complete([ok(lease) for lease in leases])  # the rest settle the run; the row is gone
+    s.report(ok(*slices))  # the rest settle the run; the row is gone
     assert lease_rows(s) == [] and s.status("j")["computed"] == 4
 
 
+def take_all(block):
+    from dcp_worktimes.testing_scheduler import split
+
+    return split([block])
+
+
 def test_held_lease_takes_each_slice_of_its_run_once():
-    h = HeldLease(10, 20, bytearray(2), "w")
-    assert h.take(10) and h.take(19) and not h.take(10)
-    assert not h.take(9) and not h.take(20)  # outside the run
+    h = HeldLease(10, 20, 0, "w")
+    assert h.take([10, 11, 12]) == [True] * 3  # a contiguous part: one bitmask
+    assert h.take([12, 13]) == [False, True]  # 12 again: not fresh
+    assert h.take([9, 19, 20]) == [False, True, False]  # outside the run
+    assert h.settled == 5
 
 
 def test_retries_are_leased_before_fresh_slices_with_their_attempt(s):
     s.submit(make_job("j", 6))
-    first = s.lease("w", ECHO, {}, 2, 30)
-    s.fail([err(first[1], "ECRASH")])  # retryable: back to pending
-    again = s.lease("w", ECHO, {}, 2, 30)
-    assert [(lease.slice_number, lease.attempt) for lease in again] == [(1, 2), (2, 1)]
-    assert unpack(again[0].datum) == 1  # a described slice's datum is recomputed, not stored
+    first = take(s, "w", max_slices=2)
+    s.report(err(first[1], code="ECRASH"))  # retryable: back to pending
+    again = take(s, "w", max_slices=2)
+    assert [(sl.slice_number, sl.attempt) for sl in again] == [(1, 2), (2, 1)]
+    assert again[0].datum == 1  # a described slice's datum is recomputed, not stored
 
 
 def test_an_expired_run_puts_its_unsettled_slices_back_and_lost_ones_fail(s):
     s.submit(make_job("j", 3, max_attempts=1))
-    leases = s.lease("w", ECHO, {}, 3, 0.05)
-    s.complete([ok(leases[0])])
+    leases = take(s, "w", max_slices=3, lease_seconds=0.05)
+    s.report(ok(leases[0]))
     time.sleep(0.1)
     engine(s)._last_reclaim = 0.0
-    assert s.lease("w2", ECHO, {}, 3, 30) == []  # reclaimed: slices 1, 2 lost once = max_attempts
+    assert take(s, "w2", max_slices=3) == []  # reclaimed: slices 1, 2 lost once = max_attempts
     st = s.status("j")
     assert st["computed"] == 1 and st["failed"] == 2 and st["status"] == "failed"
     errors = {n: r.error for n, r in s.results("j").items() if not r.ok}
@@ -74,15 +82,15 @@ def test_an_expired_run_puts_its_unsettled_slices_back_and_lost_ones_fail(s):
 
 def test_a_late_report_of_an_expired_lease_is_ignored(s):
     s.submit(make_job("j", 1))
-    (old,) = s.lease("w", ECHO, {}, 1, 0.05)
+    (old,) = take(s, "w", max_slices=1, lease_seconds=0.05)
     time.sleep(0.1)
     engine(s)._last_reclaim = 0.0
-    (new,) = s.lease("w2", ECHO, {}, 1, 30)
+    (new,) = take(s, "w2", max_slices=1)
     assert new.attempt == 2 and s._store.db.execute(
         "SELECT state FROM slices WHERE n = 0").fetchone()[0] != PENDING
-    s.complete([ok(old)])  # the first worker comes back too late
+    s.report(ok(old))  # the first worker comes back too late
     assert s.status("j")["computed"] == 0
-    s.complete([ok(new)])
+    s.report(ok(new))
     assert s.status("j")["computed"] == 1 and s.results("j")[0].attempt == 2
 
 
@@ -95,5 +103,16 @@ def test_leased_datums_are_the_inputs_own(s, spec):
     job.input = input_set(spec).description()
     s.submit(job)
     inputs = input_set(spec)
-    leases = s.lease("w", ECHO, {}, 10**6, 30)
-    assert [lease.datum for lease in leases] == [pack(inputs.nth(i)) for i in range(len(inputs))]
+    (block,) = s.lease("w", ECHO, {}, 10**6, 30)
+    assert block.datums == [inputs.nth(i) for i in range(len(inputs))]
+    assert [type(d) for d in block.datums] == [type(inputs.nth(i)) for i in range(len(inputs))]
+
+
+def test_a_returned_part_of_a_run_comes_back_without_using_an_attempt(s):
+    s.submit(make_job("j", 5))
+    slices = take(s, "w", max_slices=5)
+    s.report(ok(slices[0], slices[4]))
+    s.return_slices(back(*slices[1:4]))
+    again = take(s, "w2")
+    assert [(sl.slice_number, sl.attempt) for sl in again] == [(1, 1), (2, 1), (3, 1)]
+    assert lease_rows(s)[-1][1] is None  # leased again as pending rows, not a run

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Iterator
 from ...inputs import input_set_from_description
 from ...values import pack
 from ..base import (
@@ -30,7 +31,8 @@ from ..base import (
     Lease,
     Scheduler,
     SchedulerError,
-    SliceReport,
+    Report,
+    ResultBatch,
     WorkerInfo,
     validate_job,
 )
@@ -129,11 +131,12 @@ class SqliteScheduler(Scheduler):
             store.maybe_finish(job_id)
         store.notify()
 
-    def events(self, job_id: str, after: int = 0, *, wait: float = 0.0, limit: int | None = None) -> list[tuple[int, dict]]:
-        return self._reads.events(job_id, after, wait, limit)
+    def events(self, job_id: str, after: int = 0, *, wait: float = 0.0, limit: int | None = None,
+               results: bool = True) -> list[tuple[int, dict]]:
+        return self._reads.events(job_id, after, wait, limit, results)
 
-    def results(self, job_id: str) -> dict[int, SliceReport]:
-        return self._reads.results(job_id)
+    def result_batches(self, job_id: str) -> Iterator[ResultBatch]:
+        return self._reads.result_batches(job_id)
 
     def get_job(self, job_id: str) -> JobRecord:
         return self._reads.get_job(job_id)
@@ -188,11 +191,8 @@ class SqliteScheduler(Scheduler):
     def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
         return self._leases.heartbeat(worker_id, lease_ids, lease_seconds)
 
-    def complete(self, done: list[tuple[Lease, SliceReport]]) -> None:
-        self._leases.report(done, ok=True)
-
-    def fail(self, failed: list[tuple[Lease, SliceReport]]) -> None:
-        self._leases.report(failed, ok=False)
+    def report(self, reports: list[Report]) -> None:
+        self._leases.report(reports)
 
     def return_slices(self, leases: list[Lease]) -> None:
         self._leases.return_slices(leases)

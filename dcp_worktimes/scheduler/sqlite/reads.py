@@ -4,9 +4,10 @@ result batches), results, job records, status, listings and live workers."""
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 from ...values import unpack
-from ..base import WORKER_TTL, JobRecord, SliceReport, WorkerInfo
+from ..base import WORKER_TTL, JobRecord, ResultBatch, WorkerInfo
 from .store import Store
 
 
@@ -19,23 +20,25 @@ class Reads:
         self.store = store
         self.db = store.db
 
-    def events(self, job_id: str, after: int, wait: float, limit: int | None) -> list[tuple[int, dict]]:
+    def events(self, job_id: str, after: int, wait: float, limit: int | None, results: bool) -> list[tuple[int, dict]]:
         deadline = time.monotonic() + wait
         while True:
             with self.store.lock:
-                out = self._read_events(job_id, after, limit)
+                out = self._read_events(job_id, after, limit, results)
             if out or time.monotonic() >= deadline:
                 return out
             with self.store.cond:
                 # Other processes do not notify us: poll at least every 20 ms.
                 self.store.cond.wait(min(0.02, max(0.0, deadline - time.monotonic())))
 
-    def _read_events(self, job_id: str, after: int, limit: int | None) -> list[tuple[int, dict]]:
+    def _read_events(self, job_id: str, after: int, limit: int | None, results: bool) -> list[tuple[int, dict]]:
         self.store.record(job_id)  # UnknownJob for a bad id
         out: list[tuple[int, dict]] = [
             (seq, unpack(event)) for seq, event in self.db.execute(
                 "SELECT seq, event FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after))
         ]
+        if not results:
+            return out if limit is None else out[: int(limit)]
         batches = self.db.execute(
             "SELECT seq, data FROM results WHERE job_id = ? AND last > ? ORDER BY last", (job_id, after)).fetchall()
         if batches:
@@ -52,15 +55,19 @@ class Reads:
             out.sort(key=_first)  # runs that are each already in order: cheap
         return out if limit is None else out[: int(limit)]
 
-    def results(self, job_id: str) -> dict[int, SliceReport]:
+    def result_batches(self, job_id: str) -> Iterator[ResultBatch]:
+        """The job's result rows one at a time, in the order they were recorded (a cursor reads
+        them as they are consumed: a million results are never in memory twice)."""
         with self.store.lock:
             self.store.record(job_id)
-            batches = self.db.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchall()
-        out: dict[int, SliceReport] = {}
-        for (data,) in batches:
-            for n, ok, value, error, wall, cpu, bin_, bout, attempt, worker in zip(*unpack(data)):
-                out[n] = SliceReport(n, bool(ok), value, error, wall, cpu, bin_, bout, attempt, worker)
-        return out
+            lasts = [last for (last,) in self.db.execute("SELECT last FROM results WHERE job_id = ? ORDER BY last",
+                                                          (job_id,))]
+        for i in range(0, len(lasts), 64):
+            with self.store.lock:
+                rows = self.db.execute("SELECT data FROM results WHERE job_id = ? AND last >= ? AND last <= ? "
+                                       "ORDER BY last", (job_id, lasts[i], lasts[min(i + 63, len(lasts) - 1)])).fetchall()
+            for (data,) in rows:
+                yield ResultBatch(*unpack(data))
 
     def get_job(self, job_id: str) -> JobRecord:
         with self.store.lock:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from ...errors import ErrorCode
 from ...inputs import input_set_from_description
 from ...values import pack, unpack
-from ..base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, JobRecord, SliceReport, UnknownJob
+from ..base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, JobRecord, Report, UnknownJob
 from .schema import DONE, Transaction, condition, open_database
 
 
@@ -102,40 +102,38 @@ class Store:
                             [(job_id, seq + i + 1, pack(ev)) for i, ev in enumerate(events)])
         self.db.execute("UPDATE jobs SET seq = ? WHERE id = ?", (seq + len(events), job_id))
 
-    def record_final(self, job_id: str, items: list[tuple[SliceReport, int]], ok: bool,
-                     workers: list[str | None] | None = None) -> int:
-        """Inside a transaction: store final reports ``(report, attempt)`` as one batch row (the
-        caller settled them); returns how many."""
-        if not items:
-            return 0
+    def record_columns(self, job_id: str, r: Report, keep: list[int], attempts: list[int], worker: str | None) -> None:
+        """Inside a transaction: store the outcomes at positions ``keep`` of report ``r`` as final
+        (the caller settled them), with their attempts, as one batch row."""
+        if not keep:
+            return
+        if len(keep) == len(r):  # the usual case: the whole report counts; no per-slice copying
+            columns = [r.numbers, r.oks, r.values, r.errors, r.walls, r.cpus, r.bytes_in, r.bytes_out, attempts]
+            failed = len(keep) - sum(r.oks)
+        else:
+            columns = [[col[i] for i in keep] for col in (r.numbers, r.oks, r.values, r.errors, r.walls, r.cpus,
+                                                          r.bytes_in, r.bytes_out, attempts)]
+            failed = len(keep) - sum(columns[1])
+        self.record_batch(job_id, columns + [[worker] * len(keep)], failed)
+
+    def record_batch(self, job_id: str, columns: list[list], failed: int) -> None:
+        """Inside a transaction: one results row (``schema.RESULT_COLUMNS``) with ``failed`` failures."""
+        count = len(columns[0])
         seq = self.db.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-        columns = [  # in the order of schema.RESULT_COLUMNS
-            [r.slice_number for r, _a in items],
-            [r.ok and ok for r, _a in items],
-            [r.value if ok else None for r, _a in items],
-            [None if ok else (r.error or {}) for r, _a in items],
-            [float(r.wall_time) for r, _a in items],
-            [float(r.cpu_time) for r, _a in items],
-            [int(r.bytes_in) for r, _a in items],
-            [int(r.bytes_out) for r, _a in items],
-            [int(a) for _r, a in items],
-            workers if workers is not None else [None] * len(items),
-        ]
-        last = seq + len(items)
+        last = seq + count
         self.db.execute("INSERT INTO results (job_id, last, seq, data) VALUES (?, ?, ?, ?)",
                         (job_id, last, seq + 1, pack(columns)))
-        column = "computed" if ok else "failed"
-        self.db.execute(f"UPDATE jobs SET {column} = {column} + ?, seq = ? WHERE id = ?", (len(items), last, job_id))
-        return len(items)
+        self.db.execute("UPDATE jobs SET computed = computed + ?, failed = failed + ?, seq = ? WHERE id = ?",
+                        (count - failed, failed, last, job_id))
 
     def lost_for_good(self, job_id: str, items: list[tuple[int, int]], max_attempts: int) -> None:
         """Inside a transaction: slices ``(n, attempts)`` lost too often fail with ``ECRASH``."""
-        self.record_final(job_id, [
-            (SliceReport(n, False, None, {
-                "code": ErrorCode.ECRASH.value, "stack": None, "name": None,
-                "message": f"slice {n} was lost {a} times (its worker died or stopped reporting); giving up after "
-                           f"max_attempts={max_attempts}"}), a) for n, a in items
-        ], ok=False)
+        k = len(items)
+        errors = [{"code": ErrorCode.ECRASH.value, "stack": None, "name": None,
+                   "message": f"slice {n} was lost {a} times (its worker died or stopped reporting); giving up after "
+                              f"max_attempts={max_attempts}"} for n, a in items]
+        self.record_batch(job_id, [[n for n, _a in items], [False] * k, [None] * k, errors, [0.0] * k, [0.0] * k,
+                                   [0] * k, [0] * k, [a for _n, a in items], [None] * k], k)
         self.db.executemany(f"UPDATE slices SET state = {DONE}, datum = NULL, lease_id = NULL WHERE job_id = ? AND n = ?",
                             [(job_id, n) for n, _a in items])
 
@@ -170,14 +168,16 @@ class Store:
         if not self.maybe_finish(job_id):  # a finishing job's status event comes with its end
             self.append_events(job_id, [{"type": "status", **self.job_row(job_id).counts()}])
 
-    def cancel(self, job_id: str, reason: str) -> None:
-        """Inside a transaction: stop the job (no more leases; late results are ignored)."""
+    def cancel(self, job_id: str, reason: str, code: str | None = None) -> None:
+        """Inside a transaction: stop the job (no more leases; late results are ignored).
+        ``code``: the error code behind a cancel the scheduler decided (``EBADWORK``)."""
         if self.job_row(job_id).status in FINAL_STATES:
             return
         self.db.execute("UPDATE jobs SET status = ?, reason = ?, pending = 0 WHERE id = ?", (CANCELLED, reason, job_id))
         self.db.execute("DELETE FROM slices WHERE job_id = ?", (job_id,))
         self.db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
-        self.append_events(job_id, [{"type": "readyStateChange", "state": "cancelled"}, {"type": "cancel", "reason": reason}])
+        cancel = {"type": "cancel", "reason": reason, **({"code": code} if code else {})}
+        self.append_events(job_id, [{"type": "readyStateChange", "state": "cancelled"}, cancel])
 
     def forget(self, job_id: str) -> None:
         """The job was deleted: drop what this process cached about it."""
