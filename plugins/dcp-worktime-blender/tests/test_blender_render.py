@@ -215,7 +215,7 @@ def test_a_cancelled_slice_stops(pool, scene_blend, when):
     j = job(scene_blend.read_bytes(), {"samples": 1 << 20})
     got = []
     done, rendering = threading.Event(), threading.Event()
-    pool.submit(j, [(0, ENDLESS)], lambda o: (got.append(o), done.set()), lambda kind, n, p: rendering.set())
+    pool.submit(j, [0], [ENDLESS], lambda o: (got.extend(o.slices()), done.set()), lambda kind, n, p: rendering.set())
     if when == "rendering":
         assert rendering.wait(60)  # a first progress event: the frame is being rendered
     else:
