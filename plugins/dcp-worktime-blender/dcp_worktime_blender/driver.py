@@ -23,6 +23,7 @@ has seen every line of that frame.
 import ctypes
 import errno
 import json
+import linecache
 import os
 import pickle
 import struct
@@ -134,6 +135,8 @@ def load(spec):
     with open(spec["work"], encoding="utf-8") as f:
         source = f.read()
     namespace = {"__name__": "__main__", "__file__": "scene.py"}
+    # Tracebacks then show the script's own lines, as they would for a file.
+    linecache.cache["scene.py"] = (len(source), None, source.splitlines(True), "scene.py")
     exec(compile(source, "scene.py", "exec"), namespace)
     return namespace
 

@@ -225,6 +225,7 @@ class BlenderProcess:
                 raise SliceError(f"Blender answered for frame request {message.get('id')!r}, expected {ident}: "
                                  "the work wrote to the driver's reply pipe", code=ErrorCode.EUNCAUGHT)
             self._settle(ident)
+            message.pop("peak_memory", None)  # Blender's own figure, from its log, never the reply's
             with self._lock:
                 if self._peak_mib is not None:
                     message["peak_memory"] = int(self._peak_mib * (1 << 20))

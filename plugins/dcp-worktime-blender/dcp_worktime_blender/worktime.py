@@ -34,6 +34,10 @@ SCRIPT_REFUSED = ("this worker has no OS-level sandbox for Blender ({why}), so i
                   "bubblewrap), or, for work you trust, start the worker with --trust-work blender")
 
 
+#: The error codes a frame's error reply may carry (anything else is reported as EUNCAUGHT).
+DRIVER_CODES = frozenset({ErrorCode.EUNCAUGHT, ErrorCode.EUNSERIALIZABLE, ErrorCode.EOUTPUTLIMIT})
+
+
 class BlenderWorktime(Worktime):
     """Renders frames of a .blend file or a scene script with Blender, sandboxed with bubblewrap."""
 
@@ -212,7 +216,8 @@ class BlenderWorktime(Worktime):
                 self.process = None
             raise
         if reply["t"] == "error":
-            code = reply.get("code") if isinstance(reply.get("code"), str) else ErrorCode.EUNCAUGHT
+            # Only the codes the driver sends for a frame: the work could write a reply of its own.
+            code = reply.get("code") if reply.get("code") in DRIVER_CODES else ErrorCode.EUNCAUGHT
             if reply.get("limit") == "scratch":  # the next frame gets a fresh, empty /scratch
                 proc.kill()
                 self.process = None
