@@ -59,30 +59,20 @@ class BlenderWorktime(Worktime):
         >>> BlenderWorktime.capture_work("import bpy").work
         'import bpy'
         """
-        if isinstance(work, os.PathLike):
-            path = Path(work).expanduser()
-            if not path.is_file():
-                what = "a directory, not a file" if path.is_dir() else "no such file"
-                raise WorkError(f"work file {str(path)!r}: {what}; pass the path of a .blend file or a scene script")
-            data = path.read_bytes()
-            if path.suffix.lower() == ".py":
-                try:
-                    return CapturedWork(data.decode("utf-8"), origin=f"scene script {path.name}")
-                except UnicodeDecodeError:
-                    raise WorkError(f"scene script {path.name} is not UTF-8 text") from None
-            if not blend_magic(data):
-                raise WorkError(f"{path.name} is not a .blend file (it does not start with BLENDER); save the scene "
-                                "from Blender, or pass a scene script (.py)")
-            return CapturedWork(data, origin=f"file {path.name}")
-        if isinstance(work, str):
-            if work.strip().lower().endswith(".blend") and "\n" not in work.strip():
-                raise WorkError(f"the work {work!r} is a string, so it would run as a scene script; to render that file, "
-                                f"pass Path({work.strip()!r})")
-            return CapturedWork(work, origin="a scene script")
-        if isinstance(work, (bytes, bytearray, memoryview)):
-            return CapturedWork(bytes(work), origin="bytes")
-        raise WorkError(f"the blender worktime cannot use a {type(work).__name__} as work; pass "
-                        "pathlib.Path('shot.blend') or a scene script (Python text)")
+        if isinstance(work, str) and work.strip().lower().endswith(".blend") and "\n" not in work.strip():
+            raise WorkError(f"the work {work!r} is a string, so it would run as a scene script; to render that file, "
+                            f"pass Path({work.strip()!r})")
+        if not isinstance(work, (str, bytes, bytearray, memoryview, os.PathLike)):
+            raise WorkError(f"the blender worktime cannot use a {type(work).__name__} as work; pass "
+                            "pathlib.Path('shot.blend') or a scene script (Python text)")
+        captured = super().capture_work(work)  # a path is read here, on the deployer's machine
+        data = captured.work
+        if isinstance(work, os.PathLike) and Path(work).suffix.lower() == ".blend" and isinstance(data, str):
+            data = data.encode("utf-8")  # a .blend file that happened to decode as text is still a .blend file
+        if isinstance(data, bytes) and not blend_magic(data):
+            raise WorkError(f"the work ({captured.origin}) is not a .blend file (it does not start with BLENDER): save "
+                            "the scene from Blender, or pass a scene script (Python text or a .py file)")
+        return CapturedWork(data, captured.options, captured.origin)
 
     @classmethod
     def validate(cls, job: JobSpec) -> None:

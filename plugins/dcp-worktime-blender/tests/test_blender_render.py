@@ -204,7 +204,7 @@ def test_capture_work(scene_blend, tmp_path):
         BlenderWorktime.capture_work(tmp_path / "fake.blend")
     with pytest.raises(WorkError, match=r"pass Path\('shot.blend'\)"):
         BlenderWorktime.capture_work("shot.blend")
-    with pytest.raises(WorkError, match="no such file"):
+    with pytest.raises(WorkError, match="does not exist"):
         BlenderWorktime.capture_work(Path("missing.blend"))
     assert ".blend" in BlenderWorktime.default_for
 
