@@ -271,6 +271,14 @@ class EvaluatorPool:
                 except EvaluatorDied:
                     pass
 
+    def release(self, job_id: str) -> None:
+        """The job is over here: its idle evaluators exit now (a warm pool must not keep a finished
+        job's state in memory until its slots are needed)."""
+        with self._lock:
+            idle = [slot for slot in self._slots if not slot.busy and slot.proc is not None and slot.proc.job_id == job_id]
+        for slot in idle:
+            self._retire(slot)
+
     def close(self) -> None:
         """Stop: queued slices complete with ``ECANCELLED``, running ones are killed, processes end."""
         with self._lock:

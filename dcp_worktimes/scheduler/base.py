@@ -347,6 +347,12 @@ class Scheduler(ABC):
         """Forget a job and everything stored for it (a running job is cancelled first)."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
 
+    @property
+    def url(self) -> str | None:
+        """The URL other processes open this store with (``open_scheduler``), or ``None`` for a
+        store only this process can reach (a private in-memory one)."""
+        return None
+
     def leave(self, worker_id: str) -> None:
         """The worker stops (after returning its unfinished slices): forget it."""
 

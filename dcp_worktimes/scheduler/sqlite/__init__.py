@@ -17,6 +17,7 @@ lease expiry.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Iterator
@@ -63,6 +64,10 @@ class SqliteScheduler(Scheduler):
 
     def __repr__(self) -> str:
         return f"<SqliteScheduler {self.path}>"
+
+    @property
+    def url(self) -> str | None:
+        return None if self.path == ":memory:" else f"sqlite:///{os.path.abspath(self.path)}"
 
     # -- deployer side --------------------------------------------------------------------------
     def submit(self, job: JobRecord) -> None:
