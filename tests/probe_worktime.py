@@ -62,6 +62,20 @@ class BrokenHere(ProbeWorktime):
 
 
 
+class FailsOnHost(ProbeWorktime):
+    """Raises a plain exception naming a host file, from ``prepare`` when the work says so, else
+    from ``execute``: a worktime bug whose text holds a host path."""
+
+    name = "fails-on-host"
+
+    def prepare(self, job):
+        self.job = job
+        if job.work == "prepare":
+            raise ValueError(f"cannot parse {__file__}")
+
+    def execute(self, ctx, datum):
+        raise ValueError(f"cannot parse {__file__}")
+
 
 @hookimpl
 def register_worktimes(register):
@@ -69,3 +83,4 @@ def register_worktimes(register):
     register(StuckAtStart)
     register(Unavailable)
     register(BrokenHere)
+    register(FailsOnHost)

@@ -25,7 +25,6 @@ import queue
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
@@ -34,6 +33,7 @@ from ..values import UnserializableValue, pack, packer, unpack, unpacker
 from ..worktime import JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
+from .redact import host_failure
 
 FLUSH_AFTER = 0.005  # seconds a finished result may wait in the buffer before it is written
 
@@ -243,12 +243,11 @@ class Evaluator:
             self.out.send({"t": "prepare_error", "error": SliceError(e.message, code=e.code, worker_fault=fault).to_dict()})
             return
         except OSError as e:  # the worker's disk, cache or engine install, not the work
-            err = SliceError(f"the worker could not prepare the job: {type(e).__name__}: {e}", code=ErrorCode.ENOWORKTIME,
-                             worker_fault=True)
+            err = host_failure(e, "the worker could not prepare the job", code=ErrorCode.ENOWORKTIME, worker_fault=True)
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
-        except Exception as e:
-            err = SliceError(f"{type(e).__name__}: {e}", code=ErrorCode.EBADWORK, stack=traceback.format_exc())
+        except Exception as e:  # the worktime's own bug, or work it did not expect: no host traceback leaves
+            err = host_failure(e, "", code=ErrorCode.EBADWORK)
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
         self.out.send({"t": "prepared", "rss": _rss()})
@@ -293,9 +292,8 @@ class Evaluator:
             frame = {"t": "err", "i": index, "e": exceeded("memory", limits.memory, what="memory in the worktime").to_dict()}
         except RecursionError as e:
             frame = {"t": "err", "i": index, "e": {"code": "EUNCAUGHT", "message": f"RecursionError: {e}"}}
-        except Exception as e:
-            frame = {"t": "err", "i": index, "e": {
-                "code": "EUNCAUGHT", "message": f"{type(e).__name__}: {e}", "stack": traceback.format_exc()}}
+        except Exception as e:  # a worktime bug: what failed, never where on the host (redact.py)
+            frame = {"t": "err", "i": index, "e": host_failure(e, "").to_dict()}
         events.flush_console()
         frame["wall"] = time.monotonic() - now
         frame["cpu"] = time.process_time() - cpu0
@@ -327,8 +325,8 @@ def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, ne
         cls = _load_class(worktime_cls) if isinstance(worktime_cls, str) else worktime_cls
         worktime = cls()
     except Exception as e:
-        err = SliceError(f"cannot start worktime {worktime_cls}: {type(e).__name__}: {e}", code=ErrorCode.ECRASH,
-                         stack=traceback.format_exc())
+        err = host_failure(e, f"cannot start worktime {getattr(worktime_cls, '__name__', worktime_cls)}",
+                           code=ErrorCode.ECRASH)
         out.send({"t": "fatal", "error": err.to_dict()})
         return
     ev = Evaluator(worktime, out, hb)

@@ -26,6 +26,7 @@ import msgpack
 from ..errors import ErrorCode, SliceError
 from ..values import UnserializableValue, packer, unpacker
 from .heartbeat import Heartbeat
+from .redact import redact
 
 STDERR_TAIL = 4096
 #: Seconds an evaluator (or a zygote) may take from launch to its first frame.
@@ -321,7 +322,7 @@ class EvaluatorProcess:
         else:
             how = f"exited with status {code}"
         msg = f"the evaluator process {how} while running the slice"
-        tail = self.stderr_tail()
+        tail = redact(self.stderr_tail())  # the deployer learns how it died, not where the worker lives
         if tail:
             msg += f"; its last output:\n{tail}"
         return SliceError(msg, code=ErrorCode.ECRASH)

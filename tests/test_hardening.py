@@ -1,0 +1,71 @@
+"""Issue 12: hostile work and unlucky operators must not fill the worker's disk or memory, nor
+crash it, nor learn about the host. (The per-worktime hostile cases are in the conformance kit.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcp_worktimes.limits import MAX_SIZE, Limits
+from dcp_worktimes.runner import EvaluatorPool
+from dcp_worktimes.runner.redact import redact
+from dcp_worktimes.worktime import JobSpec
+
+
+@pytest.fixture(scope="module")
+def probes():
+    from dcp_worktimes.plugins import registry
+
+    from . import probe_worktime
+
+    registry().register_module(probe_worktime, "tests-hardening")
+
+
+# -- limits have a documented range ---------------------------------------------------------------
+@pytest.mark.parametrize("kw, message", [
+    ({"memory": "16EiB"}, "more than the largest limit, 1 PiB"),
+    ({"memory": 2**64}, "more than the largest limit"),
+    ({"output": float("inf")}, "must be a finite size"),
+    ({"wall_time": "1ns"}, "shorter than 100 ms"),
+    ({"cpu_time": "1us"}, "shorter than 100 ms"),
+    ({"progress_timeout": "400d"}, "longer than the longest limit"),
+])
+def test_limits_out_of_range_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Limits.parse(**kw)
+    with pytest.raises(ValueError):  # built directly, too
+        Limits(**{k: (v if not isinstance(v, str) else Limits.parse(**{k: "1s" if "time" in k else "1MB"}).__getattribute__(k) * 10**30) for k, v in kw.items()})
+
+
+def test_the_largest_memory_limit_reaches_every_built_in_engine(tmp_path):
+    from dcp_worktimes.runner import run_slice
+
+    out = run_slice(JobSpec(id="huge-mem", worktime="map-basic", work="x => x + 1",
+                            limits=Limits(memory=MAX_SIZE)), 41)
+    assert out.ok and out.value == 42, out.error
+
+
+# -- no host traceback or path reaches the deployer -----------------------------------------------
+@pytest.mark.parametrize("where", ["prepare", "execute"])
+def test_a_worktime_bug_tells_what_failed_not_where_the_host_is(probes, where):
+    with EvaluatorPool(cores=1) as pool:
+        out = next(pool.map(JobSpec(id=f"host-{where}", worktime="fails-on-host", work=where), [(0, 1)]))
+    assert not out.ok and out.error.name == "ValueError"
+    text = f"{out.error.message}\n{out.error.stack or ''}"
+    root = str(Path(__file__).resolve().parents[1])
+    assert "Traceback" not in text and root not in text and sys.prefix not in text, text
+    assert "<host>" in out.error.message
+    assert out.error.code == ("EBADWORK" if where == "prepare" else "EUNCAUGHT")
+
+
+def test_redact_drops_traceback_frames_and_host_folders():
+    import dcp_worktimes
+
+    text = ("Traceback (most recent call last):\n"
+            f'  File "{dcp_worktimes.__file__}", line 1, in <module>\n'
+            "    import nothing\n"
+            f"OverflowError: too big for {sys.prefix}/lib\n")
+    out = redact(text)
+    assert out == "OverflowError: too big for <host>/lib"
