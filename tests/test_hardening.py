@@ -69,3 +69,48 @@ def test_redact_drops_traceback_frames_and_host_folders():
             f"OverflowError: too big for {sys.prefix}/lib\n")
     out = redact(text)
     assert out == "OverflowError: too big for <host>/lib"
+
+
+# -- one depth limit for values, the same everywhere ----------------------------------------------
+def _nest(depth: int):
+    v = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def _depth(v) -> int:
+    """Levels of ``[[[0]]]`` (compared without recursion: ``==`` recurses once per level)."""
+    d = 0
+    while isinstance(v, list) and len(v) == 1:
+        v, d = v[0], d + 1
+    return d if v == 0 else -1
+
+
+def test_the_depth_limit_is_msgpacks_both_ways_and_says_so():
+    from dcp_worktimes.values import MAX_DEPTH, UnserializableValue, pack, unpack, unpack_frame
+
+    assert _depth(unpack(pack(_nest(MAX_DEPTH)))) == MAX_DEPTH
+    with pytest.raises(UnserializableValue, match=f"nested more than {MAX_DEPTH} levels"):
+        pack(_nest(MAX_DEPTH + 1))
+    forged = b"\x91" * (MAX_DEPTH + 1) + b"\x00"
+    with pytest.raises(UnserializableValue, match=f"nested more than {MAX_DEPTH} levels"):
+        unpack(forged)
+    # a frame [op, value] carries a value of the full depth
+    op, value = unpack_frame(b"\x92\xa6result" + pack(_nest(MAX_DEPTH)))
+    assert op == "result" and _depth(value) == MAX_DEPTH
+
+
+def test_the_python_guest_keeps_the_same_depth_limit(warm):
+    from dcp_worktimes.runner import run_slice
+    from dcp_worktimes.values import MAX_DEPTH
+
+    work = "def f(d):\n    v = 0\n    for _ in range(d):\n        v = [v]\n    return v\n"
+    out = run_slice(JobSpec(id="deep-py", worktime="python", work=work), MAX_DEPTH)
+    assert out.ok and _depth(out.value) == MAX_DEPTH, out.error
+    out = run_slice(JobSpec(id="deeper-py", worktime="python", work=work), MAX_DEPTH + 1)
+    assert not out.ok and out.error.code == "EUNSERIALIZABLE" and f"more than {MAX_DEPTH} levels" in out.error.message
+    assert len(out.error.message) < 300  # the path to the deep end is not spelled out 1000 times
+    echo = "def f(v):\n    return v\n"
+    out = run_slice(JobSpec(id="deep-datum-py", worktime="python", work=echo), _nest(MAX_DEPTH))
+    assert out.ok and _depth(out.value) == MAX_DEPTH, out.error

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
-from ..values import UnserializableValue, pack, packer, unpack, unpacker
+from ..values import UnserializableValue, as_unserializable, pack, packer, unpack, unpacker
 from ..worktime import JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
@@ -199,7 +199,7 @@ class Evaluator:
             raise
         except (TypeError, ValueError, OverflowError) as e:
             self._packer = packer()
-            raise UnserializableValue(f"value cannot cross the sandbox boundary: {e}") from None
+            raise as_unserializable(e) from None
 
     def reader(self, fd: int) -> None:
         unp = unpacker()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import exceeded, format_size
-from ...values import UnserializableValue, pack, unpack
+from ...values import UnserializableValue, pack, unpack_frame
 from ..wasm_runtime import Watchdog, memory_at_quota, set_store_limits, trap_to_error
 from ..wasm_runtime.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
 from .artifacts import boot_dir, runtime_cache
@@ -163,13 +163,15 @@ def _guest_frame(data: bytes) -> Any:
 
     try:
         try:
-            return unpack(data)
+            return unpack_frame(data)
         except UnicodeDecodeError:
-            frame = unpack(data, unicode_errors="replace")
+            frame = unpack_frame(data, unicode_errors="replace")
             if isinstance(frame, list) and frame and frame[0] == "console":
                 return frame
             raise SliceError("a string in the work's result or event is not valid Unicode (a lone surrogate such as "
                              "'\\udcff'); encode such text before returning it", code=ErrorCode.EUNSERIALIZABLE) from None
+    except UnserializableValue as e:  # nested deeper than values.MAX_DEPTH: only a forged frame is
+        raise SliceError(str(e), code=ErrorCode.EUNSERIALIZABLE) from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:  # also from the second, lenient unpack
         raise SliceError(f"the work sent the host a malformed frame ({type(e).__name__}: {e})",
                          code=ErrorCode.EUNCAUGHT) from None
