@@ -408,7 +408,8 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
             raise click.UsageError(f"no job store at {_store_path(url)} yet, so no job {delete[0]!r} to delete")
         click.echo("[]" if as_json else "no jobs yet (nothing was deployed to the per-user store)")
         return
-    with open_scheduler(url) as sched:
+    # Listing only reads: a store on a full or read-only disk can still be listed.
+    with open_scheduler(url, read_only=not delete) as sched:
         from .scheduler.base import FINAL_STATES
 
         for job_id in delete:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-from ...values import unpack
 from ..base import WORKER_TTL, JobRecord, SliceReport, WorkerInfo
 from .store import Store
 
@@ -33,14 +32,14 @@ class Reads:
     def _read_events(self, job_id: str, after: int, limit: int | None) -> list[tuple[int, dict]]:
         self.store.record(job_id)  # UnknownJob for a bad id
         out: list[tuple[int, dict]] = [
-            (seq, unpack(event)) for seq, event in self.db.execute(
+            (seq, self.store.decode(event, f"event {seq} of job {job_id}")) for seq, event in self.db.execute(
                 "SELECT seq, event FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after))
         ]
         batches = self.db.execute(
             "SELECT seq, data FROM results WHERE job_id = ? AND last > ? ORDER BY last", (job_id, after)).fetchall()
         if batches:
             for first, data in batches:
-                ns, oks, values, errors = unpack(data)[:4]
+                ns, oks, values, errors = self.store.decode(data, f"a result batch of job {job_id}")[:4]
                 for i, n in enumerate(ns):
                     seq = first + i
                     if seq <= after:
@@ -58,7 +57,7 @@ class Reads:
             batches = self.db.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchall()
         out: dict[int, SliceReport] = {}
         for (data,) in batches:
-            for n, ok, value, error, wall, cpu, bin_, bout, attempt, worker in zip(*unpack(data)):
+            for n, ok, value, error, wall, cpu, bin_, bout, attempt, worker in zip(*self.store.decode(data, f"a result batch of job {job_id}")):
                 out[n] = SliceReport(n, bool(ok), value, error, wall, cpu, bin_, bout, attempt, worker)
         return out
 
@@ -82,10 +81,10 @@ class Reads:
 
     def list_jobs(self) -> list[JobRecord]:
         with self.store.lock:
-            rows = self.db.execute("SELECT record, status, total FROM jobs ORDER BY created DESC").fetchall()
+            rows = self.db.execute("SELECT id, record, status, total FROM jobs ORDER BY created DESC").fetchall()
         out = []
-        for record, status, total in rows:
-            rec = JobRecord.from_dict(unpack(record))
+        for jid, record, status, total in rows:
+            rec = self.store.decode_record(record, jid)
             rec.status, rec.total = status, total
             out.append(rec)
         return out
@@ -98,7 +97,9 @@ class Reads:
             ).fetchall()
         out = []
         for jid, record, status, reason, total, distributed, computed, failed, created, payment in rows:
-            rec = unpack(record)
+            rec = self.store.decode(record, f"the record of job {jid}")
+            if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
+                raise self.store.damaged(f"the record of job {jid}", ValueError("not a job record"))
             out.append({
                 "id": jid, "worktime": rec["spec"]["worktime"], "status": status, "reason": reason, "total": total,
                 "distributed": distributed, "computed": computed, "failed": failed, "created": created,
@@ -111,4 +112,5 @@ class Reads:
         with self.store.lock:
             rows = self.db.execute(
                 "SELECT id, worktimes, capabilities, last_seen FROM workers WHERE last_seen >= ?", (cutoff,)).fetchall()
-        return [WorkerInfo(i, unpack(w), unpack(c), t) for i, w, c, t in rows]
+        decode = self.store.decode
+        return [WorkerInfo(i, decode(w, f"worker {i}"), decode(c, f"worker {i}"), t) for i, w, c, t in rows]
