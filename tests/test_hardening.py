@@ -114,3 +114,72 @@ def test_the_python_guest_keeps_the_same_depth_limit(warm):
     echo = "def f(v):\n    return v\n"
     out = run_slice(JobSpec(id="deep-datum-py", worktime="python", work=echo), _nest(MAX_DEPTH))
     assert out.ok and _depth(out.value) == MAX_DEPTH, out.error
+
+
+# -- the scratch disk is capped by the kernel; nothing outlives a killed evaluator ----------------
+HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile"
+
+
+def test_an_unlinked_scratch_file_kept_open_across_slices_stays_under_the_cap(warm):
+    """python keeps its interpreter warm between slices: the file's descriptor survives too."""
+    from dcp_worktimes.limits import MiB
+
+    job = JobSpec(id="unlinked-across", worktime="python", work=(HOSTILE / "python" / "unlinked_scratch.py").read_text(),
+                  options={"scratch_size": "16MiB"}, limits=Limits.parse(wall_time="60s"))
+    with EvaluatorPool(cores=1) as pool:
+        outs = sorted(pool.map(job, [(i, i) for i in range(4)]), key=lambda o: o.number)
+        assert pool._slots[0].proc is None or pool._slots[0].proc.isolation.get("private_tmp") is True
+    for out in outs:  # every slice meets the cap; none got past it
+        if out.ok:
+            assert out.value <= 16 * MiB
+        else:
+            assert out.error.code == "EOUTPUTLIMIT" and "scratch directory /tmp" in out.error.message, out.error
+
+
+def _our_temp_entries(pid: int) -> list[str]:
+    import glob
+    import tempfile
+
+    return [p for base in (tempfile.gettempdir(), "/dev/shm") for p in glob.glob(f"{base}/dcp-*-{pid}-*")]
+
+
+def test_a_killed_evaluator_leaves_no_temporary_file_nor_its_input_behind(build):
+    import os
+    import queue
+    import secrets
+    import signal
+    import time
+
+    marker = secrets.token_hex(16)
+    # reads its input, writes it into /tmp, then spins: killed from outside like the OOM killer would
+    wasm = build("scratch_then_spin", HOSTILE.parent.parent / "tests" / "wasi_programs")
+    job = JobSpec(id="killed", worktime="wasi", work=wasm, files={"data.txt": marker.encode()},
+                  limits=Limits.parse(wall_time="60s", progress_timeout="off"))
+    got: "queue.SimpleQueue" = queue.SimpleQueue()
+    with EvaluatorPool(cores=1) as pool:
+        pool.submit(job, [(0, marker)], got.put)
+        deadline = time.monotonic() + 30
+        while (proc := pool._slots[0].proc) is None or proc.job_id != job.id:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert proc.isolation.get("private_tmp") is True, proc.isolation
+        pid = proc.pid
+        time.sleep(1.0)  # the slice is running and has written its scratch file
+        entries = _our_temp_entries(pid)
+        assert entries, "the evaluator made its private area in the host's /tmp"
+        os.kill(pid, signal.SIGKILL)
+        out = got.get(timeout=60)
+        assert not out.ok
+    time.sleep(0.2)
+    for path in _our_temp_entries(pid):  # at most empty mount points remain on the host
+        assert os.path.isdir(path) and not os.listdir(path), path
+    for base in ("/tmp", "/dev/shm"):
+        for root, _dirs, files in os.walk(base):
+            if "dcp-" not in root:
+                continue
+            for name in files:
+                try:
+                    with open(os.path.join(root, name), "rb") as f:
+                        assert marker.encode() not in f.read(1 << 20), os.path.join(root, name)
+                except OSError:
+                    pass

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--worktime", required=True)
     ap.add_argument("--parent", type=int, required=True)
     args = ap.parse_args(argv)
-    isolation.apply(network=True, parent_pid=args.parent)  # die with the worker; netns is per evaluator
+    # Die with the worker; namespaces are per evaluator (each fork makes its own).
+    isolation.apply(network=True, parent_pid=args.parent, private_mounts=False)
     from .evaluator import _load_class, serve
 
     sock = socket.socket(fileno=0)  # the supervisor hands us our end of a socketpair as stdin

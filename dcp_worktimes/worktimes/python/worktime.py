@@ -121,7 +121,7 @@ class PythonWorktime(Worktime):
         except ValueError as e:
             raise WorkError(str(e)) from None
         self._compiled = load()
-        self._dirs = GuestDirs.create(job.files, job.modules)
+        self._dirs = GuestDirs.create(job.files, job.modules, scratch_size=self._scratch_size)
         wall = job.limits.wall_time
         self._start(deadline=None if wall is None else time.monotonic() + wall)
 
