@@ -137,12 +137,14 @@ def show(limit: str, value: float | int, like: float | int | None = None) -> str
 
 
 def exceeded(limit: str, allowed: float | int | None, *, used: float | int | None = None, what: str | None = None,
-             detail: str | None = None, name: str | None = None, stack: str | None = None) -> "LimitExceeded":
+             detail: str | None = None, name: str | None = None, stack: str | None = None,
+             subject: str = "the slice") -> "LimitExceeded":
     """The error of a slice that went over ``limit`` (a ``LIMIT_CODES`` key), worded one way
     wherever it is enforced: what was exceeded, by how much when known, and what to do.
 
     ``what`` names the thing measured (``"JavaScript heap"``, ``"console/emit traffic"``);
-    ``detail`` is appended (``"on top of the worktime's own 40 MB"``).
+    ``detail`` is appended (``"on top of the worktime's own 40 MB"``); ``subject`` is what went over
+    (``"preparing the job"``; the slice by default).
 
     >>> print(exceeded("wall_time", 2.0).message)
     the slice ran longer than its wall-time limit of 2 s; make the work faster, split it into smaller slices, or raise the limit (wall_time / --wall-time)
@@ -160,17 +162,17 @@ def exceeded(limit: str, allowed: float | int | None, *, used: float | int | Non
             amount = f"{int(used):,} bytes"
     how = f"raise the limit ({limit} / {FLAGS[limit]})" if limit in FLAGS else ""
     if limit == "wall_time":
-        head = f"the slice ran longer than its wall-time limit{' of ' + cap if cap else ''}"
+        head = f"{subject} ran longer than its wall-time limit{' of ' + cap if cap else ''}"
         advice = f"make the work faster, split it into smaller slices, or {how}"
     elif limit == "progress_timeout":
         head = f"no progress() for {cap or 'too long'} (the progress timeout)"
         advice = (f"call progress() regularly in long-running work, or raise the timeout or turn it off "
                   f"(progress_timeout=None / {FLAGS[limit]} off)")
     elif limit == "cpu_time":
-        head = f"the slice used {amount or 'more'} of CPU time{over}"
+        head = f"{subject} used {amount or 'more'} of CPU time{over}"
         advice = f"do less per slice or {how}"
     elif limit == "memory":
-        head = f"the slice used {amount or 'more'} of {what or 'memory'}{over}"
+        head = f"{subject} used {amount or 'more'} of {what or 'memory'}{over}"
         advice = f"use less memory or {how}"
     elif limit == "output":
         head = f"{what or 'the result'} is {amount or 'too big'}{over.replace('its limit', 'the output limit')}"

@@ -72,8 +72,10 @@ from .errors import WorkError
 from .limits import Limits
 
 
-#: Limit names a worktime may list in ``Worktime.enforces``.
-LIMIT_NAMES = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+#: Limit names a worktime may list in ``Worktime.enforces``. ``prepare``: the worktime bounds the
+#: work's part of ``prepare`` (loading, compiling) by the job's limits itself, so the host bounds
+#: the whole of ``prepare`` only by the worker's prepare budget (its own set-up may take longer).
+LIMIT_NAMES = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack", "prepare"})
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 

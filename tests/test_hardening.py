@@ -183,3 +183,29 @@ def test_a_killed_evaluator_leaves_no_temporary_file_nor_its_input_behind(build)
                         assert marker.encode() not in f.read(1 << 20), os.path.join(root, name)
                 except OSError:
                     pass
+
+
+# -- preparing a job (compiling its work) is bounded by the job's limits ---------------------------
+@pytest.fixture(scope="module")
+def big_wat() -> str:
+    """~66 MB of WebAssembly text: compiling it takes ~2 s and ~250 MB on this kind of machine."""
+    funcs = "".join(f"(func $f{i} (result i32) i32.const {i} i32.const 1 i32.add)\n" for i in range(1_000_000))
+    return f'(module (memory 1)\n{funcs}(func (export "_start")))'
+
+
+@pytest.mark.parametrize("limits, code, words", [
+    ({"memory": "64MiB", "wall_time": "60s"}, "EMEMORYLIMIT", "preparing the job (loading and compiling its work) used"),
+    ({"wall_time": "200ms", "memory": "4GiB"}, "ESLICETOOSLOW",
+     "preparing the job (loading and compiling its work) ran longer than its wall-time limit"),
+])
+def test_compiling_the_work_is_bounded_by_the_jobs_limits(big_wat, tmp_path, monkeypatch, limits, code, words):
+    import time
+
+    monkeypatch.setenv("DCP_WORKTIMES_CACHE", str(tmp_path))  # a cold compile cache: really compile
+    job = JobSpec(id=f"big-{code}", worktime="wasi", work=big_wat, limits=Limits.parse(**limits))
+    t = time.monotonic()
+    with EvaluatorPool(cores=1, env={**__import__("os").environ}) as pool:
+        outs = list(pool.map(job, [(i, i) for i in range(3)]))
+    assert time.monotonic() - t < 30
+    assert all(not o.ok and o.error.code == code for o in outs), [o.error for o in outs]
+    assert words in outs[0].error.message, outs[0].error.message

@@ -332,7 +332,7 @@ def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, ne
     ev = Evaluator(worktime, out, hb)
     threading.Thread(target=ev.reader, args=(0,), daemon=True).start()
     threading.Thread(target=out.flusher, daemon=True).start()
-    out.send({"t": "ready", "isolation": iso, "pid": os.getpid()})
+    out.send({"t": "ready", "isolation": iso, "pid": os.getpid(), "rss": _rss()})
     ev.serve()
     try:
         worktime.release()

@@ -177,6 +177,8 @@ class EvaluatorProcess:
             self.close(timeout=0)
             raise
         self.isolation: dict[str, Any] = ready.get("isolation", {})
+        #: Resident memory when it started, before any job: what ``prepare`` adds is the job's.
+        self.start_rss = int(ready.get("rss") or 0)
 
     # -- frames -------------------------------------------------------------------------------
     def send(self, msg: dict) -> None:
