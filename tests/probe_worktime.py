@@ -11,6 +11,7 @@ from dcp_worktimes.worktime import Worktime
 class ProbeWorktime(Worktime):
     name = "probe"
     version = "0.0.1"
+    spawns = True  # some tests start processes from the work, as an engine that is a program would
 
     def prepare(self, job):
         self.job = job
@@ -77,6 +78,33 @@ class FailsOnHost(ProbeWorktime):
         raise ValueError(f"cannot parse {__file__}")
 
 
+class NativeProbe(Worktime):
+    """Loads a native shared library (the work: its path) as its "engine" in ``prepare``, then
+    each slice calls ``probe(what, arg)`` in it (``datum = [what, arg]``): native code running in
+    the evaluator after its lockdown, as an engine escape would."""
+
+    name = "native-probe"
+    version = "0.0.1"
+
+    def prepare(self, job):
+        import ctypes
+
+        self.lib = ctypes.CDLL(job.work)
+        self.lib.probe.restype = ctypes.c_long
+        self.lib.probe.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+
+    def execute(self, ctx, datum):
+        what, arg = datum
+        return self.lib.probe(what.encode(), (arg or "").encode())
+
+
+class NetworkNativeProbe(NativeProbe):
+    """The same, for a worktime that declares ``network = True``."""
+
+    name = "native-probe-network"
+    network = True
+
+
 @hookimpl
 def register_worktimes(register):
     register(ProbeWorktime)
@@ -84,3 +112,5 @@ def register_worktimes(register):
     register(Unavailable)
     register(BrokenHere)
     register(FailsOnHost)
+    register(NativeProbe)
+    register(NetworkNativeProbe)

@@ -189,6 +189,7 @@ class Evaluator:
         self._beat = lambda: hb.progressed(time.monotonic())  # one closure for every slice
         self._events = _SliceEvents(out, -1, None)
         out.tick = self._events.flush_stale
+        self.lockdown: dict | None = None  # what lockdown.apply did (once, after the first prepare)
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
@@ -250,7 +251,9 @@ class Evaluator:
             err = host_failure(e, "", code=ErrorCode.EBADWORK)
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
-        self.out.send({"t": "prepared", "rss": _rss()})
+        if self.lockdown is None:  # the engine is loaded, the job's mounts made: take the rest away
+            self.lockdown = _lock_down(self.worktime)
+        self.out.send({"t": "prepared", "rss": _rss(), "lockdown": self.lockdown})
 
     def run(self, items: list) -> None:
         job = self.job
@@ -300,6 +303,31 @@ class Evaluator:
         self.out.send(frame)
 
 
+#: ``DCP_WORKTIMES_LOCKDOWN=0`` turns the seccomp/Landlock layer off (to tell whether it is what
+#: breaks a new engine); the evaluator reports it as not applied.
+ENV_LOCKDOWN = "DCP_WORKTIMES_LOCKDOWN"
+
+
+def _lock_down(worktime: Worktime) -> dict:
+    import tempfile
+
+    from ..worktimes.wasm_runtime.engine import cache_dir
+    from . import lockdown
+
+    if os.environ.get(ENV_LOCKDOWN, "1").strip().lower() in ("0", "off", "false", "no"):
+        off = {"applied": False, "reason": f"turned off by {ENV_LOCKDOWN}=0"}
+        return {"seccomp": off, "landlock": off}
+    if (worktime.config or {}).get("trusted"):
+        off = {"applied": False, "reason": "the worker's owner trusts this worktime's work (--trust-work)"}
+        return {"seccomp": off, "landlock": off}
+    area = isolation.private_area()
+    # Where a worktime may write: its private tmpfs, the compile caches; with no private area,
+    # the temporary folders its files then live in.
+    writable = [area, str(cache_dir().parent)] if area else [tempfile.gettempdir(), "/dev/shm", str(cache_dir().parent)]
+    cls = type(worktime)
+    return lockdown.apply(network=bool(cls.network), spawns=bool(cls.spawns), writable=writable)
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -315,7 +343,8 @@ def _load_class(ref: str) -> type[Worktime]:
 
 def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, network: bool) -> None:
     """Be an evaluator on fds 0/1/2 until told to exit (after a plain start or a zygote's fork)."""
-    iso = isolation.apply(network=network, parent_pid=parent)
+    iso: dict = isolation.apply(network=network, parent_pid=parent)
+    iso["lockdown"] = "seccomp and Landlock follow the first prepare (reported in its 'prepared' frame)"
     frames_fd = os.dup(1)
     os.dup2(2, 1)  # stray writes to stdout land in stderr, never in the frame stream
     sys.stdout = sys.stderr

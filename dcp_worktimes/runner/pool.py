@@ -306,6 +306,7 @@ class EvaluatorPool:
             self._retire(slot)
             raise _JobUnusable(SliceError.from_dict(msg["error"]))
         proc.baseline_rss = int(msg.get("rss") or 0)
+        proc.lockdown = msg.get("lockdown") or {}  # seccomp/Landlock, applied after this first prepare
         proc.job_id = job.id
         enforces = reg.cls.enforces
         slot.grace = 0.5 if "wall_time" in enforces else 0.0

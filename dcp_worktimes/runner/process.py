@@ -179,6 +179,8 @@ class EvaluatorProcess:
         self.isolation: dict[str, Any] = ready.get("isolation", {})
         #: Resident memory when it started, before any job: what ``prepare`` adds is the job's.
         self.start_rss = int(ready.get("rss") or 0)
+        #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).
+        self.lockdown: dict[str, Any] = {}
 
     # -- frames -------------------------------------------------------------------------------
     def send(self, msg: dict) -> None:

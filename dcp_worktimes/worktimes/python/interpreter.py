@@ -397,8 +397,9 @@ class Guest:
             if getattr(e, "limit", None) is None:
                 self._blame_full_scratch(scratch)
             raise
-        if "error" in outcome:
+        if "error" in outcome or self.dirs.scratch_kernel:  # kernel-capped: one statvfs, after every slice
             self._blame_full_scratch(scratch)
+        if "error" in outcome:
             err = outcome["error"]
             code = err.get("code") or ErrorCode.EUNCAUGHT
             if code == "EMEMORYLIMIT":
@@ -410,7 +411,8 @@ class Guest:
         return outcome["result"]
 
     def _blame_full_scratch(self, scratch: ScratchCap) -> None:
-        """A slice that failed while /tmp was full failed because of the cap (the guest met ENOSPC).
+        """A slice that ends with /tmp full went over its cap (the guest met ENOSPC), whatever it
+        made of that.
         Its files (and any it unlinked but holds open, which only closing frees) would fail every
         later slice too: the sandbox restarts with an empty /tmp."""
         full = scratch.measure()

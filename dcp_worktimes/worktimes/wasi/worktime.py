@@ -158,6 +158,7 @@ class WasiWorktime(Worktime):
         except wasmtime.WasmtimeError as e:
             raise WorkError(f"the module's imports cannot be satisfied: {e}") from None
         self._files_dir = _write_files(job.files) if job.files else None
+        self._slice_dir()  # now: mounting the scratch is not possible once the evaluator is locked down
 
     def _check_module(self, module) -> None:
         bad = []
@@ -303,9 +304,10 @@ class WasiWorktime(Worktime):
                     store, memory, _linear_memory_quota(limits.memory))
             if interrupted is not None and (failure is not None or interrupted.code == ErrorCode.EOUTPUTLIMIT):
                 raise interrupted
-            if failure is not None or exit_status != 0:
-                # A write past the scratch cap failed in the guest (ENOSPC), and the guest then failed:
-                # the cap, not the guest's own error handling, is the reason.
+            if self._scratch_kernel or failure is not None or exit_status != 0:
+                # A write past the scratch cap failed in the guest (ENOSPC): whatever the guest made
+                # of that, the slice went over its cap. (A kernel-capped scratch is one statvfs to
+                # read; a host folder is walked only after a failure.)
                 full = scratch_cap.measure()
                 if full is not None:
                     raise _with_stderr(full, state)
