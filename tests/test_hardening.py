@@ -209,3 +209,95 @@ def test_compiling_the_work_is_bounded_by_the_jobs_limits(big_wat, tmp_path, mon
     assert time.monotonic() - t < 30
     assert all(not o.ok and o.error.code == code for o in outs), [o.error for o in outs]
     assert words in outs[0].error.message, outs[0].error.message
+
+
+# -- a long-running worker serving the whole corpus keeps its memory and disk flat -----------------
+def _corpus(cc) -> list[tuple[str, str, object]]:
+    """``(worktime, case, work)`` for every case of the hostile corpus each built-in can express."""
+    from dcp_worktimes.testing import HOSTILE_CASES
+
+    works: list[tuple[str, str, object]] = []
+    for case in sorted(HOSTILE_CASES):
+        if (HOSTILE / "c" / f"{case}.c").exists():
+            works.append(("wasi", case, cc(HOSTILE / "c" / f"{case}.c")))
+        if (HOSTILE / "python" / f"{case}.py").exists():
+            works.append(("python", case, (HOSTILE / "python" / f"{case}.py").read_text()))
+        if (HOSTILE / "js" / f"{case}.js").exists():
+            works.append(("map-basic", case, (HOSTILE / "js" / f"{case}.js").read_text()))
+    return works
+
+
+def _temp_footprint(pids: set[int]) -> tuple[int, int]:
+    """(entries, bytes) the host can see in /tmp and /dev/shm of the evaluators ``pids``."""
+    import glob
+    import os
+    import re
+    import tempfile
+
+    entries = total = 0
+    for base in (tempfile.gettempdir(), "/dev/shm"):
+        for top in glob.glob(f"{base}/dcp-*"):
+            m = re.search(r"-(\d+)-[^/]*$", top)
+            if m is None or int(m.group(1)) not in pids:
+                continue  # another process's (other workers on this machine)
+            entries += 1
+            for root, _dirs, files in os.walk(top):
+                for name in files:
+                    try:
+                        total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                    except OSError:
+                        pass
+    return entries, total
+
+
+def _serve(pool, corpus, tmp_path, pids: set[int]) -> None:
+    import secrets
+
+    from dcp_worktimes.testing import HOSTILE_CASES
+
+    for worktime, case, work in corpus:
+        datum = {"file_access": str(tmp_path / "canary.txt"), "network_access": ["127.0.0.1", 9],
+                 "process_access": str(tmp_path / "marker")}.get(case)
+        job = JobSpec(id=f"corpus-{worktime}-{case}-{secrets.token_hex(3)}", worktime=worktime, work=work,
+                      limits=Limits.parse(**HOSTILE_CASES[case].limits))
+        out = next(pool.map(job, [(0, datum)]))
+        proc = pool._slots[0].proc
+        if proc is not None:
+            pids.add(proc.pid)
+        codes = HOSTILE_CASES[case].codes
+        assert not codes or (not out.ok and out.error.code in codes), (worktime, case, out.error)
+
+
+def _flat(cc, warm, tmp_path, rounds: int, cases: set[str] | None) -> None:
+    import psutil
+
+    (tmp_path / "canary.txt").write_text("secret")
+    corpus = [c for c in _corpus(cc) if cases is None or c[1] in cases]
+    me = psutil.Process()
+    pids: set[int] = set()
+    with EvaluatorPool(cores=1) as pool:
+        _serve(pool, corpus, tmp_path, pids)  # warm: engines loaded, caches filled
+        rss = me.memory_info().rss
+        for _ in range(rounds - 1):
+            _serve(pool, corpus, tmp_path, pids)
+        grown = me.memory_info().rss - rss
+        entries, size = _temp_footprint(pids)
+    assert grown < 32 << 20, f"the worker's memory grew by {grown >> 20} MiB over {rounds - 1} rounds"
+    # Of the ~{len(pids)} evaluators that served, only empty mount points of the last few remain
+    # (each new evaluator removes those of dead ones), and none holds a byte.
+    assert size == 0, f"evaluators left {size} bytes of temporary files on the host"
+    assert entries <= 3, f"{entries} temporary folders of {len(pids)} evaluators remain"
+    assert len(pids) >= len(corpus)
+
+
+RESOURCE_CASES = {"memory_balloon", "huge_output", "unlinked_scratch", "sparse_scratch", "fd_hoard", "throw",
+                  "deep_recursion", "crash", "file_access"}
+
+
+def test_a_worker_serving_the_resource_cases_again_and_again_stays_flat(cc, warm, tmp_path):
+    _flat(cc, warm, tmp_path, rounds=3, cases=RESOURCE_CASES)
+
+
+@pytest.mark.slow
+def test_a_long_running_worker_serving_the_whole_corpus_stays_flat(cc, warm, tmp_path):
+    _flat(cc, warm, tmp_path, rounds=6, cases=None)
