@@ -255,8 +255,12 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     config = _worktime_config(limits)
     limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
     worker_limits = _limits(None, **limits)
-    if not _store_exists(scheduler_url):
+    from .scheduler.base import default_store_path
+
+    target = os.path.abspath(_store_path(scheduler_url))
+    if not _store_exists(scheduler_url) and (os.path.isdir(os.path.dirname(target)) or target == default_store_path()):
         # A typo in --scheduler would otherwise wait forever on an empty store nobody deploys to.
+        # (A store whose folder does not exist is refused by open_scheduler, saying so.)
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)

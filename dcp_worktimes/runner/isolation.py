@@ -149,17 +149,22 @@ def _sweep_dead_areas() -> None:
         return
     for name in names:
         m = _AREA.match(name)
-        if m is None:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
+        if m is not None and not pid_alive(int(m.group(1))):
             try:
                 os.rmdir(os.path.join(base, name))
             except OSError:
                 pass
-        except OSError:
-            pass
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (``True`` if it exists under another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _map_ids(uid: int, gid: int) -> None:

@@ -382,17 +382,9 @@ def _shm() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_dead_processes_dirs() -> None:
+    from ...runner import isolation
+
     global _swept
     if _swept:
         return
@@ -404,7 +396,7 @@ def _sweep_dead_processes_dirs() -> None:
             continue
         for name in names:
             m = _OWNED.match(name)
-            if m is None or _pid_alive(int(m.group(1))):
+            if m is None or isolation.pid_alive(int(m.group(1))):
                 continue
             remove_tree(os.path.join(base, name))
 
