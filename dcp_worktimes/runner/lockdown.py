@@ -126,6 +126,14 @@ def _seccomp_module() -> Any:
     return pyseccomp
 
 
+def preload() -> None:
+    """Load libseccomp ahead (a zygote, before it forks): finding it runs ``ldconfig`` (~25 ms)."""
+    try:
+        _seccomp_module()
+    except LockdownUnavailable:
+        pass
+
+
 class LockdownUnavailable(Exception):
     """This machine cannot apply a layer (no libseccomp, no Landlock); the message says why."""
 
@@ -246,10 +254,7 @@ def apply(*, network: bool, spawns: bool, writable: Iterable[str]) -> dict[str, 
     A layer this machine cannot apply is reported as ``{"applied": False, "reason": ...}``; the
     evaluator runs on with the others (as it does without a network namespace)."""
     report: dict[str, Any] = {}
-    try:  # first: finding libseccomp runs ldconfig, which Landlock (no execute) would then refuse
-        _seccomp_module()
-    except LockdownUnavailable:
-        pass
+    preload()  # first: finding libseccomp runs ldconfig, which Landlock (no execute) would then refuse
     if spawns:
         report["landlock"] = {"applied": False, "reason": "the worktime runs its engine as a child program "
                                                           "with its own sandbox (spawns = True)"}
