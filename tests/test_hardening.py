@@ -35,16 +35,32 @@ def probes():
 def test_limits_out_of_range_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         Limits.parse(**kw)
-    with pytest.raises(ValueError):  # built directly, too
-        Limits(**{k: (v if not isinstance(v, str) else Limits.parse(**{k: "1s" if "time" in k else "1MB"}).__getattribute__(k) * 10**30) for k, v in kw.items()})
 
 
-def test_the_largest_memory_limit_reaches_every_built_in_engine(tmp_path):
+@pytest.mark.parametrize("kw", [{"memory": 2**64}, {"output": MAX_SIZE + 1}, {"wall_time": 0.001},
+                                {"cpu_time": 1e-9}, {"progress_timeout": 1e12}])
+def test_limits_built_directly_get_the_same_range_checks(kw):
+    with pytest.raises(ValueError, match="limit"):
+        Limits(**kw)
+
+
+@pytest.mark.parametrize("worktime, work", [
+    ("map-basic", "x => x + 1"),
+    ("python", "def f(x):\n    return x + 1\n"),
+    ("wasi", "sum_json"),
+    ("echo", ""),
+])
+def test_the_largest_limits_reach_every_built_in_engine(worktime, work, build, warm):
+    from dcp_worktimes.limits import MAX_DURATION
     from dcp_worktimes.runner import run_slice
 
-    out = run_slice(JobSpec(id="huge-mem", worktime="map-basic", work="x => x + 1",
-                            limits=Limits(memory=MAX_SIZE)), 41)
-    assert out.ok and out.value == 42, out.error
+    datum = [40, 2] if worktime == "wasi" else 41
+    limits = Limits(memory=MAX_SIZE, output=MAX_SIZE, wall_time=MAX_DURATION, cpu_time=MAX_DURATION,
+                    progress_timeout=MAX_DURATION)
+    out = run_slice(JobSpec(id=f"huge-{worktime}", worktime=worktime, work=build(work) if worktime == "wasi" else work,
+                            limits=limits), datum)
+    assert out.ok, out.error
+    assert out.value == ({"sum": 42, "count": 2, "argv": []} if worktime == "wasi" else 41 if worktime == "echo" else 42)
 
 
 # -- no host traceback or path reaches the deployer -----------------------------------------------
