@@ -147,28 +147,66 @@ def _from_json(value: Any, what: str) -> Any:
     return value
 
 
-def _parse_json(text: str, what: str) -> Any:
-    """JSON from the text, or from a file (``@path``) or standard input (``-``) for big values."""
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text()
-        except OSError as e:
-            raise click.BadParameter(f"{what}: cannot read {text[1:]!r}: {e.strerror}") from None
+#: The most the CLI reads from one file or from standard input (``--work``, ``--module``,
+#: ``--datum @FILE`` / ``-``, ...): a stray ``@/dev/urandom`` must not eat the machine's memory.
+MAX_INPUT = 256 * 1024 * 1024
+
+
+def _read_bounded(source: str | None, what: str) -> bytes:
+    """The bytes of file ``source`` (``None``: standard input), at most ``MAX_INPUT`` of them;
+    ``click.BadParameter`` for a bigger or unreadable one."""
+    from .limits import format_size
+
+    name = "standard input" if source is None else repr(source)
     try:
-        return _from_json(json.loads(text), what)
+        if source is None:
+            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+        else:
+            with open(source, "rb") as f:
+                data = f.read(MAX_INPUT + 1)
+    except OSError as e:
+        raise click.BadParameter(f"{what}: cannot read {name}: {e.strerror}") from None
+    if len(data) > MAX_INPUT:
+        raise click.BadParameter(f"{what}: {name} holds more than {format_size(MAX_INPUT)}, the most the CLI reads "
+                                 "from one input; split the input or deploy it with the Compute API")
+    return data
+
+
+def _text(data: bytes, what: str, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise click.BadParameter(f"{what}: {source} is not UTF-8 text (byte {e.start}); JSON must be text") from None
+
+
+def _parse_json(text: str, what: str) -> Any:
+    """JSON from the text, or from a file (``@path``) or standard input (``-``) for big values.
+
+    At most ``MAX_INPUT`` bytes, nested at most ``values.MAX_DEPTH`` levels deep."""
+    from .values import MAX_DEPTH, UnserializableValue, pack
+
+    if text == "-":
+        text = _text(_read_bounded(None, what), what, "standard input")
+    elif text.startswith("@"):
+        text = _text(_read_bounded(text[1:], what), what, repr(text[1:]))
+    try:
+        value = _from_json(json.loads(text), what)
     except RecursionError:
-        raise click.BadParameter(f"{what}: the JSON is nested too deeply (keep it under ~900 levels)") from None
+        raise click.BadParameter(f"{what}: the JSON is nested more than {MAX_DEPTH} levels deep") from None
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"{what} must be JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                                  "quote strings: '\"text\"'; @FILE reads a file, - reads standard input") from None
+    try:
+        pack(value)  # what cannot cross the sandbox boundary is refused here, not mid-run
+    except UnserializableValue as e:
+        raise click.BadParameter(f"{what}: {e}") from None
+    return value
 
 
 _WORK_SUFFIXES = (".js", ".mjs", ".cjs", ".wasm", ".wat", ".py", ".json", ".blend")
 
 
-def _read_work(work: str) -> str | bytes:
+def _read_work(work: str, what: str | None = None) -> str | bytes:
     """A path to an existing file is read (bytes for binary files); anything else is the work itself."""
     path = Path(work)
     try:
@@ -182,7 +220,7 @@ def _read_work(work: str) -> str | bytes:
             what = "a directory, not a file" if os.path.isdir(work) else "there is no such file"
             raise click.BadParameter(f"--work {work!r} looks like a file path, but {what}")
         return work
-    data = path.read_bytes()
+    data = _read_bounded(work, "--work" if what is None else what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -255,10 +293,14 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     config = _worktime_config(limits)
     limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
     worker_limits = _limits(None, **limits)
+    from .scheduler.base import default_store_path
+
+    target = os.path.abspath(_store_path(scheduler_url))
     if helper:
         processes.die_with_parent()
-    elif not _store_exists(scheduler_url):
+    elif not _store_exists(scheduler_url) and (os.path.isdir(os.path.dirname(target)) or target == default_store_path()):
         # A typo in --scheduler would otherwise wait forever on an empty store nobody deploys to.
+        # (A store whose folder does not exist is refused by open_scheduler, saying so.)
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)
@@ -352,7 +394,7 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output, **
         name, sep, path = m.partition("=")
         if not sep or not Path(path).is_file():
             raise click.BadParameter(f"--module {m!r}: write NAME=PATH with an existing file")
-        mods[name] = _read_work(path)
+        mods[name] = _read_work(path, f"--module {name}")
     opts: dict[str, Any] = {}
     for o in options:
         key, sep, raw = o.partition("=")
@@ -462,7 +504,8 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
             raise click.UsageError(f"no job store at {_store_path(url)} yet, so no job {delete[0]!r} to delete")
         click.echo("[]" if as_json else "no jobs yet (nothing was deployed to the per-user store)")
         return
-    with open_scheduler(url) as sched:
+    # Listing only reads: a store on a full or read-only disk can still be listed.
+    with open_scheduler(url, read_only=not delete) as sched:
         from .scheduler.base import FINAL_STATES
 
         for job_id in delete:
@@ -611,7 +654,12 @@ MAX_INT_DIGITS = 200_000
 
 
 def main() -> None:
+    from .values import MAX_DEPTH
+
     sys.set_int_max_str_digits(MAX_INT_DIGITS)
+    # Values nest up to MAX_DEPTH levels (values.py); reading and printing them as JSON takes a few
+    # Python frames per level (no C stack per frame on CPython 3.11+).
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH + 1000))
     for command in (cli, slice_cmd, worktimes_cmd):
         _with_settings(command)
     try:

@@ -25,11 +25,21 @@ progress_timeout    30 s       ``ENOPROGRESS`` (no ``progress()`` for that long)
 
 DCP's docs say the progress timeout is 30 s while its code uses 300 s; we use the documented
 30 s and say in the error message how to raise it or turn it off (``progress_timeout=None``).
+
+Every limit has a documented range, and a value outside it is refused (``ValueError`` saying the
+range), never passed on to an engine that would overflow on it:
+
+* sizes (memory, output): at most ``MAX_SIZE`` (1 PiB: more than any machine has, and well inside
+  the 63-bit counts every engine takes);
+* durations: at least ``MIN_DURATION`` (100 ms: the watchdogs sample every 20 ms, so a shorter
+  limit could not be enforced as written) and at most ``MAX_DURATION`` (one year: longer timeouts
+  overflow the operating system's timers; use ``None`` for none).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -38,6 +48,14 @@ if TYPE_CHECKING:
 
 GiB = 1 << 30
 MiB = 1 << 20
+PiB = 1 << 50
+
+#: The largest size limit (memory, output) a job or a worker may set.
+MAX_SIZE = PiB
+#: The shortest duration limit: the watchdogs sample every 20 ms, so shorter limits would not hold.
+MIN_DURATION = 0.1
+#: The longest duration limit (a year); ``None`` means no limit at all.
+MAX_DURATION = 366 * 24 * 3600.0
 
 _SIZE_FIELDS = ("memory", "output")
 _TIME_FIELDS = ("wall_time", "cpu_time", "progress_timeout")
@@ -53,6 +71,11 @@ class Limits:
     output: int | None = 64 * MiB
     progress_timeout: float | None = 30.0
 
+    def __post_init__(self) -> None:
+        # Limits built directly (not through parse) get the same range checks.
+        for f in dataclasses.fields(self):
+            _check_range(f.name, getattr(self, f.name))
+
     @classmethod
     def parse(cls, base: "Limits | None" = None, **values: Any) -> "Limits":
         """Build limits from human values (``"2s"``, ``"128MB"``, numbers, ``None``/``"none"``).
@@ -66,6 +89,7 @@ class Limits:
                 known = ", ".join(_SIZE_FIELDS + _TIME_FIELDS)
                 raise ValueError(f"unknown limit {key!r}; known limits: {known}")
             changes[key] = parse_size(value, key) if key in _SIZE_FIELDS else parse_duration(value, key)
+            _check_range(key, changes[key], value)
         memory = changes.get("memory")
         if memory is not None and memory < 64 * 1024:  # catches "memory=512" meant as MB
             raise ValueError(f"memory: {values['memory']!r} is {memory} bytes, too little to run anything; "
@@ -113,12 +137,14 @@ def show(limit: str, value: float | int, like: float | int | None = None) -> str
 
 
 def exceeded(limit: str, allowed: float | int | None, *, used: float | int | None = None, what: str | None = None,
-             detail: str | None = None, name: str | None = None, stack: str | None = None) -> "LimitExceeded":
+             detail: str | None = None, name: str | None = None, stack: str | None = None,
+             subject: str = "the slice") -> "LimitExceeded":
     """The error of a slice that went over ``limit`` (a ``LIMIT_CODES`` key), worded one way
     wherever it is enforced: what was exceeded, by how much when known, and what to do.
 
     ``what`` names the thing measured (``"JavaScript heap"``, ``"console/emit traffic"``);
-    ``detail`` is appended (``"on top of the worktime's own 40 MB"``).
+    ``detail`` is appended (``"on top of the worktime's own 40 MB"``); ``subject`` is what went over
+    (``"preparing the job"``; the slice by default).
 
     >>> print(exceeded("wall_time", 2.0).message)
     the slice ran longer than its wall-time limit of 2 s; make the work faster, split it into smaller slices, or raise the limit (wall_time / --wall-time)
@@ -136,17 +162,17 @@ def exceeded(limit: str, allowed: float | int | None, *, used: float | int | Non
             amount = f"{int(used):,} bytes"
     how = f"raise the limit ({limit} / {FLAGS[limit]})" if limit in FLAGS else ""
     if limit == "wall_time":
-        head = f"the slice ran longer than its wall-time limit{' of ' + cap if cap else ''}"
+        head = f"{subject} ran longer than its wall-time limit{' of ' + cap if cap else ''}"
         advice = f"make the work faster, split it into smaller slices, or {how}"
     elif limit == "progress_timeout":
         head = f"no progress() for {cap or 'too long'} (the progress timeout)"
         advice = (f"call progress() regularly in long-running work, or raise the timeout or turn it off "
                   f"(progress_timeout=None / {FLAGS[limit]} off)")
     elif limit == "cpu_time":
-        head = f"the slice used {amount or 'more'} of CPU time{over}"
+        head = f"{subject} used {amount or 'more'} of CPU time{over}"
         advice = f"do less per slice or {how}"
     elif limit == "memory":
-        head = f"the slice used {amount or 'more'} of {what or 'memory'}{over}"
+        head = f"{subject} used {amount or 'more'} of {what or 'memory'}{over}"
         advice = f"use less memory or {how}"
     elif limit == "output":
         head = f"{what or 'the result'} is {amount or 'too big'}{over.replace('its limit', 'the output limit')}"
@@ -204,6 +230,24 @@ def format_size(size: float, like: int | None = None) -> str:
     return humanfriendly.format_size(size, binary=binary)
 
 
+def _check_range(key: str, value: Any, given: Any = None) -> None:
+    """``ValueError`` if limit ``key`` is outside its documented range (``None``, no limit, is fine)."""
+    if value is None:
+        return
+    shown = repr(value if given is None else given)
+    if key in _SIZE_FIELDS:
+        if value > MAX_SIZE:
+            raise ValueError(f"{key}: {shown} is more than the largest limit, {format_size(MAX_SIZE)}; "
+                             f"use 'none' for the worker's maximum")
+    elif key in _TIME_FIELDS:
+        if value < MIN_DURATION:
+            raise ValueError(f"{key}: {shown} is shorter than {MIN_DURATION * 1000:g} ms, the shortest limit the "
+                             "watchdogs can enforce (they look every 20 ms)")
+        if value > MAX_DURATION:
+            raise ValueError(f"{key}: {shown} is longer than the longest limit, {MAX_DURATION / 86400:g} days; "
+                             "use 'none' for no limit")
+
+
 def _is_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited", "off", ""))
 
@@ -214,6 +258,8 @@ def parse_size(value: Any, what: str = "size") -> int | None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a size such as 128MB or 1GiB, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what}: must be a finite size, got {value!r} (use 'none' for unlimited)")
     if isinstance(value, (int, float)):
         size = int(value)
     else:
@@ -231,7 +277,7 @@ def parse_size(value: Any, what: str = "size") -> int | None:
                              f"(or {text}B if you really mean bytes)")
         try:
             size = int(humanfriendly.parse_size(text))
-        except humanfriendly.InvalidSize:
+        except (humanfriendly.InvalidSize, OverflowError, ValueError):
             raise ValueError(f"{what}: cannot read {value!r} as a size; write it like 128MB, 1GiB or 4096B") from None
     if size <= 0:
         raise ValueError(f"{what}: must be positive, got {value!r} (use 'none' for unlimited)")

@@ -95,7 +95,17 @@ HOSTILE_CASES: dict[str, HostileCase] = {
                                   "connects to a host socket (datum: [host, port]): no connection may arrive"),
     "process_access": HostileCase(frozenset(), {"wall_time": "20s"}, 30.0,
                                   "starts a process that would create the file named by the datum"),
+    "unlinked_scratch": HostileCase(frozenset({"EOUTPUTLIMIT"}), {"wall_time": "60s"}, 30.0,
+                                    "writes 1 GiB into a scratch file it unlinked but keeps open: stopped at the "
+                                    "scratch cap (64 MiB by default)"),
+    "sparse_scratch": HostileCase(frozenset({"EOUTPUTLIMIT"}), {"wall_time": "60s"}, 30.0,
+                                  "fills the holes of a 1 TiB sparse scratch file: stopped at the scratch cap"),
+    "fd_hoard": HostileCase(frozenset(), {"wall_time": "30s"}, 40.0,
+                            "opens files until it runs out of descriptors: any outcome, the worker keeps serving"),
 }
+
+#: Cases only a worktime whose guests have a writable file system (a scratch ``/tmp``) can express.
+FILE_SYSTEM_CASES = frozenset({"unlinked_scratch", "sparse_scratch", "fd_hoard"})
 
 
 def run(pool: EvaluatorPool, name: str, work: str | bytes, datum: Any, *, arguments: list | None = None,

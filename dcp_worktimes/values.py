@@ -41,6 +41,18 @@ python guest ↔ host                msgpack (``worktimes/python/guest/_dcp_code
 wasi guest ↔ host                  JSON, msgpack or raw bytes on stdin/stdout               the module's ``content_type``
                                    (``worktimes/wasi/abi.py``)                              option: any toolchain can read it
 =================================  =======================================================  ==============================
+
+**Depth.** A value may nest lists and dicts at most ``MAX_DEPTH`` (1024) levels deep: msgpack's own
+limit, the same when packing and unpacking, so it is checked where values are packed at no cost.
+Everything that walks values (the python guest's codec, the CLI's JSON output, ``resume``)
+handles that depth; a deeper value is ``UnserializableValue`` saying so::
+
+    >>> deep = 0
+    >>> for _ in range(MAX_DEPTH + 1): deep = [deep]
+    >>> pack(deep)
+    Traceback (most recent call last):
+    ...
+    dcp_worktimes.values.UnserializableValue: the value is nested more than 1024 levels deep (lists/dicts inside each other; a cycle?); flatten it
 """
 
 from __future__ import annotations
@@ -52,6 +64,10 @@ import msgpack
 _EXT_BIGINT = 1  # payload: ASCII hexadecimal digits, optional leading '-'
 
 VALUE_TYPES = "None, bool, int, float, str, bytes, list, dict"
+#: The deepest nesting of lists/dicts a value may have (msgpack's limit, both ways).
+MAX_DEPTH = 1024
+_TOO_DEEP = (f"the value is nested more than {MAX_DEPTH} levels deep (lists/dicts inside each other; a cycle?); "
+             "flatten it")
 
 
 class UnserializableValue(TypeError):
@@ -92,13 +108,70 @@ def pack(value: Any) -> bytes:
     except UnserializableValue:
         raise
     except (TypeError, ValueError, OverflowError) as e:  # e.g. recursion, non-str-able keys
-        raise UnserializableValue(f"value cannot cross the sandbox boundary: {e}") from None
+        raise as_unserializable(e) from None
+
+
+def as_unserializable(e: Exception) -> UnserializableValue:
+    if "recursion limit" in str(e):  # msgpack's nesting limit (MAX_DEPTH)
+        return UnserializableValue(_TOO_DEEP)
+    return UnserializableValue(f"value cannot cross the sandbox boundary: {e}")
 
 
 def unpack(data: bytes, unicode_errors: str = TEXT_ERRORS) -> Any:
-    """The value ``pack`` encoded (``unicode_errors="replace"`` for text that may be broken)."""
+    """The value ``pack`` encoded (``unicode_errors="replace"`` for text that may be broken).
+
+    ``UnserializableValue`` for bytes nested deeper than ``MAX_DEPTH`` (only a forged frame can be)."""
+    try:
+        return _unpackb(data, unicode_errors)
+    except msgpack.StackError:
+        raise UnserializableValue(_TOO_DEEP) from None
+
+
+def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS) -> list:
+    """A frame: an array whose items may *each* nest ``MAX_DEPTH`` levels (``[op, value]``), so the
+    frame's own level does not lower the limit for the value it carries."""
+    unp = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True,
+                           unicode_errors=unicode_errors, max_buffer_size=max(len(data), 1 << 20))
+    unp.feed(data)
+    try:
+        n = unp.read_array_header()
+        items = [unp.unpack() for _ in range(n)]
+    except msgpack.StackError:
+        raise UnserializableValue(_TOO_DEEP) from None
+    except msgpack.OutOfData:
+        raise ValueError("a truncated frame") from None
+    if unp.tell() != len(data):
+        raise msgpack.ExtraData(items, b"")
+    return items
+
+
+def _unpackb(data: bytes, unicode_errors: str) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True,
                            unicode_errors=unicode_errors)
+
+
+def _array_header(n: int) -> bytes:
+    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big")
+
+
+def pack_all(values: list[Any]) -> bytes:
+    """Many values as one packed array (one C-level call), each item allowed ``MAX_DEPTH`` levels.
+
+    >>> unpack_all_packed(pack_all([1, "two", [3]]))
+    [1, 'two', [3]]
+    """
+    try:
+        return pack(values)
+    except UnserializableValue:  # which item, and why (one at MAX_DEPTH, inside the array, is fine)
+        return _array_header(len(values)) + b"".join(pack(v) for v in values)
+
+
+def unpack_all_packed(data: bytes) -> list[Any]:
+    """The items of a packed array (``pack_all``), each allowed ``MAX_DEPTH`` levels."""
+    try:
+        return unpack(data)
+    except UnserializableValue:
+        return unpack_frame(data)
 
 
 def unpack_all(packed: list[bytes]) -> list[Any]:
@@ -108,10 +181,7 @@ def unpack_all(packed: list[bytes]) -> list[Any]:
     >>> unpack_all([pack(1), pack("two"), pack([3])])
     [1, 'two', [3]]
     """
-    n = len(packed)
-    header = (bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536
-              else b"\xdd" + n.to_bytes(4, "big"))
-    return unpack(header + b"".join(packed))
+    return unpack_all_packed(_array_header(len(packed)) + b"".join(packed))
 
 
 def printable(text: str) -> str:

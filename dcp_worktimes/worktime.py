@@ -74,8 +74,10 @@ from .errors import WorkError
 from .limits import Limits
 
 
-#: Limit names a worktime may list in ``Worktime.enforces``.
-LIMIT_NAMES = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+#: Limit names a worktime may list in ``Worktime.enforces``. ``prepare``: the worktime bounds the
+#: work's part of ``prepare`` (loading, compiling) by the job's limits itself, so the host bounds
+#: the whole of ``prepare`` only by the worker's prepare budget (its own set-up may take longer).
+LIMIT_NAMES = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack", "prepare"})
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
@@ -398,6 +400,11 @@ class Worktime(ABC):
     #: Whether evaluators of this worktime keep the host's network. ``False`` (the default) gives
     #: each evaluator an empty network namespace; a worktime that talks to a local server sets it.
     network: ClassVar[bool] = False
+    #: Whether evaluators of this worktime start child processes (an engine that is a program of
+    #: its own, run in its own sandbox, e.g. Blender under bubblewrap). ``False`` (the default):
+    #: once the engine is loaded, the evaluator's seccomp filter forbids new processes and
+    #: programs (``runner/lockdown.py``).
+    spawns: ClassVar[bool] = False
     #: One-line description shown by ``dcp-worker worktimes``.
     description: ClassVar[str] = ""
     #: The ``job.options`` this worktime reads, ``{name: one-line meaning}``; ``None`` (the default)
@@ -569,7 +576,15 @@ class Worktime(ABC):
             "available": probe is None or probe.available,
             "unavailable": probe.unavailable if probe is not None else None,
             "description": cls.description or _first_line(cls.__doc__),
+            # The OS-level sandbox its evaluators apply on this machine (seccomp, Landlock).
+            "lockdown": _lockdown(cls),
         }
+
+
+def _lockdown(cls: type) -> dict[str, Any]:
+    from .runner.lockdown import describe
+
+    return describe(network=bool(cls.network), spawns=bool(cls.spawns))
 
 
 def _first_line(text: str | None) -> str:

@@ -11,6 +11,7 @@ from dcp_worktimes.worktime import Worktime
 class ProbeWorktime(Worktime):
     name = "probe"
     version = "0.0.1"
+    spawns = True  # some tests start processes from the work, as an engine that is a program would
 
     def prepare(self, job):
         self.job = job
@@ -62,6 +63,47 @@ class BrokenHere(ProbeWorktime):
 
 
 
+class FailsOnHost(ProbeWorktime):
+    """Raises a plain exception naming a host file, from ``prepare`` when the work says so, else
+    from ``execute``: a worktime bug whose text holds a host path."""
+
+    name = "fails-on-host"
+
+    def prepare(self, job):
+        self.job = job
+        if job.work == "prepare":
+            raise ValueError(f"cannot parse {__file__}")
+
+    def execute(self, ctx, datum):
+        raise ValueError(f"cannot parse {__file__}")
+
+
+class NativeProbe(Worktime):
+    """Loads a native shared library (the work: its path) as its "engine" in ``prepare``, then
+    each slice calls ``probe(what, arg)`` in it (``datum = [what, arg]``): native code running in
+    the evaluator after its lockdown, as an engine escape would."""
+
+    name = "native-probe"
+    version = "0.0.1"
+
+    def prepare(self, job):
+        import ctypes
+
+        self.lib = ctypes.CDLL(job.work)
+        self.lib.probe.restype = ctypes.c_long
+        self.lib.probe.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+
+    def execute(self, ctx, datum):
+        what, arg = datum
+        return self.lib.probe(what.encode(), (arg or "").encode())
+
+
+class NetworkNativeProbe(NativeProbe):
+    """The same, for a worktime that declares ``network = True``."""
+
+    name = "native-probe-network"
+    network = True
+
 
 @hookimpl
 def register_worktimes(register):
@@ -69,3 +111,6 @@ def register_worktimes(register):
     register(StuckAtStart)
     register(Unavailable)
     register(BrokenHere)
+    register(FailsOnHost)
+    register(NativeProbe)
+    register(NetworkNativeProbe)

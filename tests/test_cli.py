@@ -91,7 +91,11 @@ def test_crash_has_its_own_code():
     (["slice", "-w", "echo", "--work", "", "--datum", '{"$float": "banana"}'], 'must be "nan", "inf" or "-inf"'),
     (["slice", "-w", "wasi", "--work", "(module)", "--option", 'contenttype="raw"'],
      "EBADWORK: worktime wasi has no option 'contenttype' (did you mean 'content_type'?)"),
-    (["slice", "-w", "echo", "--work", "", "--datum", "[" * 5000 + "]" * 5000], "nested too deeply"),
+    (["slice", "-w", "echo", "--work", "", "--datum", "[" * 5000 + "]" * 5000], "nested more than 1024 levels deep"),
+    (["slice", "-w", "echo", "--work", "", "--datum", "[" * 60000 + "]" * 60000], "nested more than 1024 levels deep"),
+    (["slice", "-w", "echo", "--work", "", "--wall-time", "1ns"], "shorter than 100 ms"),
+    (["slice", "-w", "echo", "--work", "", "--cpu-time", "1us"], "shorter than 100 ms"),
+    (["slice", "-w", "map-basic", "--work", "x => x", "--memory-limit", "16EiB"], "more than the largest limit, 1 PiB"),
     (["slice", "-w", "echo", "--work", "", "--memory-limit", "0"], "memory: must be positive, got '0'"),
     (["--capability", "machine.gpu={}", "--until-idle"], "give one value"),
     (["jobs", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
@@ -226,3 +230,60 @@ def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
     r = cli("resume", job_id)
     assert r.returncode == 1 and "1 of 3 slices failed" in r.stderr and "--errors return" in r.stderr
     assert "exec(errors=" not in r.stderr and "Traceback" not in r.stderr
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "0" + "]" * depth
+
+
+def test_values_nested_to_the_depth_limit_cross_every_path_and_deeper_ones_are_refused(tmp_path):
+    from dcp_worktimes.values import MAX_DEPTH
+
+    (tmp_path / "deep.json").write_text(_nested(MAX_DEPTH))
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", f"@{tmp_path / 'deep.json'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == _nested(MAX_DEPTH)
+    (tmp_path / "deeper.json").write_text(_nested(MAX_DEPTH + 1))
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", f"@{tmp_path / 'deeper.json'}")
+    assert r.returncode == 2 and f"nested more than {MAX_DEPTH} levels deep" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+    # resume prints a stored job's deep results too
+    env = {**os.environ, "DCP_SCHEDULER": f"sqlite:///{tmp_path / 'jobs.db'}", "DCP_PROGRESS": "0"}
+    run = subprocess.run(
+        [sys.executable, "-c", "import json, sys\nsys.setrecursionlimit(10000)\nfrom dcp_worktimes import compute\n"
+         f"j = compute.for_([json.loads(open(sys.argv[1]).read())], '', worktime='echo', cores=1)\n"
+         "j.exec()\nprint(j.id)", str(tmp_path / "deep.json")],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "resume", run.stdout.strip()], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[" + _nested(MAX_DEPTH) + "]"
+
+
+@pytest.mark.parametrize("source", ["@/dev/urandom", "-"])
+def test_every_input_the_cli_reads_is_bounded(source):
+    from dcp_worktimes.cli import MAX_INPUT
+
+    stdin = subprocess.Popen(["yes", "1"], stdout=subprocess.PIPE) if source == "-" else None
+    try:
+        r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "-w", "echo", "--work", "",
+                            "--datum", source], stdin=stdin.stdout if stdin else subprocess.DEVNULL,
+                           capture_output=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        if stdin:
+            stdin.kill()
+            stdin.wait()
+    assert r.returncode == 2 and "the most the CLI reads" in r.stderr and "256 MiB" in r.stderr, r.stderr
+    assert MAX_INPUT == 256 << 20
+
+
+def test_a_work_or_module_file_over_the_input_cap_is_refused(tmp_path):
+    big = tmp_path / "big.js"
+    with open(big, "wb") as f:
+        f.truncate((256 << 20) + 1)  # sparse: no disk needed
+    r = dcp_worker("slice", "-w", "echo", "--work", str(big))
+    assert r.returncode == 2 and "--work" in r.stderr and "the most the CLI reads" in r.stderr, r.stderr
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--module", f"m={big}")
+    assert r.returncode == 2 and "--module m" in r.stderr and "the most the CLI reads" in r.stderr, r.stderr

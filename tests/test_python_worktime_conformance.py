@@ -21,7 +21,8 @@ pytestmark = [
 
 HOSTILE = Path(__file__).resolve().parent.parent / "sandbox" / "hostile" / "python"
 KIT_CASES = ("infinite_loop", "memory_balloon", "deep_recursion", "huge_output", "never_progress", "throw",
-             "unserializable", "file_access", "network_access", "process_access", "cpu_burn")
+             "unserializable", "file_access", "network_access", "process_access", "cpu_burn", "unlinked_scratch",
+             "sparse_scratch", "fd_hoard")
 
 
 class TestPythonConformance(WorktimeConformance):

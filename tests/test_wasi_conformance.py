@@ -20,7 +20,7 @@ PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
 WAT_CASES = ["infinite_loop", "memory_balloon", "deep_recursion", "huge_output", "never_progress", "throw",
              "unserializable", "network_access"]
 C_CASES = ["infinite_loop", "memory_balloon", "deep_recursion", "huge_output", "never_progress", "throw",
-           "unserializable", "file_access", "cpu_burn"]
+           "unserializable", "file_access", "cpu_burn", "unlinked_scratch", "sparse_scratch", "fd_hoard"]
 
 
 @pytest.fixture(autouse=True)

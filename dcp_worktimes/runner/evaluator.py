@@ -30,15 +30,15 @@ import queue
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
-from ..values import UnserializableValue, pack, packer, unpack, unpacker
+from ..values import UnserializableValue, as_unserializable, pack, packer, unpack, unpack_all_packed, unpacker
 from ..worktime import Block, JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
+from .redact import host_failure
 
 FLUSH_AFTER = 0.005  # seconds a finished result may wait in the buffer before it is written
 
@@ -225,6 +225,7 @@ class Evaluator:
         self.block_engine = cls.execute_block is not Worktime.execute_block
         #: The worktime takes each datum's msgpack bytes, not the decoded value.
         self.packed_datums = cls.packed_datums
+        self.lockdown: dict | None = None  # what lockdown.apply did (once, after the first prepare)
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
@@ -238,7 +239,7 @@ class Evaluator:
             return pack(value)
         except (TypeError, ValueError, OverflowError) as e:
             self._packer = packer()
-            raise UnserializableValue(f"value cannot cross the sandbox boundary: {e}") from None
+            raise as_unserializable(e) from None
 
     def reader(self, fd: int) -> None:
         unp = unpacker()
@@ -282,23 +283,24 @@ class Evaluator:
             self.out.send({"t": "prepare_error", "error": SliceError(e.message, code=e.code, worker_fault=fault).to_dict()})
             return
         except OSError as e:  # the worker's disk, cache or engine install, not the work
-            err = SliceError(f"the worker could not prepare the job: {type(e).__name__}: {e}", code=ErrorCode.ENOWORKTIME,
-                             worker_fault=True)
+            err = host_failure(e, "the worker could not prepare the job", code=ErrorCode.ENOWORKTIME, worker_fault=True)
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
-        except Exception as e:
-            err = SliceError(f"{type(e).__name__}: {e}", code=ErrorCode.EBADWORK, stack=traceback.format_exc())
+        except Exception as e:  # the worktime's own bug, or work it did not expect: no host traceback leaves
+            err = host_failure(e, "", code=ErrorCode.EBADWORK)
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
         # A worktime that keeps its engine running as a child process (blender) has it counted in
         # its footprint and in each slice's CPU clock: the watchdog measures the whole process tree.
         self.family = _has_children()
-        self.out.send({"t": "prepared", "rss": _rss(self.family)})
+        if self.lockdown is None:  # the engine is loaded, the job's mounts made: take the rest away
+            self.lockdown = _lock_down(self.worktime)
+        self.out.send({"t": "prepared", "rss": _rss(self.family), "lockdown": self.lockdown})
 
     def run(self, numbers: list[int], packed: bytes) -> None:
         job = self.job
         assert job is not None, "run before prepare"
-        datums = split_packed(packed) if self.packed_datums else unpack(packed)
+        datums = split_packed(packed) if self.packed_datums else unpack_all_packed(packed)
         if self.block_engine:
             RunBlock(self, numbers, datums, job).execute()
         else:
@@ -353,9 +355,8 @@ class Evaluator:
             frame = {"t": "err", "i": index, "e": exceeded("memory", limit, what="memory in the worktime").to_dict()}
         elif isinstance(e, RecursionError):
             frame = {"t": "err", "i": index, "e": {"code": "EUNCAUGHT", "message": f"RecursionError: {e}"}}
-        else:
-            frame = {"t": "err", "i": index, "e": {
-                "code": "EUNCAUGHT", "message": f"{type(e).__name__}: {e}", "stack": traceback.format_exc()}}
+        else:  # a worktime bug: what failed, never where on the host (redact.py)
+            frame = {"t": "err", "i": index, "e": host_failure(e, "").to_dict()}
         events.flush_console()
         frame["wall"] = wall
         frame["cpu"] = cpu
@@ -524,6 +525,31 @@ def split_packed(packed: bytes) -> list[bytes]:
     return out
 
 
+#: ``DCP_WORKTIMES_LOCKDOWN=0`` turns the seccomp/Landlock layer off (to tell whether it is what
+#: breaks a new engine); the evaluator reports it as not applied.
+ENV_LOCKDOWN = "DCP_WORKTIMES_LOCKDOWN"
+
+
+def _lock_down(worktime: Worktime) -> dict:
+    import tempfile
+
+    from ..worktimes.wasm_runtime.engine import cache_dir
+    from . import lockdown
+
+    if os.environ.get(ENV_LOCKDOWN, "1").strip().lower() in ("0", "off", "false", "no"):
+        off = {"applied": False, "reason": f"turned off by {ENV_LOCKDOWN}=0"}
+        return {"seccomp": off, "landlock": off}
+    if (worktime.config or {}).get("trusted"):
+        off = {"applied": False, "reason": "the worker's owner trusts this worktime's work (--trust-work)"}
+        return {"seccomp": off, "landlock": off}
+    area = isolation.private_area()
+    # Where a worktime may write: its private tmpfs, the compile caches; with no private area,
+    # the temporary folders its files then live in.
+    writable = [area, str(cache_dir().parent)] if area else [tempfile.gettempdir(), "/dev/shm", str(cache_dir().parent)]
+    cls = type(worktime)
+    return lockdown.apply(network=bool(cls.network), spawns=bool(cls.spawns), writable=writable)
+
+
 def _rss(family: bool = False) -> int:
     """Resident bytes of this process, plus its live children's when ``family``."""
     with open("/proc/self/statm") as f:
@@ -574,7 +600,8 @@ def _load_class(ref: str) -> type[Worktime]:
 
 def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, network: bool) -> None:
     """Be an evaluator on fds 0/1/2 until told to exit (after a plain start or a zygote's fork)."""
-    iso = isolation.apply(network=network, parent_pid=parent)
+    iso: dict = isolation.apply(network=network, parent_pid=parent)
+    iso["lockdown"] = "seccomp and Landlock follow the first prepare (reported in its 'prepared' frame)"
     frames_fd = os.dup(1)
     os.dup2(2, 1)  # stray writes to stdout land in stderr, never in the frame stream
     sys.stdout = sys.stderr
@@ -584,14 +611,14 @@ def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, ne
         cls = _load_class(worktime_cls) if isinstance(worktime_cls, str) else worktime_cls
         worktime = cls()
     except Exception as e:
-        err = SliceError(f"cannot start worktime {worktime_cls}: {type(e).__name__}: {e}", code=ErrorCode.ECRASH,
-                         stack=traceback.format_exc())
+        err = host_failure(e, f"cannot start worktime {getattr(worktime_cls, '__name__', worktime_cls)}",
+                           code=ErrorCode.ECRASH)
         out.send({"t": "fatal", "error": err.to_dict()})
         return
     ev = Evaluator(worktime, out, hb)
     threading.Thread(target=ev.reader, args=(0,), daemon=True).start()
     threading.Thread(target=out.flusher, daemon=True).start()
-    out.send({"t": "ready", "isolation": iso, "pid": os.getpid()})
+    out.send({"t": "ready", "isolation": iso, "pid": os.getpid(), "rss": _rss()})
     ev.serve()
     try:
         worktime.release()

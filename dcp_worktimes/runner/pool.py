@@ -46,7 +46,7 @@ import psutil
 from ..errors import ErrorCode, SliceError
 from ..limits import Limits, check_cores, exceeded, format_size
 from ..plugins import get_worktime
-from ..values import UnserializableValue, pack, unpack
+from ..values import UnserializableValue, pack, pack_all, unpack
 from ..worktime import JobSpec
 from .process import START_TIMEOUT, EvaluatorDied, EvaluatorProcess, Zygote, zygotes_enabled
 
@@ -58,7 +58,9 @@ OutcomeCallback = Callable[["Outcome"], None]
 #: Slices of one job an evaluator runs before it is replaced (DCP: 200, for browser sandboxes;
 #: ours are processes whose memory the watchdog bounds, so reuse is cheap and safe for longer).
 DEFAULT_MAX_SLICES = 10_000
-#: Maximum time ``prepare`` may take (a first compile of a big WebAssembly module takes minutes).
+#: Maximum time ``prepare`` may take where the job's limits do not bound it: a job without a
+#: wall-time limit, or a worktime that bounds the work's part of ``prepare`` itself and whose own
+#: one-time set-up (the python runtime's first compile, ~2 min) belongs to the worker.
 DEFAULT_PREPARE_TIMEOUT = 900.0
 #: How often the watchdog looks at each running slice.
 WATCHDOG_INTERVAL = 0.02
@@ -169,6 +171,7 @@ class _Slot:
     memory_slack: float = 0.0
     busy: bool = False
     preparing_since: float | None = None
+    preparing: Limits | None = None  # the job's limits bound its prepare (None: only prepare_timeout)
     cancel_at: float | None = None
     batch_size: int = 1
     family: list = field(default_factory=list)  # the evaluator's child processes (engines may spawn)
@@ -366,7 +369,11 @@ class EvaluatorPool:
         proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env, zygote=self._zygote(reg.ref),
                                 start_timeout=self.start_timeout)
         slot.proc, slot.psproc = proc, psutil.Process(proc.pid)
-        slot.preparing_since = time.monotonic()  # the watchdog bounds prepare by prepare_timeout
+        # Compiling the work is the job's: the watchdog bounds prepare by the job's wall time and
+        # memory, unless the worktime bounds the work's part itself ("prepare" in enforces).
+        slot.preparing = None if "prepare" in reg.cls.enforces else job.limits
+        slot.memory_slack = 0.25 if "memory" in reg.cls.enforces else 0.0
+        slot.preparing_since = time.monotonic()
         try:
             try:
                 proc.send({"op": "prepare", "job": job.to_dict(), "config": self.config.get(job.worktime, {})})
@@ -375,11 +382,12 @@ class EvaluatorPool:
                 raise _JobUnusable(SliceError(f"the job cannot be sent to an evaluator: {e}", code=ErrorCode.EBADWORK))
             msg = next(m for m in proc.frames() if m.get("t") in ("prepared", "prepare_error"))
         finally:
-            slot.preparing_since = None
+            slot.preparing_since = slot.preparing = None
         if msg["t"] == "prepare_error":
             self._retire(slot)
             raise _JobUnusable(SliceError.from_dict(msg["error"]))
         proc.baseline_rss = int(msg.get("rss") or 0)
+        proc.lockdown = msg.get("lockdown") or {}  # seccomp/Landlock, applied after this first prepare
         proc.job_id = job.id
         enforces = reg.cls.enforces
         slot.grace = 0.5 if "wall_time" in enforces else 0.0
@@ -441,7 +449,7 @@ class EvaluatorPool:
             self._fail(task, bad)
             return
         try:
-            blob = pack(task.datums)
+            blob = pack_all(task.datums)
         except UnserializableValue as e:
             self._fail(task, SliceError(f"a datum cannot be sent to the evaluator: {e}", code=ErrorCode.EUNSERIALIZABLE))
             return
@@ -555,8 +563,8 @@ class EvaluatorPool:
         proc = slot.proc
         if proc is None:
             return
-        if slot.preparing_since is not None and now - slot.preparing_since > self.prepare_timeout:
-            proc.kill(SliceError(f"preparing the job took longer than {self.prepare_timeout:.0f}s", code=ErrorCode.EBADWORK))
+        if slot.preparing_since is not None:
+            self._check_prepare(slot, proc, now - slot.preparing_since)
             return
         if not slot.busy or slot.limits is None:
             return
@@ -598,6 +606,22 @@ class EvaluatorPool:
             used += _sum(sum(p.cpu_times()[:2]) for p in slot.family)
             if used > lim.cpu_time + slot.grace:
                 proc.kill(exceeded("cpu_time", lim.cpu_time, used=used), index)
+
+
+    def _check_prepare(self, slot: _Slot, proc: EvaluatorProcess, elapsed: float) -> None:
+        """``prepare`` (compiling the work) under the job's wall time and memory, else the pool's budget."""
+        lim = slot.preparing
+        wall = lim.wall_time if lim is not None and lim.wall_time is not None else None
+        if wall is not None and elapsed > wall + 0.5:
+            proc.kill(exceeded("wall_time", wall, subject="preparing the job (loading and compiling its work)"))
+        elif elapsed > self.prepare_timeout:
+            proc.kill(SliceError(f"preparing the job took longer than {self.prepare_timeout:.0f} s (the worker's prepare "
+                                 "budget)", code=ErrorCode.ESLICETOOSLOW))
+        elif lim is not None and lim.memory is not None and slot.psproc is not None:
+            used = slot.psproc.memory_info().rss - proc.start_rss
+            if used > lim.memory * (1 + slot.memory_slack):
+                proc.kill(exceeded("memory", lim.memory, used=used, what="resident memory",
+                                   subject="preparing the job (loading and compiling its work)"))
 
 
 def _sum(values: Iterable[float]) -> float:

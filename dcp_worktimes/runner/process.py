@@ -26,6 +26,7 @@ import msgpack
 from ..errors import ErrorCode, SliceError
 from ..values import UnserializableValue, pack, packer, unpacker
 from .heartbeat import Heartbeat
+from .redact import redact
 
 STDERR_TAIL = 4096
 #: Seconds an evaluator (or a zygote) may take from launch to its first frame.
@@ -176,6 +177,10 @@ class EvaluatorProcess:
             self.close(timeout=0)
             raise
         self.isolation: dict[str, Any] = ready.get("isolation", {})
+        #: Resident memory when it started, before any job: what ``prepare`` adds is the job's.
+        self.start_rss = int(ready.get("rss") or 0)
+        #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).
+        self.lockdown: dict[str, Any] = {}
 
     # -- frames -------------------------------------------------------------------------------
     def send(self, msg: dict) -> None:
@@ -324,7 +329,7 @@ class EvaluatorProcess:
         else:
             how = f"exited with status {code}"
         msg = f"the evaluator process {how} while running the slice"
-        tail = self.stderr_tail()
+        tail = redact(self.stderr_tail())  # the deployer learns how it died, not where the worker lives
         if tail:
             msg += f"; its last output:\n{tail}"
         return SliceError(msg, code=ErrorCode.ECRASH)

@@ -49,8 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--worktime", required=True)
     ap.add_argument("--parent", type=int, required=True)
     args = ap.parse_args(argv)
-    isolation.apply(network=True, parent_pid=args.parent)  # die with the worker; netns is per evaluator
+    # Die with the worker; namespaces are per evaluator (each fork makes its own).
+    isolation.apply(network=True, parent_pid=args.parent, private_mounts=False)
+    from . import lockdown
     from .evaluator import _load_class, serve
+
+    lockdown.preload()  # every evaluator forked from here has libseccomp loaded already
 
     sock = socket.socket(fileno=0)  # the supervisor hands us our end of a socketpair as stdin
     try:

@@ -94,9 +94,26 @@ WORKER_TTL = 15.0
 
 
 class SchedulerError(DcpError):
-    """Misuse of a scheduler: unknown job, bad URL, duplicate job id ..."""
+    """Misuse of a scheduler: unknown job, bad URL, duplicate job id ...
+
+    ``retryable``: the same call may succeed later unchanged (the store's disk had a moment)."""
 
     code = "ESCHEDULER"
+    retryable = False
+
+
+class StoreUnavailable(SchedulerError):
+    """The job store cannot be used right now: its disk is full, an I/O error, it is read-only or
+    locked. Nothing is wrong with the call: retry it later (a worker keeps its results meanwhile)."""
+
+    code = "ESTOREUNAVAILABLE"
+    retryable = True
+
+
+class StoreDamaged(SchedulerError):
+    """The job store's file is damaged (corrupt, or not a store at all): retrying will not help."""
+
+    code = "ESTOREDAMAGED"
 
 
 class UnknownJob(SchedulerError):
@@ -562,19 +579,24 @@ def default_url() -> str:
     env = os.environ.get(ENV_SCHEDULER, "").strip()
     if env:
         return env
+    return "sqlite:///" + default_store_path()
+
+
+def default_store_path() -> str:
+    """The per-user embedded store (its folder is created on first use; no other store's is)."""
     import platformdirs
 
-    path = os.path.join(platformdirs.user_data_dir("dcp-worktimes", appauthor=False), "scheduler.db")
-    return "sqlite:///" + path
+    return os.path.join(platformdirs.user_data_dir("dcp-worktimes", appauthor=False), "scheduler.db")
 
 
-def open_scheduler(url: str | None = None) -> Scheduler:
+def open_scheduler(url: str | None = None, *, read_only: bool = False) -> Scheduler:
     """Open a scheduler by URL.
 
     ``None`` → ``$DCP_SCHEDULER`` or ``sqlite:///<user data dir>/dcp-worktimes/scheduler.db``;
     ``sqlite:///abs/path.db`` (three slashes then an absolute path, so four in total on POSIX);
     ``sqlite://relative/path.db`` and plain paths ending in ``.db`` are accepted too;
     ``sqlite://:memory:`` is a private in-process store (tests).
+    ``read_only``: open an existing store only to read it (``dcp-worker jobs``).
 
     >>> open_scheduler("sqlite:///tmp/dcp-jobs.db")      # doctest: +SKIP
     <SqliteScheduler /tmp/dcp-jobs.db>
@@ -585,5 +607,5 @@ def open_scheduler(url: str | None = None) -> Scheduler:
     if kind == "sqlite":
         from .sqlite import SqliteScheduler
 
-        return SqliteScheduler(target)
+        return SqliteScheduler(target, read_only=read_only)
     raise SchedulerError(f"unsupported scheduler URL {url!r}")  # parse_url already said why

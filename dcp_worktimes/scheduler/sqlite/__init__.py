@@ -57,9 +57,11 @@ class SqliteScheduler(Scheduler):
     #: A job nobody can run is declared unschedulable after this many seconds.
     SCHEDULABLE_GRACE = 3.0
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        """``read_only``: open an existing store for reading only (listing a store on a full or
+        read-only disk); every write then raises ``StoreUnavailable``."""
         self.path = path
-        self._store = Store(path)
+        self._store = Store(path, read_only=read_only)
         self._leases = LeaseEngine(self._store)
         self._reads = Reads(self._store)
         self._apps = Applications(self._store)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from ...values import unpack
 from ..base import WORKER_TTL, JobRecord, ResultBatch, WorkerInfo
 from .store import Store
 
@@ -34,7 +33,7 @@ class Reads:
     def _read_events(self, job_id: str, after: int, limit: int | None, results: bool) -> list[tuple[int, dict]]:
         self.store.record(job_id)  # UnknownJob for a bad id
         out: list[tuple[int, dict]] = [
-            (seq, unpack(event)) for seq, event in self.db.execute(
+            (seq, self.store.decode(event, f"event {seq} of job {job_id}")) for seq, event in self.db.execute(
                 "SELECT seq, event FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after))
         ]
         if not results:
@@ -43,7 +42,7 @@ class Reads:
             "SELECT seq, data FROM results WHERE job_id = ? AND last > ? ORDER BY last", (job_id, after)).fetchall()
         if batches:
             for first, data in batches:
-                ns, oks, values, errors = unpack(data)[:4]
+                ns, oks, values, errors = self.store.decode(data, f"a result batch of job {job_id}")[:4]
                 for i, n in enumerate(ns):
                     seq = first + i
                     if seq <= after:
@@ -67,7 +66,7 @@ class Reads:
                 rows = self.db.execute("SELECT data FROM results WHERE job_id = ? AND last >= ? AND last <= ? "
                                        "ORDER BY last", (job_id, lasts[i], lasts[min(i + 63, len(lasts) - 1)])).fetchall()
             for (data,) in rows:
-                yield ResultBatch(*unpack(data))
+                yield ResultBatch(*self.store.decode(data, f"a result batch of job {job_id}"))
 
     def get_job(self, job_id: str) -> JobRecord:
         with self.store.lock:
@@ -89,10 +88,10 @@ class Reads:
 
     def list_jobs(self) -> list[JobRecord]:
         with self.store.lock:
-            rows = self.db.execute("SELECT record, status, total FROM jobs ORDER BY created DESC").fetchall()
+            rows = self.db.execute("SELECT id, record, status, total FROM jobs ORDER BY created DESC").fetchall()
         out = []
-        for record, status, total in rows:
-            rec = JobRecord.from_dict(unpack(record))
+        for jid, record, status, total in rows:
+            rec = self.store.decode_record(record, jid)
             rec.status, rec.total = status, total
             out.append(rec)
         return out
@@ -105,7 +104,9 @@ class Reads:
             ).fetchall()
         out = []
         for jid, record, status, reason, total, distributed, computed, failed, created, payment in rows:
-            rec = unpack(record)
+            rec = self.store.decode(record, f"the record of job {jid}")
+            if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
+                raise self.store.damaged(f"the record of job {jid}", ValueError("not a job record"))
             out.append({
                 "id": jid, "worktime": rec["spec"]["worktime"], "status": status, "reason": reason, "total": total,
                 "distributed": distributed, "computed": computed, "failed": failed, "created": created,
@@ -118,4 +119,5 @@ class Reads:
         with self.store.lock:
             rows = self.db.execute(
                 "SELECT id, worktimes, capabilities, last_seen FROM workers WHERE last_seen >= ?", (cutoff,)).fetchall()
-        return [WorkerInfo(i, unpack(w), unpack(c), t) for i, w, c, t in rows]
+        decode = self.store.decode
+        return [WorkerInfo(i, decode(w, f"worker {i}"), decode(c, f"worker {i}"), t) for i, w, c, t in rows]

@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any
 
-from ..base import SchedulerError
+from ..base import SchedulerError, StoreDamaged, StoreUnavailable
 
 SCHEMA_VERSION = 4
 #: Slice row states. QUEUED: a stream slice not leased yet (walked by ``next_slice`` like a range).
@@ -136,23 +136,108 @@ def condition(key: str) -> threading.Condition:
         return _conditions.setdefault(key, threading.Condition())
 
 
-def open_database(path: str) -> sqlite3.Connection:
+class StoreConnection(sqlite3.Connection):
+    """A ``sqlite3.Connection`` whose errors name the store and say what is wrong: every
+    ``sqlite3.DatabaseError`` (disk full, I/O error, read-only, corrupt file) becomes a
+    ``SchedulerError`` from ``store_error``, so no raw sqlite exception leaves the store."""
+
+    store_path = ":memory:"
+
+    def cursor(self, factory: Any = None) -> sqlite3.Cursor:  # ``execute`` makes its cursor here
+        return super().cursor(factory or StoreCursor)
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().execute(*args)
+        except sqlite3.DatabaseError as e:
+            raise store_error(e, self.store_path) from None
+
+    def executemany(self, *args: Any) -> sqlite3.Cursor:
+        try:
+            return super().executemany(*args)
+        except sqlite3.DatabaseError as e:
+            raise store_error(e, self.store_path) from None
+
+
+class StoreCursor(sqlite3.Cursor):
+    """Rows are read lazily: a damaged page may only show while fetching."""
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as e:
+            raise store_error(e, self.connection.store_path) from None
+
+    def fetchall(self) -> list:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as e:
+            raise store_error(e, self.connection.store_path) from None
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as e:
+            raise store_error(e, self.connection.store_path) from None
+
+
+class StoreBusy(StoreUnavailable):
+    """Another process holds the store's write lock (``Transaction`` waits for it)."""
+
+
+#: Where to move a store that cannot be used (the same hint everywhere).
+_ELSEWHERE = "or use another store (DCP_SCHEDULER=sqlite:///other/path.db)"
+
+
+def store_error(e: sqlite3.Error, path: str) -> SchedulerError:
+    """The ``SchedulerError`` for SQLite's error ``e`` on the store at ``path``: what is wrong and
+    what to do. ``StoreUnavailable`` (retryable) for a full disk, an I/O error, a read-only file
+    or a lock; ``StoreDamaged`` for a corrupt file; a plain ``SchedulerError`` otherwise."""
+    name = str(getattr(e, "sqlite_errorname", "") or "")
+    text = str(e)
+    if name.startswith("SQLITE_FULL") or "is full" in text:
+        folder = os.path.dirname(os.path.abspath(path))
+        return StoreUnavailable(f"the job store {path} cannot grow: the disk holding {folder} is full ({text}); "
+                                f"free some space there {_ELSEWHERE}")
+    if name.startswith("SQLITE_IOERR") or "I/O error" in text:
+        return StoreUnavailable(f"the job store {path} hit a disk I/O error ({name or text}); check the disk "
+                                f"(dmesg) {_ELSEWHERE}")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN", "SQLITE_AUTH")) or "readonly" in text:
+        return StoreUnavailable(f"the job store {path} cannot be written ({text}): the file, its folder or its file "
+                                f"system is read-only or not ours; make it writable {_ELSEWHERE}")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
+        return StoreBusy(f"the job store {path} is locked by another process ({text}); a stopped worker or "
+                         "deployer holds it: resume or end that process")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_FORMAT")) or "malformed" in text:
+        return StoreDamaged(f"the job store {path} is damaged ({text}); move it away and start a new store "
+                            f"(its results may be recovered with `sqlite3 {path} .recover`) {_ELSEWHERE}")
+    return SchedulerError(f"the job store {path} failed: {type(e).__name__}: {text}")
+
+
+def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
     """A connection to the store at ``path`` (``":memory:"`` for a private one), created if new.
 
     WAL mode (readers never block the writer), ``synchronous = NORMAL`` (a power cut may lose the
     last commits, never corrupts the store). ``SchedulerError`` for a file that is not a store of
-    this format, or a directory that cannot be created.
+    this format, a folder that does not exist (only the per-user store's folder is created), or
+    any fault of the file (``store_error``).
+
+    ``read_only``: never write, not even the schema (listing a store on a read-only disk, or one
+    that is full); the store must exist.
     """
     if path != ":memory:":
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as e:
-            raise SchedulerError(f"cannot create the scheduler directory {directory}: {e}; choose another path with "
-                                 "DCP_SCHEDULER=sqlite:///path.db") from None
+        _check_folder(path, read_only)
     try:
-        db = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        if read_only and path != ":memory:":
+            db = _open_read_only(path)
+        else:
+            db = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False,
+                                 factory=StoreConnection)
+        db.store_path = path
         db.execute("PRAGMA busy_timeout = 60000")
+        if read_only:
+            _check_version(db, path)
+            return db
         if path != ":memory:":
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -160,22 +245,66 @@ def open_database(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("BEGIN IMMEDIATE")
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise SchedulerError(
-                    f"{path} was written by another version of dcp-worktimes (store format {version}, this one reads "
-                    f"{SCHEMA_VERSION}); move it away or choose another store with DCP_SCHEDULER=sqlite:///path.db")
+            _check_version(db, path)
             for stmt in _DDL.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-    except sqlite3.DatabaseError as e:
-        raise SchedulerError(f"cannot open the scheduler store {path}: {e}; is it a dcp-worktimes SQLite file?") from None
+    except StoreDamaged as e:
+        raise StoreDamaged(f"{e.message}; is it a dcp-worktimes job store?") from None
+    except sqlite3.DatabaseError as e:  # from connect itself
+        raise store_error(e, path) from None
     return db
+
+
+def _check_folder(path: str, read_only: bool) -> None:
+    from ..base import default_store_path
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        return
+    if read_only or os.path.abspath(path) != os.path.abspath(default_store_path()):
+        # A typo in a store URL must not quietly make folders (and a store nobody else uses).
+        raise SchedulerError(f"the folder of the job store {path} does not exist ({folder}); create it first "
+                             "(mkdir -p) or fix the path in --scheduler / DCP_SCHEDULER")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise SchedulerError(f"cannot create the folder of the job store {folder}: {e.strerror}; choose another "
+                             "store with DCP_SCHEDULER=sqlite:///path.db") from None
+
+
+def _open_read_only(path: str) -> StoreConnection:
+    from urllib.parse import quote
+
+    if not os.path.exists(path):
+        raise SchedulerError(f"no job store at {path}")
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None, check_same_thread=False,
+                         factory=StoreConnection)
+    db.store_path = path
+    try:
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except StoreUnavailable:
+        # A WAL store whose folder we cannot write (no -shm file to map): read it as it is on disk.
+        db.close()
+        db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False,
+                             factory=StoreConnection)
+        db.store_path = path
+    return db
+
+
+def _check_version(db: StoreConnection, path: str) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        raise SchedulerError(
+            f"{path} was written by another version of dcp-worktimes (store format {version}, this one reads "
+            f"{SCHEMA_VERSION}); move it away or choose another store with DCP_SCHEDULER=sqlite:///path.db")
 
 
 class Transaction:
@@ -207,9 +336,7 @@ class Transaction:
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
+            except StoreBusy:
                 waited += time.monotonic() - started
                 log.warning("the job store %s has been locked by another process for %.0f s (a stopped worker or "
                             "deployer?); still waiting", self.path, waited)
@@ -217,6 +344,22 @@ class Transaction:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if self.outer:
-                self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                if exc_type is None:
+                    try:
+                        self.db.execute("COMMIT")
+                    except SchedulerError:  # a full disk at COMMIT: undo, so the next transaction can start
+                        self._rollback()
+                        raise
+                else:
+                    self._rollback()
         finally:
             self.lock.release()
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (after SQLITE_FULL or an I/O error); a
+        # failing ROLLBACK must not hide the error that made us roll back.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except SchedulerError:
+                pass

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from ...errors import ErrorCode
 from ...inputs import input_set_from_description
 from ...values import pack, unpack
-from ..base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, JobRecord, Report, UnknownJob
+from ..base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, JobRecord, Report, StoreDamaged, UnknownJob
 from .schema import DONE, Transaction, condition, open_database
 
 
@@ -43,9 +43,10 @@ _JOB_COLUMNS = ", ".join(JobRow._fields)
 class Store:
     """One connection (shared by the threads of this process, under ``lock``) and its caches."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
-        self.db: sqlite3.Connection = open_database(path)
+        self.read_only = read_only
+        self.db: sqlite3.Connection = open_database(path, read_only=read_only)
         self.lock = threading.RLock()
         # Every store on one file in this process shares a condition; a private in-memory one its own.
         self.cond = condition(f":memory:{id(self)}" if path == ":memory:" else os.path.abspath(path))
@@ -60,6 +61,24 @@ class Store:
         with self.cond:
             self.cond.notify_all()
 
+    def decode(self, blob: bytes, what: str) -> Any:
+        """A stored msgpack blob; ``StoreDamaged`` if it does not decode (bit rot SQLite cannot see)."""
+        try:
+            return unpack(blob)
+        except Exception as e:  # msgpack raises several unrelated types for damaged bytes
+            raise self.damaged(what, e) from None
+
+    def decode_record(self, blob: bytes, job_id: str) -> JobRecord:
+        try:
+            return JobRecord.from_dict(self.decode(blob, f"the record of job {job_id}"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise self.damaged(f"the record of job {job_id}", e) from None
+
+    def damaged(self, what: str, e: Exception) -> StoreDamaged:
+        return StoreDamaged(f"the job store {self.path} is damaged: {what} cannot be decoded ({type(e).__name__}: "
+                            f"{e}); move the store away and start a new one, or delete that job with "
+                            "`dcp-worker jobs --delete JOB_ID --force`")
+
     def unknown(self, job_id: str) -> UnknownJob:
         return UnknownJob(f"no job {job_id!r} in the scheduler store {self.path}; list jobs with `dcp-worker jobs`")
 
@@ -70,7 +89,7 @@ class Store:
             row = self.db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise self.unknown(job_id)
-            rec = JobRecord.from_dict(unpack(row[0]))
+            rec = self.decode_record(row[0], job_id)
             self.jobs[job_id] = rec
         return rec
 

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import exceeded, format_size
-from ...values import UnserializableValue, pack, printable, unpack
+from ...values import UnserializableValue, pack, printable, unpack, unpack_frame
 from ..wasm_runtime import Watchdog, memory_at_quota, set_store_limits, trap_to_error
-from ..wasm_runtime.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
+from ..wasm_runtime.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, make_scratch, remove_tree
 from .artifacts import boot_dir, runtime_cache
 
 if TYPE_CHECKING:
@@ -106,15 +106,22 @@ class GuestDirs:
     files: Path
     modules: Path
     scratch: Path
+    #: The scratch is a tmpfs of the job's cap, enforced by the kernel (in an evaluator).
+    scratch_kernel: bool = False
 
     @classmethod
     def create(cls, files: Mapping[str, bytes] | None = None,
-               modules: Mapping[str, str | bytes] | None = None) -> "GuestDirs":
+               modules: Mapping[str, str | bytes] | None = None,
+               scratch_size: int | None = DEFAULT_SCRATCH_SIZE) -> "GuestDirs":
+        from ...runner import isolation
+
         _sweep_orphans()
-        root = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
+        # In an evaluator: on its private tmpfs, gone with the process however it dies.
+        root = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=isolation.private_area()))
         dirs = cls(root, root / "files", root / "modules", root / "tmp")
-        for d in (dirs.files, dirs.modules, dirs.scratch):
+        for d in (dirs.files, dirs.modules):
             d.mkdir(mode=0o700)
+        dirs.scratch_kernel = make_scratch(str(dirs.scratch), scratch_size)
         try:
             for rel, data in (files or {}).items():
                 _write_inside(dirs.files, rel, data, "job file")
@@ -126,7 +133,20 @@ class GuestDirs:
         return dirs
 
     def remove(self) -> None:
+        from ...runner import isolation
+
+        if self.scratch_kernel:
+            isolation.unmount(str(self.scratch))
         remove_tree(str(self.root))
+
+    def empty_scratch(self) -> None:
+        """Delete what the guest left in /tmp (its space returns once its descriptors close)."""
+        try:
+            names = os.listdir(self.scratch)
+        except OSError:
+            return
+        for name in names:
+            remove_tree(str(self.scratch / name))
 
     def __enter__(self) -> "GuestDirs":
         return self
@@ -164,13 +184,15 @@ def _guest_frame(data: bytes) -> Any:
 
     try:
         try:
-            return unpack(data)
+            return unpack_frame(data)
         except UnicodeDecodeError:
-            frame = unpack(data, unicode_errors="replace")
+            frame = unpack_frame(data, unicode_errors="replace")
             if isinstance(frame, list) and frame and frame[0] == "console":
                 return frame
             raise SliceError("a string in the work's result or event is not UTF-8 text (the guest's frame was "
                              "forged?); return bytes for binary data", code=ErrorCode.EUNSERIALIZABLE) from None
+    except UnserializableValue as e:  # nested deeper than values.MAX_DEPTH: only a forged frame is
+        raise SliceError(str(e), code=ErrorCode.EUNSERIALIZABLE) from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:  # also from the second, lenient unpack
         raise SliceError(f"the work sent the host a malformed frame ({type(e).__name__}: {e})",
                          code=ErrorCode.EUNCAUGHT) from None
@@ -359,7 +381,7 @@ class Guest:
                 state["progress"] = time.monotonic()
             return self._events(ctx, op, frame, state)
 
-        scratch = ScratchCap(str(self.dirs.scratch), self.scratch_size)
+        scratch = ScratchCap(str(self.dirs.scratch), self.scratch_size, kernel=self.dirs.scratch_kernel)
 
         def check() -> SliceError | None:
             if ctx.cancelled:
@@ -369,8 +391,15 @@ class Guest:
                 return exceeded("progress_timeout", pt)
             return scratch.check()  # the guest's /tmp is a host folder: it must not fill the disk
 
-        self._turn(SLICE, handler, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check,
-                   output_limit=limits.output, wall_time=limits.wall_time, what="running the slice")
+        try:
+            self._turn(SLICE, handler, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check,
+                       output_limit=limits.output, wall_time=limits.wall_time, what="running the slice")
+        except SliceError as e:
+            if getattr(e, "limit", None) is None:
+                self._blame_full_scratch(scratch)
+            raise
+        if "error" in outcome or self.dirs.scratch_kernel:  # kernel-capped: one statvfs, after every slice
+            self._blame_full_scratch(scratch)
         if "error" in outcome:
             err = outcome["error"]
             code = err.get("code") or ErrorCode.EUNCAUGHT
@@ -382,10 +411,29 @@ class Guest:
             raise SliceError("the Python sandbox ended the slice without a result", code=ErrorCode.ECRASH)
         return outcome["result"]
 
+    def _blame_full_scratch(self, scratch: ScratchCap) -> None:
+        """A slice that ends with /tmp full went over its cap (the guest met ENOSPC), whatever it
+        made of that.
+        Its files (and any it unlinked but holds open, which only closing frees) would fail every
+        later slice too: the sandbox restarts with an empty /tmp."""
+        full = scratch.measure()
+        if full is not None:
+            self.alive = False
+            self.dirs.empty_scratch()
+            raise full
+
     def close(self) -> None:
         self.alive = False
         self._exports = self._memory = None
-        self.store = None  # frees the instance and its memory (wasmtime-py closes on collection)
+        store, self.store = self.store, None
+        if store is not None:
+            # Free the instance, its memory and the guest's open files now: our host functions close
+            # a reference cycle through the store, which would keep them until the next GC (an
+            # unlinked scratch file held open would keep the scratch full for the next interpreter).
+            try:
+                store.close()
+            except Exception:  # already closed, or wasmtime-py without close()
+                pass
 
     # -- turns and the door ---------------------------------------------------------------------
     def _turn(self, code: str, handler: Callable[[str, list], bytes | None], *, deadline: float | None,

@@ -46,7 +46,9 @@ class PythonWorktime(Worktime):
     version = "1.0.0"
     #: What every machine with the runtime has; ``probe`` adds the version and the packages.
     capabilities = {"python": {"wasi": True, "numpy": True}}
-    enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+    # "prepare": loading the work is bounded here (the job's wall time, the store's memory limit);
+    # the rest of prepare is the runtime's first compile, the worker's own one-time cost.
+    enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack", "prepare"})
     description = "Python 3 with numpy/pandas/scipy, sandboxed as CPython compiled to WASI on wasmtime"
     options = {"function": "the name of the slice function when the work defines several",
                "scratch_size": "the cap on the job's /tmp, e.g. 64MB"}
@@ -121,7 +123,7 @@ class PythonWorktime(Worktime):
         except ValueError as e:
             raise WorkError(str(e)) from None
         self._compiled = load()
-        self._dirs = GuestDirs.create(job.files, job.modules)
+        self._dirs = GuestDirs.create(job.files, job.modules, scratch_size=self._scratch_size)
         wall = job.limits.wall_time
         self._start(deadline=None if wall is None else time.monotonic() + wall)
 

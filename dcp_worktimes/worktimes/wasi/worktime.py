@@ -39,7 +39,7 @@ from ..wasm_runtime import (
     trap_to_error,
     wasm_bytes,
 )
-from ..wasm_runtime.scratch import ScratchCap, remove_tree, scratch_size
+from ..wasm_runtime.scratch import ScratchCap, make_scratch, remove_tree, scratch_size
 from ...worktime import CapturedWork, JobSpec, SliceContext, Worktime
 from . import abi
 
@@ -118,6 +118,7 @@ class WasiWorktime(Worktime):
         self._slice_root: str | None = None
         self._stdin_path: str | None = None
         self._current: _Slice | None = None
+        self._scratch_kernel = False  # the scratch is a tmpfs of the cap (make_scratch)
 
     # -- per job ---------------------------------------------------------------------------
     def prepare(self, job: JobSpec) -> None:
@@ -157,6 +158,7 @@ class WasiWorktime(Worktime):
         except wasmtime.WasmtimeError as e:
             raise WorkError(f"the module's imports cannot be satisfied: {e}") from None
         self._files_dir = _write_files(job.files) if job.files else None
+        self._slice_dir()  # now: mounting the scratch is not possible once the evaluator is locked down
 
     def _check_module(self, module) -> None:
         bad = []
@@ -231,6 +233,9 @@ class WasiWorktime(Worktime):
             remove_tree(self._files_dir)
             self._files_dir = None
         if self._slice_root:
+            from ...runner import isolation
+
+            isolation.unmount(os.path.join(self._slice_root, "scratch"))
             remove_tree(self._slice_root)
             self._slice_root = None
         if self._stdin_path:
@@ -274,7 +279,8 @@ class WasiWorktime(Worktime):
 
             instance = None
             self._current = state
-            check = _checker(state, limits, scratch, self.scratch_size)
+            scratch_cap = ScratchCap(scratch, self.scratch_size, kernel=self._scratch_kernel)
+            check = _checker(state, limits, scratch_cap)
             failure: BaseException | None = None
             exit_status = 0
             with self.watchdog.guard(store, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check,
@@ -298,6 +304,13 @@ class WasiWorktime(Worktime):
                     store, memory, _linear_memory_quota(limits.memory))
             if interrupted is not None and (failure is not None or interrupted.code == ErrorCode.EOUTPUTLIMIT):
                 raise interrupted
+            if self._scratch_kernel or failure is not None or exit_status != 0:
+                # A write past the scratch cap failed in the guest (ENOSPC): whatever the guest made
+                # of that, the slice went over its cap. (A kernel-capped scratch is one statvfs to
+                # read; a host folder is walked only after a failure.)
+                full = scratch_cap.measure()
+                if full is not None:
+                    raise _with_stderr(full, state)
             if failure is not None:
                 err = trap_to_error(failure, memory_exhausted=quota_hit, memory=limits.memory, fuel=self.fuel)
                 if instance is None and err.code == ErrorCode.EUNCAUGHT:
@@ -339,12 +352,16 @@ class WasiWorktime(Worktime):
         indistinguishable from a fresh one (WASI preview 1 cannot change modes or owners), so
         each slice empties it instead (see ``_empty_scratch``)."""
         if self._slice_root is None or not os.path.isdir(os.path.join(self._slice_root, "scratch")):
-            self._slice_root = tempfile.mkdtemp(prefix=_prefix("slice"))
-            os.mkdir(os.path.join(self._slice_root, "scratch"), 0o700)
+            from ...runner import isolation
+
+            # In an evaluator: on its private tmpfs, gone with the process however it dies.
+            area = isolation.private_area()
+            self._slice_root = tempfile.mkdtemp(prefix=_prefix("slice"), dir=area)
+            self._scratch_kernel = make_scratch(os.path.join(self._slice_root, "scratch"), self.scratch_size)
             # Rewriting a file on ext4 costs ~0.2 ms (a quarter of a trivial slice); on tmpfs ~10 µs.
             # The datum is in memory anyway, so keep its stdin copy in memory too when we can
             # (truncated after every slice, so an idle evaluator holds no datum in /dev/shm).
-            fd, self._stdin_path = tempfile.mkstemp(prefix=_prefix("stdin"), dir=_shm() or self._slice_root)
+            fd, self._stdin_path = tempfile.mkstemp(prefix=_prefix("stdin"), dir=area or _shm() or self._slice_root)
             os.close(fd)
         return self._slice_root
 
@@ -365,17 +382,9 @@ def _shm() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_dead_processes_dirs() -> None:
+    from ...runner import isolation
+
     global _swept
     if _swept:
         return
@@ -387,7 +396,7 @@ def _sweep_dead_processes_dirs() -> None:
             continue
         for name in names:
             m = _OWNED.match(name)
-            if m is None or _pid_alive(int(m.group(1))):
+            if m is None or isolation.pid_alive(int(m.group(1))):
                 continue
             remove_tree(os.path.join(base, name))
 
@@ -438,9 +447,8 @@ def _fuel(value: Any) -> int | None:
     return fuel
 
 
-def _checker(state: _Slice, limits, scratch: str, scratch_cap: int | None):
+def _checker(state: _Slice, limits, scratch_guard: ScratchCap):
     """The watchdog's periodic check: cancellation, no-progress, scratch-directory size."""
-    scratch_guard = ScratchCap(scratch, scratch_cap)
 
     def check() -> SliceError | None:
         now = time.monotonic()
@@ -477,7 +485,9 @@ def _with_stderr(err: SliceError, state: _Slice) -> SliceError:
 
 def _write_files(files: dict[str, bytes | str]) -> str:
     """The job's files in a fresh directory (mounted read-only at /job for every slice)."""
-    root = tempfile.mkdtemp(prefix=_prefix("files"))
+    from ...runner import isolation
+
+    root = tempfile.mkdtemp(prefix=_prefix("files"), dir=isolation.private_area())
     try:
         for name, content in files.items():
             rel = PurePosixPath(name)

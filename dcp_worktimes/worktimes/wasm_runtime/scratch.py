@@ -1,8 +1,18 @@
 """The size cap of a guest's scratch directory (its writable ``/tmp``), shared by the WASI worktimes.
 
-A guest may write files only there; without a cap one slice could fill the worker's disk. The
-watchdog calls ``ScratchCap.check()`` on every tick; it rescans at most every ``interval``
-seconds (a scan is a directory walk), so the cap is soft by what one interval of writing adds::
+A guest may write files only there; without a cap one slice could fill the worker's disk.
+
+**In an evaluator** (with a private mount namespace, see ``runner/isolation.py``) the scratch
+folder is a ``tmpfs`` of exactly the cap (``make_scratch``): the kernel counts every byte,
+including files the guest unlinked but keeps open and the pages of sparse files, and a write
+past the cap fails with ``ENOSPC`` in the guest. ``ScratchCap.check()`` then only reads the
+file system's counters (``statvfs``, one system call, on every watchdog tick) to turn a full
+scratch into the slice's ``exceeded("scratch")`` error.
+
+**Elsewhere** (in-process use, or without user namespaces) the folder is on the host's disk and
+the watchdog measures it: a directory walk at most every ``interval`` seconds, plus the files the
+process holds open under it after they were unlinked (``/proc/self/fd``). That cap is soft by what
+one interval of writing adds::
 
     cap = ScratchCap("/path/to/scratch", 64 << 20)
     error = cap.check()          # None, or SliceError(EOUTPUTLIMIT) once the tree is over the cap
@@ -150,24 +160,84 @@ def _quietly(op: Callable[..., object], *args: object, **kwargs: object) -> int:
         return 0
 
 
-class ScratchCap:
-    """Periodic check that a scratch tree stays under ``cap`` bytes (``None``: no cap)."""
+def make_scratch(path: str, cap: int | None) -> bool:
+    """Create the empty folder ``path`` for a guest's ``/tmp``; ``True`` if it is a tmpfs of ``cap``
+    bytes that the kernel enforces (in an evaluator with private mounts), ``False`` if it is a
+    plain folder the watchdog must measure."""
+    from ...runner import isolation
 
-    def __init__(self, path: str, cap: int | None, interval: float = CHECK_INTERVAL) -> None:
-        self.path, self.cap, self.interval = path, cap, interval
+    os.mkdir(path, 0o700)
+    return cap is not None and isolation.mount_tmpfs(path, cap)
+
+
+def unlinked_open_files(path: str) -> int:
+    """Bytes of files under ``path`` this process holds open although they were deleted: no walk
+    finds them, yet they occupy the disk until closed."""
+    prefix = os.path.join(path, "")
+    total = 0
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(prefix) and target.endswith(" (deleted)"):
+                total += os.fstat(int(fd)).st_blocks * 512
+        except (OSError, ValueError):
+            pass  # closed meanwhile
+    return total
+
+
+class ScratchCap:
+    """Check that a scratch tree stays under ``cap`` bytes (``None``: no cap).
+
+    ``kernel``: the folder is a tmpfs of the cap's size (``make_scratch`` said so), read through
+    ``statvfs`` on every call; otherwise a walk every ``interval`` seconds."""
+
+    def __init__(self, path: str, cap: int | None, interval: float = CHECK_INTERVAL, *,
+                 kernel: bool = False) -> None:
+        self.path, self.cap, self.interval, self.kernel = path, cap, interval, kernel
         self._last = 0.0
 
     def check(self) -> SliceError | None:
         if self.cap is None:
             return None
+        if self.kernel:
+            return self.full()
         now = time.monotonic()
         if now - self._last < self.interval:
             return None
         self._last = now
+        return self.measure()
+
+    def measure(self) -> SliceError | None:
+        """The walk (host folder), now: over the cap or unmeasurable → the slice's error."""
+        if self.cap is None:
+            return None
+        if self.kernel:
+            return self.full()
         try:
-            used = tree_size(self.path)
+            used = tree_size(self.path) + unlinked_open_files(self.path)
         except Unmeasurable as e:
             return exceeded("scratch", self.cap, detail=str(e))
         if used > self.cap:
             return exceeded("scratch", self.cap, used=used)
+        return None
+
+    def full(self) -> SliceError | None:
+        """A kernel-capped scratch that has no room left (bytes or file entries) → the slice's error.
+
+        While the slice runs, the watchdog stops it as soon as its scratch is full (a guest that
+        ignores ENOSPC would otherwise spin until its wall time)."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return None
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        if st.f_bavail == 0:
+            return exceeded("scratch", self.cap, used=max(used, self.cap or 0), detail="it is full: further writes fail")
+        if st.f_files and st.f_ffree == 0:
+            return exceeded("scratch", self.cap, used=max(used, st.f_files * ENTRY_COST),
+                            detail=f"no room for another file: {st.f_files:,} files and folders")
         return None

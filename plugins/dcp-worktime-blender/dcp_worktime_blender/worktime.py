@@ -44,7 +44,12 @@ class BlenderWorktime(Worktime):
     name = "blender"
     version = "1.0.0"
     capabilities = {"blender": {}}  # the probe fills in the version, engines and sandbox
-    enforces = frozenset({"wall_time", "output"})
+    # "prepare": starting Blender and loading the scene is held to the pool's prepare budget (a
+    # scene that never loads is unusable work, EBADWORK), not to one slice's wall time.
+    enforces = frozenset({"wall_time", "output", "prepare"})
+    #: Blender runs as a child program in its own bubblewrap sandbox (with its own seccomp filter):
+    #: the evaluator's lockdown must let it start and set up that sandbox.
+    spawns = True
     options = opts.OPTIONS
     settings = {"blender": "path of the Blender binary (default: blender on the PATH)"}
     default_for = frozenset({".blend"})

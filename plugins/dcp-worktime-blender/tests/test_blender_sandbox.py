@@ -144,7 +144,7 @@ def test_an_endless_loop_is_stopped_at_the_wall_time(pool):
 def test_a_scene_script_that_never_finishes_loading_fails_the_job(bwrap):
     with EvaluatorPool(cores=1, prepare_timeout=5) as p, Blenders() as watch:
         out = run(p, "blender", hostile("load_forever"), 1, options=OPTIONS)
-        assert out.error.code == "EBADWORK" and "longer than 5s" in out.error.message
+        assert out.error.code == "ESLICETOOSLOW" and "longer than 5 s" in out.error.message
         assert watch.gone_within(5), watch.alive()
 
 

@@ -13,19 +13,36 @@ Guest-only conversions on the way out (documented in ``sandbox/python.md``):
   sits in the value (``result[3]['key']``).
 """
 
+import sys
 from struct import pack as _pack, unpack_from as _unpack_from
 
 EXT_BIGINT = 1
-_MAX_DEPTH = 512
+#: ``dcp_worktimes.values.MAX_DEPTH``: one nesting limit everywhere (msgpack's, on the host).
+_MAX_DEPTH = 1024
+#: Python frames the codec needs at that depth (two per level), on top of the caller's.
+_FRAMES = 2 * _MAX_DEPTH + 200
 
 
 class Unserializable(TypeError):
     """A value outside the lossless set: the slice fails with EUNSERIALIZABLE."""
 
 
+class _Deep:
+    """Room for ``_FRAMES`` more Python frames while the codec walks a deep value (CPython 3.12+
+    counts only Python frames against the limit; the walk uses no C stack per level)."""
+
+    def __enter__(self):
+        self.old = sys.getrecursionlimit()
+        sys.setrecursionlimit(self.old + _FRAMES)
+
+    def __exit__(self, *exc):
+        sys.setrecursionlimit(self.old)
+
+
 def encode(value, where="value"):
     out = []
-    _enc(value, out, where, 0)
+    with _Deep():
+        _enc(value, out, where, 0)
     return b"".join(out)
 
 
@@ -36,7 +53,10 @@ def encode_frame(op, value, where):
 
 def _enc(v, out, where, depth):
     if depth > _MAX_DEPTH:
-        raise Unserializable(f"{where} is nested more than {_MAX_DEPTH} levels deep (a cycle?)")
+        if len(where) > 80:  # the path to the deep end repeats itself; its start says enough
+            where = where[:60] + "..."
+        raise Unserializable(f"{where} is nested more than {_MAX_DEPTH} levels deep (lists/dicts inside each "
+                             "other; a cycle?); flatten it")
     t = type(v)
     if v is None:
         out.append(b"\xc0")
@@ -146,7 +166,8 @@ def _numpy(v, where):
 
 
 def decode(data):
-    value, end = _dec(memoryview(data), 0)
+    with _Deep():
+        value, end = _dec(memoryview(data), 0)
     if end != len(data):
         raise ValueError(f"{len(data) - end} trailing bytes after a msgpack value")
     return value

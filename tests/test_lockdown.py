@@ -1,0 +1,163 @@
+"""The OS-level layer (``runner/lockdown.py``): each seccomp and Landlock rule holds against native
+code running inside a locked-down evaluator (``sandbox/hostile/native/escape.c``), the engines run
+under it, and what took effect is reported."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcp_worktimes.runner import EvaluatorPool
+from dcp_worktimes.runner.lockdown import describe, landlock_abi
+from dcp_worktimes.worktime import JobSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+ESCAPE = ROOT / "sandbox" / "hostile" / "native" / "escape.c"
+EPERM, EACCES, ENOSYS = -errno.EPERM, -errno.EACCES, -errno.ENOSYS
+
+
+def _seccomp_missing() -> str | None:
+    try:
+        import pyseccomp  # noqa: F401
+    except (ImportError, RuntimeError, OSError) as e:
+        return f"seccomp needs libseccomp2 and pyseccomp (apt-get install libseccomp2; pip install pyseccomp): {e}"
+    return None
+
+
+needs_seccomp = pytest.mark.skipif(_seccomp_missing() is not None, reason=str(_seccomp_missing()))
+needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="needs a kernel with Landlock (Linux 5.13+, lsm=landlock)")
+
+
+@pytest.fixture(scope="module")
+def escape(tmp_path_factory) -> str:
+    compiler = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("the native probe needs a C compiler (apt-get install clang or gcc)")
+    out = tmp_path_factory.mktemp("native") / "escape.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(out), str(ESCAPE), "-lpthread"], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def probes():
+    from dcp_worktimes.plugins import registry
+
+    from . import probe_worktime
+
+    registry().register_module(probe_worktime, "tests-lockdown")
+
+
+@pytest.fixture(scope="module")
+def locked(escape, probes):
+    """``locked(what, arg=None, network=False)`` → the probe's answer inside a locked-down evaluator."""
+    pools = {}
+
+    def run(what: str, arg: str | None = None, network: bool = False):
+        name = "native-probe-network" if network else "native-probe"
+        pool = pools.get(name)
+        if pool is None:
+            pool = pools[name] = EvaluatorPool(cores=1)
+        out = next(pool.map(JobSpec(id=f"{name}-{what}", worktime=name, work=escape), [(0, [what, arg])]))
+        assert out.ok, out.error
+        run.lockdown = pool._slots[0].proc.lockdown if pool._slots[0].proc else {}
+        return out.value
+
+    yield run
+    for pool in pools.values():
+        pool.close()
+
+
+@needs_seccomp
+@pytest.mark.parametrize("what, arg, expected", [
+    ("fork", None, EPERM),
+    ("clone3", None, ENOSYS),
+    ("exec", "/bin/true", EPERM),
+    ("ptrace", None, EPERM),
+    ("kill_parent", None, EPERM),
+    ("inet", None, EPERM),
+    ("inet_high_bits", None, EPERM),
+    ("unix", None, EPERM),
+    ("packet", None, EPERM),
+    ("mount", "/tmp", EPERM),
+    ("unshare", None, EPERM),
+    ("io_uring", None, EPERM),
+    ("bpf", None, EPERM),
+    ("userfaultfd", None, EPERM),
+])
+def test_each_seccomp_rule_holds_against_native_code(locked, what, arg, expected):
+    assert locked(what, arg) == expected
+    assert locked.lockdown["seccomp"]["applied"] is True
+
+
+@needs_seccomp
+def test_threads_and_socket_pairs_stay_allowed(locked):
+    assert locked("thread") == 0  # wasmtime, QuickJS and CPython need threads
+    assert locked("socketpair") == 0  # a connected pair reaches nothing outside
+
+
+@needs_seccomp
+def test_a_network_worktime_keeps_its_sockets_but_not_processes(locked):
+    assert locked("inet", network=True) >= 0
+    assert locked("unix", network=True) >= 0
+    assert locked("packet", network=True) == EPERM
+    assert locked("fork", network=True) == EPERM
+    assert locked.lockdown["seccomp"]["sockets_allowed"] == "AF_UNIX, AF_INET, AF_INET6, AF_NETLINK"
+
+
+@needs_landlock
+def test_landlock_confines_files_to_what_the_evaluator_needs(locked, tmp_path):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("secret")
+    assert locked("read", str(canary)) == EACCES  # a host file next to the worker's
+    assert locked("read", os.path.expanduser("~/.bashrc")) in (EACCES, -errno.ENOENT)
+    assert locked("write", str(tmp_path / "dropped")) == EACCES
+    assert not (tmp_path / "dropped").exists()
+    assert locked("read", sys.executable) >= 0  # its own Python installation stays readable
+    report = locked.lockdown["landlock"]
+    assert report["applied"] is True and report["execute"] == "denied" and report["abi"] == landlock_abi()
+
+
+def test_worktimes_json_reports_the_lockdown_of_each_worktime():
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "worktimes", "--json"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {w["name"]: w for w in json.loads(r.stdout)["worktimes"]}
+    for name in ("map-basic", "wasi", "echo"):
+        lock = rows[name]["lockdown"]
+        assert lock["network"] is False and lock["spawns"] is False
+        assert lock["seccomp"]["available"] == (_seccomp_missing() is None)
+        assert lock["landlock"]["available"] == (landlock_abi() > 0)
+    assert describe(network=True, spawns=False)["seccomp"].get("sockets_allowed", "AF_INET") != "none"
+
+
+@needs_seccomp
+def test_every_built_in_engine_runs_locked_down(build):
+    from dcp_worktimes.worktimes.wasi.toolchain import compile_c
+
+    jobs = [JobSpec(id="ld-echo", worktime="echo", work=""),
+            JobSpec(id="ld-js", worktime="map-basic", work="x => x + 1"),
+            JobSpec(id="ld-wasi", worktime="wasi", work=build("sum_json"))]
+    with EvaluatorPool(cores=1) as pool:
+        for job in jobs:
+            datum = [1, 2] if job.worktime == "wasi" else 1
+            outs = list(pool.map(job, [(i, datum) for i in range(3)]))
+            assert all(o.ok for o in outs), [o.error for o in outs]
+            lock = pool._slots[0].proc.lockdown
+            assert lock["seccomp"]["applied"] is True, lock
+            assert lock["landlock"]["applied"] is (landlock_abi() > 0), lock
+    del compile_c
+
+
+def test_lockdown_can_be_turned_off_and_says_so(probes, escape, monkeypatch, tmp_path):
+    monkeypatch.setenv("DCP_WORKTIMES_LOCKDOWN", "0")
+    with EvaluatorPool(cores=1) as pool:
+        out = next(pool.map(JobSpec(id="off", worktime="native-probe", work=escape), [(0, ["inet", None])]))
+        assert out.ok and out.value >= 0  # a socket again (in the empty network namespace): nothing applied
+        assert "DCP_WORKTIMES_LOCKDOWN=0" in pool._slots[0].proc.lockdown["seccomp"]["reason"]

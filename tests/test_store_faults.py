@@ -1,0 +1,192 @@
+"""Faults of the job store's disk, injected for real: a small tmpfs that fills up, a file system
+remounted read-only (both in a user + mount namespace the test makes), a file damaged in the middle.
+
+Every raw ``sqlite3`` error becomes a ``SchedulerError`` naming the store and what is wrong;
+``StoreUnavailable`` (retryable) for what may pass, ``StoreDamaged`` for what will not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dcp_worktimes.scheduler import SchedulerError, StoreDamaged, StoreUnavailable, open_scheduler
+from dcp_worktimes.scheduler.base import JobRecord
+from dcp_worktimes.testing_scheduler import ok, take
+from dcp_worktimes.worktime import JobSpec
+
+
+def _namespaces_work() -> str | None:
+    if shutil.which("unshare") is None:
+        return "needs unshare from util-linux (apt-get install util-linux)"
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"needs unprivileged user namespaces (unshare -Urm failed: {r.stderr.strip()})"
+    return None
+
+
+needs_namespaces = pytest.mark.skipif(_namespaces_work() is not None, reason=str(_namespaces_work()))
+
+PRELUDE = """
+import json, os, sys, subprocess
+from dcp_worktimes.scheduler import SchedulerError, StoreUnavailable, open_scheduler
+from dcp_worktimes.scheduler.base import JobRecord
+from dcp_worktimes.testing_scheduler import ok, take
+from dcp_worktimes.worktime import JobSpec
+d = sys.argv[1]
+url = f"sqlite:///{d}/jobs.db"
+
+def job(i, work=""):
+    return JobRecord(id=f"j{i}", spec=JobSpec(id=f"j{i}", worktime="echo", work=work),
+                     input={"kind": "range", "start": 0, "end": 4, "step": 1})
+
+def caught(call):
+    try:
+        call()
+    except SchedulerError as e:
+        return {"type": type(e).__name__, "message": e.message, "retryable": e.retryable, "code": str(e.code)}
+    return None
+
+out = {}
+"""
+
+
+def in_small_fs(script: str, size: str = "384k", remount_ro: bool = False, tmp_path=None) -> dict:
+    """Run ``script`` (after PRELUDE) with ``d`` a fresh tmpfs of ``size`` in its own mount namespace."""
+    body = PRELUDE + textwrap.dedent(script) + "\nprint(json.dumps(out))\n"
+    path = tmp_path / "script.py"
+    path.write_text(body)
+    shell = (f'd=$(mktemp -d) && mount -t tmpfs -o size={size} tmpfs "$d" && '
+             f'{sys.executable} {path} "$d"')
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", shell],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "DCP_PROGRESS": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@needs_namespaces
+def test_a_full_disk_is_a_retryable_store_error_naming_the_store_and_the_store_recovers(tmp_path):
+    got = in_small_fs("""
+        filler = os.path.join(d, "filler")
+        s = open_scheduler(url)
+        s.submit(job(0))
+        leases = take(s, "w", max_slices=4)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk to the last byte
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            os.close(fd)
+        i = 1
+        while (err := caught(lambda: s.submit(job(i, "x" * 20000)))) is None:
+            i += 1
+        out["deploy"] = err
+        out["report"] = caught(lambda: s.report(ok(*leases)))
+        os.unlink(filler)  # space comes back
+        out["report_again"] = caught(lambda: s.report(ok(*leases)))
+        out["deploy_again"] = caught(lambda: s.submit(job(10_000)))
+        out["computed"] = s.status("j0")["computed"]
+    """, tmp_path=tmp_path)
+    for key in ("deploy", "report"):
+        err = got[key]
+        assert err is not None, key
+        assert err["type"] == "StoreUnavailable" and err["retryable"] and err["code"] == "ESTOREUNAVAILABLE", err
+        assert "/jobs.db cannot grow" in err["message"] and "is full" in err["message"], err
+    assert got["report_again"] is None and got["deploy_again"] is None
+    assert got["computed"] == 4  # each result recorded once, after the retry
+
+
+@needs_namespaces
+def test_a_read_only_store_refuses_writes_clearly_and_can_still_be_listed(tmp_path):
+    got = in_small_fs("""
+        s = open_scheduler(url)
+        s.submit(job(0))
+        s.close()
+        subprocess.run(["mount", "-o", "remount,ro", d], check=True)
+        out["open"] = caught(lambda: open_scheduler(url))
+        ro = open_scheduler(url, read_only=True)
+        out["listed"] = [j["id"] for j in ro.job_summaries()]
+        out["write"] = caught(lambda: ro.submit(job(1)))
+        ro.close()
+        env = {**os.environ, "DCP_SCHEDULER": url}
+        r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs", "--json"], capture_output=True,
+                           text=True, env=env)
+        out["cli"] = [r.returncode, r.stdout, r.stderr]
+        r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs", "--delete", "j0", "--force"],
+                           capture_output=True, text=True, env=env)
+        out["cli_delete"] = [r.returncode, r.stderr]
+    """, tmp_path=tmp_path)
+    for key in ("open", "write"):
+        err = got[key]
+        assert err is not None and err["type"] == "StoreUnavailable" and err["retryable"], (key, err)
+        assert "/jobs.db cannot be written" in err["message"] and "read-only" in err["message"], err
+    assert got["listed"] == ["j0"]
+    code, stdout, stderr = got["cli"]
+    assert code == 0 and [j["id"] for j in json.loads(stdout)] == ["j0"], stderr
+    code, stderr = got["cli_delete"]
+    assert code == 2 and "cannot be written" in stderr and "Traceback" not in stderr, stderr
+
+
+def _store_with_jobs(path, n: int = 30) -> None:
+    s = open_scheduler(f"sqlite:///{path}")
+    for i in range(n):
+        s.submit(JobRecord(id=f"j{i}", spec=JobSpec(id=f"j{i}", worktime="echo", work="w" * 3000),
+                           input={"kind": "range", "start": 0, "end": 3, "step": 1}))
+    s.report(ok(*take(s, "w", max_slices=90)))
+    s.close()
+
+
+def test_a_store_damaged_mid_file_is_a_store_damaged_error_not_a_codec_error(tmp_path):
+    path = tmp_path / "jobs.db"
+    _store_with_jobs(path)
+    size = path.stat().st_size
+    assert size > 64 * 1024
+    with open(path, "r+b") as f:  # every page but the first (the header) is garbage
+        f.seek(4096)
+        f.write(os.urandom(size - 4096))
+    with pytest.raises(StoreDamaged) as info:
+        s = open_scheduler(f"sqlite:///{path}", read_only=True)
+        s.job_summaries()
+        [s.results(f"j{i}") for i in range(30)]
+    assert str(path) in info.value.message and "damaged" in info.value.message and not info.value.retryable
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs"], capture_output=True, text=True,
+                       env={**os.environ, "DCP_SCHEDULER": f"sqlite:///{path}"}, timeout=60)
+    assert r.returncode == 2 and "ESTOREDAMAGED" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_stored_records_that_do_not_decode_are_a_store_damaged_error(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "jobs.db"
+    _store_with_jobs(path, 2)
+    with sqlite3.connect(path) as db:  # pages intact, a record's bytes not (a bit rot SQLite cannot see)
+        db.execute("UPDATE jobs SET record = x'c1c1c1' WHERE id = 'j1'")
+        db.execute("UPDATE results SET data = x'ffff' WHERE job_id = 'j0'")
+    s = open_scheduler(f"sqlite:///{path}", read_only=True)
+    for call in (s.job_summaries, lambda: s.results("j0"), lambda: s.get_job("j1")):
+        with pytest.raises(StoreDamaged, match="damaged"):
+            call()
+    s.close()
+
+
+def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created(tmp_path):
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(SchedulerError, match="does not exist.*mkdir -p"):
+        open_scheduler(f"sqlite:///{missing}/jobs.db")
+    assert not (tmp_path / "no").exists()
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "--until-idle"], capture_output=True, text=True,
+                       env={**os.environ, "DCP_SCHEDULER": f"sqlite:///{missing}/jobs.db"}, timeout=60)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_store_errors_are_scheduler_errors():
+    assert issubclass(StoreUnavailable, SchedulerError) and issubclass(StoreDamaged, SchedulerError)
+    assert StoreUnavailable.retryable and not StoreDamaged.retryable and not SchedulerError.retryable
