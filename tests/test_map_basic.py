@@ -1,7 +1,8 @@
-"""map-basic in-process: the worktime class on a real QuickJS engine (no runner, no mocks).
+"""map-basic in-process: the worktime class on real engines, V8 (Deno) and QuickJS (no runner, no mocks).
 
 Semantics of DCP's map-basic: work compilation, call convention, sandbox globals, value
-conversions, errors with user line numbers, and the in-engine limits.
+conversions, errors with user line numbers, and the in-engine limits. Every test runs on both
+engines (the ``js_engine`` fixture); an engine that is not installed skips with the install command.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.worktimes.map_basic import MapBasic
+from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing
 from dcp_worktimes.worktimes.map_basic.marshal import from_js, to_js
 from dcp_worktimes.values import UnserializableValue
 from dcp_worktimes.worktime import JobSpec, SliceContext
@@ -23,12 +25,17 @@ HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "js"
 
 
 class Harness:
-    """One MapBasic instance (= one evaluator) with an event log."""
+    """One MapBasic instance (= one evaluator) on the engine under test, with an event log."""
+
+    engine = "quickjs"
+    made: list["Harness"] = []
 
     def __init__(self) -> None:
         self.wt = MapBasic()
+        self.wt.config = {"js-engine": self.engine}
         self.events: list[tuple[str, object]] = []
         self.number = 0
+        Harness.made.append(self)
 
     def prepare(self, work: str, limits: Limits | None = None, **job) -> "Harness":
         self.limits = limits or Limits()
@@ -48,6 +55,18 @@ class Harness:
 
 def slice_of(work: str, datum=None, limits: Limits | None = None, **job):
     return Harness().prepare(work, limits, **job)(datum)
+
+
+@pytest.fixture(params=ENGINES, autouse=True)
+def js_engine(request, monkeypatch):
+    """Each test once per engine; the engines each harness started are closed after it."""
+    reason = missing(request.param)
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setattr(Harness, "engine", request.param)
+    yield request.param
+    while Harness.made:
+        Harness.made.pop().wt.release()
 
 
 # -- the work function --------------------------------------------------------------------------
