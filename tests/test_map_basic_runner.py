@@ -1,4 +1,8 @@
-"""map-basic through the sandboxed runner: conformance kit, hostile JS corpus, event stream, CLI."""
+"""map-basic through the sandboxed runner: conformance kit, hostile JS corpus, event stream, CLI.
+
+Everything runs on both engines: the conformance kit once per engine (two classes), the other
+tests through the ``pool`` / ``engine`` fixtures.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from dcp_worktimes.limits import Limits
 from dcp_worktimes.runner import EvaluatorPool
 from dcp_worktimes.testing import HOSTILE_CASES, Sample, WorktimeConformance
 from dcp_worktimes.worktime import JobSpec
+from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing
 
 HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "js"
 
@@ -22,7 +27,7 @@ def hostile(case: str) -> str:
     return (HOSTILE / f"{case}.js").read_text(encoding="utf-8")
 
 
-class TestMapBasicConformance(WorktimeConformance):
+class MapBasicConformance(WorktimeConformance):
     @pytest.fixture
     def worktime_name(self):
         return "map-basic"
@@ -48,14 +53,42 @@ class TestMapBasicConformance(WorktimeConformance):
         return {case: hostile(case) for case in HOSTILE_CASES if (HOSTILE / f"{case}.js").exists()}
 
 
+class TestMapBasicConformanceV8(MapBasicConformance):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def worker_config(cls):
+        return {"map-basic": {"js-engine": "v8"}}
+
+
+class TestMapBasicConformanceQuickJS(MapBasicConformance):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def worker_config(cls):
+        return {"map-basic": {"js-engine": "quickjs"}}
+
+
 def test_the_whole_hostile_kit_is_covered():
     # "crash" needs a way to kill the process from inside; JavaScript has none, which is the point.
     assert {p.stem for p in HOSTILE.glob("*.js")} >= set(HOSTILE_CASES) - {"crash"}
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request):
+    """The engine under test (``--js-engine``); skipped with the install command if missing."""
+    reason = missing(request.param)
+    if reason:
+        pytest.skip(reason)
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def pool():
-    with EvaluatorPool(cores=1) as p:
+def config(engine):
+    return {"js-engine": engine}
+
+
+@pytest.fixture(scope="module")
+def pool(config):
+    with EvaluatorPool(cores=1, config={"map-basic": config}) as p:
         yield p
 
 
@@ -120,39 +153,34 @@ def test_many_slices_one_job(pool):
     assert sorted(o.value for o in outs) == [i * i for i in range(200)]
 
 
-def test_cli_acceptance():
+def test_cli_acceptance(engine):
     exe = shutil.which("dcp-worker", path=str(Path(sys.executable).parent)) or shutil.which("dcp-worker")
     assert exe, "dcp-worker is not installed (pip install -e .)"
     out = subprocess.run(
-        [exe, "slice", "--worktime", "map-basic", "--work", "function(x){ progress(); return x*x }", "--datum", "7"],
+        [exe, "slice", "--worktime", "map-basic", "--js-engine", engine, "--work", "function(x){ progress(); return x*x }", "--datum", "7"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "49"
 
 
-def test_spread_datum_option_spreads_list_datums():
+def test_spread_datum_option_spreads_list_datums(config):
     from dcp_worktimes.runner import run_slice
-    from dcp_worktimes.worktime import JobSpec
 
     job = JobSpec(id="spread", worktime="map-basic", work="(i, j, k) => [i * j, k]", arguments=["extra"],
                   options={"spread_datum": True})
-    assert run_slice(job, [3, 4]).value == [12, "extra"]
+    assert run_slice(job, [3, 4], config=config).value == [12, "extra"]
     plain = JobSpec(id="plain", worktime="map-basic", work="(d, k) => [d, k]", arguments=["extra"])
-    assert run_slice(plain, [3, 4]).value == [[3, 4], "extra"]
+    assert run_slice(plain, [3, 4], config=config).value == [[3, 4], "extra"]
 
 
-def test_console_flood_over_the_output_limit_stops_the_slice_at_once():
-    import time
-
-    from dcp_worktimes.limits import Limits
+def test_console_flood_over_the_output_limit_stops_the_slice_at_once(config):
     from dcp_worktimes.runner import run_slice
-    from dcp_worktimes.worktime import JobSpec
 
     work = 'function (x) { for (let i = 0; i < 1e7; i++) console.log("x".repeat(1000) + i); return 1 }'
     t = time.monotonic()
     out = run_slice(JobSpec(id="flood", worktime="map-basic", work=work,
-                            limits=Limits.parse(output="1MB", wall_time="30s")), 0)
+                            limits=Limits.parse(output="1MB", wall_time="30s")), 0, config=config)
     assert out.error is not None and out.error.code == "EOUTPUTLIMIT", out.error
     assert time.monotonic() - t < 10
 
@@ -161,3 +189,13 @@ def test_an_emit_over_the_output_limit_is_the_hosts_verdict_not_a_catchable_erro
     work = "x => { try { work.emit('big', {s: 'z'.repeat(2e6)}) } catch (e) { return 'caught' } return 1 }"
     out = next(pool.map(job(work, limits=Limits.parse(output="1MB")), [(0, 0)]))
     assert not out.ok and out.error.code == "EOUTPUTLIMIT", out
+
+
+def test_the_memory_limit_is_the_engines_verdict(pool):
+    # The runner's RSS guard sits on top of the evaluator's footprint after prepare, V8's Deno
+    # process included: the engine's own heap limit answers first, with its precise message.
+    j = job(hostile("memory_balloon"), limits=Limits.parse(memory="64MiB", wall_time="60s"))
+    out = next(pool.map(j, [(0, None)]))
+    assert not out.ok and out.error.code == "EMEMORYLIMIT" and "JavaScript heap" in out.error.message, out.error
+    follow = next(pool.map(job("x => x + 1"), [(1, 41)]))
+    assert follow.ok and follow.value == 42

@@ -308,8 +308,18 @@ class Evaluator:
 
 
 def _rss() -> int:
+    """Resident memory of the evaluator and of the processes it started: a worktime may run its
+    engine in a child (map-basic on V8 runs a Deno process), and the watchdog counts those too."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    import psutil  # here, not at start-up: evaluators start in milliseconds
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            rss += child.memory_info().rss
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return rss
 
 
 def _load_class(ref: str) -> type[Worktime]:

@@ -583,6 +583,25 @@
     defineProperty(G, name, { value: globals[name], writable: true, configurable: true, enumerable: false });
   }
 
+  // QuickJS-ng hands Error.prepareStackTrace call sites whose getFunction() returns strict
+  // functions too (V8 gives undefined for those), which would let job code reach the prelude's
+  // own functions. Where that happens the hook is switched off for good.
+  function __dcpCallSitesLeak() {
+    const saved = Error.prepareStackTrace;
+    let leak = false;
+    try {
+      Error.prepareStackTrace = (_, sites) => sites;
+      const sites = new Error('probe').stack;
+      leak = isArray(sites) && sites.some((s) => typeof s.getFunction === 'function' && s.getFunction() === __dcpCallSitesLeak);
+    } catch (_) {
+      leak = true;
+    } finally {
+      Error.prepareStackTrace = saved;
+    }
+    return leak;
+  }
+  if (__dcpCallSitesLeak()) defineProperty(Error, 'prepareStackTrace', { value: undefined, writable: false, configurable: false });
+
   // --- errors ------------------------------------------------------------------------------
   const STACK_FRAMES = 30;
   // Frames only (V8 starts a stack with the "Name: message" lines, QuickJS does not), without the

@@ -143,7 +143,18 @@ function sandbox() {
       'Uint8Array', 'Uint8ClampedArray', 'WeakMap', 'WeakRef', 'WeakSet', 'atob', 'btoa', 'decodeURI',
       'decodeURIComponent', 'encodeURI', 'encodeURIComponent', 'escape', 'eval', 'globalThis', 'isFinite', 'isNaN',
       'parseFloat', 'parseInt', 'queueMicrotask', 'undefined', 'unescape']);
-    if (webassembly) keep.add('WebAssembly');
+    if (webassembly) {
+      keep.add('WebAssembly');
+      // Count asynchronous compilations, so that a slice awaiting one is not "never settled".
+      const W = globalThis.WebAssembly, promiseFinally = Promise.prototype.finally;
+      const done = () => { wasmPending--; };
+      for (const name of ['compile', 'instantiate']) {
+        const original = W[name];
+        const counted = { [name](...args) { wasmPending++; return apply(promiseFinally, apply(original, W, args), [done]); } }[name];
+        Object.defineProperty(W, name, { value: counted, writable: true, configurable: true, enumerable: false });
+      }
+      for (const name of ['compileStreaming', 'instantiateStreaming']) delete W[name];  // no Response here
+    }
     for (const name of Object.getOwnPropertyNames(globalThis)) {
       if (!keep.has(name)) delete globalThis[name];
     }
@@ -160,6 +171,10 @@ function sandbox() {
       }
       Object.defineProperty(globalThis, sym, { writable: false, configurable: false });
     }
+    // A worker thread may block in Atomics.wait; QuickJS's context may not, and neither may the
+    // work here (a blocked thread only wakes when terminated). The host keeps its own copy.
+    const blocked = { wait() { throw new TypeError('Atomics.wait cannot be called in this context'); } }.wait;
+    Object.defineProperty(Atomics, 'wait', { value: blocked, writable: true, configurable: true, enumerable: false });
     const performance = { now: () => hrNow(), timeOrigin };
     Object.defineProperty(globalThis, 'performance', { value: performance, writable: true, configurable: true, enumerable: false });
     Error.stackTraceLimit = 40;  // the prelude keeps 30 frames of the work's own
@@ -168,6 +183,9 @@ function sandbox() {
   // --- the slice loop ----------------------------------------------------------------------------
   let dispatch = null;
   let macrotaskDone = null;
+  // Milliseconds a pending slice waits for the runtime once the prelude has nothing left to run.
+  const RUNTIME_GRACE = 1000;
+  let wasmPending = 0;  // WebAssembly compilations under way (their promises settle from V8's threads)
   channel.port1.onmessage = () => { const done = macrotaskDone; macrotaskDone = null; done(); };
   // A macrotask boundary: by the time it runs, the microtask queue is empty (V8 drains it first).
   const __dcpMacrotask = () => new P((resolve) => { macrotaskDone = resolve; channel.port2.postMessage(null); });
@@ -186,13 +204,26 @@ function sandbox() {
       await __dcpMacrotask();
       return uncaught !== undefined ? __dcpUncaught() : envelope;
     }
+    let idleSince = -1, nap = 1;
     for (;;) {
       await __dcpMacrotask();
       if (uncaught !== undefined) return __dcpUncaught();
       envelope = dispatch('poll');
       if (envelope) return envelope;
       const delay = dispatch('next');
-      if (delay < 0) return 'N';  // never settled: nothing left to run
+      if (delay < 0) {
+        // No timer of the prelude's is left, but the runtime may still settle the promise (a
+        // dynamic import answering, WebAssembly compiling): wait for those, then give up.
+        if (wasmPending === 0) {
+          const now = hrNow();
+          if (idleSince < 0) idleSince = now;
+          if (now - idleSince > RUNTIME_GRACE) return 'N';  // never settled: nothing left to run
+        }
+        await __dcpSleep(nap);
+        nap = nap < 50 ? 2 * nap : 50;
+        continue;
+      }
+      idleSince = -1; nap = 1;
       if (delay > 0) await __dcpSleep(delay);
       dispatch('fire');
     }
