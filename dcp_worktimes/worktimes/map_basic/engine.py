@@ -116,7 +116,14 @@ class Engine(ABC):
     def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False) -> None:
         """Job arguments (passed after the datum), module sources for require(), and whether a list
         datum is spread into separate arguments (multi-dimensional jobs)."""
-        self._operation("job", *job_texts(arguments, modules))
+        args_text, modules_json = job_texts(arguments, modules)
+        if 0 < self._memory_limit < len(args_text) + len(modules_json):
+            # Decoded in the engine they take at least as much heap: say so on every engine (V8's
+            # heap is too coarse to refuse small amounts by itself).
+            raise WorkError(f"the job's arguments and modules take {format_size(len(args_text) + len(modules_json))}, "
+                            f"more than the memory limit of {format_size(self._memory_limit)}; raise the job's memory "
+                            "limit or pass less data")
+        self._operation("job", args_text, modules_json)
         self._operation("spread", "1" if spread else "")
 
     def eval(self, source: str) -> Any:

@@ -47,7 +47,7 @@ from urllib.parse import quote
 
 from ...errors import ErrorCode, SliceError
 from ...worktime import SliceContext
-from .engine import PRELUDE, Engine, datum_text, job_texts, limit_error, memory_message, sanitize
+from .engine import PRELUDE, Engine, datum_text, limit_error, memory_message, sanitize
 from .marshal import from_js
 
 HOST_JS = Path(__file__).with_name("v8_host.js")
@@ -61,7 +61,9 @@ POLL = 0.05
 STOP_GRACE = 3.0
 #: Seconds a fresh Deno process gets to answer its first request.
 START_TIMEOUT = 30.0
-#: Smallest V8 heap we start with: below it V8 cannot even set up a context.
+#: V8 heap of the Deno runtime itself in the sandbox (its JavaScript, the prelude), added to the
+#: job's memory limit; and the smallest heap we start with (below ~6 MiB Deno cannot start).
+RUNTIME_HEAP_MB = 8
 MIN_HEAP_MB = 16
 #: Bytes of Deno's stderr kept for error messages (the rest is dropped as it comes).
 STDERR_TAIL = 16 * 1024
@@ -171,7 +173,7 @@ class V8Engine(Engine):
         self._progress_deadline: float | None = None
         self._cpu_deadline: float | None = None
         self._event_error: SliceError | None = None
-        self._start()
+        self._ready()
 
     # -- the process ------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -183,7 +185,7 @@ class V8Engine(Engine):
         env = {"DENO_DIR": str(cache / "deno-dir"), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1",
                "DENO_NO_PACKAGE_JSON": "1", "PATH": os.defpath}
         import_map = _import_map(binary, env)
-        heap_mb = max(MIN_HEAP_MB, -(-self._memory_limit // (1 << 20))) if self._memory_limit else 0
+        heap_mb = max(MIN_HEAP_MB, RUNTIME_HEAP_MB - (-self._memory_limit // (1 << 20))) if self._memory_limit else 0
         v8_flags = ["--stack-size=4000"]  # KiB of JS stack; the worker thread has 8 MiB
         if heap_mb:
             v8_flags.append(f"--max-heap-size={heap_mb}")
@@ -467,11 +469,6 @@ class V8Engine(Engine):
         if op in ("job", "spread", "compile") and not (op == "compile" and reply):
             self._replay = [r for r in self._replay if r[0] != op] + [(op, a, b)]
         return reply
-
-    def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False) -> None:
-        args_text, modules_json = job_texts(arguments, modules)
-        self._operation("job", args_text, modules_json)
-        self._operation("spread", "1" if spread else "")
 
     def run(self, ctx: SliceContext, datum: Any) -> Any:
         text = datum_text(datum)
