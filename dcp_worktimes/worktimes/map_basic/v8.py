@@ -194,6 +194,9 @@ class V8Engine(Engine):
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       env=env, cwd=tempfile.gettempdir(), preexec_fn=_die_with_parent, bufsize=0)
         self._buf.clear()
+        self._to_deno, self._from_deno = self._proc.stdin.fileno(), self._proc.stdout.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._from_deno, select.POLLIN)
         threading.Thread(target=self._drain_stderr, args=(self._proc.stderr,), daemon=True).start()
         self._reload()
 
@@ -256,19 +259,18 @@ class V8Engine(Engine):
             parts.append(data)
         body = b"".join(parts)
         frame = _HEADER.pack(len(body) + 1, kind[0]) + body
-        assert self._proc is not None and self._proc.stdin is not None
         try:
-            view = memoryview(frame)
-            fd = self._proc.stdin.fileno()
-            while view:
-                view = view[os.write(fd, view):]
-        except (BrokenPipeError, OSError):
+            written = os.write(self._to_deno, frame)
+            if written < len(frame):
+                view = memoryview(frame)[written:]
+                while view:
+                    view = view[os.write(self._to_deno, view):]
+        except OSError:  # a broken pipe: Deno is gone
             raise _Died() from None
 
     def _frame(self, until: float | None) -> tuple[int, bytes] | None:
         """The next frame from Deno, or ``None`` when ``until`` (monotonic) passes first."""
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
+        fd = self._from_deno
         buf = self._buf
         while True:
             if len(buf) >= 5:
@@ -282,7 +284,7 @@ class V8Engine(Engine):
                 want = 5 - len(buf)
             if until is not None:
                 left = until - time.monotonic()
-                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                if left <= 0 or not self._poll.poll(left * 1000 + 1):
                     if time.monotonic() >= until:
                         return None
                     continue

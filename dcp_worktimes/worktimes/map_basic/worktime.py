@@ -73,6 +73,18 @@ class MapBasic(Worktime):
     def preload(cls) -> None:
         from . import quickjs, v8  # noqa: F401  (the QuickJS binding, loaded once in the zygote)
 
+    @classmethod
+    def warmup(cls, report) -> None:
+        """V8: list Deno's node: built-ins for the import map and fill Deno's code cache, so the
+        first job does not pay for them."""
+        from .engine import missing
+
+        if missing("v8") is None:
+            from .v8 import V8Engine, deno_version
+
+            report(f"map-basic: starting V8 (Deno {deno_version()}) once")
+            V8Engine().close()
+
     @property
     def engine_name(self) -> str:
         """The engine this instance runs (``self.config["js-engine"]``, else the default)."""
