@@ -8,8 +8,9 @@ One run, four tables, ratios printed:
    records through JSON.stringify/parse), one kernel call per slice: map-basic on V8 and on
    QuickJS, in process (the engine driven directly) and as one sandboxed slice through
    ``EvaluatorPool``, beside the same JavaScript in plain Node and plain Deno (timed inside, start-up
-   excluded) and the same algorithm in native CPython. Each figure is the median of ``--repeat``
-   runs after one warm-up run. Ratio: time / plain Deno (issue target for V8: within 1.5x).
+   excluded) and the same algorithm in native CPython. Each figure is over ``--repeat``
+   runs after one warm-up run (median and best: the best shows the engine without the noise of a
+   shared machine). Ratio: time / plain Deno's (issue target for V8: within 1.5x).
 2. Trivial slices (``x => x``) end to end through ``EvaluatorPool`` on all cores: V8, QuickJS and
    the echo reference worktime. Ratio: per-slice cost / QuickJS's (issue target for V8: within 2x).
 3. A new job's first result (evaluator forked from the zygote, engine started, work compiled, one
@@ -103,18 +104,19 @@ KERNELS = [  # (label, JS work, argument, Python twin)
 ]
 
 
-def median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up (JIT, caches): every engine gets one
+def timed_ms(fn, repeat: int) -> tuple[float, float]:
+    """(median, best) of ``repeat`` calls after one warm-up call (JIT, caches: every engine gets one)."""
+    fn()
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000, min(times) * 1000
 
 
-def plain_ms(runtime: str, work: str, arg: int, repeat: int) -> float | None:
-    """The kernel in plain Node or Deno: median of ``repeat`` calls after one warm-up, timed inside."""
+def plain_ms(runtime: str, work: str, arg: int, repeat: int) -> tuple[float, float] | None:
+    """The kernel in plain Node or Deno: (median, best) of ``repeat`` calls after one warm-up, timed inside."""
     script = textwrap.dedent("""
         const work = (%s
         );
@@ -122,7 +124,7 @@ def plain_ms(runtime: str, work: str, arg: int, repeat: int) -> float | None:
         const t = [];
         for (let i = 0; i < %d; i++) { const s = performance.now(); work(%d); t.push(performance.now() - s); }
         t.sort((a, b) => a - b);
-        console.log(t[Math.floor(t.length / 2)]);
+        console.log(JSON.stringify([t[Math.floor(t.length / 2)], t[0]]));
     """) % (work, arg, repeat, arg)
     if runtime == "node":
         exe = shutil.which("node")
@@ -139,7 +141,7 @@ def plain_ms(runtime: str, work: str, arg: int, repeat: int) -> float | None:
         return None
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"})
-    return float(out.stdout) if out.returncode == 0 else None
+    return tuple(json.loads(out.stdout)) if out.returncode == 0 else None
 
 
 def version(cmd: list[str]) -> str:
@@ -158,6 +160,7 @@ def available_engines() -> list[str]:
 
 
 def kernel_table(engines: list[str], repeat: int) -> None:
+    nan = (math.nan, math.nan)
     for label, work, arg, twin in KERNELS:
         rows: list[tuple] = []
         for engine in engines:
@@ -165,7 +168,7 @@ def kernel_table(engines: list[str], repeat: int) -> None:
             wt.config = {"js-engine": engine}
             wt.prepare(JobSpec(id=f"bench-{engine}", worktime="map-basic", work=work, limits=Limits(wall_time=None)))
             rows.append((f"map-basic on {engine}, in process",
-                         median_ms(lambda: wt.execute(SliceContext(0, Limits(wall_time=None)), arg), repeat)))
+                         timed_ms(lambda: wt.execute(SliceContext(0, Limits(wall_time=None)), arg), repeat)))
             wt.release()
             with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}) as pool:
                 job = JobSpec(id=f"bench-{engine}-runner", worktime="map-basic", work=work)
@@ -174,15 +177,15 @@ def kernel_table(engines: list[str], repeat: int) -> None:
                     out = next(pool.map(job, [(0, arg)]))
                     assert out.ok, out.error
 
-                rows.append((f"map-basic on {engine}, one sandboxed slice", median_ms(via_runner, repeat)))
-        deno = plain_ms("deno", work, arg, repeat)
-        node = plain_ms("node", work, arg, repeat)
-        rows.append((f"plain {version([deno_binary() or 'deno', '--version'])}", deno if deno is not None else math.nan))
-        rows.append((f"plain node {version(['node', '--version'])}", node if node is not None else math.nan))
-        rows.append((f"native CPython {sys.version.split()[0]}", median_ms(lambda: twin(arg), repeat)))
-        base = deno if deno else math.nan
-        print_table(f"{label}: one call per slice, median of {repeat} after a warm-up",
-                    ["engine", "ms", "time / plain Deno"], [(name, ms, ms / base) for name, ms in rows])
+                rows.append((f"map-basic on {engine}, one sandboxed slice", timed_ms(via_runner, repeat)))
+        deno = plain_ms("deno", work, arg, repeat) or nan
+        node = plain_ms("node", work, arg, repeat) or nan
+        rows.append((f"plain deno {version([deno_binary() or 'deno', '--version']).split()[1]} (V8, in JS)", deno))
+        rows.append((f"plain node {version(['node', '--version'])} (V8, in JS)", node))
+        rows.append((f"native CPython {sys.version.split()[0]}", timed_ms(lambda: twin(arg), repeat)))
+        print_table(f"{label}: one call per slice, {repeat} runs after a warm-up",
+                    ["engine", "median ms", "best ms", "median / Deno's", "best / Deno's"],
+                    [(name, med, best, med / deno[0], best / deno[1]) for name, (med, best) in rows])
 
 
 def throughput_table(engines: list[str], slices: int) -> None:
@@ -220,9 +223,10 @@ def first_result_table(engines: list[str], repeat: int) -> None:
                 t = time.perf_counter()
                 assert next(pool.map(job, [(0, 7)])).value == 49
                 times.append(time.perf_counter() - t)
-        rows.append((f"map-basic on {engine}", statistics.median(times[1:]) * 1000))  # [0] also starts the zygote
-    print_table(f"a new job's first result (fork + engine start + compile + one slice), median of {repeat}",
-                ["engine", "ms"], rows)
+        times = times[1:]  # the first one also starts the zygote
+        rows.append((f"map-basic on {engine}", statistics.median(times) * 1000, min(times) * 1000))
+    print_table(f"a new job's first result (fork + engine start + compile + one slice), {repeat} jobs",
+                ["engine", "median ms", "best ms"], rows)
 
 
 def memory_table(engines: list[str]) -> None:

@@ -141,8 +141,14 @@ def _import_map(binary: str, env: dict[str, str]) -> Path:
         return Path(name)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+_prctl = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: only a call of a function looked up beforehand
+    (no dlopen, no imports: the evaluator has other threads, which fork does not copy)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class _Stopped(Exception):
@@ -169,7 +175,6 @@ class V8Engine(Engine):
         self._replay: list[tuple[str, str, str]] = []
         self._stale = False  # the sandbox was replaced: replay the job before the next request
         self._slice: SliceContext | None = None
-        self._deadline: float | None = None
         self._progress_deadline: float | None = None
         self._cpu_deadline: float | None = None
         self._event_error: SliceError | None = None
@@ -181,12 +186,17 @@ class V8Engine(Engine):
         if binary is None:
             raise SliceError("map-basic on V8 needs Deno: pip install 'deno>=2.9'", code=ErrorCode.ENOWORKTIME,
                              worker_fault=True)
+        global _prctl
+        if _prctl is None:
+            _prctl = ctypes.CDLL(None).prctl
         cache = _cache_dir()
         env = {"DENO_DIR": str(cache / "deno-dir"), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1",
                "DENO_NO_PACKAGE_JSON": "1", "PATH": os.defpath}
         import_map = _import_map(binary, env)
         heap_mb = max(MIN_HEAP_MB, RUNTIME_HEAP_MB - (-self._memory_limit // (1 << 20))) if self._memory_limit else 0
-        v8_flags = ["--stack-size=4000"]  # KiB of JS stack; the worker thread has 8 MiB
+        # KiB of JS stack: half the sandbox worker thread's 4 MiB C stack (V8's limit is checked on
+        # JS calls only; C++ built-ins near it need headroom: 4500 already crashes Deno here).
+        v8_flags = ["--stack-size=2000"]
         if heap_mb:
             v8_flags.append(f"--max-heap-size={heap_mb}")
         cmd = [binary, "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
@@ -203,11 +213,14 @@ class V8Engine(Engine):
     def _drain_stderr(self, pipe) -> None:
         # Deno's stderr must never fill up (it would block the engine); keep its tail for messages.
         fd = pipe.fileno()
-        for chunk in iter(lambda: os.read(fd, 4096), b""):
-            self._stderr.append(chunk)
-            self._stderr_size += len(chunk)
-            while self._stderr_size > STDERR_TAIL and len(self._stderr) > 1:
-                self._stderr_size -= len(self._stderr.popleft())
+        try:
+            for chunk in iter(lambda: os.read(fd, 4096), b""):
+                self._stderr.append(chunk)
+                self._stderr_size += len(chunk)
+                while self._stderr_size > STDERR_TAIL and len(self._stderr) > 1:
+                    self._stderr_size -= len(self._stderr.popleft())
+        finally:
+            pipe.close()
 
     def _stderr_text(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")

@@ -82,7 +82,7 @@ class MapBasic(Worktime):
         if missing("v8") is None:
             from .v8 import V8Engine, deno_version
 
-            report(f"map-basic: starting V8 (Deno {deno_version()}) once")
+            report(f"starting V8 (Deno {deno_version()}) once: import map and code cache")
             V8Engine().close()
 
     @property
