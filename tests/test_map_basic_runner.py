@@ -199,3 +199,12 @@ def test_the_memory_limit_is_the_engines_verdict(pool):
     assert not out.ok and out.error.code == "EMEMORYLIMIT" and "JavaScript heap" in out.error.message, out.error
     follow = next(pool.map(job("x => x + 1"), [(1, 41)]))
     assert follow.ok and follow.value == 42
+
+
+def test_the_runtime_is_out_of_reach_in_a_real_evaluator(pool):
+    # The V8-specific hostile cases, inside the evaluator's process layers: nothing of Deno or the
+    # host is reachable, no thread can be started, no wait can block the engine's thread.
+    outs = list(pool.map(job(hostile("deno_escape"), limits=Limits.parse(wall_time="30s")), [(0, None)]))
+    assert outs[0].ok and outs[0].value == [], outs[0].error or outs[0].value
+    outs = list(pool.map(job(hostile("threads"), limits=Limits.parse(wall_time="30s")), [(0, None)]))
+    assert outs[0].ok and len(outs[0].value) == 3, outs[0].error or outs[0].value
