@@ -689,3 +689,18 @@ def test_engine_choice_and_capabilities():
     bad = MapBasic.probe({"js-engine": "spidermonkey"})
     assert not bad.available and "v8, quickjs" in bad.unavailable
     assert "V8" in MapBasic.describe(v8)["description"] and "QuickJS" in MapBasic.describe(qjs)["description"]
+
+
+def test_stops_racing_the_end_of_a_slice_never_break_the_engine():
+    # Deadlines already past when the slice starts: the stop races the request and the reply.
+    h = Harness().prepare("x => x")
+    outcomes = set()
+    for i in range(100):
+        ctx = SliceContext(i, Limits.parse(wall_time="1ms"))
+        time.sleep(0.002)
+        try:
+            outcomes.add("ok" if h.wt.execute(ctx, i) == i else "wrong")
+        except SliceError as e:
+            outcomes.add(e.code)
+    assert outcomes <= {"ok", ErrorCode.ESLICETOOSLOW}, outcomes
+    assert h(41) == 41

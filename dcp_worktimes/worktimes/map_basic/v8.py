@@ -330,8 +330,12 @@ class V8Engine(Engine):
                 if tripped is None:
                     return reply
                 continue  # the work finished just as we asked to stop it: Deno's answer follows
-            if k == 0x49 and tripped is not None and reply is not None:  # I: it was idle, nothing was stopped
-                return reply
+            if k == 0x49 and tripped is not None:  # I: the sandbox was idle, nothing was stopped
+                if reply is not None:
+                    return reply  # it had finished
+                time.sleep(0.001)  # it had not started the request yet: ask again
+                self._stop(again=True)
+                continue
             if k == 0x4B and tripped is not None:  # K: the work was stopped, the sandbox is fresh
                 self._stale = True
                 raise _Stopped(tripped, reply)
@@ -344,9 +348,11 @@ class V8Engine(Engine):
             self._kill()  # a frame that cannot come from v8_host.js: trust nothing more from it
             raise _Died(None)
 
-    def _stop(self) -> None:
+    def _stop(self, again: bool = False) -> None:
+        """Ask Deno to terminate the running work (answered by a K or I frame)."""
         assert self._proc is not None
-        self._stop_by = time.monotonic() + STOP_GRACE
+        if not again:
+            self._stop_by = time.monotonic() + STOP_GRACE
         try:
             self._proc.send_signal(signal.SIGUSR2)
         except OSError:
