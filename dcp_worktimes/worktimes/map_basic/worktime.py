@@ -118,8 +118,9 @@ class MapBasic(Worktime):
         self.release()
         try:
             engine = make_engine(name, memory=job.limits.memory, webassembly=bool(job.options.get("webassembly")))
-        except SliceError as e:
-            raise WorkError(f"map-basic could not start its {name} engine: {e.message}", code=e.code) from None
+        except SliceError as e:  # nothing of the job has run yet: this worker's fault, not the work's
+            raise WorkError(f"map-basic could not start its {name} engine: {e.message}",
+                            code=ErrorCode.ENOWORKTIME) from None
         try:
             engine.set_job(list(job.arguments), dict(job.modules), spread=bool(job.options.get("spread_datum")))
             engine.compile(work, strict=bool(job.options.get("strict")), time_limit=job.limits.wall_time or 60.0)
