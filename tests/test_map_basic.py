@@ -704,3 +704,28 @@ def test_stops_racing_the_end_of_a_slice_never_break_the_engine():
             outcomes.add(e.code)
     assert outcomes <= {"ok", ErrorCode.ESLICETOOSLOW}, outcomes
     assert h(41) == 41
+
+
+def test_a_batch_sent_ahead_keeps_each_slices_events_errors_and_limits():
+    # What an evaluator does with a batch: prefetch, then execute each slice in order (V8 sends the
+    # later slices with the first request; QuickJS ignores the hint).
+    from dcp_worktimes.values import pack
+
+    work = "x => { console.log('slice ' + x); if (x === 3) throw new Error('three'); if (x === 5) for (;;) {} return x * 2 }"
+    h = Harness().prepare(work, Limits.parse(wall_time="1s"))
+    h.wt.prefetch([[i, pack(i)] for i in range(8)])
+    results = {}
+    for i in range(8):
+        events = []
+        ctx = SliceContext(i, h.limits, sink=lambda kind, payload: events.append((kind, payload)))
+        try:
+            results[i] = h.wt.execute(ctx, i)
+        except SliceError as e:
+            results[i] = e.code
+        assert [p["message"] for k, p in events if k == "console"] == [f"slice {i}"]
+    assert results == {0: 0, 1: 2, 2: 4, 3: ErrorCode.EUNCAUGHT, 4: 8, 5: ErrorCode.ESLICETOOSLOW, 6: 12, 7: 14}
+    # A batch cut short (cancelled): what was sent ahead is dropped, the next batch runs normally.
+    h.wt.prefetch([[i, pack(i)] for i in range(10, 20)])
+    assert h.wt.execute(SliceContext(10, h.limits), 10) == 20
+    h.wt.prefetch([[30, pack(30)], [31, pack(31)]])
+    assert [h.wt.execute(SliceContext(n, h.limits), n) for n in (30, 31)] == [60, 62]

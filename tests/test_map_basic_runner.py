@@ -208,3 +208,16 @@ def test_the_runtime_is_out_of_reach_in_a_real_evaluator(pool):
     assert outs[0].ok and outs[0].value == [], outs[0].error or outs[0].value
     outs = list(pool.map(job(hostile("threads"), limits=Limits.parse(wall_time="30s")), [(0, None)]))
     assert outs[0].ok and len(outs[0].value) == 3, outs[0].error or outs[0].value
+
+
+def test_a_batch_keeps_each_slices_events_errors_and_limits(pool):
+    work = "x => { console.log('slice ' + x); if (x === 5) throw new Error('five'); if (x === 9) for (;;) {} return x * 2 }"
+    events: list = []
+    j = job(work, limits=Limits.parse(wall_time="1s"))
+    outs = sorted(pool.map(j, [(i, i) for i in range(40)], lambda kind, n, payload: events.append((kind, n, payload))),
+                  key=lambda o: o.number)
+    assert [o.value for o in outs if o.ok] == [2 * i for i in range(40) if i not in (5, 9)]
+    assert outs[5].error.code == "EUNCAUGHT" and "five" in outs[5].error.message
+    assert outs[9].error.code == "ESLICETOOSLOW"
+    consoles = sorted((n, p["message"]) for k, n, p in events if k == "console")
+    assert consoles == [(n, f"slice {n}") for n in range(40)]

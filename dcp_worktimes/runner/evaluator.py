@@ -257,6 +257,11 @@ class Evaluator:
         job = self.job
         assert job is not None, "run before prepare"
         limits = job.limits
+        # An optional worktime hook: the whole batch, before its slices run one by one (map-basic
+        # on V8 sends them to its engine process ahead, one round trip per batch, not per slice).
+        prefetch = getattr(self.worktime, "prefetch", None)
+        if prefetch is not None:
+            prefetch(items)
         for index, (number, datum_bytes) in enumerate(items):
             if self.cancel.is_set():
                 self.out.send({"t": "err", "i": index, "e": {"code": "ECANCELLED", "message": "cancelled"}})

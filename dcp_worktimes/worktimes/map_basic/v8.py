@@ -65,6 +65,9 @@ START_TIMEOUT = 30.0
 #: job's memory limit; and the smallest heap we start with (below ~6 MiB Deno cannot start).
 RUNTIME_HEAP_MB = 8
 MIN_HEAP_MB = 16
+#: At most this many slices, and this many bytes of their datums, go with a request ahead of time.
+AHEAD_SLICES = 64
+AHEAD_BYTES = 1 << 20
 #: Bytes of Deno's stderr kept for error messages (the rest is dropped as it comes).
 STDERR_TAIL = 16 * 1024
 
@@ -178,6 +181,8 @@ class V8Engine(Engine):
         self._progress_deadline: float | None = None
         self._cpu_deadline: float | None = None
         self._event_error: SliceError | None = None
+        self._batch: list = []  # the evaluator's current batch (prefetch)
+        self._ahead_sent: collections.deque[int] = collections.deque()  # slices Deno runs after the current one
         self._ready()
 
     # -- the process ------------------------------------------------------------------------------
@@ -306,11 +311,14 @@ class V8Engine(Engine):
                 raise _Died()
             buf += chunk
 
-    def _request(self, kind: bytes, *args: str, deadline: float | None = None, slice_limits: bool = False) -> str:
-        """Send a request and wait for its reply, delivering the slice's events on the way and
-        stopping the work at the first limit it breaks: ``deadline`` always, and with
-        ``slice_limits`` the running slice's no-progress, CPU-time, cancel and output limits."""
-        self._send(kind, args)
+    def _request(self, kind: bytes | None, *args: str, deadline: float | None = None,
+                 slice_limits: bool = False) -> str:
+        """Send a request (``kind`` ``None``: one sent before, whose next reply is due) and wait for
+        its reply, delivering the slice's events on the way and stopping the work at the first limit
+        it breaks: ``deadline`` always, and with ``slice_limits`` the running slice's no-progress,
+        CPU-time, cancel and output limits."""
+        if kind is not None:
+            self._send(kind, args)
         tripped: ErrorCode | None = None
         reply: str | None = None
         while True:
@@ -414,20 +422,23 @@ class V8Engine(Engine):
             return 0.0
 
     # -- the engine contract ---------------------------------------------------------------------
-    def _call(self, kind: bytes, *args: str, deadline: float | None = None, slice_limits: bool = False) -> str:
+    def _call(self, kind: bytes | None, *args: str, deadline: float | None = None, slice_limits: bool = False) -> str:
         """A request with recovery: a stopped or dead sandbox becomes the request's error, and the
         engine is ready for the next request (a fresh sandbox with the job loaded again)."""
-        self._ready()
+        if kind is not None:
+            self._ready()
         self._event_error = None
         try:
             return self._request(kind, *args, deadline=deadline, slice_limits=slice_limits)
         except _Stopped as stopped:
             code, reply = stopped.args
+            self._ahead_sent.clear()  # the fresh sandbox has none of the slices sent ahead
             self._reload_quietly()
             if reply is not None:  # it finished just as it was stopped: the result stands
                 return reply
             raise self._event_error or limit_error(code, self._slice) from None
         except _Died as died:
+            self._ahead_sent.clear()
             code = died.args[0] if died.args else None
             err = self._event_error or (limit_error(code, self._slice) if code is not None else self._death())
             self._restart_quietly()
@@ -491,16 +502,72 @@ class V8Engine(Engine):
             self._replay = [r for r in self._replay if r[0] != op] + [(op, a, b)]
         return reply
 
+    def prefetch(self, items: list) -> None:
+        """The slices of the evaluator's current batch, ``[(number, datum_bytes), ...]`` in the order
+        ``run`` will be called for them: each request then carries the next slices too, and Deno
+        runs them back to back, so a batch of short slices costs one pipe round trip, not one each."""
+        self._batch = list(items)
+
+    def _ahead(self, number: int) -> tuple[list[str], list[int]]:
+        """Datum texts and numbers of the slices after ``number`` in the batch, to send ahead."""
+        from ...values import UnserializableValue, unpack
+        from .marshal import to_js
+
+        texts: list[str] = []
+        numbers: list[int] = []
+        batch, budget = self._batch, AHEAD_BYTES
+        for i, (n, _) in enumerate(batch):
+            if n == number:
+                for n2, data in batch[i + 1:i + 1 + AHEAD_SLICES]:
+                    try:
+                        text = to_js(unpack(data))
+                    except (UnserializableValue, ValueError, TypeError):
+                        break  # that slice fails on its own, in its own request
+                    budget -= len(text)
+                    if budget < 0:
+                        break
+                    texts.append(text)
+                    numbers.append(n2)
+                break
+        return texts, numbers
+
+    def _drop_ahead(self) -> None:
+        """Slices sent ahead that will not be asked for (a cancelled batch): stop them."""
+        if self._proc is not None and not self._stale:
+            try:
+                self._stop()
+                while True:  # until Deno answers: K (stopped) or I (they had all finished)
+                    frame = self._frame(self._stop_by)
+                    if frame is None:
+                        raise _Died(None)
+                    if frame[0] == 0x4B:
+                        self._stale = True
+                        break
+                    if frame[0] == 0x49:
+                        break
+            except _Died:
+                self._kill()
+        self._ahead_sent.clear()
+
     def run(self, ctx: SliceContext, datum: Any) -> Any:
-        text = datum_text(datum)
         limits = ctx.limits
         self._slice = ctx
         self._progress_deadline = (ctx.started + limits.progress_timeout + FORWARD_SLACK
                                    if limits.progress_timeout else None)
         self._cpu_deadline = self._cpu_seconds() + limits.cpu_time if limits.cpu_time else None
         try:
+            if self._ahead_sent and self._ahead_sent[0] == ctx.slice_number:
+                # Sent with an earlier request: Deno has been running it since that slice ended.
+                self._ahead_sent.popleft()
+                return self._result(self._call(None, deadline=ctx.deadline, slice_limits=True))
+            if self._ahead_sent:
+                self._drop_ahead()
+            text = datum_text(datum)
+            ahead, numbers = self._ahead(ctx.slice_number) if self._batch else ([], [])
             cap = str(limits.output) if limits.output is not None else "-1"
-            return self._result(self._call(b"s", text, cap, deadline=ctx.deadline, slice_limits=True))
+            reply = self._call(b"s", cap, text, *ahead, deadline=ctx.deadline, slice_limits=True)
+            self._ahead_sent.extend(numbers)
+            return self._result(reply)
         finally:
             self._slice = None
             self._progress_deadline = self._cpu_deadline = None

@@ -13,8 +13,8 @@
 //   'K' frame; if the worker was idle between requests it terminates nothing and writes 'I'.
 //
 // Frames, both ways: a u32 little-endian length of the rest, one kind byte, the body.
-// Requests (host -> worker): 'd' = a prelude operation, 's' = run one slice; the body is a list
-// of strings, each a u32 byte length and UTF-8. Replies and events (worker -> host), UTF-8 body:
+// Requests (host -> worker): 'd' = a prelude operation, 's' = run slices (the output cap, then one
+// datum per slice); the body is a list of strings, each a u32 byte length and UTF-8. Replies and events (worker -> host), UTF-8 body:
 // 'R' reply, 'P' progress, 'C' console (level "\n" JSON text), 'E' emit (name JSON "\n" value).
 //
 // Only one thread may write to stdout at a time, and a frame must never be cut: a shared state
@@ -245,8 +245,13 @@ function sandbox() {
           reply = toString(dispatch(args[0], args[1], args[2]));
         }
       } else {
-        lastForward = -Infinity; highest = -Infinity; uncaught = undefined;
-        reply = await __dcpSlice(args[0], args[1]);
+        // 's': the output cap, then the datums of one or more slices, run in order, each answered
+        // by its own reply (the evaluator sends the next slices of its batch ahead, see v8.py).
+        for (let i = 1; i < args.length; i++) {
+          lastForward = -Infinity; highest = -Infinity; uncaught = undefined;
+          reply = await __dcpSlice(args[i], args[0]);
+          if (i < args.length - 1) __dcpWrite(K_REPLY, reply);
+        }
       }
       __dcpWrite(K_REPLY, reply);
       // Back to IDLE only from BUSY: if the main thread started terminating us, stay put.
