@@ -221,3 +221,23 @@ def test_a_batch_keeps_each_slices_events_errors_and_limits(pool):
     assert outs[9].error.code == "ESLICETOOSLOW"
     consoles = sorted((n, p["message"]) for k, n, p in events if k == "console")
     assert consoles == [(n, f"slice {n}") for n in range(40)]
+
+
+def test_a_job_can_require_or_refuse_the_engine(store):
+    # The local worker advertises its probe's capabilities: engine.v8 where Deno is installed.
+    from dcp_worktimes import compute
+    from dcp_worktimes.errors import DcpError
+
+    here = "v8" if missing("v8") is None else "quickjs"
+    other = "quickjs" if here == "v8" else "v8"
+    job = compute.for_([1, 2], "x => x * 2")
+    job.requirements = {"engine": {here: True}}
+    assert list(job.exec()) == [2, 4]
+    job = compute.for_([1, 2], "x => x * 2")
+    job.requirements = {"engine": {here: False}}
+    with pytest.raises(DcpError, match=f"engine.{here}=false"):
+        job.exec()
+    job = compute.for_([1, 2], "x => x * 2")
+    job.requirements = {"engine": {other: True}}
+    with pytest.raises(DcpError, match=f"engine.{other}=true"):
+        job.exec()

@@ -442,7 +442,8 @@ class Job(EventEmitter):
         except ImportError:
             pass
         reg = getattr(self, "_registration", None)
-        return merge_capabilities(machine, dict(reg.cls.capabilities) if reg is not None else {})
+        # The probe's capabilities, not the class's: they say what this machine has (map-basic: engine.v8).
+        return merge_capabilities(machine, dict(reg.probe().capabilities) if reg is not None else {})
 
     def _check_schedulable(self, record: Any, local: bool) -> None:
         """Refuse requirements nobody can meet: not this machine (when running locally), no live worker."""

@@ -36,7 +36,7 @@ def check_runnable_here(scheduler: Scheduler, job_id: str, capabilities: dict | 
         reg = get_worktime(job.spec.worktime, job.worktime_range or None)
     except ValueError as e:  # a bad range
         raise WorktimeNotFound(str(e)) from None
-    caps = merge_capabilities(reg.cls.capabilities, capabilities)
+    caps = merge_capabilities(reg.probe().capabilities, capabilities)  # the probe's: what this machine has
     missing = unmet_requirement(job.requirements, caps)
     if missing:
         raise DcpError(
