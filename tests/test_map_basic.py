@@ -24,6 +24,13 @@ from dcp_worktimes.worktime import JobSpec, SliceContext
 HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "js"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """V8's Deno cache and import map go to a temporary folder, never the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DCP_WORKTIMES_CACHE", str(tmp_path_factory.mktemp("dcp-cache")))
+        yield
+
 class Harness:
     """One MapBasic instance (= one evaluator) on the engine under test, with an event log."""
 

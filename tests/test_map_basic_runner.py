@@ -23,6 +23,13 @@ from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing
 HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "js"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """V8's Deno cache and import map go to a temporary folder, never the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DCP_WORKTIMES_CACHE", str(tmp_path_factory.mktemp("dcp-cache")))
+        yield
+
 def hostile(case: str) -> str:
     return (HOSTILE / f"{case}.js").read_text(encoding="utf-8")
 
