@@ -1,27 +1,37 @@
-"""map-basic speed: fib(27) per slice vs Node and CPython, trivial-slice throughput vs echo, cold start.
+"""map-basic speed on its two engines, V8 (Deno) and QuickJS, against plain Node, Deno and CPython.
 
     python benchmarks/bench_map_basic.py [--slices 20000] [--repeat 5]
 
-Three tables, one run:
+One run, four tables, ratios printed:
 
-1. ``fib(27)`` computed in one slice: map-basic's engine in-process (QuickJS, quickjs-ng), the same
-   through the sandboxed runner (one slice = one fib), Node (``node`` on PATH, timed inside Node so
-   its start-up is excluded) and native CPython. Ratios are relative to map-basic in-process.
-2. Trivial slices (``x => x``) through ``EvaluatorPool`` on all cores: map-basic vs the echo
-   reference worktime (issue target: the same order of magnitude).
-3. Cold evaluator: a fresh Python process importing the worktime, creating the QuickJS context
-   with the prelude and compiling the work (target < 50 ms), with and without interpreter start-up.
+1. CPU-bound kernels (fib(27); a 160x160 Float64Array matrix product; JSON-heavy work: 20 000
+   records through JSON.stringify/parse), one kernel call per slice: map-basic on V8 and on
+   QuickJS, in process (the engine driven directly) and as one sandboxed slice through
+   ``EvaluatorPool``, beside the same JavaScript in plain Node and plain Deno (timed inside, start-up
+   excluded) and the same algorithm in native CPython. Each figure is over ``--repeat``
+   runs after one warm-up run (median and best: the best shows the engine without the noise of a
+   shared machine). Ratio: time / plain Deno's (issue target for V8: within 1.5x).
+2. Trivial slices (``x => x``) end to end through ``EvaluatorPool`` on all cores: V8, QuickJS and
+   the echo reference worktime. Ratio: per-slice cost / QuickJS's (issue target for V8: within 2x).
+3. A new job's first result (evaluator forked from the zygote, engine started, work compiled, one
+   slice), per engine.
+4. Resident memory of one evaluator after prepare (Python + engine; V8: + its Deno process), per engine.
+
+Run it on a quiet machine and note the load (``uptime``) beside the figures: it prints the load
+average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -30,158 +40,209 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _table import print_table  # noqa: E402
 
 from dcp_worktimes.limits import Limits  # noqa: E402
-from dcp_worktimes.worktimes.map_basic import MapBasic  # noqa: E402
 from dcp_worktimes.plugins import get_worktimes  # noqa: E402
 from dcp_worktimes.runner import EvaluatorPool  # noqa: E402
 from dcp_worktimes.worktime import JobSpec, SliceContext  # noqa: E402
+from dcp_worktimes.worktimes.map_basic import MapBasic  # noqa: E402
+from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing  # noqa: E402
+from dcp_worktimes.worktimes.map_basic.v8 import deno_binary  # noqa: E402
 
+# -- the kernels: the same JavaScript everywhere, and the same algorithm in Python ---------------
 FIB_JS = "function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2) }"
-N = 27
-EXPECTED = 196418
+
+MATMUL_JS = """function matmul(n) {
+  const a = new Float64Array(n * n), b = new Float64Array(n * n), c = new Float64Array(n * n);
+  for (let i = 0; i < n * n; i++) { a[i] = (i % 7) - 3; b[i] = (i % 5) - 2; }
+  for (let i = 0; i < n; i++)
+    for (let k = 0; k < n; k++) {
+      const x = a[i * n + k];
+      for (let j = 0; j < n; j++) c[i * n + j] += x * b[k * n + j];
+    }
+  let sum = 0;
+  for (let i = 0; i < n * n; i++) sum += c[i];
+  return sum;
+}"""
+
+JSON_JS = """function records(n) {
+  const rows = [];
+  for (let i = 0; i < n; i++) rows.push({ id: i, name: 'user' + i, tags: ['a', 'b', String(i % 10)], score: i % 97, ok: i % 3 === 0 });
+  const back = JSON.parse(JSON.stringify(rows));
+  let total = 0;
+  for (const r of back) total += r.score + r.tags.length + (r.ok ? 1 : 0);
+  return total;
+}"""
 
 
-def fib(n: int) -> int:
-    return n if n < 2 else fib(n - 1) + fib(n - 2)
+def fib_py(n: int) -> int:
+    return n if n < 2 else fib_py(n - 1) + fib_py(n - 2)
 
 
-def median_ms(fn, repeat: int) -> float:
+def matmul_py(n: int) -> float:
+    a = [(i % 7) - 3.0 for i in range(n * n)]
+    b = [(i % 5) - 2.0 for i in range(n * n)]
+    c = [0.0] * (n * n)
+    for i in range(n):
+        for k in range(n):
+            x = a[i * n + k]
+            row = i * n
+            for j in range(n):
+                c[row + j] += x * b[k * n + j]
+    return sum(c)
+
+
+def records_py(n: int) -> int:
+    rows = [{"id": i, "name": f"user{i}", "tags": ["a", "b", str(i % 10)], "score": i % 97, "ok": i % 3 == 0}
+            for i in range(n)]
+    back = json.loads(json.dumps(rows))
+    return sum(r["score"] + len(r["tags"]) + (1 if r["ok"] else 0) for r in back)
+
+
+KERNELS = [  # (label, JS work, argument, Python twin)
+    ("fib(27)", FIB_JS, 27, fib_py),
+    ("matmul 160x160 (Float64Array)", MATMUL_JS, 160, matmul_py),
+    ("JSON: 20k records stringify + parse", JSON_JS, 20_000, records_py),
+]
+
+
+def timed_ms(fn, repeat: int) -> tuple[float, float]:
+    """(median, best) of ``repeat`` calls after one warm-up call (JIT, caches: every engine gets one)."""
+    fn()
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        assert fn() == EXPECTED
+        fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000, min(times) * 1000
 
 
-def node_fib_ms(repeat: int) -> float | None:
-    node = shutil.which("node")
-    if not node:
-        return None
-    script = textwrap.dedent(f"""
-        {FIB_JS}
+def plain_ms(runtime: str, work: str, arg: int, repeat: int) -> tuple[float, float] | None:
+    """The kernel in plain Node or Deno: (median, best) of ``repeat`` calls after one warm-up, timed inside."""
+    script = textwrap.dedent("""
+        const work = (%s
+        );
+        work(%d);
         const t = [];
-        for (let i = 0; i < {repeat}; i++) {{
-          const s = process.hrtime.bigint(); if (fib({N}) !== {EXPECTED}) throw new Error('wrong');
-          t.push(Number(process.hrtime.bigint() - s) / 1e6);
-        }}
-        t.sort((a, b) => a - b); console.log(t[Math.floor(t.length / 2)]);
-    """)
-    out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=120)
-    return float(out.stdout) if out.returncode == 0 else None
+        for (let i = 0; i < %d; i++) { const s = performance.now(); work(%d); t.push(performance.now() - s); }
+        t.sort((a, b) => a - b);
+        console.log(JSON.stringify([t[Math.floor(t.length / 2)], t[0]]));
+    """) % (work, arg, repeat, arg)
+    if runtime == "node":
+        exe = shutil.which("node")
+        cmd = [exe, "-e", script] if exe else None
+    else:
+        exe = deno_binary()
+        cmd = None
+        if exe:
+            fd, path = tempfile.mkstemp(suffix=".js")
+            with os.fdopen(fd, "w") as f:
+                f.write(script)
+            cmd = [exe, "run", "--no-prompt", "--no-config", path]
+    if not cmd:
+        return None
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"})
+    return tuple(json.loads(out.stdout)) if out.returncode == 0 else None
 
 
-def fib_table(repeat: int) -> None:
-    wt = MapBasic()
-    wt.prepare(JobSpec(id="bench-fib", worktime="map-basic", work=f"{FIB_JS}\nfib"))
-    in_process = median_ms(lambda: wt.execute(SliceContext(0, Limits()), N), repeat)
-
-    with EvaluatorPool(cores=1) as pool:
-        job = JobSpec(id="bench-fib-runner", worktime="map-basic", work=f"{FIB_JS}\nfib")
-        next(pool.map(job, [(0, 2)]))  # warm: the evaluator is started and prepared once per job
-
-        def via_runner():
-            return next(pool.map(job, [(0, N)])).value
-
-        runner = median_ms(via_runner, repeat)
-
-    rows = [("map-basic, in process (QuickJS)", in_process, 1.0),
-            ("map-basic, one sandboxed slice", runner, runner / in_process)]
-    node = node_fib_ms(repeat)
-    rows.append(("node " + (subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip() if node else "(not installed)"),
-                 node if node is not None else float("nan"), (node / in_process) if node else float("nan")))
-    cpython = median_ms(lambda: fib(N), repeat)
-    rows.append((f"native CPython {sys.version.split()[0]}", cpython, cpython / in_process))
-    print_table(f"fib({N}) per slice, median of {repeat}", ["engine", "ms", "time / map-basic in process"], rows)
+def version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.split("\n")[0].strip()
+    except OSError:
+        return "?"
 
 
-def throughput_table(slices: int) -> None:
+def available_engines() -> list[str]:
+    engines = [e for e in ENGINES if missing(e) is None]
+    for e in ENGINES:
+        if e not in engines:
+            print(f"(map-basic on {e} is not installed: {missing(e)})")
+    return engines
+
+
+def kernel_table(engines: list[str], repeat: int) -> None:
+    nan = (math.nan, math.nan)
+    for label, work, arg, twin in KERNELS:
+        rows: list[tuple] = []
+        for engine in engines:
+            wt = MapBasic()
+            wt.config = {"js-engine": engine}
+            wt.prepare(JobSpec(id=f"bench-{engine}", worktime="map-basic", work=work, limits=Limits(wall_time=None)))
+            rows.append((f"map-basic on {engine}, in process",
+                         timed_ms(lambda: wt.execute(SliceContext(0, Limits(wall_time=None)), arg), repeat)))
+            wt.release()
+            with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}) as pool:
+                job = JobSpec(id=f"bench-{engine}-runner", worktime="map-basic", work=work)
+
+                def via_runner():
+                    out = next(pool.map(job, [(0, arg)]))
+                    assert out.ok, out.error
+
+                rows.append((f"map-basic on {engine}, one sandboxed slice", timed_ms(via_runner, repeat)))
+        deno = plain_ms("deno", work, arg, repeat) or nan
+        node = plain_ms("node", work, arg, repeat) or nan
+        rows.append((f"plain deno {version([deno_binary() or 'deno', '--version']).split()[1]} (V8, in JS)", deno))
+        rows.append((f"plain node {version(['node', '--version'])} (V8, in JS)", node))
+        rows.append((f"native CPython {sys.version.split()[0]}", timed_ms(lambda: twin(arg), repeat)))
+        print_table(f"{label}: one call per slice, {repeat} runs after a warm-up",
+                    ["engine", "median ms", "best ms", "median / Deno's", "best / Deno's"],
+                    [(name, med, best, med / deno[0], best / deno[1]) for name, (med, best) in rows])
+
+
+def throughput_table(engines: list[str], slices: int) -> None:
     cores = os.cpu_count() or 1
-    names = ["map-basic"] + (["echo"] if "echo" in get_worktimes() else [])
-    works = {"map-basic": "x => x", "echo": ""}
-    rates = {}
-    with EvaluatorPool(cores=cores) as pool:
-        for name in names:
+    runs = [(f"map-basic on {e}", "map-basic", "x => x", {"map-basic": {"js-engine": e}}) for e in engines]
+    if "echo" in get_worktimes():
+        runs.append(("echo (reference)", "echo", "", {}))
+    rates: dict[str, float] = {}
+    for label, name, work, config in runs:
+        with EvaluatorPool(cores=cores, config=config) as pool:
             counter = iter(range(10**6))
 
             def once() -> float:
-                job = JobSpec(id=f"bench-{name}-{next(counter)}", worktime=name, work=works[name])
+                job = JobSpec(id=f"bench-{name}-{next(counter)}", worktime=name, work=work)
                 t = time.perf_counter()
                 bad = [o.error for o in pool.map(job, ((i, i) for i in range(slices))) if not o.ok]
-                assert not bad, f"{name}: {len(bad)} slices failed, first: {bad[0]}"
+                assert not bad, f"{label}: {len(bad)} slices failed, first: {bad[0]}"
                 return time.perf_counter() - t
 
             once()  # warm evaluators
-            rates[name] = slices / min(once() for _ in range(2))
-    rows = [(name, rate, rate / rates["map-basic"] if name != "map-basic" else 1.0) for name, rate in rates.items()]
-    note = "" if "echo" in rates else "echo is not installed (pip install -e plugins/dcp-worktime-echo) - no comparison."
-    if "echo" in rates:
-        note = f"map-basic runs at {rates['map-basic'] / rates['echo']:.0%} of echo's trivial-slice rate."
-    print_table(f"{slices:,} trivial slices on {cores} cores", ["worktime", "slices/s", "rate / map-basic"], rows, note=note)
+            rates[label] = slices / min(once() for _ in range(2))
+    base = rates.get("map-basic on quickjs")
+    rows = [(label, rate, 1e6 * cores / rate, (base / rate) if base else math.nan) for label, rate in rates.items()]
+    print_table(f"{slices:,} trivial slices (x => x) end to end on {cores} cores",
+                ["worktime", "slices/s", "µs per slice per core", "cost / QuickJS's"], rows)
 
 
-COLD = textwrap.dedent("""
-    import json, time
-    t0 = time.perf_counter()
-    from dcp_worktimes.worktimes.map_basic import MapBasic
-    from dcp_worktimes.worktime import JobSpec, SliceContext
-    from dcp_worktimes.limits import Limits
-    t1 = time.perf_counter()
-    import dcp_worktimes.worktimes.map_basic.engine
-    t2 = time.perf_counter()
-    wt = MapBasic()
-    wt.prepare(JobSpec(id="cold", worktime="map-basic", work="function (x) { progress(); return x * x }"))
-    t3 = time.perf_counter()
-    assert wt.execute(SliceContext(0, Limits()), 7) == 49
-    t4 = time.perf_counter()
-    print(json.dumps([t1 - t0, t2 - t1, t3 - t2, t4 - t3]))
-""")
+def first_result_table(engines: list[str], repeat: int) -> None:
+    rows = []
+    for engine in engines:
+        times = []
+        with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}) as pool:
+            for i in range(repeat + 1):
+                job = JobSpec(id=f"cold-{engine}-{i}", worktime="map-basic", work="function (x) { return x * x }")
+                t = time.perf_counter()
+                assert next(pool.map(job, [(0, 7)])).value == 49
+                times.append(time.perf_counter() - t)
+        times = times[1:]  # the first one also starts the zygote
+        rows.append((f"map-basic on {engine}", statistics.median(times) * 1000, min(times) * 1000))
+    print_table(f"a new job's first result (fork + engine start + compile + one slice), {repeat} jobs",
+                ["engine", "median ms", "best ms"], rows)
 
 
-def cold_table(repeat: int) -> None:
-    # As installed (pip writes .pyc files): without PYTHONDONTWRITEBYTECODE, after one warm-up run
-    # that writes the byte-code caches, every import would otherwise recompile the sources.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-c", COLD], capture_output=True, timeout=60, check=True, env=env)
-    samples, totals, bare = [], [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=60, env=env)
-        bare.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", COLD], capture_output=True, text=True, timeout=60, check=True, env=env)
-        totals.append(time.perf_counter() - t)
-        samples.append(json.loads(out.stdout))
-    imp, eng, prep, first = (statistics.median(s[i] for s in samples) * 1000 for i in range(4))
-    total, interp = statistics.median(totals) * 1000, statistics.median(bare) * 1000
-    ready = eng + prep + first
-    forked = _zygote_job_latency(repeat)
-    rows = [("python interpreter start (python -c pass)", interp),
-            ("import dcp_worktimes + mapbasic (the worktime class)", imp),
-            ("import the engine module (_quickjs, ctypes, marshal)", eng),
-            ("prepare: QuickJS context + prelude + compile", prep),
-            ("first slice", first),
-            ("engine ready: engine import + prepare + first slice", ready),
-            ("whole fresh process", total),
-            ("as the runner does it: evaluator forked from the zygote + prepare + first slice", forked)]
-    print_table(f"cold map-basic evaluator, median of {repeat}", ["step", "ms"], rows,
-                note=f"map-basic's own start-up is {ready:.1f} ms (target < 50 ms); a fresh process takes "
-                     f"{total:.0f} ms, of which {interp:.0f} ms is the interpreter and {imp:.0f} ms the package import; "
-                     f"the runner forks evaluators from a pre-started zygote: a new job's first result in {forked:.0f} ms.")
+def memory_table(engines: list[str]) -> None:
+    rows = []
+    for engine in engines:
+        with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}) as pool:
+            job = JobSpec(id=f"rss-{engine}", worktime="map-basic", work="x => x")
+            assert all(o.ok for o in pool.map(job, [(i, i) for i in range(1000)]))
+            # What the evaluator reported after prepare: its own RSS plus its children's (V8: Deno).
+            rss = pool._slots[0].proc.baseline_rss  # noqa: SLF001 - the figure the memory guard uses
+        rows.append((f"map-basic on {engine}", rss / 2**20))
+    print_table("resident memory of one evaluator after prepare (Python + engine)", ["engine", "MiB"], rows)
 
 
-def _zygote_job_latency(repeat: int) -> float:
-    """A new job on a running pool: fresh evaluator (forked), prepare, one slice, result back."""
-    from dcp_worktimes.runner import EvaluatorPool
-    from dcp_worktimes.worktime import JobSpec
-
-    times = []
-    with EvaluatorPool(cores=1) as pool:
-        for i in range(repeat + 1):
-            job = JobSpec(id=f"cold-{i}", worktime="map-basic", work="function (x) { return x * x }")
-            t = time.perf_counter()
-            assert next(pool.map(job, [(0, 7)])).value == 49
-            times.append(time.perf_counter() - t)
-    return statistics.median(times[1:]) * 1000  # the first one also starts the zygote
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -189,9 +250,13 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    fib_table(args.repeat)
-    throughput_table(args.slices)
-    cold_table(args.repeat)
+    print(f"{os.cpu_count()} cores, {load()}")
+    engines = available_engines()
+    kernel_table(engines, args.repeat)
+    throughput_table(engines, args.slices)
+    first_result_table(engines, args.repeat)
+    memory_table(engines)
+    print(load())
 
 
 if __name__ == "__main__":

@@ -403,8 +403,9 @@ class Worktime(ABC):
     #: Whether evaluators of this worktime start child processes (an engine that is a program of
     #: its own, run in its own sandbox, e.g. Blender under bubblewrap). ``False`` (the default):
     #: once the engine is loaded, the evaluator's seccomp filter forbids new processes and
-    #: programs (``runner/lockdown.py``).
-    spawns: ClassVar[bool] = False
+    #: programs (``runner/lockdown.py``). A worktime whose engine choice decides it sets
+    #: ``self.spawns`` in ``prepare``, before the lockdown (map-basic: V8 runs in a Deno process).
+    spawns: bool = False
     #: One-line description shown by ``dcp-worker worktimes``.
     description: ClassVar[str] = ""
     #: The ``job.options`` this worktime reads, ``{name: one-line meaning}``; ``None`` (the default)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dcp_worktimes.runner import EvaluatorPool
+from dcp_worktimes.limits import Limits
 from dcp_worktimes.runner.lockdown import describe, landlock_abi
 from dcp_worktimes.worktime import JobSpec
 
@@ -131,7 +132,9 @@ def test_worktimes_json_reports_the_lockdown_of_each_worktime():
     rows = {w["name"]: w for w in json.loads(r.stdout)["worktimes"]}
     for name in ("map-basic", "wasi", "echo"):
         lock = rows[name]["lockdown"]
-        assert lock["network"] is False and lock["spawns"] is False
+        # map-basic on V8 runs Deno as a child program (started again after a stop): it spawns.
+        on_v8 = bool(rows[name]["capabilities"].get("engine", {}).get("v8"))
+        assert lock["network"] is False and lock["spawns"] is on_v8
         assert lock["seccomp"]["available"] == (_seccomp_missing() is None)
         assert lock["landlock"]["available"] == (landlock_abi() > 0)
     assert describe(network=True, spawns=False)["seccomp"].get("sockets_allowed", "AF_INET") != "none"
@@ -144,7 +147,8 @@ def test_every_built_in_engine_runs_locked_down(build):
     jobs = [JobSpec(id="ld-echo", worktime="echo", work=""),
             JobSpec(id="ld-js", worktime="map-basic", work="x => x + 1"),
             JobSpec(id="ld-wasi", worktime="wasi", work=build("sum_json"))]
-    with EvaluatorPool(cores=1) as pool:
+    # map-basic on QuickJS (in process) is locked down like the others; on V8 see the test below.
+    with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": "quickjs"}}) as pool:
         for job in jobs:
             datum = [1, 2] if job.worktime == "wasi" else 1
             outs = list(pool.map(job, [(i, datum) for i in range(3)]))
@@ -153,6 +157,23 @@ def test_every_built_in_engine_runs_locked_down(build):
             assert lock["seccomp"]["applied"] is True, lock
             assert lock["landlock"]["applied"] is (landlock_abi() > 0), lock
     del compile_c
+
+
+@needs_seccomp
+def test_map_basic_on_v8_keeps_process_creation_and_nothing_else():
+    from dcp_worktimes.worktimes.map_basic.engine import missing
+
+    if missing("v8"):
+        pytest.skip(missing("v8"))
+    job = JobSpec(id="ld-v8", worktime="map-basic", work="x => { for (;;) {} }", limits=Limits.parse(wall_time="1s"))
+    with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": "v8"}}) as pool:
+        outs = list(pool.map(job, [(i, i) for i in range(2)]))
+        # Each stop replaces Deno's sandbox: the second slice needs the engine started again.
+        assert [o.error.code for o in outs] == ["ESLICETOOSLOW"] * 2, [o.error for o in outs]
+        lock = pool._slots[0].proc.lockdown
+        assert lock["seccomp"]["applied"] is True and "ptrace" in lock["seccomp"]["denied"], lock
+        ok = list(pool.map(JobSpec(id="ld-v8b", worktime="map-basic", work="x => x + 1"), [(0, 1)]))
+        assert ok[0].ok and ok[0].value == 2
 
 
 def test_lockdown_can_be_turned_off_and_says_so(probes, escape, monkeypatch, tmp_path):

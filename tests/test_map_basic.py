@@ -1,7 +1,8 @@
-"""map-basic in-process: the worktime class on a real QuickJS engine (no runner, no mocks).
+"""map-basic in-process: the worktime class on real engines, V8 (Deno) and QuickJS (no runner, no mocks).
 
 Semantics of DCP's map-basic: work compilation, call convention, sandbox globals, value
-conversions, errors with user line numbers, and the in-engine limits.
+conversions, errors with user line numbers, and the in-engine limits. Every test runs on both
+engines (the ``js_engine`` fixture); an engine that is not installed skips with the install command.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.worktimes.map_basic import MapBasic
+from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing
 from dcp_worktimes.worktimes.map_basic.marshal import from_js, to_js
 from dcp_worktimes.values import UnserializableValue
 from dcp_worktimes.worktime import JobSpec, SliceContext
@@ -22,13 +24,25 @@ from dcp_worktimes.worktime import JobSpec, SliceContext
 HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "js"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """V8's Deno cache and import map go to a temporary folder, never the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DCP_WORKTIMES_CACHE", str(tmp_path_factory.mktemp("dcp-cache")))
+        yield
+
 class Harness:
-    """One MapBasic instance (= one evaluator) with an event log."""
+    """One MapBasic instance (= one evaluator) on the engine under test, with an event log."""
+
+    engine = "quickjs"
+    made: list["Harness"] = []
 
     def __init__(self) -> None:
         self.wt = MapBasic()
+        self.wt.config = {"js-engine": self.engine}
         self.events: list[tuple[str, object]] = []
         self.number = 0
+        Harness.made.append(self)
 
     def prepare(self, work: str, limits: Limits | None = None, **job) -> "Harness":
         self.limits = limits or Limits()
@@ -50,6 +64,18 @@ class Harness:
 
 def slice_of(work: str, datum=None, limits: Limits | None = None, **job):
     return Harness().prepare(work, limits, **job)(datum)
+
+
+@pytest.fixture(params=ENGINES, autouse=True)
+def js_engine(request, monkeypatch):
+    """Each test once per engine; the engines each harness started are closed after it."""
+    reason = missing(request.param)
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setattr(Harness, "engine", request.param)
+    yield request.param
+    while Harness.made:
+        Harness.made.pop().wt.release()
 
 
 # -- the work function --------------------------------------------------------------------------
@@ -550,3 +576,166 @@ def test_registered_and_lazy():
             "print(r.version, '_quickjs' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["1.0.0", "False"], out.stderr
+
+
+# -- the engines side by side -------------------------------------------------------------------
+#: Global names every engine gives the work (ECMAScript, the prelude's, and what QuickJS-ng adds).
+COMMON_GLOBALS = {
+    "AggregateError", "Array", "ArrayBuffer", "AsyncDisposableStack", "Atomics", "BigInt", "BigInt64Array",
+    "BigUint64Array", "Boolean", "DOMException", "DataView", "Date", "DisposableStack", "Error", "EvalError",
+    "FinalizationRegistry", "Float16Array", "Float32Array", "Float64Array", "Function", "Infinity", "Int16Array",
+    "Int32Array", "Int8Array", "Iterator", "JSON", "Map", "Math", "NaN", "Number", "Object", "Promise", "Proxy",
+    "RangeError", "ReferenceError", "Reflect", "RegExp", "Set", "SharedArrayBuffer", "String", "SuppressedError",
+    "Symbol", "SyntaxError", "TypeError", "URIError", "Uint16Array", "Uint32Array", "Uint8Array", "Uint8ClampedArray",
+    "WeakMap", "WeakRef", "WeakSet", "atob", "btoa", "decodeURI", "decodeURIComponent", "encodeURI",
+    "encodeURIComponent", "escape", "eval", "globalThis", "isFinite", "isNaN", "parseFloat", "parseInt", "performance",
+    "queueMicrotask", "undefined", "unescape",
+    # the prelude's
+    "progress", "console", "work", "require", "setTimeout", "setInterval", "clearTimeout", "clearInterval",
+    "TextEncoder", "TextDecoder", "structuredClone", "crypto",
+}
+#: The differences that remain (sandbox/mapbasic.md lists them): QuickJS's own error class; V8's
+#: ECMA-402 Intl and Temporal.
+ENGINE_GLOBALS = {"quickjs": {"InternalError"}, "v8": {"Intl", "Temporal"}}
+
+
+def test_the_work_sees_the_same_globals_on_both_engines(js_engine):
+    names = set(slice_of("() => Object.getOwnPropertyNames(globalThis)"))
+    assert names == COMMON_GLOBALS | ENGINE_GLOBALS[js_engine]
+    assert slice_of("() => Object.getPrototypeOf(globalThis) === Object.prototype") is True
+
+
+def test_no_host_reach_through_the_runtime():
+    # Deno's namespace, fetch, Worker, import() of node: built-ins, files, the network, call sites.
+    assert slice_of((HOSTILE / "deno_escape.js").read_text(), limits=Limits.parse(wall_time="30s")) == []
+
+
+def test_threads_and_blocking_waits_are_refused():
+    assert len(slice_of((HOSTILE / "threads.js").read_text(), limits=Limits.parse(wall_time="30s"))) == 3
+
+
+def test_webassembly_only_when_the_job_asks(js_engine):
+    assert slice_of("() => typeof WebAssembly") == "undefined"
+    work = "async () => (await WebAssembly.instantiate(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]))).module instanceof WebAssembly.Module"
+    if js_engine == "v8":
+        assert slice_of(work, options={"webassembly": True}) is True
+    else:
+        with pytest.raises(WorkError, match="no WebAssembly"):
+            Harness().prepare(work, options={"webassembly": True})
+
+
+def test_a_stopped_slice_leaves_the_job_ready_for_the_next():
+    h = Harness().prepare("x => { if (x) for (;;) {} return 'ok' }", Limits.parse(wall_time="1s"))
+    t = time.monotonic()
+    assert h.fails(True).code == ErrorCode.ESLICETOOSLOW
+    assert time.monotonic() - t < 3
+    assert [h(False) for _ in range(3)] == ["ok"] * 3
+
+
+def test_out_of_memory_leaves_the_job_ready_for_the_next():
+    h = Harness().prepare("x => { if (x) { const a = []; for (;;) a.push(new Array(1e5).fill(x)) } return 'ok' }",
+                          Limits.parse(memory="64MiB", wall_time="60s"))
+    assert h.fails(1).code == ErrorCode.EMEMORYLIMIT
+    assert h(0) == "ok"
+
+
+def test_output_flood_is_stopped_in_the_engine():
+    h = Harness().prepare("x => { for (;;) console.log('x'.repeat(1000) + Math.random()) }",
+                          Limits.parse(output="1MB", wall_time="30s"))
+    from dcp_worktimes.runner.evaluator import _SliceEvents  # the host's metering sink, as in an evaluator
+
+    class Out:
+        def send(self, frame):
+            pass
+
+    sink = _SliceEvents(Out(), 0, 1_000_000)
+    t = time.monotonic()
+    with pytest.raises(SliceError) as info:
+        h.wt.execute(SliceContext(1, h.limits, sink=sink), None)
+    assert info.value.code == ErrorCode.EOUTPUTLIMIT
+    assert time.monotonic() - t < 10
+
+
+def test_one_v8_process_per_job_kept_across_slices(js_engine):
+    if js_engine != "v8":
+        pytest.skip("QuickJS runs in the evaluator process")
+    import psutil
+
+    def gone(pid):
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    h = Harness().prepare("x => x + 1")
+    pid = h.wt._engine.pid
+    assert [h(i) for i in range(50)] == list(range(1, 51))
+    assert h.wt._engine.pid == pid  # no process per slice
+    h.prepare("x => x - 1")  # a new job: a new process, the old one ended
+    assert h.wt._engine.pid != pid and gone(pid)
+    second = h.wt._engine.pid
+    h.wt.release()
+    assert gone(second)
+
+
+def test_the_v8_process_has_no_permissions(js_engine):
+    if js_engine != "v8":
+        pytest.skip("QuickJS has no host APIs at all")
+    h = Harness().prepare("x => x")
+    cmd = __import__("psutil").Process(h.wt._engine.pid).cmdline()
+    assert not [a for a in cmd if a.startswith("--allow") or a == "-A"], cmd
+    assert {"--no-prompt", "--no-remote", "--no-npm", "--no-config"} <= set(cmd)
+
+
+def test_engine_choice_and_capabilities():
+    from dcp_worktimes.worktimes.map_basic.engine import choose
+
+    v8 = MapBasic.probe({"js-engine": "v8"})
+    qjs = MapBasic.probe({"js-engine": "quickjs"})
+    assert v8.capabilities["engine"].get("v8") is True and "quickjs" not in v8.capabilities["engine"]
+    assert qjs.capabilities["engine"].get("quickjs") is True and "v8" not in qjs.capabilities["engine"]
+    assert choose(None) == ("v8" if missing("v8") is None else "quickjs")
+    bad = MapBasic.probe({"js-engine": "spidermonkey"})
+    assert not bad.available and "v8, quickjs" in bad.unavailable
+    assert "V8" in MapBasic.describe(v8)["description"] and "QuickJS" in MapBasic.describe(qjs)["description"]
+
+
+def test_stops_racing_the_end_of_a_slice_never_break_the_engine():
+    # Deadlines already past when the slice starts: the stop races the request and the reply.
+    h = Harness().prepare("x => x")
+    outcomes = set()
+    for i in range(100):
+        ctx = SliceContext(i, Limits.parse(wall_time="100ms"))
+        ctx.deadline = ctx.started + 0.001  # shorter than any limit a job may set: the race itself
+        time.sleep(0.002)
+        try:
+            outcomes.add("ok" if h.wt.execute(ctx, i) == i else "wrong")
+        except SliceError as e:
+            outcomes.add(e.code)
+    assert outcomes <= {"ok", ErrorCode.ESLICETOOSLOW}, outcomes
+    assert h(41) == 41
+
+
+def test_a_batch_sent_ahead_keeps_each_slices_events_errors_and_limits():
+    # What an evaluator does with a batch: prefetch, then execute each slice in order (V8 sends the
+    # later slices with the first request; QuickJS ignores the hint).
+    from dcp_worktimes.values import pack
+
+    work = "x => { console.log('slice ' + x); if (x === 3) throw new Error('three'); if (x === 5) for (;;) {} return x * 2 }"
+    h = Harness().prepare(work, Limits.parse(wall_time="1s"))
+    h.wt.prefetch([[i, i] for i in range(8)])
+    results = {}
+    for i in range(8):
+        events = []
+        ctx = SliceContext(i, h.limits, sink=lambda kind, payload: events.append((kind, payload)))
+        try:
+            results[i] = h.wt.execute(ctx, i)
+        except SliceError as e:
+            results[i] = e.code
+        assert [p["message"] for k, p in events if k == "console"] == [f"slice {i}"]
+    assert results == {0: 0, 1: 2, 2: 4, 3: ErrorCode.EUNCAUGHT, 4: 8, 5: ErrorCode.ESLICETOOSLOW, 6: 12, 7: 14}
+    # A batch cut short (cancelled): what was sent ahead is dropped, the next batch runs normally.
+    h.wt.prefetch([[i, i] for i in range(10, 20)])
+    assert h.wt.execute(SliceContext(10, h.limits), 10) == 20
+    h.wt.prefetch([[30, 30], [31, 31]])
+    assert [h.wt.execute(SliceContext(n, h.limits), n) for n in (30, 31)] == [60, 62]

@@ -1,4 +1,8 @@
-"""map-basic through the sandboxed runner: conformance kit, hostile JS corpus, event stream, CLI."""
+"""map-basic through the sandboxed runner: conformance kit, hostile JS corpus, event stream, CLI.
+
+Everything runs on both engines: the conformance kit once per engine (two classes), the other
+tests through the ``pool`` / ``engine`` fixtures.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,23 @@ from dcp_worktimes.limits import Limits
 from dcp_worktimes.runner import EvaluatorPool
 from dcp_worktimes.testing import FILE_SYSTEM_CASES, HOSTILE_CASES, Sample, WorktimeConformance
 from dcp_worktimes.worktime import JobSpec
+from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing
 
 HOSTILE = Path(__file__).resolve().parents[1] / "sandbox" / "hostile" / "js"
 
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """V8's Deno cache and import map go to a temporary folder, never the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DCP_WORKTIMES_CACHE", str(tmp_path_factory.mktemp("dcp-cache")))
+        yield
 
 def hostile(case: str) -> str:
     return (HOSTILE / f"{case}.js").read_text(encoding="utf-8")
 
 
-class TestMapBasicConformance(WorktimeConformance):
+class MapBasicConformance(WorktimeConformance):
     @pytest.fixture
     def worktime_name(self):
         return "map-basic"
@@ -48,14 +60,42 @@ class TestMapBasicConformance(WorktimeConformance):
         return {case: hostile(case) for case in HOSTILE_CASES if (HOSTILE / f"{case}.js").exists()}
 
 
+class TestMapBasicConformanceV8(MapBasicConformance):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def worker_config(cls):
+        return {"map-basic": {"js-engine": "v8"}}
+
+
+class TestMapBasicConformanceQuickJS(MapBasicConformance):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def worker_config(cls):
+        return {"map-basic": {"js-engine": "quickjs"}}
+
+
 def test_the_whole_hostile_kit_is_covered():
     # "crash" needs a way to kill the process from inside; JavaScript has none, which is the point.
     assert {p.stem for p in HOSTILE.glob("*.js")} >= set(HOSTILE_CASES) - {"crash"} - FILE_SYSTEM_CASES
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request):
+    """The engine under test (``--js-engine``); skipped with the install command if missing."""
+    reason = missing(request.param)
+    if reason:
+        pytest.skip(reason)
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def pool():
-    with EvaluatorPool(cores=1) as p:
+def config(engine):
+    return {"js-engine": engine}
+
+
+@pytest.fixture(scope="module")
+def pool(config):
+    with EvaluatorPool(cores=1, config={"map-basic": config}) as p:
         yield p
 
 
@@ -120,39 +160,34 @@ def test_many_slices_one_job(pool):
     assert sorted(o.value for o in outs) == [i * i for i in range(200)]
 
 
-def test_cli_acceptance():
+def test_cli_acceptance(engine):
     exe = shutil.which("dcp-worker", path=str(Path(sys.executable).parent)) or shutil.which("dcp-worker")
     assert exe, "dcp-worker is not installed (pip install -e .)"
     out = subprocess.run(
-        [exe, "slice", "--worktime", "map-basic", "--work", "function(x){ progress(); return x*x }", "--datum", "7"],
+        [exe, "slice", "--worktime", "map-basic", "--js-engine", engine, "--work", "function(x){ progress(); return x*x }", "--datum", "7"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "49"
 
 
-def test_spread_datum_option_spreads_list_datums():
+def test_spread_datum_option_spreads_list_datums(config):
     from dcp_worktimes.runner import run_slice
-    from dcp_worktimes.worktime import JobSpec
 
     job = JobSpec(id="spread", worktime="map-basic", work="(i, j, k) => [i * j, k]", arguments=["extra"],
                   options={"spread_datum": True})
-    assert run_slice(job, [3, 4]).value == [12, "extra"]
+    assert run_slice(job, [3, 4], config=config).value == [12, "extra"]
     plain = JobSpec(id="plain", worktime="map-basic", work="(d, k) => [d, k]", arguments=["extra"])
-    assert run_slice(plain, [3, 4]).value == [[3, 4], "extra"]
+    assert run_slice(plain, [3, 4], config=config).value == [[3, 4], "extra"]
 
 
-def test_console_flood_over_the_output_limit_stops_the_slice_at_once():
-    import time
-
-    from dcp_worktimes.limits import Limits
+def test_console_flood_over_the_output_limit_stops_the_slice_at_once(config):
     from dcp_worktimes.runner import run_slice
-    from dcp_worktimes.worktime import JobSpec
 
     work = 'function (x) { for (let i = 0; i < 1e7; i++) console.log("x".repeat(1000) + i); return 1 }'
     t = time.monotonic()
     out = run_slice(JobSpec(id="flood", worktime="map-basic", work=work,
-                            limits=Limits.parse(output="1MB", wall_time="30s")), 0)
+                            limits=Limits.parse(output="1MB", wall_time="30s")), 0, config=config)
     assert out.error is not None and out.error.code == "EOUTPUTLIMIT", out.error
     assert time.monotonic() - t < 10
 
@@ -161,3 +196,55 @@ def test_an_emit_over_the_output_limit_is_the_hosts_verdict_not_a_catchable_erro
     work = "x => { try { work.emit('big', {s: 'z'.repeat(2e6)}) } catch (e) { return 'caught' } return 1 }"
     out = next(pool.map(job(work, limits=Limits.parse(output="1MB")), [(0, 0)]))
     assert not out.ok and out.error.code == "EOUTPUTLIMIT", out
+
+
+def test_the_memory_limit_is_the_engines_verdict(pool):
+    # The runner's RSS guard sits on top of the evaluator's footprint after prepare, V8's Deno
+    # process included: the engine's own heap limit answers first, with its precise message.
+    j = job(hostile("memory_balloon"), limits=Limits.parse(memory="64MiB", wall_time="60s"))
+    out = next(pool.map(j, [(0, None)]))
+    assert not out.ok and out.error.code == "EMEMORYLIMIT" and "JavaScript heap" in out.error.message, out.error
+    follow = next(pool.map(job("x => x + 1"), [(1, 41)]))
+    assert follow.ok and follow.value == 42
+
+
+def test_the_runtime_is_out_of_reach_in_a_real_evaluator(pool):
+    # The V8-specific hostile cases, inside the evaluator's process layers: nothing of Deno or the
+    # host is reachable, no thread can be started, no wait can block the engine's thread.
+    outs = list(pool.map(job(hostile("deno_escape"), limits=Limits.parse(wall_time="30s")), [(0, None)]))
+    assert outs[0].ok and outs[0].value == [], outs[0].error or outs[0].value
+    outs = list(pool.map(job(hostile("threads"), limits=Limits.parse(wall_time="30s")), [(0, None)]))
+    assert outs[0].ok and len(outs[0].value) == 3, outs[0].error or outs[0].value
+
+
+def test_a_batch_keeps_each_slices_events_errors_and_limits(pool):
+    work = "x => { console.log('slice ' + x); if (x === 5) throw new Error('five'); if (x === 9) for (;;) {} return x * 2 }"
+    events: list = []
+    j = job(work, limits=Limits.parse(wall_time="1s"))
+    outs = sorted(pool.map(j, [(i, i) for i in range(40)], lambda kind, n, payload: events.append((kind, n, payload))),
+                  key=lambda o: o.number)
+    assert [o.value for o in outs if o.ok] == [2 * i for i in range(40) if i not in (5, 9)]
+    assert outs[5].error.code == "EUNCAUGHT" and "five" in outs[5].error.message
+    assert outs[9].error.code == "ESLICETOOSLOW"
+    consoles = sorted((n, p["message"]) for k, n, p in events if k == "console")
+    assert consoles == [(n, f"slice {n}") for n in range(40)]
+
+
+def test_a_job_can_require_or_refuse_the_engine(store):
+    # The local worker advertises its probe's capabilities: engine.v8 where Deno is installed.
+    from dcp_worktimes import compute
+    from dcp_worktimes.errors import DcpError
+
+    here = "v8" if missing("v8") is None else "quickjs"
+    other = "quickjs" if here == "v8" else "v8"
+    job = compute.for_([1, 2], "x => x * 2")
+    job.requirements = {"engine": {here: True}}
+    assert list(job.exec()) == [2, 4]
+    job = compute.for_([1, 2], "x => x * 2")
+    job.requirements = {"engine": {here: False}}
+    with pytest.raises(DcpError, match=f"engine.{here}=false"):
+        job.exec()
+    job = compute.for_([1, 2], "x => x * 2")
+    job.requirements = {"engine": {other: True}}
+    with pytest.raises(DcpError, match=f"engine.{other}=true"):
+        job.exec()

@@ -277,8 +277,8 @@ def test_a_guest_that_hoards_file_descriptors_gets_its_result_and_leaves_none_op
     assert first > 100  # it ran out at the process limit, inside the guest
     before = fds()
     # the store closed them all, and the scratch was emptied for this slice (the scratch watchdog
-    # itself holds up to two descriptors for a moment while it measures: the guest may get fewer)
-    assert first - 2 <= run(wt) <= first
+    # itself holds up to two descriptors for a moment while it measures, in either run)
+    assert first - 2 <= run(wt) <= first + 2
     assert fds() <= before + 1
     assert os.listdir(os.path.join(wt._slice_root, "scratch")) == []
 

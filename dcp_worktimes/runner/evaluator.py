@@ -305,6 +305,11 @@ class Evaluator:
             RunBlock(self, numbers, datums, job).execute()
         else:
             limits = job.limits
+            # An optional worktime hook: the whole batch, before its slices run one by one (map-basic
+            # on V8 sends them to its engine process ahead, one round trip per batch, not per slice).
+            prefetch = getattr(self.worktime, "prefetch", None)
+            if prefetch is not None:
+                prefetch(list(zip(numbers, datums)))
             for index, number in enumerate(numbers):
                 if self.cancel.is_set():
                     self.out.send({"t": "err", "i": index, "e": {"code": "ECANCELLED", "message": "cancelled"}})
@@ -546,8 +551,8 @@ def _lock_down(worktime: Worktime) -> dict:
     # Where a worktime may write: its private tmpfs, the compile caches; with no private area,
     # the temporary folders its files then live in.
     writable = [area, str(cache_dir().parent)] if area else [tempfile.gettempdir(), "/dev/shm", str(cache_dir().parent)]
-    cls = type(worktime)
-    return lockdown.apply(network=bool(cls.network), spawns=bool(cls.spawns), writable=writable)
+    # Read on the instance: a worktime may decide in prepare (map-basic spawns Deno for V8 only).
+    return lockdown.apply(network=bool(worktime.network), spawns=bool(worktime.spawns), writable=writable)
 
 
 def _rss(family: bool = False) -> int:

@@ -1,36 +1,27 @@
-"""One QuickJS context with the map-basic prelude, limits and an interrupt handler.
+"""What both map-basic engines share: the engine contract, the prelude's replies, error messages.
 
-Binding: ``quickjs-ng`` (see ``sandbox/mapbasic.md`` for the comparison with ``quickjs``). We use
-its low-level ``_quickjs.Context`` directly and work around its traps:
+An engine (``quickjs.QuickJSEngine`` in process, ``v8.V8Engine`` in a Deno process) loads
+``prelude.js`` and drives its dispatcher: ``compile`` the work once per job, ``set_job``
+(arguments, modules), then ``run`` one slice at a time. Everything the prelude answers is decoded
+here, so both engines turn the same JavaScript outcome into the same Python value or the same
+``SliceError`` (code, message, name, stack).
 
-* its time limit counts process CPU time and refuses Python callbacks while set, so we never use
-  it: a ctypes interrupt handler installed with ``JS_SetInterruptHandler`` (exported by the
-  extension) checks the wall-clock, CPU, progress and cancel deadlines. The runtime pointer is
-  read from the ``Context`` object and verified with ``JS_GetRuntimeOpaque`` (the binding stores
-  the context there) before anything is installed; if the check fails we run without an engine
-  interrupt and the host runner kills on wall time;
-* values cross as text (``marshal.py``), never through the binding's int/str conversions;
-* the stack limit is never 0 (that crashes the host) and stays below the thread's C stack;
-* one context per evaluator process: a new job replaces the previous context.
+Which engine runs is a worker setting (``dcp-worker --js-engine v8|quickjs``); ``choose`` resolves
+it, defaulting to V8 where the ``deno`` package is installed::
 
-Example (in-process; the runner does the same inside a sandboxed evaluator)::
-
-    engine = JSEngine()
-    engine.compile("function (x, k) { progress(); return x * k }")
+    engine = make_engine(choose(None), memory=None)   # V8 if installed, else QuickJS
     engine.set_job(arguments=[3], modules={})
-    engine.run(SliceContext(0, Limits()), 7)        # -> 21
+    engine.compile("function (x, k) { progress(); return x * k }")
+    engine.run(SliceContext(0, Limits()), 7)         # -> 21
 """
 
 from __future__ import annotations
 
-import base64
-import ctypes
 import json
 import os
-import resource
-import threading
-import time
-from typing import Any
+import re
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import format_size
@@ -41,159 +32,53 @@ from .marshal import bigint_hint, from_js, to_js
 with open(os.path.join(os.path.dirname(__file__), "prelude.js"), encoding="utf-8") as _f:
     PRELUDE = _f.read()
 
-#: JS stack budget: half of the calling thread's C stack, clamped (QuickJS default is 1 MiB).
-MIN_JS_STACK = 256 * 1024
-MAX_JS_STACK = 4 * 1024 * 1024
+#: Engine names, as ``--js-engine`` takes them.
+ENGINES = ("v8", "quickjs")
 
-_INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-
-
-def _thread_stack_size() -> int:
-    """Bytes of C stack of the current thread (main thread: RLIMIT_STACK; others: pthread default)."""
-    if threading.current_thread() is not threading.main_thread():
-        size = threading.stack_size()
-        if size:
-            return size
-    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        # Main thread: grows on demand. Other threads: glibc falls back to a 2 MiB default.
-        return 8 * 1024 * 1024 if threading.current_thread() is threading.main_thread() else 2 * 1024 * 1024
-    return soft
+#: The reply of a slice whose promise can never settle (same text on both engines).
+NEVER_SETTLED = ("the work function's promise never settled and nothing is left to run (no timers, no "
+                 "pending jobs); make sure every Promise it awaits resolves or rejects")
 
 
-def _sanitize(text: str) -> str:
-    """Replace lone surrogates (legal in JS strings, not in UTF-8) with U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+class Engine(ABC):
+    """One JavaScript context with the prelude loaded, for one job. Not thread-safe."""
 
+    #: ``"v8"`` or ``"quickjs"``.
+    name: ClassVar[str]
+    #: Whether the engine can stop running JavaScript itself at a deadline (else the runner kills).
+    interrupt_installed: bool = True
 
-class JSEngine:
-    """A QuickJS runtime + context with the prelude loaded. Not thread-safe: one slice at a time."""
+    _memory_limit = 0  # bytes of JS heap allowed (0 = unlimited)
+    _slice: SliceContext | None = None
+    _bigint = False  # job option "bigint": every int crosses as a BigInt
+    _args_text = ""  # the job arguments as sent (for bigint_hint)
+    _datum_text = ""  # the running slice's datum as sent (for bigint_hint)
 
-    def __init__(self) -> None:
-        import _quickjs  # lazy: listing worktimes must not load the engine
+    # -- what an engine implements ------------------------------------------------------------
+    @abstractmethod
+    def _operation(self, op: str, a: str = "", b: str = "", time_limit: float | None = None) -> str:
+        """Call the prelude dispatcher outside a slice (compile, job, spread, eval) and return its
+        reply as text; ``time_limit`` bounds it (``SliceError`` ``ESLICETOOSLOW``)."""
 
-        self._quickjs = _quickjs
-        self._ctx = _quickjs.Context()
-        self._slice: SliceContext | None = None
-        # Deadlines checked by the interrupt handler (monotonic / process CPU seconds).
-        self._deadline: float | None = None
-        self._cpu_deadline: float | None = None
-        self._progress_deadline: float | None = None
-        self._tripped: ErrorCode | None = None
-        self.interrupt_installed = self._install_interrupt()
-        self._stack_size = 0
-        self._stack_thread: int | None = None
-        self._memory_limit = -1
-        self._may_throw_null = False  # whether the job's code can throw null itself
-        self._bigint = False  # job option "bigint": every int crosses as a BigInt
-        self._args_text = ""
-        self._ctx.add_callable("__dcpHost", self._host)
-        self._op = self._ctx.eval(PRELUDE)
+    @abstractmethod
+    def run(self, ctx: SliceContext, datum: Any) -> Any:
+        """Run one slice: call the work, settle promises and timers, return the decoded result."""
 
-    # -- interrupt ------------------------------------------------------------------------------
-    def _install_interrupt(self) -> bool:
-        try:
-            lib = ctypes.CDLL(self._quickjs.__file__)
-            lib.JS_GetRuntimeOpaque.restype = ctypes.c_void_p
-            lib.JS_GetRuntimeOpaque.argtypes = [ctypes.c_void_p]
-            lib.JS_SetInterruptHandler.restype = None
-            lib.JS_SetInterruptHandler.argtypes = [ctypes.c_void_p, _INTERRUPT, ctypes.c_void_p]
-            # RuntimeData starts with PyObject_HEAD, then the JSRuntime pointer.
-            rt = ctypes.c_void_p.from_address(id(self._ctx) + object.__basicsize__).value
-            if not rt or lib.JS_GetRuntimeOpaque(rt) != id(self._ctx):
-                return False
-            self._handler = _INTERRUPT(self._interrupt)  # keep a reference: QuickJS holds a raw pointer
-            lib.JS_SetInterruptHandler(rt, self._handler, None)
-            return True
-        except (OSError, AttributeError, ValueError):
-            return False
-
-    def _interrupt(self, _rt: int, _opaque: int) -> int:
-        # Runs every ~10k JS operations with the GIL re-acquired: keep it cheap and never raise.
-        try:
-            now = time.monotonic()
-            if self._deadline is not None and now > self._deadline:
-                self._tripped = ErrorCode.ESLICETOOSLOW
-            elif self._progress_deadline is not None and now > self._progress_deadline:
-                self._tripped = ErrorCode.ENOPROGRESS
-            elif self._cpu_deadline is not None and time.process_time() > self._cpu_deadline:
-                self._tripped = ErrorCode.ECPULIMIT
-            elif self._slice is not None and self._slice.cancelled:
-                self._tripped = ErrorCode.ECANCELLED
-            elif self._slice is not None and self._slice.over_quota:
-                self._tripped = ErrorCode.EOUTPUTLIMIT
-            else:
-                return 0
-            return 1
-        except BaseException:  # noqa: BLE001 - an exception here would be printed and ignored
-            return 1
-
-    # -- host callbacks (called by the prelude through __dcpHost) -------------------------------
-    def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
-        # Exceptions must not escape into the binding (it would leave a Python error pending).
-        try:
-            if op == "random":
-                return base64.b64encode(os.urandom(int(a))).decode("ascii")
-            ctx = self._slice
-            if ctx is None:
-                return None  # console output while compiling the work or a module: dropped
-            if op == "progress":
-                ctx.progress(from_js(a))
-                timeout = ctx.limits.progress_timeout
-                if timeout is not None:
-                    self._progress_deadline = time.monotonic() + timeout
-            elif op == "console":
-                ctx.console(a, _sanitize(json.loads(b)))
-            elif op == "emit":
-                ctx.emit(_sanitize(json.loads(a)), from_js(b))
-            return None
-        except BaseException as e:  # noqa: BLE001
-            return f"!{op}: {e}"
-
-    # -- calls ----------------------------------------------------------------------------------
-    def _call(self, *args: Any) -> Any:
-        """Call the prelude dispatcher; engine-level failures become SliceError."""
-        try:
-            return self._op(*args)
-        except self._quickjs.JSException as e:
-            raise self._engine_error(e) from None
-
-    def _engine_error(self, e: Exception) -> SliceError:
-        text = str(e)
-        first = text.split("\n", 1)[0]
-        stack = text.split("\n", 1)[1] if "\n" in text else None
-        tripped, self._tripped = self._tripped, None
-        if tripped is not None:
-            return _limit_error(tripped, self._slice)
-        if "out of memory" in first or (first.strip() == "null" and self._null_is_out_of_memory()):
-            self._ctx.gc()
-            return SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="InternalError")
-        if isinstance(e, self._quickjs.StackOverflow):
-            return SliceError(f"{first} (recursion too deep)", code=ErrorCode.EUNCAUGHT, stack=stack, name="RangeError")
-        name, _, message = first.partition(": ")
-        return SliceError(message or first, code=ErrorCode.EUNCAUGHT, stack=stack, name=name or None)
-
-    def _null_is_out_of_memory(self) -> bool:
-        """A ``null`` exception: QuickJS throws it when the heap is too full for even its
-        out-of-memory error, so it is one unless there is no heap limit or the work throws null."""
-        return self._memory_limit > 0 and not self._may_throw_null
+    @abstractmethod
+    def close(self) -> None:
+        """Free the engine (the context, or the engine process)."""
 
     def set_limits(self, memory: int | None) -> None:
-        """Engine memory quota in bytes (None = unlimited) and a stack limit fitting this thread."""
-        limit = int(memory) if memory else 0  # 0 = unlimited for QuickJS
-        if limit != self._memory_limit:
-            self._ctx.set_memory_limit(limit)
-            self._memory_limit = limit
-        thread = threading.get_ident()
-        if thread != self._stack_thread:
-            stack = max(MIN_JS_STACK, min(MAX_JS_STACK, _thread_stack_size() // 2))
-            self._ctx.set_max_stack_size(stack)  # never 0: a zero stack limit crashes the host
-            self._stack_size, self._stack_thread = stack, thread
+        """The JS heap quota in bytes (``None`` = unlimited), where the engine can change it."""
 
+    def _is_out_of_memory(self, name: str | None, message: str) -> bool:
+        """Whether an error the work did not catch is the engine running out of heap."""
+        return False
+
+    def _forget_garbage(self) -> None:
+        """Collect garbage after an out-of-memory error, so the next slice starts clean."""
+
+    # -- shared -------------------------------------------------------------------------------
     def compile(self, source: str, strict: bool = False, time_limit: float | None = 60.0) -> None:
         """Evaluate the work text to a function, or raise WorkError (EBADWORK) saying why.
 
@@ -202,20 +87,16 @@ class JSEngine:
         """
         try:
             source.encode("utf-8")
-        except UnicodeEncodeError as e:  # the binding cannot pass lone surrogates into the engine
+        except UnicodeEncodeError as e:  # neither engine's channel carries lone surrogates
             raise WorkError(f"the work text contains an unpaired surrogate ({source[e.start]!r} at offset {e.start}); "
                             "write it as a \\u escape inside a string literal") from None
-        self._deadline = time.monotonic() + time_limit if time_limit else None
-        self._may_throw_null = _throws_null(source)
         try:
-            result = self._call("compile", source, bool(strict))
+            result = self._operation("compile", source, "1" if strict else "", time_limit=time_limit)
         except SliceError as e:
             if e.code == ErrorCode.ESLICETOOSLOW:
                 raise WorkError(f"evaluating the work took longer than {time_limit:g} s; the work text must "
                                 "evaluate to a function quickly (move heavy set-up into the function)") from None
             raise WorkError(f"the work could not be evaluated: {e.message}") from None
-        finally:
-            self._deadline = None
         if not result:
             return
         if result[0] == "n":
@@ -239,116 +120,40 @@ class JSEngine:
                 bigint: bool = False) -> None:
         """Job arguments (passed after the datum), module sources for require(), whether a list
         datum is spread into separate arguments (multi-dimensional jobs), and whether every int
-        crosses as a BigInt (the job option)."""
+        crosses as a BigInt (the job option ``bigint``)."""
         self._bigint = bigint
-        try:
-            args_text = self._args_text = to_js(list(arguments), bigint)
-        except UnserializableValue as e:
-            raise WorkError(f"the job arguments cannot be passed to JavaScript: {e}") from None
-        sources: dict[str, str] = {}
-        for name, src in modules.items():
-            if isinstance(src, bytes):
-                try:
-                    src = src.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise WorkError(f"module {name!r} is not UTF-8 text; map-basic modules are JavaScript source") from None
-            sources[str(name)] = src
-            self._may_throw_null = self._may_throw_null or _throws_null(src)
-        self._call("job", args_text, json.dumps(sources, ensure_ascii=True))
-        self._call("spread", bool(spread))
+        args_text, modules_json = job_texts(arguments, modules, bigint)
+        self._args_text = args_text
+        if 0 < self._memory_limit < len(args_text) + len(modules_json):
+            # Decoded in the engine they take at least as much heap: say so on every engine (V8's
+            # heap is too coarse to refuse small amounts by itself).
+            raise WorkError(f"the job's arguments and modules take {format_size(len(args_text) + len(modules_json))}, "
+                            f"more than the memory limit of {format_size(self._memory_limit)}; raise the job's memory "
+                            "limit or pass less data")
+        self._operation("job", args_text, modules_json)
+        self._operation("spread", "1" if spread else "")
 
-    def run(self, ctx: SliceContext, datum: Any) -> Any:
-        """Run one slice: call the work, settle promises and timers, return the decoded result."""
-        try:
-            datum_text = to_js(datum, self._bigint)
-        except UnserializableValue as e:
-            raise SliceError(f"the datum cannot be passed to JavaScript: {e}", code=ErrorCode.EUNSERIALIZABLE) from None
-        limits = ctx.limits
-        self.set_limits(limits.memory)
-        self._slice = ctx
-        self._tripped = None
-        self._deadline = ctx.deadline
-        self._cpu_deadline = time.process_time() + limits.cpu_time if limits.cpu_time else None
-        self._progress_deadline = ctx.started + limits.progress_timeout if limits.progress_timeout else None
-        try:
-            envelope = self._call("start", datum_text, limits.output if limits.output is not None else -1)
-            if envelope == "p":
-                envelope = self._settle()
-            else:
-                # Jobs a synchronous work queued (queueMicrotask, .then) run now, under this slice's
-                # limits: left queued they would run, and be blamed, in the next async slice.
-                self._drain_jobs()
-            return self._result(envelope)
-        except SliceError as e:
-            hint = bigint_hint(e.name, e.message, self._bigint, (datum_text, self._args_text))
-            if not hint:
-                raise
-            raise SliceError(e.message + hint, code=e.code, stack=e.stack, name=e.name) from None
-        finally:
-            # Timers and promise state left by this slice are reset by the next "start".
-            self._slice = None
-            self._deadline = self._cpu_deadline = self._progress_deadline = None
-            self._tripped = None
-
-    def _settle(self) -> str:
-        """Run jobs and timers until the work's promise settles; return the prelude's envelope."""
-        while True:
-            self._drain_jobs()
-            envelope = self._call("poll")
-            if envelope:
-                return envelope
-            delay = self._call("next")
-            if delay < 0:
-                raise SliceError(
-                    "the work function's promise never settled and nothing is left to run (no timers, no "
-                    "pending jobs); make sure every Promise it awaits resolves or rejects",
-                    code=ErrorCode.EUNCAUGHT,
-                )
-            if delay > 0:
-                self._sleep(delay / 1000.0)
-            self._call("fire")
-
-    def _drain_jobs(self) -> None:
-        execute = self._ctx.execute_pending_job
-        try:
-            while execute():
-                pass
-        except self._quickjs.JSException as e:
-            raise self._engine_error(e) from None
-
-    def _sleep(self, seconds: float) -> None:
-        """Wait for a timer, still honouring the wall, progress and cancel deadlines."""
-        ctx = self._slice
-        end = time.monotonic() + seconds
-        while True:
-            now = time.monotonic()
-            for deadline, code in ((self._deadline, ErrorCode.ESLICETOOSLOW), (self._progress_deadline, ErrorCode.ENOPROGRESS)):
-                if deadline is not None and now > deadline:
-                    raise _limit_error(code, ctx)
-            if ctx is not None and ctx.cancelled:
-                raise _limit_error(ErrorCode.ECANCELLED, ctx)
-            if now >= end:
-                return
-            wake = min(d for d in (end, self._deadline, self._progress_deadline) if d is not None)
-            time.sleep(min(0.05, max(0.0, wake - now) + 0.001))
+    def eval(self, source: str) -> Any:
+        """Evaluate JS source and decode its value (tests and diagnostics)."""
+        return self._result(self._operation("eval", source))
 
     def _result(self, envelope: str) -> Any:
+        """The slice's value from the prelude's reply, or the ``SliceError`` it stands for."""
         kind, body = envelope[:1], envelope[1:]
         if kind == "v":
             return from_js(body)
         if kind == "e":
             err = json.loads(body)
             name, message = err.get("name"), err.get("message", "")
-            if (name == "InternalError" and message == "out of memory") or (
-                    name is None and message == "uncaught object thrown: null" and self._null_is_out_of_memory()):
-                self._ctx.gc()
-                raise SliceError(_memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT,
-                                 name="InternalError")
+            if self._is_out_of_memory(name, message):
+                self._forget_garbage()
+                raise SliceError(memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="InternalError")
             stack = err.get("stack") or ""
             full = f"{name}: {message}\n{stack}" if stack else None
-            raise SliceError(_sanitize(message), code=ErrorCode.EUNCAUGHT, stack=full and _sanitize(full), name=name)
+            hint = bigint_hint(name, message, self._bigint, (self._datum_text, self._args_text))
+            raise SliceError(sanitize(message) + hint, code=ErrorCode.EUNCAUGHT, stack=full and sanitize(full), name=name)
         if kind == "r":
-            raise SliceError(f"work.reject: {_sanitize(json.loads(body))}", code=ErrorCode.EWORKREJECT)
+            raise SliceError(f"work.reject: {sanitize(json.loads(body))}", code=ErrorCode.EWORKREJECT)
         if kind == "o":
             cap = self._slice.limits.output if self._slice is not None else None
             shown = format_size(cap) if cap else "its limit"
@@ -361,32 +166,92 @@ class JSEngine:
             else:  # e.g. JSON.stringify's "circular reference"
                 message = f"the result cannot cross the sandbox boundary: {message}; return plain, acyclic data"
             raise SliceError(message, code=ErrorCode.EUNSERIALIZABLE, name="DataCloneError")
+        if kind == "N":
+            raise SliceError(NEVER_SETTLED, code=ErrorCode.EUNCAUGHT)
         raise SliceError(f"internal error: unexpected reply {envelope[:40]!r} from the map-basic prelude", code=ErrorCode.ECRASH)
 
-    def eval(self, source: str) -> Any:
-        """Evaluate JS source and decode its value (tests and diagnostics)."""
-        return self._result(self._call("eval", source))
 
-    def memory(self) -> dict[str, int]:
-        return self._ctx.memory()
+def job_texts(arguments: list[Any], modules: dict[str, str | bytes], bigint: bool = False) -> tuple[str, str]:
+    """The prelude's ``job`` operands: the arguments as marshalled text, the modules as JSON."""
+    try:
+        args_text = to_js(list(arguments), bigint)
+    except UnserializableValue as e:
+        raise WorkError(f"the job arguments cannot be passed to JavaScript: {e}") from None
+    sources: dict[str, str] = {}
+    for name, src in modules.items():
+        if isinstance(src, bytes):
+            try:
+                src = src.decode("utf-8")
+            except UnicodeDecodeError:
+                raise WorkError(f"module {name!r} is not UTF-8 text; map-basic modules are JavaScript source") from None
+        sources[str(name)] = src
+    return args_text, json.dumps(sources, ensure_ascii=True)
 
-    def close(self) -> None:
-        self._op = None
-        self._ctx = None
+
+def datum_text(datum: Any, bigint: bool = False) -> str:
+    """The datum as the prelude's ``start`` takes it, or ``EUNSERIALIZABLE``."""
+    try:
+        return to_js(datum, bigint)
+    except UnserializableValue as e:
+        raise SliceError(f"the datum cannot be passed to JavaScript: {e}", code=ErrorCode.EUNSERIALIZABLE) from None
 
 
-def _throws_null(source: str) -> bool:
-    """Whether JavaScript source may throw or reject with ``null`` itself (then a ``null``
-    exception is the work's own, not QuickJS out of memory)."""
-    import re
+# -- choosing an engine -------------------------------------------------------------------------
+def choose(setting: Any) -> str:
+    """The engine for a ``--js-engine`` value: ``"v8"``, ``"quickjs"``, or (unset) V8 where the
+    ``deno`` package is installed, else QuickJS. ``ValueError`` for anything else.
 
-    return re.search(r"\bthrow\b[^;\n]*\bnull\b|\breject\b\s*\([^)]*\bnull\b", source) is not None
+    >>> choose("QuickJS")
+    'quickjs'
+    """
+    if setting is None or setting == "":
+        from . import v8
+
+        return "v8" if v8.deno_binary() is not None else "quickjs"
+    name = str(setting).strip().lower()
+    if name not in ENGINES:
+        raise ValueError(f"--js-engine must be one of {', '.join(ENGINES)}, not {setting!r}")
+    return name
+
+
+def missing(name: str) -> str | None:
+    """Why engine ``name`` cannot run on this machine (with the install command), or ``None``."""
+    if name == "v8":
+        from . import v8
+
+        return None if v8.deno_binary() is not None else (
+            "map-basic on V8 needs Deno: pip install 'deno>=2.9' (or dcp-worktimes[v8]), or run with --js-engine quickjs")
+    import importlib.util
+
+    return None if importlib.util.find_spec("_quickjs") is not None else (
+        "map-basic on QuickJS needs quickjs-ng: pip install 'quickjs-ng>=0.17'")
+
+
+def make_engine(name: str, memory: int | None = None, webassembly: bool = False) -> Engine:
+    """A fresh engine of kind ``name`` with the prelude loaded and a JS heap quota of ``memory``."""
+    if name == "v8":
+        from .v8 import V8Engine
+
+        return V8Engine(memory=memory, webassembly=webassembly)
+    from .quickjs import QuickJSEngine
+
+    engine = QuickJSEngine()
+    engine.set_limits(memory)
+    return engine
+
+
+# -- messages -----------------------------------------------------------------------------------
+def sanitize(text: str) -> str:
+    """Replace lone surrogates (legal in JS strings, not in UTF-8) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _other_language(source: str) -> str | None:
     """A hint when JavaScript that does not compile looks like another worktime's work."""
-    import re
-
     if re.match(r"\s*(def |async def |import |from [\w.]+ import |class \w+.*:|lambda\b)", source):
         return "it looks like Python: deploy it with worktime='python'"
     if re.match(r"\s*\(module\b", source) or source.startswith("\0asm"):
@@ -394,12 +259,13 @@ def _other_language(source: str) -> str | None:
     return None
 
 
-def _memory_message(limit: int) -> str:
+def memory_message(limit: int) -> str:
     shown = format_size(limit) if limit > 0 else "the available memory"
     return f"the work used more than {shown} of JavaScript heap; raise the job's memory limit or process less data per slice"
 
 
-def _limit_error(code: ErrorCode, ctx: SliceContext | None) -> SliceError:
+def limit_error(code: ErrorCode, ctx: SliceContext | None) -> SliceError:
+    """The error of a slice an engine stopped at a limit (the same words on both engines)."""
     limits = ctx.limits if ctx is not None else None
     if code is ErrorCode.ESLICETOOSLOW:
         msg = f"the slice ran longer than its wall-time limit of {limits.wall_time:g} s" if limits and limits.wall_time else "the slice ran too long"

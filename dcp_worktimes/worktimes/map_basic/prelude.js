@@ -559,7 +559,7 @@
         } else {
           const dir = key.includes('/') ? key.slice(0, key.lastIndexOf('/')) : '';
           // Wrapper on the module's first line, so stack line numbers are the module's own.
-          const fn = indirectEval(`(function (exports, require, module, __filename, __dirname) {${source}\n})`);
+          const fn = indirectEval(`(function (exports, require, module, __filename, __dirname) {${source}\n})${SOURCE_URL}`);
           fn.call(module.exports, module.exports, __dcpMakeRequire(dir), module, key, dir);
         }
         module.loaded = true;
@@ -583,12 +583,41 @@
     defineProperty(G, name, { value: globals[name], writable: true, configurable: true, enumerable: false });
   }
 
+  // QuickJS-ng hands Error.prepareStackTrace call sites whose getFunction() returns strict
+  // functions too (V8 gives undefined for those), which would let job code reach the prelude's
+  // own functions. Where that happens the hook is switched off for good.
+  function __dcpCallSitesLeak() {
+    const saved = Error.prepareStackTrace;
+    let leak = false;
+    try {
+      Error.prepareStackTrace = (_, sites) => sites;
+      const sites = new Error('probe').stack;
+      leak = isArray(sites) && sites.some((s) => typeof s.getFunction === 'function' && s.getFunction() === __dcpCallSitesLeak);
+    } catch (_) {
+      leak = true;
+    } finally {
+      Error.prepareStackTrace = saved;
+    }
+    return leak;
+  }
+  if (__dcpCallSitesLeak()) defineProperty(Error, 'prepareStackTrace', { value: undefined, writable: false, configurable: false });
+
   // --- errors ------------------------------------------------------------------------------
   const STACK_FRAMES = 30;
+  // Frames only (V8 starts a stack with the "Name: message" lines, QuickJS does not), without the
+  // prelude's and the engine host's own frames.
+  // V8 writes frames of eval'd code as "at f (<input>, <anonymous>:3:15)", and an anonymous
+  // function there as "at eval (...)": both become QuickJS's "at f (<input>:3:15)".
+  const PRELUDE_FRAME = /\bat (?:async )?(?:\w+\.)?__dcp\w* |\bat eval \((?!<input>)|^\s*at <eval> \(<input>:1:/;
+  function __dcpFrame(line) {
+    return line.replace(/\(<input>, <anonymous>:/, '(<input>:').replace(/\bat (async )?eval \(<input>:/, 'at $1<anonymous> (<input>:');
+  }
   function __dcpCleanStack(stack) {
-    return String(stack || '').split('\n')
-      .filter((line) => line && !/\bat (__dcp\w*|eval) \(/.test(line) && !/^\s*at <eval> \(<input>:1:/.test(line))
-      .slice(0, STACK_FRAMES).join('\n');
+    const lines = String(stack || '').split('\n');
+    let first = 0;
+    while (first < lines.length && !/^\s+at /.test(lines[first])) first++;
+    return lines.slice(first).filter((line) => line && !PRELUDE_FRAME.test(line)).slice(0, STACK_FRAMES)
+      .map(__dcpFrame).join('\n');
   }
   function __dcpErrorEnvelope(e) {
     if (rejected !== undefined) return 'r' + stringify(rejected);
@@ -623,18 +652,49 @@
   let spreadDatum = false;  // multi-dimensional jobs: work(...datum, ...jobArguments)
   let outcome;  // [settled?, value-or-error] of the current async slice
 
+  // V8 names eval'd code after this comment; QuickJS calls all of it <input> anyway.
+  const SOURCE_URL = '\n//# sourceURL=<input>';
   const EXPRESSION_START = /^\s*(\(|async\b|function\b|[A-Za-z_$][\w$]*\s*=>)/;
+  // V8 tells JavaScript nothing about where a syntax error is (QuickJS puts it in the stack):
+  // find the shortest prefix of the text that fails with the same message, parsed inside an
+  // unclosed block (so it never runs, and nothing of ours follows it). A heuristic (a cut through a token can fail differently), so bounded and
+  // only used when the engine gave no position.
+  function __dcpSyntaxWhere(directive, text, message) {
+    const failsTheSame = (n) => {
+      try {
+        indirectEval(`${directive}if (false) {\n${text.slice(0, n)}`);  // unclosed: never runs
+        return false;
+      } catch (e) {
+        return e instanceof SyntaxError && e.message === message;
+      }
+    };
+    if (text.length > 1e6 || !failsTheSame(text.length)) return '';
+    let good = 0, bad = text.length;
+    while (good + 1 < bad) {
+      const mid = (good + bad) >> 1;
+      if (failsTheSame(mid)) bad = mid; else good = mid;
+    }
+    const before = text.slice(0, bad);
+    return `<input>:${before.split('\n').length}:${bad - before.lastIndexOf('\n') - 1}`;
+  }
+
   function __dcpCompile(source, strict) {
     const prefix = strict ? '"use strict";' : '';
     let fn;
     try {
-      fn = indirectEval(`${prefix}(${source}\n)`);
+      fn = indirectEval(`${prefix}(${source}\n)${SOURCE_URL}`);
     } catch (first) {
       if (!(first instanceof SyntaxError)) return __dcpErrorEnvelope(first);
       try {
-        fn = indirectEval(prefix + source);   // a whole file whose last expression is the function
+        fn = indirectEval(prefix + source + SOURCE_URL);   // a whole file whose last expression is the function
       } catch (second) {
-        return __dcpErrorEnvelope(EXPRESSION_START.test(source) ? first : second);
+        const expression = EXPRESSION_START.test(source);
+        const e = expression ? first : second;
+        if (!/<input>:\d/.test(String(e.stack))) {
+          const where = __dcpSyntaxWhere(prefix, expression ? `(${source}\n)` : source, e.message);
+          if (where) e.stack = `${e.name}: ${e.message}\n    at ${where}`;
+        }
+        return __dcpErrorEnvelope(e);
       }
     }
     if (typeof fn !== 'function') {
@@ -684,6 +744,7 @@
       case 'poll': return __dcpPoll();
       case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }
       case 'fire': return __dcpFireTimer();
+      case 'uncaught': return __dcpErrorEnvelope(a);  // an error the engine reported outside any call of ours
       case 'end': __dcpResetTimers(); outcome = undefined; uncaught = undefined; rejected = undefined; return '';
       case 'eval': return __dcpValueEnvelope(indirectEval(a));   // tests and diagnostics only
     }

@@ -1,10 +1,15 @@
-"""The ``map-basic`` worktime class: DCP's JavaScript work functions on QuickJS.
+"""The ``map-basic`` worktime class: DCP's JavaScript work functions, on V8 or QuickJS.
 
-Importing this module is cheap (no engine); the QuickJS binding loads in ``prepare``.
+Importing this module is cheap (no engine); the engine starts in ``prepare``. The worker's owner
+picks the engine with ``dcp-worker --js-engine v8|quickjs`` (default: V8 where the ``deno``
+package is installed, else QuickJS); the probe advertises it as ``engine: {v8: true}`` or
+``engine: {quickjs: true}``, so a job can require or refuse one
+(``job.requirements = {"engine": {"v8": True}}``).
 
     >>> from dcp_worktimes.worktime import JobSpec, SliceContext
     >>> from dcp_worktimes.limits import Limits
     >>> wt = MapBasic()
+    >>> wt.config = {"js-engine": "quickjs"}
     >>> wt.prepare(JobSpec(id="j", worktime="map-basic", work="function (x) { progress(); return x * x }"))
     >>> wt.execute(SliceContext(0, Limits()), 7)
     49
@@ -12,25 +17,31 @@ Importing this module is cheap (no engine); the QuickJS binding loads in ``prepa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from ...errors import SliceError, WorkError
-from ...worktime import CapturedWork, JobSpec, SliceContext, Worktime
+from ...errors import ErrorCode, SliceError, WorkError
+from ...worktime import CapturedWork, JobSpec, Probe, SliceContext, Worktime
+
+SETTING = "js-engine"
 
 
 class MapBasic(Worktime):
-    """JavaScript work functions (DCP map-basic) on QuickJS (quickjs-ng)."""
+    """JavaScript work functions (DCP map-basic) on V8 (Deno) or QuickJS (quickjs-ng)."""
 
     name = "map-basic"
     version = "1.0.0"
-    # "engine" is the namespace of DCP's requirements examples ({engine: {es7: true, spidermonkey: false}}).
+    # "engine" is the namespace of DCP's requirements examples ({engine: {es7: true, spidermonkey: false}});
+    # the probe adds the engine that runs here (v8 or quickjs).
     capabilities = {"javascript": {"es2023": True, "async": True, "require": True},
-                    "engine": {"es7": True, "es2023": True, "quickjs": True}}
+                    "engine": {"es7": True, "es2023": True}}
     enforces = frozenset({"wall_time", "cpu_time", "memory", "stack", "progress_timeout"})
-    description = "JavaScript work functions (DCP map-basic) on QuickJS"
+    description = "JavaScript work functions (DCP map-basic) on V8 or QuickJS"
     options = {"strict": "evaluate the work in strict mode ('use strict')",
                "bigint": "every integer of the datum and the job arguments arrives as a BigInt (default: a Number up "
-                         "to 2**53-1, a BigInt above)"}
+                         "to 2**53-1, a BigInt above)",
+               "webassembly": "give the work the WebAssembly global (V8 only: require {engine: {v8: true}})"}
+    settings = {SETTING: "JavaScript engine of map-basic: v8 or quickjs (default: v8 where the deno package "
+                         "is installed, else quickjs)"}
     default_for = frozenset({"text", ".js", ".mjs", ".cjs"})
     #: DCP: a job that names no map-basic version gets ^1.0.0 (a 2.0 may change the work's contract).
     default_range = "^1.0.0"
@@ -57,7 +68,7 @@ class MapBasic(Worktime):
         if not isinstance(work, str) or not work.strip():
             raise WorkError('the work is an empty string; map-basic needs a work function, e.g. '
                             '"function (x) { progress(); return x * 2 }"')
-        for name in ("strict", "bigint"):
+        for name in ("strict", "bigint", "webassembly"):
             if not isinstance(job.options.get(name, False), bool):
                 raise WorkError(f"map-basic's option {name!r} is True or False, got {job.options[name]!r}")
 
@@ -65,25 +76,99 @@ class MapBasic(Worktime):
         self._engine = None
 
     @classmethod
+    def probe(cls, config: Mapping[str, Any] | None) -> Probe:
+        from .engine import choose, missing
+
+        try:
+            engine = choose((config or {}).get(SETTING))
+        except ValueError as e:
+            return Probe(dict(cls.capabilities), unavailable=str(e))
+        caps = {**cls.capabilities, "engine": {**cls.capabilities["engine"], engine: True}}
+        if engine == "v8":
+            caps["javascript"] = {**caps["javascript"], "webassembly": True}
+        return Probe(caps, unavailable=missing(engine))
+
+    @classmethod
+    def describe(cls, probe: Probe | None = None) -> dict[str, Any]:
+        desc = super().describe(probe)
+        engines = (probe.capabilities if probe is not None else cls.capabilities).get("engine", {})
+        if engines.get("v8"):
+            from .v8 import deno_version
+
+            desc["description"] = f"JavaScript work functions (DCP map-basic) on V8 (Deno {deno_version()})"
+            from ...runner.lockdown import describe as lockdown
+
+            desc["lockdown"] = lockdown(network=False, spawns=True)
+        elif engines.get("quickjs"):
+            desc["description"] = "JavaScript work functions (DCP map-basic) on QuickJS (quickjs-ng)"
+        return desc
+
+    @classmethod
     def preload(cls) -> None:
-        from . import engine  # noqa: F401  (the QuickJS binding, loaded once in the zygote)
+        from . import quickjs, v8  # noqa: F401  (the QuickJS binding, loaded once in the zygote)
+
+    @classmethod
+    def warmup(cls, report) -> None:
+        """V8: list Deno's node: built-ins for the import map and fill Deno's code cache, so the
+        first job does not pay for them."""
+        from .engine import missing
+
+        if missing("v8") is None:
+            from .v8 import V8Engine, deno_version
+
+            report(f"starting V8 (Deno {deno_version()}) once: import map and code cache")
+            V8Engine().close()
+
+    @property
+    def engine_name(self) -> str:
+        """The engine this instance runs (``self.config["js-engine"]``, else the default)."""
+        from .engine import choose
+
+        try:
+            return choose(self.config.get(SETTING))
+        except ValueError as e:
+            raise WorkError(str(e), code=ErrorCode.ENOWORKTIME) from None
 
     def prepare(self, job: JobSpec) -> None:
-        from .engine import JSEngine  # lazy: the engine loads only in evaluators
+        from .engine import make_engine, missing
 
         self.job = job
         work = job.work.decode("utf-8") if isinstance(job.work, bytes) else job.work  # validate() checked it
-        # One context per evaluator process: a new job drops the previous job's context first.
+        name = self.engine_name
+        if job.options.get("webassembly") and name != "v8":
+            raise WorkError("this worker runs map-basic on QuickJS, which has no WebAssembly; require "
+                            "{engine: {v8: true}} in the job's requirements so that only V8 workers take it")
+        reason = missing(name)
+        if reason:
+            raise WorkError(reason, code=ErrorCode.ENOWORKTIME)
+        # One engine per job: a new job drops the previous job's context (or process) first.
         self.release()
-        engine = JSEngine()
-        engine.set_limits(job.limits.memory)
+        # V8 runs in a Deno process, started again after a stop: the lockdown must allow that.
+        self.spawns = name == "v8"
+        try:
+            engine = make_engine(name, memory=job.limits.memory, webassembly=bool(job.options.get("webassembly")))
+        except SliceError as e:  # nothing of the job has run yet: this worker's fault, not the work's
+            raise WorkError(f"map-basic could not start its {name} engine: {e.message}",
+                            code=ErrorCode.ENOWORKTIME) from None
         try:
             engine.set_job(list(job.arguments), dict(job.modules), spread=bool(job.options.get("spread_datum")),
                            bigint=bool(job.options.get("bigint")))
             engine.compile(work, strict=bool(job.options.get("strict")), time_limit=job.limits.wall_time or 60.0)
         except SliceError as e:  # e.g. the arguments alone exceed the memory limit
+            engine.close()
             raise WorkError(f"map-basic could not load the job: {e.message}") from None
+        except BaseException:
+            engine.close()
+            raise
         self._engine = engine
+
+    def prefetch(self, items: list) -> None:
+        """The evaluator's next batch, ``[(slice number, datum), ...]``, before its slices
+        run one by one: the V8 engine sends them to Deno ahead (one pipe round trip per batch of
+        short slices instead of one per slice). QuickJS runs in process and needs no such thing."""
+        prefetch = getattr(self._engine, "prefetch", None)
+        if prefetch is not None:
+            prefetch(items)
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
         if self._engine is None:

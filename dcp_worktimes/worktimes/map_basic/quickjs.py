@@ -1,0 +1,321 @@
+"""map-basic on QuickJS: one QuickJS-ng context in the evaluator process.
+
+Binding: ``quickjs-ng`` (see ``sandbox/mapbasic.md`` for the comparison with ``quickjs``). We use
+its low-level ``_quickjs.Context`` directly and work around its traps:
+
+* its time limit counts process CPU time and refuses Python callbacks while set, so we never use
+  it: a ctypes interrupt handler installed with ``JS_SetInterruptHandler`` (exported by the
+  extension) checks the wall-clock, CPU, progress and cancel deadlines. The runtime pointer is
+  read from the ``Context`` object and verified with ``JS_GetRuntimeOpaque`` (the binding stores
+  the context there) before anything is installed; if the check fails we run without an engine
+  interrupt and the host runner kills on wall time;
+* values cross as text (``marshal.py``), never through the binding's int/str conversions;
+* the stack limit is never 0 (that crashes the host) and stays below the thread's C stack, which
+  we make big enough for deep recursion (the PyPI wheel's interpreter frames are ~3x bigger than
+  a GCC 12 build's, see ``stack_budget``);
+* one context per evaluator process: a new job replaces the previous context.
+
+Example (in-process; the runner does the same inside a sandboxed evaluator)::
+
+    engine = QuickJSEngine()
+    engine.set_job(arguments=[3], modules={})
+    engine.compile("function (x, k) { progress(); return x * k }")
+    engine.run(SliceContext(0, Limits()), 7)        # -> 21
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import os
+import re
+import resource
+import threading
+import time
+from typing import Any
+
+from ...errors import ErrorCode, SliceError
+from ...worktime import SliceContext
+from .engine import PRELUDE, NEVER_SETTLED, Engine, datum_text, limit_error, memory_message, sanitize
+from .marshal import from_js
+
+#: JS stack budget: half of the calling thread's C stack, clamped (QuickJS's default is 1 MiB).
+MIN_JS_STACK = 256 * 1024
+MAX_JS_STACK = 32 * 1024 * 1024
+#: The main thread's stack grows on demand up to RLIMIT_STACK: we raise a smaller soft limit to
+#: this, so that ~3000-deep recursion works even with the PyPI wheel's big interpreter frames.
+MAIN_STACK = 64 * 1024 * 1024
+
+_INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _pthread_stack_size() -> int | None:
+    """Bytes of C stack of the calling thread, as glibc reports them (``pthread_getattr_np``; for
+    the main thread that follows the current RLIMIT_STACK), or ``None`` where unavailable."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_ulong
+        libc.pthread_getattr_np.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+        libc.pthread_attr_getstack.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        attr = ctypes.create_string_buffer(128)  # sizeof(pthread_attr_t) is 56 on x86-64 glibc
+        if libc.pthread_getattr_np(libc.pthread_self(), attr) != 0:
+            return None
+        try:
+            addr, size = ctypes.c_void_p(), ctypes.c_size_t()
+            if libc.pthread_attr_getstack(attr, ctypes.byref(addr), ctypes.byref(size)) != 0:
+                return None
+            return size.value or None
+        finally:
+            libc.pthread_attr_destroy(attr)
+    except (OSError, AttributeError):
+        return None
+
+
+def _raise_main_stack() -> None:
+    """Let the main thread's stack grow to MAIN_STACK (it is reserved, not used, until recursed into)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+        if soft != resource.RLIM_INFINITY and soft < MAIN_STACK:
+            want = MAIN_STACK if hard == resource.RLIM_INFINITY else min(MAIN_STACK, hard)
+            if want > soft:
+                resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def stack_budget() -> int:
+    """The JS stack limit for the calling thread: half its C stack, within [256 KiB, 32 MiB]."""
+    if threading.current_thread() is threading.main_thread():
+        _raise_main_stack()
+    size = _pthread_stack_size()
+    if size is None:  # no glibc: the old guesses (main thread: RLIMIT_STACK; others: 2 MiB)
+        soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+        main = threading.current_thread() is threading.main_thread()
+        size = soft if main and soft != resource.RLIM_INFINITY and soft > 0 else (threading.stack_size() or 2 << 20)
+    return max(MIN_JS_STACK, min(MAX_JS_STACK, size // 2))
+
+
+class QuickJSEngine(Engine):
+    """A QuickJS runtime + context with the prelude loaded. Not thread-safe: one slice at a time."""
+
+    name = "quickjs"
+
+    def __init__(self) -> None:
+        import _quickjs  # lazy: listing worktimes must not load the engine
+
+        self._quickjs = _quickjs
+        self._ctx = _quickjs.Context()
+        self._slice: SliceContext | None = None
+        # Deadlines checked by the interrupt handler (monotonic / process CPU seconds).
+        self._deadline: float | None = None
+        self._cpu_deadline: float | None = None
+        self._progress_deadline: float | None = None
+        self._tripped: ErrorCode | None = None
+        self.interrupt_installed = self._install_interrupt()
+        self._stack_size = 0
+        self._stack_thread: int | None = None
+        self._memory_limit = -1
+        self._may_throw_null = False  # whether the job's code can throw null itself
+        self._ctx.add_callable("__dcpHost", self._host)
+        self._op = self._ctx.eval(PRELUDE)
+
+    # -- interrupt ------------------------------------------------------------------------------
+    def _install_interrupt(self) -> bool:
+        try:
+            lib = ctypes.CDLL(self._quickjs.__file__)
+            lib.JS_GetRuntimeOpaque.restype = ctypes.c_void_p
+            lib.JS_GetRuntimeOpaque.argtypes = [ctypes.c_void_p]
+            lib.JS_SetInterruptHandler.restype = None
+            lib.JS_SetInterruptHandler.argtypes = [ctypes.c_void_p, _INTERRUPT, ctypes.c_void_p]
+            # RuntimeData starts with PyObject_HEAD, then the JSRuntime pointer.
+            rt = ctypes.c_void_p.from_address(id(self._ctx) + object.__basicsize__).value
+            if not rt or lib.JS_GetRuntimeOpaque(rt) != id(self._ctx):
+                return False
+            self._handler = _INTERRUPT(self._interrupt)  # keep a reference: QuickJS holds a raw pointer
+            lib.JS_SetInterruptHandler(rt, self._handler, None)
+            return True
+        except (OSError, AttributeError, ValueError):
+            return False
+
+    def _interrupt(self, _rt: int, _opaque: int) -> int:
+        # Runs every ~10k JS operations with the GIL re-acquired: keep it cheap and never raise.
+        try:
+            now = time.monotonic()
+            if self._deadline is not None and now > self._deadline:
+                self._tripped = ErrorCode.ESLICETOOSLOW
+            elif self._progress_deadline is not None and now > self._progress_deadline:
+                self._tripped = ErrorCode.ENOPROGRESS
+            elif self._cpu_deadline is not None and time.process_time() > self._cpu_deadline:
+                self._tripped = ErrorCode.ECPULIMIT
+            elif self._slice is not None and self._slice.cancelled:
+                self._tripped = ErrorCode.ECANCELLED
+            elif self._slice is not None and self._slice.over_quota:
+                self._tripped = ErrorCode.EOUTPUTLIMIT
+            else:
+                return 0
+            return 1
+        except BaseException:  # noqa: BLE001 - an exception here would be printed and ignored
+            return 1
+
+    # -- host callbacks (called by the prelude through __dcpHost) -------------------------------
+    def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
+        # Exceptions must not escape into the binding (it would leave a Python error pending).
+        try:
+            if op == "random":
+                return base64.b64encode(os.urandom(int(a))).decode("ascii")
+            ctx = self._slice
+            if ctx is None:
+                return None  # console output while compiling the work or a module: dropped
+            if op == "progress":
+                ctx.progress(from_js(a))
+                timeout = ctx.limits.progress_timeout
+                if timeout is not None:
+                    self._progress_deadline = time.monotonic() + timeout
+            elif op == "console":
+                ctx.console(a, sanitize(json.loads(b)))
+            elif op == "emit":
+                ctx.emit(sanitize(json.loads(a)), from_js(b))
+            return None
+        except BaseException as e:  # noqa: BLE001
+            return f"!{op}: {e}"
+
+    # -- calls ----------------------------------------------------------------------------------
+    def _call(self, *args: Any) -> Any:
+        """Call the prelude dispatcher; engine-level failures become SliceError."""
+        try:
+            return self._op(*args)
+        except self._quickjs.JSException as e:
+            raise self._engine_error(e) from None
+
+    def _engine_error(self, e: Exception) -> SliceError:
+        text = str(e)
+        first = text.split("\n", 1)[0]
+        stack = text.split("\n", 1)[1] if "\n" in text else None
+        tripped, self._tripped = self._tripped, None
+        if tripped is not None:
+            return limit_error(tripped, self._slice)
+        if "out of memory" in first or (first.strip() == "null" and self._null_is_out_of_memory()):
+            self._ctx.gc()
+            return SliceError(memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="InternalError")
+        if isinstance(e, self._quickjs.StackOverflow):
+            return SliceError(f"{first} (recursion too deep)", code=ErrorCode.EUNCAUGHT, stack=stack, name="RangeError")
+        name, _, message = first.partition(": ")
+        return SliceError(message or first, code=ErrorCode.EUNCAUGHT, stack=stack, name=name or None)
+
+    def _null_is_out_of_memory(self) -> bool:
+        """A ``null`` exception: QuickJS throws it when the heap is too full for even its
+        out-of-memory error, so it is one unless there is no heap limit or the work throws null."""
+        return self._memory_limit > 0 and not self._may_throw_null
+
+    def set_limits(self, memory: int | None) -> None:
+        """Engine memory quota in bytes (None = unlimited) and a stack limit fitting this thread."""
+        limit = int(memory) if memory else 0  # 0 = unlimited for QuickJS
+        if limit != self._memory_limit:
+            self._ctx.set_memory_limit(limit)
+            self._memory_limit = limit
+        thread = threading.get_ident()
+        if thread != self._stack_thread:
+            stack = stack_budget()
+            self._ctx.set_max_stack_size(stack)  # never 0: a zero stack limit crashes the host
+            self._stack_size, self._stack_thread = stack, thread
+
+    def _operation(self, op: str, a: str = "", b: str = "", time_limit: float | None = None) -> str:
+        self._deadline = time.monotonic() + time_limit if time_limit else None
+        try:
+            return self._call(op, a, b)
+        finally:
+            self._deadline = None
+
+    def compile(self, source: str, strict: bool = False, time_limit: float | None = 60.0) -> None:
+        self._may_throw_null = self._may_throw_null or _throws_null(source)
+        super().compile(source, strict, time_limit)
+
+    def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False,
+                bigint: bool = False) -> None:
+        self._may_throw_null = any(_throws_null(src if isinstance(src, str) else src.decode("utf-8", "replace"))
+                                   for src in modules.values())
+        super().set_job(arguments, modules, spread, bigint)
+
+    def run(self, ctx: SliceContext, datum: Any) -> Any:
+        """Run one slice: call the work, settle promises and timers, return the decoded result."""
+        text = self._datum_text = datum_text(datum, self._bigint)
+        limits = ctx.limits
+        self.set_limits(limits.memory)
+        self._slice = ctx
+        self._tripped = None
+        self._deadline = ctx.deadline
+        self._cpu_deadline = time.process_time() + limits.cpu_time if limits.cpu_time else None
+        self._progress_deadline = ctx.started + limits.progress_timeout if limits.progress_timeout else None
+        try:
+            envelope = self._call("start", text, limits.output if limits.output is not None else -1)
+            if envelope == "p":
+                envelope = self._settle()
+            else:
+                # Jobs a synchronous work queued (queueMicrotask, .then) run now, under this slice's
+                # limits: left queued they would run, and be blamed, in the next async slice.
+                self._drain_jobs()
+            return self._result(envelope)
+        finally:
+            # Timers and promise state left by this slice are reset by the next "start".
+            self._slice = None
+            self._deadline = self._cpu_deadline = self._progress_deadline = None
+            self._tripped = None
+
+    def _settle(self) -> str:
+        """Run jobs and timers until the work's promise settles; return the prelude's envelope."""
+        while True:
+            self._drain_jobs()
+            envelope = self._call("poll")
+            if envelope:
+                return envelope
+            delay = self._call("next")
+            if delay < 0:
+                return "N"  # never settled: nothing left to run
+            if delay > 0:
+                self._sleep(delay / 1000.0)
+            self._call("fire")
+
+    def _drain_jobs(self) -> None:
+        execute = self._ctx.execute_pending_job
+        try:
+            while execute():
+                pass
+        except self._quickjs.JSException as e:
+            raise self._engine_error(e) from None
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for a timer, still honouring the wall, progress and cancel deadlines."""
+        ctx = self._slice
+        end = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            for deadline, code in ((self._deadline, ErrorCode.ESLICETOOSLOW), (self._progress_deadline, ErrorCode.ENOPROGRESS)):
+                if deadline is not None and now > deadline:
+                    raise limit_error(code, ctx)
+            if ctx is not None and ctx.cancelled:
+                raise limit_error(ErrorCode.ECANCELLED, ctx)
+            if now >= end:
+                return
+            wake = min(d for d in (end, self._deadline, self._progress_deadline) if d is not None)
+            time.sleep(min(0.05, max(0.0, wake - now) + 0.001))
+
+    def _is_out_of_memory(self, name: str | None, message: str) -> bool:
+        return (name == "InternalError" and message == "out of memory") or (
+            name is None and message == "uncaught object thrown: null" and self._null_is_out_of_memory())
+
+    def _forget_garbage(self) -> None:
+        self._ctx.gc()
+
+    def memory(self) -> dict[str, int]:
+        return self._ctx.memory()
+
+    def close(self) -> None:
+        self._op = None
+        self._ctx = None
+
+
+def _throws_null(source: str) -> bool:
+    """Whether JavaScript source may throw or reject with ``null`` itself (then a ``null``
+    exception is the work's own, not QuickJS out of memory)."""
+    return re.search(r"\bthrow\b[^;\n]*\bnull\b|\breject\b\s*\([^)]*\bnull\b", source) is not None

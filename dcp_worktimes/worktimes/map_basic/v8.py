@@ -1,0 +1,579 @@
+"""map-basic on V8: the job's JavaScript runs in a Deno process that this evaluator starts and drives.
+
+Deno comes from the ``deno`` package on PyPI (``pip install deno``: the Deno binary, V8 inside).
+One Deno process per job, started in ``prepare`` and kept across the job's slices
+(``v8_host.js`` is the program it runs; its header describes the two threads and the frames):
+
+* **no permissions at all**: no ``--allow-*`` flag and ``--no-prompt``, so files, network,
+  environment, subprocesses, FFI and system information fail with ``NotCapable``; ``--no-remote``
+  and ``--no-npm`` refuse code from outside; an import map sends every ``node:`` built-in to a
+  module that throws, so ``import()`` reaches nothing of the host either; ``--no-config`` and
+  ``--no-lock`` ignore files in the working directory. The process inherits the evaluator's
+  layers (empty network namespace, no core dumps) and dies with it (``PR_SET_PDEATHSIG``);
+* **the work's realm** holds ECMAScript, the prelude's globals and what QuickJS-ng also offers
+  (no ``Deno``, ``fetch``, ``Worker``; ``WebAssembly`` only with the job option ``webassembly``);
+* **limits**: this side watches the wall-time, no-progress, CPU-time, cancel and output deadlines
+  while it waits for the slice's reply, and on a violation asks Deno to stop the work with V8's
+  TerminateExecution (``SIGUSR2``, answered by a ``K`` frame); Deno then starts a fresh sandbox and
+  the job is loaded into it again. Memory: V8's heap is capped at the job's memory limit
+  (``--max-heap-size``); V8 ends the process when the work goes over it, which we report as
+  ``EMEMORYLIMIT`` and start a new process. The runner's RSS and wall-time guards stay behind all
+  of this.
+
+Example (what ``MapBasic`` does in an evaluator)::
+
+    engine = V8Engine(memory=64 << 20)
+    engine.set_job(arguments=[3], modules={})
+    engine.compile("function (x, k) { progress(); return x * k }")
+    engine.run(SliceContext(0, Limits()), 7)        # -> 21
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ...errors import ErrorCode, SliceError
+from ...worktime import SliceContext
+from .engine import PRELUDE, Engine, datum_text, limit_error, memory_message, sanitize
+from .marshal import from_js
+
+HOST_JS = Path(__file__).with_name("v8_host.js")
+
+#: Progress calls reach us at most this often (``FORWARD`` in v8_host.js): added to the
+#: no-progress deadline, so that a slice is never stopped early.
+FORWARD_SLACK = 0.05
+#: How often cancel and CPU time are checked while a slice runs.
+POLL = 0.05
+#: Seconds Deno gets to stop the work and answer before we kill its process instead.
+STOP_GRACE = 3.0
+#: Seconds a fresh Deno process gets to answer its first request.
+START_TIMEOUT = 30.0
+#: V8 heap of the Deno runtime itself in the sandbox (its JavaScript, the prelude), added to the
+#: job's memory limit; and the smallest heap we start with (below ~6 MiB Deno cannot start).
+RUNTIME_HEAP_MB = 8
+MIN_HEAP_MB = 16
+#: At most this many slices, and this many bytes of their datums, go with a request ahead of time.
+AHEAD_SLICES = 64
+AHEAD_BYTES = 1 << 20
+#: Bytes of Deno's stderr kept for error messages (the rest is dropped as it comes).
+STDERR_TAIL = 16 * 1024
+
+_HEADER = struct.Struct("<IB")
+_LEN = struct.Struct("<I")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+def deno_binary() -> str | None:
+    """The Deno binary of the installed ``deno`` package, or ``None``."""
+    try:
+        from deno import find_deno_bin
+    except ImportError:
+        return None
+    try:
+        path = find_deno_bin()
+    except (FileNotFoundError, OSError):
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
+def deno_version() -> str | None:
+    """The installed ``deno`` package's version (the Deno release it ships), without running it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("deno")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cache_dir() -> Path:
+    """``$DCP_WORKTIMES_CACHE/deno/<version>`` (or the user cache dir): Deno's own cache and our
+    import map live there."""
+    base = os.environ.get("DCP_WORKTIMES_CACHE")
+    if not base:
+        import platformdirs
+
+        base = platformdirs.user_cache_dir("dcp-worktimes")
+    return Path(base) / "deno" / (deno_version() or "unknown")
+
+
+_BLOCKED = ("data:text/javascript," + quote(
+    "throw new Error('import() of host modules is not available in map-basic: ship the code the work needs "
+    "in the job\\'s modules and require() it')", safe=""))
+
+
+def _import_map(binary: str, env: dict[str, str]) -> Path:
+    """An import map sending every ``node:`` built-in of this Deno (bare and prefixed) to a module
+    that throws. Listed once per Deno version (``node:module``'s ``builtinModules``) and cached."""
+    folder = _cache_dir()
+    path = folder / "import-map.json"
+    if path.is_file():
+        return path
+    script = "import('node:module').then((m) => console.log(JSON.stringify(m.builtinModules)))"
+    out = subprocess.run([binary, "eval", "--no-config", "--no-lock", script], capture_output=True, text=True,
+                         env=env, timeout=START_TIMEOUT, check=True)
+    names = set()
+    for name in json.loads(out.stdout):
+        bare = name.removeprefix("node:")
+        names.update((bare, f"node:{bare}"))
+    text = json.dumps({"imports": {name: _BLOCKED for name in sorted(names)}}, indent=0)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".import-map.{os.getpid()}.json"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return path
+    except OSError:  # a read-only cache: a private copy for this process
+        fd, name = tempfile.mkstemp(prefix="dcp-deno-import-map-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return Path(name)
+
+
+_prctl = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: only a call of a function looked up beforehand
+    (no dlopen, no imports: the evaluator has other threads, which fork does not copy)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _Stopped(Exception):
+    """Deno stopped the work (``K``): the sandbox is fresh and the job must be loaded again."""
+
+
+class _Died(Exception):
+    """The Deno process is gone (V8 out of heap, killed, crashed)."""
+
+
+class V8Engine(Engine):
+    """A Deno process running the map-basic prelude for one job. Not thread-safe."""
+
+    name = "v8"
+
+    def __init__(self, memory: int | None = None, webassembly: bool = False) -> None:
+        self._memory_limit = int(memory) if memory else 0
+        self._webassembly = bool(webassembly)
+        self._proc: subprocess.Popen | None = None
+        self._buf = bytearray()
+        self._stderr: collections.deque[bytes] = collections.deque()
+        self._stderr_size = 0
+        # The job, kept to load it again into a fresh sandbox after a stop: [(op, a, b), ...].
+        self._replay: list[tuple[str, str, str]] = []
+        self._stale = False  # the sandbox was replaced: replay the job before the next request
+        self._slice: SliceContext | None = None
+        self._progress_deadline: float | None = None
+        self._cpu_deadline: float | None = None
+        self._event_error: SliceError | None = None
+        self._batch: list = []  # the evaluator's current batch (prefetch)
+        self._ahead_sent: collections.deque[int] = collections.deque()  # slices Deno runs after the current one
+        self._ahead_texts: collections.deque[str] = collections.deque()  # their datum texts (for bigint_hint)
+        self._ready()
+
+    # -- the process ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        binary = deno_binary()
+        if binary is None:
+            raise SliceError("map-basic on V8 needs Deno: pip install 'deno>=2.9'", code=ErrorCode.ENOWORKTIME,
+                             worker_fault=True)
+        global _prctl
+        if _prctl is None:
+            _prctl = ctypes.CDLL(None).prctl
+        cache = _cache_dir()
+        env = {"DENO_DIR": str(cache / "deno-dir"), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1",
+               "DENO_NO_PACKAGE_JSON": "1", "PATH": os.defpath}
+        import_map = _import_map(binary, env)
+        heap_mb = max(MIN_HEAP_MB, RUNTIME_HEAP_MB - (-self._memory_limit // (1 << 20))) if self._memory_limit else 0
+        # KiB of JS stack: half the sandbox worker thread's 4 MiB C stack (V8's limit is checked on
+        # JS calls only; C++ built-ins near it need headroom: 4500 already crashes Deno here).
+        v8_flags = ["--stack-size=2000"]
+        if heap_mb:
+            v8_flags.append(f"--max-heap-size={heap_mb}")
+        cmd = [binary, "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
+               f"--import-map={import_map}", f"--v8-flags={','.join(v8_flags)}", str(HOST_JS)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env, cwd=tempfile.gettempdir(), preexec_fn=_die_with_parent, bufsize=0)
+        self._buf.clear()
+        self._to_deno, self._from_deno = self._proc.stdin.fileno(), self._proc.stdout.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._from_deno, select.POLLIN)
+        threading.Thread(target=self._drain_stderr, args=(self._proc.stderr,), daemon=True).start()
+        self._reload()
+
+    def _drain_stderr(self, pipe) -> None:
+        # Deno's stderr must never fill up (it would block the engine); keep its tail for messages.
+        fd = pipe.fileno()
+        try:
+            for chunk in iter(lambda: os.read(fd, 4096), b""):
+                self._stderr.append(chunk)
+                self._stderr_size += len(chunk)
+                while self._stderr_size > STDERR_TAIL and len(self._stderr) > 1:
+                    self._stderr_size -= len(self._stderr.popleft())
+        finally:
+            pipe.close()
+
+    def _stderr_text(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace")
+
+    def _restart(self) -> None:
+        self._kill()
+        self._stderr.clear()
+        self._stderr_size = 0
+        self._start()
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        self._kill()
+
+    def __del__(self) -> None:  # an engine nobody closed must not leave its process behind
+        try:
+            self._kill()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    @property
+    def pid(self) -> int | None:
+        """The Deno process's id (its RSS is the engine's memory)."""
+        return self._proc.pid if self._proc is not None else None
+
+    # -- frames -----------------------------------------------------------------------------------
+    def _send(self, kind: bytes, args: tuple[str, ...]) -> None:
+        parts = [b""]
+        for arg in args:
+            data = arg.encode("utf-8")
+            parts.append(_LEN.pack(len(data)))
+            parts.append(data)
+        body = b"".join(parts)
+        frame = _HEADER.pack(len(body) + 1, kind[0]) + body
+        try:
+            written = os.write(self._to_deno, frame)
+            if written < len(frame):
+                view = memoryview(frame)[written:]
+                while view:
+                    view = view[os.write(self._to_deno, view):]
+        except OSError:  # a broken pipe: Deno is gone
+            raise _Died() from None
+
+    def _frame(self, until: float | None) -> tuple[int, bytes] | None:
+        """The next frame from Deno, or ``None`` when ``until`` (monotonic) passes first."""
+        fd = self._from_deno
+        buf = self._buf
+        while True:
+            if len(buf) >= 5:
+                size = _LEN.unpack_from(buf)[0]
+                if len(buf) >= 4 + size:
+                    kind, body = buf[4], bytes(buf[5:4 + size])
+                    del buf[:4 + size]
+                    return kind, body
+                want = 4 + size - len(buf)
+            else:
+                want = 5 - len(buf)
+            if until is not None:
+                left = until - time.monotonic()
+                if left <= 0 or not self._poll.poll(left * 1000 + 1):
+                    if time.monotonic() >= until:
+                        return None
+                    continue
+            chunk = os.read(fd, max(want, 1 << 16))
+            if not chunk:
+                raise _Died()
+            buf += chunk
+
+    def _request(self, kind: bytes | None, *args: str, deadline: float | None = None,
+                 slice_limits: bool = False) -> str:
+        """Send a request (``kind`` ``None``: one sent before, whose next reply is due) and wait for
+        its reply, delivering the slice's events on the way and stopping the work at the first limit
+        it breaks: ``deadline`` always, and with ``slice_limits`` the running slice's no-progress,
+        CPU-time, cancel and output limits."""
+        if kind is not None:
+            self._send(kind, args)
+        tripped: ErrorCode | None = None
+        reply: str | None = None
+        while True:
+            until = self._wake(deadline, slice_limits) if tripped is None else self._stop_by
+            frame = self._frame(until)
+            if frame is None:
+                if tripped is not None:  # Deno did not stop the work in time: end the process
+                    self._kill()
+                    raise _Died(tripped)
+                tripped = self._check(deadline, slice_limits)
+                if tripped is not None:
+                    self._stop()
+                continue
+            k, body = frame
+            if k == 0x52:  # R: the reply
+                reply = body.decode("utf-8")
+                if tripped is None:
+                    return reply
+                continue  # the work finished just as we asked to stop it: Deno's answer follows
+            if k == 0x49 and tripped is not None:  # I: the sandbox was idle, nothing was stopped
+                if reply is not None:
+                    return reply  # it had finished
+                time.sleep(0.001)  # it had not started the request yet: ask again
+                self._stop(again=True)
+                continue
+            if k == 0x4B and tripped is not None:  # K: the work was stopped, the sandbox is fresh
+                self._stale = True
+                raise _Stopped(tripped, reply)
+            if k in (0x50, 0x43, 0x45):
+                if tripped is None:
+                    tripped = self._event(k, body)
+                    if tripped is not None:
+                        self._stop()
+                continue
+            self._kill()  # a frame that cannot come from v8_host.js: trust nothing more from it
+            raise _Died(None)
+
+    def _stop(self, again: bool = False) -> None:
+        """Ask Deno to terminate the running work (answered by a K or I frame)."""
+        assert self._proc is not None
+        if not again:
+            self._stop_by = time.monotonic() + STOP_GRACE
+        try:
+            self._proc.send_signal(signal.SIGUSR2)
+        except OSError:
+            pass
+
+    def _wake(self, deadline: float | None, slice_limits: bool) -> float:
+        """When to look at the clocks next while waiting for a reply."""
+        until = time.monotonic() + POLL
+        for d in (deadline, self._progress_deadline if slice_limits else None):
+            if d is not None and d < until:
+                until = d
+        return until
+
+    def _check(self, deadline: float | None, slice_limits: bool) -> ErrorCode | None:
+        now = time.monotonic()
+        ctx = self._slice
+        if deadline is not None and now > deadline:
+            return ErrorCode.ESLICETOOSLOW
+        if not slice_limits:
+            return None
+        if self._progress_deadline is not None and now > self._progress_deadline:
+            return ErrorCode.ENOPROGRESS
+        if self._cpu_deadline is not None and self._cpu_seconds() > self._cpu_deadline:
+            return ErrorCode.ECPULIMIT
+        if ctx is not None and ctx.cancelled:
+            return ErrorCode.ECANCELLED
+        return None
+
+    def _event(self, kind: int, body: bytes) -> ErrorCode | None:
+        """Deliver an event of the running slice; the limit it breaks, if any."""
+        ctx = self._slice
+        if ctx is None:
+            return None  # console output while compiling the work or a module: dropped
+        text = body.decode("utf-8")
+        try:
+            if kind == 0x50:  # P
+                ctx.progress(from_js(text))
+                timeout = ctx.limits.progress_timeout
+                if timeout is not None:
+                    self._progress_deadline = time.monotonic() + timeout + FORWARD_SLACK
+            elif kind == 0x43:  # C
+                level, _, message = text.partition("\n")
+                ctx.console(level, sanitize(json.loads(message)))
+            elif kind == 0x45:  # E
+                name, _, value = text.partition("\n")
+                ctx.emit(sanitize(json.loads(name)), from_js(value))
+        except Exception as e:  # noqa: BLE001 - e.g. an emitted value the host cannot pack
+            self._event_error = SliceError(f"{type(e).__name__}: {e}", code=ErrorCode.EUNCAUGHT, name="Error")
+            return ErrorCode.EUNCAUGHT
+        return ErrorCode.EOUTPUTLIMIT if ctx.over_quota else None
+
+    def _cpu_seconds(self) -> float:
+        """CPU time of the Deno process so far (all its threads), from ``/proc``."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, IndexError, ValueError, TypeError):
+            return 0.0
+
+    # -- the engine contract ---------------------------------------------------------------------
+    def _call(self, kind: bytes | None, *args: str, deadline: float | None = None, slice_limits: bool = False) -> str:
+        """A request with recovery: a stopped or dead sandbox becomes the request's error, and the
+        engine is ready for the next request (a fresh sandbox with the job loaded again)."""
+        if kind is not None:
+            self._ready()
+        self._event_error = None
+        try:
+            return self._request(kind, *args, deadline=deadline, slice_limits=slice_limits)
+        except _Stopped as stopped:
+            code, reply = stopped.args
+            self._ahead_sent.clear()  # the fresh sandbox has none of the slices sent ahead
+            self._ahead_texts.clear()
+            self._reload_quietly()
+            if reply is not None:  # it finished just as it was stopped: the result stands
+                return reply
+            raise self._event_error or limit_error(code, self._slice) from None
+        except _Died as died:
+            self._ahead_sent.clear()
+            self._ahead_texts.clear()
+            code = died.args[0] if died.args else None
+            err = self._event_error or (limit_error(code, self._slice) if code is not None else self._death())
+            self._restart_quietly()
+            raise err from None
+
+    def _ready(self) -> None:
+        """A process with the job loaded: a new one after a crash, a fresh sandbox after a stop."""
+        try:
+            if self._proc is None:
+                self._start()
+            elif self._stale:
+                self._reload()
+        except (_Stopped, _Died) as e:
+            err = self._death() if isinstance(e, _Died) else SliceError(
+                "the job could not be loaded again into a fresh V8 sandbox in time", code=ErrorCode.ECRASH)
+            self._kill()
+            raise err from None
+
+    def _death(self) -> SliceError:
+        """Why the Deno process ended, as the error of the request it was serving."""
+        proc = self._proc
+        status = None
+        if proc is not None:
+            try:
+                status = proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        time.sleep(0.05)  # let the stderr reader catch the last lines
+        text = self._stderr_text()
+        if "heap limit" in text or "out of memory" in text.lower():
+            return SliceError(memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="RangeError")
+        tail = " ".join(text.strip().splitlines()[-3:])[-300:]
+        return SliceError(f"the V8 engine process ended (exit status {status}){': ' + tail if tail else ''}",
+                          code=ErrorCode.ECRASH)
+
+    def _reload(self) -> None:
+        """Load the prelude, then the job so far, into a fresh sandbox."""
+        self._stale = True
+        self._request(b"d", "init", PRELUDE, json.dumps({"webassembly": self._webassembly}),
+                      deadline=time.monotonic() + START_TIMEOUT)
+        for op, a, b in self._replay:
+            self._request(b"d", op, a, b, deadline=time.monotonic() + START_TIMEOUT)
+        self._stale = False
+
+    def _reload_quietly(self) -> None:
+        try:
+            self._reload()
+        except (_Stopped, _Died, SliceError):
+            self._stale = True  # tried again before the next request
+
+    def _restart_quietly(self) -> None:
+        try:
+            self._restart()
+        except (_Stopped, _Died, SliceError, OSError, subprocess.SubprocessError):
+            self._kill()  # the next request starts a new process
+
+    def _operation(self, op: str, a: str = "", b: str = "", time_limit: float | None = None) -> str:
+        deadline = time.monotonic() + time_limit if time_limit else None
+        reply = self._call(b"d", op, a, b, deadline=deadline)
+        if op in ("job", "spread", "compile") and not (op == "compile" and reply):
+            self._replay = [r for r in self._replay if r[0] != op] + [(op, a, b)]
+        return reply
+
+    def prefetch(self, items: list) -> None:
+        """The slices of the evaluator's current batch, ``[(number, datum), ...]`` in the order
+        ``run`` will be called for them: each request then carries the next slices too, and Deno
+        runs them back to back, so a batch of short slices costs one pipe round trip, not one each."""
+        self._batch = list(items)
+
+    def _ahead(self, number: int) -> tuple[list[str], list[int]]:
+        """Datum texts and numbers of the slices after ``number`` in the batch, to send ahead."""
+        from ...values import UnserializableValue
+        from .marshal import to_js
+
+        texts: list[str] = []
+        numbers: list[int] = []
+        batch, budget = self._batch, AHEAD_BYTES
+        for i, (n, _) in enumerate(batch):
+            if n == number:
+                for n2, datum in batch[i + 1:i + 1 + AHEAD_SLICES]:
+                    try:
+                        text = to_js(datum, self._bigint)
+                    except (UnserializableValue, ValueError, TypeError):
+                        break  # that slice fails on its own, in its own request
+                    budget -= len(text)
+                    if budget < 0:
+                        break
+                    texts.append(text)
+                    numbers.append(n2)
+                break
+        return texts, numbers
+
+    def _drop_ahead(self) -> None:
+        """Slices sent ahead that will not be asked for (a cancelled batch): stop them."""
+        if self._proc is not None and not self._stale:
+            try:
+                self._stop()
+                while True:  # until Deno answers: K (stopped) or I (they had all finished)
+                    frame = self._frame(self._stop_by)
+                    if frame is None:
+                        raise _Died(None)
+                    if frame[0] == 0x4B:
+                        self._stale = True
+                        break
+                    if frame[0] == 0x49:
+                        break
+            except _Died:
+                self._kill()
+        self._ahead_sent.clear()
+        self._ahead_texts.clear()
+
+    def run(self, ctx: SliceContext, datum: Any) -> Any:
+        limits = ctx.limits
+        self._slice = ctx
+        self._progress_deadline = (ctx.started + limits.progress_timeout + FORWARD_SLACK
+                                   if limits.progress_timeout else None)
+        self._cpu_deadline = self._cpu_seconds() + limits.cpu_time if limits.cpu_time else None
+        try:
+            if self._ahead_sent and self._ahead_sent[0] == ctx.slice_number:
+                # Sent with an earlier request: Deno has been running it since that slice ended.
+                self._ahead_sent.popleft()
+                self._datum_text = self._ahead_texts.popleft() if self._ahead_texts else ""
+                return self._result(self._call(None, deadline=ctx.deadline, slice_limits=True))
+            if self._ahead_sent:
+                self._drop_ahead()
+            text = self._datum_text = datum_text(datum, self._bigint)
+            ahead, numbers = self._ahead(ctx.slice_number) if self._batch else ([], [])
+            cap = str(limits.output) if limits.output is not None else "-1"
+            reply = self._call(b"s", cap, text, *ahead, deadline=ctx.deadline, slice_limits=True)
+            self._ahead_sent.extend(numbers)
+            self._ahead_texts.extend(ahead)
+            return self._result(reply)
+        finally:
+            self._slice = None
+            self._progress_deadline = self._cpu_deadline = None

@@ -1,0 +1,314 @@
+// map-basic on V8: the program `deno run` executes for one job. Its Python half is v8.py.
+//
+// Deno runs it with no permissions at all (no --allow-* flag, --no-prompt, no remote or npm
+// imports, every node: built-in mapped to a module that throws), inside the evaluator's process
+// layers. Two threads:
+//
+// * the SANDBOX WORKER (function sandbox below, started from a blob: URL) strips its realm down to
+//   ECMAScript plus what QuickJS-ng also has (atob, btoa, performance, queueMicrotask,
+//   DOMException), evaluates the map-basic prelude sent by the host, then serves requests:
+//   it reads them from stdin and writes replies and events to stdout, synchronously;
+// * the MAIN THREAD supervises. On SIGUSR2 (v8.py sends it when a slice is over a limit) it stops
+//   the worker with V8's TerminateExecution (Worker.terminate), starts a fresh one and writes a
+//   'K' frame; if the worker was idle between requests it terminates nothing and writes 'I'.
+//
+// Frames, both ways: a u32 little-endian length of the rest, one kind byte, the body.
+// Requests (host -> worker): 'd' = a prelude operation, 's' = run slices (the output cap, then one
+// datum per slice); the body is a list of strings, each a u32 byte length and UTF-8. Replies and events (worker -> host), UTF-8 body:
+// 'R' reply, 'P' progress, 'C' console (level "\n" JSON text), 'E' emit (name JSON "\n" value).
+//
+// Only one thread may write to stdout at a time, and a frame must never be cut: a shared state
+// word says what the worker is doing. IDLE: reading stdin (the main thread may write);
+// BUSY: running JS (it may be terminated); WRITING: inside one frame's write (wait);
+// KILLING: the main thread won, the worker may never write again.
+const IDLE = 0, BUSY = 1, WRITING = 2, KILLING = 3;
+
+function sandbox() {
+  'use strict';
+  // Everything the loop needs is captured now, before any job code runs: job code may replace
+  // globals and prototype methods later. Privileged functions are bound here and only ever called
+  // directly (never through .call/.apply, which job code could replace to receive them).
+  const D = globalThis.Deno;
+  const readSync = D.stdin.readSync.bind(D.stdin), writeSync = D.stdout.writeSync.bind(D.stdout), exit = D.exit;
+  const writeErr = D.stderr.writeSync.bind(D.stderr), apply = Reflect.apply;
+  const randomValues = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
+  const sleepTimer = globalThis.setTimeout, hrNow = globalThis.performance.now.bind(globalThis.performance);
+  const timeOrigin = globalThis.performance.timeOrigin;
+  const listen = globalThis.addEventListener.bind(globalThis);
+  const { compareExchange, store, wait, notify: atomicNotify } = Atomics;
+  const notify = (a, i) => { try { atomicNotify(a, i); } catch (_) { /* the main thread polls too */ } };
+  const utf8 = new TextEncoder(), fromUtf8 = new TextDecoder();
+  const encode = (s) => utf8.encode(s), decode = (b) => fromUtf8.decode(b);
+  const channel = new MessageChannel();
+  const U8 = Uint8Array, P = Promise, toString = String, toNumber = Number, jsonParse = JSON.parse;
+  const { subarray, set: setBytes, copyWithin, toBase64 } = Uint8Array.prototype;
+  const { getUint32, setUint32 } = DataView.prototype, DV = DataView;
+  const sliceString = String.prototype.slice;
+
+  let state;  // Int32Array over the SharedArrayBuffer of the main thread
+  let uncaught;  // first error reported by the runtime (e.g. thrown in a queueMicrotask callback)
+  listen('error', (event) => { event.preventDefault(); if (uncaught === undefined) uncaught = [event.error]; });
+  listen('unhandledrejection', (event) => event.preventDefault());  // as in QuickJS: not an error
+
+  // --- frames out ------------------------------------------------------------------------------
+  function __dcpWrite(kind, body) {
+    const bytes = encode(body);
+    const frame = new U8(5 + bytes.length);
+    apply(setUint32, new DV(frame.buffer), [0, bytes.length + 1, true]);
+    frame[4] = kind;
+    apply(setBytes, frame, [bytes, 5]);
+    if (compareExchange(state, 0, BUSY, WRITING) !== BUSY) {
+      for (;;) wait(state, 0, KILLING);  // the main thread is terminating us: never write again
+    }
+    try {
+      // Every writeSync call is made at this same stack depth: if the first did not overflow the
+      // stack (work that logs at its recursion limit), the next ones cannot either, so a frame is
+      // written whole or not at all.
+      let off = 0;
+      while (off < frame.length) off += writeSync(off ? apply(subarray, frame, [off]) : frame);
+    } finally {
+      state[0] = BUSY;  // a plain store, not a call: it cannot overflow the stack
+    }
+    notify(state, 0);
+  }
+  const K_REPLY = 0x52, K_PROGRESS = 0x50, K_CONSOLE = 0x43, K_EMIT = 0x45;
+
+  // --- frames in -------------------------------------------------------------------------------
+  let inbuf = new U8(1 << 16), have = 0;
+  function __dcpFill(need) {
+    while (have < need) {
+      if (inbuf.length < need) {
+        const bigger = new U8(need > 2 * inbuf.length ? need : 2 * inbuf.length);
+        apply(setBytes, bigger, [apply(subarray, inbuf, [0, have])]);
+        inbuf = bigger;
+      }
+      const n = readSync(apply(subarray, inbuf, [have]));
+      if (n === null) exit(0);  // the evaluator closed the pipe: its job is over
+      have += n;
+    }
+  }
+  function __dcpRead() {
+    __dcpFill(4);
+    const size = apply(getUint32, new DV(inbuf.buffer, 0, 4), [0, true]);
+    __dcpFill(4 + size);
+    const view = new DV(inbuf.buffer, 0, 4 + size);
+    const kind = inbuf[4], args = [];
+    for (let at = 5; at < 4 + size;) {
+      const len = apply(getUint32, view, [at, true]);
+      args[args.length] = decode(apply(subarray, inbuf, [at + 4, at + 4 + len]));
+      at += 4 + len;
+    }
+    apply(copyWithin, inbuf, [0, 4 + size, have]);
+    have -= 4 + size;
+    return [kind, args];
+  }
+
+  // --- the host function the prelude calls -----------------------------------------------------
+  // Progress is forwarded at most every FORWARD ms (v8.py adds that to its no-progress deadline),
+  // except values the host must judge at once: not a number in [0, 1], or going backwards.
+  const FORWARD = 50;
+  let lastForward = -Infinity, highest = -Infinity;
+  function __dcpHost(op, a, b) {
+    switch (op) {
+      case 'random': {
+        const bytes = new U8(a);
+        randomValues(bytes);
+        return apply(toBase64, bytes, []);
+      }
+      case 'progress': {
+        const now = hrNow();
+        let odd = a[0] !== '0';
+        if (!odd && a !== '0null') {
+          const v = jsonParse(apply(sliceString, a, [1]));
+          if (typeof v !== 'number' || v < 0 || v > 1 || v < highest) odd = true; else highest = v;
+        }
+        if (odd || now - lastForward >= FORWARD) { lastForward = now; __dcpWrite(K_PROGRESS, a); }
+        return null;
+      }
+      case 'console': __dcpWrite(K_CONSOLE, a + '\n' + b); return null;
+      case 'emit': __dcpWrite(K_EMIT, a + '\n' + b); return null;
+    }
+    return '!unknown host operation ' + op;
+  }
+
+  // --- the realm the work sees -----------------------------------------------------------------
+  function __dcpStrip(webassembly) {
+    // QuickJS-ng's globals, minus InternalError (QuickJS only), plus ECMA-402 Intl and Temporal.
+    const keep = new Set(['AggregateError', 'Array', 'ArrayBuffer', 'AsyncDisposableStack', 'Atomics', 'BigInt',
+      'BigInt64Array', 'BigUint64Array', 'Boolean', 'DOMException', 'DataView', 'Date', 'DisposableStack', 'Error',
+      'EvalError', 'FinalizationRegistry', 'Float16Array', 'Float32Array', 'Float64Array', 'Function', 'Infinity',
+      'Int16Array', 'Int32Array', 'Int8Array', 'Intl', 'Iterator', 'JSON', 'Map', 'Math', 'NaN', 'Number', 'Object',
+      'Promise', 'Proxy', 'RangeError', 'ReferenceError', 'Reflect', 'RegExp', 'Set', 'SharedArrayBuffer', 'String',
+      'SuppressedError', 'Symbol', 'SyntaxError', 'Temporal', 'TypeError', 'URIError', 'Uint16Array', 'Uint32Array',
+      'Uint8Array', 'Uint8ClampedArray', 'WeakMap', 'WeakRef', 'WeakSet', 'atob', 'btoa', 'decodeURI',
+      'decodeURIComponent', 'encodeURI', 'encodeURIComponent', 'escape', 'eval', 'globalThis', 'isFinite', 'isNaN',
+      'parseFloat', 'parseInt', 'queueMicrotask', 'undefined', 'unescape']);
+    if (webassembly) {
+      keep.add('WebAssembly');
+      // Count asynchronous compilations, so that a slice awaiting one is not "never settled".
+      const W = globalThis.WebAssembly, promiseFinally = Promise.prototype.finally;
+      const done = () => { wasmPending--; };
+      for (const name of ['compile', 'instantiate']) {
+        const original = W[name];
+        const counted = { [name](...args) { wasmPending++; return apply(promiseFinally, apply(original, W, args), [done]); } }[name];
+        Object.defineProperty(W, name, { value: counted, writable: true, configurable: true, enumerable: false });
+      }
+      for (const name of ['compileStreaming', 'instantiateStreaming']) delete W[name];  // no Response here
+    }
+    for (const name of Object.getOwnPropertyNames(globalThis)) {
+      if (!keep.has(name)) delete globalThis[name];
+    }
+    // EventTarget and the worker scope go with the prototype chain (postMessage, close, ...).
+    Object.setPrototypeOf(globalThis, Object.prototype);
+    // The runtime keeps its event listeners under a symbol of the global object, which the
+    // event dispatch needs: leave it, frozen, so job code cannot replace the listeners above.
+    for (const sym of Object.getOwnPropertySymbols(globalThis)) {
+      const value = globalThis[sym];
+      if (value !== null && typeof value === 'object') {
+        for (const key of Object.keys(value.listeners || {})) Object.freeze(value.listeners[key]);
+        if (value.listeners) Object.freeze(value.listeners);
+        Object.freeze(value);
+      }
+      Object.defineProperty(globalThis, sym, { writable: false, configurable: false });
+    }
+    // A worker thread may block in Atomics.wait; QuickJS's context may not, and neither may the
+    // work here (a blocked thread only wakes when terminated). The host keeps its own copy.
+    const blocked = { wait() { throw new TypeError('Atomics.wait cannot be called in this context'); } }.wait;
+    Object.defineProperty(Atomics, 'wait', { value: blocked, writable: true, configurable: true, enumerable: false });
+    const performance = { now: () => hrNow(), timeOrigin };
+    Object.defineProperty(globalThis, 'performance', { value: performance, writable: true, configurable: true, enumerable: false });
+    Error.stackTraceLimit = 40;  // the prelude keeps 30 frames of the work's own
+  }
+
+  // --- the slice loop ----------------------------------------------------------------------------
+  let dispatch = null;
+  let macrotaskDone = null;
+  // Milliseconds a pending slice waits for the runtime once the prelude has nothing left to run.
+  const RUNTIME_GRACE = 1000;
+  let wasmPending = 0;  // WebAssembly compilations under way (their promises settle from V8's threads)
+  channel.port1.onmessage = () => { const done = macrotaskDone; macrotaskDone = null; done(); };
+  // A macrotask boundary: by the time it runs, the microtask queue is empty (V8 drains it first).
+  const __dcpMacrotask = () => new P((resolve) => { macrotaskDone = resolve; channel.port2.postMessage(null); });
+  const __dcpSleep = (ms) => new P((resolve) => sleepTimer(resolve, ms));
+
+  function __dcpUncaught() {
+    const e = uncaught[0];
+    uncaught = undefined;
+    return dispatch('uncaught', e);
+  }
+
+  async function __dcpSlice(datumText, cap) {
+    let envelope = dispatch('start', datumText, toNumber(cap));
+    if (envelope !== 'p') {
+      // Jobs a synchronous work queued run now, under this slice's limits.
+      await __dcpMacrotask();
+      return uncaught !== undefined ? __dcpUncaught() : envelope;
+    }
+    let idleSince = -1, nap = 1;
+    for (;;) {
+      await __dcpMacrotask();
+      if (uncaught !== undefined) return __dcpUncaught();
+      envelope = dispatch('poll');
+      if (envelope) return envelope;
+      const delay = dispatch('next');
+      if (delay < 0) {
+        // No timer of the prelude's is left, but the runtime may still settle the promise (a
+        // dynamic import answering, WebAssembly compiling): wait for those, then give up.
+        if (wasmPending === 0) {
+          const now = hrNow();
+          if (idleSince < 0) idleSince = now;
+          if (now - idleSince > RUNTIME_GRACE) return 'N';  // never settled: nothing left to run
+        }
+        await __dcpSleep(nap);
+        nap = nap < 50 ? 2 * nap : 50;
+        continue;
+      }
+      idleSince = -1; nap = 1;
+      if (delay > 0) await __dcpSleep(delay);
+      dispatch('fire');
+    }
+  }
+
+  async function __dcpServe() {
+    for (;;) {
+      const request = __dcpRead(), kind = request[0], args = request[1];
+      store(state, 0, BUSY);
+      let reply;
+      if (kind === 0x64 /* d */) {
+        if (args[0] === 'init') {
+          const options = jsonParse(args[2]);  // before any job code: destructuring is safe here
+          __dcpStrip(options.webassembly);
+          globalThis.__dcpHost = __dcpHost;
+          dispatch = (0, eval)(args[1]);
+          reply = '';
+        } else {
+          reply = toString(dispatch(args[0], args[1], args[2]));
+        }
+      } else {
+        // 's': the output cap, then the datums of one or more slices, run in order, each answered
+        // by its own reply (the evaluator sends the next slices of its batch ahead, see v8.py).
+        for (let i = 1; i < args.length; i++) {
+          lastForward = -Infinity; highest = -Infinity; uncaught = undefined;
+          reply = await __dcpSlice(args[i], args[0]);
+          if (i < args.length - 1) __dcpWrite(K_REPLY, reply);
+        }
+      }
+      __dcpWrite(K_REPLY, reply);
+      // Back to IDLE only from BUSY: if the main thread started terminating us, stay put.
+      if (compareExchange(state, 0, BUSY, IDLE) !== BUSY) for (;;) wait(state, 0, KILLING);
+    }
+  }
+
+  globalThis.onmessage = (event) => {
+    state = event.data;
+    globalThis.onmessage = null;
+    __dcpServe().catch((e) => {  // a fault of this program, never of the work: say so and stop
+      writeErr(encode(`map-basic V8 sandbox failed: ${e && e.stack || e}\n`));
+      exit(70);
+    });
+  };
+}
+
+// --- main thread -------------------------------------------------------------------------------
+const states = `const IDLE = ${IDLE}, BUSY = ${BUSY}, WRITING = ${WRITING}, KILLING = ${KILLING};`;
+const url = URL.createObjectURL(new Blob([`${states}\n(${sandbox})();`], { type: 'text/javascript' }));
+const out = new TextEncoder();
+let worker, state;
+
+function frame(kind, body = '') {
+  const bytes = out.encode(body);
+  const f = new Uint8Array(5 + bytes.length);
+  new DataView(f.buffer).setUint32(0, bytes.length + 1, true);
+  f[4] = kind.charCodeAt(0);
+  f.set(bytes, 5);
+  let off = 0;
+  while (off < f.length) off += Deno.stdout.writeSync(f.subarray(off));
+}
+
+function start() {
+  state = new Int32Array(new SharedArrayBuffer(4));
+  worker = new Worker(url, { type: 'module' });
+  worker.onerror = (event) => {
+    // Only a fault of this program gets here (the worker handles the work's errors itself).
+    event.preventDefault();
+    Deno.stderr.writeSync(out.encode(`map-basic V8 sandbox failed: ${event.message}\n`));
+    Deno.exit(70);
+  };
+  worker.postMessage(state);
+}
+
+async function stop() {
+  for (;;) {
+    const was = Atomics.compareExchange(state, 0, BUSY, KILLING);
+    if (was === IDLE) return frame('I');
+    if (was === BUSY) break;
+    if (was === KILLING) return;
+    await Atomics.waitAsync(state, 0, WRITING, 100).value;  // a frame is being written: let it end
+  }
+  worker.terminate();
+  start();
+  frame('K');
+}
+
+Deno.addSignalListener('SIGUSR2', () => { stop(); });
+start();
