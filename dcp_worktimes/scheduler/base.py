@@ -405,6 +405,13 @@ def unusable_work_reason(errors: Iterable[Mapping[str, Any] | None]) -> str | No
     return None
 
 
+def lost_error(slice_number: int, attempts: int, max_attempts: int) -> dict:
+    """The final error of a slice whose leases were lost ``max_attempts`` times (every backend)."""
+    return {"code": ErrorCode.ECRASH.value, "stack": None, "name": None,
+            "message": f"slice {slice_number} was lost {attempts} times (its worker died or stopped reporting); "
+                       f"giving up after max_attempts={max_attempts}"}
+
+
 def is_retryable(error: Mapping[str, Any] | None) -> bool:
     if not error:
         return False

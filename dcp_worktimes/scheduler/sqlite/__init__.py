@@ -72,7 +72,7 @@ class SqliteScheduler(Scheduler):
         total = job.total
         if described:
             try:
-                inp = store.inputs[job.id] = input_set_from_description(job.input)
+                inp = store.slicer.inputs[job.id] = input_set_from_description(job.input)
             except (TypeError, ValueError, KeyError) as e:
                 raise SchedulerError(f"job {job.id}: unusable input description {job.input!r}: {e}") from None
             real = len(inp)
