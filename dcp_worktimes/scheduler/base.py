@@ -436,7 +436,9 @@ def open_scheduler(url: str | None = None) -> Scheduler:
     ``None`` → ``$DCP_SCHEDULER`` or ``sqlite:///<user data dir>/dcp-worktimes/scheduler.db``;
     ``sqlite:///abs/path.db`` (three slashes then an absolute path, so four in total on POSIX);
     ``sqlite://relative/path.db`` and plain paths ending in ``.db`` are accepted too;
-    ``sqlite://:memory:`` is a private in-process store (tests).
+    ``sqlite://:memory:`` is a private in-process store (tests);
+    ``redis://[[user]:password@]host[:port][/db][?group=NAME]`` (``rediss://`` for TLS) is a shared
+    Redis 7 server (``scheduler/redis``; needs ``pip install 'dcp-worktimes[redis]'``).
 
     >>> open_scheduler("sqlite:///tmp/dcp-jobs.db")      # doctest: +SKIP
     <SqliteScheduler /tmp/dcp-jobs.db>
@@ -448,4 +450,12 @@ def open_scheduler(url: str | None = None) -> Scheduler:
         from .sqlite import SqliteScheduler
 
         return SqliteScheduler(target)
+    if kind == "redis":
+        try:
+            from .redis import RedisScheduler
+        except ImportError as e:
+            if (e.name or "").split(".")[0] not in ("redis", "hiredis"):
+                raise
+            raise SchedulerError("the Redis scheduler needs the redis client: pip install 'dcp-worktimes[redis]'") from None
+        return RedisScheduler(target)
     raise SchedulerError(f"unsupported scheduler URL {url!r}")  # parse_url already said why
