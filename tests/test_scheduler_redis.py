@@ -8,7 +8,7 @@ import pytest
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.testing_scheduler import SchedulerConformance
 
-from .redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures
+from .redis_fixtures import redis_server, redis_url, require_redis  # noqa: F401 - fixtures
 
 
 class TestRedisScheduler(SchedulerConformance):
@@ -21,3 +21,202 @@ class TestRedisScheduler(SchedulerConformance):
     @pytest.fixture
     def reopen(self, redis_url):  # noqa: F811
         return lambda: open_scheduler(redis_url)
+
+
+# -- URLs, credentials, errors ----------------------------------------------------------------------
+def test_urls_are_parsed_and_shown_without_password(monkeypatch):
+    from dcp_worktimes.scheduler.redis.connection import DEFAULT_KEEP, parse_redis_url
+    from dcp_worktimes.scheduler.urls import parse_url
+
+    assert parse_url("redis://:pw@h:1/2") == ("redis", "redis://:pw@h:1/2")
+    assert parse_url("rediss://h") == ("redis", "rediss://h")
+    t = parse_redis_url("rediss://alice:p%40ss%3Aw@db.example:6390/3?group=physics&keep=2h&retry=30s")
+    assert (t.host, t.port, t.db, t.username, t.password, t.tls, t.group) == \
+        ("db.example", 6390, 3, "alice", "p@ss:w", True, "physics")
+    assert (t.keep, t.retry, t.prefix) == (7200.0, 30.0, "dcp:physics:")
+    assert t.shown == "rediss://alice:***@db.example:6390/3?group=physics&keep=2h&retry=30s"
+    assert "p@ss" not in repr(t)
+    d = parse_redis_url("redis://localhost")
+    assert (d.port, d.db, d.group, d.keep, d.password, d.shown) == (6379, 0, "default", DEFAULT_KEEP, None,
+                                                                    "redis://localhost")
+    assert parse_redis_url("redis://h?keep=forever").keep == 0
+    monkeypatch.setenv("DCP_REDIS_PASSWORD", "from-env")
+    assert parse_redis_url("redis://h").password == "from-env"
+    assert parse_redis_url("redis://:in-url@h").password == "in-url"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("redis://:pw@h/teamA", "database number.*group=NAME"),
+    ("redis://:pw@h/0?grup=x", "unknown option 'grup'"),
+    ("redis://:pw@h/0?ssl_ca_certs=/etc/hostname", "needs TLS; write rediss://"),
+    ("rediss://:pw@h/0?ssl_ca_certs=/no/such/ca.pem", "does not exist"),
+    ("redis://:pw@h/0?group=a:b", "group 'a:b' must be"),
+    ("redis://:pw@h/0?keep=soon", "keep='soon' is not a duration"),
+    ("redis://:pw@:6379/0", "names no host"),
+    ("redis://:pw@h:port/0", "port is not a number"),
+])
+def test_bad_redis_urls_say_what_is_wrong_without_the_password(url, message):
+    from dcp_worktimes.scheduler import SchedulerError
+
+    with pytest.raises(SchedulerError, match=message) as info:
+        open_scheduler(url)
+    assert "pw" not in str(info.value).replace("pw@", "")  # shown as :***@
+    assert ":***@" in str(info.value)
+
+
+def test_unreachable_server_at_start_is_one_clear_error_naming_the_url():
+    import time
+
+    from dcp_worktimes.scheduler import SchedulerError
+    from dcp_worktimes.scheduler.redis.server import free_port
+
+    require_server()
+    url = f"redis://:topsecret@127.0.0.1:{free_port()}/0?group=g"
+    started = time.monotonic()
+    with pytest.raises(SchedulerError) as info:
+        open_scheduler(url)
+    text = str(info.value)
+    assert time.monotonic() - started < 10  # one try, no retry loop at start
+    assert f"redis://:***@127.0.0.1:{url.split(':')[3].split('/')[0]}/0?group=g" in text
+    assert "is redis-server running" in text and "topsecret" not in text
+
+
+def test_wrong_password_is_refused_saying_so(redis_server):  # noqa: F811
+    from dcp_worktimes.scheduler import SchedulerError
+
+    with pytest.raises(SchedulerError, match="refused the credentials") as info:
+        open_scheduler(redis_server.url(password="not-the-password"))
+    assert "not-the-password" not in str(info.value)
+    with pytest.raises(SchedulerError, match="refused the credentials"):
+        open_scheduler(redis_server.url(password=""))
+
+
+def test_without_the_redis_client_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    from dcp_worktimes.scheduler import SchedulerError
+
+    for name in [m for m in sys.modules if m == "redis" or m.startswith(("redis.", "dcp_worktimes.scheduler.redis"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis -> ImportError
+    with pytest.raises(SchedulerError, match=r"pip install 'dcp-worktimes\[redis\]'"):
+        open_scheduler("redis://localhost:6379/0")
+
+
+def require_server():
+    from .redis_fixtures import require_redis
+
+    require_redis()
+
+
+# -- storage shapes ---------------------------------------------------------------------------------
+def keys_of(scheduler) -> list[str]:
+    client = scheduler._link.client
+    return sorted(k.decode() for k in client.scan_iter(match=scheduler.target.prefix + "*", count=1000))
+
+
+def test_a_huge_range_is_leased_in_blocks_without_a_key_per_slice(redis_url):  # noqa: F811
+    from dcp_worktimes.inputs import input_set
+    from dcp_worktimes.scheduler import JobRecord
+    from dcp_worktimes.testing_scheduler import ok, split
+    from dcp_worktimes.worktime import JobSpec
+
+    s = open_scheduler(redis_url)
+    desc = input_set({"start": 0, "end": 10**12}).description()
+    s.submit(JobRecord(id="big", spec=JobSpec(id="big", worktime="echo"), input=desc))
+    assert s.status("big")["total"] == 10**12 + 1
+    blocks = [b for _ in range(5) for b in s.lease("w", {"echo": "1.0.0"}, {}, 2000, 30)]
+    assert [len(b) for b in blocks] == [2000] * 5 and blocks[-1].numbers[-1] == 9999
+    assert blocks[3].datums[:2] == [6000, 6001]
+    for b in blocks[:4]:
+        s.report(ok(*split([b])))
+    prefix = s.target.prefix
+    keys = keys_of(s)
+    # One hash per lease still held, one per job, its event stream and result list: no key per slice.
+    assert len([k for k in keys if k.startswith(prefix + "lease:")]) == 1
+    assert len([k for k in keys if not k.startswith(prefix + "req:")]) <= 12, keys  # req: one per call, for 5 min
+    assert s._link.client.llen(prefix + "res:big") == 4  # a list element per reported batch
+    assert s.status("big")["computed"] == 8000
+    s.close()
+
+
+def test_a_finished_streams_inputs_are_freed_and_its_results_kept(redis_url):  # noqa: F811
+    from dcp_worktimes.scheduler import SchedulerError
+    from dcp_worktimes.testing_scheduler import make_job, ok, take
+    from dcp_worktimes.values import pack, unpack
+
+    s = open_scheduler(redis_url)
+    s.submit(make_job("s", stream=True))
+    s.add_slices("s", [(n, pack(b"x" * 1000 + bytes([n]))) for n in range(50)])
+    s.close_input("s", 50)
+    client, prefix = s._link.client, s.target.prefix
+    assert client.hlen(prefix + "sd:s") == 50
+    leases = take(s, "w", max_slices=50)
+    s.report(ok(*leases[:49]))
+    assert client.hlen(prefix + "sd:s") == 50  # still running: every input is kept
+    s.report(ok(*leases[49:]))
+    assert s.status("s")["status"] == "complete"
+    assert not [k for k in keys_of(s) if k.startswith((prefix + "sd:", prefix + "sq:", prefix + "lease:"))]
+    assert unpack(s.results("s")[49].value) == b"x" * 1000 + bytes([49])
+    with pytest.raises(SchedulerError, match="input already closed"):
+        s.add_slices("s", [(3, pack("again"))])
+    s.report(ok(leases[0]))
+    assert s.status("s")["computed"] == 50 and len(s.results("s")) == 50
+    s.close()
+
+
+def test_groups_are_separate_namespaces(redis_server):  # noqa: F811
+    from dcp_worktimes.scheduler import UnknownJob
+    from dcp_worktimes.testing_scheduler import make_job, take
+
+    a, b = open_scheduler(redis_server.url(group="ns-a")), open_scheduler(redis_server.url(group="ns-b"))
+    a.submit(make_job("shared-id", 3))
+    b.submit(make_job("shared-id", 2))  # the same id in another group is another job
+    assert [j.id for j in a.list_jobs()] == ["shared-id"] and a.status("shared-id")["total"] == 3
+    assert b.status("shared-id")["total"] == 2
+    assert len(take(b, "wb", max_slices=10)) == 2  # b's worker never sees a's slices
+    assert a.status("shared-id")["distributed"] == 0
+    assert {w.id for w in a.workers()} == set() and {w.id for w in b.workers()} == {"wb"}
+    b.delete_job("shared-id")
+    with pytest.raises(UnknownJob, match="group 'ns-b'"):
+        b.status("shared-id")
+    assert a.status("shared-id")["total"] == 3
+    a.close()
+    b.close()
+
+
+def test_finished_jobs_expire_after_keep(redis_server):  # noqa: F811
+    import time
+
+    from dcp_worktimes.scheduler import UnknownJob
+    from dcp_worktimes.testing_scheduler import make_job, ok, take
+
+    s = open_scheduler(redis_server.url(group="expiring", keep="1s"))
+    s.submit(make_job("done", 2))
+    s.submit(make_job("running", 2))
+    s.report(ok(*[sl for sl in take(s, "w", max_slices=4) if sl.job_id == "done"]))
+    assert s.status("done")["status"] == "complete"
+    ttl = s._link.client.ttl(s.target.prefix + "job:done")
+    assert 0 < ttl <= 1 and s._link.client.ttl(s.target.prefix + "job:running") == -1
+    time.sleep(1.6)
+    with pytest.raises(UnknownJob):
+        s.status("done")
+    assert [j.id for j in s.list_jobs()] == ["running"]
+    assert s._link.client.zscore(s.target.prefix + "jobs", "done") is None  # the listing forgot it too
+    s.close()
+
+
+def test_a_lease_call_retried_after_a_lost_reply_takes_nothing_twice(redis_url):  # noqa: F811
+    import msgpack
+
+    from dcp_worktimes.testing_scheduler import make_job
+
+    s = open_scheduler(redis_url)
+    s.submit(make_job("j", 10))
+    engine = s._leases
+    args = ["w", msgpack.packb({"worktimes": {}, "capabilities": {}}), "", "1", "30.0", "4", "fixed-token", "j"]
+    first = msgpack.unpackb(engine.run("lease", "lease", args), raw=True)
+    again = msgpack.unpackb(engine.run("lease", "lease", args), raw=True)  # the reply of the first was "lost"
+    assert first[1] == again[1] and first[1][0][3:5] == [0, 4]
+    assert s.status("j")["distributed"] == 4
+    s.close()

@@ -35,6 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from ..base import SchedulerError
 
 log = logging.getLogger(__name__)
@@ -81,7 +85,7 @@ class RedisTarget:
         return f"dcp:{self.group}:"
 
 
-def _seconds(name: str, value: str) -> float:
+def _seconds(shown: str, name: str, value: str) -> float:
     import humanfriendly
 
     text = value.strip().lower()
@@ -92,7 +96,7 @@ def _seconds(name: str, value: str) -> float:
     except (ValueError, humanfriendly.InvalidTimespan):
         seconds = -1.0
     if not seconds > 0:
-        raise SchedulerError(f"scheduler URL option {name}={value!r} is not a duration; write e.g. {name}=30s, 5m or 7d"
+        raise SchedulerError(f"scheduler URL {shown}: option {name}={value!r} is not a duration; write e.g. {name}=30s, 5m or 7d"
                              + (" (or keep=forever)" if name == "keep" else ""))
     return seconds
 
@@ -144,9 +148,9 @@ def parse_redis_url(url: str) -> RedisTarget:
     return RedisTarget(
         host=host, port=port or 6379, db=int(path or 0), username=unquote(parts.username) if parts.username else None,
         password=password, tls=scheme == "rediss", group=group,
-        keep=_seconds("keep", options["keep"]) if "keep" in options else DEFAULT_KEEP,
-        retry=_seconds("retry", options["retry"]) if "retry" in options else DEFAULT_RETRY,
-        timeout=_seconds("timeout", options["timeout"]) if "timeout" in options else DEFAULT_TIMEOUT,
+        keep=_seconds(shown, "keep", options["keep"]) if "keep" in options else DEFAULT_KEEP,
+        retry=_seconds(shown, "retry", options["retry"]) if "retry" in options else DEFAULT_RETRY,
+        timeout=_seconds(shown, "timeout", options["timeout"]) if "timeout" in options else DEFAULT_TIMEOUT,
         tls_options=tls_options, shown=shown,
     )
 
@@ -163,12 +167,7 @@ class Link:
     """
 
     def __init__(self, target: RedisTarget) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         self.target = target
-        self._redis = redis
         kwargs: dict[str, Any] = {}
         if target.tls:
             kwargs["ssl"] = True
@@ -192,7 +191,7 @@ class Link:
 
     def explain(self, e: BaseException, what: str) -> SchedulerError:
         """A ``SchedulerError`` for ``e`` that names the server (never the password) and what to do."""
-        r = self._redis.exceptions
+        r = redis.exceptions
         shown = self.target.shown
         text = self._clean(str(e))
         if isinstance(e, (r.AuthenticationError, r.AuthenticationWrongNumberOfArgsError)) or "WRONGPASS" in text \
@@ -216,7 +215,7 @@ class Link:
         return text.replace(password, "***") if password else text
 
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
-        r = self._redis.exceptions
+        r = redis.exceptions
         delay, deadline, failures = 0.05, None, 0
         while True:
             try:
