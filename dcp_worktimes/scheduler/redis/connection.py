@@ -175,16 +175,25 @@ class Link:
         self.client = redis.Redis(
             host=target.host, port=target.port, db=target.db, username=target.username, password=target.password,
             socket_timeout=target.timeout, socket_connect_timeout=min(target.timeout, 5.0), socket_keepalive=True,
-            health_check_interval=30, retry=Retry(NoBackoff(), 0), client_name="dcp-worktimes", **kwargs)
+            health_check_interval=30, retry=Retry(NoBackoff(), 0), client_name="dcp-worktimes",
+            protocol=2,  # the reply shapes reads.py expects, whatever the client's default
+            **kwargs)
         self._closed = threading.Event()
 
     def check(self) -> None:
         """One try (no retry loop): reachable, credentials accepted, Redis 7 or later."""
         try:
-            info = self.client.info("server")
+            hello = self.client.execute_command("HELLO")  # allowed to every user (INFO may not be)
+        except redis.exceptions.ResponseError as e:
+            if "unknown command" not in str(e).lower():
+                raise self.explain(e, "connect") from None
+            hello = {}
         except Exception as e:  # noqa: BLE001 - every failure here is one message naming the URL
             raise self.explain(e, "connect") from None
-        version = str(info.get("redis_version", "0"))
+        if isinstance(hello, list):  # RESP2: a flat list of names and values
+            hello = dict(zip(hello[::2], hello[1::2]))
+        raw = hello.get(b"version", hello.get("version", b"0"))
+        version = raw.decode() if isinstance(raw, bytes) else str(raw)
         if int(version.split(".")[0] or 0) < 7:
             raise SchedulerError(f"the Redis server at {self.target.shown} runs Redis {version}; the scheduler needs "
                                  "Redis 7 or later (streams with sequence ids, scripts that read the server clock)")
