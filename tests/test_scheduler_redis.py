@@ -220,3 +220,48 @@ def test_a_lease_call_retried_after_a_lost_reply_takes_nothing_twice(redis_url):
     assert first[1] == again[1] and first[1][0][3:5] == [0, 4]
     assert s.status("j")["distributed"] == 4
     s.close()
+
+
+# -- the command line -------------------------------------------------------------------------------
+def test_dcp_worker_jobs_resume_and_delete_on_redis(redis_url):  # noqa: F811
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DCP_SCHEDULER": redis_url, "DCP_PROGRESS": "0"}
+
+    def run(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-c", code] if code else [sys.executable, "-m", "dcp_worktimes.cli", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+    job_id = run(code="from dcp_worktimes import compute\n"
+                      "j = compute.for_(range(4), '', worktime='echo'); j.deploy(); print(j.id)").stdout.strip()
+    assert len(job_id) >= 16
+    listed = json.loads(run("jobs", "--json").stdout)
+    assert [r["id"] for r in listed] == [job_id] and listed[0]["computed"] == 0
+    running = run("jobs", "--delete", job_id)
+    assert running.returncode == 2 and "still running" in running.stderr
+    r = run("resume", job_id)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [0, 1, 2, 3]
+    assert json.loads(run("jobs", "--json").stdout)[0]["status"] == "complete"
+    table = run("jobs", "--scheduler", redis_url)
+    assert job_id in table.stdout and "complete" in table.stdout
+    assert run("jobs", "--delete", job_id).returncode == 0
+    assert json.loads(run("jobs", "--json").stdout) == []
+
+
+def test_dcp_worker_with_an_unreachable_redis_says_so_in_one_line():
+    import subprocess
+    import sys
+
+    from dcp_worktimes.scheduler.redis.server import free_port
+
+    require_server()
+    url = f"redis://:hush-hush@127.0.0.1:{free_port()}/0"
+    for args in (["jobs", "--scheduler", url], ["--worktime", "echo", "--scheduler", url]):
+        r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0 and "cannot reach the Redis scheduler at redis://:***@127.0.0.1" in r.stderr
+        assert "Traceback" not in r.stderr and "hush-hush" not in r.stderr + r.stdout
