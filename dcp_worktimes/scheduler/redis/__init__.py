@@ -113,6 +113,7 @@ class RedisScheduler(Scheduler):
         self._cond = _condition(self.target)
         self._last_check = 0.0
         self._closed = False
+        self._waker: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<RedisScheduler {self.target.shown}>"
@@ -250,9 +251,31 @@ class RedisScheduler(Scheduler):
             self._notify()
 
     def wait_for_work(self, timeout: float) -> bool:
-        # Wakes on writes of this process; other machines' work is seen by polling lease().
+        # Wakes on writes of this process at once, and on other machines' new work through the
+        # group's wake stream (one blocked XREAD per waiting process, not a poll per worker).
+        if self._waker is None:
+            self._waker = threading.Thread(target=self._watch_for_work, name="dcp-redis-wake", daemon=True)
+            self._waker.start()
         with self._cond:
             return self._cond.wait(timeout)
+
+    def _watch_for_work(self) -> None:
+        key = self._keys.wake
+        client = self._link.client
+        last = None
+        while not self._closed:
+            try:
+                if last is None:
+                    newest = client.xrevrange(key, count=1)
+                    last = newest[0][0] if newest else b"0-0"
+                got = client.xread({key: last}, count=100, block=1000)
+            except Exception:  # noqa: BLE001 - the link is down: the worker's own calls say so and retry
+                time.sleep(1.0)
+                last = None
+                continue
+            if got:
+                last = got[0][1][-1][0]
+                self._notify()
 
     def workers(self) -> list[WorkerInfo]:
         return self._reads.workers()

@@ -12,6 +12,8 @@ Per group:
   out now. Ascending score = best paying first; equal scores sort by member = older first. A job
   leaves it when nothing is left to lease and comes back when slices do (a retry, a return, an
   expired lease, new stream input).
+* ``wake`` STREAM (capped): an entry whenever a job has new slices to hand out; idle workers block
+  on it (``XREAD BLOCK``) instead of polling.
 * ``leases`` ZSET lease id -> deadline (server clock): expiry is ``ZRANGEBYSCORE -inf now``.
 * ``workers`` HASH worker id -> its worktimes and capabilities; ``seen`` ZSET worker id -> last
   lease/heartbeat (server clock); ``host:<host key>`` HASH worker id -> pid, so a worker on the
@@ -56,6 +58,7 @@ class Keys:
         self.queue = prefix + "queue"
         self.workers = prefix + "workers"
         self.seen = prefix + "seen"
+        self.wake = prefix + "wake"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"

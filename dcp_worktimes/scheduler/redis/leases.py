@@ -52,6 +52,15 @@ def token() -> str:
     return uuid.uuid4().hex
 
 
+def numbers_arg(numbers: list[int]) -> bytes:
+    """Slice numbers for a script: ``=first:count`` for a contiguous ascending run (the usual
+    report: the script checks it with one substring), else a msgpack list."""
+    first, k = numbers[0], len(numbers)
+    if numbers[-1] - first == k - 1 and first >= 0 and numbers == list(range(first, first + k)):
+        return f"={first}:{k}".encode()
+    return msgpack.packb(numbers)
+
+
 def queue_member(created: float, job_id: str) -> str:
     """The job's member in the ``queue`` sorted set: equal bids sort by it, so older jobs first."""
     return f"{created:020.6f}|{job_id}"
@@ -214,7 +223,7 @@ class LeaseEngine:
                                 for ok, e in zip(r.oks, r.errors))
                 reason = unusable_work_reason(e for ok, e in zip(r.oks, r.errors) if not ok) or ""
             blob = pack([r.numbers, r.oks, r.values, r.errors, r.walls, r.cpus, r.bytes_in, r.bytes_out])
-            args += [r.lease_id, r.job_id, msgpack.packb(r.numbers), kinds, blob, reason]
+            args += [r.lease_id, r.job_id, numbers_arg(r.numbers), kinds, blob, reason]
         if not args:
             return 0
         return int(self.run("report", "report results", args))
@@ -223,6 +232,6 @@ class LeaseEngine:
         args: list = []
         for lease in leases:
             if lease.numbers:
-                args += [lease.lease_id, lease.job_id, msgpack.packb(lease.numbers)]
+                args += [lease.lease_id, lease.job_id, numbers_arg(lease.numbers)]
         if args:
             self.run("give_back", "return slices", args)

@@ -36,9 +36,13 @@ local function record(id, head, blob, count, failed)
   if failed > 0 then redis.call('HINCRBY', jk, 'failed', failed) end
 end
 
+-- The job has slices to hand out: into the queue, and idle workers anywhere are woken.
 local function enqueue(id)
   local h = redis.call('HMGET', K('job', id), 'qkey', 'payment', 'status')
-  if h[1] and LIVE[h[3]] then redis.call('ZADD', P .. 'queue', D(-tonumber(h[2])), h[1]) end
+  if h[1] and LIVE[h[3]] then
+    redis.call('ZADD', P .. 'queue', D(-tonumber(h[2])), h[1])
+    redis.call('XADD', P .. 'wake', 'MAXLEN', '~', '100', '*', 'j', id)
+  end
 end
 
 -- Slices back to the queue with the attempts they used so far (retried before fresh slices).
@@ -155,13 +159,30 @@ local function read_lease(lid)
   return redis.call('HMGET', P .. 'lease:' .. lid, unpack(LEASE_FIELDS))
 end
 
+-- Reported slice numbers: msgpack of a list, or '=first:count' for a contiguous ascending run (the
+-- usual report: no list to build or walk).
+local function reported(arg)
+  if string.sub(arg, 1, 1) == '=' then
+    local first, count = string.match(arg, '^=(%d+):(%d+)$')
+    return nil, tonumber(first), tonumber(count)
+  end
+  local nums = cmsgpack.unpack(arg)
+  return nums, nil, #nums
+end
+
+local function numbers_of_run(first, count)
+  local nums = {}
+  for i = 1, count do nums[i] = first + i - 1 end
+  return nums
+end
+
 -- Position in the lease (1-based, 0 = not in it) of each reported slice number.
 local function positions(h, nums)
   local pos = {}
   if h[3] then
-    local first, count = tonumber(h[3]), tonumber(h[7])
+    local lease_first, count = tonumber(h[3]), tonumber(h[7])
     for r = 1, #nums do
-      local p = nums[r] - first + 1
+      local p = nums[r] - lease_first + 1
       pos[r] = (p >= 1 and p <= count) and p or 0
     end
   else
@@ -172,28 +193,37 @@ local function positions(h, nums)
   return pos
 end
 
--- Settles the slices at lease positions pos: returns the report indexes that were still unsettled
--- and the new settled-bytes string. A contiguous unsettled part is one substring check.
-local function settle(bits, pos)
-  local k = #pos
-  local lo = pos[1] or 0
-  if k > 0 and lo >= 1 and lo + k - 1 <= #bits then
-    local contiguous = true
-    for r = 2, k do if pos[r] ~= lo + r - 1 then contiguous = false; break end end
-    if contiguous and string.sub(bits, lo, lo + k - 1) == string.rep('\0', k) then
-      local fresh = {}
-      for r = 1, k do fresh[r] = r end
-      return fresh, string.sub(bits, 1, lo - 1) .. string.rep('\1', k) .. string.sub(bits, lo + k)
+-- Settles reported slices in lease h. Returns the settled-bytes string after, and either
+-- true (every reported slice was fresh: the usual contiguous part of a run, checked with one
+-- substring) or {numbers, positions, fresh report indexes} for the slices that counted.
+local function settle(h, arg)
+  local bits = h[9]
+  local nums, first, k = reported(arg)
+  if first and h[3] then
+    local lo = first - tonumber(h[3]) + 1
+    if lo >= 1 and lo + k - 1 <= #bits and string.sub(bits, lo, lo + k - 1) == string.rep('\0', k) then
+      return string.sub(bits, 1, lo - 1) .. string.rep('\1', k) .. string.sub(bits, lo + k), true
     end
   end
+  nums = nums or numbers_of_run(first, k)
+  local pos = positions(h, nums)
   local t = bytes_of(bits)
   local fresh = {}
-  for r = 1, k do
+  for r = 1, #nums do
     local p = pos[r]
     if p > 0 and t[p] == 0 then t[p] = 1; fresh[#fresh + 1] = r end
   end
-  if #fresh == 0 then return fresh, bits end
-  return fresh, string_of(t)
+  if #fresh > 0 then bits = string_of(t) end
+  return bits, {nums, pos, fresh}
+end
+
+-- The {numbers, positions, fresh} of a settle() that answered true.
+local function spelled(h, arg)
+  local nums, first, k = reported(arg)
+  nums = nums or numbers_of_run(first, k)
+  local fresh = {}
+  for r = 1, #nums do fresh[r] = r end
+  return {nums, positions(h, nums), fresh}
 end
 
 -- Writes back a lease's settled bytes and count; a lease whose slices are all settled is dropped.

@@ -1,4 +1,4 @@
--- give_back(P, then per lease: lease, job, numbers (msgpack))
+-- give_back(P, then per lease: lease, job, numbers (as report.lua takes them))
 -- Slices handed back unrun (a worker stopping, or unable to run them): back to the queue without
 -- using an attempt, if the lease still holds them.
 for i = 2, #ARGV, 3 do
@@ -6,9 +6,9 @@ for i = 2, #ARGV, 3 do
   local status = redis.call('HGET', K('job', id), 'status')
   local h = read_lease(lid)
   if status and LIVE[status] and h[1] == id then
-    local nums = cmsgpack.unpack(ARGV[i + 2])
-    local pos = positions(h, nums)
-    local fresh, bits = settle(h[9], pos)
+    local bits, got = settle(h, ARGV[i + 2])
+    if got == true then got = spelled(h, ARGV[i + 2]) end
+    local nums, pos, fresh = got[1], got[2], got[3]
     if #fresh > 0 then
       local atts = nil
       if not h[3] then atts = cmsgpack.unpack(h[6]) end
