@@ -2,6 +2,18 @@
 
 Library errors become CLI errors here and only here (``main``): one line, the code, what to do.
 Sizes and durations take human units (``--memory-limit 256MB``, ``--wall-time 30s``).
+
+Exit statuses (``EXIT_STATUSES``, also in ``dcp-worker --help`` and the README):
+
+====  =====================================================================================
+0     success (a serving worker stopped with Ctrl-C or SIGTERM included)
+1     the slice or the job failed: the work's error, a limit, unusable work (``EBADWORK``), a
+      job that failed or was cancelled
+2     usage or input error: a bad flag, value or ``--datum``, an unknown worktime, job or
+      application, a scheduler URL or store that cannot be used, a worktime this machine cannot run
+3     internal error: a bug in dcp-worktimes or a plugin (the traceback is printed; please report it)
+130   interrupted (Ctrl-C) while running a command
+====  =====================================================================================
 """
 
 from __future__ import annotations
@@ -21,6 +33,19 @@ import click
 
 from .errors import DcpError
 from .limits import FLAGS, Limits, check_cores
+from .scheduler import processes
+
+#: ``dcp-worker``'s exit statuses (the module docstring says when each is used).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STATUSES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "the slice or the job failed (work error, limit, EBADWORK, failed/cancelled job)",
+    EXIT_USAGE: "usage or input error (flag, value, --datum; unknown worktime/job/application)",
+    EXIT_INTERNAL: "internal error: a bug (traceback printed; please report it)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+#: Error codes that mean "the job failed" (exit 1), not "the command was wrong" (exit 2).
+_JOB_FAILURE_CODES = frozenset({"EBADWORK", "ECANCELLED", "EJOBFAILED"})
 
 _LIMIT_HELP = {
     "wall_time": "Wall-time limit per slice, e.g. 30s, 2m (ESLICETOOSLOW).",
@@ -167,18 +192,27 @@ def _read_work(work: str) -> str | bytes:
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Limits are the most a job may use on this worker (defaults: wall 1h, memory 2GiB, "
                     "output 64MiB, progress timeout 30s, CPU unlimited); a job may ask for less, and either "
-                    "side may turn the no-progress watchdog off.")
+                    "side may turn the no-progress watchdog off.\n\n"
+                    "\b\nExit statuses:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_STATUSES.items()))
 @click.option("--worktime", "-w", "worktimes", multiple=True, help="Worktime(s) to offer (default: all installed).")
 @click.option("--cores", "--nworkers", type=click.IntRange(min=1), default=None, help="Evaluator processes (default: one per CPU).")
 @click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",
               help="Scheduler URL, e.g. sqlite:///path/jobs.db (default: the per-user embedded store).")
 @click.option("--capability", "capabilities", multiple=True, metavar="PATH=VALUE",
               help="Extra capability, e.g. machine.gpu=false (matched against job requirements).")
+@click.option("--category", "categories", multiple=True, metavar="NAME",
+              help="Serve only jobs of applications in this category, e.g. video (repeatable; DCP's hashTags). "
+                   "Default: every job.")
 @click.option("--until-idle", is_flag=True, help="Exit once no job has slices left for this worker.")
+@click.option("-v", "--verbose", is_flag=True, help="A log line for every slice, not only for jobs and new kinds of failure.")
+@click.option("-q", "--quiet", is_flag=True, help="Log failed slices and the final summary only (no job lines, no status line).")
+@click.option("--job", "job", default=None, hidden=True, help="Serve only this job, until it ends (exec()'s helpers).")
+@click.option("--helper", is_flag=True, hidden=True, help="A helper process of another worker: die with it.")
 @limit_options
 @click.version_option(package_name="dcp-worktimes")
 @click.pass_context
-def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until_idle, **limits) -> None:
+def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categories, until_idle, verbose, quiet, job,
+        helper, **limits) -> None:
     """Run a dcp-worktimes worker: take slices from the scheduler and run them in sandboxed worktimes.
 
     \b
@@ -187,7 +221,8 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     dcp-worker worktimes --json
     """
     if ctx.invoked_subcommand is not None:
-        given = [n for n in ("worktimes", "cores", "capabilities", "until_idle") if ctx.params.get(n)]
+        given = [n for n in ("worktimes", "cores", "capabilities", "categories", "until_idle", "verbose", "quiet")
+                 if ctx.params.get(n)]
         given += [n.removeprefix(_SETTING_PREFIX) for n, v in limits.items() if v not in (None, ())]
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
@@ -196,7 +231,10 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
         return
     from .scheduler import open_scheduler
     from .scheduler.worker import Worker
+    from .worker_log import WorkerLog
 
+    if verbose and quiet:
+        raise click.UsageError("-v/--verbose and -q/--quiet contradict each other; give one")
     try:
         check_cores(cores, "--cores")
     except ValueError as e:
@@ -217,22 +255,35 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     config = _worktime_config(limits)
     limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
     worker_limits = _limits(None, **limits)
-    if not _store_exists(scheduler_url):
+    if helper:
+        processes.die_with_parent()
+    elif not _store_exists(scheduler_url):
         # A typo in --scheduler would otherwise wait forever on an empty store nobody deploys to.
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)
-    worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits, config=config)
+    split = [cores or os.cpu_count() or 1] if helper else processes.shares(cores or os.cpu_count() or 1)
+    # A helper process logs nothing: its slices are in the store, and its parent speaks for the worker.
+    log = None if helper else WorkerLog(verbosity=-1 if quiet else 1 if verbose else 0)
+    worker = Worker(scheduler, list(worktimes) or None, split[0], capabilities=caps, limits=worker_limits, config=config,
+                    categories=list(categories) or None, events=log, jobs=[job] if job else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"dcp-worker {worker.id}: {', '.join(f'{n} {v}' for n, v in worker.worktimes.items())} "
-               f"on {worker.cores} cores, scheduler {scheduler!r}", err=True)
+    if job:
+        processes.stop_when_over(scheduler, job, stop)
+    helpers = processes.Helpers(scheduler.url, split[1:], job=job, worktimes=list(worktimes), config=config,
+                                limits={k: v for k, v in limits.items() if v is not None}, capabilities=list(capabilities),
+                                categories=list(categories), until_idle=until_idle)
+    if log is not None:
+        log.start(worker, _store_url(scheduler_url), helpers=len(helpers.argvs), helper_cores=sum(split[1:]))
     try:
-        worker.run(stop, until_idle=until_idle)
+        with helpers:
+            worker.run(stop, until_idle=until_idle)
     finally:
         scheduler.close()
-    click.echo(f"dcp-worker: {worker.completed} slices completed, {worker.failed} failed", err=True)
+        if log is not None:
+            log.stop()
 
 
 def _flatten(caps: Any, prefix: str = "") -> list[str]:
@@ -333,20 +384,36 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, **limits) 
         if err.stack:  # type: ignore[union-attr]
             click.echo(err.stack, err=True)  # type: ignore[union-attr]
     if not out.ok:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command("warmup")
 @click.option("--worktime", "-w", "names", multiple=True, help="Worktime(s) to warm up (default: all installed).")
 def warmup_cmd(names) -> None:
     """Compile and cache what worktimes need before their first slice (e.g. the python runtime)."""
+    import time
+
+    from rich.console import Console
+
     from .plugins import get_worktime, get_worktimes
 
     regs = [get_worktime(n) for n in names] if names else list(get_worktimes().values())
+    console = Console(stderr=True, highlight=False)
     for reg in regs:
-        click.echo(f"{reg.name}: warming up ...", err=True)
-        reg.cls.warmup(lambda message: click.echo(f"  {reg.name}: {message}", err=True))
-        click.echo(f"{reg.name}: ready", err=True)
+        started = time.monotonic()
+        if console.is_terminal:
+            # A spinner and the elapsed time: an engine compile reports nothing until it ends, so a
+            # bar would be a guess (the python runtime's sat at 99 % for 90 s).
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                          transient=True) as bar:
+                task = bar.add_task(f"{reg.name}: warming up", total=None)
+                reg.cls.warmup(lambda message, _t=task, _r=reg: bar.update(_t, description=f"{_r.name}: {message}"))
+        else:
+            click.echo(f"{reg.name}: warming up ...", err=True)
+            reg.cls.warmup(lambda message, _r=reg: click.echo(f"  {_r.name}: {message}", err=True))
+        click.echo(f"{reg.name}: ready ({time.monotonic() - started:.1f} s)", err=True)
 
 
 _SCHEDULER_OPTION = click.option("--scheduler", "scheduler_url", default=None, envvar="DCP_SCHEDULER",
@@ -404,6 +471,37 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
     Console(width=None if sys.stdout.isatty() else 100_000).print(table)
 
 
+@cli.command("applications")
+@_SCHEDULER_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def applications_cmd(scheduler_url: str | None, as_json: bool) -> None:
+    """List published applications: name, version, categories (what --category serves) and functions."""
+    from .scheduler import open_scheduler
+
+    url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    if not _store_exists(url):
+        if url:
+            raise click.UsageError(f"no job store at {_store_path(url)}; check --scheduler / DCP_SCHEDULER")
+        click.echo("[]" if as_json else "no applications yet (nothing was published to the per-user store)")
+        return
+    with open_scheduler(url) as sched:
+        apps = sched.list_applications()
+    rows = [{"name": a.name, "version": a.version, "categories": a.categories, "functions": sorted(a.functions),
+             "description": a.public.get("description")} for a in apps]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("name", "version", "categories", "functions", "description", box=None)
+    for r in rows:  # published by strangers: Text, never markup
+        table.add_row(*(Text(_printable(str(c))) for c in (r["name"], r["version"], ", ".join(r["categories"]) or "-",
+                                                           ", ".join(r["functions"]), r["description"] or "")))
+    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+
+
 @cli.command("resume")
 @click.argument("job_id")
 @_SCHEDULER_OPTION
@@ -421,9 +519,15 @@ def resume_cmd(job_id: str, scheduler_url: str | None, cores: int | None, errors
         results = compute.resume(job_id, scheduler=url).exec(cores=cores, errors=errors)
     except compute.JobFailed as e:
         first, _, _ = str(e).rpartition("\nThe completed results")
-        raise click.ClickException(f"{first}\nRun with --errors return to print every result, with the failed "
+        raise JobFailedExit(f"{first}\nRun with --errors return to print every result, with the failed "
                                    "slices as {\"error\": ...} in place") from None
     click.echo(json.dumps(_to_json([v if not isinstance(v, BaseException) else {"error": str(v)} for v in results])))
+
+
+class JobFailedExit(click.ClickException):
+    """A job that failed, said as the CLI says it (exit status 1, not 2)."""
+
+    exit_code = EXIT_FAILED
 
 
 _BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
@@ -444,6 +548,15 @@ def _capability_value(item: str, raw: str) -> Any:
     if isinstance(value, (dict, list)) or value is None:
         raise click.BadParameter(f"capability {item!r}: give one value (true/false, a number or a word), not {text}")
     return value
+
+
+def _store_url(url: str | None) -> str:
+    """The scheduler as a URL a user can paste into --scheduler / DCP_SCHEDULER."""
+    from .scheduler.base import default_url
+    from .scheduler.urls import parse_url
+
+    kind, target = parse_url(url or default_url())
+    return f"{kind}://{target}" if target == ":memory:" else f"{kind}:///{target.lstrip('/')}"
 
 
 def _store_path(url: str | None) -> str:
@@ -480,16 +593,28 @@ def main() -> None:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as e:  # --help, --version
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
+        sys.exit(EXIT_FAILED if isinstance(e, JobFailedExit) else EXIT_USAGE)
     except DcpError as e:
         click.echo(f"dcp-worker: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_FAILED if str(getattr(e.code, "value", e.code)) in _JOB_FAILURE_CODES else EXIT_USAGE)
+    except TimeoutError as e:
+        click.echo(f"dcp-worker: {e}", err=True)
+        sys.exit(EXIT_FAILED)
     except (ValueError, OSError) as e:
         click.echo(f"dcp-worker: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except Exception:  # noqa: BLE001 - a bug: say so, with the traceback, and a status of its own
+        import traceback
+
+        traceback.print_exc()
+        click.echo("dcp-worker: internal error (a bug in dcp-worktimes or a plugin); please report it with the "
+                   "traceback above", err=True)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@
 
 The suite drives the ``Scheduler`` interface directly (no evaluators), so it is fast and checks
 the contract of ``dcp_worktimes.scheduler.base``: leases and their expiry, exactly-once results,
-retries, payment order, matching and unschedulable jobs, streams, cancellation, the event log.
+retries, payment order, matching and unschedulable jobs, streams, cancellation, the event log,
+applications (publishing, versions, ownership) and the categories workers serve.
 """
 
 from __future__ import annotations
@@ -32,7 +33,19 @@ from typing import Any, Callable
 import pytest
 
 from .inputs import input_set
-from .scheduler.base import JobRecord, Lease, Report, Scheduler, SchedulerError, UnknownJob
+from .limits import Limits
+from .scheduler.base import (
+    AppFunction,
+    ApplicationRecord,
+    ApplicationRefused,
+    JobRecord,
+    Lease,
+    Report,
+    Scheduler,
+    SchedulerError,
+    UnknownApplication,
+    UnknownJob,
+)
 from .values import pack, unpack
 from .worktime import JobSpec
 
@@ -71,6 +84,18 @@ class Slice:
     @property
     def lease_id(self) -> str:
         return self.lease.lease_id
+
+
+def make_app(name: str, version: str, owner: str = "owner-a", *, work: str | bytes = "", categories: list[str] | None = None,
+             **functions: AppFunction) -> ApplicationRecord:
+    """An application version with one echo function ``f`` (or the ``functions`` given)."""
+    fns = functions or {"f": AppFunction(JobSpec(id="", worktime="echo", work=work))}
+    return ApplicationRecord(name=name, version=version, owner=owner, functions=fns, categories=categories or [])
+
+
+def app_job(job_id: str, n: int, categories: list[str]) -> JobRecord:
+    """A job built from an application carrying ``categories``."""
+    return make_job(job_id, n, application={"name": "app", "version": "1.0.0", "function": "f", "categories": categories})
 
 
 def split(leases: list[Lease]) -> list[Slice]:
@@ -513,6 +538,101 @@ class SchedulerConformance:
         scheduler.report(ok(*[sl for sl in leases if sl.job_id == "gone"]))  # ignored, no crash
         assert scheduler.status("kept")["total"] == 3
 
+    # -- applications -------------------------------------------------------------------------------
+    def test_applications_publish_resolve_and_round_trip(self, scheduler: Scheduler) -> None:
+        rich = AppFunction(
+            JobSpec(id="", worktime="echo", work=b"\x00\xffwork", modules={"lib": "exports.k = 1", "bin": b"\x01"},
+                    files={"data/a.bin": b"\x02"}, options={"strict": True}, limits=Limits.parse(wall_time="2s")),
+            worktime_range="^1.0.0", requirements={"machine": {"gpu": True}})
+        scheduler.publish_application(make_app("vp", "1.0.0"))
+        scheduler.publish_application(make_app("vp", "1.2.0", categories=["video", "gpu"], stabilize=rich))
+        scheduler.publish_application(make_app("vp", "2.0.0"))
+        scheduler.publish_application(make_app("other", "0.1.0", "owner-b"))
+        assert scheduler.get_application("vp", "^1.0.0").version == "1.2.0"  # max-satisfying
+        assert scheduler.get_application("vp").version == "2.0.0"  # no range: the newest
+        assert scheduler.get_application("vp", "1.0.0").version == "1.0.0"
+        got = scheduler.get_application("vp", "~1.2")
+        assert got.categories == ["video", "gpu"] and got.owner == "owner-a" and got.published > 0
+        fn = got.functions["stabilize"]
+        assert fn.spec.work == b"\x00\xffwork" and fn.spec.modules == {"lib": "exports.k = 1", "bin": b"\x01"}
+        assert fn.spec.files == {"data/a.bin": b"\x02"} and fn.spec.options == {"strict": True}
+        assert fn.spec.limits.wall_time == 2.0 and fn.worktime_range == "^1.0.0"
+        assert fn.requirements == {"machine": {"gpu": True}}
+        listed = [(a.name, a.version) for a in scheduler.list_applications()]
+        assert listed == [("other", "0.1.0"), ("vp", "1.0.0"), ("vp", "1.2.0"), ("vp", "2.0.0")]
+
+    def test_a_published_version_never_changes(self, scheduler: Scheduler) -> None:
+        scheduler.publish_application(make_app("vp", "1.0.0", work="first"))
+        with pytest.raises(ApplicationRefused, match="already published.*new version"):
+            scheduler.publish_application(make_app("vp", "1.0.0", work="second"))
+        assert scheduler.get_application("vp", "1.0.0").functions["f"].spec.work == "first"
+        scheduler.publish_application(make_app("vp", "1.0.1", work="second"))  # an update is a new version
+        assert scheduler.get_application("vp", "^1.0.0").functions["f"].spec.work == "second"
+
+    def test_only_the_first_identity_publishes_new_versions(self, scheduler: Scheduler) -> None:
+        scheduler.publish_application(make_app("vp", "1.0.0", "alice"))
+        with pytest.raises(ApplicationRefused, match="another identity"):
+            scheduler.publish_application(make_app("vp", "1.1.0", "mallory"))
+        scheduler.publish_application(make_app("vp", "1.1.0", "alice"))
+        assert [a.version for a in scheduler.list_applications()] == ["1.0.0", "1.1.0"]
+
+    def test_two_identities_racing_for_a_name_cannot_both_own_it(self, scheduler: Scheduler) -> None:
+        outcomes: dict[str, str] = {}
+
+        def publish(owner: str) -> None:
+            try:
+                for minor in range(5):
+                    scheduler.publish_application(make_app("contested", f"1.{minor}.0-{owner}", owner))
+                outcomes[owner] = "ok"
+            except ApplicationRefused:
+                outcomes[owner] = "refused"
+
+        threads = [threading.Thread(target=publish, args=(o,)) for o in ("alice", "bob")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(outcomes.values()) == ["ok", "refused"]
+        assert {a.owner for a in scheduler.list_applications()} == {next(o for o, r in outcomes.items() if r == "ok")}
+
+    def test_unknown_application_or_version_says_what_exists(self, scheduler: Scheduler) -> None:
+        with pytest.raises(UnknownApplication, match="no application named 'vp'"):
+            scheduler.get_application("vp", "^1.0.0")
+        scheduler.publish_application(make_app("vp", "1.0.0"))
+        scheduler.publish_application(make_app("vp", "1.3.0"))
+        with pytest.raises(UnknownApplication, match=r"no version within '\^2.0.0'; published: 1.0.0, 1.3.0"):
+            scheduler.get_application("vp", "^2.0.0")
+
+    def test_bad_applications_are_refused_with_reason(self, scheduler: Scheduler) -> None:
+        with pytest.raises(SchedulerError, match="semver"):
+            scheduler.publish_application(make_app("vp", "1.0"))
+        with pytest.raises(SchedulerError, match="no functions"):
+            scheduler.publish_application(ApplicationRecord("vp", "1.0.0", {}, "alice"))
+        assert scheduler.list_applications() == []
+
+    def test_workers_serve_only_their_categories(self, scheduler: Scheduler) -> None:
+        scheduler.submit(app_job("video", 3, ["video"]))
+        scheduler.submit(app_job("audio", 3, ["audio", "fx"]))
+        scheduler.submit(make_job("plain", 3))
+        got = scheduler.lease("w-video", ECHO, {}, 100, 30, categories=["video"])
+        assert {lease.job_id for lease in got} == {"video"}
+        got = scheduler.lease("w-fx", ECHO, {}, 100, 30, categories=["fx", "photo"])
+        assert {lease.job_id for lease in got} == {"audio"}
+        assert scheduler.lease("w-none", ECHO, {}, 100, 30, categories=["photo"]) == []
+        got = scheduler.lease("w-any", ECHO, {}, 100, 30)  # no categories: every job
+        assert {lease.job_id for lease in got} == {"plain"}
+        served = {w.id: w.categories for w in scheduler.workers()}
+        assert served["w-video"] == ["video"] and served["w-fx"] == ["fx", "photo"] and served["w-any"] is None
+        assert scheduler.get_job("audio").application["categories"] == ["audio", "fx"]
+
+    def test_a_job_no_worker_serves_the_category_of_is_unschedulable(self, scheduler: Scheduler) -> None:
+        scheduler.submit(app_job("video", 2, ["video"]))
+        assert scheduler.lease("w-audio", ECHO, {}, 5, 30, categories=["audio"]) == []
+        reason = scheduler.check_schedulable("video")
+        assert reason and "categor" in reason and "video" in reason
+        assert scheduler.lease("w-video", ECHO, {}, 5, 30, categories=["video"])
+        assert scheduler.status("video")["status"] == "running"
+
     # -- durability ---------------------------------------------------------------------------------
     def test_reopen_keeps_jobs_results_and_leases(self, scheduler: Scheduler, reopen: Any) -> None:
         if reopen is None:
@@ -529,5 +649,17 @@ class SchedulerConformance:
             scheduler.report(ok(leases[1]))
             assert other.status("j1")["status"] == "complete"
             assert sorted(other.results("j1")) == [0, 1, 2, 3]
+        finally:
+            other.close()
+
+    def test_reopen_keeps_applications(self, scheduler: Scheduler, reopen: Any) -> None:
+        if reopen is None:
+            pytest.skip("backend is not durable")
+        scheduler.publish_application(make_app("vp", "1.0.0", "alice", categories=["video"]))
+        other = reopen()
+        try:
+            assert other.get_application("vp", "^1").categories == ["video"]
+            with pytest.raises(ApplicationRefused):
+                other.publish_application(make_app("vp", "1.1.0", "mallory"))
         finally:
             other.close()

@@ -10,7 +10,37 @@ no digit limit, so a 10**5000 crosses as easily as 2**70)::
     >>> unpack(pack([2**100, b"\\x00\\xff", {"a": None}]))
     [1267650600228229401496703205376, b'\\x00\\xff', {'a': None}]
 
+Strings are carried exactly, lone surrogates included (``"\\ud800"``: legal in a JavaScript string
+and in a Python ``str``, not in UTF-8): msgpack holds their UTF-8 form with surrogates encoded as
+if they were characters (``surrogatepass``, the "WTF-8" that JavaScript engines use). The fast,
+strict encoder runs first; only a value that has one is encoded again this way.
+
 Anything else raises ``UnserializableValue`` naming the type and where it sits in the value.
+
+One codec per boundary; this is every hop a datum and its result make, and why:
+
+=================================  =======================================================  ==============================
+hop                                codec                                                    why
+=================================  =======================================================  ==============================
+deployer → store (stream inputs)   ``pack`` per datum (msgpack)                             the store keeps bytes any
+                                                                                            worker decodes
+store → worker (a lease)           values: a range/distribution is computed from its        no per-slice rows for
+                                   description; a stream datum is ``unpack``-ed once        described inputs
+worker → evaluator (a run frame)   one ``pack`` of the run's datums as an array             one C-level call per run
+evaluator → worktime               values (``unpack`` of the array), or each datum's        a worktime that hands the datum
+                                   msgpack bytes for ``Worktime.packed_datums``             on packed skips decode+encode
+worktime → evaluator               a value; ``pack`` per result                             the output limit is per slice
+evaluator → worker → store         the per-slice result bytes as sent, in columns           stored without decoding
+                                   (``Report``, one msgpack row per batch)
+store → deployer                   a batch's columns; its results ``unpack_all``-ed in one  a million results: a few
+                                   call into the result handle                              hundred calls, not a million
+map-basic engine ↔ QuickJS/V8      tagged JSON text (``worktimes/map_basic/marshal.py``)    what the engines parse fast;
+                                                                                            BigInt and bytes tagged
+python guest ↔ host                msgpack (``worktimes/python/guest/_dcp_codec.py``,       byte-compatible with this module
+                                   a pure-Python codec inside the sandbox)
+wasi guest ↔ host                  JSON, msgpack or raw bytes on stdin/stdout               the module's ``content_type``
+                                   (``worktimes/wasi/abi.py``)                              option: any toolchain can read it
+=================================  =======================================================  ==============================
 """
 
 from __future__ import annotations
@@ -47,17 +77,25 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
+#: Text in frames: lone surrogates travel as their 3-byte UTF-8 form (see the module docstring).
+TEXT_ERRORS = "surrogatepass"
+
+
 def pack(value: Any) -> bytes:
     """Encode one value; raises ``UnserializableValue`` for anything outside the value set."""
     try:
-        return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=False, datetime=False)
+        try:
+            return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=False, datetime=False)
+        except UnicodeEncodeError:  # a lone surrogate somewhere: the slower encoder that carries it
+            return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=False, datetime=False,
+                                 unicode_errors=TEXT_ERRORS)
     except UnserializableValue:
         raise
     except (TypeError, ValueError, OverflowError) as e:  # e.g. recursion, non-str-able keys
         raise UnserializableValue(f"value cannot cross the sandbox boundary: {e}") from None
 
 
-def unpack(data: bytes, unicode_errors: str = "strict") -> Any:
+def unpack(data: bytes, unicode_errors: str = TEXT_ERRORS) -> Any:
     """The value ``pack`` encoded (``unicode_errors="replace"`` for text that may be broken)."""
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True,
                            unicode_errors=unicode_errors)
@@ -76,11 +114,28 @@ def unpack_all(packed: list[bytes]) -> list[Any]:
     return unpack(header + b"".join(packed))
 
 
+def printable(text: str) -> str:
+    """``text`` for people (console lines): each lone surrogate becomes U+FFFD, as JavaScript
+    consoles show it; a surrogate pair written as two code points becomes its character.
+
+    >>> printable("ok \\ud800!")
+    'ok \ufffd!'
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def packer() -> msgpack.Packer:
-    """A reusable packer with the same rules as ``pack`` (cheaper in a hot loop)."""
+    """A reusable packer for a hot loop: the strict encoder of ``pack``. A ``UnicodeEncodeError``
+    from it means a lone surrogate: encode that value with ``pack`` instead (and start a new
+    packer, as after any failure)."""
     return msgpack.Packer(default=_default, use_bin_type=True, datetime=False)
 
 
 def unpacker() -> msgpack.Unpacker:
     """A streaming unpacker for frames read from a pipe."""
-    return msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True, max_buffer_size=2**31 - 1)
+    return msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True, max_buffer_size=2**31 - 1,
+                            unicode_errors=TEXT_ERRORS)

@@ -61,11 +61,13 @@ def warm(python_cache):
 
     from dcp_worktimes.worktimes.python.compiled import load
 
-    last = [0.0]
+    import time
+
+    last = [float("-inf")]
 
     def show(fraction, message):
-        if fraction is None or fraction - last[0] >= 0.1 or fraction >= 1.0:
-            last[0] = fraction or last[0]
+        if time.monotonic() - last[0] >= 10 or fraction == 1.0:  # elapsed time while compiling, then the end
+            last[0] = time.monotonic()
             print(f"[python worktime] {message}", file=sys.stderr)
 
     return load(show)

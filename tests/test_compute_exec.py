@@ -184,10 +184,8 @@ def test_remote_execution_uses_attached_workers(store):
 def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
     import threading
 
-    from dcp_worktimes.compute import follow as job_module
     from dcp_worktimes.scheduler.worker import Worker
 
-    monkeypatch.setattr(job_module, "REMOTE_GRACE", 0.5)
     stop = threading.Event()
     with open_scheduler(store) as s:
         worker = Worker(s, ["wasi"], cores=1)  # attached, but it does not have echo
@@ -195,7 +193,7 @@ def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
         thread.start()
         try:
             t0 = time.monotonic()
-            j = echo([1])
+            j = echo([1], worker_wait=0.5)
             with pytest.raises(compute.RequirementsError, match="echo"):
                 j.exec(local=False, timeout=60)
             assert time.monotonic() - t0 < 30
@@ -237,3 +235,24 @@ def test_compute_default_applies_to_new_jobs(store, monkeypatch):
     assert j.exec() == [1]
     with pytest.raises(TypeError, match="unknown job setting 'id'"):
         compute.for_([1], "", id="x")
+
+
+def test_remote_job_with_no_worker_says_what_it_waits_for_then_gives_up(store, caplog):
+    """exec(local=False) with nobody attached: a message naming the worktime and the command to
+    start a worker, then RequirementsError after job.worker_wait seconds (not a silent 30 s)."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="dcp_worktimes.compute")
+    job = echo([1], worker_wait=1.5, requirements={"echo": True})
+    t0 = time.monotonic()
+    with pytest.raises(compute.RequirementsError, match="no worker is attached"):
+        job.exec(local=False, timeout=60)
+    waited = time.monotonic() - t0
+    assert 1.5 <= waited < 20
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "waiting for a worker with echo" in said and "echo=true" in said and "dcp-worker --worktime echo" in said
+    assert "giving up after 1.5 s (job.worker_wait)" in said
+    with open_scheduler(store) as s:
+        assert s.status(job.id)["status"] == "cancelled"
+    with pytest.raises(ValueError, match="worker_wait"):
+        echo([1], worker_wait=-1).exec(local=False)

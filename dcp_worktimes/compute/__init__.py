@@ -25,6 +25,8 @@ comes last, ``work(datum, *arguments)``; keyword settings are job attributes suc
 
 ``do(n, work)`` runs ``work`` ``n`` times (it receives the slice number ``0..n-1``).
 ``resume(job_id)`` re-attaches to a deployed job from another process.
+``Application(name, version, identity)`` defines and publishes named work functions;
+``Application(name, "^1.0.0").for_(inputs, "function")`` builds a job from one (``application.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from typing import Any
 from ..inputs import InputSet, MultiRange, RangeError, RangeObject, StreamInput, input_set, input_set_from_description
 from ..inputs import distributions as stats
 from ..worktime import CapturedWork
-from .cost import CostProfile, CostProfileError, freeValue, marketValue, parse_cost, safeMarketValue
+from .application import Application, ApplicationFunction
+from .cost import CostProfile, CostProfileError, freeValue, marketPrice, marketValue, parse_cost, safeMarketValue
 from .events import Event
 from .job import Job, JobCancelled, resume
 from .results import JobFailed, ResultHandle, ResultKeyError, SliceFailed
@@ -48,7 +51,7 @@ __all__ = [
     "for_", "do", "resume", "Job", "stats", "RangeObject", "MultiRange", "RangeError", "InputSet", "StreamInput",
     "input_set", "input_set_from_description", "ResultHandle", "ResultKeyError", "SliceFailed", "JobFailed",
     "JobCancelled", "RequirementsError", "CostProfile", "CostProfileError", "parse_cost", "marketValue",
-    "safeMarketValue", "freeValue", "default", "Event",
+    "marketPrice", "safeMarketValue", "freeValue", "default", "Event", "Application", "ApplicationFunction",
 ]
 
 #: Default job settings applied by ``for_``/``do`` (DCP's ``compute.default``), e.g.
@@ -92,9 +95,15 @@ def for_(*args: Any, **settings: Any) -> Job:
     Nothing is deployed until ``exec()``; every argument is checked here, with a message that says
     how to fix it.
     """
+    inputs, work, arguments = parse_for(args)
+    return _make_job(inputs, work, arguments, settings)
+
+
+def parse_for(args: tuple, call: str = "compute.for_") -> tuple[InputSet, Any, list | None]:
+    """``(inputs, work, arguments)`` from the positional arguments of a ``for_`` call (every form)."""
     if not args:
-        raise TypeError("compute.for_() needs inputs and work, e.g. compute.for_(1, 10, work) or "
-                        "compute.for_({'start': 1, 'end': 10}, work)")
+        raise TypeError(f"{call}() needs inputs and work, e.g. {call}(1, 10, work) or "
+                        f"{call}({{'start': 1, 'end': 10}}, work)")
     first = args[0]
     if _is_number(first):
         numbers_ = []
@@ -104,25 +113,24 @@ def for_(*args: Any, **settings: Any) -> Job:
             i += 1
         if len(numbers_) < 2 and any(_is_number(a) for a in args[i:]):
             raise TypeError(
-                f"compute.for_({', '.join(f'{a!r:.20}' for a in args)}): the work must come after start, end[, step]: "
-                "compute.for_(start, end[, step], work[, arguments])"
+                f"{call}({', '.join(f'{a!r:.20}' for a in args)}): the work must come after start, end[, step]: "
+                f"{call}(start, end[, step], work[, arguments])"
             )
         if len(numbers_) < 2:
             raise TypeError(
-                f"compute.for_({first!r}, ...): a numeric form needs start and end: compute.for_(start, end[, step], work)"
+                f"{call}({first!r}, ...): a numeric form needs start and end: {call}(start, end[, step], work)"
             )
         form = ", ".join(repr(n) for n in numbers_)
         work, arguments = _split_tail(args[i:], form)
-        inputs: InputSet = RangeObject(*numbers_)
-    else:
-        if isinstance(first, (str, bytes)) or (callable(first) and not isinstance(first, type) and not hasattr(first, "__iter__")):
-            raise TypeError(
-                "compute.for_: the first argument looks like the work; the inputs come first: "
-                "compute.for_(inputs, work[, arguments])"
-            )
-        inputs = input_set(first)
-        work, arguments = _split_tail(args[1:], type(first).__name__)
-    return _make_job(inputs, work, arguments, settings)
+        return RangeObject(*numbers_), work, arguments
+    if isinstance(first, (str, bytes)) or (callable(first) and not isinstance(first, type) and not hasattr(first, "__iter__")):
+        raise TypeError(
+            f"{call}: the first argument looks like the work; the inputs come first: "
+            f"{call}(inputs, work[, arguments])"
+        )
+    inputs = input_set(first)
+    work, arguments = _split_tail(args[1:], type(first).__name__)
+    return inputs, work, arguments
 
 
 def do(n: int, work: Any, arguments: list | None = None, **settings: Any) -> Job:

@@ -1,7 +1,8 @@
 """Cost profiles: what the deployer will pay for a job's slices (``job.exec(cost)``).
 
 ``exec`` accepts a named profile (``compute.marketValue``, ``compute.safeMarketValue``,
-``compute.freeValue``, or their names as strings), a number (= ``{"maxTotalPayment": n}``,
+``compute.freeValue``, or their names as strings; ``compute.marketPrice``, the name the spec's
+example 12 uses, is ``marketValue`` under another name), a number (= ``{"maxTotalPayment": n}``,
 including ``0`` for a free job), or a dict with ``maxPaymentPerSlice`` and/or ``maxTotalPayment``
 (snake_case spellings accepted). A dict with neither is an error treated like DCP's ``ENOFUNDS``
 (no account has infinite funds)::
@@ -29,7 +30,8 @@ from typing import Any, Mapping
 
 from ..errors import DcpError, ErrorCode
 
-__all__ = ["CostProfile", "CostProfileError", "parse_cost", "marketValue", "safeMarketValue", "freeValue", "MARKET_RATE"]
+__all__ = ["CostProfile", "CostProfileError", "parse_cost", "marketValue", "marketPrice", "safeMarketValue", "freeValue",
+           "MARKET_RATE"]
 
 #: Nominal market rate per slice (DCC) used to rank jobs in the local queue.
 MARKET_RATE = 0.0001
@@ -80,8 +82,12 @@ class CostProfile:
 marketValue = CostProfile(name="marketValue")
 safeMarketValue = CostProfile(name="safeMarketValue")
 freeValue = CostProfile(max_total_payment=0.0, name="freeValue")
+#: The spec's example 12 ("Use function in Application") pays ``compute.marketPrice``, a name its
+#: list of fixed profiles does not have: the same profile as ``marketValue``.
+marketPrice = marketValue
 _NAMED = {p.name: p for p in (marketValue, safeMarketValue, freeValue)}
-_NAMED.update({"market_value": marketValue, "safe_market_value": safeMarketValue, "free_value": freeValue})
+_NAMED.update({"market_value": marketValue, "safe_market_value": safeMarketValue, "free_value": freeValue,
+               "marketPrice": marketValue, "market_price": marketValue})
 
 
 def _amount(value: Any, what: str) -> float:

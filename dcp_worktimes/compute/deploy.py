@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 STREAM_BATCH = 1000
 
 
-def plan(job: "Job", cost: CostProfile, local: bool, scheduler: Scheduler) -> JobRecord:
-    """The ``JobRecord`` to store for ``job``, after every check that can refuse it."""
+def work_spec(job: "Job", job_id: str = "") -> tuple[JobSpec, str | None]:
+    """The job's work as workers get it, and its worktime range, after the checks of the work
+    itself: the worktime (``ENOWORKTIME`` unless ``custom_worktime``), options, and the worktime's
+    own refusals (``Worktime.validate``). ``plan`` uses it; so does publishing an application."""
     from ..plugins import get_worktime
 
     name = job.worktime
@@ -54,29 +56,36 @@ def plan(job: "Job", cost: CostProfile, local: bool, scheduler: Scheduler) -> Jo
             reg = get_worktime(name, worktime_range or None)
         except ValueError as e:  # a malformed range
             raise WorktimeNotFound(f"job.worktime_version: {e}") from None
-    requirements = check_requirements(job.requirements)
-    check_cores(job.cores, "job.cores")
-    total = input_size(job.input_set)
-    check_total(total)
     arguments = check_sendable(list(job.arguments), "job arguments")
     options = check_options(job.options)
     captured = job._captured()
     spec_options = {**captured.options, **options}
     if isinstance(job.input_set, MultiRange):
         spec_options["spread_datum"] = True  # work(*datum, *arguments): the contract in dcp_worktimes/inputs
-    spec = JobSpec(id=uuid.uuid4().hex, worktime=name, work=captured.work, arguments=arguments,
+    spec = JobSpec(id=job_id, worktime=name, work=captured.work, arguments=arguments,
                    modules=check_modules(job.modules), files=check_files(job.files), options=spec_options,
                    limits=job.limits)
     if reg is not None:
         if worktime_range is None:
             worktime_range = reg.cls.default_range
         reg.cls.validate(spec)  # the worktime's own refusals (empty work, a misspelt option ...)
+    return spec, worktime_range
+
+
+def plan(job: "Job", cost: CostProfile, local: bool, scheduler: Scheduler) -> JobRecord:
+    """The ``JobRecord`` to store for ``job``, after every check that can refuse it."""
+    spec, worktime_range = work_spec(job, uuid.uuid4().hex)
+    requirements = check_requirements(job.requirements)
+    check_cores(job.cores, "job.cores")
+    total = input_size(job.input_set)
+    check_total(total)
     record = JobRecord(
         id=spec.id, spec=spec, worktime_range=worktime_range, requirements=requirements,
         payment_per_slice=cost.payment_per_slice(total), input=job.input_set.description(),
         # A stream's total is announced by close_input once every datum has been pushed.
         total=None if isinstance(job.input_set, StreamInput) else total,
         public=check_public(job.public), max_attempts=check_max_attempts(job.max_attempts),
+        application=dict(job.application) if job.application else None,
     )
     if local:
         check_runnable_here(record)  # ENOWORKTIME / EREQUIREMENTS now, not after the job is stored
@@ -92,7 +101,7 @@ def check_attached_workers(record: JobRecord, scheduler: Scheduler) -> None:
         return
     reasons = []
     for w in scheduler.workers():
-        why = worker_can_run(record, w.worktimes, w.capabilities)
+        why = worker_can_run(record, w.worktimes, w.capabilities, w.categories)
         if why is None:
             return
         reasons.append(why)
@@ -152,6 +161,11 @@ class Feeder:
             except Exception:  # noqa: BLE001
                 pass
 
+    def wait(self) -> None:
+        """Until every datum is stored (or feeding failed: ``error``)."""
+        if self.thread is not None:
+            self.thread.join()
+
     def close(self) -> None:
         """The job ended (maybe early): stop pushing inputs."""
         self.stop.set()
@@ -168,4 +182,4 @@ def submit(scheduler: Scheduler, record: JobRecord, job: "Job") -> Feeder | None
     return feeder
 
 
-__all__ = ["plan", "submit", "Feeder", "check_attached_workers", "STREAM_BATCH"]
+__all__ = ["plan", "work_spec", "submit", "Feeder", "check_attached_workers", "STREAM_BATCH"]

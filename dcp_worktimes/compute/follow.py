@@ -8,12 +8,21 @@ how the job ended (``Outcome``).
 
 Events are dispatched on the calling thread, in the order of the job's log. ``result`` and
 ``error`` events are read from the store only when someone listens for them (the results
-themselves are collected as blocks when the job ends: ``results.collect``).
+themselves are collected as blocks when the job ends: ``results.collect``). A follower built
+with ``emit=False`` only watches for the job's end (its own cursor; no handler runs, the job's
+cursor stays): what an ``exec()`` called from one of the job's own event handlers uses, since that
+handler must return before the next event is dispatched.
+
+With ``remote=True`` the follower also watches the attached workers: while none that can run the
+job is attached it says what it is waiting for (a ``logging`` warning on ``dcp_worktimes.compute``,
+shown on stderr unless logging is configured otherwise), and after ``worker_wait`` seconds of that
+it has the scheduler declare the job unschedulable.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -26,10 +35,12 @@ if TYPE_CHECKING:
     from .job import Job
     from .progress import ProgressBar
 
-#: With ``exec(local=False)``: seconds to wait for a worker to attach before calling the job unschedulable.
-REMOTE_GRACE = 30.0
 #: Seconds without events after which the follower asks the store for the job's status.
 QUIET = 2.0
+#: Seconds between the "still waiting for a worker" lines.
+WAITING_NOTE = 10.0
+
+log = logging.getLogger("dcp_worktimes.compute")
 
 
 class Outcome(enum.Enum):
@@ -49,19 +60,24 @@ class Outcome(enum.Enum):
 class Follower:
     """Reads ``job``'s events from ``scheduler`` from where the job last stopped reading."""
 
-    def __init__(self, job: "Job", scheduler: Scheduler, bar: "ProgressBar | None" = None) -> None:
+    def __init__(self, job: "Job", scheduler: Scheduler, bar: "ProgressBar | None" = None, *, emit: bool = True,
+                 worker_wait: float | None = None) -> None:
         self.job = job
         self.scheduler = scheduler
         self.bar = bar
+        self.emit = emit
+        self.after = job._events_after  # this follower's cursor (the job's too when it emits)
+        self.worker_wait = worker_wait
         self.reason = ""
         self.bad_work: Mapping[str, Any] | None = None
+        self._waiting_since: float | None = None
+        self._last_note = 0.0
 
     def run(self, timeout: float | None, remote: bool = False) -> Outcome:
         """Dispatch events until the job ends.
 
-        ``remote``: slices run on attached workers only, so the store is asked now and then
-        whether any live worker can run the job (it then emits ``unschedulable`` instead of a
-        silent hang).
+        ``remote``: slices run on attached workers only, so the follower watches them
+        (``watch_workers``): a job no worker can run ends ``UNSCHEDULABLE`` instead of hanging.
         """
         job, sched = self.job, self.scheduler
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -70,11 +86,15 @@ class Follower:
             self.reason = str(st.get("reason") or "")
             return Outcome.of_status(st["status"])
         quiet_since = time.monotonic()
+        if remote:
+            self.watch_workers(quiet_since)
         while True:
-            per_slice = bool(job.listener_count("result") or job.listener_count("error"))
-            events = sched.events(job.id, job._events_after, wait=0.25, results=per_slice)
+            per_slice = self.emit and bool(job.listener_count("result") or job.listener_count("error"))
+            events = sched.events(job.id, self.after, wait=0.25, results=per_slice)
             for seq, ev in events:
-                job._events_after = seq
+                self.after = seq
+                if self.emit:
+                    job._events_after = seq
                 ended = self.dispatch(ev)
                 if ended is not None:
                     return ended
@@ -84,7 +104,7 @@ class Follower:
             elif now - quiet_since > QUIET:
                 quiet_since = now
                 if remote:
-                    sched.check_schedulable(job.id, grace=REMOTE_GRACE)
+                    self.watch_workers(now)
                 st = sched.status(job.id)
                 if st.get("status") in FINAL_STATES:  # the log ended without our final event
                     self.reason = str(st.get("reason") or self.reason)
@@ -93,11 +113,40 @@ class Follower:
                 sched.cancel(job.id, f"exec(timeout={timeout}) expired")
                 raise TimeoutError(f"job {job.id} did not finish within {timeout} s; it was cancelled")
 
+    def watch_workers(self, now: float) -> None:
+        """``exec(local=False)``: say what the job waits for while no attached worker can run it, and
+        give up (the scheduler marks it unschedulable) after ``worker_wait`` seconds of that."""
+        from ..scheduler.matching import worker_can_run
+
+        job, sched = self.job, self.scheduler
+        record = sched.get_job(job.id)
+        live = sched.workers()
+        if any(worker_can_run(record, w.worktimes, w.capabilities, w.categories) is None for w in live):
+            self._waiting_since = None
+            return
+        if self._waiting_since is None:
+            self._waiting_since = self._last_note = now
+            wanted = f"{record.spec.worktime}{' ' + record.worktime_range if record.worktime_range else ''}"
+            found = (f"{len(live)} attached worker(s), none can run it" if live else "no worker is attached")
+            patience = (f"giving up after {self.worker_wait:g} s (job.worker_wait)" if self.worker_wait is not None
+                        else "waiting as long as it takes (job.worker_wait = None)")
+            log.warning("job %s: waiting for a worker with %s%s to attach to the scheduler (%s); start one with "
+                        "`dcp-worker --worktime %s` on the same scheduler, or run the job here with exec(); %s",
+                        job.id, wanted, _requirements_text(record), found, record.spec.worktime, patience)
+        elif now - self._last_note >= WAITING_NOTE:
+            self._last_note = now
+            left = "" if self.worker_wait is None else f", {max(0.0, self.worker_wait - (now - self._waiting_since)):.0f} s left"
+            log.warning("job %s: still waiting for a worker (%.0f s so far%s)", job.id, now - self._waiting_since, left)
+        if self.worker_wait is not None and now - self._waiting_since >= self.worker_wait:
+            sched.check_schedulable(job.id, grace=0.0)  # emits "unschedulable" with the reason
+
     def dispatch(self, ev: Mapping[str, Any]) -> Outcome | None:
-        """Hand one event to the job's listeners; the ``Outcome`` when it ends the job."""
+        """Hand one event to the job's listeners (unless ``emit`` is off); the ``Outcome`` when it ends the job."""
         job = self.job
         kind = ev.get("type")
         payload = Event({k: v for k, v in ev.items() if k != "type"})
+        if not self.emit:
+            return self._ending(kind, payload)
         if kind == "result":
             if job.listener_count("result"):
                 raw = payload.pop("value", None)
@@ -115,6 +164,10 @@ class Follower:
             payload.setdefault("id", job.id)
         if kind in JOB_EVENTS:
             job.emit(kind, payload)
+        return self._ending(kind, payload)
+
+    def _ending(self, kind: Any, payload: Mapping[str, Any]) -> Outcome | None:
+        """The ``Outcome`` when this event ends the job (and why, in ``reason``)."""
         if kind == "error" and str(payload.get("code")) == ErrorCode.EBADWORK.value:
             # The scheduler stops the job (every other slice would fail the same way); the
             # deployer stops following at the first such error and says why.
@@ -145,3 +198,10 @@ class Follower:
             where = f"slice {ev.get('sliceNumber')} failed with EBADWORK"
         return (f"job {self.job.id}: the work cannot be used ({where}, so every slice would): {msg}\n"
                 "The job was stopped; fix the work and deploy it again")
+
+
+def _requirements_text(record: Any) -> str:
+    from ..scheduler.matching import flat_requirements
+
+    flat = flat_requirements(record.requirements)
+    return f" and {', '.join(flat)}" if flat else ""

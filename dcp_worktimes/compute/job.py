@@ -25,7 +25,9 @@ way, so the scheduler stops the job at the first such error and ``exec()`` raise
 ``WorkError`` with the engine's message, whatever ``errors`` says.
 
 Events are dispatched on the thread that runs ``exec()`` (``exec_async`` runs it in a worker
-thread of the event loop's default executor).
+thread of the event loop's default executor), one handler at a time. An ``exec()`` made while
+another runs (from a thread, ``exec_async`` or a handler) joins it (``_Run``): it re-bids, and
+returns the same results; the first one keeps dispatching the events.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from contextlib import contextmanager
-from pathlib import Path
+import time
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Mapping
 
 from ..errors import DcpError, ErrorCode, WorkError
@@ -54,7 +56,9 @@ from .settings import (
     check_modules,
     check_scheduler,
     check_timeout,
+    check_worker_wait,
     parse_worktime,
+    read_modules,
 )
 from .work import capture
 
@@ -83,6 +87,39 @@ class WorkHandle(EventEmitter):
         return f"<work: {self.origin}>"
 
 
+class _Run:
+    """One execution of a job in this process, shared by every ``exec()`` made while it lasts: the
+    thread that drives it (deploys, dispatches events), the local evaluators, and how it ended."""
+
+    def __init__(self, local: bool) -> None:
+        self.local = local
+        self.driver = threading.get_ident()
+        self.dispatching = False  # the driver is inside the job's event loop (handlers may run)
+        self.deployed = threading.Event()
+        self.done = threading.Event()
+        self.ended: tuple[Outcome, Follower, ResultHandle] | None = None
+        self.runners = ExitStack()  # local evaluators, stopped when the run ends
+        self._lock = threading.Lock()
+        self._open = True
+        self._running_here = False
+
+    def start_local(self, sched: Any, job_id: str, cores: int | None) -> None:
+        """Run the job's slices on this machine until the run ends (once per run)."""
+        from ..scheduler.local import run_local
+
+        with self._lock:
+            if self._open and not self._running_here:
+                self.runners.enter_context(run_local(sched, job_id, cores=cores))
+                self._running_here = self.local = True
+
+    def stop_joining(self) -> None:
+        with self._lock:
+            self._open = False
+
+    def finish(self) -> None:
+        self.done.set()
+
+
 class Job(EventEmitter):
     """A job handle (see the module docstring). Build it with ``compute.for_`` / ``compute.do``.
 
@@ -102,8 +139,13 @@ class Job(EventEmitter):
         self.custom_worktime = False
         self.requirements: dict = {}
         self.public: dict = {}
+        #: Set for a job built from an application (``Application.for_``): ``{name, version, function, categories}``.
+        self.application: dict | None = None
         self.options: dict[str, Any] = {}
         self.max_attempts = 3
+        #: ``exec(local=False)``: seconds to wait while no attached worker can run the job before
+        #: giving up (``RequirementsError``; the job is cancelled). ``None`` waits for ever.
+        self.worker_wait: float | None = 30.0
         #: Scheduler URL or instance; ``None`` = ``$DCP_SCHEDULER`` or the per-user SQLite store.
         self.scheduler: Any = None
         #: Local evaluator processes for ``exec()`` (``None`` = all cores).
@@ -123,6 +165,7 @@ class Job(EventEmitter):
         self._cancel_requested = threading.Event()
         self._deployed = False
         self._status: dict = {}
+        self._run: _Run | None = None
         self._events_after = 0
         self._slice_count: int | None = None
         for key, value in settings.items():
@@ -210,25 +253,7 @@ class Job(EventEmitter):
         Accepts paths (``"./refiner.js"``, ``Path``: module name = file stem), dicts
         ``{name: source}``, and keyword ``name=source``. Returns the job, for chaining.
         """
-        for m in modules:
-            if isinstance(m, Mapping):
-                self._modules.update(check_modules(m))
-            elif isinstance(m, (str, os.PathLike)):
-                path = Path(m)
-                if not path.is_file():
-                    raise WorkError(
-                        f"requires({str(m)!r}): no such file; pass the path of a module file, or "
-                        "{'name': source} to ship source text"
-                    )
-                data = path.read_bytes()
-                try:
-                    source: str | bytes = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    source = data
-                self._modules.update(check_modules({path.stem: source}))
-            else:
-                raise TypeError(f"requires() takes module paths or {{name: source}} dicts, got {m!r}")
-        self._modules.update(check_modules(named))
+        self._modules.update(read_modules(modules, named))
         return self
 
     def _total(self) -> int | None:
@@ -267,9 +292,14 @@ class Job(EventEmitter):
 
     # -- deployment ------------------------------------------------------------------------------
     def deploy(self, cost: Any = None, *, local: bool = True) -> str:
-        """Check and store the job without running it; returns the job id. ``exec()`` calls this."""
+        """Check and store the job without running it; returns the job id. A generator's inputs
+        are all stored before it returns (so ``compute.resume`` elsewhere can run every slice)."""
         with self._session() as sched:
-            self._deploy(sched, parse_cost(cost), local)
+            feeder = self._deploy(sched, parse_cost(cost), local)
+            if feeder is not None:
+                feeder.wait()
+                if feeder.error is not None:
+                    raise feeder.error
         return self.id  # type: ignore[return-value]
 
     def _deploy(self, sched: Any, profile: Any, local: bool) -> Any:
@@ -295,8 +325,16 @@ class Job(EventEmitter):
         ``cost``: a cost profile (``compute.marketValue`` by default, a number, or a dict).
         ``payment_account`` is accepted for DCP compatibility and unused (local jobs are free).
         ``errors``: ``"raise"`` (``JobFailed`` when any slice failed) or ``"return"``.
-        ``local``: run slices on this machine; ``False`` waits for attached workers instead.
+        ``local``: run slices on this machine; ``False`` waits for attached workers instead (for
+        ``job.worker_wait`` seconds while none that can run the job is attached, saying so).
         ``timeout``: seconds before the job is cancelled and ``TimeoutError`` raised.
+
+        Calling ``exec`` again while it runs (DCP's "altering price parameters": from another
+        thread, ``exec_async``, or an event handler) joins the running execution: a ``cost``
+        becomes the job's new bid, and the call returns the same results (from a handler: once the
+        job has ended, since the handler runs on the thread that dispatches the job's events). No
+        second set of evaluators starts; ``local=True`` joining a ``local=False`` run starts
+        evaluators here (``cores`` applies to them only).
         """
         if errors not in ("raise", "return"):
             raise ValueError(f"exec(errors=...) must be 'raise' or 'return', got {errors!r}")
@@ -306,39 +344,105 @@ class Job(EventEmitter):
         # argument would stay "running" in the store forever.
         check_cores(cores, "exec(cores=...)")
         check_timeout(timeout)
+        worker_wait = check_worker_wait(self.worker_wait)
         profile = parse_cost(cost)  # ENOFUNDS before anything else happens
-        if self._cancel_requested.is_set() and not self._deployed:
-            raise JobCancelled("the job was cancelled before exec() (job.cancel()); build a new job to run it")
-        with self._session() as sched:
-            if self._deployed and cost is not None:  # DCP: exec(newCost) on a deployed job updates its bid
-                sched.set_payment(self.id, profile.payment_per_slice(self._total()))
-            feeder = self._deploy(sched, profile, local)
-            bar = ProgressBar(self._total(), f"job {self.id[:8]}") if progress_wanted(
-                self.progress if progress is None else progress) else None  # type: ignore[index]
-            follower = Follower(self, sched, bar)
-            try:
-                if local:
-                    from ..scheduler.local import run_local
+        bid = profile if cost is not None else None
+        while True:
+            with self._lock:
+                run, created = self._run, self._run is None
+                if created:
+                    if self._cancel_requested.is_set() and not self._deployed:
+                        raise JobCancelled("the job was cancelled before exec() (job.cancel()); build a new job to run it")
+                    run = self._run = _Run(local)
+            if created:
+                return self._drive(run, profile, bid, errors, cores, progress, timeout, worker_wait)
+            if run.driver == threading.get_ident():  # exec() from one of this job's event handlers
+                return self._await_inline(run, bid, errors, timeout, worker_wait)
+            ended = self._join(run, bid, local, cores, timeout)
+            if ended is not None:
+                outcome, follower, results = ended
+                return self._finish(outcome, follower, results, errors)
+            # The run ended without an outcome (its exec() was interrupted or could not deploy):
+            # this call runs the job itself.
 
-                    with run_local(sched, self.id, cores=cores if cores is not None else self.cores):
-                        outcome = follower.run(timeout)
-                else:
-                    outcome = follower.run(timeout, remote=True)
-                if feeder is not None and feeder.error is not None:
-                    raise feeder.error
-                results = self._results(sched)
-                if outcome is Outcome.UNSCHEDULABLE:
-                    # The deployer gives up: a worker attached later must not run it behind its back.
-                    sched.cancel(self.id, f"the deployer gave up: {follower.reason}")
-            except KeyboardInterrupt as e:
-                e.add_note(f"job {self.id} stays in the scheduler's store; continue it with "
-                           f"compute.resume({self.id!r}).exec() or stop it with compute.resume({self.id!r}).cancel()")
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
-                if feeder is not None:
-                    feeder.close()
+    def _drive(self, run: "_Run", profile: Any, bid: Any, errors: str, cores: int | None, progress: bool | None,
+               timeout: float | None, worker_wait: float | None) -> ResultHandle:
+        """The first ``exec()``: deploy, run here (unless remote), dispatch the events, and hand the
+        outcome to every ``exec()`` that joined meanwhile."""
+        bar = feeder = None
+        try:
+            with self._session() as sched:
+                if self._deployed and bid is not None:  # DCP: exec(newCost) on a deployed job updates its bid
+                    sched.set_payment(self.id, bid.payment_per_slice(self._total()))
+                feeder = self._deploy(sched, profile, run.local)
+                run.deployed.set()
+                bar = ProgressBar(self._total(), f"job {self.id[:8]}") if progress_wanted(
+                    self.progress if progress is None else progress) else None  # type: ignore[index]
+                follower = Follower(self, sched, bar, worker_wait=worker_wait)
+                try:
+                    with run.runners:
+                        if run.local:
+                            run.start_local(sched, self.id, cores if cores is not None else self.cores)
+                        run.dispatching = True
+                        try:
+                            outcome = follower.run(timeout, remote=not run.local)
+                        finally:
+                            run.dispatching = False
+                            run.stop_joining()  # no evaluators are added after this
+                    if feeder is not None and feeder.error is not None:
+                        raise feeder.error
+                    results = self._results(sched)
+                    if outcome is Outcome.UNSCHEDULABLE:
+                        # The deployer gives up: a worker attached later must not run it behind its back.
+                        sched.cancel(self.id, f"the deployer gave up: {follower.reason}")
+                except KeyboardInterrupt as e:
+                    e.add_note(f"job {self.id} stays in the scheduler's store; continue it with "
+                               f"compute.resume({self.id!r}).exec() or stop it with compute.resume({self.id!r}).cancel()")
+                    raise
+            run.ended = (outcome, follower, results)
+        finally:
+            if bar is not None:
+                bar.close()
+            if feeder is not None:
+                feeder.close()
+            with self._lock:
+                self._run = None
+            run.finish()
+        return self._finish(outcome, follower, results, errors)
+
+    def _join(self, run: "_Run", bid: Any, local: bool, cores: int | None,
+              timeout: float | None) -> "tuple[Outcome, Follower, ResultHandle] | None":
+        """A later ``exec()`` on another thread: re-bid, add evaluators if asked, wait for the run's end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._session() as sched:
+            # The bid goes to the deployed job (the first exec() may still be storing it).
+            while not run.deployed.wait(0.05):
+                if run.done.is_set():
+                    return run.ended
+            if bid is not None:
+                sched.set_payment(self.id, bid.payment_per_slice(self._total()))
+            if local and not run.local:
+                run.start_local(sched, self.id, cores if cores is not None else self.cores)
+            if not run.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                sched.cancel(self.id, f"exec(timeout={timeout}) expired")
+                raise TimeoutError(f"job {self.id} did not finish within {timeout} s; it was cancelled")
+        return run.ended
+
+    def _await_inline(self, run: "_Run", bid: Any, errors: str, timeout: float | None,
+                      worker_wait: float | None) -> ResultHandle:
+        """``exec()`` from one of this job's event handlers, on the thread dispatching its events.
+
+        Handlers run one at a time (as in JavaScript, each runs to completion before the next
+        event), so this call does not dispatch: it re-bids, watches the job's log for its end with
+        a cursor of its own, and returns the results; the outer ``exec()`` then dispatches the
+        events that arrived meanwhile, in order.
+        """
+        with self._session() as sched:
+            if bid is not None:
+                sched.set_payment(self.id, bid.payment_per_slice(self._total()))
+            follower = Follower(self, sched, emit=False, worker_wait=worker_wait)
+            outcome = follower.run(timeout, remote=not run.local)
+            results = self._results(sched)
         return self._finish(outcome, follower, results, errors)
 
     def _finish(self, outcome: Outcome, follower: Follower, results: ResultHandle, errors: str) -> ResultHandle:
@@ -432,6 +536,7 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
     job.modules = dict(spec.modules)
     job.files = dict(spec.files)
     job.max_attempts = record.max_attempts
+    job.application = dict(record.application) if record.application else None
     job._sched = sched
     job._owns_sched = not isinstance(scheduler, Scheduler)
     job._deployed = True

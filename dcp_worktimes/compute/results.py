@@ -9,7 +9,9 @@ methods DCP's client adds, which pair each result with its input as ``String(inp
     >>> r.fromEntries(), r.keys(), r.values(), r.key(2)
     ({'1': 10, '2': 20, '3': 30}, ['1', '2', '3'], [10, 20, 30], 20)
 
-``key(k)`` with a ``k`` that is not an input raises ``ResultKeyError`` (code ``ERANGE``). For a
+``key(k)`` with a ``k`` that is not an input raises ``ResultKeyError`` (code ``ERANGE``). When
+several slices have the same input, ``key(k)`` and ``fromEntries()`` agree: the last such slice
+wins, as in JavaScript's ``Object.fromEntries`` (``entries()`` lists every slice). For a
 multi-dimensional job the handle nests one level per dimension: ``results[i][j]`` is the result
 for the i-th value of the first range and the j-th of the second, and each level has its own keys.
 
@@ -116,11 +118,10 @@ class ResultHandle(list):
     from_entries = fromEntries
 
     def key(self, k: Any) -> Any:
-        """The result whose input is ``k`` (compared as ``String(k)``, so ``key(2)`` and ``key('2')`` agree)."""
+        """The result whose input is ``k`` (compared as ``String(k)``, so ``key(2)`` and ``key('2')``
+        agree); with duplicate inputs, the last slice's, as ``fromEntries()[String(k)]``."""
         if self._index is None:
-            self._index = {}
-            for i in range(len(self)):
-                self._index.setdefault(key_string(self._input(i)), i)
+            self._index = {key_string(self._input(i)): i for i in range(len(self))}
         ks = key_string(k)
         if ks not in self._index:
             sample = ", ".join(list(self._index)[:5])

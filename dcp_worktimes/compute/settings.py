@@ -24,7 +24,7 @@ from ..values import UnserializableValue, pack
 
 #: Job attributes that ``for_``/``do`` keywords and ``compute.default`` may set.
 SETTINGS = frozenset({"worktime", "worktime_version", "custom_worktime", "requirements", "public", "limits", "options",
-                      "modules", "files", "max_attempts", "scheduler", "cores", "progress"})
+                      "modules", "files", "max_attempts", "scheduler", "cores", "progress", "worker_wait"})
 PUBLIC_KEYS = frozenset({"name", "description", "link"})
 #: The scheduler's stores count slices in signed 64-bit integers (SQLite's INTEGER).
 MAX_SLICES = 2**63 - 1
@@ -84,6 +84,35 @@ def check_modules(modules: Any) -> dict[str, str | bytes]:
                 "ship a module file with job.requires('path/to/module.py')"
             )
         out[name] = source
+    return out
+
+
+def read_modules(modules: Any, named: Mapping[str, Any] | None = None) -> dict[str, str | bytes]:
+    """What ``job.requires(...)`` / ``define_function(name, requires, work)`` ship: paths of module
+    files (``"./refiner.js"``, ``Path``: module name = the file's stem), ``{name: source}`` dicts,
+    and ``name=source`` keywords."""
+    from ..errors import WorkError
+
+    out: dict[str, str | bytes] = {}
+    for m in modules:
+        if isinstance(m, Mapping):
+            out.update(check_modules(m))
+        elif isinstance(m, (str, os.PathLike)):
+            path = Path(m)
+            if not path.is_file():
+                raise WorkError(
+                    f"requires({str(m)!r}): no such file; pass the path of a module file, or "
+                    "{'name': source} to ship source text"
+                )
+            data = path.read_bytes()
+            try:
+                source: str | bytes = data.decode("utf-8")
+            except UnicodeDecodeError:
+                source = data
+            out.update(check_modules({path.stem: source}))
+        else:
+            raise TypeError(f"requires() takes module paths or {{name: source}} dicts, got {m!r}")
+    out.update(check_modules(named or {}))
     return out
 
 
@@ -158,6 +187,16 @@ def check_timeout(timeout: Any) -> None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"exec(timeout=...) must be a positive number of seconds, or None to wait forever; got {timeout!r}")
+
+
+def check_worker_wait(value: Any) -> float | None:
+    """``job.worker_wait``: seconds ``exec(local=False)`` waits for a worker that can run the job (``None``: for ever)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"job.worker_wait must be a number of seconds >= 0, or None to wait for a worker for ever; "
+                         f"got {value!r}")
+    return float(value)
 
 
 def parse_worktime(value: Any) -> tuple[str | None, str | None]:

@@ -16,7 +16,10 @@ so ``0.1`` is one tenth, not the binary float nearest to it), the set is never m
     10000000000000000001
 
 Datums are ``int`` when start, end and step are all integers, else ``float`` (the nearest double
-to the exact decimal value: ``float(Decimal("0.3")) == 0.3``). With ``group: n`` each slice gets a
+to the exact decimal value: ``float(Decimal("0.3")) == 0.3``). A float range whose step is not
+larger than the gap between adjacent floats at its largest value is refused: there, distinct exact
+values would become the same float (``{start: 2**70, end: 2**70 + 1, step: 0.5}`` would give three
+equal inputs), and an input set never holds silent duplicates. With ``group: n`` each slice gets a
 list of up to ``n`` consecutive values. ``MultiRange`` is the cartesian product of several ranges
 (form 3): slice ``i`` gets one value per dimension, last dimension varying fastest.
 """
@@ -146,6 +149,33 @@ def js_number_string(value: Any) -> str:
     return str(value)
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 32 else f"{text[:12]}...({len(text)} characters)"
+
+
+def _check_floats(start: Fraction, step: Fraction, count: int, *given: Any) -> None:
+    """``RangeError`` unless the range's values, as floats, are all finite and distinct."""
+    last = start + (count - 1) * step
+    largest = max(abs(start), abs(last))
+    what = "range {start: %s, end: %s, step: %s}" % tuple(_shown(v) for v in given)
+    try:
+        top = float(largest)
+    except OverflowError:
+        top = math.inf
+    if math.isinf(top):
+        raise RangeError(f"{what}: its values go beyond the largest float (about 1.8e308); a range with a fractional "
+                         "part gives float inputs, so use integers (exact at any size)")
+    gap = math.ulp(top)
+    if count > 1 and abs(step) <= gap:
+        raise RangeError(
+            f"{what}: near {js_number_string(top)} adjacent floats are {js_number_string(gap)} apart, not less than "
+            f"the step, so some inputs would be the same float; a range with a fractional "
+            "part gives float inputs. Use an integer range and scale in the work (e.g. {start: 0, end: n} and "
+            "x = start + i * step there), or a larger step"
+        )
+
+
 @dataclass(frozen=True, init=False)
 class RangeObject:
     """``{start, end, step, group}`` — see the module docstring. Accepts the dict form too:
@@ -185,11 +215,14 @@ class RangeObject:
                     )
             group = int(group)
         count = int((e - s) / st) + 1 if st else 1  # (e-s)/st >= 0 here; int() floors it
+        integral = s_int and e_int and st_int
+        if not integral:
+            _check_floats(s, st, count, start, end, step)
         object.__setattr__(self, "start", s)
         object.__setattr__(self, "end", e)
         object.__setattr__(self, "step", st)
         object.__setattr__(self, "group", group)
-        object.__setattr__(self, "integral", s_int and e_int and st_int)
+        object.__setattr__(self, "integral", integral)
         object.__setattr__(self, "count", count)
 
     # -- construction from user values -------------------------------------------------------------

@@ -58,7 +58,11 @@ class FrameWriter:
         self.tick: Callable[[], None] | None = None  # called by the flusher thread every cycle
 
     def send(self, frame: dict) -> None:
-        data = self.packer.pack(frame)
+        try:
+            data = self.packer.pack(frame)
+        except UnicodeEncodeError:  # a lone surrogate in an event: values.pack carries it
+            self.packer = packer()
+            data = pack(frame)
         with self.lock:
             self._pack_results()
             self.buf += data
@@ -228,6 +232,9 @@ class Evaluator:
         except UnserializableValue:
             self._packer = packer()  # a failed pack may leave the packer's buffer dirty
             raise
+        except UnicodeEncodeError:  # a lone surrogate: values.pack carries it
+            self._packer = packer()
+            return pack(value)
         except (TypeError, ValueError, OverflowError) as e:
             self._packer = packer()
             raise UnserializableValue(f"value cannot cross the sandbox boundary: {e}") from None

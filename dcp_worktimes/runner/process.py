@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import msgpack
 
 from ..errors import ErrorCode, SliceError
-from ..values import UnserializableValue, packer, unpacker
+from ..values import UnserializableValue, pack, packer, unpacker
 from .heartbeat import Heartbeat
 
 STDERR_TAIL = 4096
@@ -185,8 +185,11 @@ class EvaluatorProcess:
         with self._send_lock:
             try:
                 data = self._packer.pack(msg)
-            except (ValueError, TypeError, OverflowError) as e:  # e.g. a lone surrogate in the work text
+            except UnicodeEncodeError:  # a lone surrogate (in the work text ...): values.pack carries it
                 self._packer = packer()  # a failed pack may leave partial data behind
+                data = pack(msg)
+            except (ValueError, TypeError, OverflowError) as e:
+                self._packer = packer()
                 raise UnserializableValue(f"cannot send to the evaluator: {type(e).__name__}: {e}") from None
             try:
                 self._stdin.write(data)

@@ -41,8 +41,13 @@ Rules every backend keeps (the conformance suite checks them):
   first; within a job, retried slices first, then ascending slice numbers.
 * **Matching.** A worker gets a slice only when its worktimes (``{name: version}``) include the
   job's worktime within ``worktime_range`` and its capabilities satisfy the job's requirements
-  (nested dicts of booleans; ``True`` = must have, ``False`` = must not have).
+  (nested dicts of booleans; ``True`` = must have, ``False`` = must not have); a worker that
+  leases with ``categories`` only gets slices of jobs whose application carries one of them.
   ``check_schedulable`` reports a job no live worker can run (``unschedulable`` event + status).
+* **Applications.** Named, semver-versioned sets of work functions (``ApplicationRecord``) that
+  jobs are built from. A version, once published, never changes; the identity that first
+  published a name (``owner``, a fingerprint) is the only one that may publish its next versions.
+  ``get_application(name, range)`` resolves the highest published version within an npm range.
 * **Inputs.** Ranges and distributions are stored as descriptions (``InputSet.description()``)
   and sliced on demand with ``dcp_worktimes.inputs.input_set_from_description``; streams
   arrive with ``add_slices`` in batches and end with ``close_input``.
@@ -54,6 +59,11 @@ Rules every backend keeps (the conformance suite checks them):
   ({computed, failed}), ``cancel`` ({reason, code}), ``unschedulable`` ({reason}). ``result`` and
   ``error`` events are part of the log but left out with ``events(..., results=False)``: a
   deployer with no result listener reads the results as blocks (``result_batches``) instead.
+
+**Applications** (named, versioned work functions published once and used by many jobs) live in
+the store too: ``publish_application``, ``get_application``, ``list_applications``; a job built
+from one carries ``JobRecord.application``, and a worker may serve only some categories
+(``lease(..., categories=...)``).
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import DcpError, ErrorCode
-from ..versions import parse_range
+from ..versions import max_satisfying, parse_range, parse_version
 from ..worktime import JobSpec
 
 #: Environment variable naming the default scheduler URL (``sqlite:///abs/path.db``).
@@ -93,6 +103,18 @@ class UnknownJob(SchedulerError):
     code = "ENOJOB"
 
 
+class UnknownApplication(SchedulerError):
+    """No published application of that name, or no version of it within the range asked for."""
+
+    code = "ENOAPPLICATION"
+
+
+class ApplicationRefused(SchedulerError):
+    """A publish the store refuses: the version exists already, or the name is another identity's."""
+
+    code = "EAPPLICATION"
+
+
 @dataclass
 class JobRecord:
     """A job as the scheduler stores it. ``input`` is an ``InputSet.description()``."""
@@ -108,6 +130,13 @@ class JobRecord:
     status: str = RUNNING
     max_attempts: int = 3
     created: float = 0.0
+    #: For a job built from an application: ``{"name", "version", "function", "categories"}``.
+    application: dict | None = None
+
+    @property
+    def categories(self) -> list[str]:
+        """The categories of the job's application (workers may serve only some); none for other jobs."""
+        return list((self.application or {}).get("categories") or [])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +151,7 @@ class JobRecord:
             "status": self.status,
             "max_attempts": self.max_attempts,
             "created": self.created,
+            "application": self.application,
         }
 
     @classmethod
@@ -138,6 +168,7 @@ class JobRecord:
             status=d.get("status", RUNNING),
             max_attempts=int(d.get("max_attempts", 3)),
             created=float(d.get("created") or 0.0),
+            application=dict(d["application"]) if d.get("application") else None,
         )
 
 
@@ -249,6 +280,56 @@ class WorkerInfo:
     worktimes: dict[str, str]
     capabilities: dict
     last_seen: float
+    #: The application categories it serves (``dcp-worker --category``); ``None`` = every job.
+    categories: list[str] | None = None
+
+
+@dataclass
+class AppFunction:
+    """One named work function of an application: the work and how it runs (``spec``: its
+    ``id`` and ``arguments`` are unused; a job's are its own), the worktime range and requirements."""
+
+    spec: JobSpec
+    worktime_range: str | None = None
+    requirements: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "worktime_range": self.worktime_range, "requirements": self.requirements}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AppFunction":
+        return cls(JobSpec.from_dict(d["spec"]), d.get("worktime_range"), dict(d.get("requirements") or {}))
+
+
+@dataclass
+class ApplicationRecord:
+    """A published application version (DCP's "Application Handles"): plain data, so any
+    key-value store can hold it as one record under ``(name, version)``.
+
+    ``owner`` is a fingerprint of the identity that published it (never the identity itself);
+    ``categories`` are DCP's "hashTags" (workers may choose the categories they serve);
+    ``public`` holds ``description`` and ``link``.
+    """
+
+    name: str
+    version: str
+    functions: dict[str, AppFunction]
+    owner: str = ""
+    categories: list[str] = field(default_factory=list)
+    public: dict = field(default_factory=dict)
+    published: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "owner": self.owner, "categories": list(self.categories),
+                "public": dict(self.public), "published": self.published,
+                "functions": {n: f.to_dict() for n, f in self.functions.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ApplicationRecord":
+        return cls(name=d["name"], version=d["version"], owner=d.get("owner") or "",
+                   categories=list(d.get("categories") or []), public=dict(d.get("public") or {}),
+                   published=float(d.get("published") or 0.0),
+                   functions={n: AppFunction.from_dict(f) for n, f in (d.get("functions") or {}).items()})
 
 
 class Scheduler(ABC):
@@ -307,12 +388,14 @@ class Scheduler(ABC):
     @abstractmethod
     def lease(
         self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int, lease_seconds: float,
-        *, jobs: list[str] | None = None, pid: int | None = None,
+        *, jobs: list[str] | None = None, pid: int | None = None, categories: list[str] | None = None,
     ) -> list[Lease]:
         """Up to ``max_slices`` slices this worker can run, in blocks, leased for ``lease_seconds``.
 
         ``jobs`` restricts leasing to these job ids (local execution of one job); ``pid`` is the
-        worker's process id when it is not the caller's (lets the store notice a dead worker).
+        worker's process id when it is not the caller's (lets the store notice a dead worker);
+        ``categories``: the worker serves only jobs whose application carries one of them (and
+        ``workers()`` lists them, so ``check_schedulable`` knows).
         """
 
     @abstractmethod
@@ -343,9 +426,34 @@ class Scheduler(ABC):
         status) and return the reason; ``None`` when some worker can (or none are attached yet
         and ``grace`` seconds since submission have not passed)."""
 
+    # -- applications ---------------------------------------------------------------------------
+    @abstractmethod
+    def publish_application(self, app: ApplicationRecord) -> None:
+        """Store a new application version (``validate_application`` first).
+
+        ``ApplicationRefused`` when ``(name, version)`` exists (an application changes only by a
+        new version) or when ``name`` was first published by another ``owner``; atomic, so two
+        identities racing for a new name cannot both own it.
+        """
+
+    @abstractmethod
+    def get_application(self, name: str, version: str | None = None) -> ApplicationRecord:
+        """The highest published version of ``name`` within the npm range ``version`` (``None``:
+        the newest); ``UnknownApplication`` saying what is published (``pick_version`` words it)."""
+
+    @abstractmethod
+    def list_applications(self) -> list[ApplicationRecord]:
+        """Every published version, by name, then by ascending version."""
+
     def delete_job(self, job_id: str) -> None:
         """Forget a job and everything stored for it (a running job is cancelled first)."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
+
+    @property
+    def url(self) -> str | None:
+        """The URL other processes open this store with (``open_scheduler``), or ``None`` for a
+        store only this process can reach (a private in-memory one)."""
+        return None
 
     def leave(self, worker_id: str) -> None:
         """The worker stops (after returning its unfinished slices): forget it."""
@@ -394,6 +502,43 @@ def validate_job(job: JobRecord) -> None:
         raise SchedulerError(f"max_attempts must be at least 1, got {job.max_attempts}")
     if not isinstance(job.input, dict) or "kind" not in job.input:
         raise SchedulerError("input must be an InputSet.description() dict with a 'kind'")
+
+
+def validate_application(app: ApplicationRecord) -> None:
+    """Raise ``SchedulerError`` naming what is wrong with an application before storing it."""
+    if not isinstance(app.name, str) or not app.name.strip() or app.name != app.name.strip():
+        raise SchedulerError(f"application name must be a non-empty string without surrounding spaces, got {app.name!r}")
+    try:
+        parse_version(app.version)
+    except ValueError as e:
+        raise SchedulerError(f"application {app.name}: {e} (a published version is exact; ranges are for using one)") from None
+    if not app.functions:
+        raise SchedulerError(f"application {app.name} {app.version} has no functions; define one before publishing")
+    for fname, fn in app.functions.items():
+        if not isinstance(fname, str) or not fname:
+            raise SchedulerError(f"application {app.name}: function names must be non-empty strings, got {fname!r}")
+        if fn.worktime_range:
+            try:
+                parse_range(fn.worktime_range)
+            except ValueError as e:
+                raise SchedulerError(f"application {app.name}, function {fname}: {e}") from None
+
+
+def pick_version(name: str, versions: Iterable[str], wanted: str | None) -> str:
+    """The highest of an application's published ``versions`` within ``wanted`` (an npm range;
+    ``None`` = any), or ``UnknownApplication`` saying what exists."""
+    versions = list(versions)
+    if not versions:
+        raise UnknownApplication(f"no application named {name!r} is published on this scheduler; publish it with "
+                                 f"compute.Application({name!r}, '1.0.0', identity).publish()")
+    try:
+        best = max_satisfying(versions, wanted)
+    except ValueError as e:
+        raise UnknownApplication(f"application {name}: {e}") from None
+    if best is None:
+        shown = ", ".join(sorted(versions, key=parse_version))
+        raise UnknownApplication(f"application {name} has no version within {wanted!r}; published: {shown}")
+    return best
 
 
 def unusable_work_reason(errors: Iterable[Mapping[str, Any] | None]) -> str | None:

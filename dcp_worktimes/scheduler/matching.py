@@ -2,7 +2,8 @@
 the Compute API.
 
 * ``unmet_requirement(requirements, capabilities)``: the first requirement not met (``"gpu=true"``);
-* ``worker_can_run(job, worktimes, capabilities)``: why a worker cannot run a job, or ``None``;
+* ``worker_can_run(job, worktimes, capabilities, categories)``: why a worker cannot run a job, or ``None``;
+* ``check_categories(values)``: application categories (DCP's "hashTags") as stored and matched;
 * ``check_runnable_here(job)``: raise at once if no installed worktime of *this* machine can run it
   (not installed, no version in the range, its engine missing here, requirements unmet);
 * ``merge_capabilities(...)``: deep-merge capability dicts.
@@ -15,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import RequirementsError, WorktimeNotFound
@@ -48,8 +50,53 @@ def unmet_requirement(requirements: Mapping[str, Any] | None, capabilities: Mapp
     return None
 
 
-def worker_can_run(job: "JobRecord", worktimes: Mapping[str, str], capabilities: Mapping[str, Any]) -> str | None:
-    """Why this worker cannot run ``job`` (a sentence), or ``None`` when it can."""
+def flat_requirements(requirements: Mapping[str, Any] | None, prefix: str = "") -> list[str]:
+    """``{"machine": {"gpu": True}}`` -> ``["machine.gpu=true"]`` (for messages)."""
+    out: list[str] = []
+    for key, want in (requirements or {}).items():
+        if isinstance(want, Mapping):
+            out += flat_requirements(want, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={'true' if want else 'false'}")
+    return out
+
+
+_CATEGORY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_categories(values: Any, where: str = "categories") -> list[str]:
+    """Application categories (DCP's "hashTags") as they are stored and matched: lower case, a
+    leading ``#`` dropped, each a word of letters, digits, ``.``, ``_``, ``-``; duplicates removed.
+
+    >>> check_categories(["#Video", "video", "audio-fx"])
+    ['video', 'audio-fx']
+    """
+    if isinstance(values, str) or not isinstance(values, (list, tuple, set, frozenset)):
+        raise ValueError(f"{where} must be a list of words such as ['video', 'rendering'], got {values!r:.60}")
+    out: list[str] = []
+    for v in values:
+        if not isinstance(v, str):
+            raise ValueError(f"{where}: a category is a word such as 'video', got {v!r:.40}")
+        word = v.strip().lstrip("#").lower()
+        if not _CATEGORY.fullmatch(word):
+            raise ValueError(f"{where}: {v!r} is not a category; write a word of letters, digits, '.', '_' or '-' "
+                             "(at most 64), such as 'video'")
+        if word not in out:
+            out.append(word)
+    return out
+
+
+def worker_can_run(job: "JobRecord", worktimes: Mapping[str, str], capabilities: Mapping[str, Any],
+                   categories: list[str] | None = None) -> str | None:
+    """Why this worker cannot run ``job`` (a sentence), or ``None`` when it can.
+
+    ``categories``: the worker serves only jobs of applications carrying one of them (``None``: any job).
+    """
+    if categories is not None and not set(job.categories) & set(categories):
+        served = ", ".join(categories) or "none"
+        has = f"its application's categories are {', '.join(job.categories)}" if job.categories else (
+            "it is not an application job, so it has no category")
+        return f"no worker serves the job's categories ({has}; a worker started with --category serves only {served})"
     name = job.spec.worktime
     version = worktimes.get(name)
     if version is None:

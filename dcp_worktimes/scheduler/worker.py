@@ -40,8 +40,8 @@ from ..errors import ErrorCode, WorktimeNotFound
 from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec, Probe
-from .base import FINAL_STATES, Lease, Report, Scheduler, UnknownJob
-from .matching import merge_capabilities
+from .base import FINAL_STATES, JobRecord, Lease, Report, Scheduler, UnknownJob
+from .matching import check_categories, merge_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,36 @@ log = logging.getLogger(__name__)
 CANCEL_CHECK = 1.0
 #: Seconds console/progress/emit events of running slices may wait for a write (results flush sooner).
 EVENTS_FLUSH = 0.25
+
+
+#: Seconds between the checks of which jobs ended (for ``WorkerEvents.job_finished``).
+REPORT_CHECK = 2.0
+#: A job this worker has had no slice of for this long is reported as finished here (it may still
+#: run elsewhere, or wait for a deployer); a later slice of it starts it again.
+IDLE_JOB = 60.0
+
+
+class WorkerEvents:
+    """What a worker tells its owner (``dcp-worker``'s log: ``dcp_worktimes.worker_log``).
+
+    Called on the worker's loop thread, never from an evaluator's; the default does nothing.
+    Subclass and pass ``Worker(..., events=...)``::
+
+        class Counter(WorkerEvents):
+            def slices_done(self, job_id, report):
+                print(job_id, sum(report.oks), "ok")
+    """
+
+    def job_started(self, job: JobRecord) -> None:
+        """The first slice of ``job`` was leased here (or the first since it was reported finished)."""
+
+    def slices_done(self, job_id: str, report: Report) -> None:
+        """Final outcomes of some of ``job_id``'s slices as written to the scheduler (``Report``
+        columns: ``numbers``, ``oks``, ``errors`` (dicts with the ``code``), ``walls`` ...)."""
+
+    def job_finished(self, job_id: str, status: dict) -> None:
+        """``job_id`` has nothing left here: ``status`` is ``Scheduler.status`` (its ``status`` says
+        whether the job as a whole ended) or ``{"status": "gone"}`` for a deleted job."""
 
 
 #: Seconds a worktime whose evaluators could not prepare a job for reasons of this machine (its
@@ -111,7 +141,10 @@ class Worker:
     ``worktimes``: names of installed worktimes to offer (default: all installed);
     ``capabilities``: extra capabilities merged over the worktimes' own (matched against job
     requirements); ``limits``: caps on every slice's limits; ``jobs``: only lease these job ids
-    (local execution of one job); ``pool``: an existing pool to share (not closed by the worker).
+    (local execution of one job); ``categories``: serve only jobs of applications carrying one of
+    these categories (``None``: every job); ``events``: a ``WorkerEvents`` told which jobs start
+    and finish here and how their slices end; ``pool``: an existing pool to share (not closed by
+    the worker).
     """
 
     def __init__(
@@ -124,6 +157,7 @@ class Worker:
         limits: Limits | None = None,
         config: Mapping[str, Mapping[str, Any]] | None = None,
         jobs: list[str] | None = None,
+        categories: list[str] | None = None,
         worker_id: str | None = None,
         lease_seconds: float = 30.0,
         queue_seconds: float = 0.5,
@@ -133,6 +167,7 @@ class Worker:
         poll_interval: float = 0.05,
         idle_poll_interval: float = 0.5,
         pool: Any = None,
+        events: WorkerEvents | None = None,
     ) -> None:
         check_cores(cores)
         self.scheduler = scheduler
@@ -149,6 +184,7 @@ class Worker:
         self.cores = cores or os.cpu_count() or 1
         self.limits = limits
         self.jobs = list(jobs) if jobs else None
+        self.categories = check_categories(categories, "categories") if categories is not None else None
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_seconds = lease_seconds
         self.queue_seconds = queue_seconds
@@ -175,6 +211,13 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self.error: BaseException | None = None
+        self.events = events
+        self._last_slice: dict[str, float] = {}  # jobs reported started -> when a slice of theirs was last leased
+
+    @property
+    def leased(self) -> int:
+        """Slices leased here and not yet reported (queued on the evaluators or running)."""
+        return len(self._inflight)
 
     # -- callbacks from pool threads ------------------------------------------------------------
     def _on_outcome(self, outcome: Any) -> None:
@@ -224,7 +267,7 @@ class Worker:
             from ..runner import EvaluatorPool
 
             self._pool = EvaluatorPool(self.cores, config=self.config)
-        last_flush = last_beat = last_check = time.monotonic()
+        last_flush = last_beat = last_check = last_report = time.monotonic()
         idle_wait = self.poll_interval
         try:
             while not stop.is_set():
@@ -248,6 +291,9 @@ class Worker:
                         running_jobs = {held.lease.job_id for held in self._inflight.values()}
                     self._drop_finished(running_jobs)
                     last_check = now
+                if self.events is not None and now - last_report >= REPORT_CHECK:
+                    self._report_finished(now)
+                    last_report = now
                 with self._cond:
                     busy = bool(self._inflight)
                 if until_idle and not leased and not busy:
@@ -271,6 +317,8 @@ class Worker:
             raise
         finally:
             self._shutdown()
+            if self.events is not None:
+                self._report_finished(float("inf"))
 
     def _wait_for_work(self, stop: threading.Event, timeout: float) -> None:
         # Short waits so that stop (the deployer's job finished) is noticed within ~20 ms.
@@ -294,7 +342,9 @@ class Worker:
         offered = self._offered()
         if not offered:
             return 0
-        kwargs = {"jobs": self.jobs} if self.jobs is not None else {}
+        kwargs: dict[str, Any] = {"jobs": self.jobs} if self.jobs is not None else {}
+        if self.categories is not None:
+            kwargs["categories"] = self.categories
         leases = self.scheduler.lease(self.id, offered, self.capabilities, room, self.lease_seconds, **kwargs)
         if not leases:
             self._lease_backoff = min(max(self._lease_backoff * 2, self.poll_interval), self.idle_poll_interval)
@@ -310,8 +360,12 @@ class Worker:
             with self._cond:
                 self._inflight[lease.lease_id] = _Held(lease, len(lease))
                 self._open += len(lease)
-            self._dropped.discard(lease.job_id)
             job_id = lease.job_id
+            self._dropped.discard(job_id)
+            if self.events is not None:
+                if job_id not in self._last_slice:
+                    self.events.job_started(self.scheduler.get_job(job_id))
+                self._last_slice[job_id] = time.monotonic()
             self._pool.submit(spec, lease.numbers, lease.datums, self._on_outcome,
                               lambda kind, n, payload, _j=job_id: self._on_event(_j, kind, n, payload), tag=lease.lease_id)
             count += len(lease)
@@ -402,6 +456,8 @@ class Worker:
                 ok = sum(r.oks)
                 self.completed += ok
                 self.failed += len(r) - ok
+                if self.events is not None:
+                    self.events.slices_done(r.job_id, r)
 
     def _sort(self, outcome: Any, keep_cancelled: bool) -> tuple[list[int], list[int]]:
         """Positions of ``outcome`` to report, and positions to give back unrun (a failure of
@@ -430,6 +486,25 @@ class Worker:
         if len(keep) != len(outcome):
             columns = tuple([col[i] for i in keep] for col in columns)
         return Report(outcome.job_id, outcome.tag, *columns)
+
+    def _report_finished(self, now: float) -> None:
+        """Tell ``events`` which started jobs have nothing left here: ended, deleted, or idle here
+        for ``IDLE_JOB`` seconds (``now = inf``: the worker is stopping, every job)."""
+        with self._cond:
+            busy = {held.lease.job_id for held in self._inflight.values()}
+        for job_id, last in list(self._last_slice.items()):
+            if job_id in busy and now != float("inf"):
+                continue
+            try:
+                status = self.scheduler.status(job_id)
+            except UnknownJob:
+                status = {"status": "gone"}
+            except Exception as e:  # noqa: BLE001 - a report must never stop the worker
+                log.warning("could not read the status of job %s: %s", job_id, e)
+                continue
+            if status["status"] in FINAL_STATES or status["status"] == "gone" or now - last >= IDLE_JOB:
+                del self._last_slice[job_id]
+                self.events.job_finished(job_id, status)  # type: ignore[union-attr]
 
     def _heartbeat(self) -> None:
         with self._cond:
@@ -501,6 +576,7 @@ def run_worker(
     limits: Limits | None = None,
     *,
     capabilities: dict | None = None,
+    categories: list[str] | None = None,
     until_idle: bool = False,
     stop: threading.Event | None = None,
     lease_seconds: float = 30.0,
@@ -513,7 +589,8 @@ def run_worker(
 
     stop = stop or threading.Event()
     scheduler = open_scheduler(scheduler_url)
-    worker = Worker(scheduler, worktimes, cores, capabilities=capabilities, limits=limits, lease_seconds=lease_seconds)
+    worker = Worker(scheduler, worktimes, cores, capabilities=capabilities, limits=limits, categories=categories,
+                    lease_seconds=lease_seconds)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

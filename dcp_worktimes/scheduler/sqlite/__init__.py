@@ -6,7 +6,8 @@
 * ``store.py``: the state and the steps every write shares (events, final reports, re-queueing,
   finishing and cancelling a job), with the job's row as a named record (``JobRow``);
 * ``leases.py``: the lease engine (leasing runs of slices, exactly-once reports, expiry);
-* ``reads.py``: the read side (events, results, status, listings).
+* ``reads.py``: the read side (events, results, status, listings);
+* ``applications.py``: published applications and the categories workers serve.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction per batch (workers lease and report in
 batches). A worker on this host whose process is gone loses its leases at once instead of after
@@ -17,12 +18,14 @@ lease expiry.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Iterator
 from ...inputs import input_set_from_description
 from ...values import pack
 from ..base import (
+    ApplicationRecord,
     CANCELLED,
     FINAL_STATES,
     RUNNING,
@@ -37,6 +40,7 @@ from ..base import (
     validate_job,
 )
 from ..matching import worker_can_run
+from .applications import Applications
 from .leases import LeaseEngine
 from .reads import Reads
 from .schema import PENDING, QUEUED
@@ -58,11 +62,16 @@ class SqliteScheduler(Scheduler):
         self._store = Store(path)
         self._leases = LeaseEngine(self._store)
         self._reads = Reads(self._store)
+        self._apps = Applications(self._store)
         self._last_check = 0.0
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<SqliteScheduler {self.path}>"
+
+    @property
+    def url(self) -> str | None:
+        return None if self.path == ":memory:" else f"sqlite:///{os.path.abspath(self.path)}"
 
     # -- deployer side --------------------------------------------------------------------------
     def submit(self, job: JobRecord) -> None:
@@ -178,9 +187,12 @@ class SqliteScheduler(Scheduler):
     # -- worker side ----------------------------------------------------------------------------
     def lease(
         self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int, lease_seconds: float,
-        *, jobs: list[str] | None = None, pid: int | None = None,
+        *, jobs: list[str] | None = None, pid: int | None = None, categories: list[str] | None = None,
     ) -> list[Lease]:
-        leases, unmatched = self._leases.lease(worker_id, worktimes, capabilities, max_slices, lease_seconds, jobs, pid)
+        if categories is not None:
+            self._apps.serve(worker_id, list(categories))
+        leases, unmatched = self._leases.lease(worker_id, worktimes, capabilities, max_slices, lease_seconds, jobs, pid,
+                                               categories)
         now = time.time()
         if unmatched and now - self._last_check >= self.SCHEDULABLE_INTERVAL:
             self._last_check = now
@@ -214,12 +226,27 @@ class SqliteScheduler(Scheduler):
             return self._store.cond.wait(timeout)
 
     def workers(self) -> list[WorkerInfo]:
-        return self._reads.workers()
+        live = self._reads.workers()
+        served = self._apps.served() if live else {}
+        for w in live:
+            w.categories = served.get(w.id)
+        return live
 
     def leave(self, worker_id: str) -> None:
         """The worker is stopping: forget it (its unfinished leases should be returned first)."""
         with self._store.tx():
             self._store.db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+            self._apps.forget_worker(worker_id)
+
+    # -- applications ---------------------------------------------------------------------------
+    def publish_application(self, app: ApplicationRecord) -> None:
+        self._apps.publish(app)
+
+    def get_application(self, name: str, version: str | None = None) -> ApplicationRecord:
+        return self._apps.get(name, version)
+
+    def list_applications(self) -> list[ApplicationRecord]:
+        return self._apps.list()
 
     def check_schedulable(self, job_id: str, grace: float = 0.0) -> str | None:
         store = self._store
@@ -230,7 +257,7 @@ class SqliteScheduler(Scheduler):
         if row.status in FINAL_STATES:
             return None
         live = self.workers()
-        reasons = [worker_can_run(rec, w.worktimes, w.capabilities) for w in live]
+        reasons = [worker_can_run(rec, w.worktimes, w.capabilities, w.categories) for w in live]
         if any(r is None for r in reasons):
             return None
         if time.time() - created < grace:

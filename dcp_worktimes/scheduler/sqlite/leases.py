@@ -96,7 +96,8 @@ class LeaseEngine:
 
     # -- leasing ----------------------------------------------------------------------------------
     def lease(self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int,
-              lease_seconds: float, jobs: list[str] | None, pid: int | None) -> tuple[list[Lease], list[str]]:
+              lease_seconds: float, jobs: list[str] | None, pid: int | None,
+              categories: list[str] | None = None) -> tuple[list[Lease], list[str]]:
         """``(leases, jobs this worker could not run)``."""
         if max_slices <= 0:
             return [], []
@@ -123,7 +124,7 @@ class LeaseEngine:
                 want = max_slices - got
                 if want <= 0:
                     break
-                if worker_can_run(store.record(job_id), worktimes, capabilities) is not None:
+                if worker_can_run(store.record(job_id), worktimes, capabilities, categories) is not None:
                     unmatched.append(job_id)
                     continue
                 blocks = self._lease_job(job_id, worker_id, expires, want)

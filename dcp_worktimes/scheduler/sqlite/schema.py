@@ -19,6 +19,10 @@ Tables, and why they are shaped so:
 * ``events``: the job's event log; ``result`` and ``error`` events are not stored twice but
   expanded from ``results`` in the same per-job sequence.
 * ``workers``: live workers (host, pid, worktimes, capabilities).
+* ``applications``: published application versions, the ``ApplicationRecord`` as msgpack under
+  ``(name, version)``, with the publishing identity's fingerprint as a column (``applications.py``).
+* ``worker_categories``: the application categories a worker serves (``dcp-worker --category``),
+  written once when it first leases; a table of its own so that ``workers`` keeps its shape.
 
 Stores of another format are refused with a message (no release ever needed a migration).
 """
@@ -104,6 +108,18 @@ CREATE TABLE IF NOT EXISTS workers (
     host TEXT, pid INTEGER,
     worktimes BLOB, capabilities BLOB,
     last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS applications (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    published REAL NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS worker_categories (
+    worker_id TEXT PRIMARY KEY,
+    categories BLOB NOT NULL
 );
 """
 

@@ -36,7 +36,7 @@ from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import format_size
 from ...values import UnserializableValue
 from ...worktime import SliceContext
-from .marshal import from_js, to_js
+from .marshal import bigint_hint, from_js, to_js
 
 with open(os.path.join(os.path.dirname(__file__), "prelude.js"), encoding="utf-8") as _f:
     PRELUDE = _f.read()
@@ -89,6 +89,8 @@ class JSEngine:
         self._stack_thread: int | None = None
         self._memory_limit = -1
         self._may_throw_null = False  # whether the job's code can throw null itself
+        self._bigint = False  # job option "bigint": every int crosses as a BigInt
+        self._args_text = ""
         self._ctx.add_callable("__dcpHost", self._host)
         self._op = self._ctx.eval(PRELUDE)
 
@@ -233,11 +235,14 @@ class JSEngine:
         raise WorkError(f"the work does not compile: {kind}: {err['message']}{where}; "
                         f"{_other_language(source) or 'fix the work function' + chr(39) + 's source'}")
 
-    def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False) -> None:
-        """Job arguments (passed after the datum), module sources for require(), and whether a list
-        datum is spread into separate arguments (multi-dimensional jobs)."""
+    def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False,
+                bigint: bool = False) -> None:
+        """Job arguments (passed after the datum), module sources for require(), whether a list
+        datum is spread into separate arguments (multi-dimensional jobs), and whether every int
+        crosses as a BigInt (the job option)."""
+        self._bigint = bigint
         try:
-            args_text = to_js(list(arguments))
+            args_text = self._args_text = to_js(list(arguments), bigint)
         except UnserializableValue as e:
             raise WorkError(f"the job arguments cannot be passed to JavaScript: {e}") from None
         sources: dict[str, str] = {}
@@ -255,7 +260,7 @@ class JSEngine:
     def run(self, ctx: SliceContext, datum: Any) -> Any:
         """Run one slice: call the work, settle promises and timers, return the decoded result."""
         try:
-            datum_text = to_js(datum)
+            datum_text = to_js(datum, self._bigint)
         except UnserializableValue as e:
             raise SliceError(f"the datum cannot be passed to JavaScript: {e}", code=ErrorCode.EUNSERIALIZABLE) from None
         limits = ctx.limits
@@ -274,6 +279,11 @@ class JSEngine:
                 # limits: left queued they would run, and be blamed, in the next async slice.
                 self._drain_jobs()
             return self._result(envelope)
+        except SliceError as e:
+            hint = bigint_hint(e.name, e.message, self._bigint, (datum_text, self._args_text))
+            if not hint:
+                raise
+            raise SliceError(e.message + hint, code=e.code, stack=e.stack, name=e.name) from None
         finally:
             # Timers and promise state left by this slice are reset by the next "start".
             self._slice = None

@@ -21,6 +21,11 @@ Conversions (Python → JS → Python)::
     list / tuple         -> Array               -> list
     dict                 -> plain object        -> dict     (keys become strings)
 
+With the job option ``bigint`` (``job.options = {"bigint": True}``) every Python ``int`` in the
+datum and the job arguments arrives as a ``BigInt``, whatever its size: a range crossing 2**53
+then gives the work one type on every slice (``x + 1n``), instead of Numbers below and BigInts
+above. A ``TypeError`` from mixing the two gets a hint pointing at the option (``bigint_hint``).
+
 JS values only the guest makes: ``undefined`` → ``None`` (also inside arrays and objects, so
 keys are never silently dropped); ``BigInt`` → ``int``; ``ArrayBuffer`` → ``bytes``; objects
 with ``toJSON()`` (``Date`` → ISO 8601 string) are converted by it; boxed primitives are
@@ -53,17 +58,18 @@ _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", "
 class _Prep:
     """Rewrites a Python value into JSON-ready data, tagging what JSON cannot carry."""
 
-    __slots__ = ("tagged",)
+    __slots__ = ("tagged", "bigint")
 
-    def __init__(self) -> None:
+    def __init__(self, bigint: bool = False) -> None:
         self.tagged = False
+        self.bigint = bigint  # every int a BigInt (job option "bigint")
 
     def __call__(self, v: Any) -> Any:
         t = type(v)
         if t is str or v is None or t is bool:
             return v
         if t is int:
-            if -MAX_SAFE <= v <= MAX_SAFE:
+            if -MAX_SAFE <= v <= MAX_SAFE and not self.bigint:
                 return v
             self.tagged = True
             return {TAG: ["n", format(v, "x")]}  # hex: decimal str() stops at 4300 digits
@@ -106,14 +112,15 @@ class _Prep:
         )
 
 
-def to_js(value: Any) -> str:
-    """Encode a Python value for ``__dcpDecode`` in the guest; ``UnserializableValue`` if impossible."""
+def to_js(value: Any, bigint: bool = False) -> str:
+    """Encode a Python value for ``__dcpDecode`` in the guest; ``UnserializableValue`` if impossible.
+    ``bigint``: every ``int`` becomes a ``BigInt`` (the job option)."""
     t = type(value)
-    if t is int and -MAX_SAFE <= value <= MAX_SAFE:  # fast paths: most datums are scalars
+    if t is int and -MAX_SAFE <= value <= MAX_SAFE and not bigint:  # fast paths: most datums are scalars
         return "0" + int.__repr__(value)
     if t is str:
         return "0" + _dumps(value)
-    prep = _Prep()
+    prep = _Prep(bigint)
     data = prep(value)
     try:
         text = _dumps(data)
@@ -141,3 +148,30 @@ _tagged = json.JSONDecoder(object_hook=_revive).decode
 def from_js(text: str) -> Any:
     """Decode what the guest's ``__dcpEncode`` produced."""
     return (_tagged if text[:1] == "1" else _plain)(text[1:])
+
+
+#: How a BigInt looks in ``to_js`` text.
+_BIGINT_MARK = '"\\u0000dcp":["n",'
+
+
+def bigint_hint(name: str | None, message: str, bigint: bool, sent: tuple[str, ...]) -> str:
+    """The hint to append to a work's ``TypeError`` from mixing BigInt and Number ("cannot
+    convert BigInt to number", "Cannot mix BigInt and other types"), or ``""`` when it does not
+    apply: the job option is on, or ``sent`` (the datum's and arguments' ``to_js`` text) carried
+    an integer beyond 2**53-1.
+
+    >>> bigint_hint("TypeError", "cannot convert BigInt to number", False, (to_js(2**60),)).startswith(" (this slice's")
+    True
+    >>> bigint_hint("TypeError", "cannot convert BigInt to number", False, (to_js(7),))
+    ''
+    """
+    if name != "TypeError" or "bigint" not in message.lower():
+        return ""
+    if bigint:
+        return (" (the job option 'bigint' is on, so every integer in the datum and the job arguments is a BigInt: "
+                "write 1n instead of 1, or convert with Number(x))")
+    if not any(text[:1] == "1" and _BIGINT_MARK in text for text in sent):
+        return ""
+    return (" (this slice's datum or a job argument holds an integer beyond 2**53-1, which JavaScript receives as a "
+            "BigInt while smaller integers arrive as Numbers; set job.options = {'bigint': True} to receive every "
+            "integer as a BigInt on every slice, or convert with Number(x), which rounds above 2**53)")

@@ -28,7 +28,9 @@ class MapBasic(Worktime):
                     "engine": {"es7": True, "es2023": True, "quickjs": True}}
     enforces = frozenset({"wall_time", "cpu_time", "memory", "stack", "progress_timeout"})
     description = "JavaScript work functions (DCP map-basic) on QuickJS"
-    options = {"strict": "evaluate the work in strict mode ('use strict')"}
+    options = {"strict": "evaluate the work in strict mode ('use strict')",
+               "bigint": "every integer of the datum and the job arguments arrives as a BigInt (default: a Number up "
+                         "to 2**53-1, a BigInt above)"}
     default_for = frozenset({"text", ".js", ".mjs", ".cjs"})
     #: DCP: a job that names no map-basic version gets ^1.0.0 (a 2.0 may change the work's contract).
     default_range = "^1.0.0"
@@ -55,6 +57,9 @@ class MapBasic(Worktime):
         if not isinstance(work, str) or not work.strip():
             raise WorkError('the work is an empty string; map-basic needs a work function, e.g. '
                             '"function (x) { progress(); return x * 2 }"')
+        for name in ("strict", "bigint"):
+            if not isinstance(job.options.get(name, False), bool):
+                raise WorkError(f"map-basic's option {name!r} is True or False, got {job.options[name]!r}")
 
     def __init__(self) -> None:
         self._engine = None
@@ -73,7 +78,8 @@ class MapBasic(Worktime):
         engine = JSEngine()
         engine.set_limits(job.limits.memory)
         try:
-            engine.set_job(list(job.arguments), dict(job.modules), spread=bool(job.options.get("spread_datum")))
+            engine.set_job(list(job.arguments), dict(job.modules), spread=bool(job.options.get("spread_datum")),
+                           bigint=bool(job.options.get("bigint")))
             engine.compile(work, strict=bool(job.options.get("strict")), time_limit=job.limits.wall_time or 60.0)
         except SliceError as e:  # e.g. the arguments alone exceed the memory limit
             raise WorkError(f"map-basic could not load the job: {e.message}") from None

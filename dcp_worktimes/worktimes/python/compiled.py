@@ -6,10 +6,14 @@ The first compile of ``python-snapshot.wasm`` (104 MB) takes ~2 minutes and ~2.3
 ``dcp-worker warmup --worktime python`` runs::
 
     >>> from dcp_worktimes.worktimes.python import warmup                       # doctest: +SKIP
-    >>> warmup(lambda fraction, message: print(f"{fraction:.0%} {message}"))   # doctest: +SKIP
-    3% compiling CPython 3.15.0 for WASI (first use only, ~2 min on 2 cores): 4s
+    >>> warmup(lambda fraction, message: print(message))                        # doctest: +SKIP
+    compiling CPython 3.15.0 for WASI (first use only; it took 2 min on 2 cores here): 4 s so far
     ...
-    100% CPython 3.15.0 for WASI compiled in 117s; cached in ~/.cache/dcp-worktimes/wasm
+    CPython 3.15.0 for WASI compiled in 117s; cached in ~/.cache/dcp-worktimes/wasm
+
+Progress is elapsed time, honestly: wasmtime compiles a module in one call that reports nothing
+until it returns, so there is no fraction to show before the end (``fraction`` is ``None`` until
+the final ``1.0``). Waiting for another process that is compiling it says so.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 #: its own recursion well below that (RecursionError), measured in tests/test_python_worktime.py.
 ENGINE_OPTIONS = EngineOptions(fuel=False, exceptions=True, max_wasm_stack=2 << 20)
 
-#: What a first compile took here (2 cores, shared); only used to draw the progress estimate.
+#: What a first compile took here (2 cores, shared); said in the progress messages, never used as a fraction.
 EXPECTED_COMPILE_SECONDS = 120.0
 
 ProgressCallback = Callable[[float | None, str], None]
@@ -71,7 +75,9 @@ def load(progress: ProgressCallback | None = None) -> Compiled:
                     return
                 # One compiler per machine: ~2.3 GB of RAM and both cores each. Others wait here,
                 # then load what the first one wrote.
+                box["phase"] = "waiting"
                 with _machine_lock():
+                    box["phase"] = "compiling"
                     box["compiled"] = compile_module(engine, ENGINE_OPTIONS, wasm)
             except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
                 box["error"] = e
@@ -84,8 +90,12 @@ def load(progress: ProgressCallback | None = None) -> Compiled:
             thread.join(0.5)
             elapsed = time.monotonic() - started
             if thread.is_alive() and elapsed > 1.0 and progress is not None:
-                fraction = min(0.99, elapsed / EXPECTED_COMPILE_SECONDS)
-                progress(fraction, f"compiling {label} (first use only, ~2 min on 2 cores): {elapsed:.0f}s")
+                if box.get("phase") == "waiting":
+                    what = f"waiting for another process compiling {label}"
+                else:
+                    what = (f"compiling {label} (first use only; it took {EXPECTED_COMPILE_SECONDS / 60:.0f} min on "
+                            "2 cores here)")
+                progress(None, f"{what}: {elapsed:.0f} s so far")
         if "error" in box:
             raise RuntimeMissing(f"{runtime.snapshot} does not compile: {box['error']}; reinstall with: "
                                  f"{INSTALL_HINT}") from box["error"]
@@ -152,7 +162,8 @@ def load_if_cached() -> Compiled | None:
 def warmup(progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Compile (or load) the runtime and start one interpreter; returns what it did and how long.
 
-    ``progress(fraction, message)`` is called about twice a second while compiling.
+    ``progress(fraction, message)`` is called about twice a second while compiling (``fraction``
+    ``None``: elapsed time is all there is to show), then once with ``1.0``.
     """
     from .interpreter import Guest, GuestDirs
 

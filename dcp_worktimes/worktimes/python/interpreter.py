@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import exceeded, format_size
-from ...values import UnserializableValue, pack, unpack
+from ...values import UnserializableValue, pack, printable, unpack
 from ..wasm_runtime import Watchdog, memory_at_quota, set_store_limits, trap_to_error
 from ..wasm_runtime.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
 from .artifacts import boot_dir, runtime_cache
@@ -157,8 +157,9 @@ def _sweep_orphans() -> None:
 
 def _guest_frame(data: bytes) -> Any:
     """One frame from the guest. Its bytes are the work's to forge: a malformed frame is the work's
-    error (``EUNCAUGHT``), a string that is not Unicode (a lone surrogate) ``EUNSERIALIZABLE`` for
-    a result or an emitted value, and replaced by U+FFFD in a console line."""
+    error (``EUNCAUGHT``); a string that is not UTF-8 is ``EUNSERIALIZABLE`` in a result or an
+    emitted value, and replaced by U+FFFD in a console line. Lone surrogates (``'\\udcff'``) are
+    text and arrive exactly (``dcp_worktimes.values``: the guest encodes them as the host does)."""
     import msgpack
 
     try:
@@ -168,8 +169,8 @@ def _guest_frame(data: bytes) -> Any:
             frame = unpack(data, unicode_errors="replace")
             if isinstance(frame, list) and frame and frame[0] == "console":
                 return frame
-            raise SliceError("a string in the work's result or event is not valid Unicode (a lone surrogate such as "
-                             "'\\udcff'); encode such text before returning it", code=ErrorCode.EUNSERIALIZABLE) from None
+            raise SliceError("a string in the work's result or event is not UTF-8 text (the guest's frame was "
+                             "forged?); return bytes for binary data", code=ErrorCode.EUNSERIALIZABLE) from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:  # also from the second, lenient unpack
         raise SliceError(f"the work sent the host a malformed frame ({type(e).__name__}: {e})",
                          code=ErrorCode.EUNCAUGHT) from None
@@ -512,7 +513,8 @@ class Guest:
             return b"\xc3"
         if op == "console":
             level = frame[1] if len(frame) > 1 and frame[1] in CONSOLE_LEVELS else "log"
-            message = frame[2] if len(frame) > 2 and isinstance(frame[2], str) else repr(frame[2:])
+            # A console line is for people: lone surrogates show as U+FFFD (values carry them exactly).
+            message = printable(frame[2]) if len(frame) > 2 and isinstance(frame[2], str) else repr(frame[2:])
             if state is not None:
                 state["console"] += len(message)
                 limit = self._output_limit

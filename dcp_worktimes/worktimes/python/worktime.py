@@ -164,8 +164,8 @@ class PythonWorktime(Worktime):
     def warmup(cls, report: Callable[[str], None]) -> None:
         """Compile the CPython module once per machine (~2 min, cached) and start one interpreter.
 
-        ``dcp-worker warmup --worktime python`` calls it; ``report`` gets a line every ~5 s while
-        compiling, then a summary.
+        ``dcp-worker warmup --worktime python`` calls it; ``report`` gets the elapsed time every
+        ~5 s while compiling (there is no fraction to show: see ``compiled``), then a summary.
         """
         from .compiled import warmup
 
@@ -175,7 +175,7 @@ class PythonWorktime(Worktime):
             now = time.monotonic()
             if now - last[0] >= 5 or (fraction or 0) >= 1.0:
                 last[0] = now
-                report(message if fraction is None else f"{fraction:4.0%} {message}")
+                report(message)
 
         info = warmup(progress)
         report(f"interpreter started in {info['start_seconds'] * 1000:.0f} ms (CPython {info['python']})")

@@ -53,7 +53,12 @@ class ContentType:
         if isinstance(datum, (bytes, bytearray, memoryview)):
             return bytes(datum)
         if isinstance(datum, str):
-            return datum.encode()
+            try:
+                return datum.encode()
+            except UnicodeEncodeError as e:  # a lone surrogate: no UTF-8 spelling exists
+                raise SliceError(f"content_type raw sends a str datum as UTF-8, and this one has a lone surrogate "
+                                 f"({datum[e.start]!r} at index {e.start}); send bytes, or use content_type json "
+                                 "(which escapes it)", code=ErrorCode.EUNSERIALIZABLE) from None
         raise SliceError(f"content_type raw takes bytes or str data, got {type(datum).__name__}; "
                          "use content_type json or msgpack for structured data", code=ErrorCode.EUNSERIALIZABLE)
 
