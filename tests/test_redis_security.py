@@ -117,3 +117,42 @@ def test_the_password_is_never_in_a_log_line_an_event_a_listing_or_an_error(tmp_
     assert any("unreachable" in r.getMessage() for r in caplog.records)
     for text in seen:
         assert secret not in text
+
+
+def test_dcp_worker_and_its_helper_processes_never_show_the_password(tmp_path):
+    require_redis()
+    import os
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    secret = "Cmd-Line-Secret-9"
+    with RedisServer(tmp_path / "redis", password=secret) as server:
+        url = server.url("cli")
+        s = open_scheduler(url)
+        job = make_job("slow", 40)
+        job.spec.work = '{"sleep": 0.05}'
+        s.submit(job)
+        env = {**os.environ, "DCP_SCHEDULER": url, "DCP_CORES_PER_PROCESS": "1", "DCP_PROGRESS": "0"}
+        worker = subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--worktime", "echo", "--cores", "2"],
+                                  env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            helpers: list = []
+            while not helpers and time.monotonic() < deadline:
+                helpers = [p for p in psutil.Process(worker.pid).children(recursive=True)
+                           if "--helper" in p.cmdline()]
+                time.sleep(0.1)
+            assert helpers, "the worker started no helper process"
+            for p in [psutil.Process(worker.pid), *helpers]:
+                assert secret not in " ".join(p.cmdline())
+            while s.status("slow")["status"] != "complete" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len({r.worker for r in s.results("slow").values()}) == 2  # the helper worked too
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+        assert "redis://:***@127.0.0.1" in err and secret not in err
+        s.close()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 from .base import SchedulerError
 
@@ -50,3 +51,22 @@ def parse_url(url: str) -> tuple[str, str]:
     if url.endswith((".db", ".sqlite", ".sqlite3")):
         return "sqlite", os.path.abspath(os.path.expanduser(url))
     raise SchedulerError(f"cannot read {url!r} as a scheduler URL; {_HINT}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: the form for messages, logs and events.
+
+    >>> redact_url("redis://team:s3cret@db-host:6379/0?group=physics")
+    'redis://team:***@db-host:6379/0?group=physics'
+    >>> redact_url("sqlite:///tmp/jobs.db")
+    'sqlite:///tmp/jobs.db'
+    """
+    try:
+        parts = urlsplit(url.strip())
+        password = parts.password
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if password is None:
+        return url.strip()
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))

@@ -8,7 +8,8 @@ workers on many machines.
 * ``keys.py``: the keys of a group and why they are shaped so;
 * ``scripts.py`` + ``lua/``: every atomic write as a Lua script;
 * ``leases.py``: the lease engine's client side (matching, blocks, reports);
-* ``reads.py``: the read side (events, results, status, listings).
+* ``reads.py``: the read side (events, results, status, listings);
+* ``applications.py``: published applications.
 
 Design, for many workers and jobs of millions of slices:
 
@@ -59,6 +60,7 @@ from ...inputs import input_set_from_description
 from ...values import pack
 from ..base import (
     FINAL_STATES,
+    ApplicationRecord,
     JobRecord,
     Lease,
     Report,
@@ -69,6 +71,7 @@ from ..base import (
     validate_job,
 )
 from ..matching import worker_can_run
+from .applications import Applications
 from .connection import Link, RedisTarget, RedisUnavailable, parse_redis_url
 from .keys import Keys
 from .leases import LeaseEngine, Records, queue_member, token
@@ -110,6 +113,7 @@ class RedisScheduler(Scheduler):
         self._records = Records(self._link, self._keys)
         self._leases = LeaseEngine(self._link, self._keys, self._records)
         self._reads = Reads(self._link, self._keys, self._records, self._leases)
+        self._apps = Applications(self._link, self._keys, self._leases)
         self._cond = _condition(self.target)
         self._last_check = 0.0
         self._closed = False
@@ -117,6 +121,12 @@ class RedisScheduler(Scheduler):
 
     def __repr__(self) -> str:
         return f"<RedisScheduler {self.target.shown}>"
+
+    @property
+    def url(self) -> str:
+        """The URL as given (with its password: pass it to other processes in the environment, never
+        on a command line or in a message; ``target.shown`` is the one to show)."""
+        return self.target.url
 
     def _script(self, name: str, what: str, *args: object) -> object:
         return self._leases.run(name, what, list(args))
@@ -224,9 +234,10 @@ class RedisScheduler(Scheduler):
     # -- worker side ----------------------------------------------------------------------------
     def lease(
         self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int, lease_seconds: float,
-        *, jobs: list[str] | None = None, pid: int | None = None,
+        *, jobs: list[str] | None = None, pid: int | None = None, categories: list[str] | None = None,
     ) -> list[Lease]:
-        leases, unmatched = self._leases.lease(worker_id, worktimes, capabilities, max_slices, lease_seconds, jobs, pid)
+        leases, unmatched = self._leases.lease(worker_id, worktimes, capabilities, max_slices, lease_seconds, jobs, pid,
+                                               categories)
         now = time.time()
         if unmatched and now - self._last_check >= self.SCHEDULABLE_INTERVAL:
             self._last_check = now
@@ -284,12 +295,22 @@ class RedisScheduler(Scheduler):
         """The worker is stopping: forget it (its unfinished leases should be returned first)."""
         self._leases.leave(worker_id)
 
+    # -- applications ---------------------------------------------------------------------------
+    def publish_application(self, app: ApplicationRecord) -> None:
+        self._apps.publish(app)
+
+    def get_application(self, name: str, version: str | None = None) -> ApplicationRecord:
+        return self._apps.get(name, version)
+
+    def list_applications(self) -> list[ApplicationRecord]:
+        return self._apps.list()
+
     def check_schedulable(self, job_id: str, grace: float = 0.0) -> str | None:
         rec = self._reads.get_job(job_id)
         if rec.status in FINAL_STATES:
             return None
         live = self.workers()
-        reasons = [worker_can_run(rec, w.worktimes, w.capabilities) for w in live]
+        reasons = [worker_can_run(rec, w.worktimes, w.capabilities, w.categories) for w in live]
         if any(r is None for r in reasons):
             return None
         if time.time() - rec.created < grace:

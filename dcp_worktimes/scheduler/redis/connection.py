@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..base import SchedulerError
+from ..urls import redact_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,6 +80,7 @@ class RedisTarget:
     timeout: float
     tls_options: dict = field(default_factory=dict)
     shown: str = ""  # the URL without its password
+    url: str = field(default="", repr=False)  # the URL as given
 
     @property
     def prefix(self) -> str:
@@ -108,11 +110,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     if scheme not in ("redis", "rediss"):
         raise SchedulerError(f"not a Redis URL (scheme {scheme!r}); write {_FORM}")
     password = unquote(parts.password) if parts.password is not None else None
-    netloc = parts.netloc.rpartition("@")[2]
-    shown_auth = ""
-    if parts.username or password is not None:
-        shown_auth = f"{unquote(parts.username or '')}{':***' if password is not None else ''}@"
-    shown = f"{scheme}://{shown_auth}{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+    shown = redact_url(url)
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
@@ -151,7 +149,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         keep=_seconds(shown, "keep", options["keep"]) if "keep" in options else DEFAULT_KEEP,
         retry=_seconds(shown, "retry", options["retry"]) if "retry" in options else DEFAULT_RETRY,
         timeout=_seconds(shown, "timeout", options["timeout"]) if "timeout" in options else DEFAULT_TIMEOUT,
-        tls_options=tls_options, shown=shown,
+        tls_options=tls_options, shown=shown, url=url.strip(),
     )
 
 

@@ -18,6 +18,8 @@ Per group:
 * ``workers`` HASH worker id -> its worktimes and capabilities; ``seen`` ZSET worker id -> last
   lease/heartbeat (server clock); ``host:<host key>`` HASH worker id -> pid, so a worker on the
   same machine notices a dead one at once.
+* ``apps`` HASH application name -> the owner that first published it; ``app:<name>`` HASH
+  version -> the ``ApplicationRecord`` (``applications.py``; they never expire).
 * ``req:<token>`` a call that must not take effect twice (lease, submit, post_events, delete)
   remembers its token for five minutes: a retry after a lost reply returns the first answer.
 
@@ -68,6 +70,13 @@ class Keys:
 
     def results(self, job_id: str) -> str:
         return f"{self.prefix}res:{job_id}"
+
+    @property
+    def applications(self) -> str:
+        return self.prefix + "apps"
+
+    def application(self, name: str) -> str:
+        return f"{self.prefix}app:{name}"
 
     def host(self, host_key: str) -> str:
         return f"{self.prefix}host:{host_key}"

@@ -128,7 +128,8 @@ class LeaseEngine:
 
     # -- leasing ----------------------------------------------------------------------------------
     def lease(self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int,
-              lease_seconds: float, jobs: list[str] | None, pid: int | None) -> tuple[list[Lease], list[str]]:
+              lease_seconds: float, jobs: list[str] | None, pid: int | None,
+              categories: list[str] | None = None) -> tuple[list[Lease], list[str]]:
         """``(leases, jobs this worker could not run)``."""
         if max_slices <= 0:
             return [], []
@@ -137,10 +138,11 @@ class LeaseEngine:
             self._last_reap = now
             self._reap_local()
         info = msgpack.packb({"host": socket.gethostname(), "pid": pid or os.getpid(), "worktimes": dict(worktimes),
-                              "capabilities": dict(capabilities)}, use_bin_type=True)
+                              "capabilities": dict(capabilities),
+                              "categories": None if categories is None else list(categories)}, use_bin_type=True)
         leases: list[Lease] = []
         for _ in range(2):
-            candidates, unmatched = self._candidates(worktimes, capabilities, jobs)
+            candidates, unmatched = self._candidates(worktimes, capabilities, jobs, categories)
             reply = self.run("lease", "lease slices", [worker_id, info, HOST_KEY, pid or os.getpid(),
                                                         repr(float(lease_seconds)), int(max_slices), token(), *candidates])
             expires = time.time() + lease_seconds
@@ -152,8 +154,8 @@ class LeaseEngine:
                 break
         return leases, unmatched
 
-    def _candidates(self, worktimes: dict[str, str], capabilities: dict,
-                    jobs: list[str] | None) -> tuple[list[str], list[str]]:
+    def _candidates(self, worktimes: dict[str, str], capabilities: dict, jobs: list[str] | None,
+                    categories: list[str] | None) -> tuple[list[str], list[str]]:
         """Job ids this worker can run, in leasing order, and the queued ones it cannot."""
         allowed: list[str] = []
         unmatched: list[str] = []
@@ -171,7 +173,8 @@ class LeaseEngine:
                 rec = records.get(job_id)
                 if rec is None:
                     continue
-                (allowed if worker_can_run(rec, worktimes, capabilities) is None else unmatched).append(job_id)
+                fits = worker_can_run(rec, worktimes, capabilities, categories) is None
+                (allowed if fits else unmatched).append(job_id)
             if allowed or not more:
                 return allowed, unmatched
 

@@ -240,7 +240,7 @@ class Reads:
             if not info:
                 continue
             d = msgpack.unpackb(info, raw=False)
-            out.append(WorkerInfo(wid.decode(), d["worktimes"], d["capabilities"], float(seen)))
+            out.append(WorkerInfo(wid.decode(), d["worktimes"], d["capabilities"], float(seen), d.get("categories")))
         return out
 
 

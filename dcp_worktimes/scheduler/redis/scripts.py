@@ -17,7 +17,7 @@ from functools import lru_cache
 from importlib import resources
 
 NAMES = ("submit", "add_slices", "close_input", "lease", "report", "give_back", "heartbeat", "post_events",
-         "cancel", "delete", "set_payment", "unschedulable", "workers", "leave")
+         "cancel", "delete", "set_payment", "unschedulable", "workers", "leave", "publish")
 
 
 @lru_cache(maxsize=None)
