@@ -55,7 +55,8 @@ local now = clock()
 redis.call('HSET', P .. 'workers', worker, info)
 redis.call('ZADD', P .. 'seen', D(now), worker)
 if host ~= '' then redis.call('HSET', P .. 'host:' .. host, worker, pid) end
-local reclaimed = reclaim(now, 1000)
+-- A bounded number per call: a script blocks the server while it runs (the rest go on the next calls).
+local reclaimed = reclaim(now, 32)
 
 local deadline = D(now + seconds)
 local lids = {}
@@ -158,7 +159,7 @@ for i = 9, #ARGV do
   want = want - lease_job(ARGV[i], want)
 end
 
-redis.call('SET', rk, cmsgpack.pack(lids), 'EX', 300)
+if #lids > 0 then redis.call('SET', rk, cmsgpack.pack(lids), 'EX', 300) end -- a retry of an empty call may lease anew
 local out = {}
 for _, lid in ipairs(lids) do out[#out + 1] = describe(lid) end
 return cmsgpack.pack({reclaimed, out})
