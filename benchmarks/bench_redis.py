@@ -16,6 +16,9 @@ loopback port, AOF on) and ``pip install 'dcp-worktimes[redis]'``.
   until it has all. What one-entry-per-task costs on the same server.
 * **Scaling**: the Redis backend with 1, 2, 4 worker processes.
 
+``--worktime echo`` runs the same slices without a JavaScript engine: what the stores and the
+host's worker loop carry when the work costs nothing.
+
 Medians of ``--repeat`` interleaved rounds (the machine is shared: load drifts within seconds);
 ``uptime`` is printed before and after.
 
@@ -39,7 +42,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _table import print_table  # noqa: E402
 
-WORK = "function(i){ return i }"
+#: The work of each worktime the benchmark can use: the identity.
+WORKS = {"map-basic": "function(i){ return i }", "echo": ""}
 
 
 def uptime() -> str:
@@ -52,11 +56,11 @@ def uptime() -> str:
 class Workers:
     """``count`` dcp-worker processes (one evaluator each) on ``url``."""
 
-    def __init__(self, url: str, count: int) -> None:
+    def __init__(self, url: str, count: int, worktime: str) -> None:
         from dcp_worktimes.scheduler import open_scheduler
 
         env = {**os.environ, "DCP_SCHEDULER": url, "DCP_PROGRESS": "0"}
-        self.procs = [subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--worktime", "map-basic",
+        self.procs = [subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--worktime", worktime,
                                         "--cores", "1"], env=env, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(count)]
         with open_scheduler(url) as s:
@@ -76,11 +80,19 @@ class Workers:
             p.wait(60)
 
 
-def e2e(url: str, n: int) -> float:
+def server_cpu(port: int) -> float:
+    """CPU seconds the redis-server process has used so far."""
+    import redis
+
+    info = redis.Redis(port=port).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def e2e(url: str, n: int, worktime: str) -> float:
     from dcp_worktimes import compute
 
     t = time.perf_counter()
-    results = compute.for_(0, n - 1, WORK, worktime="map-basic", scheduler=url).exec(local=False)
+    results = compute.for_(0, n - 1, WORKS[worktime], worktime=worktime, scheduler=url).exec(local=False)
     elapsed = time.perf_counter() - t
     values = list(results)
     assert len(values) == n and values[0] == 0 and values[-1] == n - 1
@@ -142,35 +154,41 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--scaling", default="1,2,4", help="worker process counts for the scaling rows")
+    ap.add_argument("--worktime", default="map-basic", choices=sorted(WORKS),
+                    help="echo: the same slices without a JavaScript engine (what the stores and the host carry)")
     args = ap.parse_args()
     os.environ["DCP_PROGRESS"] = "0"
     from dcp_worktimes.scheduler.redis.server import RedisServer
 
-    n = args.slices
+    n, wt = args.slices, args.worktime
     before = uptime()
     with tempfile.TemporaryDirectory() as tmp:
         with RedisServer(os.path.join(tmp, "redis")) as server:
             stores = {"redis": server.url("bench"), "sqlite": f"sqlite:///{tmp}/bench.db"}
             times: dict[str, list[float]] = {"redis": [], "sqlite": [], "streams": []}
-            pools = {kind: Workers(url, 2) for kind, url in stores.items()}
-            try:
-                for url in stores.values():
-                    e2e(url, 1000)  # warm: evaluators forked, the work compiled once
-                for _ in range(args.repeat):
-                    for kind, url in stores.items():
-                        times[kind].append(e2e(url, n))
-                    times["streams"].append(bare_streams(server.port, n))
-            finally:
-                for pool in pools.values():
-                    pool.close()
-            scaling: dict[int, float] = {}
-            for count in [int(c) for c in args.scaling.split(",") if c.strip()]:
-                pool = Workers(stores["redis"], count)
-                try:
-                    e2e(stores["redis"], 1000)
-                    scaling[count] = statistics.median(e2e(stores["redis"], n) for _ in range(args.repeat))
-                finally:
-                    pool.close()
+            cpu: list[float] = []  # the Redis server's CPU seconds per Redis-backend run
+            for _ in range(args.repeat):
+                for kind, url in stores.items():
+                    pool = Workers(url, 2, wt)  # only the measured store's workers are alive
+                    try:
+                        e2e(url, 1000, wt)  # warm: evaluators forked, the work compiled once
+                        used = server_cpu(server.port)
+                        times[kind].append(e2e(url, n, wt))
+                        if kind == "redis":
+                            cpu.append(server_cpu(server.port) - used)
+                    finally:
+                        pool.close()
+                times["streams"].append(bare_streams(server.port, n))
+            scaling: dict[int, list[float]] = {}
+            counts = [int(c) for c in args.scaling.split(",") if c.strip()]
+            for _ in range(args.repeat):
+                for count in counts:
+                    pool = Workers(stores["redis"], count, wt)
+                    try:
+                        e2e(stores["redis"], 1000, wt)
+                        scaling.setdefault(count, []).append(e2e(stores["redis"], n, wt))
+                    finally:
+                        pool.close()
     after = uptime()
 
     t = {k: statistics.median(v) for k, v in times.items()}
@@ -182,11 +200,14 @@ def main() -> None:
         ("bare Redis Streams, one entry per task, 2 consumers", t["streams"], n / t["streams"],
          f"{t['sqlite'] / t['streams']:.2f}x", "1.00x"),
     ]
-    for count, secs in scaling.items():
+    for count, runs in scaling.items():
+        secs = statistics.median(runs)
         rows.append((f"Redis backend, {count} worker process{'es' if count > 1 else ''}", secs, n / secs,
                      f"{t['sqlite'] / secs:.2f}x", f"{t['streams'] / secs:.2f}x"))
     ratio = t["sqlite"] / t["redis"]
-    note = (f"{n:,} trivial map-basic slices end to end, median of {args.repeat}; cores: {os.cpu_count()}.\n"
+    note = (f"{n:,} trivial {wt} slices end to end, median of {args.repeat}; cores: {os.cpu_count()}.\n"
+            f"redis-server CPU per Redis-backend run: {statistics.median(cpu):.2f} s "
+            f"({statistics.median(cpu) / t['redis']:.0%} of one core while it ran).\n"
             f"before: {before}\nafter:  {after}\n"
             f"Goals: >= 200k slices/s end to end: {'met' if n / t['redis'] >= 200_000 else 'NOT met'} "
             f"({n / t['redis']:,.0f}/s); Redis >= 80 % of SQLite: {'met' if ratio >= 0.8 else 'NOT met'} ({ratio:.0%}).")
