@@ -1,7 +1,7 @@
 """The scheduler interface: a durable job store that hands slices to workers under leases.
 
 A **scheduler** holds jobs (their spec, how their input is sliced, their results and events) and
-hands slices to workers. Every backend (the embedded SQLite one, a Redis one later) implements
+hands slices to workers. Every backend (the embedded SQLite one, the Redis one for fleets) implements
 ``Scheduler`` and passes the conformance suite in ``dcp_worktimes.testing_scheduler``.
 
 Life of a job::
