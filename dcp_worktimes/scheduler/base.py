@@ -504,6 +504,17 @@ def validate_job(job: JobRecord) -> None:
         raise SchedulerError("input must be an InputSet.description() dict with a 'kind'")
 
 
+def check_payment(payment_per_slice: Any) -> float:
+    """A bid as stored: a finite number >= 0, else ``SchedulerError``."""
+    try:
+        payment = float(payment_per_slice)
+    except (TypeError, ValueError):
+        payment = float("nan")
+    if not payment >= 0 or payment == float("inf"):
+        raise SchedulerError(f"payment per slice must be a finite number >= 0, got {payment_per_slice!r}")
+    return payment
+
+
 def validate_application(app: ApplicationRecord) -> None:
     """Raise ``SchedulerError`` naming what is wrong with an application before storing it."""
     if not isinstance(app.name, str) or not app.name.strip() or app.name != app.name.strip():

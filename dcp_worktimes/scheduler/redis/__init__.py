@@ -68,9 +68,10 @@ from ..base import (
     Scheduler,
     SchedulerError,
     WorkerInfo,
+    check_payment,
     validate_job,
 )
-from ..matching import worker_can_run
+from ..matching import unschedulable_reason
 from .applications import Applications
 from .connection import Link, RedisTarget, RedisUnavailable, parse_redis_url
 from .keys import Keys
@@ -209,12 +210,7 @@ class RedisScheduler(Scheduler):
         return self._reads.job_summaries()
 
     def set_payment(self, job_id: str, payment_per_slice: float) -> None:
-        try:
-            payment = float(payment_per_slice)
-        except (TypeError, ValueError):
-            payment = float("nan")
-        if not payment >= 0 or payment == float("inf"):
-            raise SchedulerError(f"payment per slice must be a finite number >= 0, got {payment_per_slice!r}")
+        payment = check_payment(payment_per_slice)
         if self._script("set_payment", "change a job's payment", job_id, repr(payment)) == -1:
             raise self._reads.unknown(job_id)
         self._notify()
@@ -309,19 +305,9 @@ class RedisScheduler(Scheduler):
         rec = self._reads.get_job(job_id)
         if rec.status in FINAL_STATES:
             return None
-        live = self.workers()
-        reasons = [worker_can_run(rec, w.worktimes, w.capabilities, w.categories) for w in live]
-        if any(r is None for r in reasons):
+        reason = unschedulable_reason(rec, self.workers(), self.target.shown)
+        if reason is None or time.time() - rec.created < grace:
             return None
-        if time.time() - rec.created < grace:
-            return None
-        if not live:
-            reason = (f"no worker is attached to the Redis scheduler {self.target.shown} (group {self.target.group!r}); "
-                      f"start one with `dcp-worker --worktime {rec.spec.worktime}` and the same DCP_SCHEDULER, or run "
-                      "the job locally")
-        else:
-            reason = "; ".join(sorted(set(r for r in reasons if r))) + (
-                f" (live workers: {len(live)}); start a worker that has it, or change the job's worktime/requirements")
         got = self._script("unschedulable", "mark a job unschedulable", job_id, reason)
         if got in (-1, 0):
             if got == -1:

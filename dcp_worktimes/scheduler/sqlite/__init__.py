@@ -37,9 +37,10 @@ from ..base import (
     Report,
     ResultBatch,
     WorkerInfo,
+    check_payment,
     validate_job,
 )
-from ..matching import worker_can_run
+from ..matching import unschedulable_reason
 from .applications import Applications
 from .leases import LeaseEngine
 from .reads import Reads
@@ -160,9 +161,7 @@ class SqliteScheduler(Scheduler):
         return self._reads.job_summaries()
 
     def set_payment(self, job_id: str, payment_per_slice: float) -> None:
-        payment = float(payment_per_slice)
-        if not payment >= 0 or payment == float("inf"):
-            raise SchedulerError(f"payment per slice must be a finite number >= 0, got {payment_per_slice!r}")
+        payment = check_payment(payment_per_slice)
         store = self._store
         with store.tx():
             rec = replace(store.record(job_id), payment_per_slice=payment)  # UnknownJob for a bad id
@@ -256,18 +255,9 @@ class SqliteScheduler(Scheduler):
             (created,) = store.db.execute("SELECT created FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row.status in FINAL_STATES:
             return None
-        live = self.workers()
-        reasons = [worker_can_run(rec, w.worktimes, w.capabilities, w.categories) for w in live]
-        if any(r is None for r in reasons):
+        reason = unschedulable_reason(rec, self.workers(), f"sqlite:///{self.path}")
+        if reason is None or time.time() - created < grace:
             return None
-        if time.time() - created < grace:
-            return None
-        if not live:
-            reason = (f"no worker is attached to the scheduler {self.path}; start one with "
-                      f"`dcp-worker --worktime {rec.spec.worktime} --scheduler sqlite:///{self.path}` or run the job locally")
-        else:
-            reason = "; ".join(sorted(set(r for r in reasons if r))) + (
-                f" (live workers: {len(live)}); start a worker that has it, or change the job's worktime/requirements")
         with store.lock:
             # A deployer asks every few quiet seconds: answer an unchanged verdict with a read,
             # and take the write lock only to record a new one.

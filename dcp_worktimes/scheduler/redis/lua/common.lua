@@ -15,6 +15,26 @@ local function clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- HMGET / HSET of many slice-number fields, in chunks (values in order; false when absent).
+local function hmget_numbers(key, nums)
+  local out = {}
+  for i = 1, #nums, CHUNK do
+    local f = {}
+    for j = i, math.min(i + CHUNK - 1, #nums) do f[#f + 1] = I(nums[j]) end
+    local got = redis.call('HMGET', key, unpack(f))
+    for j = 1, #got do out[#out + 1] = got[j] end
+  end
+  return out
+end
+
+local function hset_numbers(key, nums, values)
+  for i = 1, #nums, CHUNK do
+    local a = {}
+    for j = i, math.min(i + CHUNK - 1, #nums) do a[#a + 1] = I(nums[j]); a[#a + 1] = values[j] end
+    redis.call('HSET', key, unpack(a))
+  end
+end
+
 -- One event; fields is a flat list of names and values (reads.py turns them back into a dict).
 local function event(id, fields)
   local seq = redis.call('HINCRBY', K('job', id), 'seq', 1)

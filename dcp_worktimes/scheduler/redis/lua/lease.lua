@@ -11,14 +11,8 @@ local seconds, want, token = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local rk = P .. 'req:' .. token
 
 local function datums(id, nums)
-  local out = {}
-  local sd = K('sd', id)
-  for i = 1, #nums, CHUNK do
-    local f = {}
-    for j = i, math.min(i + CHUNK - 1, #nums) do f[#f + 1] = I(nums[j]) end
-    local got = redis.call('HMGET', sd, unpack(f))
-    for j = 1, #got do out[#out + 1] = got[j] or '' end
-  end
+  local out = hmget_numbers(K('sd', id), nums)
+  for i = 1, #out do out[i] = out[i] or '' end
   return out
 end
 
@@ -96,18 +90,8 @@ local function lease_job(id, want)
     local nums = numbers_of(pend)
     local atts = {}
     local ak = K('att', id)
-    for i = 1, #nums, CHUNK do
-      local f = {}
-      for j = i, math.min(i + CHUNK - 1, #nums) do f[#f + 1] = I(nums[j]) end
-      local prev = redis.call('HMGET', ak, unpack(f))
-      local upd = {}
-      for j = 1, #f do
-        local a = (tonumber(prev[j]) or 0) + 1
-        atts[#atts + 1] = a
-        upd[#upd + 1] = f[j]; upd[#upd + 1] = I(a)
-      end
-      redis.call('HSET', ak, unpack(upd))
-    end
+    for i, prev in ipairs(hmget_numbers(ak, nums)) do atts[i] = (tonumber(prev) or 0) + 1 end
+    hset_numbers(ak, nums, atts)
     list_lease(id, nums, atts)
     got = #nums
   end
