@@ -291,3 +291,56 @@ def test_an_idle_worker_is_woken_by_work_from_another_machine(redis_url):  # noq
     assert woken and proc.returncode == 0
     assert s.status("j")["total"] == 3
     s.close()
+
+
+@pytest.mark.parametrize("desc", [
+    {"start": -5, "end": 20, "step": 3}, {"start": 0.5, "end": 3.5, "step": 0.5}, {"start": 2**70, "end": 2**70 + 5},
+    [{"start": 0, "end": 2}, {"start": 10, "end": 12}],
+])
+def test_leased_datums_are_the_inputs_own(redis_url, desc):  # noqa: F811
+    from dcp_worktimes.inputs import input_set
+    from dcp_worktimes.testing_scheduler import make_job
+
+    s = open_scheduler(redis_url)
+    inputs = input_set(desc)
+    job = make_job("j")
+    job.input = inputs.description()
+    s.submit(job)
+    blocks = s.lease("w", {"echo": "1.0.0"}, {}, 10**6, 30)
+    datums = [d for b in blocks for d in b.datums]
+    assert datums == [inputs.nth(i) for i in range(len(inputs))]
+    assert [type(d) for d in datums] == [type(inputs.nth(i)) for i in range(len(inputs))]
+    s.close()
+
+
+def test_a_report_mixing_outcomes_strays_and_duplicates_counts_each_slice_once(redis_url):  # noqa: F811
+    from dcp_worktimes.scheduler import Report
+    from dcp_worktimes.testing_scheduler import make_job
+    from dcp_worktimes.values import pack, unpack
+
+    s = open_scheduler(redis_url)
+    s.submit(make_job("j", 8, max_attempts=2))
+    (run,) = s.lease("w", {"echo": "1.0.0"}, {}, 6, 30)  # slices 0..5 as one run
+    crash = {"code": "ECRASH", "message": "died"}
+    uncaught = {"code": "EUNCAUGHT", "message": "boom"}
+    numbers = [0, 1, 1, 2, 3, 7, 4]  # 1 twice, 7 is not this lease's
+    oks = [True, True, True, False, False, True, True]
+    errors = [None, None, None, crash, uncaught, None, None]
+    s.report([Report(run.job_id, run.lease_id, numbers, oks, [pack(n) if ok else None for n, ok in zip(numbers, oks)],
+                     errors, [0.5] * 7, [0.25] * 7, [1] * 7, [1] * 7)])
+    results = s.results("j")
+    assert sorted(results) == [0, 1, 3, 4]  # 2 went back (ECRASH, attempt 1 of 2); 7 was a stray
+    assert not results[3].ok and results[3].error["code"] == "EUNCAUGHT" and unpack(results[4].value) == 4
+    assert all(r.attempt == 1 and r.worker == "w" and r.wall_time == 0.5 for r in results.values())
+    assert s.status("j")["computed"] == 3 and s.status("j")["failed"] == 1
+    blocks = s.lease("w2", {"echo": "1.0.0"}, {}, 10, 30)  # the retry first, then the fresh rest
+    assert [(b.numbers, b.attempts) for b in blocks] == [([2], [2]), ([6, 7], [1, 1])]
+    retry, fresh = blocks
+    s.report([Report.ok(retry, [2], [pack("two")]), Report.ok(fresh, [6, 7], [pack(6), pack(7)]),
+              Report.ok(run, [5, 2], [pack(5), pack("stale")])])  # 2 of the old run is no longer its
+    results = s.results("j")
+    assert unpack(results[2].value) == "two" and results[2].attempt == 2 and results[2].worker == "w2"
+    assert sorted(results) == list(range(8)) and s.status("j")["status"] == "failed"  # slice 3 failed
+    events = [e for _, e in s.events("j") if e["type"] in ("result", "error")]
+    assert sorted(e["sliceNumber"] for e in events) == list(range(8))
+    s.close()
