@@ -84,7 +84,8 @@ __all__ = ["RedisScheduler", "RedisUnavailable", "parse_redis_url"]
 MAX_SLICES = 2**53
 
 # In-process wake-ups: schedulers of one group in this process share a condition, so a local
-# worker waiting for work wakes as soon as its deployer stores some (other machines poll).
+# worker waiting for work wakes as soon as its deployer stores some (other machines' work arrives
+# through the group's wake stream: RedisScheduler._watch_for_work).
 _conditions: dict[tuple, threading.Condition] = {}
 _conditions_lock = threading.Lock()
 
