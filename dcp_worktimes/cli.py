@@ -165,7 +165,7 @@ def _parse_json(text: str, what: str) -> Any:
                                  "quote strings: '\"text\"'; @FILE reads a file, - reads standard input") from None
 
 
-_WORK_SUFFIXES = (".js", ".mjs", ".cjs", ".wasm", ".wat", ".py", ".json")
+_WORK_SUFFIXES = (".js", ".mjs", ".cjs", ".wasm", ".wat", ".py", ".json", ".blend")
 
 
 def _read_work(work: str) -> str | bytes:
@@ -333,7 +333,10 @@ def worktimes_cmd(as_json: bool, **settings: Any) -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="A worktime option, e.g. strict=true.")
 @limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as a JSON object.")
-def slice_cmd(worktime, work, datum, args, modules, options, as_json, **limits) -> None:
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the result's bytes to this file: a bytes result, or the one bytes field of a dict "
+                   "result (a rendered frame's image); the rest of a dict is printed as JSON.")
+def slice_cmd(worktime, work, datum, args, modules, options, as_json, output, **limits) -> None:
     """Run one slice in a sandboxed evaluator and print its result (exit status 1 if it fails)."""
     from .plugins import get_worktime
     from .runner import run_slice
@@ -368,16 +371,19 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, **limits) 
             click.echo(f"[emit {payload['name']}] {json.dumps(_to_json(payload['value']))}", err=True)
 
     out = run_slice(job, _parse_json(datum, "--datum"), on_event, config=config)
+    result = out.value if out.ok else None
+    if out.ok and output is not None:
+        result = _write_output(result, output)
     if as_json:
         body: dict[str, Any] = {"ok": out.ok, "wall_time": out.wall_time, "cpu_time": out.cpu_time,
                                 "bytes_in": out.bytes_in, "bytes_out": out.bytes_out}
         if out.ok:
-            body["result"] = _to_json(out.value)
+            body["result"] = _to_json(result)
         else:
             body["error"] = out.error.to_dict()  # type: ignore[union-attr]
         click.echo(json.dumps(body))
     elif out.ok:
-        click.echo(json.dumps(_to_json(out.value)))
+        click.echo(json.dumps(_to_json(result)))
     else:
         err = out.error
         click.echo(f"{err.code}: {err.message}", err=True)  # type: ignore[union-attr]
@@ -385,6 +391,25 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, **limits) 
             click.echo(err.stack, err=True)  # type: ignore[union-attr]
     if not out.ok:
         sys.exit(EXIT_FAILED)
+
+
+def _write_output(value: Any, path: str) -> Any:
+    """``--output``: write a bytes result, or the single bytes field of a dict result, to ``path``;
+    return what is left to print: ``{"$file": path}`` in place of the bytes written."""
+    if isinstance(value, bytes):
+        field, data, rest = None, value, {"$file": path}
+    else:
+        fields = [k for k, v in value.items() if isinstance(v, bytes)] if isinstance(value, dict) else []
+        if len(fields) != 1:
+            what = (f"a dict with {len(fields)} bytes fields ({', '.join(map(str, fields))})" if fields
+                    else f"a {type(value).__name__} with no bytes")
+            raise click.BadParameter(f"it writes a bytes result, or the one bytes field of a dict result; this result "
+                                     f"is {what}: leave out --output to print it as JSON", param_hint="--output")
+        field, data = fields[0], value[fields[0]]
+        rest = {**value, field: {"$file": path}}
+    Path(path).write_bytes(data)
+    click.echo(f"wrote {len(data)} bytes{f' ({field})' if field else ''} to {path}", err=True)
+    return rest
 
 
 @cli.command("warmup")

@@ -48,7 +48,7 @@ def store(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def python_cache():
-    """The persistent compiled-module cache, whatever an earlier test set DCP_WORKTIMES_CACHE to."""
+    """The session's compiled-module cache, whatever an earlier test set DCP_WORKTIMES_CACHE to."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DCP_WORKTIMES_CACHE", PYTHON_CACHE)
         yield PYTHON_CACHE
@@ -56,7 +56,7 @@ def python_cache():
 
 @pytest.fixture(scope="module")
 def warm(python_cache):
-    """The compiled runtime (compiled here at most once per machine, with progress on stderr)."""
+    """The compiled runtime (compiled here at most once per session, with progress on stderr)."""
     import sys
 
     from dcp_worktimes.worktimes.python.compiled import load

@@ -1,10 +1,10 @@
 """The python worktime's runtime for the tests: one compiled-module cache for all of them.
 
-Compiling CPython-for-WASI takes ~2 minutes, so the suite must compile it at most once per
-machine: the cache is the user's persistent one (or ``$DCP_WORKTIMES_CACHE`` as it was when the
-test session started), never a per-test temporary folder. Other tests may point
-``DCP_WORKTIMES_CACHE`` at a temporary folder; the ``python_cache`` fixture (conftest.py) puts
-ours back for the duration of the python tests, and ``warm`` compiles (or loads) once.
+Compiling CPython-for-WASI takes ~2 minutes, so the suite compiles it at most once per session:
+the cache is the session's (the repository's conftest.py points ``$DCP_WORKTIMES_CACHE`` at it and
+links in what ``dcp-worker warmup`` left in the user's cache), never a per-test temporary folder.
+Other tests may point ``DCP_WORKTIMES_CACHE`` at a temporary folder; the ``python_cache`` fixture
+(tests/conftest.py) puts the session's back for the python tests, and ``warm`` compiles (or loads) once.
 """
 
 from __future__ import annotations

@@ -43,6 +43,17 @@ def test_slice_json_outcome_and_console_on_stderr():
     assert "[console.log] hi (x2)" in r.stderr
 
 
+def test_slice_output_writes_the_result_bytes(tmp_path):
+    out = tmp_path / "result.bin"
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", '{"image": {"$bytes": "AP8="}, "n": 1}', "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == b"\x00\xff" and json.loads(r.stdout) == {"image": {"$file": str(out)}, "n": 1}
+    r = dcp_worker("slice", "-w", "echo", "--work", '{"output": 0.001}', "--output", str(out))
+    assert r.returncode == 0 and out.read_bytes() == b"x" * 1048
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", '{"a": 1}', "--output", str(out))
+    assert r.returncode == 2 and "Invalid value for --output: it writes a bytes result" in r.stderr and "a dict with no bytes" in r.stderr
+
+
 def test_spin_forever_stops_at_wall_time():
     t = time.monotonic()
     r = dcp_worker("slice", "--worktime", "echo", "--work", '{"spin": -1}', "--wall-time", "2s")

@@ -219,7 +219,7 @@ def test_dcp_worker_lists_applications(store, tmp_path):
 
 def test_a_function_for_a_worktime_only_remote_workers_have(store):
     app = compute.Application("render", "1.0.0", IDENTITY)
-    app.define_function("frame", "scene.blend", worktime="blender-like", custom_worktime=True)
+    app.define_function("frame", "render(scene)", worktime="blender-like", custom_worktime=True)
     app.publish()
     job = compute.Application("render").for_([1, 2], "frame", worker_wait=0.5)
     assert job.custom_worktime and job.worktime == "blender-like"

@@ -44,9 +44,9 @@ def test_echo_comes_from_its_entry_point():
 
 def test_unknown_name_lists_installed_and_the_package_to_install():
     with pytest.raises(WorktimeNotFound) as e:
-        get_worktime("blender")
+        get_worktime("luxcore")
     text = str(e.value)
-    assert e.value.code == "ENOWORKTIME" and "echo 1.0.0" in text and "pip install dcp-worktime-blender" in text
+    assert e.value.code == "ENOWORKTIME" and "echo 1.0.0" in text and "pip install dcp-worktime-luxcore" in text
 
 
 def test_a_misspelt_name_gets_a_suggestion_not_a_package_to_install():
@@ -58,7 +58,7 @@ def test_a_misspelt_name_gets_a_suggestion_not_a_package_to_install():
 def test_a_worktime_left_out_by_the_plugin_filter_says_so(monkeypatch):
     monkeypatch.setenv(ENV_LOAD_PLUGINS, "nothing-of-that-name")
     with pytest.raises(WorktimeNotFound) as e:
-        Registry().get("blender")
+        Registry().get("luxcore")
     assert f"{ENV_LOAD_PLUGINS}='nothing-of-that-name' left out the plugins of dcp-worktime-echo" in str(e.value)
 
 

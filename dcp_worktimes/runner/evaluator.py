@@ -218,6 +218,7 @@ class Evaluator:
         self._packer = packer()
         self._beat = lambda: hb.progressed(time.monotonic())  # one closure for every slice
         self._events = _SliceEvents(out, -1, None)
+        self.family = False  # whether the worktime keeps child processes between slices
         out.tick = self._events.flush_stale
         cls = type(worktime)
         #: The engine runs many slices per call (``Worktime.execute_block``).
@@ -289,7 +290,10 @@ class Evaluator:
             err = SliceError(f"{type(e).__name__}: {e}", code=ErrorCode.EBADWORK, stack=traceback.format_exc())
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
-        self.out.send({"t": "prepared", "rss": _rss()})
+        # A worktime that keeps its engine running as a child process (blender) has it counted in
+        # its footprint and in each slice's CPU clock: the watchdog measures the whole process tree.
+        self.family = _has_children()
+        self.out.send({"t": "prepared", "rss": _rss(self.family)})
 
     def run(self, numbers: list[int], packed: bytes) -> None:
         job = self.job
@@ -310,15 +314,15 @@ class Evaluator:
         """Run one slice with ``execute`` (worktimes without a block fast path)."""
         events = self._events.reset(self.out, index, limits.output)
         now = time.monotonic()
-        cpu0 = time.process_time()
+        cpu0 = _cpu(self.family)
         self.hb.start(index, now, cpu0)
         ctx = SliceContext(number, limits, self.job, sink=events, heartbeat=self._beat, cancel_event=self.cancel)
         try:
             result = self.worktime.execute(ctx, datum)
         except Exception as e:  # every failure of the work becomes the slice's error
-            self.settle_error(index, e, events, time.monotonic() - now, time.process_time() - cpu0)
+            self.settle_error(index, e, events, time.monotonic() - now, _cpu(self.family) - cpu0)
             return
-        self.settle(index, result, events, limits, time.monotonic() - now, time.process_time() - cpu0)
+        self.settle(index, result, events, limits, time.monotonic() - now, _cpu(self.family) - cpu0)
 
     def settle(self, index: int, result: Any, events: "_SliceEvents", limits: Limits, wall: float, cpu: float) -> None:
         """Slice ``index`` returned ``result``: pack and check it, then queue it for the supervisor."""
@@ -520,9 +524,44 @@ def split_packed(packed: bytes) -> list[bytes]:
     return out
 
 
-def _rss() -> int:
+def _rss(family: bool = False) -> int:
+    """Resident bytes of this process, plus its live children's when ``family``."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    if family:
+        rss += sum(_children(lambda p: p.memory_info().rss))
+    return rss
+
+
+def _cpu(family: bool) -> float:
+    """CPU seconds of this process and its exited children, plus its live children's when
+    ``family``: what the watchdog counts, so each slice is measured from here."""
+    t = os.times()
+    used = time.process_time() + t.children_user + t.children_system
+    if family:
+        used += sum(_children(lambda p: sum(p.cpu_times()[:2])))
+    return used
+
+
+def _has_children() -> bool:
+    """Whether this process has child processes now (none is reaped: WNOWAIT)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
+
+
+def _children(measure: Callable[[Any], float]) -> list[float]:
+    import psutil  # only for worktimes with child processes: the others never pay its import
+
+    values = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            values.append(measure(child))
+        except psutil.Error:  # it ended while we looked
+            pass
+    return values
 
 
 def _load_class(ref: str) -> type[Worktime]:

@@ -435,6 +435,8 @@ class EvaluatorPool:
                 if not self._closed:
                     _remember(self._bad_jobs, job.id, bad)
                 self._retire(slot)
+        if bad is None and job.id in self._cancelled:  # cancelled while its evaluator was preparing
+            bad = SliceError("the job was cancelled", code=ErrorCode.ECANCELLED)
         if bad is not None:
             self._fail(task, bad)
             return

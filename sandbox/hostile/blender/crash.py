@@ -1,0 +1,5 @@
+import os
+
+
+def dcp_datum(scene, datum):
+    os.abort()  # Blender itself dies

@@ -1,0 +1,3 @@
+def dcp_datum(scene, datum):
+    for i in range(40000):
+        print(f"line {i} " + "x" * 100)

@@ -1,0 +1,3 @@
+# Loops while the scene is being built (in prepare, before any frame).
+while True:
+    pass

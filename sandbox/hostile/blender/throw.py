@@ -1,0 +1,2 @@
+def dcp_datum(scene, datum):
+    raise ValueError("hostile throw")
