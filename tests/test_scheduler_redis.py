@@ -344,3 +344,27 @@ def test_a_report_mixing_outcomes_strays_and_duplicates_counts_each_slice_once(r
     events = [e for _, e in s.events("j") if e["type"] in ("result", "error")]
     assert sorted(e["sliceNumber"] for e in events) == list(range(8))
     s.close()
+
+
+def test_a_worker_downloads_a_jobs_work_and_files_only_to_run_it(redis_url):  # noqa: F811
+    from dcp_worktimes.testing_scheduler import make_job, take
+
+    s = open_scheduler(redis_url)
+    big = make_job("big-files", 3, worktime="python")
+    big.spec.files = {"model.bin": b"\x01" * 2_000_000}
+    s.submit(big)
+    s.submit(make_job("small", 3))
+    client = open_scheduler(redis_url)  # a worker elsewhere: nothing cached
+    stats = s._link.client
+
+    def sent() -> int:
+        return int(stats.info("stats")["total_net_output_bytes"])
+
+    before = sent()
+    got = [sl.job_id for _ in range(5) for sl in take(client, "echo-only", max_slices=10)]
+    assert got == ["small"] * 3  # the python job was matched (and skipped) without its record
+    assert sent() - before < 200_000
+    assert client.get_job("big-files").spec.files["model.bin"][:1] == b"\x01"  # who runs it gets it
+    assert sent() - before > 2_000_000
+    s.close()
+    client.close()

@@ -75,7 +75,7 @@ from ..matching import unschedulable_reason
 from .applications import Applications
 from .connection import Link, RedisTarget, RedisUnavailable, parse_redis_url
 from .keys import Keys
-from .leases import LeaseEngine, Records, queue_member, token
+from .leases import LeaseEngine, Records, match_fields, queue_member, token
 from .reads import Reads
 
 __all__ = ["RedisScheduler", "RedisUnavailable", "parse_redis_url"]
@@ -159,7 +159,7 @@ class RedisScheduler(Scheduler):
         got = self._script(
             "submit", "submit a job", job.id, pack(job.to_dict()), repr(payment), repr(job.created),
             "" if total is None else str(total), "1" if described else "0", queue_member(job.created, job.id),
-            str(job.max_attempts), str(int(self.target.keep)), token(),
+            str(job.max_attempts), str(int(self.target.keep)), token(), pack(match_fields(job)), pack(job.input),
             pack({"type": "accepted", "id": job.id}), pack({"type": "readyStateChange", "state": "deployed"}))
         if got == -1:
             raise SchedulerError(f"a job with id {job.id!r} already exists in the Redis scheduler {self.target.shown} "
@@ -303,11 +303,15 @@ class RedisScheduler(Scheduler):
         return self._apps.list()
 
     def check_schedulable(self, job_id: str, grace: float = 0.0) -> str | None:
-        rec = self._reads.get_job(job_id)
-        if rec.status in FINAL_STATES:
+        # What matching reads, not the whole record: a worker asks this of jobs it cannot run.
+        status, created = self._link.call("read a job", lambda c: c.hmget(self._keys.job(job_id), "status", "created"))
+        rec = self._records.matching([job_id]).get(job_id)
+        if status is None or rec is None:
+            raise self._reads.unknown(job_id)
+        if status.decode() in FINAL_STATES:
             return None
         reason = unschedulable_reason(rec, self.workers(), self.target.shown)
-        if reason is None or time.time() - rec.created < grace:
+        if reason is None or time.time() - float(created) < grace:
             return None
         got = self._script("unschedulable", "mark a job unschedulable", job_id, reason)
         if got in (-1, 0):

@@ -25,7 +25,9 @@ Per group:
 
 Per job:
 
-* ``job:<id>`` HASH: ``record`` (the ``JobRecord``, msgpack; immutable), ``status``, ``reason``,
+* ``job:<id>`` HASH: ``record`` (the ``JobRecord``, msgpack; immutable) and two small parts of it that
+  every worker reads, ``match`` (worktime, range, requirements, categories) and ``input`` (the
+  input description), so a worker downloads a job's work and files only to run it; ``status``, ``reason``,
   ``total`` ('' while a stream is open), ``described``, ``next`` (fresh-slice cursor of a described
   input), ``distributed``/``computed``/``failed``, ``seq`` (last event number), ``payment``,
   ``created``, ``qkey`` (its ``queue`` member), ``maxatt``, ``keep`` (seconds a finished job is kept).

@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 
 from ...values import pack, unpack, unpack_all
+from ...worktime import JobSpec
 from ..base import JobRecord, Lease, Report, is_retryable, unusable_work_reason
 from ..matching import worker_can_run
 from ..slicing import Slicer
@@ -67,44 +68,70 @@ def queue_member(created: float, job_id: str) -> str:
 
 
 class Records:
-    """Job records (the immutable part) by id, fetched once per process."""
+    """What this process knows of jobs, by id, fetched once (a job's record never changes).
+
+    Three views of a job, so that a worker never downloads what it does not need: ``full`` (the
+    ``JobRecord``, with the work and its files, only for jobs it runs), ``matching`` (worktime,
+    range, requirements, categories: a few bytes, for every queued job) and ``input`` (the input
+    description, to cut datums).
+    """
 
     def __init__(self, link: Link, keys: Keys) -> None:
         self.link, self.keys = link, keys
-        self._cache: dict[str, JobRecord] = {}
+        self._cache: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, job_id: str) -> JobRecord | None:
-        return self.many([job_id]).get(job_id)
-
-    def many(self, ids: list[str]) -> dict[str, JobRecord]:
-        """The records of those of ``ids`` that exist."""
+    def _many(self, field: str, ids: list[str], decode: Any) -> dict[str, Any]:
         with self._lock:
-            out = {i: self._cache[i] for i in ids if i in self._cache}
+            out = {i: self._cache[(field, i)] for i in ids if (field, i) in self._cache}
         missing = [i for i in dict.fromkeys(ids) if i not in out]
         if missing:
             def fetch(client: Any) -> list:
                 pipe = client.pipeline(transaction=False)
                 for i in missing:
-                    pipe.hget(self.keys.job(i), "record")
+                    pipe.hget(self.keys.job(i), field)
                 return pipe.execute()
 
-            for job_id, raw in zip(missing, self.link.call("read job records", fetch)):
+            for job_id, raw in zip(missing, self.link.call("read jobs", fetch)):
                 if raw is not None:
-                    out[job_id] = JobRecord.from_dict(unpack(raw))
+                    out[job_id] = decode(job_id, unpack(raw))
             with self._lock:
                 if len(self._cache) > 4096:  # a long-lived worker sees many jobs: keep recent ones
                     self._cache.clear()
-                self._cache.update((i, out[i]) for i in missing if i in out)
+                self._cache.update(((field, i), out[i]) for i in missing if i in out)
         return out
+
+    def full(self, job_id: str) -> JobRecord | None:
+        return self._many("record", [job_id], lambda _i, d: JobRecord.from_dict(d)).get(job_id)
+
+    def matching(self, ids: list[str]) -> dict[str, JobRecord]:
+        """Records holding only what ``worker_can_run`` reads, for those of ``ids`` that exist."""
+        return self._many("match", ids, match_record)
+
+    def input(self, job_id: str) -> dict | None:
+        return self._many("input", [job_id], lambda _i, d: d).get(job_id)
 
     def put(self, job: JobRecord) -> None:
         with self._lock:
-            self._cache[job.id] = job
+            self._cache[("record", job.id)] = job
+            self._cache[("match", job.id)] = match_record(job.id, match_fields(job))
+            self._cache[("input", job.id)] = job.input
 
     def forget(self, job_id: str) -> None:
         with self._lock:
-            self._cache.pop(job_id, None)
+            for field in ("record", "match", "input"):
+                self._cache.pop((field, job_id), None)
+
+
+def match_fields(job: JobRecord) -> dict:
+    """What matching a worker to ``job`` reads (stored beside the record: ``job:<id>`` ``match``)."""
+    return {"worktime": job.spec.worktime, "worktime_range": job.worktime_range, "requirements": job.requirements,
+            "categories": job.categories}
+
+
+def match_record(job_id: str, d: dict) -> JobRecord:
+    return JobRecord(id=job_id, spec=JobSpec(id=job_id, worktime=d["worktime"]), worktime_range=d["worktime_range"],
+                     requirements=d["requirements"], application={"categories": d["categories"]})
 
 
 class LeaseEngine:
@@ -168,7 +195,7 @@ class LeaseEngine:
                 ids = [m.decode().partition("|")[2] for m in members]
                 more = len(members) == self.PAGE
                 start += self.PAGE
-            records = self.records.many(ids)
+            records = self.records.matching(ids)
             for job_id in ids:
                 rec = records.get(job_id)
                 if rec is None:
@@ -186,8 +213,7 @@ class LeaseEngine:
         else:
             numbers, attempts, datums = b[3], b[4], b[5]
         if datums is False or datums is None:
-            rec = self.records.get(job_id)
-            desc = rec.input if rec is not None else {}
+            desc = self.records.input(job_id) or {}
             with self._slicer_lock:
                 datums = self.slicer.run(job_id, desc, first, stop) if kind == 1 else \
                     self.slicer.some(job_id, desc, numbers)

@@ -175,7 +175,7 @@ class Reads:
                 yield decode_batch(element)
 
     def get_job(self, job_id: str) -> JobRecord:
-        rec = self.records.get(job_id)
+        rec = self.records.full(job_id)
         row = self.link.call("read a job", lambda c: c.hmget(self.keys.job(job_id), "status", "total", "payment"))
         if rec is None or row[0] is None:
             raise self.unknown(job_id)
