@@ -6,20 +6,21 @@ client is missing.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import pytest
-
-from dcp_worktimes.scheduler.redis.server import INSTALL, RedisServer, redis_server_path
 
 PASSWORD = "pw-never-shown-7f3a"
 
 
 def require_redis() -> None:
-    if redis_server_path() is None:
-        pytest.skip(f"redis-server is not installed ({INSTALL})")
+    """Skip, saying what to install, without redis-server or the redis client (nothing is imported
+    before: conftest imports this module in every session)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
     try:
-        import redis  # noqa: F401
+        import redis  # noqa: F401 - only whether it imports
     except ImportError:
         pytest.skip("the redis client is not installed (pip install 'dcp-worktimes[redis]')")
 
@@ -28,6 +29,8 @@ def require_redis() -> None:
 def redis_server(tmp_path_factory):
     """One password-protected redis-server (AOF on) for the session."""
     require_redis()
+    from dcp_worktimes.scheduler.redis.server import RedisServer
+
     server = RedisServer(tmp_path_factory.mktemp("redis"), password=PASSWORD).start()
     yield server
     server.stop()

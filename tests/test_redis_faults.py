@@ -15,17 +15,19 @@ import time
 
 import pytest
 
+pytest.importorskip("redis", reason="the redis client is not installed (pip install 'dcp-worktimes[redis]')")
+
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.scheduler.redis.server import RedisServer
-from dcp_worktimes.testing_scheduler import ECHO, drain, make_job, ok, take
+from dcp_worktimes.testing_scheduler import drain, make_job, ok, take
 from dcp_worktimes.values import unpack
 
-from .redis_fixtures import PASSWORD, redis_server, redis_url, require_redis  # noqa: F401 - fixtures
+from .redis_fixtures import PASSWORD, require_redis
 from .tcp_proxy import Proxy
 
 
 @pytest.fixture
-def proxy(redis_server):  # noqa: F811
+def proxy(redis_server):
     p = Proxy(redis_server.port)
     yield p
     p.close()
@@ -47,7 +49,7 @@ def exactly_once(s, job_id: str, total: int) -> dict:
 
 
 # -- lost connections and partitions (the interface, no evaluators) ----------------------------------
-def test_a_call_rides_out_a_lost_connection(proxy, redis_url):  # noqa: F811
+def test_a_call_rides_out_a_lost_connection(proxy, redis_url):
     s = open_scheduler(via(proxy, redis_url))
     s.submit(make_job("j", 4))
     proxy.cut()
@@ -60,7 +62,7 @@ def test_a_call_rides_out_a_lost_connection(proxy, redis_url):  # noqa: F811
     s.close()
 
 
-def test_a_partitioned_workers_slices_go_to_another_and_its_late_report_is_ignored(proxy, redis_url):  # noqa: F811
+def test_a_partitioned_workers_slices_go_to_another_and_its_late_report_is_ignored(proxy, redis_url):
     cut_off = open_scheduler(via(proxy, redis_url + "&timeout=1s"))
     other = open_scheduler(redis_url)
     cut_off.submit(make_job("j", 6))
@@ -121,7 +123,7 @@ def slow_job(job_id: str, n: int):
     return job
 
 
-def test_a_worker_killed_mid_slice_loses_nothing_and_duplicates_nothing(redis_url, tmp_path):  # noqa: F811
+def test_a_worker_killed_mid_slice_loses_nothing_and_duplicates_nothing(redis_url, tmp_path):
     s = open_scheduler(redis_url)
     s.submit(slow_job("j", 300))
     first = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "2", name="first")
@@ -186,7 +188,7 @@ job.exec(local=False)
 """
 
 
-def test_a_killed_deployers_job_is_resumed_from_another_process(redis_url, tmp_path):  # noqa: F811
+def test_a_killed_deployers_job_is_resumed_from_another_process(redis_url, tmp_path):
     from dcp_worktimes import compute
 
     id_file = tmp_path / "job-id"
@@ -208,7 +210,7 @@ def test_a_killed_deployers_job_is_resumed_from_another_process(redis_url, tmp_p
         stop(worker, signal.SIGKILL)
 
 
-def test_workers_get_only_the_jobs_they_match(redis_url, tmp_path):  # noqa: F811
+def test_workers_get_only_the_jobs_they_match(redis_url, tmp_path):
     s = open_scheduler(redis_url)
     plain = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "1", name="plain")
     gpu = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "1", "--capability", "gpu=true",

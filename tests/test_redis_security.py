@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+pytest.importorskip("redis", reason="the redis client is not installed (pip install 'dcp-worktimes[redis]')")
+
 from dcp_worktimes.scheduler import SchedulerError, open_scheduler
 from dcp_worktimes.scheduler.redis.server import RedisServer
 from dcp_worktimes.testing_scheduler import make_job, ok, take

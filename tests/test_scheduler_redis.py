@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import pytest
 
+pytest.importorskip("redis", reason="the redis client is not installed (pip install 'dcp-worktimes[redis]')")
+
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.testing_scheduler import SchedulerConformance
 
-from .redis_fixtures import redis_server, redis_url, require_redis  # noqa: F401 - fixtures
+from .redis_fixtures import require_redis
 
 
 class TestRedisScheduler(SchedulerConformance):
     @pytest.fixture
-    def scheduler(self, redis_url):  # noqa: F811
+    def scheduler(self, redis_url):
         s = open_scheduler(redis_url)
         yield s
         s.close()
 
     @pytest.fixture
-    def reopen(self, redis_url):  # noqa: F811
+    def reopen(self, redis_url):
         return lambda: open_scheduler(redis_url)
 
 
@@ -70,7 +72,7 @@ def test_unreachable_server_at_start_is_one_clear_error_naming_the_url():
     from dcp_worktimes.scheduler import SchedulerError
     from dcp_worktimes.scheduler.redis.server import free_port
 
-    require_server()
+    require_redis()
     url = f"redis://:topsecret@127.0.0.1:{free_port()}/0?group=g"
     started = time.monotonic()
     with pytest.raises(SchedulerError) as info:
@@ -81,7 +83,7 @@ def test_unreachable_server_at_start_is_one_clear_error_naming_the_url():
     assert "is redis-server running" in text and "topsecret" not in text
 
 
-def test_wrong_password_is_refused_saying_so(redis_server):  # noqa: F811
+def test_wrong_password_is_refused_saying_so(redis_server):
     from dcp_worktimes.scheduler import SchedulerError
 
     with pytest.raises(SchedulerError, match="refused the credentials") as info:
@@ -103,19 +105,13 @@ def test_without_the_redis_client_the_error_says_what_to_install(monkeypatch):
         open_scheduler("redis://localhost:6379/0")
 
 
-def require_server():
-    from .redis_fixtures import require_redis
-
-    require_redis()
-
-
 # -- storage shapes ---------------------------------------------------------------------------------
 def keys_of(scheduler) -> list[str]:
     client = scheduler._link.client
     return sorted(k.decode() for k in client.scan_iter(match=scheduler.target.prefix + "*", count=1000))
 
 
-def test_a_huge_range_is_leased_in_blocks_without_a_key_per_slice(redis_url):  # noqa: F811
+def test_a_huge_range_is_leased_in_blocks_without_a_key_per_slice(redis_url):
     from dcp_worktimes.inputs import input_set
     from dcp_worktimes.scheduler import JobRecord
     from dcp_worktimes.testing_scheduler import ok, split
@@ -146,7 +142,7 @@ def test_a_huge_range_is_leased_in_blocks_without_a_key_per_slice(redis_url):  #
     s.close()
 
 
-def test_a_finished_streams_inputs_are_freed_and_its_results_kept(redis_url):  # noqa: F811
+def test_a_finished_streams_inputs_are_freed_and_its_results_kept(redis_url):
     from dcp_worktimes.scheduler import SchedulerError
     from dcp_worktimes.testing_scheduler import make_job, ok, take
     from dcp_worktimes.values import pack, unpack
@@ -171,7 +167,7 @@ def test_a_finished_streams_inputs_are_freed_and_its_results_kept(redis_url):  #
     s.close()
 
 
-def test_groups_are_separate_namespaces(redis_server):  # noqa: F811
+def test_groups_are_separate_namespaces(redis_server):
     from dcp_worktimes.scheduler import UnknownJob
     from dcp_worktimes.testing_scheduler import make_job, take
 
@@ -191,7 +187,7 @@ def test_groups_are_separate_namespaces(redis_server):  # noqa: F811
     b.close()
 
 
-def test_finished_jobs_expire_after_keep(redis_server):  # noqa: F811
+def test_finished_jobs_expire_after_keep(redis_server):
     import time
 
     from dcp_worktimes.scheduler import UnknownJob
@@ -212,7 +208,7 @@ def test_finished_jobs_expire_after_keep(redis_server):  # noqa: F811
     s.close()
 
 
-def test_a_lease_call_retried_after_a_lost_reply_takes_nothing_twice(redis_url):  # noqa: F811
+def test_a_lease_call_retried_after_a_lost_reply_takes_nothing_twice(redis_url):
     import msgpack
 
     from dcp_worktimes.testing_scheduler import make_job
@@ -229,7 +225,7 @@ def test_a_lease_call_retried_after_a_lost_reply_takes_nothing_twice(redis_url):
 
 
 # -- the command line -------------------------------------------------------------------------------
-def test_dcp_worker_jobs_resume_and_delete_on_redis(redis_url):  # noqa: F811
+def test_dcp_worker_jobs_resume_and_delete_on_redis(redis_url):
     import json
     import os
     import subprocess
@@ -264,7 +260,7 @@ def test_dcp_worker_with_an_unreachable_redis_says_so_in_one_line():
 
     from dcp_worktimes.scheduler.redis.server import free_port
 
-    require_server()
+    require_redis()
     url = f"redis://:hush-hush@127.0.0.1:{free_port()}/0"
     for args in (["jobs", "--scheduler", url], ["--worktime", "echo", "--scheduler", url]):
         r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
@@ -273,7 +269,7 @@ def test_dcp_worker_with_an_unreachable_redis_says_so_in_one_line():
         assert "Traceback" not in r.stderr and "hush-hush" not in r.stderr + r.stdout
 
 
-def test_an_idle_worker_is_woken_by_work_from_another_machine(redis_url):  # noqa: F811
+def test_an_idle_worker_is_woken_by_work_from_another_machine(redis_url):
     import subprocess
     import sys
     import time
@@ -297,7 +293,7 @@ def test_an_idle_worker_is_woken_by_work_from_another_machine(redis_url):  # noq
     {"start": -5, "end": 20, "step": 3}, {"start": 0.5, "end": 3.5, "step": 0.5}, {"start": 2**70, "end": 2**70 + 5},
     [{"start": 0, "end": 2}, {"start": 10, "end": 12}],
 ])
-def test_leased_datums_are_the_inputs_own(redis_url, desc):  # noqa: F811
+def test_leased_datums_are_the_inputs_own(redis_url, desc):
     from dcp_worktimes.inputs import input_set
     from dcp_worktimes.testing_scheduler import make_job
 
@@ -313,7 +309,7 @@ def test_leased_datums_are_the_inputs_own(redis_url, desc):  # noqa: F811
     s.close()
 
 
-def test_a_report_mixing_outcomes_strays_and_duplicates_counts_each_slice_once(redis_url):  # noqa: F811
+def test_a_report_mixing_outcomes_strays_and_duplicates_counts_each_slice_once(redis_url):
     from dcp_worktimes.scheduler import Report
     from dcp_worktimes.testing_scheduler import make_job
     from dcp_worktimes.values import pack, unpack
@@ -346,7 +342,7 @@ def test_a_report_mixing_outcomes_strays_and_duplicates_counts_each_slice_once(r
     s.close()
 
 
-def test_a_worker_downloads_a_jobs_work_and_files_only_to_run_it(redis_url):  # noqa: F811
+def test_a_worker_downloads_a_jobs_work_and_files_only_to_run_it(redis_url):
     from dcp_worktimes.testing_scheduler import make_job, take
 
     s = open_scheduler(redis_url)
