@@ -623,7 +623,11 @@ def _store_url(url: str | None) -> str:
     from .scheduler.base import default_url
     from .scheduler.urls import parse_url
 
+    from .scheduler.urls import redact_url
+
     kind, target = parse_url(url or default_url())
+    if kind == "redis":
+        return redact_url(target)  # never the password
     return f"{kind}://{target}" if target == ":memory:" else f"{kind}:///{target.lstrip('/')}"
 
 

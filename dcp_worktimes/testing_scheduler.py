@@ -174,6 +174,15 @@ class SchedulerConformance:
         assert "j1" in [j.id for j in scheduler.list_jobs()]
         assert scheduler.job_summaries()[0]["id"] == "j1"
 
+    def test_work_stored_between_two_waits_wakes_the_next_one(self, scheduler: Scheduler) -> None:
+        # A worker is busy (leasing, reporting) between its waits: a job submitted then must not
+        # leave the next wait sleeping its whole timeout.
+        scheduler.wait_for_work(0.05)
+        scheduler.submit(make_job("woken", 2))
+        started = time.monotonic()
+        assert scheduler.wait_for_work(10.0) is True
+        assert time.monotonic() - started < 5.0
+
     def test_duplicate_and_unknown_jobs(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1"))
         with pytest.raises(SchedulerError, match="already exists"):
@@ -249,6 +258,29 @@ class SchedulerConformance:
         results = scheduler.results("j1")
         assert {n: unpack(r.value) for n, r in results.items()} == {0: 0, 1: 1, 2: 2, 3: 3}
         assert scheduler.status("j1")["computed"] == 4
+
+    def test_old_and_new_leases_of_one_slice_are_recorded_once(self, scheduler: Scheduler) -> None:
+        # w1 is cut off from the store (a network partition): its lease expires, w2 gets the same
+        # slices, then both report, in every order, some of them twice. Only w2's count.
+        scheduler.submit(make_job("j1", 3))
+        old = take(scheduler, "w1", ECHO, {}, 3, lease_seconds=0.2)
+        time.sleep(0.7)
+        new = {sl.slice_number: sl for sl in drain(scheduler, "w2")}
+        assert sorted(new) == [0, 1, 2] and {sl.attempt for sl in new.values()} == {2}
+        stale = {sl.slice_number: Report.ok(sl.lease, [sl.slice_number], [pack("stale")]) for sl in old}
+        assert scheduler.heartbeat("w1", [old[0].lease_id], 30) == [old[0].lease_id]  # back: it learns they are gone
+        scheduler.report([stale[0]])  # the old lease first ...
+        scheduler.report(ok(new[0]))
+        scheduler.report(ok(new[1]))  # ... or last
+        scheduler.report([stale[1]])
+        scheduler.report([stale[2]] + ok(new[2]) + [stale[2]] + ok(new[2]))  # both in one call, twice
+        scheduler.report(ok(*new.values()))
+        results = scheduler.results("j1")
+        assert {n: (unpack(r.value), r.worker, r.attempt) for n, r in results.items()} == \
+            {n: (n, "w2", 2) for n in range(3)}
+        assert [e["sliceNumber"] for _, e in scheduler.events("j1") if e["type"] == "result"].count(2) == 1
+        st = scheduler.status("j1")
+        assert st["computed"] == 3 and st["distributed"] == 3 and st["status"] == "complete"
 
     def test_heartbeat_keeps_lease_and_reports_lost_ones(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 2))
@@ -351,6 +383,41 @@ class SchedulerConformance:
             scheduler.set_payment("nope", 1.0)
         with pytest.raises(SchedulerError):
             scheduler.set_payment("cheap", -1)
+
+    def test_payment_order_across_jobs_within_one_lease(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("old-cheap", 2, payment_per_slice=1.0, created=1000.0))
+        scheduler.submit(make_job("new-cheap", 2, payment_per_slice=1.0, created=2000.0))
+        scheduler.submit(make_job("rich", 2, payment_per_slice=3.0, created=3000.0))
+        blocks = scheduler.lease("w1", ECHO, {}, 5, 30)  # one call spans jobs: best paid, then oldest
+        assert [(b.job_id, b.numbers) for b in blocks] == [("rich", [0, 1]), ("old-cheap", [0, 1]), ("new-cheap", [0])]
+        (crashed,) = split([blocks[1].part([1])])
+        scheduler.report(err(crashed, code="ECRASH"))  # a retry of the cheap old job ...
+        scheduler.submit(make_job("richer", 1, payment_per_slice=5.0, created=4000.0))
+        again = scheduler.lease("w1", ECHO, {}, 5, 30)  # ... still comes after a better-paid job
+        assert [(b.job_id, b.numbers, b.attempts) for b in again] == \
+            [("richer", [0], [1]), ("old-cheap", [1], [2]), ("new-cheap", [1], [1])]
+
+    def test_unschedulable_counts_workers_of_every_machine(self, scheduler: Scheduler, reopen: Any) -> None:
+        if reopen is None:
+            pytest.skip("this backend is not shared between processes or machines")
+        machine_b, machine_c = reopen(), reopen()
+        try:
+            scheduler.submit(make_job("py", 2, worktime="python"))
+            assert take(scheduler, "w-a", ECHO, {}, 5, 30) == []  # machine A: echo only
+            assert take(machine_b, "w-b", {"map-basic": "1.0.0"}, {}, 5, 30) == []  # machine B: map-basic only
+            assert {"w-a", "w-b"} <= {w.id for w in scheduler.workers()} == {w.id for w in machine_b.workers()}
+            reason = machine_b.check_schedulable("py")
+            assert reason and "python" in reason and scheduler.status("py")["status"] == "unschedulable"
+            assert scheduler.check_schedulable("py") == reason  # the same verdict from every machine
+            assert [e["type"] for _, e in machine_c.events("py")].count("unschedulable") == 1
+            leases = take(machine_c, "w-c", {"python": "1.0.0"}, {}, 5, 30)  # machine C can run it
+            assert len(leases) == 2 and scheduler.status("py")["status"] == "running"
+            assert machine_b.check_schedulable("py") is None
+            scheduler.set_payment("py", 2.0)  # a new bid from one machine is seen by the others
+            assert machine_b.get_job("py").payment_per_slice == 2.0
+        finally:
+            machine_b.close()
+            machine_c.close()
 
     def test_matching_worktime_range_and_requirements(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("v2", 1, worktime_range="^2.0.0"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from .python_runtime import PYTHON_CACHE
+from .redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures of the Redis scheduler's tests
 
 WASI_PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
 

@@ -117,12 +117,13 @@ def test_urls(url, expected):
     assert parse_url(url) == ("sqlite", expected)
 
 
-@pytest.mark.parametrize("url, message", [("redis://x", "unsupported scheduler URL scheme 'redis'"),
+@pytest.mark.parametrize("url, message", [("postgres://admin:hunter2@x/db", "unsupported scheduler URL scheme 'postgres'"),
                                           ("jobs", "cannot read"), ("", "empty")])
 def test_bad_urls_say_how_to_fix(url, message):
     with pytest.raises(SchedulerError, match=message) as info:
         parse_url(url)
-    assert "sqlite:///" in str(info.value)
+    assert "sqlite:///" in str(info.value) and "redis://" in str(info.value)
+    assert "hunter2" not in str(info.value)
 
 
 def test_a_store_of_another_format_is_refused_saying_what_to_do(tmp_path):

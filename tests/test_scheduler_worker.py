@@ -375,3 +375,20 @@ def test_dcp_worker_in_another_process_helps_a_local_exec(store):
     assert values == list(range(80))
     workers = {r.worker for r in s.results(job.id).values()}
     assert len(workers) == 2 and any(f"-{helper.pid}-" in w for w in workers)
+
+
+def test_a_wake_up_while_the_worker_is_busy_is_not_lost():
+    # Work stored between two waits (the worker was leasing or reporting) must wake the next wait
+    # at once, not after its whole timeout.
+    import time
+
+    from dcp_worktimes.scheduler.wake import Waiter, Wake
+
+    wake = Wake()
+    waiter = Waiter(wake)
+    assert waiter.wait(0.01) is False
+    wake.notify()  # nobody waiting at this moment
+    started = time.monotonic()
+    assert waiter.wait(5.0) is True
+    assert time.monotonic() - started < 1.0
+    assert waiter.wait(0.01) is False  # seen: nothing new since

@@ -26,7 +26,7 @@ def test_cores_are_split_into_processes_this_ones_share_first(monkeypatch):
 
 
 def test_helper_command_lines_carry_the_workers_settings():
-    argv = helper_argv("sqlite:////tmp/x.db", 3, job="j1", worktimes=["map-basic"],
+    argv = helper_argv(3, job="j1", worktimes=["map-basic"],
                        config={"map-basic": {"js-engine": "v8", "trusted": True}},
                        limits={"wall_time": 30.0, "memory": 2**30}, capabilities=["machine.gpu=false"])
     assert argv[argv.index("--cores") + 1] == "3" and "--helper" in argv and argv[argv.index("--job") + 1] == "j1"

@@ -1,6 +1,7 @@
 """Schedulers: where jobs, their slices, results and events live (see ``base.py``).
 
-``open_scheduler(url)`` opens one (``sqlite.py``: the embedded store, the default);
+``open_scheduler(url)`` opens one (``sqlite/``: the embedded store, the default; ``redis/``: a
+shared Redis server for workers on many machines, ``pip install 'dcp-worktimes[redis]'``);
 ``Worker`` / ``run_worker`` (``worker.py``) take slices from it and run them on sandboxed
 evaluators; ``run_local`` (``local.py``) runs one job on this machine for ``job.exec()``.
 Every backend passes ``dcp_worktimes.testing_scheduler.SchedulerConformance``.

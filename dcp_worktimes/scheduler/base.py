@@ -1,7 +1,7 @@
 """The scheduler interface: a durable job store that hands slices to workers under leases.
 
 A **scheduler** holds jobs (their spec, how their input is sliced, their results and events) and
-hands slices to workers. Every backend (the embedded SQLite one, a Redis one later) implements
+hands slices to workers. Every backend (the embedded SQLite one, the Redis one for fleets) implements
 ``Scheduler`` and passes the conformance suite in ``dcp_worktimes.testing_scheduler``.
 
 Life of a job::
@@ -521,6 +521,17 @@ def validate_job(job: JobRecord) -> None:
         raise SchedulerError("input must be an InputSet.description() dict with a 'kind'")
 
 
+def check_payment(payment_per_slice: Any) -> float:
+    """A bid as stored: a finite number >= 0, else ``SchedulerError``."""
+    try:
+        payment = float(payment_per_slice)
+    except (TypeError, ValueError):
+        payment = float("nan")
+    if not payment >= 0 or payment == float("inf"):
+        raise SchedulerError(f"payment per slice must be a finite number >= 0, got {payment_per_slice!r}")
+    return payment
+
+
 def validate_application(app: ApplicationRecord) -> None:
     """Raise ``SchedulerError`` naming what is wrong with an application before storing it."""
     if not isinstance(app.name, str) or not app.name.strip() or app.name != app.name.strip():
@@ -567,6 +578,13 @@ def unusable_work_reason(errors: Iterable[Mapping[str, Any] | None]) -> str | No
     return None
 
 
+def lost_error(slice_number: int, attempts: int, max_attempts: int) -> dict:
+    """The final error of a slice whose leases were lost ``max_attempts`` times (every backend)."""
+    return {"code": ErrorCode.ECRASH.value, "stack": None, "name": None,
+            "message": f"slice {slice_number} was lost {attempts} times (its worker died or stopped reporting); "
+                       f"giving up after max_attempts={max_attempts}"}
+
+
 def is_retryable(error: Mapping[str, Any] | None) -> bool:
     if not error:
         return False
@@ -595,8 +613,10 @@ def open_scheduler(url: str | None = None, *, read_only: bool = False) -> Schedu
     ``None`` → ``$DCP_SCHEDULER`` or ``sqlite:///<user data dir>/dcp-worktimes/scheduler.db``;
     ``sqlite:///abs/path.db`` (three slashes then an absolute path, so four in total on POSIX);
     ``sqlite://relative/path.db`` and plain paths ending in ``.db`` are accepted too;
-    ``sqlite://:memory:`` is a private in-process store (tests).
-    ``read_only``: open an existing store only to read it (``dcp-worker jobs``).
+    ``sqlite://:memory:`` is a private in-process store (tests);
+    ``redis://[[user]:password@]host[:port][/db][?group=NAME]`` (``rediss://`` for TLS) is a shared
+    Redis 7 server (``scheduler/redis``; needs ``pip install 'dcp-worktimes[redis]'``).
+    ``read_only``: open an existing store only to read it (``dcp-worker jobs``; SQLite).
 
     >>> open_scheduler("sqlite:///tmp/dcp-jobs.db")      # doctest: +SKIP
     <SqliteScheduler /tmp/dcp-jobs.db>
@@ -608,4 +628,12 @@ def open_scheduler(url: str | None = None, *, read_only: bool = False) -> Schedu
         from .sqlite import SqliteScheduler
 
         return SqliteScheduler(target, read_only=read_only)
+    if kind == "redis":
+        try:
+            from .redis import RedisScheduler
+        except ImportError as e:
+            if (e.name or "").split(".")[0] not in ("redis", "hiredis"):
+                raise
+            raise SchedulerError("the Redis scheduler needs the redis client: pip install 'dcp-worktimes[redis]'") from None
+        return RedisScheduler(target)
     raise SchedulerError(f"unsupported scheduler URL {url!r}")  # parse_url already said why

@@ -3,6 +3,7 @@ the Compute API.
 
 * ``unmet_requirement(requirements, capabilities)``: the first requirement not met (``"gpu=true"``);
 * ``worker_can_run(job, worktimes, capabilities, categories)``: why a worker cannot run a job, or ``None``;
+* ``unschedulable_reason(job, workers, store)``: why none of the live workers can, or ``None``;
 * ``check_categories(values)``: application categories (DCP's "hashTags") as stored and matched;
 * ``check_runnable_here(job)``: raise at once if no installed worktime of *this* machine can run it
   (not installed, no version in the range, its engine missing here, requirements unmet);
@@ -107,6 +108,19 @@ def worker_can_run(job: "JobRecord", worktimes: Mapping[str, str], capabilities:
     if missing:
         return f"no worker meets the requirement {missing}"
     return None
+
+
+def unschedulable_reason(job: "JobRecord", workers: list[Any], store: str) -> str | None:
+    """Why none of the live ``workers`` (``WorkerInfo``) can run ``job``, as the store records it
+    (``store``: how the message names the scheduler, never with a password), or ``None`` when one can."""
+    reasons = [worker_can_run(job, w.worktimes, w.capabilities, w.categories) for w in workers]
+    if any(r is None for r in reasons):
+        return None
+    if not workers:
+        return (f"no worker is attached to the scheduler {store}; start one with "
+                f"`dcp-worker --worktime {job.spec.worktime} --scheduler {store}` or run the job locally")
+    return "; ".join(sorted(set(r for r in reasons if r))) + (
+        f" (live workers: {len(workers)}); start a worker that has it, or change the job's worktime/requirements")
 
 
 def check_runnable_here(job: "JobRecord", capabilities: Mapping[str, Any] | None = None,

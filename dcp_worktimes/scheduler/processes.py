@@ -24,6 +24,7 @@ import threading
 from typing import Any, Mapping
 
 from ..limits import FLAGS
+from .base import ENV_SCHEDULER
 
 #: Evaluators one worker process drives; more cores are split over more processes.
 CORES_PER_PROCESS = 4
@@ -42,12 +43,13 @@ def shares(cores: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(count)]
 
 
-def helper_argv(url: str, cores: int, *, job: str | None = None, worktimes: list[str] | None = None,
+def helper_argv(cores: int, *, job: str | None = None, worktimes: list[str] | None = None,
                 config: Mapping[str, Mapping[str, Any]] | None = None, limits: Mapping[str, str] | None = None,
                 capabilities: list[str] | None = None, categories: list[str] | None = None,
                 until_idle: bool = False) -> list[str]:
-    """The command line of one helper worker process."""
-    argv = [sys.executable, "-m", "dcp_worktimes.cli", "--scheduler", url, "--cores", str(cores), "--helper"]
+    """The command line of one helper worker process (the store's URL goes in its environment,
+    ``$DCP_SCHEDULER``: a URL may hold a password, and a command line is visible to every user)."""
+    argv = [sys.executable, "-m", "dcp_worktimes.cli", "--cores", str(cores), "--helper"]
     for name in worktimes or []:
         argv += ["--worktime", name]
     if job is not None:
@@ -104,13 +106,14 @@ class Helpers:
     """Helper worker processes for the duration of a ``with`` block."""
 
     def __init__(self, url: str | None, cores: list[int], **options: Any) -> None:
-        self.argvs = [helper_argv(url, k, **options) for k in cores] if url and cores else []
+        self.argvs = [helper_argv(k, **options) for k in cores] if url and cores else []
+        self.env = {**os.environ, ENV_SCHEDULER: url or ""}
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Helpers":
         for argv in self.argvs:
             self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                               start_new_session=True))
+                                               start_new_session=True, env=self.env))
         return self
 
     def __exit__(self, *exc: object) -> None:

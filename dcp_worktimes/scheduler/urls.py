@@ -1,4 +1,5 @@
-"""Scheduler URLs: ``sqlite:///abs/path.db``, ``sqlite://rel/path.db``, ``sqlite://:memory:``, a ``.db`` path.
+"""Scheduler URLs: ``sqlite:///abs/path.db``, ``sqlite://rel/path.db``, ``sqlite://:memory:``, a ``.db`` path;
+``redis://`` and ``rediss://`` (TLS) URLs of a shared Redis server (``redis/connection.py`` reads them).
 
 >>> parse_url("sqlite:////tmp/jobs.db")
 ('sqlite', '/tmp/jobs.db')
@@ -6,15 +7,19 @@
 ('sqlite', '/tmp/jobs.db')
 >>> parse_url("/tmp/jobs.db")
 ('sqlite', '/tmp/jobs.db')
+>>> parse_url("redis://db-host:6379/0?group=physics")
+('redis', 'redis://db-host:6379/0?group=physics')
 """
 
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 from .base import SchedulerError
 
-_HINT = "write sqlite:///absolute/path.db (or set DCP_SCHEDULER to such a URL)"
+_HINT = ("write sqlite:///absolute/path.db or redis://[:password@]host:6379/0 (or set DCP_SCHEDULER to such a "
+         "URL)")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -35,9 +40,33 @@ def parse_url(url: str) -> tuple[str, str]:
         if not rest.strip("/"):
             raise SchedulerError(f"scheduler URL {url!r} has no file path; {_HINT}")
         return "sqlite", os.path.expanduser(path)
+    if url.lower().startswith(("redis://", "rediss://")):
+        # The target is the URL itself (it may hold a password: never put it in a message).
+        return "redis", url
     if "://" in url:
         scheme = url.split("://", 1)[0]
-        raise SchedulerError(f"unsupported scheduler URL scheme {scheme!r} in {url!r}; supported: sqlite ({_HINT})")
+        shown = url.split("@", 1)[1] if "@" in url else url  # whatever it is, no credentials in the message
+        raise SchedulerError(f"unsupported scheduler URL scheme {scheme!r} in {shown!r}; supported: sqlite, redis, "
+                             f"rediss ({_HINT})")
     if url.endswith((".db", ".sqlite", ".sqlite3")):
         return "sqlite", os.path.abspath(os.path.expanduser(url))
     raise SchedulerError(f"cannot read {url!r} as a scheduler URL; {_HINT}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: the form for messages, logs and events.
+
+    >>> redact_url("redis://team:s3cret@db-host:6379/0?group=physics")
+    'redis://team:***@db-host:6379/0?group=physics'
+    >>> redact_url("sqlite:///tmp/jobs.db")
+    'sqlite:///tmp/jobs.db'
+    """
+    try:
+        parts = urlsplit(url.strip())
+        password = parts.password
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if password is None:
+        return url.strip()
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))

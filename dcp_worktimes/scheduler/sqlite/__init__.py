@@ -37,9 +37,11 @@ from ..base import (
     Report,
     ResultBatch,
     WorkerInfo,
+    check_payment,
     validate_job,
 )
-from ..matching import worker_can_run
+from ..matching import unschedulable_reason
+from ..wake import Waiter
 from .applications import Applications
 from .leases import LeaseEngine
 from .reads import Reads
@@ -62,6 +64,7 @@ class SqliteScheduler(Scheduler):
         read-only disk); every write then raises ``StoreUnavailable``."""
         self.path = path
         self._store = Store(path, read_only=read_only)
+        self._waiter = Waiter(self._store.wake)
         self._leases = LeaseEngine(self._store)
         self._reads = Reads(self._store)
         self._apps = Applications(self._store)
@@ -83,7 +86,7 @@ class SqliteScheduler(Scheduler):
         total = job.total
         if described:
             try:
-                inp = store.inputs[job.id] = input_set_from_description(job.input)
+                inp = store.slicer.inputs[job.id] = input_set_from_description(job.input)
             except (TypeError, ValueError, KeyError) as e:
                 raise SchedulerError(f"job {job.id}: unusable input description {job.input!r}: {e}") from None
             real = len(inp)
@@ -162,9 +165,7 @@ class SqliteScheduler(Scheduler):
         return self._reads.job_summaries()
 
     def set_payment(self, job_id: str, payment_per_slice: float) -> None:
-        payment = float(payment_per_slice)
-        if not payment >= 0 or payment == float("inf"):
-            raise SchedulerError(f"payment per slice must be a finite number >= 0, got {payment_per_slice!r}")
+        payment = check_payment(payment_per_slice)
         store = self._store
         with store.tx():
             rec = replace(store.record(job_id), payment_per_slice=payment)  # UnknownJob for a bad id
@@ -224,8 +225,7 @@ class SqliteScheduler(Scheduler):
 
     def wait_for_work(self, timeout: float) -> bool:
         # Wakes on commits of this process; other processes' commits are seen at the timeout.
-        with self._store.cond:
-            return self._store.cond.wait(timeout)
+        return self._waiter.wait(timeout)
 
     def workers(self) -> list[WorkerInfo]:
         live = self._reads.workers()
@@ -258,18 +258,9 @@ class SqliteScheduler(Scheduler):
             (created,) = store.db.execute("SELECT created FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row.status in FINAL_STATES:
             return None
-        live = self.workers()
-        reasons = [worker_can_run(rec, w.worktimes, w.capabilities, w.categories) for w in live]
-        if any(r is None for r in reasons):
+        reason = unschedulable_reason(rec, self.workers(), f"sqlite:///{self.path}")
+        if reason is None or time.time() - created < grace:
             return None
-        if time.time() - created < grace:
-            return None
-        if not live:
-            reason = (f"no worker is attached to the scheduler {self.path}; start one with "
-                      f"`dcp-worker --worktime {rec.spec.worktime} --scheduler sqlite:///{self.path}` or run the job locally")
-        else:
-            reason = "; ".join(sorted(set(r for r in reasons if r))) + (
-                f" (live workers: {len(live)}); start a worker that has it, or change the job's worktime/requirements")
         with store.lock:
             # A deployer asks every few quiet seconds: answer an unchanged verdict with a read,
             # and take the write lock only to record a new one.

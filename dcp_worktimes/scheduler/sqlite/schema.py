@@ -125,17 +125,6 @@ CREATE TABLE IF NOT EXISTS worker_categories (
 
 log = logging.getLogger(__name__)
 
-# In-process wake-ups: every store on the same file in this process shares one condition, so a
-# deployer waiting for events wakes as soon as a local worker commits.
-_conditions: dict[str, threading.Condition] = {}
-_conditions_lock = threading.Lock()
-
-
-def condition(key: str) -> threading.Condition:
-    with _conditions_lock:
-        return _conditions.setdefault(key, threading.Condition())
-
-
 class StoreConnection(sqlite3.Connection):
     """A ``sqlite3.Connection`` whose errors name the store and say what is wrong: every
     ``sqlite3.DatabaseError`` (disk full, I/O error, read-only, corrupt file) becomes a

@@ -12,11 +12,11 @@ import sqlite3
 import threading
 from typing import Any, NamedTuple
 
-from ...errors import ErrorCode
-from ...inputs import input_set_from_description
 from ...values import pack, unpack
-from ..base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, JobRecord, Report, StoreDamaged, UnknownJob
-from .schema import DONE, Transaction, condition, open_database
+from ..base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, JobRecord, Report, StoreDamaged, UnknownJob, lost_error
+from ..slicing import Slicer
+from ..wake import shared
+from .schema import DONE, Transaction, open_database
 
 
 class JobRow(NamedTuple):
@@ -48,18 +48,17 @@ class Store:
         self.read_only = read_only
         self.db: sqlite3.Connection = open_database(path, read_only=read_only)
         self.lock = threading.RLock()
-        # Every store on one file in this process shares a condition; a private in-memory one its own.
-        self.cond = condition(f":memory:{id(self)}" if path == ":memory:" else os.path.abspath(path))
+        # Every store on one file in this process shares a Wake; a private in-memory one its own.
+        self.wake = shared(f":memory:{id(self)}" if path == ":memory:" else os.path.abspath(path))
+        self.cond = self.wake.cond
         self.jobs: dict[str, JobRecord] = {}  # the immutable parts of job records
-        self.inputs: dict[str, Any] = {}  # job id -> InputSet built from the description
-        self.fast: dict[str, Any] = {}  # job id -> (start, step) of an integer range, or False
+        self.slicer = Slicer()  # datums of described inputs
 
     def tx(self) -> Transaction:
         return Transaction(self.db, self.lock, self.path)
 
     def notify(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+        self.wake.notify()
 
     def decode(self, blob: bytes, what: str) -> Any:
         """A stored msgpack blob; ``StoreDamaged`` if it does not decode (bit rot SQLite cannot see)."""
@@ -94,11 +93,7 @@ class Store:
         return rec
 
     def input(self, job_id: str) -> Any:
-        inp = self.inputs.get(job_id)
-        if inp is None:
-            inp = input_set_from_description(self.record(job_id).input)
-            self.inputs[job_id] = inp
-        return inp
+        return self.slicer.input(job_id, self.record(job_id).input)
 
     def job_row(self, job_id: str) -> JobRow:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -148,9 +143,7 @@ class Store:
     def lost_for_good(self, job_id: str, items: list[tuple[int, int]], max_attempts: int) -> None:
         """Inside a transaction: slices ``(n, attempts)`` lost too often fail with ``ECRASH``."""
         k = len(items)
-        errors = [{"code": ErrorCode.ECRASH.value, "stack": None, "name": None,
-                   "message": f"slice {n} was lost {a} times (its worker died or stopped reporting); giving up after "
-                              f"max_attempts={max_attempts}"} for n, a in items]
+        errors = [lost_error(n, a, max_attempts) for n, a in items]
         self.record_batch(job_id, [[n for n, _a in items], [False] * k, [None] * k, errors, [0.0] * k, [0.0] * k,
                                    [0] * k, [0] * k, [a for _n, a in items], [None] * k], k)
         self.db.executemany(f"UPDATE slices SET state = {DONE}, datum = NULL, lease_id = NULL WHERE job_id = ? AND n = ?",
@@ -201,5 +194,4 @@ class Store:
     def forget(self, job_id: str) -> None:
         """The job was deleted: drop what this process cached about it."""
         self.jobs.pop(job_id, None)
-        self.inputs.pop(job_id, None)
-        self.fast.pop(job_id, None)
+        self.slicer.forget(job_id)

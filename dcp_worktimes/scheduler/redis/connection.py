@@ -1,0 +1,252 @@
+"""Reaching the server: the URL, its options, the client, and riding out lost connections.
+
+URL::
+
+    redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?OPTION=VALUE&...]
+    rediss://...                                  (TLS)
+
+Options: ``group`` (the namespace of this team's jobs: keys live under ``dcp:<group>:``; default
+``default``), ``keep`` (how long a finished job stays before Redis expires it: ``7d`` by default,
+``forever`` to keep until ``dcp-worker jobs --delete``), ``retry`` (how long a call rides out a lost
+connection before it fails with ``RedisUnavailable``; ``5m``), ``timeout`` (socket timeout, ``10s``),
+and for ``rediss://``: ``ssl_ca_certs`` (a CA bundle to trust), ``ssl_ca_path``, ``ssl_certfile`` and
+``ssl_keyfile`` (a client certificate), ``ssl_cert_reqs`` (``required``/``optional``/``none``),
+``ssl_check_hostname`` (``true``/``false``).
+
+The password may be left out of the URL and given as ``$DCP_REDIS_PASSWORD`` instead (a URL on a
+command line shows in ``ps``). It never appears in ``repr()``, a log line, an event or an error:
+everything shows ``RedisTarget.shown``, the URL with the password replaced by ``***``.
+
+>>> t = parse_redis_url("redis://team:s3cret@db.example:6380/2?group=physics")
+>>> t.host, t.port, t.db, t.username, t.group, t.prefix
+('db.example', 6380, 2, 'team', 'physics', 'dcp:physics:')
+>>> t.shown
+'redis://team:***@db.example:6380/2?group=physics'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..base import SchedulerError, StoreUnavailable
+from ..urls import redact_url
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Environment variable holding the password when the URL has none.
+ENV_PASSWORD = "DCP_REDIS_PASSWORD"
+DEFAULT_KEEP = 7 * 24 * 3600.0
+DEFAULT_RETRY = 300.0
+DEFAULT_TIMEOUT = 10.0
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+_OPTIONS = ("group", "keep", "retry", "timeout") + _TLS_OPTIONS
+_FORM = "redis://[[user]:password@]host[:port][/db][?group=NAME]"
+
+
+class RedisUnavailable(StoreUnavailable):
+    """The Redis server could not be reached for longer than the URL's ``retry`` (or it refuses
+    writes: out of memory). Nothing is wrong with the call: it may succeed later unchanged."""
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed ``redis://`` / ``rediss://`` URL."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None = field(repr=False)
+    tls: bool
+    group: str
+    keep: float  # seconds; 0 = forever
+    retry: float
+    timeout: float
+    tls_options: dict = field(default_factory=dict)
+    shown: str = ""  # the URL without its password
+    url: str = field(default="", repr=False)  # the URL as given
+
+    @property
+    def prefix(self) -> str:
+        return f"dcp:{self.group}:"
+
+
+def _seconds(shown: str, name: str, value: str) -> float:
+    import humanfriendly
+
+    text = value.strip().lower()
+    if name == "keep" and text in ("forever", "never", "0"):
+        return 0.0
+    try:
+        seconds = float(text) if re.fullmatch(r"[0-9.]+", text) else humanfriendly.parse_timespan(text)
+    except (ValueError, humanfriendly.InvalidTimespan):
+        seconds = -1.0
+    if not seconds > 0:
+        raise SchedulerError(f"scheduler URL {shown}: option {name}={value!r} is not a duration; write e.g. {name}=30s, 5m or 7d"
+                             + (" (or keep=forever)" if name == "keep" else ""))
+    return seconds
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """A ``RedisTarget``; ``SchedulerError`` saying what is wrong (never quoting the password)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss"):
+        raise SchedulerError(f"not a Redis URL (scheme {scheme!r}); write {_FORM}")
+    password = unquote(parts.password) if parts.password is not None else None
+    shown = redact_url(url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise SchedulerError(f"scheduler URL {shown}: the port is not a number; write {_FORM}") from None
+    if not host:
+        raise SchedulerError(f"scheduler URL {shown} names no host; write {_FORM}")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise SchedulerError(f"scheduler URL {shown}: the path must be a database number such as /0, not /{path}; "
+                             "name a team's namespace with ?group=NAME")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise SchedulerError(f"scheduler URL {shown}: unknown option {unknown[0]!r}; known: {', '.join(_OPTIONS)}")
+    tls_options = {k: v for k, v in options.items() if k in _TLS_OPTIONS}
+    if tls_options and scheme != "rediss":
+        raise SchedulerError(f"scheduler URL {shown}: {next(iter(tls_options))} needs TLS; write rediss://")
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path"):
+        if name in tls_options and not os.path.exists(tls_options[name]):
+            raise SchedulerError(f"scheduler URL {shown}: {name}={tls_options[name]} does not exist")
+    if "ssl_check_hostname" in tls_options:
+        flag = tls_options["ssl_check_hostname"].lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no"):
+            raise SchedulerError(f"scheduler URL {shown}: ssl_check_hostname must be true or false")
+        tls_options["ssl_check_hostname"] = flag in ("true", "1", "yes")
+    if tls_options.get("ssl_cert_reqs", "required") not in ("required", "optional", "none"):
+        raise SchedulerError(f"scheduler URL {shown}: ssl_cert_reqs must be required, optional or none")
+    group = options.get("group", "default")
+    if not _GROUP.match(group):
+        raise SchedulerError(f"scheduler URL {shown}: group {group!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    if password is None and os.environ.get(ENV_PASSWORD):
+        password = os.environ[ENV_PASSWORD]
+    return RedisTarget(
+        host=host, port=port or 6379, db=int(path or 0), username=unquote(parts.username) if parts.username else None,
+        password=password, tls=scheme == "rediss", group=group,
+        keep=_seconds(shown, "keep", options["keep"]) if "keep" in options else DEFAULT_KEEP,
+        retry=_seconds(shown, "retry", options["retry"]) if "retry" in options else DEFAULT_RETRY,
+        timeout=_seconds(shown, "timeout", options["timeout"]) if "timeout" in options else DEFAULT_TIMEOUT,
+        tls_options=tls_options, shown=shown, url=url.strip(),
+    )
+
+
+class Link:
+    """The client of one ``RedisTarget`` (a thread-safe connection pool) and the retry loop every
+    call goes through.
+
+    ``call(what, fn)`` runs ``fn(client)``; when the connection is lost it waits (50 ms doubling to
+    2 s) and runs it again, for up to ``target.retry`` seconds, then raises ``RedisUnavailable``.
+    Every call the backend makes is safe to run twice: scripts settle slices once whatever the
+    number of tries, and those that are not naturally idempotent (lease, submit, post_events,
+    delete) carry a request token whose effect the server remembers for five minutes.
+    """
+
+    def __init__(self, target: RedisTarget) -> None:
+        self.target = target
+        kwargs: dict[str, Any] = {}
+        if target.tls:
+            kwargs["ssl"] = True
+            kwargs.update(target.tls_options)
+        self.client = redis.Redis(
+            host=target.host, port=target.port, db=target.db, username=target.username, password=target.password,
+            socket_timeout=target.timeout, socket_connect_timeout=min(target.timeout, 5.0), socket_keepalive=True,
+            health_check_interval=30, retry=Retry(NoBackoff(), 0), client_name="dcp-worktimes",
+            protocol=2,  # the reply shapes reads.py expects, whatever the client's default
+            **kwargs)
+        self._closed = threading.Event()
+
+    def check(self) -> None:
+        """One try (no retry loop): reachable, credentials accepted, Redis 7 or later."""
+        try:
+            hello = self.client.execute_command("HELLO")  # allowed to every user (INFO may not be)
+        except redis.exceptions.ResponseError as e:
+            if "unknown command" not in str(e).lower():
+                raise self.explain(e, "connect") from None
+            hello = {}
+        except Exception as e:  # noqa: BLE001 - every failure here is one message naming the URL
+            raise self.explain(e, "connect") from None
+        if isinstance(hello, list):  # RESP2: a flat list of names and values
+            hello = dict(zip(hello[::2], hello[1::2]))
+        raw = hello.get(b"version", hello.get("version", b"0"))
+        version = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if int(version.split(".")[0] or 0) < 7:
+            raise SchedulerError(f"the Redis server at {self.target.shown} runs Redis {version}; the scheduler needs "
+                                 "Redis 7 or later (streams with sequence ids, scripts that read the server clock)")
+
+    def explain(self, e: BaseException, what: str) -> SchedulerError:
+        """A ``SchedulerError`` for ``e`` that names the server (never the password) and what to do."""
+        r = redis.exceptions
+        shown = self.target.shown
+        text = self._clean(str(e))
+        if isinstance(e, (r.AuthenticationError, r.AuthenticationWrongNumberOfArgsError)) or "WRONGPASS" in text \
+                or "NOAUTH" in text:
+            return SchedulerError(f"the Redis server at {shown} refused the credentials ({text}); check the user and "
+                                  f"password in the URL (or ${ENV_PASSWORD})")
+        if isinstance(e, r.NoPermissionError) or "NOPERM" in text:
+            return SchedulerError(f"the Redis server at {shown} does not allow this user to {what} ({text}); its ACL "
+                                  f"must allow the keys dcp:{self.target.group}:* and the commands EVALSHA, SCRIPT, "
+                                  "XREAD, ZRANGE, LRANGE, HMGET, LLEN, INFO")
+        if isinstance(e, r.OutOfMemoryError) or text.startswith("OOM"):
+            return RedisUnavailable(f"the Redis server at {shown} is out of memory ({text}); delete finished jobs "
+                                    "(dcp-worker jobs --delete) or raise its maxmemory")
+        if isinstance(e, (r.ConnectionError, r.TimeoutError, OSError)):
+            return RedisUnavailable(f"cannot reach the Redis scheduler at {shown}: {text}; is redis-server running "
+                                    "there, and does the URL (host, port, rediss:// for TLS) match it?")
+        return SchedulerError(f"the Redis scheduler at {shown} failed to {what}: {type(e).__name__}: {text}")
+
+    def _clean(self, text: str) -> str:
+        password = self.target.password
+        return text.replace(password, "***") if password else text
+
+    def call(self, what: str, fn: Callable[[Any], T]) -> T:
+        r = redis.exceptions
+        delay, deadline, failures = 0.05, None, 0
+        while True:
+            try:
+                return fn(self.client)
+            except (r.AuthenticationError, r.AuthorizationError, r.NoPermissionError, r.OutOfMemoryError) as e:
+                raise self.explain(e, what) from None
+            except (r.ConnectionError, r.TimeoutError, r.ReadOnlyError) as e:
+                error: BaseException = e
+            except r.ResponseError as e:
+                if not str(e).startswith(("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")):
+                    raise self.explain(e, what) from None
+                error = e
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.target.retry
+            failures += 1
+            if now >= deadline or self._closed.is_set():
+                raise RedisUnavailable(
+                    f"the Redis scheduler at {self.target.shown} has been unreachable for {self.target.retry:.0f} s "
+                    f"({what}): {self._clean(str(error))}; raise ?retry= in the URL to wait longer") from None
+            if failures == 1 or failures % 10 == 0:
+                log.warning("the Redis scheduler at %s is unreachable (%s: %s); retrying for up to %.0f s more",
+                            self.target.shown, what, self._clean(str(error)), deadline - now)
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.client.close()
+        self.client.connection_pool.disconnect()

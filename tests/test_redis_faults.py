@@ -1,0 +1,234 @@
+"""Faults with a real redis-server: lost connections and partitions (a loopback proxy cut or
+blackholed), a worker SIGKILLed mid-slice, redis-server restarted mid-job (AOF on), the deploying
+process killed and its job resumed from another process, workers of different worktimes.
+
+Every job here must end with each slice's result recorded exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("redis", reason="the redis client is not installed (pip install 'dcp-worktimes[redis]')")
+
+from dcp_worktimes.scheduler import open_scheduler
+from dcp_worktimes.scheduler.redis.server import RedisServer
+from dcp_worktimes.testing_scheduler import drain, make_job, ok, take
+from dcp_worktimes.values import unpack
+
+from .redis_fixtures import PASSWORD, require_redis
+from .tcp_proxy import Proxy
+
+
+@pytest.fixture
+def proxy(redis_server):
+    p = Proxy(redis_server.port)
+    yield p
+    p.close()
+
+
+def via(proxy: Proxy, url: str) -> str:
+    return url.replace(f"127.0.0.1:{proxy.target}", f"127.0.0.1:{proxy.port}")
+
+
+def exactly_once(s, job_id: str, total: int) -> dict:
+    """Every slice has one result, stored once, and the log has one result event per slice."""
+    numbers = [n for batch in s.result_batches(job_id) for n in batch.numbers]
+    assert sorted(numbers) == list(range(total)), "a result is missing or stored twice"
+    events = [e["sliceNumber"] for _, e in s.events(job_id) if e["type"] in ("result", "error")]
+    assert sorted(events) == list(range(total))
+    st = s.status(job_id)
+    assert st["computed"] + st["failed"] == total and st["status"] == "complete", st
+    return s.results(job_id)
+
+
+# -- lost connections and partitions (the interface, no evaluators) ----------------------------------
+def test_a_call_rides_out_a_lost_connection(proxy, redis_url):
+    s = open_scheduler(via(proxy, redis_url))
+    s.submit(make_job("j", 4))
+    proxy.cut()
+    threading.Timer(1.5, proxy.heal).start()
+    started = time.monotonic()
+    leases = take(s, "w", max_slices=4)  # blocks while the link is down, then succeeds
+    assert time.monotonic() - started >= 1.0 and len(leases) == 4
+    s.report(ok(*leases))
+    exactly_once(s, "j", 4)
+    s.close()
+
+
+def test_a_partitioned_workers_slices_go_to_another_and_its_late_report_is_ignored(proxy, redis_url):
+    cut_off = open_scheduler(via(proxy, redis_url + "&timeout=1s"))
+    other = open_scheduler(redis_url)
+    cut_off.submit(make_job("j", 6))
+    old = take(cut_off, "w-partitioned", max_slices=6, lease_seconds=1.0)
+    assert len(old) == 6
+    proxy.blackhole()  # no RST, no answer: its calls time out and are retried
+    done = threading.Event()
+
+    def late_report() -> None:
+        cut_off.report(ok(*old))  # waits out the partition, then lands on an expired lease
+        done.set()
+
+    threading.Thread(target=late_report, daemon=True).start()
+    time.sleep(1.5)  # the lease expires meanwhile (the server's clock)
+    new = drain(other, "w-healthy")
+    assert sorted(sl.slice_number for sl in new) == list(range(6)) and {sl.attempt for sl in new} == {2}
+    other.report(ok(*new))
+    proxy.heal()
+    assert done.wait(30)
+    assert cut_off.heartbeat("w-partitioned", [old[0].lease_id], 30) == [old[0].lease_id]
+    results = exactly_once(other, "j", 6)
+    assert {r.worker for r in results.values()} == {"w-healthy"}
+    cut_off.close()
+    other.close()
+
+
+# -- real workers -------------------------------------------------------------------------------------
+def start_worker(url: str, tmp_path, *args: str, name: str = "w") -> subprocess.Popen:
+    """A ``dcp-worker`` process (in its own session: killpg takes its evaluators too)."""
+    env = {**os.environ, "DCP_SCHEDULER": url, "DCP_WORKTIMES_CACHE": str(tmp_path / "cache"), "DCP_PROGRESS": "0"}
+    log = open(tmp_path / f"{name}.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", *args], env=env, stdout=log, stderr=log,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    return proc.wait(60)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+SLOW = '{"sleep": 0.02}'  # echo sleeps 20 ms per slice, then returns its datum
+
+
+def slow_job(job_id: str, n: int):
+    job = make_job(job_id, n)
+    job.spec.work = SLOW
+    return job
+
+
+def test_a_worker_killed_mid_slice_loses_nothing_and_duplicates_nothing(redis_url, tmp_path):
+    s = open_scheduler(redis_url)
+    s.submit(slow_job("j", 300))
+    first = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "2", name="first")
+    try:
+        wait_for(lambda: s.status("j")["computed"] >= 30, what="the first worker's results")
+        stop(first, signal.SIGKILL)  # mid-slice: it holds leased, unreported slices
+        assert s.status("j")["computed"] < 300
+        second = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "2", name="second")
+        wait_for(lambda: s.status("j")["status"] == "complete", what="the job to finish on the second worker")
+        assert stop(second) == 0
+    finally:
+        stop(first, signal.SIGKILL)
+    results = exactly_once(s, "j", 300)
+    assert [unpack(results[n].value) for n in range(300)] == list(range(300))
+    assert len({r.worker for r in results.values()}) == 2
+    assert any(r.attempt == 2 for r in results.values())  # the killed worker's slices ran again
+    s.close()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill-fsync-always"])
+def test_redis_restarted_mid_job_every_result_once(tmp_path, how):
+    require_redis()
+    from dcp_worktimes import compute
+
+    fsync = "always" if how == "sigkill-fsync-always" else "everysec"
+    with RedisServer(tmp_path / "redis", password=PASSWORD, appendfsync=fsync) as server:
+        url = server.url("restart")
+        worker = start_worker(url, tmp_path, "--worktime", "echo", "--cores", "2")
+        box: dict = {}
+
+        def deploy() -> None:
+            try:
+                job = compute.for_(range(400), SLOW, worktime="echo", scheduler=url)
+                job.on("accepted", lambda ev: box.setdefault("id", job.id))
+                box["results"] = list(job.exec(local=False))
+            except BaseException as e:  # noqa: BLE001
+                box["error"] = e
+
+        deployer = threading.Thread(target=deploy)
+        deployer.start()
+        try:
+            s = open_scheduler(url)
+            wait_for(lambda: "id" in box and s.status(box["id"])["computed"] >= 40, what="results before the restart")
+            server.restart(signal.SIGTERM if how == "sigterm" else signal.SIGKILL, down=1.0)
+            deployer.join(120)
+            assert not deployer.is_alive() and "error" not in box, box.get("error")
+            assert box["results"] == list(range(400))
+            exactly_once(s, box["id"], 400)
+            assert worker.poll() is None  # the worker rode it out
+            assert stop(worker) == 0
+            s.close()
+        finally:
+            stop(worker, signal.SIGKILL)
+
+
+DEPLOYER = """
+import sys
+from dcp_worktimes import compute
+job = compute.for_(range(200), sys.argv[2], worktime="echo", scheduler=sys.argv[1])
+job.on("accepted", lambda ev: (open(sys.argv[3], "w").write(job.id)))
+job.exec(local=False)
+"""
+
+
+def test_a_killed_deployers_job_is_resumed_from_another_process(redis_url, tmp_path):
+    from dcp_worktimes import compute
+
+    id_file = tmp_path / "job-id"
+    deployer = subprocess.Popen([sys.executable, "-c", DEPLOYER, redis_url, SLOW, str(id_file)],
+                                env={**os.environ, "DCP_PROGRESS": "0"}, start_new_session=True)
+    worker = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "2")
+    try:
+        s = open_scheduler(redis_url)
+        wait_for(lambda: id_file.exists() and id_file.read_text() and s.status(id_file.read_text())["computed"] >= 20,
+                 what="the first results")
+        stop(deployer, signal.SIGKILL)
+        job_id = id_file.read_text()
+        results = compute.resume(job_id, scheduler=redis_url).exec(local=False)
+        assert list(results) == list(range(200))
+        exactly_once(s, job_id, 200)
+        s.close()
+    finally:
+        stop(deployer, signal.SIGKILL)
+        stop(worker, signal.SIGKILL)
+
+
+def test_workers_get_only_the_jobs_they_match(redis_url, tmp_path):
+    s = open_scheduler(redis_url)
+    plain = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "1", name="plain")
+    gpu = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "1", "--capability", "gpu=true",
+                       name="gpu")
+    try:
+        s.submit(make_job("any", 40))
+        s.submit(make_job("needs-gpu", 40, requirements={"gpu": True}))
+        s.submit(make_job("no-gpu", 40, requirements={"gpu": False}))
+        s.submit(make_job("v2", 5, worktime_range="^2.0.0"))  # echo 1.0.0 everywhere: nobody
+        for job_id in ("any", "needs-gpu", "no-gpu"):
+            wait_for(lambda: s.status(job_id)["status"] == "complete", what=f"job {job_id}")
+        pid = {"plain": plain.pid, "gpu": gpu.pid}
+        owners = {job_id: {int(r.worker.split("-")[-2]) for r in s.results(job_id).values()}
+                  for job_id in ("needs-gpu", "no-gpu")}
+        assert owners == {"needs-gpu": {pid["gpu"]}, "no-gpu": {pid["plain"]}}
+        wait_for(lambda: s.status("v2")["status"] == "unschedulable", what="the v2 job's verdict")
+        assert "echo@^2.0.0" in s.status("v2")["reason"] and s.status("v2")["distributed"] == 0
+    finally:
+        stop(plain)
+        stop(gpu)
+    s.close()
