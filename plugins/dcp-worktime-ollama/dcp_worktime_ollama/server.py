@@ -186,8 +186,6 @@ class ServerBackend:
                 self._openai(work, rendered, gen)
         except SliceError:
             raise
-        except ConnectionError as e:
-            raise SliceError(f"the server at {self.url} stopped answering: {e}", code=ErrorCode.ECRASH, worker_fault=True) from None
         except Exception as e:
             raise _server_error(e, self.url) from None
 
@@ -242,12 +240,18 @@ def _ms(ns: Any) -> float | None:
 
 
 def _server_error(e: Exception, url: str) -> SliceError:
-    """A server's refusal as a slice error: its own message (too long a prompt, a bad option ...)."""
+    """A client's exception as a slice error. A server that stopped answering is this worker's
+    fault (the slice goes back to the scheduler); a refusal carries the server's own reason (too
+    long a prompt, a bad option ...)."""
+    import httpx
+    import openai
+
     status = getattr(e, "status_code", None)
-    message = getattr(e, "error", None) or getattr(e, "message", None) or str(e)
+    message = getattr(e, "error", None) or getattr(e, "message", None) or str(e) or type(e).__name__
+    if isinstance(e, (ConnectionError, httpx.TransportError, openai.APIConnectionError)):
+        return SliceError(f"the server at {url} stopped answering ({type(e).__name__}: {message})",
+                          code=ErrorCode.ECRASH, worker_fault=True)
     if isinstance(status, int) and status >= 500:
         return SliceError(f"the server at {url} failed (HTTP {status}): {message}", code=ErrorCode.ECRASH)
-    if type(e).__name__ in ("APIConnectionError", "APITimeoutError", "RemoteProtocolError", "ReadError"):
-        return SliceError(f"the server at {url} stopped answering: {message}", code=ErrorCode.ECRASH, worker_fault=True)
     return SliceError(f"the server at {url} refused the request: {message}", code=ErrorCode.EUNCAUGHT,
                       name=type(e).__name__)

@@ -103,7 +103,7 @@ class OllamaWorktime(Worktime):
 
         quiet_openmp()
         if missing() is None:
-            import xllamacpp  # noqa: F401
+            import xllamacpp  # noqa: F401  (imported for the forked evaluators)
 
     def __init__(self) -> None:
         self.job: JobSpec | None = None

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 
 import pytest
 
-from llm_helpers import HERE, INSTALL, MODEL_SHA256
+from llm_helpers import INSTALL, MODEL_SHA256, serving
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,20 +36,5 @@ def gguf_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def llama_server(gguf_path):
     """A real llama.cpp HTTP server (xllamacpp's) on a free loopback port, serving gemma3:270m."""
-    import psutil
-
-    proc = subprocess.Popen([sys.executable, str(HERE / "llama_direct.py"), gguf_path, "--serve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            proc.kill()
-            pytest.fail(f"the llama.cpp server did not start: {url!r} {proc.stderr.read()[-2000:]}")
-        yield {"url": url, "process": psutil.Process(proc.pid)}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serving(gguf_path) as server:
+        yield server

@@ -19,16 +19,7 @@ from dcp_worktimes.runner import EvaluatorPool
 from dcp_worktimes.testing import Sample, WorktimeConformance, run
 from dcp_worktimes.worktime import JobSpec
 
-from llm_helpers import SAMPLING, direct
-
-DIGEST = "sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-GREEDY = {"temperature": 0, "num_predict": 6}
-HELLO = {"model": "gemma3:270m", "prompt": "{datum}", "raw": True, "options": GREEDY, "return": "text"}
-COUNTING = {"model": "gemma3:270m", "prompt": "1, 2, 3, 4, 5,", "raw": True,
-            "options": {"temperature": 0, "num_predict": 48}, "return": "text"}
-ENDLESS = {"model": "gemma3:270m", "prompt": "1, 2, 3, 4, 5,", "raw": True,
-           "options": {"temperature": 0, "num_predict": 2048}}
-
+from llm_helpers import COUNTING, DIGEST, ENDLESS, HELLO, SAMPLING, direct, hostile
 
 @pytest.fixture(scope="session")
 def references(gguf_path) -> dict[str, str]:
@@ -65,23 +56,6 @@ class TestEmbeddedConformance(WorktimeConformance):
     @pytest.fixture
     def hostile_works(self):
         return hostile()
-
-
-def hostile() -> dict[str, str]:
-    """The hostile cases a work that is data can express (the others cannot be written at all)."""
-    return {
-        # asks for 2048 tokens: the engine stops at the wall-time limit, keeping the evaluator
-        "infinite_loop": json.dumps(ENDLESS),
-        # generation burns CPU until the host's CPU-time watchdog stops it
-        "cpu_burn": json.dumps(ENDLESS),
-        # a template name the datum (null) does not have: the slice raises
-        "throw": json.dumps({"model": "gemma3:270m", "prompt": "{question}"}),
-        # a schema nested 100k deep: refused while parsing, no recursion crash
-        "deep_recursion": '{"model": "gemma3:270m", "prompt": "x", "format": ' + '{"a":' * 100_000 + "1" + "}" * 100_001,
-        # the datum is a path: it is text in a prompt, never a file the worktime reads
-        "file_access": json.dumps({"model": "gemma3:270m", "prompt": "The file {datum} contains", "raw": True,
-                                   "options": {"temperature": 0, "num_predict": 12}}),
-    }
 
 
 # -- behaviour beyond the kit ---------------------------------------------------------------------
