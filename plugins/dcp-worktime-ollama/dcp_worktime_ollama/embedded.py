@@ -61,6 +61,7 @@ class EmbeddedBackend:
         p.cpuparams_batch.n_threads = threads
         p.cache_ram_mib = 0  # no prompt cache across requests (see oai.py: determinism)
         p.warmup = True
+        p.fit_params = False  # sizing layers to a GPU's memory: a CPU has none, and it doubles the load time
         p.verbosity = 1  # errors only (they reach the evaluator's stderr, quoted in crash reports)
         p.ui = False
         p.n_threads_http = 1

@@ -30,6 +30,7 @@ def server(model: str, serve: bool) -> "xlc.Server":
     p.cache_ram_mib = 0
     p.verbosity = 1
     p.ui = False
+    p.fit_params = False
     if serve:
         p.hostnames = ["127.0.0.1"]
         p.port = 0  # a free port, chosen by the kernel
