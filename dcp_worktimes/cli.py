@@ -20,20 +20,20 @@ from typing import Any
 import click
 
 from .errors import DcpError
-from .limits import Limits, check_cores
+from .limits import FLAGS, Limits, check_cores
 
-_LIMIT_OPTIONS = [
-    ("--wall-time", "wall_time", "Wall-time limit per slice, e.g. 30s, 2m (ESLICETOOSLOW)."),
-    ("--cpu-time", "cpu_time", "CPU-time limit per slice, e.g. 10s (ECPULIMIT)."),
-    ("--memory-limit", "memory", "Memory limit per slice, e.g. 256MB, 1GiB (EMEMORYLIMIT)."),
-    ("--output-limit", "output", "Result size limit per slice, e.g. 16MB (EOUTPUTLIMIT)."),
-    ("--progress-timeout", "progress_timeout", "No-progress watchdog, e.g. 30s; 'off' disables it for every job (ENOPROGRESS)."),
-]
+_LIMIT_HELP = {
+    "wall_time": "Wall-time limit per slice, e.g. 30s, 2m (ESLICETOOSLOW).",
+    "cpu_time": "CPU-time limit per slice, e.g. 10s (ECPULIMIT).",
+    "memory": "Memory limit per slice, e.g. 256MB, 1GiB (EMEMORYLIMIT).",
+    "output": "Result size limit per slice, e.g. 16MB (EOUTPUTLIMIT).",
+    "progress_timeout": "No-progress watchdog, e.g. 30s; 'off' disables it for every job (ENOPROGRESS).",
+}
 
 
 def limit_options(f):
-    for flag, name, help_text in reversed(_LIMIT_OPTIONS):
-        f = click.option(flag, name, default=None, metavar="VALUE", help=help_text)(f)
+    for name, help_text in reversed(_LIMIT_HELP.items()):
+        f = click.option(FLAGS[name], name, default=None, metavar="VALUE", help=help_text)(f)
     return f
 
 

@@ -9,18 +9,15 @@ The tree is deliberately tiny::
     DcpError
     ├── WorktimeNotFound      ENOWORKTIME: unknown worktime / no version satisfies the range
     ├── DuplicateWorktime     two plugins register the same name
+    ├── RequirementsError     EREQUIREMENTS: nobody (or not this machine) meets the job's requirements
     ├── WorkError             the job's work itself is unusable (does not compile, ...)
     └── SliceError            one slice failed; ``code`` says why
+        └── LimitExceeded     it went over a limit; ``limit`` says which (``limits.exceeded`` words it)
 """
 
 from __future__ import annotations
 
 from enum import Enum
-
-
-#: ``SliceError.name`` of a scratch-directory cap violation: its code is EOUTPUTLIMIT, but the
-#: limit behind it is the scratch size, not ``limits.output``.
-SCRATCH_ERROR = "ScratchCap"
 
 
 class ErrorCode(str, Enum):
@@ -80,6 +77,12 @@ class DuplicateWorktime(DcpError):
     code = "EDUPLICATEWORKTIME"
 
 
+class RequirementsError(DcpError):
+    """Requirements that are malformed, or that no available worker (or this machine) can meet."""
+
+    code = ErrorCode.EREQUIREMENTS
+
+
 class WorkError(DcpError):
     """The job's work cannot be used at all: fail the job once, not every slice."""
 
@@ -119,5 +122,37 @@ class SliceError(DcpError):
 
     @classmethod
     def from_dict(cls, d: dict) -> "SliceError":
+        if d.get("limit") in LIMIT_CODES:
+            return LimitExceeded(d.get("message", ""), limit=d["limit"], stack=d.get("stack"), name=d.get("name"))
         return cls(d.get("message", ""), code=d.get("code", "EUNCAUGHT"), stack=d.get("stack"), name=d.get("name"),
                    worker_fault=bool(d.get("worker_fault")))
+
+
+#: The code of each limit a slice can exceed (``LimitExceeded.limit``): the ``Limits`` fields, plus
+#: the caps some engines add (``scratch``: the job's scratch folder; ``fuel``: an instruction budget).
+LIMIT_CODES = {
+    "wall_time": ErrorCode.ESLICETOOSLOW,
+    "progress_timeout": ErrorCode.ENOPROGRESS,
+    "cpu_time": ErrorCode.ECPULIMIT,
+    "fuel": ErrorCode.ECPULIMIT,
+    "memory": ErrorCode.EMEMORYLIMIT,
+    "output": ErrorCode.EOUTPUTLIMIT,
+    "scratch": ErrorCode.EOUTPUTLIMIT,
+}
+
+
+class LimitExceeded(SliceError):
+    """A slice went over one of its limits: ``limit`` names it (a key of ``LIMIT_CODES``), as data.
+
+    Build it with ``dcp_worktimes.limits.exceeded``, which words every limit the same way
+    wherever it is enforced (the engine, the evaluator, the host's watchdog)::
+
+        raise exceeded("wall_time", 2.0)
+    """
+
+    def __init__(self, message: str, *, limit: str, stack: str | None = None, name: str | None = None) -> None:
+        super().__init__(message, code=LIMIT_CODES[limit], stack=stack, name=name)
+        self.limit = limit
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "limit": self.limit}

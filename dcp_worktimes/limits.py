@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .errors import LimitExceeded
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -93,6 +96,74 @@ class Limits:
                 shown = humanfriendly.format_timespan(v)
             parts.append(f"{f.name} {shown}")
         return ", ".join(parts)
+
+
+#: The ``dcp-worker`` flag that sets each limit (a worker's cap on every job's limit).
+FLAGS = {"wall_time": "--wall-time", "cpu_time": "--cpu-time", "memory": "--memory-limit", "output": "--output-limit",
+         "progress_timeout": "--progress-timeout"}
+
+
+def show(limit: str, value: float | int, like: float | int | None = None) -> str:
+    """A limit's value for humans: sizes in the unit family the user wrote, durations in seconds."""
+    if limit in _SIZE_FIELDS or limit == "scratch":
+        return format_size(value, like=int(like) if like is not None else None)
+    if limit == "fuel":
+        return f"{int(value):,} instructions"
+    return f"{value:.1f} s" if like is not None and value >= 1 else f"{value:g} s"
+
+
+def exceeded(limit: str, allowed: float | int | None, *, used: float | int | None = None, what: str | None = None,
+             detail: str | None = None, name: str | None = None, stack: str | None = None) -> "LimitExceeded":
+    """The error of a slice that went over ``limit`` (a ``LIMIT_CODES`` key), worded one way
+    wherever it is enforced: what was exceeded, by how much when known, and what to do.
+
+    ``what`` names the thing measured (``"JavaScript heap"``, ``"console/emit traffic"``);
+    ``detail`` is appended (``"on top of the worktime's own 40 MB"``).
+
+    >>> print(exceeded("wall_time", 2.0).message)
+    the slice ran longer than its wall-time limit of 2 s; make the work faster, split it into smaller slices, or raise the limit (wall_time / --wall-time)
+    >>> exceeded("memory", 128_000_000, used=150_000_000).code
+    <ErrorCode.EMEMORYLIMIT: 'EMEMORYLIMIT'>
+    """
+    from .errors import LimitExceeded
+
+    cap = "" if allowed is None else show(limit, allowed)
+    over = f", over its limit of {cap}" if cap else ", over its limit"
+    amount = None
+    if used is not None:
+        amount = show(limit, used, like=allowed)
+        if amount == cap and limit in ("memory", "output", "scratch"):  # "1 MiB, over 1 MiB" says nothing
+            amount = f"{int(used):,} bytes"
+    how = f"raise the limit ({limit} / {FLAGS[limit]})" if limit in FLAGS else ""
+    if limit == "wall_time":
+        head = f"the slice ran longer than its wall-time limit{' of ' + cap if cap else ''}"
+        advice = f"make the work faster, split it into smaller slices, or {how}"
+    elif limit == "progress_timeout":
+        head = f"no progress() for {cap or 'too long'} (the progress timeout)"
+        advice = (f"call progress() regularly in long-running work, or raise the timeout or turn it off "
+                  f"(progress_timeout=None / {FLAGS[limit]} off)")
+    elif limit == "cpu_time":
+        head = f"the slice used {amount or 'more'} of CPU time{over}"
+        advice = f"do less per slice or {how}"
+    elif limit == "memory":
+        head = f"the slice used {amount or 'more'} of {what or 'memory'}{over}"
+        advice = f"use less memory or {how}"
+    elif limit == "output":
+        head = f"{what or 'the result'} is {amount or 'too big'}{over.replace('its limit', 'the output limit')}"
+        advice = f"send back less data or {how}"
+    elif limit == "scratch" and used is None:
+        head = f"{what or 'the scratch directory /tmp'} cannot be measured against its cap{' of ' + cap if cap else ''}"
+        advice = "keep /tmp shallow and readable, or raise the cap (the job option scratch_size)"
+    elif limit == "scratch":
+        head = f"{what or 'the scratch directory /tmp'} holds {amount}{over.replace('its limit', 'its cap')}"
+        advice = "write less, or raise the cap (the job option scratch_size)"
+    elif limit == "fuel":
+        head = f"the slice spent its fuel budget{' of ' + cap if cap else ''}"
+        advice = "do less per slice or raise the job option fuel"
+    else:
+        raise ValueError(f"unknown limit {limit!r}")
+    text = head + (f" ({detail})" if detail else "") + "; " + advice
+    return LimitExceeded(text, limit=limit, name=name, stack=stack)
 
 
 #: Evaluators per CPU at most: slices are CPU-bound, so more only adds memory and switching.

@@ -168,7 +168,9 @@ class Registry:
         return True
 
     def register_module(self, module: object, provider: str) -> None:
-        """Register an already imported plugin module (tests, embedding applications)."""
+        """Register an already imported plugin module (tests, embedding applications); again is a no-op."""
+        if self.pm.is_registered(module):
+            return
         if self._register(module, getattr(module, "__name__", repr(module)), provider):
             self._collect()
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import pytest
 
-from .compute.inputs import input_set
+from .inputs import input_set
 from .scheduler.base import JobRecord, Lease, Scheduler, SchedulerError, SliceReport, UnknownJob
 from .values import pack, unpack
 from .worktime import JobSpec

@@ -401,14 +401,22 @@ class Worktime(ABC):
         if isinstance(work, os.PathLike):
             path = Path(work).expanduser()
             if not path.is_file():
-                what = "a directory, not a file" if path.is_dir() else "no such file"
-                raise WorkError(f"work file {str(path)!r}: {what}; pass the path of the work's file")
+                what = "is a directory, not a file" if path.is_dir() else "does not exist"
+                raise WorkError(f"work file {str(path)!r} {what}; pass the path of the work's file")
             data = path.read_bytes()
             try:
                 return CapturedWork(data.decode("utf-8"), origin=f"file {path.name}")
             except UnicodeDecodeError:
                 return CapturedWork(data, origin=f"file {path.name}")
-        raise WorkError(f"worktime {cls.name} cannot use a {type(work).__name__} as work; pass text, bytes or a "
+        if callable(work):
+            from .plugins import get_worktimes
+
+            takers = [r.name for r in get_worktimes().values() if "function" in r.cls.default_for]
+            hint = (f"Python functions run on the {takers[0]!r} worktime: leave job.worktime unset or set it to "
+                    f"{takers[0]!r}" if takers else "no installed worktime takes Python functions")
+            raise WorkError(f"the work is a Python function, which worktime {getattr(cls, 'name', '(custom)')} cannot "
+                            f"run; {hint}")
+        raise WorkError(f"worktime {getattr(cls, 'name', '(custom)')} cannot use a {type(work).__name__} as work; pass text, bytes or a "
                         "pathlib.Path to the work's file")
 
     @classmethod

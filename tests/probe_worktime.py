@@ -32,7 +32,40 @@ class StuckAtStart(ProbeWorktime):
         time.sleep(3600)
 
 
+class Unavailable(ProbeWorktime):
+    """Its engine is never installed: the probe says so."""
+
+    name = "unavailable"
+
+    @classmethod
+    def probe(cls, config):
+        from dcp_worktimes.worktime import Probe
+
+        return Probe({"frob": True}, unavailable="the frobnicator is not installed; apt-get install frobnicator")
+
+
+class BrokenHere(ProbeWorktime):
+    """Prepares only on machines that have a marker file (``config["marker"]``): elsewhere the
+    worker, not the work, is at fault (ENOWORKTIME from prepare)."""
+
+    name = "broken-here"
+    settings = {"marker": "a file whose presence makes this machine able to prepare jobs"}
+
+    def prepare(self, job):
+        import os
+
+        from dcp_worktimes.errors import ErrorCode, WorkError
+
+        if not os.path.exists(self.config.get("marker", "/nonexistent")):
+            raise WorkError("this machine lacks the marker file", code=ErrorCode.ENOWORKTIME)
+        super().prepare(job)
+
+
+
+
 @hookimpl
 def register_worktimes(register):
     register(ProbeWorktime)
     register(StuckAtStart)
+    register(Unavailable)
+    register(BrokenHere)

@@ -10,15 +10,30 @@ import pathlib as pl
 
 import pytest
 
+from types import SimpleNamespace
+
 from dcp_worktimes import compute
 from dcp_worktimes.compute.cost import CostProfileError, parse_cost
 from dcp_worktimes.compute.results import ResultHandle, ResultKeyError, SliceFailed, nest
-from dcp_worktimes.compute.work import capture
+from dcp_worktimes.compute.work import capture as capture_with_worktime
+
+
+def capture(work):
+    """The captured work, as the worktime it defaults to takes it (``.worktime`` names that worktime)."""
+    name, captured = capture_with_worktime(work)
+    return SimpleNamespace(payload=captured.work, options=captured.options, default_worktime=name)
 from dcp_worktimes.errors import ErrorCode, WorkError, WorktimeNotFound
 from dcp_worktimes.scheduler import open_scheduler
 
 JS = "function(i){ progress(); return i*10 }"
 
+
+
+def plan(job, local=True):
+    """The JobRecord ``exec()`` would store, after every check (nothing is stored)."""
+    from dcp_worktimes.compute.deploy import plan as deploy_plan
+
+    return deploy_plan(job, compute.parse_cost(None), local, job._scheduler())
 
 def deployed_jobs(url):
     with open_scheduler(url) as s:
@@ -125,7 +140,7 @@ def test_unsatisfiable_requirements_are_refused_before_deployment(store):
     assert deployed_jobs(store) == []
     # "must not have" is satisfiable here: echo advertises {"echo": True} only
     ok = compute.for_([1], "", worktime="echo", requirements={"machine": {"gpu": False}})
-    ok._spec()  # validates without raising
+    plan(ok).spec  # validates without raising
 
 
 def test_unserializable_arguments_and_inputs_are_refused_before_deployment(store):
@@ -149,7 +164,7 @@ def test_python_function_with_a_js_worktime_is_refused(store):
 
 def test_empty_js_work_is_refused():
     with pytest.raises(WorkError, match="empty string"):
-        compute.for_([1], "   ")._spec()
+        plan(compute.for_([1], "   ")).spec
 
 
 def test_limits_and_public_settings():
@@ -159,23 +174,23 @@ def test_limits_and_public_settings():
         job.limits = {"walltime": 1}
     job.public = {"name": "x", "colour": "red"}
     with pytest.raises(TypeError, match="job.public"):
-        job._spec()
+        plan(job).spec
 
 
 def test_requires_ships_modules(tmp_path):
     mod = tmp_path / "refiner.js"
     mod.write_text("exports.refine = (x, j) => x * j")
     job = compute.for_([1], JS, worktime="echo").requires(str(mod), {"other": "exports.x = 1"}, third="exports.y = 2")
-    spec = job._spec()
+    spec = plan(job).spec
     assert spec.modules == {"refiner": "exports.refine = (x, j) => x * j", "other": "exports.x = 1", "third": "exports.y = 2"}
     with pytest.raises(WorkError, match="no such file"):
         job.requires(str(tmp_path / "missing.js"))
 
 
 def test_multi_dimensional_jobs_ask_for_spread_arguments():
-    spec = compute.for_([{"start": 1, "end": 2}, {"start": 3, "end": 5}], "", worktime="echo")._spec()
+    spec = plan(compute.for_([{"start": 1, "end": 2}, {"start": 3, "end": 5}], "", worktime="echo")).spec
     assert spec.options["spread_datum"] is True
-    assert "spread_datum" not in compute.for_([1, 2], "", worktime="echo")._spec().options
+    assert "spread_datum" not in plan(compute.for_([1, 2], "", worktime="echo")).spec.options
 
 
 def test_events_reject_unknown_names():
@@ -323,15 +338,15 @@ def test_failures_in_place():
 
 def test_an_unset_map_basic_version_means_caret_one():
     """dcp-behaviour.md: "unset means map-basic at ^1.0.0"."""
-    from dcp_worktimes.scheduler.base import worker_can_run
+    from dcp_worktimes.scheduler.matching import worker_can_run
 
-    record = compute.for_([1], "x => x")._record(compute.marketValue)
+    record = plan(compute.for_([1], "x => x"))
     assert record.worktime_range == "^1.0.0"
     assert worker_can_run(record, {"map-basic": "1.4.0"}, {}) is None
     assert "map-basic@^1.0.0" in worker_can_run(record, {"map-basic": "2.0.0"}, {})
     assert "map-basic@^1.0.0" in worker_can_run(record, {"map-basic": "0.9.0"}, {})
-    assert compute.for_([1], "", worktime="echo")._record(compute.marketValue).worktime_range is None
-    pinned = compute.for_([1], "x => x", worktime="map-basic@>=1.0.0")._record(compute.marketValue)
+    assert plan(compute.for_([1], "", worktime="echo")).worktime_range is None
+    pinned = plan(compute.for_([1], "x => x", worktime="map-basic@>=1.0.0"))
     assert pinned.worktime_range == ">=1.0.0"
 
 

@@ -184,7 +184,7 @@ def test_remote_execution_uses_attached_workers(store):
 def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
     import threading
 
-    from dcp_worktimes.compute import job as job_module
+    from dcp_worktimes.compute import follow as job_module
     from dcp_worktimes.scheduler.worker import Worker
 
     monkeypatch.setattr(job_module, "REMOTE_GRACE", 0.5)
@@ -195,9 +195,13 @@ def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
         thread.start()
         try:
             t0 = time.monotonic()
+            j = echo([1])
             with pytest.raises(compute.RequirementsError, match="echo"):
-                echo([1]).exec(local=False, timeout=60)
+                j.exec(local=False, timeout=60)
             assert time.monotonic() - t0 < 30
+            # The deployer gave up: the job is cancelled in the store, so a worker attached later
+            # does not run it behind the deployer's back.
+            assert s.status(j.id)["status"] == "cancelled"
         finally:
             stop.set()
             thread.join(30)

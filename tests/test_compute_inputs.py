@@ -15,8 +15,8 @@ import pytest
 
 from dcp_worktimes import compute
 from dcp_worktimes.compute import stats
-from dcp_worktimes.compute.inputs import StreamInput, input_set, input_set_from_description
-from dcp_worktimes.compute.ranges import MultiRange, RangeError, RangeObject, js_number_string
+from dcp_worktimes.inputs import StreamInput, input_set, input_set_from_description
+from dcp_worktimes.inputs.ranges import MultiRange, RangeError, RangeObject, js_number_string
 
 
 def datums(s):

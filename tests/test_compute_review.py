@@ -8,13 +8,21 @@ import sys
 
 import pytest
 
+from types import SimpleNamespace
+
 from dcp_worktimes import compute
 from math import floor as fl
 from math import sqrt
 
 from dcp_worktimes.compute.results import ResultHandle, SliceFailed, nest
-from dcp_worktimes.compute.ranges import RangeObject
-from dcp_worktimes.compute.work import capture
+from dcp_worktimes.inputs.ranges import RangeObject
+from dcp_worktimes.compute.work import capture as capture_with_worktime
+
+
+def capture(work):
+    """The captured work, as the worktime it defaults to takes it (``.worktime`` names that worktime)."""
+    name, captured = capture_with_worktime(work)
+    return SimpleNamespace(payload=captured.work, options=captured.options, default_worktime=name)
 from dcp_worktimes.errors import ErrorCode, WorkError, WorktimeNotFound
 from dcp_worktimes.plugins import get_worktimes
 from dcp_worktimes.scheduler import open_scheduler

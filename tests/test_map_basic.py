@@ -32,7 +32,9 @@ class Harness:
 
     def prepare(self, work: str, limits: Limits | None = None, **job) -> "Harness":
         self.limits = limits or Limits()
-        self.wt.prepare(JobSpec(id="job", worktime="map-basic", work=work, limits=self.limits, **job))
+        spec = JobSpec(id="job", worktime="map-basic", work=work, limits=self.limits, **job)
+        MapBasic.validate(spec)  # what the evaluator does before prepare()
+        self.wt.prepare(spec)
         return self
 
     def __call__(self, datum=None, limits: Limits | None = None):

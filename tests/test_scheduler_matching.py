@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dcp_worktimes.scheduler.base import merge_capabilities, requirements_met, unmet_requirement, worker_can_run
+from dcp_worktimes.scheduler.matching import merge_capabilities, requirements_met, unmet_requirement, worker_can_run
 from dcp_worktimes.testing_scheduler import make_job
 
 

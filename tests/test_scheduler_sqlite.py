@@ -52,7 +52,7 @@ def test_wal_mode_and_results_as_msgpack_bytes(tmp_path):
 
 def test_huge_range_is_not_materialised(tmp_path):
     s = open_scheduler(f"sqlite:///{tmp_path}/x.db")
-    from dcp_worktimes.compute.inputs import input_set
+    from dcp_worktimes.inputs import input_set
 
     from dcp_worktimes.scheduler import JobRecord
     from dcp_worktimes.worktime import JobSpec

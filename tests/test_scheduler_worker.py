@@ -234,17 +234,16 @@ def test_a_limit_this_worker_lowered_is_named_in_the_error(store):
 
 
 def test_a_scratch_cap_error_is_not_blamed_on_a_lowered_output_limit(store):
-    from dcp_worktimes.errors import SCRATCH_ERROR
-    from dcp_worktimes.limits import Limits
+    from dcp_worktimes.limits import Limits, exceeded
 
     url, s = store
     s.submit(make_job("j", 1))
     w = Worker(s, ["echo"], cores=1, limits=Limits.parse(output="1MB"))
     w._spec("j")  # what leasing the job does: the job's 64 MiB output is lowered to 1 MB
-    over = {"code": "EOUTPUTLIMIT", "message": "result too big"}
+    over = exceeded("output", 1_000_000, used=2_000_000).to_dict()
     assert "dcp-worker --output-limit" in w._explain_cap("j", over)["message"]
-    scratch = {"code": "EOUTPUTLIMIT", "message": "the scratch directory /tmp grew", "name": SCRATCH_ERROR}
-    assert w._explain_cap("j", scratch) == scratch
+    scratch = exceeded("scratch", 64 << 20, used=65 << 20).to_dict()
+    assert scratch["code"] == "EOUTPUTLIMIT" and w._explain_cap("j", scratch) == scratch
 
 
 # The real command line (`dcp-worker --worktime echo --cores 1 --scheduler URL`).

@@ -35,20 +35,20 @@ from fractions import Fraction
 from types import SimpleNamespace
 from typing import Any
 
-from . import stats
+from ..inputs import InputSet, MultiRange, RangeError, RangeObject, StreamInput, input_set, input_set_from_description
+from ..inputs import distributions as stats
+from ..worktime import CapturedWork
 from .cost import CostProfile, CostProfileError, freeValue, marketValue, parse_cost, safeMarketValue
 from .events import Event
-from .inputs import InputSet, StreamInput, input_set, input_set_from_description
-from .job import Job, JobCancelled, RequirementsError, resume
-from .ranges import MultiRange, RangeError, RangeObject
+from .job import Job, JobCancelled, resume
 from .results import JobFailed, ResultHandle, ResultKeyError, SliceFailed
-from .work import Work
+from .settings import RequirementsError, check_arguments
 
 __all__ = [
     "for_", "do", "resume", "Job", "stats", "RangeObject", "MultiRange", "RangeError", "InputSet", "StreamInput",
     "input_set", "input_set_from_description", "ResultHandle", "ResultKeyError", "SliceFailed", "JobFailed",
     "JobCancelled", "RequirementsError", "CostProfile", "CostProfileError", "parse_cost", "marketValue",
-    "safeMarketValue", "freeValue", "default", "Event", "Work",
+    "safeMarketValue", "freeValue", "default", "Event",
 ]
 
 #: Default job settings applied by ``for_``/``do`` (DCP's ``compute.default``), e.g.
@@ -61,9 +61,12 @@ def _is_number(x: Any) -> bool:
 
 
 def _is_work(x: Any) -> bool:
+    """What may stand where the work goes: text, bytes, a path, a function, or data (a dict) for
+    worktimes whose work is data (``Worktime.capture_work`` decides what it accepts)."""
     import os
+    from collections.abc import Mapping
 
-    return isinstance(x, (str, bytes, bytearray, Work, os.PathLike)) or callable(x)
+    return isinstance(x, (str, bytes, bytearray, memoryview, CapturedWork, os.PathLike, Mapping)) or callable(x)
 
 
 def _split_tail(rest: tuple, form: str) -> tuple[Any, list | None]:
@@ -74,19 +77,13 @@ def _split_tail(rest: tuple, form: str) -> tuple[Any, list | None]:
     work, *more = rest
     if not _is_work(work):
         raise TypeError(
-            f"compute.for_({form}, ...): expected the work (a JS source string, a Python function, a Path or bytes) "
-            f"after the inputs, got {type(work).__name__} {work!r:.40}"
+            f"compute.for_({form}, ...): expected the work (a JS source string, a Python function, a Path, bytes, or "
+            f"a dict for worktimes whose work is data) after the inputs, got {type(work).__name__} {work!r:.40}"
         )
     if len(more) > 1:
         raise TypeError(f"compute.for_: too many arguments after the work; extra work arguments go in one list: "
                         f"compute.for_({form}, work, [a, b, c])")
-    args = more[0] if more else None
-    if args is not None and not isinstance(args, (list, tuple)):
-        raise TypeError(
-            f"compute.for_: extra work arguments must be a list, got {type(args).__name__} {args!r:.40}; "
-            f"write compute.for_({form}, work, [{args!r:.40}])"
-        )
-    return work, (list(args) if args is not None else None)
+    return work, check_arguments(more[0] if more else None, f"compute.for_({form}, work, arguments)")
 
 
 def for_(*args: Any, **settings: Any) -> Job:
@@ -132,9 +129,8 @@ def do(n: int, work: Any, arguments: list | None = None, **settings: Any) -> Job
     """A job that runs ``work`` ``n`` times; the work receives the slice number (``0..n-1``)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise TypeError(f"compute.do(n, work): n must be a positive integer, got {n!r}")
-    if arguments is not None and not isinstance(arguments, (list, tuple)):
-        raise TypeError(f"compute.do: extra work arguments must be a list, got {arguments!r:.40}")
-    return _make_job(RangeObject(0, int(n) - 1), work, list(arguments) if arguments is not None else None, settings)
+    return _make_job(RangeObject(0, int(n) - 1), work, check_arguments(arguments, "compute.do(n, work, arguments)"),
+                     settings)
 
 
 def _make_job(inputs: InputSet, work: Any, arguments: list | None, settings: dict) -> Job:

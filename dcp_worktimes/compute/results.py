@@ -19,10 +19,10 @@ was run with ``errors="return"``; ``results.failures`` lists them either way.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import DcpError, ErrorCode
-from .ranges import js_number_string
+from ..inputs.ranges import js_number_string
 
 __all__ = ["ResultHandle", "ResultKeyError", "SliceFailed", "JobFailed", "key_string"]
 
@@ -201,3 +201,28 @@ class JobFailed(DcpError):
             + "\nThe completed results are in this error's .results; run exec(errors='return') to get failures "
             "in place instead of an exception"
         )
+
+
+def collect(reports: Mapping[int, Any], total: int, inputs: Any, job_id: str | None) -> ResultHandle:
+    """The result handle of a job from its stored reports (``Scheduler.results``): results in
+    slice order, each failed slice's ``SliceFailed`` in its place and in ``failures``."""
+    from ..inputs import MultiRange
+    from ..values import unpack
+
+    values: list[Any] = [None] * total
+    failures: list[SliceFailed] = []
+    for n, rep in reports.items():
+        if n >= total:
+            continue
+        if rep.ok:
+            values[n] = unpack(rep.value) if rep.value is not None else None
+        else:
+            err = rep.error or {}
+            f = SliceFailed(n, str(err.get("code", "EUNCAUGHT")), str(err.get("message", "")), err.get("stack"),
+                            err.get("name"))
+            values[n] = f
+            failures.append(f)
+    failures.sort(key=lambda f: f.slice_number)
+    if isinstance(inputs, MultiRange):
+        return nest(values, inputs.shape, inputs.ranges, failures, job_id)
+    return ResultHandle(values, inputs, failures, job_id)

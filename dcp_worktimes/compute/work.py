@@ -1,359 +1,117 @@
-"""Work capture: turn what the deployer passed as ``work`` into what a worktime receives.
+"""The deployer's work: which worktime it defaults to, and how it becomes the job's work.
 
-=====================  ===============================================  =====================
-work                   sent as                                          default worktime
-=====================  ===============================================  =====================
-``str``                the text itself (JS source for map-basic)        ``map-basic``
-Python function        its source, like DCP's ``Function.toString()``   ``python``
-``pathlib.Path``       the file's text (``.js``/``.py``) or bytes        by suffix
-``bytes``              as is (a WebAssembly module for ``wasi``)        ``wasi``
-=====================  ===============================================  =====================
+Every decision that depends on a worktime belongs to the worktime (``Worktime.capture_work``,
+``default_for``, ``validate``: see ``dcp_worktimes/worktime.py``); this module only finds the
+worktime and asks it::
 
-A Python function travels as *source*, so it cannot carry its closure or the module globals it
-uses (they do not exist in the worker). ``capture_python`` checks this up front and says which
-names would be missing and how to fix it::
+    >>> worktime, captured = capture("function (x) { return x * 2 }")     # doctest: +SKIP
+    >>> worktime, captured.work
+    ('map-basic', 'function (x) { return x * 2 }')
+    >>> capture(square)[0]                                                 # doctest: +SKIP
+    'python'
 
-    >>> def square(x):
-    ...     return x * x
-    >>> capture_python(square).source             # doctest: +SKIP
-    'def square(x):\\n    return x * x\\n'
-    >>> k = 3
-    >>> capture_python(lambda x: x * k)          # doctest: +SKIP
-    WorkError: EBADWORK: the work function uses the global name 'k', which is not sent to the worker ...
-
-Default values are evaluated where the function is *defined*, so a default that is not a literal
-(``def f(x, scale=SCALE)``) is sent as its value (``def f(x, scale=2.5)``) when that value is in
-the lossless value set, and refused otherwise (it would be a ``NameError`` on every slice).
-
-Lambdas are sent as an equivalent ``def`` (``lambda x: x*x`` → ``def work_fn(x): return x*x``; not ``work``,
-which is the sandbox's ``work.emit`` object), so
-the worktime always receives a source string that defines exactly one function, named in
-``options["function"]``.
+A one-line string that names a file (``"prog.wasm"``, ``"./shot.blend"``) is that file
+(``as_work_path``, the one rule the Compute API and ``dcp-worker slice --work`` share); the file
+is read here, on the deployer's machine: workers never read the deployer's files.
 """
 
 from __future__ import annotations
 
-import ast
-import builtins
-import copy
-import dis
-import inspect
-import math
 import os
-import textwrap
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import WorkError
+from ..errors import WorkError, WorktimeNotFound
+from ..worktime import CapturedWork, Worktime, work_kind
 
-__all__ = ["Work", "capture", "capture_python", "SANDBOX_GLOBALS", "WASM_MAGIC"]
+__all__ = ["as_work_path", "capture", "default_worktime"]
 
-#: Names every Python worktime provides inside the sandbox (so using them is not a free variable).
-SANDBOX_GLOBALS = frozenset({"progress", "work", "dcp", "console", "emit", "job"})
-
-WASM_MAGIC = b"\0asm"
-
-_SUFFIX_WORKTIME = {".js": "map-basic", ".mjs": "map-basic", ".cjs": "map-basic", ".py": "python", ".wasm": "wasi"}
-
-
-@dataclass
-class Work:
-    """Captured work: ``payload`` goes into ``JobSpec.work``; ``options`` into ``JobSpec.options``."""
-
-    payload: str | bytes
-    kind: str  # "source" | "python" | "bytes"
-    default_worktime: str
-    options: dict[str, Any] = field(default_factory=dict)
-    origin: str = ""  # for messages: "a string", "function square", "file x.js"
-
-    @property
-    def source(self) -> str:
-        return self.payload if isinstance(self.payload, str) else ""
+#: The worktime of work whose kind no installed worktime claims (DCP's default worktime).
+FALLBACK_WORKTIME = "map-basic"
+#: Characters that never occur in a file name someone types, and often in source text.
+_NOT_A_PATH = set(" \t\n(){};=<>\"'`")
 
 
-def capture(work: Any) -> Work:
-    """Capture any supported kind of work; ``WorkError`` for anything else."""
-    if isinstance(work, Work):
-        return work
-    if isinstance(work, str):  # "" is valid for some worktimes (echo); Job checks per worktime
-        name = work.strip()
-        if "\n" not in name and name.endswith((".wasm", ".wat")):
-            # A module named by path is read here, on the deployer's side: workers never read files.
-            return capture(Path(name).expanduser())
-        return Work(work, "source", "map-basic", origin="a string")
-    if isinstance(work, (bytes, bytearray, memoryview)):
-        data = bytes(work)
-        if not data:
-            raise WorkError("the work is empty bytes; pass a WebAssembly module (bytes starting with b'\\0asm')")
-        return Work(data, "bytes", "wasi" if data.startswith(WASM_MAGIC) else "wasi", origin="bytes")
-    if isinstance(work, os.PathLike):
-        path = Path(work)
-        if not path.is_file():
-            raise WorkError(f"work file {str(path)!r} does not exist; pass the path of a .js, .py or .wasm file")
-        worktime = _SUFFIX_WORKTIME.get(path.suffix.lower())
-        data = path.read_bytes()
-        if worktime == "wasi" or data.startswith(WASM_MAGIC):
-            return Work(data, "bytes", "wasi", origin=f"file {path.name}")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return Work(data, "bytes", worktime or "wasi", origin=f"file {path.name}")
-        return Work(text, "source", worktime or "map-basic", origin=f"file {path.name}")
-    if callable(work):
-        return capture_python(work)
-    raise WorkError(
-        f"cannot use a {type(work).__name__} as work; pass a JS source string, a Python function, "
-        "a pathlib.Path to a .js/.py/.wasm file, or WebAssembly bytes. Work is the last positional argument: "
-        "compute.for_(inputs, work[, arguments])"
-    )
+def as_work_path(text: str, suffixes: frozenset[str] | None = None) -> Path | None:
+    """The file a work string names, or ``None`` when it is work text itself.
 
+    A one-line string without spaces or code punctuation that names an existing file is that
+    file. One that looks like a path (ends with a work file suffix, or starts with ``/``, ``./``,
+    ``../`` or ``~``) but names nothing is a ``WorkError`` saying so, instead of being deployed as
+    source text that fails on every slice.
 
-def capture_python(fn: Callable[..., Any]) -> Work:
-    """Source of a Python function as one ``def``; ``WorkError`` if it cannot run elsewhere."""
-    if isinstance(fn, functools_partial_type()):
-        raise WorkError("functools.partial cannot be sent as work (its bound arguments are not source); "
-                        "pass the function and give the extra values as job arguments: for_(inputs, fn, [a, b])")
-    if inspect.isbuiltin(fn) or not isinstance(fn, types.FunctionType):
-        if inspect.ismethod(fn):
-            raise WorkError(f"{fn.__qualname__} is a bound method; its instance cannot be sent. "
-                            "Use a plain module-level function and pass data as job arguments")
-        raise WorkError(f"{fn!r} is not a Python function defined in source; pass a def or lambda from a .py file, "
-                        "or its source as a string")
-    name = fn.__name__
-    code = fn.__code__
-    if hasattr(fn, "__wrapped__"):  # functools.wraps: the source found would be the inner function's
-        raise WorkError(f"the work function {name!r} is decorated; a decorator's wrapper cannot be sent (only "
-                        f"source is, as DCP does with toString()). Deploy the undecorated function "
-                        f"({name}.__wrapped__) and apply what the decorator does inside it")
-    if code.co_freevars:
-        raise WorkError(
-            f"the work function {name!r} closes over {', '.join(repr(v) for v in code.co_freevars)} from its "
-            "enclosing function; closures are not sent to the worker (only the function's source is, as DCP does "
-            "with toString()). Pass those values as job arguments: compute.for_(inputs, fn, [value, ...]) and add "
-            "parameters for them"
-        )
-    try:
-        lines, first = inspect.getsourcelines(fn)
-    except (OSError, TypeError):
-        raise WorkError(
-            f"the source of {name!r} is not available (defined in an interactive session or with exec?); "
-            "define it in a .py file, or pass its source as a string with worktime='python'"
-        ) from None
-    source = textwrap.dedent("".join(lines))
-    first = first or 1
-    node, tree_source = _find_node(source, fn, first)
-    label = "lambda" if fn.__name__ == "<lambda>" else name
-    swaps = _default_swaps(fn, node, tree_source, label)
-    if isinstance(node, ast.Lambda):
-        args_node = copy.deepcopy(node.args)
-        for where, attr, index, literal, _pos in swaps:
-            getattr(args_node, attr)[index] = ast.parse(literal, mode="eval").body
-        args = ast.unparse(args_node)
-        body = ast.get_source_segment(tree_source, node.body) or ast.unparse(node.body)
-        name = "work_fn"
-        text = f"def work_fn({args}):\n    return {_one_line(body)}\n"
-    else:
-        text = _def_text(_replace_segments(tree_source, [(pos, lit) for _w, _a, _i, lit, pos in swaps]), node)
-    _check_globals(fn, label)
-    return Work(text, "python", "python", options={"function": name}, origin=f"function {fn.__qualname__}")
-
-
-#: Above this, a default value is better sent as a job argument than pasted into the source.
-MAX_DEFAULT_SOURCE = 64 * 1024
-
-
-def _literal(value: Any, depth: int = 0) -> str | None:
-    """Python source that evaluates to exactly ``value`` (lossless value set only), else ``None``."""
-    if depth > 50:
+    >>> as_work_path("function (x) { return x }") is None
+    True
+    """
+    if not text or len(text) > 4096 or _NOT_A_PATH & set(text):
         return None
-    t = type(value)
-    if value is None or t in (bool, int, str, bytes):
-        return repr(value)
-    if t is float:
-        return repr(value) if math.isfinite(value) else f"float({repr(value)!r})"
-    if t in (list, tuple):
-        items = [_literal(v, depth + 1) for v in value]
-        if any(i is None for i in items):
-            return None
-        if t is tuple:
-            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"  # type: ignore[arg-type]
-        return "[" + ", ".join(items) + "]"  # type: ignore[arg-type]
-    if t is dict:
-        pairs = [(_literal(k, depth + 1), _literal(v, depth + 1)) for k, v in value.items()]
-        if any(k is None or v is None for k, v in pairs):
-            return None
-        return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+    path = Path(text).expanduser()
+    try:
+        if path.is_file():
+            return path
+        exists_as_dir = path.is_dir()
+    except OSError:
+        return None
+    suffixes = _suffixes() if suffixes is None else suffixes
+    if path.suffix.lower() in suffixes or text.startswith(("/", "./", "../", "~")):
+        what = "a directory, not a file" if exists_as_dir else "there is no such file"
+        raise WorkError(f"the work {text!r} looks like a file path, but {what}; pass the path of the work's file "
+                        "(or the work's text itself)")
     return None
 
 
-def _is_literal(node: ast.AST) -> bool:
-    try:
-        ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return False
-    return True
+def _suffixes() -> frozenset[str]:
+    from ..plugins import get_worktimes
+
+    return frozenset(k for reg in get_worktimes().values() for k in reg.cls.default_for if k.startswith("."))
 
 
-def _default_swaps(fn: types.FunctionType, node: ast.AST, source: str, label: str) -> list[tuple]:
-    """Defaults that are not literals, as ``(kind, attr, index, literal source, (l0, c0, l1, c1))``.
-
-    Defaults are evaluated when the ``def`` runs, in the deployer's module: re-evaluating their
-    text in the worker would need the deployer's globals. Their *values* travel instead.
-    """
-    from .inputs import plain  # numpy scalars as defaults become plain numbers
-
-    args = node.args  # type: ignore[attr-defined]
-    pairs: list[tuple[str, int, ast.AST, str, Any]] = []
-    positional = args.posonlyargs + args.args
-    values = fn.__defaults__ or ()
-    for i, (d, v) in enumerate(zip(args.defaults, values)):
-        pairs.append(("defaults", i, d, positional[len(positional) - len(args.defaults) + i].arg, v))
-    kwvalues = fn.__kwdefaults__ or {}
-    for i, (a, d) in enumerate(zip(args.kwonlyargs, args.kw_defaults)):
-        if d is not None and a.arg in kwvalues:
-            pairs.append(("kw_defaults", i, d, a.arg, kwvalues[a.arg]))
-    swaps = []
-    for attr, i, d, param, value in pairs:
-        if _is_literal(d):
-            continue
-        text = ast.get_source_segment(source, d) or ast.unparse(d)
-        literal = _literal(plain(value))
-        if literal is None or len(literal) > MAX_DEFAULT_SOURCE:
-            why = ("is too large to paste into the source" if literal is not None
-                   else f"is a {type(value).__module__}.{type(value).__qualname__}, outside the values that can be sent "
-                        "(None, bool, int, float, str, bytes, list, tuple, dict)")
-            raise WorkError(
-                f"the default of parameter {param!r} of the work function {label!r} ({text}) {why}; defaults are "
-                "evaluated where the function is defined, so only their values could be sent. Drop the default and "
-                "pass the value as a job argument (compute.for_(inputs, fn, [value])), or build it inside the function"
-            )
-        pos = (d.lineno, d.col_offset, d.end_lineno, d.end_col_offset)
-        swaps.append(("def", attr, i, literal, pos))
-    return swaps
-
-
-def _replace_segments(source: str, swaps: list[tuple[tuple[int, int, int, int], str]]) -> str:
-    """``source`` with each ``(lineno, col, end_lineno, end_col)`` segment replaced, line numbers kept.
-
-    AST columns are UTF-8 byte offsets, hence the bytes. A multi-line segment becomes its
-    replacement plus as many newlines (it sits inside the ``def``'s parentheses, where newlines
-    are free), so the user's line numbers in tracebacks stay right.
-    """
-    if not swaps:
-        return source
-    lines = [ln.encode("utf-8") for ln in source.splitlines(keepends=True)]
-    for (l0, c0, l1, c1), literal in sorted(swaps, reverse=True):
-        new = literal.encode("utf-8") + b"\n" * (l1 - l0)
-        head, tail = lines[l0 - 1][:c0], lines[l1 - 1][c1:]
-        lines[l0 - 1:l1] = [head + new + tail]
-    return b"".join(lines).decode("utf-8")
-
-
-def functools_partial_type() -> type:
-    import functools
-
-    return functools.partial
-
-
-def _one_line(expr: str) -> str:
-    # A lambda body spanning lines (inside brackets) is fine inside parentheses.
-    return expr if "\n" not in expr else "(" + expr + ")"
-
-
-def _find_node(source: str, fn: types.FunctionType, first: int) -> tuple[ast.AST, str]:
-    """The def/lambda node that compiled to ``fn`` (``first``: file line of ``source``'s line 1)."""
-    offset = first - 1
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        # The lines of a lambda inside a call that spans lines are a fragment; parse the whole file.
+def _kind(work: Any) -> str:
+    """``work_kind``, with a file of an unknown suffix classified by its content."""
+    kind = work_kind(work)
+    if kind.startswith(".") and kind not in _suffixes() and isinstance(work, os.PathLike):
         try:
-            text = inspect.getsource(inspect.getmodule(fn))  # type: ignore[arg-type]
-            tree = ast.parse(text)
-            source, offset = text, 0
-        except (OSError, TypeError, SyntaxError):
-            raise WorkError(f"cannot parse the source of {fn.__name__!r}; pass its source as a string") from None
-    code = fn.__code__
-    is_lambda = fn.__name__ == "<lambda>"
-    candidates: list[ast.AST] = []
-    for node in ast.walk(tree):
-        if is_lambda and isinstance(node, ast.Lambda):
-            lines = {node.lineno}
-        elif not is_lambda and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn.__name__:
-            lines = {node.lineno} | {d.lineno for d in node.decorator_list[:1]}
-        else:
-            continue
-        if code.co_firstlineno in {n + offset for n in lines}:
-            candidates.append(node)
-    if len(candidates) > 1:
-        wanted = list(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
-        candidates = [n for n in candidates if [a.arg for a in n.args.posonlyargs + n.args.args + n.args.kwonlyargs] == wanted] or candidates  # type: ignore[attr-defined]
-    if len(candidates) != 1:
-        what = "several lambdas on one line" if candidates else "no matching definition"
-        raise WorkError(
-            f"cannot find the source of {fn.__name__!r} ({what}); put the work on its own line, use a def, "
-            "or pass its source as a string"
-        )
-    return candidates[0], source
+            head = Path(work).expanduser().read_bytes()[:65536]
+            head.decode("utf-8")
+            return "text" if not head.startswith(b"\0asm") else "bytes"
+        except UnicodeDecodeError:
+            return "bytes"
+        except OSError:
+            return kind
+    return kind
 
 
-def _def_text(source: str, node: ast.AST) -> str:
-    lines = source.splitlines(keepends=True)
-    start = node.lineno - 1  # the ``def`` line: decorators are left out (they are not sent)
-    end = node.end_lineno or len(lines)
-    return textwrap.dedent("".join(lines[start:end])).rstrip("\n") + "\n"
+def default_worktime(work: Any) -> str:
+    """The worktime ``work`` runs on when the job names none: the installed worktime whose
+    ``default_for`` claims its kind (built-ins first), else ``map-basic``."""
+    from ..plugins import get_worktimes
+
+    kind = _kind(work)
+    claims = [reg for reg in get_worktimes().values() if kind in reg.cls.default_for]
+    claims.sort(key=lambda reg: reg.provider != "dcp-worktimes")  # a plugin never takes over a built-in's kind
+    return claims[0].name if claims else FALLBACK_WORKTIME
 
 
-def _code_objects(code: types.CodeType):
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _code_objects(const)
+def capture(work: Any, worktime: str | None = None, *, installed: bool = True) -> tuple[str, CapturedWork]:
+    """``(worktime name, captured work)`` for what the deployer passed as work.
 
+    ``worktime``: the job's worktime if it names one, else ``default_worktime(work)``.
+    ``installed=False`` (a custom worktime that only remote workers have): the generic capture of
+    the contract (text, bytes, files). ``WorkError`` says what is wrong and what to pass instead.
+    """
+    if isinstance(work, CapturedWork):
+        return worktime or FALLBACK_WORKTIME, work
+    if isinstance(work, str):
+        path = as_work_path(work)
+        if path is not None:
+            work = path
+    name = worktime or default_worktime(work)
+    cls: type[Worktime] = Worktime
+    if installed:
+        from ..plugins import get_worktime
 
-def _imported_from(value: Any, fn: types.FunctionType) -> tuple[str, str] | None:
-    """``(module, name)`` when ``value`` is a function or class imported from another module."""
-    if not (callable(value) and isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType))
-            or type(value).__name__ == "ufunc"):
-        return None
-    mod, real = getattr(value, "__module__", None), getattr(value, "__name__", None)
-    if not isinstance(mod, str) or not isinstance(real, str) or mod in (fn.__module__, "__main__"):
-        return None
-    return mod, real
-
-
-def _check_globals(fn: types.FunctionType, name: str) -> None:
-    """Refuse module globals the work uses: they are not sent with the source."""
-    used: list[str] = []
-    for code in _code_objects(fn.__code__):
-        for ins in dis.get_instructions(code):
-            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval not in used:
-                used.append(ins.argval)
-    missing = []
-    for g in used:
-        if g == fn.__name__ or g in SANDBOX_GLOBALS or hasattr(builtins, g):
-            continue
-        if g in fn.__globals__:
-            missing.append(g)
-    if not missing:
-        return
-    modules = [g for g in missing if isinstance(fn.__globals__[g], types.ModuleType)]
-    imported = [g for g in missing if g not in modules and _imported_from(fn.__globals__[g], fn) is not None]
-    others = [g for g in missing if g not in modules and g not in imported]
-    hints = []
-    if modules:
-        names = [fn.__globals__[m].__name__ + ("" if fn.__globals__[m].__name__ == m else f" as {m}") for m in modules]
-        hints.append(f"import {', '.join(names)} inside the function")  # "import numpy as np", as it is used
-    for g in imported:
-        mod, real = _imported_from(fn.__globals__[g], fn)  # type: ignore[misc]
-        hints.append(f"import it inside the function: from {mod} import {real}{'' if real == g else f' as {g}'}")
-    if others:
-        hints.append("pass values as job arguments (compute.for_(inputs, fn, [value, ...])) or define helpers "
-                     "inside the function, or ship them as a module with job.requires()")
-    raise WorkError(
-        f"the work function {name!r} uses the global name{'s' if len(missing) > 1 else ''} "
-        f"{', '.join(repr(m) for m in missing)}, which {'are' if len(missing) > 1 else 'is'} not sent to the worker "
-        f"(only the function's source is, as DCP does with toString()); {'; '.join(hints)}"
-    )
+        try:
+            cls = get_worktime(name).cls
+        except WorktimeNotFound:
+            cls = Worktime  # the job's checks say ENOWORKTIME with the installed list; capture what we can
+    return name, cls.capture_work(work)

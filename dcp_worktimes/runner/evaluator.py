@@ -29,7 +29,7 @@ import traceback
 from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
-from ..limits import Limits, format_size
+from ..limits import Limits, exceeded
 from ..values import UnserializableValue, pack, packer, unpack, unpacker
 from ..worktime import JobSpec, SliceContext, Worktime
 from . import isolation
@@ -278,16 +278,11 @@ class Evaluator:
                 raise SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
             value = self.pack(result)
             if limits.output is not None and len(value) > limits.output:
-                raise SliceError(
-                    f"result is {len(value)} bytes, over the output limit of {format_size(limits.output)}; "
-                    "return less data or raise the job's output limit",
-                    code=ErrorCode.EOUTPUTLIMIT,
-                )
+                raise exceeded("output", limits.output, used=len(value))
             if events.pending is not None:
                 events.flush_console()  # first: the last line counts against the limit too
             if events.over:
-                raise SliceError(f"console/emit traffic over the output limit of {format_size(limits.output)}",
-                                 code=ErrorCode.EOUTPUTLIMIT)
+                raise exceeded("output", limits.output, used=events.sent, what="console/emit traffic")
             self.out.result([index, value, time.monotonic() - now, time.process_time() - cpu0], len(value))
             return
         except SliceError as e:
@@ -295,7 +290,7 @@ class Evaluator:
         except UnserializableValue as e:
             frame = {"t": "err", "i": index, "e": {"code": "EUNSERIALIZABLE", "message": str(e)}}
         except MemoryError:
-            frame = {"t": "err", "i": index, "e": {"code": "EMEMORYLIMIT", "message": "out of memory in the worktime"}}
+            frame = {"t": "err", "i": index, "e": exceeded("memory", limits.memory, what="memory in the worktime").to_dict()}
         except RecursionError as e:
             frame = {"t": "err", "i": index, "e": {"code": "EUNCAUGHT", "message": f"RecursionError: {e}"}}
         except Exception as e:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import psutil
 
 from ..errors import ErrorCode, SliceError
-from ..limits import Limits, check_cores, format_size
+from ..limits import Limits, check_cores, exceeded, format_size
 from ..plugins import get_worktime
 from ..values import UnserializableValue, pack, unpack
 from ..worktime import JobSpec
@@ -470,16 +470,10 @@ class EvaluatorPool:
             return
         lim = slot.limits
         if lim.wall_time is not None and now - started > lim.wall_time + slot.grace:
-            proc.kill(SliceError(
-                f"the slice ran longer than its wall-time limit of {lim.wall_time:g}s; make the work faster, "
-                "split it into smaller slices, or raise the limit (wall_time / --wall-time)",
-                code=ErrorCode.ESLICETOOSLOW), index)
+            proc.kill(exceeded("wall_time", lim.wall_time), index)
             return
         if lim.progress_timeout is not None and now - max(started, last_progress) > lim.progress_timeout:
-            proc.kill(SliceError(
-                f"no progress() for {lim.progress_timeout:g}s (the progress timeout); call progress() regularly "
-                "in long-running work, or raise/disable the timeout (progress_timeout=None / --progress-timeout off)",
-                code=ErrorCode.ENOPROGRESS), index)
+            proc.kill(exceeded("progress_timeout", lim.progress_timeout), index)
             return
         ps = slot.psproc
         if ps is None:
@@ -491,22 +485,16 @@ class EvaluatorPool:
             rss = ps.memory_info().rss + _sum(p.memory_info().rss for p in slot.family)
             allowed = proc.baseline_rss + lim.memory * (1 + slot.memory_slack)
             if rss > allowed:
-                proc.kill(SliceError(
-                    f"the slice used {format_size(rss - proc.baseline_rss, like=lim.memory)} of resident memory, over "
-                    f"its limit of {format_size(lim.memory)} (on top of the worktime's own "
-                    f"{format_size(proc.baseline_rss, like=lim.memory)}); "
-                    "use less memory or raise the limit (memory / --memory-limit)",
-                    code=ErrorCode.EMEMORYLIMIT), index)
+                proc.kill(exceeded("memory", lim.memory, used=rss - proc.baseline_rss, what="resident memory",
+                                   detail=f"on top of the worktime's own {format_size(proc.baseline_rss, like=lim.memory)}"),
+                          index)
                 return
         if lim.cpu_time is not None:
             t = ps.cpu_times()
             used = t.user + t.system + t.children_user + t.children_system - cpu_start
             used += _sum(sum(p.cpu_times()[:2]) for p in slot.family)
             if used > lim.cpu_time + slot.grace:
-                proc.kill(SliceError(
-                    f"the slice used {used:.1f}s of CPU time, over its limit of {lim.cpu_time:g}s; "
-                    "raise the limit (cpu_time / --cpu-time) or do less per slice",
-                    code=ErrorCode.ECPULIMIT), index)
+                proc.kill(exceeded("cpu_time", lim.cpu_time, used=used), index)
 
 
 def _sum(values: Iterable[float]) -> float:

@@ -19,9 +19,8 @@ from .base import (
     WorkerInfo,
     default_url,
     open_scheduler,
-    requirements_met,
-    worker_can_run,
 )
+from .matching import check_runnable_here, merge_capabilities, requirements_met, unmet_requirement, worker_can_run
 
 __all__ = [
     "ENV_SCHEDULER",
@@ -34,7 +33,10 @@ __all__ = [
     "WorkerInfo",
     "default_url",
     "open_scheduler",
+    "check_runnable_here",
+    "merge_capabilities",
     "requirements_met",
+    "unmet_requirement",
     "worker_can_run",
     "Worker",
     "run_worker",

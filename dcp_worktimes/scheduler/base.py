@@ -24,6 +24,8 @@ Rules every backend keeps (the conformance suite checks them):
   ``attempt + 1``; a report carrying an old lease is ignored, so **each slice's result is
   recorded exactly once**. A slice whose leases were lost ``max_attempts`` times fails with
   ``ECRASH``.
+* **Unusable work.** A final ``EBADWORK`` error (the work does not compile, its top level raises)
+  cancels the job at once with that reason: every other slice would fail the same way.
 * **Retries.** ``fail`` with a retryable error (``ECRASH``: the evaluator died; ``EWORKREJECT``:
   the work called ``work.reject()``, which DCP retries and then gives back; or an error dict
   with ``"retryable": True``) puts the slice back until ``max_attempts``; any other error is the
@@ -35,7 +37,7 @@ Rules every backend keeps (the conformance suite checks them):
   (nested dicts of booleans; ``True`` = must have, ``False`` = must not have).
   ``check_schedulable`` reports a job no live worker can run (``unschedulable`` event + status).
 * **Inputs.** Ranges and distributions are stored as descriptions (``InputSet.description()``)
-  and sliced on demand with ``dcp_worktimes.compute.inputs.input_set_from_description``; streams
+  and sliced on demand with ``dcp_worktimes.inputs.input_set_from_description``; streams
   arrive with ``add_slices`` in batches and end with ``close_input``.
 * **Events.** Each job has an ordered event log (``events(job_id, after)``), with these types:
   ``accepted``, ``readyStateChange`` ({state}), ``status`` ({total, distributed, computed, failed}),
@@ -61,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ..errors import DcpError, ErrorCode
-from ..versions import parse_range, parse_version
+from ..versions import parse_range
 from ..worktime import JobSpec
 
 #: Environment variable naming the default scheduler URL (``sqlite:///abs/path.db``).
@@ -296,50 +298,7 @@ class Scheduler(ABC):
         self.close()
 
 
-# -- matching -----------------------------------------------------------------------------------
-def requirements_met(requirements: Mapping[str, Any] | None, capabilities: Mapping[str, Any] | None) -> bool:
-    """Nested booleans: ``True`` = the capability must be truthy, ``False`` = must be absent/falsy.
-
-    >>> requirements_met({"gpu": False, "python": {"numpy": True}}, {"python": {"numpy": True}})
-    True
-    >>> requirements_met({"gpu": True}, {})
-    False
-    """
-    return unmet_requirement(requirements, capabilities) is None
-
-
-def unmet_requirement(requirements: Mapping[str, Any] | None, capabilities: Mapping[str, Any] | None, prefix: str = "") -> str | None:
-    """The dotted path of the first unmet requirement (``"gpu=true"``), or ``None``."""
-    caps = capabilities if isinstance(capabilities, Mapping) else {}
-    for key, want in (requirements or {}).items():
-        have = caps.get(key)
-        path = f"{prefix}{key}"
-        if isinstance(want, Mapping):
-            # A missing section has nothing: its True entries fail, its False entries hold.
-            found = unmet_requirement(want, have if isinstance(have, Mapping) else {}, path + ".")
-            if found:
-                return found
-        elif want and not have:
-            return f"{path}=true"
-        elif not want and have:
-            return f"{path}=false"
-    return None
-
-
-def worker_can_run(job: JobRecord, worktimes: Mapping[str, str], capabilities: Mapping[str, Any]) -> str | None:
-    """Why this worker cannot run ``job`` (a sentence), or ``None`` when it can."""
-    name = job.spec.worktime
-    version = worktimes.get(name)
-    if version is None:
-        return f"no worker has the worktime {name!r}"
-    if job.worktime_range and parse_version(version) not in parse_range(job.worktime_range):
-        return f"worker does not support {name}@{job.worktime_range} (it has {name} {version})"
-    missing = unmet_requirement(job.requirements, capabilities)
-    if missing:
-        return f"no worker meets the requirement {missing}"
-    return None
-
-
+# -- checks ---------------------------------------------------------------------------------------
 def validate_job(job: JobRecord) -> None:
     """Raise ``SchedulerError`` naming what is wrong with a job before storing it."""
     if not isinstance(job.id, str) or not job.id:
@@ -357,24 +316,19 @@ def validate_job(job: JobRecord) -> None:
         raise SchedulerError("input must be an InputSet.description() dict with a 'kind'")
 
 
+def unusable_work_reason(errors: Iterable[Mapping[str, Any] | None]) -> str | None:
+    """The cancel reason when a final error says the work itself is unusable (``EBADWORK``): every
+    other slice would fail the same way, so the scheduler stops the job (whoever runs it)."""
+    for error in errors:
+        if error and str(error.get("code")) == ErrorCode.EBADWORK.value:
+            return f"the work is unusable (EBADWORK): {error.get('message', '')}"
+    return None
+
+
 def is_retryable(error: Mapping[str, Any] | None) -> bool:
     if not error:
         return False
     return bool(error.get("retryable")) or str(error.get("code")) in RETRYABLE_CODES
-
-
-def merge_capabilities(*caps: Mapping[str, Any] | None) -> dict:
-    """Deep-merge capability dicts (later wins; nested dicts merge)."""
-    out: dict = {}
-    for c in caps:
-        for k, v in (c or {}).items():
-            if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-                out[k] = merge_capabilities(out[k], v)
-            elif isinstance(v, Mapping):
-                out[k] = merge_capabilities(v)
-            else:
-                out[k] = v
-    return out
 
 
 # -- opening ------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
             ...
 
 It checks first that an installed worktime can run the job (``ENOWORKTIME`` /
-``EREQUIREMENTS`` at once, instead of a job that never moves), then runs a ``Worker`` restricted
+``EREQUIREMENTS`` at once, instead of a job that never moves; the Compute API checks the same
+before it stores the job), then runs a ``Worker`` restricted
 to this job in a background thread, and stops it (handing unfinished slices back to the store)
 when the block ends. If the worker thread fails, the job is cancelled with the reason, so the
 deployer's event loop sees a ``cancel`` event instead of waiting forever.
@@ -20,30 +21,12 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..errors import DcpError, ErrorCode, WorktimeNotFound
 from ..limits import Limits
-from ..plugins import get_worktime
-from .base import Scheduler, merge_capabilities, unmet_requirement
+from .base import Scheduler
+from .matching import check_runnable_here
 from .worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-def check_runnable_here(scheduler: Scheduler, job_id: str, capabilities: dict | None = None) -> None:
-    """Raise at once if no installed worktime can run the job (name, version range, requirements)."""
-    job = scheduler.get_job(job_id)
-    try:
-        reg = get_worktime(job.spec.worktime, job.worktime_range or None)
-    except ValueError as e:  # a bad range
-        raise WorktimeNotFound(str(e)) from None
-    caps = merge_capabilities(reg.cls.capabilities, capabilities)
-    missing = unmet_requirement(job.requirements, caps)
-    if missing:
-        raise DcpError(
-            f"this machine cannot run job {job_id}: its requirement {missing} is not met by the installed "
-            f"{reg.name} {reg.version} (capabilities {caps}); relax the requirements or run it on a worker that has them",
-            code=ErrorCode.EREQUIREMENTS,
-        )
 
 
 @contextmanager
@@ -54,13 +37,16 @@ def run_local(
     *,
     limits: Limits | None = None,
     capabilities: dict | None = None,
+    config: dict | None = None,
     lease_seconds: float = 10.0,
 ) -> Iterator[Worker]:
-    """Run ``job_id`` on ``cores`` local evaluators (default: all cores) for the duration of the block."""
-    check_runnable_here(scheduler, job_id, capabilities)
+    """Run ``job_id`` on ``cores`` local evaluators (default: all cores) for the duration of the block.
+
+    ``config``: the settings of the job's worktime (``Worktime.config``)."""
     job = scheduler.get_job(job_id)
+    check_runnable_here(job, capabilities, config)
     worker = Worker(scheduler, [job.spec.worktime], cores, capabilities=capabilities, limits=limits, jobs=[job_id],
-                    lease_seconds=lease_seconds)
+                    lease_seconds=lease_seconds, config={job.spec.worktime: config or {}})
     stop = threading.Event()
 
     def target() -> None:

@@ -60,9 +60,10 @@ from .base import (
     UnknownJob,
     WorkerInfo,
     is_retryable,
+    unusable_work_reason,
     validate_job,
-    worker_can_run,
 )
+from .matching import worker_can_run
 
 SCHEMA_VERSION = 4
 #: Slice row states. QUEUED: a stream slice not leased yet (walked by ``next_slice`` like a range).
@@ -255,7 +256,7 @@ class SqliteScheduler(Scheduler):
     def _input(self, job_id: str) -> Any:
         inp = self._inputs.get(job_id)
         if inp is None:
-            from ..compute.inputs import input_set_from_description
+            from ..inputs import input_set_from_description
 
             inp = input_set_from_description(self._record(job_id).input)
             self._inputs[job_id] = inp
@@ -333,7 +334,7 @@ class SqliteScheduler(Scheduler):
         self._notify()
 
     def _input_for_submit(self, job: JobRecord) -> Any:
-        from ..compute.inputs import input_set_from_description
+        from ..inputs import input_set_from_description
 
         try:
             inp = input_set_from_description(job.input)
@@ -455,14 +456,18 @@ class SqliteScheduler(Scheduler):
 
     def cancel(self, job_id: str, reason: str = "cancelled by the deployer") -> None:
         with self._lock, self._tx():
-            status, *_ = self._job_row(job_id)
-            if status in FINAL_STATES:
-                return
-            self._db.execute("UPDATE jobs SET status = ?, reason = ?, pending = 0 WHERE id = ?", (CANCELLED, reason, job_id))
-            self._db.execute("DELETE FROM slices WHERE job_id = ?", (job_id,))
-            self._db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
-            self._append_events(job_id, [{"type": "readyStateChange", "state": "cancelled"}, {"type": "cancel", "reason": reason}])
+            self._cancel(job_id, reason)
         self._notify()
+
+    def _cancel(self, job_id: str, reason: str) -> None:
+        """Inside a transaction: stop the job (no more leases; late results are ignored)."""
+        status, *_ = self._job_row(job_id)
+        if status in FINAL_STATES:
+            return
+        self._db.execute("UPDATE jobs SET status = ?, reason = ?, pending = 0 WHERE id = ?", (CANCELLED, reason, job_id))
+        self._db.execute("DELETE FROM slices WHERE job_id = ?", (job_id,))
+        self._db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
+        self._append_events(job_id, [{"type": "readyStateChange", "state": "cancelled"}, {"type": "cancel", "reason": reason}])
 
     def delete_job(self, job_id: str) -> None:
         self.cancel(job_id, "deleted")
@@ -820,6 +825,10 @@ class SqliteScheduler(Scheduler):
                     self._settle(job_id, leases, self._row_slices(final, leases))
                     if again:  # after settling: the re-queued rows must not be marked done
                         self._requeue(job_id, [(lease.slice_number, lease.attempt) for lease, _r in again])
+                    unusable = unusable_work_reason([r.error for _lease, r in final])
+                    if unusable:
+                        self._cancel(job_id, unusable)
+                        continue
                 if not self._maybe_finish(job_id):  # a finishing job's status event comes with its end
                     _s, total, _d, _n, _p, distributed, computed, failed = self._job_row(job_id)
                     self._append_events(job_id, [{"type": "status", "total": total, "distributed": distributed,

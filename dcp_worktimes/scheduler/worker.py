@@ -34,17 +34,15 @@ import uuid
 from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
-from ..errors import SCRATCH_ERROR, ErrorCode, WorktimeNotFound
-from ..limits import Limits, check_cores, format_size
+from ..errors import ErrorCode, WorktimeNotFound
+from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec, Probe
-from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob, merge_capabilities
+from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob
+from .matching import merge_capabilities
 
 log = logging.getLogger(__name__)
 
-#: The limit behind each quota error code.
-_LIMIT_OF_CODE = {ErrorCode.ESLICETOOSLOW.value: "wall_time", ErrorCode.ECPULIMIT.value: "cpu_time",
-                  ErrorCode.EMEMORYLIMIT.value: "memory", ErrorCode.EOUTPUTLIMIT.value: "output"}
 #: Seconds between reads of the running jobs' status (a cheap read; a cancel stops slices this soon).
 CANCEL_CHECK = 1.0
 #: Seconds console/progress/emit events of running slices may wait for a write (results flush sooner).
@@ -334,21 +332,18 @@ class Worker:
             spec = replace(record.spec, id=job_id, limits=cap_limits(record.spec.limits, self.limits))
             self._specs[job_id] = spec
             self._capped[job_id] = {
-                name: getattr(spec.limits, name) for name in _LIMIT_OF_CODE.values()
+                name: getattr(spec.limits, name) for name in ("wall_time", "cpu_time", "memory", "output")
                 if getattr(spec.limits, name) != getattr(record.spec.limits, name)}
         return spec
 
     def _explain_cap(self, job_id: str, error: dict) -> dict:
         """A limit error caused by this worker's cap says so: raising the job's limit cannot help."""
-        name = _LIMIT_OF_CODE.get(str(error.get("code")))
+        name = error.get("limit")
         capped = self._capped.get(job_id, {})
-        if name is None or name not in capped or error.get("name") == SCRATCH_ERROR:
+        if name not in capped:
             return error
-        value = capped[name]
-        shown = format_size(value) if name in ("memory", "output") else f"{value:g} s"
-        flag = "--" + {"output": "output-limit", "memory": "memory-limit"}.get(name, name.replace("_", "-"))
-        note = (f" (this worker allows at most {shown} of {name} per slice, less than the job asks for; its owner "
-                f"sets that with dcp-worker {flag})")
+        note = (f" (this worker allows at most {show(name, capped[name])} of {name} per slice, less than the job asks "
+                f"for; its owner sets that with dcp-worker {FLAGS[name]})")
         return {**error, "message": str(error.get("message", "")) + note}
 
     def _flush(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import SliceError, WorkError
-from ...worktime import JobSpec, SliceContext, Worktime
+from ...worktime import CapturedWork, JobSpec, SliceContext, Worktime
 
 
 class MapBasic(Worktime):
@@ -29,6 +29,32 @@ class MapBasic(Worktime):
     enforces = frozenset({"wall_time", "cpu_time", "memory", "stack", "progress_timeout"})
     description = "JavaScript work functions (DCP map-basic) on QuickJS"
     options = {"strict": "evaluate the work in strict mode ('use strict')"}
+    default_for = frozenset({"text", ".js", ".mjs", ".cjs"})
+    #: DCP: a job that names no map-basic version gets ^1.0.0 (a 2.0 may change the work's contract).
+    default_range = "^1.0.0"
+
+    @classmethod
+    def capture_work(cls, work: Any) -> CapturedWork:
+        if isinstance(work, (bytes, bytearray, memoryview)):
+            raise WorkError("map-basic takes JavaScript source text, not bytes; for a WebAssembly module use "
+                            "worktime='wasi'")
+        captured = super().capture_work(work)
+        if isinstance(captured.work, bytes):
+            raise WorkError(f"map-basic takes JavaScript source text; {captured.origin} is not UTF-8 text")
+        return captured
+
+    @classmethod
+    def validate(cls, job: JobSpec) -> None:
+        super().validate(job)
+        work = job.work
+        if isinstance(work, bytes):
+            try:
+                work = work.decode("utf-8")
+            except UnicodeDecodeError:
+                raise WorkError("map-basic work must be JavaScript source text (UTF-8); got undecodable bytes") from None
+        if not isinstance(work, str) or not work.strip():
+            raise WorkError('the work is an empty string; map-basic needs a work function, e.g. '
+                            '"function (x) { progress(); return x * 2 }"')
 
     def __init__(self) -> None:
         self._engine = None
@@ -41,14 +67,7 @@ class MapBasic(Worktime):
         from .engine import JSEngine  # lazy: the engine loads only in evaluators
 
         self.job = job
-        work = job.work
-        if isinstance(work, bytes):
-            try:
-                work = work.decode("utf-8")
-            except UnicodeDecodeError:
-                raise WorkError("map-basic work must be JavaScript source text (UTF-8); got undecodable bytes") from None
-        if not isinstance(work, str) or not work.strip():
-            raise WorkError("map-basic needs a work function, e.g. work='function (datum) { return datum * 2 }'")
+        work = job.work.decode("utf-8") if isinstance(job.work, bytes) else job.work  # validate() checked it
         # One context per evaluator process: a new job drops the previous job's context first.
         self.release()
         engine = JSEngine()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ...errors import ErrorCode, SliceError, WorkError
-from ...limits import format_size
+from ...limits import exceeded, format_size
 from ...values import UnserializableValue, pack, unpack
 from ..wasm_runtime import Watchdog, memory_at_quota, set_store_limits, trap_to_error
 from ..wasm_runtime.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, remove_tree
@@ -365,14 +365,11 @@ class Guest:
                 return SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
             pt = limits.progress_timeout
             if pt is not None and time.monotonic() - state["progress"] > pt:
-                return SliceError(
-                    f"no progress() for {pt:g}s (the progress timeout); call dcp.progress() regularly in "
-                    "long-running work, or raise/disable the timeout (progress_timeout=None)",
-                    code=ErrorCode.ENOPROGRESS)
+                return exceeded("progress_timeout", pt)
             return scratch.check()  # the guest's /tmp is a host folder: it must not fill the disk
 
         self._turn(SLICE, handler, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check,
-                   output_limit=limits.output, what="running the slice")
+                   output_limit=limits.output, wall_time=limits.wall_time, what="running the slice")
         if "error" in outcome:
             err = outcome["error"]
             code = err.get("code") or ErrorCode.EUNCAUGHT
@@ -392,7 +389,7 @@ class Guest:
     # -- turns and the door ---------------------------------------------------------------------
     def _turn(self, code: str, handler: Callable[[str, list], bytes | None], *, deadline: float | None,
               cpu_time: float | None = None, check: Callable[[], SliceError | None] | None = None,
-              output_limit: int | None = None, what: str) -> None:
+              output_limit: int | None = None, wall_time: float | None = None, what: str) -> None:
         import wasmtime
 
         if not self.alive:
@@ -402,7 +399,7 @@ class Guest:
         self._handler, self._stop, self._output_limit = handler, None, output_limit
         try:
             with _watchdog(self.compiled.engine).guard(store, deadline=deadline, cpu_time=cpu_time,
-                                                       check=check) as guard:
+                                                       check=check, wall_time=wall_time) as guard:
                 self._guard = guard
                 try:
                     p = exports["host_alloc"](store, len(data)) & _MASK
@@ -413,7 +410,7 @@ class Guest:
                     if self._stop is not None:
                         raise self._stop from None
                     at_quota = memory_at_quota(store, self._memory, self.memory_limit)
-                    err = trap_to_error(e, interrupted=guard.error, memory_exhausted=at_quota)
+                    err = trap_to_error(e, interrupted=guard.error, memory_exhausted=at_quota, memory=self.memory_limit)
                     if err.code == ErrorCode.EUNCAUGHT and err.name and err.name.startswith("Trap.STACK"):
                         err = SliceError("the work overflowed the sandbox's stack (too deep recursion in C code)",
                                          code=ErrorCode.EUNCAUGHT, name="StackOverflow", stack=err.stack)
@@ -441,9 +438,7 @@ class Guest:
                 return HOST_FAULT
             limit = self._output_limit
             if limit is not None and length > limit + 64:
-                self._halt(SliceError(f"the work sent a {length}-byte frame (result or event), over the output "
-                                      f"limit of {format_size(limit)}; return less data or raise the job's output limit",
-                                      code=ErrorCode.EOUTPUTLIMIT))
+                self._halt(exceeded("output", limit, used=length, what="a frame (result or event) the work sent"))
                 return HOST_FAULT
             frame = _guest_frame(bytes(memory.read(caller, ptr, ptr + length)))
             if not isinstance(frame, list) or not frame or not isinstance(frame[0], str) or self._handler is None:
@@ -522,8 +517,7 @@ class Guest:
                 state["console"] += len(message)
                 limit = self._output_limit
                 if limit is not None and state["console"] > limit:
-                    self._halt(SliceError(f"console output over the output limit of {format_size(limit)}; print less or "
-                                          "raise the job's output limit", code=ErrorCode.EOUTPUTLIMIT))
+                    self._halt(exceeded("output", limit, used=state["console"], what="console output"))
                     return None
             if ctx is not None:
                 ctx.console(level, message)

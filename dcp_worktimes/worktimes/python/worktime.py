@@ -29,13 +29,14 @@ See ``sandbox/python.md`` for the runtime's evaluation and the decisions.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Mapping
 
 from ...errors import ErrorCode, SliceError, WorkError
 from ...values import UnserializableValue, pack
 from ..wasm_runtime.scratch import scratch_size
-from ...worktime import JobSpec, Probe, SliceContext, Worktime
+from ...worktime import CapturedWork, JobSpec, Probe, SliceContext, Worktime
 
 
 class PythonWorktime(Worktime):
@@ -49,6 +50,36 @@ class PythonWorktime(Worktime):
     description = "Python 3 with numpy/pandas/scipy, sandboxed as CPython compiled to WASI on wasmtime"
     options = {"function": "the name of the slice function when the work defines several",
                "scratch_size": "the cap on the job's /tmp, e.g. 64MB"}
+
+    default_for = frozenset({"function", ".py"})
+
+    @classmethod
+    def capture_work(cls, work: Any) -> CapturedWork:
+        """A Python function becomes its checked source (``capture.py``); text and ``.py`` files
+        stay text; a WebAssembly module is pointed at the ``wasi`` worktime."""
+        if callable(work) and not isinstance(work, (str, bytes, os.PathLike)):
+            from .capture import capture_python
+
+            return capture_python(work)
+        captured = super().capture_work(work)
+        if isinstance(captured.work, bytes) and captured.work.startswith(b"\0asm"):
+            raise WorkError(f"{captured.origin} is a WebAssembly module; deploy it with worktime='wasi'")
+        return captured
+
+    @classmethod
+    def validate(cls, job: JobSpec) -> None:
+        super().validate(job)
+        work = job.work
+        if isinstance(work, bytes):
+            if work.startswith(b"\0asm"):
+                raise WorkError("the work is a WebAssembly module; deploy it with worktime='wasi'")
+            try:
+                work = work.decode("utf-8")
+            except UnicodeDecodeError:
+                raise WorkError("the work bytes are not UTF-8 Python source") from None
+        if not isinstance(work, str) or not work.strip():
+            raise WorkError("the work is an empty string; the python worktime needs a Python function or its source, e.g. "
+                            "'def f(x):\n    return x * 2'")
 
     @classmethod
     def probe(cls, config: Mapping[str, Any]) -> Probe:
@@ -78,16 +109,7 @@ class PythonWorktime(Worktime):
 
         self.release()
         self.job = job
-        work = job.work
-        if isinstance(work, (bytes, bytearray)):
-            if bytes(work[:4]) == b"\0asm":
-                raise WorkError("the work is a WebAssembly module; deploy it with worktime='wasi'")
-            try:
-                work = bytes(work).decode("utf-8")
-            except UnicodeDecodeError:
-                raise WorkError("the work bytes are not UTF-8 Python source") from None
-        if not isinstance(work, str):
-            raise WorkError(f"the python worktime takes Python source text as work, got {type(work).__name__}")
+        work = job.work.decode("utf-8") if isinstance(job.work, bytes) else job.work  # validate() checked it
         self._payload = {"id": job.id, "work": work, "arguments": list(job.arguments), "options": dict(job.options)}
         try:
             pack(self._payload)

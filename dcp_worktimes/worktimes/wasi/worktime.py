@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ...errors import ErrorCode, SliceError, WorkError
-from ...limits import MiB, format_size
+from ...limits import MiB, exceeded
 from ..wasm_runtime import (
     EngineOptions,
     compile_module,
@@ -40,7 +40,7 @@ from ..wasm_runtime import (
     wasm_bytes,
 )
 from ..wasm_runtime.scratch import ScratchCap, remove_tree, scratch_size
-from ...worktime import JobSpec, SliceContext, Worktime
+from ...worktime import CapturedWork, JobSpec, SliceContext, Worktime
 from . import abi
 
 #: Guest paths of the two preopened directories.
@@ -61,13 +61,13 @@ class _Slice:
         self.guard = None  # set once the watchdog guard is armed
         self.console = abi.LineSplitter(lambda line: self.log("log", line))
 
-    def over(self, error: str) -> None:
+    def over(self, what: str, used: int) -> None:
         if self.guard is not None:
-            self.guard.interrupt(SliceError(error, code=ErrorCode.EOUTPUTLIMIT))
+            self.guard.interrupt(exceeded("output", self.cap, used=used, what=what))
 
     def on_stdout(self, chunk: bytes) -> None:
         if self.cap is not None and len(self.stdout) + len(chunk) > self.cap:
-            self.over(f"stdout (the result) exceeded the output limit of {format_size(self.cap)}; raise limits.output")
+            self.over("stdout (the result)", len(self.stdout) + len(chunk))
             return
         self.stdout += chunk
 
@@ -80,7 +80,7 @@ class _Slice:
     def log(self, level: str, message: str) -> None:
         self.console_bytes += len(message)
         if self.cap is not None and self.console_bytes > self.cap:
-            self.over(f"console output exceeded the output limit of {format_size(self.cap)}; log less or raise limits.output")
+            self.over("console output", self.console_bytes)
             return
         self.ctx.console(level, message)
 
@@ -97,6 +97,17 @@ class WasiWorktime(Worktime):
         "wasi": {"command": True, "json": True, "msgpack": True, "raw": True},
     }
     enforces = frozenset({"wall_time", "cpu_time", "memory", "output", "progress_timeout", "stack"})
+    default_for = frozenset({"bytes", ".wasm", ".wat"})
+
+    @classmethod
+    def capture_work(cls, work: Any) -> CapturedWork:
+        """A module as bytes, a ``.wasm`` file as bytes (even when its bytes happen to be UTF-8),
+        WebAssembly text (``.wat``) as text."""
+        if isinstance(work, os.PathLike) and os.fspath(work).lower().endswith(".wasm"):
+            path = Path(work).expanduser()
+            if path.is_file():
+                return CapturedWork(path.read_bytes(), origin=f"file {path.name}")
+        return super().capture_work(work)
     options = {"content_type": "json (default), msgpack or raw: how the datum and result are encoded",
                "fuel": "a deterministic instruction budget per slice (ECPULIMIT when spent)",
                "scratch_size": "the cap on the slice's /tmp, e.g. 64MB"}
@@ -196,7 +207,7 @@ class WasiWorktime(Worktime):
             raw = read(caller, value_ptr, value_len)
             s.console_bytes += len(raw)
             if s.cap is not None and s.console_bytes > s.cap:
-                s.over(f"emitted events exceeded the output limit of {format_size(s.cap)}")
+                s.over("console output and emitted events", s.console_bytes)
                 return
             try:
                 value = json.loads(raw) if raw.strip() else None
@@ -266,7 +277,8 @@ class WasiWorktime(Worktime):
             check = _checker(state, limits, scratch, self.scratch_size)
             failure: BaseException | None = None
             exit_status = 0
-            with self.watchdog.guard(store, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check) as guard:
+            with self.watchdog.guard(store, deadline=ctx.deadline, cpu_time=limits.cpu_time, check=check,
+                                     wall_time=limits.wall_time) as guard:
                 state.guard = guard
                 try:
                     instance = self.pre.instantiate(store)
@@ -287,7 +299,7 @@ class WasiWorktime(Worktime):
             if interrupted is not None and (failure is not None or interrupted.code == ErrorCode.EOUTPUTLIMIT):
                 raise interrupted
             if failure is not None:
-                err = trap_to_error(failure, memory_exhausted=quota_hit)
+                err = trap_to_error(failure, memory_exhausted=quota_hit, memory=limits.memory, fuel=self.fuel)
                 if instance is None and err.code == ErrorCode.EUNCAUGHT:
                     # instantiation itself failed: a feature this engine does not offer (shared
                     # memory, ...) is the module's fault; an initial memory/table above the quota is ours
@@ -436,9 +448,7 @@ def _checker(state: _Slice, limits, scratch: str, scratch_cap: int | None):
             return SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
         timeout = limits.progress_timeout
         if timeout is not None and now - state.last_progress > timeout:
-            return SliceError(
-                f"no progress() for {timeout:g} s; call dcp.progress(f64) from the module regularly, "
-                "or raise limits.progress_timeout (None turns the watchdog off)", code=ErrorCode.ENOPROGRESS)
+            return exceeded("progress_timeout", timeout)
         return scratch_guard.check()
 
     return check

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from ...errors import ErrorCode, SliceError
+from ...limits import exceeded
 
 if TYPE_CHECKING:  # wasmtime is imported lazily: importing this module must stay cheap
     import wasmtime
@@ -368,6 +369,7 @@ class Watchdog:
         deadline: float | None = None,
         cpu_time: float | None = None,
         check: Callable[[], SliceError | None] | None = None,
+        wall_time: float | None = None,
     ) -> Iterator[Guard]:
         guard = Guard(self)
         clock = None
@@ -381,6 +383,7 @@ class Watchdog:
             self._armed = {
                 "guard": guard,
                 "deadline": deadline,
+                "wall_time": wall_time,  # only for the message: ``deadline`` is what is enforced
                 "clock": clock,
                 "cpu_deadline": cpu_deadline if clock is not None else None,
                 "cpu_time": cpu_time,
@@ -423,16 +426,14 @@ class Watchdog:
     @staticmethod
     def _verdict(armed: dict) -> SliceError | None:
         if armed["deadline"] is not None and time.monotonic() >= armed["deadline"]:
-            return SliceError("the slice ran past its wall-time limit; raise limits.wall_time or split the work",
-                              code=ErrorCode.ESLICETOOSLOW)
+            return exceeded("wall_time", armed["wall_time"])
         if armed["clock"] is not None:
             try:
                 used = time.clock_gettime(armed["clock"])
             except OSError:  # the guarded thread is gone
                 return None
             if used >= armed["cpu_deadline"]:
-                return SliceError(f"the slice used more than {armed['cpu_time']:g} s of CPU; raise limits.cpu_time",
-                                  code=ErrorCode.ECPULIMIT)
+                return exceeded("cpu_time", armed["cpu_time"], used=used - armed["cpu_deadline"] + armed["cpu_time"])
         if armed["check"] is not None:
             return armed["check"]()
         return None
@@ -511,12 +512,15 @@ def trap_to_error(
     *,
     interrupted: SliceError | None = None,
     memory_exhausted: bool = False,
+    memory: int | None = None,
+    fuel: int | None = None,
 ) -> SliceError:
     """The ``SliceError`` for a wasmtime failure.
 
     ``interrupted``: the watchdog's ``guard.error`` (it knows *why* the epoch moved);
     ``memory_exhausted``: the guest's memory is at its quota (see ``memory_at_quota``), so a
-    trap or a non-zero exit is reported as ``EMEMORYLIMIT``.
+    trap or a non-zero exit is reported as ``EMEMORYLIMIT``; ``memory``/``fuel``: the limits, for
+    the message.
 
     >>> trap_to_error(RuntimeError("boom")).code
     <ErrorCode.EUNCAUGHT: 'EUNCAUGHT'>
@@ -530,13 +534,11 @@ def trap_to_error(
     if name == "INTERRUPT" or interrupted is not None:
         if interrupted is not None:
             return interrupted
-        return SliceError("the guest was interrupted (epoch deadline reached)", code=ErrorCode.ESLICETOOSLOW)
+        return exceeded("wall_time", None)
     if name == "OUT_OF_FUEL":
-        return SliceError("the guest used up its instruction budget (fuel); raise options['fuel']",
-                          code=ErrorCode.ECPULIMIT, name="OutOfFuel", stack=text)
+        return exceeded("fuel", fuel, name="OutOfFuel", stack=text)
     if memory_exhausted:
-        return SliceError("the guest ran out of memory at its quota; raise limits.memory",
-                          code=ErrorCode.EMEMORYLIMIT, name="OutOfMemory", stack=text)
+        return exceeded("memory", memory, what="WebAssembly memory", name="OutOfMemory", stack=text)
     if isinstance(exc, wasmtime.ExitTrap):
         return SliceError(f"the guest exited with status {exc.code}", code=ErrorCode.EUNCAUGHT, name="Exit")
     if name is not None:

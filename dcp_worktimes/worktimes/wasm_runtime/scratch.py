@@ -15,7 +15,8 @@ import os
 import time
 from typing import Callable
 
-from ...errors import SCRATCH_ERROR, ErrorCode, SliceError
+from ...errors import SliceError
+from ...limits import exceeded
 
 MiB = 1 << 20
 DEFAULT_SCRATCH_SIZE = 64 * MiB
@@ -152,9 +153,8 @@ def _quietly(op: Callable[..., object], *args: object, **kwargs: object) -> int:
 class ScratchCap:
     """Periodic check that a scratch tree stays under ``cap`` bytes (``None``: no cap)."""
 
-    def __init__(self, path: str, cap: int | None, option: str = "options.scratch_size",
-                 interval: float = CHECK_INTERVAL) -> None:
-        self.path, self.cap, self.option, self.interval = path, cap, option, interval
+    def __init__(self, path: str, cap: int | None, interval: float = CHECK_INTERVAL) -> None:
+        self.path, self.cap, self.interval = path, cap, interval
         self._last = 0.0
 
     def check(self) -> SliceError | None:
@@ -167,13 +167,7 @@ class ScratchCap:
         try:
             used = tree_size(self.path)
         except Unmeasurable as e:
-            return SliceError(f"the scratch directory /tmp cannot be measured against its cap: {e}; keep /tmp "
-                              "shallow", code=ErrorCode.EOUTPUTLIMIT, name=SCRATCH_ERROR)
+            return exceeded("scratch", self.cap, detail=str(e))
         if used > self.cap:
-            from ...limits import format_size
-
-            return SliceError(f"the scratch directory /tmp grew to {format_size(used, like=self.cap)}, over its cap "
-                              f"of {format_size(self.cap)}; "
-                              f"write less, or raise {self.option}", code=ErrorCode.EOUTPUTLIMIT,
-                              name=SCRATCH_ERROR)
+            return exceeded("scratch", self.cap, used=used)
         return None

@@ -6,7 +6,7 @@ index-addressable: draw ``i`` comes from its own generator seeded with ``(seed, 
 job sees exactly the same datums. Without ``seed`` a random seed is chosen once and recorded in
 the description::
 
-    >>> from dcp_worktimes.compute import stats
+    >>> from dcp_worktimes.compute import stats      # this module, as the Compute API names it
     >>> s = stats.set.normal(1000, mean=10, stddev=2, seed=42)
     >>> len(s), s.nth(3) == stats.set.normal(1000, mean=10, stddev=2, seed=42).nth(3)
     (1000, True)

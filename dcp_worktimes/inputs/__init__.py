@@ -1,4 +1,5 @@
-"""Input sets: what a job maps its work over, as the scheduler sees them.
+"""Input sets: what a job maps its work over. Below both the scheduler (which slices described
+inputs on demand) and the Compute API (which builds them from ``compute.for_`` arguments).
 
 Every input set has an exact ``size`` (an ``int`` of any size; ``len()`` works up to 2**63-1 and
 raises ``OverflowError`` pointing to ``size`` above; both raise ``TypeError`` for streams of
@@ -7,7 +8,7 @@ unknown length: ``input_size`` turns that into ``None``), ``nth(i)``
 is plain JSON/msgpack data. ``input_set_from_description`` is its inverse: the scheduler stores
 descriptions and slices ranges and distributions on demand::
 
-    >>> from dcp_worktimes.compute.inputs import input_set, input_set_from_description
+    >>> from dcp_worktimes.inputs import input_set, input_set_from_description
     >>> s = input_set({"start": 0, "end": 10**12})
     >>> d = s.description(); d["kind"]
     'range'
@@ -21,7 +22,7 @@ Descriptions by kind:
 * ``{"kind": "ranges", "ranges": [<range>, ...]}`` — multi-dimensional; datum ``i`` is the list of
   per-dimension values, last dimension fastest. The job's ``options["spread_datum"]`` is ``True``
   so the worktime calls ``work(*datum, *arguments)`` (map-basic and python both honour it).
-* ``{"kind": "distribution", "name", "n", "params", "seed"}`` — see ``stats.py``.
+* ``{"kind": "distribution", "name", "n", "params", "seed"}`` — see ``distributions.py``.
 * ``{"kind": "stream"}`` — iterables, generators and lists: the deployer pushes packed datums
   with ``Scheduler.add_slices`` in batches and then ``close_input(total)``. ``nth`` is not
   available from the description alone (``StreamInput`` built from a description raises a
@@ -37,7 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from .ranges import MultiRange, RangeError, RangeObject
-from .stats import DistributionSet
+from .distributions import DistributionSet
 
 __all__ = [
     "InputSet",

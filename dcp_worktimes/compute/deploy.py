@@ -1,0 +1,171 @@
+"""Deploying a job: every check that can refuse it, then the store.
+
+``plan(job, cost, local, scheduler)`` validates everything (settings, the worktime through its contract,
+requirements against this machine or the attached workers) and returns the ``JobRecord``;
+nothing is stored until it returns. ``submit(scheduler, record, job)`` stores it, and for a stream
+input starts a ``Feeder`` that pushes the datums in batches::
+
+    record = plan(job, parse_cost(None), True, scheduler)     # raises before anything is stored
+    feeder = submit(scheduler, record, job)
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ..errors import WorktimeNotFound
+from ..inputs import MultiRange, StreamInput, input_size
+from ..limits import check_cores
+from ..scheduler.base import JobRecord, Scheduler
+from ..scheduler.matching import check_runnable_here, worker_can_run
+from ..values import UnserializableValue, pack
+from ..worktime import JobSpec
+from .cost import CostProfile
+from .settings import (
+    RequirementsError,
+    check_files,
+    check_max_attempts,
+    check_modules,
+    check_options,
+    check_public,
+    check_requirements,
+    check_sendable,
+    check_total,
+)
+
+if TYPE_CHECKING:
+    from .job import Job
+
+#: Datums per ``add_slices`` call for stream inputs.
+STREAM_BATCH = 1000
+
+
+def plan(job: "Job", cost: CostProfile, local: bool, scheduler: Scheduler) -> JobRecord:
+    """The ``JobRecord`` to store for ``job``, after every check that can refuse it."""
+    from ..plugins import get_worktime
+
+    name = job.worktime
+    worktime_range = job.worktime_version
+    reg = None
+    if not job.custom_worktime:  # ENOWORKTIME before anything about the work itself
+        try:
+            reg = get_worktime(name, worktime_range or None)
+        except ValueError as e:  # a malformed range
+            raise WorktimeNotFound(f"job.worktime_version: {e}") from None
+    requirements = check_requirements(job.requirements)
+    check_cores(job.cores, "job.cores")
+    total = input_size(job.input_set)
+    check_total(total)
+    arguments = check_sendable(list(job.arguments), "job arguments")
+    options = check_options(job.options)
+    captured = job._captured()
+    spec_options = {**captured.options, **options}
+    if isinstance(job.input_set, MultiRange):
+        spec_options["spread_datum"] = True  # work(*datum, *arguments): the contract in dcp_worktimes/inputs
+    spec = JobSpec(id=uuid.uuid4().hex, worktime=name, work=captured.work, arguments=arguments,
+                   modules=check_modules(job.modules), files=check_files(job.files), options=spec_options,
+                   limits=job.limits)
+    if reg is not None:
+        if worktime_range is None:
+            worktime_range = reg.cls.default_range
+        reg.cls.validate(spec)  # the worktime's own refusals (empty work, a misspelt option ...)
+    record = JobRecord(
+        id=spec.id, spec=spec, worktime_range=worktime_range, requirements=requirements,
+        payment_per_slice=cost.payment_per_slice(total), input=job.input_set.description(),
+        # A stream's total is announced by close_input once every datum has been pushed.
+        total=None if isinstance(job.input_set, StreamInput) else total,
+        public=check_public(job.public), max_attempts=check_max_attempts(job.max_attempts),
+    )
+    if local:
+        check_runnable_here(record)  # ENOWORKTIME / EREQUIREMENTS now, not after the job is stored
+    else:
+        check_attached_workers(record, scheduler)
+    return record
+
+
+def check_attached_workers(record: JobRecord, scheduler: Scheduler) -> None:
+    """``exec(local=False)`` with requirements: refuse at once when attached workers exist and
+    none of them can run the job (with none attached yet, the deployer waits for one)."""
+    if not record.requirements:
+        return
+    reasons = []
+    for w in scheduler.workers():
+        why = worker_can_run(record, w.worktimes, w.capabilities)
+        if why is None:
+            return
+        reasons.append(why)
+    if reasons:
+        raise RequirementsError(
+            f"none of the {len(reasons)} attached worker(s) can run the job ({reasons[0]}); relax job.requirements "
+            "or start a dcp-worker that meets them")
+
+
+def pack_batch(batch: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
+    out = []
+    for n, datum in batch:
+        try:
+            out.append((n, pack(datum)))
+        except UnserializableValue as e:
+            raise UnserializableValue(f"input {n} ({datum!r:.60}): {e}") from None
+    return out
+
+
+class Feeder:
+    """Pushes a stream input's datums to the store in batches, on its own thread.
+
+    The first batch is read and packed before the job is stored, so the usual mistakes (an input
+    that cannot be sent) raise before anything is deployed. A failure later cancels the job with
+    the reason, and ``error`` holds it for ``exec()`` to raise.
+    """
+
+    def __init__(self, stream: StreamInput) -> None:
+        self.stream = stream
+        self.batches = stream.batches(STREAM_BATCH)
+        try:
+            self.first = pack_batch(next(self.batches))
+        except StopIteration:
+            self.first = []
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, scheduler: Scheduler, job_id: str) -> None:
+        self.thread = threading.Thread(target=self._feed, args=(scheduler, job_id), name=f"dcp-feed-{job_id[:8]}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _feed(self, scheduler: Scheduler, job_id: str) -> None:
+        try:
+            if self.first:
+                scheduler.add_slices(job_id, self.first)
+            for batch in self.batches:
+                if self.stop.is_set():
+                    return
+                scheduler.add_slices(job_id, pack_batch(batch))
+            scheduler.close_input(job_id, self.stream.consumed)
+        except BaseException as e:  # noqa: BLE001 - reported by exec() on its own thread
+            self.error = e
+            try:
+                scheduler.cancel(job_id, f"the input stream failed: {type(e).__name__}: {e}")
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        """The job ended (maybe early): stop pushing inputs."""
+        self.stop.set()
+        if self.thread is not None and self.thread.is_alive():
+            self.thread.join(10)
+
+
+def submit(scheduler: Scheduler, record: JobRecord, job: "Job") -> Feeder | None:
+    """Store ``record``; for a stream input, read its first batch first and start feeding the rest."""
+    feeder = Feeder(job.input_set) if isinstance(job.input_set, StreamInput) else None
+    scheduler.submit(record)
+    if feeder is not None:
+        feeder.start(scheduler, record.id)
+    return feeder
+
+
+__all__ = ["plan", "submit", "Feeder", "check_attached_workers", "STREAM_BATCH"]
