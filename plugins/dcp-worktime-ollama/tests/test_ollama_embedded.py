@@ -204,7 +204,7 @@ def test_a_prompt_longer_than_the_context_fails_with_llama_cpp_s_reason(pool):
 
 
 def test_probe_advertises_the_model_for_requirements(gguf_path):
-    from dcp_worktimes.scheduler.base import requirements_met
+    from dcp_worktimes.scheduler.matching import requirements_met
 
     probe = __import__("dcp_worktime_ollama").OllamaWorktime.probe({"model": gguf_path})
     caps = probe.capabilities
@@ -214,3 +214,29 @@ def test_probe_advertises_the_model_for_requirements(gguf_path):
     assert caps["ollama"]["digests"] == {DIGEST: True}
     assert requirements_met({"ollama": {"models": {"gemma3:270m": True}}}, caps)
     assert not requirements_met({"ollama": {"models": {"llama3:8b": True}}}, caps)
+
+
+def test_compute_for_with_a_dict_work_end_to_end(gguf_path, tmp_path, monkeypatch):
+    """What a deployer writes: a dict as work, requirements on the model, results in input order."""
+    from dcp_worktimes import compute
+    from dcp_worktimes.errors import RequirementsError
+    from dcp_worktimes.plugins import _probe
+
+    monkeypatch.setenv("DCP_SCHEDULER", f"sqlite:///{tmp_path}/jobs.db")
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    monkeypatch.setenv("DCP_OLLAMA_MODEL", gguf_path)  # a local exec passes no dcp-worker flags
+    _probe.cache_clear()  # probes are cached per process, and this one depends on the variable just set
+    texts = ["The card was charged twice", "The app crashes on start", "Do you ship to Canada?"]
+    work = {"model": "gemma3:270m", "prompt": "Support ticket: {datum}\nCategory (billing, bug or other):", "raw": True,
+            "format": {"enum": ["billing", "bug", "other"]}, "options": {"temperature": 0, "num_predict": 6},
+            "return": "text"}
+    job = compute.for_(texts, work, worktime="ollama", requirements={"ollama": {"models": {"gemma3:270m": True}}},
+                       cores=1)
+    labels = list(job.exec())
+    assert len(labels) == 3 and set(labels) <= {"billing", "bug", "other"}
+    again = compute.for_(texts[::-1], work, worktime="ollama", cores=1).exec()
+    assert list(again) == labels[::-1]  # one evaluator or another, any order: the same answers
+    with pytest.raises(RequirementsError, match="llama3:70b"):
+        compute.for_(texts, work, worktime="ollama", requirements={"ollama": {"models": {"llama3:70b": True}}},
+                     cores=1).exec()
+    _probe.cache_clear()
