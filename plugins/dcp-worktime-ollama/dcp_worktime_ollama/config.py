@@ -35,7 +35,7 @@ SETTINGS = {
     "llama-threads": "CPU threads per evaluator of the embedded backend (default 1: one evaluator per core)",
     "max-num-predict": "the most tokens one slice may generate (default 2048)",
     "max-prompt": "the largest prompt one slice may send, e.g. 64KB (default 256KB)",
-    "max-ctx": "the largest context window (num_ctx) a job may ask the embedded backend for (default 8192)",
+    "max-ctx": "the largest context window (options.num_ctx) a job may ask for (default 8192)",
 }
 DEFAULTS = {"llama-threads": 1, "max-num-predict": 2048, "max-prompt": 256 * 1024, "max-ctx": 8192}
 

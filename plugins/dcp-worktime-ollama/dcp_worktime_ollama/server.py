@@ -145,7 +145,7 @@ def _list_openai(url: str, timeout: float) -> dict[str, ServedModel]:
 class ServerBackend:
     """Generation on a server, one streamed request per slice (``native`` or ``openai`` API)."""
 
-    def __init__(self, config: Config, model: ServedModel, work: Work, num_ctx: int | None) -> None:
+    def __init__(self, config: Config, model: ServedModel, num_ctx: int | None) -> None:
         self.model = model
         self.url = base_url(config.server_url)
         self.num_ctx = num_ctx

@@ -155,7 +155,7 @@ class OllamaWorktime(Worktime):
         else:
             from .server import ServerBackend
 
-            self.backend = ServerBackend(cfg, served, work, num_ctx)
+            self.backend = ServerBackend(cfg, served, num_ctx)
         self.work, self.served, self.cfg = work, served, cfg
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
