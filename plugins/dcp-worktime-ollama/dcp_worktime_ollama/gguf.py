@@ -61,9 +61,7 @@ class GgufInfo:
 
     @property
     def parameter_size(self) -> str:
-        """The parameter count as Ollama shows it: ``268.10M``, ``8.0B``."""
-        n = self.parameters
-        return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+        return parameter_size(self.parameters)
 
     @property
     def names(self) -> list[str]:
@@ -75,6 +73,15 @@ class GgufInfo:
             out += [base, f"{base}-{self.quantization.lower()}"]
         out.append(Path(self.path).stem)
         return list(dict.fromkeys(out))
+
+
+def parameter_size(n: int) -> str:
+    """A parameter count as Ollama shows it.
+
+    >>> parameter_size(268_098_176), parameter_size(8_030_261_248)
+    ('268.10M', '8.0B')
+    """
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
 def read_gguf(path: str | os.PathLike) -> GgufInfo:

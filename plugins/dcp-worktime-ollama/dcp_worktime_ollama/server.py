@@ -21,6 +21,7 @@ from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
 from . import oai
 from .config import Config
 from .generation import Generation
+from .gguf import parameter_size
 from .models import NATIVE, OPENAI, ServedModel
 from .work import Rendered, Work
 
@@ -136,7 +137,7 @@ def _list_openai(url: str, timeout: float) -> dict[str, ServedModel]:
         extra = m.model_dump()
         meta = extra.get("meta") if isinstance(extra.get("meta"), dict) else {}  # llama.cpp's server says more
         params = meta.get("n_params")
-        size = (f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.2f}M") if isinstance(params, int) else None
+        size = parameter_size(params) if isinstance(params, int) else None
         ctx = meta.get("n_ctx_train")
         out[m.id] = ServedModel(m.id, OPENAI, m.id, None, size, meta.get("ftype"), ctx if isinstance(ctx, int) else None)
     return out
