@@ -109,8 +109,9 @@ class Through:
         t0 = time.perf_counter()
         # One warm-up slice per evaluator starts it and loads the model; the job's next slices reuse
         # those evaluators, as a long job does.
-        _check(self.pool.map(self.job, [(-1 - i, "Hello") for i in range(cores)]))
+        warm = _check(self.pool.map(self.job, [(-1 - i, "Hello") for i in range(cores)]))
         self.start_seconds = time.perf_counter() - t0
+        self.start_tokens = sum(o.value["tokens"]["generated"] for o in warm)
         self.rounds = 0
 
     def run(self, texts: list[str]) -> tuple[float, float, int]:
@@ -176,7 +177,8 @@ def main() -> None:
         return (label, n, wall, n / wall, n / wall / base_wall, n / cpu, n / cpu / base_cpu)
 
     rows = [row("direct, 1 thread (baseline)", *direct1), row("worktime, 1 evaluator", *through1),
-            row("  + starting it and loading the model (cold)", through1[0] + w1.start_seconds, None, through1[2])]
+            row("  + its start: evaluator, model load, a first slice (cold)", through1[0] + w1.start_seconds, None,
+                through1[2] + w1.start_tokens)]
     if cores > 1:  # scaling: one round each
         for label, make in ((f"worktime, {cores} evaluators x 1 thread", lambda: Through(model, args.tokens, cores)),
                             (f"worktime, 1 evaluator x {cores} threads", lambda: Through(model, args.tokens, 1, cores))):

@@ -121,10 +121,14 @@ def test_a_killed_evaluator_stops_the_server_too(pool, llama_server):
     job = JobSpec(id=f"kill-{secrets.token_hex(4)}", worktime="ollama", work=json.dumps(ENDLESS))
     started, outcome = threading.Event(), []
     pool.submit(job, [(0, None)], outcome.append, lambda kind, n, p: kind == "progress" and p and started.set())
-    assert started.wait(60), "no token was generated"
-    assert idle_cpu(llama_server["process"], 0.5) > 0.2  # it is generating
-    slot = next(s for s in pool._slots if s.proc is not None and s.proc.job_id == job.id)
-    os.killpg(slot.proc.pid, signal.SIGKILL)
+    try:
+        assert started.wait(60), "no token was generated"
+        assert idle_cpu(llama_server["process"], 0.5) > 0.05  # it is generating (a loaded machine gives it less)
+        slot = next(s for s in pool._slots if s.proc is not None and s.proc.job_id == job.id)
+        os.killpg(slot.proc.pid, signal.SIGKILL)
+    except BaseException:
+        pool.cancel(job.id)  # never leave 2048 tokens running in front of the next test's slices
+        raise
     deadline = time.monotonic() + 10
     while not outcome and time.monotonic() < deadline:
         time.sleep(0.01)
