@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 
-def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+def median_time(fn: Callable[[], object], repeat: int = 3) -> float:
     """Median wall time of ``repeat`` runs of ``fn`` (seconds)."""
     times = []
     for _ in range(repeat):
@@ -25,7 +26,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     for row in rows:
         table.add_row(*(f"{c:,.1f}" if isinstance(c, float) and abs(c) >= 100 else
                         f"{c:.3g}" if isinstance(c, float) else str(c) for c in row))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped to a file: never squeeze the columns
     console.print(table)
     if note:
         console.print(note)

@@ -1,32 +1,33 @@
-"""End-to-end job throughput through the embedded scheduler, vs multiprocessing.Pool and Dask.
+"""End-to-end job throughput, deployer memory and latency through the embedded scheduler, beside
+``multiprocessing.Pool`` and Dask, one run on this machine.
 
-    python benchmarks/bench_scheduler.py [--slices 100000] [--cpu-slices 200] [--no-dask]
+    python benchmarks/bench_scheduler.py [--sizes 10000,100000,1000000] [--worktimes echo,map-basic,python]
+                                         [--cpu-slices 200] [--repeat 3] [--no-dask]
 
-Trivial slices: ``compute.for_(0, n-1, work).exec()`` with the echo worktime and with map-basic
-(identity work), and ``compute.for_(generator)`` with echo (streamed into the store in batches),
-through a fresh SQLite store: deploy, lease in batches, run on sandboxed
-evaluators, write results as they arrive, follow the event log, build the result handle. The
-evaluator start-up is inside the timing. Against the same identity function over the same
-integers on all cores with ``multiprocessing.Pool.map`` (chunked) and, when ``distributed`` is
-installed, a Dask ``LocalCluster`` (one single-threaded worker process per core, started before
-the timing) with ``client.map``. The runner alone (``EvaluatorPool.map``, no store) is shown so
-the store's share is visible.
+1. **Trivial slices**: ``compute.for_(range(N), identity).exec()`` per worktime (echo; map-basic
+   ``function(i){ progress(); return i }``; python ``def f(i): return i``), each run in a fresh
+   process so its peak RSS is its own: seconds, slices/s, how busy the cores were (CPU time of
+   the deployer and every evaluator over wall time × cores) and the deployer's peak RSS beside
+   the size of the results it returns. Beside it, in the same run: ``Pool.map(identity,
+   chunksize=1)`` (one task per item, what a slice is), ``Pool.map`` with its default chunks,
+   Dask ``client.map`` (one task per item) and ``dask.bag`` (what a Dask user writes for this).
+2. **Latency** of a 10-slice job: cold (a fresh process: start, import, deploy, first zygote) and
+   warm (the next job in the same process).
+3. **CPU-bound**: ``--cpu-slices`` slices of fib(25) in map-basic on 1 core vs all cores (median of
+   ``--repeat`` interleaved rounds), beside ``Pool`` running fib(25) in Python at the same moment.
 
-CPU-bound slices: ``cpu-slices`` slices of fib(25) in map-basic, end to end (evaluator start-up
-included), on 1 core and on all cores, median of ``--repeat`` interleaved rounds: parallel efficiency =
-t(1 core) / (cores × t(all cores)), next to the same ratio for ``multiprocessing.Pool`` running
-fib(25) in Python at the same moment (the machine's ceiling while others share its cores).
-
-Goals (issue #5): trivial slices >= 50 % of Pool chunked throughput and faster than Dask;
-CPU-bound >= 90 % parallel efficiency on 2 cores.
+The baselines compute in the deploying process's own Python: no sandbox, no store, no limits,
+no retries; they are what the sandbox and the store cost is measured against.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +36,53 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _table import print_table  # noqa: E402
 
-from dcp_worktimes import compute  # noqa: E402
-
+WORK = {"echo": "", "map-basic": "function(i){ progress(); return i }", "python": "def f(i):\n    return i\n"}
 FIB = "function(n){ function fib(k){ return k < 2 ? k : fib(k - 1) + fib(k - 2) } return fib(25) }"
+
+CHILD = r"""
+import json, os, sys, tempfile, time
+t_start = float(sys.argv[4])
+import psutil
+from dcp_worktimes import compute
+n, worktime, work = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+store = f"sqlite:///{tempfile.mkdtemp()}/jobs.db"
+
+def tree_cpu():
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for p in me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+def result_size(values):
+    return sys.getsizeof(values) + sum(sys.getsizeof(v) for v in values)
+
+if n <= 10:  # latency: a cold job, then warm ones
+    t = time.perf_counter()
+    compute.for_(range(n), work, worktime=worktime, scheduler=store).exec(progress=False)
+    cold = time.perf_counter() - t
+    warm = []
+    for _ in range(5):
+        t = time.perf_counter()
+        compute.for_(range(n), work, worktime=worktime, scheduler=store).exec(progress=False)
+        warm.append(time.perf_counter() - t)
+    print(json.dumps({"cold_exec": cold, "cold_process": time.time() - t_start - sum(warm),
+                      "warm": sorted(warm)[len(warm) // 2]}))
+else:
+    cpu0 = tree_cpu()
+    t = time.perf_counter()
+    values = list(compute.for_(range(n), work, worktime=worktime, scheduler=store).exec(progress=False))
+    wall = time.perf_counter() - t
+    assert len(values) == n and values[-1] == n - 1, values[-3:]
+    cpu = tree_cpu() - cpu0
+    # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's peak across fork + exec.
+    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"wall": wall, "cpu": cpu, "peak_rss": peak, "results": result_size(values)}))
+"""
 
 
 def identity(x):
@@ -52,125 +97,100 @@ def py_fib25(_):
     return fib(25)
 
 
+def child(n: int, worktime: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(n), worktime, json.dumps(WORK[worktime]), str(time.time())],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{worktime} n={n} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
 
-def e2e(store: str, n: int, worktime: str, work: str, cores: int, expect=None) -> float:
-    def run() -> None:
-        results = compute.for_(0, n - 1, work, worktime=worktime, scheduler=store).exec(cores=cores)
-        values = list(results)
-        assert len(values) == n
-        if expect is not None:
-            assert values[0] == expect(0) and values[-1] == expect(n - 1)
-
-    return timed(run)
-
-
-def e2e_stream(store: str, n: int, cores: int) -> float:
-    def run() -> None:
-        values = list(compute.for_((i for i in range(n)), "", worktime="echo", scheduler=store).exec(cores=cores))
-        assert len(values) == n and values[-1] == n - 1
-
-    return timed(run)
-
-
-def runner_only(n: int, cores: int) -> float:
-    from dcp_worktimes.runner import EvaluatorPool
-    from dcp_worktimes.worktime import JobSpec
-
-    def run() -> None:
-        with EvaluatorPool(cores=cores) as pool:
-            bad = [o.error for o in pool.map(JobSpec(id="bench", worktime="echo"), ((i, i) for i in range(n))) if not o.ok]
-            assert not bad, f"{len(bad)} slices failed in the runner, e.g. {bad[0]}"
-
-    return timed(run)
-
-
-def dask_map(n: int, cores: int) -> float | None:
+def dask_rates(n: int, cores: int) -> tuple[float | None, float | None]:
+    """Seconds for ``n`` items with ``client.map`` (timed on fewer, scaled) and with ``dask.bag``."""
     try:
+        import dask.bag as db
         from distributed import Client, LocalCluster
     except ImportError:
-        return None
+        return None, None
     import logging
 
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.CRITICAL) as cluster, \
-            Client(cluster) as client:
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         client.submit(identity, 0).result()  # warm
-        return timed(lambda: client.gather(client.map(identity, range(n))))
+        k = min(n, 5_000)
+        t_map = timed(lambda: client.gather(client.map(identity, range(k), pure=False))) * n / k
+        bag = db.from_sequence(range(n), npartitions=cores * 4).map(identity)
+        t_bag = timed(lambda: bag.compute())
+    return t_map, t_bag
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slices", type=int, default=100_000)
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--worktimes", default="echo,map-basic,python")
     ap.add_argument("--cpu-slices", type=int, default=200)
-    ap.add_argument("--dask-slices", type=int, default=10_000,
-                    help="Dask runs ~300 tasks/s here: time it on fewer slices and compare rates (default 10000)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of the CPU-bound measurements (median)")
     ap.add_argument("--no-dask", action="store_true")
-    ap.add_argument("--repeat", type=int, default=5, help="rounds of the CPU-bound measurements (median)")
     args = ap.parse_args()
-    n, cores = args.slices, os.cpu_count() or 1
+    sizes = [int(s) for s in args.sizes.split(",")]
+    worktimes = [w.strip() for w in args.worktimes.split(",") if w.strip()]
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = f"sqlite:///{tmp}/bench.db"
-        t_echo = e2e(store, n, "echo", "", cores, expect=lambda i: i)
-        t_map = e2e(store, n, "map-basic", "function(x){ return x }", cores, expect=lambda i: i)
-        t_stream = e2e_stream(store, n, cores)
-        t_runner = runner_only(n, cores)
+    rows = []
+    for n in sizes:
         with multiprocessing.Pool(cores) as mp:
-            chunk = max(1, n // (cores * 4))
-            t_pool = timed(lambda: mp.map(identity, range(n), chunksize=chunk))
-        nd = min(n, args.dask_slices)
-        t_dask_raw = None if args.no_dask else dask_map(nd, cores)
-        t_dask = None if t_dask_raw is None else t_dask_raw * n / nd  # same rate, scaled to n slices
+            t_pool1 = timed(lambda: mp.map(identity, range(n), chunksize=1))
+            t_pool = timed(lambda: mp.map(identity, range(n)))
+        t_map, t_bag = (None, None) if args.no_dask else dask_rates(n, cores)
+        for wt in worktimes:
+            r = child(n, wt)
+            rows.append((f"{wt}, N={n:,}", r["wall"], n / r["wall"], f"{r['cpu'] / (r['wall'] * cores):.0%}",
+                         f"{r['peak_rss'] / 2**20:.0f} MB / {r['results'] / 2**20:.1f} MB",
+                         f"{t_pool1 / r['wall']:.2f}", f"{t_pool / r['wall']:.3f}",
+                         f"{t_map / r['wall']:.1f}" if t_map else "-", f"{t_bag / r['wall']:.2f}" if t_bag else "-"))
+        rows.append((f"  baselines, N={n:,}", "-", f"Pool(1): {n / t_pool1:,.0f}/s; Pool: {n / t_pool:,.0f}/s"
+                     + (f"; Dask map: {n / t_map:,.0f}/s; dask.bag: {n / t_bag:,.0f}/s" if t_map else ""),
+                     "", "", "", "", "", ""))
+    print_table(f"Trivial slices end to end on {cores} cores (load average {load:.1f} at the start)",
+                ["", "seconds", "slices/s", "cores busy", "deployer peak RSS / results",
+                 "× Pool chunksize=1", "× Pool default chunks", "× Dask client.map", "× dask.bag"], rows,
+                note="× columns: this row's throughput over the baseline's (above 1: faster).")
 
-        # CPU-bound: medians of --repeat rounds, each round running all four one after the other,
-        # because other processes share these cores and their load drifts within seconds.
-        m = args.cpu_slices
-        runs: dict[str, list[float]] = {"fib1": [], "fibn": [], "py1": [], "pyn": []}
-        with multiprocessing.Pool(1) as mp1, multiprocessing.Pool(cores) as mpn:
-            for _ in range(args.repeat):
-                runs["fib1"].append(e2e(store, m, "map-basic", FIB, 1, expect=lambda i: 75025))
-                runs["fibn"].append(e2e(store, m, "map-basic", FIB, cores, expect=lambda i: 75025))
-                # Control: the same machine's ceiling right now.
-                runs["py1"].append(timed(lambda: mp1.map(py_fib25, range(m), chunksize=1)))
-                runs["pyn"].append(timed(lambda: mpn.map(py_fib25, range(m), chunksize=1)))
-        t_fib1, t_fibn, t_py1, t_pyn = (statistics.median(runs[k]) for k in ("fib1", "fibn", "py1", "pyn"))
+    lat = []
+    for wt in worktimes:
+        r = child(10, wt)
+        lat.append((wt, f"{r['cold_process'] * 1000:.0f} ms", f"{r['cold_exec'] * 1000:.0f} ms", f"{r['warm'] * 1000:.0f} ms"))
+    print_table("A 10-slice job", ["", "cold: process start to results", "cold: exec()", "warm: exec() (median of 5)"], lat)
 
-    rows = [
-        ("compute.for_ echo (end to end, SQLite store)", t_echo, n / t_echo, t_pool / t_echo,
-         f"{t_dask / t_echo:.2f}x" if t_dask else "-"),
-        ("compute.for_ map-basic (end to end)", t_map, n / t_map, t_pool / t_map,
-         f"{t_dask / t_map:.2f}x" if t_dask else "-"),
-        ("compute.for_(generator) echo (streamed input)", t_stream, n / t_stream, t_pool / t_stream,
-         f"{t_dask / t_stream:.2f}x" if t_dask else "-"),
-        ("EvaluatorPool.map echo (runner alone, no store)", t_runner, n / t_runner, t_pool / t_runner,
-         f"{t_dask / t_runner:.2f}x" if t_dask else "-"),
-        (f"multiprocessing.Pool.map chunked ({chunk}/chunk)", t_pool, n / t_pool, 1.0,
-         f"{t_dask / t_pool:.2f}x" if t_dask else "-"),
-    ]
-    if t_dask is not None:
-        rows.append((f"Dask LocalCluster client.map (timed on {nd:,}, scaled)", t_dask, n / t_dask, t_pool / t_dask, "1.00x"))
-    else:
-        rows.append(("Dask LocalCluster client.map", "-", "not installed" if not args.no_dask else "skipped", "-", "-"))
-    print_table(f"{n:,} trivial slices on {cores} cores", ["", "seconds", "slices/s", "share of Pool throughput",
-                                                          "speed vs Dask"], rows)
-    efficiency = t_fib1 / (cores * t_fibn)
-    control = t_py1 / (cores * t_pyn)
-    print_table(f"{m} slices of fib(25), 1 core vs {cores} cores",
+    m = args.cpu_slices
+    runs: dict[str, list[float]] = {"fib1": [], "fibn": [], "py1": [], "pyn": []}
+    from dcp_worktimes import compute
+
+    with tempfile.TemporaryDirectory() as tmp, multiprocessing.Pool(1) as mp1, multiprocessing.Pool(cores) as mpn:
+        store = f"sqlite:///{tmp}/jobs.db"
+
+        def fibs(c: int) -> None:
+            assert compute.for_(range(m), FIB, scheduler=store).exec(cores=c, progress=False)[0] == 75025
+
+        for _ in range(args.repeat):  # interleaved: the load of a shared machine drifts
+            runs["fib1"].append(timed(lambda: fibs(1)))
+            runs["fibn"].append(timed(lambda: fibs(cores)))
+            runs["py1"].append(timed(lambda: mp1.map(py_fib25, range(m), chunksize=1)))
+            runs["pyn"].append(timed(lambda: mpn.map(py_fib25, range(m), chunksize=1)))
+    t1, tn, p1, pn = (statistics.median(runs[k]) for k in ("fib1", "fibn", "py1", "pyn"))
+    print_table(f"{m} slices of fib(25), 1 core vs {cores} cores (median of {args.repeat})",
                 ["", "seconds", "slices/s", "parallel efficiency"],
-                [("compute.for_ map-basic, 1 core", t_fib1, m / t_fib1, "-"),
-                 (f"compute.for_ map-basic, {cores} cores", t_fibn, m / t_fibn, f"{efficiency:.0%}"),
-                 ("control: multiprocessing.Pool(1) python fib", t_py1, m / t_py1, "-"),
-                 (f"control: multiprocessing.Pool({cores}) python fib", t_pyn, m / t_pyn, f"{control:.0%}")],
-                note=(f"echo end to end: {t_pool / t_echo:.1%} of Pool chunked throughput (goal >= 50 %)"
-                      + (f", {t_dask / t_echo:.1f}x Dask's (goal > 1x)" if t_dask else "")
-                      + f"; CPU-bound parallel efficiency on {cores} cores: {efficiency:.0%} (goal >= 90 %; "
-                      f"multiprocessing reaches {control:.0%} on this machine right now)."))
+                [("map-basic, 1 core", t1, m / t1, "-"), (f"map-basic, {cores} cores", tn, m / tn, f"{t1 / (cores * tn):.0%}"),
+                 ("control: Pool(1), Python fib", p1, m / p1, "-"),
+                 (f"control: Pool({cores}), Python fib", pn, m / pn, f"{p1 / (cores * pn):.0%}")])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _table import best_of, print_table  # noqa: E402
+from _table import median_time, print_table  # noqa: E402
 
 from dcp_worktimes.limits import Limits  # noqa: E402
 from dcp_worktimes.runner import EvaluatorPool  # noqa: E402
@@ -171,7 +171,7 @@ def runner_time(work: bytes, datum, repeat: int) -> float:
 
         one()
         # A new job per call: evaluator spawn + prepare (cache hit) + slice, as a worker sees a job.
-        return best_of(one, repeat)
+        return median_time(one, repeat)
 
 
 def worker_start(path: Path, datum, cache: Path) -> dict:

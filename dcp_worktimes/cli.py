@@ -21,6 +21,7 @@ import click
 
 from .errors import DcpError
 from .limits import FLAGS, Limits, check_cores
+from .scheduler import processes
 
 _LIMIT_HELP = {
     "wall_time": "Wall-time limit per slice, e.g. 30s, 2m (ESLICETOOSLOW).",
@@ -175,10 +176,12 @@ def _read_work(work: str) -> str | bytes:
 @click.option("--capability", "capabilities", multiple=True, metavar="PATH=VALUE",
               help="Extra capability, e.g. machine.gpu=false (matched against job requirements).")
 @click.option("--until-idle", is_flag=True, help="Exit once no job has slices left for this worker.")
+@click.option("--job", "job", default=None, hidden=True, help="Serve only this job, until it ends (exec()'s helpers).")
+@click.option("--helper", is_flag=True, hidden=True, help="A helper process of another worker: die with it.")
 @limit_options
 @click.version_option(package_name="dcp-worktimes")
 @click.pass_context
-def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until_idle, **limits) -> None:
+def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until_idle, job, helper, **limits) -> None:
     """Run a dcp-worktimes worker: take slices from the scheduler and run them in sandboxed worktimes.
 
     \b
@@ -217,22 +220,36 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, until
     config = _worktime_config(limits)
     limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
     worker_limits = _limits(None, **limits)
-    if not _store_exists(scheduler_url):
+    if helper:
+        processes.die_with_parent()
+    elif not _store_exists(scheduler_url):
         # A typo in --scheduler would otherwise wait forever on an empty store nobody deploys to.
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
     scheduler = open_scheduler(scheduler_url)
-    worker = Worker(scheduler, list(worktimes) or None, cores, capabilities=caps, limits=worker_limits, config=config)
+    split = [cores or os.cpu_count() or 1] if helper else processes.shares(cores or os.cpu_count() or 1)
+    worker = Worker(scheduler, list(worktimes) or None, split[0], capabilities=caps, limits=worker_limits, config=config,
+                    jobs=[job] if job else None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"dcp-worker {worker.id}: {', '.join(f'{n} {v}' for n, v in worker.worktimes.items())} "
-               f"on {worker.cores} cores, scheduler {scheduler!r}", err=True)
+    if job:
+        processes.stop_when_over(scheduler, job, stop)
+    helpers = processes.Helpers(scheduler.url, split[1:], job=job, worktimes=list(worktimes), config=config,
+                                limits={k: v for k, v in limits.items() if v is not None}, capabilities=list(capabilities),
+                                until_idle=until_idle)
+    if not helper:
+        click.echo(f"dcp-worker {worker.id}: {', '.join(f'{n} {v}' for n, v in worker.worktimes.items())} "
+                   f"on {worker.cores} cores, scheduler {scheduler!r}"
+                   + (f" (and {len(helpers.argvs)} more worker processes: {sum(split[1:])} cores)" if helpers.argvs else ""),
+                   err=True)
     try:
-        worker.run(stop, until_idle=until_idle)
+        with helpers:
+            worker.run(stop, until_idle=until_idle)
     finally:
         scheduler.close()
-    click.echo(f"dcp-worker: {worker.completed} slices completed, {worker.failed} failed", err=True)
+    if not helper:
+        click.echo(f"dcp-worker: {worker.completed} slices completed, {worker.failed} failed", err=True)
 
 
 def _flatten(caps: Any, prefix: str = "") -> list[str]:

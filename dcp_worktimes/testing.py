@@ -41,7 +41,7 @@ import pytest
 
 from .limits import Limits
 from .plugins import get_worktime
-from .runner import EvaluatorPool, SliceOutcome
+from .runner import EvaluatorPool, Outcome, SliceOutcome
 from .worktime import JobSpec
 
 
@@ -104,10 +104,10 @@ def run(pool: EvaluatorPool, name: str, work: str | bytes, datum: Any, *, argume
     job = JobSpec(id=f"conformance-{secrets.token_hex(4)}", worktime=name, work=work, arguments=list(arguments or []),
                   options=dict(options or {}), limits=limits or Limits())
     sink = (lambda kind, n, payload: events.append((kind, payload))) if events is not None else None
-    got: "queue.SimpleQueue[SliceOutcome]" = queue.SimpleQueue()
-    pool.submit(job, [(0, datum)], got.put, sink)
+    got: "queue.SimpleQueue[Outcome]" = queue.SimpleQueue()
+    pool.submit(job, [0], [datum], got.put, sink)
     try:  # bounded: a worktime that hangs the runner fails the test instead of hanging the suite
-        return got.get(timeout=RUN_TIMEOUT)
+        return next(got.get(timeout=RUN_TIMEOUT).slices())
     except queue.Empty:
         pool.cancel(job.id)
         raise AssertionError(f"{name}: no outcome within {RUN_TIMEOUT:g}s; the runner or the worktime hangs") from None

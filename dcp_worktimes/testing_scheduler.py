@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
 
 from .inputs import input_set
-from .scheduler.base import JobRecord, Lease, Scheduler, SchedulerError, SliceReport, UnknownJob
+from .scheduler.base import JobRecord, Lease, Report, Scheduler, SchedulerError, UnknownJob
 from .values import pack, unpack
 from .worktime import JobSpec
 
@@ -44,22 +45,80 @@ def make_job(job_id: str, n: int = 10, *, worktime: str = "echo", stream: bool =
     return JobRecord(id=job_id, spec=JobSpec(id=job_id, worktime=worktime), input=desc, **kw)
 
 
-def ok(lease: Lease, **kw: Any) -> tuple[Lease, SliceReport]:
-    """A successful report echoing the datum."""
-    return lease, SliceReport(lease.slice_number, True, lease.datum, None, kw.get("wall", 0.01), kw.get("cpu", 0.005),
-                              len(lease.datum), len(lease.datum))
+@dataclass(frozen=True)
+class Slice:
+    """One slice of a leased block, as the tests pick slices out of blocks."""
+
+    lease: Lease
+    index: int
+
+    @property
+    def slice_number(self) -> int:
+        return self.lease.numbers[self.index]
+
+    @property
+    def datum(self) -> Any:
+        return self.lease.datums[self.index]
+
+    @property
+    def attempt(self) -> int:
+        return self.lease.attempts[self.index]
+
+    @property
+    def job_id(self) -> str:
+        return self.lease.job_id
+
+    @property
+    def lease_id(self) -> str:
+        return self.lease.lease_id
 
 
-def err(lease: Lease, code: str = "EUNCAUGHT", **extra: Any) -> tuple[Lease, SliceReport]:
-    return lease, SliceReport(lease.slice_number, False, None, {"code": code, "message": f"boom {code}", **extra})
+def split(leases: list[Lease]) -> list[Slice]:
+    """The slices of leased blocks, one by one."""
+    return [Slice(lease, i) for lease in leases for i in range(len(lease))]
+
+
+def _by_lease(slices: tuple[Slice, ...]) -> dict[str, list[Slice]]:
+    groups: dict[str, list[Slice]] = {}
+    for sl in slices:
+        groups.setdefault(sl.lease_id, []).append(sl)
+    return groups
+
+
+def ok(*slices: Slice, wall: float = 0.01, cpu: float = 0.005) -> list[Report]:
+    """Successful reports echoing each slice's datum (one report per lease)."""
+    out = []
+    for group in _by_lease(slices).values():
+        values = [pack(sl.datum) for sl in group]
+        out.append(Report.ok(group[0].lease, [sl.slice_number for sl in group], values, [wall] * len(group),
+                             [cpu] * len(group), [len(v) for v in values]))
+    return out
+
+
+def err(*slices: Slice, code: str = "EUNCAUGHT", **extra: Any) -> list[Report]:
+    """Failed reports, one error dict per slice."""
+    return [Report.failed(group[0].lease, [sl.slice_number for sl in group],
+                          [{"code": code, "message": f"boom {code}", **extra} for _ in group])
+            for group in _by_lease(slices).values()]
+
+
+def back(*slices: Slice) -> list[Lease]:
+    """The leases of these slices, restricted to them (to give back with ``return_slices``)."""
+    return [group[0].lease.part(sl.index for sl in group) for group in _by_lease(slices).values()]
+
+
+def take(s: Scheduler, worker: str = "w1", worktimes: dict | None = None, caps: dict | None = None,
+          max_slices: int = 1000, lease_seconds: float = 30) -> list[Slice]:
+    """One ``lease`` call, as slices."""
+    return split(s.lease(worker, worktimes or ECHO, caps or {}, max_slices, lease_seconds))
 
 
 def drain(s: Scheduler, worker: str = "w1", worktimes: dict | None = None, caps: dict | None = None,
-          **kw: Any) -> list[Lease]:
+          **kw: Any) -> list[Slice]:
     """Lease until nothing is left."""
-    out: list[Lease] = []
+    out: list[Slice] = []
     while True:
-        got = s.lease(worker, worktimes or ECHO, caps or {}, kw.get("max_slices", 1000), kw.get("lease_seconds", 30))
+        got = take(s, worker, worktimes, caps, kw.get("max_slices", 1000), kw.get("lease_seconds", 30))
         if not got:
             return out
         out.extend(got)
@@ -106,14 +165,14 @@ class SchedulerConformance:
     # -- leases and results -------------------------------------------------------------------------
     def test_every_slice_once_with_datums(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 25))
-        first = scheduler.lease("w1", ECHO, {}, 10, 30)
+        first = take(scheduler, "w1", ECHO, {}, 10, 30)
         assert len(first) == 10
         rest = drain(scheduler, "w2")
         leases = first + rest
         assert sorted(lease.slice_number for lease in leases) == list(range(25))
-        assert all(unpack(lease.datum) == lease.slice_number for lease in leases)
+        assert all(lease.datum == lease.slice_number for lease in leases)
         assert all(lease.attempt == 1 for lease in leases)
-        scheduler.complete([ok(lease, wall=0.25, cpu=0.125) for lease in leases])
+        scheduler.report(ok(*leases, wall=0.25, cpu=0.125))
         results = scheduler.results("j1")
         assert sorted(results) == list(range(25))
         r = results[7]
@@ -129,8 +188,8 @@ class SchedulerConformance:
     def test_duplicate_report_recorded_once(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 3))
         leases = drain(scheduler)
-        scheduler.complete([ok(lease) for lease in leases])
-        scheduler.complete([ok(lease) for lease in leases])
+        scheduler.report(ok(*leases))
+        scheduler.report(ok(*leases))
         events = [e for _, e in scheduler.events("j1") if e["type"] == "result"]
         assert sorted(e["sliceNumber"] for e in events) == [0, 1, 2]
         assert scheduler.status("j1")["computed"] == 3
@@ -139,37 +198,37 @@ class SchedulerConformance:
         # A confused worker reporting one slice many times must not make the scheduler think the
         # batch is finished (the other slices would then be lost).
         scheduler.submit(make_job("j1", 4))
-        l0, l1, l2, l3 = scheduler.lease("w1", ECHO, {}, 4, 30)
-        scheduler.complete([ok(l0), ok(l0)])
-        scheduler.complete([ok(l0)])
-        scheduler.fail([err(l1, "ECRASH")])
-        scheduler.fail([err(l1, "ECRASH")])  # already back in the queue: ignored
-        scheduler.complete([ok(l2), ok(l3)])
+        l0, l1, l2, l3 = take(scheduler, "w1", ECHO, {}, 4, 30)
+        scheduler.report(ok(l0, l0))
+        scheduler.report(ok(l0))
+        scheduler.report(err(l1, code="ECRASH"))
+        scheduler.report(err(l1, code="ECRASH"))  # already back in the queue: ignored
+        scheduler.report(ok(l2, l3))
         (again,) = drain(scheduler, "w2")
         assert again.slice_number == 1 and again.attempt == 2
-        scheduler.complete([ok(again)])
+        scheduler.report(ok(again))
         st = scheduler.status("j1")
         assert st["status"] == "complete" and st["computed"] == 4 and st["failed"] == 0
 
     def test_expired_lease_is_handed_out_again_and_late_result_ignored(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 4))
-        old = scheduler.lease("w1", ECHO, {}, 4, lease_seconds=0.2)
-        assert scheduler.lease("w2", ECHO, {}, 4, 30) == []  # held by w1
+        old = take(scheduler, "w1", ECHO, {}, 4, lease_seconds=0.2)
+        assert take(scheduler, "w2", ECHO, {}, 4, 30) == []  # held by w1
         time.sleep(0.8)
         new = drain(scheduler, "w2")
         assert sorted(lease.slice_number for lease in new) == [0, 1, 2, 3]
         assert all(lease.attempt == 2 for lease in new)
         # The old worker wakes up and reports: ignored, whatever it says.
-        scheduler.complete([(lease, SliceReport(lease.slice_number, True, pack("stale"))) for lease in old])
-        scheduler.complete([ok(lease) for lease in new])
+        scheduler.report([Report.ok(sl.lease, [sl.slice_number], [pack("stale")]) for sl in old])
+        scheduler.report(ok(*new))
         results = scheduler.results("j1")
         assert {n: unpack(r.value) for n, r in results.items()} == {0: 0, 1: 1, 2: 2, 3: 3}
         assert scheduler.status("j1")["computed"] == 4
 
     def test_heartbeat_keeps_lease_and_reports_lost_ones(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 2))
-        held = scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.3)
-        lost = scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.2)
+        held = take(scheduler, "w1", ECHO, {}, 1, lease_seconds=0.3)
+        lost = take(scheduler, "w1", ECHO, {}, 1, lease_seconds=0.2)
         deadline = time.time() + 1.2  # well past both initial expiries
         while time.time() < deadline:
             # Each beat extends by 1 s: only a stall of a whole second could lose it.
@@ -183,12 +242,12 @@ class SchedulerConformance:
 
     def test_retryable_failure_is_retried_then_final(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 1, max_attempts=2))
-        (a,) = scheduler.lease("w1", ECHO, {}, 5, 30)
-        scheduler.fail([err(a, "ECRASH")])
-        (b,) = scheduler.lease("w1", ECHO, {}, 5, 30)
+        (a,) = take(scheduler, "w1", ECHO, {}, 5, 30)
+        scheduler.report(err(a, code="ECRASH"))
+        (b,) = take(scheduler, "w1", ECHO, {}, 5, 30)
         assert b.slice_number == 0 and b.attempt == 2
-        scheduler.fail([err(b, "ECRASH")])
-        assert scheduler.lease("w1", ECHO, {}, 5, 30) == []
+        scheduler.report(err(b, code="ECRASH"))
+        assert take(scheduler, "w1", ECHO, {}, 5, 30) == []
         r = scheduler.results("j1")[0]
         assert not r.ok and r.error["code"] == "ECRASH"
         st = scheduler.status("j1")
@@ -197,9 +256,9 @@ class SchedulerConformance:
     def test_work_error_is_final_at_once(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 2))
         leases = drain(scheduler)
-        scheduler.fail([err(leases[0], "EUNCAUGHT", stack="at work (1:1)")])
-        scheduler.complete([ok(leases[1])])
-        assert scheduler.lease("w1", ECHO, {}, 5, 30) == []
+        scheduler.report(err(leases[0], code="EUNCAUGHT", stack="at work (1:1)"))
+        scheduler.report(ok(leases[1]))
+        assert take(scheduler, "w1", ECHO, {}, 5, 30) == []
         errors = [e for _, e in scheduler.events("j1") if e["type"] == "error"]
         assert errors == [{"type": "error", "sliceNumber": 0, "code": "EUNCAUGHT", "message": "boom EUNCAUGHT",
                            "stack": "at work (1:1)"}]
@@ -207,38 +266,38 @@ class SchedulerConformance:
 
     def test_lost_too_often_fails_with_ecrash(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 1, max_attempts=1))
-        scheduler.lease("w1", ECHO, {}, 1, lease_seconds=0.1)
+        take(scheduler, "w1", ECHO, {}, 1, lease_seconds=0.1)
         time.sleep(0.7)
-        assert scheduler.lease("w2", ECHO, {}, 1, 30) == []
+        assert take(scheduler, "w2", ECHO, {}, 1, 30) == []
         r = scheduler.results("j1")[0]
         assert not r.ok and r.error["code"] == "ECRASH" and "max_attempts" in r.error["message"]
 
     def test_returned_slices_come_back_without_using_an_attempt(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 3))
         leases = drain(scheduler)
-        scheduler.complete([ok(leases[0])])
-        scheduler.return_slices(leases[1:])
+        scheduler.report(ok(leases[0]))
+        scheduler.return_slices(back(*leases[1:]))
         again = drain(scheduler, "w2")
         assert sorted(lease.slice_number for lease in again) == [1, 2]
         assert all(lease.attempt == 1 for lease in again)
-        assert all(unpack(lease.datum) == lease.slice_number for lease in again)
-        scheduler.complete([ok(lease) for lease in leases[1:]])  # returned: ignored
-        scheduler.complete([ok(lease) for lease in again])
+        assert all(lease.datum == lease.slice_number for lease in again)
+        scheduler.report(ok(*leases[1:]))  # returned: ignored
+        scheduler.report(ok(*again))
         assert scheduler.status("j1")["status"] == "complete"
 
     def test_concurrent_lessees_never_share_a_slice(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 600))
         got: dict[str, list[int]] = {"a": [], "b": [], "c": []}
 
-        def take(name: str) -> None:
+        def worker(name: str) -> None:
             while True:
-                leases = scheduler.lease(name, ECHO, {}, 7, 30)
+                leases = take(scheduler, name, ECHO, {}, 7, 30)
                 if not leases:
                     return
                 got[name].extend(lease.slice_number for lease in leases)
-                scheduler.complete([ok(lease) for lease in leases])
+                scheduler.report(ok(*leases))
 
-        threads = [threading.Thread(target=take, args=(n,)) for n in got]
+        threads = [threading.Thread(target=worker, args=(n,)) for n in got]
         for t in threads:
             t.start()
         for t in threads:
@@ -251,17 +310,17 @@ class SchedulerConformance:
     def test_higher_payment_leased_first(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("cheap", 3, payment_per_slice=0.1))
         scheduler.submit(make_job("rich", 3, payment_per_slice=5.0))
-        first = scheduler.lease("w1", ECHO, {}, 3, 30)
+        first = take(scheduler, "w1", ECHO, {}, 3, 30)
         assert {lease.job_id for lease in first} == {"rich"}
-        second = scheduler.lease("w1", ECHO, {}, 3, 30)
+        second = take(scheduler, "w1", ECHO, {}, 3, 30)
         assert {lease.job_id for lease in second} == {"cheap"}
 
     def test_a_new_bid_reorders_leasing(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("cheap", 6, payment_per_slice=0.1))
         scheduler.submit(make_job("rich", 6, payment_per_slice=5.0))
-        assert {lease.job_id for lease in scheduler.lease("w1", ECHO, {}, 3, 30)} == {"rich"}
+        assert {lease.job_id for lease in take(scheduler, "w1", ECHO, {}, 3, 30)} == {"rich"}
         scheduler.set_payment("cheap", 9.0)  # exec(newCost) on a deployed job
-        assert {lease.job_id for lease in scheduler.lease("w1", ECHO, {}, 3, 30)} == {"cheap"}
+        assert {lease.job_id for lease in take(scheduler, "w1", ECHO, {}, 3, 30)} == {"cheap"}
         assert scheduler.get_job("cheap").payment_per_slice == 9.0
         with pytest.raises(UnknownJob):
             scheduler.set_payment("nope", 1.0)
@@ -277,11 +336,11 @@ class SchedulerConformance:
         assert {lease.job_id for lease in plain} == {"nogpu"}
         gpu = drain(scheduler, "w2", {"echo": "2.1.0"}, {"machine": {"gpu": True}})
         assert {lease.job_id for lease in gpu} == {"v2", "gpu"}
-        assert scheduler.lease("w3", {"map-basic": "1.0.0"}, {}, 5, 30)[0].job_id == "other"
+        assert take(scheduler, "w3", {"map-basic": "1.0.0"}, {}, 5, 30)[0].job_id == "other"
 
     def test_job_nobody_can_run_is_reported(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 2, requirements={"gpu": True}))
-        assert scheduler.lease("w1", ECHO, {}, 5, 30) == []
+        assert take(scheduler, "w1", ECHO, {}, 5, 30) == []
         reason = scheduler.check_schedulable("j1")
         assert reason and "gpu" in reason
         st = scheduler.status("j1")
@@ -291,7 +350,7 @@ class SchedulerConformance:
         assert scheduler.check_schedulable("j1") == reason
         assert [e["type"] for _, e in scheduler.events("j1")].count("unschedulable") == 1
         # A worker that can run it arrives: the job runs again.
-        leases = scheduler.lease("w2", ECHO, {"gpu": True}, 5, 30)
+        leases = take(scheduler, "w2", ECHO, {"gpu": True}, 5, 30)
         assert len(leases) == 2 and scheduler.status("j1")["status"] == "running"
         assert scheduler.check_schedulable("j1") is None
 
@@ -309,13 +368,13 @@ class SchedulerConformance:
         scheduler.add_slices("s", [(0, pack("a")), (1, pack(b"\x00\x01"))])
         scheduler.add_slices("s", [(1, pack("dup")), (2, pack({"k": [1, 2]}))])
         leases = drain(scheduler)
-        assert {lease.slice_number: unpack(lease.datum) for lease in leases} == {0: "a", 1: b"\x00\x01", 2: {"k": [1, 2]}}
-        scheduler.complete([ok(lease) for lease in leases])
+        assert {lease.slice_number: lease.datum for lease in leases} == {0: "a", 1: b"\x00\x01", 2: {"k": [1, 2]}}
+        scheduler.report(ok(*leases))
         assert scheduler.status("s")["status"] == "running"  # input still open
         scheduler.add_slices("s", [(0, pack("done already")), (3, pack(3.5))])  # slice 0 is not run again
         more = drain(scheduler)
         assert [lease.slice_number for lease in more] == [3]
-        scheduler.complete([ok(lease) for lease in more])
+        scheduler.report(ok(*more))
         scheduler.close_input("s", 4)
         st = scheduler.status("s")
         assert st["status"] == "complete" and st["total"] == 4 and st["distributed"] == 4
@@ -325,11 +384,11 @@ class SchedulerConformance:
         scheduler.submit(make_job("s", stream=True))
         scheduler.add_slices("s", [(0, pack("a")), (1, pack("b")), (5, pack("f"))])
         first = drain(scheduler)
-        assert [(lease.slice_number, unpack(lease.datum)) for lease in first] == [(0, "a"), (1, "b"), (5, "f")]
+        assert [(lease.slice_number, lease.datum) for lease in first] == [(0, "a"), (1, "b"), (5, "f")]
         scheduler.add_slices("s", [(3, pack("d")), (2, pack("c"))])  # below what was already handed out
         late = drain(scheduler, "w2")
-        assert sorted((lease.slice_number, unpack(lease.datum)) for lease in late) == [(2, "c"), (3, "d")]
-        scheduler.complete([ok(lease) for lease in first + late])
+        assert sorted((lease.slice_number, lease.datum) for lease in late) == [(2, "c"), (3, "d")]
+        scheduler.report(ok(*first + late))
         scheduler.close_input("s", 5)
         assert scheduler.status("s")["status"] == "complete"
         assert sorted(scheduler.results("s")) == [0, 1, 2, 3, 5]
@@ -338,20 +397,20 @@ class SchedulerConformance:
         scheduler.submit(make_job("s", stream=True))
         scheduler.add_slices("s", [(0, pack(b"\x00zero")), (1, pack([1]))])
         scheduler.close_input("s", 2)
-        scheduler.lease("w1", ECHO, {}, 2, lease_seconds=0.2)
+        take(scheduler, "w1", ECHO, {}, 2, lease_seconds=0.2)
         time.sleep(0.7)
         again = drain(scheduler, "w2")
-        assert [(lease.slice_number, unpack(lease.datum), lease.attempt) for lease in again] == \
+        assert [(lease.slice_number, lease.datum, lease.attempt) for lease in again] == \
             [(0, b"\x00zero", 2), (1, [1], 2)]
-        scheduler.complete([ok(lease) for lease in again])
+        scheduler.report(ok(*again))
         assert scheduler.status("s")["status"] == "complete"
 
     def test_cancel(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 10))
-        leases = scheduler.lease("w1", ECHO, {}, 3, 30)
+        leases = take(scheduler, "w1", ECHO, {}, 3, 30)
         scheduler.cancel("j1", "enough")
-        assert scheduler.lease("w1", ECHO, {}, 10, 30) == []
-        scheduler.complete([ok(lease) for lease in leases])
+        assert take(scheduler, "w1", ECHO, {}, 10, 30) == []
+        scheduler.report(ok(*leases))
         assert scheduler.results("j1") == {}
         assert scheduler.status("j1")["status"] == "cancelled"
         assert scheduler.heartbeat("w1", [leases[0].lease_id], 30) == [leases[0].lease_id]
@@ -379,7 +438,7 @@ class SchedulerConformance:
         assert scheduler.events("j1", got[-1][0], wait=0.1) == []
 
     def test_workers_are_listed(self, scheduler: Scheduler) -> None:
-        scheduler.lease("w-listed", ECHO, {"x": True}, 1, 30)
+        take(scheduler, "w-listed", ECHO, {"x": True}, 1, 30)
         ws = {w.id: w for w in scheduler.workers()}
         assert ws["w-listed"].worktimes == ECHO and ws["w-listed"].capabilities == {"x": True}
         scheduler.leave("w-listed")
@@ -388,12 +447,12 @@ class SchedulerConformance:
     def test_delete_job(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("gone", 3))
         scheduler.submit(make_job("kept", 3))
-        leases = scheduler.lease("w1", ECHO, {}, 2, 30)
+        leases = take(scheduler, "w1", ECHO, {}, 2, 30)
         scheduler.delete_job("gone")
         with pytest.raises(UnknownJob):
             scheduler.status("gone")
         assert [j.id for j in scheduler.list_jobs()] == ["kept"]
-        scheduler.complete([ok(lease) for lease in leases if lease.job_id == "gone"])  # ignored, no crash
+        scheduler.report(ok(*[sl for sl in leases if sl.job_id == "gone"]))  # ignored, no crash
         assert scheduler.status("kept")["total"] == 3
 
     # -- durability ---------------------------------------------------------------------------------
@@ -401,15 +460,15 @@ class SchedulerConformance:
         if reopen is None:
             pytest.skip("backend is not durable")
         scheduler.submit(make_job("j1", 4))
-        leases = scheduler.lease("w1", ECHO, {}, 2, 30)
-        scheduler.complete([ok(leases[0])])
+        leases = take(scheduler, "w1", ECHO, {}, 2, 30)
+        scheduler.report(ok(leases[0]))
         other = reopen()
         try:
             assert set(other.results("j1")) == {0}
             rest = drain(other, "w2")
             assert sorted(lease.slice_number for lease in rest) == [2, 3]  # slice 1 is still leased
-            other.complete([ok(lease) for lease in rest])
-            scheduler.complete([ok(leases[1])])
+            other.report(ok(*rest))
+            scheduler.report(ok(leases[1]))
             assert other.status("j1")["status"] == "complete"
             assert sorted(other.results("j1")) == [0, 1, 2, 3]
         finally:

@@ -11,6 +11,31 @@ no digit limit, so a 10**5000 crosses as easily as 2**70)::
     [1267650600228229401496703205376, b'\\x00\\xff', {'a': None}]
 
 Anything else raises ``UnserializableValue`` naming the type and where it sits in the value.
+
+One codec per boundary; this is every hop a datum and its result make, and why:
+
+=================================  =======================================================  ==============================
+hop                                codec                                                    why
+=================================  =======================================================  ==============================
+deployer → store (stream inputs)   ``pack`` per datum (msgpack)                             the store keeps bytes any
+                                                                                            worker decodes
+store → worker (a lease)           values: a range/distribution is computed from its        no per-slice rows for
+                                   description; a stream datum is ``unpack``-ed once        described inputs
+worker → evaluator (a run frame)   one ``pack`` of the run's datums as an array             one C-level call per run
+evaluator → worktime               values (``unpack`` of the array), or each datum's        a worktime that hands the datum
+                                   msgpack bytes for ``Worktime.packed_datums``             on packed skips decode+encode
+worktime → evaluator               a value; ``pack`` per result                             the output limit is per slice
+evaluator → worker → store         the per-slice result bytes as sent, in columns           stored without decoding
+                                   (``Report``, one msgpack row per batch)
+store → deployer                   a batch's columns; its results ``unpack_all``-ed in one  a million results: a few
+                                   call into the result handle                              hundred calls, not a million
+map-basic engine ↔ QuickJS/V8      tagged JSON text (``worktimes/map_basic/marshal.py``)    what the engines parse fast;
+                                                                                            BigInt and bytes tagged
+python guest ↔ host                msgpack (``worktimes/python/guest/_dcp_codec.py``,       byte-compatible with this module
+                                   a pure-Python codec inside the sandbox)
+wasi guest ↔ host                  JSON, msgpack or raw bytes on stdin/stdout               the module's ``content_type``
+                                   (``worktimes/wasi/abi.py``)                              option: any toolchain can read it
+=================================  =======================================================  ==============================
 """
 
 from __future__ import annotations
@@ -61,6 +86,19 @@ def unpack(data: bytes, unicode_errors: str = "strict") -> Any:
     """The value ``pack`` encoded (``unicode_errors="replace"`` for text that may be broken)."""
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True,
                            unicode_errors=unicode_errors)
+
+
+def unpack_all(packed: list[bytes]) -> list[Any]:
+    """The values of many packed items, decoded in one call (they are joined into one msgpack
+    array): a batch of a million results costs one C-level decode, not a million calls.
+
+    >>> unpack_all([pack(1), pack("two"), pack([3])])
+    [1, 'two', [3]]
+    """
+    n = len(packed)
+    header = (bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536
+              else b"\xdd" + n.to_bytes(4, "big"))
+    return unpack(header + b"".join(packed))
 
 
 def packer() -> msgpack.Packer:

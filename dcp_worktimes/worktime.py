@@ -7,7 +7,9 @@ advertised to the scheduler, the set of limits its engine enforces by itself, an
 2. ``prepare(job)`` runs **once per job**: compile the work, load the job's modules. Raise
    ``WorkError`` if the work is unusable, so the job fails once instead of every slice failing;
 3. ``execute(ctx, datum)`` runs **once per slice**, one at a time, and returns the result
-   (a value of the lossless set in ``dcp_worktimes.values``) or raises ``SliceError``;
+   (a value of the lossless set in ``dcp_worktimes.values``) or raises ``SliceError``; an engine
+   that can run many slices per call (one call into JavaScript looping over a block of datums)
+   may also implement ``execute_block(block)``, the fast path for small slices (see ``Block``);
 4. ``release()`` when the evaluator retires or moves to another job.
 
 Around that life cycle, class-level hooks let a worktime take part everywhere else, so neither the
@@ -266,6 +268,66 @@ class SliceContext:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
 
+class Block(ABC):
+    """The slices of one run, for engines that execute many per call (``Worktime.execute_block``).
+
+    ``datums[i]`` is slice ``numbers[i]``'s datum. The engine runs pending slices (``pending()``,
+    in order) and settles each with ``done(i, value)`` or ``failed(i, error)``; the host packs and
+    checks each result (output limit, serialisability) and sends it on, exactly as for
+    ``execute``. Per-slice semantics stay the engine's to keep: each slice is under its own wall
+    time, CPU time and no-progress limits (``limits``), its events go to ``context(i)``, a limit
+    hit fails only that slice (``failed(i, exceeded(...))``) and the others carry on.
+
+    An engine should return within about ``budget`` seconds (running as many slices as fit) so
+    the host can refresh its watchdog; the host calls ``execute_block`` again while slices are
+    pending. Example (what map-basic does, minus the JavaScript)::
+
+        def execute_block(self, block):
+            started = time.monotonic()
+            for i in block.pending():
+                try:
+                    block.done(i, self.run_one(block.context(i), block.datums[i]))
+                except SliceError as e:
+                    block.failed(i, e)
+                if time.monotonic() - started > block.budget:
+                    return
+    """
+
+    numbers: list[int]
+    datums: list[Any]
+    limits: Limits
+    job: JobSpec
+    #: Seconds an ``execute_block`` call should run at most before returning (slices left pending
+    #: are run by the next call).
+    budget: float = 0.02
+
+    @abstractmethod
+    def pending(self) -> list[int]:
+        """Indexes of the slices not settled yet, in order."""
+
+    @abstractmethod
+    def context(self, i: int) -> "SliceContext":
+        """Slice ``i``'s context (progress, console, emit, cancel), made on first use."""
+
+    @abstractmethod
+    def done(self, i: int, value: Any) -> None:
+        """Slice ``i`` returned ``value``."""
+
+    def done_many(self, indexes: list[int], values: list[Any]) -> None:
+        """Slices ``indexes`` returned ``values`` (an engine that computed a run of them at once)."""
+        for i, value in zip(indexes, values):
+            self.done(i, value)
+
+    @abstractmethod
+    def failed(self, i: int, error: BaseException) -> None:
+        """Slice ``i`` failed (a ``SliceError`` with its code; any other exception is ``EUNCAUGHT``)."""
+
+    @property
+    @abstractmethod
+    def cancelled(self) -> bool:
+        """True once the host asked the run to stop: settle nothing more, return."""
+
+
 #: Job options the host itself sets, accepted by every worktime.
 HOST_OPTIONS = frozenset({"spread_datum"})
 
@@ -346,6 +408,9 @@ class Worktime(ABC):
     #: ``dcp-worker --NAME VALUE`` flag (``{"ollama-host": "Ollama server URL"}`` gives
     #: ``--ollama-host``); a name several worktimes declare is one flag that reaches them all.
     settings: ClassVar[Mapping[str, str]] = {}
+    #: ``True``: ``execute`` receives each datum as its msgpack bytes (``dcp_worktimes.values``)
+    #: instead of the decoded value, for engines that hand it on packed (no decode + re-encode).
+    packed_datums: ClassVar[bool] = False
     #: The version range a job that names none asks for (DCP: map-basic jobs get ``^1.0.0``).
     default_range: ClassVar[str | None] = None
     #: Kinds of deployer work that default to this worktime when the job names none: file
@@ -464,6 +529,13 @@ class Worktime(ABC):
     @abstractmethod
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
         """Run one slice and return its result, or raise ``SliceError`` with a specific code."""
+
+    def execute_block(self, block: Block) -> None:
+        """Optional fast path: run pending slices of ``block`` in one call (see ``Block``).
+
+        Worktimes that do not override it get ``execute`` per slice.
+        """
+        raise NotImplementedError
 
     def release(self) -> None:
         """The evaluator is done with the current job (or retiring): free per-job resources."""

@@ -13,7 +13,7 @@ WASI_PROGRAMS = Path(__file__).resolve().parent / "wasi_programs"
 
 @pytest.fixture(scope="session")
 def cc(tmp_path_factory):
-    """``cc(path)`` → WebAssembly bytes of a C file, compiled with clang + wasi-libc (cached per run)."""
+    """``cc(path)`` → WebAssembly bytes of a C file, compiled for wasm32-wasi (Zig from pip, or clang; cached per run)."""
     from dcp_worktimes.worktimes.wasi.toolchain import ToolchainMissing, compile_c
 
     cache = tmp_path_factory.getbasetemp() / "wasi-cc"

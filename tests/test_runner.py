@@ -105,12 +105,12 @@ def test_cancel_stops_running_and_queued_slices(pool):
     results = []
     done = threading.Event()
 
-    def collect(o):
-        results.append(o)
+    def collect(outcome):
+        results.extend(outcome.slices())
         if len(results) == 10:
             done.set()
 
-    pool.submit(j, [(i, i) for i in range(10)], collect)
+    pool.submit(j, list(range(10)), list(range(10)), collect)
     time.sleep(0.5)
     pool.cancel(j.id)
     assert done.wait(10), f"only {len(results)} outcomes after cancel"
@@ -119,7 +119,7 @@ def test_cancel_stops_running_and_queued_slices(pool):
 
 def test_unknown_worktime_fails_at_submit(pool):
     with pytest.raises(WorktimeNotFound):
-        pool.submit(JobSpec(id="x", worktime="no-such"), [(0, 0)], lambda o: None)
+        pool.submit(JobSpec(id="x", worktime="no-such"), [0], [0], lambda o: None)
 
 
 def test_bad_cores():
@@ -179,7 +179,7 @@ def test_close_with_running_and_queued_slices_is_prompt_and_complete():
     before = _evaluator_pids()
     outs = []
     p = EvaluatorPool(cores=1)
-    p.submit(job({"spin": -1}), [(i, i) for i in range(20)], outs.append)
+    p.submit(job({"spin": -1}), list(range(20)), list(range(20)), lambda o: outs.extend(o.slices()))
     time.sleep(1.0)
     t = time.monotonic()
     p.close()
@@ -193,7 +193,7 @@ def test_cancel_kills_a_slice_that_ignores_it(pool, probe):
     spin = "def work(x):\n    while True:\n        pass\n"
     j = JobSpec(id="ignores-cancel", worktime=probe, work=spin)
     got = []
-    pool.submit(j, [(0, 0)], got.append)
+    pool.submit(j, [0], [0], lambda o: got.extend(o.slices()))
     time.sleep(1.0)
     t = time.monotonic()
     pool.cancel(j.id)
@@ -275,12 +275,14 @@ def test_heartbeat_never_yields_a_torn_record():
     from dcp_worktimes.runner.heartbeat import Heartbeat
 
     hb = Heartbeat()
-    assert hb.read() == (-1, 0.0, 0.0, 0.0)
+    assert hb.read() == (-1, 0.0, 0.0, 0.0, 0)
     hb.start(3, 100.0, 1.5)
-    assert hb.read() == (3, 100.0, 100.0, 1.5)
+    assert hb.read() == (3, 100.0, 100.0, 1.5, 1)
+    hb.start(5, 101.0, 2.0, span=40)  # a block engine on slices 5..44
+    assert hb.read() == (5, 101.0, 101.0, 2.0, 40)
     struct.pack_into("<Q", hb._map, 0, 7)  # a writer descheduled mid-write: odd sequence number
     assert hb.read() is None
-    assert hb.last_words()[0] == 3
+    assert hb.last_words()[0] == 5
     hb.close()
 
 

@@ -39,7 +39,7 @@ RESUMER = textwrap.dedent("""
     real_lease = SqliteScheduler.lease
     def lease(self, *args, **kwargs):
         out = real_lease(self, *args, **kwargs)
-        leased.extend(l.slice_number for l in out)
+        leased.extend(n for block in out for n in block.numbers)
         return out
     SqliteScheduler.lease = lease
 

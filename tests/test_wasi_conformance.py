@@ -55,7 +55,7 @@ class TestWasiWat(WasiBase):
 
 
 class TestWasiC(WasiBase):
-    """The hostile corpus written in C (wasi-libc), compiled with clang."""
+    """The hostile corpus written in C (wasi-libc), compiled for wasm32-wasi."""
 
     @pytest.fixture
     def hostile_works(self, cc):

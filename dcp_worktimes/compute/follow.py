@@ -6,8 +6,9 @@ how the job ended (``Outcome``).
     follower = Follower(job, scheduler)
     outcome = follower.run(timeout=None, remote=False)     # Outcome.COMPLETE, ... ; follower.reason says why
 
-Events are dispatched on the calling thread, in the order of the job's log. ``result`` events are
-decoded only when someone listens for them.
+Events are dispatched on the calling thread, in the order of the job's log. ``result`` and
+``error`` events are read from the store only when someone listens for them (the results
+themselves are collected as blocks when the job ends: ``results.collect``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Follower:
             return Outcome.of_status(st["status"])
         quiet_since = time.monotonic()
         while True:
-            events = sched.events(job.id, job._events_after, wait=0.25)
+            per_slice = bool(job.listener_count("result") or job.listener_count("error"))
+            events = sched.events(job.id, job._events_after, wait=0.25, results=per_slice)
             for seq, ev in events:
                 job._events_after = seq
                 ended = self.dispatch(ev)
@@ -123,6 +125,8 @@ class Follower:
             return Outcome.COMPLETE
         if kind == "cancel":
             self.reason = str(payload.get("reason", ""))
+            if payload.get("code") == ErrorCode.EBADWORK.value:  # the scheduler stopped unusable work
+                return Outcome.BADWORK
             return Outcome.CANCELLED
         if kind == "unschedulable":
             self.reason = str(payload.get("reason", ""))
@@ -132,7 +136,12 @@ class Follower:
         return None
 
     def bad_work_message(self) -> str:
-        ev = self.bad_work or {}
-        msg = str(ev.get("message", "")).strip() or "no message"
-        return (f"job {self.job.id}: the work cannot be used (slice {ev.get('sliceNumber')} failed with EBADWORK, so "
-                f"every slice would): {msg}\nThe job was stopped; fix the work and deploy it again")
+        ev = self.bad_work
+        if ev is None:  # known from the scheduler's cancel: its reason carries the engine's message
+            msg = self.reason.removeprefix("the work is unusable (EBADWORK): ").strip() or "no message"
+            where = "a slice failed with EBADWORK"
+        else:
+            msg = str(ev.get("message", "")).strip() or "no message"
+            where = f"slice {ev.get('sliceNumber')} failed with EBADWORK"
+        return (f"job {self.job.id}: the work cannot be used ({where}, so every slice would): {msg}\n"
+                "The job was stopped; fix the work and deploy it again")

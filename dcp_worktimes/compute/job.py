@@ -356,15 +356,15 @@ class Job(EventEmitter):
         return results
 
     def _results(self, sched: Any) -> ResultHandle:
-        reports = sched.results(self.id)
         total = self._total()
         if total is None:
-            total = sched.status(self.id).get("total") or (max(reports) + 1 if reports else 0)
-        self._slice_count = total
+            total = sched.status(self.id).get("total")
         inputs: Any = self.input_set
         if isinstance(inputs, StreamInput) and inputs._source is None:
             inputs = None  # a resumed stream: the datums are not known here
-        return collect(reports, total, inputs, self.id)
+        results = collect(sched.result_batches(self.id), total, inputs, self.id)
+        self._slice_count = len(results) if total is None else total
+        return results
 
     async def exec_async(self, *args: Any, **kwargs: Any) -> ResultHandle:
         """``await job.exec_async(...)``: ``exec`` in the loop's default executor (same arguments)."""

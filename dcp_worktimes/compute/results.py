@@ -19,7 +19,7 @@ was run with ``errors="return"``; ``results.failures`` lists them either way.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..errors import DcpError, ErrorCode
 from ..inputs.ranges import js_number_string
@@ -203,25 +203,39 @@ class JobFailed(DcpError):
         )
 
 
-def collect(reports: Mapping[int, Any], total: int, inputs: Any, job_id: str | None) -> ResultHandle:
-    """The result handle of a job from its stored reports (``Scheduler.results``): results in
-    slice order, each failed slice's ``SliceFailed`` in its place and in ``failures``."""
-    from ..inputs import MultiRange
-    from ..values import unpack
+def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str | None) -> ResultHandle:
+    """The result handle of a job from its stored result batches (``Scheduler.result_batches``):
+    results in slice order, each failed slice's ``SliceFailed`` in its place and in ``failures``.
 
-    values: list[Any] = [None] * total
+    Batches are decoded one at a time into the handle's list, so a job's results are never held
+    twice (packed and decoded) in full. ``total=None`` (a stream stopped before its length was
+    known): as many slots as the highest slice number that has a result.
+    """
+    from ..inputs import MultiRange
+    from ..values import unpack, unpack_all
+
+    values: list[Any] = [None] * (total or 0)
     failures: list[SliceFailed] = []
-    for n, rep in reports.items():
-        if n >= total:
+    for batch in batches:
+        numbers = batch.numbers
+        if all(batch.oks) and numbers and numbers[-1] - numbers[0] == len(numbers) - 1 and \
+                0 <= numbers[0] and numbers[-1] < len(values) and numbers == list(range(numbers[0], numbers[-1] + 1)):
+            # A contiguous run of successes (the usual batch): one C-level decode for all of it.
+            values[numbers[0]:numbers[-1] + 1] = unpack_all(batch.values)
             continue
-        if rep.ok:
-            values[n] = unpack(rep.value) if rep.value is not None else None
-        else:
-            err = rep.error or {}
-            f = SliceFailed(n, str(err.get("code", "EUNCAUGHT")), str(err.get("message", "")), err.get("stack"),
-                            err.get("name"))
-            values[n] = f
-            failures.append(f)
+        for n, ok, value, err in zip(numbers, batch.oks, batch.values, batch.errors):
+            if n >= len(values):
+                if total is not None:
+                    continue
+                values.extend([None] * (n + 1 - len(values)))
+            if ok:
+                values[n] = unpack(value) if value is not None else None
+            else:
+                err = err or {}
+                f = SliceFailed(n, str(err.get("code", "EUNCAUGHT")), str(err.get("message", "")), err.get("stack"),
+                                err.get("name"))
+                values[n] = f
+                failures.append(f)
     failures.sort(key=lambda f: f.slice_number)
     if isinstance(inputs, MultiRange):
         return nest(values, inputs.shape, inputs.ranges, failures, job_id)

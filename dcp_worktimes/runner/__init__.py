@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["EvaluatorPool", "SliceOutcome", "run_slice"]
+__all__ = ["EvaluatorPool", "Outcome", "SliceOutcome", "run_slice"]
 
 if TYPE_CHECKING:
-    from .pool import EvaluatorPool, SliceOutcome, run_slice
+    from .pool import EvaluatorPool, Outcome, SliceOutcome, run_slice
 
 
 def __getattr__(name: str) -> Any:

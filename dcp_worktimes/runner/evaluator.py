@@ -2,17 +2,22 @@
 
 It isolates itself, instantiates one worktime, then serves msgpack frames on stdin/stdout:
 
-======================================  =====================================================
-supervisor → evaluator                  evaluator → supervisor
-======================================  =====================================================
-``{op: prepare, job, config}``          ``{t: prepared, rss}`` / ``{t: prepare_error, error}``
-``{op: run, items: [[n, datum], ...]}`` per slice ``{t: ok, i, v, wall, cpu}`` or ``{t: err, i, e, ...}``,
-                                        events ``{t: ev, i, k, p}``, then ``{t: done}``
-``{op: cancel}``                        (remaining slices of the batch answer ``ECANCELLED``)
-======================================  =====================================================
+=================================================  ==========================================================
+supervisor → evaluator                             evaluator → supervisor
+=================================================  ==========================================================
+(start)                                            ``{t: ready, isolation, pid}``, or ``{t: fatal, error}``
+``{op: prepare, job, config}``                     ``{t: prepared, rss}`` / ``{t: prepare_error, error}``
+``{op: run, n: [numbers], d: <packed datums>}``    results ``{t: rs, i: [index], v: [bytes], w: [wall], c: [cpu]}``,
+                                                   failures ``{t: err, i, e, wall, cpu}``, events
+                                                   ``{t: ev, i, k, p}`` (``i``: index in the run), then ``{t: done}``
+``{op: cancel}``                                   (slices not started answer ``ECANCELLED``)
+``{op: exit}``                                     (the evaluator releases its worktime and exits)
+=================================================  ==========================================================
 
-Datums and results cross as msgpack bytes (``dcp_worktimes.values``), so the host can store them
-without decoding. File descriptor 1 is re-pointed at stderr before any work runs: a guest that
+A run's datums arrive as one packed array (``d``, one C-level decode for the whole block; a
+worktime with ``packed_datums = True`` gets each datum's raw bytes instead). Each result leaves
+packed on its own (its output limit is per slice), and results are sent together in ``rs``
+frames, so the host stores them without decoding. File descriptor 1 is re-pointed at stderr before any work runs: a guest that
 writes to stdout at C level cannot corrupt the frame stream.
 """
 
@@ -31,7 +36,7 @@ from typing import Any, Callable
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
 from ..values import UnserializableValue, pack, packer, unpack, unpacker
-from ..worktime import JobSpec, SliceContext, Worktime
+from ..worktime import Block, JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
 
@@ -44,7 +49,8 @@ class FrameWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = bytearray()
-        self.results: list[list] = []  # finished slices, sent together as one "rs" frame
+        # Finished slices, sent together as one "rs" frame of columns.
+        self.results: tuple[list[int], list[bytes], list[float], list[float]] = ([], [], [], [])
         self.first = 0.0
         self.pending_bytes = 0
         self.lock = threading.Lock()
@@ -58,20 +64,39 @@ class FrameWriter:
             self.buf += data
             self._flush()
 
-    def result(self, item: list, size: int) -> None:
-        """Queue a finished slice ``[index, value_bytes, wall, cpu]``; written within FLUSH_AFTER."""
+    def result(self, index: int, value: bytes, wall: float, cpu: float) -> None:
+        """Queue a finished slice; written within FLUSH_AFTER."""
         with self.lock:
-            if not self.results:
+            indexes, values, walls, cpus = self.results
+            if not indexes:
                 self.first = time.monotonic()
-            self.results.append(item)
-            self.pending_bytes += size
+            indexes.append(index)
+            values.append(value)
+            walls.append(wall)
+            cpus.append(cpu)
+            self.pending_bytes += len(value)
             if self.pending_bytes > 65536:
+                self._pack_results()
+                self._flush()
+
+    def results_many(self, indexes: list[int], values: list[bytes], walls: list[float], cpus: list[float]) -> None:
+        """Queue many finished slices at once (a block engine's call)."""
+        with self.lock:
+            cols = self.results
+            if not cols[0]:
+                self.first = time.monotonic()
+            cols[0].extend(indexes)
+            cols[1].extend(values)
+            cols[2].extend(walls)
+            cols[3].extend(cpus)
+            self.pending_bytes += sum(map(len, values))
+            if self.pending_bytes > 65536 or len(cols[0]) >= 4096:
                 self._pack_results()
                 self._flush()
 
     def flush_if_stale(self) -> None:
         with self.lock:
-            if self.results and time.monotonic() - self.first > FLUSH_AFTER:
+            if self.results[0] and time.monotonic() - self.first > FLUSH_AFTER:
                 self._pack_results()
                 self._flush()
 
@@ -86,9 +111,10 @@ class FrameWriter:
 
     def _pack_results(self) -> None:
         # Results go before whatever frame follows, so the supervisor sees slices finish in order.
-        if self.results:
-            self.buf += self.packer.pack({"t": "rs", "r": self.results})
-            self.results = []
+        if self.results[0]:
+            indexes, values, walls, cpus = self.results
+            self.buf += self.packer.pack({"t": "rs", "i": indexes, "v": values, "w": walls, "c": cpus})
+            self.results = ([], [], [], [])
             self.pending_bytes = 0
 
     def flush(self) -> None:
@@ -189,6 +215,11 @@ class Evaluator:
         self._beat = lambda: hb.progressed(time.monotonic())  # one closure for every slice
         self._events = _SliceEvents(out, -1, None)
         out.tick = self._events.flush_stale
+        cls = type(worktime)
+        #: The engine runs many slices per call (``Worktime.execute_block``).
+        self.block_engine = cls.execute_block is not Worktime.execute_block
+        #: The worktime takes each datum's msgpack bytes, not the decoded value.
+        self.packed_datums = cls.packed_datums
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
@@ -225,7 +256,7 @@ class Evaluator:
                 self.prepare(msg["job"], msg.get("config") or {})
             elif op == "run":
                 self.cancel.clear()
-                self.run(msg["items"])
+                self.run(msg["n"], msg["d"])
                 self.out.send({"t": "done"})
 
     def prepare(self, job_dict: dict, config: dict) -> None:
@@ -253,27 +284,38 @@ class Evaluator:
             return
         self.out.send({"t": "prepared", "rss": _rss()})
 
-    def run(self, items: list) -> None:
+    def run(self, numbers: list[int], packed: bytes) -> None:
         job = self.job
         assert job is not None, "run before prepare"
-        limits = job.limits
-        for index, (number, datum_bytes) in enumerate(items):
-            if self.cancel.is_set():
-                self.out.send({"t": "err", "i": index, "e": {"code": "ECANCELLED", "message": "cancelled"}})
-                continue
-            self.one(index, number, datum_bytes, limits)
+        datums = split_packed(packed) if self.packed_datums else unpack(packed)
+        if self.block_engine:
+            RunBlock(self, numbers, datums, job).execute()
+        else:
+            limits = job.limits
+            for index, number in enumerate(numbers):
+                if self.cancel.is_set():
+                    self.out.send({"t": "err", "i": index, "e": {"code": "ECANCELLED", "message": "cancelled"}})
+                    continue
+                self.one(index, number, datums[index], limits)
         self.hb.idle()
 
-    def one(self, index: int, number: int, datum_bytes: bytes, limits: Limits) -> None:
+    def one(self, index: int, number: int, datum: Any, limits: Limits) -> None:
+        """Run one slice with ``execute`` (worktimes without a block fast path)."""
         events = self._events.reset(self.out, index, limits.output)
-        hb = self.hb
         now = time.monotonic()
         cpu0 = time.process_time()
-        hb.start(index, now, cpu0)
+        self.hb.start(index, now, cpu0)
         ctx = SliceContext(number, limits, self.job, sink=events, heartbeat=self._beat, cancel_event=self.cancel)
-        frame: dict
         try:
-            result = self.worktime.execute(ctx, unpack(datum_bytes))
+            result = self.worktime.execute(ctx, datum)
+        except Exception as e:  # every failure of the work becomes the slice's error
+            self.settle_error(index, e, events, time.monotonic() - now, time.process_time() - cpu0)
+            return
+        self.settle(index, result, events, limits, time.monotonic() - now, time.process_time() - cpu0)
+
+    def settle(self, index: int, result: Any, events: "_SliceEvents", limits: Limits, wall: float, cpu: float) -> None:
+        """Slice ``index`` returned ``result``: pack and check it, then queue it for the supervisor."""
+        try:
             if self.cancel.is_set():  # whatever a cancelled slice returns is not its result
                 raise SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
             value = self.pack(result)
@@ -283,23 +325,192 @@ class Evaluator:
                 events.flush_console()  # first: the last line counts against the limit too
             if events.over:
                 raise exceeded("output", limits.output, used=events.sent, what="console/emit traffic")
-            self.out.result([index, value, time.monotonic() - now, time.process_time() - cpu0], len(value))
+        except BaseException as e:  # noqa: BLE001
+            self.settle_error(index, e, events, wall, cpu)
             return
-        except SliceError as e:
+        self.out.result(index, value, wall, cpu)
+
+    def settle_error(self, index: int, e: BaseException, events: "_SliceEvents", wall: float, cpu: float) -> None:
+        """Slice ``index`` failed with ``e``: send its error with the most specific code."""
+        frame: dict
+        if isinstance(e, SliceError):
             frame = {"t": "err", "i": index, "e": e.to_dict()}
-        except UnserializableValue as e:
+        elif isinstance(e, UnserializableValue):
             frame = {"t": "err", "i": index, "e": {"code": "EUNSERIALIZABLE", "message": str(e)}}
-        except MemoryError:
-            frame = {"t": "err", "i": index, "e": exceeded("memory", limits.memory, what="memory in the worktime").to_dict()}
-        except RecursionError as e:
+        elif isinstance(e, MemoryError):
+            limit = self.job.limits.memory if self.job is not None else None
+            frame = {"t": "err", "i": index, "e": exceeded("memory", limit, what="memory in the worktime").to_dict()}
+        elif isinstance(e, RecursionError):
             frame = {"t": "err", "i": index, "e": {"code": "EUNCAUGHT", "message": f"RecursionError: {e}"}}
-        except Exception as e:
+        else:
             frame = {"t": "err", "i": index, "e": {
                 "code": "EUNCAUGHT", "message": f"{type(e).__name__}: {e}", "stack": traceback.format_exc()}}
         events.flush_console()
-        frame["wall"] = time.monotonic() - now
-        frame["cpu"] = time.process_time() - cpu0
+        frame["wall"] = wall
+        frame["cpu"] = cpu
         self.out.send(frame)
+
+
+class RunBlock(Block):
+    """One run frame executed by an engine's ``execute_block`` (see ``worktime.Block``).
+
+    Results settled during a call are sent when the call returns, with the call's CPU time shared
+    among them by wall time: one process-CPU reading per call, not per slice.
+    """
+
+    def __init__(self, ev: Evaluator, numbers: list[int], datums: list[Any], job: JobSpec) -> None:
+        self.ev = ev
+        self.numbers = numbers
+        self.datums = datums
+        self.job = job
+        self.limits = job.limits
+        self._pending = list(range(len(numbers)))
+        self._pending_set = set(self._pending)
+        self._settled: set[int] = set()
+        self._events: dict[int, _SliceEvents] = {}
+        self._call: list[tuple] = []  # (index, result or error, is_error, wall, events) of this call
+        self._mark = 0.0
+
+    @property
+    def cancelled(self) -> bool:
+        return self.ev.cancel.is_set()
+
+    def pending(self) -> list[int]:
+        if self._settled:
+            self._pending = [i for i in self._pending if i not in self._settled]
+            self._pending_set -= self._settled
+            self._settled = set()
+        return list(self._pending)
+
+    def context(self, i: int) -> SliceContext:
+        events = self._events.get(i)
+        if events is None:
+            events = self._events[i] = _SliceEvents(self.ev.out, i, self.limits.output)
+            self.ev.out.tick = events.flush_stale
+        return SliceContext(self.numbers[i], self.limits, self.job, sink=events, heartbeat=self.ev._beat,
+                            cancel_event=self.ev.cancel)
+
+    def done(self, i: int, value: Any) -> None:
+        self._record(i, value, False)
+
+    def done_many(self, indexes: list[int], values: list[Any]) -> None:
+        if not indexes:
+            return
+        fresh = set(indexes)
+        if len(fresh) != len(indexes) or not fresh.isdisjoint(self._settled) or not fresh.issubset(self._pending_set):
+            return super().done_many(indexes, values)  # duplicates or settled ones: one by one
+        now = time.monotonic()
+        wall = (now - self._mark) / len(indexes)
+        self._mark = now
+        self._call.extend((i, v, False, wall) for i, v in zip(indexes, values))
+        self._settled.update(fresh)
+
+    def failed(self, i: int, error: BaseException) -> None:
+        self._record(i, error, True)
+
+    def _record(self, i: int, outcome: Any, is_error: bool) -> None:
+        if i in self._settled or i not in self._pending_set:
+            return  # settled already: the first outcome stands
+        now = time.monotonic()
+        self._call.append((i, outcome, is_error, now - self._mark))
+        self._mark = now
+        self._settled.add(i)
+
+    def execute(self) -> None:
+        ev = self.ev
+        while True:
+            pending = self.pending()
+            if not pending:
+                return
+            if self.cancelled:
+                for i in pending:
+                    ev.out.send({"t": "err", "i": i, "e": {"code": "ECANCELLED", "message": "cancelled"}})
+                return
+            now = time.monotonic()
+            cpu0 = time.process_time()
+            self._mark = now
+            ev.hb.start(pending[0], now, cpu0, span=len(pending))
+            try:
+                ev.worktime.execute_block(self)
+            except BaseException as e:  # noqa: BLE001 - the engine failed as a whole: the slice it was on
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                left = [i for i in pending if i not in self._settled and not any(c[0] == i for c in self._call)]
+                if left:
+                    self._record(left[0], e, True)
+            made_progress = bool(self._call)
+            self._send(time.process_time() - cpu0)
+            if not made_progress:
+                raise RuntimeError(f"{type(ev.worktime).__name__}.execute_block returned without settling a slice")
+
+    def _send(self, cpu: float) -> None:
+        calls, self._call = self._call, []
+        wall_total = sum(c[3] for c in calls) or 1.0
+        ev, limits = self.ev, self.limits
+        if not self._events and not ev.cancel.is_set():
+            # The usual case (no slice logged anything): pack every result in one go.
+            out = self._pack_quiet(calls, cpu / wall_total)
+            if out is not None:
+                ev.out.results_many(*out)
+                return
+        for i, outcome, is_error, wall in calls:
+            share = cpu * wall / wall_total
+            events = self._events.pop(i, None) or _QUIET
+            if is_error:
+                ev.settle_error(i, outcome, events, wall, share)
+            else:
+                ev.settle(i, outcome, events, limits, wall, share)
+
+    def _pack_quiet(self, calls: list[tuple], cpu_per_wall: float) -> tuple[list, list, list, list] | None:
+        """Indexes, packed values, walls and CPU times of ``calls``, or ``None`` if any of them
+        needs the slow path (an error, a result that cannot be packed or is over the limit)."""
+        pack_value = self.ev.pack
+        limit = self.limits.output
+        indexes, values, walls = [], [], []
+        try:
+            for i, outcome, is_error, wall in calls:
+                if is_error:
+                    return None
+                v = pack_value(outcome)
+                if limit is not None and len(v) > limit:
+                    return None
+                indexes.append(i)
+                values.append(v)
+                walls.append(wall)
+        except Exception:  # noqa: BLE001 - the slow path says which slice and why
+            return None
+        return indexes, values, walls, [w * cpu_per_wall for w in walls]
+
+
+class _Quiet:
+    """The events of a slice that logged nothing."""
+
+    pending = None
+    over = False
+    sent = 0
+
+    def flush_console(self) -> None:
+        pass
+
+
+_QUIET: Any = _Quiet()
+
+
+def split_packed(packed: bytes) -> list[bytes]:
+    """The raw msgpack bytes of each item of a packed array, without decoding any of them."""
+    import msgpack
+
+    u = msgpack.Unpacker(max_buffer_size=max(len(packed), 1 << 20))
+    u.feed(packed)
+    n = u.read_array_header()
+    out = []
+    start = u.tell()
+    for _ in range(n):
+        u.skip()
+        end = u.tell()
+        out.append(packed[start:end])
+        start = end
+    return out
 
 
 def _rss() -> int:

@@ -1,7 +1,10 @@
 """A shared-memory heartbeat between an evaluator and its supervisor.
 
 The evaluator writes, for the slice it is running, its index in the batch, the monotonic start
-time, the time of its last ``progress()`` and its process CPU time at start. The supervisor's
+time, the time of its last ``progress()``, its process CPU time at start, and ``span``: how many
+slices from ``index`` on the engine may be running under this record (1 when it runs slices one
+by one; more when an engine runs a block of slices per call and enforces per-slice limits itself,
+so a process killed from outside cannot be blamed on one slice). The supervisor's
 watchdog reads it every tick. Shared memory instead of frames because ``progress()`` may be
 called millions of times per slice: a pipe message per call would cost more than the work.
 
@@ -19,7 +22,7 @@ import os
 import struct
 
 _SEQ = struct.Struct("<Q")
-_FIELDS = struct.Struct("<qddd")  # index (-1 idle), started, last_progress, cpu_start
+_FIELDS = struct.Struct("<qdddq")  # index (-1 idle), started, last_progress, cpu_start, span
 _FIELDS_AT = _SEQ.size
 SIZE = _SEQ.size + _FIELDS.size
 IDLE = -1
@@ -40,27 +43,27 @@ class Heartbeat:
             self.idle()  # zeroed memory would read as "slice 0 started at time 0"
 
     # -- evaluator side (one writer) --------------------------------------------------------------
-    def _write(self, index: int, started: float, last: float, cpu: float) -> None:
+    def _write(self, index: int, started: float, last: float, cpu: float, span: int) -> None:
         m = self._map
         self._seq += 1
         _SEQ.pack_into(m, 0, self._seq)  # odd: writing
-        _FIELDS.pack_into(m, _FIELDS_AT, index, started, last, cpu)
+        _FIELDS.pack_into(m, _FIELDS_AT, index, started, last, cpu, span)
         self._seq += 1
         _SEQ.pack_into(m, 0, self._seq)  # even: consistent
 
-    def start(self, index: int, now: float, cpu: float) -> None:
-        self._write(index, now, now, cpu)
+    def start(self, index: int, now: float, cpu: float, span: int = 1) -> None:
+        self._write(index, now, now, cpu, span)
 
     def progressed(self, now: float) -> None:
         # One aligned 8-byte store: never torn on the platforms we run on, so no seqlock round.
         struct.pack_into("<d", self._map, _FIELDS_AT + 16, now)
 
     def idle(self) -> None:
-        self._write(IDLE, 0.0, 0.0, 0.0)
+        self._write(IDLE, 0.0, 0.0, 0.0, 0)
 
     # -- supervisor side --------------------------------------------------------------------------
-    def read(self) -> tuple[int, float, float, float] | None:
-        """``(index, started, last_progress, cpu_start)``, or ``None`` if no consistent read now."""
+    def read(self) -> tuple[int, float, float, float, int] | None:
+        """``(index, started, last_progress, cpu_start, span)``, or ``None`` if no consistent read now."""
         m = self._map
         if self._map.closed:
             return None
@@ -73,7 +76,7 @@ class Heartbeat:
                 return fields
         return None
 
-    def last_words(self) -> tuple[int, float, float, float]:
+    def last_words(self) -> tuple[int, float, float, float, int]:
         """The record as a dead writer left it (consistent or not: nobody will finish the write)."""
         return _FIELDS.unpack_from(self._map, _FIELDS_AT)
 

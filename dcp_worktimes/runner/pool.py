@@ -7,13 +7,19 @@
 
     job = JobSpec(id="j1", worktime="echo", work="")
     with EvaluatorPool(cores=2) as pool:
-        for outcome in pool.map(job, enumerate([1, 2, 3])):
+        for outcome in pool.map(job, enumerate([1, 2, 3])):                # one slice at a time
             print(outcome.number, outcome.value if outcome.ok else outcome.error)
+        pool.submit(job, [0, 1, 2], [1, 2, 3], on_outcome=print)           # a block: Outcome columns
+
+Work arrives in **blocks** (``submit``: a lease's slice numbers and datums), and outcomes leave
+as blocks (``Outcome``: columns of numbers, ok flags, packed values, errors, times), so a million
+trivial slices cost a few thousand frames and callbacks, not a million.
 
 Each core gets a *slot*: a driver thread and, at any time, at most one evaluator process, spawned
 for one job and reused for up to ``max_slices_per_evaluator`` slices of that job (a new job always
-gets a fresh process: jobs of different deployers never share one). Slots take slices in
-adaptive batches (one frame for many trivial slices, one slice at a time for slow ones).
+gets a fresh process: jobs of different deployers never share one). Slots cut the queued blocks
+into runs of adaptive size (~10-50 ms each: many trivial slices per frame, one at a time for slow
+ones), so CPU-bound jobs still spread over every evaluator.
 
 One watchdog thread enforces every slice's ``Limits`` from outside the evaluator by reading its
 shared-memory heartbeat and ``psutil``: wall time (``ESLICETOOSLOW``), the no-progress timeout
@@ -47,7 +53,7 @@ from .process import START_TIMEOUT, EvaluatorDied, EvaluatorProcess, Zygote, zyg
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, int, Any], None]
-OutcomeCallback = Callable[["SliceOutcome"], None]
+OutcomeCallback = Callable[["Outcome"], None]
 
 #: Slices of one job an evaluator runs before it is replaced (DCP: 200, for browser sandboxes;
 #: ours are processes whose memory the watchdog bounds, so reuse is cheap and safe for longer).
@@ -85,14 +91,71 @@ class SliceOutcome:
         return unpack(self.value_bytes)  # type: ignore[arg-type]
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What became of some slices of one submitted block, as columns (``numbers[i]`` ↔ ...).
+
+    ``values[i]`` is the msgpack of slice ``numbers[i]``'s result when ``oks[i]``; ``errors[i]``
+    its ``SliceError`` otherwise. ``tag`` is what the submitter passed with the block.
+    """
+
+    job_id: str
+    tag: Any
+    numbers: list[int]
+    oks: list[bool]
+    values: list[bytes | None]
+    errors: list[SliceError | None]
+    walls: list[float]
+    cpus: list[float]
+    bytes_in: list[int]
+    bytes_out: list[int]
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def slices(self) -> Iterator[SliceOutcome]:
+        """The same outcomes one slice at a time."""
+        for i, n in enumerate(self.numbers):
+            yield SliceOutcome(self.job_id, n, self.oks[i], self.values[i], self.errors[i], self.walls[i], self.cpus[i],
+                               self.bytes_in[i], self.bytes_out[i])
+
+    @classmethod
+    def failure(cls, job_id: str, tag: Any, numbers: list[int], error: SliceError, wall: float = 0.0,
+                bytes_in: list[int] | None = None) -> "Outcome":
+        k = len(numbers)
+        return cls(job_id, tag, list(numbers), [False] * k, [None] * k, [error] * k, [wall] * k, [0.0] * k,
+                   bytes_in or [0] * k, [0] * k)
+
+
 @dataclass(eq=False, slots=True)
 class _Task:
+    """A block of slices of one job, queued or running."""
+
     job: JobSpec
-    number: int
-    datum: bytes
+    numbers: list[int]
+    datums: list[Any]
     on_outcome: OutcomeCallback
     on_event: EventCallback | None
-    lost: int = 0
+    tag: Any
+    lost: list[int] | None = None  # per slice: times its evaluator died while it waited in a run
+    settled: set[int] | None = None  # indexes with an outcome delivered (while running)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def cut(self, k: int) -> "_Task":
+        """The first ``k`` slices as a task of their own (this task keeps the rest)."""
+        head = _Task(self.job, self.numbers[:k], self.datums[:k], self.on_outcome, self.on_event, self.tag,
+                     self.lost[:k] if self.lost is not None else None)
+        del self.numbers[:k], self.datums[:k]
+        if self.lost is not None:
+            del self.lost[:k]
+        return head
+
+    def part(self, indexes: list[int]) -> "_Task":
+        lost = [self.lost[i] if self.lost is not None else 0 for i in indexes]
+        return _Task(self.job, [self.numbers[i] for i in indexes], [self.datums[i] for i in indexes], self.on_outcome,
+                     self.on_event, self.tag, lost)
 
 
 @dataclass(eq=False)
@@ -100,7 +163,7 @@ class _Slot:
     index: int
     proc: EvaluatorProcess | None = None
     psproc: psutil.Process | None = None
-    batch: list[_Task] = field(default_factory=list)
+    task: _Task | None = None
     limits: Limits | None = None
     grace: float = 0.0
     memory_slack: float = 0.0
@@ -155,44 +218,50 @@ class EvaluatorPool:
     def submit(
         self,
         job: JobSpec,
-        items: Iterable[tuple[int, Any]],
+        numbers: list[int],
+        datums: list[Any],
         on_outcome: OutcomeCallback,
         on_event: EventCallback | None = None,
         *,
-        packed: bool = False,
+        tag: Any = None,
     ) -> int:
-        """Queue slices ``(number, datum)`` of ``job``; callbacks run on pool threads. Returns the count.
-
-        With ``packed=True`` the datums are already msgpack bytes (as a scheduler stores them).
-        """
+        """Queue a block of slices of ``job``; ``on_outcome(Outcome)`` and ``on_event(kind, number,
+        payload)`` run on pool threads (an outcome may cover part of the block). Returns the count."""
         get_worktime(job.worktime)  # unknown worktime: ENOWORKTIME now, not in every slice
-        tasks = [_Task(job, n, d if packed else pack(d), on_outcome, on_event) for n, d in items]
+        if len(numbers) != len(datums):
+            raise ValueError(f"submit: {len(numbers)} slice numbers but {len(datums)} datums")
+        if not numbers:
+            return 0
+        task = _Task(job, list(numbers), list(datums), on_outcome, on_event, tag)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the evaluator pool is closed")
             self._cancelled.pop(job.id, None)
-            self._queues.setdefault(job.id, collections.deque()).extend(tasks)
-            self._queued += len(tasks)
+            self._queues.setdefault(job.id, collections.deque()).append(task)
+            self._queued += len(task)
             self._lock.notify_all()
-        return len(tasks)
+        return len(task)
 
-    def map(self, job: JobSpec, items: Iterable[tuple[int, Any]], on_event: EventCallback | None = None,
-            *, packed: bool = False) -> Iterator[SliceOutcome]:
-        """Run slices and yield their outcomes in completion order."""
-        results: "queue.SimpleQueue[SliceOutcome]" = queue.SimpleQueue()
-        count = self.submit(job, items, results.put, on_event, packed=packed)
-        for _ in range(count):
-            yield results.get()
+    def map(self, job: JobSpec, items: Iterable[tuple[int, Any]], on_event: EventCallback | None = None
+            ) -> Iterator[SliceOutcome]:
+        """Run slices ``(number, datum)`` and yield their outcomes one by one, in completion order."""
+        items = list(items)
+        results: "queue.SimpleQueue[Outcome]" = queue.SimpleQueue()
+        count = self.submit(job, [n for n, _d in items], [d for _n, d in items], results.put, on_event)
+        while count > 0:
+            outcome = results.get()
+            count -= len(outcome)
+            yield from outcome.slices()
 
     def cancel(self, job_id: str) -> None:
         """Drop the job's queued slices (they complete with ``ECANCELLED``) and stop its running ones."""
         with self._lock:
             _remember(self._cancelled, job_id, None)
             dropped = self._queues.pop(job_id, collections.deque())
-            self._queued -= len(dropped)
-            running = [s for s in self._slots if s.busy and s.batch and s.batch[0].job.id == job_id]
+            self._queued -= sum(len(t) for t in dropped)
+            running = [s for s in self._slots if s.busy and s.task is not None and s.task.job.id == job_id]
         for task in dropped:
-            self._deliver(task, ok=False, error=SliceError("the job was cancelled", code=ErrorCode.ECANCELLED))
+            self._fail(task, SliceError("the job was cancelled", code=ErrorCode.ECANCELLED))
         for slot in running:
             proc = slot.proc
             if proc is not None:
@@ -201,6 +270,14 @@ class EvaluatorPool:
                     proc.send({"op": "cancel"})
                 except EvaluatorDied:
                     pass
+
+    def release(self, job_id: str) -> None:
+        """The job is over here: its idle evaluators exit now (a warm pool must not keep a finished
+        job's state in memory until its slots are needed)."""
+        with self._lock:
+            idle = [slot for slot in self._slots if not slot.busy and slot.proc is not None and slot.proc.job_id == job_id]
+        for slot in idle:
+            self._retire(slot)
 
     def close(self) -> None:
         """Stop: queued slices complete with ``ECANCELLED``, running ones are killed, processes end."""
@@ -214,7 +291,7 @@ class EvaluatorPool:
             self._lock.notify_all()
         shutdown = SliceError("the worker shut down before the slice finished", code=ErrorCode.ECANCELLED)
         for task in dropped:
-            self._deliver(task, ok=False, error=shutdown)
+            self._fail(task, shutdown)
         for slot in self._slots:
             proc = slot.proc
             if slot.busy and proc is not None:
@@ -236,7 +313,9 @@ class EvaluatorPool:
         self.close()
 
     # -- slots ----------------------------------------------------------------------------------
-    def _take(self, slot: _Slot) -> list[_Task] | None:
+    def _take(self, slot: _Slot) -> _Task | None:
+        """The next run for this slot: up to its batch size of one job's queued slices (the job its
+        evaluator already serves, if any), leaving a fair share for the other slots."""
         with self._lock:
             while not self._queued and not self._closed:
                 self._lock.wait()
@@ -248,32 +327,34 @@ class EvaluatorPool:
                 job_id = next(k for k, q in self._queues.items() if q)
             q = self._queues[job_id]
             share = math.ceil(self._queued / self.cores)
-            n = max(1, min(slot.batch_size, share, len(q)))
-            batch = [q.popleft() for _ in range(n)]
+            head = q[0]
+            n = max(1, min(slot.batch_size, share, len(head)))
+            if head.lost is not None and head.lost[0] > 0:
+                n = 1  # a suspect of a run that died unexplained: alone, so a second death is exact
+            task = head.cut(n) if n < len(head) else q.popleft()
             if not q:
                 del self._queues[job_id]
-            self._queued -= n
-            return batch
+            self._queued -= len(task)
+            return task
 
-    def _requeue(self, tasks: list[_Task]) -> None:
+    def _requeue(self, task: _Task) -> None:
         with self._lock:
-            q = self._queues.setdefault(tasks[0].job.id, collections.deque())
-            q.extendleft(reversed(tasks))
-            self._queues.move_to_end(tasks[0].job.id, last=False)
-            self._queued += len(tasks)
+            q = self._queues.setdefault(task.job.id, collections.deque())
+            q.appendleft(task)
+            self._queues.move_to_end(task.job.id, last=False)
+            self._queued += len(task)
             self._lock.notify_all()
 
     def _slot_loop(self, slot: _Slot) -> None:
         while True:
-            batch = self._take(slot)
-            if batch is None:
+            task = self._take(slot)
+            if task is None:
                 return
             try:
-                self._run_batch(slot, batch)
+                self._run(slot, task)
             except Exception as e:  # a bug here must not lose slices silently
                 log.exception("evaluator slot %d failed", slot.index)
-                for task in batch:
-                    self._deliver(task, ok=False, error=SliceError(f"internal error in the worker: {e}", code=ErrorCode.ECRASH))
+                self._fail(task, SliceError(f"internal error in the worker: {e}", code=ErrorCode.ECRASH), only_unsettled=True)
                 self._retire(slot)
 
     def _ensure(self, slot: _Slot, job: JobSpec) -> EvaluatorProcess:
@@ -335,8 +416,8 @@ class EvaluatorPool:
         else:  # let it finish its release() while this slot already starts the next evaluator
             threading.Thread(target=proc.close, daemon=True, name="dcp-retire").start()
 
-    def _run_batch(self, slot: _Slot, batch: list[_Task]) -> None:
-        job = batch[0].job
+    def _run(self, slot: _Slot, task: _Task) -> None:
+        job = task.job
         bad = self._bad_jobs.get(job.id)
         if bad is None and job.id in self._cancelled:
             bad = SliceError("the job was cancelled", code=ErrorCode.ECANCELLED)
@@ -349,89 +430,107 @@ class EvaluatorPool:
                     _remember(self._bad_jobs, job.id, bad)
             except EvaluatorDied as e:
                 # An evaluator that cannot start or prepare for this job will not do better on
-                # the next batch: fail the job's slices at once instead of retrying each.
+                # the next run: fail the job's slices at once instead of retrying each.
                 bad = e.reason or SliceError("the evaluator failed to start", code=ErrorCode.ECRASH)
                 if not self._closed:
                     _remember(self._bad_jobs, job.id, bad)
                 self._retire(slot)
         if bad is not None:
-            for task in batch:
-                self._deliver(task, ok=False, error=bad)
+            self._fail(task, bad)
             return
-
-        started = time.monotonic()
-        slot.batch, slot.limits, slot.cancel_at, slot.busy = batch, job.limits, None, True
-        done: set[int] = set()
         try:
-            proc.send({"op": "run", "items": [[t.number, t.datum] for t in batch]})
+            blob = pack(task.datums)
+        except UnserializableValue as e:
+            self._fail(task, SliceError(f"a datum cannot be sent to the evaluator: {e}", code=ErrorCode.EUNSERIALIZABLE))
+            return
+        # Datums travel as one packed array: each slice's bytes in are its share of it (the
+        # array's header, 1, 3 or 5 bytes by msgpack's rules, is no slice's).
+        k = len(task)
+        q, r = divmod(len(blob) - (1 if k < 16 else 3 if k < 65536 else 5), k)
+        sizes = [q + 1] * r + [q] * (k - r)
+        started = time.monotonic()
+        slot.task, slot.limits, slot.cancel_at, slot.busy = task, job.limits, None, True
+        task.settled = set() if task.settled is None else task.settled
+        numbers = task.numbers
+        try:
+            proc.send({"op": "run", "n": numbers, "d": blob})
             for msg in proc.frames():
                 kind = msg.get("t")
                 if kind == "rs":
-                    for i, v, wall, cpu in msg["r"]:
-                        done.add(i)
-                        self._deliver(batch[i], True, value=v, wall=wall, cpu=cpu)
-                elif kind == "ok" or kind == "err":
+                    idx = msg["i"]
+                    task.settled.update(idx)
+                    values = msg["v"]
+                    self._deliver(task, Outcome(job.id, task.tag, [numbers[i] for i in idx], [True] * len(idx), values,
+                                                [None] * len(idx), msg["w"], msg["c"], [sizes[i] for i in idx],
+                                                [len(v) for v in values]))
+                elif kind == "err":
                     i = msg["i"]
-                    done.add(i)
-                    task = batch[i]
-                    if kind == "ok":
-                        v = msg["v"]
-                        self._deliver(task, True, value=v, wall=msg.get("wall", 0.0), cpu=msg.get("cpu", 0.0))
-                    else:
-                        self._deliver(task, False, error=SliceError.from_dict(msg["e"]),
-                                      wall=msg.get("wall", 0.0), cpu=msg.get("cpu", 0.0))
+                    task.settled.add(i)
+                    self._deliver(task, Outcome(job.id, task.tag, [numbers[i]], [False], [None],
+                                                [SliceError.from_dict(msg["e"])], [msg.get("wall", 0.0)],
+                                                [msg.get("cpu", 0.0)], [sizes[i]], [0]))
                 elif kind == "ev":
-                    task = batch[msg["i"]]
                     if task.on_event is not None:
                         try:
-                            task.on_event(msg["k"], task.number, msg["p"])
+                            task.on_event(msg["k"], numbers[msg["i"]], msg["p"])
                         except Exception:
                             log.exception("event callback failed")
                 elif kind == "done":
                     break
-            proc.slices_run += len(batch)
+            proc.slices_run += k
         except EvaluatorDied as died:
-            self._post_mortem(slot, proc, batch, done, died)
+            self._post_mortem(slot, proc, task, died)
         finally:
             slot.busy = False
         elapsed = time.monotonic() - started
-        # Adaptive batching: aim for batches of ~10-50 ms so frames are few and watchdog verdicts exact.
+        # Adaptive runs: aim for ~10-50 ms per run, so frames are few for trivial slices and slow
+        # slices still spread over every evaluator.
         if elapsed < 0.01:
             slot.batch_size = min(slot.batch_size * 2, self.max_batch)
         elif elapsed > 0.05:
             slot.batch_size = max(1, slot.batch_size // 2)
 
-    def _post_mortem(self, slot: _Slot, proc: EvaluatorProcess, batch: list[_Task], done: set[int],
-                     died: EvaluatorDied) -> None:
-        running, started, _, _ = proc.heartbeat.last_words()
-        index = running if died.index is None else died.index
+    def _post_mortem(self, slot: _Slot, proc: EvaluatorProcess, task: _Task, died: EvaluatorDied) -> None:
+        """The evaluator died during a run: the slice it was running gets the verdict; the others
+        not settled yet are run again (a bounded number of times). An engine running a block per
+        call (``span`` > 1) cannot say which slice it was on: then none is blamed, and the rest run
+        again one at a time, where the next death is exact."""
+        running, started, _, _, span = proc.heartbeat.last_words()
+        index = died.index if died.index is not None else (running if span == 1 else -1)
         reason = died.reason or SliceError("the evaluator died", code=ErrorCode.ECRASH)
         self._retire(slot)
         slot.batch_size = 1
-        again: list[_Task] = []
-        for i, task in enumerate(batch):
-            if i in done:
+        settled = task.settled or set()
+        again: list[int] = []
+        gave_up: list[int] = []
+        lost = task.lost if task.lost is not None else [0] * len(task)
+        for i in range(len(task)):
+            if i in settled:
                 continue
             if i == index:
-                self._deliver(task, False, error=reason, wall=time.monotonic() - started if started else 0.0)
-            else:
-                task.lost += 1
-                if task.lost >= MAX_LOST:
-                    self._deliver(task, False, error=SliceError(
-                        f"the evaluator died {task.lost} times while this slice was queued in it; last: {reason.message}",
-                        code=ErrorCode.ECRASH))
-                else:
-                    again.append(task)
+                self._deliver(task, Outcome.failure(task.job.id, task.tag, [task.numbers[i]], reason,
+                                                    wall=time.monotonic() - started if started else 0.0))
+                continue
+            lost[i] += 1
+            (gave_up if lost[i] >= MAX_LOST else again).append(i)
+        task.lost = lost
+        if gave_up:
+            self._fail(task.part(gave_up), SliceError(
+                f"the evaluator died {MAX_LOST} times while this slice was waiting in its run; last: {reason.message}",
+                code=ErrorCode.ECRASH))
         if again and not self._closed:
-            self._requeue(again)
+            self._requeue(task.part(again))
         elif again:
-            for task in again:
-                self._deliver(task, False, error=reason)
+            self._fail(task.part(again), reason)
 
-    def _deliver(self, task: _Task, ok: bool, value: bytes | None = None, error: SliceError | None = None,
-                 wall: float = 0.0, cpu: float = 0.0) -> None:
-        outcome = SliceOutcome(task.job.id, task.number, ok, value, error, wall, cpu, len(task.datum),
-                               len(value) if value is not None else 0)
+    def _fail(self, task: _Task, error: SliceError, only_unsettled: bool = False) -> None:
+        """Every slice of ``task`` (or those not settled yet) fails with ``error``."""
+        if only_unsettled and task.settled:
+            task = task.part([i for i in range(len(task)) if i not in task.settled])
+        if len(task):
+            self._deliver(task, Outcome.failure(task.job.id, task.tag, task.numbers, error))
+
+    def _deliver(self, task: _Task, outcome: Outcome) -> None:
         try:
             task.on_outcome(outcome)
         except Exception:
@@ -465,9 +564,11 @@ class EvaluatorPool:
         beat = proc.heartbeat.read()
         if beat is None:  # the evaluator is mid-write: look again next tick
             return
-        index, started, last_progress, cpu_start = beat
+        index, started, last_progress, cpu_start, span = beat
         if index < 0:
             return
+        if span != 1:  # an engine running a block: the verdict cannot name the slice (see _post_mortem)
+            index = None
         lim = slot.limits
         if lim.wall_time is not None and now - started > lim.wall_time + slot.grace:
             proc.kill(exceeded("wall_time", lim.wall_time), index)
@@ -530,4 +631,4 @@ def run_slice(job: JobSpec, datum: Any, on_event: EventCallback | None = None, *
         return next(pool.map(job, [(0, datum)], on_event))
 
 
-__all__ = ["EvaluatorPool", "SliceOutcome", "run_slice"]
+__all__ = ["EvaluatorPool", "Outcome", "SliceOutcome", "run_slice"]

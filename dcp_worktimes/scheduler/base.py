@@ -6,27 +6,34 @@ hands slices to workers. Every backend (the embedded SQLite one, a Redis one lat
 
 Life of a job::
 
-    from dcp_worktimes.scheduler import open_scheduler, JobRecord, SliceReport
+    from dcp_worktimes.scheduler import open_scheduler, JobRecord, Report
+    from dcp_worktimes.values import pack
     from dcp_worktimes.worktime import JobSpec
 
     s = open_scheduler("sqlite:///tmp/jobs.db")
     s.submit(JobRecord(id="j1", spec=JobSpec(id="j1", worktime="echo"),
                        input={"kind": "range", "start": 0, "end": 9, "step": 1}, total=10))
-    leases = s.lease("w1", {"echo": "1.0.0"}, {}, max_slices=4, lease_seconds=30)
-    s.complete([(l, SliceReport(l.slice_number, True, value=l.datum)) for l in leases])
+    (lease,) = s.lease("w1", {"echo": "1.0.0"}, {}, max_slices=4, lease_seconds=30)
+    lease.numbers, lease.datums      # [0, 1, 2, 3], [0, 1, 2, 3]: a block of slices, one lease
+    s.report([Report.ok(lease, lease.numbers, [pack(d) for d in lease.datums])])
     s.status("j1")        # {'total': 10, 'distributed': 4, 'computed': 4, 'failed': 0, 'status': 'running'}
     s.events("j1")        # [(1, {'type': 'accepted'}), ..., (n, {'type': 'result', 'sliceNumber': 0, ...})]
+
+Slices travel in **blocks**: a lease holds many slices of one job (``Lease.numbers``), and a
+report carries the outcomes of many slices as columns (``Report``), so a job of millions of
+slices costs a few thousand round trips, never one per slice; per-slice semantics (attempts,
+exactly-once results, retries, per-slice errors) are kept inside the block.
 
 Rules every backend keeps (the conformance suite checks them):
 
 * **Leases.** A slice handed out by ``lease`` belongs to that lease until it expires
   (``lease_seconds``, renewed by ``heartbeat``). An expired slice is handed out again with
-  ``attempt + 1``; a report carrying an old lease is ignored, so **each slice's result is
-  recorded exactly once**. A slice whose leases were lost ``max_attempts`` times fails with
+  ``attempt + 1``; a report of a slice no longer its lease's is ignored, so **each slice's result
+  is recorded exactly once**. A slice whose leases were lost ``max_attempts`` times fails with
   ``ECRASH``.
 * **Unusable work.** A final ``EBADWORK`` error (the work does not compile, its top level raises)
   cancels the job at once with that reason: every other slice would fail the same way.
-* **Retries.** ``fail`` with a retryable error (``ECRASH``: the evaluator died; ``EWORKREJECT``:
+* **Retries.** A failed slice with a retryable error (``ECRASH``: the evaluator died; ``EWORKREJECT``:
   the work called ``work.reject()``, which DCP retries and then gives back; or an error dict
   with ``"retryable": True``) puts the slice back until ``max_attempts``; any other error is the
   work's fault and is final.
@@ -44,14 +51,9 @@ Rules every backend keeps (the conformance suite checks them):
   ``result`` ({sliceNumber, value: msgpack bytes}), ``console`` ({level, message, sliceNumber,
   same}), ``error`` ({sliceNumber, code, message, stack, name}), ``noProgress`` ({sliceNumber}),
   ``custom`` ({name, value, sliceNumber}), ``progress`` ({sliceNumber, value}), ``complete``
-  ({computed, failed}), ``cancel`` ({reason}), ``unschedulable`` ({reason}).
-
-Refinements over the first interface draft (additive only): ``events`` takes ``wait=`` seconds to
-block until something new arrives; ``heartbeat`` returns the lease ids that are no longer valid
-(expired and handed to someone else, or their job was cancelled); ``workers()`` lists live
-workers; ``check_schedulable(job_id)``; ``result`` events carry the result bytes; ``lease``
-takes ``jobs=`` (only these job ids) and ``pid=``; ``leave``, ``wait_for_work`` and
-``job_summaries`` have default implementations; ``delete_job``; ``SliceReport.attempt`` and ``.worker``; ``cancel`` takes a ``reason``.
+  ({computed, failed}), ``cancel`` ({reason, code}), ``unschedulable`` ({reason}). ``result`` and
+  ``error`` events are part of the log but left out with ``events(..., results=False)``: a
+  deployer with no result listener reads the results as blocks (``result_batches``) instead.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import DcpError, ErrorCode
 from ..versions import parse_range
@@ -139,21 +141,73 @@ class JobRecord:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Lease:
-    """One slice handed to one worker until ``expires`` (``time.time()`` seconds)."""
+    """A block of slices of one job, handed to one worker until ``expires`` (``time.time()`` s).
+
+    ``numbers[i]`` is a slice number, ``datums[i]`` its datum (a value of the lossless set) and
+    ``attempts[i]`` which attempt this is (1 = first lease).
+    """
 
     job_id: str
-    slice_number: int
-    datum: bytes  # msgpack of the datum (dcp_worktimes.values.pack)
     lease_id: str
-    attempt: int
+    numbers: list[int]
+    datums: list[Any]
+    attempts: list[int]
     expires: float
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def part(self, indexes: Iterable[int]) -> "Lease":
+        """The same lease restricted to the slices at ``indexes`` (positions, not slice numbers)."""
+        idx = list(indexes)
+        return Lease(self.job_id, self.lease_id, [self.numbers[i] for i in idx], [self.datums[i] for i in idx],
+                     [self.attempts[i] for i in idx], self.expires)
+
+
+@dataclass(slots=True)
+class Report:
+    """Outcomes of some slices of one lease, as columns (``numbers[i]`` ↔ ``oks[i]`` ↔ ...).
+
+    ``values[i]`` is the msgpack of slice ``numbers[i]``'s result when ``oks[i]``, else ``None``;
+    ``errors[i]`` its error dict (``SliceError.to_dict()``) when it failed, else ``None``.
+    """
+
+    job_id: str
+    lease_id: str
+    numbers: list[int]
+    oks: list[bool]
+    values: list[bytes | None]
+    errors: list[dict | None]
+    walls: list[float]
+    cpus: list[float]
+    bytes_in: list[int]
+    bytes_out: list[int]
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @classmethod
+    def ok(cls, lease: Lease, numbers: list[int], values: list[bytes], walls: list[float] | None = None,
+           cpus: list[float] | None = None, bytes_in: list[int] | None = None) -> "Report":
+        """Successful slices ``numbers`` of ``lease`` with their packed results."""
+        n = len(numbers)
+        return cls(lease.job_id, lease.lease_id, list(numbers), [True] * n, list(values), [None] * n,
+                   walls or [0.0] * n, cpus or [0.0] * n, bytes_in or [0] * n, [len(v) for v in values])
+
+    @classmethod
+    def failed(cls, lease: Lease, numbers: list[int], errors: list[dict], walls: list[float] | None = None) -> "Report":
+        """Failed slices ``numbers`` of ``lease`` with their error dicts."""
+        n = len(numbers)
+        return cls(lease.job_id, lease.lease_id, list(numbers), [False] * n, [None] * n, list(errors),
+                   walls or [0.0] * n, [0.0] * n, [0] * n, [0] * n)
 
 
 @dataclass
 class SliceReport:
-    """A slice's outcome as a worker reports it: DCP's result plus its time and data reports."""
+    """One slice's recorded outcome (``Scheduler.results``): DCP's result plus its time and data
+    reports, which attempt produced it and which worker."""
 
     slice_number: int
     ok: bool
@@ -163,8 +217,30 @@ class SliceReport:
     cpu_time: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
-    attempt: int = 0  # filled in by ``results()``: which attempt produced it (1 = first lease)
-    worker: str | None = None  # filled in by ``results()``: the worker that computed it
+    attempt: int = 0  # which attempt produced it (1 = first lease)
+    worker: str | None = None  # the worker that computed it
+
+
+@dataclass(slots=True)
+class ResultBatch:
+    """Recorded outcomes of a job as columns, as a backend stores them (``result_batches``)."""
+
+    numbers: list[int]
+    oks: list[bool]
+    values: list[bytes | None]
+    errors: list[dict | None]
+    walls: list[float]
+    cpus: list[float]
+    bytes_in: list[int]
+    bytes_out: list[int]
+    attempts: list[int]
+    workers: list[str | None]
+
+    def reports(self) -> Iterator[SliceReport]:
+        for row in zip(self.numbers, self.oks, self.values, self.errors, self.walls, self.cpus, self.bytes_in,
+                       self.bytes_out, self.attempts, self.workers):
+            n, ok, value, error, wall, cpu, bin_, bout, attempt, worker = row
+            yield SliceReport(n, bool(ok), value, error, wall, cpu, bin_, bout, attempt, worker)
 
 
 @dataclass
@@ -192,12 +268,18 @@ class Scheduler(ABC):
         """No more slices will be added; the job has ``total`` slices."""
 
     @abstractmethod
-    def events(self, job_id: str, after: int = 0, *, wait: float = 0.0) -> list[tuple[int, dict]]:
-        """Events with sequence number > ``after``, in order; blocks up to ``wait`` s for one."""
+    def events(self, job_id: str, after: int = 0, *, wait: float = 0.0, results: bool = True) -> list[tuple[int, dict]]:
+        """Events with sequence number > ``after``, in order; blocks up to ``wait`` s for one.
+        ``results=False`` leaves out ``result`` and ``error`` events."""
 
     @abstractmethod
+    def result_batches(self, job_id: str) -> Iterator[ResultBatch]:
+        """The job's recorded final outcomes as columns, batch by batch (a deployer collecting a
+        million results never holds them twice)."""
+
     def results(self, job_id: str) -> dict[int, SliceReport]:
-        """Every recorded final report of the job, by slice number."""
+        """Every recorded final report of the job, by slice number (small jobs, tools, tests)."""
+        return {r.slice_number: r for batch in self.result_batches(job_id) for r in batch.reports()}
 
     @abstractmethod
     def get_job(self, job_id: str) -> JobRecord:
@@ -227,7 +309,7 @@ class Scheduler(ABC):
         self, worker_id: str, worktimes: dict[str, str], capabilities: dict, max_slices: int, lease_seconds: float,
         *, jobs: list[str] | None = None, pid: int | None = None,
     ) -> list[Lease]:
-        """Up to ``max_slices`` slices this worker can run, each leased for ``lease_seconds``.
+        """Up to ``max_slices`` slices this worker can run, in blocks, leased for ``lease_seconds``.
 
         ``jobs`` restricts leasing to these job ids (local execution of one job); ``pid`` is the
         worker's process id when it is not the caller's (lets the store notice a dead worker).
@@ -238,16 +320,14 @@ class Scheduler(ABC):
         """Extend these leases; returns the ids that are no longer valid (drop their work)."""
 
     @abstractmethod
-    def complete(self, done: list[tuple[Lease, SliceReport]]) -> None:
-        """Record successful slices; reports under a lease that is no longer current are ignored."""
-
-    @abstractmethod
-    def fail(self, failed: list[tuple[Lease, SliceReport]]) -> None:
-        """Record failed slices: retryable errors go back to the queue, others are final."""
+    def report(self, reports: list[Report]) -> None:
+        """Record outcomes: successes and final errors once each; retryable errors go back to the
+        queue (until ``max_attempts``); slices no longer their lease's are ignored."""
 
     @abstractmethod
     def return_slices(self, leases: list[Lease]) -> None:
-        """Give slices back unrun (worker shutting down): leased again without using an attempt."""
+        """Give the slices of these (possibly partial, ``Lease.part``) leases back unrun (worker
+        shutting down, or unable to run them): leased again without using an attempt."""
 
     @abstractmethod
     def post_events(self, job_id: str, events: list[dict]) -> None:
@@ -266,6 +346,12 @@ class Scheduler(ABC):
     def delete_job(self, job_id: str) -> None:
         """Forget a job and everything stored for it (a running job is cancelled first)."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
+
+    @property
+    def url(self) -> str | None:
+        """The URL other processes open this store with (``open_scheduler``), or ``None`` for a
+        store only this process can reach (a private in-memory one)."""
+        return None
 
     def leave(self, worker_id: str) -> None:
         """The worker stops (after returning its unfinished slices): forget it."""
@@ -362,18 +448,3 @@ def open_scheduler(url: str | None = None) -> Scheduler:
 
         return SqliteScheduler(target)
     raise SchedulerError(f"unsupported scheduler URL {url!r}")  # parse_url already said why
-
-
-def now() -> float:
-    return time.time()
-
-
-def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    for x in items:
-        chunk.append(x)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -16,7 +16,9 @@ deployer's event loop sees a ``cancel`` event instead of waiting forever.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -43,10 +45,34 @@ def run_local(
     """Run ``job_id`` on ``cores`` local evaluators (default: all cores) for the duration of the block.
 
     ``config``: the settings of the job's worktime (``Worktime.config``)."""
+    from ..runner.shared import borrow
+    from .processes import Helpers, shares
+
     job = scheduler.get_job(job_id)
     check_runnable_here(job, capabilities, config)
-    worker = Worker(scheduler, [job.spec.worktime], cores, capabilities=capabilities, limits=limits, jobs=[job_id],
-                    lease_seconds=lease_seconds, config={job.spec.worktime: config or {}})
+    configs = {job.spec.worktime: config or {}}
+    split = shares(cores or os.cpu_count() or 1)
+    # More cores than one process keeps busy: helper worker processes take their share of the job.
+    helpers = Helpers(scheduler.url, split[1:], job=job_id, worktimes=[job.spec.worktime], config=configs,
+                      limits={k: v for k, v in (limits.to_dict() if limits else {}).items() if v is not None},
+                      capabilities=[f"{k}={json.dumps(v)}" for k, v in _flat(capabilities or {})])
+    with borrow(split[0], configs) as pool, helpers:
+        worker = Worker(scheduler, [job.spec.worktime], split[0], capabilities=capabilities, limits=limits, jobs=[job_id],
+                        lease_seconds=lease_seconds, config=configs, pool=pool)
+        try:
+            yield from _running(worker, scheduler, job_id)
+        finally:
+            pool.release(job_id)
+
+
+def _flat(caps: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for k, v in caps.items():
+        out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return out
+
+
+def _running(worker: Worker, scheduler: Scheduler, job_id: str) -> Iterator[Worker]:
     stop = threading.Event()
 
     def target() -> None:

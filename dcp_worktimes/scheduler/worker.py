@@ -13,9 +13,11 @@ or, from the command line (``dcp-worker --worktime echo --scheduler sqlite:///tm
 
 One thread does all scheduler traffic: it keeps about ``queue_seconds`` of work per core leased
 and queued on the ``EvaluatorPool`` (so evaluators never wait for the store, yet a slow job's
-slices are not hoarded away from other workers), collects outcomes that
-the pool's threads hand over, and writes them back in batches every ``flush_interval`` seconds
-(or ``flush_size`` reports), together with the console/emit/progress events of those slices.
+slices are not hoarded away from other workers), collects the block outcomes that the pool's
+threads hand over, and writes them back as ``Report`` columns every ``flush_interval`` seconds
+(or ``flush_size`` slices), together with the console/emit/progress events of those slices.
+Leases, pool submissions and reports are blocks of slices: the per-slice work of this loop is a
+few list operations.
 Leases are extended every ``lease_seconds / 3``. A worker that dies simply stops extending them:
 the scheduler hands its slices to someone else (at once, if it sees the process is gone). Every
 ``CANCEL_CHECK`` seconds the worker reads the status of the jobs it is running, so a job the
@@ -31,14 +33,14 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from ..errors import ErrorCode, WorktimeNotFound
 from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec, Probe
-from .base import FINAL_STATES, Lease, Scheduler, SliceReport, UnknownJob
+from .base import FINAL_STATES, Lease, Report, Scheduler, UnknownJob
 from .matching import merge_capabilities
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,15 @@ def resolve_worktimes(names: Iterable[str] | None, config: Mapping[str, Mapping[
         raise WorktimeNotFound(f"worktime {name} cannot run on this machine: {why}")
     offered = {name: reg for name, reg in regs.items() if name not in unavailable}
     return offered, {name: probes[name] for name in offered}, unavailable  # type: ignore[misc]
+
+
+@dataclass(slots=True)
+class _Held:
+    """A lease this worker holds: which of its slices were reported (the rest go back on shutdown)."""
+
+    lease: Lease
+    open: int
+    reported: set[int] = field(default_factory=set)
 
 
 def cap_limits(job: Limits, worker: Limits | None) -> Limits:
@@ -153,8 +164,10 @@ class Worker:
         self._pool = pool
         self._owns_pool = pool is None
         self._cond = threading.Condition()
-        self._inflight: dict[tuple[str, int], Lease] = {}
-        self._outcomes: list[Any] = []
+        self._inflight: dict[str, _Held] = {}  # lease id -> the lease and its unreported slices
+        self._open = 0  # slices leased and not reported yet
+        self._outcomes: list[Any] = []  # runner.Outcome blocks not reported yet
+        self._waiting = 0  # slices in self._outcomes
         self._events: dict[str, list[dict]] = {}
         self._specs: dict[str, JobSpec] = {}
         self._capped: dict[str, dict[str, float]] = {}  # job -> the limits this worker lowered
@@ -167,12 +180,13 @@ class Worker:
     def _on_outcome(self, outcome: Any) -> None:
         with self._cond:
             self._outcomes.append(outcome)
-            self._wall_sum += outcome.wall_time
-            self._wall_n += 1
+            self._wall_sum += sum(outcome.walls)
+            self._wall_n += len(outcome)
+            self._waiting += len(outcome)
             # Wake the loop when a flush is due by size, there is room worth a lease, or nothing
             # else is running (no later outcome to batch this one with: report it now).
-            k = len(self._outcomes)
-            if k >= self.flush_size or k >= self._target() // 4 or k >= len(self._inflight):
+            k = self._waiting
+            if k >= self.flush_size or k >= self._target() // 4 or k >= self._open:
                 self._cond.notify_all()
 
     def _target(self) -> int:
@@ -217,7 +231,7 @@ class Worker:
                 leased = self._top_up()
                 now = time.monotonic()
                 with self._cond:
-                    pending, running, events = len(self._outcomes), len(self._inflight), bool(self._events)
+                    pending, running, events = self._waiting, self._open, bool(self._events)
                 if (pending and (now - last_flush >= self.flush_interval or pending >= self.flush_size
                                  or pending >= running)) or (events and now - last_flush >= EVENTS_FLUSH):
                     self._flush()
@@ -231,8 +245,8 @@ class Worker:
                     last_beat = last_check = now
                 elif now - last_check >= CANCEL_CHECK:
                     with self._cond:
-                        running = {lease.job_id for lease in self._inflight.values()}
-                    self._drop_finished(running)
+                        running_jobs = {held.lease.job_id for held in self._inflight.values()}
+                    self._drop_finished(running_jobs)
                     last_check = now
                 with self._cond:
                     busy = bool(self._inflight)
@@ -245,8 +259,8 @@ class Worker:
                 if leased or busy:
                     idle_wait = self.poll_interval
                     with self._cond:
-                        k = len(self._outcomes)
-                        if k < self._target() // 4 and k < len(self._inflight):
+                        k = self._waiting
+                        if k < self._target() // 4 and k < self._open:
                             self._cond.wait(self.flush_interval)
                 else:
                     self._flush()
@@ -269,7 +283,7 @@ class Worker:
     def _top_up(self, force: bool = False) -> int:
         target = self._target()
         with self._cond:
-            room = target - len(self._inflight)
+            room = target - self._open
             busy = bool(self._inflight)
         # Lease in big bites only: a lease is a write transaction, so never one per slice.
         if room < max(target // 4, 1):
@@ -287,26 +301,21 @@ class Worker:
             self._next_lease = now + self._lease_backoff
             return 0
         self._lease_backoff = 0.0
-        by_job: dict[str, list[Lease]] = {}
+        count = 0
         for lease in leases:
-            by_job.setdefault(lease.job_id, []).append(lease)
-        with self._cond:
-            for lease in leases:
-                self._inflight[(lease.job_id, lease.slice_number)] = lease
-        for job_id, group in by_job.items():
             try:
-                spec = self._spec(job_id)
+                spec = self._spec(lease.job_id)
             except UnknownJob:  # deleted between lease and now
-                with self._cond:
-                    for lease in group:
-                        self._inflight.pop((lease.job_id, lease.slice_number), None)
                 continue
-            self._dropped.discard(job_id)
-            self._pool.submit(
-                spec, [(lease.slice_number, lease.datum) for lease in group], self._on_outcome,
-                lambda kind, n, payload, _j=job_id: self._on_event(_j, kind, n, payload), packed=True,
-            )
-        return len(leases)
+            with self._cond:
+                self._inflight[lease.lease_id] = _Held(lease, len(lease))
+                self._open += len(lease)
+            self._dropped.discard(lease.job_id)
+            job_id = lease.job_id
+            self._pool.submit(spec, lease.numbers, lease.datums, self._on_outcome,
+                              lambda kind, n, payload, _j=job_id: self._on_event(_j, kind, n, payload), tag=lease.lease_id)
+            count += len(lease)
+        return count
 
     def _offered(self) -> dict[str, str]:
         """The worktimes to lease for now: all but those disabled after a failure of this machine."""
@@ -346,55 +355,90 @@ class Worker:
                 f"for; its owner sets that with dcp-worker {FLAGS[name]})")
         return {**error, "message": str(error.get("message", "")) + note}
 
-    def _flush(self) -> None:
+    def _flush(self, keep_cancelled: bool = True) -> None:
+        """Report the outcomes collected so far (and post the events of their slices).
+
+        ``keep_cancelled=False`` (shutting down): slices cancelled by this worker's own shutdown
+        are not reported but given back, to run elsewhere.
+        """
         with self._cond:
-            outcomes, self._outcomes = self._outcomes, []
+            outcomes, self._outcomes, self._waiting = self._outcomes, [], 0
             events, self._events = self._events, {}
-            leases = [self._inflight.pop((o.job_id, o.number), None) for o in outcomes]
         for job_id, evs in events.items():
             if job_id not in self._dropped:
                 self.scheduler.post_events(job_id, evs)
-        done: list[tuple[Lease, SliceReport]] = []
-        failed: list[tuple[Lease, SliceReport]] = []
+        reports: list[Report] = []
         give_back: list[Lease] = []
         no_progress: dict[str, list[dict]] = {}
-        for outcome, lease in zip(outcomes, leases):
-            if lease is None or outcome.job_id in self._dropped:
+        for outcome in outcomes:
+            with self._cond:
+                held = self._inflight.get(outcome.tag)
+            if held is None or outcome.job_id in self._dropped:
                 continue
-            if not outcome.ok and outcome.error.worker_fault:
-                give_back.append(lease)
-                self._disable(self._specs[outcome.job_id].worktime, outcome.error.message)
-                continue
-            report = SliceReport(outcome.number, outcome.ok, outcome.value_bytes,
-                                 None if outcome.ok else self._explain_cap(outcome.job_id, outcome.error.to_dict()),
-                                 outcome.wall_time,
-                                 outcome.cpu_time, outcome.bytes_in, outcome.bytes_out)
-            if outcome.ok:
-                done.append((lease, report))
-            else:
-                failed.append((lease, report))
-                if report.error and report.error.get("code") == ErrorCode.ENOPROGRESS.value:
-                    no_progress.setdefault(outcome.job_id, []).append({"type": "noProgress", "sliceNumber": outcome.number})
+            keep, back = self._sort(outcome, keep_cancelled)
+            if back:
+                positions = {n: i for i, n in enumerate(held.lease.numbers)}
+                give_back.append(held.lease.part(positions[outcome.numbers[i]] for i in back))
+            if keep:
+                reports.append(self._report(outcome, keep))
+                for i in keep:
+                    err = outcome.errors[i]
+                    if err is not None and err.code == ErrorCode.ENOPROGRESS.value:
+                        no_progress.setdefault(outcome.job_id, []).append(
+                            {"type": "noProgress", "sliceNumber": outcome.numbers[i]})
+            with self._cond:
+                held.reported.update(outcome.numbers)
+                held.open -= len(outcome)
+                self._open -= len(outcome)
+                if held.open <= 0:
+                    del self._inflight[outcome.tag]
         if give_back:
             self.scheduler.return_slices(give_back)
         for job_id, evs in no_progress.items():
             self.scheduler.post_events(job_id, evs)
-        if done:
-            self.scheduler.complete(done)
-            self.completed += len(done)
-        if failed:
-            self.scheduler.fail(failed)
-            self.failed += len(failed)
+        if reports:
+            self.scheduler.report(reports)
+            for r in reports:
+                ok = sum(r.oks)
+                self.completed += ok
+                self.failed += len(r) - ok
+
+    def _sort(self, outcome: Any, keep_cancelled: bool) -> tuple[list[int], list[int]]:
+        """Positions of ``outcome`` to report, and positions to give back unrun (a failure of
+        this machine, or our own shutdown's cancel)."""
+        if all(outcome.oks):
+            return list(range(len(outcome))), []
+        keep, back = [], []
+        for i, err in enumerate(outcome.errors):
+            if err is not None and err.worker_fault:
+                self._disable(self._specs[outcome.job_id].worktime, err.message)
+                back.append(i)
+            elif err is not None and not keep_cancelled and err.code == ErrorCode.ECANCELLED:
+                back.append(i)
+            else:
+                keep.append(i)
+        return keep, back
+
+    def _report(self, outcome: Any, keep: list[int]) -> Report:
+        """The scheduler's ``Report`` for the slices of ``outcome`` at positions ``keep``."""
+        if all(outcome.oks):
+            errors: list = [None] * len(outcome)
+        else:
+            errors = [None if e is None else self._explain_cap(outcome.job_id, e.to_dict()) for e in outcome.errors]
+        columns = (outcome.numbers, outcome.oks, outcome.values, errors, outcome.walls, outcome.cpus,
+                   outcome.bytes_in, outcome.bytes_out)
+        if len(keep) != len(outcome):
+            columns = tuple([col[i] for i in keep] for col in columns)
+        return Report(outcome.job_id, outcome.tag, *columns)
 
     def _heartbeat(self) -> None:
         with self._cond:
-            lease_ids = list({lease.lease_id for lease in self._inflight.values()})
+            lease_ids = list(self._inflight)
         lost = self.scheduler.heartbeat(self.id, lease_ids, self.lease_seconds) if lease_ids else []
         if not lost:
             return
-        lost_set = set(lost)
         with self._cond:
-            jobs = {lease.job_id for lease in self._inflight.values() if lease.lease_id in lost_set}
+            jobs = {self._inflight[lid].lease.job_id for lid in lost if lid in self._inflight}
         self._drop_finished(jobs)
 
     def _drop_finished(self, jobs: Iterable[str]) -> None:
@@ -414,25 +458,28 @@ class Worker:
         """Stop running a cancelled/finished job: its outcomes are discarded."""
         self._dropped.add(job_id)
         with self._cond:
-            for key in [k for k in self._inflight if k[0] == job_id]:
-                del self._inflight[key]
+            for lease_id in [lid for lid, held in self._inflight.items() if held.lease.job_id == job_id]:
+                self._open -= self._inflight.pop(lease_id).open
         self._pool.cancel(job_id)
 
     def _shutdown(self) -> None:
         try:
             with self._cond:
-                jobs = {lease.job_id for lease in self._inflight.values()}
+                jobs = {held.lease.job_id for held in self._inflight.values()}
             if self._pool is not None:
                 for job_id in jobs:
                     self._pool.cancel(job_id)  # queued slices come back ECANCELLED at once
             try:
-                self._flush_finished_only()
+                self._flush(keep_cancelled=False)
             finally:
                 with self._cond:
                     unfinished = list(self._inflight.values())
                     self._inflight.clear()
-                if unfinished:
-                    self.scheduler.return_slices(unfinished)
+                    self._open = 0
+                back = [held.lease.part(i for i, n in enumerate(held.lease.numbers) if n not in held.reported)
+                        for held in unfinished]
+                if back:
+                    self.scheduler.return_slices(back)
         except Exception:  # noqa: BLE001 - the store may be gone; leases will expire anyway
             log.exception("worker %s: could not hand back its slices", self.id)
         finally:
@@ -445,13 +492,6 @@ class Worker:
                     leave(self.id)
                 except Exception:  # noqa: BLE001
                     pass
-
-    def _flush_finished_only(self) -> None:
-        """Report what finished; slices cancelled by our own shutdown go back unrun instead."""
-        with self._cond:
-            self._outcomes = [o for o in self._outcomes
-                              if o.ok or o.error is None or o.error.code != ErrorCode.ECANCELLED]
-        self._flush()
 
 
 def run_worker(

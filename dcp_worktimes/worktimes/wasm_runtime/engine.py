@@ -486,16 +486,18 @@ def memory_at_quota(
     """True when ``memory`` is within ``margin`` of ``limit``: a failure now is (almost surely) the quota's.
 
     wasmtime-py cannot tell us that a ``memory.grow`` was refused, so this is a heuristic: an
-    allocator asks for chunks (wasi-libc: the request rounded up to pages), so after a refused
-    grow the memory sits less than one request below the quota. The default margin,
-    ``max(1 MiB, limit / 16)``, catches the usual allocation sizes; a single huge request far
-    beyond the quota is not recognised (the guest's own error is reported instead).
+    allocator asks for chunks, so after a refused grow the memory sits less than one request
+    below the quota. The default margin, ``max(1 MiB, limit / 16, the memory's size)``, catches
+    the usual allocation sizes and allocators that grow their heap by doubling (wasi-libc as Zig
+    builds it: its next grow is refused once half the quota is in use); a single huge request
+    far beyond the quota is not recognised (the guest's own error is reported instead).
     """
     if memory is None or limit is None:
         return False
+    size = memory.data_len(store)
     if margin is None:
-        margin = max(MiB, limit // 16)
-    return memory.data_len(store) + max(margin, WASM_PAGE) > limit
+        margin = max(MiB, limit // 16, size)
+    return size + max(margin, WASM_PAGE) > limit
 
 
 _TRAP_MESSAGES = {

@@ -13,7 +13,7 @@ from typing import Any
 
 from dcp_worktimes import hookimpl
 from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
-from dcp_worktimes.worktime import JobSpec, SliceContext, Worktime
+from dcp_worktimes.worktime import Block, JobSpec, SliceContext, Worktime
 
 ACTIONS = ("pid", "spin", "sleep", "silent", "allocate", "crash", "output", "throw", "console", "emit", "progress",
            "result", "unserializable", "when")
@@ -54,6 +54,24 @@ class EchoWorktime(Worktime):
             if not isinstance(actions.get(key, kind()), kind):
                 raise WorkError(f"echo action {key!r} takes a {kind.__name__}")
         self.actions = actions
+
+    def execute_block(self, block: Block) -> None:
+        """Many slices per call (the host's block fast path): plain echo settles them all at once;
+        with actions, one by one within the block's time budget."""
+        if not self.actions:
+            pending = block.pending()
+            block.done_many(pending, [block.datums[i] for i in pending])
+            return
+        started = time.monotonic()
+        for i in block.pending():
+            if block.cancelled:
+                return
+            try:
+                block.done(i, self.execute(block.context(i), block.datums[i]))
+            except Exception as e:  # noqa: BLE001 - the host gives it its code
+                block.failed(i, e)
+            if time.monotonic() - started > block.budget:
+                return
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
         a = self.actions

@@ -1,0 +1,127 @@
+"""Workers in more than one process, for machines with more cores than one process keeps busy.
+
+A worker's own process does a little per-slice work (leasing, reporting, bookkeeping: about 2 µs
+a slice, under one GIL); with trivial slices one process keeps about ``CORES_PER_PROCESS``
+evaluators busy. So ``dcp-worker --cores 16`` and ``job.exec()`` on a 16-core machine run
+``shares(16) == [4, 4, 4, 4]``: this process with 4 evaluators and three more worker processes
+with 4 each, all taking slices from the same store (SQLite in WAL mode, or Redis)::
+
+    with Helpers(url, shares(cores)[1:], job=job_id, worktime="map-basic", config={}):
+        ...   # this process runs its own share meanwhile
+
+Helpers are ``dcp-worker`` processes started with ``--helper`` (they die with this process) and,
+for one job, ``--job JOB_ID`` (they leave when the job ends). A private in-memory store cannot
+be shared: then everything runs here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any, Mapping
+
+from ..limits import FLAGS
+
+#: Evaluators one worker process drives; more cores are split over more processes.
+CORES_PER_PROCESS = 4
+ENV_CORES_PER_PROCESS = "DCP_CORES_PER_PROCESS"
+
+
+def shares(cores: int) -> list[int]:
+    """``cores`` evaluators split over worker processes, this process's share first.
+
+    >>> shares(2), shares(16), shares(10)
+    ([2], [4, 4, 4, 4], [4, 3, 3])
+    """
+    per = max(1, int(os.environ.get(ENV_CORES_PER_PROCESS) or CORES_PER_PROCESS))
+    count = -(-cores // per)
+    base, extra = divmod(cores, count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+def helper_argv(url: str, cores: int, *, job: str | None = None, worktimes: list[str] | None = None,
+                config: Mapping[str, Mapping[str, Any]] | None = None, limits: Mapping[str, str] | None = None,
+                capabilities: list[str] | None = None, until_idle: bool = False) -> list[str]:
+    """The command line of one helper worker process."""
+    argv = [sys.executable, "-m", "dcp_worktimes.cli", "--scheduler", url, "--cores", str(cores), "--helper"]
+    for name in worktimes or []:
+        argv += ["--worktime", name]
+    if job is not None:
+        argv += ["--job", job]
+    for name, value in (limits or {}).items():
+        argv += [FLAGS[name], f"{value}B" if name in ("memory", "output") else str(value)]  # sizes in bytes
+    for item in capabilities or []:
+        argv += ["--capability", item]
+    seen: set[str] = set()
+    for worktime, settings in (config or {}).items():
+        for name, value in settings.items():
+            if name == "trusted":
+                argv += ["--trust-work", worktime]
+            elif name not in seen:  # a setting several worktimes declare is one flag
+                seen.add(name)
+                argv += [f"--{name}", str(value)]
+    if until_idle:
+        argv.append("--until-idle")
+    return argv
+
+
+def die_with_parent() -> None:
+    """A helper gets SIGTERM when the process that started it dies (it then hands its slices
+    back, as on any stop), and exits at once if that already happened."""
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent or parent == 1:
+        raise SystemExit(0)
+
+
+def stop_when_over(scheduler: Any, job_id: str, stop: threading.Event, every: float = 1.0) -> None:
+    """Set ``stop`` once ``job_id`` has ended (checked on a thread every ``every`` seconds)."""
+    from .base import FINAL_STATES, UnknownJob
+
+    def watch() -> None:
+        while not stop.wait(every):
+            try:
+                if scheduler.status(job_id)["status"] in FINAL_STATES:
+                    break
+            except UnknownJob:
+                break
+            except Exception:  # noqa: BLE001 - a store hiccup: look again later
+                continue
+        stop.set()
+
+    threading.Thread(target=watch, name=f"dcp-watch-{job_id[:8]}", daemon=True).start()
+
+
+class Helpers:
+    """Helper worker processes for the duration of a ``with`` block."""
+
+    def __init__(self, url: str | None, cores: list[int], **options: Any) -> None:
+        self.argvs = [helper_argv(url, k, **options) for k in cores] if url and cores else []
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Helpers":
+        for argv in self.argvs:
+            self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               start_new_session=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask each helper to stop (it hands its unfinished slices back), then make sure it has."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []

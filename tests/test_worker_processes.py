@@ -1,0 +1,82 @@
+"""Workers in more than one process: a machine with more cores than one worker process keeps busy
+splits them over helper worker processes (``scheduler/processes.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from dcp_worktimes import compute
+from dcp_worktimes.scheduler import open_scheduler
+from dcp_worktimes.scheduler.processes import ENV_CORES_PER_PROCESS, helper_argv, shares
+from dcp_worktimes.testing_scheduler import make_job
+
+
+def test_cores_are_split_into_processes_this_ones_share_first(monkeypatch):
+    assert shares(2) == [2] and shares(4) == [4]
+    assert shares(16) == [4, 4, 4, 4] and shares(10) == [4, 3, 3]
+    monkeypatch.setenv(ENV_CORES_PER_PROCESS, "1")
+    assert shares(3) == [1, 1, 1]
+
+
+def test_helper_command_lines_carry_the_workers_settings():
+    argv = helper_argv("sqlite:////tmp/x.db", 3, job="j1", worktimes=["map-basic"],
+                       config={"map-basic": {"js-engine": "v8", "trusted": True}},
+                       limits={"wall_time": 30.0, "memory": 2**30}, capabilities=["machine.gpu=false"])
+    assert argv[argv.index("--cores") + 1] == "3" and "--helper" in argv and argv[argv.index("--job") + 1] == "j1"
+    assert argv[argv.index("--memory-limit") + 1] == f"{2**30}B" and argv[argv.index("--wall-time") + 1] == "30.0"
+    assert argv[argv.index("--js-engine") + 1] == "v8" and argv[argv.index("--trust-work") + 1] == "map-basic"
+
+
+def test_exec_on_more_cores_than_one_process_drives_uses_helper_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_CORES_PER_PROCESS, "1")
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    job = compute.for_(range(200), '{"pid": true, "sleep": 0.03}', worktime="echo", scheduler=url)
+    results = job.exec(cores=2, progress=False)
+    assert [v[0] for v in results] == list(range(200))
+    with open_scheduler(url) as s:
+        workers = {r.worker for r in s.results(job.id).values()}
+    assert len(workers) == 2  # this process's worker and one helper took slices
+    time.sleep(0.5)
+    helpers = [p for p in psutil.Process().children() if "--helper" in " ".join(p.cmdline())]
+    assert helpers == []  # gone with the job
+
+
+def test_a_helper_hands_its_slices_back_when_its_parent_dies(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    with open_scheduler(url) as s:
+        job = make_job("slow", 40)
+        job.spec.work = '{"sleep": 0.2}'
+        s.submit(job)
+    env = {**os.environ, ENV_CORES_PER_PROCESS: "1", "DCP_PROGRESS": "0"}
+    parent = subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--scheduler", url, "--cores", "2",
+                               "--worktime", "echo"], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        helpers: list = []
+        while time.monotonic() < deadline and not helpers:
+            helpers = [p for p in psutil.Process(parent.pid).children() if "--helper" in " ".join(p.cmdline())]
+            time.sleep(0.1)
+        assert helpers, "the worker started no helper process"
+        with open_scheduler(url) as s:
+            while s.status("slow")["computed"] < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        os.killpg(parent.pid, signal.SIGKILL)  # the whole worker, helpers included, dies at once...
+        parent.wait(10)
+        psutil.wait_procs(helpers, timeout=10)
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in helpers)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    # ...and a new worker finishes the job: nothing lost, nothing twice.
+    with open_scheduler(url) as s:
+        from dcp_worktimes.scheduler.worker import Worker
+
+        Worker(s, ["echo"], cores=2, lease_seconds=2).run(until_idle=True)
+        assert s.status("slow")["status"] == "complete" and sorted(s.results("slow")) == list(range(40))
