@@ -16,9 +16,9 @@ Same model (gemma3 270M Q4_K_M unless ``--model``), same prompts, same greedy re
 * **direct, 2 threads**: one engine using both cores, for comparison with two evaluators;
 * **llama-cpp-python**: the other embedded engine considered, when it is installed.
 
-Tokens/s counts generated tokens over wall time (prompt reading included, as a job sees it); on a
-shared machine wall time swings with the neighbours' load, so tokens per CPU-second (this process's
-CPU, plus the evaluators' for the worktime) is printed beside it: the overhead itself.
+Tokens/s counts generated tokens over wall time (prompt reading included, as a job sees it); tokens
+per CPU-second (this process's CPU, plus the evaluators' for the worktime) is printed beside it.
+On a shared machine both swing with the neighbours' load (``uptime`` is printed before and after).
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ def main() -> None:
     print_table(f"{args.prompts} prompts x {args.tokens} tokens, greedy, {os.path.basename(model)}",
                 ["", "tokens", "seconds", "tokens/s", "vs direct", "tokens/CPU-s", "vs direct (CPU)"], rows,
                 note=f"the worktime reaches {rows[1][4]:.0%} of llama.cpp called directly in wall time, "
-                     f"{rows[1][6]:.0%} per CPU-second (goal >= 90 %; CPU time is what a loaded machine does not "
-                     f"disturb).\n"
+                     f"{rows[1][6]:.0%} per CPU-second (goal >= 90 %; on a loaded machine both swing: compare the "
+                     f"load below, rerun when it is idle).\n"
                      f"Before: {load}\nAfter:  {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
 

@@ -150,7 +150,8 @@ def test_cancel_stops_generation_at_once(pool):
     job = JobSpec(id=f"cancel-{secrets.token_hex(4)}", worktime="ollama", work=json.dumps(ENDLESS))
     started = threading.Event()
     outcome = []
-    pool.submit(job, [(0, None)], outcome.append, lambda kind, n, p: kind == "progress" and p and started.set())
+    pool.submit(job, [0], [None], lambda o: outcome.extend(o.slices()),
+                lambda kind, n, p: kind == "progress" and p and started.set())
     assert started.wait(60), "no token was generated"
     slot = next(s for s in pool._slots if s.proc is not None and s.proc.job_id == job.id)
     evaluator = psutil.Process(slot.proc.pid)

@@ -136,7 +136,8 @@ def test_timeout_and_cancel_stop_generation(pool):
     assert out.error.code == "ESLICETOOSLOW" and "generation ran past" in out.error.message
     job = JobSpec(id=f"cancel-{secrets.token_hex(4)}", worktime="ollama", work=endless)
     started, outcome = threading.Event(), []
-    pool.submit(job, [(0, "1, 2, 3,")], outcome.append, lambda kind, n, p: kind == "progress" and p and started.set())
+    pool.submit(job, [0], ["1, 2, 3,"], lambda o: outcome.extend(o.slices()),
+                lambda kind, n, p: kind == "progress" and p and started.set())
     assert started.wait(60)
     pool.cancel(job.id)
     deadline = time.monotonic() + 5

@@ -120,7 +120,8 @@ def test_a_killed_evaluator_stops_the_server_too(pool, llama_server):
     connection, and llama.cpp's server stops generating for a client that disappeared."""
     job = JobSpec(id=f"kill-{secrets.token_hex(4)}", worktime="ollama", work=json.dumps(ENDLESS))
     started, outcome = threading.Event(), []
-    pool.submit(job, [(0, None)], outcome.append, lambda kind, n, p: kind == "progress" and p and started.set())
+    pool.submit(job, [0], [None], lambda o: outcome.extend(o.slices()),
+                lambda kind, n, p: kind == "progress" and p and started.set())
     try:
         assert started.wait(60), "no token was generated"
         assert idle_cpu(llama_server["process"], 0.5) > 0.05  # it is generating (a loaded machine gives it less)
@@ -140,7 +141,8 @@ def test_a_killed_evaluator_stops_the_server_too(pool, llama_server):
 def test_cancel_closes_the_stream(pool, llama_server):
     job = JobSpec(id=f"cancel-{secrets.token_hex(4)}", worktime="ollama", work=json.dumps(ENDLESS))
     started, outcome = threading.Event(), []
-    pool.submit(job, [(0, None)], outcome.append, lambda kind, n, p: kind == "progress" and p and started.set())
+    pool.submit(job, [0], [None], lambda o: outcome.extend(o.slices()),
+                lambda kind, n, p: kind == "progress" and p and started.set())
     assert started.wait(60)
     pool.cancel(job.id)
     deadline = time.monotonic() + 5
