@@ -150,20 +150,21 @@ class ServerBackend:
         self.model = model
         self.url = base_url(config.server_url)
         self.num_ctx = num_ctx
-        import httpx
-
         # No read timeout: a slice's wall-time limit bounds the wait (the host kills a stalled
         # evaluator, which closes the connection); a dead server is found by the connect timeout.
-        timeout = httpx.Timeout(None, connect=10.0)
+        # Each client takes its own HTTP library's Timeout (ollama: httpx; openai 1.x: httpx, 2.x
+        # and later: httpx2, re-exported as openai.Timeout): one library's object fails the other.
         if model.backend == NATIVE:
+            import httpx
             import ollama
 
-            self.client: Any = ollama.Client(host=self.url, timeout=timeout)
+            self.client: Any = ollama.Client(host=self.url, timeout=httpx.Timeout(None, connect=10.0))
             self._preload()
         else:
             import openai
 
-            self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key(), max_retries=0, timeout=timeout)
+            self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key(), max_retries=0,
+                                        timeout=openai.Timeout(None, connect=10.0))
 
     def _preload(self) -> None:
         """Load the model into the server's memory now (an empty prompt does only that), so the
