@@ -256,3 +256,29 @@ def test_remote_job_with_no_worker_says_what_it_waits_for_then_gives_up(store, c
         assert s.status(job.id)["status"] == "cancelled"
     with pytest.raises(ValueError, match="worker_wait"):
         echo([1], worker_wait=-1).exec(local=False)
+
+
+def test_a_deployer_whose_store_stops_answering_says_so_and_carries_on_when_it_is_back(store, caplog, monkeypatch):
+    """Reading the job's events fails for a while (an injected StoreUnavailable, as Redis gone or
+    an I/O error raises): exec() says the store is failing, keeps trying, and returns every result."""
+    import logging
+
+    from dcp_worktimes.scheduler import StoreUnavailable
+    from dcp_worktimes.scheduler.sqlite import SqliteScheduler
+
+    real = SqliteScheduler.events
+    failing_until = [0.0]
+
+    def events(self, job_id, after=0, **kw):
+        if failing_until[0] == 0.0:
+            failing_until[0] = time.monotonic() + 1.0
+        if time.monotonic() < failing_until[0]:
+            raise StoreUnavailable(f"the job store {self.url} is unreachable (injected)")
+        return real(self, job_id, after, **kw)
+
+    monkeypatch.setattr(SqliteScheduler, "events", events)
+    caplog.set_level(logging.WARNING, logger="dcp_worktimes.compute")
+    assert echo(range(20)).exec(timeout=60) == list(range(20))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("the job store is failing" in m and "unreachable (injected)" in m for m in said), said
+    assert any("answers again" in m for m in said), said

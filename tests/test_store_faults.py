@@ -190,3 +190,57 @@ def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created(tmp_path
 def test_store_errors_are_scheduler_errors():
     assert issubclass(StoreUnavailable, SchedulerError) and issubclass(StoreDamaged, SchedulerError)
     assert StoreUnavailable.retryable and not StoreDamaged.retryable and not SchedulerError.retryable
+
+
+@needs_namespaces
+def test_a_worker_keeps_its_results_through_a_full_disk_and_writes_them_when_space_returns(tmp_path):
+    got = in_small_fs("""
+        import logging, threading, time
+        from dcp_worktimes.scheduler.worker import Worker
+
+        said = []
+        class Said(logging.Handler):
+            def emit(self, record):
+                said.append(record.getMessage())
+        logging.getLogger("dcp_worktimes.scheduler.worker").addHandler(Said())
+        logging.getLogger("dcp_worktimes.scheduler.worker").propagate = False
+
+        s = open_scheduler(url)
+        s.submit(JobRecord(id="j0", spec=JobSpec(id="j0", worktime="echo", work='{"sleep": 0.25}'),
+                           input={"kind": "range", "start": 0, "end": 8, "step": 1}))  # 9 slices: DCP ranges end inclusive
+        w = Worker(open_scheduler(url), worktimes=["echo"], cores=1, lease_seconds=120)
+        t = threading.Thread(target=w.run, kwargs={"until_idle": True}, daemon=True)
+        t.start()
+        while s.status("j0")["distributed"] == 0:  # leased: now the disk fills up
+            time.sleep(0.02)
+        fd = os.open(os.path.join(d, "filler"), os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            os.close(fd)
+        deadline = time.monotonic() + 30
+        while w.store_trouble is None and time.monotonic() < deadline:  # the slices end, the report fails
+            time.sleep(0.05)
+        out["trouble"] = w.store_trouble.message if w.store_trouble else None
+        time.sleep(1.0)  # an outage of more than one retry
+        out["alive_during"] = t.is_alive()
+        out["computed_during"] = s.status("j0")["computed"]
+        os.unlink(os.path.join(d, "filler"))  # space comes back
+        t.join(20)
+        out["alive_after"] = t.is_alive()
+        out["error"] = repr(w.error) if w.error else None
+        out["status"] = s.status("j0")
+        out["results"] = {str(n): r.ok for n, r in s.results("j0").items()}
+        out["completed"] = w.completed
+        out["said"] = said
+    """, size="4m", tmp_path=tmp_path)
+    assert got["trouble"] is not None and "is full" in got["trouble"], got
+    assert got["alive_during"] and not got["alive_after"] and got["error"] is None, got
+    assert got["computed_during"] < 9, got  # the outage held results back ...
+    assert got["status"]["computed"] == 9 and got["status"]["status"] == "complete", got["status"]
+    # ... which were kept and written once the disk had room: each slice once, none run again
+    assert got["completed"] == 9 and got["results"] == {str(n): True for n in range(9)}, got
+    failing = [m for m in got["said"] if "job store is failing" in m]
+    assert len(failing) == 1 and "is full" in failing[0] and "kept" in failing[0], got["said"]
+    assert any("works again" in m for m in got["said"]), got["said"]

@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ErrorCode
-from ..scheduler.base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, Scheduler
+from ..scheduler.base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, Scheduler, StoreUnavailable
 from ..values import unpack
 from .events import JOB_EVENTS, Event
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: Seconds without events after which the follower asks the store for the job's status.
 QUIET = 2.0
+#: Longest wait between two reads of a failing store.
+STORE_RETRY_MAX = 10.0
 #: Seconds between the "still waiting for a worker" lines.
 WAITING_NOTE = 10.0
 
@@ -72,6 +74,7 @@ class Follower:
         self.bad_work: Mapping[str, Any] | None = None
         self._waiting_since: float | None = None
         self._last_note = 0.0
+        self._outage: float | None = None  # when reading the store started failing
 
     def run(self, timeout: float | None, remote: bool = False) -> Outcome:
         """Dispatch events until the job ends.
@@ -90,7 +93,14 @@ class Follower:
             self.watch_workers(quiet_since)
         while True:
             per_slice = self.emit and bool(job.listener_count("result") or job.listener_count("error"))
-            events = sched.events(job.id, self.after, wait=0.25, results=per_slice)
+            try:
+                events = sched.events(job.id, self.after, wait=0.25, results=per_slice)
+            except StoreUnavailable as e:  # Redis gone, an I/O error: say so, keep trying (the deadline holds)
+                self._store_failing(e, deadline)
+                continue
+            if self._outage is not None:
+                log.warning("job %s: the job store answers again after %.1f s", job.id, time.monotonic() - self._outage)
+                self._outage = None
             for seq, ev in events:
                 self.after = seq
                 if self.emit:
@@ -112,6 +122,22 @@ class Follower:
             if deadline is not None and now > deadline:
                 sched.cancel(job.id, f"exec(timeout={timeout}) expired")
                 raise TimeoutError(f"job {job.id} did not finish within {timeout} s; it was cancelled")
+
+    def _store_failing(self, error: StoreUnavailable, deadline: float | None) -> None:
+        now = time.monotonic()
+        if self._outage is None:
+            self._outage = self._last_note = now
+            log.warning("job %s: the job store is failing: %s; the job's events and results wait in the workers "
+                        "and the store, retrying", self.job.id, error.message)
+        elif now - self._last_note >= WAITING_NOTE:
+            self._last_note = now
+            log.warning("job %s: the job store is still failing (%.0f s so far): %s", self.job.id,
+                        now - self._outage, error.message)
+        if deadline is not None and now > deadline:
+            raise TimeoutError(f"job {self.job.id} did not finish within the timeout; the job store is failing "
+                               f"({error.message}), so it could not be cancelled") from None
+        # Back off as the outage lasts: a quarter of it so far, from 0.25 s up to STORE_RETRY_MAX.
+        time.sleep(min(STORE_RETRY_MAX, max(0.25, (now - self._outage) / 4)))
 
     def watch_workers(self, now: float) -> None:
         """``exec(local=False)``: say what the job waits for while no attached worker can run it, and

@@ -141,7 +141,7 @@ class _SliceEvents:
     any other event sends it first, so the deployer sees events promptly and in order.
     """
 
-    __slots__ = ("out", "index", "cap", "sent", "over", "pending", "since", "lock")
+    __slots__ = ("out", "index", "cap", "sent", "over", "pending", "since", "lock", "loud")
 
     #: Seconds a console line waits for identical repeats before it is sent anyway.
     CONSOLE_HOLD = 0.1
@@ -155,6 +155,7 @@ class _SliceEvents:
         self.out, self.index, self.cap = out, index, cap
         self.sent = 0
         self.over = False
+        self.loud = False  # whether anything but progress was logged (a block's results then go one by one)
         self.pending: dict | None = None
         self.since = 0.0
         return self
@@ -162,6 +163,8 @@ class _SliceEvents:
     def __call__(self, kind: str, payload: Any) -> None:
         if self.over:
             return
+        if kind != "progress":
+            self.loud = True
         if kind == "emit":
             try:
                 pack(payload["value"])
@@ -464,10 +467,12 @@ class RunBlock(Block):
         calls, self._call = self._call, []
         wall_total = sum(c[3] for c in calls) or 1.0
         ev, limits = self.ev, self.limits
-        if not self._events and not ev.cancel.is_set():
-            # The usual case (no slice logged anything): pack every result in one go.
+        if not ev.cancel.is_set() and not any(e.loud for e in self._events.values()):
+            # The usual case (no slice logged anything but progress): pack every result in one go.
             out = self._pack_quiet(calls, cpu / wall_total)
             if out is not None:
+                for i in out[0]:
+                    self._events.pop(i, None)
                 ev.out.results_many(*out)
                 return
         for i, outcome, is_error, wall in calls:

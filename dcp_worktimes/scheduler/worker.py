@@ -40,7 +40,7 @@ from ..errors import ErrorCode, WorktimeNotFound
 from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..worktime import JobSpec, Probe
-from .base import FINAL_STATES, JobRecord, Lease, Report, Scheduler, UnknownJob
+from .base import FINAL_STATES, JobRecord, Lease, Report, Scheduler, StoreUnavailable, UnknownJob
 from .matching import check_categories, merge_capabilities
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ CANCEL_CHECK = 1.0
 #: Seconds console/progress/emit events of running slices may wait for a write (results flush sooner).
 EVENTS_FLUSH = 0.25
 
+
+#: Longest wait between two attempts to write to a failing store (the first retry is at once-ish).
+STORE_RETRY_MAX = 5.0
 
 #: Seconds between the checks of which jobs ended (for ``WorkerEvents.job_finished``).
 REPORT_CHECK = 2.0
@@ -205,6 +208,13 @@ class Worker:
         self._outcomes: list[Any] = []  # runner.Outcome blocks not reported yet
         self._waiting = 0  # slices in self._outcomes
         self._events: dict[str, list[dict]] = {}
+        # Writes not done yet, in order: ("events", (job, events)), ("back", leases), ("report", reports).
+        # A failing store (disk full, Redis down) leaves them here, to retry; nothing is dropped.
+        self._backlog: list[tuple[str, Any]] = []
+        self._outage: float | None = None  # when the store started failing (None: it works)
+        self._outage_wait = 0.0
+        #: The store's last failure while it is failing (``None`` once it works again).
+        self.store_trouble: StoreUnavailable | None = None
         self._specs: dict[str, JobSpec] = {}
         self._capped: dict[str, dict[str, float]] = {}  # job -> the limits this worker lowered
         self._dropped: set[str] = set()  # cancelled jobs: outcomes are discarded
@@ -271,47 +281,55 @@ class Worker:
         idle_wait = self.poll_interval
         try:
             while not stop.is_set():
-                leased = self._top_up()
-                now = time.monotonic()
-                with self._cond:
-                    pending, running, events = self._waiting, self._open, bool(self._events)
-                if (pending and (now - last_flush >= self.flush_interval or pending >= self.flush_size
-                                 or pending >= running)) or (events and now - last_flush >= EVENTS_FLUSH):
-                    self._flush()
-                    last_flush = now
-                if self.jobs is not None and self._disabled:
-                    # Running one job here (exec()): nobody else will take it from this machine.
-                    name, (_until, why) = next(iter(self._disabled.items()))
-                    raise WorktimeNotFound(f"this machine cannot run {name} jobs now: {why}")
-                if now - last_beat >= self.lease_seconds / 3:
-                    self._heartbeat()
-                    last_beat = last_check = now
-                elif now - last_check >= CANCEL_CHECK:
+                try:
+                    if self._outage is not None:
+                        self._flush()  # the backlog first: it raises again while the store still fails
+                    leased = self._top_up()
+                    now = time.monotonic()
                     with self._cond:
-                        running_jobs = {held.lease.job_id for held in self._inflight.values()}
-                    self._drop_finished(running_jobs)
-                    last_check = now
-                if self.events is not None and now - last_report >= REPORT_CHECK:
-                    self._report_finished(now)
-                    last_report = now
-                with self._cond:
-                    busy = bool(self._inflight)
-                if until_idle and not leased and not busy:
-                    self._flush()
-                    # One more look: the flush may have completed the last slice of a stream
-                    # whose producer is still adding input.
-                    if not self._top_up(force=True):
-                        break
-                if leased or busy:
-                    idle_wait = self.poll_interval
+                        pending, running, events = self._waiting, self._open, bool(self._events)
+                    if (pending and (now - last_flush >= self.flush_interval or pending >= self.flush_size
+                                     or pending >= running)) or (events and now - last_flush >= EVENTS_FLUSH):
+                        self._flush()
+                        last_flush = now
+                    if self.jobs is not None and self._disabled:
+                        # Running one job here (exec()): nobody else will take it from this machine.
+                        name, (_until, why) = next(iter(self._disabled.items()))
+                        raise WorktimeNotFound(f"this machine cannot run {name} jobs now: {why}")
+                    if now - last_beat >= self.lease_seconds / 3:
+                        self._heartbeat()
+                        last_beat = last_check = now
+                    elif now - last_check >= CANCEL_CHECK:
+                        with self._cond:
+                            running_jobs = {held.lease.job_id for held in self._inflight.values()}
+                        self._drop_finished(running_jobs)
+                        last_check = now
+                    if self.events is not None and now - last_report >= REPORT_CHECK:
+                        self._report_finished(now)
+                        last_report = now
                     with self._cond:
-                        k = self._waiting
-                        if k < self._target() // 4 and k < self._open:
-                            self._cond.wait(self.flush_interval)
-                else:
-                    self._flush()
-                    self._wait_for_work(stop, idle_wait)
-                    idle_wait = min(idle_wait * 2, self.idle_poll_interval)
+                        busy = bool(self._inflight)
+                    if until_idle and not leased and not busy and not self._backlog:
+                        self._flush()
+                        # One more look: the flush may have completed the last slice of a stream
+                        # whose producer is still adding input.
+                        if not self._top_up(force=True):
+                            break
+                    if leased or busy:
+                        idle_wait = self.poll_interval
+                        with self._cond:
+                            k = self._waiting
+                            if k < self._target() // 4 and k < self._open:
+                                self._cond.wait(self.flush_interval)
+                    else:
+                        self._flush()
+                        self._wait_for_work(stop, idle_wait)
+                        idle_wait = min(idle_wait * 2, self.idle_poll_interval)
+                except StoreUnavailable as e:
+                    # Disk full, I/O error, Redis gone: keep what finished and retry with backoff. The
+                    # evaluators keep running what is leased; leases this worker cannot extend expire
+                    # and run elsewhere (a late report of those is ignored: exactly once).
+                    self._store_failing(e, stop)
         except BaseException as e:  # noqa: BLE001 - reported to the caller (run_local) then re-raised
             self.error = e
             raise
@@ -319,6 +337,26 @@ class Worker:
             self._shutdown()
             if self.events is not None:
                 self._report_finished(float("inf"))
+
+    def _store_failing(self, error: StoreUnavailable, stop: threading.Event) -> None:
+        """The store refused a write or a read that may pass (``StoreUnavailable``): say so once
+        per outage, with what is kept, then wait before the next attempt (doubling up to
+        ``STORE_RETRY_MAX``)."""
+        self.store_trouble = error
+        if self._outage is None:
+            self._outage = time.monotonic()
+            log.warning("worker %s: the job store is failing: %s; retrying with backoff, slices keep running and "
+                        "their results are kept here until the store takes them", self.id, error.message)
+        self._outage_wait = min(max(self._outage_wait * 2, 0.25), STORE_RETRY_MAX)
+        stop.wait(self._outage_wait)
+
+    def _store_works(self) -> None:
+        if self._outage is not None:
+            log.warning("worker %s: the job store works again after %.1f s; the results kept are written",
+                        self.id, time.monotonic() - self._outage)
+        self._outage = None
+        self._outage_wait = 0.0
+        self.store_trouble = None
 
     def _wait_for_work(self, stop: threading.Event, timeout: float) -> None:
         # Short waits so that stop (the deployer's job finished) is noticed within ~20 ms.
@@ -346,6 +384,8 @@ class Worker:
         if self.categories is not None:
             kwargs["categories"] = self.categories
         leases = self.scheduler.lease(self.id, offered, self.capabilities, room, self.lease_seconds, **kwargs)
+        if self._outage is not None and not self._backlog:
+            self._store_works()  # a write went through, and nothing is left from the outage
         if not leases:
             self._lease_backoff = min(max(self._lease_backoff * 2, self.poll_interval), self.idle_poll_interval)
             self._next_lease = now + self._lease_backoff
@@ -418,9 +458,10 @@ class Worker:
         with self._cond:
             outcomes, self._outcomes, self._waiting = self._outcomes, [], 0
             events, self._events = self._events, {}
+        backlog = self._backlog
         for job_id, evs in events.items():
             if job_id not in self._dropped:
-                self.scheduler.post_events(job_id, evs)
+                backlog.append(("events", (job_id, evs)))
         reports: list[Report] = []
         give_back: list[Lease] = []
         no_progress: dict[str, list[dict]] = {}
@@ -447,17 +488,36 @@ class Worker:
                 if held.open <= 0:
                     del self._inflight[outcome.tag]
         if give_back:
-            self.scheduler.return_slices(give_back)
+            backlog.append(("back", give_back))
         for job_id, evs in no_progress.items():
-            self.scheduler.post_events(job_id, evs)
+            backlog.append(("events", (job_id, evs)))
         if reports:
-            self.scheduler.report(reports)
-            for r in reports:
-                ok = sum(r.oks)
-                self.completed += ok
-                self.failed += len(r) - ok
-                if self.events is not None:
-                    self.events.slices_done(r.job_id, r)
+            backlog.append(("report", reports))
+        self._write_backlog()
+
+    def _write_backlog(self) -> None:
+        """Write what ``_flush`` queued, in order; each item leaves the backlog only once written
+        (``StoreUnavailable`` leaves the rest for the next attempt)."""
+        backlog = self._backlog
+        if not backlog:
+            return
+        while backlog:
+            kind, payload = backlog[0]
+            if kind == "events":
+                if payload[0] not in self._dropped:
+                    self.scheduler.post_events(*payload)
+            elif kind == "back":
+                self.scheduler.return_slices(payload)
+            else:
+                self.scheduler.report(payload)
+                for r in payload:
+                    ok = sum(r.oks)
+                    self.completed += ok
+                    self.failed += len(r) - ok
+                    if self.events is not None:
+                        self.events.slices_done(r.job_id, r)
+            backlog.pop(0)
+        self._store_works()
 
     def _sort(self, outcome: Any, keep_cancelled: bool) -> tuple[list[int], list[int]]:
         """Positions of ``outcome`` to report, and positions to give back unrun (a failure of
@@ -555,6 +615,11 @@ class Worker:
                         for held in unfinished]
                 if back:
                     self.scheduler.return_slices(back)
+        except StoreUnavailable as e:  # stopping while the store fails: say what happens to the slices
+            kept = sum(len(r) for kind, payload in self._backlog if kind == "report" for r in payload)
+            log.warning("worker %s: stopping while the job store fails (%s): %d finished result(s) not written; "
+                        "their leases expire within %.0f s and the slices run again", self.id, e.message, kept,
+                        self.lease_seconds)
         except Exception:  # noqa: BLE001 - the store may be gone; leases will expire anyway
             log.exception("worker %s: could not hand back its slices", self.id)
         finally:

@@ -182,6 +182,7 @@ class V8Engine(Engine):
         self._cpu_deadline: float | None = None
         self._event_error: SliceError | None = None
         self._batch: list = []  # the evaluator's current batch (prefetch)
+        self._batch_at: dict[int, int] = {}  # slice number -> its position in _batch
         self._ahead_sent: collections.deque[int] = collections.deque()  # slices Deno runs after the current one
         self._ahead_texts: collections.deque[str] = collections.deque()  # their datum texts (for bigint_hint)
         self._ready()
@@ -510,6 +511,7 @@ class V8Engine(Engine):
         ``run`` will be called for them: each request then carries the next slices too, and Deno
         runs them back to back, so a batch of short slices costs one pipe round trip, not one each."""
         self._batch = list(items)
+        self._batch_at = {n: i for i, (n, _) in enumerate(self._batch)}
 
     def _ahead(self, number: int) -> tuple[list[str], list[int]]:
         """Datum texts and numbers of the slices after ``number`` in the batch, to send ahead."""
@@ -519,19 +521,19 @@ class V8Engine(Engine):
         texts: list[str] = []
         numbers: list[int] = []
         batch, budget = self._batch, AHEAD_BYTES
-        for i, (n, _) in enumerate(batch):
-            if n == number:
-                for n2, datum in batch[i + 1:i + 1 + AHEAD_SLICES]:
-                    try:
-                        text = to_js(datum, self._bigint)
-                    except (UnserializableValue, ValueError, TypeError):
-                        break  # that slice fails on its own, in its own request
-                    budget -= len(text)
-                    if budget < 0:
-                        break
-                    texts.append(text)
-                    numbers.append(n2)
+        i = self._batch_at.get(number)
+        if i is None:
+            return texts, numbers
+        for n2, datum in batch[i + 1:i + 1 + AHEAD_SLICES]:
+            try:
+                text = to_js(datum, self._bigint)
+            except (UnserializableValue, ValueError, TypeError):
+                break  # that slice fails on its own, in its own request
+            budget -= len(text)
+            if budget < 0:
                 break
+            texts.append(text)
+            numbers.append(n2)
         return texts, numbers
 
     def _drop_ahead(self) -> None:
