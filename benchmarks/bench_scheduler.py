@@ -1,7 +1,7 @@
 """End-to-end job throughput, deployer memory and latency through the embedded scheduler, beside
 ``multiprocessing.Pool`` and Dask, one run on this machine.
 
-    python benchmarks/bench_scheduler.py [--sizes 10000,100000,1000000] [--worktimes echo,map-basic,python]
+    python benchmarks/bench_scheduler.py [--sizes 10000,100000,1000000] [--worktimes echo,map-basic/quickjs,map-basic/v8,python]
                                          [--cpu-slices 200] [--repeat 3] [--no-dask]
 
 1. **Trivial slices**: ``compute.for_(range(N), identity).exec()`` per worktime (echo; map-basic
@@ -98,8 +98,12 @@ def py_fib25(_):
 
 
 def child(n: int, worktime: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(n), worktime, json.dumps(WORK[worktime]), str(time.time())],
-                         capture_output=True, text=True, timeout=3600)
+    """One measurement in a fresh process. ``map-basic/quickjs`` and ``map-basic/v8`` choose the
+    engine as a user does for in-process ``exec()``: ``DCP_WORKTIMES_JS_ENGINE``."""
+    name, _, engine = worktime.partition("/")
+    env = {**os.environ, "DCP_WORKTIMES_JS_ENGINE": engine} if engine else None
+    out = subprocess.run([sys.executable, "-c", CHILD, str(n), name, json.dumps(WORK[name]), str(time.time())],
+                         capture_output=True, text=True, timeout=3600, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{worktime} n={n} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -134,7 +138,8 @@ def dask_rates(n: int, cores: int) -> tuple[float | None, float | None]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--worktimes", default="echo,map-basic,python")
+    ap.add_argument("--worktimes", default="echo,map-basic/quickjs,map-basic/v8,python",
+                    help="comma-separated; map-basic/ENGINE picks the JavaScript engine")
     ap.add_argument("--cpu-slices", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the CPU-bound measurements (median)")
     ap.add_argument("--no-dask", action="store_true")
@@ -178,7 +183,7 @@ def main() -> None:
         store = f"sqlite:///{tmp}/jobs.db"
 
         def fibs(c: int) -> None:
-            assert compute.for_(range(m), FIB, scheduler=store).exec(cores=c, progress=False)[0] == 75025
+            assert compute.for_(range(m), FIB, scheduler=store).exec(cores=c, progress=False)[0] == 75025  # default engine
 
         for _ in range(args.repeat):  # interleaved: the load of a shared machine drifts
             runs["fib1"].append(timed(lambda: fibs(1)))

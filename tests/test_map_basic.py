@@ -700,6 +700,23 @@ def test_engine_choice_and_capabilities():
     assert "V8" in MapBasic.describe(v8)["description"] and "QuickJS" in MapBasic.describe(qjs)["description"]
 
 
+def test_the_default_engine_can_be_set_for_in_process_exec(monkeypatch, tmp_path):
+    from dcp_worktimes import compute
+    from dcp_worktimes.worktimes.map_basic.engine import ENV_ENGINE, choose
+
+    monkeypatch.setenv(ENV_ENGINE, "QuickJS")
+    assert choose(None) == "quickjs" and choose("v8") == "v8"  # the worker's flag still wins
+    assert MapBasic.probe(None).capabilities["engine"].get("quickjs") is True
+    monkeypatch.setenv("DCP_SCHEDULER", f"sqlite:///{tmp_path}/jobs.db")
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    job = compute.for_([1, 2], "x => { progress(); return typeof InternalError }", worktime="map-basic", cores=1)
+    job.requirements = {"engine": {"quickjs": True}}
+    assert job.exec(timeout=60) == ["function", "function"]  # QuickJS has InternalError, V8 does not
+    monkeypatch.setenv(ENV_ENGINE, "rhino")
+    bad = MapBasic.probe(None)
+    assert not bad.available and ENV_ENGINE in bad.unavailable and "v8, quickjs" in bad.unavailable
+
+
 def test_stops_racing_the_end_of_a_slice_never_break_the_engine():
     # Deadlines already past when the slice starts: the stop races the request and the reply.
     h = Harness().prepare("x => x")

@@ -248,3 +248,50 @@ def test_a_job_can_require_or_refuse_the_engine(store):
     job.requirements = {"engine": {other: True}}
     with pytest.raises(DcpError, match=f"engine.{other}=true"):
         job.exec()
+
+
+# -- blocks: many slices per call into the engine keep every per-slice semantic ------------------
+# The pool doubles its runs while slices are quick, so the later slices of 400 run many per call
+# (QuickJS: back to back inside one engine call; V8: sent ahead in one request).
+
+def _outs(pool, work, n=400, **kw):
+    events: list = []
+    outs = sorted(pool.map(job(work, **kw), [(i, i) for i in range(n)],
+                           lambda kind, number, payload: events.append((kind, number, payload))),
+                  key=lambda o: o.number)
+    return outs, events
+
+
+def test_a_block_runs_the_jobs_a_synchronous_slice_queued_before_the_next_slice(pool):
+    work = ("x => { if (x % 50 === 7) Promise.resolve().then(() => console.log('job of ' + x)); "
+            "if (x % 100 === 33) queueMicrotask(() => work.emit('queued', x)); progress(); return x }")
+    outs, events = _outs(pool, work)
+    consoles = sorted((n, p["message"]) for k, n, p in events if k == "console")
+    assert consoles == [(n, f"job of {n}") for n in range(400) if n % 50 == 7]  # each on its own slice
+    emitted = sorted((n, p["value"]) for k, n, p in events if k == "emit")
+    assert emitted == [(n, n) for n in range(400) if n % 100 == 33]
+    assert [o.value for o in outs] == list(range(400))
+
+
+def test_a_block_mixes_synchronous_and_promise_slices(pool):
+    outs, _ = _outs(pool, "x => x % 3 ? x : Promise.resolve(x * 10).then(v => { progress(); return v })")
+    assert [o.value for o in outs] == [n if n % 3 else n * 10 for n in range(400)]
+
+
+def test_progress_judged_in_a_block_as_slice_by_slice(pool):
+    # Backwards and out-of-range values get the same one console note per slice, in every slice.
+    outs, events = _outs(pool, "x => { progress(0.5); progress(x % 2 ? 0.25 : 0.75); return x }", n=300)
+    assert all(o.ok for o in outs)
+    notes = sorted(n for k, n, p in events if k == "console" and "progress went backwards" in p["message"])
+    assert notes == [n for n in range(300) if n % 2]
+
+
+def test_a_slow_slice_in_a_block_is_judged_on_its_own_time(pool):
+    # Slice 350 runs 1.5 s calling progress() all along, under a 1 s progress timeout and 3 s wall
+    # time: it must pass; slice 360 stops calling progress() and must fail ENOPROGRESS; none other.
+    work = ("x => { const t = Date.now(); if (x === 350) while (Date.now() - t < 1500) progress(); "
+            "if (x === 360) { progress(); while (Date.now() - t < 5000) {} } return x }")
+    outs, _ = _outs(pool, work, limits=Limits.parse(wall_time="3s", progress_timeout="1s"))
+    assert outs[350].ok, outs[350].error
+    assert outs[360].error is not None and outs[360].error.code == "ENOPROGRESS", outs[360]
+    assert [o.number for o in outs if not o.ok] == [360]

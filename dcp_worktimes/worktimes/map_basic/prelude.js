@@ -209,10 +209,23 @@
   let rejected;  // the reason text once work.reject() was called in the current slice
   const REJECT = freeze({ toString() { return 'work.reject() was called'; } });
 
+  // Block mode ('block', QuickJS): the host hears of a slice's progress only when it matters, at
+  // most every PROGRESS_QUIET_MS of the slice's time (its watchdog deadline moves by that much at
+  // most) and for any value the host must judge (out of range, backwards: it gets the last value
+  // it did not hear of as the third argument, so its verdict is the same as one call per slice).
+  const PROGRESS_QUIET_MS = 20;
+  let blockMode = false, lastHeard = 0, lastValue = -1;
+
   function progress(value) {
+    if (blockMode && (value === undefined || (typeof value === 'number' && value >= 0 && value >= lastValue && value <= 1))) {
+      if (value !== undefined) lastValue = value;
+      const t = now();
+      if (t - lastHeard < PROGRESS_QUIET_MS) return true;
+      lastHeard = t;
+    }
     let text;
     try { text = value === undefined ? '0null' : __dcpEncode(value); } catch (_) { text = __dcpEncode(String(value)); }
-    __dcpHostCall('progress', text);
+    __dcpHostCall('progress', text, blockMode && lastValue >= 0 ? String(lastValue) : undefined);
     return true;
   }
 
@@ -721,6 +734,31 @@
     return __dcpValueEnvelope(r);
   }
 
+  // Many synchronous slices in one call: the datums' texts, one per line (encoded text never holds
+  // a raw newline). Before each slice the host hears host('s', k, envelope of slice k-1); it answers
+  // non-null to stop there (jobs of slice k-1 to run first). The loop also stops after budgetMs, and
+  // at a slice whose result is a promise (the host settles it as for 'start'). Replies: 'd' +
+  // envelope of the last slice; 'p' (slice k is pending); 's' (stopped before the slice the last
+  // host('s', k) named). An interrupt (a limit) unwinds the call: the host has every earlier
+  // envelope already, and fails the slice it was on.
+  function __dcpBlock(text, budgetMs) {
+    const items = text.split('\n');
+    const t0 = now();
+    let envelope = '';
+    blockMode = true;
+    try {
+      for (let k = 0; k < items.length; k++) {
+        if (__dcpHostCall('s', k, envelope) != null || (k > 0 && now() - t0 > budgetMs)) return 's';
+        lastHeard = now(); lastValue = -1;
+        envelope = __dcpStart(items[k]);
+        if (envelope === 'p') return 'p';
+      }
+      return 'd' + envelope;
+    } finally {
+      blockMode = false;
+    }
+  }
+
   function __dcpPoll() {
     if (uncaught !== undefined) return __dcpErrorEnvelope(uncaught);
     if (outcome === undefined) return rejected !== undefined ? 'r' + stringify(rejected) : '';
@@ -741,6 +779,7 @@
         return '';
       case 'spread': spreadDatum = !!a; return '';
       case 'start': outputCap = b >= 0 ? b : Infinity; return __dcpStart(a);
+      case 'block': { const [cap, budget] = parse(b); outputCap = cap >= 0 ? cap : Infinity; return __dcpBlock(a, budget); }
       case 'poll': return __dcpPoll();
       case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }
       case 'fire': return __dcpFireTimer();

@@ -36,9 +36,11 @@ import time
 from typing import Any
 
 from ...errors import ErrorCode, SliceError
-from ...worktime import SliceContext
+from ...worktime import Block, SliceContext
 from .engine import PRELUDE, NEVER_SETTLED, Engine, datum_text, limit_error, memory_message, sanitize
 from .marshal import from_js
+
+_plain_json = json.JSONDecoder().decode
 
 #: JS stack budget: half of the calling thread's C stack, clamped (QuickJS's default is 1 MiB).
 MIN_JS_STACK = 256 * 1024
@@ -46,6 +48,9 @@ MAX_JS_STACK = 32 * 1024 * 1024
 #: The main thread's stack grows on demand up to RLIMIT_STACK: we raise a smaller soft limit to
 #: this, so that ~3000-deep recursion works even with the PyPI wheel's big interpreter frames.
 MAIN_STACK = 64 * 1024 * 1024
+
+#: Most datums sent to one ``run_block`` call (the call stops at its time budget anyway).
+MAX_BLOCK_CHUNK = 4096
 
 _INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -117,6 +122,16 @@ class QuickJSEngine(Engine):
         self._stack_thread: int | None = None
         self._memory_limit = -1
         self._may_throw_null = False  # whether the job's code can throw null itself
+        # Block mode (run_block): the block, its slices' positions and datum texts, the position of
+        # the slice running, and the envelope of a slice that ended with jobs still to run.
+        self._blk: Block | None = None
+        self._blk_indexes: list[int] = []
+        self._blk_texts: list[str] = []
+        self._cur = -1
+        self._held: str | None = None
+        self._chunk = 16  # datums encoded per run_block call (grows up to MAX_BLOCK_CHUNK)
+        self._ended: list[tuple[int, str]] = []  # (position, envelope) of slices ended, not settled yet
+        self._job_pending = self._jobs_probe()
         self._ctx.add_callable("__dcpHost", self._host)
         self._op = self._ctx.eval(PRELUDE)
 
@@ -150,6 +165,8 @@ class QuickJSEngine(Engine):
                 self._tripped = ErrorCode.ECPULIMIT
             elif self._slice is not None and self._slice.cancelled:
                 self._tripped = ErrorCode.ECANCELLED
+            elif self._blk is not None and self._blk.cancelled:
+                self._tripped = ErrorCode.ECANCELLED
             elif self._slice is not None and self._slice.over_quota:
                 self._tripped = ErrorCode.EOUTPUTLIMIT
             else:
@@ -162,12 +179,16 @@ class QuickJSEngine(Engine):
     def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
         # Exceptions must not escape into the binding (it would leave a Python error pending).
         try:
+            if op == "s":  # first: once per slice of a block
+                return self._next_in_block(a, b)
             if op == "random":
                 return base64.b64encode(os.urandom(int(a))).decode("ascii")
-            ctx = self._slice
+            ctx = self._slice or self._block_slice()
             if ctx is None:
                 return None  # console output while compiling the work or a module: dropped
             if op == "progress":
+                if b is not None:  # block mode: the last value the prelude did not pass on
+                    ctx._last_value = float(b)
                 ctx.progress(from_js(a))
                 timeout = ctx.limits.progress_timeout
                 if timeout is not None:
@@ -194,7 +215,7 @@ class QuickJSEngine(Engine):
         stack = text.split("\n", 1)[1] if "\n" in text else None
         tripped, self._tripped = self._tripped, None
         if tripped is not None:
-            return limit_error(tripped, self._slice)
+            return limit_error(tripped, self._slice or self._block_slice())
         if "out of memory" in first or (first.strip() == "null" and self._null_is_out_of_memory()):
             self._ctx.gc()
             return SliceError(memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="InternalError")
@@ -261,6 +282,152 @@ class QuickJSEngine(Engine):
             self._slice = None
             self._deadline = self._cpu_deadline = self._progress_deadline = None
             self._tripped = None
+
+    # -- block mode -------------------------------------------------------------------------------
+    @property
+    def runs_blocks(self) -> bool:
+        """Whether ``run_block`` can keep per-slice semantics here (it needs the engine interrupt
+        for per-slice deadlines and ``JS_IsJobPending`` to run each slice's jobs in its turn)."""
+        return self.interrupt_installed and self._job_pending is not None
+
+    def run_block(self, block: Block, indexes: list[int], budget: float) -> None:
+        """Run the slices ``indexes`` of ``block``, settling each (``block.done``/``failed``), for
+        about ``budget`` seconds: synchronous slices run back to back in one call into the engine
+        (the prelude's ``__dcpBlock``), each still under its own wall, CPU and no-progress
+        deadlines (set when the prelude says it starts, ``_next_in_block``), its events on its own
+        context (made when it first logs), its queued jobs run before the next slice starts. A
+        slice whose result is a promise is settled here as ``run`` does; a limit hit fails only
+        the slice it hit. Returns when the budget is spent, at the end, or after a promise."""
+        texts: list[str] = []
+        # Encode only what this call may run: a chunk that grows while calls finish it in budget.
+        for i in indexes[:self._chunk]:
+            try:
+                texts.append(datum_text(block.datums[i], self._bigint))
+            except SliceError as e:
+                if not texts:  # the first datum cannot enter the engine: that slice fails alone
+                    block.failed(i, e)
+                    return
+                break
+        limits = block.limits
+        self.set_limits(limits.memory)
+        self._blk, self._blk_indexes, self._blk_texts = block, indexes[:len(texts)], texts
+        self._cur, self._held, self._tripped = -1, None, None
+        self._ended = []
+        cap = limits.output if limits.output is not None else -1
+        try:
+            try:
+                reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))}]")
+            except SliceError as e:  # a limit, or the engine failed, during slice _cur
+                self._settle_ended()
+                if self._cur >= 0 and self._held is None:
+                    block.failed(self._blk_indexes[self._cur], e)
+                return
+            self._settle_ended()
+            kind = reply[:1]
+            if kind == "d" and len(texts) == self._chunk:
+                self._chunk = min(self._chunk * 2, MAX_BLOCK_CHUNK)
+            if kind == "d":
+                self._held = reply[1:]
+                self._finish_held()
+            elif kind == "p":
+                self._slice = self._block_slice()
+                try:
+                    envelope = self._settle()
+                except SliceError as e:
+                    block.failed(self._blk_indexes[self._cur], e)
+                    return
+                self._finalize(self._cur, envelope)
+            elif self._held is not None:  # "s": stopped for the jobs of the slice that ended
+                self._finish_held()
+        finally:
+            self._blk, self._slice, self._held = None, None, None
+            self._deadline = self._cpu_deadline = self._progress_deadline = None
+            self._tripped = None
+
+    def _next_in_block(self, k: int, envelope: str) -> str | None:
+        """The prelude is about to start slice ``k`` of the block; slice ``k - 1`` ended with
+        ``envelope``. Returns ``"stop"`` when that slice left jobs queued (they run under its
+        limits, outside this call, before its result counts: ``_finish_held``)."""
+        if k > 0:
+            if self._job_pending():
+                self._held = envelope
+                return "stop"
+            self._ended.append((self._cur, envelope))
+        self._cur = k
+        self._slice = None  # made on first use (_block_slice): most slices log nothing
+        lim = self._blk.limits  # type: ignore[union-attr]
+        now = time.monotonic()
+        self._deadline = now + lim.wall_time if lim.wall_time else None
+        self._progress_deadline = now + lim.progress_timeout if lim.progress_timeout else None
+        self._cpu_deadline = time.process_time() + lim.cpu_time if lim.cpu_time else None
+        return None
+
+    def _block_slice(self) -> SliceContext | None:
+        """The running block slice's context, made on first use."""
+        if self._blk is None or self._cur < 0:
+            return None
+        if self._slice is None:
+            self._slice = self._blk.context(self._blk_indexes[self._cur])
+        return self._slice
+
+    def _finish_held(self) -> None:
+        """Run the jobs the slice that ended queued (under its limits), then settle it."""
+        envelope, self._held = self._held, None
+        if self._job_pending():
+            self._slice = self._block_slice()
+            try:
+                self._drain_jobs()
+            except SliceError as e:
+                self._blk.failed(self._blk_indexes[self._cur], e)  # type: ignore[union-attr]
+                return
+        self._finalize(self._cur, envelope or "")
+
+    def _settle_ended(self) -> None:
+        """Settle the slices that ended in the last call, in order: plain JSON values (the usual
+        case) decode as one array, anything else one by one (``_result``)."""
+        ended, self._ended = self._ended, []
+        if not ended:
+            return
+        if all(env[:2] == "v0" for _, env in ended):
+            try:
+                values = _plain_json("[" + ",".join(env[2:] for _, env in ended) + "]")
+            except ValueError:
+                pass
+            else:
+                self._blk.done_many([self._blk_indexes[pos] for pos, _ in ended], values)  # type: ignore[union-attr]
+                return
+        for pos, env in ended:
+            self._finalize(pos, env)
+
+    def _finalize(self, pos: int, envelope: str) -> None:
+        block = self._blk
+        assert block is not None
+        i = self._blk_indexes[pos]
+        self._datum_text = self._blk_texts[pos]
+        if envelope[:1] == "o":
+            self._slice = self._block_slice()  # its message names the slice's limit
+        try:
+            value = self._result(envelope)
+        except SliceError as e:
+            block.failed(i, e)
+        else:
+            block.done(i, value)
+
+    def _jobs_probe(self):
+        """A function telling whether the engine has jobs queued (``JS_IsJobPending``)."""
+        try:
+            lib = ctypes.CDLL(self._quickjs.__file__)
+            lib.JS_GetRuntimeOpaque.restype = ctypes.c_void_p
+            lib.JS_GetRuntimeOpaque.argtypes = [ctypes.c_void_p]
+            lib.JS_IsJobPending.restype = ctypes.c_bool  # bool in quickjs-ng: the upper bytes of the register are garbage
+            lib.JS_IsJobPending.argtypes = [ctypes.c_void_p]
+            rt = ctypes.c_void_p.from_address(id(self._ctx) + object.__basicsize__).value
+            if rt and lib.JS_GetRuntimeOpaque(rt) == id(self._ctx):
+                pending = lib.JS_IsJobPending
+                return lambda: pending(rt)
+        except (OSError, AttributeError, ValueError):
+            pass
+        return None
 
     def _settle(self) -> str:
         """Run jobs and timers until the work's promise settles; return the prelude's envelope."""
