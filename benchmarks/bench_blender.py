@@ -16,7 +16,7 @@ Every worktime row counts the whole job: evaluators, Blender start, .blend load,
 The first, third and fourth rows take turns ``--rounds`` times (each reports its median), so a
 shared machine's drifting load weighs on them alike.
 Then cold and warm figures, in process: ``prepare`` (sandbox + Blender start + .blend load) and
-the first frame, against the median of the following frames. Issue #15's target: multi-frame
+the first frame, against the median of the following frames. Target: multi-frame
 jobs through the worktime reach >= 90 % of ``blender -b -a``'s frames per second.
 """
 

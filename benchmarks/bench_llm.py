@@ -6,7 +6,7 @@
 Same model (gemma3 270M Q4_K_M unless ``--model``), same prompts, same greedy requests, in one run:
 
 * **direct**: xllamacpp's llama.cpp in this process, one thread, one request after another (the
-  baseline issue 16 names; its goal: the worktime reaches >= 90 % of it), in rounds interleaved
+  baseline; the goal: the worktime reaches >= 90 % of it), in rounds interleaved
   with the worktime's (``--repeat``, the median round of each);
 * **worktime, 1 evaluator**: one job through the sandboxed runner (``EvaluatorPool``), one
   evaluator with one thread: per-token streaming to the worktime, progress, the result dict;

@@ -10,9 +10,9 @@ One run, four tables, ratios printed:
    ``EvaluatorPool``, beside the same JavaScript in plain Node and plain Deno (timed inside, start-up
    excluded) and the same algorithm in native CPython. Each figure is over ``--repeat``
    runs after one warm-up run (median and best: the best shows the engine without the noise of a
-   shared machine). Ratio: time / plain Deno's (issue target for V8: within 1.5x).
+   shared machine). Ratio: time / plain Deno's (target for V8: within 1.5x).
 2. Trivial slices (``x => x``) end to end through ``EvaluatorPool`` on all cores: V8, QuickJS and
-   the echo reference worktime. Ratio: per-slice cost / QuickJS's (issue target for V8: within 2x).
+   the echo reference worktime. Ratio: per-slice cost / QuickJS's (target for V8: within 2x).
 3. A new job's first result (evaluator forked from the zygote, engine started, work compiled, one
    slice), per engine.
 4. Resident memory of one evaluator after prepare (Python + engine; V8: + its Deno process), per engine.

@@ -5,7 +5,7 @@ speed against native CPython / native numpy, in one run.
 
 1. Per-slice latency of trivial work (``def f(x): return x``) on a warm worktime: in-process
    (``execute`` on a prepared worktime) and through the sandboxed runner (``EvaluatorPool.map``).
-   Issue #7's target: warm trivial slice <= 50 ms median.
+   Target: warm trivial slice <= 50 ms median.
 2. Start-up: ``prepare`` of a new job (instantiate the snapshot, boot the guest, load the work),
    the first ``import numpy`` in a fresh interpreter, and a new evaluator process's first slice.
 3. fib(n) in pure Python and numpy workloads (matmul, sort, FFT, elementwise) inside the worktime

@@ -1,4 +1,4 @@
-"""End-to-end throughput of the Redis scheduler vs the SQLite one vs bare Redis Streams (issue 14).
+"""End-to-end throughput of the Redis scheduler vs the SQLite one vs bare Redis Streams.
 
     python benchmarks/bench_redis.py [--slices 100000] [--repeat 3] [--scaling 1,2,4]
 
@@ -6,9 +6,10 @@ Needs ``redis-server`` (``apt-get install redis-server``; a private one is start
 loopback port, AOF on) and ``pip install 'dcp-worktimes[redis]'``.
 
 * **Redis backend**: ``compute.for_(0, n-1, 'function(i){ return i }').exec(local=False)`` on a
-  ``redis://`` URL, run by ``dcp-worker --worktime map-basic --cores 1`` processes (two, like the
-  issue's setup) started and warmed before the timing: deploy, lease in blocks, run on sandboxed
-  QuickJS evaluators, report, follow the job's event stream, collect the results.
+  ``redis://`` URL, run by ``dcp-worker --worktime map-basic --cores 1`` processes (two, one per
+  core of the goal's 2-core machine) started and warmed before the timing: deploy, lease in
+  blocks, run on sandboxed QuickJS evaluators, report, follow the job's event stream, collect the
+  results.
 * **SQLite backend**: the same job and the same two workers on a ``sqlite:///`` store.
 * **bare Redis Streams**: the same tasks with no scheduler and no sandbox: a producer ``XADD``s one
   entry per task (pipelined), two consumer processes ``XREADGROUP`` them (100 at a time), compute
@@ -22,7 +23,7 @@ host's worker loop carry when the work costs nothing.
 Medians of ``--repeat`` interleaved rounds (the machine is shared: load drifts within seconds);
 ``uptime`` is printed before and after.
 
-Goals (issue 14): >= 200k slices/s end to end on a 2-core machine, and the Redis backend at least
+Goals: >= 200k slices/s end to end on a 2-core machine, and the Redis backend at least
 80 % of the SQLite backend in the same run.
 """
 
@@ -211,7 +212,7 @@ def main() -> None:
             f"before: {before}\nafter:  {after}\n"
             f"Goals: >= 200k slices/s end to end: {'met' if n / t['redis'] >= 200_000 else 'NOT met'} "
             f"({n / t['redis']:,.0f}/s); Redis >= 80 % of SQLite: {'met' if ratio >= 0.8 else 'NOT met'} ({ratio:.0%}).")
-    print_table("Redis scheduler: end-to-end throughput (issue 14)",
+    print_table("Redis scheduler: end-to-end throughput",
                 ("setup", "seconds", "slices/s", "vs SQLite", "vs bare Streams"), rows, note)
 
 

@@ -7,7 +7,7 @@ the compiled-module cache.
    (and ``clang -O2``) process vs a ``wasi`` slice of the same C built with ``clang -O2`` (also
    with ``-msimd128``): in-process worktime, warm; with fuel metering; bare wasmtime without epoch
    checks; through the sandboxed runner.
-   Issue #6's goal: wasi within 2x of native.
+   Goal: wasi within 2x of native.
 2. Per-slice overhead of the command form on a trivial module (fresh Store, instance, WASI context,
    scratch dir and stdin file per slice).
 3. Cold start of a *new worker process* (``prepare`` + first slice): an empty module cache (compile)

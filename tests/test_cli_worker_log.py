@@ -1,5 +1,5 @@
-"""``dcp-worker`` as its owner runs it: what it prints while serving (issue 13, item 8), and its
-exit statuses (item 10), against real worker processes."""
+"""``dcp-worker`` as its owner runs it: what it prints while serving, and its exit
+statuses, against real worker processes."""
 
 from __future__ import annotations
 

@@ -1,12 +1,16 @@
-"""Compute API pieces that need no worker: argument forms, validation before deployment, work
-capture, result handles, cost profiles, events. Vectors V1 (handle methods), V10/V11 (via for_),
-V13 (argument form), V15 and V17 live here; execution is in ``test_compute_vectors.py``."""
+"""Compute API pieces on the deployer's side: argument forms, job settings and ``exec()``
+arguments checked before deployment, work capture, result handles, cost profiles, events. Most
+need no worker; a few run a small job to show the same behaviour end to end. Vectors V1 (handle
+methods), V10/V11 (via for_), V13 (argument form), V15 and V17 live here; execution is in
+``test_compute_vectors.py``."""
 
 from __future__ import annotations
 
 import math
 import pathlib
 import pathlib as pl
+from math import floor as fl
+from math import sqrt
 
 import pytest
 
@@ -23,9 +27,15 @@ def capture(work):
     name, captured = capture_with_worktime(work)
     return SimpleNamespace(payload=captured.work, options=captured.options, default_worktime=name)
 from dcp_worktimes.errors import ErrorCode, WorkError, WorktimeNotFound
+from dcp_worktimes.inputs.ranges import RangeObject
+from dcp_worktimes.plugins import get_worktimes
 from dcp_worktimes.scheduler import open_scheduler
+from dcp_worktimes.values import UnserializableValue
 
 JS = "function(i){ progress(); return i*10 }"
+INSTALLED = set(get_worktimes())
+needs_map_basic = pytest.mark.skipif("map-basic" not in INSTALLED, reason="worktime map-basic is not installed")
+needs_python = pytest.mark.skipif("python" not in INSTALLED, reason="worktime python is not installed")
 
 
 
@@ -73,6 +83,11 @@ def test_bad_calls_raise_at_once_naming_the_fix(call, message):
     with pytest.raises((TypeError, ValueError)) as info:
         call()
     assert __import__("re").search(message, str(info.value)), str(info.value)
+
+
+def test_work_between_start_and_end_is_named():
+    with pytest.raises(TypeError, match=r"work must come after start, end\[, step\]"):
+        compute.for_(1, JS, 3)
 
 
 def test_v17_unknown_worktime_lists_installed_ones_before_deployment(store):
@@ -203,6 +218,112 @@ def test_events_reject_unknown_names():
     assert seen == [{"value": 1}] and seen[0].value == 1
 
 
+# -- job settings and exec() arguments, checked before deploying -------------------------------
+
+
+def test_exec_of_a_job_too_large_for_the_store_says_why_before_deploying(store):
+    for inputs in ({"start": 0, "end": 10**19}, [{"start": 1, "end": 1e10}, {"start": 1, "end": 1e10}]):
+        with pytest.raises(ValueError, match=r"2\*\*63-1.*split the range"):
+            compute.for_(inputs, "function(a, b){ return a }").exec()
+    assert deployed_jobs(store) == []
+
+
+def test_cancel_before_exec_is_honoured(store):
+    job = compute.for_(1, 3, JS)
+    job.cancel()
+    with pytest.raises(compute.JobCancelled, match="cancelled before"):
+        job.exec()
+    with pytest.raises(compute.JobCancelled):
+        job.deploy()
+    assert deployed_jobs(store) == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cores": 0}, "cores"), ({"cores": -2}, "cores"), ({"cores": 1.5}, "cores"), ({"timeout": -1}, "timeout"),
+    ({"timeout": 0}, "timeout"), ({"timeout": float("nan")}, "timeout"), ({"timeout": "5"}, "timeout"),
+])
+def test_bad_exec_arguments_raise_before_deploying(store, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        compute.for_(1, 3, JS).exec(**kwargs)
+    assert deployed_jobs(store) == []
+
+
+def test_bad_job_cores_raise_before_deploying(store):
+    with pytest.raises(ValueError, match="job.cores"):
+        compute.for_(1, 3, JS, cores=0).exec()
+    with pytest.raises(ValueError, match=r"exec\(cores=...\)=100000 is more than"):
+        compute.for_(1, 3, JS).exec(cores=100_000)
+    assert deployed_jobs(store) == []
+
+
+def test_more_bad_arguments_are_named_before_deploying(store):
+    with pytest.raises(TypeError, match=r"exec\(local=...\) must be True .* got 'no'"):
+        compute.for_(1, 3, JS).exec(local="no")
+    with pytest.raises(WorktimeNotFound, match="write it as a string"):
+        compute.for_(1, 3, JS, worktime_version=1).exec()
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        compute.for_([deep], JS).exec()
+    assert deployed_jobs(store) == []
+
+
+def test_scheduler_of_the_wrong_type_is_named(store):
+    job = compute.for_(1, 3, JS, scheduler=5)
+    with pytest.raises(TypeError, match="scheduler must be a scheduler URL.*got int 5"):
+        job.exec()
+    with pytest.raises(TypeError, match="scheduler must be a scheduler URL"):
+        compute.resume("abc", scheduler=5)
+
+
+def test_unserializable_options_name_the_option(store):
+    job = compute.for_(1, 3, JS, options={"strict": True, "bad": object()})
+    with pytest.raises(UnserializableValue, match=r"job.options\['bad'\]"):
+        job.exec()
+    assert deployed_jobs(store) == []
+
+
+def test_a_misspelt_worktime_option_fails_before_deploying(store):
+    job = compute.for_([1], JS, options={"stirct": True})
+    with pytest.raises(WorkError, match="worktime map-basic has no option 'stirct' .did you mean 'strict'.."):
+        job.exec()
+    assert deployed_jobs(store) == []
+    assert compute.for_([1], "x => x", options={"strict": True}).exec() == [1]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"modules": {"a": 5}}, r"job.modules\['a'\]: source must be str or bytes"),
+    ({"modules": {"": "x = 1"}}, "module names must be non-empty strings"),
+    ({"modules": ["a.py"]}, "job.modules must be a dict"),
+    ({"files": {"a": "text"}}, r"job.files\['a'\] is a str.*encode"),
+    ({"files": {"../a": b"x"}}, "relative paths"),
+    ({"files": {"a": 5}}, r"job.files\['a'\] must be bytes"),
+])
+def test_modules_and_files_settings_are_checked(settings, message):
+    with pytest.raises(TypeError, match=message):
+        compute.for_(1, 3, JS, **settings)
+    job = compute.for_(1, 3, JS)
+    with pytest.raises(TypeError, match=message):
+        for k, v in settings.items():
+            setattr(job, k, v)
+
+
+def test_modules_and_files_changed_in_place_are_checked_before_deploying(store):
+    job = compute.for_(1, 3, JS, files={"a.txt": b"x"})
+    job.modules["m"] = 5
+    with pytest.raises(TypeError, match=r"job.modules\['m'\]"):
+        job.exec()
+    assert deployed_jobs(store) == []
+
+
+def test_worktime_without_a_name_is_refused():
+    with pytest.raises(TypeError, match="no name before '@'"):
+        compute.for_(1, 3, JS, worktime="@^1")
+    job = compute.for_(1, 3, JS, worktime="map-basic@^1")
+    assert (job.worktime, job.worktime_version) == ("map-basic", "^1")
+
+
 # -- work capture ------------------------------------------------------------------------------
 
 GLOBAL_K = 3
@@ -290,6 +411,78 @@ def test_paths_and_bytes(tmp_path):
         capture(3)
 
 
+# -- default values that use module globals; names imported from modules -----------------------
+# module-level work for the default-value checks (their source is what is sent)
+
+SCALE = 2.5
+TABLE = {"a": [1, (2,)], "b": b"x", "inf": float("inf")}
+UNSENDABLE = object()
+
+
+def scaled(x, scale=SCALE, *, table=TABLE, k=-1, n=int("3")):
+    return [x * scale, table["a"], table["inf"] > 0, k, n]
+
+
+def scaled_multiline(x,
+                     scale=(SCALE
+                            * 2), k=1):
+    return x * scale + k
+
+
+def unsendable_default(x, o=UNSENDABLE):
+    return x
+
+
+def kw_unsendable(x, *, o=UNSENDABLE):
+    return x
+
+
+def uses_sqrt(x):
+    return sqrt(x)
+
+
+def uses_aliased_floor(x):
+    return fl(x)
+
+
+scaled_lambda = lambda x, s=SCALE: x * s  # noqa: E731
+
+
+def run_source(work, *args):
+    ns: dict = {}
+    exec(work.payload, ns)  # the source alone, as the worker gets it: no module globals
+    return ns[work.options["function"]](*args)
+
+
+def test_default_values_travel_as_values():
+    w = capture(scaled)
+    assert w.payload.startswith("def scaled(x, scale=2.5, *, table={'a': [1, (2,)], 'b': b'x', 'inf': float('inf')}, k=-1, n=3):")
+    assert run_source(w, 2) == [5.0, [1, (2,)], True, -1, 3]
+    multi = capture(scaled_multiline)
+    assert multi.payload.splitlines()[3] == "    return x * scale + k"  # the body keeps its line number
+    assert run_source(multi, 2) == 11.0
+    assert run_source(capture(scaled_lambda), 2) == 5.0
+
+
+@pytest.mark.parametrize("fn, param", [(unsendable_default, "o"), (kw_unsendable, "o")])
+def test_default_values_outside_the_value_set_are_refused(fn, param):
+    with pytest.raises(WorkError, match=rf"default of parameter '{param}'.*\(UNSENDABLE\).*builtins.object.*job argument"):
+        capture(fn)
+
+
+def test_names_imported_from_modules_say_import_it_inside():
+    with pytest.raises(WorkError, match=r"import it inside the function: from math import sqrt$"):
+        capture(uses_sqrt)
+    with pytest.raises(WorkError, match=r"from math import floor as fl"):
+        capture(uses_aliased_floor)
+
+
+@needs_python
+def test_default_from_a_global_runs_on_the_python_worktime(store):
+    r = compute.for_([1, 2], scaled, cores=1).exec()
+    assert r == [[2.5, [1, [2]], True, -1, 3], [5.0, [1, [2]], True, -1, 3]]
+
+
 # -- result handles ----------------------------------------------------------------------------
 
 
@@ -334,6 +527,32 @@ def test_failures_in_place():
     assert r[1] is f and r.failures == [f]
     err = compute.JobFailed(r, [f], "job1")
     assert "slice 1: EUNCAUGHT: boom" in str(err) and err.results[0] == 1
+
+
+def test_failure_count_of_a_nested_handle_counts_slices():
+    ranges = [RangeObject(1, 2), RangeObject(1, 3)]
+    failed = [SliceFailed(n, "EUNCAUGHT", "boom") for n in (3, 4, 5)]
+    values = [1, 2, 3] + failed
+    handle = nest(values, (2, 3), ranges, failed, "j")
+    assert "3 of 6 slices failed" in str(compute.JobFailed(handle, failed, "j"))
+    assert "1 of 2 slices failed" in str(compute.JobFailed(ResultHandle([1, failed[0]]), failed[:1], "j"))
+
+
+@needs_map_basic
+def test_failure_summary_of_a_multi_dimensional_job(store):
+    job = compute.for_([{"start": 1, "end": 2}, {"start": 1, "end": 3}],
+                       "function(i, j){ if (i == 2) throw new Error('row two'); return i * j }", cores=1)
+    with pytest.raises(compute.JobFailed) as info:
+        job.exec()
+    assert "3 of 6 slices failed" in str(info.value)
+    assert info.value.results[0] == [1, 2, 3] and all(f.code == ErrorCode.EUNCAUGHT for f in info.value.failures)
+
+
+def test_duplicate_inputs_key_and_from_entries_agree_on_the_last_slice(store):
+    r = compute.for_(["a", "b", "a"], "function (x) { progress(); return x + Math.random() }").exec()
+    assert r.entries() == [["a", r[0]], ["b", r[1]], ["a", r[2]]]  # every slice is there
+    assert r.fromEntries() == {"a": r[2], "b": r[1]}
+    assert r.key("a") == r[2] == r.fromEntries()["a"]
 
 
 def test_an_unset_map_basic_version_means_caret_one():

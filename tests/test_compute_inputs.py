@@ -18,9 +18,14 @@ from dcp_worktimes.compute import stats
 from dcp_worktimes.inputs import StreamInput, input_set, input_set_from_description
 from dcp_worktimes.inputs.ranges import MultiRange, RangeError, RangeObject, js_number_string
 
+JS = "function(i){ progress(); return i*10 }"
+
 
 def datums(s):
     return [s.nth(i) for i in range(len(s))]
+
+
+# -- ranges -----------------------------------------------------------------------------------
 
 
 def test_v2_step_overflow_stops_before_end():
@@ -101,6 +106,21 @@ def test_v12_huge_range_is_instant_and_holds_no_per_slice_memory():
     assert sys.getsizeof(job.input_set) < 1000
 
 
+def test_huge_ranges_have_an_exact_size_and_a_clear_len_error(store):
+    job = compute.for_({"start": 0, "end": 10**19}, JS)
+    assert "slices=10000000000000000001" in repr(job)
+    assert job.input_set.size == 10**19 + 1
+    assert job.input_set.nth(10**19) == 10**19
+    with pytest.raises(OverflowError, match=r"\.size"):
+        len(job.input_set)
+    multi = compute.for_([{"start": 1, "end": 1e10}, {"start": 1, "end": 1e10}], "function(a, b){ return a }")
+    assert multi.input_set.size == 10**20 and "slices=100000000000000000000" in repr(multi)
+    assert multi.input_set.nth(10**20 - 1) == [1e10, 1e10]
+    assert multi.status()["total"] == 10**20
+    # sizes that fit keep working with len()
+    assert len(RangeObject(0, sys.maxsize - 1)) == sys.maxsize
+
+
 def test_big_integers_are_exact():
     r = input_set({"start": 10**30, "end": 10**30 + 10, "step": 5})
     assert datums(r) == [10**30, 10**30 + 5, 10**30 + 10]
@@ -119,6 +139,40 @@ def test_range_description_round_trips_exactly():
 def test_range_object_class_and_dict_agree():
     assert datums(RangeObject(start=10, end=13, group=2)) == datums(input_set({"start": 10, "end": 13, "group": 2}))
     assert input_set(RangeObject(1, 3)) == RangeObject(1, 3)
+
+
+# -- float ranges never hold silent duplicates; numpy bounds ----------------------------------
+
+
+@pytest.mark.parametrize("rng, message", [
+    ({"start": 2**70, "end": 2**70 + 1, "step": 0.5}, "adjacent floats are 262144 apart"),
+    ({"start": 1e15, "end": 1e15 + 1, "step": 0.1}, "adjacent floats are 0.125 apart"),
+    ({"start": 10**400, "end": 10**400 + 1, "step": 0.5}, "beyond the largest float"),
+])
+def test_a_float_range_that_would_repeat_inputs_is_refused(store, rng, message):
+    with pytest.raises(compute.RangeError, match=message):
+        compute.for_(rng, "x => x")
+    with pytest.raises(compute.RangeError, match="dimension 0: .*" + message):
+        compute.for_([rng, {"start": 1, "end": 2}], "(x, y) => x")
+
+
+def test_huge_integer_and_ordinary_float_ranges_stay_exact(store):
+    r = compute.for_({"start": 2**70, "end": 2**70 + 4, "step": 2}, "", worktime="echo").exec()
+    assert r == [2**70, 2**70 + 2, 2**70 + 4] and r.keys() == [str(2**70 + k) for k in (0, 2, 4)]
+    assert compute.for_({"start": 0.1, "end": 0.5, "step": 0.1}, "", worktime="echo").exec() == [0.1, 0.2, 0.3, 0.4, 0.5]
+    big = compute.RangeObject(1e15, 1e15 + 1, 0.25)  # the gap there is 0.125: every value exact
+    assert [big.nth(i) for i in range(big.size)] == [1e15, 1e15 + 0.25, 1e15 + 0.5, 1e15 + 0.75, 1e15 + 1]
+
+
+def test_numpy_scalars_as_range_bounds():
+    import numpy as np  # a test dependency: these must run, not skip
+    job = compute.for_(np.float64(0.5), np.float64(2.5), JS)
+    assert list(job.input_set) == [0.5, 1.5, 2.5]
+    assert list(compute.for_(np.int64(1), np.int64(3), JS).input_set) == [1, 2, 3]
+    assert list(compute.for_({"start": np.float32(0.5), "end": 2}, JS).input_set) == [0.5, 1.5]
+
+
+# -- multi-dimensional ranges and streams -----------------------------------------------------
 
 
 def test_v5_multi_dimensional_range_is_row_major():
@@ -156,6 +210,16 @@ def test_lists_and_generators_become_streams_consumed_in_batches():
     assert len(s) == 25 and s.nth(24) == 24
     assert input_set([123, 456]).description() == {"kind": "stream"}
     assert len(input_set([123, 456])) == 2
+
+
+def test_a_list_of_data_dicts_is_data_even_with_a_start_key():
+    data = [{"start": 1, "label": "a"}, {"start": 2, "label": "b"}]
+    inputs = compute.for_(data, JS).input_set
+    assert isinstance(inputs, compute.StreamInput) and list(inputs.batches())[0] == [(0, data[0]), (1, data[1])]
+    # dicts with only range keys are still ranges (and their mistakes are still named)
+    assert isinstance(compute.for_([{"start": 1, "end": 2}, {"start": 1, "end": 3}], JS).input_set, compute.MultiRange)
+    with pytest.raises(compute.RangeError, match="needs end"):
+        compute.for_([{"start": 1}, {"start": 1, "end": 3}], JS)
 
 
 @pytest.mark.parametrize("bad", ["abc", b"abc", {"a": 1}, 42.5j])

@@ -1,5 +1,5 @@
-"""Re-bidding a running job (seed-compute-api.txt, example 10 "Altering Price Parameters"):
-``exec(newCost)`` called again while the first ``exec()`` runs — from a thread, from
+"""Re-bidding a job (seed-compute-api.txt, example 10 "Altering Price Parameters"): ``exec(newCost)``
+on a deployed job updates its bid; called again while the first ``exec()`` runs — from a thread, from
 ``exec_async``, from one of the job's own event handlers — updates the bid and returns the same
 results; the job runs on one set of evaluators and every event is dispatched once."""
 
@@ -17,6 +17,7 @@ from dcp_worktimes.compute.cost import MARKET_RATE
 from dcp_worktimes.scheduler import open_scheduler
 
 SAFE = MARKET_RATE * 1.5  # what compute.safeMarketValue offers per slice
+JS = "function(i){ progress(); return i*10 }"
 
 
 def slow_job(n: int = 60, sleep: float = 0.02, **settings):
@@ -28,6 +29,15 @@ def slow_job(n: int = 60, sleep: float = 0.02, **settings):
 def computed_by(store: str, job_id: str) -> set[str | None]:
     with open_scheduler(store) as s:
         return {r.worker for r in s.results(job_id).values()}
+
+
+def test_exec_with_a_new_cost_updates_a_deployed_jobs_bid(store):
+    """seed-compute-api.txt, "Altering Price Parameters": g.exec(compute.safeMarketValue) updates the bid."""
+    job = compute.for_(2, 5, JS, cores=1)
+    job_id = job.deploy(compute.marketValue)
+    assert job.exec({"maxPaymentPerSlice": 5}) == [20, 30, 40, 50]
+    with open_scheduler(store) as s:
+        assert s.get_job(job_id).payment_per_slice == 5
 
 
 def test_a_second_exec_from_a_thread_rebids_and_gets_the_same_results(store):

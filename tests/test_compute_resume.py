@@ -5,6 +5,8 @@ The deployer runs in a subprocess (``exec()`` with local evaluators); once some 
 stored it is killed with SIGKILL. This test process then resumes the job. Every slice emits a
 custom ``ran`` event when it runs: the resumed run must emit none for the slices whose results
 were stored before the kill.
+
+``compute.resume`` of something that is not a job id says what job ids are.
 """
 
 from __future__ import annotations
@@ -86,3 +88,11 @@ def test_v16_resume_after_sigkill(tmp_path, monkeypatch, worktime):
     assert results.keys() == [str(i) for i in range(N)]
     assert not (set(reran) & done_before), f"slices {sorted(set(reran) & done_before)} were computed twice"
     assert set(reran) | done_before == set(range(N))
+
+
+def test_resume_of_a_non_string_id_says_what_ids_are(store):
+    for bad in (None, 5):
+        with pytest.raises(TypeError, match="job ids are strings.*job.id"):
+            compute.resume(bad)
+    with pytest.raises(ValueError, match="the job id is empty"):
+        compute.resume("  ")

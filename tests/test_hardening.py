@@ -1,4 +1,4 @@
-"""Issue 12: hostile work and unlucky operators must not fill the worker's disk or memory, nor
+"""Hardening: hostile work and unlucky operators must not fill the worker's disk or memory, nor
 crash it, nor learn about the host. (The per-worktime hostile cases are in the conformance kit.)"""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dcp_worktimes.values import UnserializableValue, pack, unpack
+from dcp_worktimes.values import UnserializableValue, pack, printable, unpack
 
 VALUES = [
     None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**64) - 1, 2**200, -(3**150),
@@ -34,3 +34,14 @@ def test_unsupported_values_name_their_type(bad, word):
 def test_integers_of_any_size_even_past_the_decimal_digit_limit():
     huge = -(10**5000) + 7
     assert unpack(pack([huge])) == [huge]
+
+
+# -- lone surrogates are text: carried exactly ---------------------------------------------------------
+LONE = ["\ud800", "a\udfffb", "\udcff\ud800", {"k\ud800": ["\udc00"]}]
+
+
+def test_values_carry_lone_surrogates_exactly():
+    for value in LONE:
+        assert unpack(pack(value)) == value
+    assert unpack(pack("plain")) == "plain" and pack("plain") == b"\xa5plain"  # the fast path is untouched
+    assert printable("bad \udcff") == "bad \ufffd" and printable("pair \ud83d\ude00") == "pair \U0001f600"

@@ -1,4 +1,4 @@
-"""``dcp-worker warmup`` shows honest progress (issue 13, item 11): elapsed time while the engine
+"""``dcp-worker warmup`` shows honest progress: elapsed time while the engine
 compiles (wasmtime reports nothing until it returns), never a percentage that is a guess."""
 
 from __future__ import annotations

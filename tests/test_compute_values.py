@@ -1,5 +1,6 @@
-"""Corners an outside test of the Compute API found (issue 13): lone surrogates, float ranges at
-the edge of float precision, duplicate inputs' keys, and map-basic's Number/BigInt boundary."""
+"""Values on their way from the deployer to the worktimes and back: numpy inputs and arguments,
+lone surrogates in strings, and map-basic's Number/BigInt boundary. (The value codec alone is
+tested in ``test_values.py``.)"""
 
 from __future__ import annotations
 
@@ -8,18 +9,28 @@ import pytest
 from dcp_worktimes import compute
 from dcp_worktimes.errors import WorkError
 from dcp_worktimes.plugins import get_worktimes
-from dcp_worktimes.values import pack, printable, unpack
 
-LONE = ["\ud800", "a\udfffb", "\udcff\ud800", {"k\ud800": ["\udc00"]}]
+from .test_values import LONE
+
+INSTALLED = set(get_worktimes())
+needs_map_basic = pytest.mark.skipif("map-basic" not in INSTALLED, reason="worktime map-basic is not installed")
+
+
+# -- numpy inputs and arguments ---------------------------------------------------------------------
+
+
+@needs_map_basic
+def test_numpy_arrays_and_scalars_as_inputs_and_arguments(store):
+    import numpy as np  # a test dependency: these must run, not skip
+    r = compute.for_(np.arange(3), "function(x, a, b){ return [x, a, b] }", [np.int64(5), np.array([1.5, 2.5])],
+                     cores=1).exec()
+    assert r == [[0, 5, [1.5, 2.5]], [1, 5, [1.5, 2.5]], [2, 5, [1.5, 2.5]]]
+    assert r.keys() == ["0", "1", "2"]
+    rows = compute.for_(np.array([[1, 2], [3, 4]]), "function(row){ return row[0] + row[1] }", cores=1).exec()
+    assert rows == [3, 7]
 
 
 # -- lone surrogates are text: carried exactly ---------------------------------------------------------
-def test_values_carry_lone_surrogates_exactly():
-    for value in LONE:
-        assert unpack(pack(value)) == value
-    assert unpack(pack("plain")) == "plain" and pack("plain") == b"\xa5plain"  # the fast path is untouched
-    assert printable("bad \udcff") == "bad \ufffd" and printable("pair \ud83d\ude00") == "pair \U0001f600"
-
 
 WORKS = {
     "map-basic": "function (x, tail) { progress(); return [x, x + tail, 'made \\ud800 here'] }",
@@ -45,35 +56,6 @@ def test_in_javascript_a_high_and_a_low_surrogate_next_to_each_other_are_one_cha
 
 def test_lone_surrogates_in_keys_and_nested_values_reach_the_worker(store):
     assert compute.for_(LONE, "", worktime="echo").exec() == LONE
-
-
-# -- float ranges never hold silent duplicates ----------------------------------------------------------
-@pytest.mark.parametrize("rng, message", [
-    ({"start": 2**70, "end": 2**70 + 1, "step": 0.5}, "adjacent floats are 262144 apart"),
-    ({"start": 1e15, "end": 1e15 + 1, "step": 0.1}, "adjacent floats are 0.125 apart"),
-    ({"start": 10**400, "end": 10**400 + 1, "step": 0.5}, "beyond the largest float"),
-])
-def test_a_float_range_that_would_repeat_inputs_is_refused(store, rng, message):
-    with pytest.raises(compute.RangeError, match=message):
-        compute.for_(rng, "x => x")
-    with pytest.raises(compute.RangeError, match="dimension 0: .*" + message):
-        compute.for_([rng, {"start": 1, "end": 2}], "(x, y) => x")
-
-
-def test_huge_integer_and_ordinary_float_ranges_stay_exact(store):
-    r = compute.for_({"start": 2**70, "end": 2**70 + 4, "step": 2}, "", worktime="echo").exec()
-    assert r == [2**70, 2**70 + 2, 2**70 + 4] and r.keys() == [str(2**70 + k) for k in (0, 2, 4)]
-    assert compute.for_({"start": 0.1, "end": 0.5, "step": 0.1}, "", worktime="echo").exec() == [0.1, 0.2, 0.3, 0.4, 0.5]
-    big = compute.RangeObject(1e15, 1e15 + 1, 0.25)  # the gap there is 0.125: every value exact
-    assert [big.nth(i) for i in range(big.size)] == [1e15, 1e15 + 0.25, 1e15 + 0.5, 1e15 + 0.75, 1e15 + 1]
-
-
-# -- duplicate inputs: one rule for key() and fromEntries() -----------------------------------------------
-def test_duplicate_inputs_key_and_from_entries_agree_on_the_last_slice(store):
-    r = compute.for_(["a", "b", "a"], "function (x) { progress(); return x + Math.random() }").exec()
-    assert r.entries() == [["a", r[0]], ["b", r[1]], ["a", r[2]]]  # every slice is there
-    assert r.fromEntries() == {"a": r[2], "b": r[1]}
-    assert r.key("a") == r[2] == r.fromEntries()["a"]
 
 
 # -- map-basic: Number up to 2**53-1, BigInt above, or BigInt for the whole job --------------------------
