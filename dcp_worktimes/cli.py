@@ -69,14 +69,15 @@ _SETTING_PREFIX = "setting__"
 def _setting_params() -> list[click.Option]:
     """One ``--NAME VALUE`` flag per setting the installed worktimes declare (``Worktime.settings``),
     plus ``--trust-work NAME``. Built at start-up, so ``--help`` lists what is installed."""
-    from .plugins import get_worktimes
+    from .plugins import get_worktimes, setting_env
 
     helps: dict[str, list[str]] = {}
     for reg in get_worktimes().values():
         for name, text in reg.cls.settings.items():
             helps.setdefault(name, []).append(f"{reg.name}: {text}")
     params = [click.Option([f"--{name}", _SETTING_PREFIX + name.replace("-", "_")], default=None, metavar="VALUE",
-                           help="; ".join(texts)) for name, texts in sorted(helps.items())]
+                           envvar=setting_env(name), show_envvar=True, help="; ".join(texts))
+              for name, texts in sorted(helps.items())]
     params.append(click.Option(["--trust-work", "trusted"], multiple=True, metavar="WORKTIME",
                                help="Run this worktime's work without the OS-level sandbox it asks for (only for "
                                     "work you trust: its author then has this user's rights on this machine)."))
@@ -261,7 +262,9 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     if ctx.invoked_subcommand is not None:
         given = [n for n in ("worktimes", "cores", "capabilities", "categories", "until_idle", "verbose", "quiet")
                  if ctx.params.get(n)]
-        given += [n.removeprefix(_SETTING_PREFIX) for n, v in limits.items() if v not in (None, ())]
+        # A setting taken from its environment variable was not given here: the subcommand reads it too.
+        given += [n.removeprefix(_SETTING_PREFIX) for n, v in limits.items() if v not in (None, ())
+                  and ctx.get_parameter_source(n) is not click.core.ParameterSource.ENVIRONMENT]
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise click.UsageError(f"{flags} belong to the worker itself, not to '{ctx.invoked_subcommand}'; "

@@ -91,6 +91,27 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+#: A worktime setting ``NAME`` may also come from ``DCP_WORKTIMES_<NAME>`` (``js-engine``:
+#: ``DCP_WORKTIMES_JS_ENGINE``): ``dcp-worker``'s flags fall back to it, and in-process ``exec()``,
+#: which has no flags, reads it.
+SETTING_ENV_PREFIX = "DCP_WORKTIMES_"
+
+
+def setting_env(name: str) -> str:
+    """The environment variable of worktime setting ``name``.
+
+    >>> setting_env("js-engine")
+    'DCP_WORKTIMES_JS_ENGINE'
+    """
+    return SETTING_ENV_PREFIX + name.upper().replace("-", "_")
+
+
+def settings_from_env(cls: type[Worktime]) -> dict[str, str]:
+    """The settings of ``cls`` given in the environment (``setting_env``), as ``Worktime.config``."""
+    found = {name: os.environ.get(setting_env(name)) for name in cls.settings}
+    return {name: value for name, value in found.items() if value}
+
+
 @functools.lru_cache(maxsize=64)
 def _probe(cls: type[Worktime], frozen: Any) -> Probe:
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dcp_worktimes.errors import ErrorCode, SliceError, WorkError
+from dcp_worktimes.errors import DcpError, ErrorCode, SliceError, WorkError
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.worktimes.map_basic import MapBasic
 from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing
@@ -700,21 +700,29 @@ def test_engine_choice_and_capabilities():
     assert "V8" in MapBasic.describe(v8)["description"] and "QuickJS" in MapBasic.describe(qjs)["description"]
 
 
-def test_the_default_engine_can_be_set_for_in_process_exec(monkeypatch, tmp_path):
-    from dcp_worktimes import compute
-    from dcp_worktimes.worktimes.map_basic.engine import ENV_ENGINE, choose
+def test_the_engine_setting_can_come_from_the_environment(monkeypatch, tmp_path):
+    """DCP_WORKTIMES_JS_ENGINE: what in-process exec() (which has no flags) runs on, and what
+    dcp-worker's --js-engine falls back to."""
+    import json
+    import subprocess
+    import sys
 
-    monkeypatch.setenv(ENV_ENGINE, "QuickJS")
-    assert choose(None) == "quickjs" and choose("v8") == "v8"  # the worker's flag still wins
-    assert MapBasic.probe(None).capabilities["engine"].get("quickjs") is True
+    from dcp_worktimes import compute
+    from dcp_worktimes.plugins import settings_from_env
+
+    monkeypatch.setenv("DCP_WORKTIMES_JS_ENGINE", "QuickJS")
+    assert settings_from_env(MapBasic) == {"js-engine": "QuickJS"}
     monkeypatch.setenv("DCP_SCHEDULER", f"sqlite:///{tmp_path}/jobs.db")
     monkeypatch.setenv("DCP_PROGRESS", "0")
     job = compute.for_([1, 2], "x => { progress(); return typeof InternalError }", worktime="map-basic", cores=1)
     job.requirements = {"engine": {"quickjs": True}}
     assert job.exec(timeout=60) == ["function", "function"]  # QuickJS has InternalError, V8 does not
-    monkeypatch.setenv(ENV_ENGINE, "rhino")
-    bad = MapBasic.probe(None)
-    assert not bad.available and ENV_ENGINE in bad.unavailable and "v8, quickjs" in bad.unavailable
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "--worktime", "map-basic",
+                        "--work", "x => typeof InternalError", "--datum", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout) == "function", r.stderr
+    monkeypatch.setenv("DCP_WORKTIMES_JS_ENGINE", "rhino")
+    with pytest.raises(DcpError, match="DCP_WORKTIMES_JS_ENGINE"):
+        compute.for_([1], "x => x", worktime="map-basic", cores=1).exec(timeout=60)
 
 
 def test_stops_racing_the_end_of_a_slice_never_break_the_engine():

@@ -149,7 +149,7 @@ def test_acceptance_limits_and_the_worker_keeps_serving(pool, case, limits, code
     outs = sorted(pool.map(j, [(0, None)]), key=lambda o: o.number)
     elapsed = time.monotonic() - t
     assert not outs[0].ok and outs[0].error.code == code, outs[0].error
-    # ESLICETOOSLOW: the bound (< 2 s for a 1 s limit); the engine stops at ~1.0 s.
+    # ESLICETOOSLOW: the required bound (< 2 s for a 1 s limit); the engine stops at ~1.0 s.
     assert elapsed < bound, f"{case} took {elapsed:.2f}s"
     follow = next(pool.map(job("x => x + 1"), [(1, 41)]))
     assert follow.ok and follow.value == 42

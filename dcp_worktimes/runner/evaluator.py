@@ -543,7 +543,7 @@ ENV_LOCKDOWN = "DCP_WORKTIMES_LOCKDOWN"
 def _lock_down(worktime: Worktime) -> dict:
     import tempfile
 
-    from ..worktimes.wasm_runtime.engine import cache_dir
+    from ..cache import cache_root
     from . import lockdown
 
     if os.environ.get(ENV_LOCKDOWN, "1").strip().lower() in ("0", "off", "false", "no"):
@@ -555,7 +555,7 @@ def _lock_down(worktime: Worktime) -> dict:
     area = isolation.private_area()
     # Where a worktime may write: its private tmpfs, the compile caches; with no private area,
     # the temporary folders its files then live in.
-    writable = [area, str(cache_dir().parent)] if area else [tempfile.gettempdir(), "/dev/shm", str(cache_dir().parent)]
+    writable = [area, str(cache_root())] if area else [tempfile.gettempdir(), "/dev/shm", str(cache_root())]
     # Read on the instance: a worktime may decide in prepare (map-basic spawns Deno for V8 only).
     return lockdown.apply(network=bool(worktime.network), spawns=bool(worktime.spawns), writable=writable)
 

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     from .evaluator import _load_class, serve
 
     lockdown.preload()  # every evaluator forked from here has libseccomp loaded already
+    from ..cache import cache_root
+
+    cache_root()  # and platformdirs, which the lockdown's write rules need (a new job's first ms count)
 
     sock = socket.socket(fileno=0)  # the supervisor hands us our end of a socketpair as stdin
     try:

@@ -480,6 +480,10 @@ class Scheduler(ABC):
         time.sleep(timeout)
         return False
 
+    def wake_waiters(self) -> None:
+        """End the ``wait_for_work`` calls of this process on this store now (a worker told to
+        stop). Backends whose waits are short may do nothing."""
+
     def job_summaries(self) -> list[dict]:
         """One dict per job (``dcp-worker jobs``): id, worktime, status, reason, total,
         distributed, computed, failed, created, payment_per_slice, public."""

@@ -49,6 +49,10 @@ def run_local(
     from .processes import Helpers, shares
 
     job = scheduler.get_job(job_id)
+    if config is None:  # exec() has no flags: the worktime's settings come from the environment
+        from ..plugins import get_worktime, settings_from_env
+
+        config = settings_from_env(get_worktime(job.spec.worktime).cls)
     check_runnable_here(job, capabilities, config)
     configs = {job.spec.worktime: config or {}}
     split = shares(cores or os.cpu_count() or 1)
@@ -91,4 +95,5 @@ def _running(worker: Worker, scheduler: Scheduler, job_id: str) -> Iterator[Work
         yield worker
     finally:
         stop.set()
+        worker.wake()
         thread.join(60)

@@ -128,15 +128,16 @@ def check_runnable_here(job: "JobRecord", capabilities: Mapping[str, Any] | None
     """Raise at once if this machine cannot run ``job``: ``WorktimeNotFound`` (not installed, no
     version in the range, its engine missing here) or ``EREQUIREMENTS``.
 
-    ``capabilities``: extra ones the local worker adds; ``config``: the worktime's settings.
+    ``capabilities``: extra ones the local worker adds; ``config``: the worktime's settings (by
+    default, those given in the environment: ``plugins.settings_from_env``, as ``run_local`` uses).
     """
-    from ..plugins import get_worktime
+    from ..plugins import get_worktime, settings_from_env
 
     try:
         reg = get_worktime(job.spec.worktime, job.worktime_range or None)
     except ValueError as e:  # a bad range
         raise WorktimeNotFound(str(e)) from None
-    probe = reg.probe(config)
+    probe = reg.probe(config if config is not None else settings_from_env(reg.cls))
     if not probe.available:
         raise WorktimeNotFound(f"this machine cannot run {reg.name} jobs: {probe.unavailable}; run the job on a "
                                "worker that can (exec(local=False) with a dcp-worker attached)")

@@ -338,6 +338,13 @@ class Worker:
             if self.events is not None:
                 self._report_finished(float("inf"))
 
+    def wake(self) -> None:
+        """Wake the loop now, from another thread (after setting its ``stop``): a job that ended
+        must not wait for the worker's next poll to return from ``exec()``."""
+        with self._cond:
+            self._cond.notify_all()
+        self.scheduler.wake_waiters()
+
     def _store_failing(self, error: StoreUnavailable, stop: threading.Event) -> None:
         """The store refused a write or a read that may pass (``StoreUnavailable``): say so once
         per outage, with what is kept, then wait before the next attempt (doubling up to

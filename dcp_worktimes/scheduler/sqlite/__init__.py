@@ -227,6 +227,9 @@ class SqliteScheduler(Scheduler):
         # Wakes on commits of this process; other processes' commits are seen at the timeout.
         return self._waiter.wait(timeout)
 
+    def wake_waiters(self) -> None:
+        self._store.notify()
+
     def workers(self) -> list[WorkerInfo]:
         live = self._reads.workers()
         served = self._apps.served() if live else {}

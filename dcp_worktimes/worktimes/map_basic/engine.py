@@ -197,27 +197,21 @@ def datum_text(datum: Any, bigint: bool = False) -> str:
 
 
 # -- choosing an engine -------------------------------------------------------------------------
-#: The default engine where no ``--js-engine`` is given (in-process ``exec()`` has no flag).
-ENV_ENGINE = "DCP_WORKTIMES_JS_ENGINE"
-
-
 def choose(setting: Any) -> str:
-    """The engine for a ``--js-engine`` value: ``"v8"``, ``"quickjs"``, or (unset) the
-    ``DCP_WORKTIMES_JS_ENGINE`` environment variable, else V8 where the ``deno`` package is
-    installed, else QuickJS. ``ValueError`` for anything else.
+    """The engine for a ``--js-engine`` value (or ``DCP_WORKTIMES_JS_ENGINE``, as every worktime
+    setting: ``plugins.settings_from_env``): ``"v8"``, ``"quickjs"``, or (unset) V8 where the
+    ``deno`` package is installed, else QuickJS. ``ValueError`` for anything else.
 
     >>> choose("QuickJS")
     'quickjs'
     """
     if setting is None or setting == "":
-        setting = os.environ.get(ENV_ENGINE) or None
-    if setting is None:
         from . import v8
 
         return "v8" if v8.deno_binary() is not None else "quickjs"
     name = str(setting).strip().lower()
     if name not in ENGINES:
-        raise ValueError(f"--js-engine (or {ENV_ENGINE}) must be one of {', '.join(ENGINES)}, not {setting!r}")
+        raise ValueError(f"--js-engine (DCP_WORKTIMES_JS_ENGINE) must be one of {', '.join(ENGINES)}, not {setting!r}")
     return name
 
 

@@ -103,12 +103,9 @@ def deno_version() -> str | None:
 def _cache_dir() -> Path:
     """``$DCP_WORKTIMES_CACHE/deno/<version>`` (or the user cache dir): Deno's own cache and our
     import map live there."""
-    base = os.environ.get("DCP_WORKTIMES_CACHE")
-    if not base:
-        import platformdirs
+    from ...cache import cache_root
 
-        base = platformdirs.user_cache_dir("dcp-worktimes")
-    return Path(base) / "deno" / (deno_version() or "unknown")
+    return cache_root("deno", deno_version() or "unknown")
 
 
 _BLOCKED = ("data:text/javascript," + quote(

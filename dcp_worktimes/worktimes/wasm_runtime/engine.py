@@ -54,13 +54,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from ...cache import ENV_CACHE, cache_root
 from ...errors import ErrorCode, SliceError
 from ...limits import exceeded
 
 if TYPE_CHECKING:  # wasmtime is imported lazily: importing this module must stay cheap
     import wasmtime
 
-ENV_CACHE = "DCP_WORKTIMES_CACHE"
 KiB, MiB = 1 << 10, 1 << 20
 WASM_PAGE = 64 * KiB
 
@@ -166,12 +166,7 @@ def get_engine(options: EngineOptions = EngineOptions()) -> "wasmtime.Engine":
 # -- compiled-module cache ---------------------------------------------------------------------
 def cache_dir() -> Path:
     """Where compiled modules live: ``$DCP_WORKTIMES_CACHE/wasm`` or the user cache dir."""
-    base = os.environ.get(ENV_CACHE)
-    if not base:
-        import platformdirs
-
-        base = platformdirs.user_cache_dir("dcp-worktimes")
-    return Path(base) / "wasm"
+    return cache_root("wasm")
 
 
 @dataclass

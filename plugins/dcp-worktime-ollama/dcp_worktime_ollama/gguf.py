@@ -162,12 +162,9 @@ def _value(m: mmap.mmap, pos: int, kind: int) -> tuple[object, int]:
 
 def cache_dir() -> Path:
     """This plugin's cache: ``$DCP_WORKTIMES_CACHE/ollama``, else the user cache directory."""
-    base = os.environ.get("DCP_WORKTIMES_CACHE")
-    if not base:
-        import platformdirs
+    from dcp_worktimes.cache import cache_root
 
-        base = platformdirs.user_cache_dir("dcp-worktimes")
-    return Path(base) / "ollama"
+    return cache_root("ollama")
 
 
 def file_digest(path: str | os.PathLike) -> str:
