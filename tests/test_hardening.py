@@ -317,3 +317,62 @@ def test_a_worker_serving_the_resource_cases_again_and_again_stays_flat(cc, warm
 @pytest.mark.slow
 def test_a_long_running_worker_serving_the_whole_corpus_stays_flat(cc, warm, tmp_path):
     _flat(cc, warm, tmp_path, rounds=6, cases=None)
+
+
+# -- one byte budget per slice, and a cap on each message (runner/bounds.py) -----------------------
+BIG = 20 * 2**20  # 20 MiB of text, far over the 1 MB budget below
+
+HUGE_MESSAGES = {
+    # worktime: (work, what the slice does)
+    ("map-basic", "throw"): f"x => {{ throw new Error('e'.repeat({BIG})) }}",
+    ("map-basic", "reject"): f"x => {{ work.reject('r'.repeat({BIG})); return 1 }}",
+    ("map-basic", "console"): f"x => {{ console.log('c'.repeat({BIG})); return 1 }}",
+    ("map-basic", "flood"): "x => { for (let i = 0; i < 1e6; i++) console.log(i); return 1 }",
+    ("map-basic", "result_and_console"): "x => { for (let i = 0; i < 12; i++) console.log(String(i).repeat(50000)); "
+                                         "return 'v'.repeat(500000) }",
+    ("python", "throw"): f"def f(x):\n    raise ValueError('e' * {BIG})\n",
+    ("python", "console"): f"def f(x):\n    print('c' * {BIG})\n    return 1\n",
+    ("python", "flood"): "def f(x):\n    for i in range(10**6):\n        print(i)\n    return 1\n",
+    ("python", "result_and_console"): "def f(x):\n    for i in range(12):\n        print(str(i) * 50000)\n"
+                                      "    return 'v' * 500000\n",
+}
+
+
+@pytest.mark.parametrize("worktime, case", sorted(HUGE_MESSAGES))
+def test_what_a_slice_sends_back_stays_within_its_budget(worktime, case, warm):
+    from dcp_worktimes.runner.bounds import MESSAGE_CAP
+
+    limits = Limits.parse(output="1MB", wall_time="60s")
+    events: list = []
+    with EvaluatorPool(cores=1) as pool:
+        job = JobSpec(id=f"budget-{worktime}-{case}", worktime=worktime, work=HUGE_MESSAGES[worktime, case], limits=limits)
+        out = next(pool.map(job, [(0, 1)], lambda kind, n, payload: events.append((kind, payload))))
+        follow = next(pool.map(JobSpec(id=f"after-{worktime}-{case}", worktime=worktime,
+                                       work="x => x + 1" if worktime == "map-basic" else "def f(x):\n    return x + 1\n"),
+                               [(1, 41)]))
+    sent = sum(len(str(p)) for _, p in events) + len(out.value_bytes or b"")
+    if out.error is not None:
+        sent += len(out.error.message) + len(out.error.stack or "")
+    assert sent < 1_000_000 + 2 * MESSAGE_CAP, f"{sent} bytes came back"  # the budget, and one cut message
+    if case in ("throw", "reject"):
+        assert out.error.code == ("EWORKREJECT" if case == "reject" else "EUNCAUGHT"), out.error
+        assert len(out.error.message) <= MESSAGE_CAP and "more characters cut" in out.error.message
+    elif case == "console":  # a line over the cap is cut, and says so
+        assert out.ok, out.error
+        lines = [p["message"] for k, p in events if k == "console"]
+        assert len(lines) == 1 and len(lines[0]) <= MESSAGE_CAP and "more characters cut" in lines[0]
+    else:  # a flood of lines, or the result with the lines, over the one budget
+        assert not out.ok and out.error.code == "EOUTPUTLIMIT", out.error
+        if case == "result_and_console":
+            assert "console/emit traffic" in out.error.message, out.error.message
+    assert follow.ok and follow.value == 42  # the worker serves on
+
+
+def test_a_huge_load_error_is_cut_too():
+    from dcp_worktimes.runner.bounds import MESSAGE_CAP
+
+    with EvaluatorPool(cores=1) as pool:
+        job = JobSpec(id="load-error", worktime="map-basic", work="(x => x) +\n" + "y" * BIG + "(",
+                      limits=Limits.parse(output="1MB"))
+        out = next(pool.map(job, [(0, 1)]))
+    assert out.error.code == "EBADWORK" and len(out.error.message) <= MESSAGE_CAP + 100, len(out.error.message)

@@ -38,6 +38,7 @@ from ..values import UnserializableValue, as_unserializable, pack, packer, unpac
 from ..worktime import Block, JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
+from .bounds import MESSAGE_CAP, bound_error, cut
 from .redact import host_failure
 
 FLUSH_AFTER = 0.005  # seconds a finished result may wait in the buffer before it is written
@@ -170,6 +171,8 @@ class _SliceEvents:
                 pack(payload["value"])
             except UnserializableValue as e:
                 raise ValueError(f"work.emit({payload['name']!r}, value): {e}") from None
+        if kind == "console" and len(payload.get("message") or "") > MESSAGE_CAP:
+            payload = {**payload, "message": cut(payload["message"], MESSAGE_CAP)}
         with self.lock:
             p = self.pending
             if kind == "console":
@@ -283,7 +286,8 @@ class Evaluator:
             # ENOWORKTIME from prepare: this machine lacks something (a runtime, a model), nothing
             # is wrong with the work: the worker gives the slices back instead of failing the job.
             fault = e.code == ErrorCode.ENOWORKTIME
-            self.out.send({"t": "prepare_error", "error": SliceError(e.message, code=e.code, worker_fault=fault).to_dict()})
+            error = SliceError(e.message, code=e.code, worker_fault=fault).to_dict()
+            self.out.send({"t": "prepare_error", "error": bound_error(error, job_output(self.job))})
             return
         except OSError as e:  # the worker's disk, cache or engine install, not the work
             err = host_failure(e, "the worker could not prepare the job", code=ErrorCode.ENOWORKTIME, worker_fault=True)
@@ -291,7 +295,7 @@ class Evaluator:
             return
         except Exception as e:  # the worktime's own bug, or work it did not expect: no host traceback leaves
             err = host_failure(e, "", code=ErrorCode.EBADWORK)
-            self.out.send({"t": "prepare_error", "error": err.to_dict()})
+            self.out.send({"t": "prepare_error", "error": bound_error(err.to_dict(), job_output(self.job))})
             return
         # A worktime that keeps its engine running as a child process (blender) has it counted in
         # its footprint and in each slice's CPU clock: the watchdog measures the whole process tree.
@@ -340,12 +344,14 @@ class Evaluator:
             if self.cancel.is_set():  # whatever a cancelled slice returns is not its result
                 raise SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
             value = self.pack(result)
-            if limits.output is not None and len(value) > limits.output:
-                raise exceeded("output", limits.output, used=len(value))
             if events.pending is not None:
                 events.flush_console()  # first: the last line counts against the limit too
             if events.over:
                 raise exceeded("output", limits.output, used=events.sent, what="console/emit traffic")
+            # One budget per slice (bounds.py): the result and what the slice logged and emitted.
+            if limits.output is not None and len(value) + events.sent > limits.output:
+                raise exceeded("output", limits.output, used=len(value) + events.sent,
+                               what="the result" + (" with the slice's console/emit traffic" if events.sent else ""))
         except BaseException as e:  # noqa: BLE001
             self.settle_error(index, e, events, wall, cpu)
             return
@@ -366,9 +372,17 @@ class Evaluator:
         else:  # a worktime bug: what failed, never where on the host (redact.py)
             frame = {"t": "err", "i": index, "e": host_failure(e, "").to_dict()}
         events.flush_console()
+        # The work wrote the message and stack: within what is left of the slice's budget (bounds.py).
+        output = job_output(self.job)
+        frame["e"] = bound_error(frame["e"], None if output is None else output - events.sent)
         frame["wall"] = wall
         frame["cpu"] = cpu
         self.out.send(frame)
+
+
+def job_output(job: JobSpec | None) -> int | None:
+    """The job's per-slice byte budget (its output limit), ``None`` when unlimited or unknown."""
+    return job.limits.output if job is not None else None
 
 
 class RunBlock(Block):

@@ -42,6 +42,8 @@ _state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progre
 
 # -- the door ----------------------------------------------------------------------------------
 def _call(*frame):
+    if frame[0] == "console" and len(frame[2]) > MESSAGE_CAP:  # one line is cut, as the host cuts it
+        frame = (frame[0], frame[1], _cut(frame[2]))
     return _host.call(codec.encode(list(frame)))
 
 
@@ -411,7 +413,20 @@ def _describe(e, when=""):
                    "send your own pure-Python modules with the job (job modules), or use an available package")
     if when:
         message = f"{message} ({when})"
-    return {"code": code, "name": name, "message": message, "stack": _stack(e)}
+    stack = _stack(e)
+    return {"code": code, "name": name, "message": _cut(message), "stack": stack and _cut(stack)}
+
+
+# The host's cap on one message (dcp_worktimes/runner/bounds.py MESSAGE_CAP): an error bigger than
+# a frame may carry would otherwise fail the slice as EOUTPUTLIMIT and lose what it said.
+MESSAGE_CAP = 64 * 1024
+
+
+def _cut(text):
+    if len(text) <= MESSAGE_CAP:
+        return text
+    keep = MESSAGE_CAP - 64
+    return f"{text[:keep]} ... [{len(text) - keep} more characters cut]"
 
 
 def _stack(e):
