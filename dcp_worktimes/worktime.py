@@ -199,12 +199,16 @@ class SliceContext:
         self._warned = False
 
     # -- progress -----------------------------------------------------------------------------
-    def progress(self, value: Any = None) -> bool:
+    def progress(self, value: Any = None, *, highest_before: float | None = None) -> bool:
         """Report progress: a number in [0, 1], a ``'NN%'`` string, or nothing (indeterminate).
 
         Out-of-range or backwards values are reported as indeterminate with a console note, as
-        DCP does, never an error. Always returns ``True``.
+        DCP does, never an error. Always returns ``True``. An engine that passes on only some of
+        the work's calls gives ``highest_before``, the highest value it did not pass on, so that
+        "backwards" is judged as if every call had come through.
         """
+        if highest_before is not None and (self._last_value is None or highest_before > self._last_value):
+            self._last_value = highest_before
         self.progress_calls += 1
         self._heartbeat()
         number = self._normalise(value)
@@ -282,17 +286,10 @@ class Block(ABC):
 
     An engine should return within about ``budget`` seconds (running as many slices as fit) so
     the host can refresh its watchdog; the host calls ``execute_block`` again while slices are
-    pending. Example (what map-basic does, minus the JavaScript)::
+    pending. Example (what echo does with actions, and map-basic on V8)::
 
         def execute_block(self, block):
-            started = time.monotonic()
-            for i in block.pending():
-                try:
-                    block.done(i, self.run_one(block.context(i), block.datums[i]))
-                except SliceError as e:
-                    block.failed(i, e)
-                if time.monotonic() - started > block.budget:
-                    return
+            block.run_each(self.execute)   # per slice, within the budget; a failure fails that slice
     """
 
     numbers: list[int]
@@ -319,6 +316,21 @@ class Block(ABC):
         """Slices ``indexes`` returned ``values`` (an engine that computed a run of them at once)."""
         for i, value in zip(indexes, values):
             self.done(i, value)
+
+    def run_each(self, run: Callable[["SliceContext", Any], Any], indexes: list[int] | None = None) -> None:
+        """Settle slices ``indexes`` (default: every pending one) one by one with
+        ``run(context, datum)`` for about ``budget`` seconds: the loop an ``execute_block`` around a
+        per-slice call needs (``block.run_each(self.execute)``)."""
+        started = time.monotonic()
+        for i in self.pending() if indexes is None else indexes:
+            if self.cancelled:
+                return
+            try:
+                self.done(i, run(self.context(i), self.datums[i]))
+            except Exception as e:  # noqa: BLE001 - the host gives it its code
+                self.failed(i, e)
+            if time.monotonic() - started > self.budget:
+                return
 
     @abstractmethod
     def failed(self, i: int, error: BaseException) -> None:

@@ -187,9 +187,8 @@ class QuickJSEngine(Engine):
             if ctx is None:
                 return None  # console output while compiling the work or a module: dropped
             if op == "progress":
-                if b is not None:  # block mode: the last value the prelude did not pass on
-                    ctx._last_value = float(b)
-                ctx.progress(from_js(a))
+                # block mode: b is the highest value the prelude did not pass on
+                ctx.progress(from_js(a), highest_before=float(b) if b is not None else None)
                 timeout = ctx.limits.progress_timeout
                 if timeout is not None:
                     self._progress_deadline = time.monotonic() + timeout

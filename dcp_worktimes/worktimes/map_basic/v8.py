@@ -395,8 +395,9 @@ class V8Engine(Engine):
             return None  # console output while compiling the work or a module: dropped
         text = body.decode("utf-8")
         try:
-            if kind == 0x50:  # P
-                ctx.progress(from_js(text))
+            if kind == 0x50:  # P: the value, and the highest earlier value of the slice (if any)
+                text, _, highest = text.partition("\n")
+                ctx.progress(from_js(text), highest_before=float(highest) if highest else None)
                 timeout = ctx.limits.progress_timeout
                 if timeout is not None:
                     self._progress_deadline = time.monotonic() + timeout + FORWARD_SLACK

@@ -122,7 +122,12 @@ function sandbox() {
           const v = jsonParse(apply(sliceString, a, [1]));
           if (typeof v !== 'number' || v < 0 || v > 1 || v < highest) odd = true; else highest = v;
         }
-        if (odd || now - lastForward >= FORWARD) { lastForward = now; __dcpWrite(K_PROGRESS, a); }
+        // The host judges backwards values against the highest it heard of: tell it the highest so
+        // far when earlier values of this slice were not forwarded.
+        if (odd || now - lastForward >= FORWARD) {
+          lastForward = now;
+          __dcpWrite(K_PROGRESS, highest > -Infinity ? a + '\n' + toString(highest) : a);
+        }
         return null;
       }
       case 'console': __dcpWrite(K_CONSOLE, a + '\n' + b); return null;
@@ -248,7 +253,9 @@ function sandbox() {
         // 's': the output cap, then the datums of one or more slices, run in order, each answered
         // by its own reply (the evaluator sends the next slices of its batch ahead, see v8.py).
         for (let i = 1; i < args.length; i++) {
-          lastForward = -Infinity; highest = -Infinity; uncaught = undefined;
+          // lastForward stays across slices: a heartbeat every FORWARD ms is all the watchdog needs
+          // (v8.py's deadline has FORWARD of slack), not a frame per slice.
+          highest = -Infinity; uncaught = undefined;
           reply = await __dcpSlice(args[i], args[0]);
           if (i < args.length - 1) __dcpWrite(K_REPLY, reply);
         }

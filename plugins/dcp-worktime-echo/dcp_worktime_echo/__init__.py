@@ -62,16 +62,7 @@ class EchoWorktime(Worktime):
             pending = block.pending()
             block.done_many(pending, [block.datums[i] for i in pending])
             return
-        started = time.monotonic()
-        for i in block.pending():
-            if block.cancelled:
-                return
-            try:
-                block.done(i, self.execute(block.context(i), block.datums[i]))
-            except Exception as e:  # noqa: BLE001 - the host gives it its code
-                block.failed(i, e)
-            if time.monotonic() - started > block.budget:
-                return
+        block.run_each(self.execute)
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
         a = self.actions
