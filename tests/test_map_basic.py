@@ -764,3 +764,68 @@ def test_a_batch_sent_ahead_keeps_each_slices_events_errors_and_limits():
     assert h.wt.execute(SliceContext(10, h.limits), 10) == 20
     h.wt.prefetch([[30, 30], [31, 31]])
     assert [h.wt.execute(SliceContext(n, h.limits), n) for n in (30, 31)] == [60, 62]
+
+
+# -- QuickJS block mode (run_block) against one slice at a time ----------------------------------
+class _Block:
+    """A minimal Block for driving QuickJSEngine.run_block directly."""
+
+    def __new__(cls, datums, limits):
+        from dcp_worktimes.worktime import Block
+
+        class B(Block):
+            budget = 0.5
+
+            def __init__(self):
+                self.numbers, self.datums, self.limits, self.job = list(range(len(datums))), datums, limits, None
+                self.outcomes: dict = {}
+                self.events: list = []
+
+            def pending(self):
+                return [i for i in self.numbers if i not in self.outcomes]
+
+            def context(self, i):
+                return SliceContext(i, self.limits, sink=lambda k, p: self.events.append((i, k, p)))
+
+            def done(self, i, value):
+                self.outcomes.setdefault(i, ("ok", value))
+
+            def failed(self, i, error):
+                self.outcomes.setdefault(i, ("err", getattr(error, "code", None)))
+
+            @property
+            def cancelled(self):
+                return False
+
+        return B()
+
+
+def _quickjs_block(work, datums, limits, calls=20):
+    from dcp_worktimes.worktimes.map_basic.quickjs import QuickJSEngine
+
+    if missing("quickjs"):
+        pytest.skip(missing("quickjs"))
+    engine = QuickJSEngine()
+    engine.set_limits(limits.memory)
+    engine.set_job([], {})
+    engine.compile(work)
+    block = _Block(datums, limits)
+    for _ in range(calls):
+        if not block.pending():
+            break
+        before = len(block.outcomes)
+        engine.run_block(block, block.pending(), block.budget)
+        assert len(block.outcomes) > before, "run_block settled no slice"
+    return block
+
+
+def test_quickjs_block_of_datums_that_each_fit_the_heap_but_not_together():
+    block = _quickjs_block("x => x.length", ["x" * (4 << 20) for _ in range(8)], Limits.parse(memory="32MB"))
+    assert block.outcomes == {i: ("ok", 4 << 20) for i in range(8)}
+
+
+def test_quickjs_block_judges_progress_after_a_percent_string_as_slice_by_slice():
+    # '60%' moves the slice's progress to 0.6: 0.55 after it goes backwards, with its console note.
+    block = _quickjs_block("x => { progress(0.5); progress('60%'); progress(0.55); return x }", [0, 1, 2], Limits())
+    notes = sorted(i for i, k, p in block.events if k == "console" and "backwards (0.6 -> 0.55)" in p["message"])
+    assert notes == [0, 1, 2]

@@ -295,3 +295,33 @@ def test_a_slow_slice_in_a_block_is_judged_on_its_own_time(pool):
     assert outs[350].ok, outs[350].error
     assert outs[360].error is not None and outs[360].error.code == "ENOPROGRESS", outs[360]
     assert [o.number for o in outs if not o.ok] == [360]
+
+
+def test_a_deep_result_in_a_block_fails_only_its_own_slice(pool):
+    # The host cannot decode a value nested thousands deep (RecursionError): that slice fails, as it
+    # does alone; the slices that ended with it in the same engine call keep their results.
+    work = "x => { if (x === 250) { let a = 0; for (let i = 0; i < 5000; i++) a = [a]; return a } return x }"
+    outs, _ = _outs(pool, work, n=300)
+    assert [o.number for o in outs if not o.ok] == [250], [(o.number, o.error) for o in outs if not o.ok][:3]
+    assert [o.value for o in outs if o.ok] == [n for n in range(300) if n != 250]
+
+
+def test_a_work_replacing_string_split_keeps_each_slice_on_its_datum(pool):
+    # Block mode splits the datums' texts itself: job code replacing String.prototype.split must
+    # not hand slices each other's datums.
+    work = ("x => { if (x === 100) { const s = String.prototype.split; "
+            "String.prototype.split = function (...a) { return s.apply(this, a).reverse() } } return x }")
+    outs, _ = _outs(pool, work, n=300)
+    assert [o.value for o in outs] == list(range(300))
+
+
+def test_a_slice_after_one_that_left_the_heap_full_fails_on_memory_not_the_evaluator(pool, engine):
+    if engine != "quickjs":
+        pytest.skip("QuickJS: a heap limit the context keeps between slices")
+    # Slice 1 keeps the heap full in a global; slice 2 then cannot even start: it fails EMEMORYLIMIT
+    # as it does alone (block mode settled nothing, and the evaluator died: ECRASH).
+    work = "x => { if (x === 1) { globalThis.keep = []; try { for (;;) keep.push(new Array(50)) } catch (e) {} } return x }"
+    j = job(work, limits=Limits.parse(memory="16MB"))
+    outs = [next(pool.map(j, [(n, n)])) for n in range(3)]
+    assert outs[0].ok
+    assert [o.error.code for o in outs[1:]] == ["EMEMORYLIMIT", "EMEMORYLIMIT"], [o.error for o in outs[1:]]

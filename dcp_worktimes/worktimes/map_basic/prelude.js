@@ -22,6 +22,8 @@
   const toBase64 = Uint8Array.prototype.toBase64, fromBase64 = Uint8Array.fromBase64;
   const TypedArray = getProto(Uint8Array);
   const fromCharCode = String.fromCharCode, indirectEval = eval, now = Date.now;
+  // Job code may replace these methods: what block mode uses is captured now.
+  const apply = Reflect.apply, splitString = String.prototype.split, regexExec = RegExp.prototype.exec;
   const TAG = '\u0000dcp';
   const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
@@ -214,9 +216,15 @@
   // most) and for any value the host must judge (out of range, backwards: it gets the last value
   // it did not hear of as the third argument, so its verdict is the same as one call per slice).
   const PROGRESS_QUIET_MS = 20;
+  const PERCENT = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/;  // worktime.py _PERCENT
   let blockMode = false, lastHeard = 0, lastValue = -1;
 
   function progress(value) {
+    if (blockMode && typeof value === 'string') {
+      // A 'NN%' the host accepts moves the highest value too (later numbers are judged against it).
+      const m = apply(regexExec, PERCENT, [value]);
+      if (m !== null && m[1] / 100 <= 1 && m[1] / 100 > lastValue) lastValue = m[1] / 100;
+    }
     if (blockMode && (value === undefined || (typeof value === 'number' && value >= 0 && value >= lastValue && value <= 1))) {
       if (value !== undefined) lastValue = value;
       const t = now();
@@ -742,7 +750,7 @@
   // host('s', k) named). An interrupt (a limit) unwinds the call: the host has every earlier
   // envelope already, and fails the slice it was on.
   function __dcpBlock(text, budgetMs) {
-    const items = text.split('\n');
+    const items = apply(splitString, text, ['\n']);
     const t0 = now();
     let envelope = '';
     blockMode = true;

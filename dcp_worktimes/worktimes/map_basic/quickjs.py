@@ -51,6 +51,9 @@ MAIN_STACK = 64 * 1024 * 1024
 
 #: Most datums sent to one ``run_block`` call (the call stops at its time budget anyway).
 MAX_BLOCK_CHUNK = 4096
+#: Most characters of datum text sent to one ``run_block`` call (at least one datum is sent): the
+#: joined texts live in the engine's heap, under the job's memory limit, which each datum alone fits.
+MAX_BLOCK_TEXT = 1 << 20
 
 _INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -298,15 +301,20 @@ class QuickJSEngine(Engine):
         slice whose result is a promise is settled here as ``run`` does; a limit hit fails only
         the slice it hit. Returns when the budget is spent, at the end, or after a promise."""
         texts: list[str] = []
+        size = 0
         # Encode only what this call may run: a chunk that grows while calls finish it in budget.
         for i in indexes[:self._chunk]:
             try:
-                texts.append(datum_text(block.datums[i], self._bigint))
+                text = datum_text(block.datums[i], self._bigint)
             except SliceError as e:
                 if not texts:  # the first datum cannot enter the engine: that slice fails alone
                     block.failed(i, e)
                     return
                 break
+            size += len(text)
+            if texts and size > MAX_BLOCK_TEXT:
+                break
+            texts.append(text)
         limits = block.limits
         self.set_limits(limits.memory)
         self._blk, self._blk_indexes, self._blk_texts = block, indexes[:len(texts)], texts
@@ -318,8 +326,14 @@ class QuickJSEngine(Engine):
                 reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))}]")
             except SliceError as e:  # a limit, or the engine failed, during slice _cur
                 self._settle_ended()
-                if self._cur >= 0 and self._held is None:
+                if self._cur >= 0:  # also a slice held for its jobs: the error came in its time
                     block.failed(self._blk_indexes[self._cur], e)
+                elif len(texts) > 1:  # before the first slice (out of memory taking the chunk): one alone
+                    self._chunk = 1
+                    self._blk = None
+                    self.run_block(block, indexes[:1], budget)
+                else:  # as "start" would: that slice fails
+                    block.failed(indexes[0], e)
                 return
             self._settle_ended()
             kind = reply[:1]
@@ -390,7 +404,7 @@ class QuickJSEngine(Engine):
         if all(env[:2] == "v0" for _, env in ended):
             try:
                 values = _plain_json("[" + ",".join(env[2:] for _, env in ended) + "]")
-            except ValueError:
+            except (ValueError, RecursionError):  # a deep value: one by one, it fails alone
                 pass
             else:
                 self._blk.done_many([self._blk_indexes[pos] for pos, _ in ended], values)  # type: ignore[union-attr]
@@ -407,7 +421,7 @@ class QuickJSEngine(Engine):
             self._slice = self._block_slice()  # its message names the slice's limit
         try:
             value = self._result(envelope)
-        except SliceError as e:
+        except Exception as e:  # noqa: BLE001 - as from run (RecursionError of a deep value ...): this slice's
             block.failed(i, e)
         else:
             block.done(i, value)
