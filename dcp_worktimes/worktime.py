@@ -317,6 +317,10 @@ class Block(ABC):
         for i, value in zip(indexes, values):
             self.done(i, value)
 
+    def starting(self, i: int) -> None:
+        """Slice ``i`` starts now (an engine running slices back to back in one call says so, so
+        that the host's no-progress watchdog counts each slice from its own start)."""
+
     def run_each(self, run: Callable[["SliceContext", Any], Any], indexes: list[int] | None = None) -> None:
         """Settle slices ``indexes`` (default: every pending one) one by one with
         ``run(context, datum)`` for about ``budget`` seconds: the loop an ``execute_block`` around a
@@ -325,6 +329,7 @@ class Block(ABC):
         for i in self.pending() if indexes is None else indexes:
             if self.cancelled:
                 return
+            self.starting(i)
             try:
                 self.done(i, run(self.context(i), self.datums[i]))
             except Exception as e:  # noqa: BLE001 - the host gives it its code

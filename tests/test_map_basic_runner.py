@@ -325,3 +325,10 @@ def test_a_slice_after_one_that_left_the_heap_full_fails_on_memory_not_the_evalu
     outs = [next(pool.map(j, [(n, n)])) for n in range(3)]
     assert outs[0].ok
     assert [o.error.code for o in outs[1:]] == ["EMEMORYLIMIT", "EMEMORYLIMIT"], [o.error for o in outs[1:]]
+
+
+def test_a_percent_string_counts_for_backwards_progress_in_a_block(pool):
+    outs, events = _outs(pool, "x => { progress(0.5); progress('60%'); progress(0.55); return x }", n=200)
+    assert all(o.ok for o in outs)
+    notes = sorted(n for k, n, p in events if k == "console" and "progress went backwards (0.6 -> 0.55)" in p["message"])
+    assert notes == list(range(200))

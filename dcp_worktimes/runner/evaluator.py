@@ -424,6 +424,9 @@ class RunBlock(Block):
         return SliceContext(self.numbers[i], self.limits, self.job, sink=events, heartbeat=self.ev._beat,
                             cancel_event=self.ev.cancel)
 
+    def starting(self, i: int) -> None:
+        self.ev._beat()
+
     def done(self, i: int, value: Any) -> None:
         self._record(i, value, False)
 

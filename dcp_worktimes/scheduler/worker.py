@@ -517,12 +517,14 @@ class Worker:
                 self.scheduler.return_slices(payload)
             else:
                 self.scheduler.report(payload)
+                backlog.pop(0)  # written: whatever the counting below does, never written twice
                 for r in payload:
                     ok = sum(r.oks)
                     self.completed += ok
                     self.failed += len(r) - ok
                     if self.events is not None:
                         self.events.slices_done(r.job_id, r)
+                continue
             backlog.pop(0)
         self._store_works()
 

@@ -368,6 +368,7 @@ class QuickJSEngine(Engine):
             self._ended.append((self._cur, envelope))
         self._cur = k
         self._slice = None  # made on first use (_block_slice): most slices log nothing
+        self._blk.starting(self._blk_indexes[k])  # type: ignore[union-attr]
         lim = self._blk.limits  # type: ignore[union-attr]
         now = time.monotonic()
         self._deadline = now + lim.wall_time if lim.wall_time else None

@@ -43,7 +43,8 @@ function sandbox() {
   const U8 = Uint8Array, P = Promise, toString = String, toNumber = Number, jsonParse = JSON.parse;
   const { subarray, set: setBytes, copyWithin, toBase64 } = Uint8Array.prototype;
   const { getUint32, setUint32 } = DataView.prototype, DV = DataView;
-  const sliceString = String.prototype.slice;
+  const sliceString = String.prototype.slice, regexExec = RegExp.prototype.exec;
+  const PERCENT = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/;  // worktime.py _PERCENT
 
   let state;  // Int32Array over the SharedArrayBuffer of the main thread
   let uncaught;  // first error reported by the runtime (e.g. thrown in a queueMicrotask callback)
@@ -120,7 +121,12 @@ function sandbox() {
         let odd = a[0] !== '0';
         if (!odd && a !== '0null') {
           const v = jsonParse(apply(sliceString, a, [1]));
-          if (typeof v !== 'number' || v < 0 || v > 1 || v < highest) odd = true; else highest = v;
+          if (typeof v === 'string') {
+            // A 'NN%' the host accepts moves the highest value too (later numbers are judged against it).
+            const m = apply(regexExec, PERCENT, [v]);
+            if (m !== null && m[1] / 100 <= 1 && m[1] / 100 >= highest) highest = m[1] / 100;
+            odd = true;
+          } else if (typeof v !== 'number' || v < 0 || v > 1 || v < highest) odd = true; else highest = v;
         }
         // The host judges backwards values against the highest it heard of: tell it the highest so
         // far when earlier values of this slice were not forwarded.
