@@ -332,3 +332,12 @@ def test_a_percent_string_counts_for_backwards_progress_in_a_block(pool):
     assert all(o.ok for o in outs)
     notes = sorted(n for k, n, p in events if k == "console" and "progress went backwards (0.6 -> 0.55)" in p["message"])
     assert notes == list(range(200))
+
+
+def test_the_cpu_limit_is_per_slice_when_slices_run_in_blocks(pool):
+    # 80 slices of ~40 ms each under a 1 s CPU limit: together far over it, each well under.
+    # (V8's engine is a child process: the limit must count its CPU per slice, not since it started.)
+    work = "x => { const t = Date.now(); let s = 0; while (Date.now() - t < 40) s += Math.sqrt(x + s); return x }"
+    outs, _ = _outs(pool, work, n=80, limits=Limits.parse(cpu_time="1s", wall_time="10s"))
+    assert [o.error for o in outs if not o.ok] == []
+    assert sum(o.cpu_time for o in outs) > 1.0  # the premise: the job as a whole used more than the limit
