@@ -4,7 +4,8 @@ No test writes to the user's real job store (``~/.local/share/dcp-worktimes``) o
 (``~/.cache/dcp-worktimes``): both variables point into a temporary folder for the whole session,
 for subprocesses too. The one expensive artifact, the python worktime's compiled CPython
 (~2 minutes to compile), is taken from the user's cache when ``dcp-worker warmup --worktime
-python`` left one there (hard links: read, never written); otherwise the session compiles its own.
+python`` left one there (copied: a hard link would share the file's inode, and the cache's LRU
+``utime`` on a hit would then change the user's file); otherwise the session compiles its own.
 """
 
 from __future__ import annotations
@@ -24,17 +25,13 @@ def _user_cache() -> Path:
 
 
 def _seed(source: Path, target: Path) -> None:
-    """The user's compiled WebAssembly modules, linked (or copied) into the session's cache."""
+    """The user's compiled WebAssembly modules, copied into the session's cache (read, never touched)."""
     found = source / "wasm"
     if not found.is_dir():
         return
     (target / "wasm").mkdir(parents=True, exist_ok=True)
     for item in found.glob("*.cwasm"):
-        dest = target / "wasm" / item.name
-        try:
-            os.link(item, dest)
-        except OSError:
-            shutil.copyfile(item, dest)
+        shutil.copyfile(item, target / "wasm" / item.name)
 
 
 _seed(_user_cache(), _SESSION / "cache")

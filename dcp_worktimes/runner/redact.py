@@ -22,6 +22,7 @@ import traceback
 from functools import lru_cache
 
 from ..errors import ErrorCode, SliceError
+from .bounds import cut
 
 #: What a host path prefix becomes.
 HOST = "<host>"
@@ -73,8 +74,6 @@ def host_failure(exc: BaseException, doing: str, code: ErrorCode = ErrorCode.EUN
     """The error a deployer gets for an unexpected exception of the worker's own code while
     ``doing`` something; the traceback is printed to stderr (the worker's side) instead."""
     traceback.print_exception(exc, file=sys.stderr)
-    text = redact(f"{type(exc).__name__}: {exc}")
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + f" ... ({len(text) - MAX_MESSAGE} characters cut)"
+    text = cut(redact(f"{type(exc).__name__}: {exc}"), MAX_MESSAGE)
     return SliceError(f"{doing}: {text}" if doing else text, code=code, name=type(exc).__name__,
                       worker_fault=worker_fault)

@@ -347,8 +347,7 @@ class Worker:
 
     def _store_failing(self, error: StoreUnavailable, stop: threading.Event) -> None:
         """The store refused a write or a read that may pass (``StoreUnavailable``): say so once
-        per outage, with what is kept, then wait before the next attempt (doubling up to
-        ``STORE_RETRY_MAX``)."""
+        per outage, then wait before the next attempt (doubling up to ``STORE_RETRY_MAX``)."""
         self.store_trouble = error
         if self._outage is None:
             self._outage = time.monotonic()

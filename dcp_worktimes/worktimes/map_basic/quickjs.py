@@ -138,23 +138,36 @@ class QuickJSEngine(Engine):
         self._ctx.add_callable("__dcpHost", self._host)
         self._op = self._ctx.eval(PRELUDE)
 
-    # -- interrupt ------------------------------------------------------------------------------
-    def _install_interrupt(self) -> bool:
+    # -- the C API behind the binding -----------------------------------------------------------
+    def _runtime(self) -> tuple[ctypes.CDLL, int] | None:
+        """The extension's library and this context's ``JSRuntime`` pointer, or ``None`` when the
+        pointer cannot be verified (then nothing is called through it)."""
         try:
             lib = ctypes.CDLL(self._quickjs.__file__)
             lib.JS_GetRuntimeOpaque.restype = ctypes.c_void_p
             lib.JS_GetRuntimeOpaque.argtypes = [ctypes.c_void_p]
-            lib.JS_SetInterruptHandler.restype = None
-            lib.JS_SetInterruptHandler.argtypes = [ctypes.c_void_p, _INTERRUPT, ctypes.c_void_p]
             # RuntimeData starts with PyObject_HEAD, then the JSRuntime pointer.
             rt = ctypes.c_void_p.from_address(id(self._ctx) + object.__basicsize__).value
             if not rt or lib.JS_GetRuntimeOpaque(rt) != id(self._ctx):
-                return False
-            self._handler = _INTERRUPT(self._interrupt)  # keep a reference: QuickJS holds a raw pointer
-            lib.JS_SetInterruptHandler(rt, self._handler, None)
-            return True
+                return None
+            return lib, rt
         except (OSError, AttributeError, ValueError):
+            return None
+
+    # -- interrupt ------------------------------------------------------------------------------
+    def _install_interrupt(self) -> bool:
+        found = self._runtime()
+        if found is None:
             return False
+        lib, rt = found
+        try:
+            lib.JS_SetInterruptHandler.restype = None
+            lib.JS_SetInterruptHandler.argtypes = [ctypes.c_void_p, _INTERRUPT, ctypes.c_void_p]
+        except AttributeError:
+            return False
+        self._handler = _INTERRUPT(self._interrupt)  # keep a reference: QuickJS holds a raw pointer
+        lib.JS_SetInterruptHandler(rt, self._handler, None)
+        return True
 
     def _interrupt(self, _rt: int, _opaque: int) -> int:
         # Runs every ~10k JS operations with the GIL re-acquired: keep it cheap and never raise.
@@ -429,19 +442,17 @@ class QuickJSEngine(Engine):
 
     def _jobs_probe(self):
         """A function telling whether the engine has jobs queued (``JS_IsJobPending``)."""
+        found = self._runtime()
+        if found is None:
+            return None
+        lib, rt = found
         try:
-            lib = ctypes.CDLL(self._quickjs.__file__)
-            lib.JS_GetRuntimeOpaque.restype = ctypes.c_void_p
-            lib.JS_GetRuntimeOpaque.argtypes = [ctypes.c_void_p]
-            lib.JS_IsJobPending.restype = ctypes.c_bool  # bool in quickjs-ng: the upper bytes of the register are garbage
-            lib.JS_IsJobPending.argtypes = [ctypes.c_void_p]
-            rt = ctypes.c_void_p.from_address(id(self._ctx) + object.__basicsize__).value
-            if rt and lib.JS_GetRuntimeOpaque(rt) == id(self._ctx):
-                pending = lib.JS_IsJobPending
-                return lambda: pending(rt)
-        except (OSError, AttributeError, ValueError):
-            pass
-        return None
+            pending = lib.JS_IsJobPending
+        except AttributeError:
+            return None
+        pending.restype = ctypes.c_bool  # bool in quickjs-ng: the upper bytes of the register are garbage
+        pending.argtypes = [ctypes.c_void_p]
+        return lambda: pending(rt)
 
     def _settle(self) -> str:
         """Run jobs and timers until the work's promise settles; return the prelude's envelope."""

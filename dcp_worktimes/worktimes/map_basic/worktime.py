@@ -180,11 +180,10 @@ class MapBasic(Worktime):
         return self._engine.run(ctx, datum)
 
     def execute_block(self, block: Block) -> None:
-        """The host's block fast path: many slices per call, each still run by ``engine.run``
-        under its own context and limits (its own wall, CPU and no-progress deadlines; a limit
-        hit fails that slice only). What the block saves is the host's per-slice frame and
-        watchdog work; on V8 the whole block is sent to Deno ahead (``prefetch``), so a block
-        of short slices costs one pipe round trip."""
+        """The host's block fast path: many slices per call, each under its own context and
+        limits (its own wall, CPU and no-progress deadlines; a limit hit fails that slice only).
+        QuickJS runs the synchronous ones back to back in one engine call (``run_block``); V8
+        runs each with ``engine.run``, the block's slices sent to Deno ahead (``prefetch``)."""
         engine = self._engine
         if engine is None:
             raise WorkError("map-basic: execute_block() called before prepare(job)")
