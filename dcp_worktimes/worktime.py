@@ -565,6 +565,23 @@ class Worktime(ABC):
     def release(self) -> None:
         """The evaluator is done with the current job (or retiring): free per-job resources."""
 
+    def standby(self, hint: JobSpec) -> None:
+        """Optional: start ahead what the next job will need, before that job is known.
+
+        The pool calls it in a *spare* evaluator it starts when a job of this worktime ends, so
+        that the next job's ``prepare`` finds an engine process already running (map-basic starts
+        its V8 process here: ~50 ms a job would otherwise wait for). ``hint`` is the previous job
+        with its options and limits only (no work, arguments, modules or files): the next job is
+        likely to be like it, but may be another deployer's, so nothing of a job may be kept
+        here. ``prepare`` then uses what fits and discards the rest. Errors are ignored (the
+        job then starts from scratch). Worktimes that do not override it get no spare evaluators.
+
+        Example::
+
+            def standby(self, hint):
+                self._spare = start_engine(memory=hint.limits.memory)
+        """
+
     @classmethod
     def preload(cls) -> None:
         """Import the engine ahead of time in the worktime's zygote process, which then forks

@@ -105,8 +105,37 @@ class NetworkNativeProbe(NativeProbe):
     network = True
 
 
+class StandbyProbe(ProbeWorktime):
+    """Starts a child process in ``standby`` (as map-basic starts Deno) and tells each slice what
+    its evaluator was given ahead of the job: ``[hint, engine pid, evaluator pid, work result]``."""
+
+    name = "standby-probe"
+
+    def __init__(self):
+        self.hint = None
+        self.engine = None
+
+    def standby(self, hint):
+        import subprocess
+
+        self.hint = hint.to_dict()
+        self.engine = subprocess.Popen(["sleep", "3600"])
+
+    def execute(self, ctx, datum):
+        import os
+
+        return [self.hint, self.engine.pid if self.engine else None, os.getpid(), self.fn["work"](datum)]
+
+    def release(self):
+        if self.engine is not None:
+            self.engine.kill()
+            self.engine.wait()
+            self.engine = None
+
+
 @hookimpl
 def register_worktimes(register):
+    register(StandbyProbe)
     register(ProbeWorktime)
     register(StuckAtStart)
     register(Unavailable)

@@ -341,3 +341,51 @@ def test_the_cpu_limit_is_per_slice_when_slices_run_in_blocks(pool):
     outs, _ = _outs(pool, work, n=80, limits=Limits.parse(cpu_time="1s", wall_time="10s"))
     assert [o.error for o in outs if not o.ok] == []
     assert sum(o.cpu_time for o in outs) > 1.0  # the premise: the job as a whole used more than the limit
+
+
+def test_v8_starts_deno_ahead_for_the_next_job_and_only_uses_it_when_it_fits():
+    """A finished job leaves a spare evaluator whose Deno process is already running (started
+    for a job like the last one); a next job with other limits gets an engine of its own."""
+    if missing("v8"):
+        pytest.skip(missing("v8"))
+    with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": "v8"}}) as p:
+        big = job("x => x + 1", limits=Limits.parse(memory="512MiB", wall_time="60s"))
+        assert next(p.map(big, [(0, 1)])).value == 2
+        p.release(big.id)
+        spare = p._slots[0].spare
+        assert spare is not None
+        # The spare's heap would be 512 MiB: this job's 64 MiB must still hold.
+        small = job(hostile("memory_balloon"), limits=Limits.parse(memory="64MiB", wall_time="60s"))
+        out = next(p.map(small, [(0, None)]))
+        assert not out.ok and out.error.code == "EMEMORYLIMIT" and "JavaScript heap" in out.error.message, out.error
+        p.release(small.id)
+        again = job("x => [x, typeof Deno, typeof globalThis.__dcpLast]", limits=Limits.parse(memory="64MiB"))
+        out = next(p.map(again, [(0, 5)]))
+        assert out.ok and out.value == [5, "undefined", "undefined"], out.error
+
+
+def test_map_basic_standby_engine_serves_a_matching_job_only():
+    from dcp_worktimes.worktime import SliceContext
+    from dcp_worktimes.worktimes.map_basic import MapBasic
+
+    if missing("v8"):
+        pytest.skip(missing("v8"))
+    wt = MapBasic()
+    wt.config = {"js-engine": "v8"}
+    try:
+        wt.standby(JobSpec(id="", worktime="map-basic", limits=Limits.parse(memory="64MiB")))
+        ahead = wt._spare[1]
+        assert ahead.alive
+        wt.prepare(job("x => x * 3", limits=Limits.parse(memory="64MiB")))
+        assert wt._engine is ahead and wt._spare is None
+        assert wt.execute(SliceContext(0, Limits()), 7) == 21
+        wt.standby(JobSpec(id="", worktime="map-basic", limits=Limits.parse(memory="64MiB")))
+        other = wt._spare[1]
+        wt.prepare(job("x => x * 3", limits=Limits.parse(memory="128MiB")))
+        assert wt._engine is not other and not other.alive  # a different heap: a fresh engine
+    finally:
+        wt.release()
+    wt = MapBasic()
+    wt.config = {"js-engine": "quickjs"}
+    wt.standby(JobSpec(id="", worktime="map-basic"))
+    assert wt._spare is None  # QuickJS starts in a millisecond: nothing to start ahead

@@ -295,3 +295,83 @@ def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
 def test_work_that_cannot_be_encoded_fails_the_job_cleanly(pool):
     out = next(pool.map(JobSpec(id="surrogate", worktime="echo", work="\udcff"), [(0, 0)]))
     assert out.error.code in ("EBADWORK", "EUNSERIALIZABLE") and "ECRASH" not in str(out.error)
+
+
+# -- spare evaluators (Worktime.standby) ------------------------------------------------------------
+def _standby_job(n, work="def work(x):\n    return x + 1\n", **kw):
+    return JobSpec(id=f"standby-{n}-{time.monotonic_ns()}", worktime="standby-probe", work=work, **kw)
+
+
+def _wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_finished_job_leaves_a_spare_that_the_next_job_prepares_in(probe):
+    secret = "SECRET = 'deployer-a'\ndef work(x):\n    return [SECRET, x]\n"
+    first = _standby_job(1, secret, arguments=["private"], options={"mode": "fast"},
+                         limits=Limits.parse(memory="300MB", wall_time="20s"))
+    with EvaluatorPool(cores=1) as p:
+        a = list(p.map(first, [(0, 1)]))[0]
+        assert a.ok and a.value[0] is None  # the first evaluator had no spare: nothing ran ahead
+        p.release(first.id)
+        slot = p._slots[0]
+        assert slot.spare is not None and _wait_for(lambda: slot.spare._ready.is_set())
+        b = list(p.map(_standby_job(2), [(0, 41)]))[0]
+    assert b.ok and b.value[3] == 42
+    hint, engine, evaluator = b.value[0], b.value[1], b.value[2]
+    assert evaluator != a.value[2]  # a fresh process: a job never inherits another job's evaluator
+    assert engine is not None  # the "engine" it started ahead served the job
+    # The spare learnt the previous job's options and limits, and nothing of its work or data.
+    assert hint["options"] == {"mode": "fast"} and hint["limits"]["memory"] == first.limits.memory
+    assert "deployer-a" not in json.dumps(hint) and "private" not in json.dumps(hint)
+    assert hint.get("work", "") in ("", b"") and not hint.get("arguments")
+
+
+def test_a_spare_that_died_is_replaced_and_the_job_runs(probe):
+    with EvaluatorPool(cores=1) as p:
+        first = _standby_job(1)
+        assert list(p.map(first, [(0, 1)]))[0].ok
+        p.release(first.id)
+        spare = p._slots[0].spare
+        assert _wait_for(lambda: spare._ready.is_set() and spare._proc is not None)
+        psutil.Process(spare._proc.pid).kill()
+        assert _wait_for(lambda: not spare._proc.alive())
+        out = list(p.map(_standby_job(2), [(0, 5)]))[0]
+    assert out.ok and out.value[3] == 6 and out.value[1] is None  # started from scratch, no standby
+
+
+def test_an_idle_spare_exits_and_close_leaves_no_process_behind(probe, monkeypatch):
+    from dcp_worktimes.runner import pool as pool_module
+
+    with EvaluatorPool(cores=2) as p:
+        first = _standby_job(1)
+        assert all(o.ok for o in p.map(first, [(i, i) for i in range(4)]))
+        p.release(first.id)
+        spares = [s.spare for s in p._slots if s.spare is not None]
+        assert spares and _wait_for(lambda: all(s._ready.is_set() for s in spares))
+        pids = [s._proc.pid for s in spares if s._proc is not None]
+        assert pids
+        monkeypatch.setattr(pool_module, "SPARE_IDLE", 0.0)
+        assert _wait_for(lambda: all(s.spare is None for s in p._slots))  # the watchdog let them go
+        assert _wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                                         for pid in pids))
+        monkeypatch.setattr(pool_module, "SPARE_IDLE", 300.0)
+        second = _standby_job(2)
+        assert list(p.map(second, [(0, 1)]))[0].ok
+        p.release(second.id)
+        spare = p._slots[0].spare or p._slots[1].spare
+        assert spare is not None and _wait_for(lambda: spare._ready.is_set())
+        pid = spare._proc.pid
+    assert _wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+
+
+def test_worktimes_without_standby_get_no_spare(pool):
+    j = job()
+    assert list(pool.map(j, [(0, 1)]))[0].ok
+    pool.release(j.id)
+    assert all(slot.spare is None for slot in pool._slots)

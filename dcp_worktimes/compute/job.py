@@ -32,7 +32,6 @@ returns the same results; the first one keeps dispatching the events.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -472,6 +471,8 @@ class Job(EventEmitter):
 
     async def exec_async(self, *args: Any, **kwargs: Any) -> ResultHandle:
         """``await job.exec_async(...)``: ``exec`` in the loop's default executor (same arguments)."""
+        import asyncio  # here, not at the top: its import (with ssl) is ~10 MB that exec() never needs
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, lambda: self.exec(*args, **kwargs))
 

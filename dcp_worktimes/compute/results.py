@@ -21,6 +21,7 @@ was run with ``errors="return"``; ``results.failures`` lists them either way.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable, Sequence
 
 from ..errors import DcpError, ErrorCode
@@ -215,7 +216,10 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
     from ..inputs import MultiRange
     from ..values import unpack, unpack_all
 
-    values: list[Any] = [None] * (total or 0)
+    # The handle is filled in place: building a list and then the handle from it would hold the
+    # job's result pointers twice at the peak (8 MB per million slices).
+    values = ResultHandle(inputs=inputs, job_id=job_id)
+    values.extend(itertools.repeat(None, total or 0))
     failures: list[SliceFailed] = []
     for batch in batches:
         numbers = batch.numbers
@@ -240,4 +244,5 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
     failures.sort(key=lambda f: f.slice_number)
     if isinstance(inputs, MultiRange):
         return nest(values, inputs.shape, inputs.ranges, failures, job_id)
-    return ResultHandle(values, inputs, failures, job_id)
+    values.failures = failures
+    return values

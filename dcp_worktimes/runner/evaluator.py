@@ -269,10 +269,21 @@ class Evaluator:
             op = msg.get("op")
             if op == "prepare":
                 self.prepare(msg["job"], msg.get("config") or {})
+            elif op == "standby":
+                self.standby(msg["hint"], msg.get("config") or {})
             elif op == "run":
                 self.cancel.clear()
                 self.run(msg["n"], msg["d"])
                 self.out.send({"t": "done"})
+
+    def standby(self, hint: dict, config: dict) -> None:
+        """A spare evaluator: let the worktime start what the next job needs (no reply; a failure
+        only means that ``prepare`` starts it instead)."""
+        try:
+            self.worktime.config = config
+            self.worktime.standby(JobSpec.from_dict(hint))
+        except Exception as e:  # noqa: BLE001 - nothing of a job has run; prepare starts afresh
+            print(f"dcp-worktimes: standby failed: {type(e).__name__}: {e}", file=sys.stderr)
 
     def prepare(self, job_dict: dict, config: dict) -> None:
         try:
@@ -584,7 +595,7 @@ def _rss(family: bool = False) -> int:
     with open("/proc/self/statm") as f:
         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     if family:
-        rss += sum(_children(lambda p: p.memory_info().rss))
+        rss += sum(_children(lambda p: p.memory_info().rss, fresh=True))
     return rss
 
 
@@ -607,11 +618,24 @@ def _has_children() -> bool:
         return False
 
 
-def _children(measure: Callable[[Any], float]) -> list[float]:
+#: Seconds the list of child processes is reused before it is read again. Listing them scans all
+#: of /proc (~2 ms); a block measures its CPU on every call, so the list is kept for a moment (a
+#: child started since, such as V8's Deno after a stop, counts from the next refresh on).
+FAMILY_REFRESH = 0.5
+_family: tuple[float, list] = (float("-inf"), [])
+
+
+def _children(measure: Callable[[Any], float], fresh: bool = False) -> list[float]:
     import psutil  # only for worktimes with child processes: the others never pay its import
 
+    global _family
+    now = time.monotonic()
+    listed, family = _family
+    if fresh or now - listed > FAMILY_REFRESH:
+        family = psutil.Process().children(recursive=True)
+        _family = now, family
     values = []
-    for child in psutil.Process().children(recursive=True):
+    for child in family:
         try:
             values.append(measure(child))
         except psutil.Error:  # it ended while we looked

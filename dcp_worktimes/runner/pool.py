@@ -47,7 +47,7 @@ from ..errors import ErrorCode, SliceError
 from ..limits import Limits, check_cores, exceeded, format_size
 from ..plugins import get_worktime
 from ..values import UnserializableValue, pack, pack_all, unpack
-from ..worktime import JobSpec
+from ..worktime import JobSpec, Worktime
 from .process import START_TIMEOUT, EvaluatorDied, EvaluatorProcess, Zygote, zygotes_enabled
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ MAX_LOST = 3
 CANCEL_GRACE = 0.5
 #: Jobs remembered as cancelled/unusable (a long-running worker must not grow without bound).
 MEMORY_OF_JOBS = 1000
+#: Seconds a spare evaluator (``Worktime.standby``) waits for a job before it exits: an idle
+#: worker must not hold an engine process per core forever.
+SPARE_IDLE = 300.0
 
 
 @dataclass(slots=True)
@@ -176,6 +179,58 @@ class _Slot:
     batch_size: int = 1
     family: list = field(default_factory=list)  # the evaluator's child processes (engines may spawn)
     ticks: int = 0
+    job: JobSpec | None = None  # the job its evaluator serves
+    spare: "_Spare | None" = None  # an evaluator started ahead for the next job (Worktime.standby)
+
+
+class _Spare:
+    """An evaluator started ahead of a job it does not know yet, so that what its worktime starts
+    for every job (``Worktime.standby``: a V8 process) is ready when the job comes. It runs no
+    work: it is sent a *hint* (the previous job's options and limits, never its work, arguments
+    or data) and then the real job's ``prepare`` as any fresh evaluator would."""
+
+    def __init__(self, pool: "EvaluatorPool", ref: str, network: bool, previous: JobSpec) -> None:
+        self.ref = ref
+        self.since = time.monotonic()
+        self._lock = threading.Lock()
+        self._proc: EvaluatorProcess | None = None
+        self._closed = False
+        self._ready = threading.Event()
+        hint = JobSpec(id="", worktime=previous.worktime, options=dict(previous.options), limits=previous.limits)
+        config = pool.config.get(previous.worktime, {})
+        threading.Thread(target=self._start, args=(pool, network, hint, config), daemon=True, name="dcp-spare").start()
+
+    def _start(self, pool: "EvaluatorPool", network: bool, hint: JobSpec, config: dict) -> None:
+        try:
+            proc = EvaluatorProcess(self.ref, network=network, env=pool.env, zygote=pool._zygote(self.ref),
+                                    start_timeout=pool.start_timeout)
+            proc.send({"op": "standby", "hint": hint.to_dict(), "config": config})
+        except (EvaluatorDied, OSError, RuntimeError, UnserializableValue) as e:
+            log.debug("no spare evaluator for %s: %s", self.ref, e)
+            proc = None
+        with self._lock:
+            if self._closed and proc is not None:
+                threading.Thread(target=proc.close, daemon=True, name="dcp-retire").start()
+            else:
+                self._proc = proc
+        self._ready.set()
+
+    def take(self, ref: str) -> EvaluatorProcess | None:
+        """The spare's evaluator for a job of worktime ``ref`` (``None``: none usable; closed)."""
+        self._ready.wait()
+        with self._lock:
+            proc, self._proc, self._closed = self._proc, None, True
+        if proc is not None and (proc.zygote is None or proc.zygote.alive()) and ref == self.ref and proc.alive():
+            return proc
+        if proc is not None:
+            threading.Thread(target=proc.close, daemon=True, name="dcp-retire").start()
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            proc, self._proc, self._closed = self._proc, None, True
+        if proc is not None:
+            threading.Thread(target=proc.close, daemon=True, name="dcp-retire").start()
 
 
 class EvaluatorPool:
@@ -280,7 +335,10 @@ class EvaluatorPool:
         with self._lock:
             idle = [slot for slot in self._slots if not slot.busy and slot.proc is not None and slot.proc.job_id == job_id]
         for slot in idle:
+            job = slot.job
             self._retire(slot)
+            if job is not None:
+                self._stand_by(slot, job)
 
     def close(self) -> None:
         """Stop: queued slices complete with ``ECANCELLED``, running ones are killed, processes end."""
@@ -303,6 +361,9 @@ class EvaluatorPool:
             t.join(10)
         for slot in self._slots:
             self._retire(slot, wait=True)
+            spare, slot.spare = slot.spare, None
+            if spare is not None:
+                spare.close()
         with self._zygote_lock:
             zygotes, self._zygotes = list(self._zygotes.values()), {}
         for z in zygotes:
@@ -366,9 +427,12 @@ class EvaluatorPool:
             return proc
         self._retire(slot)
         reg = get_worktime(job.worktime)
-        proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env, zygote=self._zygote(reg.ref),
-                                start_timeout=self.start_timeout)
-        slot.proc, slot.psproc = proc, psutil.Process(proc.pid)
+        spare, slot.spare = slot.spare, None
+        proc = spare.take(reg.ref) if spare is not None else None
+        if proc is None:
+            proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env, zygote=self._zygote(reg.ref),
+                                    start_timeout=self.start_timeout)
+        slot.proc, slot.psproc, slot.job = proc, psutil.Process(proc.pid), job
         # Compiling the work is the job's: the watchdog bounds prepare by the job's wall time and
         # memory, unless the worktime bounds the work's part itself ("prepare" in enforces).
         slot.preparing = None if "prepare" in reg.cls.enforces else job.limits
@@ -415,8 +479,18 @@ class EvaluatorPool:
                     self._zygotes[ref] = None
             return self._zygotes[ref]
 
+    def _stand_by(self, slot: _Slot, job: JobSpec) -> None:
+        """Start a spare evaluator for the slot's next job, if the worktime has something to start
+        ahead (``Worktime.standby``: map-basic's V8 process); a job like ``job`` is the likely next."""
+        reg = get_worktime(job.worktime)
+        if reg.cls.standby is Worktime.standby or self._closed:
+            return
+        old, slot.spare = slot.spare, _Spare(self, reg.ref, reg.cls.network, job)
+        if old is not None:
+            old.close()
+
     def _retire(self, slot: _Slot, wait: bool = False) -> None:
-        proc, slot.proc, slot.psproc = slot.proc, None, None
+        proc, slot.proc, slot.psproc, slot.job = slot.proc, None, None, None
         if proc is None:
             return
         if wait:
@@ -552,6 +626,10 @@ class EvaluatorPool:
             time.sleep(WATCHDOG_INTERVAL)
             now = time.monotonic()
             for slot in self._slots:
+                spare = slot.spare
+                if spare is not None and now - spare.since > SPARE_IDLE and not slot.busy:
+                    slot.spare = None
+                    spare.close()
                 try:
                     self._check(slot, now)
                 except (psutil.Error, OSError, ValueError):

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..cache import cache_root
 
     cache_root()  # and platformdirs, which the lockdown's write rules need (a new job's first ms count)
+    import psutil  # noqa: F401  (an evaluator with child processes measures them: ~30 ms to import)
 
     sock = socket.socket(fileno=0)  # the supervisor hands us our end of a socketpair as stdin
     try:

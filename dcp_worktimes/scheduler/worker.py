@@ -244,8 +244,11 @@ class Worker:
 
     def _target(self) -> int:
         """Slices to keep leased: about ``queue_seconds`` of work per core (2 .. ``max_per_core``)."""
-        if self._wall_n < 2 * self.cores:
-            per_core = 4  # small first bites: slow slices must not be hoarded before we know
+        if not self._wall_n:
+            # Small first bites: slow slices must not be hoarded before we know. One finished slice
+            # is enough to size the next lease (an engine's first slice is its slowest, so the
+            # estimate errs on the small side); waiting for more leaves cores idle meanwhile.
+            per_core = 4
         else:
             mean = max(self._wall_sum / self._wall_n, 1e-6)
             per_core = int(min(max(self.queue_seconds / mean, 2), self.max_per_core))

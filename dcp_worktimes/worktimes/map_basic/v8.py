@@ -263,6 +263,11 @@ class V8Engine(Engine):
             pass
 
     @property
+    def alive(self) -> bool:
+        """Whether its Deno process still runs (a spare engine may have lost it while it waited)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
     def pid(self) -> int | None:
         """The Deno process's id (its RSS is the engine's memory)."""
         return self._proc.pid if self._proc is not None else None
