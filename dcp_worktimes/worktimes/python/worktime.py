@@ -150,6 +150,29 @@ class PythonWorktime(Worktime):
                 raise SliceError(e.message, code=e.code) from None
         return self._guest.run_slice(ctx, datum)
 
+    def execute_block(self, block: Block) -> None:
+        """The host's block fast path: many slices per WebAssembly turn (``Guest.run_block``),
+        each under its own limits; after a trap or a limit the interpreter restarts and the
+        slices not run yet go on in the next turn."""
+        if self.job is None or self._dirs is None:
+            raise SliceError("execute_block() before prepare(): the evaluator must prepare the job first",
+                             code=ErrorCode.ECRASH)
+        started = time.monotonic()
+        pending = block.pending()
+        while pending and not block.cancelled:
+            if self._guest is None or not self._guest.alive:
+                wall = block.limits.wall_time
+                try:  # the previous slice trapped or ran out of memory: a fresh interpreter
+                    self._start(deadline=None if wall is None else time.monotonic() + wall)
+                except WorkError as e:
+                    block.failed(pending[0], SliceError(e.message, code=e.code))
+                    pending = block.pending()
+                    continue
+            self._guest.run_block(block, pending)
+            if time.monotonic() - started > block.budget:
+                return
+            pending = block.pending()
+
     @classmethod
     def preload(cls) -> None:
         """In the zygote, before it forks evaluators: load the compiled module (no threads start).

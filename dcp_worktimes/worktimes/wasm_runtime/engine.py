@@ -334,6 +334,11 @@ class Guard:
         """Stop the guest at its next epoch check, from any thread (first reason wins)."""
         self._watchdog._interrupt(self, error)
 
+    def rearm(self, *, deadline: float | None, cpu_time: float | None, wall_time: float | None = None) -> None:
+        """New limits from now on, for the same run (an engine running many slices in one call:
+        each slice gets its own wall deadline and CPU budget). Call it on the guarded thread."""
+        self._watchdog._rearm(self, deadline, cpu_time, wall_time)
+
 
 class Watchdog:
     """A daemon thread that interrupts the guarded store of ``engine`` when it must stop.
@@ -391,6 +396,16 @@ class Watchdog:
             with self._cond:
                 self._armed = None
                 self._cond.notify()
+
+    def _rearm(self, guard: Guard, deadline: float | None, cpu_time: float | None, wall_time: float | None) -> None:
+        with self._cond:
+            armed = self._armed
+            if armed is None or armed["guard"] is not guard:
+                return
+            armed["deadline"], armed["wall_time"], armed["cpu_time"] = deadline, wall_time, cpu_time
+            armed["clock"] = time.pthread_getcpuclockid(threading.get_ident()) if cpu_time is not None else None
+            armed["cpu_deadline"] = time.clock_gettime(armed["clock"]) + cpu_time if cpu_time is not None else None
+            self._cond.notify()
 
     def _interrupt(self, guard: Guard, error: SliceError) -> None:
         with self._cond:

@@ -46,9 +46,9 @@ def encode(value, where="value"):
     return b"".join(out)
 
 
-def encode_frame(op, value, where):
-    """``[op, value]`` with errors naming ``where`` (``result[3]``), not the frame's own index."""
-    return b"\x92" + encode(op) + encode(value, where)
+def encode_frame(op, value, where, *rest):
+    """``[op, value, *rest]`` with errors naming ``where`` (``result[3]``), not the frame's own index."""
+    return bytes([0x92 + len(rest)]) + encode(op) + encode(value, where) + b"".join(encode(r) for r in rest)
 
 
 def _enc(v, out, where, depth):

@@ -7,12 +7,14 @@ export)::
     import sys; sys.path.insert(0, "/dcp/boot"); import _dcp_guest; _dcp_guest.install()
     _dcp_guest.load_work()          # once per instance: fetch the job, compile the work
     _dcp_guest.run_slice()          # once per slice
+    _dcp_guest.run_block()          # or many slices in one turn (the host's block fast path)
 
 Everything else crosses the one door the runtime has (``_host.call(frame) -> bytes``): frames are
 msgpack lists ``[op, ...]`` (see ``_dcp_codec``). Ops the host answers:
 
 ``["job"]``                       → ``{"id", "work", "arguments", "options"}``
 ``["datum"]``                     → the slice's datum
+``["block"]``                     → the datums of a block of slices (a list)
 ``["progress", value]``           → ``True``
 ``["console", level, message]``   → nothing
 ``["emit", name, value]``         → nothing
@@ -357,6 +359,34 @@ def run_slice():
         return
     _flush()
     _host.call(frame)
+
+
+def run_block():
+    """Run the slice function on each of the host's datums, back to back in this one turn.
+
+    Each slice ends with its result or error frame, as in ``run_slice``; the host's answer to
+    it is empty to go on with the next datum, anything else to end the turn (its time budget
+    is spent, the job was cancelled). Limits stay per slice: the host re-arms them as each
+    result arrives, so it always knows which slice is running. Each frame carries its datum's
+    position ``k``: the host takes a result only for the slice it counts as running."""
+    for k, datum in enumerate(_ask("block")):
+        _state.last_progress = float("-inf")
+        _install_logging()
+        try:
+            if _state.spread and isinstance(datum, list):
+                value = _state.handler(*datum, *_state.arguments)
+            else:
+                value = _state.handler(datum, *_state.arguments)
+            if hasattr(value, "__await__"):
+                value = _await(value)
+            frame = codec.encode_frame("result", value, "result", k)
+        except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
+            _flush()
+            frame = codec.encode(["error", _describe(e), k])
+        else:
+            _flush()
+        if _host.call(frame):
+            return
 
 
 def _await(awaitable):

