@@ -60,9 +60,16 @@ def test_evaluators_are_reused_within_a_job_and_fresh_per_job(pool):
 
 
 def test_reuse_count_is_bounded():
-    with EvaluatorPool(cores=1, max_slices_per_evaluator=5, max_batch=1) as p:
+    with EvaluatorPool(cores=1, max_slices_per_evaluator=5, min_evaluator_life=0, max_batch=1) as p:
         pids = [o.value[1] for o in sorted(p.map(job({"pid": True}), [(i, i) for i in range(12)]), key=lambda o: o.number)]
     assert len(set(pids)) == 3
+
+
+def test_an_evaluator_lives_its_minimum_life_whatever_its_slice_count():
+    # A job of trivial slices must not pay an evaluator (and engine) start every few thousand slices.
+    with EvaluatorPool(cores=1, max_slices_per_evaluator=5, min_evaluator_life=60, max_batch=1) as p:
+        pids = {o.value[1] for o in p.map(job({"pid": True}), [(i, i) for i in range(12)])}
+    assert len(pids) == 1
 
 
 def test_a_killed_slice_spares_the_rest_of_its_batch(pool):

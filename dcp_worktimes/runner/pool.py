@@ -16,8 +16,9 @@ as blocks (``Outcome``: columns of numbers, ok flags, packed values, errors, tim
 trivial slices cost a few thousand frames and callbacks, not a million.
 
 Each core gets a *slot*: a driver thread and, at any time, at most one evaluator process, spawned
-for one job and reused for up to ``max_slices_per_evaluator`` slices of that job (a new job always
-gets a fresh process: jobs of different deployers never share one). Slots cut the queued blocks
+for one job and reused for up to ``max_slices_per_evaluator`` slices of that job but at least
+``min_evaluator_life`` seconds (a new job always gets a fresh process: jobs of different
+deployers never share one). Slots cut the queued blocks
 into runs of adaptive size (~10-50 ms each: many trivial slices per frame, one at a time for slow
 ones), so CPU-bound jobs still spread over every evaluator.
 
@@ -58,6 +59,10 @@ OutcomeCallback = Callable[["Outcome"], None]
 #: Slices of one job an evaluator runs before it is replaced (DCP: 200, for browser sandboxes;
 #: ours are processes whose memory the watchdog bounds, so reuse is cheap and safe for longer).
 DEFAULT_MAX_SLICES = 10_000
+#: Seconds an evaluator lives at least before its slice count retires it: a job of trivial slices
+#: would otherwise start a new evaluator (and engine: a Deno process on V8, ~60 ms of CPU) every
+#: fraction of a second.
+DEFAULT_MIN_LIFE = 10.0
 #: Maximum time ``prepare`` may take where the job's limits do not bound it: a job without a
 #: wall-time limit, or a worktime that bounds the work's part of ``prepare`` itself and whose own
 #: one-time set-up (the python runtime's first compile, ~2 min) belongs to the worker.
@@ -241,6 +246,7 @@ class EvaluatorPool:
         cores: int | None = None,
         *,
         max_slices_per_evaluator: int = DEFAULT_MAX_SLICES,
+        min_evaluator_life: float = DEFAULT_MIN_LIFE,
         prepare_timeout: float = DEFAULT_PREPARE_TIMEOUT,
         max_batch: int = 256,
         start_timeout: float = START_TIMEOUT,
@@ -252,6 +258,7 @@ class EvaluatorPool:
         self.config = {name: dict(c) for name, c in (config or {}).items()}
         self.cores = cores or os.cpu_count() or 1
         self.max_slices = max_slices_per_evaluator
+        self.min_life = min_evaluator_life
         self.prepare_timeout = prepare_timeout
         self.max_batch = max_batch
         self.start_timeout = start_timeout
@@ -423,7 +430,8 @@ class EvaluatorPool:
 
     def _ensure(self, slot: _Slot, job: JobSpec) -> EvaluatorProcess:
         proc = slot.proc
-        if proc is not None and proc.job_id == job.id and proc.slices_run < self.max_slices and proc.alive():
+        if proc is not None and proc.job_id == job.id and proc.alive() and (
+                proc.slices_run < self.max_slices or time.monotonic() - proc.started < self.min_life):
             return proc
         self._retire(slot)
         reg = get_worktime(job.worktime)

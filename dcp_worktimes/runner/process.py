@@ -151,6 +151,7 @@ class EvaluatorProcess:
         self.kill_index: int | None = None
         self.baseline_rss = 0
         self.slices_run = 0
+        self.started = time.monotonic()
         self.job_id: str | None = None
         (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
         self._stdin = os.fdopen(in_w, "wb", buffering=0)
