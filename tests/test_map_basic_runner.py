@@ -306,6 +306,28 @@ def test_a_deep_result_in_a_block_fails_only_its_own_slice(pool):
     assert [o.value for o in outs if o.ok] == [n for n in range(300) if n != 250]
 
 
+def test_results_of_every_kind_in_one_block_keep_their_slices(pool):
+    # Plain values are settled a run at a time: the slices between them that end otherwise (a
+    # value needing tags, a rejection, a result over the output limit, a thrown error) must keep
+    # their own outcome and position, and the runs around them their values.
+    work = ("x => { if (x % 97 === 3) return 'y'.repeat(5000); if (x % 89 === 4) work.reject('no ' + x); "
+            "if (x % 83 === 5) throw new TypeError('bad ' + x); if (x % 79 === 6) return [x, 2n ** 70n]; return {x} }")
+    outs, _ = _outs(pool, work, n=600, limits=Limits.parse(output="4KB"))
+    assert len(outs) == 600
+    for o in outs:
+        x = o.number
+        if x % 97 == 3:
+            assert o.error.code == "EOUTPUTLIMIT" and "4 KB" in o.error.message, o.error
+        elif x % 89 == 4:
+            assert o.error.code == "EWORKREJECT" and f"no {x}" in o.error.message, o.error
+        elif x % 83 == 5:
+            assert o.error.code == "EUNCAUGHT" and f"bad {x}" in o.error.message, o.error
+        elif x % 79 == 6:
+            assert o.value == [x, 2 ** 70], o
+        else:
+            assert o.value == {"x": x}, o
+
+
 def test_a_work_replacing_string_split_keeps_each_slice_on_its_datum(pool):
     # Block mode splits the datums' texts itself: job code replacing String.prototype.split must
     # not hand slices each other's datums.

@@ -24,9 +24,6 @@ from ...errors import ErrorCode, SliceError, WorkError
 from ...worktime import Block, CapturedWork, JobSpec, Probe, SliceContext, Worktime
 
 SETTING = "js-engine"
-#: Slices of a block handed to an engine's ``prefetch`` per ``execute_block`` call (a call runs
-#: for ``Block.budget`` seconds, far fewer trivial slices than this on V8).
-PREFETCH_WINDOW = 2048
 
 
 class MapBasic(Worktime):
@@ -204,13 +201,14 @@ class MapBasic(Worktime):
     def execute_block(self, block: Block) -> None:
         """The host's block fast path: many slices per call, each under its own context and
         limits (its own wall, CPU and no-progress deadlines; a limit hit fails that slice only).
-        QuickJS runs the synchronous ones back to back in one engine call (``run_block``); V8
-        runs each with ``engine.run``, the block's slices sent to Deno ahead (``prefetch``)."""
+        Both engines have a ``run_block``: QuickJS runs the synchronous slices back to back in one
+        engine call; V8 sends the block's slices to Deno ahead and waits for each reply in turn.
+        An engine without one runs each slice with ``engine.run``."""
         engine = self._engine
         if engine is None:
             raise WorkError("map-basic: execute_block() called before prepare(job)")
         pending = block.pending()
-        if getattr(engine, "runs_blocks", False):  # QuickJS: synchronous slices back to back in one call
+        if getattr(engine, "runs_blocks", False):
             started = time.monotonic()
             while pending and not block.cancelled:
                 engine.run_block(block, pending, max(0.0, block.budget - (time.monotonic() - started)))
@@ -218,10 +216,6 @@ class MapBasic(Worktime):
                     return
                 pending = block.pending()
             return
-        prefetch = getattr(engine, "prefetch", None)
-        if prefetch is not None:  # what this call may run, not the whole block again
-            pending = pending[:PREFETCH_WINDOW]
-            prefetch([(block.numbers[i], block.datums[i]) for i in pending])
         block.run_each(engine.run, pending)
 
     def release(self) -> None:
