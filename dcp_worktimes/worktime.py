@@ -171,7 +171,7 @@ class SliceContext:
 
     # Slots: a context is built per slice, and trivial slices are counted in microseconds.
     __slots__ = ("slice_number", "limits", "job", "started", "deadline", "_sink", "_heartbeat", "_cancel",
-                 "_last_value", "_last_sent", "progress_calls", "_warned")
+                 "_last_value", "_last_sent", "_unsent", "progress_calls", "_warned")
 
     def __init__(
         self,
@@ -195,6 +195,8 @@ class SliceContext:
         # The first event goes out after PROGRESS_INTERVAL too: a slice shorter than that finishes
         # before any progress event would be useful, and its result says 100 % anyway.
         self._last_sent = self.started
+        #: the latest fraction the throttle held back, carried by the next event that has none.
+        self._unsent: float | None = None
         self.progress_calls = 0
         self._warned = False
 
@@ -212,9 +214,15 @@ class SliceContext:
         self.progress_calls += 1
         self._heartbeat()
         number = self._normalise(value)
+        if number is not None:
+            self._unsent = number
         now = time.monotonic()
         if now - self._last_sent >= self.PROGRESS_INTERVAL:
             self._last_sent = now
+            # A fraction held back by the throttle is not lost: work that mixes fractions with
+            # plain signs of life (Blender's sample lines among its sync lines) would otherwise
+            # show only "indeterminate" whenever the interval opens on a sign of life.
+            number, self._unsent = self._unsent, None
             self._sink("progress", number)
         return True
 

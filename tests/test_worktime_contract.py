@@ -171,3 +171,24 @@ def test_unusable_work_run_by_workers_alone_stops_the_job(tmp_path):
         st = s.status("bad")
         assert st["status"] == "cancelled" and "EBADWORK" in st["reason"], st
         assert st["failed"] < 10_000  # stopped, not failed slice after slice
+
+
+def test_a_fraction_held_back_by_the_progress_throttle_rides_the_next_event():
+    """Progress events go out at most every PROGRESS_INTERVAL; a fraction reported in between is not
+    lost when the interval next opens on an indeterminate call (a sign of life), and a plain sign of
+    life with nothing held back stays indeterminate."""
+    from dcp_worktimes.limits import Limits
+    from dcp_worktimes.worktime import SliceContext
+
+    sent: list = []
+    ctx = SliceContext(0, Limits(), sink=lambda kind, value: sent.append(value))
+    ctx.progress(0.25)  # inside the first interval: held back
+    ctx.progress(0.5)
+    time.sleep(ctx.PROGRESS_INTERVAL * 1.2)
+    ctx.progress()  # the interval opens on a sign of life
+    time.sleep(ctx.PROGRESS_INTERVAL * 1.2)
+    ctx.progress()
+    time.sleep(ctx.PROGRESS_INTERVAL * 1.2)
+    ctx.progress("75%")
+    assert sent == [0.5, None, 0.75]
+    assert ctx.progress_calls == 5

@@ -113,8 +113,11 @@ def dcp_datum(scene, datum):
 
 
 def test_progress_fractions_and_console_lines_come_from_blender(pool, scene_blend):
+    # Big enough that sampling lasts several progress intervals on a fast machine too (at 64x64 and
+    # 64 samples a render ends inside the first 0.1 s interval, so no fraction ever goes out).
     events: list = []
-    out = render(pool, scene_blend.read_bytes(), [1], options={"samples": 64}, events=events)[0]
+    out = render(pool, scene_blend.read_bytes(), [1], options={"samples": 256, "resolution": [256, 256]},
+                 events=events)[0]
     assert out.ok, out.error
     fractions = [p for _, kind, p in events if kind == "progress" and p is not None]
     assert fractions, events
