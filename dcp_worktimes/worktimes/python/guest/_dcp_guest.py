@@ -340,19 +340,24 @@ def load_work():
     _call("loaded", {"function": name})
 
 
-def run_slice():
-    """Run the slice function on the host's datum; report its result or its error."""
+def _apply(datum):
+    """The slice function's value on ``datum`` (a list spread into arguments with the job's
+    ``spread`` option; an ``async def`` driven to completion)."""
     _state.last_progress = float("-inf")  # each slice's first progress() always reaches the host
     _install_logging()
+    if _state.spread and isinstance(datum, list):
+        value = _state.handler(*datum, *_state.arguments)
+    else:
+        value = _state.handler(datum, *_state.arguments)
+    if hasattr(value, "__await__"):
+        value = _await(value)
+    return value
+
+
+def run_slice():
+    """Run the slice function on the host's datum; report its result or its error."""
     try:
-        datum = _ask("datum")
-        if _state.spread and isinstance(datum, list):
-            value = _state.handler(*datum, *_state.arguments)
-        else:
-            value = _state.handler(datum, *_state.arguments)
-        if hasattr(value, "__await__"):
-            value = _await(value)
-        frame = codec.encode_frame("result", value, "result")
+        frame = codec.encode_frame("result", _apply(_ask("datum")), "result")
     except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
         _flush()
         _call("error", _describe(e))
@@ -370,16 +375,8 @@ def run_block():
     result arrives, so it always knows which slice is running. Each frame carries its datum's
     position ``k``: the host takes a result only for the slice it counts as running."""
     for k, datum in enumerate(_ask("block")):
-        _state.last_progress = float("-inf")
-        _install_logging()
         try:
-            if _state.spread and isinstance(datum, list):
-                value = _state.handler(*datum, *_state.arguments)
-            else:
-                value = _state.handler(datum, *_state.arguments)
-            if hasattr(value, "__await__"):
-                value = _await(value)
-            frame = codec.encode_frame("result", value, "result", k)
+            frame = codec.encode_frame("result", _apply(datum), "result", k)
         except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
             _flush()
             frame = codec.encode(["error", _describe(e), k])
