@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping
 
-from .errors import WorkError
+from .errors import SliceError, WorkError
 from .limits import Limits
 
 
@@ -454,6 +454,16 @@ class Worktime(ABC):
     #: ``settings`` that were given), plus ``"trusted": True`` when the owner ran
     #: ``dcp-worker --trust-work NAME``. The host sets it on the instance before ``prepare``.
     config: Mapping[str, Any] = MappingProxyType({})
+
+    #: Set by the host before ``prepare`` when this instance runs in an evaluator process that the
+    #: host ends on request (always under ``dcp-worker`` and ``exec()``): ``stop_process(error)``
+    #: makes ``error`` the running slice's verdict and has the host kill the process, as its own
+    #: watchdog does for a wall-time overrun; the slices after it run in a fresh evaluator. An
+    #: engine whose in-process interruption costs run time may rely on it instead (``wasi`` then
+    #: compiles its modules without epoch checks). ``None`` in process (tests, embedding): the
+    #: engine must stop its guest itself. Callable from any thread; it returns at once. Example,
+    #: in a worktime's own watchdog thread: ``self.stop_process(exceeded("wall_time", 5.0))``.
+    stop_process: Callable[[SliceError], None] | None = None
 
     # -- class-level hooks: the deployer's machine and the worker ---------------------------------
     @classmethod

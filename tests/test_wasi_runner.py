@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -82,3 +83,59 @@ def test_a_guest_sleeping_in_a_wasi_call_is_stopped_by_the_supervisor(build):
     out = run_slice(job(build("sleep"), Limits.parse(wall_time="1s")), None)
     assert out.error is not None and out.error.code == "ESLICETOOSLOW", out.error
     assert time.monotonic() - started < 10
+
+
+# In an evaluator, wasi modules run without epoch checks (~1.6x on tight loops): a slice that must
+# stop ends its evaluator process instead (Worktime.stop_process). Each verdict must be the one the
+# in-process path gives, for that slice alone, and the slices around it must keep their results.
+MISBEHAVE = r"""
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+    int mode = 0;
+    if (scanf("%d", &mode) != 1) return 2;
+    volatile unsigned long spin = 0;
+    static char block[1 << 20];
+    switch (mode) {
+    case 1: for (;;) spin++;                                   /* wall, CPU, no progress */
+    case 2: for (;;) { printf("%0512d\n", 7); fflush(stdout); } /* output */
+    case 3: { memset(block, 'x', sizeof block);                 /* scratch */
+              FILE *f = fopen("/tmp/big", "w");
+              for (;;) { fwrite(block, 1, sizeof block, f); fflush(f); spin++; } }
+    default: printf("%d\n", mode * 10); return 0;
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("mode, limits, options, code", [
+    (1, Limits.parse(wall_time="1s"), {}, "ESLICETOOSLOW"),
+    (1, Limits.parse(wall_time="30s", cpu_time="0.5s"), {}, "ECPULIMIT"),
+    (1, Limits.parse(wall_time="30s", progress_timeout="1s"), {}, "ENOPROGRESS"),
+    (2, Limits.parse(wall_time="30s", output="256KiB"), {}, "EOUTPUTLIMIT"),
+    (3, Limits.parse(wall_time="30s"), {"scratch_size": "4MiB"}, "EOUTPUTLIMIT"),
+], ids=["wall", "cpu", "no-progress", "output", "scratch"])
+def test_a_slice_stopped_in_an_evaluator_fails_alone_with_its_own_verdict(mode, limits, options, code):
+    from dcp_worktimes.worktimes.wasi.toolchain import compile_c
+
+    j = job(compile_c(MISBEHAVE), limits, options=options)
+    with EvaluatorPool(cores=1) as pool:
+        assert [o.value for o in pool.map(j, [(0, 4)])] == [40]  # the evaluator is up for this job
+        before = pool._slots[0].proc.pid
+        started = time.monotonic()
+        outs = sorted(pool.map(j, [(1, 5), (2, mode), (3, 6)]), key=lambda o: o.number)
+        elapsed = time.monotonic() - started
+        assert [o.value if o.ok else o.error.code for o in outs] == [50, code, 60], outs[1].error
+        assert elapsed < 10, elapsed  # stopped near its limit, not at the 30 s wall
+        # the guest had no epoch checks to trap at: its evaluator was ended, a new one ran slice 3
+        assert pool._slots[0].proc.pid != before
+
+
+def test_a_cancelled_slice_in_an_evaluator_stops(build):
+    j = job(build("infinite_loop"), Limits.parse(wall_time="30s", progress_timeout=None))
+    with EvaluatorPool(cores=1) as pool:
+        threading.Timer(0.5, pool.cancel, [j.id]).start()
+        started = time.monotonic()
+        outs = list(pool.map(j, [(0, None)]))
+        assert outs[0].error.code == "ECANCELLED"
+        assert time.monotonic() - started < 5

@@ -232,6 +232,11 @@ class Evaluator:
         #: The worktime takes each datum's msgpack bytes, not the decoded value.
         self.packed_datums = cls.packed_datums
         self.lockdown: dict | None = None  # what lockdown.apply did (once, after the first prepare)
+        worktime.stop_process = self._stop
+
+    def _stop(self, error: SliceError) -> None:
+        """``Worktime.stop_process``: the host kills this process, ``error`` the running slice's verdict."""
+        self.out.send({"t": "stop", "i": self._events.index, "e": error.to_dict()})
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).

@@ -567,6 +567,8 @@ class EvaluatorPool:
                             task.on_event(msg["k"], numbers[msg["i"]], msg["p"])
                         except Exception:
                             log.exception("event callback failed")
+                elif kind == "stop":  # the engine cannot stop its guest: end the process (Worktime.stop_process)
+                    proc.kill(SliceError.from_dict(msg["e"]), msg["i"])
                 elif kind == "done":
                     break
             proc.slices_run += k

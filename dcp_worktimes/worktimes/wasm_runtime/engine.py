@@ -21,13 +21,20 @@ Five small pieces, each usable on its own::
 
 Decisions (why):
 
-* **Epoch interruption is always on.** A store's deadline is one epoch tick ahead; the watchdog
-  thread bumps the engine's epoch only when a guarded store must stop (wall deadline, CPU budget,
-  or a ``check`` callback such as no-progress/output/cancel). So a normal slice pays only the
-  JIT's cheap epoch check, never a periodic tick, and the stop happens within ``poll`` seconds
-  (plus the guest's next loop back-edge). Consequence: every store of an engine made here must run
-  under ``Watchdog.guard`` (an unguarded store traps at once with ``INTERRUPT``), and only one
-  store per engine may be guarded at a time (the epoch is engine-wide).
+* **Epoch interruption is on unless the process itself is the unit of interruption.** A store's
+  deadline is one epoch tick ahead; the watchdog thread bumps the engine's epoch only when a
+  guarded store must stop (wall deadline, CPU budget, or a ``check`` callback such as
+  no-progress/output/cancel). So a normal slice pays only the JIT's epoch checks, never a periodic
+  tick, and the stop happens within ``poll`` seconds (plus the guest's next loop back-edge).
+  Consequence: every store of an engine made here must run under ``Watchdog.guard`` (an unguarded
+  store traps at once with ``INTERRUPT``), and only one store per engine may be guarded at a time
+  (the epoch is engine-wide).
+* **The checks are not free**: one at every loop back-edge and function entry, ~1.6x on a tight
+  numeric loop (C matmul: 1.07x gcc -O2 without them, 1.77x with; ``benchmarks/bench_wasi.py``).
+  In an evaluator process the host ends on request (``Worktime.stop_process``), a worktime may
+  ask for ``EngineOptions(epoch=False)`` and give the watchdog that ``stop``: the same verdicts,
+  delivered by ending the process instead of trapping the guest (the ``wasi`` worktime does; the
+  ``python`` worktime keeps epochs, which its per-slice watchdog inside one long call needs).
 * **Fuel is optional** (``EngineOptions(fuel=True)``): a deterministic instruction budget
   (``Store.set_fuel``), at a run-time cost of roughly 10-30 %. Out of fuel maps to ``ECPULIMIT``.
 * **Compiled code depends on the engine options**, so options are part of the cache key and each
@@ -95,16 +102,21 @@ class EngineOptions:
     ``exceptions``: enable the wasm exception-handling proposal (CPython-for-WASI needs it).
     ``max_wasm_stack``: requested guest stack in bytes; clamped by ``safe_wasm_stack``.
     ``opt_level``: Cranelift optimisation level (``"speed"``, ``"speed_and_size"``, ``"none"``).
+    ``epoch``: compile epoch checks in (the watchdog traps the guest); ``False`` only with a
+    ``Watchdog(stop=...)`` that ends the process instead.
     """
 
     fuel: bool = False
     exceptions: bool = False
     max_wasm_stack: int = 1 * MiB
     opt_level: str = "speed"
+    epoch: bool = True
 
     def fingerprint(self) -> str:
         """A stable text of the options plus wasmtime version and CPU: the cache-key half."""
         effective = asdict(self) | {"max_wasm_stack": safe_wasm_stack(self.max_wasm_stack)}
+        if self.epoch:  # the default leaves the key as it was before the option existed: no recompiles
+            del effective["epoch"]
         fields = ",".join(f"{k}={effective[k]}" for k in sorted(effective))
         return f"wasmtime={_wasmtime_version()};arch={platform.machine()};{fields}"
 
@@ -127,6 +139,7 @@ def _wasmtime_version() -> str:
 
 
 _engines: dict[EngineOptions, "wasmtime.Engine"] = {}
+_no_epochs: set[int] = set()  # id() of the engines made with EngineOptions(epoch=False)
 _engines_lock = threading.Lock()
 
 
@@ -147,19 +160,21 @@ def safe_wasm_stack(requested: int) -> int:
 
 
 def get_engine(options: EngineOptions = EngineOptions()) -> "wasmtime.Engine":
-    """The process's ``Engine`` for these options (created once; epoch interruption always on)."""
+    """The process's ``Engine`` for these options (created once)."""
     with _engines_lock:
         engine = _engines.get(options)
         if engine is None:
             import wasmtime
 
             config = wasmtime.Config()
-            config.epoch_interruption = True
+            config.epoch_interruption = options.epoch
             config.consume_fuel = options.fuel
             config.wasm_exceptions = options.exceptions
             config.max_wasm_stack = safe_wasm_stack(options.max_wasm_stack)
             config.cranelift_opt_level = options.opt_level
             engine = _engines[options] = wasmtime.Engine(config)
+            if not options.epoch:
+                _no_epochs.add(id(engine))  # engines live as long as the process: ids stay theirs
         return engine
 
 
@@ -351,11 +366,17 @@ class Watchdog:
       to stop the guest with it (no-progress, cancellation, ...).
 
     ``guard.interrupt(error)`` stops the guest from any thread (e.g. an output callback).
+
+    ``stop``: for an engine made with ``EngineOptions(epoch=False)``, how to stop a guest that has
+    no epoch checks: ``Worktime.stop_process``, which ends the whole process with the verdict.
     """
 
-    def __init__(self, engine: "wasmtime.Engine", poll: float = 0.05) -> None:
+    def __init__(self, engine: "wasmtime.Engine", poll: float = 0.05,
+                 stop: Callable[[SliceError], None] | None = None) -> None:
         self.engine = engine
         self.poll = poll
+        self.epochs = id(engine) not in _no_epochs
+        self.stop = stop
         self._cond = threading.Condition()
         self._armed: dict | None = None
         self._thread = threading.Thread(target=self._run, name="dcp-wasm-watchdog", daemon=True)
@@ -379,7 +400,8 @@ class Watchdog:
         with self._cond:
             if self._armed is not None:
                 raise RuntimeError("this Watchdog already guards a running store; use one store at a time per engine")
-            store.set_epoch_deadline(1)
+            if self.epochs:
+                store.set_epoch_deadline(1)
             self._armed = {
                 "guard": guard,
                 "deadline": deadline,
@@ -412,7 +434,12 @@ class Watchdog:
             if self._armed is None or self._armed["guard"] is not guard or guard.error is not None:
                 return
             guard.error = error
-            self.engine.increment_epoch()
+            if self.epochs:
+                self.engine.increment_epoch()
+                return
+            stop = self.stop
+        if stop is not None:
+            stop(error)  # outside the lock: it writes to the host, which then ends this process
 
     def _run(self) -> None:
         while True:
@@ -452,13 +479,16 @@ class Watchdog:
 _watchdogs: dict[int, Watchdog] = {}
 
 
-def get_watchdog(engine: "wasmtime.Engine") -> Watchdog:
+def get_watchdog(engine: "wasmtime.Engine", stop: Callable[[SliceError], None] | None = None) -> Watchdog:
     """The process's shared ``Watchdog`` for ``engine`` (the epoch is engine-wide, so every user of
-    one engine must share one watchdog for its one-store-at-a-time check to mean anything)."""
+    one engine must share one watchdog for its one-store-at-a-time check to mean anything).
+    ``stop`` is required for an engine without epoch checks (see ``Watchdog``)."""
     with _engines_lock:
         watchdog = _watchdogs.get(id(engine))
         if watchdog is None:
-            watchdog = _watchdogs[id(engine)] = Watchdog(engine)
+            watchdog = _watchdogs[id(engine)] = Watchdog(engine, stop=stop)
+        elif stop is not None:
+            watchdog.stop = stop
         return watchdog
 
 
