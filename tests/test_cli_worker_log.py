@@ -137,7 +137,18 @@ def test_ctrl_c_exits_130_during_a_command_and_0_when_serving(store):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     serving = subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--scheduler", store, "-w", "echo"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    import psutil
+
+    from dcp_worktimes.scheduler import open_scheduler
+
+    # Signal each once it is past its start-up (a slow machine may take longer than any fixed
+    # sleep): the command once its slice runs in an evaluator, the worker once it has registered.
+    s = open_scheduler(store)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (psutil.Process(slow.pid).children() and s.workers()):
+        time.sleep(0.05)
+    s.close()
+    time.sleep(0.2)
     for proc in (slow, serving):
         proc.send_signal(signal.SIGINT)
     assert slow.wait(30) == 130

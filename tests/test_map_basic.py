@@ -241,9 +241,11 @@ def test_progress_console_emit_reach_the_sink():
         return 'done';
     }""")
     assert h(1) == "done"
-    # One event (the throttle's interval opens at the plain progress()), carrying the fraction the
-    # throttle held back: the work had said 75 %, and a sign of life does not unsay it.
-    assert [p for k, p in h.events if k == "progress"] == [0.75]
+    # The throttle's interval opens at the plain progress() (or already at 0.5, on a machine that
+    # paused the slice for 0.1 s before it), whose event carries the fraction the throttle held
+    # back: the work had said 75 %, and a sign of life does not unsay it.
+    progress = [p for k, p in h.events if k == "progress"]
+    assert progress in ([0.75], [0.5, 0.75]), progress
     consoles = [p for k, p in h.events if k == "console"]
     assert {"level": "log", "message": "hello 1 { a: [ 1, 2 ] } 3n"} in consoles
     assert {"level": "warn", "message": "careful"} in consoles

@@ -259,6 +259,11 @@ def start_worker(url):
                             start_new_session=True, stderr=subprocess.DEVNULL)
 
 
+def worked(s, job_id: str, pid: int) -> bool:
+    """Whether the worker process ``pid`` has a result in the job (result records name their worker)."""
+    return any(f"-{pid}-" in r.worker for r in s.results(job_id).values())
+
+
 def test_sigkill_one_of_two_worker_processes(store):
     """Acceptance: two dcp-worker processes, one SIGKILLed mid-job; every slice exactly once."""
     url, s = store
@@ -269,7 +274,9 @@ def test_sigkill_one_of_two_worker_processes(store):
     a, b = start_worker(url), start_worker(url)
     try:
         deadline = time.monotonic() + 120
-        while s.status("k")["computed"] < 40 and time.monotonic() < deadline:
+        # Kill once both have worked (so the victim holds leases), whichever started first.
+        while not (s.status("k")["computed"] >= 40 and worked(s, "k", a.pid) and worked(s, "k", b.pid)) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         assert s.status("k")["computed"] < n, "job finished before the kill; make slices slower"
         os.killpg(a.pid, signal.SIGKILL)  # the worker and its evaluators
@@ -338,8 +345,11 @@ def test_frozen_worker_loses_its_lease_and_its_late_results_are_ignored(store):
     frozen = procs[0]
     try:
         deadline = time.monotonic() + 120
-        while s.status("f")["computed"] < 10 and time.monotonic() < deadline:
+        # Freeze it once it has worked (it then holds leases): a worker that started late might
+        # otherwise be frozen before it leased anything, and nothing would be retried.
+        while not (s.status("f")["computed"] >= 10 and worked(s, "f", frozen.pid)) and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert s.status("f")["computed"] < n, "job finished before the freeze; make slices slower"
         os.killpg(frozen.pid, signal.SIGSTOP)
         follow(s, "f", timeout=180)
         os.killpg(frozen.pid, signal.SIGCONT)

@@ -173,22 +173,27 @@ def test_unusable_work_run_by_workers_alone_stops_the_job(tmp_path):
         assert st["failed"] < 10_000  # stopped, not failed slice after slice
 
 
-def test_a_fraction_held_back_by_the_progress_throttle_rides_the_next_event():
+def test_a_fraction_held_back_by_the_progress_throttle_rides_the_next_event(monkeypatch):
     """Progress events go out at most every PROGRESS_INTERVAL; a fraction reported in between is not
     lost when the interval next opens on an indeterminate call (a sign of life), and a plain sign of
     life with nothing held back stays indeterminate."""
     from dcp_worktimes.limits import Limits
     from dcp_worktimes.worktime import SliceContext
 
+    import dcp_worktimes.worktime as contract
+
+    now = [1000.0]  # a clock of our own: a paused test thread must not open an interval early
+    monkeypatch.setattr(contract, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     sent: list = []
     ctx = SliceContext(0, Limits(), sink=lambda kind, value: sent.append(value))
     ctx.progress(0.25)  # inside the first interval: held back
     ctx.progress(0.5)
-    time.sleep(ctx.PROGRESS_INTERVAL * 1.2)
+    now[0] += ctx.PROGRESS_INTERVAL * 1.2
     ctx.progress()  # the interval opens on a sign of life
-    time.sleep(ctx.PROGRESS_INTERVAL * 1.2)
+    now[0] += ctx.PROGRESS_INTERVAL * 1.2
     ctx.progress()
-    time.sleep(ctx.PROGRESS_INTERVAL * 1.2)
+    now[0] += ctx.PROGRESS_INTERVAL * 1.2
     ctx.progress("75%")
+    ctx.progress(0.8)  # inside the interval again: held back until the next event
     assert sent == [0.5, None, 0.75]
-    assert ctx.progress_calls == 5
+    assert ctx.progress_calls == 6
