@@ -104,3 +104,30 @@ def test_an_output_limit_fails_the_slice_over_it_only(pool):
     outs, _ = run(pool, work, list(range(8)), output="100KB")
     assert not outs[2].ok and outs[2].error.code == "EOUTPUTLIMIT"
     assert all(outs[n].ok and outs[n].value == "z" * 10 for n in outs if n != 2)
+
+
+def test_a_finished_job_leaves_a_started_interpreter_that_the_next_job_fills_and_fits(warm):
+    """Through the pool: the spare evaluator's CPython was started for a job like the last one;
+    the next job's modules and files reach it, its own memory limit holds (a job with another
+    limit gets an interpreter of its own), and nothing of the previous job is left in it."""
+    import time as _time
+
+    def spec(work, **kw):
+        return JobSpec(id=f"spare-{_time.monotonic_ns()}", worktime="python", work=work, **kw)
+
+    with EvaluatorPool(cores=1) as p:
+        first = spec("import sys\ndef f(x):\n    sys.modules['__left__'] = 1\n    return x\n",
+                     limits=Limits.parse(memory="256MiB"))
+        assert next(p.map(first, [(0, 1)])).value == 1
+        p.release(first.id)
+        assert p._slots[0].spare is not None
+        src = ("import sys, helper\ndef f(x):\n"
+               "    return [helper.TWO * x, open('data.txt').read(), '__left__' in sys.modules]\n")
+        second = spec(src, modules={"helper": "TWO = 2"}, files={"data.txt": b"job file"},
+                      limits=Limits.parse(memory="256MiB"))
+        out = next(p.map(second, [(0, 5)]))
+        assert out.ok and out.value == [10, "job file", False], out.error
+        p.release(second.id)
+        small = spec("def f(x):\n    return len(bytearray(200 * 1024 * 1024))\n", limits=Limits.parse(memory="64MiB"))
+        out = next(p.map(small, [(0, None)]))
+        assert not out.ok and out.error.code == "EMEMORYLIMIT", out.error

@@ -130,6 +130,37 @@ def test_arguments_modules_files_and_scratch(wt):
     assert out == [[52, 3, "job file", "scratch"]]
 
 
+def test_a_spare_interpreter_takes_the_next_job_with_its_modules_and_files(warm):
+    """standby() starts CPython on empty mounts; prepare() fills them: the job's modules import
+    (packages too), its files read, and nothing of a job before it is there."""
+    from dcp_worktimes.worktimes.python import PythonWorktime
+
+    wt = PythonWorktime()
+    try:
+        first = job("import os\ndef f(x):\n    open('/tmp/left', 'w').write('x')\n    return sorted(os.listdir('.'))\n",
+                    files={"old.txt": b"old"}, memory="256MiB")
+        wt.prepare(first)
+        assert wt.execute(SliceContext(0, first.limits, first), 0) == ["old.txt"]
+        wt.standby(JobSpec(id="hint", worktime="python", work="", limits=first.limits))
+        spare = wt._spare[1]
+        src = ("import os, helper\nfrom pkg.sub import TWO\n"
+               "def f(x):\n    return [helper.ONE + TWO, open('data.txt').read(), sorted(os.listdir('.')),"
+               " os.listdir('/tmp')]\n")
+        second = job(src, modules={"helper": "ONE = 1", "pkg.sub": "TWO = 2"}, files={"data.txt": b"job file"},
+                     memory="256MiB")
+        wt.prepare(second)
+        assert wt._guest is spare and wt.starts == 1  # the spare ran it: no second start
+        assert wt.execute(SliceContext(0, second.limits, second), 0) == [3, "job file", ["data.txt"], []]
+        # a spare made for other limits is not used (its memory cap would be the wrong one)
+        wt.standby(JobSpec(id="hint", worktime="python", work="", limits=Limits.parse(memory="64MiB")))
+        spare = wt._spare[1]
+        wt.prepare(second)
+        assert wt._guest is not spare and not spare.alive and wt._spare is None
+        assert wt.execute(SliceContext(0, second.limits, second), 0)[0] == 3
+    finally:
+        wt.release()
+
+
 def test_job_files_are_read_only(wt):
     src = "def f(x):\n    open('data.txt', 'w').write('changed')\n"
     with pytest.raises(SliceError) as info:

@@ -129,14 +129,19 @@ class GuestDirs:
             d.mkdir(mode=0o700)
         dirs.scratch_kernel = make_scratch(str(dirs.scratch), scratch_size)
         try:
-            for rel, data in (files or {}).items():
-                _write_inside(dirs.files, rel, data, "job file")
-            for name, source in (modules or {}).items():
-                _write_inside(dirs.modules, _module_path(name), source, "job module")
+            dirs.fill(files, modules)
         except BaseException:
             dirs.remove()
             raise
         return dirs
+
+    def fill(self, files: Mapping[str, bytes] | None, modules: Mapping[str, str | bytes] | None) -> None:
+        """Write the job's files and modules (an interpreter started on the empty folders sees them:
+        they are the host side of its mounts)."""
+        for rel, data in (files or {}).items():
+            _write_inside(self.files, rel, data, "job file")
+        for name, source in (modules or {}).items():
+            _write_inside(self.modules, _module_path(name), source, "job module")
 
     def remove(self) -> None:
         from ...runner import isolation

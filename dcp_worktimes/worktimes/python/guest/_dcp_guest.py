@@ -319,6 +319,9 @@ class _LoadError(Exception):
 
 def load_work():
     """Fetch the job from the host and prepare its slice function (reports loaded or error)."""
+    # The modules folder may have been filled after this interpreter started (a spare evaluator's):
+    # forget any listing of it the import system cached meanwhile.
+    sys.path_importer_cache.pop(MODULES_DIR, None)
     try:
         job = _ask("job")
         _state.job = job
