@@ -186,6 +186,9 @@ class _Slot:
     ticks: int = 0
     job: JobSpec | None = None  # the job its evaluator serves
     spare: "_Spare | None" = None  # an evaluator started ahead for the next job (Worktime.standby)
+    #: Guards swapping ``proc``/``job``/``spare``: ``release`` (a deployer's thread) retires an idle
+    #: slot's evaluator while the slot's own thread may be replacing it for the next job.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Spare:
@@ -340,12 +343,16 @@ class EvaluatorPool:
         """The job is over here: its idle evaluators exit now (a warm pool must not keep a finished
         job's state in memory until its slots are needed)."""
         with self._lock:
-            idle = [slot for slot in self._slots if not slot.busy and slot.proc is not None and slot.proc.job_id == job_id]
-        for slot in idle:
-            job = slot.job
-            self._retire(slot)
-            if job is not None:
-                self._stand_by(slot, job)
+            idle = [(slot, slot.proc) for slot in self._slots
+                    if not slot.busy and slot.proc is not None and slot.proc.job_id == job_id]
+        for slot, proc in idle:
+            with slot.lock:
+                if slot.proc is not proc or slot.busy:  # its thread took it for the next job meanwhile
+                    continue
+                job = slot.job
+                self._retire(slot, locked=True)
+                if job is not None:
+                    self._stand_by(slot, job)
 
     def close(self) -> None:
         """Stop: queued slices complete with ``ECANCELLED``, running ones are killed, processes end."""
@@ -433,14 +440,16 @@ class EvaluatorPool:
         if proc is not None and proc.job_id == job.id and proc.alive() and (
                 proc.slices_run < self.max_slices or time.monotonic() - proc.started < self.min_life):
             return proc
-        self._retire(slot)
         reg = get_worktime(job.worktime)
-        spare, slot.spare = slot.spare, None
+        with slot.lock:
+            self._retire(slot, locked=True)
+            spare, slot.spare = slot.spare, None
         proc = spare.take(reg.ref) if spare is not None else None
         if proc is None:
             proc = EvaluatorProcess(reg.ref, network=reg.cls.network, env=self.env, zygote=self._zygote(reg.ref),
                                     start_timeout=self.start_timeout)
-        slot.proc, slot.psproc, slot.job = proc, psutil.Process(proc.pid), job
+        with slot.lock:
+            slot.proc, slot.psproc, slot.job = proc, psutil.Process(proc.pid), job
         # Compiling the work is the job's: the watchdog bounds prepare by the job's wall time and
         # memory, unless the worktime bounds the work's part itself ("prepare" in enforces).
         slot.preparing = None if "prepare" in reg.cls.enforces else job.limits
@@ -489,7 +498,8 @@ class EvaluatorPool:
 
     def _stand_by(self, slot: _Slot, job: JobSpec) -> None:
         """Start a spare evaluator for the slot's next job, if the worktime has something to start
-        ahead (``Worktime.standby``: map-basic's V8 process); a job like ``job`` is the likely next."""
+        ahead (``Worktime.standby``: map-basic's V8 process); a job like ``job`` is the likely next.
+        The caller holds ``slot.lock``."""
         reg = get_worktime(job.worktime)
         if reg.cls.standby is Worktime.standby or self._closed:
             return
@@ -497,8 +507,13 @@ class EvaluatorPool:
         if old is not None:
             old.close()
 
-    def _retire(self, slot: _Slot, wait: bool = False) -> None:
-        proc, slot.proc, slot.psproc, slot.job = slot.proc, None, None, None
+    def _retire(self, slot: _Slot, wait: bool = False, locked: bool = False) -> None:
+        """Detach the slot's evaluator and close it (``locked``: the caller holds ``slot.lock``)."""
+        if locked:
+            proc, slot.proc, slot.psproc, slot.job = slot.proc, None, None, None
+        else:
+            with slot.lock:
+                proc, slot.proc, slot.psproc, slot.job = slot.proc, None, None, None
         if proc is None:
             return
         if wait:
@@ -638,8 +653,10 @@ class EvaluatorPool:
             for slot in self._slots:
                 spare = slot.spare
                 if spare is not None and now - spare.since > SPARE_IDLE and not slot.busy:
-                    slot.spare = None
-                    spare.close()
+                    with slot.lock:
+                        if slot.spare is spare:
+                            slot.spare = None
+                    spare.close()  # harmless if the slot's thread took it meanwhile: take() won
                 try:
                     self._check(slot, now)
                 except (psutil.Error, OSError, ValueError):
