@@ -236,6 +236,7 @@ class Evaluator:
 
     def _stop(self, error: SliceError) -> None:
         """``Worktime.stop_process``: the host kills this process, ``error`` the running slice's verdict."""
+        self._events.flush_console()  # a line held back for repeats would die with the process
         self.out.send({"t": "stop", "i": self._events.index, "e": error.to_dict()})
 
     def pack(self, value: Any) -> bytes:

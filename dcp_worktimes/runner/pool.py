@@ -189,6 +189,7 @@ class _Slot:
     #: Guards swapping ``proc``/``job``/``spare``: ``release`` (a deployer's thread) retires an idle
     #: slot's evaluator while the slot's own thread may be replacing it for the next job.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    claimed: bool = False  # the slot's thread has an evaluator from _ensure for its current run
 
 
 class _Spare:
@@ -347,7 +348,7 @@ class EvaluatorPool:
                     if not slot.busy and slot.proc is not None and slot.proc.job_id == job_id]
         for slot, proc in idle:
             with slot.lock:
-                if slot.proc is not proc or slot.busy:  # its thread took it for the next job meanwhile
+                if slot.proc is not proc or slot.busy or slot.claimed:  # its thread is using it, or replaced it
                     continue
                 job = slot.job
                 self._retire(slot, locked=True)
@@ -434,12 +435,17 @@ class EvaluatorPool:
                 log.exception("evaluator slot %d failed", slot.index)
                 self._fail(task, SliceError(f"internal error in the worker: {e}", code=ErrorCode.ECRASH), only_unsettled=True)
                 self._retire(slot)
+            finally:
+                slot.claimed = False
 
     def _ensure(self, slot: _Slot, job: JobSpec) -> EvaluatorProcess:
         proc = slot.proc
         if proc is not None and proc.job_id == job.id and proc.alive() and (
                 proc.slices_run < self.max_slices or time.monotonic() - proc.started < self.min_life):
-            return proc
+            with slot.lock:
+                if slot.proc is proc:  # else release() retired it just now: start another below
+                    slot.claimed = True
+                    return proc
         reg = get_worktime(job.worktime)
         with slot.lock:
             self._retire(slot, locked=True)
@@ -469,7 +475,9 @@ class EvaluatorPool:
             raise _JobUnusable(SliceError.from_dict(msg["error"]))
         proc.baseline_rss = int(msg.get("rss") or 0)
         proc.lockdown = msg.get("lockdown") or {}  # seccomp/Landlock, applied after this first prepare
-        proc.job_id = job.id
+        with slot.lock:
+            proc.job_id = job.id
+            slot.claimed = True
         enforces = reg.cls.enforces
         slot.grace = 0.5 if "wall_time" in enforces else 0.0
         # An engine that meters its own heap reports EMEMORYLIMIT precisely; the process guard then
@@ -583,10 +591,13 @@ class EvaluatorPool:
                         except Exception:
                             log.exception("event callback failed")
                 elif kind == "stop":  # the engine cannot stop its guest: end the process (Worktime.stop_process)
-                    proc.kill(SliceError.from_dict(msg["e"]), msg["i"])
+                    if msg["i"] not in task.settled:  # a slice that finished meanwhile keeps its outcome
+                        proc.kill(SliceError.from_dict(msg["e"]), msg["i"])
                 elif kind == "done":
                     break
             proc.slices_run += k
+            if proc.killed:  # a verdict came, and every slice answered before the kill took effect
+                self._retire(slot)
         except EvaluatorDied as died:
             self._post_mortem(slot, proc, task, died)
         finally:

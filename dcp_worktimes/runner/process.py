@@ -149,6 +149,7 @@ class EvaluatorProcess:
         self._stderr_tail: collections.deque[bytes] = collections.deque(maxlen=64)
         self.kill_reason: SliceError | None = None
         self.kill_index: int | None = None
+        self.killed = False  # kill() was called: no run may be sent to it, reaped or not
         self.baseline_rss = 0
         self.slices_run = 0
         self.started = time.monotonic()
@@ -235,6 +236,7 @@ class EvaluatorProcess:
     # -- life and death -----------------------------------------------------------------------
     def kill(self, reason: SliceError | None = None, index: int | None = None) -> None:
         """Kill the whole process group (an engine may have children). First verdict wins."""
+        self.killed = True
         if reason is not None and self.kill_reason is None:
             self.kill_reason, self.kill_index = reason, index
         if not self.pid or self._status is not None:  # never signal a pid that may have been reused
@@ -261,7 +263,7 @@ class EvaluatorProcess:
         return self._status
 
     def alive(self) -> bool:
-        if self._status is not None:
+        if self._status is not None or self.killed:
             return False
         try:
             os.kill(self.pid, 0)

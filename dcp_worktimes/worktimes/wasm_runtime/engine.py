@@ -376,6 +376,8 @@ class Watchdog:
         self.engine = engine
         self.poll = poll
         self.epochs = id(engine) not in _no_epochs
+        if not self.epochs and stop is None:
+            raise ValueError("an engine without epoch checks needs a stop (Worktime.stop_process) to stop a guest")
         self.stop = stop
         self._cond = threading.Condition()
         self._armed: dict | None = None
@@ -436,10 +438,11 @@ class Watchdog:
             guard.error = error
             if self.epochs:
                 self.engine.increment_epoch()
-                return
-            stop = self.stop
-        if stop is not None:
-            stop(error)  # outside the lock: it writes to the host, which then ends this process
+            else:
+                # Under the lock: the guard cannot be disarmed meanwhile, so the slice the verdict
+                # names is still the one running (stop writes a frame; nothing there waits on us).
+                assert self.stop is not None
+                self.stop(error)
 
     def _run(self) -> None:
         while True:
@@ -483,6 +486,8 @@ def get_watchdog(engine: "wasmtime.Engine", stop: Callable[[SliceError], None] |
     """The process's shared ``Watchdog`` for ``engine`` (the epoch is engine-wide, so every user of
     one engine must share one watchdog for its one-store-at-a-time check to mean anything).
     ``stop`` is required for an engine without epoch checks (see ``Watchdog``)."""
+    if stop is None and id(engine) in _no_epochs:
+        raise ValueError("an engine without epoch checks needs a stop (Worktime.stop_process) to stop a guest")
     with _engines_lock:
         watchdog = _watchdogs.get(id(engine))
         if watchdog is None:
