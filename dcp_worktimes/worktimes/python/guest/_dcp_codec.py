@@ -46,9 +46,29 @@ def encode(value, where="value"):
     return b"".join(out)
 
 
+#: Types whose values hold no others: encoded without making room for a deep walk.
+_FLAT = frozenset((int, float, str, bool, bytes, type(None)))
+_heads = {}  # (op, len(rest)) -> the frame's bytes before its value
+
+
 def encode_frame(op, value, where, *rest):
     """``[op, value, *rest]`` with errors naming ``where`` (``result[3]``), not the frame's own index."""
-    return bytes([0x92 + len(rest)]) + encode(op) + encode(value, where) + b"".join(encode(r) for r in rest)
+    # Once per slice in a block: the constant head is made once, and a flat value or position
+    # skips encode()'s recursion-limit juggling (two sys calls each, three times per frame).
+    head = _heads.get((op, len(rest)))
+    if head is None:
+        head = _heads[(op, len(rest))] = bytes([0x92 + len(rest)]) + encode(op)
+    out = [head]
+    if type(value) in _FLAT:
+        _enc(value, out, where, 0)
+    else:
+        out.append(encode(value, where))
+    for r in rest:
+        if type(r) in _FLAT:
+            _enc(r, out, "value", 0)
+        else:
+            out.append(encode(r))
+    return b"".join(out)
 
 
 def _enc(v, out, where, depth):

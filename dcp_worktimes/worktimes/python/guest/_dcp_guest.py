@@ -406,6 +406,8 @@ def _await(awaitable):
 
 def _flush():
     for stream in (sys.stdout, sys.stderr):
+        if type(stream) is _ConsoleStream and not stream._buf:
+            continue  # ours, with nothing pending (once per slice: skip the call)
         try:
             stream.flush()
         except Exception:
