@@ -35,7 +35,6 @@ applications by mistake; it is not a signature.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -75,6 +74,8 @@ def identity_fingerprint(identity: Any) -> str:
                         f"{type(identity).__name__}")
     if not data:
         raise ValueError("the application identity is empty; use a secret only you have (a passphrase or a key)")
+    import hashlib  # here: it loads OpenSSL (~4 MB), which a deployer otherwise never needs
+
     return hashlib.sha256(b"dcp-worktimes application identity\0" + data).hexdigest()
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import numbers
 import random as _random
-import secrets
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
@@ -197,6 +196,8 @@ class DistributionSet:
         self.params = tuple(validate(*params))
         self._draw = draw
         if seed is None:
+            import secrets  # here: it loads OpenSSL (~4 MB), which a deployer otherwise never needs
+
             seed = secrets.randbits(63)
         self.seed = _integer(seed, "seed")
 

@@ -49,7 +49,6 @@ Decisions (why):
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import platform
 import resource
@@ -245,6 +244,8 @@ def compile_module(engine: "wasmtime.Engine", options: EngineOptions, wasm: byte
     writable by the worker's user). A stale or corrupt entry is recompiled and replaced. Raises
     ``wasmtime.WasmtimeError`` when the module does not validate.
     """
+    import hashlib  # here, not at the top: every deployer imports this module, few compile
+
     import wasmtime
 
     started = time.perf_counter()

@@ -12,7 +12,6 @@ keyed by the binary (path, size, modification time), the sandbox and this plugin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -56,6 +55,8 @@ def cache_dir() -> Path:
 def blender_facts(blender: str, box: sandboxing.Sandbox) -> dict[str, Any]:
     """``{"version", "denoiser", "engines": {name: bool}, "errors": {name: why}}`` for this binary in this
     sandbox: from the cache, or probed (and cached) now."""
+    import hashlib  # here: OpenSSL (~4 MB) for a deployer that never probes Blender
+
     st = os.stat(blender)
     key = json.dumps([CACHE_FORMAT, os.path.realpath(blender), st.st_size, st.st_mtime_ns, box.name, box.seccomp,
                       hashlib.sha256(DRIVER.read_bytes() + SANDBOX.read_bytes()).hexdigest()])
