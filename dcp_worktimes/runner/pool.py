@@ -188,8 +188,11 @@ class _Slot:
     spare: "_Spare | None" = None  # an evaluator started ahead for the next job (Worktime.standby)
     #: Guards swapping ``proc``/``job``/``spare``: ``release`` (a deployer's thread) retires an idle
     #: slot's evaluator while the slot's own thread may be replacing it for the next job.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    claimed: bool = False  # the slot's thread has an evaluator from _ensure for its current run
+    #: Re-entrant: ``_retire`` takes it whether or not its caller holds it.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    #: The slot's thread holds an evaluator from ``_ensure`` for its current run (``busy`` and the
+    #: prepare before it): ``release`` leaves such a slot alone.
+    claimed: bool = False
 
 
 class _Spare:
@@ -345,13 +348,13 @@ class EvaluatorPool:
         job's state in memory until its slots are needed)."""
         with self._lock:
             idle = [(slot, slot.proc) for slot in self._slots
-                    if not slot.busy and slot.proc is not None and slot.proc.job_id == job_id]
+                    if not slot.claimed and slot.proc is not None and slot.proc.job_id == job_id]
         for slot, proc in idle:
             with slot.lock:
-                if slot.proc is not proc or slot.busy or slot.claimed:  # its thread is using it, or replaced it
+                if slot.proc is not proc or slot.claimed:  # its thread is using it, or replaced it
                     continue
                 job = slot.job
-                self._retire(slot, locked=True)
+                self._retire(slot)
                 if job is not None:
                     self._stand_by(slot, job)
 
@@ -448,7 +451,7 @@ class EvaluatorPool:
                     return proc
         reg = get_worktime(job.worktime)
         with slot.lock:
-            self._retire(slot, locked=True)
+            self._retire(slot)
             spare, slot.spare = slot.spare, None
         proc = spare.take(reg.ref) if spare is not None else None
         if proc is None:
@@ -515,13 +518,10 @@ class EvaluatorPool:
         if old is not None:
             old.close()
 
-    def _retire(self, slot: _Slot, wait: bool = False, locked: bool = False) -> None:
-        """Detach the slot's evaluator and close it (``locked``: the caller holds ``slot.lock``)."""
-        if locked:
+    def _retire(self, slot: _Slot, wait: bool = False) -> None:
+        """Detach the slot's evaluator and close it."""
+        with slot.lock:
             proc, slot.proc, slot.psproc, slot.job = slot.proc, None, None, None
-        else:
-            with slot.lock:
-                proc, slot.proc, slot.psproc, slot.job = slot.proc, None, None, None
         if proc is None:
             return
         if wait:

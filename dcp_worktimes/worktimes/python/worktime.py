@@ -165,25 +165,27 @@ class PythonWorktime(Worktime):
         deadline = None if wall is None else time.monotonic() + wall
         spare = self._take_spare(job)
         if spare is not None:
-            guest, self._dirs = spare
-            self._guest = guest
-            guest.dirs.fill(job.files, job.modules)  # release() removes them if this fails
-            self.starts += 1
-            self.function = guest.load(self._payload, deadline=deadline)
+            ready, self._dirs = spare
+            self._dirs.fill(job.files, job.modules)  # release() removes them if this fails
+            self._start(deadline=deadline, ready=ready)
             return
         self._dirs = GuestDirs.create(job.files, job.modules, scratch_size=self._scratch_size)
         self._start(deadline=deadline)
 
-    def _start(self, *, deadline: float | None) -> None:
+    def _start(self, *, deadline: float | None, ready: Any = None) -> None:
+        """A fresh interpreter for the job (``ready``: one ``standby`` started already) with the
+        work loaded in it."""
         from .interpreter import Guest
 
         if self._guest is not None:
             self._guest.close()
         assert self.job is not None and self._dirs is not None
-        guest = Guest(self._compiled, self._dirs, memory=self.job.limits.memory, scratch_size=self._scratch_size)
+        guest = ready or Guest(self._compiled, self._dirs, memory=self.job.limits.memory,
+                               scratch_size=self._scratch_size)
         self._guest = guest
         self.starts += 1
-        guest.start(deadline=deadline)
+        if ready is None:
+            guest.start(deadline=deadline)
         self.function = guest.load(self._payload, deadline=deadline)
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:

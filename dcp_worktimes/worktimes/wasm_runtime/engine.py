@@ -487,8 +487,6 @@ def get_watchdog(engine: "wasmtime.Engine", stop: Callable[[SliceError], None] |
     """The process's shared ``Watchdog`` for ``engine`` (the epoch is engine-wide, so every user of
     one engine must share one watchdog for its one-store-at-a-time check to mean anything).
     ``stop`` is required for an engine without epoch checks (see ``Watchdog``)."""
-    if stop is None and id(engine) in _no_epochs:
-        raise ValueError("an engine without epoch checks needs a stop (Worktime.stop_process) to stop a guest")
     with _engines_lock:
         watchdog = _watchdogs.get(id(engine))
         if watchdog is None:

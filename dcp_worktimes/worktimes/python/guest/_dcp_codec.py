@@ -39,36 +39,29 @@ class _Deep:
         sys.setrecursionlimit(self.old)
 
 
+#: Types whose values hold no others: encoded without making room for a deep walk.
+_FLAT = frozenset((int, float, str, bool, bytes, type(None)))
+
+
 def encode(value, where="value"):
     out = []
-    with _Deep():
+    if type(value) in _FLAT:  # the usual result, once per slice: no recursion-limit juggling
         _enc(value, out, where, 0)
+    else:
+        with _Deep():
+            _enc(value, out, where, 0)
     return b"".join(out)
 
 
-#: Types whose values hold no others: encoded without making room for a deep walk.
-_FLAT = frozenset((int, float, str, bool, bytes, type(None)))
 _heads = {}  # (op, len(rest)) -> the frame's bytes before its value
 
 
 def encode_frame(op, value, where, *rest):
     """``[op, value, *rest]`` with errors naming ``where`` (``result[3]``), not the frame's own index."""
-    # Once per slice in a block: the constant head is made once, and a flat value or position
-    # skips encode()'s recursion-limit juggling (two sys calls each, three times per frame).
-    head = _heads.get((op, len(rest)))
+    head = _heads.get((op, len(rest)))  # constant per kind of frame: made once
     if head is None:
         head = _heads[(op, len(rest))] = bytes([0x92 + len(rest)]) + encode(op)
-    out = [head]
-    if type(value) in _FLAT:
-        _enc(value, out, where, 0)
-    else:
-        out.append(encode(value, where))
-    for r in rest:
-        if type(r) in _FLAT:
-            _enc(r, out, "value", 0)
-        else:
-            out.append(encode(r))
-    return b"".join(out)
+    return head + encode(value, where) + b"".join(encode(r) for r in rest)
 
 
 def _enc(v, out, where, depth):
