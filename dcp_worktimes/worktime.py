@@ -592,7 +592,8 @@ class Worktime(ABC):
         with its options and limits only (no work, arguments, modules or files): the next job is
         likely to be like it, but may be another deployer's, so nothing of a job may be kept
         here. ``prepare`` then uses what fits and discards the rest. Errors are ignored (the
-        job then starts from scratch). Worktimes that do not override it get no spare evaluators.
+        job then starts from scratch). Worktimes that do not override it still get spare
+        evaluators (forked and sandboxed ahead), with nothing of theirs started.
 
         Example::
 

@@ -112,6 +112,42 @@ def test_a_network_worktime_keeps_its_sockets_but_not_processes(locked):
     assert locked.lockdown["seccomp"]["sockets_allowed"] == "AF_UNIX, AF_INET, AF_INET6, AF_NETLINK"
 
 
+PREBUILT = r"""
+import os, socket, sys
+from dcp_worktimes.runner import lockdown
+lockdown.preload(network=False)  # what a zygote does before it forks evaluators
+assert set(lockdown._FILTERS) == {(False, False), (False, True)}, lockdown._FILTERS
+zygote = os.getpid()
+for _ in range(2):  # two evaluators of one zygote: each completes and loads its own copy
+    pid = os.fork()
+    if pid == 0:
+        report = lockdown.apply_seccomp(network=False, spawns=False)
+        taken = (False, False) not in lockdown._FILTERS
+        os.kill(os.getpid(), 0)  # its own pid is the one the filter allows, not the zygote's
+        try:
+            os.kill(zygote, 0)
+            outside = "allowed"
+        except PermissionError:
+            outside = "denied"
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            inet = "allowed"
+        except PermissionError:
+            inet = "denied"
+        print(report["applied"], taken, outside, inet, flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+print("zygote", (False, False) in lockdown._FILTERS, flush=True)  # the zygote's own stays unloaded
+"""
+
+
+@needs_seccomp
+def test_a_zygotes_prebuilt_filter_is_completed_by_each_evaluator_for_its_own_pid():
+    r = subprocess.run([sys.executable, "-c", PREBUILT], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["True True denied denied"] * 2 + ["zygote True"]
+
+
 @needs_landlock
 def test_landlock_confines_files_to_what_the_evaluator_needs(locked, tmp_path):
     canary = tmp_path / "canary.txt"

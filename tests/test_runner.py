@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -377,8 +381,83 @@ def test_an_idle_spare_exits_and_close_leaves_no_process_behind(probe, monkeypat
     assert _wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
 
 
-def test_worktimes_without_standby_get_no_spare(pool):
-    j = job()
-    assert list(pool.map(j, [(0, 1)]))[0].ok
-    pool.release(j.id)
-    assert all(slot.spare is None for slot in pool._slots)
+def test_worktimes_without_standby_get_a_plain_spare_that_the_next_job_runs_in():
+    with EvaluatorPool(cores=1) as p:
+        j = job()
+        assert list(p.map(j, [(0, 1)]))[0].ok
+        used = p._slots[0].proc.pid
+        p.release(j.id)
+        spare = p._slots[0].spare
+        assert spare is not None and _wait_for(lambda: spare._ready.is_set() and spare._proc is not None)
+        ready = spare._proc.pid
+        assert ready != used  # a new process: nothing of the finished job's evaluator
+        nxt = job()
+        assert [o.value for o in p.map(nxt, [(0, 7)])] == [7]
+        assert p._slots[0].proc.pid == ready and p._slots[0].proc.job_id == nxt.id  # it ran in the spare
+
+
+# -- the host folders of private areas ---------------------------------------------------------------
+def test_an_evaluators_private_area_folder_goes_with_it():
+    with EvaluatorPool(cores=1) as p:
+        j = job()
+        assert list(p.map(j, [(0, 1)]))[0].ok
+        proc = p._slots[0].proc
+        area = proc.isolation.get("area")
+        if area is None:
+            pytest.skip("no private mounts on this machine (user namespaces are off)")
+        assert os.path.basename(area).startswith(f"dcp-private-{proc.pid}-") and os.path.isdir(area)
+        p.release(j.id)  # the evaluator is retired: its folder goes once it is reaped
+        assert _wait_for(lambda: not os.path.exists(area))
+        spare = p._slots[0].spare
+        assert spare is not None and _wait_for(lambda: spare._ready.is_set() and spare._proc is not None)
+        spare_area = spare._proc.isolation["area"]
+        assert os.path.isdir(spare_area)
+    assert not os.path.exists(spare_area)  # closing the pool closes the spare, and removes its folder
+
+
+def test_a_pool_sweeps_the_folders_of_dead_evaluators_only(tmp_path, monkeypatch):
+    from dcp_worktimes.runner import isolation
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f"dcp-private-{dead.pid}-abc"
+    live = tmp_path / f"dcp-private-{os.getpid()}-abc"
+    full = tmp_path / f"dcp-private-{dead.pid}-full"
+    for d in (gone, live, full):
+        d.mkdir()
+    (full / "kept.txt").write_text("a folder with files is never removed")
+    isolation.sweep_dead_areas()
+    assert not gone.exists() and live.is_dir() and (full / "kept.txt").exists()
+
+
+def test_zygotes_and_evaluators_outlive_the_thread_that_started_them():
+    """They die with their worker through PR_SET_PDEATHSIG, which follows the starting *thread*:
+    one started by a spare's short-lived thread must not die when that thread ends."""
+    from dcp_worktimes.plugins import get_worktime
+    from dcp_worktimes.runner.process import EvaluatorProcess, Zygote
+
+    ref = get_worktime("echo").ref
+    made = {}
+
+    def start():
+        made["zygote"] = Zygote(ref)
+        made["plain"] = EvaluatorProcess(ref)  # started without a zygote
+
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+    time.sleep(0.3)  # PDEATHSIG would have struck by now
+    zygote, plain = made["zygote"], made["plain"]
+    try:
+        assert zygote.alive() and plain.alive()
+        forked = EvaluatorProcess(ref, zygote=zygote)
+        try:
+            for proc in (plain, forked):
+                proc.send({"op": "prepare", "job": JobSpec(id="outlive", worktime="echo").to_dict(), "config": {}})
+                assert proc.expect("prepared")
+        finally:
+            forked.close()
+    finally:
+        plain.close()
+        zygote.close()

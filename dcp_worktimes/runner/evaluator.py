@@ -660,6 +660,9 @@ def _load_class(ref: str) -> type[Worktime]:
 def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, network: bool) -> None:
     """Be an evaluator on fds 0/1/2 until told to exit (after a plain start or a zygote's fork)."""
     iso: dict = isolation.apply(network=network, parent_pid=parent)
+    # Made now, before any job: a spare evaluator has it ready, and the supervisor learns the
+    # host folder to remove once the process is gone.
+    iso["area"] = isolation.private_area()
     iso["lockdown"] = "seccomp and Landlock follow the first prepare (reported in its 'prepared' frame)"
     frames_fd = os.dup(1)
     os.dup2(2, 1)  # stray writes to stdout land in stderr, never in the frame stream

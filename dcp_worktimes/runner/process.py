@@ -26,6 +26,7 @@ import msgpack
 from ..errors import ErrorCode, SliceError
 from ..values import UnserializableValue, pack, packer, unpacker
 from .heartbeat import Heartbeat
+from .isolation import remove_area
 from .redact import redact
 
 STDERR_TAIL = 4096
@@ -43,13 +44,47 @@ class EvaluatorDied(Exception):
         self.index = index
 
 
+_launch_lock = threading.Lock()
+_launch_queue: "queue.SimpleQueue | None" = None
+_launch_pid = 0
+
+
+def launch(*args: Any, **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen(*args, **kwargs)``, started from one thread that lives as long as this
+    process. Zygotes and evaluators die with their worker through ``PR_SET_PDEATHSIG``, which
+    fires when the *thread* that started them ends, not the process: started from a spare's
+    short-lived thread, or from a slot thread that the pool's close joins, they would be killed
+    while still in use."""
+    global _launch_queue, _launch_pid
+    with _launch_lock:
+        if _launch_queue is None or _launch_pid != os.getpid():  # none yet, or a forked child's copy
+            _launch_queue, _launch_pid = queue.SimpleQueue(), os.getpid()
+            threading.Thread(target=_launcher, args=(_launch_queue,), daemon=True, name="dcp-launcher").start()
+        requests = _launch_queue
+    answer: queue.SimpleQueue = queue.SimpleQueue()
+    requests.put((args, kwargs, answer))
+    ok, value = answer.get()
+    if not ok:
+        raise value
+    return value
+
+
+def _launcher(requests: queue.SimpleQueue) -> None:
+    while True:
+        args, kwargs, answer = requests.get()
+        try:
+            answer.put((True, subprocess.Popen(*args, **kwargs)))
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            answer.put((False, e))
+
+
 class Zygote:
     """A pre-started process per worktime that forks evaluators on request (thread-safe)."""
 
     def __init__(self, worktime_ref: str, env: dict[str, str] | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
-        self.proc = subprocess.Popen(
+        self.proc = launch(
             [sys.executable, "-m", "dcp_worktimes.runner.zygote", "--worktime", worktime_ref,
              "--parent", str(os.getpid())],
             stdin=theirs.fileno(), stdout=subprocess.DEVNULL, start_new_session=True, env=env,
@@ -154,6 +189,8 @@ class EvaluatorProcess:
         self.slices_run = 0
         self.started = time.monotonic()
         self.job_id: str | None = None
+        #: What ``runner/isolation.py`` applied, as its ``ready`` frame reports it.
+        self.isolation: dict[str, Any] = {}
         (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
         self._stdin = os.fdopen(in_w, "wb", buffering=0)
         self._stdout_fd, self._stderr_fd = out_r, err_r
@@ -166,8 +203,8 @@ class EvaluatorProcess:
                            "--heartbeat-fd", str(self.heartbeat.fd), "--parent", str(os.getpid())]
                     if network:
                         cmd.append("--network")
-                    self.proc = subprocess.Popen(cmd, stdin=in_r, stdout=out_w, stderr=err_w,
-                                                 pass_fds=(self.heartbeat.fd,), start_new_session=True, env=env)
+                    self.proc = launch(cmd, stdin=in_r, stdout=out_w, stderr=err_w, pass_fds=(self.heartbeat.fd,),
+                                       start_new_session=True, env=env)
                     self.pid = self.proc.pid
             finally:
                 for fd in (in_r, out_w, err_w):  # the child's ends: only the child keeps them
@@ -178,7 +215,7 @@ class EvaluatorProcess:
         except BaseException:
             self.close(timeout=0)
             raise
-        self.isolation: dict[str, Any] = ready.get("isolation", {})
+        self.isolation = ready.get("isolation", {})
         #: Resident memory when it started, before any job: what ``prepare`` adds is the job's.
         self.start_rss = int(ready.get("rss") or 0)
         #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).
@@ -281,8 +318,10 @@ class EvaluatorProcess:
             except (EvaluatorDied, OSError):
                 pass
         self.kill()
-        if self.proc is not None:
-            self.wait(5)  # reap our own child; a zygote reaps its children itself
+        # Our own child is reaped here, a zygote's by the zygote (which tells us); once gone, the
+        # host's mount-point folder of its private area goes too.
+        if self.wait(5) is not None:
+            remove_area(self.isolation.get("area"), self.pid)
         try:
             self._stdin.close()
         except OSError:

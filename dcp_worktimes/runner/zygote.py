@@ -54,15 +54,18 @@ def main(argv: list[str] | None = None) -> None:
     from . import lockdown
     from .evaluator import _load_class, serve
 
-    lockdown.preload()  # every evaluator forked from here has libseccomp loaded already
+    import tempfile  # noqa: F401  (the lockdown's write rules: a new job's first ms count)
+
     from ..cache import cache_root
 
-    cache_root()  # and platformdirs, which the lockdown's write rules need (a new job's first ms count)
+    cache_root()  # and platformdirs, which those rules need too
     import psutil  # noqa: F401  (an evaluator with child processes measures them: ~30 ms to import)
 
     sock = socket.socket(fileno=0)  # the supervisor hands us our end of a socketpair as stdin
     try:
         cls: Any = _load_class(args.worktime)
+        # Every evaluator forked from here has libseccomp loaded, and its lockdown's shared part built.
+        lockdown.preload(network=bool(getattr(cls, "network", False)))
         preload = getattr(cls, "preload", None)
         if callable(preload):
             preload()
