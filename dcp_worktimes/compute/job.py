@@ -160,6 +160,7 @@ class Job(EventEmitter):
         self._lock = threading.RLock()
         self._sched: Any = None
         self._owns_sched = False
+        self._sched_url: str | None = None  # what _sched was taken for (scheduler/reuse.py)
         self._sched_users = 0
         self._cancel_requested = threading.Event()
         self._deployed = False
@@ -263,20 +264,22 @@ class Job(EventEmitter):
     def _scheduler(self) -> Any:
         with self._lock:
             if self._sched is None:
-                from ..scheduler import Scheduler, open_scheduler
+                from ..scheduler import Scheduler
+                from ..scheduler.reuse import take
 
                 check_scheduler(self.scheduler)
                 if isinstance(self.scheduler, Scheduler):
                     self._sched, self._owns_sched = self.scheduler, False
                 else:
                     url = os.fspath(self.scheduler) if isinstance(self.scheduler, os.PathLike) else self.scheduler
-                    self._sched, self._owns_sched = open_scheduler(url), True
+                    self._sched, self._owns_sched, self._sched_url = take(url), True, url
             return self._sched
 
     @contextmanager
     def _session(self) -> Iterator[Any]:
-        """The scheduler for one ``exec()``; a store this job opened itself is closed when the
-        last concurrent ``exec()`` ends (``cancel()``/``status()`` reopen it)."""
+        """The scheduler for one ``exec()``; a store this job opened itself is handed back when
+        the last concurrent ``exec()`` ends (kept open for this process's next job:
+        ``scheduler/reuse.py``; ``cancel()``/``status()`` take it again)."""
         with self._lock:
             sched = self._scheduler()
             self._sched_users += 1
@@ -286,8 +289,11 @@ class Job(EventEmitter):
             with self._lock:
                 self._sched_users -= 1
                 if self._sched_users == 0 and self._owns_sched and self._sched is not None:
-                    self._sched.close()
+                    from ..scheduler.reuse import give_back
+
+                    give_back(self._sched_url, self._sched)
                     self._sched = None
+
 
     # -- deployment ------------------------------------------------------------------------------
     def deploy(self, cost: Any = None, *, local: bool = True) -> str:
@@ -504,7 +510,8 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
         job = compute.resume(open("job-id.txt").read())
         results = job.exec()
     """
-    from ..scheduler import Scheduler, open_scheduler
+    from ..scheduler import Scheduler
+    from ..scheduler.reuse import give_back, take
 
     if isinstance(job_id, str) and not job_id.strip():
         raise ValueError("compute.resume(job_id): the job id is empty; `dcp-worker jobs` lists the ids")
@@ -516,9 +523,16 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
     check_scheduler(scheduler)
     if isinstance(scheduler, os.PathLike):
         scheduler = os.fspath(scheduler)
-    sched = scheduler if isinstance(scheduler, Scheduler) else open_scheduler(scheduler)
-    record = sched.get_job(job_id.strip())
+    sched = scheduler if isinstance(scheduler, Scheduler) else take(scheduler)
+    try:
+        record = sched.get_job(job_id.strip())
+    except BaseException:
+        if sched is not scheduler:
+            give_back(scheduler, sched)
+        raise
     if record.total is None and record.input.get("kind") == "stream":
+        if sched is not scheduler:
+            give_back(scheduler, sched)
         raise DcpError(
             f"job {job_id} cannot be resumed: its input stream was not fully sent before the deployer stopped "
             "(the remaining inputs only existed in that process); deploy it again",
@@ -540,6 +554,7 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
     job.application = dict(record.application) if record.application else None
     job._sched = sched
     job._owns_sched = not isinstance(scheduler, Scheduler)
+    job._sched_url = None if isinstance(scheduler, Scheduler) else scheduler
     job._deployed = True
     if isinstance(job.input_set, StreamInput):
         job.input_set._sized = record.total

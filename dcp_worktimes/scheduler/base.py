@@ -500,6 +500,13 @@ class Scheduler(ABC):
     def close(self) -> None:
         """Release connections. The stored data stays."""
 
+    def reuse_token(self) -> Any:
+        """``None`` (the default), or a value that stays equal while this open scheduler may
+        serve the next job of this process instead of being closed and opened again
+        (``scheduler/reuse.py``). The SQLite store's: its file's identity, so a store deleted,
+        replaced or rewritten meanwhile is opened afresh."""
+        return None
+
     def __enter__(self) -> "Scheduler":
         return self
 

@@ -18,6 +18,10 @@ from fractions import Fraction
 from typing import Any, Iterable
 
 from ..inputs import input_set_from_description
+from ..recent import Recent
+
+#: Jobs whose input sets a slicer keeps built (a worker that served more builds them again).
+JOBS_CACHED = 1024
 
 
 class Slicer:
@@ -25,8 +29,8 @@ class Slicer:
     or from one thread per instance)."""
 
     def __init__(self) -> None:
-        self.inputs: dict[str, Any] = {}  # job id -> InputSet built from the description
-        self.fast: dict[str, Any] = {}  # job id -> (start, step) of an integer range, or False
+        self.inputs: Recent[str, Any] = Recent(JOBS_CACHED)  # job id -> InputSet built from the description
+        self.fast: Recent[str, Any] = Recent(JOBS_CACHED)  # job id -> (start, step) of an integer range, or False
 
     def input(self, job_id: str, desc: dict) -> Any:
         inp = self.inputs.get(job_id)

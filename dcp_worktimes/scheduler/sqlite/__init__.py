@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from typing import Iterator
+from typing import Any, Iterator
 from ...inputs import input_set_from_description
 from ...values import pack
 from ..base import (
@@ -281,6 +281,15 @@ class SqliteScheduler(Scheduler):
                     store.append_events(job_id, [{"type": "unschedulable", "reason": reason}])
         store.notify()
         return reason
+
+    def reuse_token(self) -> Any:
+        if self._closed or self._store.read_only or self.path == ":memory:":  # a private store is the job's own
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
     def close(self) -> None:
         with self._store.lock:

@@ -12,9 +12,10 @@ import sqlite3
 import threading
 from typing import Any, NamedTuple
 
+from ...recent import Recent
 from ...values import pack, unpack
 from ..base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, JobRecord, Report, StoreDamaged, UnknownJob, lost_error
-from ..slicing import Slicer
+from ..slicing import JOBS_CACHED, Slicer
 from ..wake import shared
 from .schema import DONE, Transaction, open_database
 
@@ -51,7 +52,7 @@ class Store:
         # Every store on one file in this process shares a Wake; a private in-memory one its own.
         self.wake = shared(f":memory:{id(self)}" if path == ":memory:" else os.path.abspath(path))
         self.cond = self.wake.cond
-        self.jobs: dict[str, JobRecord] = {}  # the immutable parts of job records
+        self.jobs: Recent[str, JobRecord] = Recent(JOBS_CACHED)  # the immutable parts of job records
         self.slicer = Slicer()  # datums of described inputs
 
     def tx(self) -> Transaction:
