@@ -77,10 +77,13 @@ def main(argv: list[str] | None = None) -> None:
 
     while True:
         ready, _, _ = select.select([sock], [], [], 0.05)
-        _reap(sock)
-        if not ready:
-            continue
-        req, fds = _recv(sock)
+        try:
+            _reap(sock)
+            if not ready:
+                continue
+            req, fds = _recv(sock)
+        except OSError:  # the supervisor went away with our news unread (ECONNRESET, EPIPE)
+            return
         if req is None:
             return  # the supervisor closed its end: we are done
         pid = os.fork()
@@ -103,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:
                 os._exit(status)
         for fd in fds:
             os.close(fd)
-        sock.send(msgpack.packb({"pid": pid}))
+        try:
+            sock.send(msgpack.packb({"pid": pid}))
+        except OSError:
+            return
 
 
 def _reap(sock: socket.socket) -> None:

@@ -66,7 +66,7 @@ def run_local(
         try:
             yield from _running(worker, scheduler, job_id)
         finally:
-            pool.release(job_id)
+            pool.release(job_id, wait=False)  # the results are what the deployer waits for
 
 
 def _flat(caps: dict, prefix: str = "") -> list[tuple[str, object]]:
