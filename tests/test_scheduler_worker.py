@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from dcp_worktimes.errors import DcpError, WorktimeNotFound
@@ -173,6 +174,34 @@ def test_worker_runs_until_idle_and_stops_evaluators(store):
     assert s.status("a")["status"] == s.status("b")["status"] == "complete"
     assert live_children() - before == set()
     assert w.id not in {info.id for info in s.workers()}  # it said goodbye
+
+
+def test_an_idle_worker_lets_a_finished_jobs_evaluators_go_and_keeps_spares(store):
+    """A finished job's evaluators (and whatever its work left in their memory) must not wait
+    for the worker's next job; spares take their place, and the next job runs in them."""
+    url, s = store
+    s.submit(make_job("first", 4))
+    w = Worker(s, ["echo"], cores=1, poll_interval=0.05, idle_poll_interval=0.1)
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        follow(s, "first")
+        slot = w._pool._slots[0]
+        first_pid = slot.proc.pid
+        deadline = time.monotonic() + 20
+        while slot.proc is not None or slot.spare is None or slot.spare._proc is None:
+            assert time.monotonic() < deadline, "the finished job's evaluator was never released"
+            time.sleep(0.05)
+        assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
+        spare_pid = slot.spare._proc.pid
+        s.submit(make_job("second", 4))
+        follow(s, "second")
+        assert {n: unpack(r.value) for n, r in s.results("second").items()} == {0: 0, 1: 1, 2: 2, 3: 3}
+        assert slot.proc.pid == spare_pid  # it ran in the spare
+    finally:
+        stop.set()
+        t.join(30)
 
 
 def test_worker_stops_a_cancelled_jobs_slices_within_seconds(store):

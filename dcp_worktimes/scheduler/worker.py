@@ -39,9 +39,11 @@ from typing import Any, Iterable, Mapping
 from ..errors import ErrorCode, WorktimeNotFound
 from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
+from ..recent import Recent
 from ..worktime import JobSpec, Probe
 from .base import FINAL_STATES, JobRecord, Lease, Report, Scheduler, StoreUnavailable, UnknownJob
 from .matching import check_categories, merge_capabilities
+from .slicing import JOBS_CACHED
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,11 @@ EVENTS_FLUSH = 0.25
 
 #: Longest wait between two attempts to write to a failing store (the first retry is at once-ish).
 STORE_RETRY_MAX = 5.0
+
+#: A job with no slice here for this long (none running, none leased) has its evaluators released:
+#: they exit, and spares start for the next job (a finished job's state must not stay in memory
+#: until the next job needs the slot). Long enough that a job's next lease usually comes first.
+RELEASE_AFTER = 1.0
 
 #: Seconds between the checks of which jobs ended (for ``WorkerEvents.job_finished``).
 REPORT_CHECK = 2.0
@@ -215,8 +222,9 @@ class Worker:
         self._outage_wait = 0.0
         #: The store's last failure while it is failing (``None`` once it works again).
         self.store_trouble: StoreUnavailable | None = None
-        self._specs: dict[str, JobSpec] = {}
-        self._capped: dict[str, dict[str, float]] = {}  # job -> the limits this worker lowered
+        self._specs: Recent[str, JobSpec] = Recent(JOBS_CACHED)
+        self._capped: Recent[str, dict[str, float]] = Recent(JOBS_CACHED)  # job -> the limits this worker lowered
+        self._served: dict[str, float] = {}  # jobs with evaluators here -> when their last slice was leased
         self._dropped: set[str] = set()  # cancelled jobs: outcomes are discarded
         self.completed = 0
         self.failed = 0
@@ -306,6 +314,7 @@ class Worker:
                         with self._cond:
                             running_jobs = {held.lease.job_id for held in self._inflight.values()}
                         self._drop_finished(running_jobs)
+                        self._release_idle(running_jobs, now)
                         last_check = now
                     if self.events is not None and now - last_report >= REPORT_CHECK:
                         self._report_finished(now)
@@ -411,6 +420,7 @@ class Worker:
                 self._open += len(lease)
             job_id = lease.job_id
             self._dropped.discard(job_id)
+            self._served[job_id] = now
             if self.events is not None:
                 if job_id not in self._last_slice:
                     self.events.job_started(self.scheduler.get_job(job_id))
@@ -586,6 +596,13 @@ class Worker:
         with self._cond:
             jobs = {self._inflight[lid].lease.job_id for lid in lost if lid in self._inflight}
         self._drop_finished(jobs)
+
+    def _release_idle(self, running: set[str], now: float) -> None:
+        """Release the evaluators of jobs with nothing here for ``RELEASE_AFTER`` s (see there)."""
+        idle = [job_id for job_id, last in self._served.items() if job_id not in running and now - last >= RELEASE_AFTER]
+        for job_id in idle:
+            del self._served[job_id]
+            self._pool.release(job_id, wait=False)
 
     def _drop_finished(self, jobs: Iterable[str]) -> None:
         """Drop those of ``jobs`` that are cancelled, finished or gone from the store."""
