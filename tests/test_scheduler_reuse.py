@@ -58,8 +58,9 @@ def test_a_store_deleted_between_jobs_is_opened_afresh(tmp_path):
         f.unlink()
     job = _job(url)
     assert job.exec(progress=False) == [0, 1, 2]
-    assert kept._closed and _kept(url) is not kept
-    assert _jobs_in(tmp_path / "jobs.db") == {job.id}  # the job is in the new file, not the deleted one
+    assert _kept(url) is not kept and _jobs_in(tmp_path / "jobs.db") == {job.id}  # in the new file
+    # Never closed: closing would delete "jobs.db-wal" by name, now the new store's.
+    assert kept in reuse._abandoned and not kept._closed
 
 
 def test_a_store_replaced_between_jobs_is_the_one_used(tmp_path):
@@ -74,9 +75,11 @@ def test_a_store_replaced_between_jobs_is_the_one_used(tmp_path):
         f.unlink()
     shutil.copy(other / "jobs.db", tmp_path / "jobs.db.new")
     os.replace(tmp_path / "jobs.db.new", tmp_path / "jobs.db")
+    kept = _kept(url)
     job = _job(url)
     assert job.exec(progress=False) == [0, 1, 2]
     assert _jobs_in(tmp_path / "jobs.db") == {elsewhere.id, job.id}
+    assert kept in reuse._abandoned
 
 
 def test_an_idle_store_is_closed_soon_after_the_last_job_and_its_file_is_complete(tmp_path, monkeypatch):

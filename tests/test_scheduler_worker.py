@@ -16,6 +16,7 @@ import pytest
 from dcp_worktimes.errors import DcpError, WorktimeNotFound
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.scheduler.local import run_local
+from dcp_worktimes.scheduler import worker as worker_module
 from dcp_worktimes.scheduler.worker import Worker
 from dcp_worktimes.testing_scheduler import make_job
 from dcp_worktimes.values import unpack
@@ -176,7 +177,7 @@ def test_worker_runs_until_idle_and_stops_evaluators(store):
     assert w.id not in {info.id for info in s.workers()}  # it said goodbye
 
 
-def test_an_idle_worker_lets_a_finished_jobs_evaluators_go_and_keeps_spares(store):
+def test_an_idle_worker_lets_a_finished_jobs_evaluators_go_and_keeps_spares(store, monkeypatch):
     """A finished job's evaluators (and whatever its work left in their memory) must not wait
     for the worker's next job; spares take their place, and the next job runs in them."""
     url, s = store
@@ -195,6 +196,7 @@ def test_an_idle_worker_lets_a_finished_jobs_evaluators_go_and_keeps_spares(stor
             time.sleep(0.05)
         assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
         spare_pid = slot.spare._proc.pid
+        monkeypatch.setattr(worker_module, "RELEASE_AFTER", 600.0)  # the second job's evaluator stays to be seen
         s.submit(make_job("second", 4))
         follow(s, "second")
         assert {n: unpack(r.value) for n, r in s.results("second").items()} == {0: 0, 1: 1, 2: 2, 3: 3}

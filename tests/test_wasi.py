@@ -272,9 +272,12 @@ def test_a_guest_that_hoards_file_descriptors_gets_its_result_and_leaves_none_op
     int main(void) { int n = 0; while (open("/tmp/f", O_RDONLY | O_CREAT, 0600) >= 0) n++; printf("%d\n", n); return 0; }
     """
     fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    from dcp_worktimes.runner import shared
     from dcp_worktimes.scheduler import reuse
 
-    reuse.close_all()  # a store kept by an earlier test's job, closed meanwhile, would move the count
+    # An earlier test's kept store or warm pool (its spares), closed meanwhile, would move the count.
+    reuse.close_all()
+    shared.close_all()
     wt = prepared(compile_c(source))
     first = run(wt)
     assert first > 100  # it ran out at the process limit, inside the guest

@@ -143,12 +143,24 @@ def private_area() -> str | None:
 def remove_area(folder: str | None, pid: int) -> None:
     """Remove the host's (empty) mount-point folder of the private area of evaluator ``pid``, which
     has exited (the caller reaped it: removing a live one's would detach its mount). Done by the
-    supervisor: in the evaluator's own mount namespace each ``rmdir`` costs ~2 ms of a new job."""
+    supervisor or the zygote, never the evaluator: in its own mount namespace each ``rmdir``
+    costs ~2 ms of a new job."""
     if folder and os.path.basename(folder).startswith(f"dcp-private-{pid}-"):
         try:
             os.rmdir(folder)
         except OSError:
             pass
+
+
+def remove_areas_of(pid: int) -> None:
+    """``remove_area`` for a reaped evaluator whose folder is not known (a zygote's child)."""
+    base = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(f"dcp-private-{pid}-")]
+    except OSError:
+        return
+    for name in names:
+        remove_area(os.path.join(base, name), pid)
 
 
 def sweep_dead_areas() -> None:

@@ -207,7 +207,8 @@ def apply_seccomp(network: bool, spawns: bool) -> dict[str, Any]:
 
 
 def _read_paths(network: bool) -> set[str]:
-    """The folders and files every evaluator may read (those that exist), but its own ``/proc``."""
+    """The folders and files every evaluator may read (those that exist), but its own ``/proc``
+    and ``sys.path`` (read when applied)."""
     import sysconfig
 
     read = {sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr", "/lib", "/lib64", "/lib32",
@@ -216,7 +217,6 @@ def _read_paths(network: bool) -> set[str]:
             os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         read.add(sysconfig.get_path(key))
-    read.update(p for p in sys.path if p and os.path.isabs(p))
     if network:
         read.add("/etc")
     return {p for p in read if os.path.exists(p)}
@@ -225,7 +225,9 @@ def _read_paths(network: bool) -> set[str]:
 def _landlock_rules(network: bool, writable: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """``([(path, "r" | "rw" | "dev")], rw folders)`` for this process."""
     shared = _READ_PATHS.get(network) or _read_paths(network)
-    rules = [(p, "r") for p in sorted(shared | {f"/proc/{os.getpid()}"})]
+    # sys.path as it is now: a worktime's preload() or prepare() may have added to it.
+    own = {p for p in sys.path if p and os.path.isabs(p) and os.path.exists(p)} | {f"/proc/{os.getpid()}"}
+    rules = [(p, "r") for p in sorted(shared | own)]
     rules += [(p, "dev") for p in ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
               if os.path.exists(p)]
     rw = sorted({os.path.realpath(p) for p in writable if p and os.path.isdir(p)})

@@ -409,7 +409,7 @@ class EvaluatorPool:
             self._retire(slot, wait=True)
             spare, slot.spare = slot.spare, None
             if spare is not None:
-                if spare._ready.wait(self.start_timeout):  # one still starting closes itself when it is up
+                if spare._ready.wait(5.0):  # one still starting closes itself when it is up
                     spare.close(wait=True)
                 else:
                     spare.close()

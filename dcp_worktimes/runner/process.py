@@ -318,9 +318,9 @@ class EvaluatorProcess:
             except (EvaluatorDied, OSError):
                 pass
         self.kill()
-        # Our own child is reaped here, a zygote's by the zygote (which tells us); once gone, the
-        # host's mount-point folder of its private area goes too.
-        if self.wait(5) is not None:
+        # Our own child is reaped here, and then the host's mount-point folder of its private area
+        # goes; a zygote reaps its children and removes their folders itself.
+        if self.proc is not None and self.wait(5) is not None:
             remove_area(self.isolation.get("area"), self.pid)
         try:
             self._stdin.close()

@@ -23,6 +23,7 @@ import select
 import signal
 import socket
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -83,9 +84,10 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             req, fds = _recv(sock)
         except OSError:  # the supervisor went away with our news unread (ECONNRESET, EPIPE)
-            return
+            req = None
         if req is None:
-            return  # the supervisor closed its end: we are done
+            _reap_last()  # the supervisor closed its end: we are done, once our evaluators are
+            return
         pid = os.fork()
         if pid == 0:
             status = 0
@@ -120,7 +122,26 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
+        # The zygote shares the host's mount namespace: removing the dead evaluator's mount-point
+        # folder costs little here, and the supervisor need not wait for the exit to do it.
+        isolation.remove_areas_of(pid)
         sock.send(msgpack.packb({"exit": pid, "status": status}))
+
+
+def _reap_last(within: float = 1.0) -> None:
+    """Reap the evaluators still exiting (the supervisor asked them to, or killed them) and remove
+    their folders; those not gone ``within`` seconds die with us (PDEATHSIG), their folders
+    left to the next pool's sweep."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            isolation.remove_areas_of(pid)
+        else:
+            time.sleep(0.01)
 
 
 if __name__ == "__main__":

@@ -503,8 +503,8 @@ class Scheduler(ABC):
     def reuse_token(self) -> Any:
         """``None`` (the default), or a value that stays equal while this open scheduler may
         serve the next job of this process instead of being closed and opened again
-        (``scheduler/reuse.py``). The SQLite store's: its file's identity, so a store deleted,
-        replaced or rewritten meanwhile is opened afresh."""
+        (``scheduler/reuse.py``). The SQLite store's: its file's identity, so a store deleted or
+        replaced by another file meanwhile is opened afresh."""
         return None
 
     def __enter__(self) -> "Scheduler":

@@ -5,9 +5,16 @@ its last connection 2-4 ms more (SQLite checkpoints the WAL into the file): a pr
 job after job paid both on every ``exec()``, a fifth of a small job's latency. A job done with a
 scheduler it opened gives it back here instead of closing it, and the next job on the same URL in
 this process takes it, if it is still the same store (``Scheduler.reuse_token``: the SQLite file
-was not deleted, replaced or rewritten meanwhile). At most one idle scheduler per URL and
+was not deleted or replaced by another file meanwhile). At most one idle scheduler per URL and
 ``MAX_KEPT`` in all; each is closed ``IDLE_SECONDS`` after its last job (by a background thread,
-so the file is complete on disk, WAL checkpointed, a moment after the jobs stop) and at exit::
+so the file is complete on disk, WAL checkpointed, a moment after the jobs stop) and at exit.
+
+A kept connection whose file was deleted or replaced meanwhile is never closed: closing SQLite's
+last connection deletes ``<store>-wal`` *by name*, which may now be another store's (one a second
+process made at the same path). It is abandoned instead, its descriptors kept until the process
+ends. A forked child abandons its parent's the same way (SQLite connections must not cross a
+fork). As with any open SQLite store (a running worker's too), copying another file *over* it in
+place, rather than replacing it (``mv``), corrupts it::
 
     sched = take("sqlite:///tmp/jobs.db")        # the kept one, or open_scheduler(url)
     ...
@@ -17,6 +24,7 @@ so the file is complete on disk, WAL checkpointed, a moment after the jobs stop)
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import threading
 import time
@@ -32,8 +40,8 @@ MAX_KEPT = 4
 
 _lock = threading.Condition()
 _idle: dict[str, tuple[Scheduler, Any, float, int]] = {}  # URL -> (scheduler, token, given back at, pid)
+_abandoned: list[Scheduler] = []  # never closed (see above)
 _closer: threading.Thread | None = None
-_closer_pid = 0
 
 
 def take(url: str | None) -> Scheduler:
@@ -44,47 +52,54 @@ def take(url: str | None) -> Scheduler:
         stale = _expired()
     _close(stale)
     if entry is not None:
-        sched, token, _, pid = entry
-        if pid == os.getpid():  # a forked child never touches its parent's connections
-            if _token(sched) == token:
-                return sched
-            _close([sched])
+        sched, token, _, _ = entry
+        if _token(sched) == token:
+            return sched
+        _abandon(sched)
     return open_scheduler(key)
 
 
 def give_back(url: str | None, sched: Scheduler) -> None:
     """A job is done with ``sched``, which it got from ``take(url)``: keep it or close it."""
-    global _closer, _closer_pid
     token = _token(sched)
     if token is None:
         sched.close()
         return
     key = url if url is not None else default_url()
-    me = os.getpid()
     with _lock:
         old = _idle.pop(key, None)
-        _idle[key] = (sched, token, time.monotonic(), me)
-        stale = [old[0]] if old is not None and old[3] == me else []
+        _idle[key] = (sched, token, time.monotonic(), os.getpid())
+        stale = [old] if old is not None else []
         while len(_idle) > MAX_KEPT:
-            oldest = next(iter(_idle))
-            s, _, _, pid = _idle.pop(oldest)
-            if pid == me:
-                stale.append(s)
+            stale.append(_idle.pop(next(iter(_idle))))
         stale += _expired()
-        if _closer is None or _closer_pid != me or not _closer.is_alive():  # one per process (fork)
-            _closer, _closer_pid = threading.Thread(target=_close_idle, name="dcp-store-closer", daemon=True), me
-            _closer.start()
+        started = _start_closer()
         _lock.notify_all()
     _close(stale)
+    if not started:  # no thread can start (the interpreter is shutting down): close it now
+        close_all()
 
 
 @atexit.register
 def close_all() -> None:
     """Close every kept scheduler (at exit; tests that count open files)."""
     with _lock:
-        kept = [s for s, _, _, pid in _idle.values() if pid == os.getpid()]
+        kept = list(_idle.values())
         _idle.clear()
     _close(kept)
+
+
+def _start_closer() -> bool:
+    """The closer thread runs (the caller holds ``_lock``); ``False`` if it cannot be started."""
+    global _closer
+    if _closer is None or not _closer.is_alive():
+        try:
+            _closer = threading.Thread(target=_close_idle, name="dcp-store-closer", daemon=True)
+            _closer.start()
+        except RuntimeError:
+            _closer = None
+            return False
+    return True
 
 
 def _close_idle() -> None:
@@ -94,16 +109,16 @@ def _close_idle() -> None:
             stale = _expired()
             if not stale:
                 now = time.monotonic()
-                due = [since + IDLE_SECONDS - now for _, _, since, pid in _idle.values() if pid == os.getpid()]
+                due = [since + IDLE_SECONDS - now for _, _, since, _ in _idle.values()]
                 _lock.wait(max(0.0, min(due)) + 0.01 if due else None)
         _close(stale)
 
 
-def _expired() -> list[Scheduler]:
+def _expired() -> list[tuple[Scheduler, Any, float, int]]:
     """Pop the schedulers idle too long (the caller holds ``_lock``)."""
-    now, me = time.monotonic(), os.getpid()
+    now = time.monotonic()
     old = [key for key, (_, _, since, _) in _idle.items() if now - since >= IDLE_SECONDS]
-    return [s for s, _, _, pid in (_idle.pop(key) for key in old) if pid == me]
+    return [_idle.pop(key) for key in old]
 
 
 def _token(sched: Scheduler) -> Any:
@@ -113,9 +128,32 @@ def _token(sched: Scheduler) -> Any:
         return None
 
 
-def _close(scheds: list[Scheduler]) -> None:
-    for s in scheds:
+def _close(entries: list[tuple[Scheduler, Any, float, int]]) -> None:
+    """Close kept schedulers that still are what they were; abandon the others."""
+    for sched, token, _, pid in entries:
+        if pid != os.getpid() or _token(sched) != token:
+            _abandon(sched)
+            continue
         try:
-            s.close()
+            sched.close()
         except Exception:  # noqa: BLE001 - closing an idle connection must not fail a job
             pass
+
+
+def _abandon(sched: Scheduler) -> None:
+    # A reference the interpreter never drops, even at exit (when it clears modules and would
+    # otherwise free the connection, which closes it).
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(sched))
+    _abandoned.append(sched)
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _closer
+    _lock = threading.Condition()  # the parent's may have been held by a thread the child lacks
+    _closer = None
+    for sched, _, _, _ in _idle.values():
+        _abandon(sched)
+    _idle.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

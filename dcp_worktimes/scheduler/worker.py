@@ -56,7 +56,7 @@ EVENTS_FLUSH = 0.25
 #: Longest wait between two attempts to write to a failing store (the first retry is at once-ish).
 STORE_RETRY_MAX = 5.0
 
-#: A job with no slice here for this long (none running, none leased) has its evaluators released:
+#: A job with no slice here for this long (none leased or running since) has its evaluators released:
 #: they exit, and spares start for the next job (a finished job's state must not stay in memory
 #: until the next job needs the slot). Long enough that a job's next lease usually comes first.
 RELEASE_AFTER = 1.0
@@ -224,7 +224,7 @@ class Worker:
         self.store_trouble: StoreUnavailable | None = None
         self._specs: Recent[str, JobSpec] = Recent(JOBS_CACHED)
         self._capped: Recent[str, dict[str, float]] = Recent(JOBS_CACHED)  # job -> the limits this worker lowered
-        self._served: dict[str, float] = {}  # jobs with evaluators here -> when their last slice was leased
+        self._served: dict[str, float] = {}  # jobs with evaluators here -> when a slice was last leased or ended
         self._dropped: set[str] = set()  # cancelled jobs: outcomes are discarded
         self.completed = 0
         self.failed = 0
@@ -506,6 +506,8 @@ class Worker:
                 self._open -= len(outcome)
                 if held.open <= 0:
                     del self._inflight[outcome.tag]
+                    if outcome.job_id in self._served:  # the idle clock starts when its last slice ends
+                        self._served[outcome.job_id] = time.monotonic()
         if give_back:
             backlog.append(("back", give_back))
         for job_id, evs in no_progress.items():
@@ -548,7 +550,7 @@ class Worker:
         keep, back = [], []
         for i, err in enumerate(outcome.errors):
             if err is not None and err.worker_fault:
-                self._disable(self._specs[outcome.job_id].worktime, err.message)
+                self._disable(self._spec(outcome.job_id).worktime, err.message)
                 back.append(i)
             elif err is not None and not keep_cancelled and err.code == ErrorCode.ECANCELLED:
                 back.append(i)

@@ -289,7 +289,8 @@ class SqliteScheduler(Scheduler):
             st = os.stat(self.path)
         except OSError:
             return None
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+        # The file's identity, not its size or time: other processes (workers) write to it too.
+        return st.st_dev, st.st_ino
 
     def close(self) -> None:
         with self._store.lock:
