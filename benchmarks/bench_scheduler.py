@@ -154,6 +154,8 @@ def main() -> None:
     ap.add_argument("--no-dask", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if any(n <= 10 for n in sizes):  # 10 is the latency job's size (the child measures latency then)
+        ap.error(f"--sizes: each throughput size must be above 10 (the latency table always runs a 10-slice job), got {args.sizes}")
     worktimes = [w.strip() for w in args.worktimes.split(",") if w.strip()]
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
