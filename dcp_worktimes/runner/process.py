@@ -78,6 +78,15 @@ def _launcher(requests: queue.SimpleQueue) -> None:
             answer.put((False, e))
 
 
+def _launcher_after_fork() -> None:
+    global _launch_lock, _launch_queue
+    _launch_lock = threading.Lock()  # the parent's may have been held by a thread the child lacks
+    _launch_queue = None
+
+
+os.register_at_fork(after_in_child=_launcher_after_fork)
+
+
 class Zygote:
     """A pre-started process per worktime that forks evaluators on request (thread-safe)."""
 
