@@ -244,8 +244,8 @@ class _Spare:
         return None
 
     def close(self, wait: bool = False) -> None:
-        """Close its evaluator (``wait``: before returning, as the pool's own close does: the
-        zygote that reports its exit closes next)."""
+        """Close its evaluator (``wait``: before returning, as the pool's own close does, so that
+        its zygote, closed next, reaps it and removes its folder)."""
         with self._lock:
             proc, self._proc, self._closed = self._proc, None, True
         if proc is None:
