@@ -526,18 +526,16 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
     sched = scheduler if isinstance(scheduler, Scheduler) else take(scheduler)
     try:
         record = sched.get_job(job_id.strip())
+        if record.total is None and record.input.get("kind") == "stream":
+            raise DcpError(
+                f"job {job_id} cannot be resumed: its input stream was not fully sent before the deployer stopped "
+                "(the remaining inputs only existed in that process); deploy it again",
+                code="ENORESUME",
+            )
     except BaseException:
-        if sched is not scheduler:
+        if sched is not scheduler:  # taken here: no job holds it
             give_back(scheduler, sched)
         raise
-    if record.total is None and record.input.get("kind") == "stream":
-        if sched is not scheduler:
-            give_back(scheduler, sched)
-        raise DcpError(
-            f"job {job_id} cannot be resumed: its input stream was not fully sent before the deployer stopped "
-            "(the remaining inputs only existed in that process); deploy it again",
-            code="ENORESUME",
-        )
     spec = record.spec
     # The stored work and options are exactly what the workers run: no capture again.
     job = Job(input_set_from_description(record.input), CapturedWork(spec.work, {}, "the resumed job's work"),

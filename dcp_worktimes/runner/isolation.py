@@ -30,6 +30,7 @@ import re
 import resource
 import signal
 import tempfile
+from typing import Iterator
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -154,19 +155,22 @@ def remove_area(folder: str | None, pid: int) -> None:
 
 def remove_areas_of(pid: int) -> None:
     """``remove_area`` for a reaped evaluator whose folder is not known (a zygote's child)."""
-    base = tempfile.gettempdir()
-    try:
-        names = [n for n in os.listdir(base) if n.startswith(f"dcp-private-{pid}-")]
-    except OSError:
-        return
-    for name in names:
-        remove_area(os.path.join(base, name), pid)
+    for folder, owner in _areas():
+        if owner == pid:
+            remove_area(folder, pid)
 
 
 def sweep_dead_areas() -> None:
     """The host keeps an empty mount-point folder per evaluator whose supervisor was killed before
     it could remove it: remove those of dead processes (only empty folders, and never one of a
     live process: that would detach its mount). Run once when an evaluator pool starts."""
+    for folder, owner in _areas():
+        if not pid_alive(owner):
+            remove_area(folder, owner)
+
+
+def _areas() -> Iterator[tuple[str, int]]:
+    """The private areas' mount-point folders on the host, with the pid of each one's evaluator."""
     base = tempfile.gettempdir()
     try:
         names = os.listdir(base)
@@ -174,11 +178,8 @@ def sweep_dead_areas() -> None:
         return
     for name in names:
         m = _AREA.match(name)
-        if m is not None and not pid_alive(int(m.group(1))):
-            try:
-                os.rmdir(os.path.join(base, name))
-            except OSError:
-                pass
+        if m is not None:
+            yield os.path.join(base, name), int(m.group(1))
 
 
 def pid_alive(pid: int) -> bool:

@@ -165,8 +165,7 @@ def seccomp_plan(network: bool, spawns: bool) -> dict[str, Any]:
     return {"denied": denied, "sockets_allowed": families, "socketpair": "AF_UNIX only"}
 
 
-def _deny(f: Any, skipped: list[str], name: str, *args: Any, action: int | None = None) -> None:
-    sc = _seccomp_module()
+def _deny(sc: Any, f: Any, skipped: list[str], name: str, *args: Any, action: int | None = None) -> None:
     try:
         f.add_rule(sc.ERRNO(errno.EPERM) if action is None else action, name, *args)
     except (ValueError, OSError, RuntimeError):
@@ -181,16 +180,16 @@ def _shared_filter(network: bool, spawns: bool) -> tuple[Any, list[str]]:
     f.set_attr(sc.Attr.CTL_TSYNC, 1)  # every thread, including the engine's
     skipped: list[str] = []
     for name in DENIED + (() if spawns else DENIED_UNLESS_SPAWNS):
-        _deny(f, skipped, name)
+        _deny(sc, f, skipped, name)
     if not spawns:
-        _deny(f, skipped, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))  # no CLONE_THREAD: a new process
-        _deny(f, skipped, "clone3", action=sc.ERRNO(errno.ENOSYS))
+        _deny(sc, f, skipped, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))  # no CLONE_THREAD: a new process
+        _deny(sc, f, skipped, "clone3", action=sc.ERRNO(errno.ENOSYS))
     for name, allowed in (("socket", NETWORK_FAMILIES if network else ()), ("socketpair", (socket.AF_UNIX,))):
         # Compared exactly below 64 (the kernel reads an int: any value with high bits set is >= 64).
         for family in range(64):
             if family not in allowed:
-                _deny(f, skipped, name, sc.Arg(0, sc.EQ, family))
-        _deny(f, skipped, name, sc.Arg(0, sc.GE, 64))
+                _deny(sc, f, skipped, name, sc.Arg(0, sc.EQ, family))
+        _deny(sc, f, skipped, name, sc.Arg(0, sc.GE, 64))
     return f, skipped
 
 
@@ -201,7 +200,7 @@ def apply_seccomp(network: bool, spawns: bool) -> dict[str, Any]:
     if not spawns:  # a worktime that runs its engine as a child program must be able to stop it
         me = os.getpid()
         for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
-            _deny(f, skipped, name, sc.Arg(0, sc.NE, me))
+            _deny(sc, f, skipped, name, sc.Arg(0, sc.NE, me))
     f.load()
     return {"applied": True, **seccomp_plan(network, spawns), **({"not_on_this_system": skipped} if skipped else {})}
 

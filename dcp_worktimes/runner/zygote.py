@@ -55,11 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     from . import lockdown
     from .evaluator import _load_class, serve
 
-    import tempfile  # noqa: F401  (the lockdown's write rules: a new job's first ms count)
-
     from ..cache import cache_root
 
-    cache_root()  # and platformdirs, which those rules need too
+    cache_root()  # platformdirs, which the lockdown's write rules need (a new job's first ms count)
     import psutil  # noqa: F401  (an evaluator with child processes measures them: ~30 ms to import)
 
     sock = socket.socket(fileno=0)  # the supervisor hands us our end of a socketpair as stdin
@@ -114,34 +112,28 @@ def main(argv: list[str] | None = None) -> None:
             return
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(sock: socket.socket | None) -> bool:
+    """Reap the evaluators that exited and tell the supervisor (``sock``); whether any still run."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return True
         # The zygote shares the host's mount namespace: removing the dead evaluator's mount-point
         # folder costs little here, and the supervisor need not wait for the exit to do it.
         isolation.remove_areas_of(pid)
-        sock.send(msgpack.packb({"exit": pid, "status": status}))
+        if sock is not None:
+            sock.send(msgpack.packb({"exit": pid, "status": status}))
 
 
 def _reap_last(within: float = 1.0) -> None:
-    """Reap the evaluators still exiting (the supervisor asked them to, or killed them) and remove
-    their folders; those not gone ``within`` seconds die with us (PDEATHSIG), their folders
-    left to the next pool's sweep."""
+    """Reap the evaluators still exiting (the supervisor asked them to, or killed them); those not
+    gone ``within`` seconds die with us (PDEATHSIG), their folders left to the next pool's sweep."""
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid:
-            isolation.remove_areas_of(pid)
-        else:
-            time.sleep(0.01)
+    while _reap(None) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 if __name__ == "__main__":
