@@ -14,7 +14,7 @@
 2. **Latency** of a 10-slice job: cold (a fresh process: start, import, deploy, first zygote) and
    warm (the next job in the same process: right after the last one, and 0.3 s after it, when
    the spare evaluators a finished job leaves are ready).
-3. **CPU-bound**: ``--cpu-slices`` slices of fib(25) in map-basic, per engine, on 1 core vs all cores (median of
+3. **CPU-bound**: ``--cpu-slices`` slices (0: skipped) of fib(25) in map-basic, per engine, on 1 core vs all cores (median of
    ``--repeat`` interleaved rounds), beside ``Pool`` running fib(25) in Python at the same moment.
 
 The baselines compute in the deploying process's own Python: no sandbox, no store, no limits,
@@ -149,13 +149,15 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--worktimes", default="echo,map-basic/quickjs,map-basic/v8,python",
                     help="comma-separated; map-basic/ENGINE picks the JavaScript engine")
-    ap.add_argument("--cpu-slices", type=int, default=200)
+    ap.add_argument("--cpu-slices", type=int, default=200, help="0 leaves the CPU-bound table out")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the CPU-bound measurements (median)")
     ap.add_argument("--no-dask", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(n <= 10 for n in sizes):  # 10 is the latency job's size (the child measures latency then)
         ap.error(f"--sizes: each throughput size must be above 10 (the latency table always runs a 10-slice job), got {args.sizes}")
+    if args.cpu_slices < 0:
+        ap.error(f"--cpu-slices: a number of fib(25) slices, or 0 to leave that table out; got {args.cpu_slices}")
     worktimes = [w.strip() for w in args.worktimes.split(",") if w.strip()]
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
@@ -190,6 +192,8 @@ def main() -> None:
                 lat)
 
     m = args.cpu_slices
+    if m <= 0:
+        return
     engines = [w.partition("/")[2] for w in worktimes if w.startswith("map-basic/")] or [""]
     runs: dict[str, list[float]] = collections.defaultdict(list)
     from dcp_worktimes import compute
