@@ -208,4 +208,8 @@ def packer() -> msgpack.Packer:
 def unpacker() -> msgpack.Unpacker:
     """A streaming unpacker for frames read from a pipe."""
     return msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True, max_buffer_size=2**31 - 1,
+                            # Only fed, never reading a file: read_size is the first buffer, which
+                            # grows to the largest frame. msgpack's default, 1 MiB, is touched page by
+                            # page as frames pass, in each evaluator's channel.
+                            read_size=1 << 16,
                             unicode_errors=TEXT_ERRORS)

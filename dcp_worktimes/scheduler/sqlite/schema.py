@@ -224,6 +224,10 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
                                  factory=StoreConnection)
         db.store_path = path
         db.execute("PRAGMA busy_timeout = 60000")
+        # A 512 KiB page cache, not SQLite's 2 MiB: the deployer reads a job's results once, in
+        # order, and the pages stay in the OS's cache anyway; measured on 1M results, no change in
+        # throughput and ~1 MB off the deploying process's peak (issue 11's memory target).
+        db.execute("PRAGMA cache_size = -512")
         if read_only:
             _check_version(db, path)
             return db
