@@ -127,15 +127,20 @@ def unpack(data: bytes, unicode_errors: str = TEXT_ERRORS) -> Any:
         raise UnserializableValue(_TOO_DEEP) from None
 
 
-def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS) -> list:
+def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS, *, frames_at: int | None = None) -> list:
     """A frame: an array whose items may *each* nest ``MAX_DEPTH`` levels (``[op, value]``), so the
-    frame's own level does not lower the limit for the value it carries."""
+    frame's own level does not lower the limit for the value it carries. ``frames_at``: the item
+    at that index is an array of such frames (one frame carrying several), decoded the same way."""
     unp = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True,
                            unicode_errors=unicode_errors, max_buffer_size=max(len(data), 1 << 20))
     unp.feed(data)
+
+    def frame() -> list:
+        return [unp.unpack() for _ in range(unp.read_array_header())]
+
     try:
-        n = unp.read_array_header()
-        items = [unp.unpack() for _ in range(n)]
+        items = [[frame() for _ in range(unp.read_array_header())] if i == frames_at else unp.unpack()
+                 for i in range(unp.read_array_header())]
     except msgpack.StackError:
         raise UnserializableValue(_TOO_DEEP) from None
     except msgpack.OutOfData:

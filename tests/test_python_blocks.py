@@ -131,3 +131,74 @@ def test_a_finished_job_leaves_a_started_interpreter_that_the_next_job_fills_and
         small = spec("def f(x):\n    return len(bytearray(200 * 1024 * 1024))\n", limits=Limits.parse(memory="64MiB"))
         out = next(p.map(small, [(0, None)]))
         assert not out.ok and out.error.code == "EMEMORYLIMIT", out.error
+
+
+def test_results_held_together_may_pass_one_slices_output_limit(pool):
+    # 1 KB results under a 4 KB output limit: the guest sends up to 64 KiB of them in one frame;
+    # each is held to the limit on its own, the frame as a whole is not.
+    outs, _ = run(pool, "def f(x):\n    return str(x) * (1000 // len(str(x)))\n", list(range(1, 400)), output="4KB")
+    assert all(o.ok for o in outs.values()), [o.error for o in outs.values() if not o.ok][:2]
+    assert [outs[n].value for n in sorted(outs)] == [str(x) * (1000 // len(str(x))) for x in range(1, 400)]
+
+
+def test_progress_judged_in_a_block_as_slice_by_slice(pool):
+    # The guest passes on only some progress() calls; backwards and out-of-range values still get
+    # their one console note in every slice that makes them, and only there.
+    work = ("import dcp\ndef f(x):\n    dcp.progress(0.5)\n    dcp.progress(0.25 if x % 2 else 0.75)\n"
+            "    if x % 5 == 0:\n        dcp.progress(2)\n    dcp.progress('60%')\n    return x\n")
+    outs, events = run(pool, work, list(range(200)))
+    assert all(o.ok for o in outs.values())
+    notes: dict[int, list[str]] = {}
+    for kind, n, p in events:
+        if kind == "console":
+            notes.setdefault(n, []).append(p["message"])
+    assert sorted(n for n, m in notes.items() if "progress went backwards (0.5 -> 0.25)" in m[0]) == \
+        [n for n in range(200) if n % 2]
+    assert sorted(n for n, m in notes.items() if "progress(2) is not in [0, 1]" in m[0]) == \
+        [n for n in range(200) if n % 2 == 0 and n % 5 == 0]
+    assert all(len(m) == 1 for m in notes.values())  # once per slice
+
+
+def test_a_slice_that_fills_tmp_among_held_results_is_the_one_blamed(pool):
+    # In an evaluator /tmp is a tmpfs of the job's cap. Slice 33 fills it and swallows the error;
+    # the results held with it in the guest do not tell which slice did: they all run again, one
+    # frame each, and only slice 33 fails.
+    work = """
+def f(x):
+    if x == 33:
+        try:
+            with open('/tmp/fill.bin', 'wb') as fh:
+                for _ in range(64):
+                    fh.write(b'x' * (1 << 20))
+        except OSError:
+            pass
+        return 'swallowed'
+    return x
+"""
+    spec = JobSpec(id="blocks-fill", worktime="python", work=work, limits=Limits(), options={"scratch_size": "8MiB"})
+    outs = {o.number: o for o in pool.map(spec, list(enumerate(range(80))))}
+    assert not outs[33].ok and outs[33].error.code == "EOUTPUTLIMIT" and "/tmp" in outs[33].error.message, outs[33]
+    assert all(outs[n].ok and outs[n].value == n for n in outs if n != 33), \
+        [(n, o.error) for n, o in outs.items() if n != 33 and not o.ok][:3]
+
+
+def test_a_forged_position_cell_cannot_move_a_verdict(pool):
+    # The guest writes the running slice's position where the host reads it after a trap. Work
+    # that overwrites it and then runs away still gets the verdict itself (its slices run again
+    # one frame each, where the host counts them), and the held results of the others survive.
+    work = """
+import sys
+def f(x):
+    if x == 7:
+        frame = sys._getframe()
+        while frame is not None and 'cell' not in frame.f_locals:
+            frame = frame.f_back
+        frame.f_locals['cell'][5:9] = (1 << 31).to_bytes(4, 'big')
+        while True:
+            pass
+    return x
+"""
+    outs, _ = run(pool, work, list(range(20)), wall_time="1s")
+    assert not outs[7].ok and outs[7].error.code == "ESLICETOOSLOW", outs[7]
+    assert all(outs[n].ok and outs[n].value == n for n in outs if n != 7), \
+        [(n, o.error) for n, o in outs.items() if n != 7 and not o.ok][:3]

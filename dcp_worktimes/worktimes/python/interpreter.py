@@ -80,6 +80,17 @@ SLICE = "_dcp_guest.run_slice()\n"
 BLOCK = "_dcp_guest.run_block()\n"
 #: The door's answer to a block's result frame that ends the turn (any non-empty answer does).
 _STOP = b"\xc3"
+#: Seconds of slices whose results the guest holds in a block before one frame carries them: one
+#: host call (~20 µs through wasmtime-py's trampoline) per stretch, not per slice. A slice's wall
+#: and CPU clocks start at the last frame, so this is also how much sooner than its limit a slice
+#: may be stopped.
+FLUSH_AFTER = 0.002
+#: The guest's position cell, ``["at", k]`` with ``k`` a big-endian uint32 (see ``_dcp_guest.run_block``).
+_CELL = b"\x92\xa2at\xce\x00\x00\x00\x00"
+_MANY = b"\x93\xa4many"
+#: The largest ``many`` frame (several results; the guest sends a bigger one alone): the door's
+#: bound before decoding, whatever the job's output limit.
+MANY_BYTES = (1 << 16) + 1024
 CONSOLE_LEVELS = frozenset({"log", "debug", "info", "warn", "error"})
 HOST_FAULT = -2  # the door's "host failed" answer: the guest's _host.call raises OSError
 _MASK = 0xFFFFFFFF
@@ -114,6 +125,9 @@ class GuestDirs:
     scratch: Path
     #: The scratch is a tmpfs of the job's cap, enforced by the kernel (in an evaluator).
     scratch_kernel: bool = False
+    #: A block found /tmp full after several slices: until the next job, blocks send each slice's
+    #: result on its own, so that the slice that fills it is the one blamed.
+    blame_each: bool = False
 
     @classmethod
     def create(cls, files: Mapping[str, bytes] | None = None,
@@ -138,6 +152,7 @@ class GuestDirs:
     def fill(self, files: Mapping[str, bytes] | None, modules: Mapping[str, str | bytes] | None) -> None:
         """Write the job's files and modules (an interpreter started on the empty folders sees them:
         they are the host side of its mounts)."""
+        self.blame_each = False
         for rel, data in (files or {}).items():
             _write_inside(self.files, rel, data, "job file")
         for name, source in (modules or {}).items():
@@ -198,11 +213,12 @@ def _guest_frame(data: bytes) -> Any:
     text and arrive exactly (``dcp_worktimes.values``: the guest encodes them as the host does)."""
     import msgpack
 
+    frames_at = 2 if data.startswith(_MANY) else None  # ["many", running, [frame, ...]]
     try:
         try:
-            return unpack_frame(data)
+            return unpack_frame(data, frames_at=frames_at)
         except UnicodeDecodeError:
-            frame = unpack_frame(data, unicode_errors="replace")
+            frame = unpack_frame(data, unicode_errors="replace", frames_at=frames_at)
             if isinstance(frame, list) and frame and frame[0] == "console":
                 return frame
             raise SliceError("a string in the work's result or event is not UTF-8 text (the guest's frame was "
@@ -275,6 +291,8 @@ class Guest:
         self._handler: Callable[[str, list], bytes | None] | None = None
         self._stop: SliceError | None = None
         self._guard: Any = None
+        self._cell: int | None = None  # where the guest's position cell is, in a block's turn
+        self._unnamed = False  # a block's turn broke on a frame of several results
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self, *, deadline: float | None) -> None:
@@ -429,88 +447,120 @@ class Guest:
 
     def run_block(self, block: "Block", indexes: list[int]) -> None:
         """Slices ``indexes`` of ``block`` back to back in one turn, for about ``block.budget``
-        seconds: the datums go in with one host call, and each slice costs one more (its result
-        or error), instead of a turn and two calls per slice.
+        seconds: the datums go in with one host call, and the results of ``FLUSH_AFTER`` seconds
+        of slices come back in one more (``many`` frames), instead of a turn and two calls per slice.
 
-        Per-slice semantics as in ``run_slice``: as each result arrives the watchdog is re-armed
+        Per-slice semantics as in ``run_slice``: as each frame arrives the watchdog is re-armed
         with the next slice's wall deadline and CPU budget, its no-progress clock restarts, and
-        its events go to its own context; a limit or a trap fails the running slice only (the
-        interpreter restarts, the slices not run stay pending in ``block``)."""
+        its events go to its own context (the guest sends held results before any event); a
+        limit or a trap fails the running slice only, which the guest's position cell names (the
+        interpreter restarts; the slices not settled stay pending in ``block``)."""
         try:
-            datums = pack([block.datums[i] for i in indexes])
+            datums = pack([[block.datums[i] for i in indexes], 0.0 if self.dirs.blame_each else FLUSH_AFTER])
         except UnserializableValue:  # one datum cannot enter: each gets its own verdict
             block.run_each(self.run_slice, indexes)
             return
         limits = block.limits
         started = time.monotonic()
-        running = {"pos": 0, "ctx": None, "asked": False, "stop": False}
+        running: dict[str, Any] = {"pos": 0, "ctx": None, "asked": False, "stop": False}
         state = {"progress": 0.0, "console": 0}
         scratch = ScratchCap(str(self.dirs.scratch), self.scratch_size, kernel=self.dirs.scratch_kernel)
         full: list[SliceError] = []
+        self._cell, self._unnamed = None, False
 
-        def begin(pos: int) -> "SliceContext":
-            i = indexes[pos]
-            block.starting(i)
-            ctx = block.context(i)
-            running["pos"], running["ctx"] = pos, ctx
+        def begin(pos: int) -> None:
+            block.starting(indexes[pos])
+            running["pos"], running["ctx"] = pos, None
             state["progress"], state["console"] = time.monotonic(), 0
-            return ctx
 
-        def settle(op: str, frame: list) -> bytes | None:
-            i = indexes[running["pos"]]
-            failed = op == "error" or self.dirs.scratch_kernel  # kernel-capped: one statvfs per slice
-            verdict = scratch.measure() if failed else None
-            if verdict is not None:  # /tmp is full: the slice went over its cap, whatever it did
+        def ctx() -> "SliceContext":
+            """The running slice's context, made when it first sends an event (most never do)."""
+            if running["ctx"] is None:
+                running["ctx"] = block.context(indexes[running["pos"]])
+            return running["ctx"]
+
+        def fail(frame: list) -> bool:
+            """The running slice's error; True when the turn must end now."""
+            err = frame[1] if isinstance(frame[1], dict) else {}
+            code = err.get("code") or ErrorCode.EUNCAUGHT
+            block.failed(indexes[running["pos"]], SliceError(str(err.get("message")), code=code,
+                                                             stack=err.get("stack"), name=err.get("name")))
+            running["pos"] += 1
+            if code == "EMEMORYLIMIT":
+                self.alive = False  # wasm memory never shrinks: the next slice starts afresh
+                return True
+            return False
+
+        def settle_many(frames: list, more: bool) -> bytes | None:
+            failed = False
+            for k, frame in enumerate(frames, running["pos"]):
+                if not (type(frame) is list and len(frame) == 3 and frame[0] in ("result", "error")
+                        and type(frame[2]) is int and frame[2] == k and k < len(indexes)):
+                    self._unnamed = len(frames) > 1
+                    raise SliceError("the work sent the host an out-of-turn result frame", code=ErrorCode.EUNCAUGHT)
+                failed = failed or frame[0] == "error"
+            # Kernel-capped /tmp: one statvfs per frame. Full means a slice went over its cap,
+            # whatever it made of that: with one slice in the frame, that one; with several, the
+            # culprit is unknown, so none is settled and they run again one frame each.
+            verdict = scratch.measure() if failed or self.dirs.scratch_kernel else None
+            if verdict is not None:
                 full.append(verdict)
-                block.failed(i, verdict)
                 running["stop"] = True
+                if len(frames) == 1:
+                    block.failed(indexes[running["pos"]], verdict)
+                else:
+                    self.dirs.blame_each = True
                 return _STOP
-            if op == "result":
-                block.done(i, frame[1] if len(frame) > 1 else None)
-            else:
-                err = frame[1] if len(frame) > 1 and isinstance(frame[1], dict) else {}
-                code = err.get("code") or ErrorCode.EUNCAUGHT
-                block.failed(i, SliceError(str(err.get("message")), code=code, stack=err.get("stack"),
-                                           name=err.get("name")))
-                if code == "EMEMORYLIMIT":
-                    self.alive = False  # wasm memory never shrinks: the next slice starts afresh
+            done: list[int] = []  # a run of results is settled at once
+            values: list[Any] = []
+            for frame in frames:
+                if frame[0] == "result":
+                    done.append(indexes[running["pos"]])
+                    values.append(frame[1])
+                    running["pos"] += 1
+                    continue
+                block.done_many(done, values)
+                done, values = [], []
+                if fail(frame):
                     running["stop"] = True
                     return _STOP
-            nxt = running["pos"] + 1
-            if nxt >= len(indexes) or block.cancelled or time.monotonic() - started > block.budget:
-                running["pos"], running["stop"] = nxt, True
+            block.done_many(done, values)
+            nxt = running["pos"]
+            if nxt >= len(indexes) or (not more and (block.cancelled or time.monotonic() - started > block.budget)):
+                running["stop"] = True
                 return _STOP
-            ctx = begin(nxt)
+            begin(nxt)
             guard = self._guard
             if guard is not None:
-                guard.rearm(deadline=ctx.deadline, cpu_time=limits.cpu_time, wall_time=limits.wall_time)
+                deadline = None if limits.wall_time is None else time.monotonic() + limits.wall_time
+                guard.rearm(deadline=deadline, cpu_time=limits.cpu_time, wall_time=limits.wall_time)
             return None
 
         def handler(op: str, frame: list) -> bytes | None:
             if op == "block" and not running["asked"]:
                 running["asked"] = True
                 return datums
-            if op in ("result", "error") and running["asked"] and not running["stop"] and len(frame) == 3 \
-                    and frame[2] == running["pos"] and type(frame[2]) is int:
-                return settle(op, frame)
-            if op in ("result", "error", "block"):
+            if running["asked"] and not running["stop"]:
+                if op == "many" and len(frame) == 3 and type(frame[1]) is bool and type(frame[2]) is list:
+                    return settle_many(frame[2], frame[1])
+            if op in ("result", "error", "block", "many"):
                 raise SliceError(f"the work sent the host an out-of-turn {op!r} frame", code=ErrorCode.EUNCAUGHT)
             if op == "progress":
                 state["progress"] = time.monotonic()
-            return self._events(running["ctx"], op, frame, state)
+            return self._events(ctx() if running["asked"] else None, op, frame, state)
 
         def check() -> SliceError | None:
-            ctx = running["ctx"]
-            if ctx is not None and ctx.cancelled:
+            if block.cancelled:
                 return SliceError("the slice was cancelled", code=ErrorCode.ECANCELLED)
             pt = limits.progress_timeout
             if pt is not None and time.monotonic() - state["progress"] > pt:
                 return exceeded("progress_timeout", pt)
             return scratch.check()
 
-        first = begin(0)
+        begin(0)
+        deadline = None if limits.wall_time is None else time.monotonic() + limits.wall_time
         try:
-            self._turn(BLOCK, handler, deadline=first.deadline, cpu_time=limits.cpu_time, check=check,
+            self._turn(BLOCK, handler, deadline=deadline, cpu_time=limits.cpu_time, check=check,
                        output_limit=limits.output, wall_time=limits.wall_time, what="running a slice")
         except SliceError as e:
             if running["stop"] or full:
@@ -520,9 +570,15 @@ class Guest:
                     self._blame_full_scratch(scratch)
                 except SliceError as verdict:
                     e = verdict
-            block.failed(indexes[running["pos"]], e)
+            unnamed = self._unnamed and not self.dirs.blame_each  # (one result per frame there)
+            at = None if unnamed else self._running_position(running["pos"], len(indexes))
+            if at is None:  # forged: the slices not settled run again, one frame each, to name the slice
+                self.dirs.blame_each = True
+                return
+            block.failed(indexes[at], e)
             return
         finally:
+            self._cell = None
             if full:
                 self.alive = False
                 self.dirs.empty_scratch()
@@ -531,6 +587,21 @@ class Guest:
             self.alive = False
             block.failed(indexes[running["pos"]], SliceError("the Python sandbox ended the slice without a result",
                                                              code=ErrorCode.ECRASH))
+
+    def _running_position(self, settled: int, count: int) -> int | None:
+        """After a trap in a block: the slice the guest was running, from its position cell (the
+        held results before it are lost with the interpreter: those slices stay pending and run
+        again). ``None`` when the cell is not what the guest writes (the work's to forge) and
+        results may have been held: no slice can be named."""
+        cell, store, memory = self._cell, self.store, self._memory
+        if self.dirs.blame_each or cell is None:  # nothing held, or nothing ran yet: the host's own count
+            return settled
+        try:
+            raw = bytes(memory.read(store, cell, cell + len(_CELL)))
+        except Exception:  # noqa: BLE001 - the memory is gone with the store
+            return None
+        k = int.from_bytes(raw[5:], "big")
+        return k if raw[:5] == _CELL[:5] and settled <= k < count else None
 
     def _blame_full_scratch(self, scratch: ScratchCap) -> None:
         """A slice that ends with /tmp full went over its cap (the guest met ENOSPC), whatever it
@@ -606,16 +677,28 @@ class Guest:
             size = memory.data_len(caller)
             if ptr + length > size or out_ptr + 4 > size or out_len + 4 > size:
                 return HOST_FAULT
-            limit = self._output_limit
-            if limit is not None and length > limit + 64:
-                self._halt(exceeded("output", limit, used=length, what="a frame (result or event) the work sent"))
-                return HOST_FAULT
             # Raw access through the memory's base address, bounds checked above: wasmtime-py's
             # read/write look the memory up again on every call (~15 µs per frame together).
-            frame = _guest_frame(ctypes.string_at(_base(memory, caller) + ptr, length))
+            base = _base(memory, caller)
+            limit = self._output_limit
+            if limit is not None and length > limit + 64 and not (
+                    length <= MANY_BYTES and ctypes.string_at(base + ptr, len(_MANY)) == _MANY):
+                # (several results together may pass one slice's limit: each is held to it on its own)
+                self._halt(exceeded("output", limit, used=length, what="a frame (result or event) the work sent"))
+                return HOST_FAULT
+            data = ctypes.string_at(base + ptr, length)
+            try:
+                frame = _guest_frame(data)
+            except SliceError:
+                # Several slices' results: which one the guest forged is not known.
+                self._unnamed = data.startswith(_MANY)
+                raise
             if not isinstance(frame, list) or not frame or not isinstance(frame[0], str) or self._handler is None:
                 return HOST_FAULT
-            answer = self._handler(frame[0], frame)
+            if frame[0] == "at" and length == len(_CELL):  # a block's position cell: remember where it is
+                self._cell, answer = ptr, None
+            else:
+                answer = self._handler(frame[0], frame)
             if self._stop is not None:
                 return HOST_FAULT
             answer = answer or b""
@@ -681,7 +764,10 @@ class Guest:
         """progress / console / emit frames, shared by every turn (no context: dropped)."""
         if op == "progress":
             if ctx is not None:
-                ctx.progress(frame[1] if len(frame) > 1 else None)
+                # In a block the guest passes on only some calls, with the highest value it had.
+                highest = frame[2] if len(frame) > 2 and type(frame[2]) in (int, float) else None
+                ctx.progress(frame[1] if len(frame) > 1 else None,
+                             highest_before=None if highest is None else float(highest))
             return b"\xc3"
         if op == "console":
             level = frame[1] if len(frame) > 1 and frame[1] in CONSOLE_LEVELS else "log"

@@ -208,6 +208,7 @@ class PythonWorktime(Worktime):
                              code=ErrorCode.ECRASH)
         started = time.monotonic()
         pending = block.pending()
+        first = len(pending)
         while pending and not block.cancelled:
             if self._guest is None or not self._guest.alive:
                 wall = block.limits.wall_time
@@ -218,9 +219,11 @@ class PythonWorktime(Worktime):
                     pending = block.pending()
                     continue
             self._guest.run_block(block, pending)
-            if time.monotonic() - started > block.budget:
-                return
             pending = block.pending()
+            # A turn may settle nothing (a trap in held slices that could not be named: they run
+            # again one frame each); the caller needs at least one settled slice per call.
+            if time.monotonic() - started > block.budget and len(pending) < first:
+                return
 
     @classmethod
     def preload(cls) -> None:

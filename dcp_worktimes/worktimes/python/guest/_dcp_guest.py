@@ -14,11 +14,16 @@ msgpack lists ``[op, ...]`` (see ``_dcp_codec``). Ops the host answers:
 
 ``["job"]``                       → ``{"id", "work", "arguments", "options"}``
 ``["datum"]``                     → the slice's datum
-``["block"]``                     → the datums of a block of slices (a list)
-``["progress", value]``           → ``True``
+``["block"]``                     → ``[datums, flush_after]``: a block of slices and how long their
+                                    results may wait here before a frame carries them
+``["at", k]``                     → nothing; the frame's own bytes then hold the running slice's
+                                    position (see ``run_block``)
+``["progress", value, highest]``  → ``True`` (``highest``: in a block, the highest value it may not
+                                    have heard of)
 ``["console", level, message]``   → nothing
 ``["emit", name, value]``         → nothing
 ``["loaded", info]`` / ``["result", value]`` / ``["error", {code, name, message, stack}]``
+``["many", running, [frame, ...]]`` → in a block, the result/error frames of several slices at once
 
 Nothing here trusts the host less than the host trusts the guest: the host decodes guest frames
 with its own (safe) msgpack decoder and checks sizes; this module only organises the guest.
@@ -37,16 +42,39 @@ MODULES_DIR = "/dcp/modules"
 FILES_DIR = "/dcp/files"
 WORK_FILE = "<work>"
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the watchdog only needs a heartbeat
+#: In a block, plain progress values reach the host at most this often (also a slice's first:
+#: its no-progress clock starts with the slice), as map-basic's prelude does.
+PROGRESS_QUIET = 0.02
+#: In a block, results wait here (held) until their slices have run this long since the last frame,
+#: or HELD_BYTES / HELD_COUNT fill: one host call (~20 µs through wasmtime-py) carries them all.
+HELD_BYTES = 1 << 16
+HELD_COUNT = 256
+_MANY = b"\x93\xa4many"  # ["many", running, [frames]]
 
 _state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progress=float("-inf"), installed=False,
-                               logging=False, spread=False)
+                               logging=False, spread=False, quiet=False, highest=-1.0, held=[], held_bytes=0)
 
 
 # -- the door ----------------------------------------------------------------------------------
 def _call(*frame):
     if frame[0] == "console" and len(frame[2]) > MESSAGE_CAP:  # one line is cut, as the host cuts it
         frame = (frame[0], frame[1], _cut(frame[2]))
+    if _state.held:  # the slices before this one first: the host counts this one as running then
+        _send_held(True)
     return _host.call(codec.encode(list(frame)))
+
+
+def _send_held(running):
+    """Send the held result frames of a block as one ``["many", running, frames]`` frame.
+    ``running``: a frame of a slice still running follows (an event, or its own result), so the
+    host must not end the turn on this one. The host's answer: non-empty to end the turn."""
+    held = _state.held
+    n = len(held)
+    head = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    frame = _MANY + (b"\xc3" if running else b"\xc2") + head + b"".join(held)
+    held.clear()
+    _state.held_bytes = 0
+    return _host.call(frame)
 
 
 def _ask(*frame):
@@ -169,6 +197,19 @@ def _install_warnings():
 def progress(value=None):
     """Report progress (a number in [0, 1], ``'NN%'``, or nothing). Always returns True."""
     now = time.monotonic()
+    if _state.quiet:
+        # In a block: a plain value (none, or a number not below the slice's highest) goes at most
+        # every PROGRESS_QUIET; anything the host must judge (out of range, backwards, a string)
+        # goes now, with the highest value so far, so its verdict is that of one call each.
+        t = type(value)
+        if value is None or ((t is int or t is float) and max(_state.highest, 0.0) <= value <= 1):
+            if value is not None:
+                _state.highest = value
+            if now - _state.last_progress < PROGRESS_QUIET:
+                return True
+        _state.last_progress = now
+        _call("progress", value, _state.highest if _state.highest >= 0 else None)
+        return True
     if now - _state.last_progress >= PROGRESS_INTERVAL or value == 1 or value == "100%":
         _state.last_progress = now
         _call("progress", value)
@@ -185,6 +226,8 @@ class Work:
     def emit(self, name, value=None):
         if not isinstance(name, str) or not name:
             raise ValueError("work.emit(name, value): name must be a non-empty string")
+        if _state.held:  # as in _call: the slices before this one first
+            _send_held(True)
         _host.call(b"\x93" + codec.encode("emit") + codec.encode(name) + codec.encode(value, f"emit({name!r}) value"))
 
     def reject(self, reason=""):
@@ -346,7 +389,6 @@ def load_work():
 def _apply(datum):
     """The slice function's value on ``datum`` (a list spread into arguments with the job's
     ``spread`` option; an ``async def`` driven to completion)."""
-    _state.last_progress = float("-inf")  # each slice's first progress() always reaches the host
     _install_logging()
     if _state.spread and isinstance(datum, list):
         value = _state.handler(*datum, *_state.arguments)
@@ -359,6 +401,7 @@ def _apply(datum):
 
 def run_slice():
     """Run the slice function on the host's datum; report its result or its error."""
+    _state.last_progress = float("-inf")  # the slice's first progress() always reaches the host
     try:
         frame = codec.encode_frame("result", _apply(_ask("datum")), "result")
     except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
@@ -372,21 +415,50 @@ def run_slice():
 def run_block():
     """Run the slice function on each of the host's datums, back to back in this one turn.
 
-    Each slice ends with its result or error frame, as in ``run_slice``; the host's answer to
-    it is empty to go on with the next datum, anything else to end the turn (its time budget
-    is spent, the job was cancelled). Limits stay per slice: the host re-arms them as each
-    result arrives, so it always knows which slice is running. Each frame carries its datum's
-    position ``k``: the host takes a result only for the slice it counts as running."""
-    for k, datum in enumerate(_ask("block")):
-        try:
-            frame = codec.encode_frame("result", _apply(datum), "result", k)
-        except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
-            _flush()
-            frame = codec.encode(["error", _describe(e), k])
-        else:
-            _flush()
-        if _host.call(frame):
-            return
+    Each slice ends with its result or error frame, as in ``run_slice``, held here and sent with
+    the others of a ``flush_after`` stretch in one ``many`` frame (at once after an error, and
+    before any event a slice sends, so that the host always knows which slice it is from). The
+    host's answer to a frame is empty to go on, anything else to end the turn (its time budget is
+    spent, the job was cancelled). Each frame carries its datum's position ``k``: the host takes
+    results only in order. Limits stay per slice: the host re-arms them as each frame arrives
+    (for the next slice; held slices ran less than ``flush_after`` in all, so the next one starts
+    at most that much after its clock), and after a trap it reads which slice was running from
+    ``cell``: that slice fails, the held ones before it run again."""
+    datums, flush_after = _ask("block")
+    # ["at", k]: its buffer stays where the host saw it while this bytearray lives unresized.
+    cell = bytearray(b"\x92\xa2at\xce\x00\x00\x00\x00")
+    _host.call(cell)
+    held = _state.held
+    last = len(datums) - 1
+    sent = now = time.monotonic()
+    _state.quiet = True
+    try:
+        for k, datum in enumerate(datums):
+            cell[5:9] = k.to_bytes(4, "big")
+            _state.last_progress, _state.highest = now, -1.0
+            failed = False
+            try:
+                frame = codec.encode_frame("result", _apply(datum), "result", k)
+            except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
+                _flush()
+                frame = codec.encode(["error", _describe(e), k])
+                failed = True
+            else:
+                _flush()
+            now = time.monotonic()
+            if held and _state.held_bytes + len(frame) > HELD_BYTES:
+                _send_held(True)
+            held.append(frame)
+            _state.held_bytes += len(frame)
+            if (failed or k == last or now - sent >= flush_after or len(held) >= HELD_COUNT
+                    or _state.held_bytes >= HELD_BYTES):
+                sent = now
+                if _send_held(False):
+                    return
+    finally:
+        _state.quiet = False
+        held.clear()
+        _state.held_bytes = 0
 
 
 def _await(awaitable):
