@@ -202,3 +202,19 @@ def f(x):
     assert not outs[7].ok and outs[7].error.code == "ESLICETOOSLOW", outs[7]
     assert all(outs[n].ok and outs[n].value == n for n in outs if n != 7), \
         [(n, o.error) for n, o in outs.items() if n != 7 and not o.ok][:3]
+
+
+def test_datums_of_every_plain_kind_reach_a_block_as_they_are(pool):
+    # A block of only flat datums crosses as marshal data, any other as msgpack: the work must
+    # see the same values and types either way.
+    import math
+
+    flat = [0, -1, 127, 128, -33, 2**31, 2**64, -(2**63) - 1, 2**70, 1.5, -0.0, float("inf"), float("nan"),
+            "", "é", "\udcff", "x" * 70_000, True, False, None]
+    work = "def f(x):\n    return [type(x).__name__, repr(x)]\n"
+    for data in (flat, flat + [[1, "a"], b"\x00\xff", {"k": 2**70}]):
+        outs, _ = run(pool, work, data)
+        for n, x in enumerate(data):
+            assert outs[n].ok, outs[n].error
+            expected = repr(x) if not (isinstance(x, float) and math.isnan(x)) else "nan"
+            assert outs[n].value == [type(x).__name__, expected], (x, outs[n].value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import marshal
 import os
 import struct
 import tempfile
@@ -85,9 +86,12 @@ _STOP = b"\xc3"
 #: and CPU clocks start at the last frame, so this is also how much sooner than its limit a slice
 #: may be stopped.
 FLUSH_AFTER = 0.002
-#: The guest's position cell, ``["at", k]`` with ``k`` a big-endian uint32 (see ``_dcp_guest.run_block``).
+#: The guest's position cell, ``["at", k]``, whose four bytes of ``k`` the guest then rewrites as a
+#: little-endian uint32 (see ``_dcp_guest.run_block``).
 _CELL = b"\x92\xa2at\xce\x00\x00\x00\x00"
 _MANY = b"\x93\xa4many"
+#: Datums of these types cross to the guest as marshal data in a block (see ``Guest.run_block``).
+_MARSHAL_FLAT = frozenset((int, float, str, bool, type(None)))
 #: The largest ``many`` frame (several results; the guest sends a bigger one alone): the door's
 #: bound before decoding, whatever the job's output limit.
 MANY_BYTES = (1 << 16) + 1024
@@ -455,11 +459,18 @@ class Guest:
         its events go to its own context (the guest sends held results before any event); a
         limit or a trap fails the running slice only, which the guest's position cell names (the
         interpreter restarts; the slices not settled stay pending in ``block``)."""
-        try:
-            datums = pack([[block.datums[i] for i in indexes], 0.0 if self.dirs.blame_each else FLUSH_AFTER])
-        except UnserializableValue:  # one datum cannot enter: each gets its own verdict
-            block.run_each(self.run_slice, indexes)
-            return
+        values = [block.datums[i] for i in indexes]
+        flush_after = 0.0 if self.dirs.blame_each else FLUSH_AFTER
+        if all(type(v) in _MARSHAL_FLAT for v in values):
+            # The guest loads these with marshal (C) instead of its pure-Python msgpack: the same
+            # values, ~0.7 µs less per datum in the guest.
+            datums = b"M" + marshal.dumps([values, flush_after])
+        else:
+            try:
+                datums = pack([values, flush_after])
+            except UnserializableValue:  # one datum cannot enter: each gets its own verdict
+                block.run_each(self.run_slice, indexes)
+                return
         limits = block.limits
         started = time.monotonic()
         running: dict[str, Any] = {"pos": 0, "ctx": None, "asked": False, "stop": False}
@@ -600,7 +611,7 @@ class Guest:
             raw = bytes(memory.read(store, cell, cell + len(_CELL)))
         except Exception:  # noqa: BLE001 - the memory is gone with the store
             return None
-        k = int.from_bytes(raw[5:], "big")
+        k = int.from_bytes(raw[5:], "little")
         return k if raw[:5] == _CELL[:5] and settled <= k < count else None
 
     def _blame_full_scratch(self, scratch: ScratchCap) -> None:

@@ -44,8 +44,13 @@ _FLAT = frozenset((int, float, str, bool, bytes, type(None)))
 
 
 def encode(value, where="value"):
+    t = type(value)
+    if t is int:  # the usual result, once per slice (bool is not int here): straight to bytes
+        return _FIXINT[value] if 0 <= value < 0x80 else _int(value)
+    if t is float:
+        return b"\xcb" + _pack(">d", value)
     out = []
-    if type(value) in _FLAT:  # the usual result, once per slice: no recursion-limit juggling
+    if t in _FLAT:  # no recursion-limit juggling
         _enc(value, out, where, 0)
     else:
         with _Deep():
@@ -61,11 +66,24 @@ def encode_frame(op, value, where, *rest):
     head = _heads.get((op, len(rest)))  # constant per kind of frame: made once
     if head is None:
         head = _heads[(op, len(rest))] = bytes([0x92 + len(rest)]) + encode(op)
+    if len(rest) == 1:  # [op, value, k]: a block's result, once per slice
+        return head + encode(value, where) + encode(rest[0])
     return head + encode(value, where) + b"".join(encode(r) for r in rest)
+
+
+def _name(where):
+    """The place a ``where`` names: ``where`` is a string, or ``(parent, kind, key)`` made per item
+    of a list or dict as the walk goes (formatted only for an error: most values have none)."""
+    parts = []
+    while type(where) is tuple:
+        where, kind, key = where
+        parts.append(f"[{key}]" if kind == 0 else f"[{key!r}]" if kind == 1 else f" key {key!r}")
+    return where + "".join(reversed(parts))
 
 
 def _enc(v, out, where, depth):
     if depth > _MAX_DEPTH:
+        where = _name(where)
         if len(where) > 80:  # the path to the deep end repeats itself; its start says enough
             where = where[:60] + "..."
         raise Unserializable(f"{where} is nested more than {_MAX_DEPTH} levels deep (lists/dicts inside each "
@@ -78,7 +96,7 @@ def _enc(v, out, where, depth):
     elif v is False:
         out.append(b"\xc2")
     elif t is int or (isinstance(v, int) and t is not bool):
-        _enc_int(int(v), out)
+        out.append(_int(int(v)))
     elif t is float or isinstance(v, float):
         out.append(b"\xcb" + _pack(">d", float(v)))
     elif t is str or isinstance(v, str):
@@ -106,21 +124,21 @@ def _enc(v, out, where, depth):
     elif t is list or t is tuple or isinstance(v, (list, tuple)):
         _enc_len(len(v), out, 0x90, b"\xdc", b"\xdd")
         for i, item in enumerate(v):
-            _enc(item, out, f"{where}[{i}]", depth + 1)
+            _enc(item, out, (where, 0, i), depth + 1)
     elif t is dict or isinstance(v, dict):
         _enc_len(len(v), out, 0x80, b"\xde", b"\xdf")
         for k, item in v.items():
             if isinstance(k, (list, tuple, dict)):
                 # The host decodes the value set with lists, which cannot be dict keys there either.
-                raise Unserializable(f"{where} has the key {k!r}; dict keys must be None, bool, int, float, "
+                raise Unserializable(f"{_name(where)} has the key {k!r}; dict keys must be None, bool, int, float, "
                                      "str or bytes (use a string such as '1,2' for a compound key)")
-            _enc(k, out, f"{where} key {k!r}", depth + 1)
-            _enc(item, out, f"{where}[{k!r}]", depth + 1)
+            _enc(k, out, (where, 2, k), depth + 1)
+            _enc(item, out, (where, 1, k), depth + 1)
     else:
         converted = _numpy(v, where)
         if converted is _NOT_NUMPY:
             raise Unserializable(
-                f"{where} is a {t.__module__}.{t.__qualname__}, which cannot cross the sandbox boundary; "
+                f"{_name(where)} is a {t.__module__}.{t.__qualname__}, which cannot cross the sandbox boundary; "
                 "return None, bool, int, float, str, bytes, lists or dicts (numpy arrays become lists)"
             )
         _enc(converted, out, where, depth + 1)
@@ -135,25 +153,28 @@ def _enc_len(n, out, fix, b16, b32):
         out.append(b32 + _pack(">I", n))
 
 
-def _enc_int(i, out):
+_FIXINT = [bytes((i,)) for i in range(0x80)]
+
+
+def _int(i):
+    """An int's msgpack bytes: the smallest form, or ext 1 (hex digits) beyond 64 bits."""
     if 0 <= i < 0x80:
-        out.append(bytes((i,)))
-    elif -32 <= i < 0:
-        out.append(bytes((i & 0xFF,)))
-    elif 0 <= i < 2**64:
-        out.append(b"\xcf" + _pack(">Q", i))
-    elif -(2**63) <= i < 0:
-        out.append(b"\xd3" + _pack(">q", i))
-    else:
-        digits = format(i, "x").encode("ascii")
-        n = len(digits)
-        if n < 0x100:
-            out.append(b"\xc7" + bytes((n, EXT_BIGINT)))
-        elif n < 0x10000:
-            out.append(b"\xc8" + _pack(">HB", n, EXT_BIGINT))
-        else:
-            out.append(b"\xc9" + _pack(">IB", n, EXT_BIGINT))
-        out.append(digits)
+        return _FIXINT[i]
+    if -32 <= i < 0:
+        return bytes((i & 0xFF,))
+    if 0 <= i < 2**32:
+        return b"\xce" + _pack(">I", i)
+    if 0 <= i < 2**64:
+        return b"\xcf" + _pack(">Q", i)
+    if -(2**63) <= i < 0:
+        return b"\xd3" + _pack(">q", i)
+    digits = format(i, "x").encode("ascii")
+    n = len(digits)
+    if n < 0x100:
+        return b"\xc7" + bytes((n, EXT_BIGINT)) + digits
+    if n < 0x10000:
+        return b"\xc8" + _pack(">HB", n, EXT_BIGINT) + digits
+    return b"\xc9" + _pack(">IB", n, EXT_BIGINT) + digits
 
 
 _NOT_NUMPY = object()
@@ -168,12 +189,12 @@ def _numpy(v, where):
 
     if isinstance(v, numpy.ndarray):
         if v.dtype.kind == "c":
-            raise Unserializable(f"{where} is a complex numpy array; return its .real and .imag separately")
+            raise Unserializable(f"{_name(where)} is a complex numpy array; return its .real and .imag separately")
         return v.tolist()
     if isinstance(v, numpy.generic):
         item = v.item()
         if isinstance(item, complex):
-            raise Unserializable(f"{where} is a complex number; return its .real and .imag separately")
+            raise Unserializable(f"{_name(where)} is a complex number; return its .real and .imag separately")
         return item
     return _NOT_NUMPY
 

@@ -29,6 +29,7 @@ Nothing here trusts the host less than the host trusts the guest: the host decod
 with its own (safe) msgpack decoder and checks sizes; this module only organises the guest.
 """
 
+import marshal
 import sys
 import time
 import types
@@ -50,6 +51,7 @@ PROGRESS_QUIET = 0.02
 HELD_BYTES = 1 << 16
 HELD_COUNT = 256
 _MANY = b"\x93\xa4many"  # ["many", running, [frames]]
+_RESULT = b"\x93\xa6result"  # ["result", value, k] before its value
 
 _state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progress=float("-inf"), installed=False,
                                logging=False, spread=False, quiet=False, highest=-1.0, held=[], held_bytes=0)
@@ -389,14 +391,18 @@ def load_work():
 def _apply(datum):
     """The slice function's value on ``datum`` (a list spread into arguments with the job's
     ``spread`` option; an ``async def`` driven to completion)."""
-    _install_logging()
+    if not _state.logging:
+        _install_logging()
     if _state.spread and isinstance(datum, list):
         value = _state.handler(*datum, *_state.arguments)
     else:
         value = _state.handler(datum, *_state.arguments)
-    if hasattr(value, "__await__"):
+    if type(value) not in _PLAIN and hasattr(value, "__await__"):
         value = _await(value)
     return value
+
+
+_PLAIN = frozenset((int, float, str, bool, bytes, list, dict, type(None)))  # never awaitable
 
 
 def run_slice():
@@ -424,21 +430,26 @@ def run_block():
     (for the next slice; held slices ran less than ``flush_after`` in all, so the next one starts
     at most that much after its clock), and after a trap it reads which slice was running from
     ``cell``: that slice fails, the held ones before it run again."""
-    datums, flush_after = _ask("block")
-    # ["at", k]: its buffer stays where the host saw it while this bytearray lives unresized.
+    answer = _host.call(codec.encode(["block"]))
+    # Flat datums come as marshal data (b"M" first; C-speed to load, and the same values), others
+    # as msgpack.
+    datums, flush_after = marshal.loads(answer[1:]) if answer[:1] == b"M" else codec.decode(answer)
+    # ["at", k]: its buffer stays where the host saw it while this bytearray lives unresized; k
+    # is written as a little-endian uint32 (the host reads it so).
     cell = bytearray(b"\x92\xa2at\xce\x00\x00\x00\x00")
     _host.call(cell)
+    position = memoryview(cell)[5:9].cast("I")
     held = _state.held
     last = len(datums) - 1
     sent = now = time.monotonic()
     _state.quiet = True
     try:
         for k, datum in enumerate(datums):
-            cell[5:9] = k.to_bytes(4, "big")
+            position[0] = k
             _state.last_progress, _state.highest = now, -1.0
             failed = False
             try:
-                frame = codec.encode_frame("result", _apply(datum), "result", k)
+                frame = _RESULT + codec.encode(_apply(datum), "result") + codec.encode(k)
             except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
                 _flush()
                 frame = codec.encode(["error", _describe(e), k])
@@ -459,6 +470,7 @@ def run_block():
         _state.quiet = False
         held.clear()
         _state.held_bytes = 0
+        position.release()  # (the cell could not be freed while a view holds it)
 
 
 def _await(awaitable):
