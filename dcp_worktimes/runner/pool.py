@@ -266,7 +266,10 @@ class EvaluatorPool:
         max_slices_per_evaluator: int = DEFAULT_MAX_SLICES,
         min_evaluator_life: float = DEFAULT_MIN_LIFE,
         prepare_timeout: float = DEFAULT_PREPARE_TIMEOUT,
-        max_batch: int = 256,
+        # Runs double while one takes under 10 ms (trivial slices) up to this: at 256 the ~0.3 ms
+        # between an evaluator's runs left it idle ~10 % of the time (1M trivial QuickJS slices end
+        # to end: 225-228k/s at 256, 240-260k/s at 1024, interleaved runs).
+        max_batch: int = 1024,
         start_timeout: float = START_TIMEOUT,
         env: dict[str, str] | None = None,
         config: Mapping[str, Mapping[str, Any]] | None = None,

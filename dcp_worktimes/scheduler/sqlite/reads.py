@@ -9,6 +9,9 @@ from typing import Iterator
 from ..base import WORKER_TTL, JobRecord, ResultBatch, WorkerInfo
 from .store import Store
 
+#: Bytes of stored result rows ``result_batches`` reads per query.
+READ_BYTES = 256 * 1024
+
 
 def _first(item: tuple) -> int:
     return item[0]
@@ -59,13 +62,22 @@ class Reads:
         them as they are consumed: a million results are never in memory twice)."""
         with self.store.lock:
             self.store.record(job_id)
-            lasts = [last for (last,) in self.db.execute("SELECT last FROM results WHERE job_id = ? ORDER BY last",
-                                                          (job_id,))]
-        for i in range(0, len(lasts), 64):
+            rows = self.db.execute("SELECT last, coalesce(length(data), 0) FROM results WHERE job_id = ? ORDER BY last",
+                                   (job_id,)).fetchall()
+        # Rows are read a few at a time under the lock (never held while the caller decodes), at
+        # most READ_BYTES of them: a row holds one flush of results, whose size grows with the
+        # evaluators' run frames.
+        i = 0
+        while i < len(rows):
+            j, size = i, 0
+            while j < len(rows) and (j == i or size + rows[j][1] <= READ_BYTES):
+                size += rows[j][1]
+                j += 1
             with self.store.lock:
-                rows = self.db.execute("SELECT data FROM results WHERE job_id = ? AND last >= ? AND last <= ? "
-                                       "ORDER BY last", (job_id, lasts[i], lasts[min(i + 63, len(lasts) - 1)])).fetchall()
-            for (data,) in rows:
+                chunk = self.db.execute("SELECT data FROM results WHERE job_id = ? AND last >= ? AND last <= ? "
+                                        "ORDER BY last", (job_id, rows[i][0], rows[j - 1][0])).fetchall()
+            i = j
+            for (data,) in chunk:
                 yield ResultBatch(*self.store.decode(data, f"a result batch of job {job_id}"))
 
     def get_job(self, job_id: str) -> JobRecord:
