@@ -205,6 +205,22 @@ class JobFailed(DcpError):
         )
 
 
+#: Results from which ``collect`` first gives the C heap's free memory back (a few ms).
+_TRIM_FROM = 10_000
+
+
+def _release_free_heap() -> None:
+    """Give glibc's free heap memory back to the system. What the job's frames and rows freed sits
+    in malloc's heap, which the results (Python's own arenas, mapped apart) never reuse: without
+    this it stays resident under them (~1.5 MB at the peak of 1M results). A no-op elsewhere."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str | None) -> ResultHandle:
     """The result handle of a job from its stored result batches (``Scheduler.result_batches``):
     results in slice order, each failed slice's ``SliceFailed`` in its place and in ``failures``.
@@ -216,6 +232,8 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
     from ..inputs import MultiRange
     from ..values import unpack, unpack_all
 
+    if (total or 0) >= _TRIM_FROM:
+        _release_free_heap()
     # The handle is filled in place: building a list and then the handle from it would hold the
     # job's result pointers twice at the peak (8 MB per million slices).
     values = ResultHandle(inputs=inputs, job_id=job_id)

@@ -15,7 +15,6 @@ artifact folder (one holding ``python-snapshot.wasm``, ``python-stdlib.zip``, ``
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -120,6 +119,8 @@ def stdlib_folder(runtime: Runtime, cache: Path) -> Path:
     Made once per zip digest under ``cache``: a hard link to the installed zip when possible, else
     a copy; checked against the artifact set's SHA256SUMS when it has one.
     """
+    import hashlib  # here: OpenSSL's ~3 MB stay out of a deployer that only probes (find_runtime)
+
     st = runtime.stdlib_zip.stat()
     key = hashlib.sha256(f"{runtime.stdlib_zip}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     folder = cache / f"stdlib-{key}"
