@@ -438,7 +438,7 @@ def run_block():
     # is written as a little-endian uint32 (the host reads it so).
     cell = bytearray(b"\x92\xa2at\xce\x00\x00\x00\x00")
     _host.call(cell)
-    position = memoryview(cell)[5:9].cast("I")
+    position = memoryview(cell)[5:9].cast("I")  # (while a view exists, the cell cannot be resized)
     held = _state.held
     last = len(datums) - 1
     sent = now = time.monotonic()
@@ -470,7 +470,7 @@ def run_block():
         _state.quiet = False
         held.clear()
         _state.held_bytes = 0
-        position.release()  # (the cell could not be freed while a view holds it)
+        position.release()
 
 
 def _await(awaitable):
