@@ -11,7 +11,9 @@
    the size of the results it returns. Beside it, in the same run: ``Pool.map(identity,
    chunksize=1)`` (one task per item, what a slice is), ``Pool.map`` with its default chunks,
    Dask ``client.map`` (one task per item) and ``dask.bag`` (what a Dask user writes for this).
-2. **Latency** of a 10-slice job: cold (a fresh process: start, import, deploy, first zygote) and
+2. **Latency** of a 10-slice job: cold (a fresh process: start, import, deploy, first zygote; with
+   Python's bytecode cache on, as an installed package has it, even where the shell sets
+   ``PYTHONDONTWRITEBYTECODE``) and
    warm (the next job in the same process: right after the last one, and 0.3 s after it, when
    the spare evaluators a finished job leaves are ready).
 3. **CPU-bound**: ``--cpu-slices`` slices (0: skipped) of fib(25) in map-basic, per engine, on 1 core vs all cores (median of
@@ -110,7 +112,12 @@ def child(n: int, worktime: str) -> dict:
     """One measurement in a fresh process. ``map-basic/quickjs`` and ``map-basic/v8`` choose the
     engine as a user does for in-process ``exec()``: ``DCP_WORKTIMES_JS_ENGINE``."""
     name, _, engine = worktime.partition("/")
-    env = {**os.environ, "DCP_WORKTIMES_JS_ENGINE": engine} if engine else None
+    # As installed: Python's bytecode cache on. With PYTHONDONTWRITEBYTECODE set (some shells and
+    # containers set it), every fresh process and its zygote compile ~100 modules from source:
+    # ~100 ms more on the cold rows, a cost an installed package does not have.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if engine:
+        env["DCP_WORKTIMES_JS_ENGINE"] = engine
     out = subprocess.run([sys.executable, "-c", CHILD, str(n), name, json.dumps(WORK[name]), str(time.time())],
                          capture_output=True, text=True, timeout=3600, env=env)
     if out.returncode != 0:
@@ -162,6 +169,8 @@ def main() -> None:
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
 
+    for wt in dict.fromkeys(w.partition("/")[0] for w in worktimes):
+        child(11, wt)  # not measured: writes the bytecode cache the fresh processes below read
     rows = []
     for n in sizes:
         with multiprocessing.Pool(cores) as mp:
