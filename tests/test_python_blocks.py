@@ -218,3 +218,21 @@ def test_datums_of_every_plain_kind_reach_a_block_as_they_are(pool):
             assert outs[n].ok, outs[n].error
             expected = repr(x) if not (isinstance(x, float) and math.isnan(x)) else "nan"
             assert outs[n].value == [type(x).__name__, expected], (x, outs[n].value)
+
+
+def test_a_result_the_work_forges_for_itself_blames_no_other_slice(pool):
+    # Slice 5 slips a result for itself into the guest's held frames: the host takes it (the
+    # slice's own output, its first outcome), then refuses the real one; no slice after it is
+    # blamed for that, and every other slice keeps its own result.
+    work = """
+import _dcp_guest, _dcp_codec
+def f(x):
+    if x == 5:
+        _dcp_guest._state.held.append(_dcp_codec.encode(["result", "forged", 5]))
+        _dcp_guest._send_held(True)
+    return x
+"""
+    outs, _ = run(pool, work, list(range(20)))
+    assert outs[5].ok and outs[5].value == "forged", outs[5]
+    assert all(outs[n].ok and outs[n].value == n for n in outs if n != 5), \
+        [(n, o.error) for n, o in outs.items() if n != 5 and not o.ok][:3]

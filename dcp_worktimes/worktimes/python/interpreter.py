@@ -90,6 +90,8 @@ FLUSH_AFTER = 0.002
 #: little-endian uint32 (see ``_dcp_guest.run_block``).
 _CELL = b"\x92\xa2at\xce\x00\x00\x00\x00"
 _MANY = b"\x93\xa4many"
+#: ``Guest._running_position``'s answer when the trap came after the running slice was settled.
+SETTLED = -1
 #: Datums of these types cross to the guest as marshal data in a block (see ``Guest.run_block``).
 _MARSHAL_FLAT = frozenset((int, float, str, bool, type(None)))
 #: The largest ``many`` frame (several results; the guest sends a bigger one alone): the door's
@@ -586,7 +588,8 @@ class Guest:
             if at is None:  # forged: the slices not settled run again, one frame each, to name the slice
                 self.dirs.blame_each = True
                 return
-            block.failed(indexes[at], e)
+            if at != SETTLED:
+                block.failed(indexes[at], e)
             return
         finally:
             self._cell = None
@@ -602,17 +605,24 @@ class Guest:
     def _running_position(self, settled: int, count: int) -> int | None:
         """After a trap in a block: the slice the guest was running, from its position cell (the
         held results before it are lost with the interpreter: those slices stay pending and run
-        again). ``None`` when the cell is not what the guest writes (the work's to forge) and
-        results may have been held: no slice can be named."""
+        again). ``SETTLED`` when the cell names a slice already settled (a trap between slices,
+        or a frame the work forged for itself): no slice left is to blame. ``None`` when the cell
+        is not what the guest writes (the work's to forge) and results may have been held: no
+        slice can be named."""
         cell, store, memory = self._cell, self.store, self._memory
-        if self.dirs.blame_each or cell is None:  # nothing held, or nothing ran yet: the host's own count
+        if cell is None:  # nothing ran yet: the host's own count
             return settled
         try:
             raw = bytes(memory.read(store, cell, cell + len(_CELL)))
         except Exception:  # noqa: BLE001 - the memory is gone with the store
-            return None
-        k = int.from_bytes(raw[5:], "little")
-        return k if raw[:5] == _CELL[:5] and settled <= k < count else None
+            raw = b""
+        k = int.from_bytes(raw[5:], "little") if raw[:5] == _CELL[:5] else -1
+        if 0 <= k < settled:
+            return SETTLED
+        if settled <= k < count:
+            return k
+        # Forged. One frame per slice (blame_each): nothing was held, the host's count is exact.
+        return settled if self.dirs.blame_each else None
 
     def _blame_full_scratch(self, scratch: ScratchCap) -> None:
         """A slice that ends with /tmp full went over its cap (the guest met ENOSPC), whatever it
