@@ -66,8 +66,6 @@ def encode_frame(op, value, where, *rest):
     head = _heads.get((op, len(rest)))  # constant per kind of frame: made once
     if head is None:
         head = _heads[(op, len(rest))] = bytes([0x92 + len(rest)]) + encode(op)
-    if len(rest) == 1:  # [op, value, k]: a block's result, once per slice
-        return head + encode(value, where) + encode(rest[0])
     return head + encode(value, where) + b"".join(encode(r) for r in rest)
 
 
@@ -142,6 +140,13 @@ def _enc(v, out, where, depth):
                 "return None, bool, int, float, str, bytes, lists or dicts (numpy arrays become lists)"
             )
         _enc(converted, out, where, depth + 1)
+
+
+def array_head(n):
+    """The header of a msgpack array of ``n`` items (frames assembled from encoded parts)."""
+    out = []
+    _enc_len(n, out, 0x90, b"\xdc", b"\xdd")
+    return out[0]
 
 
 def _enc_len(n, out, fix, b16, b32):

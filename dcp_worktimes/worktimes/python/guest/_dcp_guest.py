@@ -61,9 +61,15 @@ _state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progre
 def _call(*frame):
     if frame[0] == "console" and len(frame[2]) > MESSAGE_CAP:  # one line is cut, as the host cuts it
         frame = (frame[0], frame[1], _cut(frame[2]))
-    if _state.held:  # the slices before this one first: the host counts this one as running then
+    return _send(codec.encode(list(frame)))
+
+
+def _send(frame):
+    """Send an event or request frame. In a block, the held results of the slices before this one
+    go first: the host then counts this one as running, and the frame is its own."""
+    if _state.held:
         _send_held(True)
-    return _host.call(codec.encode(list(frame)))
+    return _host.call(frame)
 
 
 def _send_held(running):
@@ -71,9 +77,7 @@ def _send_held(running):
     ``running``: a frame of a slice still running follows (an event, or its own result), so the
     host must not end the turn on this one. The host's answer: non-empty to end the turn."""
     held = _state.held
-    n = len(held)
-    head = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
-    frame = _MANY + (b"\xc3" if running else b"\xc2") + head + b"".join(held)
+    frame = _MANY + (b"\xc3" if running else b"\xc2") + codec.array_head(len(held)) + b"".join(held)
     held.clear()
     _state.held_bytes = 0
     return _host.call(frame)
@@ -228,9 +232,7 @@ class Work:
     def emit(self, name, value=None):
         if not isinstance(name, str) or not name:
             raise ValueError("work.emit(name, value): name must be a non-empty string")
-        if _state.held:  # as in _call: the slices before this one first
-            _send_held(True)
-        _host.call(b"\x93" + codec.encode("emit") + codec.encode(name) + codec.encode(value, f"emit({name!r}) value"))
+        _send(b"\x93" + codec.encode("emit") + codec.encode(name) + codec.encode(value, f"emit({name!r}) value"))
 
     def reject(self, reason=""):
         raise WorkReject(str(reason))
