@@ -833,3 +833,23 @@ def test_quickjs_block_judges_progress_after_a_percent_string_as_slice_by_slice(
     block = _quickjs_block("x => { progress(0.5); progress('60%'); progress(0.55); return x }", [0, 1, 2], Limits())
     notes = sorted(i for i, k, p in block.events if k == "console" and "backwards (0.6 -> 0.55)" in p["message"])
     assert notes == [0, 1, 2]
+
+
+@pytest.mark.parametrize("limit, code", [("wall_time", ErrorCode.ESLICETOOSLOW), ("cpu_time", ErrorCode.ECPULIMIT)])
+def test_quickjs_block_keeps_the_slices_that_ended_before_a_limit_in_the_same_call(limit, code):
+    # The prelude hands back the envelopes of a call's slices together: when slice 5 unwinds the
+    # call, the five before it still settle from that call, and only slice 5 fails.
+    from dcp_worktimes.worktimes.map_basic.quickjs import QuickJSEngine
+
+    if missing("quickjs"):
+        pytest.skip(missing("quickjs"))
+    limits = Limits.parse(**{"wall_time": "30s", limit: "0.3s"})
+    engine = QuickJSEngine()
+    engine.set_limits(limits.memory)
+    engine.set_job([], {})
+    engine.compile("x => { if (x === 5) for (;;) {} return x * 2 }")
+    block = _Block(list(range(10)), limits)
+    engine.run_block(block, block.pending(), 30.0)
+    assert block.outcomes == {**{i: ("ok", i * 2) for i in range(5)}, 5: ("err", code)}
+    engine.run_block(block, block.pending(), 30.0)
+    assert block.outcomes == {**{i: ("ok", i * 2) for i in range(10) if i != 5}, 5: ("err", code)}

@@ -411,3 +411,12 @@ def test_map_basic_standby_engine_serves_a_matching_job_only():
     wt.config = {"js-engine": "quickjs"}
     wt.standby(JobSpec(id="", worktime="map-basic"))
     assert wt._spare is None  # QuickJS starts in a millisecond: nothing to start ahead
+
+
+def test_a_slice_over_the_cpu_limit_in_a_block_fails_alone(pool):
+    # QuickJS starts a block slice's CPU clock at its first interrupt: the spinning slice must still
+    # fail on CPU (not wall) time, alone, with the slices of its engine call around it kept.
+    work = "x => { if (x === 250) for (;;) {} progress(); return x }"
+    outs, _ = _outs(pool, work, n=300, limits=Limits.parse(cpu_time="0.5s", wall_time="20s"))
+    assert [(o.number, o.error.code) for o in outs if not o.ok] == [(250, "ECPULIMIT")]
+    assert [o.value for o in outs if o.ok] == [n for n in range(300) if n != 250]

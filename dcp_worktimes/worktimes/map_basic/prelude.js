@@ -10,10 +10,11 @@
 // the binding's implicit conversion (it corrupts integers beyond 32 bits and truncates strings
 // at NUL). Every function that may appear in a stack trace is named __dcp* so that
 // cleanStack() can drop prelude frames from the traces users see.
-(function __dcpPrelude(host) {
+(function __dcpPrelude(host, nextSlice) {
   'use strict';
   const G = globalThis;
   delete G.__dcpHost;  // job code must not call the host directly
+  delete G.__dcpNext;
   // Captured now so job code that replaces globals cannot break the marshalling.
   const stringify = JSON.stringify, parse = JSON.parse;
   const isArray = Array.isArray, getProto = Object.getPrototypeOf, hasOwn = Object.hasOwn;
@@ -656,6 +657,7 @@
   }
   function __dcpValueEnvelope(v) {
     if (rejected !== undefined) return 'r' + stringify(rejected);
+    if (typeof v === 'number' && v <= MAX_SAFE && v >= -MAX_SAFE) return 'v0' + stringify(v);
     try {
       encodeBudget = outputCap;  // the result only: console and emit traffic is metered by the host
       return 'v' + __dcpEncode(v);
@@ -731,7 +733,7 @@
     let r;
     try {
       const datum = __dcpDecode(datumText);
-      r = spreadDatum && Array.isArray(datum) ? workFn(...datum, ...jobArguments) : workFn(datum, ...jobArguments);
+      r = spreadDatum && Array.isArray(datum) ? workFn(...datum, ...jobArguments) : jobArguments.length === 0 ? workFn(datum) : workFn(datum, ...jobArguments);
       if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
         Promise.resolve(r).then((v) => { outcome = [true, v]; }, (e) => { outcome = [false, e]; });
         return 'p';
@@ -743,25 +745,38 @@
   }
 
   // Many synchronous slices in one call: the datums' texts, one per line (encoded text never holds
-  // a raw newline). Before each slice the host hears host('s', k, envelope of slice k-1); it answers
-  // non-null to stop there (jobs of slice k-1 to run first). The loop also stops after budgetMs, and
-  // at a slice whose result is a promise (the host settles it as for 'start'). Replies: 'd' +
-  // envelope of the last slice; 'p' (slice k is pending); 's' (stopped before the slice the last
-  // host('s', k) named). An interrupt (a limit) unwinds the call: the host has every earlier
-  // envelope already, and fails the slice it was on.
+  // a raw newline). Before each slice the prelude calls nextSlice() (no arguments: the crossing
+  // is the cost of a trivial slice): the host starts that slice's clocks, and for every slice but
+  // the first it answers non-null to stop there when the slice that ended left jobs queued (they
+  // run first, outside this call). The loop also stops after budgetMs, and at a slice whose result
+  // is a promise (the host settles it as for 'start'). The envelopes of the slices that ended go
+  // back together in the reply, one per line (each is a kind letter and JSON: no raw newline):
+  // 'd' (all ran) or 's' (stopped) + the envelopes of slices 0..k, the last one's jobs maybe still
+  // queued; 'p' + those of slices 0..k-1 (slice k is pending). An interrupt (a limit) unwinds the
+  // call: the host fetches the envelopes so far with 'ended' and fails the slice it was on.
+  let ended = '';
   function __dcpBlock(text, budgetMs) {
     const items = apply(splitString, text, ['\n']);
     const t0 = now();
     let envelope = '';
+    ended = '';
     blockMode = true;
     try {
       for (let k = 0; k < items.length; k++) {
-        if (__dcpHostCall('s', k, envelope) != null || (k > 0 && now() - t0 > budgetMs)) return 's';
+        if (k > 0) {
+          ended = k > 1 ? ended + '\n' + envelope : envelope;
+          if (now() - t0 > budgetMs) return 's' + ended;
+        }
+        const r = nextSlice();
+        if (r != null) {
+          if (r[0] === '!') throw new Error(r.slice(1));
+          return 's' + ended;
+        }
         lastHeard = now(); lastValue = -1;
         envelope = __dcpStart(items[k]);
-        if (envelope === 'p') return 'p';
+        if (envelope === 'p') return 'p' + ended;
       }
-      return 'd' + envelope;
+      return 'd' + (items.length > 1 ? ended + '\n' + envelope : envelope);
     } finally {
       blockMode = false;
     }
@@ -788,6 +803,7 @@
       case 'spread': spreadDatum = !!a; return '';
       case 'start': outputCap = b >= 0 ? b : Infinity; return __dcpStart(a);
       case 'block': { const [cap, budget] = parse(b); outputCap = cap >= 0 ? cap : Infinity; return __dcpBlock(a, budget); }
+      case 'ended': { const e = ended; ended = ''; return e; }
       case 'poll': return __dcpPoll();
       case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }
       case 'fire': return __dcpFireTimer();
@@ -797,4 +813,4 @@
     }
     throw new Error(`unknown prelude operation ${op}`);
   }
-})(globalThis.__dcpHost);
+})(globalThis.__dcpHost, globalThis.__dcpNext);

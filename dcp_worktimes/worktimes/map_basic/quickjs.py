@@ -131,11 +131,16 @@ class QuickJSEngine(Engine):
         self._blk_indexes: list[int] = []
         self._blk_texts: list[str] = []
         self._cur = -1
-        self._held: str | None = None
         self._chunk = 16  # datums encoded per run_block call (grows up to MAX_BLOCK_CHUNK)
-        self._ended: list[tuple[int, str]] = []  # (position, envelope) of slices ended, not settled yet
+        # The block's limits, read once per call (the per-slice callback sets each slice's deadlines),
+        # and the start of the running slice's CPU clock, read at its first interrupt (_interrupt).
+        self._blk_wall: float | None = None
+        self._blk_patience: float | None = None
+        self._blk_cpu: float | None = None
+        self._cpu_from: float | None = None
         self._job_pending = self._jobs_probe()
         self._ctx.add_callable("__dcpHost", self._host)
+        self._ctx.add_callable("__dcpNext", self._next_in_block)
         self._op = self._ctx.eval(PRELUDE)
 
     # -- the C API behind the binding -----------------------------------------------------------
@@ -173,6 +178,14 @@ class QuickJSEngine(Engine):
         # Runs every ~10k JS operations with the GIL re-acquired: keep it cheap and never raise.
         try:
             now = time.monotonic()
+            if self._cpu_from is not None:
+                # A block slice's CPU clock is read here, at its first interrupt, not as it starts:
+                # a CPU clock read costs 0.6 µs, as much as the rest of a trivial slice's host work,
+                # and most slices end before any interrupt. The CPU it used until now is counted as
+                # the wall time since it started (the engine runs on this one thread; an interrupt
+                # comes every ~10k operations, well under a millisecond in).
+                self._cpu_deadline = time.process_time() + self._blk_cpu - (now - self._cpu_from)  # type: ignore[operator]
+                self._cpu_from = None
             if self._deadline is not None and now > self._deadline:
                 self._tripped = ErrorCode.ESLICETOOSLOW
             elif self._progress_deadline is not None and now > self._progress_deadline:
@@ -195,8 +208,6 @@ class QuickJSEngine(Engine):
     def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
         # Exceptions must not escape into the binding (it would leave a Python error pending).
         try:
-            if op == "s":  # first: once per slice of a block
-                return self._next_in_block(a, b)
             if op == "random":
                 return base64.b64encode(os.urandom(int(a))).decode("ascii")
             ctx = self._slice or self._block_slice()
@@ -331,15 +342,16 @@ class QuickJSEngine(Engine):
         limits = block.limits
         self.set_limits(limits.memory)
         self._blk, self._blk_indexes, self._blk_texts = block, indexes[:len(texts)], texts
-        self._cur, self._held, self._tripped = -1, None, None
-        self._ended = []
+        self._blk_wall, self._blk_patience = limits.wall_time or None, limits.progress_timeout or None
+        self._blk_cpu = limits.cpu_time or None
+        self._cur, self._tripped = -1, None
         cap = limits.output if limits.output is not None else -1
         try:
             try:
                 reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))}]")
             except SliceError as e:  # a limit, or the engine failed, during slice _cur
-                self._settle_ended()
-                if self._cur >= 0:  # also a slice held for its jobs: the error came in its time
+                self._settle_ended(self._ended_after_error(), self._cur + 1)
+                if self._cur >= 0:  # also a slice that ended with jobs queued: the error came in its time
                     block.failed(self._blk_indexes[self._cur], e)
                 elif len(texts) > 1:  # before the first slice (out of memory taking the chunk): one alone
                     self._chunk = 1
@@ -348,14 +360,10 @@ class QuickJSEngine(Engine):
                 else:  # as "start" would: that slice fails
                     block.failed(indexes[0], e)
                 return
-            self._settle_ended()
             kind = reply[:1]
-            if kind == "d" and len(texts) == self._chunk:
-                self._chunk = min(self._chunk * 2, MAX_BLOCK_CHUNK)
-            if kind == "d":
-                self._held = reply[1:]
-                self._finish_held()
-            elif kind == "p":
+            ended = reply[1:].split("\n") if len(reply) > 1 else []
+            if kind == "p":  # slices 0.._cur-1 ended; slice _cur's result is a promise
+                self._settle_ended(ended, self._cur)
                 self._slice = self._block_slice()
                 try:
                     envelope = self._settle()
@@ -363,31 +371,42 @@ class QuickJSEngine(Engine):
                     block.failed(self._blk_indexes[self._cur], e)
                     return
                 self._finalize(self._cur, envelope)
-            elif self._held is not None:  # "s": stopped for the jobs of the slice that ended
-                self._finish_held()
+                return
+            if kind == "d" and len(texts) == self._chunk:
+                self._chunk = min(self._chunk * 2, MAX_BLOCK_CHUNK)
+            # "d" or "s": slices 0.._cur ended; the last may have left jobs queued, to run under its
+            # limits before its result counts.
+            if not ended or len(ended) != self._cur + 1:
+                return  # not the prelude's reply (it always names every slice the host started)
+            if not self._job_pending():
+                self._settle_ended(ended, len(ended))
+                return
+            self._settle_ended(ended, self._cur)
+            self._finish_held(ended[-1])
         finally:
-            self._blk, self._slice, self._held = None, None, None
-            self._deadline = self._cpu_deadline = self._progress_deadline = None
+            self._blk, self._slice = None, None
+            self._deadline = self._cpu_deadline = self._progress_deadline = self._cpu_from = None
             self._tripped = None
 
-    def _next_in_block(self, k: int, envelope: str) -> str | None:
-        """The prelude is about to start slice ``k`` of the block; slice ``k - 1`` ended with
-        ``envelope``. Returns ``"stop"`` when that slice left jobs queued (they run under its
-        limits, outside this call, before its result counts: ``_finish_held``)."""
-        if k > 0:
-            if self._job_pending():
-                self._held = envelope
+    def _next_in_block(self) -> str | None:
+        """The prelude is about to start the next slice of the block (the one after ``_cur``).
+        Returns ``"stop"`` when the slice that ended left jobs queued: they run under its limits,
+        outside this call, before its result counts (``_finish_held``). Called once per slice
+        with no arguments (see the prelude's ``__dcpBlock``): keep it lean."""
+        try:
+            cur = self._cur
+            if cur >= 0 and self._job_pending():
                 return "stop"
-            self._ended.append((self._cur, envelope))
-        self._cur = k
-        self._slice = None  # made on first use (_block_slice): most slices log nothing
-        self._blk.starting(self._blk_indexes[k])  # type: ignore[union-attr]
-        lim = self._blk.limits  # type: ignore[union-attr]
-        now = time.monotonic()
-        self._deadline = now + lim.wall_time if lim.wall_time else None
-        self._progress_deadline = now + lim.progress_timeout if lim.progress_timeout else None
-        self._cpu_deadline = time.process_time() + lim.cpu_time if lim.cpu_time else None
-        return None
+            self._cur = cur = cur + 1
+            self._slice = None  # made on first use (_block_slice): most slices log nothing
+            self._blk.starting(self._blk_indexes[cur])  # type: ignore[union-attr]
+            now = time.monotonic()
+            self._deadline = now + self._blk_wall if self._blk_wall else None
+            self._progress_deadline = now + self._blk_patience if self._blk_patience else None
+            self._cpu_deadline, self._cpu_from = None, (now if self._blk_cpu else None)
+            return None
+        except BaseException as e:  # noqa: BLE001 - it must not escape into the binding
+            return f"!next slice: {e}"
 
     def _block_slice(self) -> SliceContext | None:
         """The running block slice's context, made on first use."""
@@ -397,9 +416,24 @@ class QuickJSEngine(Engine):
             self._slice = self._blk.context(self._blk_indexes[self._cur])
         return self._slice
 
-    def _finish_held(self) -> None:
-        """Run the jobs the slice that ended queued (under its limits), then settle it."""
-        envelope, self._held = self._held, None
+    def _ended_after_error(self) -> list[str]:
+        """The envelopes of the block's slices that ended before a call unwound (a limit, the
+        engine failing), from the prelude; none if even that call fails (out of memory: those
+        slices stay pending and run again)."""
+        saved = self._blk
+        self._blk = None  # nothing may interrupt this call: its clocks and cancel are not its own
+        self._deadline = self._cpu_deadline = self._progress_deadline = self._cpu_from = None
+        self._slice, self._tripped = None, None
+        try:
+            text = self._call("ended")
+        except SliceError:
+            return []
+        finally:
+            self._blk = saved
+        return text.split("\n") if text else []
+
+    def _finish_held(self, envelope: str) -> None:
+        """Run the jobs slice ``_cur`` queued (under its limits, still running), then settle it."""
         if self._job_pending():
             self._slice = self._block_slice()
             try:
@@ -407,23 +441,24 @@ class QuickJSEngine(Engine):
             except SliceError as e:
                 self._blk.failed(self._blk_indexes[self._cur], e)  # type: ignore[union-attr]
                 return
-        self._finalize(self._cur, envelope or "")
+        self._finalize(self._cur, envelope)
 
-    def _settle_ended(self) -> None:
-        """Settle the slices that ended in the last call, in order: plain JSON values (the usual
-        case) decode as one array, anything else one by one (``_result``)."""
-        ended, self._ended = self._ended, []
+    def _settle_ended(self, ended: list[str], count: int) -> None:
+        """Settle slices ``0..count-1`` of this call from their envelopes ``ended`` (the prelude's,
+        in order; any beyond ``count`` are ignored), in order: plain JSON values (the usual case)
+        decode as one array, anything else one by one (``_result``)."""
+        ended = ended[:count]
         if not ended:
             return
-        if all(env[:2] == "v0" for _, env in ended):
+        if all(env[:2] == "v0" for env in ended):
             try:
-                values = _plain_json("[" + ",".join(env[2:] for _, env in ended) + "]")
+                values = _plain_json("[" + ",".join([env[2:] for env in ended]) + "]")
             except (ValueError, RecursionError):  # a deep value: one by one, it fails alone
                 pass
             else:
-                self._blk.done_many([self._blk_indexes[pos] for pos, _ in ended], values)  # type: ignore[union-attr]
+                self._blk.done_many(self._blk_indexes[:len(ended)], values)  # type: ignore[union-attr]
                 return
-        for pos, env in ended:
+        for pos, env in enumerate(ended):
             self._finalize(pos, env)
 
     def _finalize(self, pos: int, envelope: str) -> None:
@@ -447,8 +482,9 @@ class QuickJSEngine(Engine):
             return None
         lib, rt = found
         try:
-            pending = lib.JS_IsJobPending
-        except AttributeError:
+            # PyDLL: called once per block slice, and it only reads a list head, so the GIL stays held.
+            pending = ctypes.PyDLL(lib._name).JS_IsJobPending
+        except (AttributeError, OSError):
             return None
         pending.restype = ctypes.c_bool  # bool in quickjs-ng: the upper bytes of the register are garbage
         pending.argtypes = [ctypes.c_void_p]
