@@ -236,3 +236,31 @@ def f(x):
     assert outs[5].ok and outs[5].value == "forged", outs[5]
     assert all(outs[n].ok and outs[n].value == n for n in outs if n != 5), \
         [(n, o.error) for n, o in outs.items() if n != 5 and not o.ok][:3]
+
+
+@pytest.mark.parametrize("work, expect", [
+    # The block loop calls a work that takes the datum alone directly: these take the other path.
+    ("def f(x, k):\n    return x * k\n", lambda n: n * 3),
+    ("async def f(x, k):\n    return [x, k]\n", lambda n: [n, 3]),
+])
+def test_long_blocks_with_job_arguments_or_async_work_keep_every_slice_on_its_datum(warm, work, expect):
+    # Runs of up to 1024 slices: positions past 127 and 255 cross in wider forms.
+    with EvaluatorPool(cores=1, max_batch=1024) as p:
+        spec = JobSpec(id="blocks-long", worktime="python", work=work, arguments=[3], limits=Limits())
+        outs = {o.number: o for o in p.map(spec, list(enumerate(range(3000))))}
+    assert [outs[n].value for n in range(3000)] == [expect(n) for n in range(3000)]
+
+
+def test_logging_imported_in_the_middle_of_a_block_reaches_the_console_from_then_on(pool):
+    work = """
+import sys
+def f(x):
+    if x >= 40:
+        import logging
+        logging.getLogger('w').warning('slice %d', x)
+    return x
+"""
+    outs, events = run(pool, work, list(range(50)))
+    assert all(o.ok for o in outs.values())
+    logged = sorted((n, p["message"]) for k, n, p in events if k == "console")
+    assert logged == [(n, f"slice {n}") for n in range(40, 50)], logged[:3]

@@ -427,10 +427,15 @@ class Watchdog:
             armed = self._armed
             if armed is None or armed["guard"] is not guard:
                 return
+            before, polled = armed["deadline"], armed["clock"] is not None
             armed["deadline"], armed["wall_time"], armed["cpu_time"] = deadline, wall_time, cpu_time
             armed["clock"] = time.pthread_getcpuclockid(threading.get_ident()) if cpu_time is not None else None
             armed["cpu_deadline"] = time.clock_gettime(armed["clock"]) + cpu_time if cpu_time is not None else None
-            self._cond.notify()
+            # Wake the watchdog only when it may now sleep too long: a later deadline (each slice
+            # of a block re-arms, every few ms) is read when it wakes for the old one, and so is a
+            # CPU budget while it polls. Waking it for each cost the guarded thread a GIL round trip.
+            if (deadline is not None and (before is None or deadline < before)) or (cpu_time is not None and not polled):
+                self._cond.notify()
 
     def _interrupt(self, guard: Guard, error: SliceError) -> None:
         with self._cond:

@@ -158,7 +158,7 @@ def _enc_len(n, out, fix, b16, b32):
         out.append(b32 + _pack(">I", n))
 
 
-_FIXINT = [bytes((i,)) for i in range(0x80)]
+FIXINT = _FIXINT = [bytes((i,)) for i in range(0x80)]  # (FIXINT: the guest's block loop encodes positions itself)
 
 
 def _int(i):
