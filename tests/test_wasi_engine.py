@@ -210,3 +210,22 @@ def test_the_disk_cache_evicts_least_recently_used_modules(monkeypatch, tmp_path
     removed = evict(tmp_path, keep=tmp_path / "new.cwasm", limit=2500)
     assert [p.name for p in removed] == ["old.cwasm"]
     assert sorted(p.name for p in tmp_path.glob("*.cwasm")) == ["new.cwasm", "used.cwasm"]
+
+
+@pytest.mark.parametrize("first, then", [(0.3, 0.9), (10.0, 0.3)])
+def test_a_rearmed_deadline_holds_whether_it_moved_later_or_earlier(engine, first, then):
+    # Re-arming wakes the watchdog only for an earlier deadline; a later one is read when it wakes
+    # for the old one. Either way the guest stops at the new deadline.
+    store, module = instance(engine, SPIN)
+    dog = Watchdog(engine)
+    with dog.guard(store):
+        inst = wasmtime.Instance(store, module, [])
+    started = time.monotonic()
+    with dog.guard(store, deadline=started + first) as guard:
+        time.sleep(0.05)  # the watchdog is asleep on the first deadline
+        guard.rearm(deadline=started + then, cpu_time=None, wall_time=then)
+        with pytest.raises(wasmtime.Trap) as info:
+            inst.exports(store)["spin"](store)
+    elapsed = time.monotonic() - started
+    assert trap_to_error(info.value, interrupted=guard.error).code == ErrorCode.ESLICETOOSLOW
+    assert then <= elapsed < then + 1.0, elapsed
