@@ -131,6 +131,18 @@ def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS, *, frames_at: i
     """A frame: an array whose items may *each* nest ``MAX_DEPTH`` levels (``[op, value]``), so the
     frame's own level does not lower the limit for the value it carries. ``frames_at``: the item
     at that index is an array of such frames (one frame carrying several), decoded the same way."""
+    # The whole frame in one C call first (a python block's results come many to a frame): only a
+    # value within the frame's own levels of MAX_DEPTH, or a malformed frame, needs the walk below,
+    # which then decides as it always did.
+    try:
+        whole = _unpackb(data, unicode_errors)
+    except (msgpack.StackError, ValueError, msgpack.UnpackException):
+        pass
+    else:
+        if type(whole) is list and (frames_at is None or (
+                frames_at < len(whole) and type(whole[frames_at]) is list
+                and all(type(f) is list for f in whole[frames_at]))):
+            return whole
     unp = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True,
                            unicode_errors=unicode_errors, max_buffer_size=max(len(data), 1 << 20))
     unp.feed(data)

@@ -115,6 +115,14 @@ def test_the_depth_limit_is_msgpacks_both_ways_and_says_so():
     # a frame [op, value] carries a value of the full depth
     op, value = unpack_frame(b"\x92\xa6result" + pack(_nest(MAX_DEPTH)))
     assert op == "result" and _depth(value) == MAX_DEPTH
+    # ... and so does each frame of a frame of frames (a python block's results), deep or not
+    many = b"\x93\xa4many\xc2\x92" + b"\x93\xa6result" + pack(_nest(MAX_DEPTH)) + b"\x00" + b"\x93\xa6result\x01\x01"
+    op, running, frames = unpack_frame(many, frames_at=2)
+    assert (op, running, frames[1]) == ("many", False, ["result", 1, 1])
+    assert frames[0][0] == "result" and _depth(frames[0][1]) == MAX_DEPTH and frames[0][2] == 0
+    assert unpack_frame(b"\x93\xa4many\xc2\x91\x93\xa6result\x01\x00", frames_at=2) == ["many", False, [["result", 1, 0]]]
+    with pytest.raises(ValueError):  # a frame of frames holding something else than frames
+        unpack_frame(b"\x93\xa4many\xc2\x91\x01", frames_at=2)
 
 
 def test_the_python_guest_keeps_the_same_depth_limit(warm):
