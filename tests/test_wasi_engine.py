@@ -229,3 +229,20 @@ def test_a_rearmed_deadline_holds_whether_it_moved_later_or_earlier(engine, firs
     elapsed = time.monotonic() - started
     assert trap_to_error(info.value, interrupted=guard.error).code == ErrorCode.ESLICETOOSLOW
     assert then <= elapsed < then + 1.0, elapsed
+
+
+def test_a_run_right_after_one_with_a_later_deadline_stops_at_its_own(engine):
+    # Disarming does not wake the watchdog (it finds the run gone when it wakes): the next run's
+    # earlier deadline must wake it, or the guest would spin until the old deadline.
+    store, module = instance(engine, SPIN)
+    dog = Watchdog(engine)
+    with dog.guard(store):
+        inst = wasmtime.Instance(store, module, [])
+    with dog.guard(store, deadline=time.monotonic() + 30):
+        time.sleep(0.05)  # the watchdog is asleep on the 30 s deadline
+    started = time.monotonic()
+    with dog.guard(store, deadline=started + 0.3) as guard:
+        with pytest.raises(wasmtime.Trap) as info:
+            inst.exports(store)["spin"](store)
+    assert trap_to_error(info.value, interrupted=guard.error).code == ErrorCode.ESLICETOOSLOW
+    assert 0.3 <= time.monotonic() - started < 2.0
