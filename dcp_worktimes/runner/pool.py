@@ -610,9 +610,16 @@ class EvaluatorPool:
                     idx = msg["i"]
                     task.settled.update(idx)
                     values = msg["v"]
-                    self._deliver(task, Outcome(job.id, task.tag, [numbers[i] for i in idx], [True] * len(idx), values,
-                                                [None] * len(idx), msg["w"], msg["c"], [sizes[i] for i in idx],
-                                                [len(v) for v in values]))
+                    k = len(idx)
+                    # A run's results come in order: one slice per column when the indexes are a
+                    # range (compared in C), per-item lookups only otherwise.
+                    if (k and 0 <= idx[0] and idx[-1] < len(numbers) and idx[-1] - idx[0] == k - 1
+                            and idx == list(range(idx[0], idx[0] + k))):
+                        ns, ins = numbers[idx[0]:idx[0] + k], sizes[idx[0]:idx[0] + k]
+                    else:
+                        ns, ins = [numbers[i] for i in idx], [sizes[i] for i in idx]
+                    self._deliver(task, Outcome(job.id, task.tag, ns, [True] * k, values, [None] * k, msg["w"], msg["c"],
+                                                ins, list(map(len, values))))
                 elif kind == "err":
                     i = msg["i"]
                     task.settled.add(i)
