@@ -853,3 +853,11 @@ def test_quickjs_block_keeps_the_slices_that_ended_before_a_limit_in_the_same_ca
     assert block.outcomes == {**{i: ("ok", i * 2) for i in range(5)}, 5: ("err", code)}
     engine.run_block(block, block.pending(), 30.0)
     assert block.outcomes == {**{i: ("ok", i * 2) for i in range(10) if i != 5}, 5: ("err", code)}
+
+
+def test_quickjs_block_fails_only_the_slice_whose_datum_cannot_enter_javascript():
+    # The block's datums are encoded together up to the first that cannot be: the slices before it
+    # run, that one fails alone (EUNSERIALIZABLE), the ones after it run in the next call.
+    block = _quickjs_block("x => typeof x === 'bigint' ? x + 1n : x + 1", [1, 2, {3, 4}, 5, 2 ** 80], Limits())
+    assert block.outcomes == {0: ("ok", 2), 1: ("ok", 3), 2: ("err", ErrorCode.EUNSERIALIZABLE), 3: ("ok", 6),
+                              4: ("ok", 2 ** 80 + 1)}

@@ -193,7 +193,12 @@ def datum_text(datum: Any, bigint: bool = False) -> str:
     try:
         return to_js(datum, bigint)
     except UnserializableValue as e:
-        raise SliceError(f"the datum cannot be passed to JavaScript: {e}", code=ErrorCode.EUNSERIALIZABLE) from None
+        raise datum_error(e) from None
+
+
+def datum_error(e: UnserializableValue) -> SliceError:
+    """The slice's error for a datum that cannot be passed to JavaScript."""
+    return SliceError(f"the datum cannot be passed to JavaScript: {e}", code=ErrorCode.EUNSERIALIZABLE)
 
 
 # -- choosing an engine -------------------------------------------------------------------------

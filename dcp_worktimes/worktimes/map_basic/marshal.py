@@ -129,6 +129,21 @@ def to_js(value: Any, bigint: bool = False) -> str:
     return ("1" if prep.tagged else "0") + text
 
 
+def to_js_each(values: list[Any], bigint: bool = False) -> tuple[list[str], UnserializableValue | None]:
+    """``to_js`` of each value in order, up to the first that cannot be encoded: its texts and
+    that value's error (``None``: all of them). A block's datums, many per call into the engine."""
+    out: list[str] = []
+    for v in values:
+        if type(v) is int and -MAX_SAFE <= v <= MAX_SAFE and not bigint:  # to_js's first test, without a call per datum
+            out.append("0" + int.__repr__(v))
+            continue
+        try:
+            out.append(to_js(v, bigint))
+        except UnserializableValue as e:
+            return out, e
+    return out, None
+
+
 def _revive(d: dict) -> Any:
     if len(d) == 1 and TAG in d:
         kind, data = d[TAG]

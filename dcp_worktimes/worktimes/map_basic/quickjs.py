@@ -26,7 +26,10 @@ Example (in-process; the runner does the same inside a sandboxed evaluator)::
 from __future__ import annotations
 
 import base64
+import bisect
 import ctypes
+import functools
+import itertools
 import json
 import os
 import re
@@ -37,8 +40,8 @@ from typing import Any
 
 from ...errors import ErrorCode, SliceError
 from ...worktime import Block, SliceContext
-from .engine import PRELUDE, NEVER_SETTLED, Engine, datum_text, limit_error, memory_message, sanitize
-from .marshal import from_js
+from .engine import PRELUDE, NEVER_SETTLED, Engine, datum_error, datum_text, limit_error, memory_message, sanitize
+from .marshal import from_js, to_js_each
 
 _plain_json = json.JSONDecoder().decode
 
@@ -324,21 +327,16 @@ class QuickJSEngine(Engine):
         context (made when it first logs), its queued jobs run before the next slice starts. A
         slice whose result is a promise is settled here as ``run`` does; a limit hit fails only
         the slice it hit. Returns when the budget is spent, at the end, or after a promise."""
-        texts: list[str] = []
-        size = 0
         # Encode only what this call may run: a chunk that grows while calls finish it in budget.
-        for i in indexes[:self._chunk]:
-            try:
-                text = datum_text(block.datums[i], self._bigint)
-            except SliceError as e:
-                if not texts:  # the first datum cannot enter the engine: that slice fails alone
-                    block.failed(i, e)
-                    return
-                break
-            size += len(text)
-            if texts and size > MAX_BLOCK_TEXT:
-                break
-            texts.append(text)
+        datums = block.datums
+        texts, bad = to_js_each([datums[i] for i in indexes[:self._chunk]], self._bigint)
+        if not texts:  # the first datum cannot enter the engine: that slice fails alone
+            if bad is not None:
+                block.failed(indexes[0], datum_error(bad))
+            return
+        # At most MAX_BLOCK_TEXT characters in all (at least one datum).
+        fit = bisect.bisect_right(list(itertools.accumulate(map(len, texts))), MAX_BLOCK_TEXT)
+        del texts[max(1, fit):]
         limits = block.limits
         self.set_limits(limits.memory)
         self._blk, self._blk_indexes, self._blk_texts = block, indexes[:len(texts)], texts
@@ -487,8 +485,8 @@ class QuickJSEngine(Engine):
         except (AttributeError, OSError):
             return None
         pending.restype = ctypes.c_bool  # bool in quickjs-ng: the upper bytes of the register are garbage
-        pending.argtypes = [ctypes.c_void_p]
-        return lambda: pending(rt)
+        # The pointer as a c_void_p, bound once (no argtypes: nothing converted per call).
+        return functools.partial(pending, ctypes.c_void_p(rt))
 
     def _settle(self) -> str:
         """Run jobs and timers until the work's promise settles; return the prelude's envelope."""
