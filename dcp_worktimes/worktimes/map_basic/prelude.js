@@ -749,13 +749,15 @@
   // is the cost of a trivial slice): the host starts that slice's clocks, and for every slice but
   // the first it answers non-null to stop there when the slice that ended left jobs queued (they
   // run first, outside this call). The loop also stops after budgetMs, and at a slice whose result
-  // is a promise (the host settles it as for 'start'). The envelopes of the slices that ended go
-  // back together in the reply, one per line (each is a kind letter and JSON: no raw newline):
+  // is a promise (the host settles it as for 'start'), and once the envelopes held reach
+  // maxHeld characters (they live in the engine's heap, under the job's memory limit, which each
+  // result alone fits). The envelopes of the slices that ended go back together in the reply,
+  // one per line (each is a kind letter and JSON: no raw newline):
   // 'd' (all ran) or 's' (stopped) + the envelopes of slices 0..k, the last one's jobs maybe still
   // queued; 'p' + those of slices 0..k-1 (slice k is pending). An interrupt (a limit) unwinds the
   // call: the host fetches the envelopes so far with 'ended' and fails the slice it was on.
   let ended = '';
-  function __dcpBlock(text, budgetMs) {
+  function __dcpBlock(text, budgetMs, maxHeld) {
     const items = apply(splitString, text, ['\n']);
     const t0 = now();
     let envelope = '';
@@ -765,7 +767,7 @@
       for (let k = 0; k < items.length; k++) {
         if (k > 0) {
           ended = k > 1 ? ended + '\n' + envelope : envelope;
-          if (now() - t0 > budgetMs) return 's' + ended;
+          if (now() - t0 > budgetMs || ended.length >= maxHeld) return 's' + ended;
         }
         const r = nextSlice();
         if (r != null) {
@@ -802,7 +804,7 @@
         return '';
       case 'spread': spreadDatum = !!a; return '';
       case 'start': outputCap = b >= 0 ? b : Infinity; return __dcpStart(a);
-      case 'block': { const [cap, budget] = parse(b); outputCap = cap >= 0 ? cap : Infinity; return __dcpBlock(a, budget); }
+      case 'block': { const [cap, budget, held] = parse(b); outputCap = cap >= 0 ? cap : Infinity; return __dcpBlock(a, budget, held); }
       case 'ended': { const e = ended; ended = ''; return e; }
       case 'poll': return __dcpPoll();
       case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }

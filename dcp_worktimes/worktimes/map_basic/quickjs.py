@@ -54,8 +54,9 @@ MAIN_STACK = 64 * 1024 * 1024
 
 #: Most datums sent to one ``run_block`` call (the call stops at its time budget anyway).
 MAX_BLOCK_CHUNK = 4096
-#: Most characters of datum text sent to one ``run_block`` call (at least one datum is sent): the
-#: joined texts live in the engine's heap, under the job's memory limit, which each datum alone fits.
+#: Most characters of datum text sent to one ``run_block`` call (at least one datum is sent), and
+#: of results held in the call before it returns them (at least one): both live in the engine's
+#: heap, under the job's memory limit, which each datum and each result alone fits.
 MAX_BLOCK_TEXT = 1 << 20
 
 _INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
@@ -346,7 +347,7 @@ class QuickJSEngine(Engine):
         cap = limits.output if limits.output is not None else -1
         try:
             try:
-                reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))}]")
+                reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))},{MAX_BLOCK_TEXT}]")
             except SliceError as e:  # a limit, or the engine failed, during slice _cur
                 self._settle_ended(self._ended_after_error(), self._cur + 1)
                 if self._cur >= 0:  # also a slice that ended with jobs queued: the error came in its time
