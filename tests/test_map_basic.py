@@ -870,3 +870,37 @@ def test_quickjs_block_of_results_that_each_fit_the_heap_but_not_together():
     # (a budget of 30 s: no time limit on the call, only what it holds can end it)
     block = _quickjs_block("x => 'y'.repeat(400000) + x", list(range(40)), limits, calls=40, budget=30.0)
     assert block.outcomes == {i: ("ok", "y" * 400000 + str(i)) for i in range(40)}
+
+
+def test_quickjs_block_work_that_hooks_call_or_the_array_iterator_stays_under_its_limits():
+    # After a limit trips the host fetches the results so far from the prelude, with no slice's
+    # deadline left; and before a block's first slice no deadline is set yet: job code hooking
+    # what the prelude runs then (Function.prototype.call, Array.prototype[Symbol.iterator]) must
+    # not run there. Here each hook spins 5 s (not forever: a regression must not hang the suite).
+    spin = "function () { const t = Date.now(); while (Date.now() - t < 5000) {} return [] }"
+    work = (f"x => {{ if (x === 1) {{ Function.prototype.call = {spin}; Array.prototype[Symbol.iterator] = {spin} }} "
+            "if (x === 3) for (;;) {} return x }")
+    started = time.monotonic()
+    block = _quickjs_block(work, list(range(6)), Limits.parse(wall_time="0.5s"))
+    assert time.monotonic() - started < 3.0
+    assert block.outcomes == {0: ("ok", 0), 1: ("ok", 1), 2: ("ok", 2), 3: ("err", ErrorCode.ESLICETOOSLOW),
+                              4: ("ok", 4), 5: ("ok", 5)}
+
+
+def test_quickjs_block_promise_slices_waiting_on_timers_are_not_charged_cpu_for_the_wait():
+    # A block slice's CPU clock starts late (at its first interrupt): a promise slice's wait on
+    # its timers must not count as CPU.
+    work = "async x => { await new Promise(r => setTimeout(r, 400)); for (let i = 0; i < 3e5; i++); return x }"
+    block = _quickjs_block(work, [0, 1], Limits.parse(cpu_time="0.3s", wall_time="10s"))
+    assert block.outcomes == {0: ("ok", 0), 1: ("ok", 1)}
+
+
+def test_to_js_each_stops_at_the_text_budget_and_at_the_first_datum_that_cannot_cross():
+    from dcp_worktimes.worktimes.map_basic.marshal import to_js_each
+
+    texts, bad = to_js_each(["x" * 100] * 50, max_chars=350)
+    assert len(texts) == 3 and bad is None  # 3 × 103 characters fit in 350, a fourth would not
+    texts, bad = to_js_each(["x" * 1000], max_chars=10)
+    assert len(texts) == 1 and bad is None  # one at least
+    texts, bad = to_js_each([1, 2, {3}, 4])
+    assert texts == ["01", "02"] and "cannot be passed to JavaScript" in str(bad)

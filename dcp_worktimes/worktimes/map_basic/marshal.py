@@ -129,18 +129,29 @@ def to_js(value: Any, bigint: bool = False) -> str:
     return ("1" if prep.tagged else "0") + text
 
 
-def to_js_each(values: list[Any], bigint: bool = False) -> tuple[list[str], UnserializableValue | None]:
+def to_js_each(values: list[Any], bigint: bool = False, max_chars: int | None = None
+               ) -> tuple[list[str], UnserializableValue | None]:
     """``to_js`` of each value in order, up to the first that cannot be encoded: its texts and
-    that value's error (``None``: all of them). A block's datums, many per call into the engine."""
+    that value's error (``None``: none failed). A block's datums, many per call into the engine:
+    with ``max_chars``, it stops before a text that would take the total past it (one text at least).
+
+    >>> to_js_each([1, "a", {1}])[0]
+    ['01', '0"a"']
+    """
     out: list[str] = []
+    total = 0
     for v in values:
         if type(v) is int and -MAX_SAFE <= v <= MAX_SAFE and not bigint:  # to_js's first test, without a call per datum
-            out.append("0" + int.__repr__(v))
-            continue
-        try:
-            out.append(to_js(v, bigint))
-        except UnserializableValue as e:
-            return out, e
+            text = "0" + int.__repr__(v)
+        else:
+            try:
+                text = to_js(v, bigint)
+            except UnserializableValue as e:
+                return out, e
+        total += len(text)
+        if max_chars is not None and out and total > max_chars:
+            break
+        out.append(text)
     return out, None
 
 

@@ -82,7 +82,7 @@
         }
         if (v instanceof U8 || v instanceof AB) {
           tagged = true;
-          const b64 = toBase64.call(v instanceof U8 ? v : new U8(v));
+          const b64 = apply(toBase64, v instanceof U8 ? v : new U8(v), []);
           encodeBudget += b64.length - (v.byteLength + 8);  // bytes cross as bytes: charge those, not base64
           return { [TAG]: ['b', b64] };
         }
@@ -201,7 +201,9 @@
   // The binding cannot convert "rope" strings (long strings built by concatenation: it raises
   // "Unknown quickjs tag: -6"), so every string handed to Python is flattened first.
   const join = Array.prototype.join;
-  function __dcpFlat(s) { return typeof s === 'string' ? join.call([s], '') : s; }
+  // (Through the captured apply: job code may replace Function.prototype.call, and a reply is
+  // flattened after a limit tripped, when no deadline is left to stop what it runs.)
+  function __dcpFlat(s) { return typeof s === 'string' ? apply(join, [s], ['']) : s; }
 
   function __dcpHostCall(op, a, b) {
     const r = host(op, __dcpFlat(a), __dcpFlat(b));
@@ -804,7 +806,13 @@
         return '';
       case 'spread': spreadDatum = !!a; return '';
       case 'start': outputCap = b >= 0 ? b : Infinity; return __dcpStart(a);
-      case 'block': { const [cap, budget, held] = parse(b); outputCap = cap >= 0 ? cap : Infinity; return __dcpBlock(a, budget, held); }
+      case 'block': {
+        // Indexed, not destructured: destructuring runs Array.prototype[Symbol.iterator], which job
+        // code may replace, before any slice's deadlines are set.
+        const p = parse(b);
+        outputCap = p[0] >= 0 ? p[0] : Infinity;
+        return __dcpBlock(a, p[1], p[2]);
+      }
       case 'ended': { const e = ended; ended = ''; return e; }
       case 'poll': return __dcpPoll();
       case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }

@@ -26,10 +26,8 @@ Example (in-process; the runner does the same inside a sandboxed evaluator)::
 from __future__ import annotations
 
 import base64
-import bisect
 import ctypes
 import functools
-import itertools
 import json
 import os
 import re
@@ -183,13 +181,7 @@ class QuickJSEngine(Engine):
         try:
             now = time.monotonic()
             if self._cpu_from is not None:
-                # A block slice's CPU clock is read here, at its first interrupt, not as it starts:
-                # a CPU clock read costs 0.6 µs, as much as the rest of a trivial slice's host work,
-                # and most slices end before any interrupt. The CPU it used until now is counted as
-                # the wall time since it started (the engine runs on this one thread; an interrupt
-                # comes every ~10k operations, well under a millisecond in).
-                self._cpu_deadline = time.process_time() + self._blk_cpu - (now - self._cpu_from)  # type: ignore[operator]
-                self._cpu_from = None
+                self._start_cpu_clock(now)
             if self._deadline is not None and now > self._deadline:
                 self._tripped = ErrorCode.ESLICETOOSLOW
             elif self._progress_deadline is not None and now > self._progress_deadline:
@@ -208,10 +200,22 @@ class QuickJSEngine(Engine):
         except BaseException:  # noqa: BLE001 - an exception here would be printed and ignored
             return 1
 
+    def _start_cpu_clock(self, now: float) -> None:
+        """Set the running block slice's CPU deadline. It is read at the slice's first interrupt
+        (or host call, or promise), not as the slice starts: a CPU clock read costs 0.6 µs, as much
+        as the rest of a trivial slice's host work, and most slices end before any of those. The
+        CPU it used until then is counted as the wall time since it started: the engine runs on
+        this one thread and it has done nothing but compute meanwhile (an interrupt comes every
+        ~10k operations; a host call or a promise's wait starts the clock before waiting)."""
+        self._cpu_deadline = time.process_time() + self._blk_cpu - (now - self._cpu_from)  # type: ignore[operator]
+        self._cpu_from = None
+
     # -- host callbacks (called by the prelude through __dcpHost) -------------------------------
     def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
         # Exceptions must not escape into the binding (it would leave a Python error pending).
         try:
+            if self._cpu_from is not None:  # before anything that may wait (a full pipe)
+                self._start_cpu_clock(time.monotonic())
             if op == "random":
                 return base64.b64encode(os.urandom(int(a))).decode("ascii")
             ctx = self._slice or self._block_slice()
@@ -330,14 +334,11 @@ class QuickJSEngine(Engine):
         the slice it hit. Returns when the budget is spent, at the end, or after a promise."""
         # Encode only what this call may run: a chunk that grows while calls finish it in budget.
         datums = block.datums
-        texts, bad = to_js_each([datums[i] for i in indexes[:self._chunk]], self._bigint)
+        texts, bad = to_js_each([datums[i] for i in indexes[:self._chunk]], self._bigint, MAX_BLOCK_TEXT)
         if not texts:  # the first datum cannot enter the engine: that slice fails alone
             if bad is not None:
                 block.failed(indexes[0], datum_error(bad))
             return
-        # At most MAX_BLOCK_TEXT characters in all (at least one datum).
-        fit = bisect.bisect_right(list(itertools.accumulate(map(len, texts))), MAX_BLOCK_TEXT)
-        del texts[max(1, fit):]
         limits = block.limits
         self.set_limits(limits.memory)
         self._blk, self._blk_indexes, self._blk_texts = block, indexes[:len(texts)], texts
@@ -349,8 +350,9 @@ class QuickJSEngine(Engine):
             try:
                 reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))},{MAX_BLOCK_TEXT}]")
             except SliceError as e:  # a limit, or the engine failed, during slice _cur
-                self._settle_ended(self._ended_after_error(), self._cur + 1)
-                if self._cur >= 0:  # also a slice that ended with jobs queued: the error came in its time
+                ended = self._ended_after_error()[:self._cur + 1]
+                self._settle_ended(ended, len(ended))
+                if self._cur >= len(ended):  # it had not ended (when it had, the call broke between slices)
                     block.failed(self._blk_indexes[self._cur], e)
                 elif len(texts) > 1:  # before the first slice (out of memory taking the chunk): one alone
                     self._chunk = 1
@@ -363,6 +365,8 @@ class QuickJSEngine(Engine):
             ended = reply[1:].split("\n") if len(reply) > 1 else []
             if kind == "p":  # slices 0.._cur-1 ended; slice _cur's result is a promise
                 self._settle_ended(ended, self._cur)
+                if self._cpu_from is not None:  # before its timers' waits, which are no CPU
+                    self._start_cpu_clock(time.monotonic())
                 self._slice = self._block_slice()
                 try:
                     envelope = self._settle()
@@ -375,8 +379,10 @@ class QuickJSEngine(Engine):
                 self._chunk = min(self._chunk * 2, MAX_BLOCK_CHUNK)
             # "d" or "s": slices 0.._cur ended; the last may have left jobs queued, to run under its
             # limits before its result counts.
-            if not ended or len(ended) != self._cur + 1:
-                return  # not the prelude's reply (it always names every slice the host started)
+            if not ended or len(ended) != self._cur + 1:  # not the prelude's: it names every slice started
+                block.failed(self._blk_indexes[max(self._cur, 0)], SliceError(
+                    f"internal error: unexpected reply {reply[:40]!r} from the map-basic prelude", code=ErrorCode.ECRASH))
+                return
             if not self._job_pending():
                 self._settle_ended(ended, len(ended))
                 return
@@ -420,15 +426,16 @@ class QuickJSEngine(Engine):
         engine failing), from the prelude; none if even that call fails (out of memory: those
         slices stay pending and run again)."""
         saved = self._blk
-        self._blk = None  # nothing may interrupt this call: its clocks and cancel are not its own
-        self._deadline = self._cpu_deadline = self._progress_deadline = self._cpu_from = None
+        self._blk = None  # the slice's clocks and cancel are not this call's, only a bound of its own
+        self._deadline = time.monotonic() + 1.0
+        self._cpu_deadline = self._progress_deadline = self._cpu_from = None
         self._slice, self._tripped = None, None
         try:
             text = self._call("ended")
         except SliceError:
             return []
         finally:
-            self._blk = saved
+            self._blk, self._deadline, self._tripped = saved, None, None
         return text.split("\n") if text else []
 
     def _finish_held(self, envelope: str) -> None:
