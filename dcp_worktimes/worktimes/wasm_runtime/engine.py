@@ -418,6 +418,7 @@ class Watchdog:
                 "cpu_deadline": cpu_deadline if clock is not None else None,
                 "cpu_time": cpu_time,
                 "check": check,
+                "limits": 0,  # how many times re-armed: a verdict stands only for the limits it judged
             }
             self._wake_if_late(self._armed)
         try:
@@ -432,6 +433,7 @@ class Watchdog:
             if armed is None or armed["guard"] is not guard:
                 return
             armed["deadline"], armed["wall_time"], armed["cpu_time"] = deadline, wall_time, cpu_time
+            armed["limits"] += 1
             armed["clock"] = time.pthread_getcpuclockid(threading.get_ident()) if cpu_time is not None else None
             armed["cpu_deadline"] = time.clock_gettime(armed["clock"]) + cpu_time if cpu_time is not None else None
             # Each slice of a block re-arms, every few ms: a later deadline is read when the
@@ -446,10 +448,12 @@ class Watchdog:
         if need < self._wakes_at:
             self._cond.notify()
 
-    def _interrupt(self, guard: Guard, error: SliceError) -> None:
+    def _interrupt(self, guard: Guard, error: SliceError, limits: int | None = None) -> None:
         with self._cond:
             if self._armed is None or self._armed["guard"] is not guard or guard.error is not None:
                 return
+            if limits is not None and self._armed["limits"] != limits:
+                return  # judged on limits re-armed since (the slice it judged has ended): judge again
             guard.error = error
             if self.epochs:
                 self.engine.increment_epoch()
@@ -477,9 +481,10 @@ class Watchdog:
                     self._wakes_at = -math.inf  # awake: it reads the current run before sleeping again
                     if self._armed is not armed:
                         continue
+            limits = armed["limits"]
             error = self._verdict(armed)
             if error is not None:
-                self._interrupt(armed["guard"], error)
+                self._interrupt(armed["guard"], error, limits)
 
     @staticmethod
     def _verdict(armed: dict) -> SliceError | None:
