@@ -762,25 +762,22 @@
   function __dcpBlock(text, budgetMs, maxHeld) {
     const items = apply(splitString, text, ['\n']);
     const t0 = now();
-    let envelope = '';
     ended = '';
     blockMode = true;
     try {
       for (let k = 0; k < items.length; k++) {
-        if (k > 0) {
-          ended = k > 1 ? ended + '\n' + envelope : envelope;
-          if (now() - t0 > budgetMs || ended.length >= maxHeld) return 's' + ended;
-        }
+        if (k > 0 && (now() - t0 > budgetMs || ended.length >= maxHeld)) return 's' + ended;
         const r = nextSlice();
         if (r != null) {
           if (r[0] === '!') throw new Error(r.slice(1));
           return 's' + ended;
         }
         lastHeard = now(); lastValue = -1;
-        envelope = __dcpStart(items[k]);
+        const envelope = __dcpStart(items[k]);
         if (envelope === 'p') return 'p' + ended;
+        ended = k > 0 ? ended + '\n' + envelope : envelope;
       }
-      return 'd' + (items.length > 1 ? ended + '\n' + envelope : envelope);
+      return 'd' + ended;
     } finally {
       blockMode = false;
     }

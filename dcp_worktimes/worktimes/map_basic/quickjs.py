@@ -180,8 +180,7 @@ class QuickJSEngine(Engine):
         # Runs every ~10k JS operations with the GIL re-acquired: keep it cheap and never raise.
         try:
             now = time.monotonic()
-            if self._cpu_from is not None:
-                self._start_cpu_clock(now)
+            self._start_cpu_clock(now)
             if self._deadline is not None and now > self._deadline:
                 self._tripped = ErrorCode.ESLICETOOSLOW
             elif self._progress_deadline is not None and now > self._progress_deadline:
@@ -201,21 +200,21 @@ class QuickJSEngine(Engine):
             return 1
 
     def _start_cpu_clock(self, now: float) -> None:
-        """Set the running block slice's CPU deadline. It is read at the slice's first interrupt
+        """Set the running block slice's CPU deadline, if it is not set yet. It is read at the slice's first interrupt
         (or host call, or promise), not as the slice starts: a CPU clock read costs 0.6 µs, as much
         as the rest of a trivial slice's host work, and most slices end before any of those. The
         CPU it used until then is counted as the wall time since it started: the engine runs on
         this one thread and it has done nothing but compute meanwhile (an interrupt comes every
         ~10k operations; a host call or a promise's wait starts the clock before waiting)."""
-        self._cpu_deadline = time.process_time() + self._blk_cpu - (now - self._cpu_from)  # type: ignore[operator]
-        self._cpu_from = None
+        if self._cpu_from is not None:
+            self._cpu_deadline = time.process_time() + self._blk_cpu - (now - self._cpu_from)  # type: ignore[operator]
+            self._cpu_from = None
 
     # -- host callbacks (called by the prelude through __dcpHost) -------------------------------
     def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
         # Exceptions must not escape into the binding (it would leave a Python error pending).
         try:
-            if self._cpu_from is not None:  # before anything that may wait (a full pipe)
-                self._start_cpu_clock(time.monotonic())
+            self._start_cpu_clock(time.monotonic())  # before anything that may wait (a full pipe)
             if op == "random":
                 return base64.b64encode(os.urandom(int(a))).decode("ascii")
             ctx = self._slice or self._block_slice()
@@ -351,7 +350,7 @@ class QuickJSEngine(Engine):
                 reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))},{MAX_BLOCK_TEXT}]")
             except SliceError as e:  # a limit, or the engine failed, during slice _cur
                 ended = self._ended_after_error()[:self._cur + 1]
-                self._settle_ended(ended, len(ended))
+                self._settle_ended(ended)
                 if self._cur >= len(ended):  # it had not ended (when it had, the call broke between slices)
                     block.failed(self._blk_indexes[self._cur], e)
                 elif len(texts) > 1:  # before the first slice (out of memory taking the chunk): one alone
@@ -364,9 +363,8 @@ class QuickJSEngine(Engine):
             kind = reply[:1]
             ended = reply[1:].split("\n") if len(reply) > 1 else []
             if kind == "p":  # slices 0.._cur-1 ended; slice _cur's result is a promise
-                self._settle_ended(ended, self._cur)
-                if self._cpu_from is not None:  # before its timers' waits, which are no CPU
-                    self._start_cpu_clock(time.monotonic())
+                self._settle_ended(ended[:self._cur])
+                self._start_cpu_clock(time.monotonic())  # before its timers' waits, which are no CPU
                 self._slice = self._block_slice()
                 try:
                     envelope = self._settle()
@@ -384,9 +382,9 @@ class QuickJSEngine(Engine):
                     f"internal error: unexpected reply {reply[:40]!r} from the map-basic prelude", code=ErrorCode.ECRASH))
                 return
             if not self._job_pending():
-                self._settle_ended(ended, len(ended))
+                self._settle_ended(ended)
                 return
-            self._settle_ended(ended, self._cur)
+            self._settle_ended(ended[:-1])
             self._finish_held(ended[-1])
         finally:
             self._blk, self._slice = None, None
@@ -449,11 +447,10 @@ class QuickJSEngine(Engine):
                 return
         self._finalize(self._cur, envelope)
 
-    def _settle_ended(self, ended: list[str], count: int) -> None:
-        """Settle slices ``0..count-1`` of this call from their envelopes ``ended`` (the prelude's,
-        in order; any beyond ``count`` are ignored), in order: plain JSON values (the usual case)
-        decode as one array, anything else one by one (``_result``)."""
-        ended = ended[:count]
+    def _settle_ended(self, ended: list[str]) -> None:
+        """Settle slices ``0..len(ended)-1`` of this call from their envelopes (the prelude's), in
+        order: plain JSON values (the usual case) decode as one array, anything else one by one
+        (``_result``)."""
         if not ended:
             return
         if all(env[:2] == "v0" for env in ended):

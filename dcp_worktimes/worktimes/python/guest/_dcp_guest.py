@@ -446,7 +446,8 @@ def run_block():
     sent = now = time.monotonic()
     # The loop's own cost is most of a trivial slice's, so what it calls per slice is bound here:
     # the work called straight when it takes the datum alone (as _apply does then), the encoder
-    # and the clock.
+    # and the clock; the position k is encoded inline (msgpack's fixint, else uint16: ~0.35 µs a
+    # slice less than codec.encode(k) in CPython for WASI).
     direct = not _state.arguments and not _state.spread
     handler, encode, clock, state, plain, modules = _state.handler, codec.encode, time.monotonic, _state, _PLAIN, sys.modules
     fixint = codec.FIXINT
