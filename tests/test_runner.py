@@ -396,6 +396,52 @@ def test_worktimes_without_standby_get_a_plain_spare_that_the_next_job_runs_in()
         assert p._slots[0].proc.pid == ready and p._slots[0].proc.job_id == nxt.id  # it ran in the spare
 
 
+# -- how many evaluators a job gets ------------------------------------------------------------------
+def _timed_job(name, prepare, slow=0.0, slow_one=None):
+    """A probe job whose prepare takes ``prepare`` s and whose slices take ``slow`` s (only slice
+    ``slow_one`` if given); each returns [datum, evaluator pid]."""
+    work = (f"import os, time\ntime.sleep({prepare})\n"
+            f"def work(x):\n    if {slow_one!r} in (None, x):\n        time.sleep({slow})\n    return [x, os.getpid()]\n")
+    return JobSpec(id=f"{name}-{time.monotonic_ns()}", worktime="probe", work=work)
+
+
+def test_a_small_job_runs_in_one_evaluator_and_leaves_the_other_spare_for_the_next(probe):
+    with EvaluatorPool(cores=2) as p:
+        # A job that outlasts a prepare gets every slot's evaluator.
+        warm = _timed_job("warm", 0.1, slow=0.3)
+        assert len({o.value[1] for o in p.map(warm, [(i, i) for i in range(4)])}) == 2
+        p.release(warm.id)
+        assert _wait_for(lambda: all(s.spare is not None and s.spare._ready.is_set() and s.spare._proc is not None
+                                     for s in p._slots))
+        spares = {s.spare._proc.pid for s in p._slots}
+        # Ten trivial slices are done by the first evaluator before a second could be prepared.
+        small = _timed_job("small", 0.1)
+        pids = {o.value[1] for o in p.map(small, [(i, i) for i in range(10)])}
+        assert len(pids) == 1 and pids <= spares
+        left = [s.spare for s in p._slots if s.spare is not None]
+        assert len(left) == 1 and left[0]._proc.pid in spares - pids  # kept, up, for the next job
+        assert left[0]._proc.alive()
+
+
+def test_an_evaluator_prepared_for_a_job_that_ended_meanwhile_is_retired(probe):
+    with EvaluatorPool(cores=2) as p:
+        warm = _timed_job("warm", 0.1)  # the pool learns this worktime's prepare time: ~0.1 s
+        assert all(o.ok for o in p.map(warm, [(0, 0)]))
+        p.release(warm.id)
+        # This job's prepare takes 0.5 s: a second evaluator joins while the first still prepares
+        # (it outlasts two expected prepares), and is still preparing when the first has run
+        # both slices and the job is released.
+        j = _timed_job("ended", 0.5)
+        outs = list(p.map(j, [(0, 0), (1, 1)]))
+        assert all(o.ok for o in outs) and len({o.value[1] for o in outs}) == 1
+        assert any(s.joining == j.id for s in p._slots)
+        p.release(j.id)
+        # Once ready it finds the job over: it exits, and its slot gets a spare for the next job.
+        assert _wait_for(lambda: all(s.joining is None and (s.proc is None or s.proc.job_id != j.id)
+                                     for s in p._slots), timeout=5)
+        assert _wait_for(lambda: all(s.spare is not None for s in p._slots))
+
+
 # -- the host folders of private areas ---------------------------------------------------------------
 def test_an_evaluators_private_area_folder_goes_with_it():
     with EvaluatorPool(cores=1) as p:

@@ -22,6 +22,12 @@ deployers never share one). Slots cut the queued blocks
 into runs of adaptive size (~10-50 ms each: many trivial slices per frame, one at a time for slow
 ones), so CPU-bound jobs still spread over every evaluator.
 
+A slot prepares its evaluator for a job before it takes any of the job's slices, so slots that
+are ready run them meanwhile. A job's first evaluator starts at once, on a slot whose spare
+(an evaluator started ahead, when the previous job ended) is up; each further one only when the
+job outlasts a prepare. A small job is then done by one evaluator, and the other slots keep their
+spares for the next job instead of using them up (``_join``).
+
 One watchdog thread enforces every slice's ``Limits`` from outside the evaluator by reading its
 shared-memory heartbeat and ``psutil``: wall time (``ESLICETOOSLOW``), the no-progress timeout
 (``ENOPROGRESS``), CPU time (``ECPULIMIT``) and resident memory above the evaluator's footprint
@@ -80,6 +86,14 @@ MEMORY_OF_JOBS = 1000
 #: Seconds a spare evaluator (``_Spare``) waits for a job before it exits: an idle worker must not
 #: hold an engine process per core forever.
 SPARE_IDLE = 300.0
+#: A job's first prepare time guess, before this pool has measured any for its worktime.
+FIRST_PREPARE_GUESS = 0.05
+#: How often a slot waiting to join a job looks again (its queue, its other evaluators' pace).
+JOIN_POLL = 0.002
+#: The longest a slot with no ready spare leaves a job to an idle slot that has one.
+DEFER_AT_MOST = 0.05
+#: A worktime whose prepare takes longer starts all of a job's evaluators at once (_join).
+QUICK_PREPARE = 0.25
 
 
 @dataclass(slots=True)
@@ -188,6 +202,12 @@ class _Slot:
     ticks: int = 0
     job: JobSpec | None = None  # the job its evaluator serves
     spare: "_Spare | None" = None  # an evaluator started ahead for the next job
+    #: Why the evaluator the slot prepared before taking any slice failed (job id, error): the
+    #: job's next run here fails with it instead of starting another evaluator.
+    prepare_error: "tuple[str, SliceError] | None" = None
+    joining: str | None = None  # the job the slot is starting an evaluator for (_join)
+    joined_at: float = 0.0  # when it began to
+    ready_at: float = 0.0  # when its evaluator was prepared for its job
     #: Guards swapping ``proc``/``job``/``spare``: ``release`` (a deployer's thread) retires an idle
     #: slot's evaluator while the slot's own thread may be replacing it for the next job.
     #: Re-entrant: ``_retire`` takes it whether or not its caller holds it.
@@ -289,6 +309,9 @@ class EvaluatorPool:
         self._queued = 0
         self._bad_jobs: Recent[str, SliceError] = Recent(MEMORY_OF_JOBS)
         self._cancelled: Recent[str, None] = Recent(MEMORY_OF_JOBS)
+        self._released: Recent[str, None] = Recent(MEMORY_OF_JOBS)  # jobs over here (release)
+        self._pace: Recent[str, float] = Recent(MEMORY_OF_JOBS)  # a job's last run's seconds per slice
+        self._prepare_time: dict[str, float] = {}  # per worktime name: recent prepare seconds (moving average)
         self._closed = False
         self._slots = [_Slot(i) for i in range(self.cores)]
         self._zygotes: dict[str, Zygote | None] = {}
@@ -334,6 +357,7 @@ class EvaluatorPool:
             if self._closed:
                 raise RuntimeError("the evaluator pool is closed")
             self._cancelled.pop(job.id, None)
+            self._released.pop(job.id, None)
             self._queues.setdefault(job.id, collections.deque()).append(task)
             self._queued += len(task)
             self._lock.notify_all()
@@ -373,6 +397,10 @@ class EvaluatorPool:
         job's state in memory until its slots are needed), and spares start for the next job.
         ``wait=False`` leaves that to the pool's own thread: a deployer about to return its
         results does not wait for threads to start (~1 ms each while evaluators start)."""
+        with self._lock:
+            # A slot still preparing an evaluator for the job (one that took none of its slices)
+            # finds it over when it is ready, and retires its evaluator then.
+            self._released[job_id] = None
         if not wait:
             self._releases.put(job_id)
             return
@@ -429,9 +457,9 @@ class EvaluatorPool:
         self.close()
 
     # -- slots ----------------------------------------------------------------------------------
-    def _take(self, slot: _Slot) -> _Task | None:
-        """The next run for this slot: up to its batch size of one job's queued slices (the job its
-        evaluator already serves, if any), leaving a fair share for the other slots."""
+    def _next_job(self, slot: _Slot) -> JobSpec | None:
+        """The job this slot serves next: the one its evaluator already serves while that has queued
+        slices, else the first with any (``None``: the pool closed). Waits for queued slices."""
         with self._lock:
             while not self._queued and not self._closed:
                 self._lock.wait()
@@ -441,9 +469,24 @@ class EvaluatorPool:
             job_id = current if current in self._queues and self._queues[current] else None
             if job_id is None:
                 job_id = next(k for k, q in self._queues.items() if q)
-            q = self._queues[job_id]
-            share = math.ceil(self._queued / self.cores)
+            return self._queues[job_id][0].job
+
+    def _take(self, slot: _Slot, job_id: str) -> _Task | None:
+        """The slot's next run of ``job_id``: up to its batch size of the job's queued slices,
+        leaving a fair share for the other slots (``None``: none queued now)."""
+        with self._lock:
+            q = self._queues.get(job_id)
+            if not q:
+                return None
             head = q[0]
+            share = math.ceil(self._queued / self.cores)  # leave the other slots theirs
+            pace = self._pace.get(job_id)
+            if pace is not None and not self._others_on(slot, job_id):
+                queued = sum(len(t) for t in q)
+                if queued * pace < self._prepare_time.get(head.job.worktime, FIRST_PREPARE_GUESS):
+                    # The job's only evaluator: it is done with them before another one could be
+                    # prepared (_join), so it takes them all at once.
+                    share = queued
             n = max(1, min(slot.batch_size, share, len(head)))
             if head.lost is not None and head.lost[0] > 0:
                 n = 1  # a suspect of a run that died unexplained: alone, so a second death is exact
@@ -463,9 +506,26 @@ class EvaluatorPool:
 
     def _slot_loop(self, slot: _Slot) -> None:
         while True:
-            task = self._take(slot)
-            if task is None:
+            job = self._next_job(slot)
+            if job is None:
                 return
+            if not self._serves(slot, job) and job.id not in self._bad_jobs and job.id not in self._cancelled:
+                if not self._join(slot, job):
+                    continue  # the job's other evaluators ran its queue: keep the spare for the next job
+                # Prepare an evaluator before taking any slice: the slots whose evaluators are
+                # ready run the job's slices meanwhile, instead of some waiting in this slot for
+                # the slowest start.
+                try:
+                    _proc, bad = self._evaluator_for(slot, job)
+                finally:
+                    slot.joining = None
+                slot.prepare_error = (job.id, bad) if bad is not None else None
+            task = self._take(slot, job.id)
+            if task is None:  # the other slots ran the job meanwhile
+                slot.claimed = False
+                if job.id in self._released:
+                    self.release(job.id)  # it is over: retire the evaluator this slot just prepared
+                continue
             try:
                 self._run(slot, task)
             except Exception as e:  # a bug here must not lose slices silently
@@ -475,10 +535,87 @@ class EvaluatorPool:
             finally:
                 slot.claimed = False
 
+    def _join(self, slot: _Slot, job: JobSpec) -> bool:
+        """Whether this slot should start an evaluator for ``job`` (then marked ``joining``), or
+        leave the job to the evaluators it has (``False``: its queue ran out meanwhile).
+
+        Every job gets fresh evaluators, and each one uses up a spare (a fork, a sandbox, an
+        engine start: ~10 ms of CPU, ~50 ms for V8) that the next job then waits for. A small job
+        is done by its first evaluator before a second could be prepared, so a second would only
+        cost the next job its spare. The first evaluator starts at once, on a slot whose spare is
+        up if one is idle. Each further one starts when the job outlasts a prepare: once its
+        first evaluator has run it for as long as a prepare takes without emptying its queue, or
+        sooner when its queued slices at its measured pace, spread over its evaluators, would
+        take longer than that. A worktime whose prepare is slow (a model or scene to load) starts
+        them all at once, as a slow prepare is no small job's cost."""
+        ref = get_worktime(job.worktime).ref
+        prepare = self._prepare_time.get(job.worktime, FIRST_PREPARE_GUESS)
+        waited_since = time.monotonic()
+        with self._lock:
+            while True:
+                if self._closed:
+                    break  # the run that follows fails its slices as the pool closes
+                q = self._queues.get(job.id)
+                if not q:
+                    return False
+                now = time.monotonic()
+                helpers = self._others_on(slot, job.id)
+                if not helpers:
+                    if (self._spare_up(slot, ref) or now - waited_since >= DEFER_AT_MOST or not any(
+                            s is not slot and s.joining is None and not s.busy and s.preparing_since is None
+                            and self._spare_up(s, ref) for s in self._slots)):
+                        break
+                elif prepare > QUICK_PREPARE:
+                    break
+                else:
+                    ready = [s.ready_at for s in helpers if s.joining is None]
+                    first_ready = min(ready) if ready else min(s.joined_at for s in helpers) + prepare
+                    if now >= first_ready + prepare:
+                        break
+                    pace = self._pace.get(job.id)
+                    if pace is not None and sum(len(t) for t in q) * pace > prepare * len(helpers):
+                        break
+                self._lock.wait(JOIN_POLL)
+            slot.joining, slot.joined_at = job.id, time.monotonic()
+            return True
+
+    def _others_on(self, slot: _Slot, job_id: str) -> list[_Slot]:
+        """The other slots serving the job or starting an evaluator for it (caller holds the lock)."""
+        return [s for s in self._slots if s is not slot and (
+            s.joining == job_id or (s.proc is not None and s.proc.job_id == job_id))]
+
+    @staticmethod
+    def _spare_up(slot: _Slot, ref: str) -> bool:
+        """Whether the slot has a spare for worktime ``ref`` whose process is up."""
+        spare = slot.spare
+        return spare is not None and spare.ref == ref and spare._ready.is_set()
+
+    def _serves(self, slot: _Slot, job: JobSpec) -> bool:
+        """Whether the slot's evaluator is prepared for ``job`` and may run more of its slices."""
+        proc = slot.proc
+        return proc is not None and proc.job_id == job.id and proc.alive() and (
+            proc.slices_run < self.max_slices or time.monotonic() - proc.started < self.min_life)
+
+    def _evaluator_for(self, slot: _Slot, job: JobSpec) -> tuple[EvaluatorProcess | None, SliceError | None]:
+        """The slot's evaluator prepared for ``job`` (``_ensure``), or why there is none."""
+        try:
+            return self._ensure(slot, job), None
+        except _JobUnusable as e:
+            bad = e.error
+            if not bad.worker_fault:  # a fault of this machine may be mended; the work's stays
+                self._bad_jobs[job.id] = bad
+        except EvaluatorDied as e:
+            # An evaluator that cannot start or prepare for this job will not do better on
+            # the next run: fail the job's slices at once instead of retrying each.
+            bad = e.reason or SliceError("the evaluator failed to start", code=ErrorCode.ECRASH)
+            if not self._closed:
+                self._bad_jobs[job.id] = bad
+            self._retire(slot)
+        return None, bad
+
     def _ensure(self, slot: _Slot, job: JobSpec) -> EvaluatorProcess:
         proc = slot.proc
-        if proc is not None and proc.job_id == job.id and proc.alive() and (
-                proc.slices_run < self.max_slices or time.monotonic() - proc.started < self.min_life):
+        if self._serves(slot, job):
             with slot.lock:
                 if slot.proc is proc:  # else release() retired it just now: start another below
                     slot.claimed = True
@@ -497,7 +634,7 @@ class EvaluatorPool:
         # memory, unless the worktime bounds the work's part itself ("prepare" in enforces).
         slot.preparing = None if "prepare" in reg.cls.enforces else job.limits
         slot.memory_slack = 0.25 if "memory" in reg.cls.enforces else 0.0
-        slot.preparing_since = time.monotonic()
+        slot.preparing_since = began = time.monotonic()
         try:
             try:
                 proc.send({"op": "prepare", "job": job.to_dict(), "config": self.config.get(job.worktime, {})})
@@ -512,6 +649,9 @@ class EvaluatorPool:
             raise _JobUnusable(SliceError.from_dict(msg["error"]))
         proc.baseline_rss = int(msg.get("rss") or 0)
         proc.lockdown = msg.get("lockdown") or {}  # seccomp/Landlock, applied after this first prepare
+        slot.ready_at = now = time.monotonic()
+        last = self._prepare_time.get(job.worktime)
+        self._prepare_time[job.worktime] = now - began if last is None else 0.7 * last + 0.3 * (now - began)
         with slot.lock:
             proc.job_id = job.id
             slot.claimed = True
@@ -569,20 +709,11 @@ class EvaluatorPool:
         bad = self._bad_jobs.get(job.id)
         if bad is None and job.id in self._cancelled:
             bad = SliceError("the job was cancelled", code=ErrorCode.ECANCELLED)
+        early, slot.prepare_error = slot.prepare_error, None
+        if bad is None and early is not None and early[0] == job.id:
+            bad = early[1]
         if bad is None:
-            try:
-                proc = self._ensure(slot, job)
-            except _JobUnusable as e:
-                bad = e.error
-                if not bad.worker_fault:  # a fault of this machine may be mended; the work's stays
-                    self._bad_jobs[job.id] = bad
-            except EvaluatorDied as e:
-                # An evaluator that cannot start or prepare for this job will not do better on
-                # the next run: fail the job's slices at once instead of retrying each.
-                bad = e.reason or SliceError("the evaluator failed to start", code=ErrorCode.ECRASH)
-                if not self._closed:
-                    self._bad_jobs[job.id] = bad
-                self._retire(slot)
+            proc, bad = self._evaluator_for(slot, job)
         if bad is None and job.id in self._cancelled:  # cancelled while its evaluator was preparing
             bad = SliceError("the job was cancelled", code=ErrorCode.ECANCELLED)
         if bad is not None:
@@ -645,6 +776,7 @@ class EvaluatorPool:
         finally:
             slot.busy = False
         elapsed = time.monotonic() - started
+        self._pace[job.id] = elapsed / k
         # Adaptive runs: aim for ~10-50 ms per run, so frames are few for trivial slices and slow
         # slices still spread over every evaluator.
         if elapsed < 0.01:
