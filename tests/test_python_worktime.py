@@ -310,6 +310,47 @@ def test_warmup_reports_a_cache_hit(warm):
     assert seen and seen[-1][0] == 1.0
 
 
+def test_a_new_process_loads_the_verified_module_without_reading_it_again(warm, monkeypatch):
+    # Every zygote start used to read and hash the 99 MB module (~130 ms of a cold job's start).
+    from dcp_worktimes.worktimes.python import compiled
+    from dcp_worktimes.worktimes.wasm_runtime import engine
+
+    runtime = warm.runtime
+    assert compiled._verified_digest(runtime) == runtime.sha256[runtime.snapshot.name]
+    read = Path.read_bytes
+
+    def guarded(self):
+        assert self != runtime.snapshot, "the verified module was read again"
+        return read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", guarded)
+    monkeypatch.setattr(compiled, "_done", None)  # as in a new process: nothing loaded yet
+    monkeypatch.setattr(engine, "_memo", {})
+    again = compiled.load()
+    assert again.source == "disk" and again.runtime == runtime
+
+
+def test_a_module_file_that_changed_is_hashed_again(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    from dcp_worktimes.worktimes.python import compiled
+    from dcp_worktimes.worktimes.python.artifacts import Runtime
+
+    monkeypatch.setenv("DCP_WORKTIMES_CACHE", str(tmp_path / "cache"))
+    module = tmp_path / "python.wasm"
+    module.write_bytes(b"\0asm one")
+    digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    runtime = Runtime(tmp_path, module, tmp_path / "python315.zip", "3.15.0", sha256={module.name: digest})
+    assert compiled._verified_digest(runtime) is None  # never hashed here
+    compiled._remember_verified(runtime, digest)
+    assert compiled._verified_digest(runtime) == digest
+    # A new SHA256SUMS (an upgrade) or a rewritten file: the stamp no longer stands for a hash.
+    assert compiled._verified_digest(dataclasses.replace(runtime, sha256={module.name: "0" * 64})) is None
+    module.write_bytes(b"\0asm two")
+    assert compiled._verified_digest(runtime) is None
+
+
 def test_time_sleep_really_sleeps(wt):
     src = "import time\ndef f(x):\n    t = time.monotonic()\n    time.sleep(x)\n    return time.monotonic() - t\n"
     started = time.monotonic()

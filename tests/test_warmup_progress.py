@@ -29,8 +29,14 @@ def test_progress_while_loading_is_elapsed_time_not_a_guess(python_cache, monkey
         time.sleep(2.6)
         return real(*args, **kwargs)
 
+    def slow_hit(*args, **kwargs):  # the same, where the module file was verified before
+        time.sleep(2.6)
+        return real_hit(*args, **kwargs)
+
+    real_hit = compiled.cached_module
     monkeypatch.setattr(compiled, "_done", None)
     monkeypatch.setattr(compiled, "compile_module", slow)
+    monkeypatch.setattr(compiled, "cached_module", slow_hit)
     calls: list[tuple[float | None, str]] = []
     compiled.load(lambda fraction, message: calls.append((fraction, message)))
     during, end = calls[:-1], calls[-1]

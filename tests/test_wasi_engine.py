@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from dcp_worktimes.worktimes.wasm_runtime import (
     EngineOptions,
     Watchdog,
     cache_dir,
+    cache_path,
+    cached_module,
     compile_module,
     get_engine,
     memory_at_quota,
@@ -83,6 +86,22 @@ def test_compiled_module_goes_to_disk_and_a_new_process_loads_it(engine, tmp_pat
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=os.environ.copy())
     assert out.stdout.strip() == "disk", out.stderr
+
+
+def test_a_module_known_by_its_digest_loads_from_the_cache_without_its_bytes(engine):
+    text = f'(module (func (export "known_{time.monotonic_ns()}")))'
+    options = EngineOptions()
+    assert cached_module(engine, options, hashlib.sha256(wasm_bytes(text)).hexdigest()) is None  # never compiled
+    first = compile_module(engine, options, wasm_bytes(text))
+    hit = cached_module(engine, options, first.digest)
+    assert hit is not None and hit.source == "memory" and hit.path == first.path == cache_path(options, first.digest)
+    script = (
+        "from dcp_worktimes.worktimes.wasm_runtime import EngineOptions, get_engine, cached_module\n"
+        f"c = cached_module(get_engine(EngineOptions()), EngineOptions(), {first.digest!r})\n"
+        "print(c.source, [e.name for e in c.module.exports][0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=os.environ.copy())
+    assert out.stdout.split() == ["disk", text.split('"')[1]], out.stderr
 
 
 def test_cache_key_includes_the_engine_options(engine):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..wasm_runtime import EngineOptions, cache_dir, compile_module, get_engine
+from ..wasm_runtime import EngineOptions, cache_dir, cache_path, cached_module, compile_module, get_engine
 from .artifacts import INSTALL_HINT, Runtime, RuntimeMissing, find_runtime, runtime_cache, stdlib_folder
 
 if TYPE_CHECKING:
@@ -65,11 +65,17 @@ def load(progress: ProgressCallback | None = None) -> Compiled:
             return _done
         runtime = find_runtime()
         engine = get_engine(ENGINE_OPTIONS)
-        wasm = runtime.snapshot.read_bytes()
         box: dict[str, Any] = {}
 
         def work() -> None:
             try:
+                known = _verified_digest(runtime)
+                hit = cached_module(engine, ENGINE_OPTIONS, known) if known else None
+                if hit is not None:  # the module file is the one hashed before: no need to read it
+                    box["compiled"] = hit
+                    return
+                wasm = runtime.snapshot.read_bytes()
+                box["hashed"] = True
                 if _artifact_path(runtime) is not None and _artifact_path(runtime).is_file():
                     box["compiled"] = compile_module(engine, ENGINE_OPTIONS, wasm)
                     return
@@ -104,6 +110,8 @@ def load(progress: ProgressCallback | None = None) -> Compiled:
         if expected and compiled.digest != expected:
             raise RuntimeMissing(f"{runtime.snapshot} does not match its SHA256SUMS (corrupt install?); "
                                  f"reinstall with: {INSTALL_HINT}")
+        if expected and box.get("hashed"):
+            _remember_verified(runtime, expected)
         _done = Compiled(engine, compiled.module, runtime, compiled.source, compiled.seconds)
         if progress is not None:
             how = {"compiled": f"compiled in {compiled.seconds:.0f}s", "disk": "loaded from the cache",
@@ -124,14 +132,50 @@ def stdlib_folder_for(runtime: Runtime) -> Path:
 
 
 def _artifact_path(runtime: Runtime) -> Path | None:
-    """Where ``compile_module`` keeps our artifact (its naming: ``<sha256[:40]>-<options key>.cwasm``)."""
+    """Where ``compile_module`` keeps our artifact."""
+    digest = runtime.sha256.get(runtime.snapshot.name)
+    return cache_path(ENGINE_OPTIONS, digest) if digest is not None else None
+
+
+# Every zygote start used to read the 99 MB module and hash it (~130 ms of a cold python job's
+# start) to check it against SHA256SUMS and to find its compiled artifact. Once a file has been
+# hashed and matched, a stamp of its identity (path, size, mtime, inode) stands in for that:
+# a reinstalled or rewritten file gets a new identity and is hashed again.
+def _stamp_path(runtime: Runtime) -> Path:
     import hashlib
 
-    digest = runtime.sha256.get(runtime.snapshot.name)
-    if digest is None:
+    return runtime_cache() / f"verified-{hashlib.sha256(str(runtime.snapshot).encode()).hexdigest()[:16]}.json"
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
+
+
+def _verified_digest(runtime: Runtime) -> str | None:
+    """The snapshot's sha256 if this very file was hashed and matched SHA256SUMS before."""
+    import json
+
+    expected = runtime.sha256.get(runtime.snapshot.name)
+    if not expected:
         return None
-    config_key = hashlib.sha256(ENGINE_OPTIONS.fingerprint().encode()).hexdigest()[:16]
-    return cache_dir() / f"{digest[:40]}-{config_key}.cwasm"
+    try:
+        stamp = json.loads(_stamp_path(runtime).read_text())
+        return expected if stamp == {**_identity(runtime.snapshot), "sha256": expected} else None
+    except (OSError, ValueError):
+        return None
+
+
+def _remember_verified(runtime: Runtime, digest: str) -> None:
+    import json
+
+    from ..wasm_runtime.engine import _write_atomically
+
+    try:
+        stamp = {**_identity(runtime.snapshot), "sha256": digest}
+    except OSError:
+        return
+    _write_atomically(_stamp_path(runtime), json.dumps(stamp).encode())
 
 
 @contextmanager
