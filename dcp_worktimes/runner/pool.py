@@ -479,14 +479,7 @@ class EvaluatorPool:
             if not q:
                 return None
             head = q[0]
-            share = math.ceil(self._queued / self.cores)  # leave the other slots theirs
-            pace = self._pace.get(job_id)
-            if pace is not None and not self._others_on(slot, job_id):
-                queued = sum(len(t) for t in q)
-                if queued * pace < self._prepare_time.get(head.job.worktime, FIRST_PREPARE_GUESS):
-                    # The job's only evaluator: it is done with them before another one could be
-                    # prepared (_join), so it takes them all at once.
-                    share = queued
+            share = math.ceil(self._queued / self.cores)
             n = max(1, min(slot.batch_size, share, len(head)))
             if head.lost is not None and head.lost[0] > 0:
                 n = 1  # a suspect of a run that died unexplained: alone, so a second death is exact
@@ -510,16 +503,18 @@ class EvaluatorPool:
             if job is None:
                 return
             if not self._serves(slot, job) and job.id not in self._bad_jobs and job.id not in self._cancelled:
-                if not self._join(slot, job):
-                    continue  # the job's other evaluators ran its queue: keep the spare for the next job
-                # Prepare an evaluator before taking any slice: the slots whose evaluators are
-                # ready run the job's slices meanwhile, instead of some waiting in this slot for
-                # the slowest start.
                 try:
+                    if not self._join(slot, job):
+                        continue  # the job's other evaluators ran its queue: keep the spare for the next job
+                    # Prepare an evaluator before taking any slice: the slots whose evaluators are
+                    # ready run the job's slices meanwhile, instead of some waiting in this slot
+                    # for the slowest start.
                     _proc, bad = self._evaluator_for(slot, job)
+                    slot.prepare_error = (job.id, bad) if bad is not None else None
+                except Exception:  # a bug here must not end the slot's thread: the run below retries
+                    log.exception("evaluator slot %d failed to prepare for job %s", slot.index, job.id)
                 finally:
                     slot.joining = None
-                slot.prepare_error = (job.id, bad) if bad is not None else None
             task = self._take(slot, job.id)
             if task is None:  # the other slots ran the job meanwhile
                 slot.claimed = False
