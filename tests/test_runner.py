@@ -442,6 +442,32 @@ def test_an_evaluator_prepared_for_a_job_that_ended_meanwhile_is_retired(probe):
         assert _wait_for(lambda: all(s.spare is not None for s in p._slots))
 
 
+def test_a_job_released_while_its_last_slices_run_leaves_no_evaluator_behind():
+    with EvaluatorPool(cores=2) as p:
+        for r in range(3):
+            j = job({"sleep": 0.03})
+            done: list[int] = []
+
+            def last(outcome, j=j, done=done):
+                done.extend(outcome.numbers)
+                if len(done) == 8:  # the deployer releases it as the last outcome arrives, in use
+                    p.release(j.id)
+
+            p.submit(j, list(range(8)), [0] * 8, last)
+            assert _wait_for(lambda: len(done) == 8)
+            assert _wait_for(lambda: all(s.proc is None or s.proc.job_id != j.id for s in p._slots), timeout=3)
+
+
+def test_a_deferred_release_leaves_a_job_submitted_again_alone():
+    with EvaluatorPool(cores=2) as p:
+        j = job()
+        assert all(o.ok for o in p.map(j, [(i, i) for i in range(4)]))
+        p.release(j.id, wait=False)  # as the worker does, then a new lease of the same job comes
+        assert all(o.ok for o in p.map(j, [(i, i) for i in range(10, 14)]))
+        time.sleep(0.1)  # the pool's release thread has run by now
+        assert j.id not in p._released  # live again: a slot finding its queue empty keeps its evaluator
+
+
 # -- the host folders of private areas ---------------------------------------------------------------
 def test_an_evaluators_private_area_folder_goes_with_it():
     with EvaluatorPool(cores=1) as p:

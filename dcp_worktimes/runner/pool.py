@@ -206,6 +206,7 @@ class _Slot:
     #: job's next run here fails with it instead of starting another evaluator.
     prepare_error: "tuple[str, SliceError] | None" = None
     joining: str | None = None  # the job the slot is starting an evaluator for (_join)
+    considering: str | None = None  # the job whose _join the slot's thread is in
     joined_at: float = 0.0  # when it began to
     ready_at: float = 0.0  # when its evaluator was prepared for its job
     #: Guards swapping ``proc``/``job``/``spare``: ``release`` (a deployer's thread) retires an idle
@@ -330,7 +331,7 @@ class EvaluatorPool:
         isolation.sweep_dead_areas()
         while (job_id := self._releases.get()) is not None:
             try:
-                self.release(job_id)
+                self._retire_idle(job_id)
             except Exception:  # noqa: BLE001 - a spare that cannot start is only a slower next job
                 log.exception("releasing the evaluators of job %s failed", job_id)
 
@@ -398,13 +399,20 @@ class EvaluatorPool:
         ``wait=False`` leaves that to the pool's own thread: a deployer about to return its
         results does not wait for threads to start (~1 ms each while evaluators start)."""
         with self._lock:
-            # A slot still preparing an evaluator for the job (one that took none of its slices)
-            # finds it over when it is ready, and retires its evaluator then.
+            # A slot still preparing an evaluator for the job (one that took none of its slices),
+            # or running one of its slices now, retires its evaluator when it is done with it.
             self._released[job_id] = None
-        if not wait:
+        if wait:
+            self._retire_idle(job_id)
+        else:
             self._releases.put(job_id)
-            return
+
+    def _retire_idle(self, job_id: str) -> None:
+        """Retire the released job's idle evaluators and start spares in their slots, unless the
+        job is live again (slices submitted since its release)."""
         with self._lock:
+            if job_id not in self._released:
+                return
             idle = [(slot, slot.proc) for slot in self._slots
                     if not slot.claimed and slot.proc is not None and slot.proc.job_id == job_id]
         for slot, proc in idle:
@@ -516,19 +524,18 @@ class EvaluatorPool:
                 finally:
                     slot.joining = None
             task = self._take(slot, job.id)
-            if task is None:  # the other slots ran the job meanwhile
-                slot.claimed = False
-                if job.id in self._released:
-                    self.release(job.id)  # it is over: retire the evaluator this slot just prepared
-                continue
-            try:
-                self._run(slot, task)
-            except Exception as e:  # a bug here must not lose slices silently
-                log.exception("evaluator slot %d failed", slot.index)
-                self._fail(task, SliceError(f"internal error in the worker: {e}", code=ErrorCode.ECRASH), only_unsettled=True)
-                self._retire(slot)
-            finally:
-                slot.claimed = False
+            if task is not None:
+                try:
+                    self._run(slot, task)
+                except Exception as e:  # a bug here must not lose slices silently
+                    log.exception("evaluator slot %d failed", slot.index)
+                    self._fail(task, SliceError(f"internal error in the worker: {e}", code=ErrorCode.ECRASH),
+                               only_unsettled=True)
+                    self._retire(slot)
+            slot.claimed = False
+            # Released while this slot prepared for it or ran its last slices: retire its evaluator
+            # now (release() leaves a slot in use alone).
+            self._retire_idle(job.id)
 
     def _join(self, slot: _Slot, job: JobSpec) -> bool:
         """Whether this slot should start an evaluator for ``job`` (then marked ``joining``), or
@@ -547,32 +554,38 @@ class EvaluatorPool:
         prepare = self._prepare_time.get(job.worktime, FIRST_PREPARE_GUESS)
         waited_since = time.monotonic()
         with self._lock:
-            while True:
-                if self._closed:
-                    break  # the run that follows fails its slices as the pool closes
-                q = self._queues.get(job.id)
-                if not q:
-                    return False
-                now = time.monotonic()
-                helpers = self._others_on(slot, job.id)
-                if not helpers:
-                    if (self._spare_up(slot, ref) or now - waited_since >= DEFER_AT_MOST or not any(
-                            s is not slot and s.joining is None and not s.busy and s.preparing_since is None
-                            and self._spare_up(s, ref) for s in self._slots)):
+            slot.considering = job.id
+            try:
+                while True:
+                    if self._closed:
+                        return False
+                    q = self._queues.get(job.id)
+                    if not q:
+                        return False
+                    now = time.monotonic()
+                    helpers = self._others_on(slot, job.id)
+                    if not helpers:
+                        # Another idle slot whose spare is up starts it (one considering another
+                        # job is not idle), unless that takes too long.
+                        if (self._spare_up(slot, ref) or now - waited_since >= DEFER_AT_MOST or not any(
+                                s is not slot and s.joining is None and not s.busy and s.preparing_since is None
+                                and s.considering in (None, job.id) and self._spare_up(s, ref) for s in self._slots)):
+                            break
+                    elif prepare > QUICK_PREPARE:
                         break
-                elif prepare > QUICK_PREPARE:
-                    break
-                else:
-                    ready = [s.ready_at for s in helpers if s.joining is None]
-                    first_ready = min(ready) if ready else min(s.joined_at for s in helpers) + prepare
-                    if now >= first_ready + prepare:
-                        break
-                    pace = self._pace.get(job.id)
-                    if pace is not None and sum(len(t) for t in q) * pace > prepare * len(helpers):
-                        break
-                self._lock.wait(JOIN_POLL)
-            slot.joining, slot.joined_at = job.id, time.monotonic()
-            return True
+                    else:
+                        ready = [s.ready_at for s in helpers if s.joining is None]
+                        first_ready = min(ready) if ready else min(s.joined_at for s in helpers) + prepare
+                        if now >= first_ready + prepare:
+                            break
+                        pace = self._pace.get(job.id)
+                        if pace is not None and sum(len(t) for t in q) * pace > prepare * len(helpers):
+                            break
+                    self._lock.wait(JOIN_POLL)
+                slot.joining, slot.joined_at = job.id, time.monotonic()
+                return True
+            finally:
+                slot.considering = None
 
     def _others_on(self, slot: _Slot, job_id: str) -> list[_Slot]:
         """The other slots serving the job or starting an evaluator for it (caller holds the lock)."""
