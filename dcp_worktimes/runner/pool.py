@@ -207,7 +207,7 @@ class _Slot:
     prepare_error: "tuple[str, SliceError] | None" = None
     joining: str | None = None  # the job the slot is starting an evaluator for (_join)
     considering: str | None = None  # the job whose _join the slot's thread is in
-    joined_at: float = 0.0  # when it began to
+    joined_at: float = 0.0  # when it began starting that evaluator
     ready_at: float = 0.0  # when its evaluator was prepared for its job
     #: Guards swapping ``proc``/``job``/``spare``: ``release`` (a deployer's thread) retires an idle
     #: slot's evaluator while the slot's own thread may be replacing it for the next job.
@@ -486,8 +486,8 @@ class EvaluatorPool:
             q = self._queues.get(job_id)
             if not q:
                 return None
-            head = q[0]
             share = math.ceil(self._queued / self.cores)
+            head = q[0]
             n = max(1, min(slot.batch_size, share, len(head)))
             if head.lost is not None and head.lost[0] > 0:
                 n = 1  # a suspect of a run that died unexplained: alone, so a second death is exact

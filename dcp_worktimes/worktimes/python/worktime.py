@@ -232,7 +232,7 @@ class PythonWorktime(Worktime):
         Each forked evaluator then shares the loaded engine and module instead of reading and
         hashing the 99 MB module again (~0.5-1 s per evaluator). The zygote itself hashes it only
         the first time: a stamp of the file's identity in the cache then stands for the hash
-        (~40 ms instead of ~170 ms here). Without a cached artifact this does nothing (compiling
+        (~40-50 ms instead of ~200 ms here). Without a cached artifact this does nothing (compiling
         here would hold up the zygote; ``prepare`` compiles instead).
         """
         from .compiled import load_if_cached
