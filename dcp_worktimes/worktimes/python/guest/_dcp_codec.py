@@ -46,7 +46,7 @@ _FLAT = frozenset((int, float, str, bool, bytes, type(None)))
 def encode(value, where="value"):
     t = type(value)
     if t is int:  # the usual result, once per slice (bool is not int here): straight to bytes
-        return _FIXINT[value] if 0 <= value < 0x80 else _int(value)
+        return FIXINT[value] if 0 <= value < 0x80 else _int(value)
     if t is float:
         return b"\xcb" + _pack(">d", value)
     out = []
@@ -158,13 +158,13 @@ def _enc_len(n, out, fix, b16, b32):
         out.append(b32 + _pack(">I", n))
 
 
-FIXINT = _FIXINT = [bytes((i,)) for i in range(0x80)]  # (FIXINT: the guest's block loop encodes positions itself)
+FIXINT = [bytes((i,)) for i in range(0x80)]  # public: the guest's block loop encodes positions itself
 
 
 def _int(i):
     """An int's msgpack bytes: the smallest form, or ext 1 (hex digits) beyond 64 bits."""
     if 0 <= i < 0x80:
-        return _FIXINT[i]
+        return FIXINT[i]
     if -32 <= i < 0:
         return bytes((i & 0xFF,))
     if 0 <= i < 2**32:
