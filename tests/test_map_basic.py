@@ -824,6 +824,44 @@ def _quickjs_block(work, datums, limits, calls=20, budget=None):
     return block
 
 
+def _sent_ahead(h: Harness, datums: list, limits: Limits) -> tuple[list, list]:
+    """Run ``datums`` as one prefetched batch: each slice's result (or error code) and events."""
+    h.wt.prefetch([[i, d] for i, d in enumerate(datums)])
+    results, events = [], []
+    for i, d in enumerate(datums):
+        mine: list = []
+        try:
+            results.append(h.wt.execute(SliceContext(i, limits, sink=lambda k, p, mine=mine: mine.append((k, p))), d))
+        except SliceError as e:
+            results.append(e.code)
+        events.append(mine)
+    return results, events
+
+
+def test_a_slice_after_one_that_logged_as_it_ended_is_judged_on_its_own_time():
+    # V8 holds back the replies of slices that wrote nothing and writes them together: the host
+    # must count the next slice from its own start, not from the start of a slice whose reply
+    # waited behind an event. Each slice runs 150-175 ms of a 250 ms wall and no-progress limit.
+    work = ("x => { const t = Date.now(); while (Date.now() - t < (x % 2 ? 150 : 175)) {} "
+            "if (x % 2 === 0) console.log('done ' + x); return x }")
+    limits = Limits.parse(wall_time="0.25s", progress_timeout="0.25s")
+    results, events = _sent_ahead(Harness().prepare(work, limits), list(range(8)), limits)
+    assert results == list(range(8))
+    assert [[p["message"] for k, p in e if k == "console"] for e in events] == [
+        [f"done {i}"] if i % 2 == 0 else [] for i in range(8)]
+
+
+def test_a_slice_that_logged_runs_once_when_a_later_one_ends_the_engine_on_memory():
+    # On V8 the heap limit ends Deno; a slice before it that logged, emitted and finished is not
+    # run again (its events would reach the host twice): only the slice over the limit fails.
+    work = ("x => { if (x === 0) { progress(1); console.log('slice zero'); work.emit('e', x) } "
+            "if (x === 1) { const a = []; for (;;) a.push(new Array(1e5).fill(x)) } return x }")
+    limits = Limits.parse(memory="64MiB", wall_time="30s")
+    results, events = _sent_ahead(Harness().prepare(work, limits), [0, 1, 2], limits)
+    assert results == [0, ErrorCode.EMEMORYLIMIT, 2]
+    assert [k for k, _ in events[0]] == ["console", "emit"], events[0]
+
+
 def test_quickjs_block_of_datums_that_each_fit_the_heap_but_not_together():
     block = _quickjs_block("x => x.length", ["x" * (4 << 20) for _ in range(8)], Limits.parse(memory="32MB"))
     assert block.outcomes == {i: ("ok", 4 << 20) for i in range(8)}

@@ -297,6 +297,37 @@ def test_a_slow_slice_in_a_block_is_judged_on_its_own_time(pool):
     assert [o.number for o in outs if not o.ok] == [360]
 
 
+def test_slices_that_end_quickly_around_slow_ones_are_each_judged_on_their_own_time(pool):
+    # V8 holds back the replies of quick slices and writes them together: the host must still
+    # count each slow slice from its own start. Slices 100 and 104 each run 0.7 s without
+    # progress() under a 1 s progress timeout, with quick ones between them: all pass.
+    work = "x => { const t = Date.now(); if (x === 100 || x === 104) while (Date.now() - t < 700) {} return x }"
+    outs, _ = _outs(pool, work, n=200, limits=Limits.parse(progress_timeout="1s", wall_time="20s"))
+    assert [o.number for o in outs if not o.ok] == [], [o.error for o in outs if not o.ok]
+    assert [o.value for o in outs] == list(range(200))
+
+
+def test_a_slice_stopped_for_its_own_output_does_not_charge_the_next(pool):
+    # Slice 0 goes over its output limit with an emit and ends at once; the stop that follows must
+    # not land on slice 1 (running by then, its reply not written yet) nor on slice 2.
+    work = ("x => { if (x === 0) { for (let i = 0; i < 5; i++) work.emit('big', 'z'.repeat(400)) } "
+            "else { const t = Date.now(); while (Date.now() - t < 200) {} } return x }")
+    outs, _ = _outs(pool, work, n=3, limits=Limits.parse(wall_time="5s", output="1KB"))
+    assert [(o.number, o.error.code) for o in outs if not o.ok] == [(0, "EOUTPUTLIMIT")]
+    assert [o.value for o in outs if o.ok] == [1, 2]
+
+
+@pytest.mark.parametrize("at", [1, 250])
+def test_a_slice_that_ends_the_engine_on_memory_in_a_block_fails_alone(pool, at):
+    # V8 ends Deno when the heap is over the limit, with the replies of the slices that finished
+    # before it (held back, written together) lost with the process: only the slice that broke the
+    # limit fails, and every other one, before or after it, keeps its own result.
+    work = ("x => { if (x === %d) { const a = []; for (;;) a.push(new Array(1e5).fill(x)) } return x }" % at)
+    outs, _ = _outs(pool, work, n=300, limits=Limits.parse(memory="64MiB", wall_time="60s"))
+    assert [(o.number, o.error.code) for o in outs if not o.ok] == [(at, "EMEMORYLIMIT")]
+    assert [o.value for o in outs if o.ok] == [n for n in range(300) if n != at]
+
+
 def test_a_deep_result_in_a_block_fails_only_its_own_slice(pool):
     # The host cannot decode a value nested thousands deep (RecursionError): that slice fails, as it
     # does alone; the slices that ended with it in the same engine call keep their results.

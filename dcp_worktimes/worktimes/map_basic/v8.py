@@ -58,6 +58,10 @@ HOST_JS = Path(__file__).with_name("v8_host.js")
 #: Progress calls reach us at most this often (``FORWARD`` in v8_host.js): added to the
 #: no-progress deadline, so that a slice is never stopped early.
 FORWARD_SLACK = 0.05
+#: Deno holds back the replies of a request's slices for at most this long (``HELD_MS`` in
+#: v8_host.js) before it writes them: we may think a slice started that much before it did, so
+#: that much is added to its wall-time deadline.
+HELD_SLACK = 0.002
 #: How often cancel and CPU time are checked while a slice runs.
 POLL = 0.05
 #: Seconds Deno gets to stop the work and answer before we kill its process instead.
@@ -69,7 +73,7 @@ START_TIMEOUT = 30.0
 RUNTIME_HEAP_MB = 8
 MIN_HEAP_MB = 16
 #: At most this many slices, and this many bytes of their datums, go with a request ahead of time.
-AHEAD_SLICES = 64
+AHEAD_SLICES = 1024
 AHEAD_BYTES = 1 << 20
 #: Slices of a block ``run_block`` considers per call (it returns within its budget anyway).
 AHEAD_WINDOW = 2048
@@ -164,6 +168,14 @@ class _Died(Exception):
     """The Deno process is gone (V8 out of heap, killed, crashed)."""
 
 
+class _Failed(Exception):
+    """The slice finished, but an event of its own broke a limit: it fails (the sandbox is intact)."""
+
+
+class _Retry(Exception):
+    """Deno died with slices after the current one in flight: run the current one again alone."""
+
+
 class V8Engine(Engine):
     """A Deno process running the map-basic prelude for one job. Not thread-safe."""
 
@@ -174,6 +186,13 @@ class V8Engine(Engine):
         self._webassembly = bool(webassembly)
         self._proc: subprocess.Popen | None = None
         self._buf = bytearray()
+        self._held: collections.deque[str] = collections.deque()  # replies of slices after the current one
+        # (slice number, limit): Deno was stopped while it ran that slice, which went ahead with an
+        # earlier request (the slices before it had finished; their replies were held).
+        self._charged: tuple[int, ErrorCode] | None = None
+        self._careful = 0  # send this many next slices alone (after Deno died with slices in flight)
+        self._running_since: float | None = None  # when the slice after the held replies started
+        self._slice_events = False  # the current slice delivered an event
         self._stderr: collections.deque[bytes] = collections.deque()
         self._stderr_size = 0
         # The job, kept to load it again into a fresh sandbox after a stop: [(op, a, b), ...].
@@ -327,15 +346,33 @@ class V8Engine(Engine):
     def _buffered_reply(self) -> str | None:
         """The reply at the head of what Deno wrote already, if there is one (a slice that went
         ahead and finished while we settled the ones before it): no clock, no poll, no events."""
+        if self._held:
+            return self._held.popleft()
         buf = self._buf
-        if len(buf) < 5 or buf[4] != 0x52:
+        if len(buf) < 5 or buf[4] not in (0x52, 0x4D):
             return None
         size = _LEN.unpack_from(buf)[0]
         if len(buf) < 4 + size:
             return None
-        reply = buf[5:4 + size].decode("utf-8")
+        kind, text = buf[4], buf[5:4 + size].decode("utf-8")
         del buf[:4 + size]
-        return reply
+        if kind == 0x52:
+            return text
+        self._held.extend(self._split(text))
+        return self._held.popleft() if self._held else None
+
+    def _split(self, text: str) -> list[str]:
+        """The replies of an ``M`` or ``H`` frame (each ends with a newline; envelopes have none and
+        start with a letter). A number after them is how long the running slice has run (ms): we
+        count that slice's limits from its start, not from when we heard of the ones before it."""
+        replies = text.split("\n")
+        replies.pop()
+        if replies and replies[-1][:1].isdigit():
+            try:
+                self._running_since = time.monotonic() - float(replies.pop()) / 1000
+            except ValueError:
+                pass
+        return replies
 
     def _request(self, kind: bytes | None, *args: str, deadline: float | None = None,
                  slice_limits: bool = False) -> str:
@@ -347,24 +384,38 @@ class V8Engine(Engine):
             self._send(kind, args)
         tripped: ErrorCode | None = None
         reply: str | None = None
+        chargeable = True  # no reply the worker wrote itself came after we asked to stop it
+        by_event = False  # the slice's own event broke a limit: it fails even if it finished
         while True:
             until = self._wake(deadline, slice_limits) if tripped is None else self._stop_by
             frame = self._frame(until)
             if frame is None:
                 if tripped is not None:  # Deno did not stop the work in time: end the process
                     self._kill()
-                    raise _Died(tripped)
+                    raise _Died(tripped, reply)
                 tripped = self._check(deadline, slice_limits)
                 if tripped is not None:
                     self._stop()
                 continue
             k, body = frame
-            if k == 0x52:  # R: the reply
-                reply = body.decode("utf-8")
+            if k == 0x52 or k == 0x4D or (k == 0x48 and tripped is not None):
+                # R: the reply; M: it and replies of the slices after it; H: the replies the
+                # worker held when the main thread stopped it
+                replies = [body.decode("utf-8")] if k == 0x52 else self._split(body.decode("utf-8"))
+                if reply is None and replies:  # the first is this request's (held ones may wait before it)
+                    reply = replies.pop(0)
+                self._held.extend(replies)
                 if tripped is None:
+                    if reply is None:
+                        continue
                     return reply
-                continue  # the work finished just as we asked to stop it: Deno's answer follows
+                # The work went on after we asked to stop it: Deno's answer follows. A slice that
+                # the worker itself reported finished after that may have been right at its limit.
+                chargeable = chargeable and k == 0x48
+                continue
             if k == 0x49 and tripped is not None:  # I: the sandbox was idle, nothing was stopped
+                if reply is not None and by_event:
+                    raise _Failed(tripped)
                 if reply is not None:
                     return reply  # it had finished
                 time.sleep(0.001)  # it had not started the request yet: ask again
@@ -372,11 +423,12 @@ class V8Engine(Engine):
                 continue
             if k == 0x4B and tripped is not None:  # K: the work was stopped, the sandbox is fresh
                 self._stale = True
-                raise _Stopped(tripped, reply)
+                raise _Stopped(tripped, None if by_event else reply, chargeable and not by_event)
             if k in (0x50, 0x43, 0x45):
                 if tripped is None:
                     tripped = self._event(k, body)
                     if tripped is not None:
+                        by_event = True
                         self._stop()
                 continue
             self._kill()  # a frame that cannot come from v8_host.js: trust nothing more from it
@@ -427,6 +479,7 @@ class V8Engine(Engine):
         ctx = self._ctx()
         if ctx is None:
             return None  # console output while compiling the work or a module: dropped
+        self._slice_events = True
         text = body.decode("utf-8")
         try:
             if kind == 0x50:  # P: the value, and the highest earlier value of the slice (if any)
@@ -460,25 +513,63 @@ class V8Engine(Engine):
         """A request with recovery: a stopped or dead sandbox becomes the request's error, and the
         engine is ready for the next request (a fresh sandbox with the job loaded again)."""
         if kind is not None:
-            self._ready()
+            try:
+                self._ready()
+            except SliceError:
+                self._forget_ahead()
+                raise
         self._event_error = None
         try:
             return self._request(kind, *args, deadline=deadline, slice_limits=slice_limits)
         except _Stopped as stopped:
-            code, reply = stopped.args
-            self._ahead_sent.clear()  # the fresh sandbox has none of the slices sent ahead
-            self._ahead_texts.clear()
+            code, reply, chargeable = stopped.args
+            # The slices after this one whose replies Deno held keep them. The next one was running:
+            # the stop is its if it came from its own clock (counted from at most HELD_SLACK before
+            # its start), else it runs again. The fresh sandbox has none of the others sent ahead.
+            kept = len(self._held)
+            if (reply is not None and len(self._ahead_sent) > kept and chargeable and self._event_error is None
+                    and code in (ErrorCode.ESLICETOOSLOW, ErrorCode.ENOPROGRESS, ErrorCode.ECPULIMIT)):
+                self._charged = (self._ahead_sent[kept], code)
+            self._keep_ahead(kept)
             self._reload_quietly()
-            if reply is not None:  # it finished just as it was stopped: the result stands
+            if reply is not None:  # it finished before the stop: the result stands
                 return reply
             raise self._event_error or limit_error(code, self._ctx()) from None
+        except _Failed as failed:
+            raise self._event_error or limit_error(failed.args[0], self._ctx()) from None
         except _Died as died:
-            self._ahead_sent.clear()
-            self._ahead_texts.clear()
             code = died.args[0] if died.args else None
+            reply = died.args[1] if len(died.args) > 1 else None
+            if reply is not None:  # killed while it stopped the work: the replies we have stand
+                self._keep_ahead(len(self._held))
+                self._restart_quietly()
+                return reply
+            # Deno may have finished this slice and others sent with it, their replies held and lost
+            # with the process: which one it died in is known only if it ran no slice after this one
+            # (a slice that wrote anything had its reply written too). Not for a slice we stopped.
+            in_flight = len(self._ahead_sent)
+            self._forget_ahead()
             err = self._event_error or (limit_error(code, self._ctx()) if code is not None else self._death())
             self._restart_quietly()
+            if in_flight and slice_limits and code is None and not self._slice_events and self._event_error is None:
+                self._careful = in_flight + 1
+                raise _Retry() from None
             raise err from None
+
+    def _keep_ahead(self, kept: int) -> None:
+        """The slices sent ahead whose replies we hold stay sent; Deno has none of the others."""
+        while len(self._ahead_sent) > kept:
+            self._ahead_sent.pop()
+        while len(self._ahead_texts) > kept:
+            self._ahead_texts.pop()
+        self._running_since = None
+
+    def _forget_ahead(self) -> None:
+        """Deno has none of the slices sent ahead any more."""
+        self._ahead_sent.clear()
+        self._ahead_texts.clear()
+        self._held.clear()
+        self._running_since = None
 
     def _ready(self) -> None:
         """A process with the job loaded: a new one after a crash, a fresh sandbox after a stop."""
@@ -554,7 +645,7 @@ class V8Engine(Engine):
         numbers: list[int] = []
         batch, budget = self._batch, AHEAD_BYTES
         i = self._batch_at.get(number)
-        if i is None:
+        if i is None or self._careful:
             return texts, numbers
         for n2, datum in batch[i + 1:i + 1 + AHEAD_SLICES]:
             try:
@@ -584,8 +675,7 @@ class V8Engine(Engine):
                         break
             except _Died:
                 self._kill()
-        self._ahead_sent.clear()
-        self._ahead_texts.clear()
+        self._forget_ahead()
 
     def run(self, ctx: SliceContext, datum: Any) -> Any:
         self._slice = ctx
@@ -627,6 +717,7 @@ class V8Engine(Engine):
             texts.clear()
 
         self._blk = block
+        held, sent, sent_texts = self._held, self._ahead_sent, self._ahead_texts
         try:
             for i in indexes:
                 if block.cancelled:
@@ -634,7 +725,14 @@ class V8Engine(Engine):
                 block.starting(i)
                 self._slice, self._blk_i = None, i
                 try:
-                    envelope = self._reply(block.numbers[i], block.datums[i], limits, time.monotonic())
+                    number = block.numbers[i]
+                    if held and sent and sent[0] == number and self._charged is None:
+                        # Its reply came with the replies Deno held back: no clock, no deadlines.
+                        sent.popleft()
+                        self._datum_text = sent_texts.popleft() if sent_texts else ""
+                        envelope = held.popleft()
+                    else:
+                        envelope = self._reply(number, block.datums[i], limits, time.monotonic())
                     if envelope[:2] == "v0":
                         plain.append(i)
                         texts.append(envelope[2:])
@@ -655,10 +753,30 @@ class V8Engine(Engine):
     def _reply(self, number: int, datum: Any, limits: Limits, started: float) -> str:
         """Run slice ``number`` (or wait for it, if it went ahead with an earlier request) under
         ``limits`` counted from ``started``: the prelude's reply envelope."""
-        self._progress_deadline = (started + limits.progress_timeout + FORWARD_SLACK
+        charged = self._charged
+        if charged is not None:
+            if charged[0] == number:
+                self._charged = None
+                raise limit_error(charged[1], self._ctx())
+            if not self._ahead_sent or self._ahead_sent[0] != number:
+                self._charged = None  # the slices are not asked for in the order they were sent
+        try:
+            return self._reply_once(number, datum, limits, started)
+        except _Retry:
+            # Deno died with this slice and others in flight: this one again, alone, from now.
+            return self._reply_once(number, datum, limits, time.monotonic())
+
+    def _reply_once(self, number: int, datum: Any, limits: Limits, started: float) -> str:
+        self._slice_events = False
+        if self._running_since is not None and not self._held:
+            # The slice that ran when we heard of the ones before it: counted from its start.
+            if self._ahead_sent and self._ahead_sent[0] == number:
+                started = min(started, self._running_since)
+            self._running_since = None
+        self._progress_deadline = (started + limits.progress_timeout + FORWARD_SLACK + HELD_SLACK
                                    if limits.progress_timeout else None)
         self._cpu_deadline = self._cpu_seconds() + limits.cpu_time if limits.cpu_time else None
-        deadline = started + limits.wall_time if limits.wall_time else None
+        deadline = started + limits.wall_time + HELD_SLACK if limits.wall_time else None
         try:
             if self._ahead_sent and self._ahead_sent[0] == number:
                 # Sent with an earlier request: Deno has been running it since that slice ended.
@@ -670,10 +788,11 @@ class V8Engine(Engine):
                 self._drop_ahead()
             text = self._datum_text = datum_text(datum, self._bigint)
             ahead, numbers = self._ahead(number) if self._batch else ([], [])
+            if self._careful:
+                self._careful -= 1
             cap = str(limits.output) if limits.output is not None else "-1"
-            reply = self._call(b"s", cap, text, *ahead, deadline=deadline, slice_limits=True)
-            self._ahead_sent.extend(numbers)
+            self._ahead_sent.extend(numbers)  # before the call: a stop or a death must see them
             self._ahead_texts.extend(ahead)
-            return reply
+            return self._call(b"s", cap, text, *ahead, deadline=deadline, slice_limits=True)
         finally:
             self._progress_deadline = self._cpu_deadline = None

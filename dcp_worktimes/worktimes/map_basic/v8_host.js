@@ -15,13 +15,27 @@
 // Frames, both ways: a u32 little-endian length of the rest, one kind byte, the body.
 // Requests (host -> worker): 'd' = a prelude operation, 's' = run slices (the output cap, then one
 // datum per slice); the body is a list of strings, each a u32 byte length and UTF-8. Replies and events (worker -> host), UTF-8 body:
-// 'R' reply, 'P' progress, 'C' console (level "\n" JSON text), 'E' emit (name JSON "\n" value).
+// 'R' reply, 'M' replies held back ('\n' after each), 'P' progress, 'C' console (level "\n" JSON
+// text), 'E' emit (name JSON "\n" value).
+//
+// Replies held back: a slice that is not the last of its request, and wrote no frame of its own,
+// does not write its reply (a write and a wake of the host per slice cost more than the slice).
+// The worker keeps the replies in the shared buffer, after the state words, and writes them as one
+// 'M' frame before anything else it writes (an event of a later slice, a reply), or at a slice's
+// end once HELD_MS passed since it last wrote replies. A slice runs with replies held only if it
+// started within HELD_MS of that write, so the host's clock for the slice it waits on started at
+// most HELD_MS before the running slice's (v8.py adds that to its deadlines). An 'M' written by an
+// event ends with the milliseconds the running slice has run: the host counts from its start.
+// When the main thread stops the worker it writes the replies the worker held ('H') before 'K':
+// those slices finished, and the host charges the stop to the slice after them.
 //
 // Only one thread may write to stdout at a time, and a frame must never be cut: a shared state
 // word says what the worker is doing. IDLE: reading stdin (the main thread may write);
 // BUSY: running JS (it may be terminated); WRITING: inside one frame's write (wait);
-// KILLING: the main thread won, the worker may never write again.
+// KILLING: the main thread won, the worker may never write again. The second state word is the
+// byte count of the replies held; the worker changes it only while WRITING.
 const IDLE = 0, BUSY = 1, WRITING = 2, KILLING = 3;
+const HELD_AT = 8, HELD_BYTES = 1 << 16, HELD_MS = 1;  // v8.py: HELD_SLACK
 
 function sandbox() {
   'use strict';
@@ -39,6 +53,7 @@ function sandbox() {
   const notify = (a, i) => { try { atomicNotify(a, i); } catch (_) { /* the main thread polls too */ } };
   const utf8 = new TextEncoder(), fromUtf8 = new TextDecoder();
   const encode = (s) => utf8.encode(s), decode = (b) => fromUtf8.decode(b);
+  const encodeInto = utf8.encodeInto.bind(utf8);
   const channel = new MessageChannel();
   const U8 = Uint8Array, P = Promise, toString = String, toNumber = Number, jsonParse = JSON.parse;
   const { subarray, set: setBytes, copyWithin, toBase64 } = Uint8Array.prototype;
@@ -46,18 +61,32 @@ function sandbox() {
   const sliceString = String.prototype.slice, regexExec = RegExp.prototype.exec;
   const PERCENT = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/;  // worktime.py _PERCENT
 
-  let state;  // Int32Array over the SharedArrayBuffer of the main thread
+  let state;  // Int32Array over the SharedArrayBuffer of the main thread: [what the worker does, bytes held]
+  let held;  // Uint8Array over the rest of it: the replies held back
+  let heldAt = 0, lastWrite = 0;  // bytes held; when replies last reached the host (or a request came)
+  let sliceStart = 0, writes = 0;  // the running slice's start; frames written so far
   let uncaught;  // first error reported by the runtime (e.g. thrown in a queueMicrotask callback)
   listen('error', (event) => { event.preventDefault(); if (uncaught === undefined) uncaught = [event.error]; });
   listen('unhandledrejection', (event) => event.preventDefault());  // as in QuickJS: not an error
 
   // --- frames out ------------------------------------------------------------------------------
+  // kind -1: only the replies held (if any). An event writes those with the running slice's time.
   function __dcpWrite(kind, body) {
-    const bytes = encode(body);
-    const frame = new U8(5 + bytes.length);
-    apply(setUint32, new DV(frame.buffer), [0, bytes.length + 1, true]);
-    frame[4] = kind;
-    apply(setBytes, frame, [bytes, 5]);
+    if (heldAt && kind !== K_REPLY && kind >= 0) __dcpHoldText(toString(hrNow() - sliceStart));
+    const bytes = kind < 0 ? null : encode(body);
+    const size = bytes === null ? 0 : 5 + bytes.length, before = heldAt ? 5 + heldAt : 0;
+    if (size + before === 0) return;
+    const frame = new U8(before + size);
+    if (before) {
+      apply(setUint32, new DV(frame.buffer), [0, heldAt + 1, true]);
+      frame[4] = K_HELD;
+      apply(setBytes, frame, [apply(subarray, held, [0, heldAt]), 5]);
+    }
+    if (bytes !== null) {
+      apply(setUint32, new DV(frame.buffer), [before, bytes.length + 1, true]);
+      frame[before + 4] = kind;
+      apply(setBytes, frame, [bytes, before + 5]);
+    }
     if (compareExchange(state, 0, BUSY, WRITING) !== BUSY) {
       for (;;) wait(state, 0, KILLING);  // the main thread is terminating us: never write again
     }
@@ -67,12 +96,45 @@ function sandbox() {
       // written whole or not at all.
       let off = 0;
       while (off < frame.length) off += writeSync(off ? apply(subarray, frame, [off]) : frame);
+      // Written: the main thread must not write them again. Atomic stores, in this order, so that
+      // no CPU shows it BUSY before the count is 0 (calls, but at writeSync's depth: they fit).
+      if (before) { heldAt = 0; store(state, 1, 0); }
+      store(state, 0, BUSY);
     } finally {
       state[0] = BUSY;  // a plain store, not a call: it cannot overflow the stack
     }
+    writes++;
     notify(state, 0);
+    if (before || kind === K_REPLY) lastWrite = hrNow();
   }
-  const K_REPLY = 0x52, K_PROGRESS = 0x50, K_CONSOLE = 0x43, K_EMIT = 0x45;
+  const K_REPLY = 0x52, K_HELD = 0x4D, K_PROGRESS = 0x50, K_CONSOLE = 0x43, K_EMIT = 0x45;
+
+  // A finished slice's reply, held back (see the header); written now if it does not fit, if the
+  // slice wrote frames of its own (had it died, the host would blame the slice it heard from), or
+  // if no replies reached the host for HELD_MS.
+  function __dcpHold(reply, wrote) {
+    if (wrote || !__dcpHoldText(reply)) return __dcpWrite(K_REPLY, reply);  // after those held
+    if (hrNow() - lastWrite >= HELD_MS) __dcpWrite(-1, '');
+  }
+  function __dcpHoldText(text) {  // false: no room left for it
+    const room = held.length - heldAt - 1;
+    if (room <= 0) return false;
+    const done = encodeInto(text, apply(subarray, held, [heldAt, heldAt + room]));
+    if (done.read !== text.length) return false;
+    held[heldAt + done.written] = 10;
+    if (compareExchange(state, 0, BUSY, WRITING) !== BUSY) {
+      for (;;) wait(state, 0, KILLING);
+    }
+    heldAt += done.written + 1;
+    try {
+      store(state, 1, heldAt);  // atomic stores, in this order (see __dcpWrite)
+      store(state, 0, BUSY);
+    } finally {
+      state[0] = BUSY;
+    }
+    notify(state, 0);
+    return true;
+  }
 
   // --- frames in -------------------------------------------------------------------------------
   let inbuf = new U8(1 << 16), have = 0;
@@ -244,6 +306,7 @@ function sandbox() {
     for (;;) {
       const request = __dcpRead(), kind = request[0], args = request[1];
       store(state, 0, BUSY);
+      lastWrite = hrNow();  // the host counts the first slice's time from before it sent the request
       let reply;
       if (kind === 0x64 /* d */) {
         if (args[0] === 'init') {
@@ -262,18 +325,21 @@ function sandbox() {
           // lastForward stays across slices: a heartbeat every FORWARD ms is all the watchdog needs
           // (v8.py's deadline has FORWARD of slack), not a frame per slice.
           highest = -Infinity; uncaught = undefined;
+          const wrote = writes;
+          sliceStart = hrNow();
           reply = await __dcpSlice(args[i], args[0]);
-          if (i < args.length - 1) __dcpWrite(K_REPLY, reply);
+          if (i < args.length - 1) __dcpHold(reply, writes !== wrote);
         }
       }
-      __dcpWrite(K_REPLY, reply);
+      __dcpWrite(K_REPLY, reply);  // after the replies held, in the same write
       // Back to IDLE only from BUSY: if the main thread started terminating us, stay put.
       if (compareExchange(state, 0, BUSY, IDLE) !== BUSY) for (;;) wait(state, 0, KILLING);
     }
   }
 
   globalThis.onmessage = (event) => {
-    state = event.data;
+    state = new Int32Array(event.data, 0, 2);
+    held = new U8(event.data, HELD_AT, HELD_BYTES);
     globalThis.onmessage = null;
     __dcpServe().catch((e) => {  // a fault of this program, never of the work: say so and stop
       writeErr(encode(`map-basic V8 sandbox failed: ${e && e.stack || e}\n`));
@@ -283,13 +349,14 @@ function sandbox() {
 }
 
 // --- main thread -------------------------------------------------------------------------------
-const states = `const IDLE = ${IDLE}, BUSY = ${BUSY}, WRITING = ${WRITING}, KILLING = ${KILLING};`;
+const states = `const IDLE = ${IDLE}, BUSY = ${BUSY}, WRITING = ${WRITING}, KILLING = ${KILLING};
+const HELD_AT = ${HELD_AT}, HELD_BYTES = ${HELD_BYTES}, HELD_MS = ${HELD_MS};`;
 const url = URL.createObjectURL(new Blob([`${states}\n(${sandbox})();`], { type: 'text/javascript' }));
 const out = new TextEncoder();
-let worker, state;
+let worker, state, shared;
 
 function frame(kind, body = '') {
-  const bytes = out.encode(body);
+  const bytes = typeof body === 'string' ? out.encode(body) : body;
   const f = new Uint8Array(5 + bytes.length);
   new DataView(f.buffer).setUint32(0, bytes.length + 1, true);
   f[4] = kind.charCodeAt(0);
@@ -299,7 +366,8 @@ function frame(kind, body = '') {
 }
 
 function start() {
-  state = new Int32Array(new SharedArrayBuffer(4));
+  shared = new SharedArrayBuffer(HELD_AT + HELD_BYTES);
+  state = new Int32Array(shared, 0, 2);
   worker = new Worker(url, { type: 'module' });
   worker.onerror = (event) => {
     // Only a fault of this program gets here (the worker handles the work's errors itself).
@@ -307,7 +375,7 @@ function start() {
     Deno.stderr.writeSync(out.encode(`map-basic V8 sandbox failed: ${event.message}\n`));
     Deno.exit(70);
   };
-  worker.postMessage(state);
+  worker.postMessage(shared);
 }
 
 async function stop() {
@@ -319,6 +387,10 @@ async function stop() {
     await Atomics.waitAsync(state, 0, WRITING, 100).value;  // a frame is being written: let it end
   }
   worker.terminate();
+  // The replies the worker held: those slices finished before it was stopped. It cannot change
+  // them any more (it held them only while WRITING, which it can no longer enter).
+  const heldBytes = Atomics.load(state, 1);
+  if (heldBytes > 0) frame('H', new Uint8Array(shared, HELD_AT, heldBytes).slice());
   start();
   frame('K');
 }
