@@ -307,6 +307,16 @@ def test_slices_that_end_quickly_around_slow_ones_are_each_judged_on_their_own_t
     assert [o.value for o in outs] == list(range(200))
 
 
+def test_a_slice_that_logs_at_the_stack_limit_keeps_every_result_on_its_own_slice(pool):
+    # Slice 100's first console.log runs out of stack again and again (each caught one frame up)
+    # while the replies of the slices before it are held back: every result stays on its slice.
+    work = ("x => { if (x === 100) { const r = (d) => { try { r(d + 1) } catch (e) { console.log('deep') } }; r(0) } "
+            "return x }")
+    outs, events = _outs(pool, work, n=300)
+    assert [o.value for o in outs] == list(range(300)), [o.error for o in outs if not o.ok]
+    assert {n for k, n, p in events if k == "console"} == {100}
+
+
 def test_a_slice_stopped_for_its_own_output_does_not_charge_the_next(pool):
     # Slice 0 goes over its output limit with an emit and ends at once; the stop that follows must
     # not land on slice 1 (running by then, its reply not written yet) nor on slice 2.

@@ -386,13 +386,19 @@ class V8Engine(Engine):
         reply: str | None = None
         chargeable = True  # no reply the worker wrote itself came after we asked to stop it
         by_event = False  # the slice's own event broke a limit: it fails even if it finished
+        accepting = True  # after we asked to stop: replies count until an event is dropped
         while True:
             until = self._wake(deadline, slice_limits) if tripped is None else self._stop_by
-            frame = self._frame(until)
+            try:
+                frame = self._frame(until)
+            except _Died:
+                if tripped is None:
+                    raise
+                raise _Died(tripped, None if by_event else reply) from None  # the replies we have stand
             if frame is None:
                 if tripped is not None:  # Deno did not stop the work in time: end the process
                     self._kill()
-                    raise _Died(tripped, reply)
+                    raise _Died(tripped, None if by_event else reply)
                 tripped = self._check(deadline, slice_limits)
                 if tripped is not None:
                     self._stop()
@@ -402,6 +408,8 @@ class V8Engine(Engine):
                 # R: the reply; M: it and replies of the slices after it; H: the replies the
                 # worker held when the main thread stopped it
                 replies = [body.decode("utf-8")] if k == 0x52 else self._split(body.decode("utf-8"))
+                if not accepting:
+                    continue  # after an event we dropped: those slices run again
                 if reply is None and replies:  # the first is this request's (held ones may wait before it)
                     reply = replies.pop(0)
                 self._held.extend(replies)
@@ -414,22 +422,25 @@ class V8Engine(Engine):
                 chargeable = chargeable and k == 0x48
                 continue
             if k == 0x49 and tripped is not None:  # I: the sandbox was idle, nothing was stopped
-                if reply is not None and by_event:
-                    raise _Failed(tripped)
-                if reply is not None:
+                if reply is not None and not by_event:
+                    self._keep_ahead(len(self._held))  # those after a dropped event run again
                     return reply  # it had finished
+                if reply is not None or not accepting:
+                    raise _Failed(tripped)
                 time.sleep(0.001)  # it had not started the request yet: ask again
                 self._stop(again=True)
                 continue
             if k == 0x4B and tripped is not None:  # K: the work was stopped, the sandbox is fresh
                 self._stale = True
-                raise _Stopped(tripped, None if by_event else reply, chargeable and not by_event)
+                raise _Stopped(tripped, None if by_event else reply, chargeable and accepting and not by_event)
             if k in (0x50, 0x43, 0x45):
                 if tripped is None:
                     tripped = self._event(k, body)
                     if tripped is not None:
                         by_event = True
                         self._stop()
+                else:
+                    accepting = False  # its slice must not finish without it: no later reply stands
                 continue
             self._kill()  # a frame that cannot come from v8_host.js: trust nothing more from it
             raise _Died(None)
@@ -536,6 +547,7 @@ class V8Engine(Engine):
                 return reply
             raise self._event_error or limit_error(code, self._ctx()) from None
         except _Failed as failed:
+            self._keep_ahead(len(self._held))
             raise self._event_error or limit_error(failed.args[0], self._ctx()) from None
         except _Died as died:
             code = died.args[0] if died.args else None
@@ -623,6 +635,8 @@ class V8Engine(Engine):
             self._kill()  # the next request starts a new process
 
     def _operation(self, op: str, a: str = "", b: str = "", time_limit: float | None = None) -> str:
+        if self._ahead_sent:
+            self._drop_ahead()  # slices still out: their replies must not answer this
         deadline = time.monotonic() + time_limit if time_limit else None
         reply = self._call(b"d", op, a, b, deadline=deadline)
         if op in ("job", "spread", "compile") and not (op == "compile" and reply):

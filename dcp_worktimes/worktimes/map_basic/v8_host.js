@@ -22,9 +22,9 @@
 // does not write its reply (a write and a wake of the host per slice cost more than the slice).
 // The worker keeps the replies in the shared buffer, after the state words, and writes them as one
 // 'M' frame before anything else it writes (an event of a later slice, a reply), or at a slice's
-// end once HELD_MS passed since it last wrote replies. A slice runs with replies held only if it
-// started within HELD_MS of that write, so the host's clock for the slice it waits on started at
-// most HELD_MS before the running slice's (v8.py adds that to its deadlines). An 'M' written by an
+// end once HELD_MS passed since it last wrote replies (the first slice's reply of a request is
+// always written). A slice runs with replies held only if it started within HELD_MS of that write,
+// so the host's clock for the slice it waits on started at most HELD_MS before the running slice's (v8.py adds that to its deadlines). An 'M' written by an
 // event ends with the milliseconds the running slice has run: the host counts from its start.
 // When the main thread stops the worker it writes the replies the worker held ('H') before 'K':
 // those slices finished, and the host charges the stop to the slice after them.
@@ -70,17 +70,20 @@ function sandbox() {
   listen('unhandledrejection', (event) => event.preventDefault());  // as in QuickJS: not an error
 
   // --- frames out ------------------------------------------------------------------------------
-  // kind -1: only the replies held (if any). An event writes those with the running slice's time.
+  // kind -1: only the replies held (if any). An event writes those with the running slice's time
+  // after them (in the frame only: the held buffer holds replies and nothing else).
   function __dcpWrite(kind, body) {
-    if (heldAt && kind !== K_REPLY && kind >= 0) __dcpHoldText(toString(hrNow() - sliceStart));
+    const since = heldAt && kind !== K_REPLY && kind >= 0 ? encode(toString(hrNow() - sliceStart) + '\n') : null;
     const bytes = kind < 0 ? null : encode(body);
-    const size = bytes === null ? 0 : 5 + bytes.length, before = heldAt ? 5 + heldAt : 0;
+    const extra = since === null ? 0 : since.length;
+    const size = bytes === null ? 0 : 5 + bytes.length, before = heldAt ? 5 + heldAt + extra : 0;
     if (size + before === 0) return;
     const frame = new U8(before + size);
     if (before) {
-      apply(setUint32, new DV(frame.buffer), [0, heldAt + 1, true]);
+      apply(setUint32, new DV(frame.buffer), [0, heldAt + extra + 1, true]);
       frame[4] = K_HELD;
       apply(setBytes, frame, [apply(subarray, held, [0, heldAt]), 5]);
+      if (since !== null) apply(setBytes, frame, [since, 5 + heldAt]);
     }
     if (bytes !== null) {
       apply(setUint32, new DV(frame.buffer), [before, bytes.length + 1, true]);
@@ -90,6 +93,7 @@ function sandbox() {
     if (compareExchange(state, 0, BUSY, WRITING) !== BUSY) {
       for (;;) wait(state, 0, KILLING);  // the main thread is terminating us: never write again
     }
+    let released = false;
     try {
       // Every writeSync call is made at this same stack depth: if the first did not overflow the
       // stack (work that logs at its recursion limit), the next ones cannot either, so a frame is
@@ -100,8 +104,10 @@ function sandbox() {
       // no CPU shows it BUSY before the count is 0 (calls, but at writeSync's depth: they fit).
       if (before) { heldAt = 0; store(state, 1, 0); }
       store(state, 0, BUSY);
+      released = true;
     } finally {
-      state[0] = BUSY;  // a plain store, not a call: it cannot overflow the stack
+      // Only if the above did not get there (BUSY once: after it the main thread may own the word).
+      if (!released) state[0] = BUSY;  // a plain store, not a call: it cannot overflow the stack
     }
     writes++;
     notify(state, 0);
@@ -126,11 +132,13 @@ function sandbox() {
       for (;;) wait(state, 0, KILLING);
     }
     heldAt += done.written + 1;
+    let released = false;
     try {
-      store(state, 1, heldAt);  // atomic stores, in this order (see __dcpWrite)
+      store(state, 1, heldAt);  // atomic stores, in this order, BUSY once (see __dcpWrite)
       store(state, 0, BUSY);
+      released = true;
     } finally {
-      state[0] = BUSY;
+      if (!released) state[0] = BUSY;
     }
     notify(state, 0);
     return true;
@@ -306,7 +314,9 @@ function sandbox() {
     for (;;) {
       const request = __dcpRead(), kind = request[0], args = request[1];
       store(state, 0, BUSY);
-      lastWrite = hrNow();  // the host counts the first slice's time from before it sent the request
+      // The host's clock for the first slice started before it prepared and sent the request: its
+      // reply is written as it ends, never held, so the clocks of the next ones start after that.
+      lastWrite = -Infinity;
       let reply;
       if (kind === 0x64 /* d */) {
         if (args[0] === 'init') {
