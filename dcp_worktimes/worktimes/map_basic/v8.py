@@ -12,6 +12,8 @@ One Deno process per job, started in ``prepare`` and kept across the job's slice
   layers (empty network namespace, no core dumps) and dies with it (``PR_SET_PDEATHSIG``);
 * **the work's realm** holds ECMAScript, the prelude's globals and what QuickJS-ng also offers
   (no ``Deno``, ``fetch``, ``Worker``; ``WebAssembly`` only with the job option ``webassembly``);
+* **replies**: Deno writes the replies of a request's slices several to a frame, and each slice
+  keeps its own limits, events and errors (the rules: ``v8_host.js``'s header);
 * **limits**: this side watches the wall-time, no-progress, CPU-time, cancel and output deadlines
   while it waits for the slice's reply, and on a violation asks Deno to stop the work with V8's
   TerminateExecution (``SIGUSR2``, answered by a ``K`` frame); Deno then starts a fresh sandbox and
@@ -60,7 +62,7 @@ HOST_JS = Path(__file__).with_name("v8_host.js")
 FORWARD_SLACK = 0.05
 #: Deno holds back the replies of a request's slices for at most this long (``HELD_MS`` in
 #: v8_host.js) before it writes them: we may think a slice started that much before it did, so
-#: that much is added to its wall-time deadline.
+#: that much is added to its wall-time and no-progress deadlines.
 HELD_SLACK = 0.002
 #: How often cancel and CPU time are checked while a slice runs.
 POLL = 0.05

@@ -15,8 +15,8 @@
 // Frames, both ways: a u32 little-endian length of the rest, one kind byte, the body.
 // Requests (host -> worker): 'd' = a prelude operation, 's' = run slices (the output cap, then one
 // datum per slice); the body is a list of strings, each a u32 byte length and UTF-8. Replies and events (worker -> host), UTF-8 body:
-// 'R' reply, 'M' replies held back ('\n' after each), 'P' progress, 'C' console (level "\n" JSON
-// text), 'E' emit (name JSON "\n" value).
+// 'R' reply, 'M' replies held back ('\n' after each), 'H' the same written by the main thread at
+// a stop, 'P' progress, 'C' console (level "\n" JSON text), 'E' emit (name JSON "\n" value).
 //
 // Replies held back: a slice that is not the last of its request, and wrote no frame of its own,
 // does not write its reply (a write and a wake of the host per slice cost more than the slice).
@@ -24,8 +24,9 @@
 // 'M' frame before anything else it writes (an event of a later slice, a reply), or at a slice's
 // end once HELD_MS passed since it last wrote replies (the first slice's reply of a request is
 // always written). A slice runs with replies held only if it started within HELD_MS of that write,
-// so the host's clock for the slice it waits on started at most HELD_MS before the running slice's (v8.py adds that to its deadlines). An 'M' written by an
-// event ends with the milliseconds the running slice has run: the host counts from its start.
+// so the host's clock for the slice it waits on started at most HELD_MS before the running
+// slice's (v8.py adds that to its deadlines). An 'M' written by an event ends with a line of the
+// milliseconds the running slice has run: the host counts that slice from its start.
 // When the main thread stops the worker it writes the replies the worker held ('H') before 'K':
 // those slices finished, and the host charges the stop to the slice after them.
 //
@@ -116,8 +117,9 @@ function sandbox() {
   const K_REPLY = 0x52, K_HELD = 0x4D, K_PROGRESS = 0x50, K_CONSOLE = 0x43, K_EMIT = 0x45;
 
   // A finished slice's reply, held back (see the header); written now if it does not fit, if the
-  // slice wrote frames of its own (had it died, the host would blame the slice it heard from), or
-  // if no replies reached the host for HELD_MS.
+  // slice wrote frames of its own (its events reached the host: were its reply lost with a later
+  // slice's death, it could not run again without sending them twice), or if no replies reached
+  // the host for HELD_MS.
   function __dcpHold(reply, wrote) {
     if (wrote || !__dcpHoldText(reply)) return __dcpWrite(K_REPLY, reply);  // after those held
     if (hrNow() - lastWrite >= HELD_MS) __dcpWrite(-1, '');
