@@ -210,8 +210,8 @@ class V8Engine(Engine):
         self._event_error: SliceError | None = None
         self._batch: list = []  # the evaluator's current batch (prefetch)
         self._batch_at: dict[int, int] = {}  # slice number -> its position in _batch
-        self._ahead_sent: collections.deque[int] = collections.deque()  # slices Deno runs after the current one
-        self._ahead_texts: collections.deque[str] = collections.deque()  # their datum texts (for bigint_hint)
+        # Slices Deno runs after the current one: (number, datum text; the text for bigint_hint).
+        self._ahead_sent: collections.deque[tuple[int, str]] = collections.deque()
         self._ready()
 
     # -- the process ------------------------------------------------------------------------------
@@ -356,17 +356,19 @@ class V8Engine(Engine):
         size = _LEN.unpack_from(buf)[0]
         if len(buf) < 4 + size:
             return None
-        kind, text = buf[4], buf[5:4 + size].decode("utf-8")
+        replies = self._replies(buf[4], buf[5:4 + size])
         del buf[:4 + size]
-        if kind == 0x52:
-            return text
-        self._held.extend(self._split(text))
+        self._held.extend(replies)
         return self._held.popleft() if self._held else None
 
-    def _split(self, text: str) -> list[str]:
-        """The replies of an ``M`` or ``H`` frame (each ends with a newline; envelopes have none and
-        start with a letter). A number after them is how long the running slice has run (ms): we
-        count that slice's limits from its start, not from when we heard of the ones before it."""
+    def _replies(self, kind: int, body: bytes | bytearray) -> list[str]:
+        """The replies of an ``R`` frame (one), or of an ``M`` or ``H`` frame (each ends with a
+        newline; envelopes have none and start with a letter). A number after them is how long the
+        running slice has run (ms): we count that slice's limits from its start, not from when we
+        heard of the ones before it."""
+        text = body.decode("utf-8")
+        if kind == 0x52:
+            return [text]
         replies = text.split("\n")
         replies.pop()
         if replies and replies[-1][:1].isdigit():
@@ -409,7 +411,7 @@ class V8Engine(Engine):
             if k == 0x52 or k == 0x4D or (k == 0x48 and tripped is not None):
                 # R: the reply; M: it and replies of the slices after it; H: the replies the
                 # worker held when the main thread stopped it
-                replies = [body.decode("utf-8")] if k == 0x52 else self._split(body.decode("utf-8"))
+                replies = self._replies(k, body)
                 if not accepting:
                     continue  # after an event we dropped: those slices run again
                 if reply is None and replies:  # the first is this request's (held ones may wait before it)
@@ -542,7 +544,7 @@ class V8Engine(Engine):
             kept = len(self._held)
             if (reply is not None and len(self._ahead_sent) > kept and chargeable and self._event_error is None
                     and code in (ErrorCode.ESLICETOOSLOW, ErrorCode.ENOPROGRESS, ErrorCode.ECPULIMIT)):
-                self._charged = (self._ahead_sent[kept], code)
+                self._charged = (self._ahead_sent[kept][0], code)
             self._keep_ahead(kept)
             self._reload_quietly()
             if reply is not None:  # it finished before the stop: the result stands
@@ -574,14 +576,11 @@ class V8Engine(Engine):
         """The slices sent ahead whose replies we hold stay sent; Deno has none of the others."""
         while len(self._ahead_sent) > kept:
             self._ahead_sent.pop()
-        while len(self._ahead_texts) > kept:
-            self._ahead_texts.pop()
         self._running_since = None
 
     def _forget_ahead(self) -> None:
         """Deno has none of the slices sent ahead any more."""
         self._ahead_sent.clear()
-        self._ahead_texts.clear()
         self._held.clear()
         self._running_since = None
 
@@ -733,7 +732,7 @@ class V8Engine(Engine):
             texts.clear()
 
         self._blk = block
-        held, sent, sent_texts = self._held, self._ahead_sent, self._ahead_texts
+        held, sent = self._held, self._ahead_sent
         try:
             for i in indexes:
                 if block.cancelled:
@@ -742,10 +741,9 @@ class V8Engine(Engine):
                 self._slice, self._blk_i = None, i
                 try:
                     number = block.numbers[i]
-                    if held and sent and sent[0] == number and self._charged is None:
+                    if held and sent and sent[0][0] == number and self._charged is None:
                         # Its reply came with the replies Deno held back: no clock, no deadlines.
-                        sent.popleft()
-                        self._datum_text = sent_texts.popleft() if sent_texts else ""
+                        self._datum_text = sent.popleft()[1]
                         envelope = held.popleft()
                     else:
                         envelope = self._reply(number, block.datums[i], limits, time.monotonic())
@@ -774,7 +772,7 @@ class V8Engine(Engine):
             if charged[0] == number:
                 self._charged = None
                 raise limit_error(charged[1], self._ctx())
-            if not self._ahead_sent or self._ahead_sent[0] != number:
+            if not self._ahead_sent or self._ahead_sent[0][0] != number:
                 self._charged = None  # the slices are not asked for in the order they were sent
         try:
             return self._reply_once(number, datum, limits, started)
@@ -786,7 +784,7 @@ class V8Engine(Engine):
         self._slice_events = False
         if self._running_since is not None and not self._held:
             # The slice that ran when we heard of the ones before it: counted from its start.
-            if self._ahead_sent and self._ahead_sent[0] == number:
+            if self._ahead_sent and self._ahead_sent[0][0] == number:
                 started = min(started, self._running_since)
             self._running_since = None
         self._progress_deadline = (started + limits.progress_timeout + FORWARD_SLACK + HELD_SLACK
@@ -794,10 +792,9 @@ class V8Engine(Engine):
         self._cpu_deadline = self._cpu_seconds() + limits.cpu_time if limits.cpu_time else None
         deadline = started + limits.wall_time + HELD_SLACK if limits.wall_time else None
         try:
-            if self._ahead_sent and self._ahead_sent[0] == number:
+            if self._ahead_sent and self._ahead_sent[0][0] == number:
                 # Sent with an earlier request: Deno has been running it since that slice ended.
-                self._ahead_sent.popleft()
-                self._datum_text = self._ahead_texts.popleft() if self._ahead_texts else ""
+                self._datum_text = self._ahead_sent.popleft()[1]
                 reply = self._buffered_reply()
                 return reply if reply is not None else self._call(None, deadline=deadline, slice_limits=True)
             if self._ahead_sent:
@@ -807,8 +804,7 @@ class V8Engine(Engine):
             if self._careful:
                 self._careful -= 1
             cap = str(limits.output) if limits.output is not None else "-1"
-            self._ahead_sent.extend(numbers)  # before the call: a stop or a death must see them
-            self._ahead_texts.extend(ahead)
+            self._ahead_sent.extend(zip(numbers, ahead))  # before the call: a stop or a death must see them
             return self._call(b"s", cap, text, *ahead, deadline=deadline, slice_limits=True)
         finally:
             self._progress_deadline = self._cpu_deadline = None
