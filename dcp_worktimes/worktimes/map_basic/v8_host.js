@@ -47,10 +47,10 @@ function sandbox() {
   const readSync = D.stdin.readSync.bind(D.stdin), writeSync = D.stdout.writeSync.bind(D.stdout), exit = D.exit;
   const writeErr = D.stderr.writeSync.bind(D.stderr), apply = Reflect.apply;
   const randomValues = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
-  const sleepTimer = globalThis.setTimeout, hrNow = globalThis.performance.now.bind(globalThis.performance);
+  const hrNow = globalThis.performance.now.bind(globalThis.performance);
   const timeOrigin = globalThis.performance.timeOrigin;
   const listen = globalThis.addEventListener.bind(globalThis);
-  const { compareExchange, store, wait, notify: atomicNotify } = Atomics;
+  const { compareExchange, store, wait, waitAsync, notify: atomicNotify } = Atomics;
   const notify = (a, i) => { try { atomicNotify(a, i); } catch (_) { /* the main thread polls too */ } };
   const utf8 = new TextEncoder(), fromUtf8 = new TextDecoder();
   const encode = (s) => utf8.encode(s), decode = (b) => fromUtf8.decode(b);
@@ -272,7 +272,11 @@ function sandbox() {
   channel.port1.onmessage = () => { const done = macrotaskDone; macrotaskDone = null; done(); };
   // A macrotask boundary: by the time it runs, the microtask queue is empty (V8 drains it first).
   const __dcpMacrotask = () => new P((resolve) => { macrotaskDone = resolve; channel.port2.postMessage(null); });
-  const __dcpSleep = (ms) => new P((resolve) => sleepTimer(resolve, ms));
+  // Sleeps wait on a word nobody changes: Deno's setTimeout costs ~8 ms of a sandbox's start (the
+  // first read of globalThis.setTimeout loads its timers), and Atomics.waitAsync's timeout is as
+  // precise. An endless delay (a job's setTimeout(f, Infinity)) waits until a limit stops the slice.
+  const sleepWord = new Int32Array(new SharedArrayBuffer(4));
+  const __dcpSleep = (ms) => waitAsync(sleepWord, 0, 0, ms).value;
 
   function __dcpUncaught() {
     const e = uncaught[0];
