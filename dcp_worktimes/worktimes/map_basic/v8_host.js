@@ -33,7 +33,9 @@
 // Only one thread may write to stdout at a time, and a frame must never be cut: a shared state
 // word says what the worker is doing. IDLE: reading stdin (the main thread may write);
 // BUSY: running JS (it may be terminated); WRITING: inside one frame's write (wait);
-// KILLING: the main thread won, the worker may never write again. The second state word is the
+// KILLING: the main thread won, the worker may never write again. Each side takes the word by
+// compare-and-swap: the worker IDLE->BUSY as a request arrives and BUSY->WRITING for a frame, the
+// main thread IDLE->WRITING for its 'I' (a frame the worker's next one must not cut into). The second state word is the
 // byte count of the replies held; the worker changes it only while WRITING.
 const IDLE = 0, BUSY = 1, WRITING = 2, KILLING = 3;
 const HELD_AT = 8, HELD_BYTES = 1 << 16, HELD_MS = 1;  // v8.py: HELD_SLACK
@@ -319,7 +321,11 @@ function sandbox() {
   async function __dcpServe() {
     for (;;) {
       const request = __dcpRead(), kind = request[0], args = request[1];
-      store(state, 0, BUSY);
+      for (;;) {  // IDLE -> BUSY, after the main thread's 'I' if it is writing one
+        const was = compareExchange(state, 0, IDLE, BUSY);
+        if (was === IDLE) break;
+        wait(state, 0, was);
+      }
       // The host's clock for the first slice started before it prepared and sent the request: its
       // reply is written as it ends, never held, so the clocks of the next ones start after that.
       lastWrite = -Infinity;
@@ -397,7 +403,17 @@ function start() {
 async function stop() {
   for (;;) {
     const was = Atomics.compareExchange(state, 0, BUSY, KILLING);
-    if (was === IDLE) return frame('I');
+    if (was === IDLE) {
+      // Taken, so that the worker cannot start a request and write while 'I' is written.
+      if (Atomics.compareExchange(state, 0, IDLE, WRITING) !== IDLE) continue;
+      try {
+        frame('I');
+      } finally {
+        Atomics.store(state, 0, IDLE);
+        Atomics.notify(state, 0);
+      }
+      return;
+    }
     if (was === BUSY) break;
     if (was === KILLING) return;
     await Atomics.waitAsync(state, 0, WRITING, 100).value;  // a frame is being written: let it end
