@@ -162,3 +162,24 @@ def test_a_hook_with_a_wrong_signature_removes_only_its_plugin():
     with pytest.warns(RuntimeWarning, match="p_sig|extra"):
         r.register_module(bad, "dcp-worktime-sig")
     assert "echo" in r.worktimes() and "upper" not in r.worktimes()
+
+
+@pytest.mark.parametrize("distribution, module", [
+    ("wasmtime", "wasmtime"),  # a package: its dist-info beside the package folder
+    ("msgpack", "msgpack"),
+    ("quickjs-ng", "_quickjs"),  # a single extension module, and a dash in the distribution's name
+    ("dcp-worktimes", "dcp_worktimes"),  # installed editable: no dist-info beside it
+])
+def test_package_version_is_the_installed_distributions(distribution, module):
+    from importlib import metadata
+
+    from dcp_worktimes.cache import package_version
+
+    pytest.importorskip(module)
+    assert package_version(distribution, module) == metadata.version(distribution)
+
+
+def test_package_version_of_a_missing_package_is_none():
+    from dcp_worktimes.cache import package_version
+
+    assert package_version("no-such-distribution", "no_such_module_dcp") is None

@@ -103,12 +103,9 @@ def deno_binary() -> str | None:
 
 def deno_version() -> str | None:
     """The installed ``deno`` package's version (the Deno release it ships), without running it."""
-    from importlib import metadata
+    from ...cache import package_version
 
-    try:
-        return metadata.version("deno")
-    except metadata.PackageNotFoundError:
-        return None
+    return package_version("deno", "deno")
 
 
 def _cache_dir() -> Path:

@@ -48,7 +48,6 @@ Decisions (why):
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import platform
@@ -61,7 +60,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ...cache import ENV_CACHE, cache_root
+from ...cache import ENV_CACHE, cache_root, package_version
 from ...errors import ErrorCode, SliceError
 from ...limits import exceeded
 
@@ -123,21 +122,8 @@ class EngineOptions:
         return f"wasmtime={_wasmtime_version()};arch={platform.machine()};{fields}"
 
 
-@functools.lru_cache(maxsize=1)
 def _wasmtime_version() -> str:
-    # importlib.metadata.version() scans every distribution on sys.path (~50 ms on a loaded
-    # machine, paid on every worker start); the dist-info folder next to the package is enough.
-    import importlib.util
-
-    spec = importlib.util.find_spec("wasmtime")
-    if spec is not None and spec.origin:
-        site = Path(spec.origin).parent.parent
-        found = sorted(site.glob("wasmtime-*.dist-info"))
-        if len(found) == 1:
-            return found[0].name[len("wasmtime-"): -len(".dist-info")]
-    from importlib.metadata import version
-
-    return version("wasmtime")
+    return package_version("wasmtime", "wasmtime") or "unknown"
 
 
 _engines: dict[EngineOptions, "wasmtime.Engine"] = {}
