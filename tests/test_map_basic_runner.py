@@ -273,6 +273,17 @@ def test_a_block_runs_the_jobs_a_synchronous_slice_queued_before_the_next_slice(
     assert [o.value for o in outs] == list(range(400))
 
 
+def test_a_block_runs_a_synchronous_slices_deep_await_chain_before_the_next_slice(pool):
+    # An async helper the work does not await: its 300 continuations are the slice's jobs, each
+    # queued by the one before it (a turn that only let the jobs queued so far run would cut it).
+    work = ("x => { if (x % 40 === 3) (async () => { for (let i = 0; i < 300; i++) await null; "
+            "console.log('chain of ' + x) })(); return x }")
+    outs, events = _outs(pool, work)
+    consoles = sorted((n, p["message"]) for k, n, p in events if k == "console")
+    assert consoles == [(n, f"chain of {n}") for n in range(400) if n % 40 == 3]
+    assert [o.value for o in outs] == list(range(400))
+
+
 def test_a_block_mixes_synchronous_and_promise_slices(pool):
     outs, _ = _outs(pool, "x => x % 3 ? x : Promise.resolve(x * 10).then(v => { progress(); return v })")
     assert [o.value for o in outs] == [n if n % 3 else n * 10 for n in range(400)]
