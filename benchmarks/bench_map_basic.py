@@ -7,10 +7,13 @@ One run, four tables, ratios printed:
 1. CPU-bound kernels (fib(27); a 160x160 Float64Array matrix product; JSON-heavy work: 20 000
    records through JSON.stringify/parse), one kernel call per slice: map-basic on V8 and on
    QuickJS, in process (the engine driven directly) and as one sandboxed slice through
-   ``EvaluatorPool``, beside the same JavaScript in plain Node and plain Deno (timed inside, start-up
-   excluded) and the same algorithm in native CPython. Each figure is over ``--repeat``
-   runs after one warm-up run (median and best: the best shows the engine without the noise of a
-   shared machine). Ratio: time / plain Deno's (target for V8: within 1.5x).
+   ``EvaluatorPool``, beside the same JavaScript in plain Node and plain Deno (each a process kept
+   open, timed inside: start-up excluded) and the same algorithm in native CPython. Each figure is
+   over ``--repeat`` rounds after one warm-up call per contender (median and best: the best shows
+   the engine without the noise of a shared machine). Every table times its rows in interleaved
+   rounds (one call, job or size of each row per round), so that a shared machine's drifting load
+   falls on all of them alike and the ratios hold. Ratio: time / plain Deno's (target for V8:
+   within 1.5x).
 2. Trivial slices (``x => x``) end to end through ``EvaluatorPool`` on all cores: V8, QuickJS and
    the echo reference worktime, as jobs of ``--slices`` and of five times as many. Per-slice cost:
    the difference between the two (what each slice adds once the job has started; the job's start
@@ -26,6 +29,7 @@ average before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import json
 import os
@@ -34,8 +38,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -106,28 +110,52 @@ KERNELS = [  # (label, JS work, argument, Python twin)
 ]
 
 
-def timed_ms(fn, repeat: int) -> tuple[float, float]:
-    """(median, best) of ``repeat`` calls after one warm-up call (JIT, caches: every engine gets one)."""
-    fn()
-    times = []
+def interleaved_ms(contenders: dict[str, Callable[[], float]], repeat: int) -> dict[str, tuple[float, float]]:
+    """(median, best) ms of each contender's ``repeat`` timed calls, taken in rounds: one call of
+    each per round, so that a shared machine's drifting load falls on all of them alike. Each
+    contender returns the seconds its call took (a plain runtime times itself) and was warmed up
+    by its maker (JIT, caches: every engine gets one call first)."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeat):
+        for name, call in contenders.items():
+            times[name].append(call())
+    return {name: (statistics.median(t) * 1000, min(t) * 1000) for name, t in times.items()}
+
+
+def timer(fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` as a contender: called once now (the warm-up), then timed per call."""
+    fn()
+
+    def call() -> float:
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000, min(times) * 1000
+        return time.perf_counter() - t
+    return call
 
 
-def plain_ms(runtime: str, work: str, arg: int, repeat: int) -> tuple[float, float] | None:
-    """The kernel in plain Node or Deno: (median, best) of ``repeat`` calls after one warm-up, timed inside."""
-    script = textwrap.dedent("""
-        const work = (%s
-        );
-        work(%d);
-        const t = [];
-        for (let i = 0; i < %d; i++) { const s = performance.now(); work(%d); t.push(performance.now() - s); }
-        t.sort((a, b) => a - b);
-        console.log(JSON.stringify([t[Math.floor(t.length / 2)], t[0]]));
-    """) % (work, arg, repeat, arg)
+PLAIN_SCRIPT = """
+const work = (%s
+);
+work(%d);  // the warm-up
+// One timed call per byte read on stdin, its milliseconds written back: the same process all along,
+// so its JIT warms as an engine kept by the evaluator does.
+const isDeno = typeof Deno !== 'undefined', fs = isDeno ? null : require('fs');
+const one = new Uint8Array(1), out = new TextEncoder();
+for (;;) {
+  const n = isDeno ? Deno.stdin.readSync(one) : fs.readSync(0, one, 0, 1, null);
+  if (!n) break;
+  const s = performance.now();
+  work(%d);
+  const line = out.encode((performance.now() - s) + '\\n');
+  if (isDeno) Deno.stdout.writeSync(line); else fs.writeSync(1, line);
+}
+"""
+
+
+def plain_runtime(runtime: str, work: str, arg: int, stack: contextlib.ExitStack) -> Callable[[], float] | None:
+    """The kernel in plain Node or Deno (a process kept open, warmed up once) as a contender timed
+    inside the runtime (its start-up and the pipe excluded), or ``None`` where it is missing."""
+    script = PLAIN_SCRIPT % (work, arg, arg)
     if runtime == "node":
         exe = shutil.which("node")
         cmd = [exe, "-e", script] if exe else None
@@ -138,12 +166,23 @@ def plain_ms(runtime: str, work: str, arg: int, repeat: int) -> tuple[float, flo
             fd, path = tempfile.mkstemp(suffix=".js")
             with os.fdopen(fd, "w") as f:
                 f.write(script)
+            stack.callback(os.unlink, path)
             cmd = [exe, "run", "--no-prompt", "--no-config", path]
     if not cmd:
         return None
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"})
-    return tuple(json.loads(out.stdout)) if out.returncode == 0 else None
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"})
+    stack.callback(proc.wait, 30)
+    stack.callback(proc.stdin.close)
+
+    def call() -> float:
+        proc.stdin.write("x")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"plain {runtime} ended before its run was timed")
+        return float(line) / 1000
+    return call
 
 
 def version(cmd: list[str]) -> str:
@@ -164,77 +203,91 @@ def available_engines() -> list[str]:
 def kernel_table(engines: list[str], repeat: int) -> None:
     nan = (math.nan, math.nan)
     for label, work, arg, twin in KERNELS:
-        rows: list[tuple] = []
-        for engine in engines:
-            wt = MapBasic()
-            wt.config = {"js-engine": engine}
-            wt.prepare(JobSpec(id=f"bench-{engine}", worktime="map-basic", work=work, limits=Limits(wall_time=None)))
-            rows.append((f"map-basic on {engine}, in process",
-                         timed_ms(lambda: wt.execute(SliceContext(0, Limits(wall_time=None)), arg), repeat)))
-            wt.release()
-            with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}) as pool:
+        with contextlib.ExitStack() as stack:
+            contenders: dict[str, Callable[[], float]] = {}
+            for engine in engines:
+                wt = MapBasic()
+                wt.config = {"js-engine": engine}
+                wt.prepare(JobSpec(id=f"bench-{engine}", worktime="map-basic", work=work, limits=Limits(wall_time=None)))
+                stack.callback(wt.release)
+                contenders[f"map-basic on {engine}, in process"] = timer(
+                    lambda wt=wt: wt.execute(SliceContext(0, Limits(wall_time=None)), arg))
+                pool = stack.enter_context(EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}))
                 job = JobSpec(id=f"bench-{engine}-runner", worktime="map-basic", work=work)
 
-                def via_runner():
+                def via_runner(pool=pool, job=job):
                     out = next(pool.map(job, [(0, arg)]))
                     assert out.ok, out.error
 
-                rows.append((f"map-basic on {engine}, one sandboxed slice", timed_ms(via_runner, repeat)))
-        deno = plain_ms("deno", work, arg, repeat) or nan
-        node = plain_ms("node", work, arg, repeat) or nan
-        rows.append((f"plain deno {version([deno_binary() or 'deno', '--version']).split()[1]} (V8, in JS)", deno))
-        rows.append((f"plain node {version(['node', '--version'])} (V8, in JS)", node))
-        rows.append((f"native CPython {sys.version.split()[0]}", timed_ms(lambda: twin(arg), repeat)))
-        print_table(f"{label}: one call per slice, {repeat} runs after a warm-up",
+                contenders[f"map-basic on {engine}, one sandboxed slice"] = timer(via_runner)
+            deno_name = f"plain deno {version([deno_binary() or 'deno', '--version']).split()[1]} (V8, in JS)"
+            node_name = f"plain node {version(['node', '--version'])} (V8, in JS)"
+            for name, runtime in ((deno_name, "deno"), (node_name, "node")):
+                plain = plain_runtime(runtime, work, arg, stack)
+                if plain is not None:
+                    contenders[name] = plain
+            contenders[f"native CPython {sys.version.split()[0]}"] = timer(lambda: twin(arg))
+            got = interleaved_ms(contenders, repeat)
+        deno = got.get(deno_name, nan)
+        got.setdefault(node_name, nan)
+        print_table(f"{label}: one call per slice, {repeat} interleaved rounds after a warm-up",
                     ["engine", "median ms", "best ms", "median / Deno's", "best / Deno's"],
-                    [(name, med, best, med / deno[0], best / deno[1]) for name, (med, best) in rows])
+                    [(name, med, best, med / deno[0], best / deno[1]) for name, (med, best) in got.items()])
 
 
-def throughput_table(engines: list[str], slices: int) -> None:
+def throughput_table(engines: list[str], slices: int, rounds: int = 2) -> None:
     cores = os.cpu_count() or 1
     runs = [(f"map-basic on {e}", "map-basic", "x => x", {"map-basic": {"js-engine": e}}) for e in engines]
     if "echo" in get_worktimes():
         runs.append(("echo (reference)", "echo", "", {}))
     big = 5 * slices
-    times: dict[str, tuple[float, float]] = {}
-    for label, name, work, config in runs:
-        with EvaluatorPool(cores=cores, config=config) as pool:
-            counter = iter(range(10**6))
+    counter = iter(range(10**6))
+    with contextlib.ExitStack() as stack:
+        pools = {label: (name, work, stack.enter_context(EvaluatorPool(cores=cores, config=config)))
+                 for label, name, work, config in runs}
 
-            def once(n: int) -> float:
-                job = JobSpec(id=f"bench-{name}-{next(counter)}", worktime=name, work=work)
-                t = time.perf_counter()
-                bad = [o.error for o in pool.map(job, ((i, i) for i in range(n))) if not o.ok]
-                assert not bad, f"{label}: {len(bad)} slices failed, first: {bad[0]}"
-                return time.perf_counter() - t
+        def once(label: str, n: int) -> float:
+            name, work, pool = pools[label]
+            job = JobSpec(id=f"bench-{name}-{next(counter)}", worktime=name, work=work)
+            t = time.perf_counter()
+            bad = [o.error for o in pool.map(job, ((i, i) for i in range(n))) if not o.ok]
+            assert not bad, f"{label}: {len(bad)} slices failed, first: {bad[0]}"
+            return time.perf_counter() - t
 
-            once(slices)  # warm evaluators
-            small = min(once(slices) for _ in range(2))
-            times[label] = (small, min(once(big) for _ in range(2)))
+        for label in pools:
+            once(label, slices)  # warm evaluators
+        small: dict[str, list[float]] = {label: [] for label in pools}
+        large: dict[str, list[float]] = {label: [] for label in pools}
+        for _ in range(rounds):  # interleaved: each round times every worktime at both sizes
+            for label in pools:
+                small[label].append(once(label, slices))
+                large[label].append(once(label, big))
+    times = {label: (min(small[label]), min(large[label])) for label in pools}
     # A job's time is its start (evaluators prepare the job; V8 starts Deno unless a spare is
     # ready) plus its slices: the difference between the two sizes is the cost of the slices alone.
     marginal = {label: 1e6 * cores * (b - s) / (big - slices) for label, (s, b) in times.items()}
     base = marginal.get("map-basic on quickjs")
     rows = [(label, slices / s, big / b, marginal[label], (marginal[label] / base) if base else math.nan)
             for label, (s, b) in times.items()]
-    print_table(f"trivial slices (x => x) end to end on {cores} cores, each size a new job",
-                ["worktime", f"{slices:,}: slices/s", f"{big:,}: slices/s", "µs per slice per core",
-                 "cost / QuickJS's"], rows)
+    print_table(f"trivial slices (x => x) end to end on {cores} cores, each size a new job (best of {rounds} "
+                "interleaved rounds)", ["worktime", f"{slices:,}: slices/s", f"{big:,}: slices/s",
+                                         "µs per slice per core", "cost / QuickJS's"], rows)
 
 
 def first_result_table(engines: list[str], repeat: int) -> None:
-    rows = []
-    for engine in engines:
-        times = []
-        with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}) as pool:
-            for i in range(repeat + 1):
+    times: dict[str, list[float]] = {engine: [] for engine in engines}
+    with contextlib.ExitStack() as stack:
+        pools = {engine: stack.enter_context(EvaluatorPool(cores=1, config={"map-basic": {"js-engine": engine}}))
+                 for engine in engines}
+        for i in range(repeat + 1):  # interleaved: one job per engine per round
+            for engine, pool in pools.items():
                 job = JobSpec(id=f"cold-{engine}-{i}", worktime="map-basic", work="function (x) { return x * x }")
                 t = time.perf_counter()
                 assert next(pool.map(job, [(0, 7)])).value == 49
-                times.append(time.perf_counter() - t)
-        times = times[1:]  # the first one also starts the zygote
-        rows.append((f"map-basic on {engine}", statistics.median(times) * 1000, min(times) * 1000))
-    print_table(f"a new job's first result (fork + engine start + compile + one slice), {repeat} jobs",
+                times[engine].append(time.perf_counter() - t)
+    # The first round also starts each pool's zygote.
+    rows = [(f"map-basic on {engine}", statistics.median(t[1:]) * 1000, min(t[1:]) * 1000) for engine, t in times.items()]
+    print_table(f"a new job's first result (fork + engine start + compile + one slice), {repeat} interleaved rounds",
                 ["engine", "median ms", "best ms"], rows)
 
 
