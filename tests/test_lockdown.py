@@ -189,9 +189,12 @@ def test_every_built_in_engine_runs_locked_down(build):
             datum = [1, 2] if job.worktime == "wasi" else 1
             outs = list(pool.map(job, [(i, datum) for i in range(3)]))
             assert all(o.ok for o in outs), [o.error for o in outs]
-            lock = pool._slots[0].proc.lockdown
+            proc = pool._slots[0].proc
+            lock = proc.lockdown
             assert lock["seccomp"]["applied"] is True, lock
             assert lock["landlock"]["applied"] is (landlock_abi() > 0), lock
+            # It can start no process: the watchdog lists its children once, not every 200 ms.
+            assert proc.sealed and proc.cannot_spawn()
     del compile_c
 
 
@@ -208,6 +211,7 @@ def test_map_basic_on_v8_keeps_process_creation_and_nothing_else():
         assert [o.error.code for o in outs] == ["ESLICETOOSLOW"] * 2, [o.error for o in outs]
         lock = pool._slots[0].proc.lockdown
         assert lock["seccomp"]["applied"] is True and "ptrace" in lock["seccomp"]["denied"], lock
+        assert not pool._slots[0].proc.sealed  # it restarts Deno: the watchdog keeps listing its children
         ok = list(pool.map(JobSpec(id="ld-v8b", worktime="map-basic", work="x => x + 1"), [(0, 1)]))
         assert ok[0].ok and ok[0].value == 2
 
@@ -218,3 +222,4 @@ def test_lockdown_can_be_turned_off_and_says_so(probes, escape, monkeypatch, tmp
         out = next(pool.map(JobSpec(id="off", worktime="native-probe", work=escape), [(0, ["inet", None])]))
         assert out.ok and out.value >= 0  # a socket again (in the empty network namespace): nothing applied
         assert "DCP_WORKTIMES_LOCKDOWN=0" in pool._slots[0].proc.lockdown["seccomp"]["reason"]
+        assert not pool._slots[0].proc.sealed

@@ -229,6 +229,21 @@ class EvaluatorProcess:
         self.start_rss = int(ready.get("rss") or 0)
         #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).
         self.lockdown: dict[str, Any] = {}
+        #: Whether it can no longer start processes (``cannot_spawn``): its children are then
+        #: the ones it has after that first prepare, listed once by the watchdog.
+        self.sealed = False
+
+    def cannot_spawn(self) -> bool:
+        """Whether this evaluator's seccomp filter denies new processes: so its lockdown report
+        says, and the kernel confirms it runs under a filter (``Seccomp: 2`` in its status)."""
+        seccomp = self.lockdown.get("seccomp") or {}
+        if not seccomp.get("applied") or "fork" not in (seccomp.get("denied") or ()):
+            return False
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                return any(line.split() == ["Seccomp:", "2"] for line in f)
+        except OSError:
+            return False
 
     # -- frames -------------------------------------------------------------------------------
     def send(self, msg: dict) -> None:
