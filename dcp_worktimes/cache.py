@@ -47,7 +47,7 @@ def package_version(distribution: str, module: str) -> str | None:
         return None
     if spec.origin:
         folder = Path(spec.origin).parent
-        if folder.name == module:  # a package: its dist-info is beside the package folder
+        if spec.submodule_search_locations is not None:  # a package: its dist-info is beside its folder
             folder = folder.parent
         found = [p for p in folder.glob("*.dist-info") if p.name.lower().startswith(distribution.lower().replace("-", "_") + "-")]
         if len(found) == 1:

@@ -133,8 +133,27 @@ class StandbyProbe(ProbeWorktime):
             self.engine = None
 
 
+class HelperAtPrepare(ProbeWorktime):
+    """Starts a helper process while it prepares (before the lockdown), yet does not spawn: the
+    lockdown then denies new processes, but not to that helper."""
+
+    name = "helper-at-prepare"
+    spawns = False
+
+    def prepare(self, job):
+        import subprocess
+
+        super().prepare(job)
+        self.helper = subprocess.Popen(["sleep", "60"])
+
+    def release(self):
+        self.helper.kill()
+        self.helper.wait()
+
+
 @hookimpl
 def register_worktimes(register):
+    register(HelperAtPrepare)
     register(StandbyProbe)
     register(ProbeWorktime)
     register(StuckAtStart)

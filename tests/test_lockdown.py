@@ -193,7 +193,7 @@ def test_every_built_in_engine_runs_locked_down(build):
             lock = proc.lockdown
             assert lock["seccomp"]["applied"] is True, lock
             assert lock["landlock"]["applied"] is (landlock_abi() > 0), lock
-            # It can start no process: the watchdog lists its children once, not every 200 ms.
+            # It has no child process and can start none: the watchdog never scans /proc for them.
             assert proc.sealed and proc.cannot_spawn()
     del compile_c
 
@@ -214,6 +214,18 @@ def test_map_basic_on_v8_keeps_process_creation_and_nothing_else():
         assert not pool._slots[0].proc.sealed  # it restarts Deno: the watchdog keeps listing its children
         ok = list(pool.map(JobSpec(id="ld-v8b", worktime="map-basic", work="x => x + 1"), [(0, 1)]))
         assert ok[0].ok and ok[0].value == 2
+
+
+@needs_seccomp
+def test_an_evaluator_with_a_helper_process_is_not_sealed(probes):
+    # No new process after the lockdown, but a helper started before it could start its own: the
+    # watchdog keeps looking for the evaluator's children (their memory and CPU are the slice's).
+    job = JobSpec(id="helper", worktime="helper-at-prepare", work="def work(x):\n    import time; time.sleep(x); return x")
+    with EvaluatorPool(cores=1) as pool:
+        assert next(pool.map(job, [(0, 0.5)])).value == 0.5
+        slot = pool._slots[0]
+        assert slot.proc.cannot_spawn() and not slot.proc.sealed
+        assert [p.name() for p in slot.family] == ["sleep"]
 
 
 def test_lockdown_can_be_turned_off_and_says_so(probes, escape, monkeypatch, tmp_path):

@@ -321,7 +321,10 @@ class Evaluator:
         self.family = _has_children()
         if self.lockdown is None:  # the engine is loaded, the job's mounts made: take the rest away
             self.lockdown = _lock_down(self.worktime)
-        self.out.send({"t": "prepared", "rss": _rss(self.family), "lockdown": self.lockdown})
+        # "children": whether any process of ours runs now. With none, and a lockdown that denies
+        # new ones, the watchdog need not look for them again (a child could start its own).
+        self.out.send({"t": "prepared", "rss": _rss(self.family), "lockdown": self.lockdown,
+                       "children": self.family or _has_children()})
 
     def run(self, numbers: list[int], packed: bytes) -> None:
         job = self.job
@@ -646,7 +649,10 @@ def _children(measure: Callable[[Any], float], fresh: bool = False) -> list[floa
     now = time.monotonic()
     listed, family = _family
     if fresh or now - listed > FAMILY_REFRESH:
-        family = psutil.Process().children(recursive=True)
+        try:
+            family = psutil.Process().children(recursive=True)
+        except (psutil.Error, OSError):  # /proc out of reach (Landlock): the supervisor measures them
+            pass
         _family = now, family
     values = []
     for child in family:

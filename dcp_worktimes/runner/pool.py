@@ -638,7 +638,7 @@ class EvaluatorPool:
                                     start_timeout=self.start_timeout)
         with slot.lock:
             slot.proc, slot.psproc, slot.job = proc, psutil.Process(proc.pid), job
-            slot.family, slot.ticks = [], 0  # listed at the watchdog's first look at this evaluator
+            slot.family, slot.ticks = [], 0  # listed at the watchdog's first look, unless sealed
         # Compiling the work is the job's: the watchdog bounds prepare by the job's wall time and
         # memory, unless the worktime bounds the work's part itself ("prepare" in enforces).
         slot.preparing = None if "prepare" in reg.cls.enforces else job.limits
@@ -658,7 +658,7 @@ class EvaluatorPool:
             raise _JobUnusable(SliceError.from_dict(msg["error"]))
         proc.baseline_rss = int(msg.get("rss") or 0)
         proc.lockdown = msg.get("lockdown") or {}  # seccomp/Landlock, applied after this first prepare
-        proc.sealed = proc.cannot_spawn()
+        proc.sealed = not msg.get("children", True) and proc.cannot_spawn()
         slot.ready_at = now = time.monotonic()
         last = self._prepare_time.get(job.worktime)
         self._prepare_time[job.worktime] = now - began if last is None else 0.7 * last + 0.3 * (now - began)
@@ -891,8 +891,8 @@ class EvaluatorPool:
             return
         slot.ticks += 1
         # Listing children scans all of /proc (~1 ms per 100 processes): not on every tick, and
-        # only once for an evaluator that can start none (its children are those it had then).
-        if slot.ticks % 10 == 1 and not (proc.sealed and slot.ticks > 1):
+        # never for a sealed evaluator (it had none after its lockdown and can start none).
+        if slot.ticks % 10 == 1 and not proc.sealed:
             slot.family = ps.children(recursive=True)
         if lim.memory is not None:
             rss = ps.memory_info().rss + _sum(p.memory_info().rss for p in slot.family)

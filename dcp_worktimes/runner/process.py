@@ -229,8 +229,8 @@ class EvaluatorProcess:
         self.start_rss = int(ready.get("rss") or 0)
         #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).
         self.lockdown: dict[str, Any] = {}
-        #: Whether it can no longer start processes (``cannot_spawn``): its children are then
-        #: the ones it has after that first prepare, listed once by the watchdog.
+        #: Whether it had no child process after that first prepare and can start none
+        #: (``cannot_spawn``): then it never has any, and the watchdog stops looking for them.
         self.sealed = False
 
     def cannot_spawn(self) -> bool:

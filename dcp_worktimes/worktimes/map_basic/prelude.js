@@ -210,6 +210,9 @@
     if (typeof r === 'string' && r[0] === '!') throw new Error(r.slice(1));
     return r;
   }
+  // The slice settled: a host sleeping until the next timer looks again now (V8's loop may have
+  // polled just before a promise the runtime settled, a WebAssembly compilation's, ran on).
+  function __dcpWake() { host('wake'); }
 
   let rejected;  // the reason text once work.reject() was called in the current slice
   const REJECT = freeze({ toString() { return 'work.reject() was called'; } });
@@ -262,6 +265,7 @@
       let text;
       try { text = reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : __dcpInspect(reason, 1, []); } catch (_) { text = 'rejected'; }
       rejected = text;
+      __dcpWake();
       throw REJECT;
     },
   };
@@ -737,7 +741,7 @@
       const datum = __dcpDecode(datumText);
       r = spreadDatum && Array.isArray(datum) ? workFn(...datum, ...jobArguments) : jobArguments.length === 0 ? workFn(datum) : workFn(datum, ...jobArguments);
       if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
-        Promise.resolve(r).then((v) => { outcome = [true, v]; }, (e) => { outcome = [false, e]; });
+        Promise.resolve(r).then((v) => { outcome = [true, v]; __dcpWake(); }, (e) => { outcome = [false, e]; __dcpWake(); });
         return 'p';
       }
     } catch (e) {

@@ -213,6 +213,8 @@ class QuickJSEngine(Engine):
     # -- host callbacks (called by the prelude through __dcpHost) -------------------------------
     def _host(self, op: str, a: Any = None, b: Any = None) -> str | None:
         # Exceptions must not escape into the binding (it would leave a Python error pending).
+        if op == "wake":  # the slice settled: this engine's loop (_settle) polls after every job run
+            return None
         try:
             self._start_cpu_clock(time.monotonic())  # before anything that may wait (a full pipe)
             if op == "random":

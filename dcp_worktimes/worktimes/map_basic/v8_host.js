@@ -39,6 +39,7 @@
 // byte count of the replies held; the worker changes it only while WRITING.
 const IDLE = 0, BUSY = 1, WRITING = 2, KILLING = 3;
 const HELD_AT = 8, HELD_BYTES = 1 << 16, HELD_MS = 1;  // v8.py: HELD_SLACK
+const CLOSED = 'map-basic V8 sandbox: the evaluator closed the pipe';
 
 function sandbox() {
   'use strict';
@@ -46,7 +47,8 @@ function sandbox() {
   // globals and prototype methods later. Privileged functions are bound here and only ever called
   // directly (never through .call/.apply, which job code could replace to receive them).
   const D = globalThis.Deno;
-  const readSync = D.stdin.readSync.bind(D.stdin), writeSync = D.stdout.writeSync.bind(D.stdout), exit = D.exit;
+  const readSync = D.stdin.readSync.bind(D.stdin), writeSync = D.stdout.writeSync.bind(D.stdout);
+  const core = D.internal !== undefined && D[D.internal] ? D[D.internal].core : undefined;
   const writeErr = D.stderr.writeSync.bind(D.stderr), apply = Reflect.apply;
   const randomValues = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
   const hrNow = globalThis.performance.now.bind(globalThis.performance);
@@ -68,8 +70,19 @@ function sandbox() {
   let heldAt = 0, lastWrite = 0;  // bytes held; when replies last reached the host (or a request came)
   let sliceStart = 0, writes = 0;  // the running slice's start; frames written so far
   let uncaught;  // first error reported by the runtime (e.g. thrown in a queueMicrotask callback)
-  listen('error', (event) => { event.preventDefault(); if (uncaught === undefined) uncaught = [event.error]; });
-  listen('unhandledrejection', (event) => event.preventDefault());  // as in QuickJS: not an error
+  // The runtime reports an error thrown in a callback it runs (a queueMicrotask callback) and a
+  // rejection nobody handled by dispatching an event on the global object, whose dispatchEvent
+  // goes with the prototype chain __dcpStrip takes away (a TypeError in Deno's own code that ended
+  // the process): Deno's core takes our handlers instead. The listeners only where it has none.
+  let fatal = false;  // a fault of this program (__dcpServe failed): its rejection ends the worker
+  if (core && typeof core.setReportExceptionCallback === 'function'
+      && typeof core.setUnhandledPromiseRejectionHandler === 'function') {
+    core.setReportExceptionCallback((error) => { if (uncaught === undefined) uncaught = [error]; notify(sleepWord, 0); });
+    core.setUnhandledPromiseRejectionHandler(() => !fatal);  // as in QuickJS: not an error
+  } else {
+    listen('error', (event) => { event.preventDefault(); if (uncaught === undefined) uncaught = [event.error]; });
+    listen('unhandledrejection', (event) => event.preventDefault());
+  }
 
   // --- frames out ------------------------------------------------------------------------------
   // kind -1: only the replies held (if any). An event writes those with the running slice's time
@@ -157,7 +170,7 @@ function sandbox() {
         inbuf = bigger;
       }
       const n = readSync(apply(subarray, inbuf, [have]));
-      if (n === null) exit(0);  // the evaluator closed the pipe: its job is over
+      if (n === null) throw new Error(CLOSED);  // the evaluator closed the pipe: its job is over
       have += n;
     }
   }
@@ -210,6 +223,7 @@ function sandbox() {
         return null;
       }
       case 'console': __dcpWrite(K_CONSOLE, a + '\n' + b); return null;
+      case 'wake': notify(sleepWord, 0); return null;  // the slice settled: end the loop's sleep
       case 'emit': __dcpWrite(K_EMIT, a + '\n' + b); return null;
     }
     return '!unknown host operation ' + op;
@@ -231,7 +245,8 @@ function sandbox() {
       keep.add('WebAssembly');
       // Count asynchronous compilations, so that a slice awaiting one is not "never settled".
       const W = globalThis.WebAssembly, promiseFinally = Promise.prototype.finally;
-      const done = () => { wasmPending--; };
+      // A slice waiting for a compilation sleeps until its next timer: wake it (__dcpSleep).
+      const done = () => { wasmPending--; notify(sleepWord, 0); };
       for (const name of ['compile', 'instantiate']) {
         const original = W[name];
         const counted = { [name](...args) { wasmPending++; return apply(promiseFinally, apply(original, W, args), [done]); } }[name];
@@ -363,16 +378,20 @@ function sandbox() {
     state = new Int32Array(event.data, 0, 2);
     held = new U8(event.data, HELD_AT, HELD_BYTES);
     globalThis.onmessage = null;
-    __dcpServe().catch((e) => {  // a fault of this program, never of the work: say so and stop
-      writeErr(encode(`map-basic V8 sandbox failed: ${e && e.stack || e}\n`));
-      exit(70);
+    // A fault of this program, never of the work, or the pipe closed: the worker ends (Deno.exit
+    // cannot run in the stripped realm: the rejection, unhandled, ends it) and the main thread
+    // ends the process.
+    __dcpServe().catch((e) => {
+      if (!(e instanceof Error && e.message === CLOSED)) writeErr(encode(`map-basic V8 sandbox failed: ${e && e.stack || e}\n`));
+      fatal = true;
+      throw e;
     });
   };
 }
 
 // --- main thread -------------------------------------------------------------------------------
 const states = `const IDLE = ${IDLE}, BUSY = ${BUSY}, WRITING = ${WRITING}, KILLING = ${KILLING};
-const HELD_AT = ${HELD_AT}, HELD_BYTES = ${HELD_BYTES}, HELD_MS = ${HELD_MS};`;
+const HELD_AT = ${HELD_AT}, HELD_BYTES = ${HELD_BYTES}, HELD_MS = ${HELD_MS}, CLOSED = ${JSON.stringify(CLOSED)};`;
 const url = URL.createObjectURL(new Blob([`${states}\n(${sandbox})();`], { type: 'text/javascript' }));
 const out = new TextEncoder();
 let worker, state, shared;
@@ -392,8 +411,10 @@ function start() {
   state = new Int32Array(shared, 0, 2);
   worker = new Worker(url, { type: 'module' });
   worker.onerror = (event) => {
-    // Only a fault of this program gets here (the worker handles the work's errors itself).
+    // Only the end of the worker's loop gets here (the worker handles the work's errors itself):
+    // the evaluator closed the pipe, or a fault of this program.
     event.preventDefault();
+    if (String(event.message).includes(CLOSED)) Deno.exit(0);
     Deno.stderr.writeSync(out.encode(`map-basic V8 sandbox failed: ${event.message}\n`));
     Deno.exit(70);
   };
