@@ -242,6 +242,9 @@ def throughput_table(engines: list[str], slices: int, rounds: int = 2) -> None:
         runs.append(("echo (reference)", "echo", "", {}))
     big = 5 * slices
     counter = iter(range(10**6))
+    # Every pool stays open through the rounds. Idle, a pool costs nothing: pool.map never
+    # releases a job, so no spare evaluator (nor V8's Deno) starts behind another pool's timing;
+    # each new job forks its evaluators when it comes, as in the first-result table.
     with contextlib.ExitStack() as stack:
         pools = {label: (name, work, stack.enter_context(EvaluatorPool(cores=cores, config=config)))
                  for label, name, work, config in runs}
