@@ -358,6 +358,41 @@ def test_an_error_thrown_in_a_queued_microtask_is_the_slices():
     assert [h(x) for x in (2, 3)] == [2, 3]
 
 
+@pytest.mark.parametrize("work", [
+    # a job queued while the host encodes the result of an async slice (a getter)
+    "async x => { await null; return x === 1 ? { get a() { queueMicrotask(() => { throw new RangeError('by slice 1') }); return 1 } } : x }",
+    # two jobs deep, from a synchronous slice's result
+    "x => x === 1 ? { get a() { queueMicrotask(() => queueMicrotask(() => { throw new RangeError('by slice 1') })); return 1 } } : x",
+])
+def test_jobs_the_encoding_of_a_result_queues_are_the_slices(work):
+    h = Harness().prepare(work)
+    assert h(0) == 0
+    err = h.fails(1)
+    assert err.code == ErrorCode.EUNCAUGHT and err.message == "by slice 1"
+    assert [h(x) for x in (2, 3)] == [2, 3]  # not blamed on the next slices
+
+
+def test_a_webassembly_compile_a_slice_started_is_its_own(js_engine):
+    if js_engine != "v8":
+        pytest.skip("WebAssembly is V8's (QuickJS has none)")
+    # Not awaited: the slice ends, yet what the compilation's callback does is still its own.
+    work = ("async x => { if (x === 1) { WebAssembly.compile(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]))"
+            ".then(() => queueMicrotask(() => { throw new Error('thrown for slice 1') })); return x } "
+            "await new Promise(r => setTimeout(r, 50)); return x }")
+    h = Harness().prepare(work, Limits.parse(wall_time="5s"), options={"webassembly": True})
+    assert h(0) == 0
+    assert h.fails(1).message == "thrown for slice 1"
+    assert [h(x) for x in (2, 3)] == [2, 3]
+
+
+def test_the_host_loop_ignores_setters_the_work_puts_on_array_prototype():
+    # The V8 host builds each request's arguments as an array: defined, not assigned, so that
+    # a setter the work leaves on Array.prototype never runs inside the host.
+    h = Harness().prepare("x => { if (x === 1) Object.defineProperty(Array.prototype, '0', "
+                          "{ set(v) { throw new Error('a setter ran') }, configurable: true }); return x }")
+    assert [h(x) for x in range(4)] == [0, 1, 2, 3]
+
+
 def test_a_slice_awaiting_a_webassembly_compile_is_not_held_by_its_timers(js_engine):
     if js_engine != "v8":
         pytest.skip("WebAssembly is V8's (QuickJS has none)")

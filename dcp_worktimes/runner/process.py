@@ -239,6 +239,8 @@ class EvaluatorProcess:
         seccomp = self.lockdown.get("seccomp") or {}
         if not seccomp.get("applied") or "fork" not in (seccomp.get("denied") or ()):
             return False
+        if "clone" in (seccomp.get("not_on_this_system") or ()):  # its rule could not be added
+            return False
         try:
             with open(f"/proc/{self.pid}/status") as f:
                 return any(line.split() == ["Seccomp:", "2"] for line in f)

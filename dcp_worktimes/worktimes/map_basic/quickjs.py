@@ -501,6 +501,9 @@ class QuickJSEngine(Engine):
             self._drain_jobs()
             envelope = self._call("poll")
             if envelope:
+                # Encoding the result may run job code (a getter, an error's message): the jobs
+                # that queued are this slice's too.
+                self._drain_jobs()
                 return envelope
             delay = self._call("next")
             if delay < 0:

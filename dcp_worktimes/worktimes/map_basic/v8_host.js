@@ -35,10 +35,14 @@
 // BUSY: running JS (it may be terminated); WRITING: inside one frame's write (wait);
 // KILLING: the main thread won, the worker may never write again. Each side takes the word by
 // compare-and-swap: the worker IDLE->BUSY as a request arrives and BUSY->WRITING for a frame, the
-// main thread IDLE->WRITING for its 'I' (a frame the worker's next one must not cut into). The second state word is the
-// byte count of the replies held; the worker changes it only while WRITING.
+// main thread IDLE->WRITING for its 'I' (a frame the worker's next one must not cut into). The
+// second state word is the byte count of the replies held; the worker changes it only while
+// WRITING. The third is 1 once the evaluator closed the pipe: the worker's loop then ends, and
+// the main thread exits 0 (a word job code cannot reach, where an error's text could be forged).
 const IDLE = 0, BUSY = 1, WRITING = 2, KILLING = 3;
-const HELD_AT = 8, HELD_BYTES = 1 << 16, HELD_MS = 1;  // v8.py: HELD_SLACK
+// The shared buffer: three state words (what the worker does, the bytes of replies held, 1 once
+// the evaluator closed the pipe), then the replies held.
+const HELD_AT = 12, HELD_BYTES = 1 << 16, HELD_MS = 1;  // v8.py: HELD_SLACK
 const CLOSED = 'map-basic V8 sandbox: the evaluator closed the pipe';
 
 function sandbox() {
@@ -61,6 +65,7 @@ function sandbox() {
   const encodeInto = utf8.encodeInto.bind(utf8);
   const U8 = Uint8Array, P = Promise, toString = String, toNumber = Number, jsonParse = JSON.parse;
   const { subarray, set: setBytes, copyWithin, toBase64 } = Uint8Array.prototype;
+  const defineProperty = Reflect.defineProperty;
   const { getUint32, setUint32 } = DataView.prototype, DV = DataView;
   const sliceString = String.prototype.slice, regexExec = RegExp.prototype.exec;
   const PERCENT = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/;  // worktime.py _PERCENT
@@ -170,7 +175,10 @@ function sandbox() {
         inbuf = bigger;
       }
       const n = readSync(apply(subarray, inbuf, [have]));
-      if (n === null) throw new Error(CLOSED);  // the evaluator closed the pipe: its job is over
+      if (n === null) {  // the evaluator closed the pipe: its job is over (said in a word job code cannot reach)
+        store(state, 2, 1);
+        throw new Error(CLOSED);
+      }
       have += n;
     }
   }
@@ -182,7 +190,9 @@ function sandbox() {
     const kind = inbuf[4], args = [];
     for (let at = 5; at < 4 + size;) {
       const len = apply(getUint32, view, [at, true]);
-      args[args.length] = decode(apply(subarray, inbuf, [at + 4, at + 4 + len]));
+      // Defined, not assigned: an assignment would run a setter job code put on Array.prototype.
+      defineProperty(args, args.length, { __proto__: null, value: decode(apply(subarray, inbuf, [at + 4, at + 4 + len])),
+        writable: true, enumerable: true, configurable: true });
       at += 4 + len;
     }
     apply(copyWithin, inbuf, [0, 4 + size, have]);
@@ -301,11 +311,20 @@ function sandbox() {
     return dispatch('uncaught', e);
   }
 
+  // What a slice queued runs under its limits before its result counts: its jobs (one turn), and
+  // the WebAssembly compilations it started, whose callbacks are its own (a sleep their end wakes).
+  async function __dcpQuiet() {
+    await __dcpMacrotask();
+    while (wasmPending > 0 && uncaught === undefined) {
+      await __dcpSleep(50);
+      await __dcpMacrotask();
+    }
+  }
+
   async function __dcpSlice(datumText, cap) {
     let envelope = dispatch('start', datumText, toNumber(cap));
     if (envelope !== 'p') {
-      // Jobs a synchronous work queued run now, under this slice's limits.
-      await __dcpMacrotask();
+      await __dcpQuiet();
       return uncaught !== undefined ? __dcpUncaught() : envelope;
     }
     let idleSince = -1, nap = 1;
@@ -313,7 +332,12 @@ function sandbox() {
       await __dcpMacrotask();
       if (uncaught !== undefined) return __dcpUncaught();
       envelope = dispatch('poll');
-      if (envelope) return envelope;
+      if (envelope) {
+        // Its result was encoded just now, which may run job code (a getter, an error's message):
+        // what that queued is this slice's too.
+        await __dcpQuiet();
+        return uncaught !== undefined ? __dcpUncaught() : envelope;
+      }
       const delay = dispatch('next');
       if (delay < 0) {
         // No timer of the prelude's is left, but the runtime may still settle the promise (a
@@ -375,14 +399,14 @@ function sandbox() {
   }
 
   globalThis.onmessage = (event) => {
-    state = new Int32Array(event.data, 0, 2);
+    state = new Int32Array(event.data, 0, 3);
     held = new U8(event.data, HELD_AT, HELD_BYTES);
     globalThis.onmessage = null;
     // A fault of this program, never of the work, or the pipe closed: the worker ends (Deno.exit
     // cannot run in the stripped realm: the rejection, unhandled, ends it) and the main thread
     // ends the process.
     __dcpServe().catch((e) => {
-      if (!(e instanceof Error && e.message === CLOSED)) writeErr(encode(`map-basic V8 sandbox failed: ${e && e.stack || e}\n`));
+      if (state[2] !== 1) writeErr(encode(`map-basic V8 sandbox failed: ${e && e.stack || e}\n`));
       fatal = true;
       throw e;
     });
@@ -408,13 +432,13 @@ function frame(kind, body = '') {
 
 function start() {
   shared = new SharedArrayBuffer(HELD_AT + HELD_BYTES);
-  state = new Int32Array(shared, 0, 2);
+  state = new Int32Array(shared, 0, 3);
   worker = new Worker(url, { type: 'module' });
   worker.onerror = (event) => {
     // Only the end of the worker's loop gets here (the worker handles the work's errors itself):
     // the evaluator closed the pipe, or a fault of this program.
     event.preventDefault();
-    if (String(event.message).includes(CLOSED)) Deno.exit(0);
+    if (Atomics.load(state, 2) === 1) Deno.exit(0);
     Deno.stderr.writeSync(out.encode(`map-basic V8 sandbox failed: ${event.message}\n`));
     Deno.exit(70);
   };
