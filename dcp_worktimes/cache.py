@@ -49,9 +49,10 @@ def package_version(distribution: str, module: str) -> str | None:
         folder = Path(spec.origin).parent
         if spec.submodule_search_locations is not None:  # a package: its dist-info is beside its folder
             folder = folder.parent
-        found = [p for p in folder.glob("*.dist-info") if p.name.lower().startswith(distribution.lower().replace("-", "_") + "-")]
+        prefix = distribution.lower().replace("-", "_") + "-"  # how a dist-info folder spells it
+        found = [p for p in folder.glob("*.dist-info") if p.name.lower().startswith(prefix)]
         if len(found) == 1:
-            return found[0].name[len(distribution) + 1: -len(".dist-info")]
+            return found[0].name[len(prefix):-len(".dist-info")]
     from importlib import metadata
 
     try:

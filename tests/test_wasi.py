@@ -265,6 +265,36 @@ def test_files_hidden_below_host_path_max_still_count_against_the_scratch_cap(bu
     assert not os.path.exists(slice_root)  # removed although its paths are longer than PATH_MAX
 
 
+def test_a_guest_holding_every_descriptor_of_the_process_is_not_failed_for_it():
+    # While the guest holds them all, the scratch walk cannot open a directory: that is the host
+    # out of descriptors, not an unreadable scratch (it once failed the slice EOUTPUTLIMIT, and
+    # the store, kept alive by the error's traceback, held the descriptors for every later test).
+    source = r"""
+    #include <fcntl.h>
+    #include <stdio.h>
+    #include <time.h>
+    int main(void) {
+      int n = 0; while (open("/tmp/f", O_RDONLY | O_CREAT, 0600) >= 0) n++;
+      struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);  /* held while the watchdog looks */
+      do clock_gettime(CLOCK_MONOTONIC, &b); while ((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < 700);
+      printf("%d\n", n); return 0;
+    }
+    """
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    from dcp_worktimes.runner import shared
+    from dcp_worktimes.scheduler import reuse
+
+    reuse.close_all()
+    shared.close_all()
+    wt = prepared(compile_c(source), Limits.parse(wall_time="30s"))
+    first = run(wt)  # the watchdog's scratch walk ran while the guest held them all
+    assert first > 100
+    before = fds()
+    assert first - 2 <= run(wt) <= first + 2
+    assert fds() <= before + 1  # and the guest's descriptors were closed, both times
+    assert os.listdir(os.path.join(wt._slice_root, "scratch")) == []
+
+
 def test_a_guest_that_hoards_file_descriptors_gets_its_result_and_leaves_none_open():
     source = r"""
     #include <fcntl.h>

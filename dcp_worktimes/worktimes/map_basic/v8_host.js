@@ -82,7 +82,10 @@ function sandbox() {
   let fatal = false;  // a fault of this program (__dcpServe failed): its rejection ends the worker
   if (core && typeof core.setReportExceptionCallback === 'function'
       && typeof core.setUnhandledPromiseRejectionHandler === 'function') {
-    core.setReportExceptionCallback((error) => { if (uncaught === undefined) uncaught = [error]; notify(sleepWord, 0); });
+    core.setReportExceptionCallback((error) => {
+      if (uncaught === undefined) uncaught = [error];
+      notify(sleepWord, 0);  // a slice sleeping until its next timer fails now
+    });
     core.setUnhandledPromiseRejectionHandler(() => !fatal);  // as in QuickJS: not an error
   } else {
     listen('error', (event) => { event.preventDefault(); if (uncaught === undefined) uncaught = [event.error]; });
@@ -175,7 +178,7 @@ function sandbox() {
         inbuf = bigger;
       }
       const n = readSync(apply(subarray, inbuf, [have]));
-      if (n === null) {  // the evaluator closed the pipe: its job is over (said in a word job code cannot reach)
+      if (n === null) {  // the evaluator closed the pipe: its job is over (a word out of job code's reach says so)
         store(state, 2, 1);
         throw new Error(CLOSED);
       }
@@ -191,8 +194,8 @@ function sandbox() {
     for (let at = 5; at < 4 + size;) {
       const len = apply(getUint32, view, [at, true]);
       // Defined, not assigned: an assignment would run a setter job code put on Array.prototype.
-      defineProperty(args, args.length, { __proto__: null, value: decode(apply(subarray, inbuf, [at + 4, at + 4 + len])),
-        writable: true, enumerable: true, configurable: true });
+      const value = decode(apply(subarray, inbuf, [at + 4, at + 4 + len]));
+      defineProperty(args, args.length, { __proto__: null, value, writable: true, enumerable: true, configurable: true });
       at += 4 + len;
     }
     apply(copyWithin, inbuf, [0, 4 + size, have]);
@@ -298,7 +301,11 @@ function sandbox() {
   // V8 settles a notified Atomics.waitAsync in a task of its own: 1.5 µs a turn, where a
   // MessageChannel message (Deno's op, its serializer) took 2.1 µs of a trivial slice's ~5.
   const turnWord = new Int32Array(new SharedArrayBuffer(4));
-  const __dcpMacrotask = () => { const turn = waitAsync(turnWord, 0, 0); atomicNotify(turnWord, 0); return turn.value; };
+  const __dcpMacrotask = () => {
+    const turn = waitAsync(turnWord, 0, 0);
+    atomicNotify(turnWord, 0);
+    return turn.value;
+  };
   // Sleeps wait on a word nobody changes: Deno's setTimeout costs ~8 ms of a sandbox's start (the
   // first read of globalThis.setTimeout loads its timers), and Atomics.waitAsync's timeout is as
   // precise. An endless delay (a job's setTimeout(f, Infinity)) waits until a limit stops the slice.

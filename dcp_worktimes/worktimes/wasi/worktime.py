@@ -261,6 +261,7 @@ class WasiWorktime(Worktime):
         state = _Slice(ctx, limits.output)
         workdir = self._slice_dir()
         scratch = os.path.join(workdir, "scratch")
+        store = None
         try:
             stdin_path = self._stdin_path
             with open(stdin_path, "wb") as f:
@@ -306,6 +307,9 @@ class WasiWorktime(Worktime):
                 memory = instance.exports(store).get("memory")
                 quota_hit = isinstance(memory, wasmtime.Memory) and memory_at_quota(
                     store, memory, _linear_memory_quota(limits.memory))
+            # Done with the guest: its open files (thousands, if it hoards them) close now, so that
+            # the host has descriptors for the scratch walk below.
+            store.close()
             if interrupted is not None and (failure is not None or interrupted.code == ErrorCode.EOUTPUTLIMIT):
                 raise interrupted
             if self._scratch_kernel or failure is not None or exit_status != 0:
@@ -340,7 +344,10 @@ class WasiWorktime(Worktime):
             return self.content_type.decode(bytes(state.stdout))
         finally:
             # The store owns the guest's open files (thousands, if it hoards them): close them before
-            # the scratch directory is emptied, which needs descriptors of its own.
+            # the scratch directory is emptied, which needs descriptors of its own. Closed, not only
+            # dropped: a traceback on its way out still holds the frames that refer to it.
+            if store is not None:
+                store.close()
             store = instance = guard = None
             state.guard = None
             _empty_scratch(scratch)

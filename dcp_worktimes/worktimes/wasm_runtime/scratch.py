@@ -87,6 +87,8 @@ def tree_size(path: str) -> int:
         except FileNotFoundError:
             pass
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # the host is out of descriptors, not the tree unreadable
+                raise
             raise Unmeasurable(f"a directory the host cannot read ({e.strerror})") from None
     return total
 
@@ -221,6 +223,10 @@ class ScratchCap:
             used = tree_size(self.path) + unlinked_open_files(self.path)
         except Unmeasurable as e:
             return exceeded("scratch", self.cap, detail=str(e))
+        except OSError as e:  # EMFILE, ENFILE: a guest holding every descriptor of this process
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                return None  # measured again at the next check, and after the slice with its files closed
+            raise
         if used > self.cap:
             return exceeded("scratch", self.cap, used=used)
         return None
