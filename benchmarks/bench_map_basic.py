@@ -43,7 +43,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _table import print_table  # noqa: E402
+from _table import interleaved, print_table, timer  # noqa: E402
 
 from dcp_worktimes.limits import Limits  # noqa: E402
 from dcp_worktimes.plugins import get_worktimes  # noqa: E402
@@ -111,26 +111,8 @@ KERNELS = [  # (label, JS work, argument, Python twin)
 
 
 def interleaved_ms(contenders: dict[str, Callable[[], float]], repeat: int) -> dict[str, tuple[float, float]]:
-    """(median, best) ms of each contender's ``repeat`` timed calls, taken in rounds: one call of
-    each per round, so that a shared machine's drifting load falls on all of them alike. Each
-    contender returns the seconds its call took (a plain runtime times itself) and was warmed up
-    by its maker (JIT, caches: every engine gets one call first)."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeat):
-        for name, call in contenders.items():
-            times[name].append(call())
-    return {name: (statistics.median(t) * 1000, min(t) * 1000) for name, t in times.items()}
-
-
-def timer(fn: Callable[[], object]) -> Callable[[], float]:
-    """``fn`` as a contender: called once now (the warm-up), then timed per call."""
-    fn()
-
-    def call() -> float:
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
-    return call
+    """(median, best) ms of each contender's ``repeat`` timed calls in interleaved rounds (``_table.interleaved``)."""
+    return {name: (statistics.median(t) * 1000, min(t) * 1000) for name, t in interleaved(contenders, repeat).items()}
 
 
 PLAIN_SCRIPT = """

@@ -33,7 +33,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _table import median_time, print_table  # noqa: E402
+from _table import interleaved, median_time, print_table, timer  # noqa: E402
 
 from dcp_worktimes.limits import Limits  # noqa: E402
 from dcp_worktimes.runner import EvaluatorPool  # noqa: E402
@@ -86,15 +86,8 @@ def interleaved_min(runs: dict[str, Callable[[], object]], repeat: int) -> dict[
     """Best time of each callable, measured round-robin so machine load hits all of them alike.
 
     The minimum, not the median: on a shared machine noise only ever adds time."""
-    for fn in runs.values():
-        fn()  # warm
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeat):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
+    times = interleaved({name: timer(fn) for name, fn in runs.items()}, repeat)
+    return {name: min(t) for name, t in times.items()}
 
 
 def raw_wasmtime_runner(wasm: bytes, n: int, tmp: Path) -> Callable[[], object]:

@@ -57,7 +57,6 @@ function sandbox() {
   const randomValues = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
   const hrNow = globalThis.performance.now.bind(globalThis.performance);
   const timeOrigin = globalThis.performance.timeOrigin;
-  const listen = globalThis.addEventListener.bind(globalThis);
   const { compareExchange, store, wait, waitAsync, notify: atomicNotify } = Atomics;
   const notify = (a, i) => { try { atomicNotify(a, i); } catch (_) { /* the main thread polls too */ } };
   const utf8 = new TextEncoder(), fromUtf8 = new TextDecoder();
@@ -77,19 +76,17 @@ function sandbox() {
   let uncaught;  // first error reported by the runtime (e.g. thrown in a queueMicrotask callback)
   // The runtime reports an error thrown in a callback it runs (a queueMicrotask callback) and a
   // rejection nobody handled by dispatching an event on the global object, whose dispatchEvent
-  // goes with the prototype chain __dcpStrip takes away (a TypeError in Deno's own code that ended
-  // the process): Deno's core takes our handlers instead. The listeners only where it has none.
+  // goes with the prototype chain __dcpStrip takes away (a TypeError in Deno's own code that ends
+  // the process; no listener could help): Deno's core takes our handlers instead. A Deno without
+  // them ends such slices ECRASH (tests/test_map_basic.py says so).
   let fatal = false;  // a fault of this program (__dcpServe failed): its rejection ends the worker
   if (core && typeof core.setReportExceptionCallback === 'function'
       && typeof core.setUnhandledPromiseRejectionHandler === 'function') {
     core.setReportExceptionCallback((error) => {
       if (uncaught === undefined) uncaught = [error];
-      notify(sleepWord, 0);  // a slice sleeping until its next timer fails now
+      __dcpWakeLoop();  // a slice sleeping until its next timer fails now
     });
     core.setUnhandledPromiseRejectionHandler(() => !fatal);  // as in QuickJS: not an error
-  } else {
-    listen('error', (event) => { event.preventDefault(); if (uncaught === undefined) uncaught = [event.error]; });
-    listen('unhandledrejection', (event) => event.preventDefault());
   }
 
   // --- frames out ------------------------------------------------------------------------------
@@ -236,7 +233,7 @@ function sandbox() {
         return null;
       }
       case 'console': __dcpWrite(K_CONSOLE, a + '\n' + b); return null;
-      case 'wake': notify(sleepWord, 0); return null;  // the slice settled: end the loop's sleep
+      case 'wake': __dcpWakeLoop(); return null;  // the slice settled: end the loop's sleep
       case 'emit': __dcpWrite(K_EMIT, a + '\n' + b); return null;
     }
     return '!unknown host operation ' + op;
@@ -259,7 +256,7 @@ function sandbox() {
       // Count asynchronous compilations, so that a slice awaiting one is not "never settled".
       const W = globalThis.WebAssembly, promiseFinally = Promise.prototype.finally;
       // A slice waiting for a compilation sleeps until its next timer: wake it (__dcpSleep).
-      const done = () => { wasmPending--; notify(sleepWord, 0); };
+      const done = () => { wasmPending--; __dcpWakeLoop(); };
       for (const name of ['compile', 'instantiate']) {
         const original = W[name];
         const counted = { [name](...args) { wasmPending++; return apply(promiseFinally, apply(original, W, args), [done]); } }[name];
@@ -272,8 +269,8 @@ function sandbox() {
     }
     // EventTarget and the worker scope go with the prototype chain (postMessage, close, ...).
     Object.setPrototypeOf(globalThis, Object.prototype);
-    // The runtime keeps its event listeners under a symbol of the global object, which the
-    // event dispatch needs: leave it, frozen, so job code cannot replace the listeners above.
+    // The runtime keeps its event listeners under a symbol of the global object: leave it, frozen,
+    // so that job code cannot add listeners to what the runtime dispatches.
     for (const sym of Object.getOwnPropertySymbols(globalThis)) {
       const value = globalThis[sym];
       if (value !== null && typeof value === 'object') {
@@ -311,6 +308,9 @@ function sandbox() {
   // precise. An endless delay (a job's setTimeout(f, Infinity)) waits until a limit stops the slice.
   const sleepWord = new Int32Array(new SharedArrayBuffer(4));
   const __dcpSleep = (ms) => waitAsync(sleepWord, 0, 0, ms).value;
+  // Something a sleeping slice waits for happened (it settled, a compilation ended, an error):
+  // the loop looks again now rather than at its next timer.
+  function __dcpWakeLoop() { notify(sleepWord, 0); }
 
   function __dcpUncaught() {
     const e = uncaught[0];
