@@ -358,6 +358,41 @@ def test_an_error_thrown_in_a_queued_microtask_is_the_slices():
     assert [h(x) for x in (2, 3)] == [2, 3]
 
 
+def test_every_job_a_failed_slice_queued_is_its_own():
+    # Its first error fails it; the jobs after it are dropped, not run (and failed) in the next slices.
+    h = Harness().prepare("x => { if (x === 1) for (const m of ['a', 'b', 'c']) queueMicrotask(() => { throw new Error(m) }); return x }")
+    assert h(0) == 0
+    assert h.fails(1).message == "a"
+    assert [h(x) for x in (2, 3, 4)] == [2, 3, 4]
+
+
+def test_jobs_that_multiply_faster_than_they_are_dropped_do_not_reach_the_next_slice(js_engine):
+    # Each job queues two more and throws: QuickJS fails the slice at the first and cannot empty its
+    # queue (it loads the job into a fresh context); V8 drains the queue in one turn until the wall limit.
+    h = Harness().prepare("x => { if (x === 1) { const f = () => { queueMicrotask(f); queueMicrotask(f); "
+                          "throw new Error('flood') }; queueMicrotask(f) } return x }", Limits.parse(wall_time="2s"))
+    assert h(0) == 0
+    err = h.fails(1)
+    assert (err.code, err.message) == (ErrorCode.EUNCAUGHT, "flood") if js_engine == "quickjs" else err.code == ErrorCode.ESLICETOOSLOW
+    assert [h(x) for x in (2, 3)] == [2, 3]
+
+
+def test_an_error_thrown_by_a_finalization_callback_fails_the_slice_running_it():
+    # V8 runs cleanup callbacks in a task of its own: one that threw once stopped Deno's event loop,
+    # and the slice waited, idle, for its wall limit. The slice allocates until a collection ran it.
+    work = ("async x => { if (x !== 1) return x; let ran = false; const r = new FinalizationRegistry(() => { ran = true; "
+            "throw new Error('from the finalizer') }); for (let k = 0; k < 100; k++) r.register({}, k); "
+            "for (let j = 0; j < 500 && !ran; j++) { new Array(1e6).fill(j); await new Promise(r => setTimeout(r, 1)) } "
+            "return 'never collected' }")
+    h = Harness().prepare(work, Limits.parse(wall_time="20s", memory="256MB"))
+    assert h(0) == 0
+    t = time.monotonic()
+    err = h.fails(1)
+    assert (err.code, err.message) == (ErrorCode.EUNCAUGHT, "from the finalizer")
+    assert time.monotonic() - t < 10
+    assert [h(x) for x in (2, 3)] == [2, 3]
+
+
 @pytest.mark.parametrize("work", [
     # a job queued while the host encodes the result of an async slice (a getter)
     "async x => { await null; return x === 1 ? { get a() { queueMicrotask(() => { throw new RangeError('by slice 1') }); return 1 } } : x }",
@@ -382,6 +417,22 @@ def test_a_webassembly_compile_a_slice_started_is_its_own(js_engine):
     h = Harness().prepare(work, Limits.parse(wall_time="5s"), options={"webassembly": True})
     assert h(0) == 0
     assert h.fails(1).message == "thrown for slice 1"
+    assert [h(x) for x in (2, 3)] == [2, 3]
+
+
+@pytest.mark.parametrize("fails", ["", "await null; "])  # a synchronous slice, an async one
+def test_a_webassembly_compile_a_failed_slice_started_is_still_its_own(js_engine, fails):
+    if js_engine != "v8":
+        pytest.skip("WebAssembly is V8's (QuickJS has none)")
+    # The slice fails on a job's error while its compilation runs: what the compilation's callback
+    # does must not settle in, and fail, the next slice.
+    work = ("async x => { if (x === 1) { WebAssembly.compile(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]))"
+            ".then(() => queueMicrotask(() => { throw new Error('late, from slice 1') })); " + fails +
+            "queueMicrotask(() => { throw new Error('now') }); await new Promise(r => setTimeout(r, 100)); return x } "
+            "await null; return x }")
+    h = Harness().prepare(work, Limits.parse(wall_time="5s"), options={"webassembly": True})
+    assert h(0) == 0
+    assert h.fails(1).message == "now"
     assert [h(x) for x in (2, 3)] == [2, 3]
 
 

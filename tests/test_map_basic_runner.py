@@ -284,6 +284,19 @@ def test_a_block_runs_a_synchronous_slices_deep_await_chain_before_the_next_slic
     assert [o.value for o in outs] == list(range(400))
 
 
+def test_a_block_drops_the_jobs_a_failed_slice_left_queued(pool):
+    # Slices throwing in three queued jobs (and one whose jobs multiply as they throw) fail on their
+    # first error; the rest of their jobs never reach the slices after them.
+    work = ("x => { if (x % 50 === 9) for (const m of ['a', 'b', 'c']) queueMicrotask(() => { throw new Error(m + x) }); "
+            "if (x === 222) { const f = () => { queueMicrotask(f); queueMicrotask(f); throw new Error('flood') }; "
+            "queueMicrotask(f) } return x }")
+    outs, _ = _outs(pool, work, limits=Limits.parse(wall_time="2s"))
+    failed = {o.number: o.error for o in outs if not o.ok}
+    assert sorted(failed) == sorted([n for n in range(400) if n % 50 == 9] + [222])
+    assert all(failed[n].message == f"a{n}" for n in failed if n != 222)
+    assert [o.value for o in outs if o.ok] == [n for n in range(400) if n not in failed]
+
+
 def test_a_block_mixes_synchronous_and_promise_slices(pool):
     outs, _ = _outs(pool, "x => x % 3 ? x : Promise.resolve(x * 10).then(v => { progress(); return v })")
     assert [o.value for o in outs] == [n if n % 3 else n * 10 for n in range(400)]

@@ -56,6 +56,8 @@ MAX_BLOCK_CHUNK = 4096
 #: of results held in the call before it returns them (at least one): both live in the engine's
 #: heap, under the job's memory limit, which each datum and each result alone fits.
 MAX_BLOCK_TEXT = 1 << 20
+#: Longest a failed slice's queued jobs are run (each interrupted at once) to drop them.
+DISCARD_SECONDS = 1.0
 
 _INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -141,6 +143,7 @@ class QuickJSEngine(Engine):
         self._blk_cpu: float | None = None
         self._cpu_from: float | None = None
         self._job_pending = self._jobs_probe()
+        self.poisoned = False  # a failed slice's jobs could not be dropped: replace this context
         self._ctx.add_callable("__dcpHost", self._host)
         self._ctx.add_callable("__dcpNext", self._next_in_block)
         self._op = self._ctx.eval(PRELUDE)
@@ -312,6 +315,9 @@ class QuickJSEngine(Engine):
                 # limits: left queued they would run, and be blamed, in the next async slice.
                 self._drain_jobs()
             return self._result(envelope)
+        except BaseException:
+            self._discard_jobs()
+            raise
         finally:
             # Timers and promise state left by this slice are reset by the next "start".
             self._slice = None
@@ -354,13 +360,13 @@ class QuickJSEngine(Engine):
                 ended = self._ended_after_error()[:self._cur + 1]
                 self._settle_ended(ended)
                 if self._cur >= len(ended):  # it had not ended (when it had, the call broke between slices)
-                    block.failed(self._blk_indexes[self._cur], e)
+                    self._failed(block, self._blk_indexes[self._cur], e)
                 elif len(texts) > 1:  # before the first slice (out of memory taking the chunk): one alone
                     self._chunk = 1
                     self._blk = None
                     self.run_block(block, indexes[:1], budget)
                 else:  # as "start" would: that slice fails
-                    block.failed(indexes[0], e)
+                    self._failed(block, indexes[0], e)
                 return
             kind = reply[:1]
             ended = reply[1:].split("\n") if len(reply) > 1 else []
@@ -371,7 +377,7 @@ class QuickJSEngine(Engine):
                 try:
                     envelope = self._settle()
                 except SliceError as e:
-                    block.failed(self._blk_indexes[self._cur], e)
+                    self._failed(block, self._blk_indexes[self._cur], e)
                     return
                 self._finalize(self._cur, envelope)
                 return
@@ -380,7 +386,7 @@ class QuickJSEngine(Engine):
             # "d" or "s": slices 0.._cur ended; the last may have left jobs queued, to run under its
             # limits before its result counts.
             if not ended or len(ended) != self._cur + 1:  # not the prelude's: it names every slice started
-                block.failed(self._blk_indexes[max(self._cur, 0)], SliceError(
+                self._failed(block, self._blk_indexes[max(self._cur, 0)], SliceError(
                     f"internal error: unexpected reply {reply[:40]!r} from the map-basic prelude", code=ErrorCode.ECRASH))
                 return
             if not self._job_pending():
@@ -445,9 +451,14 @@ class QuickJSEngine(Engine):
             try:
                 self._drain_jobs()
             except SliceError as e:
-                self._blk.failed(self._blk_indexes[self._cur], e)  # type: ignore[union-attr]
+                self._failed(self._blk, self._blk_indexes[self._cur], e)  # type: ignore[union-attr]
                 return
         self._finalize(self._cur, envelope)
+
+    def _failed(self, block: Block, i: int, e: BaseException) -> None:
+        """Fail block slice ``i`` with ``e``, first dropping the jobs it left queued."""
+        self._discard_jobs()
+        block.failed(i, e)
 
     def _settle_ended(self, ended: list[str]) -> None:
         """Settle slices ``0..len(ended)-1`` of this call from their envelopes (the prelude's), in
@@ -519,6 +530,32 @@ class QuickJSEngine(Engine):
                 pass
         except self._quickjs.JSException as e:
             raise self._engine_error(e) from None
+
+    def _discard_jobs(self) -> None:
+        """Drop the jobs a failed slice left queued (a second job that throws, a finalizer's,
+        what a limit interrupted): the slice's error is its first, and left queued they would run,
+        and fail, in the next slices. QuickJS cannot clear its queue, so each runs past a deadline
+        already spent (interrupted at its first check), its errors and output dropped. Work that
+        queues jobs faster than that ends them (each queueing two) makes the engine ``poisoned``:
+        the worktime loads the job into a fresh context before the next slice."""
+        saved = self._slice, self._blk, self._deadline, self._progress_deadline, self._cpu_deadline, self._cpu_from
+        self._slice = self._blk = None  # nobody's: their console output goes nowhere
+        self._progress_deadline = self._cpu_deadline = self._cpu_from = None
+        now = time.monotonic()
+        self._deadline, end = now - 1.0, now + DISCARD_SECONDS
+        execute = self._ctx.execute_pending_job
+        try:
+            while time.monotonic() <= end:
+                try:
+                    if not execute():  # False: none was queued
+                        return
+                except self._quickjs.JSException:
+                    pass
+            self.poisoned = True
+        finally:
+            (self._slice, self._blk, self._deadline, self._progress_deadline, self._cpu_deadline,
+             self._cpu_from) = saved
+            self._tripped = None
 
     def _sleep(self, seconds: float) -> None:
         """Wait for a timer, still honouring the wall, progress and cancel deadlines."""

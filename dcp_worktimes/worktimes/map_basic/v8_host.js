@@ -82,10 +82,7 @@ function sandbox() {
   let fatal = false;  // a fault of this program (__dcpServe failed): its rejection ends the worker
   if (core && typeof core.setReportExceptionCallback === 'function'
       && typeof core.setUnhandledPromiseRejectionHandler === 'function') {
-    core.setReportExceptionCallback((error) => {
-      if (uncaught === undefined) uncaught = [error];
-      __dcpWakeLoop();  // a slice sleeping until its next timer fails now
-    });
+    core.setReportExceptionCallback(__dcpReport);
     core.setUnhandledPromiseRejectionHandler(() => !fatal);  // as in QuickJS: not an error
   }
 
@@ -264,6 +261,23 @@ function sandbox() {
       }
       for (const name of ['compileStreaming', 'instantiateStreaming']) delete W[name];  // no Response here
     }
+    // A cleanup callback that throws stops the worker's event loop: the error reaches none of the
+    // handlers above, the loop's waits never wake, and the slice sat idle until its wall limit.
+    // Each callback runs guarded instead, its error the running slice's (as in QuickJS, where the
+    // slice whose turn runs the cleanup job fails). The original stays out of reach: the global
+    // and the prototype's constructor are the wrapper, which is not a class to extend around it.
+    const Registry = FinalizationRegistry, construct = Reflect.construct;
+    const guardedRegistry = function FinalizationRegistry(cleanup) {
+      if (new.target === undefined) throw new TypeError("Constructor FinalizationRegistry requires 'new'");
+      if (typeof cleanup !== 'function') throw new TypeError('FinalizationRegistry: cleanup must be callable');
+      const guarded = (held) => {
+        try { apply(cleanup, undefined, [held]); } catch (e) { __dcpReport(e); }
+      };
+      return construct(Registry, [guarded], new.target);
+    };
+    defineProperty(guardedRegistry, 'prototype', { value: Registry.prototype, writable: false });
+    defineProperty(Registry.prototype, 'constructor', { value: guardedRegistry, writable: true, configurable: true });
+    defineProperty(globalThis, 'FinalizationRegistry', { value: guardedRegistry, writable: true, configurable: true });
     for (const name of Object.getOwnPropertyNames(globalThis)) {
       if (!keep.has(name)) delete globalThis[name];
     }
@@ -312,6 +326,12 @@ function sandbox() {
   // the loop looks again now rather than at its next timer.
   function __dcpWakeLoop() { notify(sleepWord, 0); }
 
+  // An error thrown in a callback the runtime ran is the running slice's first error.
+  function __dcpReport(error) {
+    if (uncaught === undefined) uncaught = [error];
+    __dcpWakeLoop();  // a slice sleeping until its next timer fails now
+  }
+
   function __dcpUncaught() {
     const e = uncaught[0];
     uncaught = undefined;
@@ -319,10 +339,11 @@ function sandbox() {
   }
 
   // What a slice queued runs under its limits before its result counts: its jobs (one turn), and
-  // the WebAssembly compilations it started, whose callbacks are its own (a sleep their end wakes).
+  // the WebAssembly compilations it started, whose callbacks are its own (a sleep their end wakes),
+  // even once it failed: left running, they would settle, and be blamed, in the next slice.
   async function __dcpQuiet() {
     await __dcpMacrotask();
-    while (wasmPending > 0 && uncaught === undefined) {
+    while (wasmPending > 0) {
       await __dcpSleep(50);
       await __dcpMacrotask();
     }
@@ -337,7 +358,10 @@ function sandbox() {
     let idleSince = -1, nap = 1;
     for (;;) {
       await __dcpMacrotask();
-      if (uncaught !== undefined) return __dcpUncaught();
+      if (uncaught !== undefined) {
+        await __dcpQuiet();
+        return __dcpUncaught();
+      }
       envelope = dispatch('poll');
       if (envelope) {
         // Its result was encoded just now, which may run job code (a getter, an error's message):

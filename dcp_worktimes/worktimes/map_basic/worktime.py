@@ -198,10 +198,17 @@ class MapBasic(Worktime):
         if prefetch is not None:
             prefetch(items)
 
+    def _ready_engine(self, call: str) -> Any:
+        """The job's engine, loaded again into a fresh one if a failed slice left it unusable
+        (QuickJS: jobs it queued faster than they could be dropped, ``poisoned``)."""
+        if self._engine is None or self.job is None:
+            raise WorkError(f"map-basic: {call}() called before prepare(job)")
+        if getattr(self._engine, "poisoned", False):
+            self.prepare(self.job)
+        return self._engine
+
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
-        if self._engine is None:
-            raise WorkError("map-basic: execute() called before prepare(job)")
-        return self._engine.run(ctx, datum)
+        return self._ready_engine("execute").run(ctx, datum)
 
     def execute_block(self, block: Block) -> None:
         """The host's block fast path: many slices per call, each under its own context and
@@ -209,19 +216,18 @@ class MapBasic(Worktime):
         Both engines have a ``run_block``: QuickJS runs the synchronous slices back to back in one
         engine call; V8 sends the block's slices to Deno ahead and waits for each reply in turn.
         An engine without one runs each slice with ``engine.run``."""
-        engine = self._engine
-        if engine is None:
-            raise WorkError("map-basic: execute_block() called before prepare(job)")
+        engine = self._ready_engine("execute_block")
         pending = block.pending()
         if getattr(engine, "runs_blocks", False):
             started = time.monotonic()
             while pending and not block.cancelled:
+                engine = self._ready_engine("execute_block")  # a slice that failed may have poisoned it
                 engine.run_block(block, pending, max(0.0, block.budget - (time.monotonic() - started)))
                 if time.monotonic() - started > block.budget:
                     return
                 pending = block.pending()
             return
-        block.run_each(engine.run, pending)
+        block.run_each(self.execute, pending)
 
     def release(self) -> None:
         if self._engine is not None:
