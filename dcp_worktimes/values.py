@@ -70,6 +70,10 @@ _TOO_DEEP = (f"the value is nested more than {MAX_DEPTH} levels deep (lists/dict
              "flatten it")
 
 
+_BAD_KEY = ("a dict key is a list, tuple or dict; dict keys must be None, bool, int, float, str or bytes (use a "
+            "string such as '1,2' for a compound key)")
+
+
 class UnserializableValue(TypeError):
     """A value outside the lossless set (the slice fails with ``EUNSERIALIZABLE``)."""
 
@@ -125,6 +129,17 @@ def unpack(data: bytes, unicode_errors: str = TEXT_ERRORS) -> Any:
         return _unpackb(data, unicode_errors)
     except msgpack.StackError:
         raise UnserializableValue(_TOO_DEEP) from None
+    except TypeError as e:  # "unhashable type: 'list'": a map key packed as an array (a tuple key)
+        raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
+
+
+def pack_checked(value: Any) -> bytes:
+    """``pack``, then make sure the bytes decode again: ``pack`` takes a tuple as a dict key and
+    writes it as an array, which no decoder can make a key of. For values packed once and decoded
+    elsewhere later (a job sent to evaluators), never on a per-slice path."""
+    data = pack(value)
+    unpack(data)
+    return data
 
 
 def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS, *, frames_at: int | None = None) -> list:

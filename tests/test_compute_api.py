@@ -166,6 +166,21 @@ def test_unserializable_arguments_and_inputs_are_refused_before_deployment(store
     assert deployed_jobs(store) == []
 
 
+@pytest.mark.parametrize("inputs, args, where", [
+    ([1, 2], [{(1, 2): 3}], "job arguments"),
+    ([1, {"ok": {(1, 2): "a"}}, 3], [], "input 1"),
+    ((x for x in [1, 2, {frozenset([1]): "a"}]), [], "input 2"),  # a stream: pushed in batches
+])
+def test_a_dict_key_that_cannot_come_back_is_refused_and_the_store_stays_usable(store, inputs, args, where):
+    # A tuple key travels as a list, which no decoder can make a key of: the job record or the
+    # datum stored with it could not be read again (by the store's every lease, by evaluators).
+    with pytest.raises(TypeError, match=f"{where}.*dict keys must be None, bool, int, float, str or bytes"):
+        compute.for_(inputs, "", args, worktime="echo").exec()
+    assert deployed_jobs(store) == []
+    assert list(compute.for_([1, {1: "a", None: "b", 2.5: "c", b"k": "d"}], "", worktime="echo").exec()) == [
+        1, {1: "a", None: "b", 2.5: "c", b"k": "d"}]
+
+
 def test_python_function_with_a_js_worktime_is_refused(store):
     def double(x):
         return 2 * x

@@ -125,6 +125,17 @@ def test_the_depth_limit_is_msgpacks_both_ways_and_says_so():
         unpack_frame(b"\x93\xa4many\xc2\x91\x01", frames_at=2)
 
 
+def test_a_job_an_evaluator_could_not_decode_fails_at_once_instead_of_hanging():
+    # A tuple dict key in the job's arguments (the Compute API refuses it; the pool is the last
+    # door): the evaluator could not decode its prepare frame and the host waited for ever.
+    with EvaluatorPool(cores=1) as pool:
+        job = JobSpec(id="tuple-key", worktime="echo", work="{}", arguments=[{(1, 2): 3}])
+        outs = list(pool.map(job, [(0, 1), (1, 2)]))
+        assert [o.error.code for o in outs] == ["EBADWORK"] * 2
+        assert "dict keys must be None, bool, int, float, str or bytes" in outs[0].error.message
+        assert [o.value for o in pool.map(JobSpec(id="next", worktime="echo", work="{}"), [(0, 1)])] == [1]
+
+
 def test_the_python_guest_keeps_the_same_depth_limit(warm):
     from dcp_worktimes.runner import run_slice
     from dcp_worktimes.values import MAX_DEPTH

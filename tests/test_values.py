@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dcp_worktimes.values import UnserializableValue, pack, printable, unpack
+from dcp_worktimes.values import UnserializableValue, pack, pack_checked, printable, unpack
 
 VALUES = [
     None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**64) - 1, 2**200, -(3**150),
@@ -45,3 +45,12 @@ def test_values_carry_lone_surrogates_exactly():
         assert unpack(pack(value)) == value
     assert unpack(pack("plain")) == "plain" and pack("plain") == b"\xa5plain"  # the fast path is untouched
     assert printable("bad \udcff") == "bad \ufffd" and printable("pair \ud83d\ude00") == "pair \U0001f600"
+
+
+def test_a_tuple_key_is_refused_where_it_would_come_back_as_a_list():
+    data = pack({(1, 2): 3})  # msgpack writes the tuple as an array
+    with pytest.raises(UnserializableValue, match="dict keys must be None, bool, int, float, str or bytes"):
+        unpack(data)
+    with pytest.raises(UnserializableValue, match="dict keys must be"):
+        pack_checked({"a": [{(1,): 1}]})
+    assert unpack(pack_checked({1: [1, 2]})) == {1: [1, 2]}

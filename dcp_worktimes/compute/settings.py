@@ -42,8 +42,8 @@ def check_arguments(arguments: Any, where: str) -> list[Any]:
 
 def check_sendable(value: Any, where: str) -> Any:
     """``value`` in the lossless value set (numpy scalars made plain), or ``UnserializableValue`` naming ``where``."""
-    value = plain(value)
     try:
+        value = plain(value)
         pack(value)
     except UnserializableValue as e:
         raise UnserializableValue(f"{where}: {e}") from None

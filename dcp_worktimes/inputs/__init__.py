@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import reprlib
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -117,7 +118,12 @@ class StreamInput:
         if self._iter is None:
             self._iter = iter(self._source)
         while True:
-            chunk = [plain(v) for v in itertools.islice(self._iter, size)]
+            raw = list(itertools.islice(self._iter, size))
+            try:
+                chunk = [plain(v) for v in raw]
+            except (TypeError, ValueError) as e:  # UnserializableValue (a bad dict key), too deep: say which input
+                at = next(i for i, v in enumerate(raw) if _fails_plain(v))
+                raise type(e)(f"input {self.consumed + at} ({reprlib.repr(raw[at])}): {e}") from None
             if not chunk:
                 self.exhausted = True
                 return
@@ -146,6 +152,14 @@ def input_size(inputs: Any) -> int | None:
         return None
 
 
+def _fails_plain(value: Any) -> bool:
+    try:
+        plain(value)
+    except (TypeError, ValueError):
+        return True
+    return False
+
+
 def plain(value: Any) -> Any:
     """``value`` with numpy scalars and arrays (and other number types) turned into the lossless set.
 
@@ -172,7 +186,7 @@ def _plain(value: Any) -> Any:
     if t is tuple:
         return tuple(_plain(v) for v in value)
     if t is dict:
-        return {_plain(k): _plain(v) for k, v in value.items()}
+        return {_plain_key(k): _plain(v) for k, v in value.items()}
     np = sys.modules.get("numpy")  # no numpy objects can exist unless numpy was imported
     if np is not None:
         if isinstance(value, np.ndarray):
@@ -186,6 +200,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Rational):
         return float(value)  # Fractions stay: float() would round them, pack() refuses them instead
     return value
+
+
+#: The types a dict key may have on both sides of the boundary (a tuple key would arrive as a list,
+#: which cannot be a key: the value could not be decoded again, by an evaluator or the job store).
+KEY_TYPES = (str, int, float, bytes, bool, type(None))
+
+
+def _plain_key(key: Any) -> Any:
+    key = _plain(key)
+    if type(key) not in KEY_TYPES:
+        from ..values import UnserializableValue
+
+        raise UnserializableValue(f"a dict has the key {key!r:.60}, a {type(key).__name__}; dict keys must be None, bool, "
+                                  "int, float, str or bytes (use a string such as '1,2' for a compound key)")
+    return key
 
 
 def _is_range_spec(v: Any) -> bool:

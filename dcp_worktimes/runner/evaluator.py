@@ -263,11 +263,15 @@ class Evaluator:
                 self.inbox.put(None)
                 return
             unp.feed(data)
-            for msg in unp:
-                if msg.get("op") == "cancel":
-                    self.cancel.set()
-                else:
-                    self.inbox.put(msg)
+            try:
+                for msg in unp:
+                    if msg.get("op") == "cancel":
+                        self.cancel.set()
+                    else:
+                        self.inbox.put(msg)
+            except Exception as e:  # noqa: BLE001 - a frame this side cannot decode: the host waits for its answer
+                self.inbox.put({"op": "undecodable", "why": f"{type(e).__name__}: {e}"})
+                return
 
     def serve(self) -> None:
         while True:
@@ -275,6 +279,9 @@ class Evaluator:
             if msg is None or msg.get("op") == "exit":
                 return
             op = msg.get("op")
+            if op == "undecodable":  # end, saying why: the host sees this process die with that reason
+                print(f"dcp-worktimes: the evaluator could not decode a frame from the worker: {msg['why']}", file=sys.stderr)
+                return
             if op == "prepare":
                 self.prepare(msg["job"], msg.get("config") or {})
             elif op == "standby":

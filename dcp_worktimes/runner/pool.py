@@ -54,7 +54,7 @@ from ..errors import ErrorCode, SliceError
 from ..limits import Limits, check_cores, exceeded, format_size
 from ..plugins import get_worktime
 from ..recent import Recent
-from ..values import UnserializableValue, pack, pack_all, unpack
+from ..values import UnserializableValue, pack, pack_all, pack_checked, unpack
 from ..worktime import JobSpec, Worktime
 from . import isolation
 from .process import START_TIMEOUT, EvaluatorDied, EvaluatorProcess, Zygote, zygotes_enabled
@@ -646,7 +646,9 @@ class EvaluatorPool:
         slot.preparing_since = began = time.monotonic()
         try:
             try:
-                proc.send({"op": "prepare", "job": job.to_dict(), "config": self.config.get(job.worktime, {})})
+                job_dict = job.to_dict()
+                pack_checked(job_dict)  # a frame the evaluator cannot decode would leave it waiting
+                proc.send({"op": "prepare", "job": job_dict, "config": self.config.get(job.worktime, {})})
             except UnserializableValue as e:
                 self._retire(slot)
                 raise _JobUnusable(SliceError(f"the job cannot be sent to an evaluator: {e}", code=ErrorCode.EBADWORK))
