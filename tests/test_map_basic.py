@@ -255,6 +255,12 @@ def test_progress_console_emit_reach_the_sink():
     assert ("emit", {"name": "partial", "value": {"rows": 10, "raw": b"\x07"}}) in h.events
 
 
+def test_console_formats_what_is_no_number_as_nan_and_never_fails_the_slice():
+    h = Harness().prepare("x => { console.log('%d %i %f|%d', Symbol('q'), Symbol(), Symbol(), {}); return 1 }")
+    assert h(0) == 1
+    assert [p["message"] for k, p in h.events if k == "console"] == ["NaN NaN NaN|NaN"]
+
+
 def test_console_messages_are_forwarded_individually():
     # Collapsing identical consecutive messages is the host's job: the worktime forwards each one.
     h = Harness().prepare("function () { for (let i = 0; i < 3; i++) console.log('same'); return 1 }")
@@ -724,6 +730,40 @@ COMMON_GLOBALS = {
 #: The differences that remain (sandbox/mapbasic.md lists them): QuickJS's own error class; V8's
 #: ECMA-402 Intl and Temporal.
 ENGINE_GLOBALS = {"quickjs": {"InternalError"}, "v8": {"Intl", "Temporal"}}
+
+
+POLLUTIONS = {
+    "the array iterator": "Array.prototype[Symbol.iterator] = function* () { yield 'n'; yield 'ff' }",
+    "the array iterator's next": "Object.getPrototypeOf([][Symbol.iterator]()).next = () => ({ done: false, value: 'n' })",
+    "String.prototype.slice": "String.prototype.slice = () => 'x'",
+    "String, Number, BigInt": "globalThis.String = () => 'x'; globalThis.Number = () => 7; globalThis.BigInt = () => 7n",
+    "push and pop": "Array.prototype.push = () => 0; Array.prototype.pop = () => undefined",
+    "every global": "for (const k of Object.getOwnPropertyNames(globalThis)) try { delete globalThis[k] } catch (_) {}",
+}
+MARSHALLED = [b"\x01\x02", -2**70, 2**70, math.nan, [1, b"\x03"], "s", {"k": [2**64]}]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("pollution", sorted(POLLUTIONS))
+@pytest.mark.parametrize("shape", ["", "async "])
+def test_what_job_code_replaces_never_changes_the_next_slices_values(pollution, shape):
+    # The prelude decodes datums, encodes results, spreads arguments and runs timers with what it
+    # captured before job code ran: a job that replaces built-ins harms its own code, never the
+    # values its other slices get and return (they arrived silently wrong: 255 for bytes, 7n).
+    wait = "await new P(r => T(r, 1)); " if shape else ""  # its own references: it may delete the globals
+    work = (f"const P = Promise, T = setTimeout;\n({shape}function (x, a, b) {{ if (x === 'pollute') {{ "
+            f"{POLLUTIONS[pollution]}; return 0 }} {wait}return [x, a, b] }})")
+    h = Harness().prepare(work, Limits.parse(wall_time="5s"), arguments=[2**70, [b"\x04"]])
+    assert h("pollute") == 0
+    for datum in MARSHALLED:
+        assert _same(h(datum), [datum, 2**70, [b"\x04"]]), datum
 
 
 def test_the_work_sees_the_same_globals_on_both_engines(js_engine):

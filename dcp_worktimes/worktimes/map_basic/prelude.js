@@ -25,6 +25,13 @@
   const fromCharCode = String.fromCharCode, indirectEval = eval, now = Date.now;
   // Job code may replace these methods: what block mode uses is captured now.
   const apply = Reflect.apply, splitString = String.prototype.split, regexExec = RegExp.prototype.exec;
+  // What turns datums and results into values and back, and runs the timers: job code that
+  // replaces String, Number, BigInt, String.prototype.slice or the array iterator (which
+  // destructuring and spreading call) must not change the values the next slices get.
+  const StringOf = String, NumberOf = Number, BigIntOf = BigInt, sliceString = String.prototype.slice;
+  const bigintToString = BigInt.prototype.toString, popArray = Array.prototype.pop, max = Math.max;
+  const BooleanOf = Boolean, MapOf = Map, SetOf = Set, ErrorOf = Error, PromiseOf = Promise;
+  const resolvePromise = Promise.resolve, thenPromise = Promise.prototype.then;
   const TAG = '\u0000dcp';
   const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
@@ -61,12 +68,12 @@
       case 'number':
         if (v !== v || v === Infinity || v === -Infinity || v > MAX_SAFE || v < -MAX_SAFE) {
           tagged = true;
-          return { [TAG]: ['f', String(v)] };
+          return { [TAG]: ['f', StringOf(v)] };
         }
         return v;
       case 'bigint':
         tagged = true;
-        return { [TAG]: ['n', v.toString(16)] };  // hex: the host reads any size exactly
+        return { [TAG]: ['n', apply(bigintToString, v, [16])] };  // hex: the host reads any size exactly
       case 'undefined':
         return null;
       case 'function':
@@ -86,14 +93,14 @@
           encodeBudget += b64.length - (v.byteLength + 8);  // bytes cross as bytes: charge those, not base64
           return { [TAG]: ['b', b64] };
         }
-        if (v instanceof Number || v instanceof String || v instanceof Boolean) return v;
-        if (v instanceof Map) throw __dcpUnserializable(key, 'a Map', 'convert it with Object.fromEntries(map) or [...map]');
-        if (v instanceof Set) throw __dcpUnserializable(key, 'a Set', 'convert it with [...set]');
+        if (v instanceof NumberOf || v instanceof StringOf || v instanceof BooleanOf) return v;
+        if (v instanceof MapOf) throw __dcpUnserializable(key, 'a Map', 'convert it with Object.fromEntries(map) or [...map]');
+        if (v instanceof SetOf) throw __dcpUnserializable(key, 'a Set', 'convert it with [...set]');
         if (v instanceof TypedArray) {
           throw __dcpUnserializable(key, `a ${__dcpCtorName(v)}`,
             'convert it with Array.from(x), or to bytes with new Uint8Array(x.buffer, x.byteOffset, x.byteLength)');
         }
-        if (v instanceof Error) throw __dcpUnserializable(key, `an ${__dcpCtorName(v)}`, 'throw it instead, or return {name, message}');
+        if (v instanceof ErrorOf) throw __dcpUnserializable(key, `an ${__dcpCtorName(v)}`, 'throw it instead, or return {name, message}');
         throw __dcpUnserializable(key, `a ${__dcpCtorName(v)} instance`, `${PLAIN_HINT}: copy it with {...obj} or give the class a toJSON() method`);
       }
       default:
@@ -113,16 +120,17 @@
 
   function __dcpReviver(k, v) {
     if (v !== null && typeof v === 'object' && !isArray(v) && hasOwn(v, TAG)) {
-      const [kind, data] = v[TAG];
+      const tag = v[TAG], kind = tag[0], data = tag[1];  // indexed, not destructured (see above)
       if (kind === 'b') return fromBase64(data);
-      if (kind === 'n') return data[0] === '-' ? -BigInt('0x' + data.slice(1)) : BigInt('0x' + data);
-      if (kind === 'f') return Number(data);
+      if (kind === 'n') return data[0] === '-' ? -BigIntOf('0x' + apply(sliceString, data, [1])) : BigIntOf('0x' + data);
+      if (kind === 'f') return NumberOf(data);
     }
     return v;
   }
 
   function __dcpDecode(text) {
-    return text[0] === '1' ? parse(text.slice(1), __dcpReviver) : parse(text.slice(1));
+    const body = apply(sliceString, text, [1]);
+    return text[0] === '1' ? parse(body, __dcpReviver) : parse(body);
   }
 
   // --- console formatting (node-like, small) -----------------------------------------------
@@ -179,8 +187,10 @@
         const a = args[i++];
         switch (c) {
           case 's': return typeof a === 'string' ? a : __dcpInspect(a, 1, []);
-          case 'd': case 'i': return typeof a === 'bigint' ? `${a}n` : String(c === 'i' ? parseInt(a) : Number(a));
-          case 'f': return String(parseFloat(a));
+          // As Node: a value that is no number (a Symbol) prints NaN; console never fails a slice.
+          case 'd': case 'i': if (typeof a === 'bigint') return `${a}n`;
+            try { return StringOf(c === 'i' ? parseInt(a) : NumberOf(a)); } catch (_) { return 'NaN'; }
+          case 'f': try { return StringOf(parseFloat(a)); } catch (_) { return 'NaN'; }
           case 'j': try { return stringify(a); } catch (_) { return '[Circular]'; }
           case 'c': return '';
           default: return __dcpInspect(a, 1, []);
@@ -207,7 +217,7 @@
 
   function __dcpHostCall(op, a, b) {
     const r = host(op, __dcpFlat(a), __dcpFlat(b));
-    if (typeof r === 'string' && r[0] === '!') throw new Error(r.slice(1));
+    if (typeof r === 'string' && r[0] === '!') throw new ErrorOf(apply(sliceString, r, [1]));
     return r;
   }
   // The slice settled: a host sleeping until the next timer looks again now (V8's loop may have
@@ -280,18 +290,23 @@
   let uncaught;  // first error thrown by a timer callback in this slice
   function __dcpResetTimers() { timers = new Map(); dueHeap = []; }
   function __dcpBefore(a, b) { return a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]); }
+  // Defined, not pushed or assigned: Array.prototype's push, or a setter at that index, may be job code's.
+  function __dcpAppend(list, item) {
+    defineProperty(list, list.length, { value: item, writable: true, enumerable: true, configurable: true });
+  }
   function __dcpHeapPush(entry) {
     const h = dueHeap;
-    let i = h.push(entry) - 1;
+    let i = h.length;
+    __dcpAppend(h, entry);
     while (i > 0) {
       const parent = (i - 1) >> 1;
       if (!__dcpBefore(h[i], h[parent])) break;
-      [h[i], h[parent]] = [h[parent], h[i]];
+      const swap = h[i]; h[i] = h[parent]; h[parent] = swap;
       i = parent;
     }
   }
   function __dcpHeapPop() {
-    const h = dueHeap, last = h.pop();
+    const h = dueHeap, last = apply(popArray, h, []);
     if (h.length === 0) return;
     h[0] = last;
     let i = 0;
@@ -301,15 +316,15 @@
       if (l < h.length && __dcpBefore(h[l], h[m])) m = l;
       if (r < h.length && __dcpBefore(h[r], h[m])) m = r;
       if (m === i) break;
-      [h[i], h[m]] = [h[m], h[i]];
+      const swap = h[i]; h[i] = h[m]; h[m] = swap;
       i = m;
     }
   }
   function __dcpAddTimer(fn, delay, args, repeat) {
     if (typeof fn !== 'function') throw new TypeError('timer callback must be a function (code strings are not supported)');
-    const ms = Math.max(0, Number(delay) || 0);
+    const ms = max(0, NumberOf(delay) || 0);
     const id = nextTimerId++;
-    const t = { fn, args, due: now() + ms, every: repeat ? Math.max(1, ms) : 0 };
+    const t = { fn, args, due: now() + ms, every: repeat ? max(1, ms) : 0 };
     timers.set(id, t);
     __dcpHeapPush([t.due, id]);
     return id;
@@ -320,15 +335,18 @@
     // Stale entries wait in the heap until they surface: a debounce loop (set, clear, set, ...)
     // must not grow it without bound, so rebuild it from the live timers now and then.
     if (timers.delete(id) && dueHeap.length > 2 * timers.size + 64) {
-      const live = dueHeap.filter(([due, tid]) => { const t = timers.get(tid); return t !== undefined && t.due === due; });
+      const old = dueHeap;
       dueHeap = [];
-      for (const entry of live) __dcpHeapPush(entry);
+      for (let k = 0; k < old.length; k++) {
+        const t = timers.get(old[k][1]);
+        if (t !== undefined && t.due === old[k][0]) __dcpHeapPush(old[k]);
+      }
     }
   }
 
   function __dcpNextTimer() {
     while (dueHeap.length) {
-      const [due, id] = dueHeap[0];
+      const due = dueHeap[0][0], id = dueHeap[0][1];
       const t = timers.get(id);
       if (t !== undefined && t.due === due) return [id, t];
       __dcpHeapPop();  // cleared, or rescheduled under a later entry
@@ -338,10 +356,10 @@
   function __dcpFireTimer() {
     const best = __dcpNextTimer();
     if (!best || best[1].due > now()) return false;
-    const [id, t] = best;
+    const id = best[0], t = best[1];
     __dcpHeapPop();
     if (t.every) { t.due = now() + t.every; __dcpHeapPush([t.due, id]); } else timers.delete(id);
-    try { t.fn(...t.args); } catch (e) { if (uncaught === undefined) uncaught = e; }
+    try { apply(t.fn, undefined, t.args); } catch (e) { if (uncaught === undefined) uncaught = e; }
     return true;
   }
 
@@ -651,8 +669,8 @@
     if (rejected !== undefined) return 'r' + stringify(rejected);
     let name = null, message, stack = '';
     try {
-      if (e instanceof Error) {
-        name = String(e.name); message = String(e.message); stack = __dcpCleanStack(e.stack);
+      if (e instanceof ErrorOf) {
+        name = StringOf(e.name); message = StringOf(e.message); stack = __dcpCleanStack(e.stack);
       } else {
         message = `uncaught ${typeof e === 'object' && e !== null ? __dcpCtorName(e) : typeof e} thrown: ${__dcpInspect(e, 1, [])}`;
       }
@@ -669,7 +687,7 @@
       return 'v' + __dcpEncode(v);
     } catch (e) {
       if (e === OUTPUT_OVER) return 'o';
-      return 'u' + stringify(e instanceof Error ? e.message : String(e));
+      return 'u' + stringify(e instanceof ErrorOf ? e.message : StringOf(e));
     } finally {
       encodeBudget = Infinity;
     }
@@ -733,15 +751,25 @@
     return '';
   }
 
+  // The work's arguments, without spreading (the array iterator may be job code's).
+  function __dcpArguments(first, rest) {
+    const out = [];
+    for (let k = 0; k < first.length; k++) __dcpAppend(out, first[k]);
+    for (let k = 0; k < rest.length; k++) __dcpAppend(out, rest[k]);
+    return out;
+  }
+
   function __dcpStart(datumText) {
     rejected = undefined; outcome = undefined; uncaught = undefined;
     if (timers.size || dueHeap.length) __dcpResetTimers();  // timers left by the previous slice never fire
     let r;
     try {
       const datum = __dcpDecode(datumText);
-      r = spreadDatum && Array.isArray(datum) ? workFn(...datum, ...jobArguments) : jobArguments.length === 0 ? workFn(datum) : workFn(datum, ...jobArguments);
+      r = jobArguments.length === 0 && !spreadDatum ? workFn(datum)
+        : apply(workFn, undefined, __dcpArguments(spreadDatum && isArray(datum) ? datum : [datum], jobArguments));
       if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
-        Promise.resolve(r).then((v) => { outcome = [true, v]; __dcpWake(); }, (e) => { outcome = [false, e]; __dcpWake(); });
+        apply(thenPromise, apply(resolvePromise, PromiseOf, [r]),
+          [(v) => { outcome = [true, v]; __dcpWake(); }, (e) => { outcome = [false, e]; __dcpWake(); }]);
         return 'p';
       }
     } catch (e) {
@@ -773,7 +801,7 @@
         if (k > 0 && (now() - t0 > budgetMs || ended.length >= maxHeld)) return 's' + ended;
         const r = nextSlice();
         if (r != null) {
-          if (r[0] === '!') throw new Error(r.slice(1));
+          if (r[0] === '!') throw new ErrorOf(apply(sliceString, r, [1]));
           return 's' + ended;
         }
         lastHeard = now(); lastValue = -1;
@@ -816,12 +844,12 @@
       }
       case 'ended': { const e = ended; ended = ''; return e; }
       case 'poll': return __dcpPoll();
-      case 'next': { const t = __dcpNextTimer(); return t ? Math.max(0, t[1].due - now()) : -1; }
+      case 'next': { const t = __dcpNextTimer(); return t ? max(0, t[1].due - now()) : -1; }
       case 'fire': return __dcpFireTimer();
       case 'uncaught': return __dcpErrorEnvelope(a);  // an error the engine reported outside any call of ours
       case 'end': __dcpResetTimers(); outcome = undefined; uncaught = undefined; rejected = undefined; return '';
       case 'eval': return __dcpValueEnvelope(indirectEval(a));   // tests and diagnostics only
     }
-    throw new Error(`unknown prelude operation ${op}`);
+    throw new ErrorOf(`unknown prelude operation ${op}`);
   }
 })(globalThis.__dcpHost, globalThis.__dcpNext);
