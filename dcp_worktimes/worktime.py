@@ -325,6 +325,11 @@ class Block(ABC):
         for i, value in zip(indexes, values):
             self.done(i, value)
 
+    def flush(self) -> None:
+        """Send the outcomes settled so far now, not when ``execute_block`` returns: an engine about
+        to wait long for a slice (one that hangs until its limit) calls it, so that the results of
+        the slices before it are not held back that long."""
+
     def starting(self, i: int) -> None:
         """Slice ``i`` starts now (an engine running slices back to back in one call says so, so
         that the host's no-progress watchdog counts each slice from its own start)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -295,6 +296,34 @@ def test_a_block_drops_the_jobs_a_failed_slice_left_queued(pool):
     assert sorted(failed) == sorted([n for n in range(400) if n % 50 == 9] + [222])
     assert all(failed[n].message == f"a{n}" for n in failed if n != 222)
     assert [o.value for o in outs if o.ok] == [n for n in range(400) if n not in failed]
+
+
+def test_a_slice_that_stops_progressing_in_a_block_runs_once_and_holds_back_no_other_result(pool, engine):
+    # The host's watchdog, which cannot name the slice a block was on, must leave the verdict to
+    # the engine: it killed V8's evaluator first, and the slice ran a second time (its console
+    # twice, its verdict at twice the timeout). V8 sends the results before it while it waits.
+    work = "x => { progress(); if (x === 2) { console.log('slice 2 starts'); while (true) {} } return x * 2 }"
+    events: list = []
+    outcomes: list = []
+    t0 = time.monotonic()
+    all_in = threading.Event()
+
+    def on_outcome(outcome):
+        outcomes.extend((time.monotonic() - t0, s) for s in outcome.slices())
+        if len(outcomes) >= 6:
+            all_in.set()
+
+    pool.submit(job(work, limits=Limits.parse(progress_timeout="1.5s")), list(range(6)), list(range(6)), on_outcome,
+                lambda kind, number, payload: events.append((kind, number, payload)))
+    assert all_in.wait(30)
+    by_number = {s.number: (t, s) for t, s in outcomes}
+    assert sorted(by_number) == list(range(6))
+    assert [(n, p["message"]) for k, n, p in events if k == "console"] == [(2, "slice 2 starts")]
+    err = by_number[2][1].error
+    assert err.code == "ENOPROGRESS" and err.message.startswith("no progress() for 1.5 s")
+    assert [by_number[n][1].value for n in (0, 1, 3, 4, 5)] == [0, 2, 6, 8, 10]
+    if engine == "v8":  # QuickJS holds the envelopes of its engine call's slices until the call ends
+        assert by_number[1][0] < by_number[2][0] - 1.0
 
 
 def test_a_block_mixes_synchronous_and_promise_slices(pool):

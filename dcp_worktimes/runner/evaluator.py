@@ -434,6 +434,8 @@ class RunBlock(Block):
         self._call: list[tuple] = []  # (index, result or error, is_error, wall, events) of this call
         self._mark = 0.0
         self._beat_at = float("-inf")
+        self._cpu_mark = 0.0  # the family's CPU clock when this call's outcomes so far began
+        self._flushed = False  # this call sent outcomes before it returned (flush)
 
     @property
     def cancelled(self) -> bool:
@@ -480,6 +482,12 @@ class RunBlock(Block):
     def failed(self, i: int, error: BaseException) -> None:
         self._record(i, error, True)
 
+    def flush(self) -> None:
+        if self._call:
+            cpu = _cpu(self.ev.family)
+            self._send(cpu - self._cpu_mark)
+            self._cpu_mark, self._flushed = cpu, True
+
     def _record(self, i: int, outcome: Any, is_error: bool) -> None:
         if i in self._settled or i not in self._pending_set:
             return  # settled already: the first outcome stands
@@ -501,9 +509,9 @@ class RunBlock(Block):
             now = time.monotonic()
             # The whole family's clock, as the supervisor's CPU watchdog reads it (V8's Deno is a
             # child): one reading per call, shared among the call's slices by wall time.
-            cpu0 = _cpu(ev.family)
-            self._mark = now
-            ev.hb.start(pending[0], now, cpu0, span=len(pending))
+            self._cpu_mark = _cpu(ev.family)
+            self._mark, self._flushed = now, False
+            ev.hb.start(pending[0], now, self._cpu_mark, span=len(pending))
             try:
                 ev.worktime.execute_block(self)
             except BaseException as e:  # noqa: BLE001 - the engine failed as a whole: the slice it was on
@@ -512,8 +520,8 @@ class RunBlock(Block):
                 left = [i for i in pending if i not in self._settled and not any(c[0] == i for c in self._call)]
                 if left:
                     self._record(left[0], e, True)
-            made_progress = bool(self._call)
-            self._send(_cpu(ev.family) - cpu0)
+            made_progress = bool(self._call) or self._flushed
+            self._send(_cpu(ev.family) - self._cpu_mark)
             if not made_progress:
                 raise RuntimeError(f"{type(ev.worktime).__name__}.execute_block returned without settling a slice")
 

@@ -192,6 +192,7 @@ class _Slot:
     task: _Task | None = None
     limits: Limits | None = None
     grace: float = 0.0
+    patience_grace: float = 0.0
     memory_slack: float = 0.0
     busy: bool = False
     preparing_since: float | None = None
@@ -669,6 +670,10 @@ class EvaluatorPool:
             slot.claimed = True
         enforces = reg.cls.enforces
         slot.grace = 0.5 if "wall_time" in enforces else 0.0
+        # The same for the no-progress limit: an engine that judges it itself (V8 hears of progress
+        # at most every 50 ms, and its verdict takes a stop) must get there first, or the host's
+        # kill of a block-running evaluator, which cannot name the slice, ran it a second time.
+        slot.patience_grace = 0.5 if "progress_timeout" in enforces else 0.0
         # An engine that meters its own heap reports EMEMORYLIMIT precisely; the process guard then
         # only catches what the engine cannot see, so it gets headroom for the engine's overhead.
         slot.memory_slack = 0.25 if "memory" in enforces else 0.0
@@ -885,7 +890,7 @@ class EvaluatorPool:
         if lim.wall_time is not None and now - started > lim.wall_time + slot.grace:
             proc.kill(exceeded("wall_time", lim.wall_time), index)
             return
-        if lim.progress_timeout is not None and now - max(started, last_progress) > lim.progress_timeout:
+        if lim.progress_timeout is not None and now - max(started, last_progress) > lim.progress_timeout + slot.patience_grace:
             proc.kill(exceeded("progress_timeout", lim.progress_timeout), index)
             return
         ps = slot.psproc

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from ...errors import ErrorCode, SliceError, WorkError
-from ...limits import format_size
+from ...limits import exceeded, format_size
 from ...values import UnserializableValue
 from ...worktime import SliceContext
 from .marshal import bigint_hint, from_js, to_js
@@ -271,23 +271,15 @@ def memory_message(limit: int) -> str:
 
 
 def limit_error(code: ErrorCode, ctx: SliceContext | None) -> SliceError:
-    """The error of a slice an engine stopped at a limit (the same words on both engines)."""
+    """The error of a slice an engine stopped at a limit, worded as wherever else that limit is
+    enforced (``limits.exceeded``: the host's watchdog, the other worktimes)."""
     limits = ctx.limits if ctx is not None else None
     if code is ErrorCode.ESLICETOOSLOW:
-        msg = f"the slice ran longer than its wall-time limit of {limits.wall_time:g} s" if limits and limits.wall_time else "the slice ran too long"
-        msg += "; raise the job's wall_time limit or give each slice less work"
-    elif code is ErrorCode.ENOPROGRESS:
-        t = limits.progress_timeout if limits else None
-        msg = (f"the work did not call progress() for {t:g} s" if t else "the work did not call progress()") + (
-            "; call progress() regularly in long loops, or raise/disable the job's progress_timeout"
-        )
-    elif code is ErrorCode.ECPULIMIT:
-        msg = f"the slice used more than {limits.cpu_time:g} s of CPU time" if limits and limits.cpu_time else "CPU limit exceeded"
-        msg += "; raise the job's cpu_time limit or give each slice less work"
-    elif code is ErrorCode.EOUTPUTLIMIT:
-        cap = limits.output if limits else None
-        msg = (f"console/emit traffic went over the output limit of {format_size(cap)}" if cap else "output limit exceeded")
-        msg += "; log less, or raise the job's output limit"
-    else:
-        msg = "the slice was cancelled"
-    return SliceError(msg, code=code, name="InternalError")
+        return exceeded("wall_time", limits.wall_time if limits else None, name="InternalError")
+    if code is ErrorCode.ENOPROGRESS:
+        return exceeded("progress_timeout", limits.progress_timeout if limits else None, name="InternalError")
+    if code is ErrorCode.ECPULIMIT:
+        return exceeded("cpu_time", limits.cpu_time if limits else None, name="InternalError")
+    if code is ErrorCode.EOUTPUTLIMIT:
+        return exceeded("output", limits.output if limits else None, what="console/emit traffic", name="InternalError")
+    return SliceError("the slice was cancelled", code=code, name="InternalError")

@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from ...errors import ErrorCode, SliceError
@@ -202,6 +202,9 @@ class V8Engine(Engine):
         # when the slice logs or fails at a limit (most slices never need one).
         self._blk: Block | None = None
         self._blk_i: int | None = None
+        # Called once when a request has waited POLL without a frame (run_block: settle and send
+        # the slices that finished before the one we wait for, which may hang until its limit).
+        self._on_long_wait: Callable[[], None] | None = None
         self._progress_deadline: float | None = None
         self._cpu_deadline: float | None = None
         self._event_error: SliceError | None = None
@@ -400,6 +403,9 @@ class V8Engine(Engine):
                 if tripped is not None:  # Deno did not stop the work in time: end the process
                     self._kill()
                     raise _Died(tripped, None if by_event else reply)
+                hook, self._on_long_wait = self._on_long_wait, None
+                if hook is not None:
+                    hook()
                 tripped = self._check(deadline, slice_limits)
                 if tripped is not None:
                     self._stop()
@@ -728,7 +734,11 @@ class V8Engine(Engine):
             plain.clear()
             texts.clear()
 
-        self._blk = block
+        def flush() -> None:
+            settle_plain()
+            block.flush()
+
+        self._blk, self._on_long_wait = block, flush
         held, sent = self._held, self._ahead_sent
         try:
             for i in indexes:
@@ -759,7 +769,7 @@ class V8Engine(Engine):
                     break
             settle_plain()
         finally:
-            self._blk = self._blk_i = self._slice = None
+            self._blk = self._blk_i = self._slice = self._on_long_wait = None
 
     def _reply(self, number: int, datum: Any, limits: Limits, started: float) -> str:
         """Run slice ``number`` (or wait for it, if it went ahead with an earlier request) under
