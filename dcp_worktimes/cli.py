@@ -101,6 +101,24 @@ def _worktime_config(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return config
 
 
+def _check_settings(config: dict[str, dict[str, Any]]) -> None:
+    """A setting that makes its worktime unavailable (``--js-engine spidermonkey``) is a usage
+    error, exit status 2: the worker would otherwise start without that worktime, saying so only
+    in its log. A worktime unavailable without the setting too (its server is down, its engine
+    missing) is left to the log, as at any other start."""
+    from .plugins import get_worktime
+
+    for name, settings in config.items():
+        given = {k: v for k, v in settings.items() if k != "trusted"}
+        if not given:
+            continue
+        reg = get_worktime(name)
+        probe = reg.probe(settings)
+        if not probe.available and reg.probe({k: v for k, v in settings.items() if k not in given}).available:
+            flags = " ".join(f"--{k} {v}" for k, v in given.items())
+            raise click.BadParameter(f"{flags}: {probe.unavailable}")
+
+
 def _with_settings(command: click.Command) -> click.Command:
     command.params.extend(_setting_params())
     return command
@@ -294,6 +312,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     # and "unlimited" in a job means "the worker's maximum". The maxima default to Limits();
     # the worker's owner raises them with the flags ('off' for none).
     config = _worktime_config(limits)
+    _check_settings(config)
     limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
     worker_limits = _limits(None, **limits)
     from .scheduler.base import default_store_path
@@ -490,6 +509,17 @@ _SCHEDULER_OPTION = click.option("--scheduler", "scheduler_url", default=None, e
                                  help="Scheduler URL (default: the per-user embedded store).")
 
 
+def _scheduler_url(own: str | None) -> str | None:
+    """The store a subcommand acts on: its own --scheduler, else the one given before the command
+    name, else $DCP_SCHEDULER (both options read it: the environment must not beat a flag)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("scheduler_url") is ParameterSource.COMMANDLINE or ctx.parent is None:
+        return own
+    return ctx.parent.params.get("scheduler_url") or own
+
+
 @cli.command("jobs")
 @_SCHEDULER_OPTION
 @click.option("--delete", "delete", multiple=True, metavar="JOB_ID", help="Forget a finished job and its stored data.")
@@ -499,7 +529,7 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
     """List the scheduler's jobs with their status (or delete some)."""
     from .scheduler import open_scheduler
 
-    url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    url = _scheduler_url(scheduler_url)
     if not _store_exists(url):
         if url:  # a typo in --scheduler must not look like "all my jobs are gone", nor create a store
             raise click.UsageError(f"no job store at {_store_path(url)}; check --scheduler / DCP_SCHEDULER")
@@ -549,7 +579,7 @@ def applications_cmd(scheduler_url: str | None, as_json: bool) -> None:
     """List published applications: name, version, categories (what --category serves) and functions."""
     from .scheduler import open_scheduler
 
-    url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    url = _scheduler_url(scheduler_url)
     if not _store_exists(url):
         if url:
             raise click.UsageError(f"no job store at {_store_path(url)}; check --scheduler / DCP_SCHEDULER")
@@ -583,7 +613,7 @@ def resume_cmd(job_id: str, scheduler_url: str | None, cores: int | None, errors
     """Finish a deployed job on this machine and print its results as JSON (completed slices are not rerun)."""
     from . import compute
 
-    url = scheduler_url or click.get_current_context().parent.params.get("scheduler_url")  # type: ignore[union-attr]
+    url = _scheduler_url(scheduler_url)
     if not _store_exists(url):
         raise click.UsageError(f"no job store at {_store_path(url)}, so no job {job_id!r}; check --scheduler / DCP_SCHEDULER")
     try:

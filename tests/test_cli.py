@@ -189,6 +189,33 @@ def test_capability_words_mean_what_they_say():
         [False, False, False, True, True, 0, 2.5, "x86_64", "no"]
 
 
+def test_a_scheduler_flag_beats_the_environment_wherever_it_is_given(tmp_path):
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    deploy = ("from dcp_worktimes import compute\n"
+              f"compute.for_([1], '', worktime='echo', scheduler={a!r}).exec()\n"
+              f"compute.for_([1, 2], '', worktime='echo', scheduler={b!r}).exec()")
+    assert subprocess.run([sys.executable, "-c", deploy], timeout=60).returncode == 0
+    env = {**os.environ, "DCP_SCHEDULER": a}
+
+    def totals(*args: str) -> list[int]:
+        r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
+                           env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return [row["total"] for row in json.loads(r.stdout)]
+
+    assert totals("jobs", "--json") == [1]  # the environment alone
+    assert totals("--scheduler", b, "jobs", "--json") == [2]  # it listed a.db's jobs
+    assert totals("jobs", "--scheduler", b, "--json") == [2]
+    assert totals("--scheduler", a, "jobs", "--scheduler", b, "--json") == [2]  # the nearer flag
+
+
+def test_a_setting_that_makes_its_worktime_unavailable_is_a_usage_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "--scheduler", f"sqlite:///{tmp_path / 's.db'}",
+                        "--js-engine", "spidermonkey", "--until-idle"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--js-engine spidermonkey" in r.stderr and "must be one of v8, quickjs" in r.stderr
+    assert not (tmp_path / "s.db").exists()  # refused before anything was opened
+
+
 def test_jobs_table_shows_names_literally_and_whole_when_piped(tmp_path):
     store = f"sqlite:///{tmp_path / 'jobs.db'}"
     env = {**os.environ, "DCP_SCHEDULER": store}
