@@ -691,12 +691,12 @@ MAX_INT_DIGITS = 200_000
 
 
 def main() -> None:
-    from .values import MAX_DEPTH
+    from .values import allow_depth
 
     sys.set_int_max_str_digits(MAX_INT_DIGITS)
     # Values nest up to MAX_DEPTH levels (values.py); reading and printing them as JSON takes a few
-    # Python frames per level (no C stack per frame on CPython 3.11+).
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH + 1000))
+    # Python frames per level.
+    allow_depth()
     for command in (cli, slice_cmd, worktimes_cmd):
         _with_settings(command)
     try:

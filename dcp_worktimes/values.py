@@ -57,7 +57,9 @@ handles that depth; a deeper value is ``UnserializableValue`` saying so::
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import msgpack
 
@@ -72,6 +74,28 @@ _TOO_DEEP = (f"the value is nested more than {MAX_DEPTH} levels deep (lists/dict
 
 _BAD_KEY = ("a dict key is a list, tuple or dict; dict keys must be None, bool, int, float, str or bytes (use a "
             "string such as '1,2' for a compound key)")
+
+
+#: Python frames a recursive walk of a value may take per level of nesting (with some to spare).
+FRAMES_PER_LEVEL = 4
+
+
+def allow_depth() -> None:
+    """Let this process walk values ``MAX_DEPTH`` deep for good (CPython 3.11+ takes no C stack per
+    Python frame): the CLI and every evaluator, which own their process."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), FRAMES_PER_LEVEL * MAX_DEPTH + 1000))
+
+
+@contextmanager
+def deep_enough() -> Iterator[None]:
+    """``allow_depth`` for a moment, in a process that is not ours (a deployer's program): the
+    limit it had comes back after."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(old + FRAMES_PER_LEVEL * MAX_DEPTH)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 class UnserializableValue(TypeError):

@@ -30,7 +30,7 @@ from dcp_worktimes.errors import ErrorCode, WorkError, WorktimeNotFound
 from dcp_worktimes.inputs.ranges import RangeObject
 from dcp_worktimes.plugins import get_worktimes
 from dcp_worktimes.scheduler import open_scheduler
-from dcp_worktimes.values import UnserializableValue
+from dcp_worktimes.values import MAX_DEPTH, UnserializableValue
 
 JS = "function(i){ progress(); return i*10 }"
 INSTALLED = set(get_worktimes())
@@ -164,6 +164,19 @@ def test_unserializable_arguments_and_inputs_are_refused_before_deployment(store
     with pytest.raises(TypeError, match="input 1"):
         compute.for_([1, {1, 2}], "", worktime="echo").exec()
     assert deployed_jobs(store) == []
+
+
+def test_a_datum_as_deep_as_the_value_set_allows_is_sent_one_deeper_is_refused_by_name(store):
+    v = 0
+    for _ in range(MAX_DEPTH):
+        v = [v]
+    (back,) = compute.for_([v], "", worktime="echo").exec()
+    depth = 0
+    while isinstance(back, list) and len(back) == 1:  # walked: == would recurse past the test's limit
+        back, depth = back[0], depth + 1
+    assert (back, depth) == (0, MAX_DEPTH)
+    with pytest.raises(TypeError, match=f"input 0 .*nested more than {MAX_DEPTH} levels"):
+        compute.for_([[v]], "", worktime="echo").exec()
 
 
 @pytest.mark.parametrize("inputs, args, where", [

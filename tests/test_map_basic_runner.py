@@ -17,7 +17,8 @@ import pytest
 
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.runner import EvaluatorPool
-from dcp_worktimes.testing import FILE_SYSTEM_CASES, HOSTILE_CASES, Sample, WorktimeConformance
+from dcp_worktimes.testing import FILE_SYSTEM_CASES, HOSTILE_CASES, Sample, WorktimeConformance, run
+from dcp_worktimes.values import MAX_DEPTH
 from dcp_worktimes.worktime import JobSpec
 from dcp_worktimes.worktimes.map_basic.engine import ENGINES, missing
 
@@ -324,6 +325,29 @@ def test_a_slice_that_stops_progressing_in_a_block_runs_once_and_holds_back_no_o
     assert [by_number[n][1].value for n in (0, 1, 3, 4, 5)] == [0, 2, 6, 8, 10]
     if engine == "v8":  # QuickJS holds the envelopes of its engine call's slices until the call ends
         assert by_number[1][0] < by_number[2][0] - 1.0
+
+
+def test_datums_and_results_nest_as_deep_as_the_value_set_allows(pool):
+    # MAX_DEPTH levels both ways, one more is EUNSERIALIZABLE: map-basic walks them in Python
+    # (a datum 330 deep failed with a RecursionError, a result 1000 deep too).
+    def nest(n):
+        v = 0
+        for _ in range(n):
+            v = [v]
+        return v
+
+    def depth(v):  # walked, not compared: == on such lists recurses past this process's limit
+        d = 0
+        while isinstance(v, list) and len(v) == 1:
+            v, d = v[0], d + 1
+        return d if v == 0 else -1
+
+    out = run(pool, "map-basic", "x => x", nest(MAX_DEPTH))
+    assert out.ok and depth(out.value) == MAX_DEPTH, out.error
+    work = "n => { let v = 0; for (let i = 0; i < n; i++) v = [v]; return v }"
+    assert depth(run(pool, "map-basic", work, MAX_DEPTH).value) == MAX_DEPTH
+    err = run(pool, "map-basic", work, MAX_DEPTH + 1).error
+    assert err.code == "EUNSERIALIZABLE" and f"nested more than {MAX_DEPTH} levels" in err.message
 
 
 def test_a_block_mixes_synchronous_and_promise_slices(pool):

@@ -11,6 +11,7 @@ input starts a ``Feeder`` that pushes the datums in batches::
 
 from __future__ import annotations
 
+import reprlib
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,7 @@ def pack_batch(batch: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
         try:
             out.append((n, pack(datum)))
         except UnserializableValue as e:
-            raise UnserializableValue(f"input {n} ({datum!r:.60}): {e}") from None
+            raise UnserializableValue(f"input {n} ({reprlib.repr(datum)}): {e}") from None
     return out
 
 

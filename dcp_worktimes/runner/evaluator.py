@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
-from ..values import UnserializableValue, as_unserializable, pack, packer, unpack, unpack_all_packed, unpacker
+from ..values import UnserializableValue, allow_depth, as_unserializable, pack, packer, unpack, unpack_all_packed, unpacker
 from ..worktime import Block, JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
@@ -688,6 +688,7 @@ def _load_class(ref: str) -> type[Worktime]:
 
 def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, network: bool) -> None:
     """Be an evaluator on fds 0/1/2 until told to exit (after a plain start or a zygote's fork)."""
+    allow_depth()  # a datum or result MAX_DEPTH deep is walked in Python (map-basic's to_js, json)
     iso: dict = isolation.apply(network=network, parent_pid=parent)
     # Made now, before any job: a spare evaluator has it ready, and the supervisor learns the
     # host folder to remove once the process is gone.

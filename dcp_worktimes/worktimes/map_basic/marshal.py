@@ -47,7 +47,7 @@ import json
 import math
 from typing import Any
 
-from ...values import UnserializableValue
+from ...values import MAX_DEPTH, UnserializableValue
 
 TAG = "\x00dcp"
 MAX_SAFE = 2**53 - 1
@@ -121,10 +121,12 @@ def to_js(value: Any, bigint: bool = False) -> str:
     if t is str:
         return "0" + _dumps(value)
     prep = _Prep(bigint)
-    data = prep(value)
     try:
-        text = _dumps(data)
-    except (TypeError, ValueError, RecursionError) as e:  # e.g. a list that contains itself
+        text = _dumps(prep(value))
+    except RecursionError:
+        raise UnserializableValue(f"the value is nested more than {MAX_DEPTH} levels deep (or contains itself); "
+                                  "flatten it") from None
+    except (TypeError, ValueError) as e:  # e.g. a list that contains itself
         raise UnserializableValue(f"value cannot be passed to JavaScript: {e}") from None
     return ("1" if prep.tagged else "0") + text
 
