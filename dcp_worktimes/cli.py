@@ -332,8 +332,6 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     worker = Worker(scheduler, list(worktimes) or None, split[0], capabilities=caps, limits=worker_limits, config=config,
                     categories=list(categories) or None, events=log, jobs=[job] if job else None)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     if job:
         processes.stop_when_over(scheduler, job, stop)
     helpers = processes.Helpers(scheduler.url, split[1:], job=job, worktimes=list(worktimes), config=config,
@@ -342,7 +340,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     if log is not None:
         log.start(worker, _store_url(scheduler_url), helpers=len(helpers.argvs), helper_cores=sum(split[1:]))
     try:
-        with helpers:
+        with processes.stopped_by(stop, signal.SIGINT, signal.SIGTERM), helpers:
             worker.run(stop, until_idle=until_idle)
     finally:
         scheduler.close()

@@ -80,3 +80,24 @@ def test_a_helper_hands_its_slices_back_when_its_parent_dies(tmp_path, monkeypat
 
         Worker(s, ["echo"], cores=2, lease_seconds=2).run(until_idle=True)
         assert s.status("slow")["status"] == "complete" and sorted(s.results("slow")) == list(range(40))
+
+
+STOP_UNDER_ITS_OWN_LOCK = """
+import os, signal, threading, time
+from dcp_worktimes.scheduler.processes import stopped_by
+stop = threading.Event()
+with stopped_by(stop, signal.SIGTERM):
+    with stop._cond:  # the main thread holds the event's lock, as inside stop.wait() or stop.set()
+        for _ in range(3):  # several in a row, as a dead parent's death signal comes (once per thread)
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # Python runs the handler here, between two bytecodes
+    assert stop.wait(5)
+print("stopped")
+"""
+
+
+def test_a_stop_signal_arriving_while_the_main_thread_holds_the_stop_events_lock_stops_the_worker():
+    # A handler calling stop.set() waited for that lock for ever: a helper whose parent died hung
+    # so, still serving jobs (it outlived the test that killed its parent by an hour).
+    r = subprocess.run([sys.executable, "-c", STOP_UNDER_ITS_OWN_LOCK], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "stopped", r.stderr

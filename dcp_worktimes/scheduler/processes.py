@@ -21,7 +21,8 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from ..limits import FLAGS
 from .base import ENV_SCHEDULER
@@ -82,6 +83,53 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != parent or parent == 1:
         raise SystemExit(0)
+
+
+@contextmanager
+def stopped_by(stop: threading.Event, *signums: int) -> Iterator[None]:
+    """Set ``stop`` when one of ``signums`` arrives, for the ``with`` block (main thread only).
+
+    The handler itself does nothing: Python runs handlers in the main thread between any two
+    bytecodes, also while it holds ``stop``'s own lock (inside ``stop.wait`` or ``stop.set``), so
+    a handler calling ``stop.set()`` could wait for that lock for ever. A helper whose parent died
+    got its death signal several times in a row (once per thread of the parent) and hung so, still
+    serving jobs. The signal's number reaches a pipe instead (``signal.set_wakeup_fd``), and a
+    thread of ours sets ``stop``::
+
+        with stopped_by(stop, signal.SIGINT, signal.SIGTERM):
+            worker.run(stop)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = set(signums)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+
+    def watch() -> None:
+        try:
+            while True:
+                data = os.read(r, 64)
+                if not data:
+                    return
+                if wanted.intersection(data):
+                    stop.set()
+        except OSError:
+            return
+
+    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in signums}
+    watcher = threading.Thread(target=watch, name="dcp-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(w)  # the watcher reads the end of the pipe and returns
+        watcher.join(1.0)
+        os.close(r)
 
 
 def stop_when_over(scheduler: Any, job_id: str, stop: threading.Event, every: float = 1.0) -> None:

@@ -681,21 +681,18 @@ def run_worker(
     Returns the finished ``Worker`` (``completed``/``failed`` counts) for a summary line.
     """
     from .base import open_scheduler
+    from .processes import stopped_by
 
     stop = stop or threading.Event()
     scheduler = open_scheduler(scheduler_url)
     worker = Worker(scheduler, worktimes, cores, capabilities=capabilities, limits=limits, categories=categories,
                     lease_seconds=lease_seconds)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        worker.run(stop, until_idle=until_idle)
+        with stopped_by(stop, signal.SIGTERM):
+            worker.run(stop, until_idle=until_idle)
     except KeyboardInterrupt:
         pass  # the finally of run() already handed the slices back
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         scheduler.close()
     return worker
 
