@@ -258,6 +258,32 @@ def test_remote_job_with_no_worker_says_what_it_waits_for_then_gives_up(store, c
         echo([1], worker_wait=-1).exec(local=False)
 
 
+def test_a_remote_job_a_worker_took_waits_for_workers_that_stop_checking_in(store, monkeypatch):
+    """Workers vanish from the deployer's view once the job runs (their check-ins are writes, and a
+    store that fails for a while takes none): that is no job nobody can run, and worker_wait must
+    not cancel it (it did, throwing the workers' results away)."""
+    import threading
+
+    from dcp_worktimes.scheduler.sqlite import SqliteScheduler
+    from dcp_worktimes.scheduler.worker import Worker
+
+    # Two slices of 2.5 s on one core: the deployer hears nothing for longer than it waits quietly.
+    job = echo(range(2), {"silent": 2.5}, worker_wait=0.5)
+    real = SqliteScheduler.workers
+    monkeypatch.setattr(SqliteScheduler, "workers",
+                        lambda self: [] if job.id and self.status(job.id)["distributed"] > 0 else real(self))
+    stop = threading.Event()
+    with open_scheduler(store) as s:
+        worker = Worker(s, ["echo"], cores=1)
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            assert list(job.exec(local=False, timeout=120)) == [0, 1]
+        finally:
+            stop.set()
+            thread.join(30)
+
+
 def test_a_deployer_whose_store_stops_answering_says_so_and_carries_on_when_it_is_back(store, caplog, monkeypatch):
     """Reading the job's events fails for a while (an injected StoreUnavailable, as Redis gone or
     an I/O error raises): exec() says the store is failing, keeps trying, and returns every result."""

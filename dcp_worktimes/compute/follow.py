@@ -73,6 +73,7 @@ class Follower:
         self.reason = ""
         self.bad_work: Mapping[str, Any] | None = None
         self._waiting_since: float | None = None
+        self._taken = False  # a worker took slices of the job: worker_wait no longer applies
         self._last_note = 0.0
         self._outage: float | None = None  # when reading the store started failing
 
@@ -141,7 +142,10 @@ class Follower:
 
     def watch_workers(self, now: float) -> None:
         """``exec(local=False)``: say what the job waits for while no attached worker can run it, and
-        give up (the scheduler marks it unschedulable) after ``worker_wait`` seconds of that."""
+        give up (the scheduler marks it unschedulable) after ``worker_wait`` seconds of that, unless
+        a worker took slices of it already: then workers that stopped checking in are a store that
+        fails for a while (their check-ins are writes) or workers paused, not a job nobody can run,
+        and the job waits for them."""
         from ..scheduler.matching import worker_can_run
 
         job, sched = self.job, self.scheduler
@@ -149,6 +153,17 @@ class Follower:
         live = sched.workers()
         if any(worker_can_run(record, w.worktimes, w.capabilities, w.categories) is None for w in live):
             self._waiting_since = None
+            self._taken = True
+            return
+        if not self._taken:
+            self._taken = bool(sched.status(job.id).get("distributed"))
+        if self._taken:
+            if self._waiting_since is None:
+                self._waiting_since = self._last_note = now
+            elif now - self._last_note >= WAITING_NOTE:
+                self._last_note = now
+                log.warning("job %s: no worker that can run it has checked in for %.0f s (a job store failing, or "
+                            "its workers stopped or paused); waiting for them", job.id, now - self._waiting_since)
             return
         if self._waiting_since is None:
             self._waiting_since = self._last_note = now
