@@ -187,6 +187,15 @@ def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created(tmp_path
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.parametrize("where, words", [("a folder", "is a folder, not a file"), ("/dev/null", "not a regular file")])
+def test_a_store_path_that_is_no_file_says_so(tmp_path, where, words):
+    # It said "disk I/O error; check the disk" or "read-only or not ours".
+    path = str(tmp_path) if where == "a folder" else where
+    for read_only in (False, True):
+        with pytest.raises(SchedulerError, match=words):
+            open_scheduler(f"sqlite:///{path}", read_only=read_only)
+
+
 def test_store_errors_are_scheduler_errors():
     assert issubclass(StoreUnavailable, SchedulerError) and issubclass(StoreDamaged, SchedulerError)
     assert StoreUnavailable.retryable and not StoreDamaged.retryable and not SchedulerError.retryable

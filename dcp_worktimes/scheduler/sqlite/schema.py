@@ -258,6 +258,12 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
 def _check_folder(path: str, read_only: bool) -> None:
     from ..base import default_store_path
 
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise SchedulerError(f"the job store {path} is a folder, not a file; name a file in it, such as "
+                             f"sqlite:///{os.path.join(os.path.abspath(path), 'jobs.db')}")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise SchedulerError(f"the job store {path} is not a regular file (a device or a pipe); name a file, such as "
+                             "sqlite:///path/to/jobs.db")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(folder):
         return
