@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -194,6 +195,29 @@ def test_a_store_path_that_is_no_file_says_so(tmp_path, where, words):
     for read_only in (False, True):
         with pytest.raises(SchedulerError, match=words):
             open_scheduler(f"sqlite:///{path}", read_only=read_only)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_serving_worker_whose_store_file_is_deleted_or_replaced_stops_saying_so(tmp_path, how):
+    # It went on serving the unlinked file, silently, while deployers used a new store at the path.
+    import threading
+
+    from dcp_worktimes.scheduler.worker import Worker
+
+    path = tmp_path / "jobs.db"
+    s = open_scheduler(f"sqlite:///{path}")
+    worker = Worker(s, ["echo"], cores=1, lease_seconds=1.5)  # it checks at each check-in, every 0.5 s
+    failed: list = []
+    thread = threading.Thread(target=lambda: failed.append(pytest.raises(SchedulerError, worker.run)), daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    for f in tmp_path.iterdir():
+        f.unlink()
+    if how == "replaced":
+        open_scheduler(f"sqlite:///{path}").close()
+    thread.join(20)
+    s.close()
+    assert failed and f"was {how}" in str(failed[0].value) and "start it again" in str(failed[0].value)
 
 
 def test_store_errors_are_scheduler_errors():

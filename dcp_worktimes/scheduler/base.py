@@ -433,6 +433,12 @@ class Scheduler(ABC):
     def post_events(self, job_id: str, events: list[dict]) -> None:
         """Append worker events (console/custom/progress/noProgress) to the job's log."""
 
+    def replaced(self) -> str | None:
+        """Why this scheduler no longer serves what its URL names now (SQLite: the file was deleted,
+        or another put at its path, while it was open), or ``None``. A serving worker checks it
+        now and then: deployers use what the URL names."""
+        return None
+
     @abstractmethod
     def workers(self) -> list[WorkerInfo]:
         """Workers seen within ``WORKER_TTL`` seconds."""

@@ -41,7 +41,7 @@ from ..limits import FLAGS, Limits, check_cores, show
 from ..plugins import Registration, get_worktime, get_worktimes
 from ..recent import Recent
 from ..worktime import JobSpec, Probe
-from .base import FINAL_STATES, JobRecord, Lease, Report, Scheduler, StoreUnavailable, UnknownJob
+from .base import FINAL_STATES, JobRecord, Lease, Report, Scheduler, SchedulerError, StoreUnavailable, UnknownJob
 from .matching import check_categories, merge_capabilities
 from .slicing import JOBS_CACHED
 
@@ -310,6 +310,8 @@ class Worker:
                     if now - last_beat >= self.lease_seconds / 3:
                         self._heartbeat()
                         last_beat = last_check = now
+                        if self.jobs is None:  # a serving worker: deployers use what the URL names now
+                            self._check_store()
                     elif now - last_check >= CANCEL_CHECK:
                         with self._cond:
                             running_jobs = {held.lease.job_id for held in self._inflight.values()}
@@ -588,6 +590,12 @@ class Worker:
             if status["status"] in FINAL_STATES or status["status"] == "gone" or now - last >= IDLE_JOB:
                 del self._last_slice[job_id]
                 self.events.job_finished(job_id, status)  # type: ignore[union-attr]
+
+    def _check_store(self) -> None:
+        why = self.scheduler.replaced()
+        if why is not None:
+            raise SchedulerError(f"{why}: this worker stops (it would serve a store nobody deploys to any more); "
+                                 "start it again to serve the one there now")
 
     def _heartbeat(self) -> None:
         with self._cond:

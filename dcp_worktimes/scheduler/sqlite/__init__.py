@@ -51,6 +51,17 @@ from .store import Store
 __all__ = ["SqliteScheduler"]
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """The file at ``path`` as (device, inode); ``None`` for none (or a private in-memory store)."""
+    if path == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class SqliteScheduler(Scheduler):
     """``Scheduler`` on one SQLite file; safe across threads and processes of one machine."""
 
@@ -70,9 +81,19 @@ class SqliteScheduler(Scheduler):
         self._apps = Applications(self._store)
         self._last_check = 0.0
         self._closed = False
+        self._identity = _file_identity(path)
 
     def __repr__(self) -> str:
         return f"<SqliteScheduler {self.path}>"
+
+    def replaced(self) -> str | None:
+        if self._identity is None:
+            return None
+        now = _file_identity(self.path)
+        if now == self._identity:
+            return None
+        happened = "was deleted" if now is None else "was replaced by another file"
+        return f"the job store {self.path} {happened} while it was open here"
 
     @property
     def url(self) -> str | None:
