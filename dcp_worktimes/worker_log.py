@@ -16,6 +16,7 @@ rich console on stderr (stdout stays free for machine output).
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,20 @@ class _JobStats:
     failures: collections.Counter = field(default_factory=collections.Counter)  # code -> count
 
 
+class _LogLines(logging.Handler):
+    """Warnings of the package's loggers, as lines of a ``WorkerLog``."""
+
+    def __init__(self, log: "WorkerLog") -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.log.line(record.getMessage(), style="yellow", always=True)
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
+
+
 class WorkerLog(WorkerEvents):
     """``verbosity``: -1 failures only (``-q``), 0 jobs and new kinds of failure, 1 every slice (``-v``).
     ``live``: a status line under the log (``None``: when stderr is a terminal)."""
@@ -75,6 +90,8 @@ class WorkerLog(WorkerEvents):
         self.started = time.monotonic()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._live: Any = None
+        self._handler: _LogLines | None = None
+        self._propagated = True
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self, worker: Worker, scheduler_url: str, helpers: int = 0, helper_cores: int = 0) -> None:
@@ -89,6 +106,13 @@ class WorkerLog(WorkerEvents):
                   f"scheduler {scheduler_url}", always=True)
         for name, why in worker.unavailable.items():
             self.line(f"not offering {name}: {why}", always=True)
+        # The package's own warnings (a store failing, a helper process restarted) become lines of
+        # this log, with the time, instead of bare lines from logging's last-resort handler.
+        self._handler = _LogLines(self)
+        package = logging.getLogger("dcp_worktimes")
+        self._propagated = package.propagate
+        package.addHandler(self._handler)
+        package.propagate = False
         if self.live_wanted and self.verbosity >= 0:
             from rich.live import Live
             from rich.spinner import Spinner
@@ -103,6 +127,11 @@ class WorkerLog(WorkerEvents):
         if self._live is not None:
             self._live.stop()
             self._live = None
+        if self._handler is not None:
+            package = logging.getLogger("dcp_worktimes")
+            package.removeHandler(self._handler)
+            package.propagate = self._propagated
+            self._handler = None
         elapsed = time.monotonic() - self.started
         self.line(f"dcp-worker: stopped after {_duration(elapsed)}; {self.computed} slices computed, {self.failed} "
                   f"failed, in {plural(self.jobs_seen, 'job')}", always=True)

@@ -4,6 +4,7 @@ splits them over helper worker processes (``scheduler/processes.py``)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,3 +102,37 @@ def test_a_stop_signal_arriving_while_the_main_thread_holds_the_stop_events_lock
     # so, still serving jobs (it outlived the test that killed its parent by an hour).
     r = subprocess.run([sys.executable, "-c", STOP_UNDER_ITS_OWN_LOCK], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip() == "stopped", r.stderr
+
+
+def test_a_helper_that_dies_is_started_again_and_the_log_says_so_with_the_time(tmp_path):
+    # Its death went unnoticed: its cores sat idle for the rest of the worker's life, and the log
+    # still said "and 1 more worker process".
+    env = {**os.environ, ENV_CORES_PER_PROCESS: "1", "DCP_SCHEDULER": f"sqlite:///{tmp_path}/jobs.db"}
+    parent = subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--cores", "2", "--worktime", "echo"],
+                              env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        def helpers() -> list:
+            found = []
+            for p in psutil.Process(parent.pid).children():
+                try:
+                    if "--helper" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                        found.append(p)
+                except psutil.Error:  # the dead one, not reaped yet
+                    pass
+            return found
+
+        deadline = time.monotonic() + 60
+        while not helpers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (first,) = helpers()
+        first.kill()
+        while time.monotonic() < deadline and [p.pid for p in helpers()] in ([], [first.pid]):
+            time.sleep(0.1)
+        (second,) = helpers()
+        assert second.pid != first.pid
+    finally:
+        os.killpg(parent.pid, signal.SIGTERM)
+        _, err = parent.communicate(timeout=30)
+    line = next(l for l in err.splitlines() if "helper worker process 1" in l)
+    assert re.match(rf"\d\d:\d\d:\d\d helper worker process 1 \(pid {first.pid}\) was killed by signal 9; started another "
+                    rf"\(pid {second.pid}\)$", line), err

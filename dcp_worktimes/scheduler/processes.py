@@ -16,11 +16,13 @@ be shared: then everything runs here.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
@@ -30,6 +32,12 @@ from .base import ENV_SCHEDULER
 #: Evaluators one worker process drives; more cores are split over more processes.
 CORES_PER_PROCESS = 4
 ENV_CORES_PER_PROCESS = "DCP_CORES_PER_PROCESS"
+#: Seconds between looks at the helpers; a helper that died is started again at most this many
+#: times a minute (one that cannot start must not be started in a loop).
+HELPER_CHECK = 1.0
+HELPER_RESTARTS = 3
+
+log = logging.getLogger(__name__)
 
 
 def shares(cores: int) -> list[int]:
@@ -151,24 +159,59 @@ def stop_when_over(scheduler: Any, job_id: str, stop: threading.Event, every: fl
 
 
 class Helpers:
-    """Helper worker processes for the duration of a ``with`` block."""
+    """Helper worker processes for the duration of a ``with`` block. One that dies (killed, crashed:
+    a status other than 0, which a helper told to stop or whose job ended exits with) is started
+    again, saying so: its cores would otherwise sit idle for the rest of the worker's life."""
 
     def __init__(self, url: str | None, cores: list[int], **options: Any) -> None:
         self.argvs = [helper_argv(k, **options) for k in cores] if url and cores else []
         self.env = {**os.environ, ENV_SCHEDULER: url or ""}
         self.procs: list[subprocess.Popen] = []
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> "Helpers":
-        for argv in self.argvs:
-            self.procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                               start_new_session=True, env=self.env))
+        self._stopping.clear()
+        self.procs = [self._start(argv) for argv in self.argvs]
+        if self.procs:
+            self._watcher = threading.Thread(target=self._watch, name="dcp-helpers", daemon=True)
+            self._watcher.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _start(self, argv: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+                                env=self.env)
+
+    def _watch(self) -> None:
+        restarts: list[float] = []
+        given_up: set[int] = set()
+        while not self._stopping.wait(HELPER_CHECK):
+            for i, p in enumerate(self.procs):
+                code = p.poll()
+                if code is None or code == 0 or i in given_up:
+                    continue
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60]
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                if len(restarts) >= HELPER_RESTARTS:
+                    log.warning("helper worker process %d (pid %d) %s; not started again (%d restarts in the last "
+                                "minute): this worker runs on fewer cores", i + 1, p.pid, how, len(restarts))
+                    given_up.add(i)
+                    continue
+                restarts.append(now)
+                self.procs[i] = self._start(self.argvs[i])
+                log.warning("helper worker process %d (pid %d) %s; started another (pid %d)", i + 1, p.pid, how,
+                            self.procs[i].pid)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Ask each helper to stop (it hands its unfinished slices back), then make sure it has."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -179,3 +222,4 @@ class Helpers:
                 p.kill()
                 p.wait()
         self.procs = []
+
