@@ -56,6 +56,7 @@ def test_urls_are_parsed_and_shown_without_password(monkeypatch):
     ("redis://:pw@h/0?keep=soon", "keep='soon' is not a duration"),
     ("redis://:pw@:6379/0", "names no host"),
     ("redis://:pw@h:port/0", "port is not a number"),
+    ("redis://:pw@h:99999/0", r"port is out of range \(1-65535\)"),
 ])
 def test_bad_redis_urls_say_what_is_wrong_without_the_password(url, message):
     from dcp_worktimes.scheduler import SchedulerError

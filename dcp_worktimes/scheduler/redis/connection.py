@@ -110,8 +110,9 @@ def parse_redis_url(url: str) -> RedisTarget:
     shown = redact_url(url)
     try:
         host, port = parts.hostname, parts.port
-    except ValueError:
-        raise SchedulerError(f"scheduler URL {shown}: the port is not a number; write {_FORM}") from None
+    except ValueError as e:  # urllib: "Port could not be cast to integer value ..." or "Port out of range 0-65535"
+        what = "is out of range (1-65535)" if "out of range" in str(e) else "is not a number"
+        raise SchedulerError(f"scheduler URL {shown}: the port {what}; write {_FORM}") from None
     if not host:
         raise SchedulerError(f"scheduler URL {shown} names no host; write {_FORM}")
     path = parts.path.strip("/")
