@@ -93,6 +93,15 @@ def test_work_forms(work):
     assert slice_of(work, 7) == 49
 
 
+@pytest.mark.parametrize("datum, names", [({1: "int", "1": "str"}, "'1'"), ({None: 1, "null": 2}, "'null'"),
+                                          ({"a": [{True: 1, "true": 2}]}, "'true'")])
+def test_dict_keys_that_are_one_property_name_in_javascript_are_refused_not_merged(datum, names):
+    # {1: "int", "1": "str"} arrived as {"1": "str"}: one entry silently gone.
+    err = Harness().prepare("x => x").fails(datum)
+    assert err.code == ErrorCode.EUNSERIALIZABLE and f"one property name in JavaScript ({names})" in err.message
+    assert slice_of("x => x", {1: "a", 2: "b", None: "c"}) == {"1": "a", "2": "b", "null": "c"}
+
+
 def test_called_with_datum_then_job_arguments():
     h = Harness().prepare("function (x, a, b) { return [x, a, b, arguments.length] }", arguments=[10, {"k": "v"}])
     assert h(1) == [1, 10, {"k": "v"}, 3]

@@ -82,14 +82,19 @@ class _Prep:
             return [self(x) for x in v]
         if t is dict:
             out = {}
+            named = False  # a key that is no str: JSON names it (1 -> "1", None -> "null")
             for k, x in v.items():
-                if not isinstance(k, (str, int, float, bool)) and k is not None:
-                    raise UnserializableValue(
-                        f"a dict key of type {type(k).__name__} ({k!r:.40}) cannot become a JS property name; use str keys"
-                    )
+                if type(k) is not str:
+                    if not isinstance(k, (str, int, float, bool)) and k is not None:
+                        raise UnserializableValue(
+                            f"a dict key of type {type(k).__name__} ({k!r:.40}) cannot become a JS property name; use str keys"
+                        )
+                    named = True
                 if k == TAG:
                     raise UnserializableValue(r"the dict key '\x00dcp' is reserved by map-basic; rename it")
                 out[k] = self(x)
+            if named:
+                _distinct_names(out)
             return out
         if t is bytes or t is bytearray or t is memoryview:
             self.tagged = True
@@ -110,6 +115,18 @@ class _Prep:
             f"a value of type {t.__module__}.{t.__qualname__} cannot be passed to JavaScript; "
             "supported: None, bool, int, float, str, bytes, list, dict"
         )
+
+
+def _distinct_names(d: dict) -> None:
+    """``UnserializableValue`` if two keys of ``d`` are one JavaScript property name (``1`` and
+    ``"1"``): the object would silently keep only the last."""
+    seen: dict[str, Any] = {}
+    for k in d:
+        name = k if type(k) is str else json.dumps(k if type(k) in (bool, type(None)) else k)
+        if name in seen:
+            raise UnserializableValue(f"the dict keys {seen[name]!r:.40} and {k!r:.40} are one property name in "
+                                      f"JavaScript ({name!r:.40}); use distinct str keys")
+        seen[name] = k
 
 
 def to_js(value: Any, bigint: bool = False) -> str:
