@@ -654,7 +654,8 @@
   // prelude's and the engine host's own frames.
   // V8 writes frames of eval'd code as "at f (<input>, <anonymous>:3:15)", and an anonymous
   // function there as "at eval (...)": both become QuickJS's "at f (<input>:3:15)".
-  const PRELUDE_FRAME = /\bat (?:async )?(?:\w+\.)?__dcp\w* |\bat eval \((?!<input>)|^\s*at <eval> \(<input>:1:/;
+  // ... and V8's host (v8_host.js runs from a blob: URL) and Deno's own code (ext: URLs).
+  const PRELUDE_FRAME = /\bat (?:async )?(?:\w+\.)?__dcp\w* |\bat eval \((?!<input>)|^\s*at <eval> \(<input>:1:|\((?:blob|ext):[^()]*\)$|\bat (?:blob|ext):/;
   function __dcpFrame(line) {
     return line.replace(/\(<input>, <anonymous>:/, '(<input>:').replace(/\bat (async )?eval \(<input>:/, 'at $1<anonymous> (<input>:');
   }
