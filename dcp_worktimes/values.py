@@ -153,7 +153,10 @@ def unpack(data: bytes, unicode_errors: str = TEXT_ERRORS) -> Any:
         return _unpackb(data, unicode_errors)
     except msgpack.StackError:
         raise UnserializableValue(_TOO_DEEP) from None
-    except TypeError as e:  # "unhashable type: 'list'": a map key packed as an array (a tuple key)
+    except TypeError as e:
+        if "unhashable" not in str(e):
+            raise
+        # "unhashable type: 'list'": a map key packed as an array (a tuple key)
         raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
 
 

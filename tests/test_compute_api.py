@@ -6,6 +6,8 @@ methods), V10/V11 (via for_), V13 (argument form), V15 and V17 live here; execut
 
 from __future__ import annotations
 
+import collections
+import enum
 import math
 import pathlib
 import pathlib as pl
@@ -183,6 +185,7 @@ def test_a_datum_as_deep_as_the_value_set_allows_is_sent_one_deeper_is_refused_b
     ([1, 2], [{(1, 2): 3}], "job arguments"),
     ([1, {"ok": {(1, 2): "a"}}, 3], [], "input 1"),
     ((x for x in [1, 2, {frozenset([1]): "a"}]), [], "input 2"),  # a stream: pushed in batches
+    ([1, collections.defaultdict(int, {(1, 2): 3})], [], "input 1"),  # a dict subclass is walked too
 ])
 def test_a_dict_key_that_cannot_come_back_is_refused_and_the_store_stays_usable(store, inputs, args, where):
     # A tuple key travels as a list, which no decoder can make a key of: the job record or the
@@ -192,6 +195,13 @@ def test_a_dict_key_that_cannot_come_back_is_refused_and_the_store_stays_usable(
     assert deployed_jobs(store) == []
     assert list(compute.for_([1, {1: "a", None: "b", 2.5: "c", b"k": "d"}], "", worktime="echo").exec()) == [
         1, {1: "a", None: "b", 2.5: "c", b"k": "d"}]
+
+
+def test_keys_of_str_and_int_subclasses_travel_as_their_base_type(store):
+    Colour = enum.StrEnum("Colour", {"RED": "red"})
+    Size = enum.IntEnum("Size", {"BIG": 3})
+    (back,) = compute.for_([{Colour.RED: 1, Size.BIG: 2}], "", worktime="echo").exec()
+    assert back == {"red": 1, 3: 2} and [type(k) for k in back] == [str, int]
 
 
 def test_python_function_with_a_js_worktime_is_refused(store):

@@ -47,6 +47,8 @@ def check_sendable(value: Any, where: str) -> Any:
         pack(value)
     except UnserializableValue as e:
         raise UnserializableValue(f"{where}: {e}") from None
+    except ValueError as e:  # nested too deeply
+        raise ValueError(f"{where}: {e}") from None
     return value
 
 

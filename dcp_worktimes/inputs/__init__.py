@@ -122,8 +122,11 @@ class StreamInput:
             try:
                 chunk = [plain(v) for v in raw]
             except (TypeError, ValueError) as e:  # UnserializableValue (a bad dict key), too deep: say which input
-                at = next(i for i, v in enumerate(raw) if _fails_plain(v))
-                raise type(e)(f"input {self.consumed + at} ({reprlib.repr(raw[at])}): {e}") from None
+                from ..values import UnserializableValue
+
+                at = next((i for i, v in enumerate(raw) if _fails_plain(v)), 0)
+                kind = UnserializableValue if isinstance(e, TypeError) else ValueError
+                raise kind(f"input {self.consumed + at} ({reprlib.repr(raw[at])}): {e}") from None
             if not chunk:
                 self.exhausted = True
                 return
@@ -193,6 +196,14 @@ def _plain(value: Any) -> Any:
         return tuple(_plain(v) for v in value)
     if t is dict:
         return {_plain_key(k): _plain(v) for k, v in value.items()}
+    # Subclasses (defaultdict, OrderedDict, Counter, a namedtuple): walked as their base type, so
+    # that their keys are checked too.
+    if isinstance(value, dict):
+        return {_plain_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
     np = sys.modules.get("numpy")  # no numpy objects can exist unless numpy was imported
     if np is not None:
         if isinstance(value, np.ndarray):
@@ -215,12 +226,16 @@ KEY_TYPES = (str, int, float, bytes, bool, type(None))
 
 def _plain_key(key: Any) -> Any:
     key = _plain(key)
-    if type(key) not in KEY_TYPES:
-        from ..values import UnserializableValue
+    if type(key) in KEY_TYPES:
+        return key
+    if isinstance(key, str):  # a StrEnum: its text, as it travels
+        return str.__str__(key)
+    if isinstance(key, bytes):
+        return bytes(key)
+    from ..values import UnserializableValue
 
-        raise UnserializableValue(f"a dict has the key {key!r:.60}, a {type(key).__name__}; dict keys must be None, bool, "
-                                  "int, float, str or bytes (use a string such as '1,2' for a compound key)")
-    return key
+    raise UnserializableValue(f"a dict has the key {reprlib.repr(key)}, a {type(key).__name__}; dict keys must be None, "
+                              "bool, int, float, str or bytes (use a string such as '1,2' for a compound key)")
 
 
 def _is_range_spec(v: Any) -> bool:

@@ -56,8 +56,9 @@ MAX_BLOCK_CHUNK = 4096
 #: of results held in the call before it returns them (at least one): both live in the engine's
 #: heap, under the job's memory limit, which each datum and each result alone fits.
 MAX_BLOCK_TEXT = 1 << 20
-#: Longest a failed slice's queued jobs are run (each interrupted at once) to drop them.
-DISCARD_SECONDS = 1.0
+#: Longest a failed slice's queued jobs are run to drop them: well under the host watchdog's 0.5 s
+#: of grace past a limit (a kill it cannot pin on one slice of a block runs that slice again).
+DISCARD_SECONDS = 0.1
 
 _INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -535,9 +536,10 @@ class QuickJSEngine(Engine):
         """Drop the jobs a failed slice left queued (a second job that throws, a finalizer's,
         what a limit interrupted): the slice's error is its first, and left queued they would run,
         and fail, in the next slices. QuickJS cannot clear its queue, so each runs past a deadline
-        already spent (interrupted at its first check), its errors and output dropped. Work that
-        queues jobs faster than that ends them (each queueing two) makes the engine ``poisoned``:
-        the worktime loads the job into a fresh context before the next slice."""
+        already spent: one that loops is interrupted at its next check (every ~10k operations),
+        a short one runs to its end, its errors and output dropped. Jobs that outlast
+        ``DISCARD_SECONDS`` (each queueing two) make the engine ``poisoned``: the worktime loads
+        the job into a fresh context before the next slice."""
         saved = self._slice, self._blk, self._deadline, self._progress_deadline, self._cpu_deadline, self._cpu_from
         self._slice = self._blk = None  # nobody's: their console output goes nowhere
         self._progress_deadline = self._cpu_deadline = self._cpu_from = None

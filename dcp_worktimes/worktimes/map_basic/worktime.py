@@ -76,6 +76,7 @@ class MapBasic(Worktime):
     def __init__(self) -> None:
         self._engine = None
         self._spare = None  # (key, engine) started by standby(), before the job was known
+        self._reload_error: WorkError | None = None  # the job failed to load into a fresh context
 
     @staticmethod
     def _engine_key(name: str, job: JobSpec) -> tuple:
@@ -156,6 +157,7 @@ class MapBasic(Worktime):
         from .engine import make_engine, missing
 
         self.job = job
+        self._reload_error = None
         work = job.work.decode("utf-8") if isinstance(job.work, bytes) else job.work  # validate() checked it
         name = self.engine_name
         if job.options.get("webassembly") and name != "v8":
@@ -201,10 +203,16 @@ class MapBasic(Worktime):
     def _ready_engine(self, call: str) -> Any:
         """The job's engine, loaded again into a fresh one if a failed slice left it unusable
         (QuickJS: jobs it queued faster than they could be dropped, ``poisoned``)."""
+        if self._reload_error is not None:
+            raise self._reload_error  # the fresh context could not take the job: every slice says why
         if self._engine is None or self.job is None:
             raise WorkError(f"map-basic: {call}() called before prepare(job)")
         if getattr(self._engine, "poisoned", False):
-            self.prepare(self.job)
+            try:
+                self.prepare(self.job)
+            except WorkError as e:
+                self._reload_error = e
+                raise
         return self._engine
 
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
