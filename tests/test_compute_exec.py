@@ -284,6 +284,19 @@ def test_a_remote_job_a_worker_took_waits_for_workers_that_stop_checking_in(stor
             thread.join(30)
 
 
+def test_a_remote_job_still_gives_up_when_a_worker_that_could_run_it_leaves_before_taking_any(store, monkeypatch):
+    import itertools
+
+    from dcp_worktimes.scheduler.base import WorkerInfo
+    from dcp_worktimes.scheduler.sqlite import SqliteScheduler
+
+    calls = itertools.count()
+    seen = WorkerInfo("w1", {"echo": "1.0.0"}, {"echo": True}, time.time())
+    monkeypatch.setattr(SqliteScheduler, "workers", lambda self: [seen] if next(calls) == 0 else [])
+    with pytest.raises(compute.RequirementsError, match="no worker is attached"):
+        echo([1], worker_wait=0.5).exec(local=False, timeout=60)
+
+
 def test_a_deployer_whose_store_stops_answering_says_so_and_carries_on_when_it_is_back(store, caplog, monkeypatch):
     """Reading the job's events fails for a while (an injected StoreUnavailable, as Redis gone or
     an I/O error raises): exec() says the store is failing, keeps trying, and returns every result."""

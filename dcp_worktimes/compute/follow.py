@@ -153,7 +153,6 @@ class Follower:
         live = sched.workers()
         if any(worker_can_run(record, w.worktimes, w.capabilities, w.categories) is None for w in live):
             self._waiting_since = None
-            self._taken = True
             return
         if not self._taken:
             self._taken = bool(sched.status(job.id).get("distributed"))
