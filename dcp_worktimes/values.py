@@ -58,8 +58,7 @@ handles that depth; a deeper value is ``UnserializableValue`` saying so::
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import msgpack
 
@@ -82,20 +81,9 @@ FRAMES_PER_LEVEL = 4
 
 def allow_depth() -> None:
     """Let this process walk values ``MAX_DEPTH`` deep for good (CPython 3.11+ takes no C stack per
-    Python frame): the CLI and every evaluator, which own their process."""
+    Python frame): the CLI and every evaluator at their start, a deployer's process once it sends
+    such a value. It only ever raises the limit, so threads racing here cannot lower it."""
     sys.setrecursionlimit(max(sys.getrecursionlimit(), FRAMES_PER_LEVEL * MAX_DEPTH + 1000))
-
-
-@contextmanager
-def deep_enough() -> Iterator[None]:
-    """``allow_depth`` for a moment, in a process that is not ours (a deployer's program): the
-    limit it had comes back after."""
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(old + FRAMES_PER_LEVEL * MAX_DEPTH)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
 
 
 class UnserializableValue(TypeError):

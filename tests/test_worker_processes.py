@@ -136,3 +136,22 @@ def test_a_helper_that_dies_is_started_again_and_the_log_says_so_with_the_time(t
     line = next(l for l in err.splitlines() if "helper worker process 1" in l)
     assert re.match(rf"\d\d:\d\d:\d\d helper worker process 1 \(pid {first.pid}\) was killed by signal 9; started another "
                     rf"\(pid {second.pid}\)$", line), err
+
+
+NESTED_STOPS = """
+import os, signal, threading, time
+from dcp_worktimes.scheduler.processes import stopped_by
+outer, inner = threading.Event(), threading.Event()
+with stopped_by(outer, signal.SIGINT, signal.SIGTERM):
+    with stopped_by(inner, signal.SIGTERM):
+        os.kill(os.getpid(), signal.SIGINT)  # not the inner block's: the outer one still hears it
+        assert outer.wait(5) and not inner.is_set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert outer.wait(5)
+print("heard")
+"""
+
+
+def test_a_stop_signal_an_inner_block_does_not_want_still_reaches_the_outer_one():
+    r = subprocess.run([sys.executable, "-c", NESTED_STOPS], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "heard", r.stderr

@@ -176,11 +176,11 @@ def plain(value: Any) -> Any:
     try:
         return _plain(value)
     except RecursionError:  # deep, or this program's stack was deep already: once more with room
-        from ..values import MAX_DEPTH, deep_enough
+        from ..values import MAX_DEPTH, allow_depth
 
+        allow_depth()
         try:
-            with deep_enough():
-                return _plain(value)
+            return _plain(value)
         except RecursionError:
             raise ValueError(f"a value is nested too deeply to send (more than {MAX_DEPTH} levels of lists/dicts, "
                              "or a list that contains itself); flatten it") from None

@@ -311,6 +311,7 @@ class EvaluatorPool:
         self._queued = 0
         self._bad_jobs: Recent[str, SliceError] = Recent(MEMORY_OF_JOBS)
         self._cancelled: Recent[str, None] = Recent(MEMORY_OF_JOBS)
+        self._decodable: Recent[str, None] = Recent(MEMORY_OF_JOBS)  # jobs whose spec decodes again (pack_checked)
         self._released: Recent[str, None] = Recent(MEMORY_OF_JOBS)  # jobs over here (release)
         self._pace: Recent[str, float] = Recent(MEMORY_OF_JOBS)  # a job's last run's seconds per slice
         self._prepare_time: dict[str, float] = {}  # per worktime name: recent prepare seconds (moving average)
@@ -648,7 +649,9 @@ class EvaluatorPool:
         try:
             try:
                 job_dict = job.to_dict()
-                pack_checked(job_dict)  # a frame the evaluator cannot decode would leave it waiting
+                if job.id not in self._decodable:  # once per job: its work may be megabytes
+                    pack_checked(job_dict)  # a frame the evaluator cannot decode would leave it waiting
+                    self._decodable[job.id] = None
                 proc.send({"op": "prepare", "job": job_dict, "config": self.config.get(job.worktime, {})})
             except UnserializableValue as e:
                 self._retire(slot)

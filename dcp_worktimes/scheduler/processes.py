@@ -113,6 +113,7 @@ def stopped_by(stop: threading.Event, *signums: int) -> Iterator[None]:
     wanted = set(signums)
     r, w = os.pipe()
     os.set_blocking(w, False)
+    previous_fd = -1
 
     def watch() -> None:
         try:
@@ -122,21 +123,29 @@ def stopped_by(stop: threading.Event, *signums: int) -> Iterator[None]:
                     return
                 if wanted.intersection(data):
                     stop.set()
+                if previous_fd >= 0:  # whoever listened before (an asyncio loop, an outer stopped_by) still hears
+                    try:
+                        os.write(previous_fd, data)
+                    except OSError:
+                        pass
         except OSError:
             return
 
-    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in signums}
+    previous: dict[int, Any] = {}
     watcher = threading.Thread(target=watch, name="dcp-signals", daemon=True)
-    watcher.start()
     try:
+        previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        for sig in signums:
+            previous[sig] = signal.signal(sig, lambda *_: None)
+        watcher.start()
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(previous_fd)
         os.close(w)  # the watcher reads the end of the pipe and returns
-        watcher.join(1.0)
+        if watcher.is_alive():
+            watcher.join(1.0)
         os.close(r)
 
 
