@@ -761,6 +761,16 @@ POLLUTIONS = {
     "String, Number, BigInt": "globalThis.String = () => 'x'; globalThis.Number = () => 7; globalThis.BigInt = () => 7n",
     "push and pop": "Array.prototype.push = () => 0; Array.prototype.pop = () => undefined",
     "every global": "for (const k of Object.getOwnPropertyNames(globalThis)) try { delete globalThis[k] } catch (_) {}",
+    "Map, with a timer pending": "setTimeout(() => {}, 50); Map.prototype.get = () => undefined; "
+                                 "Map.prototype.set = () => 0; Map.prototype.delete = () => false; globalThis.Map = undefined",
+    "the string, array and RegExp methods": "Array.prototype.filter = Array.prototype.map = () => []; "
+                                            "Array.prototype.join = () => ''; RegExp.prototype.exec = () => null; "
+                                            "String.prototype.split = () => []; String.prototype.replace = () => ''",
+    "Symbol.hasInstance": "for (const C of [Number, String, Boolean, Map, Set, Error, Uint8Array, ArrayBuffer]) "
+                          "Object.defineProperty(C, Symbol.hasInstance, { value: () => true })",
+    "a typed array's length and buffer": "const p = Object.getPrototypeOf(Uint8Array.prototype); "
+                                         "Object.defineProperty(p, 'length', { get() { return 3 } }); "
+                                         "Object.defineProperty(p, 'buffer', { get() { return new ArrayBuffer(8) } })",
 }
 MARSHALLED = [b"\x01\x02", -2**70, 2**70, math.nan, [1, b"\x03"], "s", {"k": [2**64]}]
 
@@ -780,12 +790,17 @@ def test_what_job_code_replaces_never_changes_the_next_slices_values(pollution, 
     # captured before job code ran: a job that replaces built-ins harms its own code, never the
     # values its other slices get and return (they arrived silently wrong: 255 for bytes, 7n).
     wait = "await new P(r => T(r, 1)); " if shape else ""  # its own references: it may delete the globals
-    work = (f"const P = Promise, T = setTimeout;\n({shape}function (x, a, b) {{ if (x === 'pollute') {{ "
-            f"{POLLUTIONS[pollution]}; return 0 }} {wait}return [x, a, b] }})")
+    work = (f"const P = Promise, T = setTimeout, M = Map, E = Error;\n({shape}function (x, a, b) {{ "
+            f"if (x === 'pollute') {{ {POLLUTIONS[pollution]}; return 0 }} {wait}"
+            "if (x === 'throw') throw new E('thrown'); if (x === 'map') return new M(); return [x, a, b] })")
     h = Harness().prepare(work, Limits.parse(wall_time="5s"), arguments=[2**70, [b"\x04"]])
     assert h("pollute") == 0
     for datum in MARSHALLED:
         assert _same(h(datum), [datum, 2**70, [b"\x04"]]), datum
+    # ... nor the errors they report: their message and their frames, and what cannot cross
+    err = h.fails("throw")
+    assert (err.code, err.message) == (ErrorCode.EUNCAUGHT, "thrown") and "<input>:" in err.stack
+    assert h.fails("map").code == ErrorCode.EUNSERIALIZABLE
 
 
 def test_the_work_sees_the_same_globals_on_both_engines(js_engine):

@@ -353,6 +353,14 @@ def test_datums_and_results_nest_as_deep_as_the_value_set_allows(pool):
     assert err.code == "EUNSERIALIZABLE" and f"nested more than {MAX_DEPTH} levels" in err.message
 
 
+def test_a_job_replacing_string_keeps_progress_in_a_block_working(pool):
+    # progress() told the host its highest value with the global String: every later slice failed
+    # "could not convert string to float: 'x'".
+    # (a value going backwards reaches the host at once, with the highest one so far)
+    outs, _ = _outs(pool, "x => { if (x === 0) globalThis.String = () => 'x'; progress(0.5); progress(0.25); return x }")
+    assert [o.value for o in outs] == list(range(400)), [o.error for o in outs if not o.ok][:2]
+
+
 def test_a_block_mixes_synchronous_and_promise_slices(pool):
     outs, _ = _outs(pool, "x => x % 3 ? x : Promise.resolve(x * 10).then(v => { progress(); return v })")
     assert [o.value for o in outs] == [n if n % 3 else n * 10 for n in range(400)]

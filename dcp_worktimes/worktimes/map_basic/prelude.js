@@ -32,6 +32,12 @@
   const bigintToString = BigInt.prototype.toString, popArray = Array.prototype.pop, max = Math.max;
   const BooleanOf = Boolean, MapOf = Map, SetOf = Set, ErrorOf = Error, PromiseOf = Promise;
   const resolvePromise = Promise.resolve, thenPromise = Promise.prototype.then;
+  const { get: mapGet, set: mapSet, delete: mapDelete } = Map.prototype;
+  const mapSize = Reflect.getOwnPropertyDescriptor(Map.prototype, 'size').get;
+  // `instanceof` looks up the constructor's Symbol.hasInstance, which job code may define: the
+  // built-in check, called directly (a built-in constructor's prototype cannot be replaced).
+  const hasInstance = Function.prototype[Symbol.hasInstance];
+  const isA = (C, v) => apply(hasInstance, C, [v]);
   const TAG = '\u0000dcp';
   const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
@@ -87,20 +93,20 @@
           if (hasOwn(v, TAG)) throw __dcpUnserializable(key, 'an object with the reserved key "\\u0000dcp"', 'rename the key');
           return v;
         }
-        if (v instanceof U8 || v instanceof AB) {
+        if (isA(U8, v) || isA(AB, v)) {
           tagged = true;
-          const b64 = apply(toBase64, v instanceof U8 ? v : new U8(v), []);
+          const b64 = apply(toBase64, isA(U8, v) ? v : new U8(v), []);
           encodeBudget += b64.length - (v.byteLength + 8);  // bytes cross as bytes: charge those, not base64
           return { [TAG]: ['b', b64] };
         }
-        if (v instanceof NumberOf || v instanceof StringOf || v instanceof BooleanOf) return v;
-        if (v instanceof MapOf) throw __dcpUnserializable(key, 'a Map', 'convert it with Object.fromEntries(map) or [...map]');
-        if (v instanceof SetOf) throw __dcpUnserializable(key, 'a Set', 'convert it with [...set]');
-        if (v instanceof TypedArray) {
+        if (isA(NumberOf, v) || isA(StringOf, v) || isA(BooleanOf, v)) return v;
+        if (isA(MapOf, v)) throw __dcpUnserializable(key, 'a Map', 'convert it with Object.fromEntries(map) or [...map]');
+        if (isA(SetOf, v)) throw __dcpUnserializable(key, 'a Set', 'convert it with [...set]');
+        if (isA(TypedArray, v)) {
           throw __dcpUnserializable(key, `a ${__dcpCtorName(v)}`,
             'convert it with Array.from(x), or to bytes with new Uint8Array(x.buffer, x.byteOffset, x.byteLength)');
         }
-        if (v instanceof ErrorOf) throw __dcpUnserializable(key, `an ${__dcpCtorName(v)}`, 'throw it instead, or return {name, message}');
+        if (isA(ErrorOf, v)) throw __dcpUnserializable(key, `an ${__dcpCtorName(v)}`, 'throw it instead, or return {name, message}');
         throw __dcpUnserializable(key, `a ${__dcpCtorName(v)} instance`, `${PLAIN_HINT}: copy it with {...obj} or give the class a toJSON() method`);
       }
       default:
@@ -248,8 +254,8 @@
       lastHeard = t;
     }
     let text;
-    try { text = value === undefined ? '0null' : __dcpEncode(value); } catch (_) { text = __dcpEncode(String(value)); }
-    __dcpHostCall('progress', text, blockMode && lastValue >= 0 ? String(lastValue) : undefined);
+    try { text = value === undefined ? '0null' : __dcpEncode(value); } catch (_) { text = __dcpEncode(StringOf(value)); }
+    __dcpHostCall('progress', text, blockMode && lastValue >= 0 ? StringOf(lastValue) : undefined);
     return true;
   }
 
@@ -284,11 +290,11 @@
   // `timers` holds the live timers; `dueHeap` is a binary min-heap of [due, id] so that finding
   // the next one costs O(log n), not a scan (10 000 timers took minutes). Cleared or rescheduled
   // timers leave stale heap entries, skipped when they surface.
-  let timers = new Map();
+  let timers = new MapOf();
   let dueHeap = [];
   let nextTimerId = 1;
   let uncaught;  // first error thrown by a timer callback in this slice
-  function __dcpResetTimers() { timers = new Map(); dueHeap = []; }
+  function __dcpResetTimers() { timers = new MapOf(); dueHeap = []; }
   function __dcpBefore(a, b) { return a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]); }
   // Defined, not pushed or assigned: Array.prototype's push, or a setter at that index, may be job code's.
   function __dcpAppend(list, item) {
@@ -325,7 +331,7 @@
     const ms = max(0, NumberOf(delay) || 0);
     const id = nextTimerId++;
     const t = { fn, args, due: now() + ms, every: repeat ? max(1, ms) : 0 };
-    timers.set(id, t);
+    apply(mapSet, timers, [id, t]);
     __dcpHeapPush([t.due, id]);
     return id;
   }
@@ -334,11 +340,11 @@
   function clearTimeout(id) {
     // Stale entries wait in the heap until they surface: a debounce loop (set, clear, set, ...)
     // must not grow it without bound, so rebuild it from the live timers now and then.
-    if (timers.delete(id) && dueHeap.length > 2 * timers.size + 64) {
+    if (apply(mapDelete, timers, [id]) && dueHeap.length > 2 * apply(mapSize, timers, []) + 64) {
       const old = dueHeap;
       dueHeap = [];
       for (let k = 0; k < old.length; k++) {
-        const t = timers.get(old[k][1]);
+        const t = apply(mapGet, timers, [old[k][1]]);
         if (t !== undefined && t.due === old[k][0]) __dcpHeapPush(old[k]);
       }
     }
@@ -347,7 +353,7 @@
   function __dcpNextTimer() {
     while (dueHeap.length) {
       const due = dueHeap[0][0], id = dueHeap[0][1];
-      const t = timers.get(id);
+      const t = apply(mapGet, timers, [id]);
       if (t !== undefined && t.due === due) return [id, t];
       __dcpHeapPop();  // cleared, or rescheduled under a later entry
     }
@@ -358,7 +364,7 @@
     if (!best || best[1].due > now()) return false;
     const id = best[0], t = best[1];
     __dcpHeapPop();
-    if (t.every) { t.due = now() + t.every; __dcpHeapPush([t.due, id]); } else timers.delete(id);
+    if (t.every) { t.due = now() + t.every; __dcpHeapPush([t.due, id]); } else apply(mapDelete, timers, [id]);
     try { apply(t.fn, undefined, t.args); } catch (e) { if (uncaught === undefined) uncaught = e; }
     return true;
   }
@@ -656,21 +662,37 @@
   // function there as "at eval (...)": both become QuickJS's "at f (<input>:3:15)".
   // ... and V8's host (v8_host.js runs from a blob: URL) and Deno's own code (ext: URLs).
   const PRELUDE_FRAME = /\bat (?:async )?(?:\w+\.)?__dcp\w* |\bat eval \((?!<input>)|^\s*at <eval> \(<input>:1:|\((?:blob|ext):[^()]*\)$|\bat (?:blob|ext):/;
+  // What runs here reaches the deployer as the slice's error: through captured functions only
+  // (job code may have replaced the string, array and RegExp methods by then).
+  const V8_FRAME = /\(<input>, <anonymous>:/, V8_EVAL = /\bat (async )?eval \(<input>:/, FRAME_LINE = /^\s+at /;
+  const matches = (re, text) => apply(regexExec, re, [text]) !== null;
   function __dcpFrame(line) {
-    return line.replace(/\(<input>, <anonymous>:/, '(<input>:').replace(/\bat (async )?eval \(<input>:/, 'at $1<anonymous> (<input>:');
+    let m = apply(regexExec, V8_FRAME, [line]);
+    if (m !== null) line = apply(sliceString, line, [0, m.index]) + '(<input>:' + apply(sliceString, line, [m.index + m[0].length]);
+    m = apply(regexExec, V8_EVAL, [line]);
+    if (m !== null) {
+      line = apply(sliceString, line, [0, m.index]) + 'at ' + (m[1] || '') + '<anonymous> (<input>:' +
+        apply(sliceString, line, [m.index + m[0].length]);
+    }
+    return line;
   }
   function __dcpCleanStack(stack) {
-    const lines = String(stack || '').split('\n');
+    const lines = apply(splitString, StringOf(stack || ''), ['\n']);
     let first = 0;
-    while (first < lines.length && !/^\s+at /.test(lines[first])) first++;
-    return lines.slice(first).filter((line) => line && !PRELUDE_FRAME.test(line)).slice(0, STACK_FRAMES)
-      .map(__dcpFrame).join('\n');
+    while (first < lines.length && !matches(FRAME_LINE, lines[first])) first++;
+    let out = '', kept = 0;
+    for (let k = first; k < lines.length && kept < STACK_FRAMES; k++) {
+      const line = lines[k];
+      if (!line || matches(PRELUDE_FRAME, line)) continue;
+      out += (kept++ ? '\n' : '') + __dcpFrame(line);
+    }
+    return out;
   }
   function __dcpErrorEnvelope(e) {
     if (rejected !== undefined) return 'r' + stringify(rejected);
     let name = null, message, stack = '';
     try {
-      if (e instanceof ErrorOf) {
+      if (isA(ErrorOf, e)) {
         name = StringOf(e.name); message = StringOf(e.message); stack = __dcpCleanStack(e.stack);
       } else {
         message = `uncaught ${typeof e === 'object' && e !== null ? __dcpCtorName(e) : typeof e} thrown: ${__dcpInspect(e, 1, [])}`;
@@ -688,7 +710,7 @@
       return 'v' + __dcpEncode(v);
     } catch (e) {
       if (e === OUTPUT_OVER) return 'o';
-      return 'u' + stringify(e instanceof ErrorOf ? e.message : StringOf(e));
+      return 'u' + stringify(isA(ErrorOf, e) ? e.message : StringOf(e));
     } finally {
       encodeBudget = Infinity;
     }
@@ -762,7 +784,7 @@
 
   function __dcpStart(datumText) {
     rejected = undefined; outcome = undefined; uncaught = undefined;
-    if (timers.size || dueHeap.length) __dcpResetTimers();  // timers left by the previous slice never fire
+    if (apply(mapSize, timers, []) || dueHeap.length) __dcpResetTimers();  // timers left by the previous slice never fire
     let r;
     try {
       const datum = __dcpDecode(datumText);

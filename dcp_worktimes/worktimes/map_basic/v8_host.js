@@ -66,6 +66,12 @@ function sandbox() {
   const { subarray, set: setBytes, copyWithin, toBase64 } = Uint8Array.prototype;
   const defineProperty = Reflect.defineProperty;
   const { getUint32, setUint32 } = DataView.prototype, DV = DataView;
+  // A typed array's length and buffer are getters of %TypedArray%.prototype, which job code may
+  // redefine: the frames are measured with the originals.
+  const typedProto = Object.getPrototypeOf(Uint8Array.prototype);
+  const lengthGetter = Reflect.getOwnPropertyDescriptor(typedProto, 'length').get;
+  const bufferGetter = Reflect.getOwnPropertyDescriptor(typedProto, 'buffer').get;
+  const lengthOf = (a) => apply(lengthGetter, a, []), bufferOf = (a) => apply(bufferGetter, a, []);
   const sliceString = String.prototype.slice, regexExec = RegExp.prototype.exec;
   const PERCENT = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/;  // worktime.py _PERCENT
 
@@ -92,18 +98,18 @@ function sandbox() {
   function __dcpWrite(kind, body) {
     const since = heldAt && kind !== K_REPLY && kind >= 0 ? encode(toString(hrNow() - sliceStart) + '\n') : null;
     const bytes = kind < 0 ? null : encode(body);
-    const extra = since === null ? 0 : since.length;
-    const size = bytes === null ? 0 : 5 + bytes.length, before = heldAt ? 5 + heldAt + extra : 0;
+    const extra = since === null ? 0 : lengthOf(since);
+    const size = bytes === null ? 0 : 5 + lengthOf(bytes), before = heldAt ? 5 + heldAt + extra : 0;
     if (size + before === 0) return;
     const frame = new U8(before + size);
     if (before) {
-      apply(setUint32, new DV(frame.buffer), [0, heldAt + extra + 1, true]);
+      apply(setUint32, new DV(bufferOf(frame)), [0, heldAt + extra + 1, true]);
       frame[4] = K_HELD;
       apply(setBytes, frame, [apply(subarray, held, [0, heldAt]), 5]);
       if (since !== null) apply(setBytes, frame, [since, 5 + heldAt]);
     }
     if (bytes !== null) {
-      apply(setUint32, new DV(frame.buffer), [before, bytes.length + 1, true]);
+      apply(setUint32, new DV(bufferOf(frame)), [before, lengthOf(bytes) + 1, true]);
       frame[before + 4] = kind;
       apply(setBytes, frame, [bytes, before + 5]);
     }
@@ -116,7 +122,8 @@ function sandbox() {
       // stack (work that logs at its recursion limit), the next ones cannot either, so a frame is
       // written whole or not at all.
       let off = 0;
-      while (off < frame.length) off += writeSync(off ? apply(subarray, frame, [off]) : frame);
+      const total = lengthOf(frame);
+      while (off < total) off += writeSync(off ? apply(subarray, frame, [off]) : frame);
       // Written: the main thread must not write them again. Atomic stores, in this order, so that
       // no CPU shows it BUSY before the count is 0 (calls, but at writeSync's depth: they fit).
       if (before) { heldAt = 0; store(state, 1, 0); }
@@ -141,7 +148,7 @@ function sandbox() {
     if (hrNow() - lastWrite >= HELD_MS) __dcpWrite(-1, '');
   }
   function __dcpHoldText(text) {  // false: no room left for it
-    const room = held.length - heldAt - 1;
+    const room = lengthOf(held) - heldAt - 1;
     if (room <= 0) return false;
     const done = encodeInto(text, apply(subarray, held, [heldAt, heldAt + room]));
     if (done.read !== text.length) return false;
@@ -166,8 +173,9 @@ function sandbox() {
   let inbuf = new U8(1 << 16), have = 0;
   function __dcpFill(need) {
     while (have < need) {
-      if (inbuf.length < need) {
-        const bigger = new U8(need > 2 * inbuf.length ? need : 2 * inbuf.length);
+      const length = lengthOf(inbuf);
+      if (length < need) {
+        const bigger = new U8(need > 2 * length ? need : 2 * length);
         apply(setBytes, bigger, [apply(subarray, inbuf, [0, have])]);
         inbuf = bigger;
       }
@@ -181,9 +189,9 @@ function sandbox() {
   }
   function __dcpRead() {
     __dcpFill(4);
-    const size = apply(getUint32, new DV(inbuf.buffer, 0, 4), [0, true]);
+    const size = apply(getUint32, new DV(bufferOf(inbuf), 0, 4), [0, true]);
     __dcpFill(4 + size);
-    const view = new DV(inbuf.buffer, 0, 4 + size);
+    const view = new DV(bufferOf(inbuf), 0, 4 + size);
     const kind = inbuf[4], args = [];
     for (let at = 5; at < 4 + size;) {
       const len = apply(getUint32, view, [at, true]);
