@@ -321,3 +321,17 @@ def test_a_deployer_whose_store_stops_answering_says_so_and_carries_on_when_it_i
     said = [r.getMessage() for r in caplog.records]
     assert any("the job store is failing" in m and "unreachable (injected)" in m for m in said), said
     assert any("answers again" in m for m in said), said
+
+
+def test_a_result_stored_deeper_than_it_can_be_read_back_fails_alone(store):
+    # msgpack packs an empty list one level deeper than it unpacks (1025 levels): such a result was
+    # stored, and exec() then raised for the whole job, every other result lost; its result event
+    # broke the listeners' loop too.
+    work = "n => { let v = []; for (let i = 0; i < n; i++) v = [v]; return n ? v : 0 }"
+    job = compute.for_([0, 1024, 0], work, worktime="map-basic")
+    errors: list = []
+    job.on("error", errors.append)
+    out = job.exec(errors="return")
+    assert out[0] == 0 and out[2] == 0
+    assert out[1].code == "EUNSERIALIZABLE" and "cannot be read back" in out[1].message
+    assert [e["sliceNumber"] for e in errors] == [1]

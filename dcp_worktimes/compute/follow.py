@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ErrorCode
 from ..scheduler.base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, Scheduler, StoreUnavailable
-from ..values import unpack
+from ..values import UnserializableValue, unpack
 from .events import JOB_EVENTS, Event
 
 if TYPE_CHECKING:
@@ -188,10 +188,16 @@ class Follower:
         if not self.emit:
             return self._ending(kind, payload)
         if kind == "result":
-            if job.listener_count("result"):
+            if job.listener_count("result") or job.listener_count("error"):
                 raw = payload.pop("value", None)
-                payload["result"] = unpack(raw) if isinstance(raw, (bytes, bytearray)) else raw
-                job.emit("result", payload)
+                try:
+                    payload["result"] = unpack(raw) if isinstance(raw, (bytes, bytearray)) else raw
+                except UnserializableValue as e:  # stored, but it cannot be read back: that slice's error
+                    job.emit("error", Event({"sliceNumber": payload.get("sliceNumber"), "code": "EUNSERIALIZABLE",
+                                             "message": f"the result cannot be read back: {e}"}))
+                    return None
+                if job.listener_count("result"):
+                    job.emit("result", payload)
             return None
         if kind == "custom":
             job.work.emit(payload.get("name", ""), payload)

@@ -230,7 +230,7 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
     known): as many slots as the highest slice number that has a result.
     """
     from ..inputs import MultiRange
-    from ..values import unpack, unpack_all
+    from ..values import UnserializableValue, unpack, unpack_all
 
     if (total or 0) >= _TRIM_FROM:
         _release_free_heap()
@@ -244,21 +244,27 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
         if all(batch.oks) and numbers and numbers[-1] - numbers[0] == len(numbers) - 1 and \
                 0 <= numbers[0] and numbers[-1] < len(values) and numbers == list(range(numbers[0], numbers[-1] + 1)):
             # A contiguous run of successes (the usual batch): one C-level decode for all of it.
-            values[numbers[0]:numbers[-1] + 1] = unpack_all(batch.values)
-            continue
+            try:
+                values[numbers[0]:numbers[-1] + 1] = unpack_all(batch.values)
+                continue
+            except UnserializableValue:  # one of them cannot be read back: one by one, it fails alone
+                pass
         for n, ok, value, err in zip(numbers, batch.oks, batch.values, batch.errors):
             if n >= len(values):
                 if total is not None:
                     continue
                 values.extend([None] * (n + 1 - len(values)))
             if ok:
-                values[n] = unpack(value) if value is not None else None
-            else:
-                err = err or {}
-                f = SliceFailed(n, str(err.get("code", "EUNCAUGHT")), str(err.get("message", "")), err.get("stack"),
-                                err.get("name"))
-                values[n] = f
-                failures.append(f)
+                try:
+                    values[n] = unpack(value) if value is not None else None
+                    continue
+                except UnserializableValue as e:  # stored, but deeper than a decoder takes: that slice's error
+                    err = {"code": "EUNSERIALIZABLE", "message": f"the result cannot be read back: {e}"}
+            err = err or {}
+            f = SliceFailed(n, str(err.get("code", "EUNCAUGHT")), str(err.get("message", "")), err.get("stack"),
+                            err.get("name"))
+            values[n] = f
+            failures.append(f)
     failures.sort(key=lambda f: f.slice_number)
     if isinstance(inputs, MultiRange):
         return nest(values, inputs.shape, inputs.ranges, failures, job_id)
