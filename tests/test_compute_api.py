@@ -12,6 +12,7 @@ import math
 import pathlib
 import pathlib as pl
 from math import floor as fl
+from math import pow
 from math import sqrt
 
 import pytest
@@ -506,6 +507,42 @@ def test_default_values_travel_as_values():
 def test_default_values_outside_the_value_set_are_refused(fn, param):
     with pytest.raises(WorkError, match=rf"default of parameter '{param}'.*\(UNSENDABLE\).*builtins.object.*job argument"):
         capture(fn)
+
+
+WEIGHTS = __import__("numpy").array([1, 2])
+COUNTS = collections.defaultdict(int)
+
+
+def array_default(x, w=WEIGHTS):
+    return w * x
+
+
+def defaultdict_default(x, d=COUNTS):
+    return d[x]
+
+
+@pytest.mark.parametrize("fn, kind, base", [(array_default, "numpy.ndarray", "list"),
+                                             (defaultdict_default, "collections.defaultdict", "dict")])
+def test_a_default_that_would_arrive_as_a_plain_container_is_refused(fn, kind, base):
+    # An array default arrived as a list: `w * x` repeated it instead of scaling it, silently.
+    with pytest.raises(WorkError, match=rf"default of parameter .* is a {kind}, which would arrive as a plain {base} "
+                                        "and behave differently"):
+        capture(fn)
+
+
+def uses_a_shadowed_builtin(x):
+    return pow(x, 2)  # math's pow below: a float, where the builtin gives an int
+
+
+def work(x):  # the name the docs suggest
+    work.reject("busy")  # meant as the sandbox's work object, but in the sandbox it is this function
+
+
+def test_a_module_name_that_shadows_a_builtin_is_refused_as_any_global():
+    with pytest.raises(WorkError, match=r"uses the global name 'pow'.*from math import pow"):
+        capture(uses_a_shadowed_builtin)
+    with pytest.raises(WorkError, match=r"named 'work', which hides the sandbox's 'work' it uses"):
+        capture(work)
 
 
 def test_names_imported_from_modules_say_import_it_inside():

@@ -30,6 +30,7 @@ import copy
 import dis
 import inspect
 import math
+import sys
 import textwrap
 import types
 from typing import Any, Callable
@@ -152,11 +153,14 @@ def _default_swaps(fn: types.FunctionType, node: ast.AST, source: str, label: st
         if _is_literal(d):
             continue
         text = ast.get_source_segment(source, d) or ast.unparse(d)
-        literal = _literal(plain(value))
+        changed = _not_as_sent(value)
+        literal = None if changed is not None else _literal(plain(value))
         if literal is None or len(literal) > MAX_DEFAULT_SOURCE:
+            what = changed if changed is not None else value
             why = ("is too large to paste into the source" if literal is not None
-                   else f"is a {type(value).__module__}.{type(value).__qualname__}, outside the values that can be sent "
-                        "(None, bool, int, float, str, bytes, list, tuple, dict)")
+                   else f"is a {type(what).__module__}.{type(what).__qualname__}"
+                        f"{', which would arrive as a plain ' + _base_name(what) + ' and behave differently' if changed is not None else ''}"
+                        ", outside the values that can be sent (None, bool, int, float, str, bytes, list, tuple, dict)")
             raise WorkError(
                 f"the default of parameter {param!r} of the work function {label!r} ({text}) {why}; defaults are "
                 "evaluated where the function is defined, so only their values could be sent. Drop the default and "
@@ -165,6 +169,32 @@ def _default_swaps(fn: types.FunctionType, node: ast.AST, source: str, label: st
         pos = (d.lineno, d.col_offset, d.end_lineno, d.end_col_offset)
         swaps.append(("def", attr, i, literal, pos))
     return swaps
+
+
+def _not_as_sent(value: Any, depth: int = 0) -> Any:
+    """The first part of a default value that would arrive as something else: a numpy array (a
+    list: ``w * x`` repeats it), a dict, list or tuple subclass (``defaultdict``, ``Counter``,
+    a namedtuple: their behaviour is lost). Numpy scalars pass: they arrive as the same number."""
+    if depth > 100:
+        return None  # deeper than a default is written by hand; _literal judges it
+    t = type(value)
+    if t in (list, tuple):
+        return next((bad for v in value if (bad := _not_as_sent(v, depth + 1)) is not None), None)
+    if t is dict:
+        return next((bad for kv in value.items() for v in kv if (bad := _not_as_sent(v, depth + 1)) is not None), None)
+    if isinstance(value, (list, tuple, dict)):
+        return value
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray):
+        return value
+    return None
+
+
+def _base_name(value: Any) -> str:
+    for base in (dict, list, tuple):
+        if isinstance(value, base):
+            return base.__name__
+    return "list"  # a numpy array
 
 
 def _replace_segments(source: str, swaps: list[tuple[tuple[int, int, int, int], str]]) -> str:
@@ -264,12 +294,20 @@ def _check_globals(fn: types.FunctionType, name: str) -> None:
         for ins in dis.get_instructions(code):
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval not in used:
                 used.append(ins.argval)
+    if fn.__name__ in SANDBOX_GLOBALS and fn.__name__ in used and fn.__name__ != "<lambda>":
+        # In the sandbox the function's own name is bound to it, so `work.reject()` would look for
+        # reject on the function.
+        raise WorkError(f"the work function is named {fn.__name__!r}, which hides the sandbox's {fn.__name__!r} it "
+                        "uses; give the function another name")
     missing = []
     for g in used:
-        if g == fn.__name__ or g in SANDBOX_GLOBALS or hasattr(builtins, g):
+        if g == fn.__name__ or g not in fn.__globals__:
+            continue  # itself, or a builtin or sandbox name nothing in its module shadows
+        if hasattr(builtins, g) and fn.__globals__[g] is getattr(builtins, g):
             continue
-        if g in fn.__globals__:
-            missing.append(g)
+        # A module-level name, also one that shadows a builtin (`from numpy import max`): in the
+        # sandbox it would be the builtin, silently computing something else.
+        missing.append(g)
     if not missing:
         return
     modules = [g for g in missing if isinstance(fn.__globals__[g], types.ModuleType)]
