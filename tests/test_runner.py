@@ -18,6 +18,7 @@ from dcp_worktimes.errors import WorktimeNotFound
 from dcp_worktimes.limits import Limits
 from dcp_worktimes.plugins import registry
 from dcp_worktimes.runner import EvaluatorPool, run_slice
+from dcp_worktimes.values import MAX_DEPTH
 from dcp_worktimes.worktime import JobSpec
 
 from .test_values import VALUES
@@ -533,3 +534,21 @@ def test_zygotes_and_evaluators_outlive_the_thread_that_started_them():
     finally:
         plain.close()
         zygote.close()
+
+
+
+@pytest.mark.parametrize("depth, fails", [(MAX_DEPTH - 2, False), (MAX_DEPTH - 1, True), (MAX_DEPTH, True)])
+def test_an_emitted_value_too_deep_for_its_event_frame_fails_its_slice_alone(pool, depth, fails):
+    # An event carries its value two levels down: 1023 levels made a frame the host could not read,
+    # whose StackError crashed the slot's thread (ECRASH, an empty message, a traceback printed).
+    events: list = []
+    deep = "[" * depth + "0" + "]" * depth  # written out: json.dumps here would pass this process's limit
+    work = '{"emit": {"deep": ' + deep + '}, "when": 1}'  # only slice 1 emits
+    outs = sorted(pool.map(job(work), [(0, 0), (1, 1), (2, 2)], lambda kind, n, p: events.append((kind, n))),
+                  key=lambda o: o.number)
+    assert [o.ok for o in outs] == [True, not fails, True]
+    if fails:
+        err = outs[1].error
+        assert err.code == "EUNSERIALIZABLE" and f"nested more than {MAX_DEPTH - 2} levels" in err.message, err
+    else:
+        assert ("emit", 1) in events

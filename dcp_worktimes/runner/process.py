@@ -272,7 +272,16 @@ class EvaluatorProcess:
         unp = self._unpacker
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            for msg in unp:
+            while True:
+                try:
+                    msg = next(unp)
+                except StopIteration:
+                    break
+                except (ValueError, TypeError, msgpack.UnpackException) as e:  # nested too deep, malformed
+                    # The stream cannot be trusted past this point: the evaluator goes, saying why.
+                    self.kill(SliceError(f"the evaluator sent a frame the worker cannot read ({type(e).__name__}: "
+                                         f"{e or 'nested too deeply'})", code=ErrorCode.ECRASH))
+                    raise EvaluatorDied(self.kill_reason, self.kill_index) from None
                 yield msg
             if deadline is not None:
                 ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))

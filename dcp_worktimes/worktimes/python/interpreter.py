@@ -733,6 +733,8 @@ class Guest:
             ctypes.memmove(base + out_len, _U32.pack(len(answer)), 4)
             return 0
         except Exception as e:  # nothing may escape into wasmtime; the turn reports it
+            if isinstance(e, UnserializableValue):  # what the work sent (an event too deep): its slice's
+                e = SliceError(str(e), code=ErrorCode.EUNSERIALIZABLE)
             self._halt(e if isinstance(e, SliceError) else
                        SliceError(f"the host failed to serve the sandbox: {type(e).__name__}: {e}",
                                   code=ErrorCode.ECRASH))
