@@ -63,6 +63,7 @@ and its registration (see ``hookspecs.py``)::
 from __future__ import annotations
 
 import re
+import reprlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -234,11 +235,16 @@ class SliceContext:
             m = _PERCENT.match(value)
             number = float(m.group(1)) / 100 if m else None
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int past a float's range (progress(10**400)): out of [0, 1] too
+                number = None
         else:
             number = None
         if number is None or not (0.0 <= number <= 1.0):
-            self._warn(f"progress({value!r}) is not in [0, 1] or 'NN%'; reported as indeterminate")
+            shown = (f"an int of {value.bit_length()} bits" if isinstance(value, int) and value.bit_length() > 64
+                     else reprlib.repr(value))  # repr() of a huge int raises
+            self._warn(f"progress({shown}) is not in [0, 1] or 'NN%'; reported as indeterminate")
             return None
         if self._last_value is not None and number < self._last_value:
             self._warn(f"progress went backwards ({self._last_value} -> {number}); reported as indeterminate")

@@ -197,3 +197,16 @@ def test_a_fraction_held_back_by_the_progress_throttle_rides_the_next_event(monk
     ctx.progress(0.8)  # inside the interval again: held back until the next event
     assert sent == [0.5, None, 0.75]
     assert ctx.progress_calls == 6
+
+
+@pytest.mark.parametrize("value, shown", [(10**400, "an int of 1329 bits"), (10**5000, "an int of 16610 bits"),
+                                          (2, "2"), ("150%", "'150%'")], ids=["1e400", "1e5000", "2", "150%"])
+def test_progress_out_of_range_is_a_warning_whatever_the_value(value, shown):
+    # progress(10**400) raised OverflowError out of float() (python: ECRASH); repr() of a huge int raises too.
+    from dcp_worktimes.limits import Limits
+    from dcp_worktimes.worktime import SliceContext
+
+    events: list = []
+    ctx = SliceContext(1, Limits(), sink=lambda kind, payload: events.append((kind, payload)))
+    assert ctx.progress(value) is True
+    assert events[0][0] == "console" and events[0][1]["message"].startswith(f"progress({shown}) is not in [0, 1]")
