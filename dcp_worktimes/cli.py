@@ -240,6 +240,8 @@ def _read_work(work: str, what: str | None = None) -> str | bytes:
             raise click.BadParameter(f"--work {work!r} looks like a file path, but {what}")
         return work
     data = _read_bounded(work, "--work" if what is None else what)
+    if data[:4] == b"\0asm":  # a WebAssembly binary, even one whose bytes all happen to be UTF-8
+        return data
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

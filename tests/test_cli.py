@@ -314,3 +314,11 @@ def test_a_work_or_module_file_over_the_input_cap_is_refused(tmp_path):
     assert r.returncode == 2 and "--work" in r.stderr and "the most the CLI reads" in r.stderr, r.stderr
     r = dcp_worker("slice", "-w", "echo", "--work", "", "--module", f"m={big}")
     assert r.returncode == 2 and "--module m" in r.stderr and "the most the CLI reads" in r.stderr, r.stderr
+
+
+def test_slice_reads_a_wasm_file_whose_bytes_are_all_text_as_a_binary(tmp_path):
+    # The smallest module is ASCII (\0asm\1\0\0\0...): it was decoded to text and parsed as WAT.
+    module = tmp_path / "min.wasm"
+    module.write_bytes(b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x03\x02\x01\0\x07\x0a\x01\x06_start\0\0\x0a\x04\x01\x02\0\x0b")
+    r = dcp_worker("slice", "--worktime", "wasi", "--work", str(module), "--datum", "1")
+    assert r.returncode == 0 and r.stdout.strip() == "null", r.stderr

@@ -671,3 +671,12 @@ def test_a_decorated_work_function_says_it_is_decorated():
     with pytest.raises(WorkError, match=r"'square' is decorated.*square.__wrapped__"):
         capture(square)
     assert capture(square.__wrapped__).payload.startswith("def square(x):")
+
+
+def test_a_misspelled_worktime_for_a_python_function_names_the_worktime_and_the_fix():
+    # It said the function cannot run on "worktime (custom)".
+    def double(x):
+        return 2 * x
+
+    with pytest.raises(WorktimeNotFound, match=r"no worktime named 'Python' is installed.*Did you mean 'python'\?"):
+        compute.for_([1], double, worktime="Python").exec()

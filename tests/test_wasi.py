@@ -387,6 +387,12 @@ def test_an_instance_is_fresh_per_slice_after_a_trap(build):
         ('(module (func (export "run")))', {}, "_start"),
         (ECHO_WAT, {"content_type": "xml"}, "content_type"),
         (ECHO_WAT, {"fuel": -1}, "fuel"),
+        # wasmtime holds fuel in 64 bits: 2**64 wrapped around to almost none (ECPULIMIT at once)
+        (ECHO_WAT, {"fuel": 2**64}, "at most 18,446,744,073,709,551,615"),
+        # a _start that is no () -> () function failed every slice instead of the job once
+        ('(module (global (export "_start") i32 (i32.const 0)))', {}, "_start is a global"),
+        ('(module (memory (export "_start") 1))', {}, "_start is a memory"),
+        ('(module (func (export "_start") (param i32)))', {}, "_start is a function taking 1 and returning 0"),
     ],
 )
 def test_bad_work_is_a_work_error_that_says_what_to_do(work, options, message):

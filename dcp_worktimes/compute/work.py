@@ -112,6 +112,11 @@ def capture(work: Any, worktime: str | None = None, *, installed: bool = True) -
 
         try:
             cls = get_worktime(name).cls
-        except WorktimeNotFound:
-            cls = Worktime  # the job's checks say ENOWORKTIME with the installed list; capture what we can
+        except WorktimeNotFound as missing:
+            # The job's checks say ENOWORKTIME with the installed list; capture what we can, and
+            # say that now if even that fails (a Python function for "Python": not "(custom)").
+            try:
+                return name, Worktime.capture_work(work)
+            except WorkError:
+                raise missing from None
     return name, cls.capture_work(work)

@@ -176,9 +176,18 @@ class WasiWorktime(Worktime):
                 f"the module imports {', '.join(bad)}; a wasi work may import only wasi_snapshot_preview1.* and "
                 "dcp.progress/console/emit (see sandbox/wasi.md)"
             )
-        if "_start" not in {e.name for e in module.exports}:
+        start = next((e for e in module.exports if e.name == "_start"), None)
+        if start is None:
             raise WorkError("the module exports no _start: build a WASI *command* (e.g. clang --target=wasm32-wasi "
                             "with a main function, or cargo build --target wasm32-wasip1 for a bin crate)")
+        import wasmtime
+
+        kind = start.type
+        if not isinstance(kind, wasmtime.FuncType) or kind.params or kind.results:
+            what = (f"a function taking {len(kind.params)} and returning {len(kind.results)} value(s)"
+                    if isinstance(kind, wasmtime.FuncType) else f"a {type(kind).__name__.removesuffix('Type').lower()}")
+            raise WorkError(f"the module's _start is {what}; a WASI command's _start is a function with no parameters "
+                            "and no results (what main() compiles to)")
 
     def _define_dcp(self, linker) -> None:
         import wasmtime
@@ -446,6 +455,10 @@ def _linear_memory_quota(memory: int | None) -> int | None:
     return max(64 * 1024, memory - min(16 * MiB, memory // 8))
 
 
+#: The largest instruction budget wasmtime can hold.
+MAX_FUEL = 2**64 - 1
+
+
 def _fuel(value: Any) -> int | None:
     if value is None:
         return None
@@ -455,6 +468,9 @@ def _fuel(value: Any) -> int | None:
         fuel = 0
     if fuel <= 0 or isinstance(value, bool):
         raise WorkError(f"options.fuel must be a positive instruction budget such as 1e9, got {value!r}")
+    if fuel > MAX_FUEL:  # wasmtime keeps it in 64 bits: more wrapped around to almost none
+        raise WorkError(f"options.fuel is at most {MAX_FUEL:,} (2**64 - 1) instructions, got {value!r}; leave it out for "
+                        "no instruction budget")
     return fuel
 
 
