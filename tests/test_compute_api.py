@@ -680,3 +680,12 @@ def test_a_misspelled_worktime_for_a_python_function_names_the_worktime_and_the_
 
     with pytest.raises(WorktimeNotFound, match=r"no worktime named 'Python' is installed.*Did you mean 'python'\?"):
         compute.for_([1], double, worktime="Python").exec()
+
+
+def yields(x):
+    yield x
+
+
+def test_a_generator_function_is_refused_at_deploy_not_per_slice():
+    with pytest.raises(WorkError, match=r"'yields' is a generator .* return a list instead"):
+        capture(yields)

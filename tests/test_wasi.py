@@ -514,3 +514,13 @@ def test_a_module_needing_a_disabled_feature_is_bad_work_not_a_memory_error():
     wt = prepared('(module (memory 1 65536 shared) (func (export "_start")))')
     err, _ = failure(wt)
     assert err.code == ErrorCode.EBADWORK and "shared memory" in err.message
+
+
+@pytest.mark.parametrize("status, words", [(3, "exited with status 3"),
+                                           (255, "exited with a status of 126 or more, which WASI does not allow")])
+def test_an_exit_status_is_the_slices_error_in_words(status, words):
+    # proc_exit(255) is refused by wasmtime itself: it gave a wasm backtrace and "invalid exit status".
+    exits = ('(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32))) '
+             f'(memory (export "memory") 1) (func (export "_start") (call $exit (i32.const {status}))))')
+    err, _ = failure(prepared(exits))
+    assert err.code == ErrorCode.EUNCAUGHT and words in err.message and "backtrace" not in err.message

@@ -57,6 +57,10 @@ def capture_python(fn: Callable[..., Any]) -> CapturedWork:
                         "or its source as a string")
     name = fn.__name__
     code = fn.__code__
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise WorkError(f"the work function {name!r} is a generator (it yields): its result would be a generator, "
+                        "which cannot cross the sandbox boundary; return a list instead (e.g. "
+                        f"return list(...) of what it yields)")
     if hasattr(fn, "__wrapped__"):  # functools.wraps: the source found would be the inner function's
         raise WorkError(f"the work function {name!r} is decorated; a decorator's wrapper cannot be sent (only "
                         f"source is, as DCP does with toString()). Deploy the undecorated function "

@@ -307,6 +307,9 @@ class WasiWorktime(Worktime):
                     exit_status = e.code
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
                     failure = e
+                    # proc_exit with a status WASI does not allow (126 and up, unnamed): an exit all the same
+                    if "exit with invalid exit status" in str(e):
+                        failure, exit_status = None, _STATUS_NOT_ALLOWED
                 finally:
                     self._current = None
                     state.console.flush()
@@ -348,8 +351,10 @@ class WasiWorktime(Worktime):
                                      "raise limits.memory", code=ErrorCode.EMEMORYLIMIT, name="OutOfMemory",
                                      stack=tail or None)
                 shown = f"; stderr ends with: {tail[-500:]}" if tail else " (stderr was empty)"
-                raise SliceError(f"the module exited with status {exit_status}{shown}",
-                                 code=ErrorCode.EUNCAUGHT, name=f"ExitStatus{exit_status}", stack=tail or None)
+                status = ("a status of 126 or more, which WASI does not allow (0-125)"
+                          if exit_status == _STATUS_NOT_ALLOWED else f"status {exit_status}")
+                raise SliceError(f"the module exited with {status}{shown}", code=ErrorCode.EUNCAUGHT,
+                                 name=f"ExitStatus{exit_status if exit_status >= 0 else ''}", stack=tail or None)
             return self.content_type.decode(bytes(state.stdout))
         finally:
             # The store owns the guest's open files (thousands, if it hoards them): close them before
@@ -454,6 +459,9 @@ def _linear_memory_quota(memory: int | None) -> int | None:
         return None
     return max(64 * 1024, memory - min(16 * MiB, memory // 8))
 
+
+#: The exit status of a proc_exit wasmtime refuses (126 and up: it does not say which).
+_STATUS_NOT_ALLOWED = -1
 
 #: The largest instruction budget wasmtime can hold.
 MAX_FUEL = 2**64 - 1
