@@ -109,6 +109,12 @@ def test_numpy_and_tuples_come_back_as_documented(wt):
                                    "bool": True}]
 
 
+def test_a_numpy_longdouble_comes_back_as_a_float(wt):
+    # Its .item() is a longdouble again: the codec recursed until it said "nested more than 1024 levels".
+    src = "import numpy as np\ndef f(x):\n    return [np.longdouble(1.5), np.longdouble(2) / 3]\n"
+    assert run(wt, src, None) == [[1.5, 2 / 3]]
+
+
 def test_unserializable_result_names_the_place(wt):
     with pytest.raises(SliceError) as info:
         run(wt, "def f(x):\n    return [1, {'k': object()}]\n", 0)

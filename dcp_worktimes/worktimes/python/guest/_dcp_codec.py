@@ -200,6 +200,11 @@ def _numpy(v, where):
         item = v.item()
         if isinstance(item, complex):
             raise Unserializable(f"{_name(where)} is a complex number; return its .real and .imag separately")
+        if type(item) is type(v):  # longdouble (and the like): .item() keeps the type
+            if isinstance(v, numpy.floating):
+                return float(v)  # to double precision: what a float crosses as
+            raise Unserializable(f"{_name(where)} is a numpy.{type(v).__name__}, which has no plain Python value; "
+                                 "convert it (float(), int(), str()) before returning it")
         return item
     return _NOT_NUMPY
 
