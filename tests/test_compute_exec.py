@@ -6,7 +6,9 @@ script engine; ``test_compute_vectors.py`` runs the spec's vectors on map-basic 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
 
 import pytest
@@ -14,6 +16,22 @@ import pytest
 from dcp_worktimes import compute
 from dcp_worktimes.errors import ErrorCode
 from dcp_worktimes.scheduler import open_scheduler
+
+
+@contextlib.contextmanager
+def attached_worker(store, worktimes):
+    """A worker serving ``worktimes`` from the store on a thread of this process, for the block."""
+    from dcp_worktimes.scheduler.worker import Worker
+
+    stop = threading.Event()
+    with open_scheduler(store) as s:
+        thread = threading.Thread(target=Worker(s, worktimes, cores=1).run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            yield s
+        finally:
+            stop.set()
+            thread.join(30)
 
 
 def echo(inputs, actions=None, *args, **settings):
@@ -165,44 +183,20 @@ def test_resume_of_a_finished_job_returns_its_results(store):
 
 
 def test_remote_execution_uses_attached_workers(store):
-    import threading
-
-    from dcp_worktimes.scheduler.worker import Worker
-
-    stop = threading.Event()
-    with open_scheduler(store) as s:
-        worker = Worker(s, ["echo"], cores=1)
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            assert echo([1, 2, 3]).exec(local=False, timeout=60) == [1, 2, 3]
-        finally:
-            stop.set()
-            thread.join(30)
+    with attached_worker(store, ["echo"]):
+        assert echo([1, 2, 3]).exec(local=False, timeout=60) == [1, 2, 3]
 
 
 def test_remote_job_no_worker_can_run_is_reported_not_hung(store, monkeypatch):
-    import threading
-
-    from dcp_worktimes.scheduler.worker import Worker
-
-    stop = threading.Event()
-    with open_scheduler(store) as s:
-        worker = Worker(s, ["wasi"], cores=1)  # attached, but it does not have echo
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            t0 = time.monotonic()
-            j = echo([1], worker_wait=0.5)
-            with pytest.raises(compute.RequirementsError, match="echo"):
-                j.exec(local=False, timeout=60)
-            assert time.monotonic() - t0 < 30
-            # The deployer gave up: the job is cancelled in the store, so a worker attached later
-            # does not run it behind the deployer's back.
-            assert s.status(j.id)["status"] == "cancelled"
-        finally:
-            stop.set()
-            thread.join(30)
+    with attached_worker(store, ["wasi"]) as s:  # attached, but it does not have echo
+        t0 = time.monotonic()
+        j = echo([1], worker_wait=0.5)
+        with pytest.raises(compute.RequirementsError, match="echo"):
+            j.exec(local=False, timeout=60)
+        assert time.monotonic() - t0 < 30
+        # The deployer gave up: the job is cancelled in the store, so a worker attached later
+        # does not run it behind the deployer's back.
+        assert s.status(j.id)["status"] == "cancelled"
 
 
 def test_empty_inputs_complete_at_once(store):
@@ -262,26 +256,15 @@ def test_a_remote_job_a_worker_took_waits_for_workers_that_stop_checking_in(stor
     """Workers vanish from the deployer's view once the job runs (their check-ins are writes, and a
     store that fails for a while takes none): that is no job nobody can run, and worker_wait must
     not cancel it (it did, throwing the workers' results away)."""
-    import threading
-
     from dcp_worktimes.scheduler.sqlite import SqliteScheduler
-    from dcp_worktimes.scheduler.worker import Worker
 
     # Two slices of 2.5 s on one core: the deployer hears nothing for longer than it waits quietly.
     job = echo(range(2), {"silent": 2.5}, worker_wait=0.5)
     real = SqliteScheduler.workers
     monkeypatch.setattr(SqliteScheduler, "workers",
                         lambda self: [] if job.id and self.status(job.id)["distributed"] > 0 else real(self))
-    stop = threading.Event()
-    with open_scheduler(store) as s:
-        worker = Worker(s, ["echo"], cores=1)
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            assert list(job.exec(local=False, timeout=120)) == [0, 1]
-        finally:
-            stop.set()
-            thread.join(30)
+    with attached_worker(store, ["echo"]):
+        assert list(job.exec(local=False, timeout=120)) == [0, 1]
 
 
 def test_a_remote_job_still_gives_up_when_a_worker_that_could_run_it_leaves_before_taking_any(store, monkeypatch):
