@@ -211,7 +211,14 @@ class Helpers:
                     given_up.add(i)
                     continue
                 restarts.append(now)
-                self.procs[i] = self._start(self.argvs[i])
+                try:
+                    self.procs[i] = self._start(self.argvs[i])
+                except OSError as e:  # no fork now: try again at the next look
+                    log.warning("helper worker process %d (pid %d) %s; starting another failed: %s", i + 1, p.pid,
+                                how, e)
+                    continue
+                # (Started from this thread, its death signal is this thread's end: stop() joins it
+                # only as it stops the helpers anyway.)
                 log.warning("helper worker process %d (pid %d) %s; started another (pid %d)", i + 1, p.pid, how,
                             self.procs[i].pid)
 
@@ -231,4 +238,3 @@ class Helpers:
                 p.kill()
                 p.wait()
         self.procs = []
-
