@@ -115,6 +115,16 @@ def test_a_numpy_longdouble_comes_back_as_a_float(wt):
     assert run(wt, src, None) == [[1.5, 2 / 3]]
 
 
+def test_endless_recursion_under_a_raised_limit_fails_on_the_stack_not_the_watchdog(wt):
+    # Formatting every one of its frames for the error took seconds, past the no-progress limit
+    # (ENOPROGRESS, blaming the work's silence); only the innermost frames are formatted now.
+    src = ("def f(x):\n    import sys\n    sys.setrecursionlimit(10**6)\n"
+           "    def down(n):\n        return down(n + 1)\n    return down(0)\n")
+    with pytest.raises(SliceError) as info:
+        run(wt, src, 0, progress_timeout="20s", wall_time="60s")
+    assert info.value.code == ErrorCode.EUNCAUGHT and "stack" in info.value.message
+
+
 def test_unserializable_result_names_the_place(wt):
     with pytest.raises(SliceError) as info:
         run(wt, "def f(x):\n    return [1, {'k': object()}]\n", 0)

@@ -566,11 +566,17 @@ def _cut(text):
     return f"{text[:keep]} ... [{len(text) - keep} more characters cut]"
 
 
+#: Frames of the work kept in an error's stack (map-basic keeps 30 too).
+STACK_FRAMES = 30
+
+
 def _stack(e):
     try:
         import traceback
 
-        te = traceback.TracebackException.from_exception(e)
+        # The innermost frames only: a RecursionError under a raised recursion limit has tens of
+        # thousands, and reading each one's source line took seconds of the slice's time.
+        te = traceback.TracebackException.from_exception(e, limit=-STACK_FRAMES)
         te.stack = traceback.StackSummary.from_list(
             [f for f in te.stack if not (f.filename.startswith(BOOT_DIR) or f.filename.startswith("<turn"))])
         return "".join(te.format())
