@@ -115,8 +115,8 @@ def _check_settings(config: dict[str, dict[str, Any]]) -> None:
         reg = get_worktime(name)
         probe = reg.probe(settings)
         if not probe.available and reg.probe({k: v for k, v in settings.items() if k not in given}).available:
-            flags = " ".join(f"--{k} {v}" for k, v in given.items())
-            raise click.BadParameter(f"{flags}: {probe.unavailable}")
+            # The probe's words name the flag and its environment variable: the value came from either.
+            raise click.BadParameter(f"{name}: {probe.unavailable}")
 
 
 def _with_settings(command: click.Command) -> click.Command:
