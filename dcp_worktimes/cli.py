@@ -23,6 +23,7 @@ import binascii
 import json
 import math
 import os
+import reprlib
 import signal
 import sys
 import threading
@@ -134,9 +135,12 @@ def _limits(base: Limits | None = None, **values: Any) -> Limits:
 
 def _to_json(value: Any) -> Any:
     """Results as JSON: bytes become {"$bytes": base64}; NaN/±Infinity {"$float": "nan" | "inf" | "-inf"}
-    (tagged, so they cannot be mistaken for the strings "nan" and "inf")."""
+    (tagged, so they cannot be mistaken for the strings "nan" and "inf"); an int too long to print
+    in decimal (``MAX_INT_DIGITS``) {"$int": "0x..."} (hexadecimal is linear to write)."""
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if type(value) is int and value.bit_length() > _MAX_INT_BITS:
+        return {"$int": hex(value)}
     if isinstance(value, float) and not math.isfinite(value):
         return {"$float": str(value)}
     if isinstance(value, list):
@@ -152,6 +156,12 @@ def _from_json(value: Any, what: str) -> Any:
             if value["$float"] not in ("nan", "inf", "-inf"):
                 raise click.BadParameter(f'{what}: {{"$float": ...}} must be "nan", "inf" or "-inf", got {value["$float"]!r}')
             return float(value["$float"])
+        if set(value) == {"$int"}:
+            try:
+                return int(value["$int"], 16)
+            except (TypeError, ValueError):
+                raise click.BadParameter(f'{what}: {{"$int": ...}} must be a hexadecimal integer such as "0x1f", '
+                                         f'got {reprlib.repr(value["$int"])}') from None
         if set(value) == {"$bytes"}:
             data = value["$bytes"]
             try:
@@ -688,6 +698,8 @@ def _printable(text: str) -> str:
 #: Decimal digits the CLI reads and prints in an integer (Python's default stops at 4300; the
 #: conversion is quadratic, so a result from a stranger's slice must not get an unbounded one).
 MAX_INT_DIGITS = 200_000
+#: Ints longer than that (in bits, to spare a conversion to find out) print as {"$int": "0x..."}.
+_MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10)) - 4
 
 
 def main() -> None:

@@ -323,3 +323,12 @@ def test_slice_reads_a_wasm_file_whose_bytes_are_all_text_as_a_binary(tmp_path):
     module.write_bytes(b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x03\x02\x01\0\x07\x0a\x01\x06_start\0\0\x0a\x04\x01\x02\0\x0b")
     r = dcp_worker("slice", "--worktime", "wasi", "--work", str(module), "--datum", "1")
     assert r.returncode == 0 and r.stdout.strip() == "null", r.stderr
+
+
+def test_slice_prints_an_integer_too_long_for_decimal_in_hexadecimal_and_reads_it_back():
+    # 7**1000000 (845,099 digits) ended the command with "Exceeds the limit" and exit status 2.
+    r = dcp_worker("slice", "--worktime", "map-basic", "--work", "x => 7n ** 1000000n", "--datum", "1", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(json.loads(r.stdout)["$int"], 16) == 7**1000000
+    back = dcp_worker("slice", "--worktime", "echo", "--work", "", "--datum", '{"$int": "0x1ff"}')
+    assert back.returncode == 0 and json.loads(back.stdout) == 511
