@@ -71,8 +71,11 @@ _TOO_DEEP = (f"the value is nested more than {MAX_DEPTH} levels deep (lists/dict
              "flatten it")
 
 
-_BAD_KEY = ("a dict key is a list, tuple or dict; dict keys must be None, bool, int, float, str or bytes (use a "
-            "string such as '1,2' for a compound key)")
+#: The types a dict key may have on both sides of the boundary: a tuple key would be written as an
+#: array, which no decoder can make a key of (``inputs.plain`` refuses it where it enters).
+KEY_TYPES = (str, int, float, bytes, bool, type(None))
+KEY_RULE = "dict keys must be None, bool, int, float, str or bytes (use a string such as '1,2' for a compound key)"
+_BAD_KEY = f"a dict key is a list, tuple or dict; {KEY_RULE}"
 
 
 #: Python frames a recursive walk of a value may take per level of nesting (with some to spare).
@@ -155,6 +158,15 @@ def pack_checked(value: Any) -> bytes:
     data = pack(value)
     unpack(data)
     return data
+
+
+def check_decodes(data: bytes, below: int = 0) -> None:
+    """``UnserializableValue`` unless packed ``data`` is shallow enough to decode again ``below``
+    levels down in a frame: msgpack packs an empty list one level deeper than it unpacks, and a
+    frame's own levels count against the limit too. Only depth is checked, so values shorter than
+    the limit (which cannot be that deep) are not decoded at all."""
+    if len(data) + below > MAX_DEPTH:
+        unpack(b"\x91" * below + data)
 
 
 def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS, *, frames_at: int | None = None) -> list:

@@ -38,6 +38,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from ..values import KEY_RULE, KEY_TYPES, MAX_DEPTH, UnserializableValue, allow_depth
 from .ranges import MultiRange, RangeError, RangeObject
 from .distributions import DistributionSet
 
@@ -122,8 +123,6 @@ class StreamInput:
             try:
                 chunk = [plain(v) for v in raw]
             except (TypeError, ValueError) as e:  # UnserializableValue (a bad dict key), too deep: say which input
-                from ..values import UnserializableValue
-
                 at = next((i for i, v in enumerate(raw) if _fails_plain(v)), 0)
                 kind = UnserializableValue if isinstance(e, TypeError) else ValueError
                 raise kind(f"input {self.consumed + at} ({reprlib.repr(raw[at])}): {e}") from None
@@ -176,8 +175,6 @@ def plain(value: Any) -> Any:
     try:
         return _plain(value)
     except RecursionError:  # deep, or this program's stack was deep already: once more with room
-        from ..values import MAX_DEPTH, allow_depth
-
         allow_depth()
         try:
             return _plain(value)
@@ -190,14 +187,8 @@ def _plain(value: Any) -> Any:
     t = type(value)
     if t in (int, float, str, bytes, bool) or value is None:
         return value
-    if t is list:
-        return [_plain(v) for v in value]
-    if t is tuple:
-        return tuple(_plain(v) for v in value)
-    if t is dict:
-        return {_plain_key(k): _plain(v) for k, v in value.items()}
-    # Subclasses (defaultdict, OrderedDict, Counter, a namedtuple): walked as their base type, so
-    # that their keys are checked too.
+    # Subclasses too (defaultdict, OrderedDict, Counter, a namedtuple): walked as their base type,
+    # so that their keys are checked as well.
     if isinstance(value, dict):
         return {_plain_key(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -219,11 +210,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-#: The types a dict key may have on both sides of the boundary (a tuple key would arrive as a list,
-#: which cannot be a key: the value could not be decoded again, by an evaluator or the job store).
-KEY_TYPES = (str, int, float, bytes, bool, type(None))
-
-
 def _plain_key(key: Any) -> Any:
     key = _plain(key)
     if type(key) in KEY_TYPES:
@@ -232,10 +218,7 @@ def _plain_key(key: Any) -> Any:
         return str.__str__(key)
     if isinstance(key, bytes):
         return bytes(key)
-    from ..values import UnserializableValue
-
-    raise UnserializableValue(f"a dict has the key {reprlib.repr(key)}, a {type(key).__name__}; dict keys must be None, "
-                              "bool, int, float, str or bytes (use a string such as '1,2' for a compound key)")
+    raise UnserializableValue(f"a dict has the key {reprlib.repr(key)}, a {type(key).__name__}; {KEY_RULE}")
 
 
 def _is_range_spec(v: Any) -> bool:

@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
-from ..values import MAX_DEPTH, UnserializableValue, allow_depth, as_unserializable, pack, packer, unpack, unpack_all_packed, unpacker
+from ..values import (MAX_DEPTH, UnserializableValue, allow_depth, as_unserializable, check_decodes, pack, packer,
+                      unpack, unpack_all_packed, unpacker)
 from ..worktime import Block, JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
@@ -173,13 +174,12 @@ class _SliceEvents:
                 packed = pack(payload["value"])
             except UnserializableValue as e:
                 raise UnserializableValue(f"work.emit({payload['name']!r}, value): {e}") from None
-            if len(packed) > MAX_DEPTH - 8:  # short values cannot be deep: only these need the look
-                try:
-                    unpack(b"\x91\x91" + packed)  # its depth inside its frame (the frame, the payload)
-                except UnserializableValue:
-                    raise UnserializableValue(
-                        f"work.emit({payload['name']!r}, value): the value is nested more than {MAX_DEPTH - 2} levels "
-                        "deep (an event carries it two levels down); flatten it") from None
+            try:
+                check_decodes(packed, below=2)  # inside its frame: the frame, the payload
+            except UnserializableValue:
+                raise UnserializableValue(
+                    f"work.emit({payload['name']!r}, value): the value is nested more than {MAX_DEPTH - 2} levels "
+                    "deep (an event carries it two levels down); flatten it") from None
         if kind == "console" and len(payload.get("message") or "") > MESSAGE_CAP:
             payload = {**payload, "message": cut(payload["message"], MESSAGE_CAP)}
         with self.lock:
