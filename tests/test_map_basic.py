@@ -125,6 +125,22 @@ def test_bad_work_is_a_job_error(work, message):
     assert message in info.value.message
 
 
+@pytest.mark.parametrize("work, thrown", [
+    ("const config = missingGlobal.x;\nx => x", "ReferenceError: missingGlobal is not defined"),
+    ("throw new Error('no config');\nx => x", "Error: no config"),
+    ("(() => { throw new TypeError('bad set-up') })()", "TypeError: bad set-up"),
+    ("throw 42", "uncaught number thrown: 42"),
+])
+def test_top_level_code_that_throws_is_not_called_a_compile_error(work, thrown):
+    # It was "the work does not compile: ReferenceError ...", sending users to hunt for a syntax
+    # error in text that parses.
+    with pytest.raises(WorkError) as info:
+        Harness().prepare(work)
+    assert info.value.code == ErrorCode.EBADWORK
+    assert f"the work threw while loading (its top-level code ran): {thrown}" in info.value.message
+    assert "compile" not in info.value.message
+
+
 def test_unencodable_work_text_is_a_job_error():
     with pytest.raises(WorkError, match="unpaired surrogate"):
         Harness().prepare("x => '\ud800'")

@@ -112,7 +112,14 @@ class Engine(ABC):
             if "<input>:" in line:
                 where = " at line " + line.split("<input>:", 1)[1].rstrip(")").replace(":", ", column ", 1)
                 break
-        kind = err.get("name") or "Error"
+        kind = err.get("name")
+        if kind != "SyntaxError":
+            # The text parsed and its top-level code ran and threw (a file-style work's set-up,
+            # or an expression such as makeWork(config)): not a compile error. A SyntaxError is
+            # almost always the parser's (a top-level JSON.parse of bad text is the rare other).
+            thrown = f"{kind}: {err['message']}" if kind else err["message"]
+            raise WorkError(f"the work threw while loading (its top-level code ran): {thrown}{where}; fix the "
+                            "code that runs when the work loads, or move it into the function")
         raise WorkError(f"the work does not compile: {kind}: {err['message']}{where}; "
                         f"{_other_language(source) or 'fix the work function' + chr(39) + 's source'}")
 
