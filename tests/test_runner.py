@@ -552,3 +552,104 @@ def test_an_emitted_value_too_deep_for_its_event_frame_fails_its_slice_alone(poo
         assert err.code == "EUNSERIALIZABLE" and f"nested more than {MAX_DEPTH - 2} levels" in err.message, err
     else:
         assert ("emit", 1) in events
+
+
+def _busy_evaluator(pool, timeout=20.0):
+    """The evaluator process of the pool's busy slot (once it runs a slice)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        busy = [s.proc for s in pool._slots if s.busy and s.proc is not None]
+        if busy:
+            return psutil.Process(busy[0].pid)
+        time.sleep(0.02)
+    raise AssertionError("no slice started")
+
+
+def _stopped_for(procs, seconds):
+    import signal
+
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)
+    time.sleep(seconds)
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.mark.parametrize("worktime, work, config", [
+    # the host's watchdog judges echo's slices: 1.2 s of CPU, calling progress() all along
+    ("echo", json.dumps({"spin": 1.2}), {}),
+    # QuickJS judges its own deadlines in the evaluator too (~1 s of work, progress() every ~50 ms)
+    ("map-basic", "function (i) { let s = 0; for (let k = 0; k < 2e7; k++) { s += k; if (k % 1e6 === 0) progress() } "
+                  "return i }", {"js-engine": "quickjs"}),
+])
+def test_time_an_evaluator_spent_stopped_is_not_held_against_its_slice(worktime, work, config):
+    # A SIGSTOPped evaluator (a debugger, a signal from outside) failed its slice for good with
+    # ENOPROGRESS, or ESLICETOOSLOW: the watchdog judged a process that could not run.
+    if worktime == "map-basic":
+        from dcp_worktimes.worktimes.map_basic.engine import missing
+
+        if missing("quickjs"):
+            pytest.skip(missing("quickjs"))
+    j = JobSpec(id=f"stopped-{worktime}", worktime=worktime, work=work,
+                limits=Limits.parse(wall_time="3s", progress_timeout="1s"))
+    with EvaluatorPool(cores=1, config={worktime: config}) as p:
+        got = []
+        p.submit(j, [0], [7], lambda o: got.extend(o.slices()))
+        evaluator = _busy_evaluator(p)
+        time.sleep(0.3)
+        _stopped_for([evaluator, *evaluator.children(recursive=True)], 4.0)  # over both limits
+        end = time.monotonic() + 30
+        while not got and time.monotonic() < end:
+            time.sleep(0.05)
+    assert got and got[0].ok and got[0].value == 7, got and got[0].error
+
+
+def test_a_slice_over_its_limits_still_fails_after_its_evaluator_was_stopped(pool):
+    # The excuse is one more run, not immunity: the slice that spins for ever fails as before.
+    j = job({"spin": -1}, wall_time="1.5s")
+    got = []
+    pool.submit(j, [0], [0], lambda o: got.extend(o.slices()))
+    evaluator = _busy_evaluator(pool)
+    _stopped_for([evaluator], 2.0)
+    end = time.monotonic() + 30
+    while not got and time.monotonic() < end:
+        time.sleep(0.05)
+    assert got and got[0].error.code == "ESLICETOOSLOW"
+
+
+PAUSED_POOL = """
+import json, sys, time
+from dcp_worktimes.limits import Limits
+from dcp_worktimes.runner import EvaluatorPool
+from dcp_worktimes.worktime import JobSpec
+job = JobSpec(id="paused", worktime="echo", work=json.dumps({"spin": 1.2}),
+              limits=Limits.parse(wall_time="3s", progress_timeout="1s"))
+with EvaluatorPool(cores=1) as pool:
+    got = []
+    pool.submit(job, [0], [7], lambda o: got.extend(o.slices()))
+    while not any(s.busy for s in pool._slots):
+        time.sleep(0.01)
+    print("running", flush=True)
+    while not got:
+        time.sleep(0.05)
+    o = got[0]
+    print(json.dumps([o.ok, o.value, o.error.code if o.error else None]), flush=True)
+"""
+
+
+def test_a_whole_worker_stopped_and_continued_loses_no_slice():
+    # Ctrl-Z of a process group, a frozen container: the worker and its evaluators all stop. On
+    # continuing, the watchdog saw wall time and silence the work never had.
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_POOL], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(0.3)
+        tree = psutil.Process(proc.pid)
+        _stopped_for([tree, *tree.children(recursive=True)], 4.0)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert json.loads(out.strip().splitlines()[-1]) == [True, 7, None]

@@ -34,6 +34,12 @@ shared-memory heartbeat and ``psutil``: wall time (``ESLICETOOSLOW``), the no-pr
 after ``prepare`` (``EMEMORYLIMIT``). A violating evaluator's process group is killed; the
 violating slice gets the code, the other unfinished slices of its batch are queued again, and the
 slot spawns a fresh evaluator. An evaluator that dies by itself fails its slice with ``ECRASH``.
+
+Time that was not the work's does not count against it: while an evaluator (or a process it
+started) is stopped (``SIGSTOP``, a debugger) the watchdog gives no verdict on it, and a wall-time
+or no-progress verdict on a run during which it was stopped, or this whole process was (a frozen
+container, ``SIGSTOP`` of the worker's process group), runs the slice again instead (at most
+``MAX_LOST`` times).
 """
 
 from __future__ import annotations
@@ -77,6 +83,10 @@ DEFAULT_MIN_LIFE = 10.0
 DEFAULT_PREPARE_TIMEOUT = 900.0
 #: How often the watchdog looks at each running slice.
 WATCHDOG_INTERVAL = 0.02
+#: A watchdog tick this late means this process was not running (stopped, frozen): a pause.
+PAUSE_GAP = 1.0
+#: Limits measured in elapsed time: a pause or a stopped evaluator can exceed them for the work.
+_ELAPSED_LIMITS = ("wall_time", "progress_timeout")
 #: A slice whose evaluator died under it while running *another* slice is re-run at most this often.
 MAX_LOST = 3
 #: Seconds a cancelled slice gets to notice ``ctx.cancelled`` before its evaluator is killed.
@@ -196,11 +206,15 @@ class _Slot:
     memory_slack: float = 0.0
     busy: bool = False
     preparing_since: float | None = None
+    #: Seconds of the current prepare during which it could not run (stopped): not counted.
+    #: The watchdog adds to it; the slot's thread sets it to 0 as a prepare begins.
+    prepare_stopped: float = 0.0
     preparing: Limits | None = None  # the job's limits bound its prepare (None: only prepare_timeout)
     cancel_at: float | None = None
     batch_size: int = 1
     family: list = field(default_factory=list)  # the evaluator's child processes (engines may spawn)
     ticks: int = 0
+    stops: int = 0  # watchdog ticks that found the evaluator or a child of it stopped
     job: JobSpec | None = None  # the job its evaluator serves
     spare: "_Spare | None" = None  # an evaluator started ahead for the next job
     #: Why the evaluator the slot prepared before taking any slice failed (job id, error): the
@@ -316,6 +330,7 @@ class EvaluatorPool:
         self._pace: Recent[str, float] = Recent(MEMORY_OF_JOBS)  # a job's last run's seconds per slice
         self._prepare_time: dict[str, float] = {}  # per worktime name: recent prepare seconds (moving average)
         self._closed = False
+        self._pauses = 0  # watchdog ticks PAUSE_GAP late: this whole process was stopped meanwhile
         self._slots = [_Slot(i) for i in range(self.cores)]
         self._zygotes: dict[str, Zygote | None] = {}
         self._zygote_lock = threading.Lock()
@@ -645,6 +660,7 @@ class EvaluatorPool:
         # memory, unless the worktime bounds the work's part itself ("prepare" in enforces).
         slot.preparing = None if "prepare" in reg.cls.enforces else job.limits
         slot.memory_slack = 0.25 if "memory" in reg.cls.enforces else 0.0
+        slot.prepare_stopped = 0.0
         slot.preparing_since = began = time.monotonic()
         try:
             try:
@@ -753,6 +769,8 @@ class EvaluatorPool:
         slot.task, slot.limits, slot.cancel_at, slot.busy = task, job.limits, None, True
         task.settled = set() if task.settled is None else task.settled
         numbers = task.numbers
+        paused = (self._pauses, slot.stops)  # changed by the end of the run: it was stopped meanwhile
+        again: list[int] = []  # slices whose limit verdict the pause excuses: run again
         try:
             proc.send({"op": "run", "n": numbers, "d": blob})
             for msg in proc.frames():
@@ -774,9 +792,12 @@ class EvaluatorPool:
                 elif kind == "err":
                     i = msg["i"]
                     task.settled.add(i)
-                    self._deliver(task, Outcome(job.id, task.tag, [numbers[i]], [False], [None],
-                                                [SliceError.from_dict(msg["e"])], [msg.get("wall", 0.0)],
-                                                [msg.get("cpu", 0.0)], [sizes[i]], [0]))
+                    error = SliceError.from_dict(msg["e"])
+                    if self._excused(error, slot, paused, task, i):
+                        again.append(i)
+                        continue
+                    self._deliver(task, Outcome(job.id, task.tag, [numbers[i]], [False], [None], [error],
+                                                [msg.get("wall", 0.0)], [msg.get("cpu", 0.0)], [sizes[i]], [0]))
                 elif kind == "ev":
                     if task.on_event is not None:
                         try:
@@ -792,9 +813,11 @@ class EvaluatorPool:
             if proc.killed:  # a verdict came, and every slice answered before the kill took effect
                 self._retire(slot)
         except EvaluatorDied as died:
-            self._post_mortem(slot, proc, task, died)
+            self._post_mortem(slot, proc, task, died, paused)
         finally:
             slot.busy = False
+        if again:
+            self._again(task, again)
         elapsed = time.monotonic() - started
         self._pace[job.id] = elapsed / k
         # Adaptive runs: aim for ~10-50 ms per run, so frames are few for trivial slices and slow
@@ -804,14 +827,18 @@ class EvaluatorPool:
         elif elapsed > 0.05:
             slot.batch_size = max(1, slot.batch_size // 2)
 
-    def _post_mortem(self, slot: _Slot, proc: EvaluatorProcess, task: _Task, died: EvaluatorDied) -> None:
+    def _post_mortem(self, slot: _Slot, proc: EvaluatorProcess, task: _Task, died: EvaluatorDied,
+                     paused: tuple[int, int]) -> None:
         """The evaluator died during a run: the slice it was running gets the verdict; the others
         not settled yet are run again (a bounded number of times). An engine running a block per
         call (``span`` > 1) cannot say which slice it was on: then none is blamed, and the rest run
-        again one at a time, where the next death is exact."""
+        again one at a time, where the next death is exact. A wall-time or no-progress verdict
+        that a pause excuses (``paused``: see ``_excused``) blames none either."""
         running, started, _, _, span = proc.heartbeat.last_words()
         index = died.index if died.index is not None else (running if span == 1 else -1)
         reason = died.reason or SliceError("the evaluator died", code=ErrorCode.ECRASH)
+        if index >= 0 and self._excused(reason, slot, paused, task, index):
+            index = -1
         self._retire(slot)
         slot.batch_size = 1
         settled = task.settled or set()
@@ -837,6 +864,33 @@ class EvaluatorPool:
         elif again:
             self._fail(task.part(again), reason)
 
+    def _excused(self, error: SliceError, slot: _Slot, paused: tuple[int, int], task: _Task, i: int) -> bool:
+        """Whether ``error``, a verdict on slice ``i`` of the running ``task``, is for time the
+        work did not have: a wall-time or no-progress limit, in a run during which this process
+        or the slot's evaluator was stopped (``paused``: the counters as the run began). Not once
+        the slice has been run again ``MAX_LOST`` times: then the verdict stands."""
+        if getattr(error, "limit", None) not in _ELAPSED_LIMITS or paused == (self._pauses, slot.stops):
+            return False
+        lost = task.lost[i] if task.lost is not None else 0
+        if lost >= MAX_LOST:
+            return False
+        log.warning("slice %s of job %s ran out of its %s while %s was stopped; running it again",
+                    task.numbers[i], task.job.id, error.limit.replace("_", " "),
+                    "this process" if paused[0] != self._pauses else "its evaluator")
+        return True
+
+    def _again(self, task: _Task, indexes: list[int]) -> None:
+        """Queue slices of a run to run again, counting the attempt (``_Task.lost``)."""
+        if task.lost is None:
+            task.lost = [0] * len(task)
+        for i in indexes:
+            task.lost[i] += 1
+        if self._closed:
+            self._fail(task.part(indexes), SliceError("the worker shut down before the slice finished",
+                                                      code=ErrorCode.ECANCELLED))
+        else:
+            self._requeue(task.part(indexes))
+
     def _fail(self, task: _Task, error: SliceError, only_unsettled: bool = False) -> None:
         """Every slice of ``task`` (or those not settled yet) fails with ``error``."""
         if only_unsettled and task.settled:
@@ -852,9 +906,18 @@ class EvaluatorPool:
 
     # -- watchdog -------------------------------------------------------------------------------
     def _watch(self) -> None:
+        last = time.monotonic()
         while not self._closed:
             time.sleep(WATCHDOG_INTERVAL)
             now = time.monotonic()
+            if now - last > PAUSE_GAP:
+                # This process did not run meanwhile (stopped, or its container frozen): the
+                # evaluators' slices had no time either. Runs in progress now excuse elapsed-time
+                # verdicts (_excused), and a prepare's budget does not count the gap.
+                self._pauses += 1
+                for slot in self._slots:
+                    slot.prepare_stopped += now - last  # harmless for a slot not preparing (reset as one begins)
+            last = now
             for slot in self._slots:
                 spare = slot.spare
                 if spare is not None and now - spare.since > SPARE_IDLE and not slot.busy:
@@ -873,10 +936,19 @@ class EvaluatorPool:
         proc = slot.proc
         if proc is None:
             return
-        if slot.preparing_since is not None:
-            self._check_prepare(slot, proc, now - slot.preparing_since)
+        since = slot.preparing_since  # read once: the slot's thread clears it when the prepare ends
+        if since is not None:
+            if self._stopped(slot):
+                slot.prepare_stopped += WATCHDOG_INTERVAL  # a stopped evaluator spends none of its budget
+                return
+            self._check_prepare(slot, proc, now - since - slot.prepare_stopped)
             return
         if not slot.busy or slot.limits is None:
+            return
+        # A stopped evaluator gets no verdict, and its run excuses elapsed time (_excused): looked
+        # at every 5th tick, and always before an elapsed-time verdict.
+        if slot.ticks % 5 == 4 and self._stopped(slot):
+            slot.stops += 1
             return
         if slot.cancel_at is not None and now - slot.cancel_at > CANCEL_GRACE:
             proc.kill(SliceError("the slice was cancelled (and did not stop by itself)", code=ErrorCode.ECANCELLED))
@@ -890,16 +962,21 @@ class EvaluatorPool:
         if span != 1:  # an engine running a block: the verdict cannot name the slice (see _post_mortem)
             index = None
         lim = slot.limits
+        slot.ticks += 1
+        over = None
         if lim.wall_time is not None and now - started > lim.wall_time + slot.grace:
-            proc.kill(exceeded("wall_time", lim.wall_time), index)
-            return
-        if lim.progress_timeout is not None and now - max(started, last_progress) > lim.progress_timeout + slot.patience_grace:
-            proc.kill(exceeded("progress_timeout", lim.progress_timeout), index)
+            over = "wall_time"
+        elif lim.progress_timeout is not None and now - max(started, last_progress) > lim.progress_timeout + slot.patience_grace:
+            over = "progress_timeout"
+        if over is not None:
+            if self._stopped(slot):
+                slot.stops += 1
+            else:
+                proc.kill(exceeded(over, getattr(lim, over)), index)
             return
         ps = slot.psproc
         if ps is None:
             return
-        slot.ticks += 1
         # Listing children scans all of /proc (~1 ms per 100 processes): not on every tick, and
         # never for a sealed evaluator (it had none after its lockdown and can start none).
         if slot.ticks % 10 == 1 and not proc.sealed:
@@ -919,6 +996,18 @@ class EvaluatorPool:
             if used > lim.cpu_time + slot.grace:
                 proc.kill(exceeded("cpu_time", lim.cpu_time, used=used), index)
 
+
+    @staticmethod
+    def _stopped(slot: _Slot) -> bool:
+        """The slot's evaluator, or a process it started (a V8 evaluator's Deno), is stopped
+        (``SIGSTOP``, a debugger). One ``/proc`` read per process and tick."""
+        for p in (slot.psproc, *slot.family):
+            try:
+                if p is not None and p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                    return True
+            except psutil.Error:
+                continue
+        return False
 
     def _check_prepare(self, slot: _Slot, proc: EvaluatorProcess, elapsed: float) -> None:
         """``prepare`` (compiling the work) under the job's wall time and memory, else the pool's budget."""
