@@ -38,7 +38,7 @@ slot spawns a fresh evaluator. An evaluator that dies by itself fails its slice 
 Time that was not the work's does not count against it: while an evaluator (or a process it
 started) is stopped (``SIGSTOP``, a debugger) the watchdog gives no verdict on it, and a wall-time
 or no-progress verdict on a run during which it was stopped, or this whole process was (a frozen
-container, ``SIGSTOP`` of the worker's process group), runs the slice again instead (at most
+container, the worker stopped with its evaluators), runs the slice again instead (at most
 ``MAX_LOST`` times).
 """
 
