@@ -62,6 +62,26 @@ def test_a_call_rides_out_a_lost_connection(proxy, redis_url):
     s.close()
 
 
+def test_an_outage_is_logged_once_however_many_calls_ride_it_out_and_its_end_once(proxy, redis_url, caplog):
+    # A worker's lease, heartbeat and report threads each logged "unreachable, retrying": one
+    # outage read as several, and nothing said when it ended.
+    s = open_scheduler(via(proxy, redis_url))
+    s.submit(make_job("j", 4))
+    proxy.cut()
+    threading.Timer(1.5, proxy.heal).start()
+    caplog.set_level("WARNING", logger="dcp_worktimes")
+    calls = [threading.Thread(target=s.status, args=("j",)) for _ in range(4)]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join(30)
+    said = [r.getMessage() for r in caplog.records if "Redis scheduler" in r.getMessage()]
+    assert len([m for m in said if "unreachable" in m]) == 1, said
+    assert len([m for m in said if "reachable again (after " in m]) == 1, said
+    assert s.status("j")["status"] == "running"
+    s.close()
+
+
 def test_a_partitioned_workers_slices_go_to_another_and_its_late_report_is_ignored(proxy, redis_url):
     cut_off = open_scheduler(via(proxy, redis_url + "&timeout=1s"))
     other = open_scheduler(redis_url)

@@ -160,6 +160,9 @@ class Link:
     Every call the backend makes is safe to run twice: scripts settle slices once whatever the
     number of tries, and those that are not naturally idempotent (lease, submit, post_events,
     delete) carry a request token whose effect the server remembers for five minutes.
+
+    An outage is logged once however many threads ride it out (a worker's lease, heartbeat and
+    report calls each retry on their own), again every ~30 s while it lasts, and its end once.
     """
 
     def __init__(self, target: RedisTarget) -> None:
@@ -175,6 +178,9 @@ class Link:
             protocol=2,  # the reply shapes reads.py expects, whatever the client's default
             **kwargs)
         self._closed = threading.Event()
+        self._outage_lock = threading.Lock()
+        self._outage: float | None = None  # when the current outage was first seen (monotonic)
+        self._outage_said = 0.0  # when it was last logged
 
     def check(self) -> None:
         """One try (no retry loop): reachable, credentials accepted, Redis 7 or later."""
@@ -224,7 +230,10 @@ class Link:
         delay, deadline, failures = 0.05, None, 0
         while True:
             try:
-                return fn(self.client)
+                result = fn(self.client)
+                if self._outage is not None:
+                    self._recovered()
+                return result
             except (r.AuthenticationError, r.AuthorizationError, r.NoPermissionError, r.OutOfMemoryError) as e:
                 raise self.explain(e, what) from None
             except (r.ConnectionError, r.TimeoutError, r.ReadOnlyError) as e:
@@ -241,11 +250,26 @@ class Link:
                 raise RedisUnavailable(
                     f"the Redis scheduler at {self.target.shown} has been unreachable for {self.target.retry:.0f} s "
                     f"({what}): {self._clean(str(error))}; raise ?retry= in the URL to wait longer") from None
-            if failures == 1 or failures % 10 == 0:
-                log.warning("the Redis scheduler at %s is unreachable (%s: %s); retrying for up to %.0f s more",
-                            self.target.shown, what, self._clean(str(error)), deadline - now)
+            self._unreachable(now, what, error, deadline - now)
             time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, 2.0)
+
+    def _unreachable(self, now: float, what: str, error: BaseException, left: float) -> None:
+        with self._outage_lock:
+            if self._outage is None:
+                self._outage = now
+            elif now - self._outage_said < 30.0:
+                return
+            self._outage_said = now
+        log.warning("the Redis scheduler at %s is unreachable (%s: %s); retrying for up to %.0f s more",
+                    self.target.shown, what, self._clean(str(error)), left)
+
+    def _recovered(self) -> None:
+        with self._outage_lock:
+            began, self._outage = self._outage, None
+        if began is not None:
+            log.warning("the Redis scheduler at %s is reachable again (after %.1f s)", self.target.shown,
+                        time.monotonic() - began)
 
     def close(self) -> None:
         self._closed.set()
