@@ -138,6 +138,45 @@ def test_a_store_of_another_format_is_refused_saying_what_to_do(tmp_path):
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
+def test_feed_leases_left_the_store_format_as_it_was(tmp_path):
+    """Feed leases live in a table of their own, created IF NOT EXISTS: a store written before it
+    existed opens (also read-only, as `dcp-worker jobs` opens it) and its stream jobs, which have no
+    feed lease, never expire; the format number is unchanged, so older versions still open stores
+    this one wrote (they leave the table alone)."""
+    import time
+
+    from dcp_worktimes.scheduler.base import feed_lost_reason
+    from dcp_worktimes.scheduler.sqlite.schema import SCHEMA_VERSION
+    from dcp_worktimes.testing_scheduler import take
+    from dcp_worktimes.values import pack
+
+    path = tmp_path / "x.db"
+    s = open_scheduler(f"sqlite:///{path}")
+    s.submit(make_job("old", stream=True))
+    s.add_slices("old", [(0, pack(0)), (1, pack(1))])
+    s.close()
+    with sqlite3.connect(path) as db:  # the store as the version before feed leases left it
+        db.execute("DROP TABLE feed_leases")
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    ro = open_scheduler(f"sqlite:///{path}", read_only=True)
+    assert [(j["id"], j["status"], j["total"]) for j in ro.job_summaries()] == [("old", "running", None)]
+    ro.close()
+
+    s = open_scheduler(f"sqlite:///{path}")
+    s.submit(make_job("new", stream=True))
+    s.keep_feeding("new", 0.2)
+    take(s, "w1", max_slices=1)
+    time.sleep(0.7)
+    take(s, "w1")
+    assert s.status("old")["status"] == "running"  # no feed lease: its deployer may still send the rest
+    assert s.status("new") == {"total": None, "distributed": 0, "computed": 0, "failed": 0, "status": "cancelled",
+                               "reason": feed_lost_reason(0)}
+    s.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT COUNT(*) FROM feed_leases").fetchone()[0] == 0  # ended: its row went too
+
+
 def test_a_store_locked_by_a_stopped_process_makes_writers_wait_not_crash(tmp_path):
     import sqlite3
     import threading

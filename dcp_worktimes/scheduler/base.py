@@ -51,6 +51,12 @@ Rules every backend keeps (the conformance suite checks them):
 * **Inputs.** Ranges and distributions are stored as descriptions (``InputSet.description()``)
   and sliced on demand with ``dcp_worktimes.inputs.input_set_from_description``; streams
   arrive with ``add_slices`` in batches and end with ``close_input``.
+* **Feed leases.** A stream's remaining inputs exist only in its deployer's process, so a
+  deployer that dies mid-stream leaves a job that can never finish. While it feeds, the deployer
+  renews a feed lease (``keep_feeding``); once the lease has expired with the input still open,
+  the store's housekeeping (the reclaim a ``lease`` call runs) cancels the job with
+  ``feed_lost_reason``. Results already recorded stay. A stream job with no feed lease recorded
+  (deployed by a version that had none) never expires this way.
 * **Events.** Each job has an ordered event log (``events(job_id, after)``), with these types:
   ``accepted``, ``readyStateChange`` ({state}), ``status`` ({total, distributed, computed, failed}),
   ``result`` ({sliceNumber, value: msgpack bytes}), ``console`` ({level, message, sliceNumber,
@@ -91,6 +97,15 @@ RETRYABLE_CODES = frozenset({ErrorCode.ECRASH.value, ErrorCode.EWORKREJECT.value
 
 #: A worker that has not called ``lease``/``heartbeat`` for this long is not live.
 WORKER_TTL = 15.0
+
+
+def feed_lost_reason(arrived: int) -> str:
+    """The cancel reason of a stream job whose feed lease expired with its input open: its
+    deployer stopped mid-stream, and the inputs it had not sent yet existed nowhere else.
+    (The Redis backend words the same sentence in ``lua/common.lua``; the conformance suite
+    checks that both agree.)"""
+    return (f"the deployer stopped while sending its input stream ({arrived} inputs had arrived); the rest existed "
+            "only in that process: deploy the job again")
 
 
 class SchedulerError(DcpError):
@@ -364,6 +379,21 @@ class Scheduler(ABC):
     @abstractmethod
     def close_input(self, job_id: str, total: int) -> None:
         """No more slices will be added; the job has ``total`` slices."""
+
+    def keep_feeding(self, job_id: str, seconds: float) -> None:
+        """The deployer of stream job ``job_id`` is alive and still sending its input: keep the
+        job for ``seconds`` more (its feed lease, renewed on a timer while the deployer feeds).
+
+        Why: the inputs not yet sent exist only in the deployer's process. If it dies mid-stream
+        nobody will ever call ``close_input``; once the feed lease has expired with the input still
+        open, the store cancels the job with ``feed_lost_reason`` (see the module docstring)
+        instead of leaving it running for ever. A job that never had a feed lease (deployed by an
+        older version) never expires this way. A no-op for a job whose input is closed or that
+        has ended; ``UnknownJob`` for no such job.
+
+        Not abstract: this default records nothing, so a backend that does not track feed leases
+        keeps an open stream job until ``close_input``, as every backend did before.
+        """
 
     @abstractmethod
     def events(self, job_id: str, after: int = 0, *, wait: float = 0.0, results: bool = True) -> list[tuple[int, dict]]:

@@ -163,8 +163,21 @@ class SqliteScheduler(Scheduler):
             if row.total is not None and row.total != total:
                 raise SchedulerError(f"job {job_id} already has {row.total} slices; close_input({total}) disagrees")
             store.db.execute("UPDATE jobs SET total = ? WHERE id = ?", (int(total), job_id))
+            store.db.execute("DELETE FROM feed_leases WHERE job_id = ?", (job_id,))  # fed in full: nothing to expire
             store.maybe_finish(job_id)
         store.notify()
+
+    def keep_feeding(self, job_id: str, seconds: float) -> None:
+        store = self._store
+        with store.tx():
+            row = store.job_row(job_id)  # UnknownJob for a bad id
+            if row.described or row.total is not None or row.status in FINAL_STATES:
+                return  # nothing left to feed: a row now would outlive the job
+            store.db.execute(
+                "INSERT INTO feed_leases (job_id, expires) VALUES (?, ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET expires = excluded.expires",
+                (job_id, time.time() + float(seconds)),
+            )
 
     def events(self, job_id: str, after: int = 0, *, wait: float = 0.0, limit: int | None = None,
                results: bool = True) -> list[tuple[int, dict]]:
@@ -204,7 +217,7 @@ class SqliteScheduler(Scheduler):
         store = self._store
         with store.tx():
             for table, column in (("events", "job_id"), ("results", "job_id"), ("slices", "job_id"),
-                                  ("leases", "job_id"), ("jobs", "id")):
+                                  ("leases", "job_id"), ("feed_leases", "job_id"), ("jobs", "id")):
                 store.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
         store.forget(job_id)
 

@@ -8,8 +8,9 @@
   (its bit in the run is unset, or its row points at the lease); it is settled in the same
   transaction, so every result is recorded exactly once and late reports of an expired lease are
   ignored. A report of a contiguous part of a run is checked with one bitmask, not slice by slice.
-* ``reclaim``: leases of dead local workers expire at once; expired leases go back to pending
-  (or fail with ``ECRASH`` after ``max_attempts``).
+* ``reclaim``: stream jobs whose feed lease expired with their input open are cancelled (their
+  deployer stopped mid-stream); leases of dead local workers expire at once; expired leases go
+  back to pending (or fail with ``ECRASH`` after ``max_attempts``).
 
 Every method runs one ``BEGIN IMMEDIATE`` transaction per call.
 """
@@ -30,6 +31,7 @@ from ..base import (
     UNSCHEDULABLE,
     Lease,
     Report,
+    feed_lost_reason,
     is_retryable,
     unusable_work_reason,
 )
@@ -221,10 +223,12 @@ class LeaseEngine:
         )
 
     def reclaim(self, now: float) -> None:
-        """Inside a transaction: leases of dead local workers expire now; expired leases requeue."""
+        """Inside a transaction: lost feeds end their jobs; leases of dead local workers expire
+        now; expired leases requeue."""
         import psutil
 
         store = self.store
+        self._end_lost_feeds(now)  # first: a job cancelled here has no leases left to requeue
         for wid, pid in self.db.execute("SELECT id, pid FROM workers WHERE host = ?", (HOST,)).fetchall():
             if pid and not psutil.pid_exists(pid):
                 self.db.execute("UPDATE leases SET expires = 0 WHERE worker_id = ?", (wid,))
@@ -251,6 +255,22 @@ class LeaseEngine:
                 store.lost_for_good(job_id, final, rec.max_attempts)
         for job_id in touched:
             store.maybe_finish(job_id)
+
+    def _end_lost_feeds(self, now: float) -> None:
+        """Inside a transaction: cancel the stream jobs whose deployer stopped renewing their feed
+        lease (``keep_feeding``) before closing their input: the inputs it had not sent existed
+        only in its process, so nothing can finish them. Jobs with no row never expire (their
+        deployer predates feed leases)."""
+        lost = self.db.execute(
+            "SELECT f.job_id, j.status, j.total FROM feed_leases f LEFT JOIN jobs j ON j.id = f.job_id "
+            "WHERE f.expires < ?", (now,)).fetchall()
+        for job_id, status, total in lost:
+            self.db.execute("DELETE FROM feed_leases WHERE job_id = ?", (job_id,))
+            if status is None or status in FINAL_STATES or total is not None:
+                continue  # deleted, ended or fed in full meanwhile (by a version that leaves the row)
+            # A stream slice's row stays until the job ends (a retry updates it): one row per input.
+            (arrived,) = self.db.execute("SELECT COUNT(*) FROM slices WHERE job_id = ?", (job_id,)).fetchone()
+            self.store.cancel(job_id, feed_lost_reason(arrived))
 
     def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
         now = time.time()

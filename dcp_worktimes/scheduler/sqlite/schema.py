@@ -23,6 +23,11 @@ Tables, and why they are shaped so:
   ``(name, version)``, with the publishing identity's fingerprint as a column (``applications.py``).
 * ``worker_categories``: the application categories a worker serves (``dcp-worker --category``),
   written once when it first leases; a table of its own so that ``workers`` keeps its shape.
+* ``feed_leases``: the deadline of each stream job whose deployer is still sending its input
+  (``keep_feeding``); the lease engine's reclaim cancels a job whose deadline passed with its input
+  open. A table of its own, created ``IF NOT EXISTS``, so the format (``SCHEMA_VERSION``) did not
+  change: a store written before it existed gains it when opened, a stream job with no row in it
+  never expires this way, and a version that does not know the table leaves it alone.
 
 Stores of another format are refused with a message (no release ever needed a migration).
 """
@@ -120,6 +125,10 @@ CREATE TABLE IF NOT EXISTS applications (
 CREATE TABLE IF NOT EXISTS worker_categories (
     worker_id TEXT PRIMARY KEY,
     categories BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feed_leases (
+    job_id TEXT PRIMARY KEY,
+    expires REAL NOT NULL
 );
 """
 

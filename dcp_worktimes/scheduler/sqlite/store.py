@@ -189,6 +189,7 @@ class Store:
         self.db.execute("UPDATE jobs SET status = ?, reason = ?, pending = 0 WHERE id = ?", (CANCELLED, reason, job_id))
         self.db.execute("DELETE FROM slices WHERE job_id = ?", (job_id,))
         self.db.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
+        self.db.execute("DELETE FROM feed_leases WHERE job_id = ?", (job_id,))
         cancel = {"type": "cancel", "reason": reason, **({"code": code} if code else {})}
         self.append_events(job_id, [{"type": "readyStateChange", "state": "cancelled"}, cancel])
 
