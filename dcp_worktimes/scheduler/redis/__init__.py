@@ -33,6 +33,10 @@ Design, for many workers and jobs of millions of slices:
 * **Events** go to a stream per job (ids ``0-<seq>``, the interface's sequence numbers);
   ``events(wait=)`` blocks in ``XREAD BLOCK``. A result batch is one entry; ``result``/``error``
   events are expanded from the stored batch only for readers that want them.
+* **Feeds** of stream jobs expire by deadline too: a deployer sending a stream renews its job's
+  entry in the ``feeds`` sorted set (``keep_feeding``), and the same reclaim step of every lease
+  call cancels a job whose deadline passed with its input open (its deployer died mid-stream;
+  the rest of its input existed only there). A job never given a deadline never expires so.
 * **Finished jobs** expire after the URL's ``keep`` (default 7 days) or go with
   ``dcp-worker jobs --delete``.
 * **Faults.** Redis unreachable at start: one ``SchedulerError`` naming the URL (never the
@@ -186,6 +190,10 @@ class RedisScheduler(Scheduler):
         if got != int(total):
             raise SchedulerError(f"job {job_id} already has {got} slices; close_input({total}) disagrees")
         self._notify()
+
+    def keep_feeding(self, job_id: str, seconds: float) -> None:
+        if self._script("keep_feeding", "keep a stream job's feed", job_id, repr(float(seconds))) == -1:
+            raise self._reads.unknown(job_id)
 
     def events(self, job_id: str, after: int = 0, *, wait: float = 0.0, limit: int | None = None,
                results: bool = True) -> list[tuple[int, dict]]:

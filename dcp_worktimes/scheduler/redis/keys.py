@@ -15,6 +15,9 @@ Per group:
 * ``wake`` STREAM (capped): an entry whenever a job has new slices to hand out; idle workers block
   on it (``XREAD BLOCK``) instead of polling.
 * ``leases`` ZSET lease id -> deadline (server clock): expiry is ``ZRANGEBYSCORE -inf now``.
+* ``feeds`` ZSET job id -> feed deadline (server clock) of a stream job whose deployer is still
+  sending its input (``keep_feeding``); the reclaim cancels a job whose deadline passed with its
+  input open. Left when the input closes or the job ends; a job never in it never expires so.
 * ``workers`` HASH worker id -> its worktimes and capabilities; ``seen`` ZSET worker id -> last
   lease/heartbeat (server clock); ``host:<host key>`` HASH worker id -> pid, so a worker on the
   same machine notices a dead one at once.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-NAMES = ("submit", "add_slices", "close_input", "lease", "report", "give_back", "heartbeat", "post_events",
+NAMES = ("submit", "add_slices", "close_input", "keep_feeding", "lease", "report", "give_back", "heartbeat", "post_events",
          "cancel", "delete", "set_payment", "unschedulable", "workers", "leave", "publish")
 
 

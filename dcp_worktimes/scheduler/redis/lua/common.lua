@@ -101,6 +101,7 @@ local function drop_slices(id)
     drop_lease(lid, id, worker or '')
   end
   redis.call('DEL', K('pend', id), K('att', id), K('sq', id), K('sd', id), jl)
+  redis.call('ZREM', P .. 'feeds', id)
   local qkey = redis.call('HGET', K('job', id), 'qkey')
   if qkey then redis.call('ZREM', P .. 'queue', qkey) end
 end
@@ -256,9 +257,28 @@ local function settled(lid, h, bits, k)
   end
 end
 
+-- Stream jobs whose deployer stopped renewing their feed deadline (keep_feeding) with the input
+-- still open are cancelled: the inputs it had not sent existed only in its process. A job never
+-- given a deadline (its deployer predates them) never expires this way. The reason is the
+-- sentence of base.feed_lost_reason (the conformance suite checks that both say the same).
+local function end_lost_feeds(now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'feeds', '-inf', D(now), 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', P .. 'feeds', id)
+    local h = redis.call('HMGET', K('job', id), 'status', 'total')
+    if h[1] and not FINAL[h[1]] and h[2] == '' then
+      local arrived = redis.call('HLEN', K('sd', id)) -- a stream's datums stay until it ends: one per input
+      cancel(id, 'the deployer stopped while sending its input stream (' .. I(arrived) .. ' inputs had arrived); '
+        .. 'the rest existed only in that process: deploy the job again', '')
+    end
+  end
+end
+
 -- Expired leases: their unsettled slices go back to the queue with one more attempt used, or
--- fail with ECRASH once they were lost max_attempts times.
+-- fail with ECRASH once they were lost max_attempts times. Lost feeds first: a job they cancel
+-- has no leases left to requeue.
 local function reclaim(now, limit)
+  end_lost_feeds(now, limit)
   local lids = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', D(now), 'LIMIT', 0, limit)
   local touched = {}
   for _, lid in ipairs(lids) do
