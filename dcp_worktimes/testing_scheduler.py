@@ -45,6 +45,7 @@ from .scheduler.base import (
     SchedulerError,
     UnknownApplication,
     UnknownJob,
+    feed_lost_reason,
 )
 from .values import pack, unpack
 from .worktime import JobSpec
@@ -496,6 +497,62 @@ class SchedulerConformance:
             [(0, b"\x00zero", 2), (1, [1], 2)]
         scheduler.report(ok(*again))
         assert scheduler.status("s")["status"] == "complete"
+
+    # A stream's deployer keeps a feed lease while it sends the input (keep_feeding): one that
+    # dies mid-stream leaves a job nothing can finish, which the next lease call's reclaim ends.
+    def test_stream_whose_feed_lease_expired_is_cancelled_and_keeps_its_results(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("s", stream=True))
+        scheduler.keep_feeding("s", 0.3)
+        scheduler.add_slices("s", [(0, pack("a")), (1, pack("b")), (2, pack("c"))])
+        done, held = take(scheduler, "w1", ECHO, {}, 2, 30)
+        scheduler.report(ok(done))
+        time.sleep(0.8)  # the deployer is gone: no renewal, no close_input
+        assert take(scheduler, "w2") == []  # the reclaim ended the job: slice 2 is not handed out
+        reason = feed_lost_reason(3)
+        assert "deploy the job again" in reason
+        st = scheduler.status("s")
+        assert st["status"] == "cancelled" and st["reason"] == reason and st["total"] is None
+        assert [e for _, e in scheduler.events("s")][-1] == {"type": "cancel", "reason": reason}
+        (summary,) = [j for j in scheduler.job_summaries() if j["id"] == "s"]
+        assert summary["status"] == "cancelled" and summary["reason"] == reason
+        assert {n: unpack(r.value) for n, r in scheduler.results("s").items()} == {0: "a"}  # computed: kept
+        assert scheduler.heartbeat("w1", [held.lease_id], 30) == [held.lease_id]  # its worker drops it
+        scheduler.keep_feeding("s", 30)  # a renewal arriving late changes nothing
+        assert scheduler.status("s")["status"] == "cancelled"
+
+    def test_stream_whose_feed_lease_is_renewed_is_kept(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("s", stream=True))
+        deadline = time.monotonic() + 1.5  # three lease lengths: only the renewals keep it
+        n = 0
+        while time.monotonic() < deadline:
+            scheduler.keep_feeding("s", 0.5)
+            scheduler.add_slices("s", [(n, pack(n))])
+            n += 1
+            scheduler.report(ok(*take(scheduler, "w1")))  # every lease call runs the reclaim
+            time.sleep(0.1)
+        assert scheduler.status("s")["status"] == "running"
+        scheduler.add_slices("s", [(n, pack(n))])
+        scheduler.close_input("s", n + 1)  # fed in full: its feed lease no longer matters ...
+        scheduler.keep_feeding("s", 0.01)  # ... nor does a renewal racing the close
+        time.sleep(0.6)
+        last = take(scheduler, "w2")
+        assert [sl.slice_number for sl in last] == [n] and scheduler.status("s")["status"] == "running"
+        scheduler.report(ok(*last))
+        assert scheduler.status("s")["status"] == "complete"
+        with pytest.raises(UnknownJob):
+            scheduler.keep_feeding("nope", 30)
+
+    def test_stream_without_a_feed_lease_never_expires(self, scheduler: Scheduler) -> None:
+        # Deployed by a version that had no feed leases (or through the interface without one):
+        # nothing says its deployer died, so nothing may end it.
+        scheduler.submit(make_job("old", stream=True))
+        scheduler.add_slices("old", [(0, pack(0)), (1, pack(1))])
+        scheduler.report(ok(*take(scheduler, "w1", max_slices=1)))
+        time.sleep(0.7)
+        assert [sl.slice_number for sl in take(scheduler, "w2")] == [1]
+        assert scheduler.status("old")["status"] == "running"
+        scheduler.close_input("old", 2)
+        assert scheduler.status("old")["status"] == "running"
 
     def test_cancel(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 10))
