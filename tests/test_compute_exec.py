@@ -221,6 +221,25 @@ def test_a_stream_that_fails_midway_stops_the_job_and_says_where(store):
         echo(broken()).exec()
 
 
+def test_a_slow_stream_whose_deployer_is_alive_is_never_ended(store, monkeypatch):
+    """A generator may take longer than the whole feed lease between two items: the deployer
+    renews the lease on a timer of its own, not per item, so the store never takes it for dead
+    (the local worker's lease calls run the reclaim all along)."""
+    from dcp_worktimes.compute import deploy
+
+    monkeypatch.setattr(deploy, "FEED_LEASE", 1.0)
+    monkeypatch.setattr(deploy, "FEED_REFRESH", 0.1)
+    monkeypatch.setattr(deploy, "STREAM_BATCH", 1)  # each item is sent as soon as it comes
+
+    def slow():
+        for i in range(3):
+            if i:
+                time.sleep(2.0)  # twice the feed lease
+            yield i
+
+    assert echo(slow(), cores=1).exec() == [0, 1, 2]
+
+
 def test_compute_default_applies_to_new_jobs(store, monkeypatch):
     monkeypatch.setattr(compute.default, "worktime", "echo", raising=False)
     monkeypatch.setattr(compute.default, "max_attempts", 5, raising=False)

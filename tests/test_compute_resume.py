@@ -6,13 +6,16 @@ stored it is killed with SIGKILL. This test process then resumes the job. Every 
 custom ``ran`` event when it runs: the resumed run must emit none for the slices whose results
 were stored before the kill.
 
-``compute.resume`` of something that is not a job id says what job ids are.
+A deployer killed while it still streams a generator's inputs leaves a job nobody can finish:
+the store ends it once its feed lease lapses, keeping its results. ``compute.resume`` of something
+that is not a job id says what job ids are.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +27,7 @@ import pytest
 from dcp_worktimes import compute
 from dcp_worktimes.plugins import get_worktimes
 from dcp_worktimes.scheduler import open_scheduler
+from dcp_worktimes.values import unpack
 
 N = 40
 
@@ -88,6 +92,75 @@ def test_v16_resume_after_sigkill(tmp_path, monkeypatch, worktime):
     assert results.keys() == [str(i) for i in range(N)]
     assert not (set(reran) & done_before), f"slices {sorted(set(reran) & done_before)} were computed twice"
     assert set(reran) | done_before == set(range(N))
+
+
+FEEDER = textwrap.dedent("""
+    import sys, time
+    from dcp_worktimes import compute
+    from dcp_worktimes.compute import deploy
+    deploy.FEED_LEASE, deploy.FEED_REFRESH, deploy.STREAM_BATCH = float(sys.argv[2]), 0.1, 1
+
+    def endless():  # a slow source that never ends: only this process could send the rest
+        i = 0
+        while True:
+            yield i
+            i += 1
+            time.sleep(0.2)
+
+    job = compute.for_(endless(), "", worktime="echo", cores=1, progress=False)
+    job.on("accepted", lambda ev: open(sys.argv[1], "w").write(ev.id))
+    job.exec()
+""")
+
+
+def test_a_deployer_killed_mid_stream_ends_its_job_with_the_reason(tmp_path, monkeypatch):
+    """The deployer of a never-ending stream is SIGKILLed: nothing will ever close its input. Once
+    its feed lease has lapsed, the next worker's lease call ends the job (cancelled, saying why),
+    the results it computed stay, and resuming it still says why it cannot be."""
+    from dcp_worktimes.errors import DcpError
+    from dcp_worktimes.scheduler.base import feed_lost_reason
+
+    feed_lease = 1.5
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    monkeypatch.setenv("DCP_SCHEDULER", url)
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    idfile = tmp_path / "job-id.txt"
+    proc = subprocess.Popen([sys.executable, "-c", FEEDER, str(idfile), str(feed_lease)], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        job_id = _wait_for(lambda: idfile.exists() and idfile.read_text(), 30, "the job to be accepted")
+        with open_scheduler(url) as s:
+            def poll() -> str:
+                """Lease as a worker polling the store would (which runs the reclaim); the job's status."""
+                s.return_slices(s.lease("w-after", {"echo": "1.0.0"}, {}, 1, 30))
+                return s.status(job_id)["status"]
+
+            _wait_for(lambda: s.status(job_id)["computed"] >= 3, 30, "some results")
+            time.sleep(feed_lease + 0.5)  # alive for longer than its feed lease: its renewals keep the job
+            assert poll() == "running"
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            killed = time.monotonic()
+            _wait_for(lambda: poll() != "running", feed_lease + 5, "the job to end")
+            assert time.monotonic() - killed < feed_lease + 1.5  # the lease, plus a reclaim interval
+            st = s.status(job_id)
+            computed = s.results(job_id)
+            (summary,) = s.job_summaries()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert st["status"] == "cancelled" and st["total"] is None
+    assert (summary["status"], summary["reason"]) == ("cancelled", st["reason"])
+    said = re.fullmatch(r"the deployer stopped while sending its input stream \((\d+) inputs had arrived\); "
+                        r"the rest existed only in that process: deploy the job again", st["reason"])
+    assert said and st["reason"] == feed_lost_reason(int(said[1]))
+    assert int(said[1]) >= st["distributed"] >= len(computed) >= 3
+    assert all(rep.ok and unpack(rep.value) == n for n, rep in computed.items())  # computed before: kept
+    with pytest.raises(DcpError, match="input stream was not fully sent") as info:
+        compute.resume(job_id)
+    assert info.value.code == "ENORESUME"
 
 
 def test_resume_of_a_non_string_id_says_what_ids_are(store):

@@ -3,7 +3,8 @@
 ``plan(job, cost, local, scheduler)`` validates everything (settings, the worktime through its contract,
 requirements against this machine or the attached workers) and returns the ``JobRecord``;
 nothing is stored until it returns. ``submit(scheduler, record, job)`` stores it, and for a stream
-input starts a ``Feeder`` that pushes the datums in batches::
+input starts a ``Feeder`` that pushes the datums in batches and keeps the job's feed lease alive
+(``Scheduler.keep_feeding``) until the input is closed::
 
     record = plan(job, parse_cost(None), True, scheduler)     # raises before anything is stored
     feeder = submit(scheduler, record, job)
@@ -11,6 +12,7 @@ input starts a ``Feeder`` that pushes the datums in batches::
 
 from __future__ import annotations
 
+import logging
 import reprlib
 import threading
 import uuid
@@ -41,6 +43,14 @@ if TYPE_CHECKING:
 
 #: Datums per ``add_slices`` call for stream inputs.
 STREAM_BATCH = 1000
+#: Seconds a stream job's feed lease lasts (``Scheduler.keep_feeding``): a deployer that stops
+#: renewing it for this long is taken for dead and its job cancelled. Generous, so that a busy or
+#: swapping machine, or a store locked for a while, does not end a deployer that is alive.
+FEED_LEASE = 60.0
+#: Seconds between renewals of the feed lease: several renewals may fail before it lapses.
+FEED_REFRESH = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def work_spec(job: "Job", job_id: str = "") -> tuple[JobSpec, str | None]:
@@ -128,6 +138,11 @@ class Feeder:
     The first batch is read and packed before the job is stored, so the usual mistakes (an input
     that cannot be sent) raise before anything is deployed. A failure later cancels the job with
     the reason, and ``error`` holds it for ``exec()`` to raise.
+
+    While it feeds, a second thread renews the job's feed lease every ``FEED_REFRESH`` s: the
+    generator runs on the feeding thread and may take minutes per item, and a deployer that is
+    alive must never look dead for that. If this process dies mid-stream the renewals stop and
+    the store cancels the job once ``FEED_LEASE`` has passed (its remaining inputs died with it).
     """
 
     def __init__(self, stream: StreamInput) -> None:
@@ -139,12 +154,29 @@ class Feeder:
             self.first = []
         self.error: BaseException | None = None
         self.stop = threading.Event()
+        #: Set once feeding has ended (input closed, failed or stopped): the lease keeper stops.
+        self.fed = threading.Event()
         self.thread: threading.Thread | None = None
+        self.keeper: threading.Thread | None = None
 
     def start(self, scheduler: Scheduler, job_id: str) -> None:
+        self.keeper = threading.Thread(target=self._keep_lease, args=(scheduler, job_id),
+                                       name=f"dcp-feed-lease-{job_id[:8]}", daemon=True)
+        self.keeper.start()
         self.thread = threading.Thread(target=self._feed, args=(scheduler, job_id), name=f"dcp-feed-{job_id[:8]}",
                                        daemon=True)
         self.thread.start()
+
+    def _keep_lease(self, scheduler: Scheduler, job_id: str) -> None:
+        """Renew the feed lease now and every ``FEED_REFRESH`` s until feeding ends."""
+        lease, refresh = FEED_LEASE, FEED_REFRESH  # read once: a test may shorten them before deploying
+        while not self.fed.is_set():
+            try:
+                scheduler.keep_feeding(job_id, lease)
+            except Exception as e:  # noqa: BLE001 - a store failing for a while: the next renewal may work
+                log.warning("job %s: could not renew the feed lease of its input stream (%s); retrying in %.0f s",
+                            job_id, e, refresh)
+            self.fed.wait(refresh)
 
     def _feed(self, scheduler: Scheduler, job_id: str) -> None:
         try:
@@ -161,6 +193,8 @@ class Feeder:
                 scheduler.cancel(job_id, f"the input stream failed: {type(e).__name__}: {e}")
             except Exception:  # noqa: BLE001
                 pass
+        finally:
+            self.fed.set()
 
     def wait(self) -> None:
         """Until every datum is stored (or feeding failed: ``error``)."""
@@ -168,8 +202,10 @@ class Feeder:
             self.thread.join()
 
     def close(self) -> None:
-        """The job ended (maybe early): stop pushing inputs."""
+        """The job ended (maybe early): stop pushing inputs, and renewing the feed lease (the
+        generator may be stuck in an item for long after this)."""
         self.stop.set()
+        self.fed.set()
         if self.thread is not None and self.thread.is_alive():
             self.thread.join(10)
 
@@ -183,4 +219,5 @@ def submit(scheduler: Scheduler, record: JobRecord, job: "Job") -> Feeder | None
     return feeder
 
 
-__all__ = ["plan", "work_spec", "submit", "Feeder", "check_attached_workers", "STREAM_BATCH"]
+__all__ = ["plan", "work_spec", "submit", "Feeder", "check_attached_workers", "STREAM_BATCH", "FEED_LEASE",
+           "FEED_REFRESH"]
