@@ -163,6 +163,39 @@ def test_a_deployer_killed_mid_stream_ends_its_job_with_the_reason(tmp_path, mon
     assert info.value.code == "ENORESUME"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_ctrl_c_says_what_became_of_the_job(tmp_path, monkeypatch, stream):
+    """Ctrl-C in exec(): a job with all its inputs stored stays, and the note says how to resume
+    it; one still streaming a generator is cancelled at once, saying why (the note said "resume
+    it", which could never work, and the job lingered until its feed lease lapsed)."""
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    monkeypatch.setenv("DCP_SCHEDULER", url)
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    idfile = tmp_path / "job-id.txt"
+    script = FEEDER.replace("compute.for_(endless()", "compute.for_(endless() if sys.argv[3] == 'stream' else "
+                            "range(10**6)").replace('"", worktime="echo"', "'{\"sleep\": 0.05}', worktime=\"echo\"")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(idfile), "60", "stream" if stream else "range"],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        job_id = _wait_for(lambda: idfile.exists() and idfile.read_text(), 30, "the job to be accepted")
+        with open_scheduler(url) as s:
+            _wait_for(lambda: s.status(job_id)["computed"] >= 2, 30, "some results")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "KeyboardInterrupt" in err
+    with open_scheduler(url) as s:
+        st = s.status(job_id)
+    if stream:
+        assert st["status"] == "cancelled" and "interrupted while sending its input stream" in st["reason"]
+        assert f"job {job_id} was cancelled: it was interrupted while its input stream" in err
+    else:
+        assert st["status"] == "running"
+        assert f"continue it with compute.resume('{job_id}').exec()" in err
+
+
 def test_resume_of_a_non_string_id_says_what_ids_are(store):
     for bad in (None, 5):
         with pytest.raises(TypeError, match="job ids are strings.*job.id"):

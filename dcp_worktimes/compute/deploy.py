@@ -153,6 +153,8 @@ class Feeder:
         except StopIteration:
             self.first = []
         self.error: BaseException | None = None
+        #: Every datum is stored and the input closed: the job no longer needs this process.
+        self.complete = False
         self.stop = threading.Event()
         #: Set once feeding has ended (input closed, failed or stopped): the lease keeper stops.
         self.fed = threading.Event()
@@ -187,6 +189,7 @@ class Feeder:
                     return
                 scheduler.add_slices(job_id, pack_batch(batch))
             scheduler.close_input(job_id, self.stream.consumed)
+            self.complete = True
         except BaseException as e:  # noqa: BLE001 - reported by exec() on its own thread
             self.error = e
             try:

@@ -401,8 +401,20 @@ class Job(EventEmitter):
                         # The deployer gives up: a worker attached later must not run it behind its back.
                         sched.cancel(self.id, f"the deployer gave up: {follower.reason}")
                 except KeyboardInterrupt as e:
-                    e.add_note(f"job {self.id} stays in the scheduler's store; continue it with "
-                               f"compute.resume({self.id!r}).exec() or stop it with compute.resume({self.id!r}).cancel()")
+                    if feeder is not None and not feeder.complete:
+                        # The rest of its input exists only here: no resume can finish it, and its
+                        # feed lease would only end it a minute later.
+                        reason = "the deployer was interrupted while sending its input stream; deploy the job again"
+                        try:
+                            sched.cancel(self.id, reason)
+                        except Exception:  # noqa: BLE001 - the store's own feed lease ends it then
+                            pass
+                        e.add_note(f"job {self.id} was cancelled: it was interrupted while its input stream was "
+                                   "still being sent, and the rest of the inputs existed only in this process; "
+                                   "deploy it again")
+                    else:
+                        e.add_note(f"job {self.id} stays in the scheduler's store; continue it with compute.resume("
+                                   f"{self.id!r}).exec() or stop it with compute.resume({self.id!r}).cancel()")
                     raise
             run.ended = (outcome, follower, results)
         finally:
