@@ -68,8 +68,18 @@ class Registration:
         return f"{self.cls.__module__}:{self.cls.__qualname__}"
 
     def probe(self, config: Mapping[str, Any] | None = None) -> Probe:
-        """``cls.probe(config)``, once per process and config (a probe may start the engine)."""
-        return _probe(self.cls, _freeze(config or {}))
+        """``cls.probe(config)``, once per process and config (a probe may start the engine).
+
+        One probe at a time: two threads' first jobs arrive together (``exec_async`` under
+        ``asyncio.gather``), and a probe need not be thread-safe (map-basic's, through the deno
+        package, reads ``sysconfig``, whose first use is not). A probe that raised is not
+        remembered: the next call probes again."""
+        frozen = _freeze(config or {})
+        with _PROBE_LOCK:
+            try:
+                return _probe(self.cls, frozen)
+            except _ProbeRaised as e:
+                return e.probe
 
     def describe(self, config: Mapping[str, Any] | None = None) -> dict:
         d = self.cls.describe(self.probe(config))
@@ -112,12 +122,23 @@ def settings_from_env(cls: type[Worktime]) -> dict[str, str]:
     return {name: value for name, value in found.items() if value}
 
 
+_PROBE_LOCK = threading.Lock()
+
+
+class _ProbeRaised(Exception):
+    """``_probe``'s way out without a cached answer (``lru_cache`` keeps results, not exceptions)."""
+
+    def __init__(self, probe: Probe) -> None:
+        super().__init__(probe.unavailable)
+        self.probe = probe
+
+
 @functools.lru_cache(maxsize=64)
 def _probe(cls: type[Worktime], frozen: Any) -> Probe:
     try:
         probe = cls.probe(_thaw(frozen) or {})
     except Exception as e:  # a probe that raises says so instead of taking the worker down
-        return Probe({}, unavailable=f"probing {cls.name} failed: {type(e).__name__}: {e}")
+        raise _ProbeRaised(Probe({}, unavailable=f"probing {cls.name} failed: {type(e).__name__}: {e}")) from None
     if not isinstance(probe, Probe):
         return Probe({}, unavailable=f"{cls.__qualname__}.probe() returned {type(probe).__name__}, not a Probe")
     if not _plain(dict(probe.capabilities)):

@@ -337,3 +337,42 @@ def test_a_result_stored_deeper_than_it_can_be_read_back_fails_alone(store):
     assert out[0] == 0 and out[2] == 0
     assert out[1].code == "EUNSERIALIZABLE" and "cannot be read back" in out[1].message
     assert [e["sliceNumber"] for e in errors] == [1]
+
+
+CONCURRENT_FIRST_JOBS = """
+import threading
+from dcp_worktimes import compute
+W = "function (i) { progress(); return i * 2 }"
+got = []
+def run():
+    try:
+        got.append(list(compute.for_([1, 2, 3], W).exec()))
+    except Exception as e:
+        got.append(str(e))
+threads = [threading.Thread(target=run) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(got, list(compute.for_([4], W).exec()))
+"""
+
+
+@pytest.mark.parametrize("engine", ["v8", "quickjs"])
+def test_a_fresh_process_s_first_jobs_may_start_together(tmp_path, engine):
+    # Both failed, "this machine cannot run map-basic jobs", and so did every later map-basic job
+    # of that process: the two first probes ran at once, the deno package's first read of
+    # sysconfig is not thread-safe, and the failed probe was cached.
+    import os
+    import subprocess
+    import sys
+
+    from dcp_worktimes.worktimes.map_basic.engine import missing
+
+    if missing(engine):
+        pytest.skip(missing(engine))
+    env = {**os.environ, "DCP_SCHEDULER": f"sqlite:///{tmp_path}/jobs.db", "DCP_WORKTIMES_JS_ENGINE": engine,
+           "DCP_PROGRESS": "0"}
+    out = subprocess.run([sys.executable, "-c", CONCURRENT_FIRST_JOBS], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "[[2, 4, 6], [2, 4, 6]] [8]", out.stderr[-2000:]

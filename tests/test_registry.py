@@ -183,3 +183,52 @@ def test_package_version_of_a_missing_package_is_none():
     from dcp_worktimes.cache import package_version
 
     assert package_version("no-such-distribution", "no_such_module_dcp") is None
+
+
+class Flaky(Worktime):
+    """A probe that is not thread-safe: a second probe running beside the first raises."""
+
+    name = "flaky-probe"
+    version = "1.0.0"
+    running = 0
+    failed_once = False
+
+    @classmethod
+    def probe(cls, config):
+        import time
+
+        from dcp_worktimes.worktime import Probe
+
+        cls.running += 1
+        try:
+            time.sleep(0.05)
+            first = config.get("fail-first") and not cls.failed_once
+            if cls.running > 1 or first:
+                cls.failed_once = cls.failed_once or bool(first)
+                raise TypeError("can only concatenate str (not \"NoneType\") to str")
+            return Probe({"flaky": True})
+        finally:
+            cls.running -= 1
+
+    def execute(self, ctx, datum):
+        return datum
+
+
+def test_probes_run_one_at_a_time_and_one_that_raised_is_not_remembered():
+    # Two threads' first map-basic jobs probed at once: the deno package's first sysconfig read
+    # is not thread-safe, both probes failed, and the failure was cached: no map-basic job ran in
+    # that process again ("this machine cannot run map-basic jobs").
+    import threading
+
+    reg = Registry(load_entry_points=False)
+    reg.register_module(make_plugin("flaky", Flaky), "flaky")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(reg.get("flaky-probe").probe({"n": 1}))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [p.unavailable for p in got] == [None] * 4
+    failed = reg.get("flaky-probe").probe({"fail-first": True})
+    assert "probing flaky-probe failed: TypeError" in failed.unavailable
+    assert reg.get("flaky-probe").probe({"fail-first": True}).unavailable is None  # probed again
