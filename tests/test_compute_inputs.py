@@ -315,6 +315,29 @@ def test_js_number_strings():
     assert js_number_string([10, 11]) == "10,11"
 
 
+@pytest.mark.parametrize("value, js", [
+    # whole floats past 2**53: JavaScript writes the shortest digits that read back as the same
+    # float; the keys had the float's exact binary value ("100000000000000098304")
+    (1e20 + 1e5, "100000000000000100000"),
+    (123456789012345680000.0, "123456789012345680000"),
+    (-2.0**60, "-1152921504606847000"),
+    (9007199254740993.0, "9007199254740992"),
+    (5e20, "500000000000000000000"),
+    # inside lists, every value as String() writes it (dicts and bytes were Python's repr)
+    ([{"a": 1}], "[object Object]"),
+    ([b"ab"], "97,98"),
+    ([[1, 2], {}], "1,2,[object Object]"),
+    ([None, "x", [True]], ",x,true"),
+])
+def test_keys_are_what_string_writes_in_javascript(value, js):
+    assert js_number_string(value) == js
+
+
+def test_keys_of_a_range_of_large_whole_floats_are_the_work_s_own_strings():
+    r = compute.for_({"start": 1e20, "end": 1e20 + 3e5, "step": 1e5}, "function (i) { return String(i) }").exec()
+    assert r.keys() == list(r) and r.key("100000000000000100000") == "100000000000000100000"
+
+
 def test_python_ranges_stay_lazy():
     r = input_set(range(10, 0, -3))
     assert isinstance(r, RangeObject) and datums(r) == [10, 7, 4, 1]

@@ -32,12 +32,6 @@ __all__ = ["ResultHandle", "ResultKeyError", "SliceFailed", "JobFailed", "key_st
 
 def key_string(value: Any) -> str:
     """An input as a result key, as JavaScript's ``String(value)`` writes it."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return ",".join(str(b) for b in value)  # String(Uint8Array)
-    if isinstance(value, dict):
-        return "[object Object]"
     return js_number_string(value)
 
 

@@ -117,10 +117,14 @@ def _parse_fraction_text(text: str) -> Fraction:
 
 
 def js_number_string(value: Any) -> str:
-    """``String(x)`` as JavaScript writes it: ``1.0`` -> ``'1'``, ``1e21`` -> ``'1e+21'``.
+    """``String(x)`` as JavaScript writes it: ``1.0`` -> ``'1'``, ``1e21`` -> ``'1e+21'``,
+    ``1.000000000000001e20`` -> ``'100000000000000100000'`` (the shortest digits that read back
+    as the same float, not its exact binary value), ``[1, [b"ab"], {}]`` -> ``'1,97,98,[object Object]'``.
 
     Result keys (``entries()``, ``keys()``) are the inputs as DCP's client prints them.
     """
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -132,9 +136,9 @@ def js_number_string(value: Any) -> str:
             return "Infinity" if value > 0 else "-Infinity"
         if value == 0:
             return "0"
+        r = repr(value)  # the shortest round-trip digits, as JavaScript's Number::toString picks them
         if value.is_integer() and abs(value) < 1e21:
-            return str(int(value))
-        r = repr(value)
+            return format(Decimal(r).normalize(), "f")
         if "e" not in r:
             return r
         mant, exp = r.split("e")
@@ -146,6 +150,10 @@ def js_number_string(value: Any) -> str:
         return "null"
     if isinstance(value, (list, tuple)):
         return ",".join("" if v is None else js_number_string(v) for v in value)
+    if isinstance(value, (bytes, bytearray)):
+        return ",".join(map(str, value))  # String(Uint8Array)
+    if isinstance(value, dict):
+        return "[object Object]"
     return str(value)
 
 
