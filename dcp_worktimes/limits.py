@@ -284,6 +284,20 @@ def parse_size(value: Any, what: str = "size") -> int | None:
     return size
 
 
+def to_float(value: Any) -> float:
+    """``float(value)``, but a number too large for a float is infinite rather than an
+    ``OverflowError`` from deep inside: every setting that takes a number then refuses it with
+    its own message (a job's settings may be any Python number, 10**400 included).
+
+    >>> to_float(10**400), to_float(-10**400), to_float(2)
+    (inf, -inf, 2.0)
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def parse_duration(value: Any, what: str = "duration") -> float | None:
     """``"2s"`` → 2.0, ``"250ms"`` → 0.25, ``"2m"`` → 120.0, ``5`` → 5.0, ``"off"`` → None."""
     if _is_none(value):
@@ -291,7 +305,7 @@ def parse_duration(value: Any, what: str = "duration") -> float | None:
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a duration such as 30s or 2m, got {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = to_float(value)
     else:
         import humanfriendly
 
@@ -300,5 +314,5 @@ def parse_duration(value: Any, what: str = "duration") -> float | None:
         except humanfriendly.InvalidTimespan:
             raise ValueError(f"{what}: cannot read {value!r} as a duration; write it like 30s, 250ms or 2m") from None
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{what}: must be a positive finite duration, got {value!r} (use 'none' for unlimited)")
+        raise ValueError(f"{what}: must be a positive finite duration, got {value!r:.40} (use 'none' for unlimited)")
     return seconds

@@ -7,6 +7,7 @@ methods), V10/V11 (via for_), V13 (argument form), V15 and V17 live here; execut
 from __future__ import annotations
 
 import collections
+from decimal import Decimal
 import enum
 import math
 import pathlib
@@ -284,6 +285,27 @@ def test_cancel_before_exec_is_honoured(store):
 def test_bad_exec_arguments_raise_before_deploying(store, kwargs, message):
     with pytest.raises(ValueError, match=message):
         compute.for_(1, 3, JS).exec(**kwargs)
+    assert deployed_jobs(store) == []
+
+
+HUGE = 10**400  # a Python int no float holds: float(HUGE) raises OverflowError
+
+
+@pytest.mark.parametrize("call, error, message", [
+    # the spec: "Any interface which accepts a cost profile ... must also handle ... BigNums"
+    (lambda: compute.for_(1, 3, JS).exec(HUGE), CostProfileError, r"the payment is too large \(1000"),
+    (lambda: compute.for_(1, 3, JS).exec({"maxTotalPayment": HUGE}), CostProfileError, "maxTotalPayment is too large"),
+    (lambda: compute.for_(1, 3, JS).exec(Decimal("1e400")), CostProfileError, "payment is too large"),
+    (lambda: compute.for_(1, 3, JS).exec(timeout=HUGE), ValueError, "positive finite number of seconds"),
+    (lambda: compute.for_(1, 3, JS, worker_wait=HUGE).exec(local=False), ValueError, "job.worker_wait must be a finite"),
+    (lambda: compute.for_(1, 3, JS, limits={"wall_time": HUGE}).exec(), ValueError, "wall_time: must be a positive finite"),
+    (lambda: compute.stats.set.normal(3, HUGE, 1), ValueError, "mean must be a finite number that fits a float"),
+    (lambda: compute.stats.set.poisson(3, -HUGE), ValueError, "must be a finite number that fits a float"),
+])
+def test_numbers_too_large_for_a_float_are_refused_by_name_not_overflow_error(store, call, error, message):
+    with pytest.raises(error, match=message) as info:
+        call()
+    assert "OverflowError" not in repr(info.value) and len(str(info.value)) < 400
     assert deployed_jobs(store) == []
 
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping
 
 from ..errors import DcpError, ErrorCode
+from ..limits import to_float
 
 __all__ = ["CostProfile", "CostProfileError", "parse_cost", "marketValue", "marketPrice", "safeMarketValue", "freeValue",
            "MARKET_RATE"]
@@ -93,9 +95,11 @@ _NAMED.update({"market_value": marketValue, "safe_market_value": safeMarketValue
 def _amount(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
         raise CostProfileError(f"{what} must be a number of DCC, got {value!r}")
-    f = float(value)
+    f = to_float(value)
+    if math.isinf(f) and f > 0 and not (isinstance(value, float) or isinstance(value, Decimal) and value.is_infinite()):
+        raise CostProfileError(f"{what} is too large ({value!r:.40}...): amounts go up to {sys.float_info.max:.4g} DCC")
     if not math.isfinite(f) or f < 0:
-        raise CostProfileError(f"{what} must be a finite amount >= 0, got {value!r}")
+        raise CostProfileError(f"{what} must be a finite amount >= 0, got {value!r:.40}")
     return f
 
 

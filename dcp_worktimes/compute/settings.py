@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import RequirementsError
+from ..limits import to_float
 from ..inputs import plain
 from ..values import UnserializableValue, pack
 
@@ -187,17 +188,19 @@ def check_scheduler(value: Any) -> None:
 def check_timeout(timeout: Any) -> None:
     if timeout is None:
         return
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"exec(timeout=...) must be a positive number of seconds, or None to wait forever; got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(to_float(timeout)) \
+            or timeout <= 0:
+        raise ValueError(f"exec(timeout=...) must be a positive finite number of seconds, or None to wait forever; got "
+                         f"{timeout!r:.40}")
 
 
 def check_worker_wait(value: Any) -> float | None:
     """``job.worker_wait``: seconds ``exec(local=False)`` waits for a worker that can run the job (``None``: for ever)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"job.worker_wait must be a number of seconds >= 0, or None to wait for a worker for ever; "
-                         f"got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(to_float(value)) or value < 0:
+        raise ValueError(f"job.worker_wait must be a finite number of seconds >= 0, or None to wait for a worker for "
+                         f"ever; got {value!r:.40}")
     return float(value)
 
 

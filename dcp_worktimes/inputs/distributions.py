@@ -114,8 +114,10 @@ def _binomial(n: int, p: float, rng: _random.Random) -> int:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise DistributionError(f"{what} must be a finite number, got {value!r}")
+    from ..limits import to_float
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(to_float(value)):
+        raise DistributionError(f"{what} must be a finite number that fits a float, got {value!r:.40}")
     return float(value)
 
 
