@@ -142,7 +142,24 @@ def test_cancel_from_a_handler(store):
         job.exec()
     assert time.monotonic() - t0 < 30
     partial = info.value.results
-    assert 1 <= sum(1 for v in partial if v is not None) < 200
+    done = [v for v in partial if not isinstance(v, compute.SliceFailed)]
+    assert 1 <= len(done) < 200 and len(partial) == 200 and None not in done
+    # each slice that did not complete says so in its place (it read as None, like a null result)
+    assert len(partial.failures) == 200 - len(done)
+    assert {(f.code, f.message) for f in partial.failures} == {
+        ("ECANCELLED", "the job was cancelled before this slice completed")}
+    assert all(partial[f.slice_number] is f for f in partial.failures)
+
+
+def test_a_cancelled_job_s_null_results_are_not_confused_with_slices_that_never_ran(store):
+    job = compute.for_(range(40), "function (i) { const t = Date.now(); while (Date.now() - t < 20) {} progress(); "
+                                      "return i < 4 && i % 2 ? null : i }", cores=1)
+    job.on("result", lambda ev: job.cancel("enough") if ev.sliceNumber == 3 else None)
+    with pytest.raises(compute.JobCancelled) as info:
+        job.exec()
+    r = info.value.results
+    assert r.key(1) is None and r.key(3) is None  # returned null
+    assert isinstance(r.key(39), compute.SliceFailed) and r.key(39).code == "ECANCELLED"  # never ran
 
 
 def test_enoprogress_unless_the_watchdog_is_off(store):

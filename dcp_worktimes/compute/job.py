@@ -65,7 +65,9 @@ __all__ = ["Job", "JobCancelled", "RequirementsError", "resume"]
 
 
 class JobCancelled(DcpError):
-    """The job was cancelled before it completed; ``results`` holds what had completed."""
+    """The job was cancelled before it completed; ``results`` holds what had completed, and in
+    the place of each slice that had not, a ``SliceFailed`` with code ``ECANCELLED`` (also in
+    ``results.failures``): a slice that never ran is not mistaken for one that returned ``None``."""
 
     code = ErrorCode.ECANCELLED
 
@@ -396,7 +398,7 @@ class Job(EventEmitter):
                             run.stop_joining()  # no evaluators are added after this
                     if feeder is not None and feeder.error is not None:
                         raise feeder.error
-                    results = self._results(sched)
+                    results = self._results(sched, outcome)
                     if outcome is Outcome.UNSCHEDULABLE:
                         # The deployer gives up: a worker attached later must not run it behind its back.
                         sched.cancel(self.id, f"the deployer gave up: {follower.reason}")
@@ -459,7 +461,7 @@ class Job(EventEmitter):
                 sched.set_payment(self.id, bid.payment_per_slice(self._total()))
             follower = Follower(self, sched, emit=False, worker_wait=worker_wait)
             outcome = follower.run(timeout, remote=not run.local)
-            results = self._results(sched)
+            results = self._results(sched, outcome)
         return self._finish(outcome, follower, results, errors)
 
     def _finish(self, outcome: Outcome, follower: Follower, results: ResultHandle, errors: str) -> ResultHandle:
@@ -476,14 +478,15 @@ class Job(EventEmitter):
             raise JobFailed(results, results.failures, self.id, self._slice_count)
         return results
 
-    def _results(self, sched: Any) -> ResultHandle:
+    def _results(self, sched: Any, outcome: Outcome | None = None) -> ResultHandle:
         total = self._total()
         if total is None:
             total = sched.status(self.id).get("total")
         inputs: Any = self.input_set
         if isinstance(inputs, StreamInput) and inputs._source is None:
             inputs = None  # a resumed stream: the datums are not known here
-        results = collect(sched.result_batches(self.id), total, inputs, self.id)
+        unfinished = "the job was cancelled before this slice completed" if outcome is Outcome.CANCELLED else None
+        results = collect(sched.result_batches(self.id), total, inputs, self.id, unfinished)
         self._slice_count = len(results) if total is None else total
         return results
 

@@ -215,9 +215,14 @@ def _release_free_heap() -> None:
         pass
 
 
-def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str | None) -> ResultHandle:
+def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str | None,
+            unfinished: str | None = None) -> ResultHandle:
     """The result handle of a job from its stored result batches (``Scheduler.result_batches``):
     results in slice order, each failed slice's ``SliceFailed`` in its place and in ``failures``.
+
+    ``unfinished``: the job ended before every slice had a result (cancelled); each slice with
+    none gets a ``SliceFailed`` (``ECANCELLED``, this message) in its place and in ``failures``,
+    so that a slice that never ran is not read as one that returned ``None``.
 
     Batches are decoded one at a time into the handle's list, so a job's results are never held
     twice (packed and decoded) in full. ``total=None`` (a stream stopped before its length was
@@ -233,8 +238,14 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
     values = ResultHandle(inputs=inputs, job_id=job_id)
     values.extend(itertools.repeat(None, total or 0))
     failures: list[SliceFailed] = []
+    # Which slots got a result (only when some may have none: a bytearray, 1 MB per million).
+    filled = bytearray(len(values)) if unfinished is not None else None
     for batch in batches:
         numbers = batch.numbers
+        if filled is not None:
+            for n in numbers:
+                if n < len(filled):
+                    filled[n] = 1
         if all(batch.oks) and numbers and numbers[-1] - numbers[0] == len(numbers) - 1 and \
                 0 <= numbers[0] and numbers[-1] < len(values) and numbers == list(range(numbers[0], numbers[-1] + 1)):
             # A contiguous run of successes (the usual batch): one C-level decode for all of it.
@@ -257,6 +268,11 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
             err = err or {}
             f = SliceFailed(n, str(err.get("code", "EUNCAUGHT")), str(err.get("message", "")), err.get("stack"),
                             err.get("name"))
+            values[n] = f
+            failures.append(f)
+    if filled is not None:
+        for n in (n for n, got in enumerate(filled) if not got):
+            f = SliceFailed(n, "ECANCELLED", unfinished)
             values[n] = f
             failures.append(f)
     failures.sort(key=lambda f: f.slice_number)
