@@ -452,6 +452,11 @@ class Worktime(ABC):
     #: ``dcp-worker --NAME VALUE`` flag (``{"ollama-host": "Ollama server URL"}`` gives
     #: ``--ollama-host``); a name several worktimes declare is one flag that reaches them all.
     settings: ClassVar[Mapping[str, str]] = {}
+    #: For settings with a fixed set of values, those values: ``{"js-engine": ("v8", "quickjs")}``.
+    #: A job run on this machine (``exec()``) whose requirements the default does not meet runs
+    #: with the first value that does (``requirements={"engine": {"quickjs": True}}``), unless
+    #: the setting was given (``DCP_WORKTIMES_JS_ENGINE``).
+    choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: ``True``: ``execute`` receives each datum as its msgpack bytes (``dcp_worktimes.values``)
     #: instead of the decoded value, for engines that hand it on packed (no decode + re-encode).
     packed_datums: ClassVar[bool] = False

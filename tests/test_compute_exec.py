@@ -393,3 +393,35 @@ def test_a_fresh_process_s_first_jobs_may_start_together(tmp_path, engine):
     out = subprocess.run([sys.executable, "-c", CONCURRENT_FIRST_JOBS], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "[[2, 4, 6], [2, 4, 6]] [8]", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("requirements, engine", [
+    ({"engine": {"quickjs": True}}, "quickjs"), ({"engine": {"v8": False}}, "quickjs"),
+    ({"engine": {"v8": True}}, "v8"), ({"engine": {"quickjs": False}}, "v8"),
+])
+def test_exec_here_runs_the_engine_the_requirements_ask_for(store, monkeypatch, requirements, engine):
+    # README: a job "can require or refuse" engine.v8 / engine.quickjs. On a machine with both,
+    # exec() failed EREQUIREMENTS for the one that is not the default.
+    from dcp_worktimes.worktimes.map_basic.engine import missing
+
+    for name in ("v8", "quickjs"):
+        if missing(name):
+            pytest.skip(missing(name))
+    monkeypatch.delenv("DCP_WORKTIMES_JS_ENGINE", raising=False)
+    # each engine words this TypeError its own way
+    job = compute.for_([1], "function (i) { try { null.x } catch (e) { return e.message } }", requirements=requirements)
+    said = {"v8": "Cannot read properties of null (reading 'x')", "quickjs": "cannot read property 'x' of null"}
+    assert job.exec() == [said[engine]]
+
+
+def test_an_engine_set_in_the_environment_stays_and_the_error_says_what_would_run(store, monkeypatch):
+    from dcp_worktimes.worktimes.map_basic.engine import missing
+
+    for name in ("v8", "quickjs"):
+        if missing(name):
+            pytest.skip(missing(name))
+    monkeypatch.setenv("DCP_WORKTIMES_JS_ENGINE", "v8")
+    job = compute.for_([1], "function (i) { return i }", requirements={"engine": {"quickjs": True}})
+    with pytest.raises(compute.RequirementsError, match="it would run with DCP_WORKTIMES_JS_ENGINE=quickjs "
+                                                        r"\(set here to v8\)"):
+        job.exec()

@@ -25,7 +25,7 @@ from typing import Iterator
 
 from ..limits import Limits
 from .base import Scheduler
-from .matching import check_runnable_here
+from .matching import check_runnable_here, local_config
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,8 @@ def run_local(
     from .processes import Helpers, shares
 
     job = scheduler.get_job(job_id)
-    if config is None:  # exec() has no flags: the worktime's settings come from the environment
-        from ..plugins import get_worktime, settings_from_env
-
-        config = settings_from_env(get_worktime(job.spec.worktime).cls)
+    if config is None:  # exec() has no flags: the environment's settings, or a choice the requirements ask for
+        config = local_config(job, capabilities)
     check_runnable_here(job, capabilities, config)
     configs = {job.spec.worktime: config or {}}
     split = shares(cores or os.cpu_count() or 1)

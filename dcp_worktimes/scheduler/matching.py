@@ -7,6 +7,7 @@ the Compute API.
 * ``check_categories(values)``: application categories (DCP's "hashTags") as stored and matched;
 * ``check_runnable_here(job)``: raise at once if no installed worktime of *this* machine can run it
   (not installed, no version in the range, its engine missing here, requirements unmet);
+* ``local_config(job)``: the settings this machine runs the job's worktime with;
 * ``merge_capabilities(...)``: deep-merge capability dicts.
 
 >>> unmet_requirement({"gpu": False, "python": {"numpy": True}}, {"python": {"numpy": True}}) is None
@@ -18,7 +19,7 @@ True
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..errors import RequirementsError, WorktimeNotFound
 from ..versions import parse_range, parse_version
@@ -123,31 +124,79 @@ def unschedulable_reason(job: "JobRecord", workers: list[Any], store: str) -> st
         f" (live workers: {len(workers)}); start a worker that has it, or change the job's worktime/requirements")
 
 
+def _registration(job: "JobRecord") -> Any:
+    from ..plugins import get_worktime
+
+    try:
+        return get_worktime(job.spec.worktime, job.worktime_range or None)
+    except ValueError as e:  # a bad range
+        raise WorktimeNotFound(str(e)) from None
+
+
+def _choices_meeting(job: "JobRecord", reg: Any, config: Mapping[str, Any],
+                     capabilities: Mapping[str, Any] | None) -> Iterator[tuple[str, str, dict]]:
+    """Each (setting, value, config) among the worktime's ``choices`` that runs here and meets
+    the job's requirements where ``config`` does not."""
+    for name, values in reg.cls.choices.items():
+        for value in values:
+            if config.get(name) == value:
+                continue
+            candidate = {**config, name: value}
+            probe = reg.probe(candidate)
+            if probe.available and not unmet_requirement(job.requirements,
+                                                         merge_capabilities(probe.capabilities, capabilities)):
+                yield name, value, candidate
+
+
+def local_config(job: "JobRecord", capabilities: Mapping[str, Any] | None = None) -> dict:
+    """The settings this machine runs ``job``'s worktime with (``run_local``, ``exec()``): those
+    given in the environment (``plugins.settings_from_env``), or, where the job's requirements
+    ask for another value of a setting the environment leaves unset (``Worktime.choices``:
+    ``requirements={"engine": {"quickjs": True}}`` on a machine that defaults to V8), the first
+    value that meets them. A setting given in the environment is the owner's and stays."""
+    from ..plugins import settings_from_env
+
+    reg = _registration(job)
+    config = settings_from_env(reg.cls)
+    if not job.requirements:
+        return config
+    probe = reg.probe(config)
+    if probe.available and not unmet_requirement(job.requirements,
+                                                 merge_capabilities(probe.capabilities, capabilities)):
+        return config
+    for name, _value, candidate in _choices_meeting(job, reg, config, capabilities):
+        if name not in config:
+            return candidate
+    return config
+
+
 def check_runnable_here(job: "JobRecord", capabilities: Mapping[str, Any] | None = None,
                         config: Mapping[str, Any] | None = None) -> None:
     """Raise at once if this machine cannot run ``job``: ``WorktimeNotFound`` (not installed, no
     version in the range, its engine missing here) or ``EREQUIREMENTS``.
 
     ``capabilities``: extra ones the local worker adds; ``config``: the worktime's settings (by
-    default, those given in the environment: ``plugins.settings_from_env``, as ``run_local`` uses).
+    default, ``local_config(job)``, as ``run_local`` uses).
     """
-    from ..plugins import get_worktime, settings_from_env
+    from ..plugins import setting_env
 
-    try:
-        reg = get_worktime(job.spec.worktime, job.worktime_range or None)
-    except ValueError as e:  # a bad range
-        raise WorktimeNotFound(str(e)) from None
-    probe = reg.probe(config if config is not None else settings_from_env(reg.cls))
+    reg = _registration(job)
+    if config is None:
+        config = local_config(job, capabilities)
+    probe = reg.probe(config)
     if not probe.available:
         raise WorktimeNotFound(f"this machine cannot run {reg.name} jobs: {probe.unavailable}; run the job on a "
                                "worker that can (exec(local=False) with a dcp-worker attached)")
     caps = merge_capabilities(probe.capabilities, capabilities)
     missing = unmet_requirement(job.requirements, caps)
     if missing:
+        # A setting given here that another of its values would meet: say which.
+        hint = "".join(f"; it would run with {setting_env(name)}={value} (set here to {config[name]})"
+                       for name, value, _ in _choices_meeting(job, reg, config, capabilities) if name in config)
         raise RequirementsError(
             f"this machine cannot run job {job.id}: its requirement {missing} is not met by the installed "
-            f"{reg.name} {reg.version} (capabilities {caps}); relax job.requirements or run it on a worker that "
-            "has them (exec(local=False) with a dcp-worker attached)")
+            f"{reg.name} {reg.version} (capabilities {caps}){hint}; relax job.requirements or run it on a worker "
+            "that has them (exec(local=False) with a dcp-worker attached)")
 
 
 def merge_capabilities(*caps: Mapping[str, Any] | None) -> dict:

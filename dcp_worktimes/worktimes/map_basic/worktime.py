@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from ...errors import ErrorCode, SliceError, WorkError
 from ...worktime import Block, CapturedWork, JobSpec, Probe, SliceContext, Worktime
+from .engine import ENGINES
 
 SETTING = "js-engine"
 
@@ -41,6 +42,7 @@ class MapBasic(Worktime):
                "bigint": "every integer of the datum and the job arguments arrives as a BigInt (default: a Number up "
                          "to 2**53-1, a BigInt above)",
                "webassembly": "give the work the WebAssembly global (V8 only: require {engine: {v8: true}})"}
+    choices = {SETTING: ENGINES}
     settings = {SETTING: "JavaScript engine of map-basic: v8 or quickjs (default: v8 where the deno package "
                          "is installed, else quickjs)"}
     default_for = frozenset({"text", ".js", ".mjs", ".cjs"})
