@@ -242,6 +242,20 @@ def test_requires_ships_modules(tmp_path):
         job.requires(str(tmp_path / "missing.js"))
 
 
+def test_requires_finds_module_files_as_require_does_and_names_packages(tmp_path, monkeypatch):
+    # The spec's example 11 lists "./ffmpeg" for ./ffmpeg.js and "core/serializer", a package of
+    # DCP's package manager: the first said "no such file", the second gave no hint why.
+    (tmp_path / "ffmpeg.js").write_text("exports.enhance = (f) => f")
+    monkeypatch.chdir(tmp_path)
+    assert plan(compute.for_([1], JS, worktime="echo").requires("./ffmpeg")).spec.modules == {
+        "ffmpeg": "exports.enhance = (f) => f"}
+    with pytest.raises(WorkError, match=r"'core/serializer' is, in DCP, a package pre-published .* ship its source "
+                                        r"with \{'core/serializer': source\}"):
+        compute.for_([1], JS).requires("core/serializer")
+    with pytest.raises(WorkError, match=r"requires\('./missing'\): no such file \(nor ./missing.js\)"):
+        compute.for_([1], JS).requires("./missing")
+
+
 def test_multi_dimensional_jobs_ask_for_spread_arguments():
     spec = plan(compute.for_([{"start": 1, "end": 2}, {"start": 3, "end": 5}], "", worktime="echo")).spec
     assert spec.options["spread_datum"] is True

@@ -90,6 +90,25 @@ def check_modules(modules: Any) -> dict[str, str | bytes]:
     return out
 
 
+def _module_file(m: str | os.PathLike) -> Path:
+    """The file ``requires(m)`` ships, found as ``require`` finds one: the path itself, else with
+    ``.js`` added (DCP's example 11 lists ``"./ffmpeg"`` for ``./ffmpeg.js``)."""
+    from ..errors import WorkError
+
+    path = Path(m)
+    for candidate in (path, path.with_name(path.name + ".js")):
+        if candidate.is_file():
+            return candidate
+    text = str(m)
+    if not isinstance(m, os.PathLike) and not text.startswith((".", "/", "~")):  # require's bare name: a package
+        raise WorkError(
+            f"requires({text!r}): no such file here (nor {text}.js); a bare name such as {text!r} is, in DCP, a "
+            "package pre-published to its package manager, which this scheduler does not have: ship its source "
+            f"with {{{text!r}: source}}, or name the file with its path ('./{text}.js')")
+    raise WorkError(f"requires({text!r}): no such file (nor {text}.js); pass the path of a module file, or "
+                    "{'name': source} to ship source text")
+
+
 def read_modules(modules: Any, named: Mapping[str, Any] | None = None) -> dict[str, str | bytes]:
     """What ``job.requires(...)`` / ``define_function(name, requires, work)`` ship: paths of module
     files (``"./refiner.js"``, ``Path``: module name = the file's stem), ``{name: source}`` dicts,
@@ -101,12 +120,7 @@ def read_modules(modules: Any, named: Mapping[str, Any] | None = None) -> dict[s
         if isinstance(m, Mapping):
             out.update(check_modules(m))
         elif isinstance(m, (str, os.PathLike)):
-            path = Path(m)
-            if not path.is_file():
-                raise WorkError(
-                    f"requires({str(m)!r}): no such file; pass the path of a module file, or "
-                    "{'name': source} to ship source text"
-                )
+            path = _module_file(m)
             data = path.read_bytes()
             try:
                 source: str | bytes = data.decode("utf-8")
