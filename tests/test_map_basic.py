@@ -280,6 +280,17 @@ def test_progress_console_emit_reach_the_sink():
     assert ("emit", {"name": "partial", "value": {"rows": 10, "raw": b"\x07"}}) in h.events
 
 
+def test_console_prints_an_error_once_with_the_work_s_frames_only():
+    # V8 printed "Error: disk full" twice and ~15 frames of the prelude, its host and Deno;
+    # QuickJS showed the prelude's frames as if they were the work's (<input>:791).
+    h = Harness().prepare("function (x) {\n  console.error(new Error('disk full'));\n  return 1\n}")
+    assert h(0) == 1
+    (message,) = [p["message"] for k, p in h.events if k == "console"]
+    first, *frames = message.split("\n")
+    assert first == "Error: disk full" and len(frames) == 1, message
+    assert frames[0].startswith("    at ") and "(<input>:2:" in frames[0], message
+
+
 def test_console_formats_what_is_no_number_as_nan_and_never_fails_the_slice():
     h = Harness().prepare("x => { console.log('%d %i %f|%d', Symbol('q'), Symbol(), Symbol(), {}); return 1 }")
     assert h(0) == 1

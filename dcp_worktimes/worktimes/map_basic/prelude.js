@@ -153,7 +153,10 @@
     if (v === null) return 'null';
     if (seen.includes(v)) return '[Circular]';
     try {
-      if (v instanceof Error) return v.stack ? `${v.name}: ${v.message}\n${v.stack}`.trimEnd() : `${v.name}: ${v.message}`;
+      if (v instanceof Error) {  // its frames as a slice error's: the work's only, in one format on both engines
+        const frames = __dcpCleanStack(v.stack);
+        return frames ? `${v.name}: ${v.message}\n${frames}` : `${v.name}: ${v.message}`;
+      }
       if (v instanceof Date) return isNaN(v) ? 'Invalid Date' : v.toISOString();
       if (v instanceof RegExp) return String(v);
       if (depth > 2) return isArray(v) ? '[Array]' : `[${__dcpCtorName(v)}]`;
