@@ -209,6 +209,25 @@ def test_console_progress_and_emit_events(wt):
     assert ("emit", {"name": "partial", "value": {"n": 7, "b": b"\x00"}}) in events
 
 
+def test_logging_imported_mid_slice_and_a_multi_line_print_are_one_event_each_at_their_level(wt):
+    # logging imported inside the slice went through basicConfig to stderr ("error",
+    # "WARNING:root:..."), and print("a\\nb") (a DataFrame, a table) became one event per line.
+    src = ("def f(x):\n"
+           "    import logging\n"
+           "    logging.warning('low disk %s', x)\n"
+           "    print('a\\nb')\n"
+           "    print('part', end='')\n"
+           "    print(' whole', 1, sep='|')\n"
+           "    print('no', 'sep', sep=None)\n"
+           "    return x\n")
+    events: list = []
+    assert run(wt, src, 3, events=events) == [3]
+    assert [(p["level"], p["message"]) for k, p in events if k == "console"] == [
+        ("warn", "low disk 3"), ("log", "a\nb"), ("log", "part whole|1"), ("log", "no sep")]
+    with pytest.raises(SliceError, match="sep must be None or a string, not int"):
+        run(wt, "def f(x):\n    print(1, sep=2)\n", 0)
+
+
 def test_missing_module_names_it(wt):
     with pytest.raises(SliceError) as info:
         run(wt, "def f(x):\n    import torch_not_here\n", 0)

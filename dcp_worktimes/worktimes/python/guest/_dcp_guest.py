@@ -114,6 +114,14 @@ class _ConsoleStream:
             line, self._buf = self._buf, ""
             _call("console", self.level, line)
 
+    def print_text(self, text):
+        """What one ``print`` call writes: one console event for it however many lines it has
+        (``print(df)``, ``print("a\\nb")``), as one ``console.log`` is one event."""
+        self._buf += text
+        if "\n" in text:
+            lines, _, self._buf = self._buf.rpartition("\n")
+            _call("console", self.level, lines)
+
     @property
     def buffer(self):
         """``sys.stdout.buffer.write(b"...")``: bytes are decoded as UTF-8 (replacing errors)."""
@@ -165,6 +173,59 @@ class Console:
 
 
 console = Console()
+
+
+def _print(*args, sep=" ", end="\n", file=None, flush=False):
+    """``print``: to a console stream, one event per call (``_ConsoleStream.print_text``); to
+    anything else, as Python prints."""
+    stream = sys.stdout if file is None else file
+    if type(stream) is not _ConsoleStream:
+        return _builtin_print(*args, sep=sep, end=end, file=file, flush=flush)
+    for name, value in (("sep", sep), ("end", end)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be None or a string, not {type(value).__name__}")
+    stream.print_text((" " if sep is None else sep).join(map(str, args)) + ("\n" if end is None else end))
+    if flush:
+        stream.flush()
+
+
+_builtin_print = print
+
+
+class _OnImportOfLogging:
+    """A ``sys.meta_path`` finder that routes ``logging`` to the console as soon as the work
+    imports it, mid-slice included (a record logged in the slice that first imported it went
+    through ``basicConfig``'s handler to ``sys.stderr``, as an ``error`` line). Importing logging
+    at start instead would cost every interpreter start ~30 ms."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        try:
+            sys.meta_path.remove(self)  # once; the real finders find it
+        except ValueError:
+            pass
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenInstallLogging(spec.loader)
+        return spec
+
+
+class _ThenInstallLogging:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        _install_logging()
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ...: the real loader's
+        return getattr(self.loader, name)
 
 
 def _install_logging():
@@ -261,7 +322,12 @@ def install():
     sys.dont_write_bytecode = True  # the mounts are read-only; do not even try
     sys.stdout = _ConsoleStream("log")
     sys.stderr = _ConsoleStream("error")
+    import builtins
+
+    builtins.print = _print
     _install_warnings()
+    if "logging" not in sys.modules:
+        sys.meta_path.insert(0, _OnImportOfLogging())
     if MODULES_DIR not in sys.path:
         sys.path.insert(1, MODULES_DIR)
     import os
