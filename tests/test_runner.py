@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -653,3 +654,23 @@ def test_a_whole_worker_stopped_and_continued_loses_no_slice():
     finally:
         proc.kill()
     assert json.loads(out.strip().splitlines()[-1]) == [True, 7, None]
+
+
+def test_a_cancel_reaches_a_stopped_evaluator(pool):
+    # The no-verdict-while-stopped rule also skipped the cancel: the slice hung until SIGCONT.
+    import signal
+
+    j = job({"spin": -1})
+    got = []
+    pool.submit(j, [0], [0], lambda o: got.extend(o.slices()))
+    evaluator = _busy_evaluator(pool)
+    evaluator.send_signal(signal.SIGSTOP)
+    try:
+        pool.cancel(j.id)
+        end = time.monotonic() + 10
+        while not got and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            evaluator.send_signal(signal.SIGCONT)
+    assert got and got[0].error.code == "ECANCELLED"

@@ -206,15 +206,18 @@ class _Slot:
     memory_slack: float = 0.0
     busy: bool = False
     preparing_since: float | None = None
-    #: Seconds of the current prepare during which it could not run (stopped): not counted.
-    #: The watchdog adds to it; the slot's thread sets it to 0 as a prepare begins.
-    prepare_stopped: float = 0.0
+    #: Seconds this slot's evaluator could not run (it or this process stopped): only the
+    #: watchdog adds to it. ``stopped_mark``: its value as the current prepare began (only the
+    #: slot's thread sets it), so a prepare's budget leaves that time out without a shared reset.
+    stopped_time: float = 0.0
+    stopped_mark: float = 0.0
     preparing: Limits | None = None  # the job's limits bound its prepare (None: only prepare_timeout)
     cancel_at: float | None = None
     batch_size: int = 1
     family: list = field(default_factory=list)  # the evaluator's child processes (engines may spawn)
     ticks: int = 0
     stops: int = 0  # watchdog ticks that found the evaluator or a child of it stopped
+    looked: float = 0.0  # the watchdog's last look at this slot (monotonic)
     job: JobSpec | None = None  # the job its evaluator serves
     spare: "_Spare | None" = None  # an evaluator started ahead for the next job
     #: Why the evaluator the slot prepared before taking any slice failed (job id, error): the
@@ -331,6 +334,8 @@ class EvaluatorPool:
         self._prepare_time: dict[str, float] = {}  # per worktime name: recent prepare seconds (moving average)
         self._closed = False
         self._pauses = 0  # watchdog ticks PAUSE_GAP late: this whole process was stopped meanwhile
+        self._ticked = time.monotonic()  # the watchdog's last tick, and this process's CPU time then
+        self._ticked_cpu = time.process_time()
         self._slots = [_Slot(i) for i in range(self.cores)]
         self._zygotes: dict[str, Zygote | None] = {}
         self._zygote_lock = threading.Lock()
@@ -660,7 +665,7 @@ class EvaluatorPool:
         # memory, unless the worktime bounds the work's part itself ("prepare" in enforces).
         slot.preparing = None if "prepare" in reg.cls.enforces else job.limits
         slot.memory_slack = 0.25 if "memory" in reg.cls.enforces else 0.0
-        slot.prepare_stopped = 0.0
+        slot.stopped_mark = slot.stopped_time
         slot.preparing_since = began = time.monotonic()
         try:
             try:
@@ -816,8 +821,8 @@ class EvaluatorPool:
             self._post_mortem(slot, proc, task, died, paused)
         finally:
             slot.busy = False
-        if again:
-            self._again(task, again)
+            if again:  # settled, so no other path delivers them: whatever ended the run
+                self._again(task, again)
         elapsed = time.monotonic() - started
         self._pace[job.id] = elapsed / k
         # Adaptive runs: aim for ~10-50 ms per run, so frames are few for trivial slices and slow
@@ -837,8 +842,7 @@ class EvaluatorPool:
         running, started, _, _, span = proc.heartbeat.last_words()
         index = died.index if died.index is not None else (running if span == 1 else -1)
         reason = died.reason or SliceError("the evaluator died", code=ErrorCode.ECRASH)
-        if index >= 0 and self._excused(reason, slot, paused, task, index):
-            index = -1
+        excused = index >= 0 and self._excused(reason, slot, paused, task, index)
         self._retire(slot)
         slot.batch_size = 1
         settled = task.settled or set()
@@ -847,6 +851,10 @@ class EvaluatorPool:
         lost = task.lost if task.lost is not None else [0] * len(task)
         for i in range(len(task)):
             if i in settled:
+                continue
+            if i == index and excused:  # _excused counted its runs: once more, whatever the others' fate
+                lost[i] += 1
+                again.append(i)
                 continue
             if i == index:
                 self._deliver(task, Outcome.failure(task.job.id, task.tag, [task.numbers[i]], reason,
@@ -869,15 +877,22 @@ class EvaluatorPool:
         work did not have: a wall-time or no-progress limit, in a run during which this process
         or the slot's evaluator was stopped (``paused``: the counters as the run began). Not once
         the slice has been run again ``MAX_LOST`` times: then the verdict stands."""
-        if getattr(error, "limit", None) not in _ELAPSED_LIMITS or paused == (self._pauses, slot.stops):
+        if getattr(error, "limit", None) not in _ELAPSED_LIMITS:
+            return False
+        # A verdict may arrive before the watchdog's first tick after a pause counts it.
+        if paused == (self._pauses, slot.stops) and not self._pause_now():
             return False
         lost = task.lost[i] if task.lost is not None else 0
         if lost >= MAX_LOST:
             return False
-        log.warning("slice %s of job %s ran out of its %s while %s was stopped; running it again",
+        log.warning("slice %s of job %s ran out of its %s while %s; running it again",
                     task.numbers[i], task.job.id, error.limit.replace("_", " "),
-                    "this process" if paused[0] != self._pauses else "its evaluator")
+                    "its evaluator was stopped" if paused[1] != slot.stops else "the worker was not running")
         return True
+
+    def _pause_now(self) -> bool:
+        """This process is only now running again after a pause the watchdog has not counted yet."""
+        return time.monotonic() - self._ticked > PAUSE_GAP and time.process_time() - self._ticked_cpu < 0.5 * PAUSE_GAP
 
     def _again(self, task: _Task, indexes: list[int]) -> None:
         """Queue slices of a run to run again, counting the attempt (``_Task.lost``)."""
@@ -906,18 +921,19 @@ class EvaluatorPool:
 
     # -- watchdog -------------------------------------------------------------------------------
     def _watch(self) -> None:
-        last = time.monotonic()
         while not self._closed:
             time.sleep(WATCHDOG_INTERVAL)
-            now = time.monotonic()
-            if now - last > PAUSE_GAP:
-                # This process did not run meanwhile (stopped, or its container frozen): the
-                # evaluators' slices had no time either. Runs in progress now excuse elapsed-time
-                # verdicts (_excused), and a prepare's budget does not count the gap.
+            now, cpu = time.monotonic(), time.process_time()
+            gap = now - self._ticked
+            # A tick this late, in a process that used little CPU meanwhile, means the process did
+            # not run (stopped, its container frozen), and with it, as a rule, its evaluators: runs
+            # in progress now excuse elapsed-time verdicts (_excused), and a prepare's budget does
+            # not count the gap. (A C call holding the GIL for as long uses the CPU: no pause.)
+            if gap > PAUSE_GAP and cpu - self._ticked_cpu < 0.5 * gap:
                 self._pauses += 1
                 for slot in self._slots:
-                    slot.prepare_stopped += now - last  # harmless for a slot not preparing (reset as one begins)
-            last = now
+                    slot.stopped_time += gap
+            self._ticked, self._ticked_cpu = now, cpu
             for slot in self._slots:
                 spare = slot.spare
                 if spare is not None and now - spare.since > SPARE_IDLE and not slot.busy:
@@ -939,16 +955,13 @@ class EvaluatorPool:
         since = slot.preparing_since  # read once: the slot's thread clears it when the prepare ends
         if since is not None:
             if self._stopped(slot):
-                slot.prepare_stopped += WATCHDOG_INTERVAL  # a stopped evaluator spends none of its budget
-                return
-            self._check_prepare(slot, proc, now - since - slot.prepare_stopped)
+                slot.stopped_time += now - (slot.looked or now)  # a stopped evaluator spends none of its budget
+            else:
+                self._check_prepare(slot, proc, now - since - (slot.stopped_time - slot.stopped_mark))
+            slot.looked = now
             return
+        slot.looked = now
         if not slot.busy or slot.limits is None:
-            return
-        # A stopped evaluator gets no verdict, and its run excuses elapsed time (_excused): looked
-        # at every 5th tick, and always before an elapsed-time verdict.
-        if slot.ticks % 5 == 4 and self._stopped(slot):
-            slot.stops += 1
             return
         if slot.cancel_at is not None and now - slot.cancel_at > CANCEL_GRACE:
             proc.kill(SliceError("the slice was cancelled (and did not stop by itself)", code=ErrorCode.ECANCELLED))
@@ -963,14 +976,19 @@ class EvaluatorPool:
             index = None
         lim = slot.limits
         slot.ticks += 1
+        # A stopped evaluator gets no wall-time or no-progress verdict, and its run excuses them
+        # (_excused): looked at every 5th tick, and always before such a verdict.
+        stopped = slot.ticks % 5 == 0 and self._stopped(slot)
+        if stopped:
+            slot.stops += 1
         over = None
         if lim.wall_time is not None and now - started > lim.wall_time + slot.grace:
             over = "wall_time"
         elif lim.progress_timeout is not None and now - max(started, last_progress) > lim.progress_timeout + slot.patience_grace:
             over = "progress_timeout"
         if over is not None:
-            if self._stopped(slot):
-                slot.stops += 1
+            if stopped or self._stopped(slot):
+                slot.stops += not stopped
             else:
                 proc.kill(exceeded(over, getattr(lim, over)), index)
             return
