@@ -36,10 +36,10 @@ violating slice gets the code, the other unfinished slices of its batch are queu
 slot spawns a fresh evaluator. An evaluator that dies by itself fails its slice with ``ECRASH``.
 
 Time that was not the work's does not count against it: while an evaluator (or a process it
-started) is stopped (``SIGSTOP``, a debugger) the watchdog gives no verdict on it, and a wall-time
-or no-progress verdict on a run during which it was stopped, or this whole process was (a frozen
-container, the worker stopped with its evaluators), runs the slice again instead (at most
-``MAX_LOST`` times).
+started) is stopped (``SIGSTOP``, a debugger) the watchdog gives no wall-time or no-progress
+verdict on it, and such a verdict on a run during which it was stopped, or this whole process was
+(a watchdog tick a second late while the process used no CPU: a frozen container, the worker
+stopped), runs the slice again instead (at most ``MAX_LOST`` times).
 """
 
 from __future__ import annotations
