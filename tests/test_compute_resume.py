@@ -163,6 +163,42 @@ def test_a_deployer_killed_mid_stream_ends_its_job_with_the_reason(tmp_path, mon
     assert info.value.code == "ENORESUME"
 
 
+def test_a_sqlite_store_goes_by_the_deployer_s_process_on_its_machine(tmp_path, monkeypatch):
+    """Its job is not ended while the deployer lives, stopped past its feed lease (Ctrl-Z, a
+    machine asleep), and is ended as soon as it dies, long before the lease would lapse."""
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    monkeypatch.setenv("DCP_SCHEDULER", url)
+    monkeypatch.setenv("DCP_PROGRESS", "0")
+    idfile = tmp_path / "job-id.txt"
+
+    def start(lease: float) -> tuple[subprocess.Popen, str]:
+        idfile.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", FEEDER, str(idfile), str(lease)], env=dict(os.environ),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return proc, _wait_for(lambda: idfile.exists() and idfile.read_text(), 30, "the job to be accepted")
+
+    with open_scheduler(url) as s:
+        def poll(job_id: str) -> str:
+            s.return_slices(s.lease("w-after", {"echo": "1.0.0"}, {}, 1, 30))
+            return s.status(job_id)["status"]
+
+        proc, job_id = start(0.5)
+        try:
+            os.kill(proc.pid, signal.SIGSTOP)
+            time.sleep(2.0)  # four leases
+            assert poll(job_id) == "running"
+            os.kill(proc.pid, signal.SIGCONT)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        _wait_for(lambda: poll(job_id) == "cancelled", 5, "the job of the killed deployer to end")
+
+        proc, job_id = start(600)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        _wait_for(lambda: poll(job_id) == "cancelled", 5, "the job to end long before its 10-minute lease")
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_ctrl_c_says_what_became_of_the_job(tmp_path, monkeypatch, stream):
     """Ctrl-C in exec(): a job with all its inputs stored stays, and the note says how to resume

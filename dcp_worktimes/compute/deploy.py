@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import reprlib
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +45,13 @@ if TYPE_CHECKING:
 #: Datums per ``add_slices`` call for stream inputs.
 STREAM_BATCH = 1000
 #: Seconds a stream job's feed lease lasts (``Scheduler.keep_feeding``): a deployer that stops
-#: renewing it for this long is taken for dead and its job cancelled. Generous, so that a busy or
-#: swapping machine, or a store locked for a while, does not end a deployer that is alive.
-FEED_LEASE = 60.0
+#: renewing it for this long is taken for dead and its job cancelled. Generous: longer than a
+#: Redis outage the store's calls ride out (``retry``, 5 min by default), a busy or swapping
+#: machine, a store locked for a while. (A SQLite store on the deployer's machine also watches
+#: its process, and ends the job as soon as it is gone.)
+FEED_LEASE = 600.0
 #: Seconds between renewals of the feed lease: several renewals may fail before it lapses.
-FEED_REFRESH = 10.0
+FEED_REFRESH = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +173,21 @@ class Feeder:
         self.thread.start()
 
     def _keep_lease(self, scheduler: Scheduler, job_id: str) -> None:
-        """Renew the feed lease now and every ``FEED_REFRESH`` s until feeding ends."""
+        """Renew the feed lease now and every ``FEED_REFRESH`` s until feeding ends.
+
+        Looked at every second by the wall clock as well: after the machine sleeps, the monotonic
+        clock has not moved but the lease (wall clock, in the store) has, and it is renewed at once."""
         lease, refresh = FEED_LEASE, FEED_REFRESH  # read once: a test may shorten them before deploying
         while not self.fed.is_set():
             try:
-                scheduler.keep_feeding(job_id, lease)
+                scheduler.keep_feeding(job_id, lease, watch_caller=True)
             except Exception as e:  # noqa: BLE001 - a store failing for a while: the next renewal may work
                 log.warning("job %s: could not renew the feed lease of its input stream (%s); retrying in %.0f s",
                             job_id, e, refresh)
-            self.fed.wait(refresh)
+            renewed, wall = time.monotonic(), time.time()
+            while not self.fed.wait(min(1.0, refresh)):
+                if time.monotonic() - renewed >= refresh or time.time() - wall >= refresh:
+                    break
 
     def _feed(self, scheduler: Scheduler, job_id: str) -> None:
         try:
@@ -188,8 +197,8 @@ class Feeder:
                 if self.stop.is_set():
                     return
                 scheduler.add_slices(job_id, pack_batch(batch))
+            self.complete = True  # every datum is stored: a Ctrl-C from now on leaves a resumable job
             scheduler.close_input(job_id, self.stream.consumed)
-            self.complete = True
         except BaseException as e:  # noqa: BLE001 - reported by exec() on its own thread
             self.error = e
             try:

@@ -380,9 +380,13 @@ class Scheduler(ABC):
     def close_input(self, job_id: str, total: int) -> None:
         """No more slices will be added; the job has ``total`` slices."""
 
-    def keep_feeding(self, job_id: str, seconds: float) -> None:
+    def keep_feeding(self, job_id: str, seconds: float, *, watch_caller: bool = False) -> None:
         """The deployer of stream job ``job_id`` is alive and still sending its input: keep the
         job for ``seconds`` more (its feed lease, renewed on a timer while the deployer feeds).
+
+        ``watch_caller``: the calling process is the deployer, and a store that can see it (SQLite,
+        on the same machine) may go by it instead: the job ends as soon as that process is gone,
+        and not while it lives (stopped with Ctrl-Z, or its machine asleep past the lease).
 
         Why: the inputs not yet sent exist only in the deployer's process. If it dies mid-stream
         nobody will ever call ``close_input``; once the feed lease has expired with the input still

@@ -191,7 +191,8 @@ class RedisScheduler(Scheduler):
             raise SchedulerError(f"job {job_id} already has {got} slices; close_input({total}) disagrees")
         self._notify()
 
-    def keep_feeding(self, job_id: str, seconds: float) -> None:
+    def keep_feeding(self, job_id: str, seconds: float, *, watch_caller: bool = False) -> None:
+        # Workers on other machines cannot see the deployer's process: the lease alone decides.
         if self._script("keep_feeding", "keep a stream job's feed", job_id, repr(float(seconds))) == -1:
             raise self._reads.unknown(job_id)
 

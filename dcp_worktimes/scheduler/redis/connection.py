@@ -247,6 +247,8 @@ class Link:
                 deadline = now + self.target.retry
             failures += 1
             if now >= deadline or self._closed.is_set():
+                with self._outage_lock:  # this call gave up: the next failure is a new outage
+                    self._outage = None
                 raise RedisUnavailable(
                     f"the Redis scheduler at {self.target.shown} has been unreachable for {self.target.retry:.0f} s "
                     f"({what}): {self._clean(str(error))}; raise ?retry= in the URL to wait longer") from None

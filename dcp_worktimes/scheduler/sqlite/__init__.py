@@ -45,7 +45,7 @@ from ..wake import Waiter
 from .applications import Applications
 from .leases import LeaseEngine
 from .reads import Reads
-from .schema import PENDING, QUEUED
+from .schema import HOST, PENDING, QUEUED
 from .store import Store
 
 __all__ = ["SqliteScheduler"]
@@ -167,16 +167,18 @@ class SqliteScheduler(Scheduler):
             store.maybe_finish(job_id)
         store.notify()
 
-    def keep_feeding(self, job_id: str, seconds: float) -> None:
+    def keep_feeding(self, job_id: str, seconds: float, *, watch_caller: bool = False) -> None:
+        me = (HOST, os.getpid(), _started()) if watch_caller else (None, None, None)
         store = self._store
         with store.tx():
             row = store.job_row(job_id)  # UnknownJob for a bad id
             if row.described or row.total is not None or row.status in FINAL_STATES:
                 return  # nothing left to feed: a row now would outlive the job
             store.db.execute(
-                "INSERT INTO feed_leases (job_id, expires) VALUES (?, ?) "
-                "ON CONFLICT(job_id) DO UPDATE SET expires = excluded.expires",
-                (job_id, time.time() + float(seconds)),
+                "INSERT INTO feed_leases (job_id, expires, host, pid, started) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET expires = excluded.expires, host = excluded.host, "
+                "pid = excluded.pid, started = excluded.started",
+                (job_id, time.time() + float(seconds), *me),
             )
 
     def events(self, job_id: str, after: int = 0, *, wait: float = 0.0, limit: int | None = None,
@@ -331,3 +333,13 @@ class SqliteScheduler(Scheduler):
             if not self._closed:
                 self._closed = True
                 self._store.db.close()
+
+
+def _started() -> float | None:
+    """This process's start time (``psutil`` create_time), to tell it from a later one with its pid."""
+    import psutil
+
+    try:
+        return psutil.Process().create_time()
+    except psutil.Error:
+        return None

@@ -261,10 +261,15 @@ class LeaseEngine:
         lease (``keep_feeding``) before closing their input: the inputs it had not sent existed
         only in its process, so nothing can finish them. Jobs with no row never expire (their
         deployer predates feed leases)."""
-        lost = self.db.execute(
-            "SELECT f.job_id, j.status, j.total FROM feed_leases f LEFT JOIN jobs j ON j.id = f.job_id "
-            "WHERE f.expires < ?", (now,)).fetchall()
-        for job_id, status, total in lost:
+        feeds = self.db.execute(
+            "SELECT f.job_id, j.status, j.total, f.expires, f.host, f.pid, f.started FROM feed_leases f "
+            "LEFT JOIN jobs j ON j.id = f.job_id WHERE f.expires < ? OR f.host = ?", (now, HOST)).fetchall()
+        for job_id, status, total, expires, host, pid, started in feeds:
+            if host == HOST and pid is not None:  # its deployer is on this machine: it decides, not the clock
+                if _alive(pid, started):
+                    continue
+            elif expires >= now:
+                continue
             self.db.execute("DELETE FROM feed_leases WHERE job_id = ?", (job_id,))
             if status is None or status in FINAL_STATES or total is not None:
                 continue  # deleted, ended or fed in full meanwhile (by a version that leaves the row)
@@ -413,3 +418,14 @@ class LeaseEngine:
                 if back:
                     store.requeue(job_id, back)
         store.notify()
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Process ``pid`` of this machine exists and is the one that started at ``started`` (a pid
+    the system reused for another process is not it)."""
+    import psutil
+
+    try:
+        return started is None or abs(psutil.Process(pid).create_time() - started) < 0.01
+    except psutil.Error:
+        return False

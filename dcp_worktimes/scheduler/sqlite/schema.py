@@ -24,8 +24,9 @@ Tables, and why they are shaped so:
 * ``worker_categories``: the application categories a worker serves (``dcp-worker --category``),
   written once when it first leases; a table of its own so that ``workers`` keeps its shape.
 * ``feed_leases``: the deadline of each stream job whose deployer is still sending its input
-  (``keep_feeding``); the lease engine's reclaim cancels a job whose deadline passed with its input
-  open. A table of its own, created ``IF NOT EXISTS``, so the format (``SCHEMA_VERSION``) did not
+  (``keep_feeding``), and that deployer's host, pid and start time; the lease engine's reclaim
+  cancels a job whose deadline passed with its input open, or, on the deployer's host, whose
+  deployer process is gone (and not while it lives). A table of its own, created ``IF NOT EXISTS``, so the format (``SCHEMA_VERSION``) did not
   change: a store written before it existed gains it when opened, a stream job with no row in it
   never expires this way, and a version that does not know the table leaves it alone.
 
@@ -128,7 +129,10 @@ CREATE TABLE IF NOT EXISTS worker_categories (
 );
 CREATE TABLE IF NOT EXISTS feed_leases (
     job_id TEXT PRIMARY KEY,
-    expires REAL NOT NULL
+    expires REAL NOT NULL,
+    host TEXT,      -- the deploying process, when it asked to be watched (keep_feeding(watch_caller=True))
+    pid INTEGER,
+    started REAL    -- its start time (psutil create_time): a pid reused later is not it
 );
 """
 
