@@ -141,6 +141,13 @@ def test_top_level_code_that_throws_is_not_called_a_compile_error(work, thrown):
     assert "compile" not in info.value.message
 
 
+def test_nesting_too_deep_to_parse_is_still_a_compile_error():
+    # No code ran: the parser overflowed its own stack (RangeError / InternalError, no frame).
+    with pytest.raises(WorkError, match="the work does not compile: .*(stack|recursion)") as info:
+        Harness().prepare("function (x) { return " + "[" * 200_000 + "]" * 200_000 + " }")
+    assert "threw while loading" not in info.value.message
+
+
 def test_unencodable_work_text_is_a_job_error():
     with pytest.raises(WorkError, match="unpaired surrogate"):
         Harness().prepare("x => '\ud800'")

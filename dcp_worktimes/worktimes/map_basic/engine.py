@@ -113,15 +113,19 @@ class Engine(ABC):
                 where = " at line " + line.split("<input>:", 1)[1].rstrip(")").replace(":", ", column ", 1)
                 break
         kind = err.get("name")
-        if kind != "SyntaxError":
+        other = _other_language(source)
+        # Nesting too deep for the parser overflows its stack before any code runs: no frame of
+        # the work's says where (a top-level throw on QuickJS has none either, but is no overflow).
+        too_deep = not where and kind in ("RangeError", "InternalError") and "stack" in err["message"]
+        if kind != "SyntaxError" and not too_deep:
             # The text parsed and its top-level code ran and threw (a file-style work's set-up,
             # or an expression such as makeWork(config)): not a compile error. A SyntaxError is
             # almost always the parser's (a top-level JSON.parse of bad text is the rare other).
             thrown = f"{kind}: {err['message']}" if kind else err["message"]
-            raise WorkError(f"the work threw while loading (its top-level code ran): {thrown}{where}; fix the "
-                            "code that runs when the work loads, or move it into the function")
+            raise WorkError(f"the work threw while loading (its top-level code ran): {thrown}{where}; "
+                            f"{other or 'fix the code that runs when the work loads, or move it into the function'}")
         raise WorkError(f"the work does not compile: {kind}: {err['message']}{where}; "
-                        f"{_other_language(source) or 'fix the work function' + chr(39) + 's source'}")
+                        f"{other or 'fix the work function' + chr(39) + 's source'}")
 
     def set_job(self, arguments: list[Any], modules: dict[str, str | bytes], spread: bool = False,
                 bigint: bool = False) -> None:
