@@ -407,10 +407,10 @@ def worktimes_cmd(as_json: bool, **settings: Any) -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON", help="A worktime option, e.g. strict=true.")
 @limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as a JSON object.")
-@click.option("--output", "-o", "output", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--output", "-o", "output_file", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the result's bytes to this file: a bytes result, or the one bytes field of a dict "
                    "result (a rendered frame's image); the rest of a dict is printed as JSON.")
-def slice_cmd(worktime, work, datum, args, modules, options, as_json, output, **limits) -> None:
+def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_file, **limits) -> None:
     """Run one slice in a sandboxed evaluator and print its result (exit status 1 if it fails)."""
     from .plugins import get_worktime
     from .runner import run_slice
@@ -446,8 +446,8 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output, **
 
     out = run_slice(job, _parse_json(datum, "--datum"), on_event, config=config)
     result = out.value if out.ok else None
-    if out.ok and output is not None:
-        result = _write_output(result, output)
+    if out.ok and output_file is not None:  # not "output": that is --output-limit's (limit_options)
+        result = _write_output(result, output_file)
     if as_json:
         body: dict[str, Any] = {"ok": out.ok, "wall_time": out.wall_time, "cpu_time": out.cpu_time,
                                 "bytes_in": out.bytes_in, "bytes_out": out.bytes_out}

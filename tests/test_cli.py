@@ -54,6 +54,14 @@ def test_slice_output_writes_the_result_bytes(tmp_path):
     assert r.returncode == 2 and "Invalid value for --output: it writes a bytes result" in r.stderr and "a dict with no bytes" in r.stderr
 
 
+def test_slice_output_limit_is_a_limit_not_a_file_name(tmp_path):
+    # "--output-limit 1KB" wrote the result to a file named 1KB: both flags filled one parameter.
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "-w", "echo", "--work", '{"output": 0.01}',
+                        "--output-limit", "1KB"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 1 and "EOUTPUTLIMIT" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_spin_forever_stops_at_wall_time():
     t = time.monotonic()
     r = dcp_worker("slice", "--worktime", "echo", "--work", '{"spin": -1}', "--wall-time", "2s")
