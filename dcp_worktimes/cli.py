@@ -347,7 +347,9 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     if job:
         processes.stop_when_over(scheduler, job, stop)
     helpers = processes.Helpers(scheduler.url, split[1:], job=job, worktimes=list(worktimes), config=config,
-                                limits={k: v for k, v in limits.items() if v is not None}, capabilities=list(capabilities),
+                                # what this process read from the flags, not their text: one reading for all
+                                limits={k: getattr(worker_limits, k) for k, v in limits.items() if v is not None},
+                                capabilities=list(capabilities),
                                 categories=list(categories), until_idle=until_idle)
     if log is not None:
         log.start(worker, _store_url(scheduler_url), helpers=len(helpers.argvs), helper_cores=sum(split[1:]))

@@ -35,6 +35,31 @@ def test_helper_command_lines_carry_the_workers_settings():
     assert argv[argv.index("--js-engine") + 1] == "v8" and argv[argv.index("--trust-work") + 1] == "map-basic"
 
 
+def test_dcp_worker_s_helpers_apply_the_limits_it_read(tmp_path):
+    # The flags' text went to the helpers with a "B" added: 100MiB became "100MiBB" (read as
+    # 100 MB, not MiB) and "off" became "offB", which a helper refused: it exited, was restarted
+    # three times and the worker ran on fewer cores.
+    env = {**os.environ, "DCP_SCHEDULER": f"sqlite:///{tmp_path}/jobs.db", ENV_CORES_PER_PROCESS: "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--worktime", "echo", "--cores", "2",
+                             "--memory-limit", "100MiB", "--output-limit", "off", "--wall-time", "1m"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 30
+        helpers: list = []
+        while not helpers and time.monotonic() < end:
+            helpers = [p for p in psutil.Process(proc.pid).children() if "--helper" in p.cmdline()]
+            time.sleep(0.1)
+        assert helpers, "no helper process started"
+        argv = helpers[0].cmdline()
+        assert argv[argv.index("--memory-limit") + 1] == f"{100 * 2**20}B"
+        assert argv[argv.index("--output-limit") + 1] == "off" and argv[argv.index("--wall-time") + 1] == "60.0"
+        time.sleep(2.0)
+        assert helpers[0].is_running() and helpers[0].status() != psutil.STATUS_ZOMBIE  # it took the flags
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
 def test_exec_on_more_cores_than_one_process_drives_uses_helper_processes(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_CORES_PER_PROCESS, "1")
     url = f"sqlite:///{tmp_path}/jobs.db"

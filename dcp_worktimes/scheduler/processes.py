@@ -53,7 +53,7 @@ def shares(cores: int) -> list[int]:
 
 
 def helper_argv(cores: int, *, job: str | None = None, worktimes: list[str] | None = None,
-                config: Mapping[str, Mapping[str, Any]] | None = None, limits: Mapping[str, str] | None = None,
+                config: Mapping[str, Mapping[str, Any]] | None = None, limits: Mapping[str, Any] | None = None,
                 capabilities: list[str] | None = None, categories: list[str] | None = None,
                 until_idle: bool = False) -> list[str]:
     """The command line of one helper worker process (the store's URL goes in its environment,
@@ -63,8 +63,9 @@ def helper_argv(cores: int, *, job: str | None = None, worktimes: list[str] | No
         argv += ["--worktime", name]
     if job is not None:
         argv += ["--job", job]
+    # ``limits``: parsed values (``Limits``' fields: sizes in bytes, durations in seconds; None: off)
     for name, value in (limits or {}).items():
-        argv += [FLAGS[name], f"{value}B" if name in ("memory", "output") else str(value)]  # sizes in bytes
+        argv += [FLAGS[name], "off" if value is None else f"{int(value)}B" if name in ("memory", "output") else repr(value)]
     for item in capabilities or []:
         argv += ["--capability", item]
     for item in categories or []:
