@@ -130,7 +130,11 @@ def _limits(base: Limits | None = None, **values: Any) -> Limits:
     try:
         return Limits.parse(base, **given)
     except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        text = str(e)
+        for name, flag in FLAGS.items():  # "memory: ..." names the field; here the user wrote the flag
+            if text.startswith(name + ":"):
+                text = flag + text[len(name):]
+        raise click.BadParameter(text) from None
 
 
 def _to_json(value: Any) -> Any:

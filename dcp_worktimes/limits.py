@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -238,14 +239,19 @@ def _check_range(key: str, value: Any, given: Any = None) -> None:
     if key in _SIZE_FIELDS:
         if value > MAX_SIZE:
             raise ValueError(f"{key}: {shown} is more than the largest limit, {format_size(MAX_SIZE)}; "
-                             f"use 'none' for the worker's maximum")
+                             f"use off for the worker's maximum")
     elif key in _TIME_FIELDS:
         if value < MIN_DURATION:
             raise ValueError(f"{key}: {shown} is shorter than {MIN_DURATION * 1000:g} ms, the shortest limit the "
                              "watchdogs can enforce (they look every 20 ms)")
         if value > MAX_DURATION:
             raise ValueError(f"{key}: {shown} is longer than the longest limit, {MAX_DURATION / 86400:g} days; "
-                             "use 'none' for no limit")
+                             "use off for no limit")
+
+
+#: A number and a size unit: B, bytes, K/KB/KiB ... E/EB/EiB, kilobytes ... (any case).
+_SIZE = re.compile(r"\d+(\.\d*)?\s*(b|bytes?|[kmgtpe](i?b)?|(kilo|mega|giga|tera|peta|exa|kibi|mebi|gibi|tebi|pebi|exbi)bytes?)",
+                   re.IGNORECASE)
 
 
 def _is_none(value: Any) -> bool:
@@ -259,7 +265,7 @@ def parse_size(value: Any, what: str = "size") -> int | None:
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a size such as 128MB or 1GiB, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{what}: must be a finite size, got {value!r} (use 'none' for unlimited)")
+        raise ValueError(f"{what}: must be a finite size, got {value!r} (use off for no limit)")
     if isinstance(value, (int, float)):
         size = int(value)
     else:
@@ -272,15 +278,19 @@ def parse_size(value: Any, what: str = "size") -> int | None:
             pass
         else:  # "--memory-limit 1.5" almost never means 1 byte: make the unit explicit
             if number <= 0:
-                raise ValueError(f"{what}: must be positive, got {value!r} (use 'none' for unlimited)")
+                raise ValueError(f"{what}: must be positive, got {value!r} (use off for no limit)")
             raise ValueError(f"{what}: {value!r} has no unit; write it like {text}MB or {text}GiB "
                              f"(or {text}B if you really mean bytes)")
+        # humanfriendly reads the unit's first letter only ("2Mushrooms" is 2 MB, "1GiBB" 1 GB):
+        # only the units it is meant for get that far.
+        if not _SIZE.fullmatch(text):
+            raise ValueError(f"{what}: cannot read {value!r} as a size; write it like 128MB, 1GiB or 4096B")
         try:
             size = int(humanfriendly.parse_size(text))
         except (humanfriendly.InvalidSize, OverflowError, ValueError):
             raise ValueError(f"{what}: cannot read {value!r} as a size; write it like 128MB, 1GiB or 4096B") from None
     if size <= 0:
-        raise ValueError(f"{what}: must be positive, got {value!r} (use 'none' for unlimited)")
+        raise ValueError(f"{what}: must be positive, got {value!r} (use off for no limit)")
     return size
 
 
@@ -314,5 +324,5 @@ def parse_duration(value: Any, what: str = "duration") -> float | None:
         except humanfriendly.InvalidTimespan:
             raise ValueError(f"{what}: cannot read {value!r} as a duration; write it like 30s, 250ms or 2m") from None
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{what}: must be a positive finite duration, got {value!r:.40} (use 'none' for unlimited)")
+        raise ValueError(f"{what}: must be a positive finite duration, got {value!r:.40} (use off for no limit)")
     return seconds

@@ -62,6 +62,13 @@ def test_slice_output_limit_is_a_limit_not_a_file_name(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_bad_limit_is_named_by_its_flag():
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", "1", "--memory-limit", "2Mushrooms")
+    assert r.returncode == 2 and "--memory-limit: cannot read '2Mushrooms' as a size" in r.stderr
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", "1", "--wall-time", "0")
+    assert r.returncode == 2 and "--wall-time: must be a positive finite duration" in r.stderr and "use off" in r.stderr
+
+
 def test_spin_forever_stops_at_wall_time():
     t = time.monotonic()
     r = dcp_worker("slice", "--worktime", "echo", "--work", '{"spin": -1}', "--wall-time", "2s")
@@ -104,7 +111,7 @@ def test_crash_has_its_own_code():
     (["slice", "-w", "echo", "--work", "", "--wall-time", "1ns"], "shorter than 100 ms"),
     (["slice", "-w", "echo", "--work", "", "--cpu-time", "1us"], "shorter than 100 ms"),
     (["slice", "-w", "map-basic", "--work", "x => x", "--memory-limit", "16EiB"], "more than the largest limit, 1 PiB"),
-    (["slice", "-w", "echo", "--work", "", "--memory-limit", "0"], "memory: must be positive, got '0'"),
+    (["slice", "-w", "echo", "--work", "", "--memory-limit", "0"], "--memory-limit: must be positive, got '0'"),
     (["--capability", "machine.gpu={}", "--until-idle"], "give one value"),
     (["jobs", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
     (["resume", "abc", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),

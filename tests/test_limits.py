@@ -35,6 +35,19 @@ def test_parsers():
     assert parse_duration("2m") == 120.0 and parse_duration("unlimited") is None
 
 
+@pytest.mark.parametrize("text", ["2Mushrooms", "5Gigglebytes", "1kittens", "1GiBB", "100MiBB", "3 MBs", "1e3KB"])
+def test_a_size_with_a_unit_that_is_none_is_refused(text):
+    # humanfriendly reads a unit's first letter only: "2Mushrooms" was 2 MB, "1GiBB" 1 GB.
+    with pytest.raises(ValueError, match=f"memory: cannot read '{text}' as a size"):
+        parse_size(text, "memory")
+
+
+@pytest.mark.parametrize("text, size", [("1 KB", 1000), ("2k", 2000), ("1.5GB", 1_500_000_000), ("10 bytes", 10),
+                                        ("3 kilobytes", 3000), ("1kib", 1024), ("16EiB", 16 * 2**60)])
+def test_sizes_in_every_unit_spelling_still_read(text, size):
+    assert parse_size(text) == size
+
+
 def test_sizes_are_shown_in_the_unit_family_the_user_wrote():
     assert format_size(parse_size("128MB")) == "128 MB"
     assert format_size(parse_size("1GiB")) == "1 GiB"
