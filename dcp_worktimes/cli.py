@@ -315,15 +315,27 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     caps: dict[str, Any] = {}
+    given: dict[str, str] = {}  # each capability's dotted path -> the flag that set it
     for item in capabilities:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"capability {item!r} must look like machine.gpu=true")
+        parts = key.split(".")
+        if not sep or not key or not all(p.strip() for p in parts):
+            raise click.BadParameter(f"capability {item!r} must look like machine.gpu=true (names joined by dots)",
+                                     param_hint="--capability")
+        # machine.gpu=true and machine.gpu.vram=8 cannot both hold: a value is no group of values
+        for other, earlier in given.items():
+            if (key + ".").startswith(other + ".") != (other + ".").startswith(key + ".") or (
+                    other == key and earlier != item):
+                shorter = min(other, key, key=len)
+                raise click.BadParameter(f"capabilities {earlier!r} and {item!r} disagree: {shorter} cannot be both "
+                                         "a value and a group of values" if other != key else
+                                         f"capabilities {earlier!r} and {item!r} give {key} two values",
+                                         param_hint="--capability")
+        given[key] = item
         node = caps
-        *parents, leaf = key.split(".")
-        for p in parents:
+        for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[leaf] = _capability_value(item, raw)
+        node[parts[-1]] = _capability_value(item, raw)
     # A worker serves strangers: a job may ask for less than the worker's limits, never for more,
     # and "unlimited" in a job means "the worker's maximum". The maxima default to Limits();
     # the worker's owner raises them with the flags ('off' for none).

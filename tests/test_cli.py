@@ -113,6 +113,12 @@ def test_crash_has_its_own_code():
     (["slice", "-w", "map-basic", "--work", "x => x", "--memory-limit", "16EiB"], "more than the largest limit, 1 PiB"),
     (["slice", "-w", "echo", "--work", "", "--memory-limit", "0"], "--memory-limit: must be positive, got '0'"),
     (["--capability", "machine.gpu={}", "--until-idle"], "give one value"),
+    (["--capability", "machine.gpu=true", "--capability", "machine.gpu.vram=8", "--until-idle"],
+     "machine.gpu cannot be both a value and a group of values"),
+    (["--capability", "machine.gpu.vram=8", "--capability", "machine.gpu=true", "--until-idle"],
+     "machine.gpu cannot be both a value and a group of values"),
+    (["--capability", "machine..gpu=true", "--until-idle"], "must look like machine.gpu=true"),
+    (["--capability", "gpu=true", "--capability", "gpu=false", "--until-idle"], "give gpu two values"),
     (["jobs", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
     (["resume", "abc", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
 ])
