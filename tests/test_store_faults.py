@@ -278,3 +278,31 @@ def test_a_worker_keeps_its_results_through_a_full_disk_and_writes_them_when_spa
     failing = [m for m in got["said"] if "job store is failing" in m]
     assert len(failing) == 1 and "is full" in failing[0] and "kept" in failing[0], got["said"]
     assert any("works again" in m for m in got["said"]), got["said"]
+
+
+def test_another_program_s_sqlite_database_is_named_as_such_and_left_untouched(tmp_path):
+    # It failed with "no such column: id" from inside, after switching the file to WAL mode.
+    import sqlite3
+
+    path = tmp_path / "notes.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE jobs (x)")
+        db.execute("CREATE TABLE notes (y)")
+    for read_only in (False, True):
+        with pytest.raises(SchedulerError, match="is a SQLite database, but not a dcp-worktimes job store "
+                                                 r"\(it has the tables jobs, notes\)"):
+            open_scheduler(f"sqlite:///{path}", read_only=read_only)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master ORDER BY name")] == ["jobs", "notes"]
+
+
+def test_an_empty_file_is_no_store_to_read_but_becomes_one_when_written(tmp_path):
+    path = tmp_path / "jobs.db"
+    path.touch()
+    with pytest.raises(SchedulerError, match="no job store at .* yet: the file is empty"):
+        open_scheduler(f"sqlite:///{path}", read_only=True)
+    with pytest.raises(SchedulerError, match="private store inside one process"):
+        open_scheduler("sqlite:///:memory:", read_only=True)
+    with open_scheduler(f"sqlite:///{path}") as s:
+        assert s.list_jobs() == []

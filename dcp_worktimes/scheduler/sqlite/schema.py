@@ -242,9 +242,10 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
         # throughput and ~1 MB off the deploying process's peak (issue 11's memory target).
         db.execute("PRAGMA cache_size = -512")
         if read_only:
-            _check_version(db, path)
+            _check_version(db, path, read_only=True)
             return db
         if path != ":memory:":
+            _check_version(db, path)  # before WAL mode, which would change another program's database
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SchedulerError(f"{path}: SQLite refused WAL mode ({mode}); put the store on a local disk")
@@ -311,12 +312,27 @@ def _open_read_only(path: str) -> StoreConnection:
     return db
 
 
-def _check_version(db: StoreConnection, path: str) -> None:
+def _check_version(db: StoreConnection, path: str, read_only: bool = False) -> None:
+    """A store of this format, or an empty database to make one in (not when ``read_only``)."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, SCHEMA_VERSION):
         raise SchedulerError(
             f"{path} was written by another version of dcp-worktimes (store format {version}, this one reads "
             f"{SCHEMA_VERSION}); move it away or choose another store with DCP_SCHEDULER=sqlite:///path.db")
+    if version:
+        return
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+                                       "'sqlite_%' ORDER BY name LIMIT 6").fetchall()]
+    if tables:  # another program's database: never add our tables to it
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise SchedulerError(f"{path} is a SQLite database, but not a dcp-worktimes job store (it has the tables "
+                             f"{shown}); name another file with --scheduler / DCP_SCHEDULER=sqlite:///path/jobs.db")
+    if read_only:
+        if path == ":memory:":
+            raise SchedulerError("sqlite:///:memory: is a private store inside one process: there is nothing here to "
+                                 "read; name the store file the deployer and workers use")
+        raise SchedulerError(f"no job store at {path} yet: the file is empty (a store is made by the first deployer "
+                             "or worker that opens it)")
 
 
 class Transaction:
