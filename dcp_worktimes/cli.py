@@ -6,13 +6,13 @@ Sizes and durations take human units (``--memory-limit 256MB``, ``--wall-time 30
 Exit statuses (``EXIT_STATUSES``, also in ``dcp-worker --help`` and the README):
 
 ====  =====================================================================================
-0     success (a serving worker stopped with Ctrl-C or SIGTERM included)
+0     success (a serving worker stopped with Ctrl-C, SIGTERM or SIGHUP included)
 1     the slice or the job failed: the work's error, a limit, unusable work (``EBADWORK``), a
       job that failed or was cancelled
 2     usage or input error: a bad flag, value or ``--datum``, an unknown worktime, job or
       application, a scheduler URL or store that cannot be used, a worktime this machine cannot run
 3     internal error: a bug in dcp-worktimes or a plugin (the traceback is printed; please report it)
-130   interrupted (Ctrl-C) while running a command
+130   interrupted (Ctrl-C) while running a command, or a serving worker's second Ctrl-C (quit at once)
 ====  =====================================================================================
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import os
 import reprlib
@@ -370,7 +371,8 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     if log is not None:
         log.start(worker, _store_url(scheduler_url), helpers=len(helpers.argvs), helper_cores=sum(split[1:]))
     try:
-        with processes.stopped_by(stop, signal.SIGINT, signal.SIGTERM), helpers:
+        with processes.stopped_by(stop, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                  on_signal=None if helper else _on_stop_signal), helpers:
             worker.run(stop, until_idle=until_idle)
     finally:
         scheduler.close()
@@ -660,6 +662,19 @@ class JobFailedExit(click.ClickException):
 
 
 _BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _on_stop_signal(again: bool) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP (its terminal closed) while serving: stop, handing the slices
+    back; a second one quits at once (a store that does not answer could hold the first for as
+    long as its ``retry``)."""
+    log = logging.getLogger("dcp_worktimes.cli")
+    if not again:
+        log.warning("stopping: finishing the slices' reports and handing back the rest (Ctrl-C again to quit at once)")
+        return
+    log.warning("quitting now: the slices this worker held run again elsewhere once their leases expire")
+    logging.shutdown()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _capability_value(item: str, raw: str) -> Any:

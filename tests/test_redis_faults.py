@@ -143,6 +143,24 @@ def slow_job(job_id: str, n: int):
     return job
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_second_signal_quits_a_worker_whose_store_does_not_answer(proxy, redis_url, tmp_path, sig):
+    # Its first Ctrl-C waited for the store for up to the URL's retry (5 min) and the next ones
+    # did nothing; SIGHUP (its terminal closed) ended it with no summary, status 129.
+    worker = start_worker(via(proxy, redis_url), tmp_path, "--worktime", "echo", "--cores", "1")
+    log = tmp_path / "w.log"
+    wait_for(lambda: b"serving" in log.read_bytes(), 60, "the worker to serve")
+    proxy.blackhole()  # its next call waits for an answer that never comes
+    time.sleep(1.0)
+    os.killpg(worker.pid, sig)
+    wait_for(lambda: b"Ctrl-C again to quit at once" in log.read_bytes(), 10, "the first signal's line")
+    time.sleep(0.5)
+    t = time.monotonic()
+    os.killpg(worker.pid, sig)
+    assert worker.wait(10) == 130 and time.monotonic() - t < 5
+    assert b"quitting now" in log.read_bytes() and b"Traceback" not in log.read_bytes()
+
+
 def test_a_worker_killed_mid_slice_loses_nothing_and_duplicates_nothing(redis_url, tmp_path):
     s = open_scheduler(redis_url)
     s.submit(slow_job("j", 300))

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..limits import FLAGS
 from .base import ENV_SCHEDULER
@@ -95,8 +95,13 @@ def die_with_parent() -> None:
 
 
 @contextmanager
-def stopped_by(stop: threading.Event, *signums: int) -> Iterator[None]:
+def stopped_by(stop: threading.Event, *signums: int,
+               on_signal: Callable[[bool], None] | None = None) -> Iterator[None]:
     """Set ``stop`` when one of ``signums`` arrives, for the ``with`` block (main thread only).
+
+    ``on_signal(again)``: called (on the watching thread) for each of them, ``again`` once
+    ``stop`` was already set: a second Ctrl-C while the worker hands its slices back to a store
+    that does not answer.
 
     The handler itself does nothing: Python runs handlers in the main thread between any two
     bytecodes, also while it holds ``stop``'s own lock (inside ``stop.wait`` or ``stop.set``), so
@@ -123,7 +128,10 @@ def stopped_by(stop: threading.Event, *signums: int) -> Iterator[None]:
                 if not data:
                     return
                 if wanted.intersection(data):
+                    again = stop.is_set()
                     stop.set()
+                    if on_signal is not None:
+                        on_signal(again)
                 if previous_fd >= 0:  # whoever listened before (an asyncio loop, an outer stopped_by) still hears
                     try:
                         os.write(previous_fd, data)
