@@ -357,7 +357,7 @@ def test_a_result_stored_deeper_than_it_can_be_read_back_fails_alone(store):
 
 
 CONCURRENT_FIRST_JOBS = """
-import threading
+import threading, traceback
 from dcp_worktimes import compute
 W = "function (i) { progress(); return i * 2 }"
 got = []
@@ -366,6 +366,7 @@ def run():
         got.append(list(compute.for_([1, 2, 3], W).exec()))
     except Exception as e:
         got.append(str(e))
+        traceback.print_exc()
 threads = [threading.Thread(target=run) for _ in range(2)]
 for t in threads:
     t.start()

@@ -306,3 +306,28 @@ def test_an_empty_file_is_no_store_to_read_but_becomes_one_when_written(tmp_path
         open_scheduler("sqlite:///:memory:", read_only=True)
     with open_scheduler(f"sqlite:///{path}") as s:
         assert s.list_jobs() == []
+
+
+def test_threads_making_one_new_store_at_once_all_open_it(tmp_path):
+    # Two threads' first jobs make the store together: one read the other's tables before its
+    # format number ("not a dcp-worktimes job store"), or was refused WAL mode ("locked").
+    import threading
+
+    for rep in range(10):
+        url = f"sqlite:///{tmp_path}/{rep}.db"
+        barrier, errors = threading.Barrier(6), []
+
+        def open_it() -> None:
+            barrier.wait()
+            try:
+                with open_scheduler(url) as s:
+                    s.list_jobs()
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []

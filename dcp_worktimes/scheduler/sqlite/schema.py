@@ -246,7 +246,7 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
             return db
         if path != ":memory:":
             _check_version(db, path)  # before WAL mode, which would change another program's database
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _wal(db)
             if str(mode).lower() != "wal":
                 raise SchedulerError(f"{path}: SQLite refused WAL mode ({mode}); put the store on a local disk")
         db.execute("PRAGMA synchronous = NORMAL")
@@ -267,6 +267,20 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
     except sqlite3.DatabaseError as e:  # from connect itself
         raise store_error(e, path) from None
     return db
+
+
+def _wal(db: StoreConnection) -> str:
+    """Switch a new store to WAL mode. The switch takes the file for itself, and SQLite answers
+    "database is locked" at once, without its busy timeout, while another process or thread makes
+    the same new store: try again for a while."""
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except StoreBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _check_folder(path: str, read_only: bool) -> None:
@@ -314,6 +328,10 @@ def _open_read_only(path: str) -> StoreConnection:
 
 def _check_version(db: StoreConnection, path: str, read_only: bool = False) -> None:
     """A store of this format, or an empty database to make one in (not when ``read_only``)."""
+    # The tables first: a process making the store commits them with the format number, so
+    # tables seen before it commits come with its number read after (never "tables, no number").
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+                                       "'sqlite_%' ORDER BY name LIMIT 6").fetchall()]
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, SCHEMA_VERSION):
         raise SchedulerError(
@@ -321,8 +339,6 @@ def _check_version(db: StoreConnection, path: str, read_only: bool = False) -> N
             f"{SCHEMA_VERSION}); move it away or choose another store with DCP_SCHEDULER=sqlite:///path.db")
     if version:
         return
-    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
-                                       "'sqlite_%' ORDER BY name LIMIT 6").fetchall()]
     if tables:  # another program's database: never add our tables to it
         shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
         raise SchedulerError(f"{path} is a SQLite database, but not a dcp-worktimes job store (it has the tables "
