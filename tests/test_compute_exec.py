@@ -426,3 +426,19 @@ def test_an_engine_set_in_the_environment_stays_and_the_error_says_what_would_ru
     with pytest.raises(compute.RequirementsError, match="it would run with DCP_WORKTIMES_JS_ENGINE=quickjs "
                                                         r"\(set here to v8\)"):
         job.exec()
+
+
+def test_a_job_deleted_while_exec_waits_raises_job_cancelled_saying_so(store):
+    # `dcp-worker jobs --delete ID --force` under a waiting exec(): it crashed with ENOJOB "no job
+    # ... list jobs with dcp-worker jobs" from inside the follower.
+    job = echo(list(range(200)), {"sleep": 0.05}, cores=1)
+
+    def delete(ev) -> None:
+        if ev.sliceNumber == 0:
+            with open_scheduler(store) as s:
+                s.cancel(job.id, "deleted by its owner")
+                s.delete_job(job.id)
+
+    job.on("result", delete)
+    with pytest.raises(compute.JobCancelled, match="was deleted from the job store while this process waited for it"):
+        job.exec()

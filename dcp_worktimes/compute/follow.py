@@ -45,6 +45,14 @@ WAITING_NOTE = 10.0
 log = logging.getLogger("dcp_worktimes.compute")
 
 
+def deleted_meanwhile(job_id: str) -> Exception:
+    """The error of ``exec()`` for a job deleted from the store while it waited for the job."""
+    from .job import JobCancelled
+
+    return JobCancelled(f"job {job_id} was deleted from the job store while this process waited for it "
+                        "(dcp-worker jobs --delete); its results went with it: deploy it again", None, job_id)
+
+
 class Outcome(enum.Enum):
     """How a followed job ended."""
 
@@ -82,7 +90,17 @@ class Follower:
 
         ``remote``: slices run on attached workers only, so the follower watches them
         (``watch_workers``): a job no worker can run ends ``UNSCHEDULABLE`` instead of hanging.
+        A job deleted from the store meanwhile (``dcp-worker jobs --delete --force``) raises
+        ``JobCancelled`` saying so.
         """
+        from ..scheduler.base import UnknownJob
+
+        try:
+            return self._follow(timeout, remote)
+        except UnknownJob:
+            raise deleted_meanwhile(self.job.id) from None
+
+    def _follow(self, timeout: float | None, remote: bool) -> Outcome:
         job, sched = self.job, self.scheduler
         deadline = None if timeout is None else time.monotonic() + timeout
         st = sched.status(job.id)

@@ -41,10 +41,11 @@ from typing import Any, Iterator, Mapping
 from ..errors import DcpError, ErrorCode, WorkError
 from ..inputs import InputSet, StreamInput, input_set_from_description, input_size
 from ..limits import Limits, check_cores
+from ..scheduler.base import UnknownJob
 from ..worktime import CapturedWork
 from .cost import parse_cost
 from .events import JOB_EVENTS, EventEmitter
-from .follow import Follower, Outcome
+from .follow import Follower, Outcome, deleted_meanwhile
 from .progress import ProgressBar, progress_wanted
 from .results import JobFailed, ResultHandle, collect
 from .settings import (
@@ -479,6 +480,12 @@ class Job(EventEmitter):
         return results
 
     def _results(self, sched: Any, outcome: Outcome | None = None) -> ResultHandle:
+        try:
+            return self._collect(sched, outcome)
+        except UnknownJob:  # deleted (dcp-worker jobs --delete --force) as it ended
+            raise deleted_meanwhile(self.id) from None
+
+    def _collect(self, sched: Any, outcome: Outcome | None) -> ResultHandle:
         total = self._total()
         if total is None:
             total = sched.status(self.id).get("total")
