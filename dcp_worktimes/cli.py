@@ -141,7 +141,9 @@ def _limits(base: Limits | None = None, **values: Any) -> Limits:
 def _to_json(value: Any) -> Any:
     """Results as JSON: bytes become {"$bytes": base64}; NaN/±Infinity {"$float": "nan" | "inf" | "-inf"}
     (tagged, so they cannot be mistaken for the strings "nan" and "inf"); an int too long to print
-    in decimal (``MAX_INT_DIGITS``) {"$int": "0x..."} (hexadecimal is linear to write)."""
+    in decimal (``MAX_INT_DIGITS``) {"$int": "0x..."} (hexadecimal is linear to write). A dict that
+    looks like a tag (its one key is one of ``_TAGS``) is itself tagged, {"$object": {...}}, so no
+    value prints like another, and ``--datum`` reads each back as it was."""
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if type(value) is int and value.bit_length() > _MAX_INT_BITS:
@@ -151,12 +153,23 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_to_json(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
+        out = {str(k): _to_json(v) for k, v in value.items()}
+        return {"$object": out} if len(out) == 1 and next(iter(out)) in _TAGS else out
     return value
+
+
+#: The keys of the tags above (and of ``--output``'s ``$file``): a dict made of one of them alone
+#: is wrapped in a tag of its own.
+_TAGS = frozenset({"$bytes", "$float", "$int", "$file", "$object"})
 
 
 def _from_json(value: Any, what: str) -> Any:
     if isinstance(value, dict):
+        if set(value) == {"$object"}:  # a dict that looks like a tag, as itself
+            inner = value["$object"]
+            if not isinstance(inner, dict):
+                raise click.BadParameter(f'{what}: {{"$object": ...}} must hold an object, got {reprlib.repr(inner)}')
+            return {k: _from_json(v, what) for k, v in inner.items()}
         if set(value) == {"$float"}:
             if value["$float"] not in ("nan", "inf", "-inf"):
                 raise click.BadParameter(f'{what}: {{"$float": ...}} must be "nan", "inf" or "-inf", got {value["$float"]!r}')

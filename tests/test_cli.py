@@ -69,6 +69,22 @@ def test_a_bad_limit_is_named_by_its_flag():
     assert r.returncode == 2 and "--wall-time: must be a positive finite duration" in r.stderr and "use off" in r.stderr
 
 
+@pytest.mark.parametrize("datum, printed, in_js", [
+    ('{"$object": {"$bytes": "aGk="}}', {"$object": {"$bytes": "aGk="}}, "object"),
+    ('{"$object": {"$int": "0x10"}}', {"$object": {"$int": "0x10"}}, "object"),
+    ('{"$object": {"$object": {"a": 1}}}', {"$object": {"$object": {"a": 1}}}, "object"),
+    ('{"$bytes": "aGk="}', {"$bytes": "aGk="}, "bytes"),
+    ('{"$int": "0x10"}', 16, "number"),
+])
+def test_an_object_that_looks_like_a_tag_prints_and_reads_back_as_itself(datum, printed, in_js):
+    # {"$bytes": "aGk="} as an object printed exactly like the bytes b"hi", and could not be sent.
+    r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", datum)
+    assert r.returncode == 0 and json.loads(r.stdout) == printed, r.stderr
+    r = dcp_worker("slice", "-w", "map-basic", "--work", "x => x instanceof Uint8Array ? 'bytes' : typeof x",
+                   "--datum", datum)
+    assert json.loads(r.stdout) == in_js, r.stderr
+
+
 def test_spin_forever_stops_at_wall_time():
     t = time.monotonic()
     r = dcp_worker("slice", "--worktime", "echo", "--work", '{"spin": -1}', "--wall-time", "2s")
