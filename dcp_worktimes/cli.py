@@ -146,6 +146,8 @@ def _to_json(value: Any) -> Any:
     value prints like another, and ``--datum`` reads each back as it was."""
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, _WrittenTo):
+        return {"$file": str(value)}
     if type(value) is int and value.bit_length() > _MAX_INT_BITS:
         return {"$int": hex(value)}
     if isinstance(value, float) and not math.isfinite(value):
@@ -500,11 +502,15 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
         sys.exit(EXIT_FAILED)
 
 
+class _WrittenTo(str):
+    """Where ``--output`` wrote bytes: printed as the tag ``{"$file": path}`` (``_to_json``)."""
+
+
 def _write_output(value: Any, path: str) -> Any:
     """``--output``: write a bytes result, or the single bytes field of a dict result, to ``path``;
-    return what is left to print: ``{"$file": path}`` in place of the bytes written."""
+    return what is left to print: ``{"$file": path}`` in place of the bytes written (``_WrittenTo``)."""
     if isinstance(value, bytes):
-        field, data, rest = None, value, {"$file": path}
+        field, data, rest = None, value, _WrittenTo(path)
     else:
         fields = [k for k, v in value.items() if isinstance(v, bytes)] if isinstance(value, dict) else []
         if len(fields) != 1:
@@ -513,7 +519,7 @@ def _write_output(value: Any, path: str) -> Any:
             raise click.BadParameter(f"it writes a bytes result, or the one bytes field of a dict result; this result "
                                      f"is {what}: leave out --output to print it as JSON", param_hint="--output")
         field, data = fields[0], value[fields[0]]
-        rest = {**value, field: {"$file": path}}
+        rest = {**value, field: _WrittenTo(path)}
     Path(path).write_bytes(data)
     click.echo(f"wrote {len(data)} bytes{f' ({field})' if field else ''} to {path}", err=True)
     return rest
