@@ -459,8 +459,8 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
     mods: dict[str, str | bytes] = {}
     for m in modules:
         name, sep, path = m.partition("=")
-        if not sep or not Path(path).is_file():
-            raise click.BadParameter(f"--module {m!r}: write NAME=PATH with an existing file")
+        if not sep or not name.strip() or not Path(path).is_file():
+            raise click.BadParameter(f"--module {m!r}: write NAME=PATH, a module name and an existing file")
         mods[name] = _read_work(path, f"--module {name}")
     opts: dict[str, Any] = {}
     for o in options:
@@ -578,6 +578,8 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
     """List the scheduler's jobs with their status (or delete some)."""
     from .scheduler import open_scheduler
 
+    if force and not delete:
+        raise click.UsageError("--force only goes with --delete JOB_ID (it deletes running jobs too)")
     url = _scheduler_url(scheduler_url)
     if not _store_exists(url):
         if url:  # a typo in --scheduler must not look like "all my jobs are gone", nor create a store

@@ -134,6 +134,8 @@ def test_crash_has_its_own_code():
     (["--capability", "machine.gpu.vram=8", "--capability", "machine.gpu=true", "--until-idle"],
      "machine.gpu cannot be both a value and a group of values"),
     (["--capability", "machine..gpu=true", "--until-idle"], "must look like machine.gpu=true"),
+    (["jobs", "--force"], "--force only goes with --delete JOB_ID"),
+    (["slice", "-w", "map-basic", "--work", "x => x", "--module", f"={__file__}"], "a module name and an existing file"),
     (["--capability", "gpu=true", "--capability", "gpu=false", "--until-idle"], "give gpu two values"),
     (["jobs", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
     (["resume", "abc", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
