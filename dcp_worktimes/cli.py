@@ -339,9 +339,10 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
             raise click.BadParameter(f"capability {item!r} must look like machine.gpu=true (names joined by dots)",
                                      param_hint="--capability")
         # machine.gpu=true and machine.gpu.vram=8 cannot both hold: a value is no group of values
+        value = _capability_value(item, raw)
         for other, earlier in given.items():
             if (key + ".").startswith(other + ".") != (other + ".").startswith(key + ".") or (
-                    other == key and earlier != item):
+                    other == key and _capability_value(earlier, earlier.partition("=")[2]) != value):
                 shorter = min(other, key, key=len)
                 raise click.BadParameter(f"capabilities {earlier!r} and {item!r} disagree: {shorter} cannot be both "
                                          "a value and a group of values" if other != key else
@@ -351,7 +352,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
         node = caps
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = _capability_value(item, raw)
+        node[parts[-1]] = value
     # A worker serves strangers: a job may ask for less than the worker's limits, never for more,
     # and "unlimited" in a job means "the worker's maximum". The maxima default to Limits();
     # the worker's owner raises them with the flags ('off' for none).

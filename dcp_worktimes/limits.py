@@ -306,6 +306,8 @@ def to_float(value: Any) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+    except ValueError:  # Decimal("sNaN"): no number at all
+        return math.nan
 
 
 def parse_duration(value: Any, what: str = "duration") -> float | None:

@@ -137,6 +137,7 @@ def test_crash_has_its_own_code():
     (["jobs", "--force"], "--force only goes with --delete JOB_ID"),
     (["slice", "-w", "map-basic", "--work", "x => x", "--module", f"={__file__}"], "a module name and an existing file"),
     (["--capability", "gpu=true", "--capability", "gpu=false", "--until-idle"], "give gpu two values"),
+    (["--capability", "gpu=yes", "--capability", "gpu=no", "--until-idle"], "give gpu two values"),
     (["jobs", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
     (["resume", "abc", "--scheduler", "sqlite:////no/such/dir/jobs.db"], "no job store at /no/such/dir/jobs.db"),
 ])

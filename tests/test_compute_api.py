@@ -254,6 +254,9 @@ def test_requires_finds_module_files_as_require_does_and_names_packages(tmp_path
         compute.for_([1], JS).requires("core/serializer")
     with pytest.raises(WorkError, match=r"requires\('./missing'\): no such file \(nor ./missing.js\)"):
         compute.for_([1], JS).requires("./missing")
+    for nothing in ("", ".", "./", "/"):  # no file name to add .js to: the same kind of error
+        with pytest.raises(WorkError, match=r"requires\("):
+            compute.for_([1], JS).requires(nothing)
 
 
 def test_multi_dimensional_jobs_ask_for_spread_arguments():
@@ -310,6 +313,7 @@ HUGE = 10**400  # a Python int no float holds: float(HUGE) raises OverflowError
     (lambda: compute.for_(1, 3, JS).exec(HUGE), CostProfileError, r"the payment is too large \(1000"),
     (lambda: compute.for_(1, 3, JS).exec({"maxTotalPayment": HUGE}), CostProfileError, "maxTotalPayment is too large"),
     (lambda: compute.for_(1, 3, JS).exec(Decimal("1e400")), CostProfileError, "payment is too large"),
+    (lambda: compute.for_(1, 3, JS).exec(Decimal("sNaN")), CostProfileError, "must be a finite amount"),
     (lambda: compute.for_(1, 3, JS).exec(timeout=HUGE), ValueError, "positive finite number of seconds"),
     (lambda: compute.for_(1, 3, JS, worker_wait=HUGE).exec(local=False), ValueError, "job.worker_wait must be a finite"),
     (lambda: compute.for_(1, 3, JS, limits={"wall_time": HUGE}).exec(), ValueError, "wall_time: must be a positive finite"),

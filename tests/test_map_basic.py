@@ -130,6 +130,8 @@ def test_bad_work_is_a_job_error(work, message):
     ("throw new Error('no config');\nx => x", "Error: no config"),
     ("(() => { throw new TypeError('bad set-up') })()", "TypeError: bad set-up"),
     ("throw 42", "uncaught number thrown: 42"),
+    ("throw new RangeError('the stack depth option must be positive')",
+     "RangeError: the stack depth option must be positive"),  # a top-level throw, not the parser's overflow
 ])
 def test_top_level_code_that_throws_is_not_called_a_compile_error(work, thrown):
     # It was "the work does not compile: ReferenceError ...", sending users to hunt for a syntax

@@ -96,10 +96,13 @@ def _module_file(m: str | os.PathLike) -> Path:
     from ..errors import WorkError
 
     path = Path(m)
-    for candidate in (path, path.with_name(path.name + ".js")):
+    for candidate in (path, path.with_name(path.name + ".js")) if path.name else ():  # "", ".", "/": no file
         if candidate.is_file():
             return candidate
     text = str(m)
+    if not text.strip():
+        raise WorkError("requires(''): the module path is empty; pass the path of a module file, or "
+                        "{'name': source} to ship source text")
     if not isinstance(m, os.PathLike) and not text.startswith((".", "/", "~")):  # require's bare name: a package
         raise WorkError(
             f"requires({text!r}): no such file here (nor {text}.js); a bare name such as {text!r} is, in DCP, a "

@@ -136,6 +136,8 @@ def js_number_string(value: Any) -> str:
             return "Infinity" if value > 0 else "-Infinity"
         if value == 0:
             return "0"
+        if value.is_integer() and abs(value) < 2**53:  # exact as an int, and the common case: fast
+            return str(int(value))
         r = repr(value)  # the shortest round-trip digits, as JavaScript's Number::toString picks them
         if value.is_integer() and abs(value) < 1e21:
             return format(Decimal(r).normalize(), "f")

@@ -116,7 +116,8 @@ class Engine(ABC):
         other = _other_language(source)
         # Nesting too deep for the parser overflows its stack before any code runs: no frame of
         # the work's says where (a top-level throw on QuickJS has none either, but is no overflow).
-        too_deep = not where and kind in ("RangeError", "InternalError") and "stack" in err["message"]
+        too_deep = not where and (kind, err["message"]) in (("RangeError", "Maximum call stack size exceeded"),
+                                                            ("InternalError", "stack overflow"))
         if kind != "SyntaxError" and not too_deep:
             # The text parsed and its top-level code ran and threw (a file-style work's set-up,
             # or an expression such as makeWork(config)): not a compile error. A SyntaxError is
