@@ -384,11 +384,11 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
                                 limits={k: getattr(worker_limits, k) for k, v in limits.items() if v is not None},
                                 capabilities=list(capabilities),
                                 categories=list(categories), until_idle=until_idle)
-    if log is not None:
-        log.start(worker, _store_url(scheduler_url), helpers=len(helpers.argvs), helper_cores=sum(split[1:]))
     try:
         with processes.stopped_by(stop, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
                                   on_signal=None if helper else _on_stop_signal), helpers:
+            if log is not None:  # "serving" once a signal stops it the usual way
+                log.start(worker, _store_url(scheduler_url), helpers=len(helpers.argvs), helper_cores=sum(split[1:]))
             worker.run(stop, until_idle=until_idle)
     finally:
         scheduler.close()
@@ -686,10 +686,17 @@ class JobFailedExit(click.ClickException):
 _BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
-def _on_stop_signal(again: bool) -> None:
+def _on_stop_signal(again: bool, signum: int) -> None:
     """Ctrl-C, SIGTERM or SIGHUP (its terminal closed) while serving: stop, handing the slices
     back; a second one quits at once (a store that does not answer could hold the first for as
     long as its ``retry``)."""
+    if signum == signal.SIGHUP:
+        # The terminal is gone: every write to it would fail (EIO) and end the worker with a
+        # traceback before it hands its slices back. Its output goes nowhere from now on.
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        os.close(null)
     log = logging.getLogger("dcp_worktimes.cli")
     if not again:
         log.warning("stopping: finishing the slices' reports and handing back the rest (Ctrl-C again to quit at once)")

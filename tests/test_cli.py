@@ -372,3 +372,35 @@ def test_slice_prints_an_integer_too_long_for_decimal_in_hexadecimal_and_reads_i
     assert int(json.loads(r.stdout)["$int"], 16) == 7**1000000
     back = dcp_worker("slice", "--worktime", "echo", "--work", "", "--datum", '{"$int": "0x1ff"}')
     assert back.returncode == 0 and json.loads(back.stdout) == 511
+
+
+def test_a_worker_whose_terminal_closes_hands_back_and_exits_cleanly(tmp_path):
+    # SIGHUP from a real hang-up: every write to the terminal then fails (EIO), and the worker
+    # ended with status 1 and a traceback before it stopped as it should.
+    import pty
+    import select
+
+    env = {**os.environ, "DCP_SCHEDULER": f"sqlite:///{tmp_path}/jobs.db"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
+        os.execve(sys.executable, [sys.executable, "-m", "dcp_worktimes.cli", "--worktime", "echo", "--cores", "1"], env)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"serving" not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    assert b"serving" in seen
+    os.close(fd)  # the terminal goes away: the kernel sends SIGHUP to the session
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not done:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done and os.waitstatus_to_exitcode(status) == 0

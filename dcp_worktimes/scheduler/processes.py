@@ -96,10 +96,10 @@ def die_with_parent() -> None:
 
 @contextmanager
 def stopped_by(stop: threading.Event, *signums: int,
-               on_signal: Callable[[bool], None] | None = None) -> Iterator[None]:
+               on_signal: Callable[[bool, int], None] | None = None) -> Iterator[None]:
     """Set ``stop`` when one of ``signums`` arrives, for the ``with`` block (main thread only).
 
-    ``on_signal(again)``: called (on the watching thread) for each of them, ``again`` once
+    ``on_signal(again, signum)``: called (on the watching thread) for each of them, ``again`` once
     ``stop`` was already set: a second Ctrl-C while the worker hands its slices back to a store
     that does not answer.
 
@@ -127,11 +127,11 @@ def stopped_by(stop: threading.Event, *signums: int,
                 data = os.read(r, 64)
                 if not data:
                     return
-                if wanted.intersection(data):
+                for signum in (n for n in data if n in wanted):
                     again = stop.is_set()
                     stop.set()
                     if on_signal is not None:
-                        on_signal(again)
+                        on_signal(again, signum)
                 if previous_fd >= 0:  # whoever listened before (an asyncio loop, an outer stopped_by) still hears
                     try:
                         os.write(previous_fd, data)
