@@ -695,7 +695,8 @@ def _on_stop_signal(again: bool, signum: int) -> None:
         # traceback before it hands its slices back. Its output goes nowhere from now on.
         null = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):
-            os.dup2(null, fd)
+            if os.isatty(fd):  # a log file or a pipe still takes it
+                os.dup2(null, fd)
         os.close(null)
     log = logging.getLogger("dcp_worktimes.cli")
     if not again:
