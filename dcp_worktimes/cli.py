@@ -26,6 +26,7 @@ import math
 import os
 import reprlib
 import signal
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -695,7 +696,9 @@ def _on_stop_signal(again: bool, signum: int) -> None:
         # traceback before it hands its slices back. Its output goes nowhere from now on.
         null = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):
-            if os.isatty(fd):  # a log file or a pipe still takes it
+            # A terminal is a character device (isatty fails on one that hung up); a log file or
+            # a pipe still takes the worker's last lines.
+            if stat.S_ISCHR(os.fstat(fd).st_mode):
                 os.dup2(null, fd)
         os.close(null)
     log = logging.getLogger("dcp_worktimes.cli")
