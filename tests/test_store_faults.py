@@ -331,3 +331,35 @@ def test_threads_making_one_new_store_at_once_all_open_it(tmp_path):
         for t in threads:
             t.join()
         assert errors == []
+
+
+@pytest.mark.parametrize("user_version", [3, 4])
+def test_another_program_s_database_with_a_user_version_of_its_own_is_not_taken(tmp_path, user_version):
+    # At user_version 4 (this store format's number) it was opened as a store: switched to WAL and
+    # given our tables; at 3 it was called "written by another version of dcp-worktimes".
+    import sqlite3
+
+    path = tmp_path / "places.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE moz_places (id INTEGER PRIMARY KEY, url TEXT)")
+        db.execute(f"PRAGMA user_version = {user_version}")
+    with pytest.raises(SchedulerError, match="not a dcp-worktimes job store"):
+        open_scheduler(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["moz_places"]
+
+
+def test_a_store_made_before_the_application_id_opens_and_gets_it(tmp_path):
+    import sqlite3
+
+    from dcp_worktimes.scheduler.sqlite.schema import APPLICATION_ID
+
+    path = tmp_path / "jobs.db"
+    open_scheduler(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA application_id = 0")  # as the versions before the mark left it
+    for read_only in (True, False):
+        open_scheduler(f"sqlite:///{path}", read_only=read_only).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID

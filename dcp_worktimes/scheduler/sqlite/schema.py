@@ -46,6 +46,10 @@ from typing import Any
 from ..base import SchedulerError, StoreDamaged, StoreUnavailable
 
 SCHEMA_VERSION = 4
+#: ``PRAGMA application_id`` of a job store ("DCPW"): tells it from another program's database.
+APPLICATION_ID = 0x44435057
+#: Tables every store of this format has (a store made before the mark is told by them).
+_OUR_TABLES = frozenset({"jobs", "slices", "leases", "results", "events", "workers"})
 #: Slice row states. QUEUED: a stream slice not leased yet (walked by ``next_slice`` like a range).
 PENDING, LEASED, DONE, QUEUED = 0, 1, 2, 3
 HOST = socket.gethostname()
@@ -257,6 +261,7 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
                 if stmt.strip():
                     db.execute(stmt)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # stores made before the mark get it now
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -331,18 +336,32 @@ def _check_version(db: StoreConnection, path: str, read_only: bool = False) -> N
     # The tables first: a process making the store commits them with the format number, so
     # tables seen before it commits come with its number read after (never "tables, no number").
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
-                                       "'sqlite_%' ORDER BY name LIMIT 6").fetchall()]
+                                       "'sqlite_%' ORDER BY name").fetchall()]
     version = db.execute("PRAGMA user_version").fetchone()[0]
+    mark = db.execute("PRAGMA application_id").fetchone()[0]
+    # Ours: marked; made before the mark, with this format's tables, or (an older format) a jobs
+    # table; or new (nothing in it). Many programs set user_version: it alone tells nothing.
+    if mark == APPLICATION_ID:
+        ours = True
+    elif mark:
+        ours = False
+    elif version == SCHEMA_VERSION:
+        ours = _OUR_TABLES <= set(tables)
+    elif version:
+        ours = "jobs" in tables
+    else:
+        ours = not tables
+    if not ours:  # another program's database: never add our tables to it
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise SchedulerError(f"{path} is a SQLite database, but not a dcp-worktimes job store (it has the tables "
+                             f"{shown or '(none)'}); name another file with --scheduler / "
+                             "DCP_SCHEDULER=sqlite:///path/jobs.db")
     if version not in (0, SCHEMA_VERSION):
         raise SchedulerError(
             f"{path} was written by another version of dcp-worktimes (store format {version}, this one reads "
             f"{SCHEMA_VERSION}); move it away or choose another store with DCP_SCHEDULER=sqlite:///path.db")
     if version:
         return
-    if tables:  # another program's database: never add our tables to it
-        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-        raise SchedulerError(f"{path} is a SQLite database, but not a dcp-worktimes job store (it has the tables "
-                             f"{shown}); name another file with --scheduler / DCP_SCHEDULER=sqlite:///path/jobs.db")
     if read_only:
         if path == ":memory:":
             raise SchedulerError("sqlite:///:memory: is a private store inside one process: there is nothing here to "
