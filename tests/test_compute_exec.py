@@ -442,3 +442,35 @@ def test_a_job_deleted_while_exec_waits_raises_job_cancelled_saying_so(store):
     job.on("result", delete)
     with pytest.raises(compute.JobCancelled, match="was deleted from the job store while this process waited for it"):
         job.exec()
+
+
+def test_a_cancel_while_a_stream_s_first_batch_is_read_is_kept(store):
+    # exec() reads a stream's first batch before the job has an id; a cancel() then set a flag
+    # nobody looked at again, and the job ran to its end.
+    def slow():
+        for i in range(3):
+            yield i
+            time.sleep(0.3)
+        time.sleep(3)
+        yield 99
+
+    job = echo(slow(), cores=1)
+    threading.Timer(0.5, job.cancel, args=("changed my mind",)).start()
+    with pytest.raises(compute.JobCancelled, match="changed my mind") as info:
+        job.exec()
+    r = info.value.results  # what it had read, each in its place: none ran
+    assert len(r) >= 2 and all(isinstance(v, compute.SliceFailed) and v.code == "ECANCELLED" for v in r)
+
+
+def test_a_cancelled_stream_s_slices_that_never_ran_are_marked_too():
+    # With no total (a stream cut short), the handle grew with its results and slices that never
+    # ran stayed None.
+    from types import SimpleNamespace
+
+    from dcp_worktimes.compute.results import collect
+    from dcp_worktimes.values import pack
+
+    batch = SimpleNamespace(numbers=[0, 1, 4], oks=[True] * 3, values=[pack(0), pack(None), pack(40)], errors=[None] * 3)
+    r = collect([batch], None, None, "j", unfinished="never ran")
+    assert r[:2] == [0, None] and r[4] == 40 and [f.slice_number for f in r.failures] == [2, 3]
+    assert r[2] is r.failures[0] and r[2].code == "ECANCELLED"

@@ -166,6 +166,7 @@ class Job(EventEmitter):
         self._sched_url: str | None = None  # what _sched was taken for (scheduler/reuse.py)
         self._sched_users = 0
         self._cancel_requested = threading.Event()
+        self._cancel_reason = "cancelled by the deployer"
         self._deployed = False
         self._status: dict = {}
         self._run: _Run | None = None
@@ -323,6 +324,8 @@ class Job(EventEmitter):
             feeder = submit(sched, record, self)
             self.id = record.id
             self._deployed = True
+            if self._cancel_requested.is_set():  # cancel() came while a stream's first batch was read
+                sched.cancel(self.id, self._cancel_reason)
             return feeder
 
     # -- execution ---------------------------------------------------------------------------------
@@ -489,6 +492,9 @@ class Job(EventEmitter):
         total = self._total()
         if total is None:
             total = sched.status(self.id).get("total")
+        if total is None and outcome is Outcome.CANCELLED and isinstance(self.input_set, StreamInput) \
+                and self.input_set._source is not None:
+            total = self.input_set.consumed  # a stream cancelled before its end: what it had read, run or not
         inputs: Any = self.input_set
         if isinstance(inputs, StreamInput) and inputs._source is None:
             inputs = None  # a resumed stream: the datums are not known here
@@ -506,6 +512,7 @@ class Job(EventEmitter):
 
     def cancel(self, reason: str = "cancelled by the deployer") -> None:
         """Stop the job: no more slices are handed out; ``exec()`` raises ``JobCancelled``."""
+        self._cancel_reason = reason
         self._cancel_requested.set()
         if self.id is not None:
             with self._session() as sched:

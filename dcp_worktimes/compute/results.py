@@ -242,7 +242,9 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
     filled = bytearray(len(values)) if unfinished is not None else None
     for batch in batches:
         numbers = batch.numbers
-        if filled is not None:
+        if filled is not None and numbers:
+            if total is None and max(numbers) >= len(filled):  # a stream: the handle grows with its results
+                filled.extend(bytes(max(numbers) + 1 - len(filled)))
             for n in numbers:
                 if n < len(filled):
                     filled[n] = 1
@@ -271,6 +273,8 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
             values[n] = f
             failures.append(f)
     if filled is not None:
+        if len(values) < len(filled):
+            values.extend([None] * (len(filled) - len(values)))
         for n in (n for n, got in enumerate(filled) if not got):
             f = SliceFailed(n, "ECANCELLED", unfinished)
             values[n] = f
