@@ -149,6 +149,8 @@ def _to_json(value: Any) -> Any:
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, _WrittenTo):
         return {"$file": str(value)}
+    if isinstance(value, _Failed):
+        return value.to_json()
     if type(value) is int and value.bit_length() > _MAX_INT_BITS:
         return {"$int": hex(value)}
     if isinstance(value, float) and not math.isfinite(value):
@@ -163,7 +165,7 @@ def _to_json(value: Any) -> Any:
 
 #: The keys of the tags above (and of ``--output``'s ``$file``): a dict made of one of them alone
 #: is wrapped in a tag of its own.
-_TAGS = frozenset({"$bytes", "$float", "$int", "$file", "$object"})
+_TAGS = frozenset({"$bytes", "$float", "$int", "$file", "$error", "$object"})
 
 
 def _from_json(value: Any, what: str) -> Any:
@@ -504,6 +506,17 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
         sys.exit(EXIT_FAILED)
 
 
+class _Failed:
+    """A failed slice in ``resume``'s output: printed as ``{"$error": {"code": ..., "message": ...}}``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def to_json(self) -> dict:
+        return {"$error": {"code": str(getattr(self.error, "code", "") or type(self.error).__name__),
+                           "message": str(getattr(self.error, "message", None) or self.error)}}
+
+
 class _WrittenTo(str):
     """Where ``--output`` wrote bytes: printed as the tag ``{"$file": path}`` (``_to_json``)."""
 
@@ -674,8 +687,9 @@ def resume_cmd(job_id: str, scheduler_url: str | None, cores: int | None, errors
     except compute.JobFailed as e:
         first, _, _ = str(e).rpartition("\nThe completed results")
         raise JobFailedExit(f"{first}\nRun with --errors return to print every result, with the failed "
-                                   "slices as {\"error\": ...} in place") from None
-    click.echo(json.dumps(_to_json([v if not isinstance(v, BaseException) else {"error": str(v)} for v in results])))
+                                   "slices as {\"$error\": {\"code\": ..., \"message\": ...}} in place") from None
+    # A failed slice is a tag: a work may well return {"error": ...} itself.
+    click.echo(json.dumps(_to_json([_Failed(v) if isinstance(v, BaseException) else v for v in results])))
 
 
 class JobFailedExit(click.ClickException):

@@ -294,7 +294,7 @@ def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
     r = cli("resume", "--errors", "return", job_id)
     assert r.returncode == 0, r.stderr
     one, two, three = json.loads(r.stdout)
-    assert one == 1 and three == 3 and "two" in two["error"]
+    assert one == 1 and three == 3 and two["$error"]["code"] == "EUNCAUGHT" and "two" in two["$error"]["message"]
     r = cli("resume", job_id)
     assert r.returncode == 1 and "1 of 3 slices failed" in r.stderr and "--errors return" in r.stderr
     assert "exec(errors=" not in r.stderr and "Traceback" not in r.stderr
