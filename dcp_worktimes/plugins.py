@@ -75,7 +75,9 @@ class Registration:
         package, reads ``sysconfig``, whose first use is not). A probe that raised is not
         remembered: the next call probes again."""
         frozen = _freeze(config or {})
-        with _PROBE_LOCK:
+        with _PROBE_LOCK:  # one lock per probe: a slow first probe (Blender's) holds up no other
+            lock = _PROBE_LOCKS.setdefault((self.cls, frozen), threading.Lock())
+        with lock:
             try:
                 return _probe(self.cls, frozen)
             except _ProbeRaised as e:
@@ -123,6 +125,7 @@ def settings_from_env(cls: type[Worktime]) -> dict[str, str]:
 
 
 _PROBE_LOCK = threading.Lock()
+_PROBE_LOCKS: dict[tuple[type[Worktime], Any], threading.Lock] = {}
 
 
 class _ProbeRaised(Exception):
