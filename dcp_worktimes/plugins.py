@@ -75,8 +75,10 @@ class Registration:
         package, reads ``sysconfig``, whose first use is not). A probe that raised is not
         remembered: the next call probes again."""
         frozen = _freeze(config or {})
-        with _PROBE_LOCK:  # one lock per probe: a slow first probe (Blender's) holds up no other
-            lock = _PROBE_LOCKS.setdefault((self.cls, frozen), threading.Lock())
+        # One lock per worktime (its probes with any settings share code that need not be
+        # thread-safe): a slow first probe (Blender's) holds up no other worktime's.
+        with _PROBE_LOCK:
+            lock = _PROBE_LOCKS.setdefault(self.cls, threading.Lock())
         with lock:
             try:
                 return _probe(self.cls, frozen)
@@ -125,7 +127,7 @@ def settings_from_env(cls: type[Worktime]) -> dict[str, str]:
 
 
 _PROBE_LOCK = threading.Lock()
-_PROBE_LOCKS: dict[tuple[type[Worktime], Any], threading.Lock] = {}
+_PROBE_LOCKS: dict[type[Worktime], threading.Lock] = {}
 
 
 class _ProbeRaised(Exception):
