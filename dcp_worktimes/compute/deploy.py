@@ -145,7 +145,8 @@ class Feeder:
     While it feeds, a second thread renews the job's feed lease every ``FEED_REFRESH`` s: the
     generator runs on the feeding thread and may take minutes per item, and a deployer that is
     alive must never look dead for that. If this process dies mid-stream the renewals stop and
-    the store cancels the job once ``FEED_LEASE`` has passed (its remaining inputs died with it).
+    the store cancels the job once ``FEED_LEASE`` has passed, or at once where it sees the process
+    gone (a SQLite store on this machine): its remaining inputs died with it.
     """
 
     def __init__(self, stream: StreamInput) -> None:

@@ -409,7 +409,7 @@ class Job(EventEmitter):
                 except KeyboardInterrupt as e:
                     if feeder is not None and not feeder.complete:
                         # The rest of its input exists only here: no resume can finish it, and its
-                        # feed lease would only end it a minute later.
+                        # feed lease would only end it minutes later.
                         reason = "the deployer was interrupted while sending its input stream; deploy the job again"
                         try:
                             sched.cancel(self.id, reason)
