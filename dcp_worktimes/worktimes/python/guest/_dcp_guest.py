@@ -229,9 +229,9 @@ class _ThenInstallLogging:
 
 
 def _install_logging():
-    """Route the root logger to the console, once ``logging`` is imported by anyone (importing it
-    ourselves would cost ~30 ms of every interpreter start; until then Python's last-resort
-    handler writes WARNING+ records to sys.stderr, which reaches the console as ``error``)."""
+    """Route the root logger to the console, once ``logging`` is imported by anyone: as it is
+    (``_OnImportOfLogging``), or at a slice's start if it came in another way (importing it
+    ourselves would cost ~30 ms of every interpreter start)."""
     if _state.logging or "logging" not in sys.modules:
         return
     _state.logging = True
