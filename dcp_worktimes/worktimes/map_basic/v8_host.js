@@ -261,7 +261,7 @@ function sandbox() {
       // Count asynchronous compilations, so that a slice awaiting one is not "never settled".
       const W = globalThis.WebAssembly, promiseFinally = Promise.prototype.finally;
       // A slice waiting for a compilation sleeps until its next timer: wake it (__dcpSleep).
-      const done = () => { wasmPending--; __dcpWakeLoop(); };
+      const done = () => { wasmPending--; wasmSettled = true; __dcpWakeLoop(); };
       for (const name of ['compile', 'instantiate']) {
         const original = W[name];
         const counted = { [name](...args) { wasmPending++; return apply(promiseFinally, apply(original, W, args), [done]); } }[name];
@@ -316,6 +316,7 @@ function sandbox() {
   // Milliseconds a pending slice waits for the runtime once the prelude has nothing left to run.
   const RUNTIME_GRACE = 1000;
   let wasmPending = 0;  // WebAssembly compilations under way (their promises settle from V8's threads)
+  let wasmSettled = false;  // one settled since __dcpQuiet last looked
   // A macrotask boundary: by the time it runs, the microtask queue is empty (V8 drains it first).
   // V8 settles a notified Atomics.waitAsync in a task of its own: 1.5 µs a turn, where a
   // MessageChannel message (Deno's op, its serializer) took 2.1 µs of a trivial slice's ~5.
@@ -351,8 +352,11 @@ function sandbox() {
   // even once it failed: left running, they would settle, and be blamed, in the next slice.
   async function __dcpQuiet() {
     await __dcpMacrotask();
-    while (wasmPending > 0) {
-      await __dcpSleep(50);
+    while (wasmPending > 0 || wasmSettled) {
+      // A compilation that settled ran its callbacks in V8's own task, and an error one threw is
+      // reported in a task after it: one more turn, or the slice would end before the report.
+      if (wasmPending > 0) await __dcpSleep(50);
+      wasmSettled = false;
       await __dcpMacrotask();
     }
   }
