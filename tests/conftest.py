@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# No test may write to the user's own job store (the per-user one under XDG_DATA_HOME, which a
+# test that forgets its store, or a command it runs, would open): the whole run, subprocesses
+# included, gets a data folder of its own. Tests choose their stores with the ``store`` fixture.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="dcp-worktimes-tests-data-")
 
 from .python_runtime import PYTHON_CACHE
 from .redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures of the Redis scheduler's tests

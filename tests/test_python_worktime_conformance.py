@@ -81,7 +81,7 @@ def test_squares_through_a_pool_with_events(warm):  # noqa: F811
     assert ("console", 3) in {(kind, n) for kind, n, _ in events}
 
 
-def test_acceptance_compute_for_with_a_lambda(warm):  # noqa: F811
+def test_acceptance_compute_for_with_a_lambda(warm, store):  # noqa: F811 - a private store, not the user's
     from dcp_worktimes import compute
 
     assert list(compute.for_(range(5), lambda x: x * x, worktime="python").exec()) == [0, 1, 4, 9, 16]
