@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import pytest
 # No test may write to the user's own job store (the per-user one under XDG_DATA_HOME, which a
 # test that forgets its store, or a command it runs, would open): the whole run, subprocesses
 # included, gets a data folder of its own. Tests choose their stores with the ``store`` fixture.
-os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="dcp-worktimes-tests-data-")
+os.environ["XDG_DATA_HOME"] = _DATA_HOME = tempfile.mkdtemp(prefix="dcp-worktimes-tests-data-")
+atexit.register(shutil.rmtree, _DATA_HOME, ignore_errors=True)
 
 from .python_runtime import PYTHON_CACHE
 from .redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures of the Redis scheduler's tests
