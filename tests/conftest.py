@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import tempfile
@@ -14,7 +13,13 @@ import pytest
 # test that forgets its store, or a command it runs, would open): the whole run, subprocesses
 # included, gets a data folder of its own. Tests choose their stores with the ``store`` fixture.
 os.environ["XDG_DATA_HOME"] = _DATA_HOME = tempfile.mkdtemp(prefix="dcp-worktimes-tests-data-")
-atexit.register(shutil.rmtree, _DATA_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_data_home():
+    """The run's data folder goes at its end (a fixture, not atexit: forked evaluators exit too)."""
+    yield
+    shutil.rmtree(_DATA_HOME, ignore_errors=True)
 
 from .python_runtime import PYTHON_CACHE
 from .redis_fixtures import redis_server, redis_url  # noqa: F401 - fixtures of the Redis scheduler's tests
