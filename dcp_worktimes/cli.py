@@ -334,7 +334,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     caps: dict[str, Any] = {}
-    given: dict[str, str] = {}  # each capability's dotted path -> the flag that set it
+    given: dict[str, tuple[str, Any]] = {}  # each capability's dotted path -> (the flag that set it, its value)
     for item in capabilities:
         key, sep, raw = item.partition("=")
         parts = key.split(".")
@@ -343,15 +343,15 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
                                      param_hint="--capability")
         # machine.gpu=true and machine.gpu.vram=8 cannot both hold: a value is no group of values
         value = _capability_value(item, raw)
-        for other, earlier in given.items():
+        for other, (earlier, earlier_value) in given.items():
             if (key + ".").startswith(other + ".") != (other + ".").startswith(key + ".") or (
-                    other == key and _capability_value(earlier, earlier.partition("=")[2]) != value):
+                    other == key and earlier_value != value):
                 shorter = min(other, key, key=len)
                 raise click.BadParameter(f"capabilities {earlier!r} and {item!r} disagree: {shorter} cannot be both "
                                          "a value and a group of values" if other != key else
                                          f"capabilities {earlier!r} and {item!r} give {key} two values",
                                          param_hint="--capability")
-        given[key] = item
+        given[key] = (item, value)
         node = caps
         for p in parts[:-1]:
             node = node.setdefault(p, {})

@@ -34,6 +34,8 @@ import random as _random
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
+from ..limits import to_float
+
 __all__ = ["DistributionSet", "set", "DistributionError"]
 
 
@@ -114,8 +116,6 @@ def _binomial(n: int, p: float, rng: _random.Random) -> int:
 
 
 def _number(value: Any, what: str) -> float:
-    from ..limits import to_float
-
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(to_float(value)):
         raise DistributionError(f"{what} must be a finite number that fits a float, got {value!r:.40}")
     return float(value)

@@ -880,7 +880,7 @@ class EvaluatorPool:
         if getattr(error, "limit", None) not in _ELAPSED_LIMITS:
             return False
         # A verdict may arrive before the watchdog's first tick after a pause counts it.
-        if paused == (self._pauses, slot.stops) and not self._pause_now():
+        if paused == (self._pauses, slot.stops) and not self._paused(time.monotonic(), time.process_time()):
             return False
         lost = task.lost[i] if task.lost is not None else 0
         if lost >= MAX_LOST:
@@ -890,9 +890,12 @@ class EvaluatorPool:
                     "its evaluator was stopped" if paused[1] != slot.stops else "the worker was not running")
         return True
 
-    def _pause_now(self) -> bool:
-        """This process is only now running again after a pause the watchdog has not counted yet."""
-        return time.monotonic() - self._ticked > PAUSE_GAP and time.process_time() - self._ticked_cpu < 0.5 * PAUSE_GAP
+    def _paused(self, now: float, cpu: float) -> bool:
+        """This process did not run since the watchdog's last tick (``now``, ``cpu``: the monotonic
+        clock and this process's CPU time): the tick is ``PAUSE_GAP`` late, and the process used
+        little CPU meanwhile (a C call holding the GIL for as long uses the CPU: no pause)."""
+        gap = now - self._ticked
+        return gap > PAUSE_GAP and cpu - self._ticked_cpu < 0.5 * gap
 
     def _again(self, task: _Task, indexes: list[int]) -> None:
         """Queue slices of a run to run again, counting the attempt (``_Task.lost``)."""
@@ -924,15 +927,13 @@ class EvaluatorPool:
         while not self._closed:
             time.sleep(WATCHDOG_INTERVAL)
             now, cpu = time.monotonic(), time.process_time()
-            gap = now - self._ticked
-            # A tick this late, in a process that used little CPU meanwhile, means the process did
-            # not run (stopped, its container frozen), and with it, as a rule, its evaluators: runs
-            # in progress now excuse elapsed-time verdicts (_excused), and a prepare's budget does
-            # not count the gap. (A C call holding the GIL for as long uses the CPU: no pause.)
-            if gap > PAUSE_GAP and cpu - self._ticked_cpu < 0.5 * gap:
+            # This process did not run (stopped, its container frozen), and with it, as a rule,
+            # its evaluators: runs in progress now excuse elapsed-time verdicts (_excused), and a
+            # prepare's budget does not count the gap.
+            if self._paused(now, cpu):
                 self._pauses += 1
                 for slot in self._slots:
-                    slot.stopped_time += gap
+                    slot.stopped_time += now - self._ticked
             self._ticked, self._ticked_cpu = now, cpu
             for slot in self._slots:
                 spare = slot.spare
