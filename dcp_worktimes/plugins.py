@@ -70,8 +70,8 @@ class Registration:
     def probe(self, config: Mapping[str, Any] | None = None) -> Probe:
         """``cls.probe(config)``, once per process and config (a probe may start the engine).
 
-        One probe at a time: two threads' first jobs arrive together (``exec_async`` under
-        ``asyncio.gather``), and a probe need not be thread-safe (map-basic's, through the deno
+        One probe of a worktime at a time: two threads' first jobs may arrive together, and a
+        probe need not be thread-safe (map-basic's, through the deno
         package, reads ``sysconfig``, whose first use is not). A probe that raised is not
         remembered: the next call probes again."""
         frozen = _freeze(config or {})

@@ -43,7 +43,7 @@ from ..base import (
 from ..matching import unschedulable_reason
 from ..wake import Waiter
 from .applications import Applications
-from .leases import LeaseEngine
+from .leases import LeaseEngine, started
 from .reads import Reads
 from .schema import HOST, PENDING, QUEUED
 from .store import Store
@@ -168,7 +168,7 @@ class SqliteScheduler(Scheduler):
         store.notify()
 
     def keep_feeding(self, job_id: str, seconds: float, *, watch_caller: bool = False) -> None:
-        me = (HOST, os.getpid(), _started()) if watch_caller else (None, None, None)
+        me = (HOST, os.getpid(), started(os.getpid())) if watch_caller else (None, None, None)
         store = self._store
         with store.tx():
             row = store.job_row(job_id)  # UnknownJob for a bad id
@@ -334,12 +334,3 @@ class SqliteScheduler(Scheduler):
                 self._closed = True
                 self._store.db.close()
 
-
-def _started() -> float | None:
-    """This process's start time (``psutil`` create_time), to tell it from a later one with its pid."""
-    import psutil
-
-    try:
-        return psutil.Process().create_time()
-    except psutil.Error:
-        return None

@@ -258,9 +258,9 @@ class LeaseEngine:
 
     def _end_lost_feeds(self, now: float) -> None:
         """Inside a transaction: cancel the stream jobs whose deployer stopped renewing their feed
-        lease (``keep_feeding``) before closing their input: the inputs it had not sent existed
-        only in its process, so nothing can finish them. Jobs with no row never expire (their
-        deployer predates feed leases)."""
+        lease (``keep_feeding``) before closing their input, or, watched on this machine, whose
+        process is gone: the inputs it had not sent existed only there, so nothing can finish
+        them. Jobs with no row never expire (their deployer predates feed leases)."""
         feeds = self.db.execute(
             "SELECT f.job_id, j.status, j.total, f.expires, f.host, f.pid, f.started FROM feed_leases f "
             "LEFT JOIN jobs j ON j.id = f.job_id WHERE f.expires < ? OR f.host = ?", (now, HOST)).fetchall()
@@ -420,12 +420,18 @@ class LeaseEngine:
         store.notify()
 
 
-def _alive(pid: int, started: float | None) -> bool:
-    """Process ``pid`` of this machine exists and is the one that started at ``started`` (a pid
-    the system reused for another process is not it)."""
+def started(pid: int) -> float | None:
+    """When process ``pid`` of this machine started (``psutil`` create_time), to tell it from a
+    later process with its pid; ``None`` if there is no such process."""
     import psutil
 
     try:
-        return started is None or abs(psutil.Process(pid).create_time() - started) < 0.01
+        return psutil.Process(pid).create_time()
     except psutil.Error:
-        return False
+        return None
+
+
+def _alive(pid: int, since: float | None) -> bool:
+    """Process ``pid`` of this machine exists and is the one that started at ``since``."""
+    now = started(pid)
+    return now is not None and (since is None or abs(now - since) < 0.01)
