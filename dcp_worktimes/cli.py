@@ -29,6 +29,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,7 @@ def _read_work(work: str, what: str | None = None) -> str | bytes:
                    "Default: every job.")
 @click.option("--until-idle", is_flag=True, help="Exit once no job has slices left for this worker.")
 @click.option("-v", "--verbose", is_flag=True, help="A log line for every slice, not only for jobs and new kinds of failure.")
-@click.option("-q", "--quiet", is_flag=True, help="Log failed slices and the final summary only (no job lines, no status line).")
+@click.option("-q", "--quiet", is_flag=True, help="Log the start line, failed slices and the final summary only (no job lines, no status line).")
 @click.option("--job", "job", default=None, hidden=True, help="Serve only this job, until it ends (exec()'s helpers).")
 @click.option("--helper", is_flag=True, hidden=True, help="A helper process of another worker: die with it.")
 @limit_options
@@ -323,7 +324,6 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
             raise click.UsageError(f"{flags} belong to the worker itself, not to '{ctx.invoked_subcommand}'; "
                                    f"put them after the subcommand if it has them (dcp-worker {ctx.invoked_subcommand} --help)")
         return
-    from .scheduler import open_scheduler
     from .scheduler.worker import Worker
     from .worker_log import WorkerLog
 
@@ -365,6 +365,15 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     worker_limits = _limits(None, **limits)
     from .scheduler.base import default_store_path
 
+    if _store_path(scheduler_url) == ":memory:" and not job:
+        # Each process opening it gets a store of its own: no deployer, nor this worker's helpers, could reach it.
+        raise click.BadParameter("an in-memory store (sqlite://:memory:) lives in one process: no deployer can give "
+                                 "this worker jobs there. Serve a file (sqlite:///path/jobs.db) or a Redis URL, the "
+                                 "same one the deployers use", param_hint="--scheduler")
+    unserved = sorted({n for n, s in config.items() if s.get("trusted")} - set(worktimes)) if worktimes else []
+    if unserved and not helper:
+        click.echo(f"dcp-worker: --trust-work {', '.join(unserved)} does nothing: this worker serves only "
+                   f"{', '.join(worktimes)} (add --worktime {unserved[0]} to serve it)", err=True)
     target = os.path.abspath(_store_path(scheduler_url))
     if helper:
         processes.die_with_parent()
@@ -373,7 +382,9 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
         # (A store whose folder does not exist is refused by open_scheduler, saying so.)
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
-    scheduler = open_scheduler(scheduler_url)
+    scheduler = _open_to_serve(scheduler_url, say=not helper)
+    if scheduler is None:
+        return
     split = [cores or os.cpu_count() or 1] if helper else processes.shares(cores or os.cpu_count() or 1)
     # A helper process logs nothing: its slices are in the store, and its parent speaks for the worker.
     log = None if helper else WorkerLog(verbosity=-1 if quiet else 1 if verbose else 0)
@@ -544,8 +555,6 @@ def _write_output(value: Any, path: str) -> Any:
 @click.option("--worktime", "-w", "names", multiple=True, help="Worktime(s) to warm up (default: all installed).")
 def warmup_cmd(names) -> None:
     """Compile and cache what worktimes need before their first slice (e.g. the python runtime)."""
-    import time
-
     from rich.console import Console
 
     from .plugins import get_worktime, get_worktimes
@@ -699,6 +708,42 @@ class JobFailedExit(click.ClickException):
 
 
 _BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+#: Longest wait between two tries to reach the store at a serving worker's start.
+START_RETRY_MAX = 30.0
+
+
+def _open_to_serve(url: str | None, say: bool = True) -> Any:
+    """The store a serving worker takes its jobs from, waited for while it cannot be reached
+    (``StoreUnavailable``: Redis not started yet or restarting, a locked SQLite file): a fleet's
+    workers may start before their Redis does, and a worker that gives up at once would then need
+    someone to restart it. Tries again at 1 s doubling to ``START_RETRY_MAX``, saying so once and
+    when the store answers. Errors that waiting cannot mend (bad credentials, a wrong URL, not a
+    store) end the worker at once. Returns ``None`` when a stop signal came meanwhile."""
+    from .scheduler import open_scheduler
+    from .scheduler.base import StoreUnavailable
+
+    stop, wait, since = threading.Event(), 1.0, None
+    with processes.stopped_by(stop, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        while True:
+            try:
+                scheduler = open_scheduler(url)
+            except StoreUnavailable as e:
+                if since is None:
+                    since = time.monotonic()
+                    if say:
+                        click.echo(f"dcp-worker: {e.message}; waiting for it (tries again every {START_RETRY_MAX:.0f} s "
+                                   "at most; Ctrl-C stops)", err=True)
+            else:
+                if since is not None and say:
+                    click.echo(f"dcp-worker: the store answers now (after {time.monotonic() - since:.0f} s)", err=True)
+                return scheduler
+            if stop.wait(wait):
+                if say:
+                    click.echo("dcp-worker: stopped before the store could be reached", err=True)
+                return None
+            wait = min(wait * 2, START_RETRY_MAX)
 
 
 def _on_stop_signal(again: bool, signum: int) -> None:

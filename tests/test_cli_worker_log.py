@@ -47,6 +47,20 @@ def test_a_serving_worker_logs_jobs_failures_and_a_summary(store):
     assert r.stdout == ""  # stdout stays free for machine output
 
 
+def test_serving_an_in_memory_store_is_refused(store):
+    # Nobody could deploy to it: the worker waited for ever on a store of its own.
+    r = dcp_worker(store, "--until-idle", "-w", "echo", "--scheduler", "sqlite://:memory:", timeout=30)
+    assert r.returncode == 2 and "in-memory store" in r.stderr and "sqlite:///path/jobs.db" in r.stderr
+
+
+def test_trusting_a_worktime_the_worker_does_not_serve_says_it_does_nothing(store):
+    r = dcp_worker(store, "--until-idle", "-w", "echo", "--trust-work", "python")
+    assert r.returncode == 0, r.stderr
+    assert "--trust-work python does nothing: this worker serves only echo" in r.stderr
+    served = dcp_worker(store, "--until-idle", "-w", "echo", "--trust-work", "echo")
+    assert "does nothing" not in served.stderr
+
+
 def test_verbose_logs_every_slice_and_quiet_only_failures(store):
     deploy(3, FAIL_THIRD)
     verbose = dcp_worker(store, "--until-idle", "-w", "echo", "-v").stderr

@@ -161,6 +161,45 @@ def test_a_second_signal_quits_a_worker_whose_store_does_not_answer(proxy, redis
     assert b"quitting now" in log.read_bytes() and b"Traceback" not in log.read_bytes()
 
 
+def test_a_worker_started_before_its_redis_waits_for_it_then_serves(tmp_path):
+    # A fleet's workers may start before their Redis (boot order, a restart): the worker ended at
+    # once with "cannot reach", and needed someone to start it again.
+    require_redis()
+    server = RedisServer(tmp_path / "redis", password=PASSWORD)  # its port chosen, not started yet
+    url = server.url("late")
+    worker = start_worker(url, tmp_path, "--worktime", "echo", "--cores", "1")
+    log = tmp_path / "w.log"
+    try:
+        wait_for(lambda: b"waiting for it" in log.read_bytes(), 60, "the worker to say it waits")
+        assert worker.poll() is None and b"cannot reach the Redis scheduler" in log.read_bytes()
+        assert PASSWORD.encode() not in log.read_bytes()
+        with server.start():
+            wait_for(lambda: b"serving echo" in log.read_bytes(), 60, "the worker to serve")
+            s = open_scheduler(url)
+            s.submit(make_job("j", 5))
+            wait_for(lambda: s.status("j")["status"] == "complete", what="the job to run on it")
+            assert [unpack(r.value) for _, r in sorted(s.results("j").items())] == list(range(5))
+            assert b"the store answers now" in log.read_bytes()
+            assert stop(worker) == 0
+            s.close()
+    finally:
+        stop(worker, signal.SIGKILL)
+
+
+def test_a_worker_waiting_for_its_store_stops_on_a_signal(tmp_path):
+    require_redis()
+    server = RedisServer(tmp_path / "redis")  # never started
+    worker = start_worker(server.url(), tmp_path, "--worktime", "echo", "--cores", "1")
+    log = tmp_path / "w.log"
+    try:
+        wait_for(lambda: b"waiting for it" in log.read_bytes(), 60, "the worker to say it waits")
+        assert stop(worker, signal.SIGINT) == 0
+        assert b"stopped before the store could be reached" in log.read_bytes()
+        assert b"Traceback" not in log.read_bytes()
+    finally:
+        stop(worker, signal.SIGKILL)
+
+
 def test_a_worker_killed_mid_slice_loses_nothing_and_duplicates_nothing(redis_url, tmp_path):
     s = open_scheduler(redis_url)
     s.submit(slow_job("j", 300))
