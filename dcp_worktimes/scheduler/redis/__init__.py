@@ -39,8 +39,8 @@ Design, for many workers and jobs of millions of slices:
   the rest of its input existed only there). A job never given a deadline never expires so.
 * **Finished jobs** expire after the URL's ``keep`` (default 7 days) or go with
   ``dcp-worker jobs --delete``.
-* **Faults.** Redis unreachable at start: one ``SchedulerError`` naming the URL (never the
-  password). A connection lost later is retried with backoff (``connection.Link``) for up to the
+* **Faults.** Redis unreachable at start: one ``RedisUnavailable`` naming the URL (never the
+  password); a serving ``dcp-worker`` waits for it (``cli._open_to_serve``). A connection lost later is retried with backoff (``connection.Link``) for up to the
   URL's ``retry``; calls that would otherwise act twice carry a request token. A slice running
   meanwhile reports when the connection returns, or is reclaimed if its lease expired meanwhile.
 * **Namespaces.** ``?group=NAME`` puts a team's jobs under ``dcp:NAME:``; teams sharing a server
