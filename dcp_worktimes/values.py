@@ -151,6 +151,25 @@ def unpack(data: bytes, unicode_errors: str = TEXT_ERRORS) -> Any:
         raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
 
 
+#: Values that cannot hold a dict, so neither a key no decoder can make (``check_keys``).
+SCALARS = (int, float, str, bytes, bool, type(None))
+
+
+def check_keys(data: bytes) -> None:
+    """``UnserializableValue`` if packed ``data`` holds a dict key no decoder can make: ``pack``
+    writes a tuple key as an array. A worktime's result is checked so where it is made, or it
+    would be stored as computed and fail every read of its job's results. Depth is not judged
+    here (``check_decodes`` does)."""
+    try:
+        _unpackb(data, TEXT_ERRORS)
+    except msgpack.StackError:
+        pass
+    except TypeError as e:
+        if "unhashable" not in str(e):
+            raise
+        raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
+
+
 def pack_checked(value: Any) -> bytes:
     """``pack``, then make sure the bytes decode again: ``pack`` takes a tuple as a dict key and
     writes it as an array, which no decoder can make a key of. For values packed once and decoded
@@ -178,7 +197,7 @@ def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS, *, frames_at: i
     # which then decides as it always did.
     try:
         whole = _unpackb(data, unicode_errors)
-    except (msgpack.StackError, ValueError, msgpack.UnpackException):
+    except (msgpack.StackError, ValueError, TypeError, msgpack.UnpackException):
         pass
     else:
         if type(whole) is list and (frames_at is None or (
@@ -197,6 +216,8 @@ def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS, *, frames_at: i
                  for i in range(unp.read_array_header())]
     except msgpack.StackError:
         raise UnserializableValue(_TOO_DEEP) from None
+    except TypeError as e:  # "unhashable type: 'list'": a tuple key, stored before results were checked
+        raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
     except msgpack.OutOfData:
         raise ValueError("a truncated frame") from None
     if unp.tell() != len(data):

@@ -300,6 +300,15 @@ def test_heartbeat_never_yields_a_torn_record():
     hb.close()
 
 
+def test_a_result_with_a_tuple_key_fails_its_slice_where_it_is_made(pool, probe):
+    # It was stored as computed, and every later read of the job's results raised TypeError.
+    work = "def work(x):\n    return {(1, 2): 3} if x == 1 else {'k': [x, {'n': (x,)}]}\n"
+    spec = JobSpec(id=f"tuplekey-{time.monotonic_ns()}", worktime="probe", work=work)
+    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(3)])}
+    assert outs[1].error.code == "EUNSERIALIZABLE" and "dict keys must be" in outs[1].error.message
+    assert outs[0].value == {"k": [0, {"n": [0]}]} and outs[2].value == {"k": [2, {"n": [2]}]}
+
+
 def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
     out = next(pool.map(JobSpec(id="badfiles", worktime="echo", files={"big": 3 * 10**9}), [(0, 0)]))
     assert out.error.code == "EBADWORK" and "files['big'] must be bytes, got int" in out.error.message

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dcp_worktimes.values import UnserializableValue, pack, pack_checked, printable, unpack
+from dcp_worktimes.values import UnserializableValue, pack, pack_checked, printable, unpack, unpack_all
 
 VALUES = [
     None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**64) - 1, 2**200, -(3**150),
@@ -54,3 +54,6 @@ def test_a_tuple_key_is_refused_where_it_would_come_back_as_a_list():
     with pytest.raises(UnserializableValue, match="dict keys must be"):
         pack_checked({"a": [{(1,): 1}]})
     assert unpack(pack_checked({1: [1, 2]})) == {1: [1, 2]}
+    # Stored before results were checked: reading it says what is wrong, not "unhashable type"
+    with pytest.raises(UnserializableValue, match="dict keys must be"):
+        unpack_all([pack(1), data])

@@ -34,8 +34,8 @@ from typing import Any, Callable
 
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
-from ..values import (MAX_DEPTH, UnserializableValue, allow_depth, as_unserializable, check_decodes, pack, packer,
-                      unpack, unpack_all_packed, unpacker)
+from ..values import (MAX_DEPTH, SCALARS, UnserializableValue, allow_depth, as_unserializable, check_decodes,
+                      check_keys, pack, packer, unpack, unpack_all_packed, unpacker)
 from ..worktime import Block, JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
@@ -251,7 +251,10 @@ class Evaluator:
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
         try:
-            return self._packer.pack(value)
+            data = self._packer.pack(value)
+            if type(value) not in SCALARS:  # a worktime's dict may have a tuple key (check_keys)
+                check_keys(data)
+            return data
         except UnserializableValue:
             self._packer = packer()  # a failed pack may leave the packer's buffer dirty
             raise
