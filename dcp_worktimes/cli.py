@@ -30,6 +30,7 @@ import stat
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -444,7 +445,8 @@ def worktimes_cmd(as_json: bool, **settings: Any) -> None:
     console = Console()
     console.print(table)
     for e in errors:
-        console.print(f"[yellow]plugin {e['plugin']} skipped: {e['error']}[/yellow]")
+        if not any(e["error"] in shown for shown in _SHOWN_WARNINGS):  # not said at start-up already
+            console.print(Text(f"plugin {e['plugin']} skipped: {e['error']}", style="yellow"))
 
 
 @cli.command("slice")
@@ -827,8 +829,26 @@ MAX_INT_DIGITS = 200_000
 _MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10)) - 4
 
 
+#: The registry's warnings this process printed (``dcp-worker worktimes`` does not list them again).
+_SHOWN_WARNINGS: list[str] = []
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None, _default: Any = warnings.showwarning) -> None:
+    """The package's own warnings (a plugin skipped) as one ``dcp-worker:`` line, without the
+    file, line and source line Python adds: those point into the registry, not the plugin."""
+    text = str(message)
+    if not (issubclass(category, RuntimeWarning) and text.startswith("dcp-worktimes: ")):
+        _default(message, category, filename, lineno, file, line)
+        return
+    _SHOWN_WARNINGS.append(text)
+    click.echo("dcp-worker: " + text.removeprefix("dcp-worktimes: "), err=True)
+
+
 def main() -> None:
     from .values import allow_depth
+
+    warnings.showwarning = _show_warning
 
     sys.set_int_max_str_digits(MAX_INT_DIGITS)
     # Values nest up to MAX_DEPTH levels (values.py); reading and printing them as JSON takes a few

@@ -16,9 +16,11 @@ Sources, in order:
   distribution names to load; set it to an empty string to load no third-party plugin at all
   (so a broken plugin can still be uninstalled).
 
-A plugin that fails to import, or whose hook raises, or that registers something that is not a
-valid worktime, is reported (``plugin_errors()`` and a warning) and skipped; the others load.
-Two providers registering one name is a ``DuplicateWorktime`` error naming both.
+A plugin that fails to import (``sys.exit()`` at import included), or whose hook raises, or that
+registers something that is not a valid worktime, is reported (``plugin_errors()`` and a warning)
+and skipped; the others load. Two providers registering one name are reported the same way, naming
+both: a built-in keeps its name, two plugins both lose it (which one a job meant is unknowable).
+Asking for a skipped worktime says why it was skipped.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateWorktime, WorktimeNotFound
+from .errors import DcpError, DuplicateWorktime, WorktimeNotFound
 from .versions import max_satisfying, parse_range, parse_version
 from .worktime import LIMIT_NAMES, WORK_KINDS, Probe, Worktime
 
@@ -45,6 +47,17 @@ ENV_LOAD_PLUGINS = "DCP_WORKTIMES_LOAD_PLUGINS"
 BUILTIN_PROVIDER = "dcp-worktimes"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SETTING = re.compile(r"^[a-z][a-z0-9-]*$")
+#: Names a worktime setting cannot take: ``dcp-worker``'s own flags (a setting becomes ``--NAME``,
+#: and one named ``cores`` or ``wall-time`` would take over the owner's flag: a plugin could switch
+#: off the worker's limits), and ``trusted``, the key ``--trust-work`` sets in a worktime's config.
+RESERVED_SETTINGS = frozenset({
+    "arg", "capability", "category", "cores", "cpu-time", "datum", "delete", "errors", "force", "help", "helper",
+    "job", "json", "memory-limit", "module", "nworkers", "option", "output", "output-limit", "progress-timeout",
+    "quiet", "scheduler", "trust-work", "trusted", "until-idle", "verbose", "version", "wall-time", "work", "worktime",
+})
+#: What a plugin may raise while it loads and still be only skipped: ``SystemExit`` too (a
+#: plugin's ``sys.exit("not configured")`` at import ended every command, naming nothing).
+_PLUGIN_FAULTS = (Exception, SystemExit)
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,9 @@ class Registration:
         probe need not be thread-safe (map-basic's, through the deno
         package, reads ``sysconfig``, whose first use is not). A probe that raised is not
         remembered: the next call probes again."""
+        wrong = _wrong_choice(self.cls, config or {})
+        if wrong:
+            return Probe({}, unavailable=wrong)
         frozen = _freeze(config or {})
         # One lock per worktime (its probes with any settings share code that need not be
         # thread-safe): a slow first probe (Blender's) holds up no other worktime's.
@@ -89,6 +105,16 @@ class Registration:
         d = self.cls.describe(self.probe(config))
         d["provider"] = self.provider
         return d
+
+
+def _wrong_choice(cls: type[Worktime], config: Mapping[str, Any]) -> str | None:
+    """Why ``config`` gives a setting a value outside its ``Worktime.choices`` (compared without
+    case, as flags are typed), or ``None``: the host checks them, not each worktime's probe."""
+    for name, values in cls.choices.items():
+        value = config.get(name)
+        if value is not None and str(value).strip().lower() not in {v.lower() for v in values}:
+            return f"--{name} ({setting_env(name)}) must be one of {', '.join(values)}, not {value!r}"
+    return None
 
 
 def _freeze(value: Any) -> Any:
@@ -167,6 +193,7 @@ class Registry:
         self._providers: dict[str, str] = {}  # pluggy plugin name -> distribution that provided it
         self.errors: list[PluginError] = []
         self._filtered: list[str] = []  # plugins left out by DCP_WORKTIMES_LOAD_PLUGINS (named in errors)
+        self._skipped: dict[str, str] = {}  # worktime name -> why its registration was refused
         self._load_builtins()
         if load_entry_points:
             self._load_entry_points()
@@ -180,7 +207,7 @@ class Registry:
             modname = f"{worktimes.__name__}.{name}"
             try:
                 module = importlib.import_module(modname)
-            except Exception as e:  # a broken built-in removes only itself
+            except _PLUGIN_FAULTS as e:  # a broken built-in removes only itself
                 self._report(modname, e)
                 continue
             self._register(module, modname, BUILTIN_PROVIDER)
@@ -198,7 +225,7 @@ class Registry:
                 continue
             try:
                 module = ep.load()
-            except Exception as e:
+            except _PLUGIN_FAULTS as e:
                 self._report(f"{dist} (entry point {ep.name!r})", e)
                 continue
             if self.pm.is_registered(module):  # two entry points naming one module
@@ -208,7 +235,7 @@ class Registry:
     def _register(self, module: object, name: str, provider: str) -> bool:
         try:  # pluggy validates hook signatures here: a bad one removes only this plugin
             self.pm.register(module, name=name)
-        except Exception as e:
+        except _PLUGIN_FAULTS as e:
             self._report(provider, e)
             return False
         self._providers[name] = provider
@@ -223,34 +250,61 @@ class Registry:
 
     def _collect(self) -> None:
         found: dict[str, Registration] = {}
+        skipped: dict[str, str] = {}
+        clashed: set[str] = set()  # names two plugins registered: neither keeps it
         for impl in self.pm.hook.register_worktimes.get_hookimpls():
             provider = self._providers.get(impl.plugin_name, impl.plugin_name)
             batch: list[type] = []
             try:
                 impl.function(register=batch.append)
-            except Exception as e:
+            except _PLUGIN_FAULTS as e:
                 self._report(provider, e)
                 continue
             for cls in batch:
                 problem = _validate(cls)
+                name = getattr(cls, "name", None)
                 if problem:
-                    self._report(provider, ValueError(problem))
+                    self._report(provider, problem, what=f"worktime {getattr(cls, '__qualname__', cls)!r}")
+                    if isinstance(name, str):
+                        skipped.setdefault(name, f"{problem} (plugin {provider})")
                     continue
                 reg = Registration(cls, provider)
-                other = found.get(cls.name)
-                if other is not None and other.cls is not cls:
-                    raise DuplicateWorktime(
-                        f"worktime {cls.name!r} is registered twice: by {other.provider} ({other.ref}) and by "
-                        f"{provider} ({reg.ref}); uninstall one of them or restrict plugins with {ENV_LOAD_PLUGINS}"
-                    )
-                found[cls.name] = reg
+                if name in clashed:  # a third: the name is already nobody's
+                    self._report(provider, DuplicateWorktime(f"worktime {name!r} is registered by several plugins "
+                                                             f"({skipped[name]})"), what=f"worktime {name!r}")
+                    continue
+                other = found.get(name)
+                if other is None or other.cls is cls:
+                    found[name] = reg
+                    continue
+                # Never run a job on whichever of two came first: say so, and keep only a built-in.
+                first, second = (reg, other) if provider == BUILTIN_PROVIDER else (other, reg)
+                builtin = first.provider == BUILTIN_PROVIDER
+                error = DuplicateWorktime(
+                    f"worktime {name!r} is registered twice: by {first.provider} ({first.ref}) and by "
+                    f"{second.provider} ({second.ref}); " + (
+                        f"{second.provider}'s is skipped: uninstall it, or rename its worktime" if builtin else
+                        f"neither is used: uninstall one of them or restrict plugins with {ENV_LOAD_PLUGINS}"))
+                self._report(second.provider, error, what=f"worktime {name!r}")
+                skipped[name] = error.message
+                if builtin:
+                    found[name] = first
+                else:
+                    clashed.add(name)
+                    del found[name]
         self._worktimes = found
+        self._skipped = {name: why for name, why in skipped.items() if name not in found}
 
-    def _report(self, plugin: str, error: BaseException) -> None:
-        err = PluginError(plugin, f"{type(error).__name__}: {error}")
+    def _report(self, plugin: str, error: BaseException | str, what: str = "") -> None:
+        """Record and warn that ``plugin`` (or only its ``what``, a worktime class) is skipped:
+        ``error`` is the exception it raised, or our own words (a refused registration)."""
+        said = error if isinstance(error, str) else str(error) if isinstance(error, DcpError) else \
+            f"{type(error).__name__}: {error}"
+        err = PluginError(plugin, said)
         if err not in self.errors:
             self.errors.append(err)
-            warnings.warn(f"dcp-worktimes: plugin {plugin} skipped: {err.error}", RuntimeWarning, stacklevel=3)
+            skipped = f"{what} of plugin {plugin} skipped" if what else f"plugin {plugin} skipped"
+            warnings.warn(f"dcp-worktimes: {skipped}: {err.error}", RuntimeWarning, stacklevel=3)
 
     # -- lookups --------------------------------------------------------------------------------
     def worktimes(self) -> dict[str, Registration]:
@@ -258,6 +312,8 @@ class Registry:
 
     def get(self, name: str, version_range: str | None = None) -> Registration:
         reg = self._worktimes.get(name)
+        if reg is None and name in self._skipped:
+            raise WorktimeNotFound(f"worktime {name!r} is installed but was not loaded: {self._skipped[name]}")
         if reg is None:
             raise WorktimeNotFound(f"no worktime named {name!r} is installed; {self._installed_hint(name)}")
         if version_range is not None:
@@ -308,6 +364,15 @@ def _validate(cls: object) -> str | None:
                                                        for k, v in cls.settings.items())):
         return (f"{cls.__qualname__}.settings must be a dict {{setting name: help}} with lower-case names such as "
                 f"'ollama-host', got {cls.settings!r:.60}")
+    taken = sorted(RESERVED_SETTINGS.intersection(cls.settings))
+    if taken:
+        return (f"{cls.__qualname__}.settings has {taken[0]!r}, the name of one of dcp-worker's own flags; name it "
+                f"after the worktime instead (e.g. '{cls.name}-{taken[0]}')")
+    odd = [k for k, values in cls.choices.items() if k not in cls.settings or not values
+           or not all(isinstance(v, str) for v in values)] if isinstance(cls.choices, Mapping) else ["choices"]
+    if odd:
+        return (f"{cls.__qualname__}.choices must map names in settings to their values as strings, "
+                f"such as {{'js-engine': ('v8', 'quickjs')}}; got {odd[0]!r}")
     bad = [k for k in cls.default_for if not (k in WORK_KINDS or (isinstance(k, str) and k.startswith(".")))]
     if bad:
         return (f"{cls.__qualname__}.default_for has {bad[0]!r}: use file suffixes such as '.js' or one of "

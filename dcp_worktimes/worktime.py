@@ -453,6 +453,7 @@ class Worktime(ABC):
     #: ``--ollama-host``); a name several worktimes declare is one flag that reaches them all.
     settings: ClassVar[Mapping[str, str]] = {}
     #: For settings with a fixed set of values, those values: ``{"js-engine": ("v8", "quickjs")}``.
+    #: The host refuses any other value (compared without case) before the worktime sees it.
     #: A job run on this machine (``exec()``) whose requirements the default does not meet runs
     #: with the first value that does (``requirements={"engine": {"quickjs": True}}``), unless
     #: the setting was given (``DCP_WORKTIMES_JS_ENGINE``).

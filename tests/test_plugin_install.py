@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PYPROJECT = """
 [build-system]
 requires = ["hatchling"]
@@ -75,11 +77,16 @@ def test_pip_installed_plugin_is_listed_and_runs(tmp_path):
     assert bad.returncode == 1 and bad.stderr.startswith("EUNCAUGHT: upper wants a string")
 
 
-def test_a_plugin_that_fails_to_import_is_reported_and_skipped(tmp_path):
+@pytest.mark.parametrize("source, said", [
+    ("import engine_that_is_not_installed\n", "engine_that_is_not_installed"),
+    # SystemExit is no Exception: it ended every command, naming no plugin
+    ("import sys\nsys.exit('this engine is not configured')\n", "SystemExit: this engine is not configured"),
+])
+def test_a_plugin_that_fails_to_import_is_reported_and_skipped(tmp_path, source, said):
     src = tmp_path / "dcp-worktime-broken"
     (src / "dcp_worktime_upper").mkdir(parents=True)
     (src / "pyproject.toml").write_text(PYPROJECT.replace("dcp-worktime-upper", "dcp-worktime-broken"))
-    (src / "dcp_worktime_upper" / "__init__.py").write_text("import engine_that_is_not_installed\n")
+    (src / "dcp_worktime_upper" / "__init__.py").write_text(source)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(src)], check=True, capture_output=True, timeout=300)
@@ -89,8 +96,16 @@ def test_a_plugin_that_fails_to_import_is_reported_and_skipped(tmp_path):
     assert r.returncode == 0
     body = json.loads(r.stdout)
     assert "echo" in {w["name"] for w in body["worktimes"]}
-    assert any("dcp-worktime-broken" in e["plugin"] and "engine_that_is_not_installed" in e["error"]
-               for e in body["plugin_errors"])
+    assert any("dcp-worktime-broken" in e["plugin"] and said in e["error"] for e in body["plugin_errors"])
+    # Said once, as one line naming the plugin (not Python's file:line form pointing into the registry)
+    listing = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "worktimes"], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert listing.returncode == 0 and listing.stderr.count(said) == 1, listing.stderr
+    assert "dcp-worker: plugin dcp-worktime-broken (entry point 'upper') skipped: " in listing.stderr
+    assert "RuntimeWarning" not in listing.stderr and "plugins.py" not in listing.stderr
+    run = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "--worktime", "echo", "--work", "",
+                          "--datum", "[1]"], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0 and json.loads(run.stdout) == [1], run.stderr
     # And the switch that lets a user start without any third-party plugin:
     r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "worktimes", "--json"], capture_output=True,
                        text=True, env={**env, "DCP_WORKTIMES_LOAD_PLUGINS": ""}, timeout=60)

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from dcp_worktimes import hookimpl, hookspecs
-from dcp_worktimes.errors import DuplicateWorktime, WorktimeNotFound
+from dcp_worktimes.errors import WorktimeNotFound
 from dcp_worktimes.plugins import ENV_LOAD_PLUGINS, Registry, get_worktime
 from dcp_worktimes.worktime import Worktime
 
@@ -75,12 +75,89 @@ def test_version_ranges_use_semver():
         r.get("upper", "one point oh")
 
 
-def test_duplicate_names_name_both_providers():
+def test_two_plugins_of_one_name_are_both_skipped_naming_each_other():
+    # It raised DuplicateWorktime from the registry: every command, worktimes --help included, and
+    # every exec() of any worktime ended in that traceback.
     r = Registry()
     r.register_module(make_plugin("p_a", Upper), "pkg-a")
-    with pytest.raises(DuplicateWorktime) as e:
+    with pytest.warns(RuntimeWarning, match="registered twice"):
         r.register_module(make_plugin("p_b", OtherUpper), "pkg-b")
-    assert "pkg-a" in str(e.value) and "pkg-b" in str(e.value)
+    assert "upper" not in r.worktimes() and "echo" in r.worktimes()
+    assert any("pkg-a" in e.error and "pkg-b" in e.error for e in r.errors)
+    with pytest.raises(WorktimeNotFound) as e:
+        r.get("upper")
+    text = str(e.value)
+    assert "installed but was not loaded" in text and "pkg-a" in text and "pkg-b" in text and "pip install" not in text
+    with pytest.warns(RuntimeWarning, match="registered by several plugins"):
+        r.register_module(make_plugin("p_c", ThirdUpper), "pkg-c")
+    assert "upper" not in r.worktimes()
+
+
+class ThirdUpper(Upper):
+    pass
+
+
+class WasiTaker(Upper):
+    name = "wasi"
+    version = "9.0.0"
+
+
+def test_a_plugin_taking_a_built_in_name_loses_it():
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match="registered twice"):
+        r.register_module(make_plugin("p_taker", WasiTaker), "pkg-taker")
+    assert r.get("wasi").provider == "dcp-worktimes"
+    assert any("pkg-taker's is skipped" in e.error for e in r.errors)
+
+
+def test_a_plugin_calling_sys_exit_is_skipped_not_the_process():
+    @hookimpl
+    def register_worktimes(register):
+        raise SystemExit("this engine is not configured")
+
+    quitter = types.ModuleType("p_exit")
+    quitter.register_worktimes = register_worktimes
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match="dcp-worktime-exit skipped: SystemExit: this engine is not configured"):
+        r.register_module(quitter, "dcp-worktime-exit")
+    assert "echo" in r.worktimes()
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"settings": {"cores": "how many"}}, "'cores', the name of one of dcp-worker's own flags"),
+    ({"settings": {"wall-time": "a budget"}}, "'wall-time', the name of one of dcp-worker's own flags"),
+    ({"settings": {"trusted": "yes"}}, "'trusted'"),
+    ({"settings": {"mode": "m"}, "choices": {"mode": ("fast", 2)}}, "choices must map names in settings"),
+    ({"choices": {"mode": ("fast",)}}, "choices must map names in settings"),
+])
+def test_settings_that_would_take_over_the_workers_flags_are_refused(attrs, message):
+    # A plugin's setting named "wall-time" became the flag --wall-time: the owner's limit reached
+    # the plugin instead, and slices ran for the default hour.
+    cls = type("Flagged", (Upper,), {"name": "flagged", "__module__": __name__, **attrs})
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match=message):
+        r.register_module(make_plugin("p_flagged", cls), "flagged")
+    assert "flagged" not in r.worktimes()
+    with pytest.raises(WorktimeNotFound, match="installed but was not loaded"):
+        r.get("flagged")
+
+
+def test_no_dcp_worker_flag_can_be_a_setting():
+    import click
+
+    from dcp_worktimes import cli
+    from dcp_worktimes.plugins import RESERVED_SETTINGS
+
+    settings = {name for reg in Registry().worktimes().values() for name in reg.cls.settings}
+    flags: set[str] = set()
+
+    def walk(command: click.Command) -> None:
+        flags.update(o[2:] for p in command.params for o in p.opts + p.secondary_opts if o.startswith("--"))
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(cli.cli)
+    assert flags - settings - {"trust-work"} <= RESERVED_SETTINGS, "a new flag must be reserved from settings"
 
 
 def test_a_broken_plugin_removes_only_itself():
@@ -232,3 +309,19 @@ def test_probes_run_one_at_a_time_and_one_that_raised_is_not_remembered():
     failed = reg.get("flaky-probe").probe({"fail-first": True})
     assert "probing flaky-probe failed: TypeError" in failed.unavailable
     assert reg.get("flaky-probe").probe({"fail-first": True}).unavailable is None  # probed again
+
+
+class Tuned(Upper):
+    name = "tuned"
+    settings = {"tuned-mode": "how to tune"}
+    choices = {"tuned-mode": ("fast", "slow")}
+
+
+def test_a_setting_outside_its_choices_is_refused_by_the_host():
+    # It reached the worktime as given: --tuned-mode bogus ran, unless the plugin's own probe checked.
+    r = Registry()
+    r.register_module(make_plugin("p_tuned", Tuned), "pkg-tuned")
+    reg = r.get("tuned")
+    probe = reg.probe({"tuned-mode": "bogus"})
+    assert probe.unavailable == ("--tuned-mode (DCP_WORKTIMES_TUNED_MODE) must be one of fast, slow, not 'bogus'")
+    assert reg.probe({"tuned-mode": "Slow"}).available and reg.probe({}).available
