@@ -588,7 +588,10 @@ class Worktime(ABC):
 
     @abstractmethod
     def execute(self, ctx: SliceContext, datum: Any) -> Any:
-        """Run one slice and return its result, or raise ``SliceError`` with a specific code."""
+        """Run one slice and return its result, or raise ``SliceError`` with a specific code.
+
+        Log through ``ctx.console("log", ...)``: what this code prints to stdout or stderr reaches
+        neither the job's owner nor the worker's log (a tail of stderr is kept for a crash)."""
 
     def execute_block(self, block: Block) -> None:
         """Optional fast path: run pending slices of ``block`` in one call (see ``Block``).
