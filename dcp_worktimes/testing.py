@@ -2,7 +2,7 @@
 
 Subclass ``WorktimeConformance`` in your worktime package's tests and override its fixtures::
 
-    # tests/test_conformance.py of dcp-worktime-upper
+    # tests/test_conformance.py of dcp-worktime-upper (the Upper of worktime.py's docstring)
     import pytest
     from dcp_worktimes.testing import WorktimeConformance, Sample
 
@@ -17,7 +17,9 @@ Subclass ``WorktimeConformance`` in your worktime package's tests and override i
 
         @pytest.fixture
         def hostile_works(self):
-            return {"throw": "upper-but-fail"}      # only the cases the engine can express
+            # Only the cases the engine can express. Hostile works run with the datum None,
+            # which Upper refuses with a SliceError (EUNCAUGHT), as "throw" expects.
+            return {"throw": "upper"}
 
 Every test runs real slices through the sandboxed runner (``EvaluatorPool``) and checks the
 contract: the worktime is registered with a semver version, hello-world works (repeatedly, in a
