@@ -85,6 +85,16 @@ def test_redact_drops_traceback_frames_and_host_folders():
             f"OverflowError: too big for {sys.prefix}/lib\n")
     out = redact(text)
     assert out == "OverflowError: too big for <host>/lib"
+    # Python 3.11 marks the failing part of each frame's source line: those markers go with it
+    marked = ("Traceback (most recent call last):\n"
+              f'  File "{dcp_worktimes.__file__}", line 9, in run\n'
+              "    result = self.worktime.execute(ctx, datum)\n"
+              "             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+              f'  File "{sys.prefix}/x.py", line 3, in execute\n'
+              "    sys.exit(4)\n"
+              "    ~~~~~~~~^^^\n"
+              "SystemExit: 4\n")
+    assert redact(marked) == "SystemExit: 4"
 
 
 # -- one depth limit for values, the same everywhere ----------------------------------------------

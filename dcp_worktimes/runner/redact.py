@@ -30,6 +30,8 @@ HOST = "<host>"
 MAX_MESSAGE = 2000
 
 _FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
+#: Python 3.11's markers under a frame's source line (``^^^^``, ``~~~^^^``): nothing without it.
+_MARKERS = re.compile(r"^\s*[\^~]+\s*$")
 
 
 @lru_cache(maxsize=1)
@@ -58,7 +60,7 @@ def redact(text: str) -> str:
         if _FRAME.match(line):
             skip_source = True  # the next, more indented line is the frame's source text
             continue
-        if skip_source and line.startswith("    "):
+        if skip_source and line.startswith("    ") or _MARKERS.match(line):
             skip_source = False
             continue
         skip_source = False
