@@ -300,7 +300,9 @@ class Block(ABC):
 
     An engine should return within about ``budget`` seconds (running as many slices as fit) so
     the host can refresh its watchdog; the host calls ``execute_block`` again while slices are
-    pending. Example (what echo does with actions, and map-basic on V8)::
+    pending, so each call must settle at least one slice (a call that settles none is a bug of
+    the worktime: the evaluator ends, ``ECRASH``). A slice's first outcome stands: settling it
+    again is ignored; an index outside the block raises ``IndexError``. Example (what echo does with actions, and map-basic on V8)::
 
         def execute_block(self, block):
             block.run_each(self.execute)   # per slice, within the budget; a failure fails that slice

@@ -151,8 +151,18 @@ class HelperAtPrepare(ProbeWorktime):
         self.helper.wait()
 
 
+class BlockProbe(ProbeWorktime):
+    """Runs the work's ``block(block)`` as its ``execute_block``: an engine's block loop, bugs included."""
+
+    name = "block-probe"
+
+    def execute_block(self, block):
+        self.fn["block"](block)
+
+
 @hookimpl
 def register_worktimes(register):
+    register(BlockProbe)
     register(HelperAtPrepare)
     register(StandbyProbe)
     register(ProbeWorktime)

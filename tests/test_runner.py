@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import re
 import time
 
 import psutil
@@ -307,6 +308,18 @@ def test_a_result_with_a_tuple_key_fails_its_slice_where_it_is_made(pool, probe)
     outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(3)])}
     assert outs[1].error.code == "EUNSERIALIZABLE" and "dict keys must be" in outs[1].error.message
     assert outs[0].value == {"k": [0, {"n": [0]}]} and outs[2].value == {"k": [2, {"n": [2]}]}
+
+
+def test_a_block_settled_at_an_index_outside_it_says_so(pool, probe):
+    # block.done(n + 5, x) was dropped without a word; the slices then crashed the evaluator.
+    work = ("def block(b):\n"
+            "    i = b.pending()[0]\n"
+            "    b.done(b.numbers[i] + 100 if b.datums[i] == 1 else i, b.datums[i] * 10)\n")
+    spec = JobSpec(id=f"blockidx-{time.monotonic_ns()}", worktime="block-probe", work=work)
+    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(3)])}
+    assert outs[0].value == 0 and outs[2].value == 20
+    assert outs[1].error.code == "EUNCAUGHT" and re.search(r"block\.done\(101\): this block's slices are 0\.\.\d+ "
+                                                           r"\(indexes into block.datums", outs[1].error.message)
 
 
 def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):

@@ -500,6 +500,9 @@ class RunBlock(Block):
 
     def _record(self, i: int, outcome: Any, is_error: bool) -> None:
         if i in self._settled or i not in self._pending_set:
+            if not (type(i) is int and 0 <= i < len(self.numbers)):  # a bug of the engine's, not a repeat
+                raise IndexError(f"block.{'failed' if is_error else 'done'}({i!r}): this block's slices are "
+                                 f"0..{len(self.numbers) - 1} (indexes into block.datums, not slice numbers)")
             return  # settled already: the first outcome stands
         now = time.monotonic()
         self._call.append((i, outcome, is_error, now - self._mark))
