@@ -451,7 +451,8 @@ def worktimes_cmd(as_json: bool, **settings: Any) -> None:
 
 @cli.command("slice")
 @click.option("--worktime", "-w", required=True, help="Worktime name, e.g. map-basic, wasi, python, echo.")
-@click.option("--work", required=True, help="The work: a file path, or the work text itself.")
+@click.option("--work", default="", help="The work: a file path, or the work text itself (none for worktimes "
+                                       "that take none, such as echo).")
 @click.option("--datum", default="null", show_default=True,
               help="The slice's input as JSON ({\"$bytes\": base64} for bytes); @FILE reads a file, - reads stdin.")
 @click.option("--arg", "args", multiple=True, help="An extra work argument, as JSON (repeatable).")

@@ -29,6 +29,14 @@ def test_worktimes_table():
     assert r.returncode == 0 and "echo" in r.stdout and "dcp-worktime-echo" in r.stdout
 
 
+def test_slice_of_a_worktime_that_takes_no_work_needs_no_work_flag():
+    r = dcp_worker("slice", "-w", "echo", "--datum", "[1]")
+    assert r.returncode == 0 and json.loads(r.stdout) == [1], r.stderr
+    needs = dcp_worker("slice", "-w", "python", "--datum", "1")  # one that does says so (or is not installed)
+    assert needs.returncode != 0 and ("EBADWORK: the work is an empty string" in needs.stderr
+                                      or "cannot run on this machine" in needs.stderr), needs.stderr
+
+
 def test_slice_prints_the_result():
     r = dcp_worker("slice", "--worktime", "echo", "--work", "", "--datum", '{"a": [1, 2.5, null], "b": {"$bytes": "AP8="}}')
     assert r.returncode == 0, r.stderr
