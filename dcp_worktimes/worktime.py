@@ -68,6 +68,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -123,10 +124,46 @@ class JobSpec:
             work=d.get("work", ""),
             arguments=list(d.get("arguments") or []),
             modules=_texts(d.get("modules") or {}, "modules", (str, bytes)),
-            files=_texts(d.get("files") or {}, "files", (bytes,)),
+            files=_files(d.get("files") or {}),
             options=dict(d.get("options") or {}),
             limits=Limits.from_dict(d.get("limits")),
         )
+
+
+#: The longest name of one folder or file, in UTF-8 bytes, that file systems take (NAME_MAX).
+NAME_MAX = 255
+
+
+def check_file_names(names: Any) -> None:
+    """``ValueError`` unless ``names`` can all be written as files under one folder: relative paths
+    without ``..``, no part longer than ``NAME_MAX`` bytes, no name given twice (``a`` and
+    ``a/``), none both a file and a folder of another (``a`` and ``a/b``). Checked where a job is
+    made and again before its files are written: a name the disk refuses there was taken for the
+    worker's own fault, and that worker stopped offering the worktime to every job.
+
+    >>> check_file_names(["data/a.txt", "data/b.txt"])
+    >>> check_file_names(["a", "a/b"])
+    Traceback (most recent call last):
+    ValueError: job file names 'a' and 'a/b' conflict: 'a' cannot be both a file and a folder
+    """
+    seen: dict[tuple[str, ...], str] = {}
+    for name in names:
+        parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+        if not parts or parts[0] == "/" or ".." in parts or "\0" in name:
+            raise ValueError(f"job file name {name!r} must be a relative path inside the job's folder, "
+                             "such as 'data/a.txt' (no '..', no leading '/')")
+        long = next((p for p in parts if len(p.encode("utf-8", "surrogatepass")) > NAME_MAX), None)
+        if long is not None:
+            shown = repr(name[:60]) + ("..." if len(name) > 60 else "")
+            raise ValueError(f"job file name {shown}: a part of it is longer than {NAME_MAX} bytes")
+        if parts in seen:
+            raise ValueError(f"job file names {seen[parts]!r} and {name!r} name the same file")
+        seen[parts] = name
+    for parts, name in seen.items():
+        for n in range(1, len(parts)):
+            if parts[:n] in seen:
+                raise ValueError(f"job file names {seen[parts[:n]]!r} and {name!r} conflict: "
+                                 f"{'/'.join(parts[:n])!r} cannot be both a file and a folder")
 
 
 def _texts(mapping: Mapping[str, Any], what: str, kinds: tuple[type, ...]) -> dict[str, Any]:
@@ -139,6 +176,12 @@ def _texts(mapping: Mapping[str, Any], what: str, kinds: tuple[type, ...]) -> di
             raise ValueError(f"job {what}[{name!r}] must be {allowed}, got {type(content).__name__}")
         out[name] = content
     return out
+
+
+def _files(mapping: Mapping[str, Any]) -> dict[str, bytes]:
+    files = _texts(mapping, "files", (bytes,))
+    check_file_names(files)
+    return files
 
 
 def _ignore(kind: str, payload: Any) -> None:

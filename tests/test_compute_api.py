@@ -729,3 +729,11 @@ def yields(x):
 def test_a_generator_function_is_refused_at_deploy_not_per_slice():
     with pytest.raises(WorkError, match=r"'yields' is a generator .* return a list instead"):
         capture(yields)
+
+
+def test_job_file_names_that_no_disk_takes_are_refused_when_set():
+    job = compute.for_([1], "function(x){ progress(); return x }")
+    with pytest.raises(TypeError, match="'a' cannot be both a file and a folder"):
+        job.files = {"a": b"x", "a/b": b"y"}
+    with pytest.raises(TypeError, match="name the same file"):
+        job.files = {"d/a": b"x", "d//a": b"y"}

@@ -327,6 +327,19 @@ def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
     assert out.error.code == "EBADWORK" and "files['big'] must be bytes, got int" in out.error.message
 
 
+@pytest.mark.parametrize("files, said", [
+    ({"a": b"x", "a/b": b"y"}, "'a' cannot be both a file and a folder"),
+    ({"x" * 300: b"1"}, "longer than 255 bytes"),
+])
+def test_job_file_names_no_disk_takes_fail_the_job_not_the_worker(pool, files, said):
+    # The disk's refusal (EEXIST, ENAMETOOLONG) was taken for the worker's own fault: the worker
+    # stopped offering the worktime, and every job, this one again included, was turned away.
+    for worktime in ("echo", "wasi"):
+        out = next(pool.map(JobSpec(id=f"names-{worktime}-{time.monotonic_ns()}", worktime=worktime,
+                                    work="(module)" if worktime == "wasi" else "", files=files), [(0, 0)]))
+        assert out.error.code == "EBADWORK" and said in out.error.message and not out.error.worker_fault, out.error
+
+
 def test_work_that_cannot_be_encoded_fails_the_job_cleanly(pool):
     out = next(pool.map(JobSpec(id="surrogate", worktime="echo", work="\udcff"), [(0, 0)]))
     assert out.error.code in ("EBADWORK", "EUNSERIALIZABLE") and "ECRASH" not in str(out.error)

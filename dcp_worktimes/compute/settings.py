@@ -22,6 +22,7 @@ from ..errors import RequirementsError
 from ..limits import to_float
 from ..inputs import plain
 from ..values import UnserializableValue, pack
+from ..worktime import check_file_names
 
 #: Job attributes that ``for_``/``do`` keywords and ``compute.default`` may set.
 SETTINGS = frozenset({"worktime", "worktime_version", "custom_worktime", "requirements", "public", "limits", "options",
@@ -154,6 +155,10 @@ def check_files(files: Any) -> dict[str, bytes]:
         if not isinstance(data, bytes):
             raise TypeError(f"job.files[{path!r}] must be bytes, got {type(data).__name__}")
         out[path] = data
+    try:
+        check_file_names(out)
+    except ValueError as e:
+        raise TypeError(str(e)) from None
     return out
 
 

@@ -27,6 +27,7 @@ import argparse
 import importlib
 import os
 import queue
+import errno
 import sys
 import threading
 import time
@@ -325,7 +326,12 @@ class Evaluator:
             error = SliceError(e.message, code=e.code, worker_fault=fault).to_dict()
             self.out.send({"t": "prepare_error", "error": bound_error(error, job_output(self.job))})
             return
-        except OSError as e:  # the worker's disk, cache or engine install, not the work
+        except OSError as e:  # the worker's disk, cache or engine install, not the work ...
+            if e.errno in _JOB_PATH_ERRORS:  # ... unless it refused a name of the job's (a worker blaming
+                # itself stops offering the worktime: one such job would turn every worker away)
+                err = host_failure(e, "the job's files could not be written", code=ErrorCode.EBADWORK)
+                self.out.send({"t": "prepare_error", "error": bound_error(err.to_dict(), job_output(self.job))})
+                return
             err = host_failure(e, "the worker could not prepare the job", code=ErrorCode.ENOWORKTIME, worker_fault=True)
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
@@ -422,6 +428,11 @@ class Evaluator:
 def job_output(job: JobSpec | None) -> int | None:
     """The job's per-slice byte budget (its output limit), ``None`` when unlimited or unknown."""
     return job.limits.output if job is not None else None
+
+
+#: What a file system says of a name it cannot take: the job's names, not the worker's disk.
+_JOB_PATH_ERRORS = frozenset({errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL,
+                              errno.EILSEQ})
 
 
 class RunBlock(Block):
