@@ -40,6 +40,24 @@ def test_many_slices_per_turn_each_get_their_own_result(pool):
     assert all(o.ok and o.value == [n, n * n] for n, o in outs.items())
 
 
+def test_an_error_code_the_work_forges_is_one_a_slice_may_have(pool):
+    # The guest runs the job's code, which can replace how errors are described: a forged
+    # EBADWORK stopped the whole job, and a list went through as the code.
+    work = """
+import _dcp_guest
+def f(x):
+    if x in (3, 4, 5, 6):
+        forged = {3: "EBADWORK", 4: ["x", {"y": 1}], 5: "ECANCELLED", 6: "EWORKREJECT"}[x]
+        _dcp_guest._describe = lambda e, when="": {"code": forged, "name": 7, "message": "forged", "stack": None}
+        raise ValueError("x")
+    return x
+"""
+    outs, _ = run(pool, work, list(range(10)))
+    codes = {n: o.error.code for n, o in outs.items() if not o.ok}
+    assert codes == {3: "EUNCAUGHT", 4: "EUNCAUGHT", 5: "EUNCAUGHT", 6: "EWORKREJECT"}, codes
+    assert all(outs[n].value == n for n in (0, 1, 2, 7, 8, 9)) and outs[3].error.name == "7"
+
+
 def test_a_limit_or_an_error_fails_only_its_own_slice(pool):
     work = """
 import os

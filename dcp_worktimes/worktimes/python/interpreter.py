@@ -384,8 +384,8 @@ class Guest:
         except SliceError as e:
             raise WorkError(e.message, code=e.code) from None
         if "error" in outcome:
-            err = outcome["error"]
-            code = err.get("code") or ErrorCode.EBADWORK
+            err = _guest_error(outcome["error"], LOAD_CODES)
+            code = err["code"]
             if code == "EUNCAUGHT":
                 code = ErrorCode.EBADWORK  # the work's top level raised: the work is unusable
             message = str(err.get("message"))
@@ -441,8 +441,8 @@ class Guest:
         if "error" in outcome or self.dirs.scratch_kernel:  # kernel-capped: one statvfs, after every slice
             self._blame_full_scratch(scratch)
         if "error" in outcome:
-            err = outcome["error"]
-            code = err.get("code") or ErrorCode.EUNCAUGHT
+            err = _guest_error(outcome["error"], SLICE_CODES)
+            code = err["code"]
             if code == "EMEMORYLIMIT":
                 self.alive = False  # wasm memory never shrinks: start the next slice afresh
             raise SliceError(str(err.get("message")), code=code, stack=err.get("stack"), name=err.get("name"))
@@ -494,8 +494,8 @@ class Guest:
 
         def fail(frame: list) -> bool:
             """The running slice's error; True when the turn must end now."""
-            err = frame[1] if isinstance(frame[1], dict) else {}
-            code = err.get("code") or ErrorCode.EUNCAUGHT
+            err = _guest_error(frame[1], SLICE_CODES)
+            code = err["code"]
             block.failed(indexes[running["pos"]], SliceError(str(err.get("message")), code=code,
                                                              stack=err.get("stack"), name=err.get("name")))
             running["pos"] += 1
@@ -810,3 +810,20 @@ class Guest:
                 ctx.emit(frame[1], frame[2] if len(frame) > 2 else None)
             return None
         raise SliceError(f"the work sent the host an unknown request {op!r}", code=ErrorCode.EUNCAUGHT)
+
+
+#: The codes a slice's error from the guest may carry (``_dcp_guest._describe``), and the codes
+#: of an error loading the work: the guest runs the job's code, which can send any frame it likes.
+SLICE_CODES = frozenset({"EUNCAUGHT", "EMEMORYLIMIT", "EUNSERIALIZABLE", "EWORKREJECT"})
+LOAD_CODES = SLICE_CODES | {"EBADWORK", "ENOSLICEHANDLER"}
+
+
+def _guest_error(err: Any, allowed: frozenset[str]) -> dict[str, Any]:
+    """The guest's error dict with a code among ``allowed`` (any other is ``EUNCAUGHT``: a slice
+    that forged ``EBADWORK`` stopped its whole job, ``ECANCELLED`` or a list passed as the code)
+    and text where text is expected."""
+    err = err if isinstance(err, dict) else {}
+    code = err.get("code")
+    text = {k: (v if v is None or isinstance(v, str) else str(v)) for k in ("name", "stack") for v in [err.get(k)]}
+    return {**text, "code": code if isinstance(code, str) and code in allowed else ErrorCode.EUNCAUGHT,
+            "message": str(err.get("message"))}
