@@ -248,6 +248,10 @@ def test_python_types_seen_from_js():
     ("new Error('e')", "Error"),
     ("(() => { const a = {}; a.self = a; return a })()", "circular"),
     ("({nested: {deep: new Map()}})", 'key "deep"'),
+    # What a toJSON throws may itself throw when printed: V8's Deno died of it (ECRASH, retried)
+    ("({toJSON() { throw { toString() { throw 1 } } }})", "threw a value that cannot be printed"),
+    ("({toJSON() { throw new (class E extends Error { get message() { throw 5 } })() }})",
+     "threw a value that cannot be printed"),
 ])
 def test_unsupported_results_are_clear_errors(expr, hint):
     err = Harness().prepare(f"() => {expr}").fails()

@@ -713,7 +713,13 @@
       return 'v' + __dcpEncode(v);
     } catch (e) {
       if (e === OUTPUT_OVER) return 'o';
-      return 'u' + stringify(isA(ErrorOf, e) ? e.message : StringOf(e));
+      let why;
+      try {  // what a toJSON or getter threw may itself throw when printed (a throwing toString)
+        why = StringOf(isA(ErrorOf, e) ? e.message : e);
+      } catch (_) {
+        why = 'encoding the result threw a value that cannot be printed';
+      }
+      return 'u' + stringify(why);
     } finally {
       encodeBudget = Infinity;
     }
