@@ -38,6 +38,7 @@ import click
 
 from .errors import DcpError
 from .limits import FLAGS, Limits, check_cores
+from .values import MAX_INT_DIGITS
 from .scheduler import processes
 
 #: ``dcp-worker``'s exit statuses (the module docstring says when each is used).
@@ -823,9 +824,6 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-#: Decimal digits the CLI reads and prints in an integer (Python's default stops at 4300; the
-#: conversion is quadratic, so a result from a stranger's slice must not get an unbounded one).
-MAX_INT_DIGITS = 200_000
 #: Ints longer than that (in bits, to spare a conversion to find out) print as {"$int": "0x..."}.
 _MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10)) - 4
 
@@ -847,11 +845,11 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 def main() -> None:
-    from .values import allow_depth
+    from .values import allow_big_ints, allow_depth
 
     warnings.showwarning = _show_warning
 
-    sys.set_int_max_str_digits(MAX_INT_DIGITS)
+    allow_big_ints()
     # Values nest up to MAX_DEPTH levels (values.py); reading and printing them as JSON takes a few
     # Python frames per level.
     allow_depth()

@@ -78,6 +78,17 @@ KEY_RULE = "dict keys must be None, bool, int, float, str or bytes (use a string
 _BAD_KEY = f"a dict key is a list, tuple or dict; {KEY_RULE}"
 
 
+#: Decimal digits an int may have where it is read or written as text (JSON, the CLI): Python's
+#: default stops at 4300; the conversion is quadratic, so a stranger's value must not get an
+#: unbounded one. Set per process by ``allow_big_ints``.
+MAX_INT_DIGITS = 200_000
+
+
+def allow_big_ints() -> None:
+    """Let this process read and print ints of up to ``MAX_INT_DIGITS`` decimal digits."""
+    sys.set_int_max_str_digits(MAX_INT_DIGITS)
+
+
 #: Python frames a recursive walk of a value may take per level of nesting (with some to spare).
 FRAMES_PER_LEVEL = 4
 

@@ -175,3 +175,22 @@ def test_a_verdict_whose_slice_finished_before_the_kill_never_lands_on_the_next_
                 assert [o.value if o.ok else o.error.code for o in small] == [7, 8]
     finally:
         stop.set()
+
+
+def test_json_carries_big_ints_and_says_what_to_do_past_its_reach(build):
+    # Python's 4300-digit default failed 10**5000 both ways, telling the deployer to call the
+    # host's sys.set_int_max_str_digits(); JSON nested past Python's recursion named that limit.
+    from dcp_worktimes.values import MAX_DEPTH, MAX_INT_DIGITS
+    from dcp_worktimes.worktimes.wasi.toolchain import compile_c
+
+    cat = compile_c(r"""
+    #include <stdio.h>
+    int main(void) { int c; while ((c = getchar()) != EOF) if (c != '"') putchar(c == '#' ? '[' : c); return 0; }
+    """)
+    with EvaluatorPool(cores=1) as pool:
+        outs = sorted(pool.map(job(cat), [(0, 10**5000), (1, -(10**199_000)), (2, 10**MAX_INT_DIGITS),
+                                          (3, "#" * 100_000)]), key=lambda o: o.number)
+    assert outs[0].value == 10**5000 and outs[1].value == -(10**199_000)
+    assert outs[2].error.code == "EUNSERIALIZABLE" and "use content_type msgpack" in outs[2].error.message
+    assert "set_int_max_str_digits" not in outs[2].error.message
+    assert outs[3].error.code == "EUNSERIALIZABLE" and f"nested more than {MAX_DEPTH} levels" in outs[3].error.message

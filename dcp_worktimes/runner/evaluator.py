@@ -36,7 +36,7 @@ from typing import Any, Callable
 from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
 from ..values import (MAX_DEPTH, SCALARS, UnserializableValue, allow_depth, as_unserializable, check_decodes,
-                      check_keys, pack, packer, unpack, unpack_all_packed, unpacker)
+                      allow_big_ints, check_keys, pack, packer, unpack, unpack_all_packed, unpacker)
 from ..worktime import Block, JobSpec, SliceContext, Worktime
 from . import isolation
 from .heartbeat import Heartbeat
@@ -713,6 +713,7 @@ def _load_class(ref: str) -> type[Worktime]:
 def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, network: bool) -> None:
     """Be an evaluator on fds 0/1/2 until told to exit (after a plain start or a zygote's fork)."""
     allow_depth()  # a datum or result MAX_DEPTH deep is walked in Python (map-basic's to_js, json)
+    allow_big_ints()  # and big ints are written as JSON text (wasi's json content type)
     iso: dict = isolation.apply(network=network, parent_pid=parent)
     # Made now, before any job: a spare evaluator has it ready, and the supervisor learns the
     # host folder to remove once the process is gone.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...errors import ErrorCode, SliceError, WorkError
-from ...values import UnserializableValue, pack, unpack
+from ...values import MAX_DEPTH, MAX_INT_DIGITS, UnserializableValue, pack, unpack
 
 #: Accepted spellings of each content type.
 CONTENT_TYPES = {
@@ -48,7 +48,7 @@ class ContentType:
             if self.name == "msgpack":
                 return pack(datum)
         except (TypeError, ValueError, UnserializableValue) as e:
-            raise SliceError(f"the datum cannot be encoded as {self.name} for stdin: {e}",
+            raise SliceError(f"the datum cannot be encoded as {self.name} for stdin: {why(e)}",
                              code=ErrorCode.EUNSERIALIZABLE) from None
         if isinstance(datum, (bytes, bytearray, memoryview)):
             return bytes(datum)
@@ -75,8 +75,19 @@ class ContentType:
         except Exception as e:  # json.JSONDecodeError, UnicodeDecodeError, msgpack's ExtraData/FormatError, ...
             head = output[:80].decode("utf-8", "replace")
             hint = "write exactly one JSON value to stdout" if self.name == "json" else "write one msgpack value to stdout"
-            raise SliceError(f"stdout is not valid {self.name} ({e}); {hint}. stdout began with {head!r}",
+            raise SliceError(f"stdout is not valid {self.name} ({why(e)}); {hint}. stdout began with {head!r}",
                              code=ErrorCode.EUNSERIALIZABLE) from None
+
+
+def why(e: BaseException) -> str:
+    """``e``'s text, or what the deployer can do where Python's words would send them to the host's
+    ``sys.set_int_max_str_digits()`` or name its recursion limit."""
+    if isinstance(e, ValueError) and "int_max_str_digits" in str(e):
+        return (f"an integer has more than {MAX_INT_DIGITS} decimal digits, the most JSON text may carry here; use "
+                "content_type msgpack, which carries integers of any size")
+    if isinstance(e, RecursionError):
+        return f"the value is nested more than {MAX_DEPTH} levels deep"
+    return str(e)
 
 
 def _json_default(obj: Any) -> Any:

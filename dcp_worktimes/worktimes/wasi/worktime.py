@@ -226,8 +226,8 @@ class WasiWorktime(Worktime):
                 return
             try:
                 value = json.loads(raw) if raw.strip() else None
-            except ValueError as e:
-                raise wasmtime.Trap(f"dcp.emit({name!r}): the value is not JSON: {e}") from None
+            except (ValueError, RecursionError) as e:
+                raise wasmtime.Trap(f"dcp.emit({name!r}): the value is not JSON: {abi.why(e)}") from None
             s.ctx.emit(name or "message", value)
 
         linker.define_func("dcp", "progress", wasmtime.FuncType([f64], []), progress)
