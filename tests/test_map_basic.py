@@ -1193,3 +1193,22 @@ def test_to_js_each_stops_at_the_text_budget_and_at_the_first_datum_that_cannot_
     assert len(texts) == 1 and bad is None  # one at least
     texts, bad = to_js_each([1, 2, {3}, 4])
     assert texts == ["01", "02"] and "cannot be passed to JavaScript" in str(bad)
+
+
+def test_work_cannot_grow_denos_caches_on_the_workers_disk_without_bound(js_engine, monkeypatch):
+    # Each import() of a new data: module stored its analysis and code cache in Deno's folder,
+    # shared by every job on the machine (2.5 MB per 200 KB module): a job could fill the disk.
+    from dcp_worktimes.worktimes.map_basic import v8
+
+    cap = 1 << 20
+    monkeypatch.setattr(v8, "DENO_FILE_CAP", cap)
+    work = ("async function(n) { let sum = 0; for (let i = 0; i < n; i++) {"
+            " const src = 'export default function(){ let a = 0; ' + 'a+=1;'.repeat(20000) + ' return a + ' + i + ' }';"
+            " sum += (await import('data:text/javascript,' + encodeURIComponent(src))).default(); } return sum }")
+    if js_engine == "quickjs":  # no module loader: refused, so nothing is written anywhere
+        assert "could not load module 'data:text/javascript," in Harness().prepare(work).fails(8).message
+        return
+    assert Harness().prepare(work, Limits.parse(progress_timeout="off"))(8) == 8 * 20000 + sum(range(8))
+    folder = v8._cache_dir() / "deno-dir"
+    sizes = {f.name: f.stat().st_size for f in folder.iterdir() if f.is_file()}
+    assert sum(sizes.values()) > cap and max(sizes.values()) <= cap, sizes  # it cached, up to the cap

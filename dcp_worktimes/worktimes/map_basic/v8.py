@@ -36,6 +36,7 @@ import collections
 import ctypes
 import json
 import os
+import resource
 import select
 import signal
 import struct
@@ -150,6 +151,15 @@ def _import_map(binary: str, env: dict[str, str]) -> Path:
 
 
 _prctl = None
+_libc_signal = None
+
+#: The largest file Deno may write (``RLIMIT_FSIZE``). It writes only its caches in ``DENO_DIR``,
+#: shared by every job on this machine, and work may add to them without end: each
+#: ``import("data:...")`` of a new module stored its analysis and code cache (2.5 MB per 200 KB
+#: module). Past the cap a write fails (``EFBIG``, with ``SIGXFSZ`` ignored) and Deno goes on
+#: without caching it. The caches of our own code take well under 1 MB.
+DENO_FILE_CAP = 16 << 20
+_SIGXFSZ = int(signal.SIGXFSZ)
 
 
 def _die_with_parent() -> None:
@@ -157,6 +167,9 @@ def _die_with_parent() -> None:
     (no dlopen, no imports: the evaluator has other threads, which fork does not copy)."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _libc_signal is not None:
+        _libc_signal(_SIGXFSZ, 1)  # SIG_IGN: the write fails instead of the process dying
+        resource.setrlimit(resource.RLIMIT_FSIZE, (DENO_FILE_CAP, DENO_FILE_CAP))
 
 
 class _Stopped(Exception):
@@ -220,9 +233,12 @@ class V8Engine(Engine):
         if binary is None:
             raise SliceError("map-basic on V8 needs Deno: pip install 'deno>=2.9'", code=ErrorCode.ENOWORKTIME,
                              worker_fault=True)
-        global _prctl
+        global _prctl, _libc_signal
         if _prctl is None:
-            _prctl = ctypes.CDLL(None).prctl
+            libc = ctypes.CDLL(None)
+            _libc_signal = libc.signal
+            _libc_signal.argtypes, _libc_signal.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+            _prctl = libc.prctl
         cache = _cache_dir()
         env = {"DENO_DIR": str(cache / "deno-dir"), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1",
                "DENO_NO_PACKAGE_JSON": "1", "PATH": os.defpath}
