@@ -38,7 +38,7 @@ import click
 
 from .errors import DcpError
 from .limits import FLAGS, Limits, check_cores
-from .values import MAX_INT_DIGITS
+from .values import KEY_RULE, KEY_TYPES, MAX_INT_DIGITS
 from .scheduler import processes
 
 #: ``dcp-worker``'s exit statuses (the module docstring says when each is used).
@@ -146,8 +146,10 @@ def _to_json(value: Any) -> Any:
     """Results as JSON: bytes become {"$bytes": base64}; NaN/±Infinity {"$float": "nan" | "inf" | "-inf"}
     (tagged, so they cannot be mistaken for the strings "nan" and "inf"); an int too long to print
     in decimal (``MAX_INT_DIGITS``) {"$int": "0x..."} (hexadecimal is linear to write). A dict that
-    looks like a tag (its one key is one of ``_TAGS``) is itself tagged, {"$object": {...}}, so no
-    value prints like another, and ``--datum`` reads each back as it was."""
+    looks like a tag (its one key is one of ``_TAGS``) is itself tagged, {"$object": {...}}, and one
+    with a key that is not a string is {"$map": [[key, value], ...]} (``str(k)`` made ``1`` and
+    ``"1"`` one key, dropping a value), so no value prints like another, and ``--datum`` reads each
+    back as it was."""
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, _WrittenTo):
@@ -161,14 +163,16 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_to_json(v) for v in value]
     if isinstance(value, dict):
-        out = {str(k): _to_json(v) for k, v in value.items()}
+        if any(type(k) is not str for k in value):
+            return {"$map": [[_to_json(k), _to_json(v)] for k, v in value.items()]}
+        out = {k: _to_json(v) for k, v in value.items()}
         return {"$object": out} if len(out) == 1 and next(iter(out)) in _TAGS else out
     return value
 
 
 #: The keys of the tags above (and of ``--output``'s ``$file``): a dict made of one of them alone
 #: is wrapped in a tag of its own.
-_TAGS = frozenset({"$bytes", "$float", "$int", "$file", "$error", "$object"})
+_TAGS = frozenset({"$bytes", "$float", "$int", "$file", "$error", "$object", "$map"})
 
 
 def _from_json(value: Any, what: str) -> Any:
@@ -178,6 +182,18 @@ def _from_json(value: Any, what: str) -> Any:
             if not isinstance(inner, dict):
                 raise click.BadParameter(f'{what}: {{"$object": ...}} must hold an object, got {reprlib.repr(inner)}')
             return {k: _from_json(v, what) for k, v in inner.items()}
+        if set(value) == {"$map"}:  # a dict whose keys are not all strings
+            pairs = value["$map"]
+            if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)):
+                raise click.BadParameter(f'{what}: {{"$map": ...}} must hold a list of [key, value] pairs, '
+                                         f'got {reprlib.repr(pairs)}')
+            out: dict = {}
+            for k, v in pairs:
+                key = _from_json(k, what)
+                if not isinstance(key, KEY_TYPES):
+                    raise click.BadParameter(f'{what}: {{"$map": ...}} key {reprlib.repr(key)}: {KEY_RULE}')
+                out[key] = _from_json(v, what)
+            return out
         if set(value) == {"$float"}:
             if value["$float"] not in ("nan", "inf", "-inf"):
                 raise click.BadParameter(f'{what}: {{"$float": ...}} must be "nan", "inf" or "-inf", got {value["$float"]!r}')

@@ -83,6 +83,7 @@ def test_a_bad_limit_is_named_by_its_flag():
     ('{"$object": {"$object": {"a": 1}}}', {"$object": {"$object": {"a": 1}}}, "object"),
     ('{"$bytes": "aGk="}', {"$bytes": "aGk="}, "bytes"),
     ('{"$int": "0x10"}', 16, "number"),
+    ('{"$object": {"$map": 1}}', {"$object": {"$map": 1}}, "object"),
 ])
 def test_an_object_that_looks_like_a_tag_prints_and_reads_back_as_itself(datum, printed, in_js):
     # {"$bytes": "aGk="} as an object printed exactly like the bytes b"hi", and could not be sent.
@@ -91,6 +92,18 @@ def test_an_object_that_looks_like_a_tag_prints_and_reads_back_as_itself(datum, 
     r = dcp_worker("slice", "-w", "map-basic", "--work", "x => x instanceof Uint8Array ? 'bytes' : typeof x",
                    "--datum", datum)
     assert json.loads(r.stdout) == in_js, r.stderr
+
+
+def test_a_dict_with_keys_that_are_not_strings_prints_every_entry_and_reads_back():
+    # str(k) made 1 and "1" one key (an entry was dropped) and printed b"k" as "b'k'".
+    printed = [[1, "a"], ["1", "b"], [None, 2], [{"$bytes": "aw=="}, 3], [1.5, 4], [{"$float": "nan"}, 5]]
+    datum = json.dumps({"$map": printed})
+    r = dcp_worker("slice", "-w", "echo", "--datum", datum)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"$map": printed}, r.stderr
+    r = dcp_worker("slice", "-w", "echo", "--datum", '{"$map": {"a": 1}}')
+    assert r.returncode == 2 and "must hold a list of [key, value] pairs" in r.stderr
+    r = dcp_worker("slice", "-w", "echo", "--datum", '{"$map": [[[1, 2], 3]]}')
+    assert r.returncode == 2 and "dict keys must be None, bool, int, float, str or bytes" in r.stderr
 
 
 def test_spin_forever_stops_at_wall_time():
