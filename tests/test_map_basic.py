@@ -1212,3 +1212,11 @@ def test_work_cannot_grow_denos_caches_on_the_workers_disk_without_bound(js_engi
     folder = v8._cache_dir() / "deno-dir"
     sizes = {f.name: f.stat().st_size for f in folder.iterdir() if f.is_file()}
     assert sum(sizes.values()) > cap and max(sizes.values()) <= cap, sizes  # it cached, up to the cap
+
+
+def test_a_queued_job_throwing_a_value_that_cannot_be_printed_is_said_so(js_engine):
+    # QuickJS's binding said "(Failed obtaining QuickJS error string. Concurrency issue?)".
+    work = "x => { queueMicrotask(() => { throw { toString() { throw { toString() { throw 1 } } } } }); return x }"
+    err = Harness().prepare(work).fails(1)
+    assert err.code == ErrorCode.EUNCAUGHT and "Concurrency" not in err.message, err.message
+    assert "cannot be printed" in err.message or "Object thrown" in err.message, err.message

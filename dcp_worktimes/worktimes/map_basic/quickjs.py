@@ -260,6 +260,9 @@ class QuickJSEngine(Engine):
             return SliceError(memory_message(self._memory_limit), code=ErrorCode.EMEMORYLIMIT, name="InternalError")
         if isinstance(e, self._quickjs.StackOverflow):
             return SliceError(f"{first} (recursion too deep)", code=ErrorCode.EUNCAUGHT, stack=stack, name="RangeError")
+        if "Failed obtaining QuickJS error string" in first:  # the binding's words when printing it threw
+            return SliceError("the work threw a value that cannot be printed (its toString throws)",
+                              code=ErrorCode.EUNCAUGHT)
         name, _, message = first.partition(": ")
         return SliceError(message or first, code=ErrorCode.EUNCAUGHT, stack=stack, name=name or None)
 
