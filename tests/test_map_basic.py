@@ -1195,13 +1195,14 @@ def test_to_js_each_stops_at_the_text_budget_and_at_the_first_datum_that_cannot_
     assert texts == ["01", "02"] and "cannot be passed to JavaScript" in str(bad)
 
 
-def test_work_cannot_grow_denos_caches_on_the_workers_disk_without_bound(js_engine, monkeypatch):
+def test_work_cannot_grow_denos_caches_on_the_workers_disk_without_bound(js_engine, monkeypatch, tmp_path):
     # Each import() of a new data: module stored its analysis and code cache in Deno's folder,
     # shared by every job on the machine (2.5 MB per 200 KB module): a job could fill the disk.
     from dcp_worktimes.worktimes.map_basic import v8
 
     cap = 1 << 20
     monkeypatch.setattr(v8, "DENO_FILE_CAP", cap)
+    monkeypatch.setenv("DCP_WORKTIMES_CACHE", str(tmp_path))  # a cache of its own, empty: other tests' entries
     work = ("async function(n) { let sum = 0; for (let i = 0; i < n; i++) {"
             " const src = 'export default function(){ let a = 0; ' + 'a+=1;'.repeat(20000) + ' return a + ' + i + ' }';"
             " sum += (await import('data:text/javascript,' + encodeURIComponent(src))).default(); } return sum }")
