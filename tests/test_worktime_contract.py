@@ -139,11 +139,13 @@ def test_a_worker_that_cannot_prepare_gives_the_slices_back_and_another_runs_the
         assert all(r.attempt == 1 for r in results.values())  # given back: no attempt was used up
 
 
-def test_exec_here_on_a_machine_that_cannot_prepare_stops_the_job_saying_why(tmp_path, monkeypatch):
+def test_exec_here_on_a_machine_that_cannot_prepare_stops_the_job_saying_why(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("DCP_SCHEDULER", f"sqlite:///{tmp_path}/jobs.db")
     job = compute.for_(range(3), "def work(x):\n    return x\n", worktime="broken-here")
     with pytest.raises(compute.JobCancelled, match="lacks the marker file") as info:
         job.exec(progress=False, timeout=60)
+    # Said once, in the error: not also as a traceback of the local worker's thread
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
     with open_scheduler(f"sqlite:///{tmp_path}/jobs.db") as s:
         assert s.status(info.value.job_id)["status"] == "cancelled"
 

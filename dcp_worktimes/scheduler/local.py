@@ -23,6 +23,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from ..errors import DcpError
 from ..limits import Limits
 from .base import Scheduler
 from .matching import check_runnable_here, local_config
@@ -81,7 +82,8 @@ def _running(worker: Worker, scheduler: Scheduler, job_id: str) -> Iterator[Work
         try:
             worker.run(stop)
         except BaseException as e:  # noqa: BLE001
-            log.exception("local worker for job %s failed", job_id)
+            if not isinstance(e, DcpError):  # a bug: its traceback; ours say what happened in the reason below
+                log.exception("local worker for job %s failed", job_id)
             try:
                 scheduler.cancel(job_id, reason=f"the local worker failed: {type(e).__name__}: {e}")
             except Exception:  # noqa: BLE001
