@@ -187,7 +187,7 @@ class WorkerLog(WorkerEvents):
             failures = " (" + ", ".join(f"{code} x{n}" for code, n in stats.failures.most_common()) + ")"
         state = status.get("status")
         whole = {"complete": "job complete", "failed": "job failed", "cancelled": "job cancelled",
-                 "gone": "job deleted"}.get(str(state), "the job goes on elsewhere or waits for more input")
+                 "gone": "job gone from the store (deleted, or the store lost it)"}.get(str(state), "the job goes on elsewhere or waits for more input")
         reason = f": {status['reason']}" if state == "cancelled" and status.get("reason") else ""
         done = stats.computed + stats.failed
         self.line(f"{stats.label} finished here: {stats.computed} computed, {stats.failed} failed{failures} in "

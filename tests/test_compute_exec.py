@@ -440,7 +440,7 @@ def test_a_job_deleted_while_exec_waits_raises_job_cancelled_saying_so(store):
                 s.delete_job(job.id)
 
     job.on("result", delete)
-    with pytest.raises(compute.JobCancelled, match="was deleted from the job store while this process waited for it"):
+    with pytest.raises(compute.JobCancelled, match="is gone from the job store while this process waited for it: deleted"):
         job.exec()
 
 

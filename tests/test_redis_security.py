@@ -40,6 +40,9 @@ def test_acl_users_run_jobs_in_their_own_group_only(acl_server):
     with pytest.raises(SchedulerError, match="does not allow this user.*dcp:team-b:\\*") as info:
         open_scheduler(acl_server.url("team-b", user="team-a", password="pass-a")).list_jobs()
     assert "pass-a" not in str(info.value)
+    # The same through a script (submit): Redis's words were "The user executing the script can't access..."
+    with pytest.raises(SchedulerError, match="does not allow this user.*dcp:team-b:\\*"):
+        open_scheduler(acl_server.url("team-b", user="team-a", password="pass-a")).submit(make_job("jx", 2))
     with pytest.raises(SchedulerError, match="refused the credentials"):
         open_scheduler(acl_server.url("team-a", user="team-a", password="pass-b"))
     a.close()

@@ -49,8 +49,9 @@ def deleted_meanwhile(job_id: str) -> Exception:
     """The error of ``exec()`` for a job deleted from the store while it waited for the job."""
     from .job import JobCancelled
 
-    return JobCancelled(f"job {job_id} was deleted from the job store while this process waited for it "
-                        "(dcp-worker jobs --delete); its results went with it: deploy it again", None, job_id)
+    return JobCancelled(f"job {job_id} is gone from the job store while this process waited for it: deleted "
+                        "(dcp-worker jobs --delete, or its keep time passed), or the store lost its data (a Redis "
+                        "restarted without persistence); its results went with it: deploy it again", None, job_id)
 
 
 class Outcome(enum.Enum):

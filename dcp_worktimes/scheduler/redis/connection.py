@@ -209,7 +209,7 @@ class Link:
                 or "NOAUTH" in text:
             return SchedulerError(f"the Redis server at {shown} refused the credentials ({text}); check the user and "
                                   f"password in the URL (or ${ENV_PASSWORD})")
-        if isinstance(e, r.NoPermissionError) or "NOPERM" in text:
+        if isinstance(e, r.NoPermissionError) or "NOPERM" in text or "can't access at least one of the keys" in text:
             return SchedulerError(f"the Redis server at {shown} does not allow this user to {what} ({text}); its ACL "
                                   f"must allow the keys dcp:{self.target.group}:* and the commands EVALSHA, SCRIPT, "
                                   "XREAD, ZRANGE, LRANGE, HMGET, LLEN, INFO")
