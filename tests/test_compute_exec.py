@@ -474,3 +474,20 @@ def test_a_cancelled_stream_s_slices_that_never_ran_are_marked_too():
     r = collect([batch], None, None, "j", unfinished="never ran")
     assert r[:2] == [0, None] and r[4] == 40 and [f.slice_number for f in r.failures] == [2, 3]
     assert r[2] is r.failures[0] and r[2].code == "ECANCELLED"
+
+
+def test_a_slow_generators_inputs_run_as_they_come():
+    # Stream inputs went to the store 1000 at a time: a generator taking seconds per item deployed
+    # nothing, and ran nothing, until it was exhausted.
+    state = {"done": False, "first_result_while_generating": None}
+
+    def inputs():
+        for i in range(8):
+            time.sleep(0.4)
+            yield i
+        state["done"] = True
+
+    job = compute.for_(inputs(), "", worktime="echo")
+    job.on("result", lambda ev: state.setdefault("first", state["done"]))
+    assert job.exec(progress=False, timeout=120) == list(range(8))
+    assert state["first"] is False, "no result came before the generator ended"

@@ -200,6 +200,42 @@ def test_a_worker_waiting_for_its_store_stops_on_a_signal(tmp_path):
         stop(worker, signal.SIGKILL)
 
 
+def test_a_stream_outlasting_the_stores_retry_is_fed_when_it_returns(proxy, redis_url, tmp_path):
+    # The feeder gave up when add_slices outlasted the URL's retry; exec() then waited, silent,
+    # until the job's feed lease lapsed (10 min), and the job was cancelled as if its deployer died.
+    from dcp_worktimes import compute
+
+    worker = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "1")
+    box: dict = {}
+
+    def inputs():
+        for i in range(40):
+            if i == 10:
+                proxy.cut()  # the deployer alone loses the store, for longer than its retry
+                threading.Timer(4.0, proxy.heal).start()
+            time.sleep(0.05)
+            yield i
+
+    def deploy() -> None:
+        try:
+            box["results"] = list(compute.for_(inputs(), "", worktime="echo",
+                                               scheduler=via(proxy, redis_url) + "&retry=1s").exec(local=False))
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    deployer = threading.Thread(target=deploy, daemon=True)
+    deployer.start()
+    try:
+        deployer.join(90)
+        assert not deployer.is_alive(), "exec() still waits"
+        assert "error" not in box, box.get("error")
+        assert box["results"] == list(range(40))
+        assert stop(worker) == 0
+    finally:
+        proxy.heal()
+        stop(worker, signal.SIGKILL)
+
+
 def test_a_worker_killed_mid_slice_loses_nothing_and_duplicates_nothing(redis_url, tmp_path):
     s = open_scheduler(redis_url)
     s.submit(slow_job("j", 300))

@@ -17,12 +17,12 @@ import reprlib
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import WorktimeNotFound
 from ..inputs import MultiRange, StreamInput, input_size
 from ..limits import check_cores
-from ..scheduler.base import JobRecord, Scheduler
+from ..scheduler.base import JobRecord, Scheduler, StoreUnavailable
 from ..scheduler.matching import check_runnable_here, worker_can_run
 from ..values import UnserializableValue, pack
 from ..worktime import JobSpec
@@ -42,8 +42,14 @@ from .settings import (
 if TYPE_CHECKING:
     from .job import Job
 
-#: Datums per ``add_slices`` call for stream inputs.
+#: Datums per ``add_slices`` call for stream inputs ...
 STREAM_BATCH = 1000
+#: ... or fewer: those a generator gave within this many seconds (a slow generator's datums are
+#: sent as they come, and its job is deployed with its first datum, not its thousandth).
+STREAM_BATCH_SECONDS = 0.5
+#: Longest wait between two tries to store a stream's datums while the store fails (the calls
+#: themselves ride out a short outage first: a Redis URL's ``retry``).
+STORE_RETRY_MAX = 30.0
 #: Seconds a stream job's feed lease lasts (``Scheduler.keep_feeding``): a deployer that stops
 #: renewing it for this long is taken for dead and its job cancelled. Generous: longer than a
 #: Redis outage the store's calls ride out (``retry``, 5 min by default), a busy or swapping
@@ -151,7 +157,7 @@ class Feeder:
 
     def __init__(self, stream: StreamInput) -> None:
         self.stream = stream
-        self.batches = stream.batches(STREAM_BATCH)
+        self.batches = stream.batches(STREAM_BATCH, STREAM_BATCH_SECONDS)
         try:
             self.first = pack_batch(next(self.batches))
         except StopIteration:
@@ -190,16 +196,40 @@ class Feeder:
                 if time.monotonic() - renewed >= refresh or time.time() - wall >= refresh:
                     break
 
+    def _store(self, call: Callable[[], None], job_id: str) -> None:
+        """``call()`` (an ``add_slices`` or ``close_input``, both safe to repeat), tried again while
+        the store fails (``StoreUnavailable``), as workers do, until it works or the job ends here:
+        the feeder gave up before, and the job waited for its feed lease to lapse, blamed on a
+        deployer that was alive."""
+        wait, since = 0.5, None
+        while True:
+            try:
+                call()
+            except StoreUnavailable as e:
+                if since is None:
+                    since = time.monotonic()
+                    log.warning("job %s: the job store is failing while its input streams in: %s; retrying with "
+                                "backoff", job_id, e.message)
+                if self.stop.wait(wait):
+                    raise
+                wait = min(wait * 2, STORE_RETRY_MAX)
+                continue
+            if since is not None:
+                log.warning("job %s: the job store takes its input again after %.1f s", job_id, time.monotonic() - since)
+            return
+
     def _feed(self, scheduler: Scheduler, job_id: str) -> None:
         try:
             if self.first:
-                scheduler.add_slices(job_id, self.first)
+                first = self.first
+                self._store(lambda: scheduler.add_slices(job_id, first), job_id)
             for batch in self.batches:
                 if self.stop.is_set():
                     return
-                scheduler.add_slices(job_id, pack_batch(batch))
+                packed = pack_batch(batch)
+                self._store(lambda: scheduler.add_slices(job_id, packed), job_id)
             self.complete = True  # every datum is stored: a Ctrl-C from now on leaves a resumable job
-            scheduler.close_input(job_id, self.stream.consumed)
+            self._store(lambda: scheduler.close_input(job_id, self.stream.consumed), job_id)
         except BaseException as e:  # noqa: BLE001 - reported by exec() on its own thread
             self.error = e
             try:
@@ -232,5 +262,5 @@ def submit(scheduler: Scheduler, record: JobRecord, job: "Job") -> Feeder | None
     return feeder
 
 
-__all__ = ["plan", "work_spec", "submit", "Feeder", "check_attached_workers", "STREAM_BATCH", "FEED_LEASE",
-           "FEED_REFRESH"]
+__all__ = ["plan", "work_spec", "submit", "Feeder", "check_attached_workers", "STREAM_BATCH", "STREAM_BATCH_SECONDS",
+           "FEED_LEASE", "FEED_REFRESH"]

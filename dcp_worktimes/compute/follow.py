@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from ..errors import ErrorCode
 from ..scheduler.base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, Scheduler, StoreUnavailable
@@ -43,6 +43,7 @@ STORE_RETRY_MAX = 10.0
 WAITING_NOTE = 10.0
 
 log = logging.getLogger("dcp_worktimes.compute")
+T = TypeVar("T")
 
 
 def deleted_meanwhile(job_id: str) -> Exception:
@@ -104,23 +105,17 @@ class Follower:
     def _follow(self, timeout: float | None, remote: bool) -> Outcome:
         job, sched = self.job, self.scheduler
         deadline = None if timeout is None else time.monotonic() + timeout
-        st = sched.status(job.id)
+        st = self._asking(lambda: sched.status(job.id), deadline)
         if st.get("status") in FINAL_STATES:  # e.g. resuming a job that finished meanwhile
             self.reason = str(st.get("reason") or "")
             return Outcome.of_status(st["status"])
         quiet_since = time.monotonic()
         if remote:
-            self.watch_workers(quiet_since)
+            self._asking(lambda: self.watch_workers(quiet_since), deadline)
         while True:
             per_slice = self.emit and bool(job.listener_count("result") or job.listener_count("error"))
-            try:
-                events = sched.events(job.id, self.after, wait=0.25, results=per_slice)
-            except StoreUnavailable as e:  # Redis gone, an I/O error: say so, keep trying (the deadline holds)
-                self._store_failing(e, deadline)
-                continue
-            if self._outage is not None:
-                log.warning("job %s: the job store answers again after %.1f s", job.id, time.monotonic() - self._outage)
-                self._outage = None
+            # Redis gone, an I/O error: say so, keep trying (the deadline holds)
+            events = self._asking(lambda: sched.events(job.id, self.after, wait=0.25, results=per_slice), deadline)
             for seq, ev in events:
                 self.after = seq
                 if self.emit:
@@ -134,14 +129,28 @@ class Follower:
             elif now - quiet_since > QUIET:
                 quiet_since = now
                 if remote:
-                    self.watch_workers(now)
-                st = sched.status(job.id)
+                    self._asking(lambda: self.watch_workers(now), deadline)
+                st = self._asking(lambda: sched.status(job.id), deadline)
                 if st.get("status") in FINAL_STATES:  # the log ended without our final event
                     self.reason = str(st.get("reason") or self.reason)
                     return Outcome.of_status(st["status"])
             if deadline is not None and now > deadline:
                 sched.cancel(job.id, f"exec(timeout={timeout}) expired")
                 raise TimeoutError(f"job {job.id} did not finish within {timeout} s; it was cancelled")
+
+    def _asking(self, call: Callable[[], T], deadline: float | None) -> T:
+        """``call()``, tried again while the store fails, as the events are read."""
+        while True:
+            try:
+                answer = call()
+            except StoreUnavailable as e:
+                self._store_failing(e, deadline)
+                continue
+            if self._outage is not None:
+                log.warning("job %s: the job store answers again after %.1f s", self.job.id,
+                            time.monotonic() - self._outage)
+                self._outage = None
+            return answer
 
     def _store_failing(self, error: StoreUnavailable, deadline: float | None) -> None:
         now = time.monotonic()

@@ -35,6 +35,7 @@ import itertools
 import numbers
 import reprlib
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -112,14 +113,17 @@ class StreamInput:
             "read them from the scheduler (the deployer pushed them with add_slices)"
         )
 
-    def batches(self, size: int = 1000) -> Iterator[list[tuple[int, Any]]]:
-        """Yield ``[(slice_number, datum), ...]`` batches, pulling from the source lazily."""
+    def batches(self, size: int = 1000, seconds: float | None = None) -> Iterator[list[tuple[int, Any]]]:
+        """Yield ``[(slice_number, datum), ...]`` batches, pulling from the source lazily: up to
+        ``size`` datums, and (``seconds``) no more than arrive within that long of the batch's
+        start, so the datums of a slow generator (a minute per item) go out as they come instead
+        of waiting for ``size`` of them."""
         if self._source is None:
             return
         if self._iter is None:
             self._iter = iter(self._source)
         while True:
-            raw = list(itertools.islice(self._iter, size))
+            raw = list(itertools.islice(self._iter, size)) if seconds is None else _take(self._iter, size, seconds)
             try:
                 chunk = [plain(v) for v in raw]
             except (TypeError, ValueError) as e:  # UnserializableValue (a bad dict key), too deep: say which input
@@ -140,6 +144,18 @@ class StreamInput:
 
     def __repr__(self) -> str:
         return f"StreamInput({self._source!r})"
+
+
+def _take(items: Iterator[Any], size: int, seconds: float) -> list[Any]:
+    """Up to ``size`` of ``items``, and none after ``seconds`` have passed since this call (the
+    wait for the first counts: a slow item is sent as soon as it comes)."""
+    out: list[Any] = []
+    deadline = time.monotonic() + seconds
+    for item in items:
+        out.append(item)
+        if len(out) >= size or time.monotonic() >= deadline:
+            break
+    return out
 
 
 _RANGE_KEYS = frozenset({"start", "end", "step", "group"})
