@@ -177,6 +177,39 @@ def test_worker_runs_until_idle_and_stops_evaluators(store):
     assert w.id not in {info.id for info in s.workers()}  # it said goodbye
 
 
+def test_an_idle_workers_next_lease_is_not_sized_by_its_last_jobs_slices(store):
+    # Its mean slice time was over its whole life: after a job of trivial slices, its first lease
+    # of a job of slow ones took every slice, and the other workers of the fleet sat idle.
+    url, s = store
+    stop = threading.Event()
+    first = Worker(s, ["echo"], cores=1)
+    threads = [threading.Thread(target=first.run, args=(stop,), daemon=True)]
+    threads[0].start()
+    try:
+        s.submit(make_job("fast", 2000))
+        deadline = time.monotonic() + 120
+        while s.status("fast")["status"] != "complete" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while first.leased and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # idle for a moment
+        slow = make_job("slow", 8)
+        slow.spec.work = '{"sleep": 0.3}'
+        s.submit(slow)
+        while not s.status("slow")["distributed"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the first worker has taken what it takes
+        second = Worker(s, ["echo"], cores=1)
+        threads.append(threading.Thread(target=second.run, args=(stop,), daemon=True))
+        threads[1].start()
+        follow(s, "slow")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert {r.worker for r in s.results("slow").values()} == {first.id, second.id}
+
+
 def test_an_idle_worker_lets_a_finished_jobs_evaluators_go_and_keeps_spares(store, monkeypatch):
     """A finished job's evaluators (and whatever its work left in their memory) must not wait
     for the worker's next job; spares take their place, and the next job runs in them."""

@@ -337,6 +337,11 @@ class Worker:
                                 self._cond.wait(self.flush_interval)
                     else:
                         self._flush()
+                        with self._cond:
+                            # Idle: the next job's slices may be nothing like the last's. Sized by a
+                            # job of trivial slices, the first lease of a slow one took all of it,
+                            # and the fleet's other workers sat idle (small first bites again).
+                            self._wall_sum, self._wall_n = 0.0, 0
                         self._wait_for_work(stop, idle_wait)
                         idle_wait = min(idle_wait * 2, self.idle_poll_interval)
                 except StoreUnavailable as e:
