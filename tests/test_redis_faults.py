@@ -62,6 +62,29 @@ def test_a_call_rides_out_a_lost_connection(proxy, redis_url):
     s.close()
 
 
+@pytest.mark.parametrize("quiet", [True, False], ids=["expired-while-nobody-could-call", "expired-while-others-called"])
+def test_a_lease_that_expired_while_the_store_was_down_is_spared_for_its_worker(redis_url, quiet):
+    # Each outage longer than a lease cost every running slice an attempt: after three, slices
+    # failed ECRASH ("its worker died") while their workers ran them. The gap is made by hand:
+    # the last call 100 s ago (the server down since), the lease expired 50 s ago, in the gap.
+    s = open_scheduler(redis_url)
+    s.submit(make_job("j", 2))
+    held = take(s, "w-held", max_slices=2)
+    client, prefix, now = s._link.client, s._keys.prefix, time.time()
+    if quiet:
+        client.set(prefix + "clock", repr(now - 100))
+    client.zadd(prefix + "leases", {held[0].lease_id: now - 50}, xx=True)
+    assert take(s, "w-other", max_slices=2) == [] if quiet else len(take(s, "w-other", max_slices=2)) == 2
+    if quiet:  # its worker, back too, extends it and reports: the first attempt counts
+        assert s.heartbeat("w-held", [held[0].lease_id], 30) == []
+        s.report(ok(*held))
+        results = exactly_once(s, "j", 2)
+        assert {r.attempt for r in results.values()} == {1}
+    else:  # expired while the store answered others: lost, as before
+        assert s.heartbeat("w-held", [held[0].lease_id], 30) == [held[0].lease_id]
+    s.close()
+
+
 def test_an_outage_is_logged_once_however_many_calls_ride_it_out_and_its_end_once(proxy, redis_url, caplog):
     # A worker's lease, heartbeat and report threads each logged "unreachable, retrying": one
     # outage read as several, and nothing said when it ended.

@@ -135,8 +135,8 @@ def test_a_huge_range_is_leased_in_blocks_without_a_key_per_slice(redis_url):
     for k in keys:
         kind = k[len(prefix):].split(":")[0]
         kinds[kind] = kinds.get(kind, 0) + 1
-    assert set(kinds) <= {"jobs", "queue", "wake", "leases", "workers", "seen", "host", "req", "job", "ev", "res",
-                          "jl", "wl", "lease"}, kinds
+    assert set(kinds) <= {"jobs", "queue", "wake", "leases", "clock", "quiet", "workers", "seen", "host", "req", "job",
+                          "ev", "res", "jl", "wl", "lease"}, kinds
     assert {kind: count for kind, count in kinds.items() if kind != "req"} == dict.fromkeys(set(kinds) - {"req"}, 1)
     assert s._link.client.llen(prefix + "res:big") == 4  # a list element per reported batch
     assert s.status("big")["computed"] == 8000
@@ -264,11 +264,20 @@ def test_dcp_worker_with_an_unreachable_redis_says_so_in_one_line():
 
     require_redis()
     url = f"redis://:hush-hush@127.0.0.1:{free_port()}/0"
-    for args in (["jobs", "--scheduler", url], ["--worktime", "echo", "--scheduler", url]):
-        r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
-                           timeout=60)
-        assert r.returncode != 0 and "cannot reach the Redis scheduler at redis://:***@127.0.0.1" in r.stderr
-        assert "Traceback" not in r.stderr and "hush-hush" not in r.stderr + r.stdout
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs", "--scheduler", url], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and "cannot reach the Redis scheduler at redis://:***@127.0.0.1" in r.stderr
+    assert "Traceback" not in r.stderr and "hush-hush" not in r.stderr + r.stdout
+    # A serving worker says so in one line too, then waits for its Redis (until a signal stops it)
+    import signal
+
+    w = subprocess.Popen([sys.executable, "-m", "dcp_worktimes.cli", "--worktime", "echo", "--scheduler", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = w.stderr.readline()
+    w.send_signal(signal.SIGINT)
+    out, rest = w.communicate(timeout=60)
+    assert "cannot reach the Redis scheduler at redis://:***@127.0.0.1" in first and "waiting for it" in first
+    assert w.returncode == 0 and "Traceback" not in rest and "hush-hush" not in first + rest + out
 
 
 def test_an_idle_worker_is_woken_by_work_from_another_machine(redis_url):

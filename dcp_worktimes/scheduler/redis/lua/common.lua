@@ -274,12 +274,47 @@ local function end_lost_feeds(now, limit)
   end
 end
 
+-- Live workers call lease or heartbeat every few seconds (a heartbeat every third of a lease).
+-- A gap longer than QUIET_GAP between two such calls means none could: the server was down or
+-- unreachable. A lease that expired in such a gap was not lost by its worker: it is spared for
+-- SPARE_GRACE seconds after the gap, for its worker (back too) to extend it. Reclaimed at once,
+-- each outage longer than a lease cost every running slice an attempt, and three such outages
+-- failed them (ECRASH, "its worker died") while their workers ran them to the end.
+local QUIET_GAP, SPARE_GRACE = 20, 60
+local function note_activity(now)
+  local last = tonumber(redis.call('GET', P .. 'clock') or '')
+  redis.call('SET', P .. 'clock', D(now))
+  if last and now - last > QUIET_GAP then
+    redis.call('SET', P .. 'quiet', D(last) .. ' ' .. D(now))
+  end
+end
+
+-- The deadlines of expired leases to reclaim now: ranges of the 'leases' zset (the gap's spared).
+local function expired_ranges(now)
+  local q = redis.call('GET', P .. 'quiet')
+  if q then
+    local from, to = string.match(q, '^(%S+) (%S+)$')
+    from, to = tonumber(from), tonumber(to)
+    if from and to and now < to + SPARE_GRACE then
+      return {{'-inf', '(' .. D(from)}, {'(' .. D(to), D(now)}}
+    end
+    redis.call('DEL', P .. 'quiet')
+  end
+  return {{'-inf', D(now)}}
+end
+
 -- Expired leases: their unsettled slices go back to the queue with one more attempt used, or
 -- fail with ECRASH once they were lost max_attempts times. Lost feeds first: a job they cancel
 -- has no leases left to requeue.
 local function reclaim(now, limit)
   end_lost_feeds(now, limit)
-  local lids = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', D(now), 'LIMIT', 0, limit)
+  local lids = {}
+  for _, range in ipairs(expired_ranges(now)) do
+    for _, lid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leases', range[1], range[2], 'LIMIT', 0, limit - #lids)) do
+      lids[#lids + 1] = lid
+    end
+    if #lids >= limit then break end
+  end
   local touched = {}
   for _, lid in ipairs(lids) do
     local h = read_lease(lid)

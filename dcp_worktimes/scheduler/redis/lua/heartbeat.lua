@@ -2,6 +2,7 @@
 -- it no longer holds (expired and reclaimed, settled, or their job stopped).
 local worker, seconds = ARGV[2], tonumber(ARGV[3])
 local now = clock()
+note_activity(now)
 redis.call('ZADD', P .. 'seen', 'XX', D(now), worker)
 local deadline = D(now + seconds)
 local lost = {}

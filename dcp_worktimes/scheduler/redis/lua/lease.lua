@@ -46,6 +46,7 @@ if done then
 end
 
 local now = clock()
+note_activity(now)
 redis.call('HSET', P .. 'workers', worker, info)
 redis.call('ZADD', P .. 'seen', D(now), worker)
 if host ~= '' then redis.call('HSET', P .. 'host:' .. host, worker, pid) end
