@@ -613,6 +613,10 @@ def _scheduler_url(own: str | None) -> str | None:
     return ctx.parent.params.get("scheduler_url") or own
 
 
+#: Characters of a job's status reason that ``dcp-worker jobs`` shows in its table.
+REASON_SHOWN = 200
+
+
 @cli.command("jobs")
 @_SCHEDULER_OPTION
 @click.option("--delete", "delete", multiple=True, metavar="JOB_ID", help="Forget a finished job and its stored data.")
@@ -657,8 +661,11 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
 
     table = Table("worktime", "status", "computed", "failed", "total", "name", box=None)
     table.add_column("id", no_wrap=True, overflow="fold")  # the full id is what compute.resume needs
+    from .runner.bounds import cut
+
     for r in rows:
-        cells = (r["worktime"], r["status"] + (f" ({r['reason']})" if r.get("reason") else ""),
+        # A reason may quote a whole store error: its head in the table (--json has all of it)
+        cells = (r["worktime"], r["status"] + (f" ({cut(str(r['reason']), REASON_SHOWN)})" if r.get("reason") else ""),
                  str(r["computed"]), str(r["failed"]), str(r["total"] if r["total"] is not None else "?"),
                  str((r.get("public") or {}).get("name", "")), r["id"])
         # Job names come from strangers: Text (never markup) with control characters escaped.

@@ -180,6 +180,25 @@ def test_big_datums_come_from_a_file_or_stdin(tmp_path):
     assert json.loads(r.stdout) == {"from": "stdin"}
 
 
+def test_jobs_shows_the_head_of_a_long_reason_and_json_all_of_it(tmp_path):
+    # A submit refused for lack of Redis memory put the whole store error in the status column.
+    from dcp_worktimes.scheduler import open_scheduler
+    from dcp_worktimes.testing_scheduler import make_job
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with open_scheduler(url) as s:
+        s.submit(make_job("j", 3))
+        s.cancel("j", "the store said: " + "x" * 5000)
+    env = {**os.environ, "DCP_SCHEDULER": url}
+    table = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    line = next(line for line in table.stdout.splitlines() if "cancelled" in line)
+    assert "the store said: xxx" in line and "more characters cut]" in line and len(line) < 400, line
+    listed = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs", "--json"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert json.loads(listed.stdout)[0]["reason"].endswith("x" * 5000)
+
+
 def test_jobs_resume_and_delete(tmp_path):
     store = f"sqlite:///{tmp_path / 'jobs.db'}"
     env = {**os.environ, "DCP_SCHEDULER": store}
