@@ -259,6 +259,38 @@ def test_a_stream_outlasting_the_stores_retry_is_fed_when_it_returns(proxy, redi
         stop(worker, signal.SIGKILL)
 
 
+def test_a_worker_that_lost_its_lease_runs_and_counts_no_more_of_it(redis_url):
+    # It ran every slice of a lease reclaimed meanwhile (frozen, cut off) to the end, and counted
+    # them as computed though the store ignored them: "11 computed" for a 10-slice job.
+    from dcp_worktimes.scheduler.worker import Worker
+
+    s = open_scheduler(redis_url)
+    job = make_job("j", 40)
+    job.spec.work = '{"sleep": 0.5}'
+    s.submit(job)
+    # Heartbeats every 0.5 s: it learns of the loss within a slice's time
+    worker = Worker(s, ["echo"], cores=1, lease_seconds=1.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: worker._open >= 4, 60, "the worker to hold its first slices")
+        held = list(worker._inflight)
+        s._link.client.zadd(s._keys.prefix + "leases", dict.fromkeys(held, 0), xx=True)  # as if it froze
+        taken = take(s, "w-other", max_slices=100)  # reclaims them, and takes them and the rest
+        assert len(taken) == 40 - s.status("j")["computed"]
+        time.sleep(3.0)  # its lease's other slices would all have run by now
+        s.report(ok(*taken))
+    finally:
+        stop.set()
+        thread.join(60)
+    mine = sum(r.worker == worker.id for r in s.results("j").values())
+    # At most the slice it was running when it learned: not the rest of the lease
+    assert worker.completed - mine <= 1, (worker.completed, mine)
+    assert s.status("j")["status"] == "complete"
+    s.close()
+
+
 def test_a_worker_killed_mid_slice_loses_nothing_and_duplicates_nothing(redis_url, tmp_path):
     s = open_scheduler(redis_url)
     s.submit(slow_job("j", 300))

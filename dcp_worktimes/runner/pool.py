@@ -415,6 +415,22 @@ class EvaluatorPool:
                 except EvaluatorDied:
                     pass
 
+    def drop(self, job_id: str, tags: set[Any]) -> None:
+        """Drop the queued slices of the blocks of ``job_id`` submitted with one of ``tags`` (they
+        complete with ``ECANCELLED``); running ones go on. A worker whose lease was lost (reclaimed
+        and handed to another) must not run what is left of it: its results would be thrown away."""
+        with self._lock:
+            queue = self._queues.get(job_id)
+            if not queue:
+                return
+            dropped = [t for t in queue if t.tag in tags]
+            if not dropped:
+                return
+            self._queues[job_id] = collections.deque(t for t in queue if t.tag not in tags)
+            self._queued -= sum(len(t) for t in dropped)
+        for task in dropped:
+            self._fail(task, SliceError("the slice's lease was lost (it runs elsewhere)", code=ErrorCode.ECANCELLED))
+
     def release(self, job_id: str, wait: bool = True) -> None:
         """The job is over here: its idle evaluators exit now (a warm pool must not keep a finished
         job's state in memory until its slots are needed), and spares start for the next job.

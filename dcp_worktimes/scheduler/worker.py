@@ -608,9 +608,18 @@ class Worker:
         lost = self.scheduler.heartbeat(self.id, lease_ids, self.lease_seconds) if lease_ids else []
         if not lost:
             return
+        # Those leases are another worker's now, or their job ended: what is left of them is not
+        # run here (it was, to the end, and counted as computed though the store ignored it).
+        by_job: dict[str, set[str]] = {}
         with self._cond:
-            jobs = {self._inflight[lid].lease.job_id for lid in lost if lid in self._inflight}
-        self._drop_finished(jobs)
+            for lid in lost:
+                held = self._inflight.pop(lid, None)
+                if held is not None:
+                    self._open -= held.open
+                    by_job.setdefault(held.lease.job_id, set()).add(lid)
+        for job_id, tags in by_job.items():
+            self._pool.drop(job_id, tags)
+        self._drop_finished(by_job)
 
     def _release_idle(self, running: set[str], now: float) -> None:
         """Release the evaluators of jobs with nothing here for ``RELEASE_AFTER`` s (see there)."""
