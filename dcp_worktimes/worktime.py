@@ -124,7 +124,7 @@ class JobSpec:
             work=d.get("work", ""),
             arguments=list(d.get("arguments") or []),
             modules=_texts(d.get("modules") or {}, "modules", (str, bytes)),
-            files=_files(d.get("files") or {}),
+            files=_texts(d.get("files") or {}, "files", (bytes,)),
             options=dict(d.get("options") or {}),
             limits=Limits.from_dict(d.get("limits")),
         )
@@ -138,8 +138,10 @@ def check_file_names(names: Any) -> None:
     """``ValueError`` unless ``names`` can all be written as files under one folder: relative paths
     without ``..``, no part longer than ``NAME_MAX`` bytes, no name given twice (``a`` and
     ``a/``), none both a file and a folder of another (``a`` and ``a/b``). Checked where a job is
-    made and again before its files are written: a name the disk refuses there was taken for the
-    worker's own fault, and that worker stopped offering the worktime to every job.
+    made and again in the evaluator before ``prepare`` (a job stored by an older deployer): a name
+    the disk refused there was taken for the worker's own fault, and that worker stopped offering
+    the worktime to every job. (Not in ``JobSpec.from_dict``: workers read jobs from the store
+    with it, and such a job must fail its slices, not the worker.)
 
     >>> check_file_names(["data/a.txt", "data/b.txt"])
     >>> check_file_names(["a", "a/b"])
@@ -149,7 +151,7 @@ def check_file_names(names: Any) -> None:
     seen: dict[tuple[str, ...], str] = {}
     for name in names:
         parts = PurePosixPath(name).parts if isinstance(name, str) else ()
-        if not parts or parts[0] == "/" or ".." in parts or "\0" in name:
+        if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\0" in name:
             raise ValueError(f"job file name {name!r} must be a relative path inside the job's folder, "
                              "such as 'data/a.txt' (no '..', no leading '/')")
         long = next((p for p in parts if len(p.encode("utf-8", "surrogatepass")) > NAME_MAX), None)
@@ -176,12 +178,6 @@ def _texts(mapping: Mapping[str, Any], what: str, kinds: tuple[type, ...]) -> di
             raise ValueError(f"job {what}[{name!r}] must be {allowed}, got {type(content).__name__}")
         out[name] = content
     return out
-
-
-def _files(mapping: Mapping[str, Any]) -> dict[str, bytes]:
-    files = _texts(mapping, "files", (bytes,))
-    check_file_names(files)
-    return files
 
 
 def _ignore(kind: str, payload: Any) -> None:

@@ -177,6 +177,34 @@ def test_worker_runs_until_idle_and_stops_evaluators(store):
     assert w.id not in {info.id for info in s.workers()}  # it said goodbye
 
 
+def test_a_stored_job_whose_file_names_no_disk_takes_fails_its_slices_not_the_worker(store):
+    # Stored by a deployer that did not check the names: a check while reading the job from the
+    # store would have raised in every worker that leased it.
+    url, s = store
+    bad = make_job("bad", 3)
+    bad.spec.files = {"a": b"x", "a/b": b"y"}
+    s.submit(bad)
+    s.submit(make_job("good", 3))
+    w = Worker(s, ["echo"], cores=1)
+    w.run(until_idle=True)
+    st = s.status("bad")  # bad work stops its job once, with the reason
+    assert st["status"] == "cancelled" and "EBADWORK" in st["reason"] and "cannot be both a file and a folder" \
+        in st["reason"], st
+    assert s.status("good")["status"] == "complete"
+
+
+def test_outcomes_of_a_lease_dropped_here_count_for_nothing(store):
+    # The slices of a lost lease, dropped unrun, came back with no wall time: they pulled the
+    # worker's slice-time estimate towards zero, and its next leases were far too big.
+    from dcp_worktimes.errors import SliceError
+    from dcp_worktimes.runner.pool import Outcome
+
+    url, s = store
+    w = Worker(s, ["echo"], cores=1)
+    w._on_outcome(Outcome.failure("j", "a-lease-no-longer-held", [1, 2, 3], SliceError("lost", code="ECANCELLED")))
+    assert w._wall_n == 0 and w._outcomes == [] and w._waiting == 0
+
+
 def test_an_idle_workers_next_lease_is_not_sized_by_its_last_jobs_slices(store):
     # Its mean slice time was over its whole life: after a job of trivial slices, its first lease
     # of a job of slow ones took every slice, and the other workers of the fleet sat idle.

@@ -27,7 +27,6 @@ import argparse
 import importlib
 import os
 import queue
-import errno
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from ..errors import ErrorCode, SliceError, WorkError
 from ..limits import Limits, exceeded
 from ..values import (MAX_DEPTH, SCALARS, UnserializableValue, allow_depth, as_unserializable, check_decodes,
                       allow_big_ints, check_keys, pack, packer, unpack, unpack_all_packed, unpacker)
-from ..worktime import Block, JobSpec, SliceContext, Worktime
+from ..worktime import Block, JobSpec, SliceContext, Worktime, check_file_names
 from . import isolation
 from .heartbeat import Heartbeat
 from .bounds import MESSAGE_CAP, bound_error, cut
@@ -316,6 +315,7 @@ class Evaluator:
             if self.job is not None:
                 self.worktime.release()
             self.job = JobSpec.from_dict(job_dict)
+            check_file_names(self.job.files)  # a ValueError: EBADWORK below
             self.worktime.config = config
             type(self.worktime).validate(self.job)
             self.worktime.prepare(self.job)
@@ -326,12 +326,7 @@ class Evaluator:
             error = SliceError(e.message, code=e.code, worker_fault=fault).to_dict()
             self.out.send({"t": "prepare_error", "error": bound_error(error, job_output(self.job))})
             return
-        except OSError as e:  # the worker's disk, cache or engine install, not the work ...
-            if e.errno in _JOB_PATH_ERRORS:  # ... unless it refused a name of the job's (a worker blaming
-                # itself stops offering the worktime: one such job would turn every worker away)
-                err = host_failure(e, "the job's files could not be written", code=ErrorCode.EBADWORK)
-                self.out.send({"t": "prepare_error", "error": bound_error(err.to_dict(), job_output(self.job))})
-                return
+        except OSError as e:  # the worker's disk, cache or engine install, not the work
             err = host_failure(e, "the worker could not prepare the job", code=ErrorCode.ENOWORKTIME, worker_fault=True)
             self.out.send({"t": "prepare_error", "error": err.to_dict()})
             return
@@ -428,11 +423,6 @@ class Evaluator:
 def job_output(job: JobSpec | None) -> int | None:
     """The job's per-slice byte budget (its output limit), ``None`` when unlimited or unknown."""
     return job.limits.output if job is not None else None
-
-
-#: What a file system says of a name it cannot take: the job's names, not the worker's disk.
-_JOB_PATH_ERRORS = frozenset({errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL,
-                              errno.EILSEQ})
 
 
 class RunBlock(Block):

@@ -240,6 +240,10 @@ class Worker:
     # -- callbacks from pool threads ------------------------------------------------------------
     def _on_outcome(self, outcome: Any) -> None:
         with self._cond:
+            if outcome.tag not in self._inflight:
+                # A lease dropped here (lost, or its job ended): nothing to report, and its dropped
+                # slices' zero walls must not pull the slice-time estimate down (leases too big).
+                return
             self._outcomes.append(outcome)
             self._wall_sum += sum(outcome.walls)
             self._wall_n += len(outcome)
