@@ -491,3 +491,28 @@ def test_a_slow_generators_inputs_run_as_they_come():
     job.on("result", lambda ev: state.setdefault("first", state["done"]))
     assert job.exec(progress=False, timeout=120) == list(range(8))
     assert state["first"] is False, "no result came before the generator ended"
+
+
+def test_a_datum_before_a_long_pause_of_its_generator_is_not_held_back():
+    # A datum waited in its batch until the generator's next one came: a burst, then a pause, and
+    # the burst waited out the pause (a generator that waits for a result never got one).
+    results: dict = {}
+    answered = threading.Event()
+    waited: list[bool] = []
+
+    def inputs():
+        yield 1
+        yield 2
+        waited.append(answered.wait(15))  # yields its last input once the first results are back
+        yield 3
+
+    job = compute.for_(inputs(), "", worktime="echo")
+
+    def on_result(ev):
+        results[ev.sliceNumber] = ev.result
+        if len(results) >= 2:
+            answered.set()
+
+    job.on("result", on_result)
+    assert job.exec(progress=False, timeout=120) == [1, 2, 3]
+    assert waited == [True], "the first inputs did not run until the generator gave up waiting"

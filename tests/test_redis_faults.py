@@ -230,19 +230,22 @@ def test_a_stream_outlasting_the_stores_retry_is_fed_when_it_returns(proxy, redi
 
     worker = start_worker(redis_url, tmp_path, "--worktime", "echo", "--cores", "1")
     box: dict = {}
+    accepted = threading.Event()
 
     def inputs():
         for i in range(40):
             if i == 10:
-                proxy.cut()  # the deployer alone loses the store, for longer than its retry
+                accepted.wait(30)  # the job is stored: then the deployer alone loses the store,
+                proxy.cut()  # for longer than its retry
                 threading.Timer(4.0, proxy.heal).start()
             time.sleep(0.05)
             yield i
 
     def deploy() -> None:
         try:
-            box["results"] = list(compute.for_(inputs(), "", worktime="echo",
-                                               scheduler=via(proxy, redis_url) + "&retry=1s").exec(local=False))
+            job = compute.for_(inputs(), "", worktime="echo", scheduler=via(proxy, redis_url) + "&retry=1s")
+            job.on("accepted", lambda ev: accepted.set())
+            box["results"] = list(job.exec(local=False))
         except BaseException as e:  # noqa: BLE001
             box["error"] = e
 

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
 #: Datums per ``add_slices`` call for stream inputs ...
 STREAM_BATCH = 1000
-#: ... or fewer: those a generator gave within this many seconds (a slow generator's datums are
-#: sent as they come, and its job is deployed with its first datum, not its thousandth).
+#: ... or fewer: no datum waits longer than this for the rest of its batch (a slow generator's
+#: datums are sent as they come, and its job is deployed with its first datum, not its thousandth).
 STREAM_BATCH_SECONDS = 0.5
 #: Longest wait between two tries to store a stream's datums while the store fails (the calls
 #: themselves ride out a short outage first: a Redis URL's ``retry``).
@@ -238,6 +238,7 @@ class Feeder:
                 pass
         finally:
             self.fed.set()
+            self.stream.close()  # a thread still reading the source stops at its next datum
 
     def wait(self) -> None:
         """Until every datum is stored (or feeding failed: ``error``)."""
@@ -249,6 +250,7 @@ class Feeder:
         generator may be stuck in an item for long after this)."""
         self.stop.set()
         self.fed.set()
+        self.stream.close()
         if self.thread is not None and self.thread.is_alive():
             self.thread.join(10)
 

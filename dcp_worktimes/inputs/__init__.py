@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import queue
 import reprlib
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -91,6 +93,12 @@ class StreamInput:
         self.seen: list[Any] | None = [] if remember else None
         self.consumed = 0
         self.exhausted = iterable is None
+        self._pump: _Pump | None = None
+
+    def close(self) -> None:
+        """Nothing more will be read (the job ended): a thread reading the source stops at its next datum."""
+        if self._pump is not None:
+            self._pump.closed.set()
 
     @property
     def size(self) -> int:
@@ -115,15 +123,17 @@ class StreamInput:
 
     def batches(self, size: int = 1000, seconds: float | None = None) -> Iterator[list[tuple[int, Any]]]:
         """Yield ``[(slice_number, datum), ...]`` batches, pulling from the source lazily: up to
-        ``size`` datums, and (``seconds``) no more than arrive within that long of the batch's
-        start, so the datums of a slow generator (a minute per item) go out as they come instead
-        of waiting for ``size`` of them."""
+        ``size`` datums, and (``seconds``) none that waited longer than that since it came: the
+        source is then read on a thread of its own (``_Pump``), so a datum of a slow or bursty
+        generator goes out at most ``seconds`` after it came, whenever the next one comes."""
         if self._source is None:
             return
         if self._iter is None:
             self._iter = iter(self._source)
+        if seconds is not None and self._pump is None:
+            self._pump = _Pump(self._iter, size)
         while True:
-            raw = list(itertools.islice(self._iter, size)) if seconds is None else _take(self._iter, size, seconds)
+            raw = list(itertools.islice(self._iter, size)) if self._pump is None else self._pump.take(size, seconds or 0.0)
             try:
                 chunk = [plain(v) for v in raw]
             except (TypeError, ValueError) as e:  # UnserializableValue (a bad dict key), too deep: say which input
@@ -146,16 +156,63 @@ class StreamInput:
         return f"StreamInput({self._source!r})"
 
 
-def _take(items: Iterator[Any], size: int, seconds: float) -> list[Any]:
-    """Up to ``size`` of ``items``, and none after ``seconds`` have passed since this call (the
-    wait for the first counts: a slow item is sent as soon as it comes)."""
-    out: list[Any] = []
-    deadline = time.monotonic() + seconds
-    for item in items:
-        out.append(item)
-        if len(out) >= size or time.monotonic() >= deadline:
-            break
-    return out
+class _Pump:
+    """A stream's source read on a thread of its own into a bounded queue: the feeder takes what
+    came within ``seconds`` of a batch's first datum without waiting for the next one (which a
+    generator may yield a minute later, or only once an earlier result is back)."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], size: int) -> None:
+        self.queue: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=max(1, size))
+        self.closed = threading.Event()
+        self.error: BaseException | None = None  # the source raised: after the datums it gave before
+        self.done = False
+        threading.Thread(target=self._run, args=(items,), name="dcp-stream-reader", daemon=True).start()
+
+    def _run(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put((True, item)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - the feeder raises it, in order
+            self._put((False, e))
+            return
+        self._put((False, self._END))
+
+    def _put(self, entry: tuple[bool, Any]) -> bool:
+        while not self.closed.is_set():
+            try:
+                self.queue.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def take(self, size: int, seconds: float) -> list[Any]:
+        """Up to ``size`` datums: waits for the first as long as it takes, then no more than
+        ``seconds`` for the rest; ``[]`` at the end; the source's error once its datums are out."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        out: list[Any] = []
+        deadline = None
+        while not self.done and len(out) < size:
+            try:
+                ok, item = self.queue.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if not ok:
+                self.done = True
+                if item is not self._END:
+                    if not out:
+                        raise item
+                    self.error = item
+                break
+            out.append(item)
+            if deadline is None:
+                deadline = time.monotonic() + seconds
+        return out
 
 
 _RANGE_KEYS = frozenset({"start", "end", "step", "group"})
