@@ -400,7 +400,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
         # (A store whose folder does not exist is refused by open_scheduler, saying so.)
         click.echo(f"dcp-worker: no job store at {_store_path(scheduler_url)} yet; creating an empty one (deployers must use the same "
                    "--scheduler / DCP_SCHEDULER)", err=True)
-    scheduler = _open_to_serve(scheduler_url, say=not helper)
+    scheduler = _open_to_serve(scheduler_url, say=not helper, wait=not until_idle)
     if scheduler is None:
         return
     split = [cores or os.cpu_count() or 1] if helper else processes.shares(cores or os.cpu_count() or 1)
@@ -741,17 +741,21 @@ _BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": F
 START_RETRY_MAX = 30.0
 
 
-def _open_to_serve(url: str | None, say: bool = True) -> Any:
-    """The store a serving worker takes its jobs from, waited for while it cannot be reached
-    (``StoreUnavailable``: Redis not started yet or restarting, a locked SQLite file): a fleet's
-    workers may start before their Redis does, and a worker that gives up at once would then need
-    someone to restart it. Tries again at 1 s doubling to ``START_RETRY_MAX``, saying so once and
-    when the store answers. Errors that waiting cannot mend (bad credentials, a wrong URL, not a
-    store) end the worker at once. Returns ``None`` when a stop signal came meanwhile."""
+def _open_to_serve(url: str | None, say: bool = True, wait: bool = True) -> Any:
+    """The store a serving worker takes its jobs from, waited for while its Redis cannot be
+    reached (not started yet, restarting): a fleet's workers may start before their Redis does,
+    and a worker that gives up at once would then need someone to restart it. Tries again at 1 s
+    doubling to ``START_RETRY_MAX``, saying so once and when the store answers. Anything else
+    (bad credentials, a wrong URL, a SQLite file that is read-only or on a full disk), and
+    anything with ``wait=False`` (``--until-idle``: a script wants its answer), ends the worker at
+    once. Returns ``None`` when a stop signal came meanwhile."""
     from .scheduler import open_scheduler
-    from .scheduler.base import StoreUnavailable
+    from .scheduler.base import StoreUnavailable, default_url
+    from .scheduler.urls import parse_url
 
-    stop, wait, since = threading.Event(), 1.0, None
+    if not wait or parse_url(url or default_url())[0] != "redis":
+        return open_scheduler(url)
+    stop, pause, since = threading.Event(), 1.0, None
     with processes.stopped_by(stop, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         while True:
             try:
@@ -766,11 +770,11 @@ def _open_to_serve(url: str | None, say: bool = True) -> Any:
                 if since is not None and say:
                     click.echo(f"dcp-worker: the store answers now (after {time.monotonic() - since:.0f} s)", err=True)
                 return scheduler
-            if stop.wait(wait):
+            if stop.wait(pause):
                 if say:
                     click.echo("dcp-worker: stopped before the store could be reached", err=True)
                 return None
-            wait = min(wait * 2, START_RETRY_MAX)
+            pause = min(pause * 2, START_RETRY_MAX)
 
 
 def _on_stop_signal(again: bool, signum: int) -> None:

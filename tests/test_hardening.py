@@ -95,6 +95,7 @@ def test_redact_drops_traceback_frames_and_host_folders():
               "    ~~~~~~~~^^^\n"
               "SystemExit: 4\n")
     assert redact(marked) == "SystemExit: 4"
+    assert redact("results:\n~~~~~~~~\n42") == "results:\n~~~~~~~~\n42"  # markers only under a frame's source
 
 
 # -- one depth limit for values, the same everywhere ----------------------------------------------

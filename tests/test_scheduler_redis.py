@@ -264,10 +264,12 @@ def test_dcp_worker_with_an_unreachable_redis_says_so_in_one_line():
 
     require_redis()
     url = f"redis://:hush-hush@127.0.0.1:{free_port()}/0"
-    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "jobs", "--scheduler", url], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode != 0 and "cannot reach the Redis scheduler at redis://:***@127.0.0.1" in r.stderr
-    assert "Traceback" not in r.stderr and "hush-hush" not in r.stderr + r.stdout
+    # Commands that want an answer now: listing jobs, and a worker run --until-idle (a script's)
+    for args in (["jobs", "--scheduler", url], ["--worktime", "echo", "--until-idle", "--scheduler", url]):
+        r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0 and "cannot reach the Redis scheduler at redis://:***@127.0.0.1" in r.stderr
+        assert "Traceback" not in r.stderr and "hush-hush" not in r.stderr + r.stdout
     # A serving worker says so in one line too, then waits for its Redis (until a signal stops it)
     import signal
 

@@ -53,17 +53,20 @@ def redact(text: str) -> str:
     """``text`` without Python traceback frames and with host folders replaced by ``<host>``."""
     lines = text.splitlines()
     out: list[str] = []
-    skip_source = False
+    skip_source = skip_markers = False
     for line in lines:
         if line.startswith("Traceback (most recent call last)") or line.strip().startswith("During handling of"):
             continue
         if _FRAME.match(line):
             skip_source = True  # the next, more indented line is the frame's source text
             continue
-        if skip_source and line.startswith("    ") or _MARKERS.match(line):
-            skip_source = False
+        if skip_source and line.startswith("    "):
+            skip_source, skip_markers = False, True  # and the line after it may mark part of it
             continue
-        skip_source = False
+        if skip_markers and _MARKERS.match(line):
+            skip_markers = False
+            continue
+        skip_source = skip_markers = False
         out.append(line)
     text = "\n".join(out)
     for prefix in _prefixes():

@@ -15,7 +15,7 @@ Per group:
 * ``wake`` STREAM (capped): an entry whenever a job has new slices to hand out; idle workers block
   on it (``XREAD BLOCK``) instead of polling.
 * ``leases`` ZSET lease id -> deadline (server clock): expiry is ``ZRANGEBYSCORE -inf now``.
-* ``clock`` STRING the server time of the last lease, heartbeat or report call; ``quiet`` STRING
+* ``clock`` STRING the server time of the last lease or heartbeat call; ``quiet`` STRING
   ``"<from> <to>"``, the last gap of over ``QUIET_GAP`` s between two of them (the server down, or
   no client reaching it): leases that expired in it are spared for a while (common.lua ``reclaim``).
 * ``feeds`` ZSET job id -> feed deadline (server clock) of a stream job whose deployer is still

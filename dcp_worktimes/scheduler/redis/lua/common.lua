@@ -279,7 +279,9 @@ end
 -- unreachable. A lease that expired in such a gap was not lost by its worker: it is spared for
 -- SPARE_GRACE seconds after the gap, for its worker (back too) to extend it. Reclaimed at once,
 -- each outage longer than a lease cost every running slice an attempt, and three such outages
--- failed them (ECRASH, "its worker died") while their workers ran them to the end.
+-- failed them (ECRASH, "its worker died") while their workers ran them to the end. The price:
+-- a group whose only worker died, or whose workers heartbeat less often than QUIET_GAP (leases
+-- of over 60 s), sees its expired leases handed out SPARE_GRACE seconds later.
 local QUIET_GAP, SPARE_GRACE = 20, 60
 local function note_activity(now)
   local last = tonumber(redis.call('GET', P .. 'clock') or '')
