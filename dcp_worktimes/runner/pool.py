@@ -420,13 +420,13 @@ class EvaluatorPool:
         complete with ``ECANCELLED``); running ones go on. A worker whose lease was lost (reclaimed
         and handed to another) must not run what is left of it: its results would be thrown away."""
         with self._lock:
-            queue = self._queues.get(job_id)
-            if not queue:
+            queued = self._queues.get(job_id)
+            if not queued:
                 return
-            dropped = [t for t in queue if t.tag in tags]
+            dropped = [t for t in queued if t.tag in tags]
             if not dropped:
                 return
-            self._queues[job_id] = collections.deque(t for t in queue if t.tag not in tags)
+            self._queues[job_id] = collections.deque(t for t in queued if t.tag not in tags)
             self._queued -= sum(len(t) for t in dropped)
         for task in dropped:
             self._fail(task, SliceError("the slice's lease was lost (it runs elsewhere)", code=ErrorCode.ECANCELLED))
