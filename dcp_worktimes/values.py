@@ -142,7 +142,8 @@ def pack(value: Any) -> bytes:
 
 
 def as_unserializable(e: Exception) -> UnserializableValue:
-    if "recursion limit" in str(e):  # msgpack's nesting limit (MAX_DEPTH)
+    # msgpack's nesting limit (MAX_DEPTH), or Python's own while reading nested text (json)
+    if isinstance(e, RecursionError) or "recursion limit" in str(e):
         return UnserializableValue(_TOO_DEEP)
     return UnserializableValue(f"value cannot cross the sandbox boundary: {e}")
 
@@ -156,10 +157,13 @@ def unpack(data: bytes, unicode_errors: str = TEXT_ERRORS) -> Any:
     except msgpack.StackError:
         raise UnserializableValue(_TOO_DEEP) from None
     except TypeError as e:
-        if "unhashable" not in str(e):
-            raise
-        # "unhashable type: 'list'": a map key packed as an array (a tuple key)
-        raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
+        raise _bad_key(e) from None
+
+
+def _bad_key(e: TypeError) -> Exception:
+    """What to raise for msgpack's ``TypeError`` while decoding: "unhashable type: 'list'" is a map
+    key packed as an array (a tuple key, see ``check_keys``); anything else is raised as it is."""
+    return UnserializableValue(f"{_BAD_KEY} ({e})") if "unhashable" in str(e) else e
 
 
 #: Values that cannot hold a dict, so neither a key no decoder can make (``check_keys``).
@@ -176,9 +180,7 @@ def check_keys(data: bytes) -> None:
     except msgpack.StackError:
         pass
     except TypeError as e:
-        if "unhashable" not in str(e):
-            raise
-        raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
+        raise _bad_key(e) from None
 
 
 def pack_checked(value: Any) -> bytes:
@@ -227,8 +229,8 @@ def unpack_frame(data: bytes, unicode_errors: str = TEXT_ERRORS, *, frames_at: i
                  for i in range(unp.read_array_header())]
     except msgpack.StackError:
         raise UnserializableValue(_TOO_DEEP) from None
-    except TypeError as e:  # "unhashable type: 'list'": a tuple key, stored before results were checked
-        raise UnserializableValue(f"{_BAD_KEY} ({e})") from None
+    except TypeError as e:  # a tuple key, stored before results were checked
+        raise _bad_key(e) from None
     except msgpack.OutOfData:
         raise ValueError("a truncated frame") from None
     if unp.tell() != len(data):

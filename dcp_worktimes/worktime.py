@@ -502,6 +502,10 @@ class Worktime(ABC):
     #: ``True``: ``execute`` receives each datum as its msgpack bytes (``dcp_worktimes.values``)
     #: instead of the decoded value, for engines that hand it on packed (no decode + re-encode).
     packed_datums: ClassVar[bool] = False
+    #: ``True``: ``execute`` returns values decoded from an engine's own encoding (JSON, msgpack),
+    #: whose dict keys are always ones a decoder can make: the host then does not decode each
+    #: result again to look for a tuple key (``values.check_keys``), as it does for Python-made ones.
+    decoded_results: ClassVar[bool] = False
     #: The version range a job that names none asks for (DCP: map-basic jobs get ``^1.0.0``).
     default_range: ClassVar[str | None] = None
     #: Kinds of deployer work that default to this worktime when the job names none: file

@@ -240,6 +240,8 @@ class Evaluator:
         self.block_engine = cls.execute_block is not Worktime.execute_block
         #: The worktime takes each datum's msgpack bytes, not the decoded value.
         self.packed_datums = cls.packed_datums
+        #: Results are Python-made: their dicts may have tuple keys (``Worktime.decoded_results``).
+        self.python_results = not cls.decoded_results
         self.lockdown: dict | None = None  # what lockdown.apply did (once, after the first prepare)
         worktime.stop_process = self._stop
 
@@ -252,7 +254,7 @@ class Evaluator:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
         try:
             data = self._packer.pack(value)
-            if type(value) not in SCALARS:  # a worktime's dict may have a tuple key (check_keys)
+            if self.python_results and type(value) not in SCALARS:
                 check_keys(data)
             return data
         except UnserializableValue:

@@ -32,6 +32,7 @@ class MapBasic(Worktime):
 
     name = "map-basic"
     version = "1.0.0"
+    decoded_results = True  # from JSON or msgpack: no tuple keys (Worktime.decoded_results)
     # "engine" is the namespace of DCP's requirements examples ({engine: {es7: true, spidermonkey: false}});
     # the probe adds the engine that runs here (v8 or quickjs).
     capabilities = {"javascript": {"es2023": True, "async": True, "require": True},

@@ -44,6 +44,7 @@ class PythonWorktime(Worktime):
 
     name = "python"
     version = "1.0.0"
+    decoded_results = True  # from JSON or msgpack: no tuple keys (Worktime.decoded_results)
     #: What every machine with the runtime has; ``probe`` adds the version and the packages.
     capabilities = {"python": {"wasi": True, "numpy": True}}
     # "prepare": loading the work is bounded here (the job's wall time, the store's memory limit);

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...errors import ErrorCode, SliceError, WorkError
-from ...values import MAX_DEPTH, MAX_INT_DIGITS, UnserializableValue, pack, unpack
+from ...values import MAX_INT_DIGITS, UnserializableValue, as_unserializable, pack, unpack
 
 #: Accepted spellings of each content type.
 CONTENT_TYPES = {
@@ -86,7 +86,7 @@ def why(e: BaseException) -> str:
         return (f"an integer has more than {MAX_INT_DIGITS} decimal digits, the most JSON text may carry here; use "
                 "content_type msgpack, which carries integers of any size")
     if isinstance(e, RecursionError):
-        return f"the value is nested more than {MAX_DEPTH} levels deep"
+        return str(as_unserializable(e))
     return str(e)
 
 

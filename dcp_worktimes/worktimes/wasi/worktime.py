@@ -90,6 +90,7 @@ class WasiWorktime(Worktime):
 
     name = "wasi"
     version = "1.0.0"
+    decoded_results = True  # from JSON or msgpack: no tuple keys (Worktime.decoded_results)
     description = "WebAssembly/WASI command modules on wasmtime: datum on stdin, result on stdout"
     # Nested booleans, as the scheduler's requirement matching expects.
     capabilities = {
