@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -131,6 +132,24 @@ def err(*slices: Slice, code: str = "EUNCAUGHT", **extra: Any) -> list[Report]:
 def back(*slices: Slice) -> list[Lease]:
     """The leases of these slices, restricted to them (to give back with ``return_slices``)."""
     return [group[0].lease.part(sl.index for sl in group) for group in _by_lease(slices).values()]
+
+
+@contextmanager
+def serving(worker: Any, timeout: float = 60.0) -> Iterator[threading.Thread]:
+    """``worker.run`` on a thread of its own for the ``with`` block, then stopped and joined (for
+    up to ``timeout`` s)::
+
+        with serving(Worker(s, ["echo"], cores=1)) as thread:
+            s.submit(make_job("j", 10))
+    """
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout)
 
 
 def take(s: Scheduler, worker: str = "w1", worktimes: dict | None = None, caps: dict | None = None,

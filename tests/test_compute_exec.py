@@ -16,6 +16,7 @@ import pytest
 from dcp_worktimes import compute
 from dcp_worktimes.errors import ErrorCode
 from dcp_worktimes.scheduler import open_scheduler
+from dcp_worktimes.testing_scheduler import serving
 
 
 @contextlib.contextmanager
@@ -23,15 +24,8 @@ def attached_worker(store, worktimes):
     """A worker serving ``worktimes`` from the store on a thread of this process, for the block."""
     from dcp_worktimes.scheduler.worker import Worker
 
-    stop = threading.Event()
-    with open_scheduler(store) as s:
-        thread = threading.Thread(target=Worker(s, worktimes, cores=1).run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            yield s
-        finally:
-            stop.set()
-            thread.join(30)
+    with open_scheduler(store) as s, serving(Worker(s, worktimes, cores=1), timeout=30):
+        yield s
 
 
 def echo(inputs, actions=None, *args, **settings):

@@ -19,7 +19,7 @@ pytest.importorskip("redis", reason="the redis client is not installed (pip inst
 
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.scheduler.redis.server import RedisServer
-from dcp_worktimes.testing_scheduler import drain, make_job, ok, take
+from dcp_worktimes.testing_scheduler import drain, make_job, ok, serving, take
 from dcp_worktimes.values import unpack
 
 from .redis_fixtures import PASSWORD, require_redis
@@ -273,10 +273,7 @@ def test_a_worker_that_lost_its_lease_runs_and_counts_no_more_of_it(redis_url):
     s.submit(job)
     # Heartbeats every 0.5 s: it learns of the loss within a slice's time
     worker = Worker(s, ["echo"], cores=1, lease_seconds=1.5)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with serving(worker):
         wait_for(lambda: worker._open >= 4, 60, "the worker to hold its first slices")
         held = list(worker._inflight)
         s._link.client.zadd(s._keys.prefix + "leases", dict.fromkeys(held, 0), xx=True)  # as if it froze
@@ -284,9 +281,6 @@ def test_a_worker_that_lost_its_lease_runs_and_counts_no_more_of_it(redis_url):
         assert len(taken) == 40 - s.status("j")["computed"]
         time.sleep(3.0)  # its lease's other slices would all have run by now
         s.report(ok(*taken))
-    finally:
-        stop.set()
-        thread.join(60)
     mine = sum(r.worker == worker.id for r in s.results("j").values())
     # At most the slice it was running when it learned: not the rest of the lease
     assert worker.completed - mine <= 1, (worker.completed, mine)

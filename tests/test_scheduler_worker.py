@@ -18,7 +18,7 @@ from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.scheduler.local import run_local
 from dcp_worktimes.scheduler import worker as worker_module
 from dcp_worktimes.scheduler.worker import Worker
-from dcp_worktimes.testing_scheduler import make_job
+from dcp_worktimes.testing_scheduler import make_job, serving
 from dcp_worktimes.values import unpack
 
 pytest.importorskip("dcp_worktime_echo")
@@ -209,11 +209,8 @@ def test_an_idle_workers_next_lease_is_not_sized_by_its_last_jobs_slices(store):
     # Its mean slice time was over its whole life: after a job of trivial slices, its first lease
     # of a job of slow ones took every slice, and the other workers of the fleet sat idle.
     url, s = store
-    stop = threading.Event()
-    first = Worker(s, ["echo"], cores=1)
-    threads = [threading.Thread(target=first.run, args=(stop,), daemon=True)]
-    threads[0].start()
-    try:
+    first, second = Worker(s, ["echo"], cores=1), Worker(s, ["echo"], cores=1)
+    with serving(first):
         s.submit(make_job("fast", 2000))
         deadline = time.monotonic() + 120
         while s.status("fast")["status"] != "complete" and time.monotonic() < deadline:
@@ -227,14 +224,8 @@ def test_an_idle_workers_next_lease_is_not_sized_by_its_last_jobs_slices(store):
         while not s.status("slow")["distributed"] and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.2)  # the first worker has taken what it takes
-        second = Worker(s, ["echo"], cores=1)
-        threads.append(threading.Thread(target=second.run, args=(stop,), daemon=True))
-        threads[1].start()
-        follow(s, "slow")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
+        with serving(second):
+            follow(s, "slow")
     assert {r.worker for r in s.results("slow").values()} == {first.id, second.id}
 
 
@@ -244,10 +235,7 @@ def test_an_idle_worker_lets_a_finished_jobs_evaluators_go_and_keeps_spares(stor
     url, s = store
     s.submit(make_job("first", 4))
     w = Worker(s, ["echo"], cores=1, poll_interval=0.05, idle_poll_interval=0.1)
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    t.start()
-    try:
+    with serving(w):
         follow(s, "first")
         slot = w._pool._slots[0]
         first_pid = slot.proc.pid
@@ -262,9 +250,6 @@ def test_an_idle_worker_lets_a_finished_jobs_evaluators_go_and_keeps_spares(stor
         follow(s, "second")
         assert {n: unpack(r.value) for n, r in s.results("second").items()} == {0: 0, 1: 1, 2: 2, 3: 3}
         assert slot.proc.pid == spare_pid  # it ran in the spare
-    finally:
-        stop.set()
-        t.join(30)
 
 
 def test_worker_stops_a_cancelled_jobs_slices_within_seconds(store):
@@ -274,10 +259,7 @@ def test_worker_stops_a_cancelled_jobs_slices_within_seconds(store):
     job.spec.work = json.dumps({"sleep": 60})
     s.submit(job)
     w = Worker(s, ["echo"], cores=2, lease_seconds=30.0)
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    t.start()
-    try:
+    with serving(w, timeout=30) as t:
         deadline = time.monotonic() + 30
         while not any(slot.busy for slot in (w._pool._slots if w._pool else [])):
             assert time.monotonic() < deadline, "the worker never started the slow slices"
@@ -287,9 +269,6 @@ def test_worker_stops_a_cancelled_jobs_slices_within_seconds(store):
         while w._inflight or any(slot.busy for slot in w._pool._slots):
             assert time.monotonic() - cancelled < 5, "the cancelled job's slices kept running"
             time.sleep(0.05)
-    finally:
-        stop.set()
-        t.join(30)
     assert not t.is_alive() and w.error is None
     assert w.completed == 0 and s.status("slow")["status"] == "cancelled"
 
