@@ -38,7 +38,9 @@ def healthy(pool) -> bool:
 
 class Blenders:
     """Watches this test process's descendants while a slice runs: every blender/bwrap that
-    appears (those alive before, such as other pools' evaluators, are not this test's)."""
+    appears (those alive before, such as other pools' evaluators, are not this test's). A pid is
+    looked at again on every pass: bwrap forks the child that then execs Blender, so a pid first
+    seen as "bwrap" may be Blender a moment later."""
 
     def __init__(self) -> None:
         self.seen: dict[int, tuple[psutil.Process, str]] = {}
@@ -58,8 +60,10 @@ class Blenders:
         while not self._stop.is_set():
             for p in psutil.Process().children(recursive=True):
                 try:
-                    if p.pid not in self._before and p.pid not in self.seen and p.name() in ("blender", "bwrap"):
-                        self.seen[p.pid] = (p, p.name())
+                    if p.pid not in self._before and p.name() in ("blender", "bwrap"):
+                        known = self.seen.get(p.pid)
+                        if known is None or known[0].create_time() == p.create_time():  # not a reused pid
+                            self.seen[p.pid] = (known[0] if known else p, p.name())
                 except psutil.Error:
                     pass
             time.sleep(0.05)
