@@ -488,9 +488,11 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
 
     config = _worktime_config(limits).get(worktime, {})
     limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
-    probe = get_worktime(worktime).probe(config)
+    reg = get_worktime(worktime)
+    probe = reg.probe(config)
     if not probe.available:
         raise DcpError(f"worktime {worktime} cannot run on this machine: {probe.unavailable}", code="ENOWORKTIME")
+    note = reg.cold_start()
     mods: dict[str, str | bytes] = {}
     for m in modules:
         name, sep, path = m.partition("=")
@@ -514,7 +516,10 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
         elif kind == "emit":
             click.echo(f"[emit {payload['name']}] {json.dumps(_to_json(payload['value']))}", err=True)
 
-    out = run_slice(job, _parse_json(datum, "--datum"), on_event, config=config)
+    value = _parse_json(datum, "--datum")
+    if note:  # said once every argument is read: a bad one fails at once, not after the wait
+        click.echo(f"dcp-worker: {worktime}: {note}", err=True)
+    out = run_slice(job, value, on_event, config=config)
     result = out.value if out.ok else None
     if out.ok and output_file is not None:  # not "output": that is --output-limit's (limit_options)
         result = _write_output(result, output_file)

@@ -101,6 +101,15 @@ class Registration:
             except _ProbeRaised as e:
                 return e.probe
 
+    def cold_start(self) -> str | None:
+        """``cls.cold_start()``: what a first job here will spend long on, or ``None`` (also when
+        a third-party worktime's method raises or returns no text: the note is a courtesy)."""
+        try:
+            note = self.cls.cold_start()
+        except Exception:  # noqa: BLE001 - never worth failing a command over
+            return None
+        return note.strip() or None if isinstance(note, str) else None
+
     def describe(self, config: Mapping[str, Any] | None = None) -> dict:
         d = self.cls.describe(self.probe(config))
         d["provider"] = self.provider

@@ -106,6 +106,10 @@ class WorkerLog(WorkerEvents):
                   f"scheduler {scheduler_url}", always=True)
         for name, why in worker.unavailable.items():
             self.line(f"not offering {name}: {why}", always=True)
+        for name in worker.worktimes:
+            note = worker.registrations[name].cold_start()
+            if note:
+                self.line(f"{name}: its first job will wait: {note}", always=True)
         # The package's own warnings (a store failing, a helper process restarted) become lines of
         # this log, with the time, instead of bare lines from logging's last-resort handler.
         self._handler = _LogLines(self)

@@ -683,6 +683,24 @@ class Worktime(ABC):
         """
 
     @classmethod
+    def cold_start(cls) -> str | None:
+        """What this worktime's first job on this machine will spend a long time on, said before it
+        starts (so nobody waits in silence), or ``None`` when nothing long is ahead: the default.
+
+        ``dcp-worker``, ``dcp-worker slice`` and ``exec()`` print it. It must be cheap (a file's
+        presence, not a compile) and must not raise.
+
+        Example::
+
+            @classmethod
+            def cold_start(cls):
+                if not cached_engine_path().exists():
+                    return "compiling the engine once on this machine (~1 min; `dcp-worker warmup` does it ahead)"
+                return None
+        """
+        return None
+
+    @classmethod
     def describe(cls, probe: Probe | None = None) -> dict[str, Any]:
         """The advertised identity: name, version, capabilities (``probe``'s when given),
         enforced limits, settings, and whether it is available here (with the reason if not)."""

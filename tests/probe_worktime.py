@@ -160,6 +160,27 @@ class BlockProbe(ProbeWorktime):
         self.fn["block"](block)
 
 
+class ColdProbe(ProbeWorktime):
+    """Says that its first job here will wait (``Worktime.cold_start``), as a worktime whose engine
+    the cache lacks does."""
+
+    name = "cold-probe"
+
+    @classmethod
+    def cold_start(cls):
+        return "building the probe engine once on this machine (a test's note)"
+
+
+class ColdStartRaises(ProbeWorktime):
+    """A third-party ``cold_start`` that breaks its contract (it raises)."""
+
+    name = "cold-start-raises"
+
+    @classmethod
+    def cold_start(cls):
+        raise RuntimeError("the cache folder is unreadable")
+
+
 @hookimpl
 def register_worktimes(register):
     register(BlockProbe)
@@ -172,3 +193,6 @@ def register_worktimes(register):
     register(FailsOnHost)
     register(NativeProbe)
     register(NetworkNativeProbe)
+    register(ColdProbe)
+    register(ColdStartRaises)
+

@@ -32,6 +32,7 @@ returns the same results; the first one keeps dispatching the events.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -61,6 +62,8 @@ from .settings import (
     read_modules,
 )
 from .work import capture
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Job", "JobCancelled", "RequirementsError", "resume"]
 
@@ -120,6 +123,19 @@ class _Run:
 
     def finish(self) -> None:
         self.done.set()
+
+
+def _say_cold_start(worktime: str) -> None:
+    """Before the first job of ``worktime`` here waits minutes (a compile the cache lacks), say so:
+    a warning of the package's logger (printed on stderr unless the application routes it)."""
+    from ..plugins import get_worktime
+
+    try:
+        note = get_worktime(worktime).cold_start()
+    except DcpError:  # not installed here: deploy() said so already
+        return
+    if note:
+        log.warning("dcp-worktimes: %s: %s", worktime, note)
 
 
 class Job(EventEmitter):
@@ -387,6 +403,8 @@ class Job(EventEmitter):
                     sched.set_payment(self.id, bid.payment_per_slice(self._total()))
                 feeder = self._deploy(sched, profile, run.local)
                 run.deployed.set()
+                if run.local and not self.custom_worktime:
+                    _say_cold_start(self.worktime)
                 bar = ProgressBar(self._total(), f"job {self.id[:8]}") if progress_wanted(
                     self.progress if progress is None else progress) else None  # type: ignore[index]
                 follower = Follower(self, sched, bar, worker_wait=worker_wait)

@@ -203,6 +203,22 @@ def load_if_cached() -> Compiled | None:
         return None  # the evaluator's prepare reports the problem with its full message
 
 
+def cold_start() -> str | None:
+    """What ``load()`` will do that takes minutes, when the compiled module is not on disk yet."""
+    if _done is not None:
+        return None
+    try:
+        runtime = find_runtime()
+        path = _artifact_path(runtime)
+    except Exception:  # noqa: BLE001 - the probe says what is missing
+        return None
+    if path is not None and path.is_file():
+        return None
+    return (f"compiling CPython {runtime.python_version} for WASI once on this machine (about "
+            f"{EXPECTED_COMPILE_SECONDS / 60:.0f} min and 2.3 GB of memory); `dcp-worker warmup --worktime python` "
+            "does it ahead of time")
+
+
 def warmup(progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Compile (or load) the runtime and start one interpreter; returns what it did and how long.
 

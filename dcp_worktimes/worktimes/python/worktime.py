@@ -241,6 +241,13 @@ class PythonWorktime(Worktime):
         load_if_cached()
 
     @classmethod
+    def cold_start(cls) -> str | None:
+        """Said when CPython's compiled module is not in the cache yet: the first job compiles it."""
+        from .compiled import cold_start
+
+        return cold_start()
+
+    @classmethod
     def warmup(cls, report: Callable[[str], None]) -> None:
         """Compile the CPython module once per machine (~2 min, cached) and start one interpreter.
 
