@@ -54,8 +54,8 @@ def test_exec_on_attached_workers_does_not_say_it(store, caplog):
     job = compute.for_([1], "def work(x): return x", worktime="cold-probe")
     job.worker_wait = 0.5
     with caplog.at_level(logging.WARNING, logger="dcp_worktimes"):
-        with pytest.raises(Exception):
-            job.exec(local=False, timeout=3)
+        with pytest.raises(compute.RequirementsError):  # no worker attached: the job gives up
+            job.exec(local=False, timeout=30)
     assert not [r for r in caplog.records if NOTE in r.getMessage()]
 
 

@@ -397,3 +397,66 @@ def test_workers_get_only_the_jobs_they_match(redis_url, tmp_path):
         stop(plain)
         stop(gpu)
     s.close()
+
+
+def test_a_deployer_whose_redis_refuses_writes_says_why_and_waits(tmp_path, monkeypatch, caplog):
+    """Out of memory, Redis refuses every write, workers' check-ins too: the deployer saw no worker
+    and said "waiting for a worker to attach", then gave the job up after job.worker_wait."""
+    import redis
+
+    from dcp_worktimes import compute
+
+    require_redis()
+    with RedisServer(tmp_path / "redis", password=PASSWORD) as server:
+        url = server.url("oom")
+        monkeypatch.setenv("DCP_SCHEDULER", url)
+        monkeypatch.setenv("DCP_PROGRESS", "0")
+        raw = redis.Redis(port=server.port, password=PASSWORD)
+        job = compute.for_(range(3), "", worktime="echo", worker_wait=1)
+        job.deploy()
+        s = open_scheduler(url)
+        assert s.writes_refused() is None
+        raw.config_set("maxmemory", 1)  # less than it uses: every write is refused
+        said = s.writes_refused()
+        assert said is not None and "out of memory" in said and "maxmemory" in said and PASSWORD not in said
+        ended: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                job.exec(local=False, timeout=120)
+            except BaseException as e:  # noqa: BLE001 - the test reads it
+                ended.append(e)
+
+        thread = threading.Thread(target=run)
+        with caplog.at_level("WARNING", logger="dcp_worktimes"):
+            thread.start()
+            wait_for(lambda: any("out of memory" in r.getMessage() for r in caplog.records), 30, "the deployer to say why")
+            time.sleep(3)  # three worker_waits: the job is not given up while the store refuses writes
+            assert thread.is_alive() and not ended
+            assert not any("to attach" in r.getMessage() for r in caplog.records)
+            raw.config_set("maxmemory", 0)
+            thread.join(60)
+        assert len(ended) == 1 and isinstance(ended[0], compute.RequirementsError), ended  # now nobody runs it
+        s.close()
+        raw.close()
+
+
+def test_a_redis_that_may_evict_any_key_is_warned_about_once(tmp_path, caplog):
+    import redis
+
+    require_redis()
+    with RedisServer(tmp_path / "redis", password=PASSWORD) as server:
+        raw = redis.Redis(port=server.port, password=PASSWORD)
+        url = server.url("evicting")
+        with caplog.at_level("WARNING", logger="dcp_worktimes"):
+            open_scheduler(url).close()  # no maxmemory: nothing is ever evicted
+            raw.config_set("maxmemory", 1 << 30)
+            raw.config_set("maxmemory-policy", "volatile-lru")  # only keys that expire anyway
+            open_scheduler(url).close()
+            assert not [r for r in caplog.records if "evicts keys" in r.getMessage()]
+            raw.config_set("maxmemory-policy", "allkeys-lru")
+            open_scheduler(url).close()
+            open_scheduler(url).close()
+        said = [r.getMessage() for r in caplog.records if "evicts keys" in r.getMessage()]
+        assert len(said) == 1 and "allkeys-lru" in said[0] and "noeviction" in said[0] and PASSWORD not in said[0]
+        raw.close()

@@ -85,6 +85,7 @@ class Follower:
         self._waiting_since: float | None = None
         self._taken = False  # a worker took slices of the job: worker_wait no longer applies
         self._last_note = 0.0
+        self._refused_note = float("-inf")  # when the store refusing writes was last said
         self._outage: float | None = None  # when reading the store started failing
 
     def run(self, timeout: float | None, remote: bool = False) -> Outcome:
@@ -189,8 +190,23 @@ class Follower:
                 self._waiting_since = self._last_note = now
             elif now - self._last_note >= WAITING_NOTE:
                 self._last_note = now
-                log.warning("job %s: no worker that can run it has checked in for %.0f s (a job store failing, or "
-                            "its workers stopped or paused); waiting for them", job.id, now - self._waiting_since)
+                refused = sched.writes_refused()
+                if refused:
+                    log.warning("job %s: no worker that can run it has checked in for %.0f s: %s; waiting for "
+                                "them", job.id, now - self._waiting_since, refused)
+                else:
+                    log.warning("job %s: no worker that can run it has checked in for %.0f s (a job store failing, "
+                                "or its workers stopped or paused); waiting for them", job.id,
+                                now - self._waiting_since)
+            return
+        refused = sched.writes_refused() if not live else None
+        if refused:
+            # Workers may well be running: their check-ins are writes, which the store refuses. No
+            # job that nobody can run, then: worker_wait counts again once the store takes writes.
+            self._waiting_since = None
+            if now - self._refused_note >= WAITING_NOTE:
+                self._refused_note = now
+                log.warning("job %s: no worker has checked in: %s", job.id, refused)
             return
         if self._waiting_since is None:
             self._waiting_since = self._last_note = now

@@ -473,6 +473,13 @@ class Scheduler(ABC):
         now and then: deployers use what the URL names."""
         return None
 
+    def writes_refused(self) -> str | None:
+        """Why the store refuses every write now (workers then cannot check in or record results),
+        or ``None``: one cheap look, asked by a deployer that sees no live worker, so that it
+        names the cause instead of waiting for workers to attach. Backends that cannot tell say
+        ``None``."""
+        return None
+
     @abstractmethod
     def workers(self) -> list[WorkerInfo]:
         """Workers seen within ``WORKER_TTL`` seconds."""

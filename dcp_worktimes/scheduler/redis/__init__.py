@@ -108,6 +108,7 @@ class RedisScheduler(Scheduler):
         self._link = Link(self.target)
         try:
             self._link.check()
+            self._link.warn_if_evicting()
         except BaseException:
             self._link.close()
             raise
@@ -291,6 +292,9 @@ class RedisScheduler(Scheduler):
 
     def workers(self) -> list[WorkerInfo]:
         return self._reads.workers()
+
+    def writes_refused(self) -> str | None:
+        return self._link.writes_refused()
 
     def leave(self, worker_id: str) -> None:
         """The worker is stopping: forget it (its unfinished leases should be returned first)."""

@@ -151,6 +151,10 @@ def parse_redis_url(url: str) -> RedisTarget:
     )
 
 
+#: Servers already warned about in this process (``Link.warn_if_evicting``).
+_EVICTING: set[str] = set()
+
+
 class Link:
     """The client of one ``RedisTarget`` (a thread-safe connection pool) and the retry loop every
     call goes through.
@@ -199,6 +203,48 @@ class Link:
         if int(version.split(".")[0] or 0) < 7:
             raise SchedulerError(f"the Redis server at {self.target.shown} runs Redis {version}; the scheduler needs "
                                  "Redis 7 or later (streams with sequence ids, scripts that read the server clock)")
+
+    def warn_if_evicting(self) -> None:
+        """Log once per server and process when it may evict any key to make room (``maxmemory``
+        set with an ``allkeys-*`` policy): a job's slices or results would vanish unannounced."""
+        try:
+            info = self.client.info("memory")
+        except Exception:  # noqa: BLE001 - INFO may be denied to this user; the check is a courtesy
+            return
+        policy = str(info.get("maxmemory_policy", ""))
+        if int(info.get("maxmemory", 0) or 0) and policy.startswith("allkeys") and self.target.shown not in _EVICTING:
+            _EVICTING.add(self.target.shown)
+            log.warning("the Redis server at %s evicts keys when full (maxmemory-policy %s): jobs' slices and results "
+                        "would then be lost without a word; set maxmemory-policy noeviction (calls then fail saying "
+                        "the server is out of memory)", self.target.shown, policy)
+
+    def writes_refused(self) -> str | None:
+        """Why the server refuses writes now, read from ``INFO`` (one try, no retry loop): its
+        ``maxmemory`` reached, a failed snapshot with writes stopped, or a read-only replica.
+        ``None`` when none of these holds, or when the server does not answer or this user may
+        not run ``INFO`` (the failing calls then say why themselves)."""
+        try:
+            info = self.client.info()
+        except Exception:  # noqa: BLE001 - see above
+            return None
+        shown = self.target.shown
+        used, cap = int(info.get("used_memory", 0) or 0), int(info.get("maxmemory", 0) or 0)
+        if cap and used >= cap:
+            return (f"the Redis server at {shown} is out of memory (it uses {used / 2**20:.1f} MiB of its maxmemory "
+                    f"{cap / 2**20:.1f} MiB), so workers can neither check in nor record results; delete finished "
+                    "jobs (dcp-worker jobs --delete) or raise its maxmemory")
+        if info.get("rdb_last_bgsave_status") == "err":
+            try:
+                stops = self.client.config_get("stop-writes-on-bgsave-error").get("stop-writes-on-bgsave-error")
+            except Exception:  # noqa: BLE001 - CONFIG may be denied: it stops writes by default
+                stops = "yes"
+            if stops == "yes":
+                return (f"the Redis server at {shown} refuses writes: its last snapshot to disk failed (MISCONF); "
+                        "see its log, give its dir space or permissions, or set stop-writes-on-bgsave-error no")
+        if info.get("role") == "slave":
+            return (f"the Redis server at {shown} is a read-only replica; point --scheduler and DCP_SCHEDULER at "
+                    "its primary")
+        return None
 
     def explain(self, e: BaseException, what: str) -> SchedulerError:
         """A ``SchedulerError`` for ``e`` that names the server (never the password) and what to do."""
