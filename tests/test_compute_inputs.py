@@ -212,6 +212,29 @@ def test_lists_and_generators_become_streams_consumed_in_batches():
     assert len(input_set([123, 456])) == 2
 
 
+def test_the_results_follow_the_inputs_sent_not_a_length_read_before(store):
+    """A list changed between for_() and exec(), or a __len__ that lies: exec() returned what the
+    length said (a result lost, or None for a slice that never existed)."""
+    grown = [1, 2]
+    job = compute.for_(grown, JS)
+    grown.append(3)
+    assert list(job.exec(cores=1)) == [10, 20, 30] and job.status()["total"] == 3
+    shrunk = [1, 2, 3]
+    job = compute.for_(shrunk, JS)
+    shrunk.pop()
+    r = job.exec(cores=1)
+    assert list(r) == [10, 20] and r.entries() == [["1", 10], ["2", 20]]
+
+    class Liar:
+        def __len__(self):
+            return 5
+
+        def __iter__(self):
+            return iter([7, 8])
+
+    assert list(compute.for_(Liar(), JS).exec(cores=1)) == [70, 80]
+
+
 def test_a_list_of_data_dicts_is_data_even_with_a_start_key():
     data = [{"start": 1, "label": "a"}, {"start": 2, "label": "b"}]
     inputs = compute.for_(data, JS).input_set

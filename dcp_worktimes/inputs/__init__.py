@@ -102,10 +102,12 @@ class StreamInput:
 
     @property
     def size(self) -> int:
-        if self._sized is not None:
-            return self._sized
+        # Once drained, what was read is the truth: a list the caller changed between for_() and
+        # exec(), or a __len__ that lies, would otherwise lose results or invent missing ones.
         if self.exhausted and self._source is not None:
             return self.consumed
+        if self._sized is not None:
+            return self._sized
         raise TypeError("the length of a stream input is not known until it has been consumed")
 
     def __len__(self) -> int:
