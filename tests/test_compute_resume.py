@@ -238,3 +238,11 @@ def test_resume_of_a_non_string_id_says_what_ids_are(store):
             compute.resume(bad)
     with pytest.raises(ValueError, match="the job id is empty"):
         compute.resume("  ")
+
+
+def test_resume_takes_an_id_read_from_a_file_with_its_newline(store, tmp_path):
+    job = compute.for_([1, 2], "function(i){ progress(); return i }")
+    job.exec(cores=1)
+    (tmp_path / "job-id.txt").write_text(job.id + "\n")
+    again = compute.resume((tmp_path / "job-id.txt").read_text())
+    assert again.id == job.id and list(again.exec()) == [1, 2]

@@ -567,12 +567,13 @@ def resume(job_id: str, scheduler: Any = None) -> Job:
             f"compute.resume(job_id): job ids are strings, as job.id (or exec()'s JobFailed.job_id) gives them; "
             f"got {type(job_id).__name__} {job_id!r:.40}"
         )
+    job_id = job_id.strip()  # an id read from a file or a terminal comes with its newline
     check_scheduler(scheduler)
     if isinstance(scheduler, os.PathLike):
         scheduler = os.fspath(scheduler)
     sched = scheduler if isinstance(scheduler, Scheduler) else take(scheduler)
     try:
-        record = sched.get_job(job_id.strip())
+        record = sched.get_job(job_id)
         if record.total is None and record.input.get("kind") == "stream":
             raise DcpError(
                 f"job {job_id} cannot be resumed: its input stream was not fully sent before the deployer stopped "
