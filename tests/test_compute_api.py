@@ -585,6 +585,39 @@ def test_a_module_name_that_shadows_a_builtin_is_refused_as_any_global():
         capture(work)
 
 
+def defines_classes(x):
+    from dataclasses import dataclass
+
+    class Point:
+        scale = 2
+        doubled = scale * 2  # a class body reads its own names with LOAD_NAME
+
+    @dataclass
+    class Pair:  # its body reads __name__ and __annotations__, which nobody wrote
+        a: int
+        b: int
+
+    pair = Pair(x, Point.doubled)
+    return [pair.a, pair.b]
+
+
+def class_body_uses_a_global(x):
+    class Circle:
+        r = math.pi * x
+    return Circle.r
+
+
+def test_classes_defined_inside_the_work_are_not_taken_for_globals():
+    assert capture(defines_classes).default_worktime == "python"
+    with pytest.raises(WorkError, match=r"uses the global name 'math'"):  # a real global in a class body still is
+        capture(class_body_uses_a_global)
+
+
+@needs_python
+def test_a_work_function_defining_a_dataclass_runs_on_the_python_worktime(store):
+    assert compute.for_([1, 2], defines_classes, cores=1).exec() == [[1, 4], [2, 4]]
+
+
 def test_names_imported_from_modules_say_import_it_inside():
     with pytest.raises(WorkError, match=r"import it inside the function: from math import sqrt$"):
         capture(uses_sqrt)
