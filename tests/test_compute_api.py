@@ -67,6 +67,10 @@ def test_forms_build_the_same_inputs():
     job = compute.for_(1, 3, "function(i, a, b){ return i + a + b }", [10, 100])  # V13's form
     assert job.arguments == [10, 100]
     assert list(compute.do(3, JS).input_set) == [0, 1, 2]
+    # work= and arguments= as keywords, as compute.do takes them
+    for job in (compute.for_([1, 2], JS, arguments=[5]), compute.for_([1, 2], work=JS, arguments=[5]),
+                compute.for_(1, 2, work=JS, arguments=[5])):
+        assert len(job.input_set) == 2 and job.arguments == [5] and job._work_source == JS
 
 
 @pytest.mark.parametrize("call, message", [
@@ -76,6 +80,10 @@ def test_forms_build_the_same_inputs():
     (lambda: compute.for_(1, 3, JS, 10), r"must be a list.*\[10\]"),
     (lambda: compute.for_([1, 2], JS, (1,), [2]), "too many arguments"),
     (lambda: compute.for_([1, 2], 42), "expected the work"),
+    (lambda: compute.for_([1], JS, inputs=[2]), r"inputs= cannot be given by keyword.*by position"),
+    (lambda: compute.for_(start=1, end=3, work=JS), r"start=, end= cannot be given by keyword"),
+    (lambda: compute.for_([1], JS, work=JS), "the work is given twice"),
+    (lambda: compute.for_([1], JS, [5], arguments=[5]), "arguments= is given twice"),
     (lambda: compute.for_({"start": 1, "end": 3, "step": -1}, JS), "step must approach end"),
     (lambda: compute.for_({"start": 1, "end": 10, "group": 0}, JS), "group must be a positive integer"),
     (lambda: compute.for_({"start": 1, "end": 10, "group": 1.5}, JS), "group must be a positive integer"),

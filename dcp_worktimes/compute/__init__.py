@@ -95,8 +95,37 @@ def for_(*args: Any, **settings: Any) -> Job:
     Nothing is deployed until ``exec()``; every argument is checked here, with a message that says
     how to fix it.
     """
+    args = _positional_for(args, settings)
     inputs, work, arguments = parse_for(args)
     return _make_job(inputs, work, arguments, settings)
+
+
+#: Keywords naming what ``for_`` takes positionally (as DCP's ``compute.for`` does).
+_POSITIONAL = ("inputs", "start", "end", "step", "group", "input_set", "range")
+
+
+def _positional_for(args: tuple, settings: dict) -> tuple:
+    """``work=`` and ``arguments=`` joined to the positional arguments (taken from ``settings``);
+    a keyword for the inputs is refused saying how to write them."""
+    named = [k for k in _POSITIONAL if k in settings]
+    if named:
+        raise TypeError(f"compute.for_(): {', '.join(f'{k}=' for k in named)} cannot be given by keyword: the inputs come "
+                        "first, by position: compute.for_(inputs, work), compute.for_(start, end[, step], work), "
+                        "or compute.for_({'start': 1, 'end': 10, 'step': 2}, work)")
+    if "work" in settings:
+        work = settings.pop("work")
+        if any(_is_work(a) for a in args[1:]) or (args and isinstance(args[0], (str, bytes))):
+            raise TypeError("compute.for_(): the work is given twice (by position and as work=); give it once")
+        args = (*args, work)
+        if "arguments" in settings:
+            args = (*args, settings.pop("arguments"))
+    elif "arguments" in settings:
+        # after the work, whichever form came before it: a list after the work is its arguments
+        if not args or not _is_work(args[-1]):
+            raise TypeError("compute.for_(): arguments= is given twice or before the work; write "
+                            "compute.for_(inputs, work, arguments) or compute.for_(inputs, work, arguments=[...])")
+        args = (*args, settings.pop("arguments"))
+    return args
 
 
 def parse_for(args: tuple, call: str = "compute.for_") -> tuple[InputSet, Any, list | None]:
