@@ -1010,6 +1010,26 @@ def test_a_batch_sent_ahead_keeps_each_slices_events_errors_and_limits():
     assert [h.wt.execute(SliceContext(n, h.limits), n) for n in (30, 31)] == [60, 62]
 
 
+@pytest.mark.parametrize("steady", [True, False])
+def test_a_long_slice_does_not_hold_the_results_of_the_slices_before_it(js_engine, steady):
+    """A block's short slices ended before a long one: their results reached the host only with the
+    long slice's (seconds later, or never if it was cancelled or its worker killed). ``steady``: the
+    long slice calls progress() all the time (on V8 its events left no quiet moment to send them)."""
+    from dcp_worktimes.runner import EvaluatorPool
+
+    spin = "while (true) progress()" if steady else "for (;;) { const t = Date.now(); while (Date.now() - t < 300) {} progress() }"
+    job = JobSpec(id=f"hold-{js_engine}-{steady}", worktime="map-basic",
+                  work=f"function(i){{ progress(); if (i === 2) {{ {spin} }} return i * 10 }}",
+                  limits=Limits.parse(wall_time="20s"))
+    with EvaluatorPool(cores=1, config={"map-basic": {"js-engine": js_engine}}) as pool:
+        started = time.monotonic()
+        # The pool's second run frame is [1, 2]: slice 1 runs in one engine call with slice 2.
+        outs = pool.map(job, [(i, i) for i in range(3)])
+        assert [next(outs).value for _ in range(2)] == [0, 10]
+        # Held, slice 1's would have come with slice 2's verdict, at its 20 s wall time.
+        assert time.monotonic() - started < 10
+
+
 # -- QuickJS block mode (run_block) against one slice at a time ----------------------------------
 class _Block:
     """A minimal Block for driving QuickJSEngine.run_block directly."""

@@ -50,6 +50,10 @@ MAX_JS_STACK = 32 * 1024 * 1024
 #: this, so that ~3000-deep recursion works even with the PyPI wheel's big interpreter frames.
 MAIN_STACK = 64 * 1024 * 1024
 
+#: Seconds a ``run_block`` call runs before the slices it ended are settled and sent on (at the
+#: next slice's start), as V8's block sends its results on when it waits (``Block.flush``).
+HAND_OVER_AFTER = 0.05
+
 #: Most datums sent to one ``run_block`` call (the call stops at its time budget anyway).
 MAX_BLOCK_CHUNK = 4096
 #: Most characters of datum text sent to one ``run_block`` call (at least one datum is sent), and
@@ -136,6 +140,8 @@ class QuickJSEngine(Engine):
         self._blk_indexes: list[int] = []
         self._blk_texts: list[str] = []
         self._cur = -1
+        # Positions of the call settled already (handed over while it ran: _hand_over), and when.
+        self._handed, self._handed_at = 0, 0.0
         self._chunk = 16  # datums encoded per run_block call (grows up to MAX_BLOCK_CHUNK)
         # The block's limits, read once per call (the per-slice callback sets each slice's deadlines),
         # and the start of the running slice's CPU clock, read at its first interrupt (_interrupt).
@@ -219,6 +225,12 @@ class QuickJSEngine(Engine):
         # Exceptions must not escape into the binding (it would leave a Python error pending).
         if op == "wake":  # the slice settled: this engine's loop (_settle) polls after every job run
             return None
+        if op == "held":  # before the running slice's CPU clock starts: this is host work
+            try:
+                self._hand_over(a)
+            except BaseException as e:  # noqa: BLE001 - see above
+                return f"!{op}: {e}"
+            return None
         try:
             self._start_cpu_clock(time.monotonic())  # before anything that may wait (a full pipe)
             if op == "random":
@@ -230,8 +242,11 @@ class QuickJSEngine(Engine):
                 # block mode: b is the highest value the prelude did not pass on
                 ctx.progress(from_js(a), highest_before=float(b) if b is not None else None)
                 timeout = ctx.limits.progress_timeout
+                now = time.monotonic()
                 if timeout is not None:
-                    self._progress_deadline = time.monotonic() + timeout
+                    self._progress_deadline = now + timeout
+                if self._blk is not None and self._cur > self._handed and now - self._handed_at > HAND_OVER_AFTER:
+                    return "h"  # a long block slice: the prelude hands over the ended ones (_hand_over)
             elif op == "console":
                 ctx.console(a, sanitize(json.loads(b)))
             elif op == "emit":
@@ -356,14 +371,14 @@ class QuickJSEngine(Engine):
         self._blk_wall, self._blk_patience = limits.wall_time or None, limits.progress_timeout or None
         self._blk_cpu = limits.cpu_time or None
         self._cur, self._tripped = -1, None
+        self._handed, self._handed_at = 0, time.monotonic()
         cap = limits.output if limits.output is not None else -1
         try:
             try:
                 reply = self._call("block", "\n".join(texts), f"[{cap},{max(1, int(budget * 1000))},{MAX_BLOCK_TEXT}]")
             except SliceError as e:  # a limit, or the engine failed, during slice _cur
-                ended = self._ended_after_error()[:self._cur + 1]
-                self._settle_ended(ended)
-                if self._cur >= len(ended):  # it had not ended (when it had, the call broke between slices)
+                self._settle_ended(self._ended_after_error()[:self._cur + 1 - self._handed])
+                if self._cur >= self._handed:  # it had not ended (when it had, the call broke between slices)
                     self._failed(block, self._blk_indexes[self._cur], e)
                 elif len(texts) > 1:  # before the first slice (out of memory taking the chunk): one alone
                     self._chunk = 1
@@ -375,7 +390,7 @@ class QuickJSEngine(Engine):
             kind = reply[:1]
             ended = reply[1:].split("\n") if len(reply) > 1 else []
             if kind == "p":  # slices 0.._cur-1 ended; slice _cur's result is a promise
-                self._settle_ended(ended[:self._cur])
+                self._settle_ended(ended[:self._cur - self._handed])
                 self._start_cpu_clock(time.monotonic())  # before its timers' waits, which are no CPU
                 self._slice = self._block_slice()
                 try:
@@ -389,7 +404,7 @@ class QuickJSEngine(Engine):
                 self._chunk = min(self._chunk * 2, MAX_BLOCK_CHUNK)
             # "d" or "s": slices 0.._cur ended; the last may have left jobs queued, to run under its
             # limits before its result counts.
-            if not ended or len(ended) != self._cur + 1:  # not the prelude's: it names every slice started
+            if not ended or len(ended) != self._cur + 1 - self._handed:  # the prelude names every slice started
                 self._failed(block, self._blk_indexes[max(self._cur, 0)], SliceError(
                     f"internal error: unexpected reply {reply[:40]!r} from the map-basic prelude", code=ErrorCode.ECRASH))
                 return
@@ -419,6 +434,10 @@ class QuickJSEngine(Engine):
             self._deadline = now + self._blk_wall if self._blk_wall else None
             self._progress_deadline = now + self._blk_patience if self._blk_patience else None
             self._cpu_deadline, self._cpu_from = None, (now if self._blk_cpu else None)
+            if now - self._handed_at > HAND_OVER_AFTER and cur > self._handed:
+                # Ended slices wait in the engine for the call's reply: behind a long slice, their
+                # results would wait as long (and die with it if it were cancelled or killed).
+                return "h"
             return None
         except BaseException as e:  # noqa: BLE001 - it must not escape into the binding
             return f"!next slice: {e}"
@@ -464,21 +483,30 @@ class QuickJSEngine(Engine):
         self._discard_jobs()
         block.failed(i, e)
 
+    def _hand_over(self, text: str) -> None:
+        """``held``: the prelude gives up the envelopes of the slices that ended so far in this
+        call (``_next_in_block`` asked, the call having run ``HAND_OVER_AFTER``); settle them and
+        send their outcomes on now."""
+        self._settle_ended(text.split("\n") if text else [])
+        self._blk.flush()  # type: ignore[union-attr]
+        self._handed_at = time.monotonic()
+
     def _settle_ended(self, ended: list[str]) -> None:
-        """Settle slices ``0..len(ended)-1`` of this call from their envelopes (the prelude's), in
-        order: plain JSON values (the usual case) decode as one array, anything else one by one
-        (``_result``)."""
+        """Settle the call's next ``len(ended)`` slices (from position ``_handed``) from their
+        envelopes (the prelude's), in order: plain JSON values (the usual case) decode as one
+        array, anything else one by one (``_result``)."""
         if not ended:
             return
+        first, self._handed = self._handed, self._handed + len(ended)
         if all(env[:2] == "v0" for env in ended):
             try:
                 values = _plain_json("[" + ",".join([env[2:] for env in ended]) + "]")
             except (ValueError, RecursionError):  # a deep value: one by one, it fails alone
                 pass
             else:
-                self._blk.done_many(self._blk_indexes[:len(ended)], values)  # type: ignore[union-attr]
+                self._blk.done_many(self._blk_indexes[first:first + len(ended)], values)  # type: ignore[union-attr]
                 return
-        for pos, env in enumerate(ended):
+        for pos, env in enumerate(ended, first):
             self._finalize(pos, env)
 
     def _finalize(self, pos: int, envelope: str) -> None:
