@@ -43,14 +43,14 @@ from ..worktime import CapturedWork
 from .application import Application, ApplicationFunction
 from .cost import CostProfile, CostProfileError, freeValue, marketPrice, marketValue, parse_cost, safeMarketValue
 from .events import Event
-from .job import Job, JobCancelled, resume
+from .job import Job, JobCancelled, JobTimedOut, resume
 from .results import JobFailed, ResultHandle, ResultKeyError, SliceFailed
 from .settings import RequirementsError, check_arguments
 
 __all__ = [
     "for_", "do", "resume", "Job", "stats", "RangeObject", "MultiRange", "RangeError", "InputSet", "StreamInput",
     "input_set", "input_set_from_description", "ResultHandle", "ResultKeyError", "SliceFailed", "JobFailed",
-    "JobCancelled", "RequirementsError", "CostProfile", "CostProfileError", "parse_cost", "marketValue",
+    "JobCancelled", "JobTimedOut", "RequirementsError", "CostProfile", "CostProfileError", "parse_cost", "marketValue",
     "marketPrice", "safeMarketValue", "freeValue", "default", "Event", "Application", "ApplicationFunction",
 ]
 

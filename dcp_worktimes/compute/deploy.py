@@ -24,7 +24,7 @@ from ..inputs import MultiRange, StreamInput, input_size
 from ..limits import check_cores
 from ..scheduler.base import JobRecord, Scheduler, StoreUnavailable
 from ..scheduler.matching import check_runnable_here, worker_can_run
-from ..values import UnserializableValue, pack
+from ..values import UnserializableValue, pack_decodable
 from ..worktime import JobSpec
 from .cost import CostProfile
 from .settings import (
@@ -135,7 +135,7 @@ def pack_batch(batch: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
     out = []
     for n, datum in batch:
         try:
-            out.append((n, pack(datum)))
+            out.append((n, pack_decodable(datum)))
         except UnserializableValue as e:
             raise UnserializableValue(f"input {n} ({reprlib.repr(datum)}): {e}") from None
     return out

@@ -137,7 +137,9 @@ class Follower:
                     return Outcome.of_status(st["status"])
             if deadline is not None and now > deadline:
                 sched.cancel(job.id, f"exec(timeout={timeout}) expired")
-                raise TimeoutError(f"job {job.id} did not finish within {timeout} s; it was cancelled")
+                from .job import JobTimedOut  # here: job imports this module
+
+                raise JobTimedOut(f"job {job.id} did not finish within {timeout} s; it was cancelled", job_id=job.id)
 
     def _asking(self, call: Callable[[], T], deadline: float | None) -> T:
         """``call()``, tried again while the store fails, as the events are read."""

@@ -65,7 +65,7 @@ from .work import capture
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Job", "JobCancelled", "RequirementsError", "resume"]
+__all__ = ["Job", "JobCancelled", "JobTimedOut", "RequirementsError", "resume"]
 
 
 class JobCancelled(DcpError):
@@ -79,6 +79,12 @@ class JobCancelled(DcpError):
         super().__init__(message)
         self.results = results
         self.job_id = job_id
+
+
+class JobTimedOut(JobCancelled, TimeoutError):
+    """``exec(timeout=...)`` expired and the job was cancelled: a ``JobCancelled`` (``results``
+    holds what had completed, ``ECANCELLED`` in the place of the rest) that is also the
+    ``TimeoutError`` the timeout raises. ``results`` is ``None`` when the store could not be read."""
 
 
 class WorkHandle(EventEmitter):
@@ -354,7 +360,8 @@ class Job(EventEmitter):
         ``errors``: ``"raise"`` (``JobFailed`` when any slice failed) or ``"return"``.
         ``local``: run slices on this machine; ``False`` waits for attached workers instead (for
         ``job.worker_wait`` seconds while none that can run the job is attached, saying so).
-        ``timeout``: seconds before the job is cancelled and ``TimeoutError`` raised.
+        ``timeout``: seconds before the job is cancelled and ``JobTimedOut`` raised (a
+        ``TimeoutError`` whose ``results`` hold what had completed).
 
         Calling ``exec`` again while it runs (DCP's "altering price parameters": from another
         thread, ``exec_async``, or an event handler) joins the running execution: a ``cost``
@@ -415,6 +422,9 @@ class Job(EventEmitter):
                         run.dispatching = True
                         try:
                             outcome = follower.run(timeout, remote=not run.local)
+                        except JobTimedOut as e:
+                            e.results = self._results_if_readable(sched)
+                            raise
                         finally:
                             run.dispatching = False
                             run.stop_joining()  # no evaluators are added after this
@@ -466,7 +476,8 @@ class Job(EventEmitter):
                 run.start_local(sched, self.id, cores if cores is not None else self.cores)
             if not run.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 sched.cancel(self.id, f"exec(timeout={timeout}) expired")
-                raise TimeoutError(f"job {self.id} did not finish within {timeout} s; it was cancelled")
+                raise JobTimedOut(f"job {self.id} did not finish within {timeout} s; it was cancelled",
+                                  self._results_if_readable(sched), self.id)
         return run.ended
 
     def _await_inline(self, run: "_Run", bid: Any, errors: str, timeout: float | None,
@@ -499,6 +510,13 @@ class Job(EventEmitter):
         if results.failures and errors == "raise":
             raise JobFailed(results, results.failures, self.id, self._slice_count)
         return results
+
+    def _results_if_readable(self, sched: Any) -> ResultHandle | None:
+        """A timed-out (so cancelled) job's results, or ``None`` when the store cannot give them."""
+        try:
+            return self._results(sched, Outcome.CANCELLED)
+        except Exception:  # noqa: BLE001 - the timeout is what the caller must learn of
+            return None
 
     def _results(self, sched: Any, outcome: Outcome | None = None) -> ResultHandle:
         try:
