@@ -254,7 +254,7 @@ def _parse_json(text: str, what: str) -> Any:
     """JSON from the text, or from a file (``@path``) or standard input (``-``) for big values.
 
     At most ``MAX_INPUT`` bytes, nested at most ``values.MAX_DEPTH`` levels deep."""
-    from .values import MAX_DEPTH, UnserializableValue, pack
+    from .values import MAX_DEPTH, UnserializableValue, pack_decodable
 
     if text == "-":
         text = _text(_read_bounded(None, what), what, "standard input")
@@ -268,7 +268,7 @@ def _parse_json(text: str, what: str) -> Any:
         raise click.BadParameter(f"{what} must be JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                                  "quote strings: '\"text\"'; @FILE reads a file, - reads standard input") from None
     try:
-        pack(value)  # what cannot cross the sandbox boundary is refused here, not mid-run
+        pack_decodable(value)  # what cannot cross the sandbox boundary is refused here, not mid-run
     except UnserializableValue as e:
         raise click.BadParameter(f"{what}: {e}") from None
     return value

@@ -48,7 +48,7 @@ from .scheduler.base import (
     UnknownJob,
     feed_lost_reason,
 )
-from .values import pack, unpack
+from .values import MAX_DEPTH, Undecodable, pack, unpack
 from .worktime import JobSpec
 
 ECHO = {"echo": "1.0.0"}
@@ -193,6 +193,16 @@ class SchedulerConformance:
         assert [e["type"] for _, e in scheduler.events("j1")][0] == "accepted"
         assert "j1" in [j.id for j in scheduler.list_jobs()]
         assert scheduler.job_summaries()[0]["id"] == "j1"
+
+    def test_a_stored_datum_that_cannot_be_decoded_is_leased_in_its_place(self, scheduler: Scheduler) -> None:
+        # Forged, or stored by a version that did not check: leasing it raised, and every worker
+        # that leased the job died (a deployer could keep a whole fleet down).
+        scheduler.submit(make_job("deep", stream=True))
+        scheduler.add_slices("deep", [(0, pack(1)), (1, b"\x91" * (MAX_DEPTH + 1) + b"\x00"), (2, pack(3))])
+        scheduler.close_input("deep", 3)
+        datums = {sl.slice_number: sl.datum for sl in drain(scheduler)}
+        assert datums[0] == 1 and datums[2] == 3
+        assert isinstance(datums[1], Undecodable) and f"nested more than {MAX_DEPTH} levels" in datums[1].error
 
     def test_work_stored_between_two_waits_wakes_the_next_one(self, scheduler: Scheduler) -> None:
         # A worker is busy (leasing, reporting) between its waits: a job submitted then must not

@@ -104,7 +104,37 @@ class UnserializableValue(TypeError):
     """A value outside the lossless set (the slice fails with ``EUNSERIALIZABLE``)."""
 
 
+class Undecodable:
+    """Stands in for a stored value that cannot be decoded (nested deeper than ``MAX_DEPTH``,
+    stored by a version that did not check, or forged): ``pack`` raises its error, so the slice it
+    belongs to fails alone (``EUNSERIALIZABLE``) instead of the worker reading it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Undecodable({self.error!r})"
+
+
+def unpack_datums(packed: list[bytes]) -> list[Any]:
+    """``unpack_all``, with an ``Undecodable`` in the place of each item that cannot be decoded."""
+    try:
+        return unpack_all(packed)
+    except (UnserializableValue, ValueError, TypeError, msgpack.UnpackException):
+        out: list[Any] = []
+        for item in packed:
+            try:
+                out.append(unpack(item))
+            except (UnserializableValue, ValueError, TypeError, msgpack.UnpackException) as e:
+                out.append(Undecodable(f"the stored value cannot be decoded: {e}"))
+        return out
+
+
 def _default(obj: Any) -> Any:
+    if isinstance(obj, Undecodable):
+        raise UnserializableValue(obj.error)
     if isinstance(obj, int):  # only reached when msgpack's 64-bit range overflowed
         return msgpack.ExtType(_EXT_BIGINT, format(int(obj), "x").encode("ascii"))
     if isinstance(obj, (bytearray, memoryview)):
@@ -181,6 +211,16 @@ def check_keys(data: bytes) -> None:
         pass
     except TypeError as e:
         raise _bad_key(e) from None
+
+
+def pack_decodable(value: Any) -> bytes:
+    """``pack``, refusing what would not decode again: an empty list or dict innermost at one
+    level past ``MAX_DEPTH`` packs (msgpack counts it one level shallower packing than unpacking),
+    then fails every read. For values that will be stored and read elsewhere (inputs, results);
+    only values longer than ``MAX_DEPTH`` bytes, which alone can be that deep, are decoded again."""
+    data = pack(value)
+    check_decodes(data)
+    return data
 
 
 def pack_checked(value: Any) -> bytes:

@@ -189,6 +189,11 @@ def test_a_datum_as_deep_as_the_value_set_allows_is_sent_one_deeper_is_refused_b
     assert (back, depth) == (0, MAX_DEPTH)
     with pytest.raises(TypeError, match=f"input 0 .*nested more than {MAX_DEPTH} levels"):
         compute.for_([[v]], "", worktime="echo").exec()
+    empty = []  # innermost empty: msgpack packs it at one level more than it unpacks (every worker died)
+    for _ in range(MAX_DEPTH):
+        empty = [empty]
+    with pytest.raises(TypeError, match=f"input 1 .*nested more than {MAX_DEPTH} levels"):
+        compute.for_([1, empty], "", worktime="echo").exec()
 
 
 @pytest.mark.parametrize("inputs, args, where", [

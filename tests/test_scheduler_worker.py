@@ -193,6 +193,23 @@ def test_a_stored_job_whose_file_names_no_disk_takes_fails_its_slices_not_the_wo
     assert s.status("good")["status"] == "complete"
 
 
+def test_a_stored_datum_that_cannot_be_decoded_fails_its_slice_not_the_worker(store):
+    # Nested one level past what msgpack unpacks (forged, or stored before deployers checked):
+    # leasing it raised, and every worker that leased the job ended with "internal error".
+    from dcp_worktimes.values import MAX_DEPTH, pack
+
+    url, s = store
+    s.submit(make_job("deep", stream=True))
+    s.add_slices("deep", [(0, pack(1)), (1, b"\x91" * (MAX_DEPTH + 1) + b"\x00"), (2, pack(3))])
+    s.close_input("deep", 3)
+    Worker(s, ["echo"], cores=1).run(until_idle=True)
+    results = s.results("deep")
+    assert unpack(results[0].value) == 1 and unpack(results[2].value) == 3
+    assert results[1].error["code"] == "EUNSERIALIZABLE" and "nested more than" in results[1].error["message"]
+    st = s.status("deep")
+    assert (st["computed"], st["failed"], st["status"]) == (2, 1, "failed"), st
+
+
 def test_outcomes_of_a_lease_dropped_here_count_for_nothing(store):
     # The slices of a lost lease, dropped unrun, came back with no wall time: they pulled the
     # worker's slice-time estimate towards zero, and its next leases were far too big.

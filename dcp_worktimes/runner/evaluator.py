@@ -254,8 +254,11 @@ class Evaluator:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
         try:
             data = self._packer.pack(value)
-            if self.python_results and type(value) not in SCALARS:
-                check_keys(data)
+            if type(value) not in SCALARS:
+                if len(data) > MAX_DEPTH:  # deep enough to pack but not to decode? (check_decodes)
+                    check_decodes(data)  # which also finds tuple keys
+                elif self.python_results:
+                    check_keys(data)
             return data
         except UnserializableValue:
             self._packer = packer()  # a failed pack may leave the packer's buffer dirty

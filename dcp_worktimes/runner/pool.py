@@ -778,9 +778,12 @@ class EvaluatorPool:
             return
         try:
             blob = pack_all(task.datums)
-        except UnserializableValue as e:
-            self._fail(task, SliceError(f"a datum cannot be sent to the evaluator: {e}", code=ErrorCode.EUNSERIALIZABLE))
-            return
+        except UnserializableValue:
+            # Only the slices whose datums cannot be sent fail; the rest of the block runs.
+            task = self._fail_unsendable(task)
+            if not len(task):
+                return
+            blob = pack_all(task.datums)
         # Datums travel as one packed array: each slice's bytes in are its share of it (the
         # array's header, 1, 3 or 5 bytes by msgpack's rules, is no slice's).
         k = len(task)
@@ -924,6 +927,20 @@ class EvaluatorPool:
                                                       code=ErrorCode.ECANCELLED))
         else:
             self._requeue(task.part(indexes))
+
+    def _fail_unsendable(self, task: _Task) -> _Task:
+        """Fail each slice of ``task`` whose datum cannot be packed (``EUNSERIALIZABLE``, saying
+        why); the part of ``task`` left to run."""
+        sendable = []
+        for i, datum in enumerate(task.datums):
+            try:
+                pack(datum)
+            except UnserializableValue as e:
+                self._fail(task.part([i]), SliceError(f"a datum cannot be sent to the evaluator: {e}",
+                                                      code=ErrorCode.EUNSERIALIZABLE))
+            else:
+                sendable.append(i)
+        return task.part(sendable)
 
     def _fail(self, task: _Task, error: SliceError, only_unsettled: bool = False) -> None:
         """Every slice of ``task`` (or those not settled yet) fails with ``error``."""

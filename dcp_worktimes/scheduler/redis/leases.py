@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from ...values import pack, unpack, unpack_all
+from ...values import pack, unpack, unpack_datums
 from ...worktime import JobSpec
 from ..base import JobRecord, Lease, Report, is_retryable, unusable_work_reason
 from ..matching import worker_can_run
@@ -218,7 +218,7 @@ class LeaseEngine:
                 datums = self.slicer.run(job_id, desc, first, stop) if kind == 1 else \
                     self.slicer.some(job_id, desc, numbers)
         else:
-            datums = unpack_all(datums)
+            datums = unpack_datums(datums)
         return Lease(job_id, lease_id, numbers, datums, attempts, expires)
 
     def _reap_local(self) -> None:

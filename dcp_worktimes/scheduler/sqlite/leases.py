@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ...values import pack, unpack
+from ...values import pack, unpack_datums
 from ..base import (
     CANCELLED,
     FINAL_STATES,
@@ -165,8 +165,8 @@ class LeaseEngine:
                 for n, _d in rows:
                     bits &= ~(1 << (n - start))
                 token = self._insert_run(job_id, worker_id, expires, start, stop, bits, len(rows))
-                out.append(Lease(job_id, token, [n for n, _d in rows], [unpack(d) for _n, d in rows], [1] * len(rows),
-                                 expires))
+                out.append(Lease(job_id, token, [n for n, _d in rows], unpack_datums([d for _n, d in rows]),
+                                 [1] * len(rows), expires))
                 first_time += len(rows)
         if first_time:
             self.db.execute("UPDATE jobs SET distributed = distributed + ? WHERE id = ?", (first_time, job_id))
@@ -203,7 +203,7 @@ class LeaseEngine:
                 inp = inp or self.store.input(job_id)
                 datums.append(inp.nth(n))
             else:
-                datums.append(unpack(datum))
+                datums.append(unpack_datums([datum])[0])
         self.db.execute("UPDATE jobs SET pending = pending - ? WHERE id = ?", (len(rows), job_id))
         block = Lease(job_id, token, [n for n, *_ in rows], datums, [a + 1 for _n, _d, a, _r in rows], expires)
         return block, sum(1 for *_, retry in rows if not retry)
