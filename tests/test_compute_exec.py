@@ -307,6 +307,34 @@ def test_a_remote_job_a_worker_took_waits_for_workers_that_stop_checking_in(stor
         assert list(job.exec(local=False, timeout=120)) == [0, 1]
 
 
+def test_an_attached_worker_that_cannot_run_the_job_does_not_cut_worker_wait_short(store):
+    """Such a worker marks the job unschedulable within seconds; the deployer gave up then, whatever
+    job.worker_wait said (None: wait for ever). It waits worker_wait, and a worker that can run the
+    job and attaches meanwhile runs it."""
+    job = compute.for_([1, 2], "function(i){ progress(); return i * 3 }", worktime="map-basic", worker_wait=None)
+    ended: list = []
+    thread = threading.Thread(target=lambda: ended.append(job.exec(local=False, timeout=120)))
+    with attached_worker(store, ["echo"]) as s:
+        thread.start()
+        deadline = time.monotonic() + 60
+
+        def judged() -> bool:
+            return job.id is not None and any(e["type"] == "unschedulable" for _, e in s.events(job.id, 0))
+
+        while not judged():
+            assert time.monotonic() < deadline, "the echo worker never judged the job"
+            time.sleep(0.1)
+        time.sleep(2.5)  # a quiet spell: the deployer looks at the workers again
+        assert thread.is_alive() and not ended
+        with attached_worker(store, ["map-basic"]):
+            thread.join(60)
+    assert ended and list(ended[0]) == [3, 6]
+    with pytest.raises(compute.RequirementsError, match="no worker has the worktime 'map-basic'"):  # a finite wait ends
+        with attached_worker(store, ["echo"]):
+            compute.for_([1], "function(i){ progress(); return i }", worktime="map-basic", worker_wait=4).exec(
+                local=False, timeout=60)
+
+
 def test_a_remote_job_still_gives_up_when_a_worker_that_could_run_it_leaves_before_taking_any(store, monkeypatch):
     import itertools
 

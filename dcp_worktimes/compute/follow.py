@@ -87,6 +87,10 @@ class Follower:
         self._last_note = 0.0
         self._refused_note = float("-inf")  # when the store refusing writes was last said
         self._outage: float | None = None  # when reading the store started failing
+        #: remote: attached workers run the job, and this follower decides when to give up
+        #: (job.worker_wait), not a worker that marked the job unschedulable before that.
+        self._remote = False
+        self._gave_up: str | None = None  # the reason, once worker_wait ran out
 
     def run(self, timeout: float | None, remote: bool = False) -> Outcome:
         """Dispatch events until the job ends.
@@ -105,6 +109,7 @@ class Follower:
 
     def _follow(self, timeout: float | None, remote: bool) -> Outcome:
         job, sched = self.job, self.scheduler
+        self._remote = remote
         deadline = None if timeout is None else time.monotonic() + timeout
         st = self._asking(lambda: sched.status(job.id), deadline)
         if st.get("status") in FINAL_STATES:  # e.g. resuming a job that finished meanwhile
@@ -113,6 +118,9 @@ class Follower:
         quiet_since = time.monotonic()
         if remote:
             self._asking(lambda: self.watch_workers(quiet_since), deadline)
+            if self._gave_up is not None:
+                self.reason = self._gave_up
+                return Outcome.UNSCHEDULABLE
         while True:
             per_slice = self.emit and bool(job.listener_count("result") or job.listener_count("error"))
             # Redis gone, an I/O error: say so, keep trying (the deadline holds)
@@ -131,6 +139,9 @@ class Follower:
                 quiet_since = now
                 if remote:
                     self._asking(lambda: self.watch_workers(now), deadline)
+                    if self._gave_up is not None:
+                        self.reason = self._gave_up
+                        return Outcome.UNSCHEDULABLE
                 st = self._asking(lambda: sched.status(job.id), deadline)
                 if st.get("status") in FINAL_STATES:  # the log ended without our final event
                     self.reason = str(st.get("reason") or self.reason)
@@ -224,7 +235,8 @@ class Follower:
             left = "" if self.worker_wait is None else f", {max(0.0, self.worker_wait - (now - self._waiting_since)):.0f} s left"
             log.warning("job %s: still waiting for a worker (%.0f s so far%s)", job.id, now - self._waiting_since, left)
         if self.worker_wait is not None and now - self._waiting_since >= self.worker_wait:
-            sched.check_schedulable(job.id, grace=0.0)  # emits "unschedulable" with the reason
+            # Marks the job (an "unschedulable" event) unless a worker's check did so already.
+            self._gave_up = sched.check_schedulable(job.id, grace=0.0)
 
     def dispatch(self, ev: Mapping[str, Any]) -> Outcome | None:
         """Hand one event to the job's listeners (unless ``emit`` is off); the ``Outcome`` when it ends the job."""
@@ -274,6 +286,9 @@ class Follower:
                 return Outcome.BADWORK
             return Outcome.CANCELLED
         if kind == "unschedulable":
+            if self._remote and self._gave_up is None and (self.worker_wait is None or self._waiting_since is None
+                                                           or time.monotonic() - self._waiting_since < self.worker_wait):
+                return None  # a worker's verdict: this deployer waits job.worker_wait (watch_workers)
             self.reason = str(payload.get("reason", ""))
             return Outcome.UNSCHEDULABLE
         if kind == "readyStateChange" and payload.get("state") == "failed":
