@@ -254,13 +254,17 @@ _SIZE = re.compile(r"\d+(\.\d*)?\s*(b|bytes?|[kmgtpe](i?b)?|(kilo|mega|giga|tera
                    re.IGNORECASE)
 
 
-def _is_none(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited", "off", ""))
+def _is_none(value: Any, what: str, example: str) -> bool:
+    """Whether ``value`` asks for no limit: ``None``, ``off``, ``none``, ``unlimited``. An empty
+    string is refused: it is what ``--memory-limit "$UNSET"`` gives, and must not lift a limit."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{what}: the value is empty; give one such as {example}, or off for no limit")
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited", "off"))
 
 
 def parse_size(value: Any, what: str = "size") -> int | None:
     """``"128MB"`` → 128000000, ``"1GiB"`` → 1073741824, ``4096`` → 4096, ``"none"`` → None."""
-    if _is_none(value):
+    if _is_none(value, what, "512MiB"):
         return None
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a size such as 128MB or 1GiB, got {value!r}")
@@ -312,7 +316,7 @@ def to_float(value: Any) -> float:
 
 def parse_duration(value: Any, what: str = "duration") -> float | None:
     """``"2s"`` → 2.0, ``"250ms"`` → 0.25, ``"2m"`` → 120.0, ``5`` → 5.0, ``"off"`` → None."""
-    if _is_none(value):
+    if _is_none(value, what, "30s"):
         return None
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a duration such as 30s or 2m, got {value!r}")

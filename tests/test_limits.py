@@ -9,8 +9,8 @@ def test_human_units():
 
 
 def test_off_means_unlimited_and_round_trip():
-    lim = Limits.parse(progress_timeout="off", wall_time=None)
-    assert lim.progress_timeout is None and lim.wall_time is None
+    lim = Limits.parse(progress_timeout="off", wall_time=None, memory="none", cpu_time="Unlimited")
+    assert lim.progress_timeout is None and lim.wall_time is None and lim.memory is None and lim.cpu_time is None
     assert Limits.from_dict(lim.to_dict()) == lim
 
 
@@ -22,6 +22,9 @@ def test_off_means_unlimited_and_round_trip():
     ({"memory": True}, "memory: expected a size"),
     ({"memory": "1.5"}, "has no unit; write it like 1.5MB"),
     ({"memory": 512}, "too little to run anything"),
+    # an unset shell variable (--memory-limit "$MEM") lifted the limit as "off" does
+    ({"memory": ""}, "memory: the value is empty; give one such as 512MiB, or off for no limit"),
+    ({"progress_timeout": "  "}, "progress_timeout: the value is empty; give one such as 30s"),
 ])
 def test_bad_limits_say_what_is_wrong(kw, message):
     with pytest.raises(ValueError, match=message):
