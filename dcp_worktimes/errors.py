@@ -46,6 +46,13 @@ class ErrorCode(str, Enum):
     EREQUIREMENTS = "EREQUIREMENTS"  # no worker can satisfy the job's requirements
 
 
+#: Final slice errors that say the work itself is unusable, whichever slice met them: the scheduler
+#: stops the job at the first (every other slice would fail the same way) and ``exec()`` raises one
+#: ``WorkError`` with that code. A program that never sets a slice handler is one too: it is known
+#: when the program loads, before any slice.
+UNUSABLE_WORK_CODES = frozenset({ErrorCode.EBADWORK.value, ErrorCode.ENOSLICEHANDLER.value})
+
+
 class DcpError(Exception):
     """Base of every dcp-worktimes error: a ``code`` plus a message that says what to do next."""
 

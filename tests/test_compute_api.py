@@ -627,6 +627,19 @@ def test_classes_defined_inside_the_work_are_not_taken_for_globals():
 
 
 @needs_python
+@pytest.mark.parametrize("work, words", [("x = 5", "defines no function"),
+                                         ("def a(x): return x\ndef b(x): return x\n", "2 functions (a, b)")])
+def test_a_python_program_with_no_slice_handler_stops_its_job_with_one_error(store, work, words):
+    # Every slice failed the same way instead (3000 failures for a 3000-slice job), as EBADWORK used to.
+    job = compute.for_(range(300), work, worktime="python", cores=1)
+    with pytest.raises(WorkError) as info:
+        job.exec()
+    assert info.value.code == "ENOSLICEHANDLER" and words in info.value.message
+    assert "failed with ENOSLICEHANDLER, so every slice would" in info.value.message
+    assert job.status()["status"] == "cancelled" and job.status()["computed"] == 0
+
+
+@needs_python
 def test_a_work_function_defining_a_dataclass_runs_on_the_python_worktime(store):
     assert compute.for_([1, 2], defines_classes, cores=1).exec() == [[1, 4], [2, 4]]
 

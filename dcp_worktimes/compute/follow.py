@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
-from ..errors import ErrorCode
+from ..errors import UNUSABLE_WORK_CODES, ErrorCode
 from ..scheduler.base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, Scheduler, StoreUnavailable
 from ..values import UnserializableValue, unpack
 from .events import JOB_EVENTS, Event
@@ -272,11 +273,11 @@ class Follower:
 
     def _ending(self, kind: Any, payload: Mapping[str, Any]) -> Outcome | None:
         """The ``Outcome`` when this event ends the job (and why, in ``reason``)."""
-        if kind == "error" and str(payload.get("code")) == ErrorCode.EBADWORK.value:
+        if kind == "error" and str(payload.get("code")) in UNUSABLE_WORK_CODES:
             # The scheduler stops the job (every other slice would fail the same way); the
             # deployer stops following at the first such error and says why.
             self.bad_work = payload
-            self.reason = f"the work is unusable (EBADWORK): {payload.get('message', '')}"
+            self.reason = f"the work is unusable ({payload.get('code')}): {payload.get('message', '')}"
             return Outcome.BADWORK
         if kind == "complete":
             return Outcome.COMPLETE
@@ -295,14 +296,21 @@ class Follower:
             self.reason = str(payload.get("reason", "")) or "see the job's error events"
         return None
 
+    def bad_work_code(self) -> str:
+        """The code that made the work unusable (``UNUSABLE_WORK_CODES``)."""
+        if self.bad_work is not None:
+            return str(self.bad_work.get("code"))
+        found = re.match(r"the work is unusable \((\w+)\): ", self.reason)
+        return found.group(1) if found else ErrorCode.EBADWORK.value
+
     def bad_work_message(self) -> str:
-        ev = self.bad_work
+        ev, code = self.bad_work, self.bad_work_code()
         if ev is None:  # known from the scheduler's cancel: its reason carries the engine's message
-            msg = self.reason.removeprefix("the work is unusable (EBADWORK): ").strip() or "no message"
-            where = "a slice failed with EBADWORK"
+            msg = self.reason.removeprefix(f"the work is unusable ({code}): ").strip() or "no message"
+            where = f"a slice failed with {code}"
         else:
             msg = str(ev.get("message", "")).strip() or "no message"
-            where = f"slice {ev.get('sliceNumber')} failed with EBADWORK"
+            where = f"slice {ev.get('sliceNumber')} failed with {code}"
         return (f"job {self.job.id}: the work cannot be used ({where}, so every slice would): {msg}\n"
                 "The job was stopped; fix the work and deploy it again")
 

@@ -500,7 +500,7 @@ class Job(EventEmitter):
     def _finish(self, outcome: Outcome, follower: Follower, results: ResultHandle, errors: str) -> ResultHandle:
         """The results, or the exception that says how the job ended."""
         if outcome is Outcome.BADWORK:
-            raise WorkError(follower.bad_work_message())
+            raise WorkError(follower.bad_work_message(), code=follower.bad_work_code())
         if outcome is Outcome.CANCELLED:
             raise JobCancelled(f"job {self.id} was cancelled: {follower.reason}", results, self.id)
         if outcome is Outcome.UNSCHEDULABLE:

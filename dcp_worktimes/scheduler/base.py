@@ -32,7 +32,8 @@ Rules every backend keeps (the conformance suite checks them):
   is recorded exactly once**. A slice whose leases were lost ``max_attempts`` times fails with
   ``ECRASH``.
 * **Unusable work.** A final ``EBADWORK`` error (the work does not compile, its top level raises)
-  cancels the job at once with that reason: every other slice would fail the same way.
+  or ``ENOSLICEHANDLER`` (a program that sets no slice handler; ``UNUSABLE_WORK_CODES``) cancels
+  the job at once with that reason: every other slice would fail the same way.
 * **Retries.** A failed slice with a retryable error (``ECRASH``: the evaluator died; ``EWORKREJECT``:
   the work called ``work.reject()``, which DCP retries and then gives back; or an error dict
   with ``"retryable": True``) puts the slice back until ``max_attempts``; any other error is the
@@ -80,7 +81,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
-from ..errors import DcpError, ErrorCode
+from ..errors import UNUSABLE_WORK_CODES, DcpError, ErrorCode
 from ..versions import max_satisfying, parse_range, parse_version
 from ..worktime import JobSpec
 
@@ -628,11 +629,12 @@ def pick_version(name: str, versions: Iterable[str], wanted: str | None) -> str:
 
 
 def unusable_work_reason(errors: Iterable[Mapping[str, Any] | None]) -> str | None:
-    """The cancel reason when a final error says the work itself is unusable (``EBADWORK``): every
-    other slice would fail the same way, so the scheduler stops the job (whoever runs it)."""
+    """The cancel reason when a final error says the work itself is unusable (``EBADWORK``,
+    ``ENOSLICEHANDLER``: ``UNUSABLE_WORK_CODES``): every other slice would fail the same way, so
+    the scheduler stops the job (whoever runs it)."""
     for error in errors:
-        if error and str(error.get("code")) == ErrorCode.EBADWORK.value:
-            return f"the work is unusable (EBADWORK): {error.get('message', '')}"
+        if error and str(error.get("code")) in UNUSABLE_WORK_CODES:
+            return f"the work is unusable ({error.get('code')}): {error.get('message', '')}"
     return None
 
 
