@@ -140,6 +140,13 @@ def test_cost_profiles():
     assert parse_cost("safeMarketValue") is compute.safeMarketValue
     assert parse_cost({"maxPaymentPerSlice": 0.5}).payment_per_slice(10) == 0.5
     assert parse_cost({"maxTotalPayment": 10}).payment_per_slice(4) == 2.5
+    # both caps hold: 10 slices at 0.5 would pay 5, over the total of 1
+    assert parse_cost({"maxPaymentPerSlice": 0.5, "maxTotalPayment": 1}).payment_per_slice(10) == 0.1
+    assert parse_cost({"maxPaymentPerSlice": 0.05, "maxTotalPayment": 1}).payment_per_slice(10) == 0.05
+    # a stream of unknown length: the market rate within the total, not the free rate
+    market = parse_cost(compute.marketValue).payment_per_slice(None)
+    assert parse_cost(100).payment_per_slice(None) == market > 0
+    assert parse_cost(market / 10).payment_per_slice(None) == market / 10
     assert parse_cost(compute.safeMarketValue).payment_per_slice(5) > parse_cost(compute.marketValue).payment_per_slice(5)
     for bad in ({}, {"maxTotalPayment": None}, -1, math.inf, "cheap", {"price": 1}, True, [1]):
         with pytest.raises(CostProfileError) as info:

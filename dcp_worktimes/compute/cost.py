@@ -54,18 +54,26 @@ class CostProfile:
     name: str | None = None
 
     def payment_per_slice(self, slices: int | None) -> float:
-        """What one slice offers: the per-slice cap, else the total spread over known slices."""
+        """What one slice offers: the per-slice cap, and no more than the total spread over the
+        slices. A total over a stream whose length is not known yet offers the market rate (at
+        most the total): spreading it is impossible, and 0 would queue a paid job behind every
+        other one.
+
+        >>> CostProfile(max_payment_per_slice=0.5, max_total_payment=1).payment_per_slice(10)
+        0.1
+        """
         if self.name == "marketValue":
             return MARKET_RATE
         if self.name == "safeMarketValue":
             return MARKET_RATE * 1.5
         if self.name == "freeValue":
             return 0.0
-        if self.max_payment_per_slice is not None:
-            return self.max_payment_per_slice
-        if self.max_total_payment is not None and slices:
-            return self.max_total_payment / slices
-        return 0.0
+        per_slice = self.max_payment_per_slice
+        if self.max_total_payment is not None:
+            spread = self.max_total_payment / slices if slices else (
+                min(MARKET_RATE, self.max_total_payment) if slices is None else self.max_total_payment)
+            per_slice = spread if per_slice is None else min(per_slice, spread)
+        return per_slice if per_slice is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         if self.name:
