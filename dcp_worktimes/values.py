@@ -141,6 +141,9 @@ def _default(obj: Any) -> Any:
         return bytes(obj)
     if isinstance(obj, (set, frozenset)):
         raise UnserializableValue(f"a {type(obj).__name__} cannot cross the sandbox boundary; convert it to a list")
+    if isinstance(obj, range):  # e.g. inputs mixing ranges and data: only a list of ranges alone is one input set
+        raise UnserializableValue(f"a range ({obj!r}) cannot cross the sandbox boundary as a value; send list({obj!r}), "
+                                  "or make every input a range for a multi-dimensional input set")
     raise UnserializableValue(
         f"a value of type {type(obj).__module__}.{type(obj).__qualname__} cannot cross the sandbox boundary; "
         f"supported types: {VALUE_TYPES}"

@@ -93,6 +93,7 @@ def test_unknown_range_keys_and_missing_end_are_named():
 
 
 def test_v12_huge_range_is_instant_and_holds_no_per_slice_memory():
+    compute.for_({"start": 0, "end": 1}, "function(i){ progress(); return i }")  # first-use imports: not per job
     tracemalloc.start()
     t0 = time.perf_counter()
     job = compute.for_({"start": 0, "end": 10**12}, "function(i){ progress(); return i }")
@@ -182,6 +183,16 @@ def test_v5_multi_dimensional_range_is_row_major():
     assert datums(m) == [[1, 3], [1, 4], [1, 5], [2, 3], [2, 4], [2, 5]]
     back = input_set_from_description(m.description())
     assert datums(back) == datums(m)
+
+
+def test_python_ranges_make_multi_dimensional_inputs_as_range_objects_do(store):
+    assert compute.for_([range(1, 3), range(3, 6)], JS).input_set.shape == (2, 3)
+    job = compute.for_([RangeObject(1, 2), range(3, 5)], "function(i, j){ progress(); return i * j }")
+    assert [list(row) for row in job.exec(cores=1)] == [[3, 4], [6, 8]]
+    with pytest.raises(RangeError, match=r"dimension 1: range\(0, 0\) is empty"):
+        compute.for_([range(1, 3), range(0)], JS)
+    with pytest.raises(TypeError, match=r"input 0 .*send list\(range\(1, 3\)\), or make every input a range"):
+        compute.for_([range(1, 3), 5], JS).exec(cores=1)  # a list mixing ranges and data is data
 
 
 def test_multi_dimensional_errors_name_the_dimension():

@@ -297,14 +297,14 @@ def _plain_key(key: Any) -> Any:
 
 
 def _is_range_spec(v: Any) -> bool:
-    return isinstance(v, RangeObject) or (isinstance(v, Mapping) and bool(v) and set(v) <= _RANGE_KEYS)
+    return isinstance(v, (RangeObject, range)) or (isinstance(v, Mapping) and bool(v) and set(v) <= _RANGE_KEYS)
 
 
 def input_set(value: Any) -> InputSet:
     """The input set for one ``compute.for_`` input argument.
 
     A ``RangeObject`` or range dict → ``RangeObject``; a list/tuple whose items are *all* range
-    objects (dicts with only the keys start, end, step, group) → ``MultiRange`` (a list of other
+    objects (dicts with only the keys start, end, step, group, or Python ``range``s) → ``MultiRange`` (a list of other
     dicts is a list of data, even when they have a ``start`` key); a distribution → itself; any other iterable (list, tuple, set of
     values, generator, ``range``) → ``StreamInput``. Strings, bytes and mappings that are not
     ranges are refused: they are almost always a mistake (a string would be sliced per character).

@@ -238,9 +238,13 @@ class RangeObject:
     # -- construction from user values -------------------------------------------------------------
     @classmethod
     def from_value(cls, value: Any) -> "RangeObject":
-        """A ``RangeObject`` from itself or a dict ``{start, end[, step][, group]}``."""
+        """A ``RangeObject`` from itself, a dict ``{start, end[, step][, group]}`` or a non-empty ``range``."""
         if isinstance(value, RangeObject):
             return value
+        if isinstance(value, range):
+            if not len(value):
+                raise RangeError(f"{value!r} is empty; a dimension needs at least one value")
+            return cls(value[0], value[-1], value.step)
         if isinstance(value, Mapping):
             unknown = set(value) - {"start", "end", "step", "group"}
             if unknown:
