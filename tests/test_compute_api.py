@@ -365,6 +365,9 @@ def test_more_bad_arguments_are_named_before_deploying(store):
         deep = [deep]
     with pytest.raises(ValueError, match="nested too deeply"):
         compute.for_([deep], JS).exec()
+    if "wasi" in INSTALLED:  # JavaScript as bytes: bytes mean wasi, and these are no module
+        with pytest.raises(WorkError, match=r"(?s)the work is bytes, which run on the wasi worktime.*as a str"):
+            compute.for_([1], JS.encode()).exec()
     assert deployed_jobs(store) == []
 
 

@@ -108,7 +108,17 @@ class WasiWorktime(Worktime):
             path = Path(work).expanduser()
             if path.is_file():
                 return CapturedWork(path.read_bytes(), origin=f"file {path.name}")
-        return super().capture_work(work)
+        captured = super().capture_work(work)
+        if isinstance(captured.work, bytes) and captured.work[:4] != b"\0asm":
+            # Bytes default to this worktime: JavaScript sent as bytes by mistake would otherwise
+            # be deployed, then fail in a worker talking of WAT.
+            try:
+                wasm_bytes(captured.work, paths=False)
+            except ValueError as e:
+                raise WorkError(f"the work is bytes, which run on the wasi worktime as a WebAssembly module, but these "
+                                f"are neither a wasm binary (starting with \\0asm) nor WebAssembly text ({e}); send "
+                                "JavaScript or Python source as a str, or set job.worktime") from None
+        return captured
     options = {"content_type": "json (default), msgpack or raw: how the datum and result are encoded",
                "fuel": "a deterministic instruction budget per slice (ECPULIMIT when spent)",
                "scratch_size": "the cap on the slice's /tmp, e.g. 64MB"}
