@@ -254,7 +254,7 @@ def _parse_json(text: str, what: str) -> Any:
     """JSON from the text, or from a file (``@path``) or standard input (``-``) for big values.
 
     At most ``MAX_INPUT`` bytes, nested at most ``values.MAX_DEPTH`` levels deep."""
-    from .values import MAX_DEPTH, UnserializableValue, pack_decodable
+    from .values import MAX_DEPTH, MAX_INT_DIGITS, UnserializableValue, pack_decodable
 
     if text == "-":
         text = _text(_read_bounded(None, what), what, "standard input")
@@ -267,6 +267,11 @@ def _parse_json(text: str, what: str) -> Any:
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"{what} must be JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                                  "quote strings: '\"text\"'; @FILE reads a file, - reads standard input") from None
+    except ValueError as e:
+        if "int_max_str_digits" not in str(e) and "Exceeds the limit" not in str(e):
+            raise
+        raise click.BadParameter(f"{what}: an integer of more than {MAX_INT_DIGITS:,} decimal digits; write it as "
+                                 '{"$int": "0x..."} (hexadecimal digits)') from None
     try:
         pack_decodable(value)  # what cannot cross the sandbox boundary is refused here, not mid-run
     except UnserializableValue as e:
@@ -517,12 +522,23 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
             click.echo(f"[emit {payload['name']}] {json.dumps(_to_json(payload['value']))}", err=True)
 
     value = _parse_json(datum, "--datum")
+    if output_file is not None:  # before the slice runs (a render may take minutes), not after
+        folder = os.path.dirname(os.path.abspath(output_file))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            why = "does not exist" if not os.path.isdir(folder) else "is not writable"
+            raise click.BadParameter(f"the folder {folder} {why}; create it or write elsewhere", param_hint="--output")
     if note:  # said once every argument is read: a bad one fails at once, not after the wait
         click.echo(f"dcp-worker: {worktime}: {note}", err=True)
     out = run_slice(job, value, on_event, config=config)
     result = out.value if out.ok else None
+    unwritten = False
     if out.ok and output_file is not None:  # not "output": that is --output-limit's (limit_options)
-        result = _write_output(result, output_file)
+        try:
+            result = _write_output(result, output_file)
+        except (click.BadParameter, OSError) as e:  # the slice ran: its result is printed, not lost
+            unwritten = True
+            why = e.format_message() if isinstance(e, click.BadParameter) else f"{e.strerror}: {output_file}"
+            click.echo(f"dcp-worker: --output: {why}; the result is printed instead", err=True)
     if as_json:
         body: dict[str, Any] = {"ok": out.ok, "wall_time": out.wall_time, "cpu_time": out.cpu_time,
                                 "bytes_in": out.bytes_in, "bytes_out": out.bytes_out}
@@ -540,6 +556,8 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
             click.echo(err.stack, err=True)  # type: ignore[union-attr]
     if not out.ok:
         sys.exit(EXIT_FAILED)
+    if unwritten:
+        sys.exit(EXIT_USAGE)
 
 
 class _Failed:

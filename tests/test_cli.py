@@ -59,7 +59,19 @@ def test_slice_output_writes_the_result_bytes(tmp_path):
     r = dcp_worker("slice", "-w", "echo", "--work", '{"output": 0.001}', "--output", str(out))
     assert r.returncode == 0 and out.read_bytes() == b"x" * 1048
     r = dcp_worker("slice", "-w", "echo", "--work", "", "--datum", '{"a": 1}', "--output", str(out))
-    assert r.returncode == 2 and "Invalid value for --output: it writes a bytes result" in r.stderr and "a dict with no bytes" in r.stderr
+    assert r.returncode == 2 and "--output: Invalid value for --output: it writes a bytes result" in r.stderr
+    assert "a dict with no bytes" in r.stderr and json.loads(r.stdout) == {"a": 1}  # the result is printed, not lost
+    # a folder that does not exist is refused before the slice runs (a render may take minutes)
+    r = dcp_worker("slice", "-w", "echo", "--work", '{"sleep": 30}', "--datum", '{"$bytes": "AP8="}',
+                   "--output", str(tmp_path / "no" / "such" / "x.png"), timeout=20)
+    assert r.returncode == 2 and f"the folder {tmp_path / 'no' / 'such'} does not exist" in r.stderr and not r.stdout
+
+
+def test_a_datum_integer_too_long_says_how_to_write_it(tmp_path):
+    (tmp_path / "big.json").write_text("1" * 200_001)
+    r = dcp_worker("slice", "-w", "echo", "--datum", f"@{tmp_path / 'big.json'}")
+    assert r.returncode == 2 and "more than 200,000 decimal digits" in r.stderr and '{"$int": "0x..."}' in r.stderr
+    assert "set_int_max_str_digits" not in r.stderr
 
 
 def test_slice_output_limit_is_a_limit_not_a_file_name(tmp_path):
