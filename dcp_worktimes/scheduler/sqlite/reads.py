@@ -4,6 +4,7 @@ result batches), results, job records, status, listings and live workers."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Iterator
 
 from ..base import WORKER_TTL, JobRecord, ResultBatch, WorkerInfo
@@ -25,13 +26,29 @@ class Reads:
     def events(self, job_id: str, after: int, wait: float, limit: int | None, results: bool) -> list[tuple[int, dict]]:
         deadline = time.monotonic() + wait
         while True:
-            with self.store.lock:
+            with self.store.lock, self._snapshot():
                 out = self._read_events(job_id, after, limit, results)
             if out or time.monotonic() >= deadline:
                 return out
             with self.store.cond:
                 # Other processes do not notify us: poll at least every 20 ms.
                 self.store.cond.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction around several SELECTs: each would otherwise see the store as of
+        its own start. Events and results are separate tables written by separate commits: an
+        event and a result committed between the two reads made the event (a later sequence number
+        than any read so far) skipped for good by the next read, which starts after the result."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
 
     def _read_events(self, job_id: str, after: int, limit: int | None, results: bool) -> list[tuple[int, dict]]:
         self.store.record(job_id)  # UnknownJob for a bad id
