@@ -1030,6 +1030,24 @@ def test_a_long_slice_does_not_hold_the_results_of_the_slices_before_it(js_engin
         assert time.monotonic() - started < 10
 
 
+def test_v8_starts_under_a_hard_file_size_limit_below_its_own_cap():
+    # `ulimit -f 4000` on the worker: Deno's own cap (16 MiB) could not be set over the hard limit,
+    # and the failing start was taken for the job's fault (EBADWORK): every map-basic job cancelled.
+    import subprocess
+    import sys
+
+    if missing("v8"):
+        pytest.skip(missing("v8"))
+    code = ("from dcp_worktimes.runner import EvaluatorPool\n"
+            "from dcp_worktimes.worktime import JobSpec\n"
+            "job = JobSpec(id='f', worktime='map-basic', work='x => x * 2')\n"
+            "with EvaluatorPool(cores=1, config={'map-basic': {'js-engine': 'v8'}}) as p:\n"
+            "    print([o.value if o.ok else o.error.code for o in p.map(job, [(0, 21)])])\n")
+    r = subprocess.run(["bash", "-c", f"ulimit -f 4000 && exec {sys.executable} -c \"$0\"", code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "[42]", r.stderr[-2000:]
+
+
 # -- QuickJS block mode (run_block) against one slice at a time ----------------------------------
 class _Block:
     """A minimal Block for driving QuickJSEngine.run_block directly."""

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from ...errors import ErrorCode, SliceError
+from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import Limits
 from ...worktime import Block, SliceContext
 from .engine import PRELUDE, Engine, datum_text, limit_error, memory_message, sanitize
@@ -169,7 +169,11 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if _libc_signal is not None:
         _libc_signal(_SIGXFSZ, 1)  # SIG_IGN: the write fails instead of the process dying
-        resource.setrlimit(resource.RLIMIT_FSIZE, (DENO_FILE_CAP, DENO_FILE_CAP))
+        # Never above a cap the worker's owner set lower (`ulimit -f`): raising a hard limit fails,
+        # and a failing preexec_fn read as the job's fault cancelled every map-basic job here.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        cap = DENO_FILE_CAP if hard == resource.RLIM_INFINITY else min(DENO_FILE_CAP, hard)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
 
 
 class _Stopped(Exception):
@@ -251,8 +255,12 @@ class V8Engine(Engine):
             v8_flags.append(f"--max-heap-size={heap_mb}")
         cmd = [binary, "run", "--no-prompt", "--no-config", "--no-lock", "--no-remote", "--no-npm",
                f"--import-map={import_map}", f"--v8-flags={','.join(v8_flags)}", str(HOST_JS)]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env=env, cwd=tempfile.gettempdir(), preexec_fn=_die_with_parent, bufsize=0)
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          env=env, cwd=tempfile.gettempdir(), preexec_fn=_die_with_parent, bufsize=0)
+        except (OSError, subprocess.SubprocessError) as e:  # this machine's fault, never the job's
+            raise WorkError(f"Deno ({binary}) could not be started here: {type(e).__name__}: {e}",
+                            code=ErrorCode.ENOWORKTIME) from None
         self._buf.clear()
         self._to_deno, self._from_deno = self._proc.stdin.fileno(), self._proc.stdout.fileno()
         self._poll = select.poll()
