@@ -235,3 +235,51 @@ def test_an_event_committed_between_the_two_reads_of_events_is_not_skipped(tmp_p
     assert fired and kinds.count("console") == 1 and kinds.count("result") == 2, kinds
     deployer.close()
     worker.close()
+
+
+LEASE_IN_ANOTHER_PID_NAMESPACE = """
+import os, sys, time
+# The next process here gets a pid that no process has outside (as after a few hundred starts).
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(int(sys.argv[2]) - 1))
+if os.fork() == 0:
+    from dcp_worktimes.scheduler import open_scheduler
+    s = open_scheduler(sys.argv[1])
+    leases = s.lease("w-inside", {"echo": "1.0.0"}, {}, 5, 30.0)
+    print(os.getpid(), len(leases[0]) if leases else 0, flush=True)
+    time.sleep(30)
+    os._exit(0)
+os.wait()
+"""
+
+
+def test_a_worker_in_another_pid_namespace_on_this_host_keeps_its_leases(tmp_path):
+    # Its pid does not exist here (unshare -p, bubblewrap, a container sharing the host name):
+    # this process took it for a dead worker of this machine and expired its leases at once, so
+    # two such workers threw each other's work away until every slice failed "lost 3 times".
+    import shutil
+    import subprocess
+    import sys
+
+    from dcp_worktimes.testing_scheduler import take
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("this machine cannot start a process in a new pid namespace (unshare --pid needs root)")
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    s = open_scheduler(url)
+    s.submit(make_job("j", 10))
+    import psutil
+
+    absent = next(p for p in range(max(psutil.pids()) + 1000, 1 << 22) if not psutil.pid_exists(p))
+    inside = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c",
+                               LEASE_IN_ANOTHER_PID_NAMESPACE, url, str(absent)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert inside.stdout.readline().split() == [str(absent), "5"]
+        got = take(s, "w-here", max_slices=10)  # a lease call here looks for dead workers of this machine
+        assert sorted(sl.slice_number for sl in got) == [5, 6, 7, 8, 9]  # not the other worker's 0..4
+        assert take(s, "w-here") == []
+    finally:
+        inside.kill()
+        inside.wait()
+        s.close()

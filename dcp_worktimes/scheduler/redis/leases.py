@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 
 from ...values import pack, unpack, unpack_datums
+from ..host import HOST_KEY
 from ...worktime import JobSpec
 from ..base import JobRecord, Lease, Report, is_retryable, unusable_work_reason
 from ..matching import worker_can_run
@@ -32,20 +33,6 @@ from .keys import Keys
 from .scripts import register
 
 
-def _host_key() -> str:
-    """This machine's process namespace: host name, boot id and pid namespace (two containers on one
-    host, or two hosts of one name, never take each other's pids for their own)."""
-    parts = [socket.gethostname()]
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            parts.append(f.read().strip())
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    except OSError:
-        pass
-    return "/".join(parts)
-
-
-HOST_KEY = _host_key()
 
 
 def token() -> str:

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
 from typing import Any
 
 from ..base import SchedulerError, StoreDamaged, StoreUnavailable
+from ..host import HOST_KEY
 
 SCHEMA_VERSION = 4
 #: ``PRAGMA application_id`` of a job store ("DCPW"): tells it from another program's database.
@@ -52,7 +52,7 @@ APPLICATION_ID = 0x44435057
 _OUR_TABLES = frozenset({"jobs", "slices", "leases", "results", "events", "workers"})
 #: Slice row states. QUEUED: a stream slice not leased yet (walked by ``next_slice`` like a range).
 PENDING, LEASED, DONE, QUEUED = 0, 1, 2, 3
-HOST = socket.gethostname()
+HOST = HOST_KEY  # which processes this one can see (host.py): a pid is judged only under it
 #: The columns of a ``results`` row, in order (each a list with one entry per slice of the batch).
 RESULT_COLUMNS = ("numbers", "oks", "values", "errors", "walls", "cpus", "bytes_in", "bytes_out", "attempts", "workers")
 
