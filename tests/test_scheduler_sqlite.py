@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -111,14 +112,18 @@ def test_default_url_from_env(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "url, expected",
     [("sqlite:////tmp/a.db", "/tmp/a.db"), ("sqlite:///tmp/a.db", "/tmp/a.db"), ("/tmp/a.db", "/tmp/a.db"),
-     ("sqlite://:memory:", ":memory:")],
+     ("sqlite://:memory:", ":memory:"), ("SQLite:///tmp/a.db", "/tmp/a.db"), ("sqlite:///tmp/my%20jobs.db", "/tmp/my jobs.db"),
+     # ~ is the home folder (it became a folder named ~ in the current one)
+     ("sqlite://~/jobs.db", os.path.expanduser("~/jobs.db")), ("sqlite:///~/jobs.db", os.path.expanduser("~/jobs.db"))],
 )
 def test_urls(url, expected):
     assert parse_url(url) == ("sqlite", expected)
 
 
 @pytest.mark.parametrize("url, message", [("postgres://admin:hunter2@x/db", "unsupported scheduler URL scheme 'postgres'"),
-                                          ("jobs", "cannot read"), ("", "empty")])
+                                          ("jobs", "cannot read"), ("", "empty"),
+                                          # it made a file named "x.db?mode=ro"
+                                          ("sqlite:///tmp/x.db?mode=ro", r"has a query or fragment \('\?mode=ro'\)")])
 def test_bad_urls_say_how_to_fix(url, message):
     with pytest.raises(SchedulerError, match=message) as info:
         parse_url(url)

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .base import SchedulerError
 
@@ -27,19 +27,26 @@ def parse_url(url: str) -> tuple[str, str]:
     if not isinstance(url, str) or not url.strip():
         raise SchedulerError(f"empty scheduler URL; {_HINT}")
     url = url.strip()
-    if url.startswith("sqlite://"):
+    if url.lower().startswith("sqlite://"):
         rest = url[len("sqlite://"):]
         if rest in (":memory:", "/:memory:"):
             return "sqlite", ":memory:"
+        if "?" in rest or "#" in rest:
+            # A file named "x.db?mode=ro" would be made instead: SQLite's URI options are not ours.
+            raise SchedulerError(f"scheduler URL {url!r} has a query or fragment ({rest[rest.find('?' if '?' in rest else '#'):]!r}); "
+                                 f"a SQLite store takes no options: sqlite:///path/jobs.db ({_HINT})")
+        rest = unquote(rest)  # %20 is a space, as in any URL
+        if rest.startswith("/") and rest.lstrip("/").startswith("~"):
+            rest = rest.lstrip("/")  # sqlite:///~/jobs.db: the home folder, as sqlite://~/jobs.db
         if rest.startswith("/"):
             # sqlite:///tmp/x.db and sqlite:////tmp/x.db both mean /tmp/x.db (SQLAlchemy's is the
             # four-slash form; people write three and mean absolute).
             path = "/" + rest.lstrip("/")
         else:
-            path = os.path.abspath(rest)
+            path = os.path.abspath(os.path.expanduser(rest))  # before abspath: ~ is the home folder
         if not rest.strip("/"):
             raise SchedulerError(f"scheduler URL {url!r} has no file path; {_HINT}")
-        return "sqlite", os.path.expanduser(path)
+        return "sqlite", path
     if url.lower().startswith(("redis://", "rediss://")):
         # The target is the URL itself (it may hold a password: never put it in a message).
         return "redis", url
