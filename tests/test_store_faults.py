@@ -171,9 +171,35 @@ def test_stored_records_that_do_not_decode_are_a_store_damaged_error(tmp_path):
         db.execute("UPDATE jobs SET record = x'c1c1c1' WHERE id = 'j1'")
         db.execute("UPDATE results SET data = x'ffff' WHERE job_id = 'j0'")
     s = open_scheduler(f"sqlite:///{path}", read_only=True)
-    for call in (s.job_summaries, lambda: s.results("j0"), lambda: s.get_job("j1")):
+    for call in (lambda: s.results("j0"), lambda: s.get_job("j1")):
         with pytest.raises(StoreDamaged, match="damaged"):
             call()
+    # The listing shows the damaged job as such (to be deleted), and the others as they are.
+    listed = {row["id"]: row for row in s.job_summaries()}
+    assert listed["j1"]["status"] == "damaged" and "jobs --delete" in listed["j1"]["reason"]
+    assert listed["j0"]["status"] != "damaged"
+    s.close()
+
+
+def test_a_job_whose_record_is_damaged_is_skipped_and_the_others_run(tmp_path, caplog):
+    # Every worker ended at once with ESTOREDAMAGED, healthy jobs waiting.
+    import sqlite3
+
+    from dcp_worktimes.scheduler.worker import Worker
+    from dcp_worktimes.testing_scheduler import make_job
+
+    path = tmp_path / "jobs.db"
+    s = open_scheduler(f"sqlite:///{path}")
+    s.submit(make_job("broken", 3, payment_per_slice=9.0))  # leased first: the higher bid
+    s.submit(make_job("fine", 3))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE jobs SET record = x'c1c1c1' WHERE id = 'broken'")
+    s.close()
+    s = open_scheduler(f"sqlite:///{path}")
+    with caplog.at_level("WARNING", logger="dcp_worktimes"):
+        Worker(s, ["echo"], cores=1).run(until_idle=True)
+    assert s.status("fine")["status"] == "complete"
+    assert sum("skipping job broken" in r.getMessage() for r in caplog.records) == 1
     s.close()
 
 

@@ -17,6 +17,7 @@ Every method runs one ``BEGIN IMMEDIATE`` transaction per call.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -31,6 +32,7 @@ from ..base import (
     UNSCHEDULABLE,
     Lease,
     Report,
+    StoreDamaged,
     feed_lost_reason,
     is_retryable,
     unusable_work_reason,
@@ -38,6 +40,10 @@ from ..base import (
 from ..matching import worker_can_run
 from .schema import DONE, HOST, LEASED, PENDING, QUEUED
 from .store import Store
+
+log = logging.getLogger(__name__)
+#: Jobs whose damaged record this process has warned about (``lease`` skips them).
+_DAMAGED_SAID: set[str] = set()
 
 
 @dataclass(slots=True)
@@ -126,7 +132,14 @@ class LeaseEngine:
                 want = max_slices - got
                 if want <= 0:
                     break
-                if worker_can_run(store.record(job_id), worktimes, capabilities, categories) is not None:
+                try:
+                    record = store.record(job_id)
+                except StoreDamaged as e:  # one damaged record must not stop every worker serving the rest
+                    if job_id not in _DAMAGED_SAID:
+                        _DAMAGED_SAID.add(job_id)
+                        log.warning("skipping job %s: %s", job_id, e.message)
+                    continue
+                if worker_can_run(record, worktimes, capabilities, categories) is not None:
                     unmatched.append(job_id)
                     continue
                 blocks = self._lease_job(job_id, worker_id, expires, want)

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..base import WORKER_TTL, JobRecord, ResultBatch, WorkerInfo
+from ..base import WORKER_TTL, JobRecord, ResultBatch, StoreDamaged, WorkerInfo
 from .store import Store
 
 #: Bytes of stored result rows ``result_batches`` reads per query.
@@ -133,9 +133,12 @@ class Reads:
             ).fetchall()
         out = []
         for jid, record, status, reason, total, distributed, computed, failed, created, payment in rows:
-            rec = self.store.decode(record, f"the record of job {jid}")
-            if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
-                raise self.store.damaged(f"the record of job {jid}", ValueError("not a job record"))
+            try:
+                rec = self.store.decode(record, f"the record of job {jid}")
+                if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
+                    raise self.store.damaged(f"the record of job {jid}", ValueError("not a job record"))
+            except StoreDamaged as e:  # listed as such, so that it can be deleted; the others still show
+                rec, status, reason = {"spec": {"worktime": "?"}}, "damaged", e.message
             out.append({
                 "id": jid, "worktime": rec["spec"]["worktime"], "status": status, "reason": reason, "total": total,
                 "distributed": distributed, "computed": computed, "failed": failed, "created": created,
