@@ -664,6 +664,7 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
         from .scheduler.base import FINAL_STATES
 
         for job_id in delete:
+            job_id = _full_job_id(sched, job_id)
             st = sched.status(job_id)  # an unknown id is an error that says so, not a silent no-op
             if st["status"] not in FINAL_STATES and not force:
                 raise click.UsageError(
@@ -741,6 +742,10 @@ def resume_cmd(job_id: str, scheduler_url: str | None, cores: int | None, errors
     url = _scheduler_url(scheduler_url)
     if not _store_exists(url):
         raise click.UsageError(f"no job store at {_store_path(url)}, so no job {job_id!r}; check --scheduler / DCP_SCHEDULER")
+    from .scheduler import open_scheduler
+
+    with open_scheduler(url, read_only=True) as sched:
+        job_id = _full_job_id(sched, job_id)
     try:
         results = compute.resume(job_id, scheduler=url).exec(cores=cores, errors=errors)
     except compute.JobFailed as e:
@@ -851,6 +856,24 @@ def _store_url(url: str | None) -> str:
     if kind == "redis":
         return redact_url(target)  # never the password
     return f"{kind}://{target}" if target == ":memory:" else f"{kind}:///{target.lstrip('/')}"
+
+
+def _full_job_id(sched: Any, given: str) -> str:
+    """``given``, or the one stored job id it begins (the worker's log shows 8 characters); an
+    unknown or ambiguous id is left for the command to report (ambiguous: naming the candidates)."""
+    from .scheduler.base import UnknownJob
+
+    given = given.strip()
+    try:
+        sched.status(given)
+        return given
+    except UnknownJob:
+        pass
+    matches = [row["id"] for row in sched.job_summaries() if given and row["id"].startswith(given)]
+    if len(matches) > 1:
+        raise click.UsageError(f"job id {given!r} begins {len(matches)} jobs ({', '.join(matches[:5])}"
+                               f"{', ...' if len(matches) > 5 else ''}); give more of it")
+    return matches[0] if matches else given
 
 
 def _store_path(url: str | None) -> str:
