@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import math
@@ -464,8 +465,8 @@ def worktimes_cmd(as_json: bool, **settings: Any) -> None:
         caps = " ".join(_flatten(r["capabilities"])) or "-"
         table.add_row(r["name"], r["version"], r["provider"],
                       caps if r["available"] else Text(f"not available here: {r['unavailable']}", style="yellow"))
+    _print_table(table)
     console = Console()
-    console.print(table)
     for e in errors:
         if not any(e["error"] in shown for shown in _SHOWN_WARNINGS):  # not said at start-up already
             console.print(Text(f"plugin {e['plugin']} skipped: {e['error']}", style="yellow"))
@@ -694,8 +695,7 @@ def jobs_cmd(scheduler_url: str | None, delete: tuple[str, ...], force: bool, as
                  str((r.get("public") or {}).get("name", "")), r["id"])
         # Job names come from strangers: Text (never markup) with control characters escaped.
         table.add_row(*(Text(_printable(c)) for c in cells))
-    # Piped into grep or a file: no terminal width to fit, so never cut a cell.
-    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+    _print_table(table)
 
 
 @cli.command("applications")
@@ -726,7 +726,7 @@ def applications_cmd(scheduler_url: str | None, as_json: bool) -> None:
     for r in rows:  # published by strangers: Text, never markup
         table.add_row(*(Text(_printable(str(c))) for c in (r["name"], r["version"], ", ".join(r["categories"]) or "-",
                                                            ", ".join(r["functions"]), r["description"] or "")))
-    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+    _print_table(table)
 
 
 @cli.command("resume")
@@ -856,6 +856,20 @@ def _store_url(url: str | None) -> str:
     if kind == "redis":
         return redact_url(target)  # never the password
     return f"{kind}://{target}" if target == ":memory:" else f"{kind}:///{target.lstrip('/')}"
+
+
+def _print_table(table: Any) -> None:
+    """A rich table on stdout. Piped into grep or a file there is no terminal width to fit: no
+    cell is cut, and no line carries the padding of the widest row."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        Console().print(table)
+        return
+    out = io.StringIO()
+    Console(file=out, width=100_000).print(table)
+    for line in out.getvalue().splitlines():
+        click.echo(line.rstrip())
 
 
 def _full_job_id(sched: Any, given: str) -> str:
