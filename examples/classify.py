@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from dcp_worktimes import compute
+from dcp_worktimes.errors import DcpError
 
 LABELS = ["billing", "bug", "other"]
 
@@ -82,10 +83,17 @@ def embedded_model() -> str:
     return str(gemma.assemble(cache / "ollama" / "models" / gemma.MODEL_NAME))
 
 
+def positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=300, help="how many tickets (default 300)")
-    ap.add_argument("--cores", type=int, default=None, help="evaluators to run (default: every core)")
+    ap.add_argument("--count", type=positive, default=300, help="how many tickets (default 300)")
+    ap.add_argument("--cores", type=positive, default=None, help="evaluators to run (default: every core)")
     ap.add_argument("--ollama-host", help="use this Ollama server instead of the embedded llama.cpp")
     ap.add_argument("--name", default="gemma3:270m", help="the model's name (default gemma3:270m)")
     args = ap.parse_args()
@@ -101,7 +109,10 @@ def main() -> None:
     job = compute.for_([text for text, _ in data], work, worktime="ollama", cores=args.cores,
                        requirements={"ollama": {"models": {args.name: True}}})
     t = time.monotonic()
-    results = list(job.exec(progress=True))
+    try:
+        results = list(job.exec(progress=True))
+    except DcpError as e:  # no model, no server: the message says what to do
+        raise SystemExit(f"classify.py: {e}") from None
     elapsed = time.monotonic() - t
 
     labels = [r["json"] for r in results]

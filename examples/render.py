@@ -50,18 +50,33 @@ for frame in range(1, {frames} + 1):
 """
 
 
+def positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def size(text: str) -> tuple[int, int]:
+    """argparse type: WIDTHxHEIGHT, each at least 1."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, such as 160x120")
+    return int(parts[0]), int(parts[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=24)
-    ap.add_argument("--size", default="160x120", help="WIDTHxHEIGHT in pixels")
+    ap.add_argument("--frames", type=positive, default=24)
+    ap.add_argument("--size", type=size, default="160x120", help="WIDTHxHEIGHT in pixels")
     ap.add_argument("--engine", default="CYCLES", choices=["CYCLES", "BLENDER_WORKBENCH", "BLENDER_EEVEE"])
-    ap.add_argument("--samples", type=int, default=16)
-    ap.add_argument("--cores", type=int, default=None, help="evaluators on this machine (default: every core)")
+    ap.add_argument("--samples", type=positive, default=16)
+    ap.add_argument("--cores", type=positive, default=None, help="evaluators on this machine (default: every core)")
     ap.add_argument("--out", default="render-out", help="folder for the frames, the GIF and the contact sheet")
     args = ap.parse_args()
     from PIL import Image  # Pillow: pip install Pillow
 
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     out = Path(args.out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
 
