@@ -37,7 +37,7 @@ from typing import Any
 
 import click
 
-from .errors import DcpError
+from .errors import DcpError, WorkError
 from .limits import FLAGS, Limits, check_cores
 from .values import KEY_RULE, KEY_TYPES, MAX_INT_DIGITS
 from .scheduler import processes
@@ -514,6 +514,10 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
     job = JobSpec(id="cli-slice", worktime=worktime, work=_read_work(work),
                   arguments=[_parse_json(a, "--arg") for a in args], modules=mods, options=opts,
                   limits=_limits(None, **limits))
+    try:
+        reg.cls.check_options(job.options)  # a misspelt --option is the command line's mistake (exit 2)
+    except WorkError as e:
+        raise click.BadParameter(e.message, param_hint="--option") from None
 
     def on_event(kind: str, number: int, payload: Any) -> None:
         if kind == "console":

@@ -456,3 +456,9 @@ def test_a_worker_whose_terminal_closes_hands_back_and_exits_cleanly(tmp_path):
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     assert done and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_slice_with_an_option_the_worktime_has_not_is_a_usage_error():
+    r = dcp_worker("slice", "-w", "map-basic", "--work", "x => x", "--option", "stirct=true", "--datum", "1")
+    assert r.returncode == 2 and "Invalid value for --option: worktime map-basic has no option 'stirct' (did you mean " \
+        "'strict'?)" in r.stderr, r.stderr
