@@ -170,10 +170,12 @@ def exceeded(limit: str, allowed: float | int | None, *, used: float | int | Non
         advice = (f"call progress() regularly in long-running work, or raise the timeout or turn it off "
                   f"(progress_timeout=None / {FLAGS[limit]} off)")
     elif limit == "cpu_time":
-        head = f"{subject} used {amount or 'more'} of CPU time{over}"
+        head = (f"{subject} used {amount} of CPU time{over}" if amount else
+                f"{subject} used more CPU time than its limit{' of ' + cap if cap else ''}")
         advice = f"do less per slice or {how}"
     elif limit == "memory":
-        head = f"{subject} used {amount or 'more'} of {what or 'memory'}{over}"
+        head = (f"{subject} used {amount} of {what or 'memory'}{over}" if amount else
+                f"{subject} used more {what or 'memory'} than its limit{' of ' + cap if cap else ''}")
         advice = f"use less memory or {how}"
     elif limit == "output":
         head = f"{what or 'the result'} is {amount or 'too big'}{over.replace('its limit', 'the output limit')}"
