@@ -337,8 +337,9 @@ class Guest:
                 instance = linker.instantiate(store, self.compiled.module)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             if self.memory_limit is not None and "memory" in str(e).lower():
-                raise WorkError(f"the Python sandbox needs more memory than the job's limit of {self.memory_limit} "
-                                f"bytes just to start; raise limits.memory (64 MiB or more)",
+                raise WorkError(f"the Python sandbox needs more memory than the job's limit of "
+                                f"{format_size(self.memory_limit)} just to start (about 48 MiB); raise the memory "
+                                "limit to 64 MiB or more (job.limits memory, dcp-worker --memory-limit)",
                                 code=ErrorCode.EMEMORYLIMIT) from None
             raise WorkError(f"the Python sandbox failed to start: {e}", code=ErrorCode.ECRASH) from None
         self._exports = instance.exports(store)
