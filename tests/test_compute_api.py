@@ -806,3 +806,11 @@ def test_job_file_names_that_no_disk_takes_are_refused_when_set():
         job.files = {"a": b"x", "a/b": b"y"}
     with pytest.raises(TypeError, match="name the same file"):
         job.files = {"d/a": b"x", "d//a": b"y"}
+
+
+def test_a_misspelt_compute_default_is_refused_where_it_is_set():
+    # It was kept, and every later for_() raised "unknown job setting" without naming compute.default.
+    with pytest.raises(AttributeError, match=r"compute.default.worktimee: unknown job setting; settings: .*worktime"):
+        compute.default.worktimee = "python"
+    assert "worktimee" not in vars(compute.default)
+    compute.for_([1], JS)  # later jobs are unharmed

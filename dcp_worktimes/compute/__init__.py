@@ -45,7 +45,7 @@ from .cost import CostProfile, CostProfileError, freeValue, marketPrice, marketV
 from .events import Event
 from .job import Job, JobCancelled, JobTimedOut, resume
 from .results import JobFailed, ResultHandle, ResultKeyError, SliceFailed
-from .settings import RequirementsError, check_arguments
+from .settings import SETTINGS, RequirementsError, check_arguments
 
 __all__ = [
     "for_", "do", "resume", "Job", "stats", "RangeObject", "MultiRange", "RangeError", "InputSet", "StreamInput",
@@ -54,9 +54,18 @@ __all__ = [
     "marketPrice", "safeMarketValue", "freeValue", "default", "Event", "Application", "ApplicationFunction",
 ]
 
-#: Default job settings applied by ``for_``/``do`` (DCP's ``compute.default``), e.g.
-#: ``compute.default.worktime = "python"`` or ``compute.default.limits = {"wall_time": "1m"}``.
-default = SimpleNamespace()
+class _Defaults(SimpleNamespace):
+    """Default job settings applied by ``for_``/``do`` (DCP's ``compute.default``), e.g.
+    ``compute.default.worktime = "python"`` or ``compute.default.limits = {"wall_time": "1m"}``.
+    A name that is no job setting is refused where it is set (every later ``for_`` failed)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in SETTINGS:
+            raise AttributeError(f"compute.default.{name}: unknown job setting; settings: {', '.join(sorted(SETTINGS))}")
+        super().__setattr__(name, value)
+
+
+default = _Defaults()
 
 
 def _is_number(x: Any) -> bool:
