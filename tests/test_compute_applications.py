@@ -16,7 +16,7 @@ import pytest
 from dcp_worktimes import compute
 from dcp_worktimes.errors import WorkError
 from dcp_worktimes.scheduler import open_scheduler
-from dcp_worktimes.scheduler.base import ApplicationRefused, UnknownApplication
+from dcp_worktimes.scheduler.base import ApplicationRefused, SchedulerError, UnknownApplication
 
 IDENTITY = "a passphrase only the publisher has"
 
@@ -86,6 +86,10 @@ def test_new_versions_are_picked_within_the_range_and_old_ones_stay(store):
     again.define_function("f", "function (x) { return 0 }")
     with pytest.raises(ApplicationRefused, match="never changes.*new version"):
         again.publish()
+    twin = compute.Application("scale", "1.1.0+rebuilt", IDENTITY)  # semver ranks it equal to 1.1.0
+    twin.define_function("f", "function (x) { return 0 }")
+    with pytest.raises(SchedulerError, match=r"build metadata, which semver ranks equal to 1.1.0"):
+        twin.publish()
     thief = compute.Application("scale", "3.0.0", "someone else")
     thief.define_function("f", "function (x) { return 0 }")
     with pytest.raises(ApplicationRefused, match="another identity"):

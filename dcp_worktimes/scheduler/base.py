@@ -599,6 +599,12 @@ def validate_application(app: ApplicationRecord) -> None:
         parse_version(app.version)
     except ValueError as e:
         raise SchedulerError(f"application {app.name}: {e} (a published version is exact; ranges are for using one)") from None
+    if "+" in str(app.version):
+        # Semver gives build metadata no precedence: 1.0.0+b would be a second 1.0.0 with other work.
+        core = str(app.version).split("+", 1)[0]
+        raise SchedulerError(f"application {app.name}: version {app.version} has build metadata, which semver ranks "
+                             f"equal to {core}; a published version never changes, so publish a new one (e.g. the "
+                             "next patch version) without '+...'")
     if not app.functions:
         raise SchedulerError(f"application {app.name} {app.version} has no functions; define one before publishing")
     for fname, fn in app.functions.items():
