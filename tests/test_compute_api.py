@@ -383,6 +383,9 @@ def test_unserializable_options_name_the_option(store):
     job = compute.for_(1, 3, JS, options={"strict": True, "bad": object()})
     with pytest.raises(UnserializableValue, match=r"job.options\['bad'\]"):
         job.exec()
+    job = compute.for_(1, 3, JS, public={"name": object()})
+    with pytest.raises(UnserializableValue, match=r"job.public\['name'\]: a value of type builtins.object"):
+        job.exec()
     assert deployed_jobs(store) == []
 
 

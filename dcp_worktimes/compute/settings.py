@@ -178,7 +178,7 @@ def check_options(options: Any) -> dict[str, Any]:
 def check_public(public: Any) -> dict:
     if not isinstance(public, Mapping) or set(public) - PUBLIC_KEYS:
         raise TypeError(f"job.public must be a dict with keys from {sorted(PUBLIC_KEYS)}, got {public!r}")
-    return dict(public)
+    return {key: check_sendable(value, f"job.public[{key!r}]") for key, value in public.items()}
 
 
 def check_max_attempts(value: Any) -> int:
