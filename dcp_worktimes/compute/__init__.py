@@ -101,8 +101,9 @@ def _split_tail(rest: tuple, form: str) -> tuple[Any, list | None]:
 def for_(*args: Any, **settings: Any) -> Job:
     """Create a job mapping work over an input set (forms in the module docstring).
 
-    Nothing is deployed until ``exec()``; every argument is checked here, with a message that says
-    how to fix it.
+    Nothing is deployed until ``exec()``. The inputs and the work are checked here; what can still
+    change before ``exec()`` (settings, the scheduler, whether the arguments can be sent) is
+    checked by ``exec()`` before anything is deployed. Each refusal says how to fix it.
     """
     args = _positional_for(args, settings)
     inputs, work, arguments = parse_for(args)

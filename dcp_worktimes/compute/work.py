@@ -4,7 +4,7 @@ Every decision that depends on a worktime belongs to the worktime (``Worktime.ca
 ``default_for``, ``validate``: see ``dcp_worktimes/worktime.py``); this module only finds the
 worktime and asks it::
 
-    >>> worktime, captured = capture("function (x) { return x * 2 }")     # doctest: +SKIP
+    >>> worktime, captured = capture("function (x) { return x * 2 }")
     >>> worktime, captured.work
     ('map-basic', 'function (x) { return x * 2 }')
     >>> capture(square)[0]                                                 # doctest: +SKIP
