@@ -50,7 +50,7 @@ Design, for many workers and jobs of millions of slices:
 Redis Cluster is not supported (scripts touch keys of several jobs). Slices per job: up to 2**53.
 
 >>> s = RedisScheduler("redis://:secret@localhost:6379/0?group=physics")   # doctest: +SKIP
->>> s
+>>> s                                                                         # doctest: +SKIP
 <RedisScheduler redis://:***@localhost:6379/0?group=physics>
 """
 
