@@ -14,7 +14,7 @@ import time
 import pytest
 
 from dcp_worktimes import compute
-from dcp_worktimes.errors import ErrorCode
+from dcp_worktimes.errors import ErrorCode, WorkError
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.testing_scheduler import serving
 
@@ -548,3 +548,12 @@ def test_a_datum_before_a_long_pause_of_its_generator_is_not_held_back():
     job.on("result", on_result)
     assert job.exec(progress=False, timeout=120) == [1, 2, 3]
     assert waited == [True], "the first inputs did not run until the generator gave up waiting"
+
+
+def test_exec_again_after_unusable_work_raises_the_same_work_error(store):
+    # The second exec() found the job cancelled and raised JobCancelled.
+    job = compute.for_(range(3), "function(i){ progress(); return i", worktime="map-basic", cores=1)
+    for _ in range(2):
+        with pytest.raises(WorkError, match="the work cannot be used") as info:
+            job.exec()
+        assert info.value.code == "EBADWORK"

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from ..errors import UNUSABLE_WORK_CODES, ErrorCode
-from ..scheduler.base import CANCELLED, COMPLETE, FAILED, FINAL_STATES, Scheduler, StoreUnavailable
+from ..scheduler.base import (CANCELLED, COMPLETE, FAILED, FINAL_STATES, UNUSABLE_WORK_REASON, Scheduler,
+                              StoreUnavailable)
 from ..values import UnserializableValue, unpack
 from .events import JOB_EVENTS, Event
 
@@ -66,7 +66,11 @@ class Outcome(enum.Enum):
     UNSCHEDULABLE = "unschedulable"  # no attached worker can run the job
 
     @classmethod
-    def of_status(cls, status: str) -> "Outcome":
+    def of_status(cls, status: str, reason: str | None = None) -> "Outcome":
+        """The outcome of a job that ended as ``status``; a cancel for unusable work (the
+        scheduler's, with its ``unusable_work_reason``) is ``BADWORK``, as when it was followed."""
+        if status == CANCELLED and UNUSABLE_WORK_REASON.match(reason or ""):
+            return cls.BADWORK
         return {COMPLETE: cls.COMPLETE, CANCELLED: cls.CANCELLED, FAILED: cls.FAILED}[status]
 
 
@@ -115,7 +119,7 @@ class Follower:
         st = self._asking(lambda: sched.status(job.id), deadline)
         if st.get("status") in FINAL_STATES:  # e.g. resuming a job that finished meanwhile
             self.reason = str(st.get("reason") or "")
-            return Outcome.of_status(st["status"])
+            return Outcome.of_status(st["status"], self.reason)
         quiet_since = time.monotonic()
         if remote:
             self._asking(lambda: self.watch_workers(quiet_since), deadline)
@@ -146,7 +150,7 @@ class Follower:
                 st = self._asking(lambda: sched.status(job.id), deadline)
                 if st.get("status") in FINAL_STATES:  # the log ended without our final event
                     self.reason = str(st.get("reason") or self.reason)
-                    return Outcome.of_status(st["status"])
+                    return Outcome.of_status(st["status"], self.reason)
             if deadline is not None and now > deadline:
                 sched.cancel(job.id, f"exec(timeout={timeout}) expired")
                 from .job import JobTimedOut  # here: job imports this module
@@ -300,7 +304,7 @@ class Follower:
         """The code that made the work unusable (``UNUSABLE_WORK_CODES``)."""
         if self.bad_work is not None:
             return str(self.bad_work.get("code"))
-        found = re.match(r"the work is unusable \((\w+)\): ", self.reason)
+        found = UNUSABLE_WORK_REASON.match(self.reason)
         return found.group(1) if found else ErrorCode.EBADWORK.value
 
     def bad_work_message(self) -> str:

@@ -76,6 +76,7 @@ from one carries ``JobRecord.application``, and a worker may serve only some cat
 from __future__ import annotations
 
 import os
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -632,6 +633,10 @@ def pick_version(name: str, versions: Iterable[str], wanted: str | None) -> str:
         shown = ", ".join(sorted(versions, key=parse_version))
         raise UnknownApplication(f"application {name} has no version within {wanted!r}; published: {shown}")
     return best
+
+
+#: What ``unusable_work_reason`` says, as a deployer recognises it later (group 1: the code).
+UNUSABLE_WORK_REASON = re.compile(r"the work is unusable \((\w+)\): ")
 
 
 def unusable_work_reason(errors: Iterable[Mapping[str, Any] | None]) -> str | None:
