@@ -320,7 +320,7 @@ def test_memory_limit_below_the_interpreter_fails_clearly(wt):
     with pytest.raises(WorkError) as info:
         wt.prepare(job("def f(x): return x", memory="16MiB"))
     assert info.value.code == ErrorCode.EMEMORYLIMIT
-    assert "limits.memory" in info.value.message
+    assert "limit of 16 MiB just to start" in info.value.message and "--memory-limit" in info.value.message
 
 
 # -- registration and warm-up ------------------------------------------------------------------
