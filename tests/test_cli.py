@@ -154,7 +154,7 @@ def test_crash_has_its_own_code():
     (["--cores", "100000", "--until-idle"], "--cores=100000 is more than 8 evaluators per CPU"),
     (["slice", "-w", "echo", "--work", "", "--datum", '{"$float": "banana"}'], 'must be "nan", "inf" or "-inf"'),
     (["slice", "-w", "wasi", "--work", "(module)", "--option", 'contenttype="raw"'],
-     "EBADWORK: worktime wasi has no option 'contenttype' (did you mean 'content_type'?)"),
+     "Invalid value for --option: worktime wasi has no option 'contenttype' (did you mean 'content_type'?)"),
     (["slice", "-w", "echo", "--work", "", "--datum", "[" * 5000 + "]" * 5000], "nested more than 1024 levels deep"),
     (["slice", "-w", "echo", "--work", "", "--datum", "[" * 60000 + "]" * 60000], "nested more than 1024 levels deep"),
     (["slice", "-w", "echo", "--work", "", "--wall-time", "1ns"], "shorter than 100 ms"),
