@@ -120,6 +120,15 @@ def test_urls(url, expected):
     assert parse_url(url) == ("sqlite", expected)
 
 
+@pytest.mark.parametrize("name", ["job#1.db", "what?.db", "p%41.db", "~backup/jobs.db", "a b.db"])
+def test_a_stores_own_url_opens_that_store_again(tmp_path, name):
+    # Helper processes are given it: "job#1.db" made them fail, "p%41.db" open pA.db.
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    with open_scheduler(f"{tmp_path}/{name}") as s:  # a plain path ending in .db
+        assert parse_url(s.url) == ("sqlite", str(tmp_path / name))
+    assert parse_url("sqlite:////~backup/jobs.db") == ("sqlite", "/~backup/jobs.db")  # no one's home folder
+
+
 @pytest.mark.parametrize("url, message", [("postgres://admin:hunter2@x/db", "unsupported scheduler URL scheme 'postgres'"),
                                           ("jobs", "cannot read"), ("", "empty"),
                                           # it made a file named "x.db?mode=ro"

@@ -668,7 +668,9 @@ def default_url() -> str:
     env = os.environ.get(ENV_SCHEDULER, "").strip()
     if env:
         return env
-    return "sqlite:///" + default_store_path()
+    from .urls import sqlite_url  # here: urls imports this module
+
+    return sqlite_url(default_store_path())
 
 
 def default_store_path() -> str:

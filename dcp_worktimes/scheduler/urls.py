@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .base import SchedulerError
 
@@ -35,15 +35,15 @@ def parse_url(url: str) -> tuple[str, str]:
             # A file named "x.db?mode=ro" would be made instead: SQLite's URI options are not ours.
             raise SchedulerError(f"scheduler URL {url!r} has a query or fragment ({rest[rest.find('?' if '?' in rest else '#'):]!r}); "
                                  f"a SQLite store takes no options: sqlite:///path/jobs.db ({_HINT})")
+        if rest.startswith("~/") or rest.startswith("/~/"):  # before unquote: %7E is a folder named ~
+            rest = os.path.expanduser(rest.lstrip("/"))  # sqlite://~/jobs.db and sqlite:///~/jobs.db: home
         rest = unquote(rest)  # %20 is a space, as in any URL
-        if rest.startswith("/") and rest.lstrip("/").startswith("~"):
-            rest = rest.lstrip("/")  # sqlite:///~/jobs.db: the home folder, as sqlite://~/jobs.db
         if rest.startswith("/"):
             # sqlite:///tmp/x.db and sqlite:////tmp/x.db both mean /tmp/x.db (SQLAlchemy's is the
             # four-slash form; people write three and mean absolute).
             path = "/" + rest.lstrip("/")
         else:
-            path = os.path.abspath(os.path.expanduser(rest))  # before abspath: ~ is the home folder
+            path = os.path.abspath(rest)
         if not rest.strip("/"):
             raise SchedulerError(f"scheduler URL {url!r} has no file path; {_HINT}")
         return "sqlite", path
@@ -58,6 +58,16 @@ def parse_url(url: str) -> tuple[str, str]:
     if url.endswith((".db", ".sqlite", ".sqlite3")):
         return "sqlite", os.path.abspath(os.path.expanduser(url))
     raise SchedulerError(f"cannot read {url!r} as a scheduler URL; {_HINT}")
+
+
+def sqlite_url(path: str) -> str:
+    """The URL ``parse_url`` reads back as the store at absolute ``path`` (``#``, ``?``, ``%`` and a
+    leading ``~`` in its names escaped): what helper processes are given.
+
+    >>> parse_url(sqlite_url("/tmp/job #1?%41.db"))
+    ('sqlite', '/tmp/job #1?%41.db')
+    """
+    return "sqlite:///" + quote(path.lstrip("/"), safe="/")
 
 
 def redact_url(url: str) -> str:

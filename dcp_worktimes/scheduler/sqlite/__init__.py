@@ -41,6 +41,7 @@ from ..base import (
     validate_job,
 )
 from ..matching import unschedulable_reason
+from ..urls import sqlite_url
 from ..wake import Waiter
 from .applications import Applications
 from .leases import LeaseEngine, started
@@ -97,7 +98,7 @@ class SqliteScheduler(Scheduler):
 
     @property
     def url(self) -> str | None:
-        return None if self.path == ":memory:" else f"sqlite:///{os.path.abspath(self.path)}"
+        return None if self.path == ":memory:" else sqlite_url(os.path.abspath(self.path))
 
     # -- deployer side --------------------------------------------------------------------------
     def submit(self, job: JobRecord) -> None:
@@ -297,7 +298,7 @@ class SqliteScheduler(Scheduler):
             (created,) = store.db.execute("SELECT created FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row.status in FINAL_STATES:
             return None
-        reason = unschedulable_reason(rec, self.workers(), f"sqlite:///{self.path}")
+        reason = unschedulable_reason(rec, self.workers(), self.url or "sqlite://:memory:")
         if reason is None or time.time() - created < grace:
             return None
         with store.lock:
