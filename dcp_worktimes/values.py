@@ -235,12 +235,18 @@ def pack_checked(value: Any) -> bytes:
     return data
 
 
+#: Every byte value but msgpack's container headers (fixmap, fixarray, array 16/32, map 16/32).
+_NOT_HEADERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+
+
 def check_decodes(data: bytes, below: int = 0) -> None:
     """``UnserializableValue`` unless packed ``data`` is shallow enough to decode again ``below``
     levels down in a frame: msgpack packs an empty list one level deeper than it unpacks, and a
     frame's own levels count against the limit too. Only depth is checked, so values shorter than
     the limit (which cannot be that deep) are not decoded at all."""
-    if len(data) + below > MAX_DEPTH:
+    # Each level of nesting is a container header: fewer bytes of a header's value than the limit
+    # (a scan in C, ~20x cheaper than decoding) rule out a value that deep.
+    if len(data) + below > MAX_DEPTH and len(data.translate(None, _NOT_HEADERS)) + below > MAX_DEPTH:
         unpack(b"\x91" * below + data)
 
 

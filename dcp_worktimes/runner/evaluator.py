@@ -254,21 +254,21 @@ class Evaluator:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
         try:
             data = self._packer.pack(value)
-            if type(value) not in SCALARS:
-                if len(data) > MAX_DEPTH:  # deep enough to pack but not to decode? (check_decodes)
-                    check_decodes(data)  # which also finds tuple keys
-                elif self.python_results:
-                    check_keys(data)
-            return data
         except UnserializableValue:
             self._packer = packer()  # a failed pack may leave the packer's buffer dirty
             raise
         except UnicodeEncodeError:  # a lone surrogate: values.pack carries it
             self._packer = packer()
-            return pack(value)
+            data = pack(value)
         except (TypeError, ValueError, OverflowError) as e:
             self._packer = packer()
             raise as_unserializable(e) from None
+        if type(value) not in SCALARS:
+            if len(data) > MAX_DEPTH:  # deep enough to pack but not to decode? (check_decodes)
+                check_decodes(data)  # which also finds tuple keys
+            elif self.python_results:
+                check_keys(data)
+        return data
 
     def reader(self, fd: int) -> None:
         unp = unpacker()
