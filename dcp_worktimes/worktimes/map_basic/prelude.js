@@ -815,8 +815,8 @@
   // a raw newline). Before each slice the prelude calls nextSlice() (no arguments: the crossing
   // is the cost of a trivial slice): the host starts that slice's clocks, and for every slice but
   // the first it answers non-null to stop there when the slice that ended left jobs queued (they
-  // run first, outside this call), or 'h' when the call has run for a while: the envelopes held so
-  // far go to the host then ('held'), which sends their results on before the next slice starts. The loop also stops after budgetMs, and at a slice whose result
+  // run first, outside this call). A progress() call answered 'h' (the call has run for a while)
+  // hands the envelopes held so far to the host ('held'), which sends their results on. The loop also stops after budgetMs, and at a slice whose result
   // is a promise (the host settles it as for 'start'), and once the envelopes held reach
   // maxHeld characters (they live in the engine's heap, under the job's memory limit, which each
   // result alone fits). The envelopes of the slices that ended go back together in the reply,
@@ -825,8 +825,8 @@
   // queued; 'p' + those of slices 0..k-1 (slice k is pending). An interrupt (a limit) unwinds the
   // call: the host fetches the envelopes so far with 'ended' and fails the slice it was on.
   let ended = '';
-  // The call runs long (the host answered 'h' to nextSlice() or to a progress() call): it takes
-  // the envelopes held so far, and sends their results on.
+  // The call runs long (the host answered 'h' to a progress() call): it takes the envelopes held
+  // so far, and sends their results on.
   function __dcpHandOver() {
     host('held', __dcpFlat(ended));
     ended = '';
@@ -841,17 +841,13 @@
         if (k > 0 && (now() - t0 > budgetMs || ended.length >= maxHeld)) return 's' + ended;
         const r = nextSlice();
         if (r != null) {
-          if (r === 'h') {
-            __dcpHandOver();
-          } else {
-            if (r[0] === '!') throw new ErrorOf(apply(sliceString, r, [1]));
-            return 's' + ended;
-          }
+          if (r[0] === '!') throw new ErrorOf(apply(sliceString, r, [1]));
+          return 's' + ended;
         }
         lastHeard = now(); lastValue = -1;
         const envelope = __dcpStart(items[k]);
         if (envelope === 'p') return 'p' + ended;
-        ended = ended !== '' ? ended + '\n' + envelope : envelope;
+        ended = ended !== '' ? ended + '\n' + envelope : envelope;  // '' after a hand-over
       }
       return 'd' + ended;
     } finally {

@@ -50,8 +50,10 @@ MAX_JS_STACK = 32 * 1024 * 1024
 #: this, so that ~3000-deep recursion works even with the PyPI wheel's big interpreter frames.
 MAIN_STACK = 64 * 1024 * 1024
 
-#: Seconds a ``run_block`` call runs before the slices it ended are settled and sent on (at the
-#: next slice's start), as V8's block sends its results on when it waits (``Block.flush``).
+#: Seconds a ``run_block`` call runs before the slices it ended are settled and sent on, at a
+#: ``progress()`` call of the slice running then (``_hand_over``), as V8's block sends its results
+#: on when it waits (``Block.flush``). Between slices the call's budget (``Block.budget``, 20 ms)
+#: returns them first; a long slice that never calls ``progress()`` still holds them until it ends.
 HAND_OVER_AFTER = 0.05
 
 #: Most datums sent to one ``run_block`` call (the call stops at its time budget anyway).
@@ -225,7 +227,7 @@ class QuickJSEngine(Engine):
         # Exceptions must not escape into the binding (it would leave a Python error pending).
         if op == "wake":  # the slice settled: this engine's loop (_settle) polls after every job run
             return None
-        if op == "held":  # before the running slice's CPU clock starts: this is host work
+        if op == "held":  # host work, timed with the running slice (its clocks run already)
             try:
                 self._hand_over(a)
             except BaseException as e:  # noqa: BLE001 - see above
@@ -434,10 +436,6 @@ class QuickJSEngine(Engine):
             self._deadline = now + self._blk_wall if self._blk_wall else None
             self._progress_deadline = now + self._blk_patience if self._blk_patience else None
             self._cpu_deadline, self._cpu_from = None, (now if self._blk_cpu else None)
-            if now - self._handed_at > HAND_OVER_AFTER and cur > self._handed:
-                # Ended slices wait in the engine for the call's reply: behind a long slice, their
-                # results would wait as long (and die with it if it were cancelled or killed).
-                return "h"
             return None
         except BaseException as e:  # noqa: BLE001 - it must not escape into the binding
             return f"!next slice: {e}"
@@ -485,8 +483,8 @@ class QuickJSEngine(Engine):
 
     def _hand_over(self, text: str) -> None:
         """``held``: the prelude gives up the envelopes of the slices that ended so far in this
-        call (``_next_in_block`` asked, the call having run ``HAND_OVER_AFTER``); settle them and
-        send their outcomes on now."""
+        call (a ``progress()`` call was answered ``"h"``, the call having run ``HAND_OVER_AFTER``);
+        settle them and send their outcomes on now."""
         self._settle_ended(text.split("\n") if text else [])
         self._blk.flush()  # type: ignore[union-attr]
         self._handed_at = time.monotonic()

@@ -410,7 +410,7 @@ class V8Engine(Engine):
         CPU-time, cancel and output limits."""
         if kind is not None:
             self._send(kind, args)
-        asked = time.monotonic()
+        first_event: float | None = None  # when the first event of this wait came (a clock read only then)
         tripped: ErrorCode | None = None
         reply: str | None = None
         chargeable = True  # no reply the worker wrote itself came after we asked to stop it
@@ -466,11 +466,15 @@ class V8Engine(Engine):
                 self._stale = True
                 raise _Stopped(tripped, None if by_event else reply, chargeable and accepting and not by_event)
             if k in (0x50, 0x43, 0x45):
-                if self._on_long_wait is not None and time.monotonic() - asked >= POLL:
+                if self._on_long_wait is not None:
                     # A slice that keeps sending events is a long wait too (POLL is Deno's progress
                     # throttle: no frame-less POLL may ever come while it runs).
-                    hook, self._on_long_wait = self._on_long_wait, None
-                    hook()
+                    now = time.monotonic()
+                    if first_event is None:
+                        first_event = now
+                    elif now - first_event >= POLL:
+                        hook, self._on_long_wait = self._on_long_wait, None
+                        hook()
                 if tripped is None:
                     tripped = self._event(k, body)
                     if tripped is not None:
