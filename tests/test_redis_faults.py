@@ -459,4 +459,9 @@ def test_a_redis_that_may_evict_any_key_is_warned_about_once(tmp_path, caplog):
             open_scheduler(url).close()
         said = [r.getMessage() for r in caplog.records if "evicts keys" in r.getMessage()]
         assert len(said) == 1 and "allkeys-lru" in said[0] and "noeviction" in said[0] and PASSWORD not in said[0]
+        with open_scheduler(url) as s:  # full, it evicts and takes writes: not "refusing writes"
+            raw.config_set("maxmemory", 1)
+            assert s.writes_refused() is None
+            raw.config_set("maxmemory-policy", "noeviction")
+            assert "out of memory" in s.writes_refused()
         raw.close()

@@ -229,7 +229,9 @@ class Link:
             return None
         shown = self.target.shown
         used, cap = int(info.get("used_memory", 0) or 0), int(info.get("maxmemory", 0) or 0)
-        if cap and used >= cap:
+        # An allkeys-* policy evicts to make room and takes the write (warn_if_evicting says what
+        # that costs); noeviction, and volatile-* with too few keys that expire, refuse it.
+        if cap and used >= cap and not str(info.get("maxmemory_policy", "")).startswith("allkeys"):
             return (f"the Redis server at {shown} is out of memory (it uses {used / 2**20:.1f} MiB of its maxmemory "
                     f"{cap / 2**20:.1f} MiB), so workers can neither check in nor record results; delete finished "
                     "jobs (dcp-worker jobs --delete) or raise its maxmemory")
