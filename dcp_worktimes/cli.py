@@ -876,8 +876,12 @@ def _print_table(table: Any) -> None:
         click.echo(line.rstrip())
 
 
+#: The fewest characters of a job id that stand for it (the worker's log shows this many).
+SHORT_ID = 8
+
+
 def _full_job_id(sched: Any, given: str) -> str:
-    """``given``, or the one stored job id it begins (the worker's log shows 8 characters); an
+    """``given``, or the one stored job id it begins, given at least ``SHORT_ID`` characters; an
     unknown or ambiguous id is left for the command to report (ambiguous: naming the candidates)."""
     from .scheduler.base import UnknownJob
 
@@ -887,7 +891,9 @@ def _full_job_id(sched: Any, given: str) -> str:
         return given
     except UnknownJob:
         pass
-    matches = [row["id"] for row in sched.job_summaries() if given and row["id"].startswith(given)]
+    if len(given) < SHORT_ID:  # `jobs --delete a --force` must not delete whichever job begins with "a"
+        return given
+    matches = [row["id"] for row in sched.job_summaries() if row["id"].startswith(given)]
     if len(matches) > 1:
         raise click.UsageError(f"job id {given!r} begins {len(matches)} jobs ({', '.join(matches[:5])}"
                                f"{', ...' if len(matches) > 5 else ''}); give more of it")

@@ -237,6 +237,8 @@ def test_jobs_resume_and_delete(tmp_path):
     assert bad.returncode == 2 and "no job 'no-such-job'" in bad.stderr
     empty = cli("resume", "")
     assert empty.returncode == 2 and "the job id is empty" in empty.stderr and "Traceback" not in empty.stderr
+    short = cli("jobs", "--delete", job_id[:4], "--force")  # too short to stand for a job: not deleted
+    assert short.returncode == 2 and f"no job '{job_id[:4]}'" in short.stderr
     assert cli("jobs", "--delete", job_id[:8]).returncode == 0
     assert json.loads(cli("jobs", "--json").stdout) == []
     other = subprocess.run(
