@@ -361,7 +361,8 @@ class Job(EventEmitter):
         ``local``: run slices on this machine; ``False`` waits for attached workers instead (for
         ``job.worker_wait`` seconds while none that can run the job is attached, saying so).
         ``timeout``: seconds before the job is cancelled and ``JobTimedOut`` raised (a
-        ``TimeoutError`` whose ``results`` hold what had completed).
+        ``TimeoutError`` whose ``results`` hold what had completed); a plain ``TimeoutError``
+        when the job store was failing then, so that the job could not be cancelled.
 
         Calling ``exec`` again while it runs (DCP's "altering price parameters": from another
         thread, ``exec_async``, or an event handler) joins the running execution: a ``cost``
@@ -493,7 +494,11 @@ class Job(EventEmitter):
             if bid is not None:
                 sched.set_payment(self.id, bid.payment_per_slice(self._total()))
             follower = Follower(self, sched, emit=False, worker_wait=worker_wait)
-            outcome = follower.run(timeout, remote=not run.local)
+            try:
+                outcome = follower.run(timeout, remote=not run.local)
+            except JobTimedOut as e:
+                e.results = self._results_if_readable(sched)
+                raise
             results = self._results(sched, outcome)
         return self._finish(outcome, follower, results, errors)
 
