@@ -351,6 +351,8 @@ class LeaseEngine:
             unusable = None if all_ok else unusable_work_reason(r.errors[i] for i in keep if not r.oks[i])
             if unusable:
                 self._settle(held)
+                # EBADWORK for every unusable-work code (ENOSLICEHANDLER too): the cancel's code
+                # says why the scheduler stopped the job; its reason names the slice's own code.
                 store.cancel(job_id, unusable, code="EBADWORK")
                 return False
         self._settle(held)
