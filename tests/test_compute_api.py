@@ -633,10 +633,18 @@ def class_body_uses_a_global(x):
     return Circle.r
 
 
+def class_body_rebinds_a_global(x):
+    class Scaled:
+        fl = fl(x)  # reads the module's fl before its own exists
+    return Scaled.fl
+
+
 def test_classes_defined_inside_the_work_are_not_taken_for_globals():
     assert capture(defines_classes).default_worktime == "python"
     with pytest.raises(WorkError, match=r"uses the global name 'math'"):  # a real global in a class body still is
         capture(class_body_uses_a_global)
+    with pytest.raises(WorkError, match=r"uses the global name 'fl'"):
+        capture(class_body_rebinds_a_global)
 
 
 @needs_python

@@ -295,14 +295,16 @@ def _check_globals(fn: types.FunctionType, name: str) -> None:
     """Refuse module globals the work uses: they are not sent with the source."""
     used: list[str] = []
     for code in _code_objects(fn.__code__):
-        instructions = list(dis.get_instructions(code))
-        # A class body (no CO_NEWLOCALS) reads its own names with LOAD_NAME, and reads __name__
-        # (for __module__) and __annotations__ without the user writing them; the sandbox's
-        # module has a __name__ of its own.
-        own = ({ins.argval for ins in instructions if ins.opname == "STORE_NAME"} | {"__annotations__"}
-               if not code.co_flags & inspect.CO_NEWLOCALS else set())
-        for ins in instructions:
-            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval not in used and ins.argval not in own \
+        # A class body (no CO_NEWLOCALS) reads the names it assigned before with LOAD_NAME, and
+        # reads __name__ (for __module__) and __annotations__ without the user writing them; the
+        # sandbox's module has a __name__ of its own. A name it reads before assigning it
+        # (x = x + 1) is a global.
+        body = not code.co_flags & inspect.CO_NEWLOCALS
+        own = {"__annotations__"} if body else set()
+        for ins in dis.get_instructions(code):
+            if body and ins.opname == "STORE_NAME":
+                own.add(ins.argval)
+            elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval not in used and ins.argval not in own \
                     and ins.argval != "__name__":
                 used.append(ins.argval)
     if fn.__name__ in SANDBOX_GLOBALS and fn.__name__ in used and fn.__name__ != "<lambda>":
