@@ -389,3 +389,26 @@ def test_a_store_made_before_the_application_id_opens_and_gets_it(tmp_path):
         open_scheduler(f"sqlite:///{path}", read_only=read_only).close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+FILE_SIZE_CAPPED = """
+import resource, signal, sys
+from dcp_worktimes.scheduler import open_scheduler
+from dcp_worktimes.scheduler.base import JobRecord, StoreUnavailable
+from dcp_worktimes.worktime import JobSpec
+s = open_scheduler(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as a shell's `ulimit -f` leaves writes failing with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+try:
+    for i in range(100):
+        s.submit(JobRecord(id=f"j{i}", spec=JobSpec(id=f"j{i}", worktime="echo", work="w" * 20000),
+                           input={"kind": "range", "start": 0, "end": 3, "step": 1}))
+except StoreUnavailable as e:
+    print(e.message)
+"""
+
+
+def test_a_store_at_the_file_size_limit_says_so_not_check_the_disk(tmp_path):
+    r = subprocess.run([sys.executable, "-c", FILE_SIZE_CAPPED, f"sqlite:///{tmp_path}/jobs.db"], capture_output=True,
+                       text=True, timeout=60)
+    assert "file larger than 200,000 bytes (its file-size limit, `ulimit -f`)" in r.stdout, (r.stdout, r.stderr)

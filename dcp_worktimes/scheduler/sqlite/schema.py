@@ -195,6 +195,13 @@ class StoreBusy(StoreUnavailable):
 _ELSEWHERE = "or use another store (DCP_SCHEDULER=sqlite:///other/path.db)"
 
 
+def _file_size_cap() -> int | None:
+    """This process's file-size limit in bytes (``RLIMIT_FSIZE``, soft), or ``None`` without one."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
 def store_error(e: sqlite3.Error, path: str) -> SchedulerError:
     """The ``SchedulerError`` for SQLite's error ``e`` on the store at ``path``: what is wrong and
     what to do. ``StoreUnavailable`` (retryable) for a full disk, an I/O error, a read-only file
@@ -206,6 +213,12 @@ def store_error(e: sqlite3.Error, path: str) -> SchedulerError:
         return StoreUnavailable(f"the job store {path} cannot grow: the disk holding {folder} is full ({text}); "
                                 f"free some space there {_ELSEWHERE}")
     if name.startswith("SQLITE_IOERR") or "I/O error" in text:
+        cap = _file_size_cap()
+        if cap is not None and name.startswith("SQLITE_IOERR_WRITE"):
+            # EFBIG looks like an I/O error to SQLite: say what the likelier cause is.
+            return StoreUnavailable(f"the job store {path} could not be written ({name}): this process may write no "
+                                    f"file larger than {cap:,} bytes (its file-size limit, `ulimit -f`), and the "
+                                    f"store or its -wal file may have reached that; raise the limit {_ELSEWHERE}")
         return StoreUnavailable(f"the job store {path} hit a disk I/O error ({name or text}); check the disk "
                                 f"(dmesg) {_ELSEWHERE}")
     if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN", "SQLITE_AUTH")) or "readonly" in text:
