@@ -208,6 +208,14 @@ def test_a_store_locked_by_a_stopped_process_makes_writers_wait_not_crash(tmp_pa
     with sched._store.tx():
         pass
     assert 1.0 < time.monotonic() - t < 10
+    # Opening the store while it is locked does not wait (it waited 60 s in silence, then failed):
+    # an existing store needs no write to open.
+    holder.execute("BEGIN IMMEDIATE")
+    t = time.monotonic()
+    again = open_scheduler(f"sqlite:///{path}")
+    assert time.monotonic() - t < 5 and again.job_summaries() == []  # opened, and it reads
+    holder.execute("COMMIT")
+    again.close()
     sched.close()
     holder.close()
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -267,7 +268,9 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
             if str(mode).lower() != "wal":
                 raise SchedulerError(f"{path}: SQLite refused WAL mode ({mode}); put the store on a local disk")
         db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("BEGIN IMMEDIATE")
+        if path != ":memory:" and _schema_current(db):
+            return db  # no write: a stopped process holding the write lock does not hold up the open
+        begin_immediate(db, path)
         try:
             _check_version(db, path)
             for stmt in _DDL.split(";"):
@@ -285,6 +288,35 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
     except sqlite3.DatabaseError as e:  # from connect itself
         raise store_error(e, path) from None
     return db
+
+
+#: Every table and index the schema makes (a store that has them all, at this format, needs no DDL).
+_SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _DDL))
+
+
+def _schema_current(db: StoreConnection) -> bool:
+    """Whether the store is marked ours, at this format, with every table and index (reads only)."""
+    if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        return False
+    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        return False
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+    return _SCHEMA_NAMES <= names
+
+
+def begin_immediate(db: StoreConnection, path: str) -> None:
+    """``BEGIN IMMEDIATE``, waiting for as long as another process holds the write lock (a
+    SIGSTOPped worker, a Ctrl-Z), saying so every busy timeout (60 s) instead of failing."""
+    waited = 0.0
+    while True:
+        started = time.monotonic()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except StoreBusy:
+            waited += time.monotonic() - started
+            log.warning("the job store %s has been locked by another process for %.0f s (a stopped worker or "
+                        "deployer?); still waiting", path, waited)
 
 
 def _wal(db: StoreConnection) -> str:
@@ -404,18 +436,7 @@ class Transaction:
             raise
 
     def _begin(self) -> None:
-        # Another process holding the write lock (a SIGSTOPped worker, a Ctrl-Z) must make us
-        # wait, not crash: the busy timeout waits 60 s per attempt, and we keep trying, saying so.
-        waited = 0.0
-        while True:
-            started = time.monotonic()
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
-                return
-            except StoreBusy:
-                waited += time.monotonic() - started
-                log.warning("the job store %s has been locked by another process for %.0f s (a stopped worker or "
-                            "deployer?); still waiting", self.path, waited)
+        begin_immediate(self.db, self.path)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
