@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from .scheduler.base import JobRecord, Report
+from .scheduler.base import JobRecord, Report, is_retryable
 from .scheduler.worker import Worker, WorkerEvents
 
 __all__ = ["WorkerLog", "plural"]
@@ -57,6 +57,7 @@ class _JobStats:
     started: float
     computed: int = 0
     failed: int = 0
+    retried: int = 0  # attempts that failed with a retryable error: the scheduler may run them again
     failures: collections.Counter = field(default_factory=collections.Counter)  # code -> count
 
 
@@ -86,6 +87,7 @@ class WorkerLog(WorkerEvents):
         self.jobs: dict[str, _JobStats] = {}
         self.computed = 0
         self.failed = 0
+        self.retried = 0
         self.jobs_seen = 0
         self.started = time.monotonic()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -137,8 +139,9 @@ class WorkerLog(WorkerEvents):
             package.propagate = self._propagated
             self._handler = None
         elapsed = time.monotonic() - self.started
+        retried = f", {self.retried} retryable failures" if self.retried else ""
         self.line(f"dcp-worker: stopped after {_duration(elapsed)}; {self.computed} slices computed, {self.failed} "
-                  f"failed, in {plural(self.jobs_seen, 'job')}", always=True)
+                  f"failed{retried}, in {plural(self.jobs_seen, 'job')}", always=True)
 
     # -- WorkerEvents ----------------------------------------------------------------------------------
     def job_started(self, job: JobRecord) -> None:
@@ -161,9 +164,7 @@ class WorkerLog(WorkerEvents):
         count = len(report)
         ok = sum(report.oks)
         stats.computed += ok
-        stats.failed += count - ok
         self.computed += ok
-        self.failed += count - ok
         self._recent.append((now, count))
         if ok == count and self.verbosity < 1:
             return  # the usual report: counted, nothing to say per slice
@@ -172,6 +173,15 @@ class WorkerLog(WorkerEvents):
                 if self.verbosity >= 1:
                     self.line(f"{stats.label} slice {n}: ok in {wall * 1000:.0f} ms")
                 continue
+            # A retryable failure (the evaluator died, work.reject()) is one attempt: the scheduler
+            # runs the slice again (up to the job's max_attempts), so it is not counted as failed.
+            again = is_retryable(error)
+            if again:
+                stats.retried += 1
+                self.retried += 1
+            else:
+                stats.failed += 1
+                self.failed += 1
             code = str((error or {}).get("code", "EUNCAUGHT"))
             message = str((error or {}).get("message", "")).strip().splitlines()
             first = message[0] if message else ""
@@ -179,7 +189,8 @@ class WorkerLog(WorkerEvents):
             stats.failures[code] += 1
             if self.verbosity >= 1 or new_kind:
                 more = "" if self.verbosity >= 1 else " (-v shows every failed slice)"
-                self.line(f"{stats.label} slice {n} failed: {code}: {first}{more}", style="yellow", always=True)
+                verb = "failed (retryable: the scheduler runs it again until the job's max_attempts)" if again else "failed"
+                self.line(f"{stats.label} slice {n} {verb}: {code}: {first}{more}", style="yellow", always=True)
 
     def job_finished(self, job_id: str, status: dict) -> None:
         stats = self.jobs.pop(job_id, None)
@@ -194,7 +205,8 @@ class WorkerLog(WorkerEvents):
                  "gone": "job gone from the store (deleted, or the store lost it)"}.get(str(state), "the job goes on elsewhere or waits for more input")
         reason = f": {status['reason']}" if state == "cancelled" and status.get("reason") else ""
         done = stats.computed + stats.failed
-        self.line(f"{stats.label} finished here: {stats.computed} computed, {stats.failed} failed{failures} in "
+        retried = f", {stats.retried} retryable failures" if stats.retried else ""
+        self.line(f"{stats.label} finished here: {stats.computed} computed, {stats.failed} failed{retried}{failures} in "
                   f"{_duration(took)}, {_rate(done, took)}; {whole}{reason}")
 
     # -- output -------------------------------------------------------------------------------------

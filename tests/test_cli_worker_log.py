@@ -189,3 +189,29 @@ def test_help_and_readme_agree_on_the_exit_statuses():
     flags.add("--trust-work")  # added at start-up with the installed worktimes' settings
     missing = sorted(flag for flag in flags if not re.search(re.escape(flag) + r"\b", readme))
     assert not missing, f"flags in --help that the README does not mention: {missing}"
+
+
+def test_a_retryable_failure_is_not_counted_as_a_failed_slice():
+    # "40 computed, 6 failed (ECRASH x6)" for a job that completed with no failure: each evaluator
+    # death was an attempt the scheduler ran again.
+    import io
+
+    from rich.console import Console
+
+    from dcp_worktimes.scheduler.base import Report
+    from dcp_worktimes.worker_log import WorkerLog
+
+    out = io.StringIO()
+    log = WorkerLog(console=Console(file=out, width=300), live=False)
+    crash = {"code": "ECRASH", "message": "the evaluator died (SIGKILL)"}
+    boom = {"code": "EUNCAUGHT", "message": "boom"}
+    log.slices_done("j" * 32, Report("j" * 32, "l", [0, 1, 2], [True, False, False], [b"\x01", None, None],
+                                     [None, crash, boom], [0.1] * 3, [0.1] * 3, [1] * 3, [1] * 3))
+    log.job_finished("j" * 32, {"status": "running"})
+    log.stop()
+    text = out.getvalue()
+    assert "slice 1 failed (retryable: the scheduler runs it again until the job's max_attempts): ECRASH" in text
+    assert "slice 2 failed: EUNCAUGHT: boom" in text
+    assert "1 computed, 1 failed, 1 retryable failures (ECRASH x1, EUNCAUGHT x1)" in text or \
+        "1 computed, 1 failed, 1 retryable failures (EUNCAUGHT x1, ECRASH x1)" in text
+    assert "1 slices computed, 1 failed, 1 retryable failures, in 0 jobs" in text
