@@ -756,7 +756,16 @@ def resume_cmd(job_id: str, scheduler_url: str | None, cores: int | None, errors
         first, _, _ = str(e).rpartition("\nThe completed results")
         raise JobFailedExit(f"{first}\nRun with --errors return to print every result, with the failed "
                                    "slices as {\"$error\": {\"code\": ..., \"message\": ...}} in place") from None
-    # A failed slice is a tag: a work may well return {"error": ...} itself.
+    except compute.JobCancelled as e:
+        if errors == "return" and e.results is not None:  # what completed, the rest as ECANCELLED tags
+            _print_results(e.results)
+        raise
+    _print_results(results)  # with --errors return, failed slices in place (exit 0, as exec(errors="return") returns)
+
+
+def _print_results(results: Any) -> None:
+    """A job's results as JSON on stdout; a failed slice is a tag (a work may well return
+    ``{"error": ...}`` itself)."""
     click.echo(json.dumps(_to_json([_Failed(v) if isinstance(v, BaseException) else v for v in results])))
 
 

@@ -354,6 +354,25 @@ def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
     assert "exec(errors=" not in r.stderr and "Traceback" not in r.stderr
 
 
+def test_resume_of_a_cancelled_job_prints_what_completed_with_errors_return(tmp_path):
+    # It printed nothing: the completed results could not be had from the command line.
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {**os.environ, "DCP_SCHEDULER": store, "DCP_PROGRESS": "0"}
+    run = subprocess.run(
+        [sys.executable, "-c", "from dcp_worktimes import compute\n"
+         "j = compute.for_([1, 2, 3], '{\"sleep\": 30, \"when\": 2}', worktime='echo', cores=1)\n"
+         "j.on('result', lambda ev: j.cancel() if ev.sliceNumber == 0 else None)\n"
+         "try:\n    j.exec()\nexcept compute.JobCancelled:\n    print(j.id)"],
+        capture_output=True, text=True, env=env, timeout=120)
+    job_id = run.stdout.strip()
+    assert job_id, run.stderr
+    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "resume", "--errors", "return", job_id],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "was cancelled" in r.stderr, r.stderr
+    one, two, three = json.loads(r.stdout)
+    assert one == 1 and two["$error"]["code"] == three["$error"]["code"] == "ECANCELLED"
+
+
 def _nested(depth: int) -> str:
     return "[" * depth + "0" + "]" * depth
 
