@@ -130,6 +130,7 @@ def test_unserializable_result_names_the_place(wt):
         run(wt, "def f(x):\n    return [1, {'k': object()}]\n", 0)
     assert info.value.code == ErrorCode.EUNSERIALIZABLE
     assert "result[1]['k']" in info.value.message and "builtins.object" in info.value.message
+    assert info.value.stack is None  # no frame of the work: it showed "_dcp_codec.Unserializable: ..."
 
 
 # -- what the work can use ---------------------------------------------------------------------

@@ -645,6 +645,10 @@ def _stack(e):
         te = traceback.TracebackException.from_exception(e, limit=-STACK_FRAMES)
         te.stack = traceback.StackSummary.from_list(
             [f for f in te.stack if not (f.filename.startswith(BOOT_DIR) or f.filename.startswith("<turn"))])
+        if not te.stack and te.__cause__ is None and te.__context__ is None:
+            # No frame of the work (the sandbox's own code raised, e.g. packing the result): the
+            # message says it all, and a stack would only show the sandbox's internal names.
+            return None
         return "".join(te.format())
     except Exception:  # a broken __str__ must not hide the error itself
         return None
