@@ -259,6 +259,9 @@ def _parse_json(text: str, what: str) -> Any:
 
     if text == "-":
         text = _text(_read_bounded(None, what), what, "standard input")
+        if not text.strip():
+            raise click.BadParameter(f"{what} -: standard input was empty; pipe the JSON in, e.g. "
+                                     f"echo 42 | dcp-worker slice ... {what} -")
     elif text.startswith("@"):
         text = _text(_read_bounded(text[1:], what), what, repr(text[1:]))
     try:
@@ -492,6 +495,10 @@ def slice_cmd(worktime, work, datum, args, modules, options, as_json, output_fil
     from .runner import run_slice
     from .worktime import JobSpec
 
+    stdin = [flag for flag, value in (("--datum", datum), *(("--arg", a) for a in args)) if value == "-"]
+    if len(stdin) > 1:  # the second would read an empty, already-read standard input
+        raise click.UsageError(f"{' and '.join(stdin)} both read standard input (-); only one can: put the other "
+                               "in a file (@FILE) or on the command line")
     config = _worktime_config(limits).get(worktime, {})
     limits = {k: v for k, v in limits.items() if not k.startswith(_SETTING_PREFIX) and k != "trusted"}
     reg = get_worktime(worktime)

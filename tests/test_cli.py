@@ -483,3 +483,12 @@ def test_slice_with_an_option_the_worktime_has_not_is_a_usage_error():
     r = dcp_worker("slice", "-w", "map-basic", "--work", "x => x", "--option", "stirct=true", "--datum", "1")
     assert r.returncode == 2 and "Invalid value for --option: worktime map-basic has no option 'stirct' (did you mean " \
         "'strict'?)" in r.stderr, r.stderr
+
+
+def test_standard_input_is_read_once_and_an_empty_one_is_said():
+    two = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "-w", "echo", "--datum", "-", "--arg", "-"],
+                         input="5", capture_output=True, text=True, timeout=60)
+    assert two.returncode == 2 and "--datum and --arg both read standard input" in two.stderr
+    empty = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "slice", "-w", "echo", "--datum", "-"],
+                           input="", capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "--datum -: standard input was empty" in empty.stderr
