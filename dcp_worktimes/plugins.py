@@ -345,7 +345,9 @@ class Registry:
         if self._filtered:
             hint += (f" {ENV_LOAD_PLUGINS}={os.environ.get(ENV_LOAD_PLUGINS, '')!r} left out the plugins of "
                      f"{', '.join(self._filtered)}; add the one you need to it, or unset it.")
-        return f"{hint} To add it, install its package (for example: pip install dcp-worktime-{name})"
+        # A name to look for, not a command to paste: anyone may publish a package of any name.
+        return (f"{hint} To add it, install the package that provides it (worktime plugins are usually named "
+                f"dcp-worktime-{name}; check who publishes it before you install it)")
 
 
 def _validate(cls: object) -> str | None:

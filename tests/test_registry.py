@@ -46,7 +46,7 @@ def test_unknown_name_lists_installed_and_the_package_to_install():
     with pytest.raises(WorktimeNotFound) as e:
         get_worktime("luxcore")
     text = str(e.value)
-    assert e.value.code == "ENOWORKTIME" and "echo 1.0.0" in text and "pip install dcp-worktime-luxcore" in text
+    assert e.value.code == "ENOWORKTIME" and "echo 1.0.0" in text and "usually named dcp-worktime-luxcore; check who publishes it" in text
 
 
 def test_a_misspelt_name_gets_a_suggestion_not_a_package_to_install():
