@@ -8,7 +8,7 @@ loopback port, AOF on) and ``pip install 'dcp-worktimes[redis]'``.
 * **Redis backend**: ``compute.for_(0, n-1, 'function(i){ return i }').exec(local=False)`` on a
   ``redis://`` URL, run by ``dcp-worker --worktime map-basic --cores 1`` processes (two, one per
   core of the goal's 2-core machine) started and warmed before the timing: deploy, lease in
-  blocks, run on sandboxed QuickJS evaluators, report, follow the job's event stream, collect the
+  blocks, run on sandboxed QuickJS evaluators (``--js-engine v8`` for V8), report, follow the job's event stream, collect the
   results.
 * **SQLite backend**: the same job and the same two workers on a ``sqlite:///`` store.
 * **bare Redis Streams**: the same tasks with no scheduler and no sandbox: a producer ``XADD``s one
@@ -157,8 +157,12 @@ def main() -> None:
     ap.add_argument("--scaling", default="1,2,4", help="worker process counts for the scaling rows")
     ap.add_argument("--worktime", default="map-basic", choices=sorted(WORKS),
                     help="echo: the same slices without a JavaScript engine (what the stores and the host carry)")
+    ap.add_argument("--js-engine", default="quickjs", choices=["quickjs", "v8"],
+                    help="map-basic's engine in the workers (default: QuickJS, what `pip install dcp-worktimes` "
+                         "gives; V8 where the deno package is installed, as the test extra does)")
     args = ap.parse_args()
     os.environ["DCP_PROGRESS"] = "0"
+    os.environ["DCP_WORKTIMES_JS_ENGINE"] = args.js_engine  # the workers', as their --js-engine
     from dcp_worktimes.scheduler.redis.server import RedisServer
 
     n, wt = args.slices, args.worktime
@@ -206,7 +210,7 @@ def main() -> None:
         rows.append((f"Redis backend, {count} worker process{'es' if count > 1 else ''}", secs, n / secs,
                      f"{t['sqlite'] / secs:.2f}x", f"{t['streams'] / secs:.2f}x"))
     ratio = t["sqlite"] / t["redis"]
-    note = (f"{n:,} trivial {wt} slices end to end, median of {args.repeat}; cores: {os.cpu_count()}.\n"
+    note = (f"{n:,} trivial {wt} slices end to end{' on ' + args.js_engine if wt == 'map-basic' else ''}, median of {args.repeat}; cores: {os.cpu_count()}.\n"
             f"redis-server CPU per Redis-backend run: {statistics.median(cpu):.2f} s "
             f"({statistics.median(cpu) / t['redis']:.0%} of one core while it ran).\n"
             f"before: {before}\nafter:  {after}\n"
