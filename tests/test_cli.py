@@ -330,13 +330,14 @@ def test_jobs_table_shows_names_literally_and_whole_when_piped(tmp_path):
     assert row.split()[:3] == ["echo", "running", "0"]  # no cell cut to fit 80 columns
 
 
-def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
-    store = f"sqlite:///{tmp_path / 'jobs.db'}"
-    env = {**os.environ, "DCP_SCHEDULER": store, "DCP_PROGRESS": "0"}
+def _ended_job(tmp_path, setup: str, ending: str):
+    """A job of echo over [1, 2, 3] run in another process until ``ending`` (an exception of
+    ``compute``); ``setup``: lines between making the job ``j`` and running it. Returns the job's
+    id and a ``cli(*args)`` running dcp-worker on its store."""
+    env = {**os.environ, "DCP_SCHEDULER": f"sqlite:///{tmp_path / 'jobs.db'}", "DCP_PROGRESS": "0"}
     run = subprocess.run(
-        [sys.executable, "-c", "from dcp_worktimes import compute\n"
-         "j = compute.for_([1, 2, 3], '{\"throw\": \"two\", \"when\": 2}', worktime='echo', cores=1)\n"
-         "try:\n    j.exec()\nexcept compute.JobFailed:\n    print(j.id)"],
+        [sys.executable, "-c", f"from dcp_worktimes import compute\n{setup}\n"
+         f"try:\n    j.exec()\nexcept compute.{ending}:\n    print(j.id)"],
         capture_output=True, text=True, env=env, timeout=120)
     job_id = run.stdout.strip()
     assert job_id, run.stderr
@@ -345,6 +346,13 @@ def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
         return subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", *args], capture_output=True, text=True,
                               env=env, timeout=120)
 
+    return job_id, cli
+
+
+def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
+    job_id, cli = _ended_job(
+        tmp_path, "j = compute.for_([1, 2, 3], '{\"throw\": \"two\", \"when\": 2}', worktime='echo', cores=1)",
+        "JobFailed")
     r = cli("resume", "--errors", "return", job_id)
     assert r.returncode == 0, r.stderr
     one, two, three = json.loads(r.stdout)
@@ -356,18 +364,10 @@ def test_resume_of_a_failed_job_prints_results_with_errors_return(tmp_path):
 
 def test_resume_of_a_cancelled_job_prints_what_completed_with_errors_return(tmp_path):
     # It printed nothing: the completed results could not be had from the command line.
-    store = f"sqlite:///{tmp_path / 'jobs.db'}"
-    env = {**os.environ, "DCP_SCHEDULER": store, "DCP_PROGRESS": "0"}
-    run = subprocess.run(
-        [sys.executable, "-c", "from dcp_worktimes import compute\n"
-         "j = compute.for_([1, 2, 3], '{\"sleep\": 30, \"when\": 2}', worktime='echo', cores=1)\n"
-         "j.on('result', lambda ev: j.cancel() if ev.sliceNumber == 0 else None)\n"
-         "try:\n    j.exec()\nexcept compute.JobCancelled:\n    print(j.id)"],
-        capture_output=True, text=True, env=env, timeout=120)
-    job_id = run.stdout.strip()
-    assert job_id, run.stderr
-    r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "resume", "--errors", "return", job_id],
-                       capture_output=True, text=True, env=env, timeout=120)
+    job_id, cli = _ended_job(
+        tmp_path, "j = compute.for_([1, 2, 3], '{\"sleep\": 30, \"when\": 2}', worktime='echo', cores=1)\n"
+                  "j.on('result', lambda ev: j.cancel() if ev.sliceNumber == 0 else None)", "JobCancelled")
+    r = cli("resume", "--errors", "return", job_id)
     assert r.returncode == 1 and "was cancelled" in r.stderr, r.stderr
     one, two, three = json.loads(r.stdout)
     assert one == 1 and two["$error"]["code"] == three["$error"]["code"] == "ECANCELLED"
