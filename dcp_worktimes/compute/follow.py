@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from ..errors import UNUSABLE_WORK_CODES, ErrorCode
 from ..scheduler.base import (CANCELLED, COMPLETE, FAILED, FINAL_STATES, UNUSABLE_WORK_REASON, Scheduler,
-                              StoreUnavailable)
+                              StoreUnavailable, unusable_work_reason)
 from ..values import UnserializableValue, unpack
 from .events import JOB_EVENTS, Event
 
@@ -281,7 +281,7 @@ class Follower:
             # The scheduler stops the job (every other slice would fail the same way); the
             # deployer stops following at the first such error and says why.
             self.bad_work = payload
-            self.reason = f"the work is unusable ({payload.get('code')}): {payload.get('message', '')}"
+            self.reason = unusable_work_reason([payload]) or ""
             return Outcome.BADWORK
         if kind == "complete":
             return Outcome.COMPLETE
