@@ -262,13 +262,14 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
         if read_only:
             _check_version(db, path, read_only=True)
             return db
+        current = False  # a private in-memory store is always new
         if path != ":memory:":
-            _check_version(db, path)  # before WAL mode, which would change another program's database
+            current = _check_version(db, path)  # before WAL mode, which would change another program's database
             mode = _wal(db)
             if str(mode).lower() != "wal":
                 raise SchedulerError(f"{path}: SQLite refused WAL mode ({mode}); put the store on a local disk")
         db.execute("PRAGMA synchronous = NORMAL")
-        if path != ":memory:" and _schema_current(db):
+        if current:
             return db  # no write: a stopped process holding the write lock does not hold up the open
         begin_immediate(db, path)
         try:
@@ -290,18 +291,9 @@ def open_database(path: str, *, read_only: bool = False) -> StoreConnection:
     return db
 
 
-#: Every table and index the schema makes (a store that has them all, at this format, needs no DDL).
+#: Every table and index the schema makes (a store that has them all, at this format, needs no DDL:
+#: ``_check_version``).
 _SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _DDL))
-
-
-def _schema_current(db: StoreConnection) -> bool:
-    """Whether the store is marked ours, at this format, with every table and index (reads only)."""
-    if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-        return False
-    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-        return False
-    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-    return _SCHEMA_NAMES <= names
 
 
 def begin_immediate(db: StoreConnection, path: str) -> None:
@@ -376,12 +368,15 @@ def _open_read_only(path: str) -> StoreConnection:
     return db
 
 
-def _check_version(db: StoreConnection, path: str, read_only: bool = False) -> None:
-    """A store of this format, or an empty database to make one in (not when ``read_only``)."""
+def _check_version(db: StoreConnection, path: str, read_only: bool = False) -> bool:
+    """A store of this format, or an empty database to make one in (not when ``read_only``).
+    Returns whether it is current: marked ours, at this format, with every table and index of the
+    schema (it then needs no DDL, hence no write, to open)."""
     # The tables first: a process making the store commits them with the format number, so
     # tables seen before it commits come with its number read after (never "tables, no number").
-    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
-                                       "'sqlite_%' ORDER BY name").fetchall()]
+    rows = db.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE "
+                      "'sqlite_%' ORDER BY name").fetchall()
+    tables = [name for name, kind in rows if kind == "table"]
     version = db.execute("PRAGMA user_version").fetchone()[0]
     mark = db.execute("PRAGMA application_id").fetchone()[0]
     # Ours: marked; made before the mark, with this format's tables, or (an older format) a jobs
@@ -406,13 +401,14 @@ def _check_version(db: StoreConnection, path: str, read_only: bool = False) -> N
             f"{path} was written by another version of dcp-worktimes (store format {version}, this one reads "
             f"{SCHEMA_VERSION}); move it away or choose another store with DCP_SCHEDULER=sqlite:///path.db")
     if version:
-        return
+        return mark == APPLICATION_ID and _SCHEMA_NAMES <= {name for name, _kind in rows}
     if read_only:
         if path == ":memory:":
             raise SchedulerError("sqlite:///:memory: is a private store inside one process: there is nothing here to "
                                  "read; name the store file the deployer and workers use")
         raise SchedulerError(f"no job store at {path} yet: the file is empty (a store is made by the first deployer "
                              "or worker that opens it)")
+    return False
 
 
 class Transaction:
