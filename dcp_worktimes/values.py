@@ -120,14 +120,16 @@ class Undecodable:
 
 def unpack_datums(packed: list[bytes]) -> list[Any]:
     """``unpack_all``, with an ``Undecodable`` in the place of each item that cannot be decoded."""
+    # UnserializableValue is a TypeError; msgpack raises ValueError or UnpackException for bad bytes.
+    failures = (ValueError, TypeError, msgpack.UnpackException)
     try:
         return unpack_all(packed)
-    except (UnserializableValue, ValueError, TypeError, msgpack.UnpackException):
+    except failures:
         out: list[Any] = []
         for item in packed:
             try:
                 out.append(unpack(item))
-            except (UnserializableValue, ValueError, TypeError, msgpack.UnpackException) as e:
+            except failures as e:
                 out.append(Undecodable(f"the stored value cannot be decoded: {e}"))
         return out
 
