@@ -359,6 +359,39 @@ class SchedulerConformance:
         r = scheduler.results("j1")[0]
         assert not r.ok and r.error["code"] == "ECRASH" and "max_attempts" in r.error["message"]
 
+    def test_a_lost_lease_charges_only_the_slices_its_worker_may_have_started(self, scheduler: Scheduler) -> None:
+        scheduler.submit(make_job("j1", 4))
+        first = take(scheduler, "w1", ECHO, {}, 4, lease_seconds=0.3)
+        (lid,) = {sl.lease_id for sl in first}
+        # w1 says 2 and 3 wait unstarted, then dies: only 0 and 1 may have run.
+        assert scheduler.heartbeat("w1", [lid], 0.3, {lid: [2, 3]}) == []
+        time.sleep(0.8)
+        second = drain(scheduler, "w2", lease_seconds=0.3)
+        assert {sl.slice_number: sl.attempt for sl in second} == {0: 2, 1: 2, 2: 1, 3: 1}
+        # w2 dies too, having started none by its heartbeat: 0 and 1 come back as they were, but
+        # 2 and 3 were spared last time in a row, so they are charged (work that kills workers
+        # before a heartbeat tells must still run out of attempts).
+        for lease_id, group in _by_lease(tuple(second)).items():
+            scheduler.heartbeat("w2", [lease_id], 0.3, {lease_id: [sl.slice_number for sl in group]})
+        time.sleep(0.8)
+        third = drain(scheduler, "w3")
+        assert {sl.slice_number: sl.attempt for sl in third} == {0: 2, 1: 2, 2: 2, 3: 2}
+        scheduler.report(ok(*third))
+        assert {n: r.attempt for n, r in scheduler.results("j1").items()} == {0: 2, 1: 2, 2: 2, 3: 2}
+        assert scheduler.status("j1")["status"] == "complete"
+
+    def test_slices_said_unstarted_once_are_still_lost_for_good_in_the_end(self, scheduler: Scheduler) -> None:
+        # Every worker dies right after saying its slice had not started: spared every other
+        # time, the slice still fails after max_attempts losses that were charged.
+        scheduler.submit(make_job("j1", 1, max_attempts=2))
+        for _ in range(4):
+            (sl,) = take(scheduler, "w1", ECHO, {}, 1, lease_seconds=0.2)
+            scheduler.heartbeat("w1", [sl.lease_id], 0.2, {sl.lease_id: [0]})
+            time.sleep(0.6)
+        assert take(scheduler, "w2", ECHO, {}, 1, 30) == []
+        r = scheduler.results("j1")[0]
+        assert not r.ok and r.error["code"] == "ECRASH" and r.attempt == 2
+
     def test_returned_slices_come_back_without_using_an_attempt(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 3))
         leases = drain(scheduler)

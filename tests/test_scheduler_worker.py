@@ -455,6 +455,51 @@ def test_frozen_worker_loses_its_lease_and_its_late_results_are_ignored(store):
     assert sum(1 for _, e in s.events("f") if e["type"] == "result") == n
 
 
+HOARDING_WORKER = ("import sys; from dcp_worktimes.scheduler import open_scheduler; "
+                   "from dcp_worktimes.scheduler.worker import Worker; "
+                   "Worker(open_scheduler(sys.argv[1]), ['echo'], cores=1, lease_seconds=1.5, queue_seconds=20).run()")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_killed_worker_charges_an_attempt_only_to_the_slices_it_may_have_started(store, request, backend):
+    # Killed while holding a big lease, a worker cost every unreported slice of it an attempt,
+    # though one core had started at most one of them: three such kills failed slices that
+    # never ran ("lost 3 times"). Its heartbeats now say which slices no evaluator was given.
+    url, s = store if backend == "sqlite" else (request.getfixturevalue("redis_url"), None)
+    s = s or open_scheduler(url)
+    n = 60
+    job = make_job("h", n)
+    job.spec.work = json.dumps({"sleep": 0.2})
+    s.submit(job)
+    p = subprocess.Popen([sys.executable, "-c", HOARDING_WORKER, url], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while s.status("h")["computed"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 3 <= s.status("h")["computed"] < 20, "make the slices slower"
+        time.sleep(1.2)  # two heartbeats (every 0.5 s) with its lease held
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    done = s.status("h")["computed"]
+    time.sleep(2.0)  # its leases expire (1.5 s)
+    w = Worker(s, ["echo"], cores=2, worker_id="second")
+    w.run(until_idle=True)
+    assert s.status("h")["status"] == "complete"
+    results = s.results("h")
+    again = [r for r in results.values() if f"-{p.pid}-" not in r.worker]
+    assert len(again) == n - done
+    charged = [r for r in again if r.attempt > 1]
+    # At most the slices it was running or had finished unreported at its last heartbeat (one
+    # given to its evaluator since goes back uncharged, once): never the whole lease.
+    assert len(again) >= 30 and len(charged) <= 3, sorted(r.attempt for r in again)
+    if backend == "redis":
+        s.close()
+
+
 def test_dcp_worker_in_another_process_helps_a_local_exec(store):
     """`dcp-worker` started in another terminal takes slices of a job run with exec() locally."""
     from dcp_worktimes import compute

@@ -431,6 +431,25 @@ class EvaluatorPool:
         for task in dropped:
             self._fail(task, SliceError("the slice's lease was lost (it runs elsewhere)", code=ErrorCode.ECANCELLED))
 
+    def unstarted(self, tags: Iterable[Any]) -> dict[Any, list[int]]:
+        """The slice numbers of blocks submitted with one of ``tags`` that no evaluator has been
+        given yet, by tag (tags with none are left out). A slice that was part of a run, even
+        one that ended before reaching it, is not among them: it may have started.
+
+        A worker sends them with its heartbeat, so that a lease that expires because the worker
+        died charges an attempt only to the slices that may have run::
+
+            pool.unstarted({"lease-1"})   # {"lease-1": [7, 8, 9]}
+        """
+        wanted = set(tags)
+        out: dict[Any, list[int]] = {}
+        with self._lock:
+            for queue_ in self._queues.values():
+                for task in queue_:
+                    if task.tag in wanted and task.lost is None:
+                        out.setdefault(task.tag, []).extend(task.numbers)
+        return out
+
     def release(self, job_id: str, wait: bool = True) -> None:
         """The job is over here: its idle evaluators exit now (a warm pool must not keep a finished
         job's state in memory until its slots are needed), and spares start for the next job.

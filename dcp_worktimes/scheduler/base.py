@@ -452,8 +452,16 @@ class Scheduler(ABC):
         """
 
     @abstractmethod
-    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
-        """Extend these leases; returns the ids that are no longer valid (drop their work)."""
+    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float,
+                  unstarted: Mapping[str, list[int]] | None = None) -> list[str]:
+        """Extend these leases; returns the ids that are no longer valid (drop their work).
+
+        ``unstarted`` names, per lease id, the slices the worker has not started yet (each
+        heartbeat replaces what the last one said). Should the lease expire before the next
+        heartbeat (the worker died), those slices go back without using an attempt, so a worker
+        killed while holding a big lease does not charge all of it; a slice returned so that
+        is charged the next time it is lost, whatever that worker says, so work that kills
+        workers just after it starts still runs out of attempts."""
 
     @abstractmethod
     def report(self, reports: list[Report]) -> None:

@@ -609,7 +609,12 @@ class Worker:
     def _heartbeat(self) -> None:
         with self._cond:
             lease_ids = list(self._inflight)
-        lost = self.scheduler.heartbeat(self.id, lease_ids, self.lease_seconds) if lease_ids else []
+        if not lease_ids:
+            return
+        # What no evaluator was given yet: should this worker die before the next beat, those
+        # slices go back without using an attempt (the rest may have run, and are charged).
+        unstarted = self._pool.unstarted(lease_ids) if self._pool is not None else {}
+        lost = self.scheduler.heartbeat(self.id, lease_ids, self.lease_seconds, unstarted)
         if not lost:
             return
         # Those leases are another worker's now, or their job ended: what is left of them is not

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from ...inputs import input_set_from_description
 from ...values import pack
@@ -248,8 +248,9 @@ class RedisScheduler(Scheduler):
                 self.check_schedulable(job_id, grace=self.SCHEDULABLE_GRACE)
         return leases
 
-    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
-        return self._leases.heartbeat(worker_id, lease_ids, lease_seconds)
+    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float,
+                  unstarted: Mapping[str, list[int]] | None = None) -> list[str]:
+        return self._leases.heartbeat(worker_id, lease_ids, lease_seconds, unstarted)
 
     def report(self, reports: list[Report]) -> None:
         if self._leases.report(reports):

@@ -43,7 +43,8 @@ Per job:
 * ``res:<id>`` LIST: one element per reported batch, ``header + columns``: the header says which
   positions of the worker's columns counted and their attempts (see ``reads.decode_batch``).
 * ``pend:<id>`` ZSET slice -> slice: retried and returned slices (leased before fresh ones);
-  ``att:<id>`` HASH slice -> attempts so far (only for slices that were ever retried).
+  ``att:<id>`` HASH slice -> attempts so far (only for slices that were ever retried), and
+  ``r<slice>`` -> 1 for a slice an expired lease returned unstarted (the next loss charges it).
 * ``sq:<id>`` ZSET slice -> slice: stream slices not leased yet; ``sd:<id>`` HASH slice -> packed
   datum (kept while the job runs, so a slice added twice is not run twice).
 * ``jl:<id>`` SET of its lease ids (dropped when the job ends).
@@ -52,7 +53,8 @@ Per lease (one per block handed out, never one per slice):
 
 * ``lease:<id>`` HASH ``j`` job, ``w`` worker, ``c`` count, ``d`` settled, ``b`` one byte per slice
   (``\\x01`` = settled: a second report of it is ignored), and either ``f``/``s``: the run
-  ``[f, s)`` of fresh slices, or ``n``/``a``: its slice numbers and attempts (msgpack).
+  ``[f, s)`` of fresh slices, or ``n``/``a``: its slice numbers and attempts (msgpack); ``u``:
+  the slices its worker had not started at its last heartbeat (msgpack; reclaim spares them).
 * ``wl:<worker>`` SET of a worker's lease ids (a dead local worker's leases expire at once).
 """
 

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Mapping
 
 import msgpack
 
@@ -220,8 +220,12 @@ class LeaseEngine:
     def leave(self, worker_id: str) -> None:
         self.run("leave", "unregister a worker", [HOST_KEY, "0", worker_id])
 
-    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
-        lost = self.run("heartbeat", "extend leases", [worker_id, repr(float(lease_seconds)), *dict.fromkeys(lease_ids)])
+    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float,
+                  unstarted: Mapping[str, list[int]] | None = None) -> list[str]:
+        held = list(dict.fromkeys(lease_ids))
+        # Per lease, in the order of the ids: a msgpack list of the slices not started, or '' for none.
+        args = [msgpack.packb(list(unstarted[lid])) if unstarted and unstarted.get(lid) else b"" for lid in held]
+        lost = self.run("heartbeat", "extend leases", [worker_id, repr(float(lease_seconds)), *held, *args])
         return [lid.decode() for lid in lost]
 
     # -- reports ------------------------------------------------------------------------------------

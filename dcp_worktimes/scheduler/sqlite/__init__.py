@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 from ...inputs import input_set_from_description
 from ...values import pack
 from ..base import (
@@ -240,8 +240,9 @@ class SqliteScheduler(Scheduler):
                 self.check_schedulable(job_id, grace=self.SCHEDULABLE_GRACE)
         return leases
 
-    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
-        return self._leases.heartbeat(worker_id, lease_ids, lease_seconds)
+    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float,
+                  unstarted: Mapping[str, list[int]] | None = None) -> list[str]:
+        return self._leases.heartbeat(worker_id, lease_ids, lease_seconds, unstarted)
 
     def report(self, reports: list[Report]) -> None:
         self._leases.report(reports)

@@ -22,9 +22,9 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from ...values import pack, unpack_datums
+from ...values import pack, unpack, unpack_datums
 from ..base import (
     CANCELLED,
     FINAL_STATES,
@@ -206,7 +206,9 @@ class LeaseEngine:
         self.db.execute("INSERT INTO leases (id, job_id, worker_id, expires, count) VALUES (?, ?, ?, ?, ?)",
                         (token, job_id, worker_id, expires, len(rows)))
         self.db.executemany(
-            f"UPDATE slices SET state = {LEASED}, retry = 1, lease_id = ?, attempt = attempt + 1 WHERE job_id = ? AND n = ?",
+            # MAX: a slice returned unstarted (retry = 2) keeps its mark while leased (reclaim reads it).
+            f"UPDATE slices SET state = {LEASED}, retry = MAX(retry, 1), lease_id = ?, attempt = attempt + 1 "
+            "WHERE job_id = ? AND n = ?",
             [(token, job_id, n) for n, _d, _a, _r in rows],
         )
         inp = None
@@ -246,22 +248,33 @@ class LeaseEngine:
             if pid and not psutil.pid_exists(pid):
                 self.db.execute("UPDATE leases SET expires = 0 WHERE worker_id = ?", (wid,))
                 self.db.execute("DELETE FROM workers WHERE id = ?", (wid,))
-        expired = self.db.execute("SELECT id, job_id, first, stop, bits FROM leases WHERE expires < ?", (now,)).fetchall()
+        expired = self.db.execute(
+            "SELECT l.id, l.job_id, l.first, l.stop, l.bits, u.numbers FROM leases l "
+            "LEFT JOIN lease_unstarted u ON u.lease_id = l.id WHERE l.expires < ?", (now,)).fetchall()
         touched = set()
-        for lease_id, job_id, first, stop, blob in expired:
+        for lease_id, job_id, first, stop, blob, unstarted in expired:
             self.db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+            self.db.execute("DELETE FROM lease_unstarted WHERE lease_id = ?", (lease_id,))
             rec = store.record(job_id)
             if first is not None:
                 bits = _bits_from(blob)
-                lost = [(first + i, 1) for i in range(stop - first) if not bits >> i & 1]
+                lost = [(first + i, 1, 0) for i in range(stop - first) if not bits >> i & 1]
             else:
-                lost = self.db.execute(f"SELECT n, attempt FROM slices WHERE lease_id = ? AND state = {LEASED}",
+                lost = self.db.execute(f"SELECT n, attempt, retry FROM slices WHERE lease_id = ? AND state = {LEASED}",
                                        (lease_id,)).fetchall()
             if not lost:
                 continue
             touched.add(job_id)
-            retry = [(n, a) for n, a in lost if a < rec.max_attempts]
-            final = [(n, a) for n, a in lost if a >= rec.max_attempts]
+            # Slices its worker had not started at its last heartbeat come back as they were, once
+            # in a row (retry = 2 marks them): work that kills its worker just after it starts,
+            # before a heartbeat says so, is charged the next time.
+            never = _unstarted_set(unstarted)
+            refund = [(n, a - 1) for n, a, mark in lost if n in never and mark != 2]
+            charged = [(n, a) for n, a, mark in lost if n not in never or mark == 2]
+            retry = [(n, a) for n, a in charged if a < rec.max_attempts]
+            final = [(n, a) for n, a in charged if a >= rec.max_attempts]
+            if refund:
+                store.requeue(job_id, refund, retry=2)
             if retry:
                 store.requeue(job_id, retry)
             if final:
@@ -290,9 +303,11 @@ class LeaseEngine:
             (arrived,) = self.db.execute("SELECT COUNT(*) FROM slices WHERE job_id = ?", (job_id,)).fetchone()
             self.store.cancel(job_id, feed_lost_reason(arrived))
 
-    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float) -> list[str]:
+    def heartbeat(self, worker_id: str, lease_ids: list[str], lease_seconds: float,
+                  unstarted: Mapping[str, list[int]] | None = None) -> list[str]:
         now = time.time()
         lost = []
+        unstarted = unstarted or {}
         with self.store.tx():
             self.db.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker_id))
             for lid in dict.fromkeys(lease_ids):
@@ -300,6 +315,13 @@ class LeaseEngine:
                                       (now + lease_seconds, lid, worker_id))
                 if cur.rowcount == 0:
                     lost.append(lid)
+                elif unstarted.get(lid):
+                    self.db.execute("INSERT OR REPLACE INTO lease_unstarted (lease_id, numbers) VALUES (?, ?)",
+                                    (lid, pack(list(unstarted[lid]))))
+                else:
+                    self.db.execute("DELETE FROM lease_unstarted WHERE lease_id = ?", (lid,))
+            # Rows of leases settled or deleted since (those paths do not look at this table).
+            self.db.execute("DELETE FROM lease_unstarted WHERE lease_id NOT IN (SELECT id FROM leases)")
         return lost
 
     # -- reports ------------------------------------------------------------------------------------
@@ -433,6 +455,18 @@ class LeaseEngine:
                 if back:
                     store.requeue(job_id, back)
         store.notify()
+
+
+def _unstarted_set(blob: bytes | None) -> frozenset[int]:
+    """The slice numbers of a ``lease_unstarted`` row; none if there is no row or it does not decode
+    (then every lost slice is charged, as before heartbeats said which had started)."""
+    if blob is None:
+        return frozenset()
+    try:
+        numbers = unpack(blob)
+        return frozenset(n for n in numbers if type(n) is int)
+    except Exception:  # noqa: BLE001 - a damaged row costs a refund, never the reclaim
+        return frozenset()
 
 
 def started(pid: int) -> float | None:

@@ -29,6 +29,11 @@ Tables, and why they are shaped so:
   deployer process is gone (and not while it lives). A table of its own, created ``IF NOT EXISTS``, so the format (``SCHEMA_VERSION``) did not
   change: a store written before it existed gains it when opened, a stream job with no row in it
   never expires this way, and a version that does not know the table leaves it alone.
+* ``lease_unstarted``: per lease, the slices its worker had not started at its last heartbeat
+  (``heartbeat(unstarted=...)``): a lease that expires returns them without using an attempt.
+  Added the same way as ``feed_leases`` (a store without it gains it; an older version ignores
+  it, and a row whose lease is gone is deleted at the next heartbeat). A slice returned so is
+  marked ``retry = 2`` until it is next leased and lost: then it is charged in any case.
 
 Stores of another format are refused with a message (no release ever needed a migration).
 """
@@ -138,6 +143,10 @@ CREATE TABLE IF NOT EXISTS feed_leases (
     host TEXT,      -- the deploying process, when it asked to be watched (keep_feeding(watch_caller=True))
     pid INTEGER,
     started REAL    -- its start time (psutil create_time): a pid reused later is not it
+);
+CREATE TABLE IF NOT EXISTS lease_unstarted (
+    lease_id TEXT PRIMARY KEY,
+    numbers BLOB NOT NULL   -- msgpack list: the lease's slices its worker had not started at its last heartbeat
 );
 """
 

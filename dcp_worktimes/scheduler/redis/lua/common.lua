@@ -305,8 +305,9 @@ local function expired_ranges(now)
   return {{'-inf', D(now)}}
 end
 
--- Expired leases: their unsettled slices go back to the queue with one more attempt used, or
--- fail with ECRASH once they were lost max_attempts times. Lost feeds first: a job they cancel
+-- Expired leases: their unsettled slices go back to the queue with one more attempt used (but
+-- those their worker said it had not started: see heartbeat.lua), or fail with ECRASH once they
+-- were lost max_attempts times. Lost feeds first: a job they cancel
 -- has no leases left to requeue.
 local function reclaim(now, limit)
   end_lost_feeds(now, limit)
@@ -323,21 +324,60 @@ local function reclaim(now, limit)
     if not h[1] then
       redis.call('ZREM', P .. 'leases', lid)
     else
+      local unstarted = redis.call('HGET', P .. 'lease:' .. lid, 'u')
       drop_lease(lid, h[1], h[2])
       local j = redis.call('HMGET', K('job', h[1]), 'status', 'maxatt')
       if j[1] and LIVE[j[1]] then
         local nums, atts = lease_slices(h)
         local bits, maxatt = h[9], tonumber(j[2])
-        local rn, ra, ln, la = {}, {}, {}, {}
+        local lost_n, lost_a = {}, {}
         for i = 1, #nums do
-          if string.byte(bits, i) == 0 then
-            if atts[i] < maxatt then rn[#rn + 1] = nums[i]; ra[#ra + 1] = atts[i]
-            else ln[#ln + 1] = nums[i]; la[#la + 1] = atts[i] end
+          if string.byte(bits, i) == 0 then lost_n[#lost_n + 1] = nums[i]; lost_a[#lost_a + 1] = atts[i] end
+        end
+        -- Slices its worker had not started at its last heartbeat come back as they were, once in
+        -- a row (field 'r<n>' of att marks them): work that kills its worker just after it
+        -- starts, before a heartbeat says so, is charged the next time.
+        local never = {}
+        if unstarted then
+          local ok, list = pcall(cmsgpack.unpack, unstarted)
+          if ok and type(list) == 'table' then for _, n in ipairs(list) do never[n] = true end end
+        end
+        local ak = K('att', h[1])
+        local marks = {}
+        if next(never) ~= nil and #lost_n > 0 then
+          local fields = {}
+          for i = 1, #lost_n do fields[i] = 'r' .. I(lost_n[i]) end
+          for c = 1, #fields, CHUNK do
+            local got = redis.call('HMGET', ak, unpack(fields, c, math.min(c + CHUNK - 1, #fields)))
+            for x = 1, #got do marks[c + x - 1] = got[x] end
           end
         end
+        local fn, fa, fz, rn, ra, ln, la, charged = {}, {}, {}, {}, {}, {}, {}, {}
+        for i = 1, #lost_n do
+          local n, a = lost_n[i], lost_a[i]
+          if never[n] and not marks[i] then
+            fn[#fn + 1] = n; fa[#fa + 1] = a - 1
+            if a - 1 == 0 then fz[#fz + 1] = I(n) end
+          else
+            if marks[i] then charged[#charged + 1] = 'r' .. I(n) end
+            if a < maxatt then rn[#rn + 1] = n; ra[#ra + 1] = a
+            else ln[#ln + 1] = n; la[#la + 1] = a end
+          end
+        end
+        if #fn > 0 then
+          requeue(h[1], fn, fa)
+          -- attempts back to what they were before this lease, and the mark
+          for c = 1, #fz, CHUNK do redis.call('HDEL', ak, unpack(fz, c, math.min(c + CHUNK - 1, #fz))) end
+          for c = 1, #fn, CHUNK do
+            local m = {}
+            for x = c, math.min(c + CHUNK - 1, #fn) do m[#m + 1] = 'r' .. I(fn[x]); m[#m + 1] = '1' end
+            redis.call('HSET', ak, unpack(m))
+          end
+        end
+        for c = 1, #charged, CHUNK do redis.call('HDEL', ak, unpack(charged, c, math.min(c + CHUNK - 1, #charged))) end
         if #rn > 0 then requeue(h[1], rn, ra) end
         if #ln > 0 then lost(h[1], ln, la, maxatt) end
-        if #rn + #ln > 0 then touched[#touched + 1] = h[1] end
+        if #fn + #rn + #ln > 0 then touched[#touched + 1] = h[1] end
       end
     end
   end
