@@ -179,7 +179,12 @@ function sandbox() {
         apply(setBytes, bigger, [apply(subarray, inbuf, [0, have])]);
         inbuf = bigger;
       }
-      const n = readSync(apply(subarray, inbuf, [have]));
+      // Deno's readSync reads the view's length through %TypedArray%.prototype, where job code
+      // may have put a getter (0: it reads nothing, and this loop would spin running job code):
+      // the view carries its true length as an own property.
+      const into = apply(subarray, inbuf, [have]);
+      defineProperty(into, 'length', { __proto__: null, value: lengthOf(into) });
+      const n = readSync(into);
       if (n === null) {  // the evaluator closed the pipe: its job is over (a word out of job code's reach says so)
         store(state, 2, 1);
         throw new Error(CLOSED);
