@@ -847,6 +847,20 @@ def test_what_job_code_replaces_never_changes_the_next_slices_values(pollution, 
     assert h.fails("map").code == ErrorCode.EUNSERIALIZABLE
 
 
+def test_a_value_nested_far_too_deep_for_the_host_fails_as_unserializable(js_engine):
+    # 20,000 levels: QuickJS encoded it, and the host's JSON decoder failed with its own
+    # RecursionError: "EUNCAUGHT: RecursionError: maximum recursion depth exceeded ...", and
+    # work.emit threw that text into the work.
+    h = Harness().prepare("function (x) { let a = []; for (let i = 0; i < 20000; i++) a = [a]; "
+                          "if (x) { try { work.emit('e', a) } catch (e) { return String(e) } return 'sent' } return a }")
+    with pytest.raises((SliceError, UnserializableValue)) as caught:  # the evaluator says EUNSERIALIZABLE for the latter
+        h(0)
+    assert getattr(caught.value, "code", ErrorCode.EUNSERIALIZABLE) == ErrorCode.EUNSERIALIZABLE
+    assert "recursion" not in str(caught.value).lower(), caught.value
+    said = h(1)
+    assert "recursion" not in said.lower() and ("nested more than" in said or "call stack" in said), said
+
+
 def test_the_work_sees_the_same_globals_on_both_engines(js_engine):
     names = set(slice_of("() => Object.getOwnPropertyNames(globalThis)"))
     assert names == COMMON_GLOBALS | ENGINE_GLOBALS[js_engine]

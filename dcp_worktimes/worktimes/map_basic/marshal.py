@@ -47,7 +47,7 @@ import json
 import math
 from typing import Any
 
-from ...values import MAX_DEPTH, UnserializableValue
+from ...values import MAX_DEPTH, UnserializableValue, as_unserializable
 
 TAG = "\x00dcp"
 MAX_SAFE = 2**53 - 1
@@ -191,8 +191,13 @@ _tagged = json.JSONDecoder(object_hook=_revive).decode
 
 
 def from_js(text: str) -> Any:
-    """Decode what the guest's ``__dcpEncode`` produced."""
-    return (_tagged if text[:1] == "1" else _plain)(text[1:])
+    """Decode what the guest's ``__dcpEncode`` produced. ``UnserializableValue`` for text nested
+    deeper than this process can decode (far past ``MAX_DEPTH``; shallower values that are still
+    too deep are refused when packed), as for any value too deep."""
+    try:
+        return (_tagged if text[:1] == "1" else _plain)(text[1:])
+    except RecursionError as e:
+        raise as_unserializable(e) from None
 
 
 #: How a BigInt looks in ``to_js`` text.
