@@ -30,8 +30,10 @@ from typing import Any
 from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import MiB, exceeded
 from ..wasm_runtime import (
+    EXIT_NOT_ALLOWED,
     EngineOptions,
     compile_module,
+    exit_not_allowed,
     get_engine,
     get_watchdog,
     memory_at_quota,
@@ -319,7 +321,7 @@ class WasiWorktime(Worktime):
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
                     failure = e
                     # proc_exit with a status WASI does not allow (126 and up, unnamed): an exit all the same
-                    if "exit with invalid exit status" in str(e):
+                    if exit_not_allowed(e):
                         failure, exit_status = None, _STATUS_NOT_ALLOWED
                 finally:
                     self._current = None
@@ -362,8 +364,7 @@ class WasiWorktime(Worktime):
                                      "raise limits.memory", code=ErrorCode.EMEMORYLIMIT, name="OutOfMemory",
                                      stack=tail or None)
                 shown = f"; stderr ends with: {tail[-500:]}" if tail else " (stderr was empty)"
-                status = ("a status of 126 or more, which WASI does not allow (0-125)"
-                          if exit_status == _STATUS_NOT_ALLOWED else f"status {exit_status}")
+                status = EXIT_NOT_ALLOWED if exit_status == _STATUS_NOT_ALLOWED else f"status {exit_status}"
                 raise SliceError(f"the module exited with {status}{shown}", code=ErrorCode.EUNCAUGHT,
                                  name=f"ExitStatus{exit_status if exit_status >= 0 else ''}", stack=tail or None)
             return self.content_type.decode(bytes(state.stdout))

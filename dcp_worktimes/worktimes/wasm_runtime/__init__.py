@@ -6,6 +6,7 @@ Importing this package does not import wasmtime.
 
 from .engine import (
     ENV_CACHE,
+    EXIT_NOT_ALLOWED,
     CompiledModule,
     EngineOptions,
     Guard,
@@ -20,12 +21,14 @@ from .engine import (
     safe_wasm_stack,
     set_store_limits,
     stats,
+    exit_not_allowed,
     trap_to_error,
     wasm_bytes,
 )
 
 __all__ = [
     "ENV_CACHE",
+    "EXIT_NOT_ALLOWED",
     "CompiledModule",
     "EngineOptions",
     "Guard",
@@ -40,6 +43,7 @@ __all__ = [
     "safe_wasm_stack",
     "set_store_limits",
     "stats",
+    "exit_not_allowed",
     "trap_to_error",
     "wasm_bytes",
 ]

@@ -587,6 +587,17 @@ _TRAP_MESSAGES = {
 }
 
 
+#: How a guest's ``proc_exit`` with a status WASI does not allow is said (wasmtime refuses it
+#: without naming the status).
+EXIT_NOT_ALLOWED = "a status of 126 or more, which WASI does not allow (0-125)"
+
+
+def exit_not_allowed(exc: BaseException) -> bool:
+    """Whether ``exc`` is wasmtime refusing a ``proc_exit`` status of 126 or more (a negative
+    one, as Python's ``os._exit(-1)``, arrives as a large unsigned status)."""
+    return "exit with invalid exit status" in str(exc)
+
+
 def trap_to_error(
     exc: BaseException,
     *,
@@ -621,6 +632,8 @@ def trap_to_error(
         return exceeded("memory", memory, what="WebAssembly memory", name="OutOfMemory", stack=text)
     if isinstance(exc, wasmtime.ExitTrap):
         return SliceError(f"the guest exited with status {exc.code}", code=ErrorCode.EUNCAUGHT, name="Exit")
+    if exit_not_allowed(exc):
+        return SliceError(f"the guest exited with {EXIT_NOT_ALLOWED}", code=ErrorCode.EUNCAUGHT, name="Exit")
     if name is not None:
         return SliceError(_TRAP_MESSAGES.get(name, f"the guest trapped: {name.lower().replace('_', ' ')}"),
                           code=ErrorCode.EUNCAUGHT, name=f"Trap.{name}", stack=text)
