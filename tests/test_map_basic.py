@@ -340,6 +340,18 @@ def test_reject():
     assert Harness().prepare("async x => { await null; work.reject(new Error('later')) }").fails().code == ErrorCode.EWORKREJECT
 
 
+@pytest.mark.parametrize("how", ["caught", "uncaught"])
+@pytest.mark.parametrize("where", ["get a() {", "toJSON() {"])
+def test_reject_while_the_result_is_encoded_rejects(js_engine, how, where):
+    # Called from a getter or toJSON as the result was written out: caught there, the reject was
+    # lost ({a: 1}); uncaught, the slice failed EUNSERIALIZABLE.
+    call = "try { work.reject('not now') } catch (e) {}" if how == "caught" else "work.reject('not now');"
+    h = Harness().prepare(f"x => x ? ({{ {where} {call} return 1 }} }}) : 'ok'")
+    err = h.fails(True)
+    assert err.code == ErrorCode.EWORKREJECT and "not now" in err.message, err
+    assert h(False) == "ok"
+
+
 def test_reject_does_not_leak_into_the_next_slice():
     h = Harness().prepare("x => { if (x) work.reject('no'); return 'ok' }")
     assert h.fails(True).code == ErrorCode.EWORKREJECT

@@ -282,3 +282,23 @@ def f(x):
     assert all(o.ok for o in outs.values())
     logged = sorted((n, p["message"]) for k, n, p in events if k == "console")
     assert logged == [(n, f"slice {n}") for n in range(40, 50)], logged[:3]
+
+
+def test_a_reject_the_work_catches_still_rejects_its_slice_and_no_other(pool):
+    # The work caught work.reject()'s exception and returned: its value counted (JavaScript
+    # rejects the slice all the same, as the docs say); the next slice must not inherit it.
+    work = """
+def f(x):
+    if x in (3, 5):
+        try:
+            work.reject(f'not {x}')
+        except BaseException:
+            if x == 5:
+                raise ValueError('and then this')
+        return 'kept'
+    return x
+"""
+    outs, _ = run(pool, work, list(range(8)))
+    codes = {n: (o.error.code, o.error.message) for n, o in outs.items() if not o.ok}
+    assert codes == {3: ("EWORKREJECT", "not 3"), 5: ("EWORKREJECT", "not 5")}, codes
+    assert all(outs[n].value == n for n in (0, 1, 2, 4, 6, 7))

@@ -256,6 +256,23 @@ def test_warm_instance_is_reused_across_slices(wt):
     assert elapsed < 10  # ~1 ms each when warm; the benchmark has the figure
 
 
+def test_a_reject_the_work_catches_still_rejects_the_slice(wt):
+    work = "def f(x):\n    try:\n        work.reject('later')\n    except Exception:\n        pass\n    return 1\n"
+    with pytest.raises(SliceError) as info:
+        run(wt, work, None)
+    assert info.value.code == ErrorCode.EWORKREJECT and "later" in info.value.message
+    assert run(wt, "def f(x):\n    return x + 1\n", 1) == [2]  # nothing left over for the next one
+
+
+def test_progress_with_a_value_that_cannot_cross_is_sent_as_its_text(wt):
+    # It failed the slice "EUNSERIALIZABLE: value[1] is a builtins.object", naming no progress()
+    # call; JavaScript's progress() sends such a value's text, and the host judges it.
+    events: list = []
+    assert run(wt, "def f(x):\n    progress(object())\n    return x\n", 7, events=events) == [7]
+    said = [p["message"] for kind, p in events if kind == "console"]
+    assert len(said) == 1 and said[0].startswith("progress('<object object at") and "indeterminate" in said[0], events
+
+
 # -- quotas and the hostile corpus -------------------------------------------------------------
 HOSTILE_EXPECTED = {
     # case: (limits, expected codes, wall-clock bound in seconds)

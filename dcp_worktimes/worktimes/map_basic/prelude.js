@@ -711,8 +711,11 @@
     if (typeof v === 'number' && v <= MAX_SAFE && v >= -MAX_SAFE) return 'v0' + stringify(v);
     try {
       encodeBudget = outputCap;  // the result only: console and emit traffic is metered by the host
-      return 'v' + __dcpEncode(v);
+      const text = __dcpEncode(v);
+      // A getter or toJSON that called work.reject() rejects the slice, caught there or not.
+      return rejected !== undefined ? 'r' + stringify(rejected) : 'v' + text;
     } catch (e) {
+      if (rejected !== undefined) return 'r' + stringify(rejected);
       if (e === OUTPUT_OVER) return 'o';
       let why;
       try {  // what a toJSON or getter threw may itself throw when printed (a throwing toString)

@@ -54,7 +54,8 @@ _MANY = b"\x93\xa4many"  # ["many", running, [frames]]
 _RESULT = b"\x93\xa6result"  # ["result", value, k] before its value
 
 _state = types.SimpleNamespace(handler=None, arguments=[], job=None, last_progress=float("-inf"), installed=False,
-                               logging=False, spread=False, quiet=False, highest=-1.0, held=[], held_bytes=0)
+                               logging=False, spread=False, quiet=False, highest=-1.0, held=[], held_bytes=0,
+                               rejected=None)
 
 
 # -- the door ----------------------------------------------------------------------------------
@@ -275,12 +276,19 @@ def progress(value=None):
             if now - _state.last_progress < PROGRESS_QUIET:
                 return True
         _state.last_progress = now
-        _call("progress", value, _state.highest if _state.highest >= 0 else None)
+        _progress(value, _state.highest if _state.highest >= 0 else None)
         return True
     if now - _state.last_progress >= PROGRESS_INTERVAL or value == 1 or value == "100%":
         _state.last_progress = now
-        _call("progress", value)
+        _progress(value)
     return True
+
+
+def _progress(value, *highest):
+    try:
+        _call("progress", value, *highest)
+    except codec.Unserializable:  # as JavaScript's progress() does: the host judges its text
+        _call("progress", str(value), *highest)
 
 
 class WorkReject(Exception):
@@ -296,7 +304,10 @@ class Work:
         _send(b"\x93" + codec.encode("emit") + codec.encode(name) + codec.encode(value, f"emit({name!r}) value"))
 
     def reject(self, reason=""):
-        raise WorkReject(str(reason))
+        # Kept, not only raised: the slice is rejected even if the work catches the exception
+        # (as in JavaScript), whatever it returns or raises next (_rejection).
+        _state.rejected = WorkReject(str(reason))
+        raise _state.rejected
 
 
 work = Work()
@@ -473,16 +484,27 @@ def _apply(datum):
 _PLAIN = frozenset((int, float, str, bool, bytes, list, dict, type(None)))  # never awaitable
 
 
+def _rejection():
+    """The ``work.reject()`` of the slice that just ended, if it called it (then cleared)."""
+    rejected, _state.rejected = _state.rejected, None
+    return rejected
+
+
 def run_slice():
     """Run the slice function on the host's datum; report its result or its error."""
     _state.last_progress = float("-inf")  # the slice's first progress() always reaches the host
+    _state.rejected = None
     try:
         frame = codec.encode_frame("result", _apply(_ask("datum")), "result")
     except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
         _flush()
-        _call("error", _describe(e))
+        _call("error", _describe(_rejection() or e))
         return
     _flush()
+    rejected = _rejection()
+    if rejected is not None:
+        _call("error", _describe(rejected))
+        return
     _host.call(frame)
 
 
@@ -536,12 +558,15 @@ def run_block():
                                                              if k < 0x10000 else encode(k))
             except BaseException as e:  # noqa: BLE001 - every failure becomes a coded error
                 _flush()
-                frame = codec.encode(["error", _describe(e), k])
+                frame = codec.encode(["error", _describe(_rejection() or e), k])
                 failed = True
             else:
                 out, err = sys.stdout, sys.stderr
                 if type(out) is not _ConsoleStream or out._buf or type(err) is not _ConsoleStream or err._buf:
                     _flush()
+                if state.rejected is not None:  # work.reject() caught by the work
+                    frame = codec.encode(["error", _describe(_rejection()), k])
+                    failed = True
             now = clock()
             size = state.held_bytes + len(frame)
             if held and size > HELD_BYTES:
