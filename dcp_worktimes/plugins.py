@@ -25,6 +25,7 @@ Asking for a skipped worktime says why it was skipped.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -233,13 +234,20 @@ class Registry:
             if self.pm.has_plugin(plugin_name):
                 continue
             try:
-                module = ep.load()
+                with _stdout_to_stderr():
+                    module = ep.load()
             except _PLUGIN_FAULTS as e:
                 self._report(f"{dist} (entry point {ep.name!r})", e)
                 continue
             if self.pm.is_registered(module):  # two entry points naming one module
                 continue
             self._register(module, plugin_name, dist)
+
+    def _who(self, plugin_name: str) -> str:
+        """The package that provided a plugin, and its entry point when it has several."""
+        provider = self._providers.get(plugin_name, plugin_name)
+        _dist, colon, ep = plugin_name.partition(":")
+        return f"{provider} (entry point {ep!r})" if colon else provider
 
     def _register(self, module: object, name: str, provider: str) -> bool:
         try:  # pluggy validates hook signatures here: a bad one removes only this plugin
@@ -261,16 +269,25 @@ class Registry:
         found: dict[str, Registration] = {}
         skipped: dict[str, str] = {}
         clashed: set[str] = set()  # names two plugins registered: neither keeps it
+        hooked = set()
         for impl in self.pm.hook.register_worktimes.get_hookimpls():
+            hooked.add(impl.plugin_name)
             provider = self._providers.get(impl.plugin_name, impl.plugin_name)
             batch: list[type] = []
             try:
-                impl.function(register=batch.append)
+                with _stdout_to_stderr():
+                    impl.function(register=batch.append)
             except _PLUGIN_FAULTS as e:
-                self._report(provider, e)
+                self._report(self._who(impl.plugin_name), e)
                 continue
+            if not batch:
+                self._report(self._who(impl.plugin_name), "its register_worktimes hook registered no worktime "
+                             "(call register(YourWorktime) in it)")
             for cls in batch:
-                problem = _validate(cls)
+                try:
+                    problem = _validate(cls)
+                except Exception as e:  # noqa: BLE001 - a class attribute of a type nothing expects
+                    problem = f"{getattr(cls, '__qualname__', cls)!r} cannot be checked ({type(e).__name__}: {e})"
                 name = getattr(cls, "name", None)
                 if problem:
                     self._report(provider, problem, what=f"worktime {getattr(cls, '__qualname__', cls)!r}")
@@ -303,6 +320,23 @@ class Registry:
                     del found[name]
         self._worktimes = found
         self._skipped = {name: why for name, why in skipped.items() if name not in found}
+        self._report_hookless(hooked)
+
+    def _report_hookless(self, hooked: set[str]) -> None:
+        """Warn about plugins that cannot register anything: no ``register_worktimes`` hook, or a
+        hook of another name (a typo: pluggy keeps such a hook uncalled, silently)."""
+        unknown: dict[str, list[str]] = {}
+        for hook_name, caller in vars(self.pm.hook).items():
+            if isinstance(caller, pluggy.HookCaller) and not caller.has_spec():
+                for impl in caller.get_hookimpls():
+                    unknown.setdefault(impl.plugin_name, []).append(hook_name)
+        for plugin_name in self._providers:
+            if plugin_name in hooked:
+                continue
+            names = unknown.get(plugin_name)
+            said = (f"its hook {', '.join(names)} is not one of dcp-worktimes' (register_worktimes)" if names
+                    else "it has no @hookimpl register_worktimes function")
+            self._report(self._who(plugin_name), f"{said}, so it registers no worktime")
 
     def _report(self, plugin: str, error: BaseException | str, what: str = "") -> None:
         """Record and warn that ``plugin`` (or only its ``what``, a worktime class) is skipped:
@@ -350,12 +384,22 @@ class Registry:
                 f"dcp-worktime-{name}; check who publishes it before you install it)")
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """What a plugin prints while it loads goes to stderr: on stdout it would corrupt the output of
+    whichever command loaded it (``--json``)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def _validate(cls: object) -> str | None:
     if not (isinstance(cls, type) and issubclass(cls, Worktime)):
         return f"register() expects a Worktime subclass, got {cls!r}"
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not _NAME.match(name):
         return f"{cls.__qualname__}.name must be a lowercase name such as 'map-basic', got {name!r}"
+    if not isinstance(cls.version, str):
+        return f"{cls.__qualname__}.version must be a string such as '1.0.0', got {cls.version!r}"
     try:
         parse_version(cls.version)
     except ValueError as e:

@@ -181,6 +181,50 @@ def test_invalid_registrations_are_reported_not_fatal():
     assert "BadName" not in r.worktimes()
 
 
+@pytest.mark.parametrize("attrs, message", [
+    # A number stopped every command (a TypeError from deep in the version parser), built-ins too.
+    ({"version": 1.0}, "version must be a string such as '1.0.0', got 1.0"),
+    ({"version": 2}, "version must be a string"),
+    ({"enforces": 5}, "cannot be checked"),
+])
+def test_a_registration_of_an_unexpected_type_removes_only_itself(attrs, message):
+    cls = type("Odd", (Upper,), {"name": "odd", **attrs})
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match=message):
+        r.register_module(make_plugin("p_odd", cls), "odd")
+    assert "odd" not in r.worktimes() and "map-basic" in r.worktimes()
+
+
+def test_a_plugin_that_registers_nothing_is_named():
+    misspelt = types.ModuleType("p_typo")
+
+    @hookimpl
+    def register_worktime(register):  # one letter short: pluggy never calls it
+        register(Upper)
+
+    misspelt.register_worktime = register_worktime
+    r = Registry()
+    with pytest.warns(RuntimeWarning, match=r"pkg-typo skipped: its hook register_worktime is not one of"):
+        r.register_module(misspelt, "pkg-typo")
+    with pytest.warns(RuntimeWarning, match="pkg-none skipped: its register_worktimes hook registered no worktime"):
+        r.register_module(make_plugin("p_none"), "pkg-none")
+    assert "upper" not in r.worktimes() and "map-basic" in r.worktimes()
+
+
+def test_what_a_plugin_prints_as_it_loads_is_kept_off_stdout(capsys):
+    @hookimpl
+    def register_worktimes(register):
+        print("hello from a plugin")  # on stdout it would corrupt `--json` output
+        register(Upper)
+
+    chatty = types.ModuleType("p_chatty")
+    chatty.register_worktimes = register_worktimes
+    r = Registry()
+    r.register_module(chatty, "pkg-chatty")
+    out, err = capsys.readouterr()
+    assert "hello" not in out and "hello from a plugin" in err and "upper" in r.worktimes()
+
+
 def test_load_plugins_switch(monkeypatch):
     monkeypatch.setenv(ENV_LOAD_PLUGINS, "")
     assert "echo" not in Registry().worktimes()
