@@ -161,6 +161,20 @@ def test_landlock_confines_files_to_what_the_evaluator_needs(locked, tmp_path):
     assert report["applied"] is True and report["execute"] == "denied" and report["abi"] == landlock_abi()
 
 
+@needs_landlock
+def test_the_folder_the_worker_was_started_in_stays_out_of_reach(escape, probes, tmp_path, monkeypatch):
+    # `python -m` puts the current folder first on the evaluators' sys.path, and every sys.path
+    # entry was readable: a worker started in / or a home folder let work read every file there.
+    canary = tmp_path / "canary.txt"
+    canary.write_text("secret")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # where the probe worktime is imported from
+    monkeypatch.chdir(tmp_path)
+    with EvaluatorPool(cores=1) as pool:
+        out = next(pool.map(JobSpec(id="cwd-read", worktime="native-probe", work=escape), [(0, ["read", str(canary)])]))
+        assert out.ok, out.error
+        assert out.value == EACCES
+
+
 def test_worktimes_json_reports_the_lockdown_of_each_worktime():
     r = subprocess.run([sys.executable, "-m", "dcp_worktimes.cli", "worktimes", "--json"], capture_output=True,
                        text=True, timeout=120)

@@ -221,11 +221,30 @@ def _read_paths(network: bool) -> set[str]:
     return {p for p in read if os.path.exists(p)}
 
 
+def _import_roots() -> set[str]:
+    """The folders this process imported modules from (the ``sys.path`` entry behind each)."""
+    roots = set()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file or name == "__main__":
+            continue
+        folder = os.path.dirname(os.path.abspath(file))
+        # a.b in <root>/a/b.py or <root>/a/b/__init__.py: up one folder per dotted part but the module's own
+        depth = name.count(".") + (1 if os.path.basename(file).startswith("__init__.") else 0)
+        for _ in range(depth):
+            folder = os.path.dirname(folder)
+        roots.add(os.path.normpath(folder))
+    return roots
+
+
 def _landlock_rules(network: bool, writable: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """``([(path, "r" | "rw" | "dev")], rw folders)`` for this process."""
     shared = _READ_PATHS.get(network) or _read_paths(network)
-    # sys.path as it is now: a worktime's preload() or prepare() may have added to it.
-    own = {p for p in sys.path if p and os.path.isabs(p) and os.path.exists(p)} | {f"/proc/{os.getpid()}"}
+    # The sys.path entries that modules were imported from, as it is now (a worktime's preload()
+    # or prepare() may have added one). Not every entry: `python -m` puts the folder the worker
+    # was started in first, and from / or a home folder that made every file there readable.
+    roots = _import_roots()
+    own = {p for p in sys.path if p and os.path.isabs(p) and os.path.normpath(p) in roots} | {f"/proc/{os.getpid()}"}
     rules = [(p, "r") for p in sorted(shared | own)]
     rules += [(p, "dev") for p in ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
               if os.path.exists(p)]
