@@ -626,8 +626,10 @@ class Worktime(ABC):
     def prepare(self, job: JobSpec) -> None:
         """Once per job, before its first slice: compile the work, load modules.
 
-        Raise ``WorkError`` when the work cannot run at all. The default keeps ``job`` as
-        ``self.job``.
+        Raise ``WorkError`` when the work cannot run at all (the job stops, on every worker;
+        ``ValueError`` counts as such too). Any other exception is taken for this machine's
+        fault (``ENOWORKTIME``): the worker hands the job's slices back to other workers and
+        stops offering this worktime for a minute. The default keeps ``job`` as ``self.job``.
         """
         self.job = job
 

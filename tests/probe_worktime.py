@@ -73,6 +73,8 @@ class FailsOnHost(ProbeWorktime):
         self.job = job
         if job.work == "prepare":
             raise ValueError(f"cannot parse {__file__}")
+        if job.work == "prepare-runtime":  # this machine's trouble, not the work's
+            raise RuntimeError(f"the local model file {__file__} is corrupt")
 
     def execute(self, ctx, datum):
         raise ValueError(f"cannot parse {__file__}")

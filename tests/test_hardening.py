@@ -76,6 +76,26 @@ def test_a_worktime_bug_tells_what_failed_not_where_the_host_is(probes, where):
     assert out.error.code == ("EBADWORK" if where == "prepare" else "EUNCAUGHT")
 
 
+def test_an_unexpected_exception_in_prepare_is_this_machines_fault_not_the_works(probes, tmp_path):
+    # It was EBADWORK: one worker with a broken local file cancelled the job for every worker.
+    with EvaluatorPool(cores=1) as pool:
+        out = next(pool.map(JobSpec(id="host-runtime", worktime="fails-on-host", work="prepare-runtime"), [(0, 1)]))
+    assert not out.ok and out.error.code == "ENOWORKTIME" and out.error.worker_fault, out.error
+    assert out.error.message.startswith("the worker could not prepare the job: RuntimeError: the local model file <host>")
+    from dcp_worktimes.scheduler import open_scheduler
+    from dcp_worktimes.scheduler.worker import Worker
+    from dcp_worktimes.testing_scheduler import make_job
+
+    s = open_scheduler(f"sqlite:///{tmp_path}/jobs.db")
+    job = make_job("fleet", 4, worktime="fails-on-host")
+    job.spec.work = "prepare-runtime"
+    s.submit(job)
+    Worker(s, ["fails-on-host"], cores=1).run(until_idle=True)
+    st = s.status("fleet")
+    assert st["status"] == "running" and st["computed"] == st["failed"] == 0, st  # handed back for other workers
+    s.close()
+
+
 def test_redact_drops_traceback_frames_and_host_folders():
     import dcp_worktimes
 

@@ -331,12 +331,15 @@ class Evaluator:
             error = SliceError(e.message, code=e.code, worker_fault=fault).to_dict()
             self.out.send({"t": "prepare_error", "error": bound_error(error, job_output(self.job))})
             return
-        except OSError as e:  # the worker's disk, cache or engine install, not the work
-            err = host_failure(e, "the worker could not prepare the job", code=ErrorCode.ENOWORKTIME, worker_fault=True)
-            self.out.send({"t": "prepare_error", "error": err.to_dict()})
-            return
-        except Exception as e:  # the worktime's own bug, or work it did not expect: no host traceback leaves
+        except ValueError as e:  # the job's own fields (check_file_names, a worktime's parse of the work)
             err = host_failure(e, "", code=ErrorCode.EBADWORK)
+            self.out.send({"t": "prepare_error", "error": bound_error(err.to_dict(), job_output(self.job))})
+            return
+        except Exception as e:  # noqa: BLE001 - this machine's disk, cache, engine install, or the worktime's bug
+            # Not proof the work is bad (a worktime says so with WorkError): taken for EBADWORK, one
+            # worker with a broken local file cancelled the job for the whole fleet. The worker
+            # hands the slices back and stops offering the worktime for a while instead.
+            err = host_failure(e, "the worker could not prepare the job", code=ErrorCode.ENOWORKTIME, worker_fault=True)
             self.out.send({"t": "prepare_error", "error": bound_error(err.to_dict(), job_output(self.job))})
             return
         # A worktime that keeps its engine running as a child process (blender) has it counted in
