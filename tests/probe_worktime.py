@@ -158,6 +158,10 @@ class BlockProbe(ProbeWorktime):
 
     name = "block-probe"
 
+    def prepare(self, job):
+        super().prepare(job)
+        self.fn["worktime"] = self  # the work may call worktime.stop_process(...)
+
     def execute_block(self, block):
         self.fn["block"](block)
 

@@ -322,6 +322,26 @@ def test_a_block_settled_at_an_index_outside_it_says_so(pool, probe):
                                                            r"\(indexes into block.datums", outs[1].error.message)
 
 
+def test_stop_process_in_a_block_is_the_verdict_of_the_slice_it_started_last(pool, probe):
+    # The stop named no slice of the block: the slice ran three times, then "the evaluator died
+    # 3 times while this slice was waiting in its run".
+    work = ("import time\n"
+            "from dcp_worktimes.limits import exceeded\n"
+            "def work(x):\n"
+            "    if x == 2:\n"
+            "        worktime.stop_process(exceeded('wall_time', 5.0))\n"
+            "        time.sleep(30)\n"
+            "    return x * 10\n"
+            "def block(b):\n"
+            "    b.run_each(lambda ctx, d: work(d))\n")
+    spec = JobSpec(id=f"blockstop-{time.monotonic_ns()}", worktime="block-probe", work=work)
+    started = time.monotonic()
+    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(5)])}
+    assert outs[2].error.code == "ESLICETOOSLOW" and "wall-time limit of 5 s" in outs[2].error.message, outs[2].error
+    assert [outs[n].value for n in (0, 1, 3, 4)] == [0, 10, 30, 40]
+    assert time.monotonic() - started < 20
+
+
 def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
     out = next(pool.map(JobSpec(id="badfiles", worktime="echo", files={"big": 3 * 10**9}), [(0, 0)]))
     assert out.error.code == "EBADWORK" and "files['big'] must be bytes, got int" in out.error.message

@@ -243,12 +243,19 @@ class Evaluator:
         #: Results are Python-made: their dicts may have tuple keys (``Worktime.decoded_results``).
         self.python_results = not cls.decoded_results
         self.lockdown: dict | None = None  # what lockdown.apply did (once, after the first prepare)
+        self.block: RunBlock | None = None  # the run an execute_block engine is in
         worktime.stop_process = self._stop
 
     def _stop(self, error: SliceError) -> None:
         """``Worktime.stop_process``: the host kills this process, ``error`` the running slice's verdict."""
-        self._events.flush_console()  # a line held back for repeats would die with the process
-        self.out.send({"t": "stop", "i": self._events.index, "e": error.to_dict()})
+        block = self.block
+        if block is not None and block.current >= 0:  # in execute_block: the slice it started last
+            index, events = block.current, block._events.get(block.current)
+        else:
+            index, events = self._events.index, self._events
+        if events is not None:
+            events.flush_console()  # a line held back for repeats would die with the process
+        self.out.send({"t": "stop", "i": index, "e": error.to_dict()})
 
     def pack(self, value: Any) -> bytes:
         # Same rules as values.pack, with one reusable Packer (the main thread's own).
@@ -357,7 +364,11 @@ class Evaluator:
         assert job is not None, "run before prepare"
         datums = split_packed(packed) if self.packed_datums else unpack_all_packed(packed)
         if self.block_engine:
-            RunBlock(self, numbers, datums, job).execute()
+            self.block = RunBlock(self, numbers, datums, job)
+            try:
+                self.block.execute()
+            finally:
+                self.block = None
         else:
             limits = job.limits
             # An optional worktime hook: the whole batch, before its slices run one by one (map-basic
@@ -455,6 +466,7 @@ class RunBlock(Block):
         self._beat_at = float("-inf")
         self._cpu_mark = 0.0  # the family's CPU clock when this call's outcomes so far began
         self._flushed = False  # this call sent outcomes before it returned (flush)
+        self.current = -1  # the slice starting() named last
 
     @property
     def cancelled(self) -> bool:
@@ -476,6 +488,7 @@ class RunBlock(Block):
                             cancel_event=self.ev.cancel)
 
     def starting(self, i: int) -> None:
+        self.current = i  # a stop_process() now is this slice's verdict
         # The supervisor's no-progress clock is refreshed at most every BEAT_EVERY: it judges in
         # seconds, and a refresh per slice was a tenth of a trivial slice's host time.
         now = time.monotonic()
