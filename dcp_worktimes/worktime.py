@@ -392,7 +392,7 @@ class Block(ABC):
             self.starting(i)
             try:
                 self.done(i, run(self.context(i), self.datums[i]))
-            except Exception as e:  # noqa: BLE001 - the host gives it its code
+            except BaseException as e:  # noqa: BLE001 - the host gives it its code (SystemExit too)
                 self.failed(i, e)
             if time.monotonic() - started > self.budget:
                 return

@@ -342,6 +342,30 @@ def test_stop_process_in_a_block_is_the_verdict_of_the_slice_it_started_last(poo
     assert time.monotonic() - started < 20
 
 
+@pytest.mark.parametrize("worktime", ["probe", "block-probe"])
+def test_an_exception_that_cannot_be_printed_or_a_keyboard_interrupt_fails_its_slice_once(pool, probe, worktime):
+    # Either ended the evaluator: ECRASH, and the slice ran three times.
+    work = ("class BadStr(Exception):\n"
+            "    def __str__(self):\n"
+            "        raise RuntimeError('no str for you')\n"
+            "def work(x):\n"
+            "    if x == 1:\n"
+            "        raise BadStr()\n"
+            "    if x == 2:\n"
+            "        raise KeyboardInterrupt()\n"
+            "    if x == 3:\n"
+            "        raise SystemExit(4)\n"
+            "    return x\n"
+            "def block(b):\n"
+            "    b.run_each(lambda ctx, d: work(d))\n")
+    spec = JobSpec(id=f"badstr-{worktime}-{time.monotonic_ns()}", worktime=worktime, work=work)
+    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(5)])}
+    assert [outs[n].value for n in (0, 4)] == [0, 4]
+    assert outs[1].error.code == "EUNCAUGHT" and outs[1].error.message.startswith("BadStr: (its message could not be printed")
+    assert outs[2].error.code == "EUNCAUGHT" and outs[2].error.message.startswith("KeyboardInterrupt")
+    assert outs[3].error.code == "EUNCAUGHT", outs[3].error
+
+
 def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
     out = next(pool.map(JobSpec(id="badfiles", worktime="echo", files={"big": 3 * 10**9}), [(0, 0)]))
     assert out.error.code == "EBADWORK" and "files['big'] must be bytes, got int" in out.error.message

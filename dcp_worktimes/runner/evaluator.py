@@ -392,7 +392,9 @@ class Evaluator:
         ctx = SliceContext(number, limits, self.job, sink=events, heartbeat=self._beat, cancel_event=self.cancel)
         try:
             result = self.worktime.execute(ctx, datum)
-        except Exception as e:  # every failure of the work becomes the slice's error
+        except BaseException as e:  # noqa: BLE001 - every failure of the work becomes the slice's error
+            # (KeyboardInterrupt and SystemExit too: this process has no terminal, so only the
+            # worktime's code raises them)
             self.settle_error(index, e, events, time.monotonic() - now, _cpu(self.family) - cpu0)
             return
         self.settle(index, result, events, limits, time.monotonic() - now, _cpu(self.family) - cpu0)
@@ -550,8 +552,6 @@ class RunBlock(Block):
             try:
                 ev.worktime.execute_block(self)
             except BaseException as e:  # noqa: BLE001 - the engine failed as a whole: the slice it was on
-                if isinstance(e, KeyboardInterrupt):
-                    raise
                 left = [i for i in pending if i not in self._settled and not any(c[0] == i for c in self._call)]
                 if left:
                     self._record(left[0], e, True)

@@ -81,6 +81,10 @@ def host_failure(exc: BaseException, doing: str, code: ErrorCode = ErrorCode.EUN
     """The error a deployer gets for an unexpected exception of the worker's own code while
     ``doing`` something; the traceback is printed to stderr (the worker's side) instead."""
     traceback.print_exception(exc, file=sys.stderr)
-    text = cut(redact(f"{type(exc).__name__}: {exc}"), MAX_MESSAGE)
+    try:
+        said = str(exc)
+    except BaseException:  # noqa: BLE001 - its __str__ raised (or looped into RecursionError): the slice's error all the same
+        said = "(its message could not be printed: its __str__ raised)"
+    text = cut(redact(f"{type(exc).__name__}: {said}"), MAX_MESSAGE)
     return SliceError(f"{doing}: {text}" if doing else text, code=code, name=type(exc).__name__,
                       worker_fault=worker_fault)
