@@ -366,6 +366,18 @@ def test_an_exception_that_cannot_be_printed_or_a_keyboard_interrupt_fails_its_s
     assert outs[3].error.code == "EUNCAUGHT", outs[3].error
 
 
+def test_bytes_written_to_the_message_channel_fail_the_slice_saying_so(pool, probe):
+    # Their first frame decoded as an int: "internal error in the worker: 'int' object has no attribute 'get'".
+    work = ("import os\ndef work(x):\n    if x == 1:\n        for fd in range(64):\n            try:\n"
+            "                os.write(fd, bytes(range(1, 120)))\n            except OSError:\n                pass\n"
+            "    return x\n")
+    spec = JobSpec(id=f"garbage-{time.monotonic_ns()}", worktime="probe", work=work)
+    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(3)])}
+    assert outs[1].error.code == "ECRASH" and "malformed message" in outs[1].error.message, outs[1].error
+    assert "internal error" not in outs[1].error.message
+    assert outs[0].value == 0 and outs[2].value == 2
+
+
 def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
     out = next(pool.map(JobSpec(id="badfiles", worktime="echo", files={"big": 3 * 10**9}), [(0, 0)]))
     assert out.error.code == "EBADWORK" and "files['big'] must be bytes, got int" in out.error.message

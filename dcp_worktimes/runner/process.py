@@ -282,6 +282,12 @@ class EvaluatorProcess:
                     self.kill(SliceError(f"the evaluator sent a frame the worker cannot read ({type(e).__name__}: "
                                          f"{e or 'nested too deeply'})", code=ErrorCode.ECRASH))
                     raise EvaluatorDied(self.kill_reason, self.kill_index) from None
+                if type(msg) is not dict or type(msg.get("t")) is not str:
+                    # Bytes that decode but are no frame: code in the evaluator wrote to its message
+                    # channel (a descriptor of its own: the worktime's, or its work's, writing blindly).
+                    self.kill(SliceError(f"the evaluator sent a malformed message (a {type(msg).__name__} where a "
+                                         "frame belongs: code in it wrote to its message channel)", code=ErrorCode.ECRASH))
+                    raise EvaluatorDied(self.kill_reason, self.kill_index)
                 yield msg
             if deadline is not None:
                 ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
