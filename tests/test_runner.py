@@ -712,6 +712,21 @@ def test_a_slice_over_its_limits_still_fails_after_its_evaluator_was_stopped(poo
     assert got and got[0].error.code == "ESLICETOOSLOW"
 
 
+def test_a_slice_that_stops_its_own_evaluator_is_judged_after_a_grace(probe):
+    # Stopped time is excused (above), so work that SIGSTOPped itself held its core for ever,
+    # never judged, and the slices run with it were never reported.
+    from dcp_worktimes.runner.pool import STOPPED_GRACE
+
+    work = "import os, signal\ndef work(x):\n    if x == 1:\n        os.kill(os.getpid(), signal.SIGSTOP)\n    return x\n"
+    spec = JobSpec(id=f"selfstop-{time.monotonic_ns()}", worktime="probe", work=work, limits=Limits.parse(wall_time="1s"))
+    started = time.monotonic()
+    with EvaluatorPool(cores=1) as p:
+        outs = {o.number: o for o in p.map(spec, [(i, i) for i in range(3)])}
+    assert outs[1].error.code == "ESLICETOOSLOW" and "stayed stopped" in outs[1].error.message, outs[1].error
+    assert outs[0].value == 0 and outs[2].value == 2
+    assert time.monotonic() - started < 1 + STOPPED_GRACE + 10
+
+
 PAUSED_POOL = """
 import json, sys, time
 from dcp_worktimes.limits import Limits

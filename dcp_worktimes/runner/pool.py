@@ -87,6 +87,10 @@ WATCHDOG_INTERVAL = 0.02
 PAUSE_GAP = 1.0
 #: Limits measured in elapsed time: a pause or a stopped evaluator can exceed them for the work.
 _ELAPSED_LIMITS = ("wall_time", "progress_timeout")
+#: Seconds an evaluator may stay stopped past its slice's wall-time or no-progress limit while
+#: this process runs (so not a paused machine): then the verdict is given. Work could SIGSTOP
+#: itself and hold its core for ever, unjudged.
+STOPPED_GRACE = 10.0
 #: A slice whose evaluator died under it while running *another* slice is re-run at most this often.
 MAX_LOST = 3
 #: Seconds a cancelled slice gets to notice ``ctx.cancelled`` before its evaluator is killed.
@@ -217,6 +221,7 @@ class _Slot:
     family: list = field(default_factory=list)  # the evaluator's child processes (engines may spawn)
     ticks: int = 0
     stops: int = 0  # watchdog ticks that found the evaluator or a child of it stopped
+    stopped_over: float | None = None  # when the watchdog first found it stopped past a limit (this run)
     looked: float = 0.0  # the watchdog's last look at this slot (monotonic)
     job: JobSpec | None = None  # the job its evaluator serves
     spare: "_Spare | None" = None  # an evaluator started ahead for the next job
@@ -809,7 +814,7 @@ class EvaluatorPool:
         q, r = divmod(len(blob) - (1 if k < 16 else 3 if k < 65536 else 5), k)
         sizes = [q + 1] * r + [q] * (k - r)
         started = time.monotonic()
-        slot.task, slot.limits, slot.cancel_at, slot.busy = task, job.limits, None, True
+        slot.task, slot.limits, slot.cancel_at, slot.stopped_over, slot.busy = task, job.limits, None, None, True
         task.settled = set() if task.settled is None else task.settled
         numbers = task.numbers
         paused = (self._pauses, slot.stops)  # changed by the end of the run: it was stopped meanwhile
@@ -1042,6 +1047,14 @@ class EvaluatorPool:
         if over is not None:
             if stopped or self._stopped(slot):
                 slot.stops += not stopped
+                if slot.stopped_over is None:
+                    slot.stopped_over = now
+                elif now - slot.stopped_over > STOPPED_GRACE:  # not excused (_excused): no elapsed-time limit named
+                    said = "wall-time" if over == "wall_time" else "no-progress"
+                    proc.kill(SliceError(
+                        f"the slice's evaluator stayed stopped (SIGSTOP, a debugger) {STOPPED_GRACE:g} s past its {said} "
+                        "limit while the worker ran: the work stopped itself, or something stopped it",
+                        code=ErrorCode.ESLICETOOSLOW if over == "wall_time" else ErrorCode.ENOPROGRESS), index)
             else:
                 proc.kill(exceeded(over, getattr(lim, over)), index)
             return
