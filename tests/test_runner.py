@@ -727,6 +727,34 @@ def test_a_slice_that_stops_its_own_evaluator_is_judged_after_a_grace(probe):
     assert time.monotonic() - started < 1 + STOPPED_GRACE + 10
 
 
+def test_processes_an_engine_detaches_end_with_its_evaluator(probe, tmp_path):
+    # setsid and a double fork: the process left the evaluator's group and went to init, and ran
+    # on after the slice, the job and the worker, uncounted.
+    work = ("import os, time\n"
+            "def work(x):\n"
+            "    if os.fork() == 0:\n"
+            "        os.setsid()\n"
+            "        if os.fork() == 0:\n"
+            "            while True:\n"
+            f"                open({str(tmp_path)!r} + f'/{{x}}', 'a').write('.')\n"
+            "                time.sleep(0.1)\n"
+            "        os._exit(0)\n"
+            "    time.sleep(0.5)\n"
+            "    while x == 'spin':\n"
+            "        pass\n"
+            "    return x\n")
+    spec = JobSpec(id=f"detached-{time.monotonic_ns()}", worktime="probe", work=work, limits=Limits.parse(wall_time="2s"))
+    with EvaluatorPool(cores=1) as p:
+        outs = [o for o in p.map(spec, [(0, "spin")])]  # killed by the watchdog
+        assert outs[0].error.code == "ESLICETOOSLOW"
+        assert [o.value for o in p.map(spec, [(1, "ends")])] == ["ends"]  # then the pool closes it
+    time.sleep(0.5)
+    sizes = {f.name: f.stat().st_size for f in tmp_path.iterdir()}
+    assert set(sizes) == {"spin", "ends"}, sizes  # both had started
+    time.sleep(1.0)
+    assert {f.name: f.stat().st_size for f in tmp_path.iterdir()} == sizes  # and neither writes any more
+
+
 PAUSED_POOL = """
 import json, sys, time
 from dcp_worktimes.limits import Limits

@@ -752,6 +752,8 @@ def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, ne
         worktime.release()
     finally:
         out.flush()
+        if ev.family or _has_children():  # what its engine started, detached or not, ends with it
+            isolation.end_descendants()
 
 
 def main(argv: list[str] | None = None) -> None:

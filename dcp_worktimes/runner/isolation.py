@@ -4,6 +4,9 @@ Layers (each best effort, reported in ``apply()``'s answer and the evaluator's `
 the engine's own sandbox is the first line):
 
 * ``PR_SET_PDEATHSIG``: the evaluator dies with its worker, never orphaned;
+* ``PR_SET_CHILD_SUBREAPER``: a process an engine starts stays the evaluator's descendant even
+  when it detaches (``setsid`` and a double fork), so its memory and CPU are still counted and
+  it is ended with the evaluator (``end_descendants``), not left running under init;
 * ``RLIMIT_CORE = 0``: a crashing engine does not dump the work's memory to disk;
 * ``RLIMIT_NOFILE = MAX_FILES``: a guest hoarding descriptors meets its own limit;
 * a private, empty network namespace (``unshare(CLONE_NEWNET)``, or with a user namespace when
@@ -36,6 +39,7 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 MNT_DETACH = 2
 #: Most descriptors an evaluator (and the guest inside it) may hold: a hoarding guest gets EMFILE,
@@ -66,7 +70,8 @@ def apply(network: bool = False, parent_pid: int | None = None, private_mounts: 
         done["no_core"] = True
     except (ValueError, OSError):
         done["no_core"] = False
-    if private_mounts:
+    if private_mounts:  # an evaluator (a zygote's children are its evaluators: it reaps them itself)
+        done["subreaper"] = _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
         done["max_files"] = _limit_files()
     wanted = (0 if network else CLONE_NEWNET) | (CLONE_NEWNS if private_mounts else 0)
     got = _enter(wanted)
@@ -80,6 +85,23 @@ def apply(network: bool = False, parent_pid: int | None = None, private_mounts: 
         _state["private_mounts"] = ok
         done["private_tmp"] = ok
     return done
+
+
+def end_descendants(pid: int | None = None) -> None:
+    """SIGKILL every descendant of process ``pid`` (default: this one), detached ones included
+    (they are ours: ``PR_SET_CHILD_SUBREAPER``). Called by an evaluator as it exits, and by the
+    host before it kills one (its descendants would go to init once it is gone)."""
+    import psutil
+
+    try:
+        family = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for p in family:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def _enter(flags: int) -> int:

@@ -26,7 +26,7 @@ import msgpack
 from ..errors import ErrorCode, SliceError
 from ..values import UnserializableValue, pack, packer, unpacker
 from .heartbeat import Heartbeat
-from .isolation import remove_area
+from .isolation import end_descendants, remove_area
 from .redact import redact
 
 STDERR_TAIL = 4096
@@ -194,6 +194,9 @@ class EvaluatorProcess:
         self.kill_reason: SliceError | None = None
         self.kill_index: int | None = None
         self.killed = False  # kill() was called: no run may be sent to it, reaped or not
+        #: Whether it had no child process after its first prepare and can start none
+        #: (``cannot_spawn``): then it never has any, and the watchdog stops looking for them.
+        self.sealed = False
         self.baseline_rss = 0
         self.slices_run = 0
         self.started = time.monotonic()
@@ -229,9 +232,6 @@ class EvaluatorProcess:
         self.start_rss = int(ready.get("rss") or 0)
         #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).
         self.lockdown: dict[str, Any] = {}
-        #: Whether it had no child process after that first prepare and can start none
-        #: (``cannot_spawn``): then it never has any, and the watchdog stops looking for them.
-        self.sealed = False
 
     def cannot_spawn(self) -> bool:
         """Whether this evaluator's seccomp filter denies new processes: so its lockdown report
@@ -319,6 +319,8 @@ class EvaluatorProcess:
             self.kill_reason, self.kill_index = reason, index
         if not self.pid or self._status is not None:  # never signal a pid that may have been reused
             return
+        if not self.sealed:  # its engine's processes, some maybe in sessions of their own: before they go to init
+            end_descendants(self.pid)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
