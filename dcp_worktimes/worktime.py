@@ -58,6 +58,10 @@ and its registration (see ``hookspecs.py``)::
     @hookimpl
     def register_worktimes(register):
         register(Upper)
+
+Define the class at the top level of an importable module: each evaluator process imports it
+again as ``module:Class`` (a class made inside a function or attached to a module later is
+refused, saying so).
 """
 
 from __future__ import annotations
@@ -513,7 +517,8 @@ class Worktime(ABC):
     default_for: ClassVar[frozenset[str]] = frozenset()
 
     #: The worker owner's settings for this worktime (``{name: value}`` for the names in
-    #: ``settings`` that were given), plus ``"trusted": True`` when the owner ran
+    #: ``settings`` that were given; values are strings, as typed: ``--upper-level 7`` gives
+    #: ``"7"``, to convert and check in ``probe``), plus ``"trusted": True`` when the owner ran
     #: ``dcp-worker --trust-work NAME``. The host sets it on the instance before ``prepare``.
     config: Mapping[str, Any] = MappingProxyType({})
 
