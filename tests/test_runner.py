@@ -378,6 +378,15 @@ def test_bytes_written_to_the_message_channel_fail_the_slice_saying_so(pool, pro
     assert outs[0].value == 0 and outs[2].value == 2
 
 
+def test_a_socket_the_lockdown_refuses_names_what_the_worktime_must_declare(pool, probe):
+    work = "import socket\ndef work(x):\n    socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n    return x\n"
+    out = next(pool.map(JobSpec(id=f"nosock-{time.monotonic_ns()}", worktime="probe", work=work), [(0, 0)]))
+    if not pool._slots[0].proc.lockdown.get("seccomp", {}).get("applied"):
+        pytest.skip("no seccomp filter here: sockets are not refused")
+    assert out.error.code == "EUNCAUGHT" and out.error.message.startswith("PermissionError: [Errno 1]")
+    assert "Worktime.network = True" in out.error.message, out.error.message
+
+
 def test_job_files_of_the_wrong_type_fail_the_job_not_the_worker(pool):
     out = next(pool.map(JobSpec(id="badfiles", worktime="echo", files={"big": 3 * 10**9}), [(0, 0)]))
     assert out.error.code == "EBADWORK" and "files['big'] must be bytes, got int" in out.error.message

@@ -24,6 +24,7 @@ writes to stdout at C level cannot corrupt the frame stream.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import queue
@@ -431,7 +432,13 @@ class Evaluator:
         elif isinstance(e, RecursionError):
             frame = {"t": "err", "i": index, "e": {"code": "EUNCAUGHT", "message": f"RecursionError: {e}"}}
         else:  # a worktime bug: what failed, never where on the host (redact.py)
-            frame = {"t": "err", "i": index, "e": host_failure(e, "").to_dict()}
+            error = host_failure(e, "").to_dict()
+            if isinstance(e, PermissionError) and e.errno == errno.EPERM and self.lockdown and not (
+                    self.worktime.spawns and self.worktime.network):
+                # What a plugin author sees when the lockdown refused a process or a socket.
+                error["message"] += (" (the sandbox refuses new processes and sockets to a worktime that does not "
+                                     "declare them: Worktime.spawns = True, Worktime.network = True)")
+            frame = {"t": "err", "i": index, "e": error}
         events.flush_console()
         # The work wrote the message and stack: within what is left of the slice's budget (bounds.py).
         output = job_output(self.job)
