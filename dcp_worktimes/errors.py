@@ -117,7 +117,8 @@ class SliceError(DcpError):
         self.stack = stack
         self.name = name  # the guest's error class name ("TypeError", "ZeroDivisionError")
         #: The worker, not the work, is at fault (its runtime is missing, its disk is full): the
-        #: slice goes back to the scheduler unrun instead of failing.
+        #: slice goes back to the scheduler unrun instead of failing, and the worker stops offering
+        #: this worktime for a minute (a deployer whose job no other worker can run is told why).
         self.worker_fault = worker_fault
 
     def to_dict(self) -> dict:

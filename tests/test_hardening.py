@@ -4,6 +4,7 @@ crash it, nor learn about the host. (The per-worktime hostile cases are in the c
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,21 @@ def test_an_unexpected_exception_in_prepare_is_this_machines_fault_not_the_works
     job = make_job("fleet", 4, worktime="fails-on-host")
     job.spec.work = "prepare-runtime"
     s.submit(job)
-    Worker(s, ["fails-on-host"], cores=1).run(until_idle=True)
-    st = s.status("fleet")
+    from dcp_worktimes.scheduler.matching import unschedulable_reason
+    from dcp_worktimes.testing_scheduler import serving
+
+    with serving(Worker(s, ["fails-on-host", "echo"], cores=1)):
+        # A deployer whose job no other worker takes is told why, not "no worker has the worktime".
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            why = unschedulable_reason(s.get_job("fleet"), s.workers(), "the store") or ""
+            if "stopped offering" in why:
+                break
+            time.sleep(0.1)
+        st = s.status("fleet")
     assert st["status"] == "running" and st["computed"] == st["failed"] == 0, st  # handed back for other workers
+    assert why.startswith("a worker that has the worktime 'fails-on-host' stopped offering it for a minute") and \
+        "RuntimeError: the local model file" in why, why
     s.close()
 
 

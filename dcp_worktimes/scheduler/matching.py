@@ -88,6 +88,12 @@ def check_categories(values: Any, where: str = "categories") -> list[str]:
     return out
 
 
+#: The capability under which a worker lists the worktimes it stopped offering for a while after
+#: they failed on its machine (``Worker._disable``), with why: ``{name: reason}``. Worktime names
+#: cannot start with ``_``, so no worktime's capabilities take this key.
+WITHDRAWN = "_withdrawn"
+
+
 def worker_can_run(job: "JobRecord", worktimes: Mapping[str, str], capabilities: Mapping[str, Any],
                    categories: list[str] | None = None) -> str | None:
     """Why this worker cannot run ``job`` (a sentence), or ``None`` when it can.
@@ -102,6 +108,11 @@ def worker_can_run(job: "JobRecord", worktimes: Mapping[str, str], capabilities:
     name = job.spec.worktime
     version = worktimes.get(name)
     if version is None:
+        withdrawn = capabilities.get(WITHDRAWN)
+        why = withdrawn.get(name) if isinstance(withdrawn, dict) else None
+        if why:
+            return (f"a worker that has the worktime {name!r} stopped offering it for a minute after it failed on its "
+                    f"machine ({why})")
         return f"no worker has the worktime {name!r}"
     if job.worktime_range and parse_version(version) not in parse_range(job.worktime_range):
         return f"worker does not support {name}@{job.worktime_range} (it has {name} {version})"

@@ -42,7 +42,7 @@ from ..plugins import Registration, get_worktime, get_worktimes
 from ..recent import Recent
 from ..worktime import JobSpec, Probe
 from .base import FINAL_STATES, JobRecord, Lease, Report, Scheduler, SchedulerError, StoreUnavailable, UnknownJob
-from .matching import check_categories, merge_capabilities
+from .matching import WITHDRAWN, check_categories, merge_capabilities
 from .slicing import JOBS_CACHED
 
 log = logging.getLogger(__name__)
@@ -412,7 +412,10 @@ class Worker:
         kwargs: dict[str, Any] = {"jobs": self.jobs} if self.jobs is not None else {}
         if self.categories is not None:
             kwargs["categories"] = self.categories
-        leases = self.scheduler.lease(self.id, offered, self.capabilities, room, self.lease_seconds, **kwargs)
+        capabilities = self.capabilities
+        if self._disabled:  # deployers told "no worker has it" learn why: WITHDRAWN (matching.py)
+            capabilities = {**capabilities, WITHDRAWN: {name: why for name, (_until, why) in self._disabled.items()}}
+        leases = self.scheduler.lease(self.id, offered, capabilities, room, self.lease_seconds, **kwargs)
         if self._outage is not None and not self._backlog:
             self._store_works()  # a write went through, and nothing is left from the outage
         if not leases:
