@@ -246,3 +246,24 @@ def test_resume_takes_an_id_read_from_a_file_with_its_newline(store, tmp_path):
     (tmp_path / "job-id.txt").write_text(job.id + "\n")
     again = compute.resume((tmp_path / "job-id.txt").read_text())
     assert again.id == job.id and list(again.exec()) == [1, 2]
+
+
+def test_results_the_store_lost_are_errors_not_none(store):
+    # A Redis results key deleted or evicted, a store rolled back: exec() returned None in the
+    # lost slices' places, for a job reported complete.
+    import sqlite3
+
+    job = compute.for_(range(40), '{"sleep": 0.02}', worktime="echo")
+    assert list(job.exec(cores=1)) == list(range(40))
+    db = sqlite3.connect(store[len("sqlite:///"):])
+    (kept,) = db.execute("SELECT COUNT(*) FROM results WHERE job_id = ?", (job.id,)).fetchone()
+    assert kept >= 2, "the test needs several result batches"
+    db.execute("DELETE FROM results WHERE job_id = ? AND last = (SELECT MIN(last) FROM results WHERE job_id = ?)",
+               (job.id, job.id))
+    db.commit()
+    db.close()
+    again = compute.resume(job.id).exec(errors="return")
+    lost = [r for r in again if getattr(r, "code", None) == "ESCHEDULER"]
+    assert lost and all("no longer has this slice's result" in r.message for r in lost)
+    assert None not in list(again)
+    assert [r for r in again if not hasattr(r, "code")] == [n for n in range(40) if n not in {r.slice_number for r in lost}]

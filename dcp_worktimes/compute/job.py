@@ -48,7 +48,7 @@ from .cost import parse_cost
 from .events import JOB_EVENTS, EventEmitter
 from .follow import Follower, Outcome, deleted_meanwhile
 from .progress import ProgressBar, progress_wanted
-from .results import JobFailed, ResultHandle, collect
+from .results import LOST_RESULT, JobFailed, ResultHandle, collect
 from .settings import (
     SETTINGS,
     RequirementsError,
@@ -541,6 +541,12 @@ class Job(EventEmitter):
             inputs = None  # a resumed stream: the datums are not known here
         unfinished = "the job was cancelled before this slice completed" if outcome is Outcome.CANCELLED else None
         results = collect(sched.result_batches(self.id), total, inputs, self.id, unfinished)
+        if unfinished is None and total is not None and results.counted < total:
+            # Finished, yet some results are gone (a deleted or evicted key, a store that rolled
+            # back): those slices must not read as having returned None.
+            log.warning("job %s: the store has results for %d of its %d slices; the others are marked %s",
+                        self.id, results.counted, total, LOST_RESULT[0])
+            results = collect(sched.result_batches(self.id), total, inputs, self.id, LOST_RESULT[1], LOST_RESULT[0])
         self._slice_count = len(results) if total is None else total
         return results
 

@@ -215,14 +215,21 @@ def _release_free_heap() -> None:
         pass
 
 
+#: What a slice of a finished job whose result the store no longer has gets in its place.
+LOST_RESULT = ("ESCHEDULER", "the job store no longer has this slice's result (its results were deleted or evicted, "
+               "or the store lost recent writes); deploy the job again to compute it")
+
+
 def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str | None,
-            unfinished: str | None = None) -> ResultHandle:
+            unfinished: str | None = None, code: str = "ECANCELLED") -> ResultHandle:
     """The result handle of a job from its stored result batches (``Scheduler.result_batches``):
     results in slice order, each failed slice's ``SliceFailed`` in its place and in ``failures``.
 
     ``unfinished``: the job ended before every slice had a result (cancelled); each slice with
-    none gets a ``SliceFailed`` (``ECANCELLED``, this message) in its place and in ``failures``,
-    so that a slice that never ran is not read as one that returned ``None``.
+    none gets a ``SliceFailed`` (``code``, this message) in its place and in ``failures``,
+    so that a slice that never ran is not read as one that returned ``None``. Without it,
+    ``handle.counted`` says how many slices the batches had a result for: fewer than ``total``
+    means the store lost some (collect again with ``LOST_RESULT``).
 
     Batches are decoded one at a time into the handle's list, so a job's results are never held
     twice (packed and decoded) in full. ``total=None`` (a stream stopped before its length was
@@ -240,8 +247,10 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
     failures: list[SliceFailed] = []
     # Which slots got a result (only when some may have none: a bytearray, 1 MB per million).
     filled = bytearray(len(values)) if unfinished is not None else None
+    counted = 0
     for batch in batches:
         numbers = batch.numbers
+        counted += len(numbers)
         if filled is not None and numbers:
             if total is None and max(numbers) >= len(filled):  # a stream: the handle grows with its results
                 filled.extend(bytes(max(numbers) + 1 - len(filled)))
@@ -276,11 +285,14 @@ def collect(batches: Iterable[Any], total: int | None, inputs: Any, job_id: str 
         if len(values) < len(filled):
             values.extend([None] * (len(filled) - len(values)))
         for n in (n for n, got in enumerate(filled) if not got):
-            f = SliceFailed(n, "ECANCELLED", unfinished)
+            f = SliceFailed(n, code, unfinished)
             values[n] = f
             failures.append(f)
     failures.sort(key=lambda f: f.slice_number)
     if isinstance(inputs, MultiRange):
-        return nest(values, inputs.shape, inputs.ranges, failures, job_id)
-    values.failures = failures
-    return values
+        handle = nest(values, inputs.shape, inputs.ranges, failures, job_id)
+    else:
+        values.failures = failures
+        handle = values
+    handle.counted = counted
+    return handle
