@@ -465,3 +465,20 @@ def test_a_redis_that_may_evict_any_key_is_warned_about_once(tmp_path, caplog):
             raw.config_set("maxmemory-policy", "noeviction")
             assert "out of memory" in s.writes_refused()
         raw.close()
+
+
+def test_a_read_only_replica_is_named_as_such_not_unreachable(redis_server, tmp_path, caplog):
+    # It was retried for the URL's whole retry as "unreachable".
+    import logging
+
+    require_redis()
+    with RedisServer(tmp_path / "replica") as replica:
+        replica_url = replica.url("ro") + "&retry=1s"
+        s = open_scheduler(replica_url)
+        s._link.client.replicaof("127.0.0.1", redis_server.port)
+        caplog.set_level(logging.WARNING)
+        with pytest.raises(Exception, match="is a read-only replica .*point --scheduler and DCP_SCHEDULER at its primary"):
+            s.submit(make_job("j", 2))
+        assert "unreachable" not in caplog.text
+        s._link.client.replicaof("NO", "ONE")
+        s.close()

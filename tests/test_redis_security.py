@@ -45,8 +45,30 @@ def test_acl_users_run_jobs_in_their_own_group_only(acl_server):
         open_scheduler(acl_server.url("team-b", user="team-a", password="pass-a")).submit(make_job("jx", 2))
     with pytest.raises(SchedulerError, match="refused the credentials"):
         open_scheduler(acl_server.url("team-a", user="team-a", password="pass-b"))
+    # The keys refused: the user may be confined to another group than the URL's.
+    with pytest.raises(SchedulerError, match=r"CLIENT SETNAME and HELLO .*or the URL's \?group= is not the group"):
+        open_scheduler(acl_server.url("team-b", user="team-a", password="pass-a")).list_jobs()
     a.close()
     b.close()
+
+
+def test_a_url_naming_no_redis_server_or_no_database_of_it_says_so(redis_server):
+    import http.server
+    import socketserver
+    import threading
+
+    web = socketserver.TCPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(SchedulerError, match="does not answer as Redis does .*check the port"):
+            open_scheduler(f"redis://127.0.0.1:{web.server_address[1]}/0?retry=1s").list_jobs()
+    finally:
+        web.shutdown()
+        web.server_close()
+    url = redis_server.url("nodb").replace(f":{redis_server.port}/0", f":{redis_server.port}/99")
+    assert "/99" in url
+    with pytest.raises(SchedulerError, match="has no database 99 .*16 by default"):
+        open_scheduler(url).list_jobs()
 
 
 def _openssl(*args: str, cwd) -> None:

@@ -258,9 +258,19 @@ class Link:
             return SchedulerError(f"the Redis server at {shown} refused the credentials ({text}); check the user and "
                                   f"password in the URL (or ${ENV_PASSWORD})")
         if isinstance(e, r.NoPermissionError) or "NOPERM" in text or "can't access at least one of the keys" in text:
+            keys = "can't access at least one of the keys" in text or "access one of the keys" in text
             return SchedulerError(f"the Redis server at {shown} does not allow this user to {what} ({text}); its ACL "
                                   f"must allow the keys dcp:{self.target.group}:* and the commands EVALSHA, SCRIPT, "
-                                  "XREAD, ZRANGE, LRANGE, HMGET, LLEN, INFO")
+                                  "XREAD, ZRANGE, LRANGE, HMGET, LLEN, INFO, CLIENT SETNAME and HELLO (the README's "
+                                  "example: +@all -@admin -@dangerous)" + (
+                                      "; or the URL's ?group= is not the group this user is confined to" if keys else ""))
+        if isinstance(e, r.InvalidResponse):  # an HTTP server, a database of another kind on that port
+            return SchedulerError(f"the server at {shown} does not answer as Redis does ({text}); check the port in the "
+                                  "URL (redis-server listens on 6379 by default)")
+        if "DB index is out of range" in text:
+            return SchedulerError(f"the Redis server at {shown} has no database {self.target.db} ({text}): it has as many "
+                                  "as its `databases` setting (16 by default, numbered from 0); choose one in the URL's "
+                                  "path, such as redis://host:6379/0")
         if isinstance(e, r.OutOfMemoryError) or text.startswith("OOM"):
             return RedisUnavailable(f"the Redis server at {shown} is out of memory ({text}); delete finished jobs "
                                     "(dcp-worker jobs --delete) or raise its maxmemory")
@@ -297,6 +307,10 @@ class Link:
             if now >= deadline or self._closed.is_set():
                 with self._outage_lock:  # this call gave up: the next failure is a new outage
                     self._outage = None
+                if isinstance(error, r.ReadOnlyError):
+                    raise RedisUnavailable(
+                        f"the Redis server at {self.target.shown} is a read-only replica ({what}: "
+                        f"{self._clean(str(error))}); point --scheduler and DCP_SCHEDULER at its primary") from None
                 raise RedisUnavailable(
                     f"the Redis scheduler at {self.target.shown} has been unreachable for {self.target.retry:.0f} s "
                     f"({what}): {self._clean(str(error))}; raise ?retry= in the URL to wait longer") from None
@@ -311,6 +325,11 @@ class Link:
             elif now - self._outage_said < 30.0:
                 return
             self._outage_said = now
+        if isinstance(error, redis.exceptions.ReadOnlyError):  # retried: a failover may promote it
+            log.warning("the Redis server at %s is a read-only replica (%s: %s); point --scheduler and DCP_SCHEDULER at "
+                        "its primary; retrying for up to %.0f s more in case it is promoted",
+                        self.target.shown, what, self._clean(str(error)), left)
+            return
         log.warning("the Redis scheduler at %s is unreachable (%s: %s); retrying for up to %.0f s more",
                     self.target.shown, what, self._clean(str(error)), left)
 

@@ -80,9 +80,12 @@ class Reads:
         self.link, self.keys, self.records, self.leases = link, keys, records, leases
 
     def unknown(self, job_id: str) -> UnknownJob:
+        keep = self.link.target.keep
+        kept = "are kept until deleted (keep=forever)" if not keep else (
+            f"expire {keep / 86400:g} days after they end (the URL's keep=)" if keep >= 86400 else
+            f"expire {keep:g} s after they end (the URL's keep=)")
         return UnknownJob(f"no job {job_id!r} in the Redis scheduler {self.link.target.shown} (group "
-                          f"{self.link.target.group!r}; finished jobs expire after the URL's keep=); list jobs with "
-                          "`dcp-worker jobs`")
+                          f"{self.link.target.group!r}; finished jobs {kept}); list jobs with `dcp-worker jobs`")
 
     # -- events -------------------------------------------------------------------------------------
     def events(self, job_id: str, after: int, wait: float, limit: int | None, results: bool) -> list[tuple[int, dict]]:
