@@ -351,7 +351,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
             raise click.UsageError(f"{flags} belong to the worker itself, not to '{ctx.invoked_subcommand}'; "
                                    f"put them after the subcommand if it has them (dcp-worker {ctx.invoked_subcommand} --help)")
         return
-    from .scheduler.worker import Worker
+    from .scheduler.worker import STOP_GRACE, Worker
     from .worker_log import WorkerLog
 
     if verbose and quiet:
@@ -418,6 +418,7 @@ def cli(ctx: click.Context, worktimes, cores, scheduler_url, capabilities, categ
     worker = Worker(scheduler, list(worktimes) or None, split[0], capabilities=caps, limits=worker_limits, config=config,
                     categories=list(categories) or None, events=log, jobs=[job] if job else None)
     stop = threading.Event()
+    scheduler.give_up_after(stop, STOP_GRACE)  # stopped while the store does not answer: seconds, not 10 min
     if job:
         processes.stop_when_over(scheduler, job, stop)
     helpers = processes.Helpers(scheduler.url, split[1:], job=job, worktimes=list(worktimes), config=config,

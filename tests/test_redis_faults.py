@@ -482,3 +482,23 @@ def test_a_read_only_replica_is_named_as_such_not_unreachable(redis_server, tmp_
         assert "unreachable" not in caplog.text
         s._link.client.replicaof("NO", "ONE")
         s.close()
+
+
+def test_one_signal_stops_a_worker_whose_store_does_not_answer_within_seconds(proxy, redis_url, tmp_path):
+    # It waited out the URL's retry for the call it was in, then again to say goodbye: 10 minutes,
+    # past systemd's stop timeout, for a worker holding no slice.
+    from dcp_worktimes.scheduler.worker import STOP_GRACE
+
+    worker = start_worker(via(proxy, redis_url), tmp_path, "--worktime", "echo", "--cores", "1")
+    log = tmp_path / "w.log"
+    try:
+        wait_for(lambda: b"serving" in log.read_bytes(), 60, "the worker to serve")
+        proxy.cut()  # refused from now on
+        time.sleep(1.0)
+        t = time.monotonic()
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(STOP_GRACE + 30) == 0
+        assert time.monotonic() - t < STOP_GRACE + 30 and b"Traceback" not in log.read_bytes()
+    finally:
+        proxy.heal()
+        stop(worker, signal.SIGKILL)

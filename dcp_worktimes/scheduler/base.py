@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -482,6 +483,11 @@ class Scheduler(ABC):
         or another put at its path, while it was open), or ``None``. A serving worker checks it
         now and then: deployers use what the URL names."""
         return None
+
+    def give_up_after(self, stop: threading.Event, grace: float) -> None:
+        """Once ``stop`` is set, calls waiting for a store that does not answer give up within
+        ``grace`` seconds instead of the store's whole retry (a ``dcp-worker`` told to stop,
+        holding no slice, must not take minutes). Backends that do not wait so ignore it."""
 
     def writes_refused(self) -> str | None:
         """Why the store refuses every write now (workers then cannot check in or record results),

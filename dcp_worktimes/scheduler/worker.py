@@ -94,6 +94,9 @@ class WorkerEvents:
 #: Seconds a worktime whose evaluators could not prepare a job for reasons of this machine (its
 #: runtime missing, its disk full) is not offered, before the worker tries it again.
 DISABLE_SECONDS = 60.0
+#: Seconds a stopping ``dcp-worker`` waits for a store that does not answer, from the moment the
+#: stop was noticed (every call after it shares that deadline).
+STOP_GRACE = 10.0
 
 
 def resolve_worktimes(names: Iterable[str] | None, config: Mapping[str, Mapping[str, Any]] | None = None
@@ -719,6 +722,9 @@ def run_worker(
 
     stop = stop or threading.Event()
     scheduler = open_scheduler(scheduler_url)
+    # Stopped while the store does not answer: the call waiting then, the last reports and the
+    # goodbye wait STOP_GRACE s in all at most (a result not written runs again elsewhere).
+    scheduler.give_up_after(stop, STOP_GRACE)
     worker = Worker(scheduler, worktimes, cores, capabilities=capabilities, limits=limits, categories=categories,
                     lease_seconds=lease_seconds)
     try:

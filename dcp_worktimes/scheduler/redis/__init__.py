@@ -297,6 +297,9 @@ class RedisScheduler(Scheduler):
     def writes_refused(self) -> str | None:
         return self._link.writes_refused()
 
+    def give_up_after(self, stop: threading.Event, grace: float) -> None:
+        self._link.give_up_after(stop, grace)
+
     def leave(self, worker_id: str) -> None:
         """The worker is stopping: forget it (its unfinished leases should be returned first)."""
         self._leases.leave(worker_id)

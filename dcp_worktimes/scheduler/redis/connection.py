@@ -182,6 +182,10 @@ class Link:
             protocol=2,  # the reply shapes reads.py expects, whatever the client's default
             **kwargs)
         self._closed = threading.Event()
+        # give_up_after: once _stop is set, a call waiting for the server gives up _stop_grace s later
+        self._stop: threading.Event | None = None
+        self._stop_grace = 0.0
+        self._stop_seen: float | None = None
         self._outage_lock = threading.Lock()
         self._outage: float | None = None  # when the current outage was first seen (monotonic)
         self._outage_said = 0.0  # when it was last logged
@@ -283,6 +287,11 @@ class Link:
         password = self.target.password
         return text.replace(password, "***") if password else text
 
+    def give_up_after(self, stop: threading.Event, grace: float) -> None:
+        """Once ``stop`` is set, calls (the one waiting now included) wait for an unreachable
+        server ``grace`` seconds more at most, not the URL's whole ``retry``."""
+        self._stop, self._stop_grace = stop, grace
+
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
         r = redis.exceptions
         delay, deadline, failures = 0.05, None, 0
@@ -303,6 +312,10 @@ class Link:
             now = time.monotonic()
             if deadline is None:
                 deadline = now + self.target.retry
+            if self._stop is not None and self._stop.is_set():  # the process is stopping: a bounded wait
+                if self._stop_seen is None:
+                    self._stop_seen = now
+                deadline = min(deadline, self._stop_seen + self._stop_grace)
             failures += 1
             if now >= deadline or self._closed.is_set():
                 with self._outage_lock:  # this call gave up: the next failure is a new outage
