@@ -20,7 +20,7 @@ pytest.importorskip("redis", reason="the redis client is not installed (pip inst
 from dcp_worktimes.scheduler import open_scheduler
 from dcp_worktimes.scheduler.redis.server import RedisServer
 from dcp_worktimes.testing_scheduler import drain, make_job, ok, serving, take
-from dcp_worktimes.values import unpack
+from dcp_worktimes.values import pack, unpack
 
 from .redis_fixtures import PASSWORD, require_redis
 from .tcp_proxy import Proxy
@@ -502,3 +502,18 @@ def test_one_signal_stops_a_worker_whose_store_does_not_answer_within_seconds(pr
     finally:
         proxy.heal()
         stop(worker, signal.SIGKILL)
+
+
+def test_a_stream_whose_inputs_the_server_lost_is_cancelled_saying_so_when_it_closes(redis_url):
+    # A server restarted from an older snapshot lost inputs the deployer had sent: the job took
+    # the total and waited for ever for slices nobody would lease.
+    s = open_scheduler(redis_url)
+    s.submit(make_job("lost-in", stream=True))
+    s.add_slices("lost-in", [(n, pack(n)) for n in range(10)])
+    s._link.client.hdel(s._keys.prefix + "sd:lost-in", "3", "4")  # what the rollback took
+    s.close_input("lost-in", 10)
+    st = s.status("lost-in")
+    assert st["status"] == "cancelled", st
+    cancel = [e for _, e in s.events("lost-in") if e["type"] == "cancel"]
+    assert cancel and "lost 2 of the job's 10 inputs" in cancel[0]["reason"] and "deploy the job again" in cancel[0]["reason"]
+    s.close()
