@@ -263,7 +263,7 @@ def test_results_the_store_lost_are_errors_not_none(store):
     db.commit()
     db.close()
     again = compute.resume(job.id).exec(errors="return")
-    lost = [r for r in again if getattr(r, "code", None) == "ESCHEDULER"]
+    lost = [r for r in again if getattr(r, "code", None) == "ESTORELOST"]
     assert lost and all("no longer has this slice's result" in r.message for r in lost)
     assert None not in list(again)
     assert [r for r in again if not hasattr(r, "code")] == [n for n in range(40) if n not in {r.slice_number for r in lost}]

@@ -517,3 +517,47 @@ def test_a_stream_whose_inputs_the_server_lost_is_cancelled_saying_so_when_it_cl
     cancel = [e for _, e in s.events("lost-in") if e["type"] == "cancel"]
     assert cancel and "lost 2 of the job's 10 inputs" in cancel[0]["reason"] and "deploy the job again" in cancel[0]["reason"]
     s.close()
+
+
+def test_a_server_rolled_back_to_an_older_snapshot_tells_each_result_once(tmp_path, caplog):
+    # Its event sequence restarted from the snapshot's: result events were told twice (slices
+    # run again) and others skipped (new events reusing numbers the deployer had read).
+    import collections
+    import logging
+
+    require_redis()
+    from dcp_worktimes import compute
+
+    with RedisServer(tmp_path / "redis", password=PASSWORD, extra={"appendonly": "no"}) as server:
+        url = server.url("rollback")
+        worker = start_worker(url, tmp_path, "--worktime", "echo", "--cores", "2")
+        told: collections.Counter = collections.Counter()
+        box: dict = {}
+
+        def deploy() -> None:
+            try:
+                job = compute.for_(range(300), SLOW, worktime="echo", scheduler=url)
+                job.on("accepted", lambda ev: box.setdefault("id", job.id))
+                job.on("result", lambda ev: told.update([ev["sliceNumber"]]))
+                box["results"] = list(job.exec(local=False))
+            except BaseException as e:  # noqa: BLE001
+                box["error"] = e
+
+        caplog.set_level(logging.WARNING)
+        deployer = threading.Thread(target=deploy)
+        deployer.start()
+        try:
+            s = open_scheduler(url)
+            wait_for(lambda: "id" in box and s.status(box["id"])["computed"] >= 40, what="results before the snapshot")
+            s._link.client.save()
+            wait_for(lambda: s.status(box["id"])["computed"] >= 120, what="results after the snapshot")
+            server.restart(signal.SIGKILL, down=0.5)  # back to the snapshot: 80 results and their events gone
+            deployer.join(120)
+            assert not deployer.is_alive() and "error" not in box, box.get("error")
+            assert box["results"] == list(range(300))
+            assert sorted(told) == list(range(300)) and max(told.values()) == 1, told.most_common(3)
+            assert "lost recent writes" in caplog.text
+            stop(worker)
+            s.close()
+        finally:
+            stop(worker, signal.SIGKILL)

@@ -27,8 +27,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from ..errors import UNUSABLE_WORK_CODES, ErrorCode
-from ..scheduler.base import (CANCELLED, COMPLETE, FAILED, FINAL_STATES, UNUSABLE_WORK_REASON, Scheduler,
-                              StoreUnavailable, unusable_work_reason)
+from ..scheduler.base import (CANCELLED, COMPLETE, FAILED, FINAL_STATES, UNUSABLE_WORK_REASON, EventsRewound,
+                              Scheduler, StoreUnavailable, unusable_work_reason)
 from ..values import UnserializableValue, unpack
 from .events import JOB_EVENTS, Event
 
@@ -96,6 +96,10 @@ class Follower:
         #: (job.worker_wait), not a worker that marked the job unschedulable before that.
         self._remote = False
         self._gave_up: str | None = None  # the reason, once worker_wait ran out
+        #: Slices whose result or error event listeners got (1 at the slice's number): after a
+        #: store lost writes, slices run again and the log is read again, and none is told twice.
+        self._told = bytearray()
+        self._replay_until = 0  # the log is read again from 0 up to here (events_rewound)
 
     def run(self, timeout: float | None, remote: bool = False) -> Outcome:
         """Dispatch events until the job ends.
@@ -129,11 +133,17 @@ class Follower:
         while True:
             per_slice = self.emit and bool(job.listener_count("result") or job.listener_count("error"))
             # Redis gone, an I/O error: say so, keep trying (the deadline holds)
-            events = self._asking(lambda: sched.events(job.id, self.after, wait=0.25, results=per_slice), deadline)
+            try:
+                events = self._asking(lambda: sched.events(job.id, self.after, wait=0.25, results=per_slice), deadline)
+            except EventsRewound as e:
+                self._events_rewound(e)
+                continue
             for seq, ev in events:
                 self.after = seq
                 if self.emit:
                     job._events_after = seq
+                if seq <= self._replay_until and ev.get("type") not in ("result", "error"):
+                    continue  # told before the store lost its writes (results are told once by slice)
                 ended = self.dispatch(ev)
                 if ended is not None:
                     return ended
@@ -156,6 +166,17 @@ class Follower:
                 from .job import JobTimedOut  # here: job imports this module
 
                 raise JobTimedOut(f"job {job.id} did not finish within {timeout} s; it was cancelled", job_id=job.id)
+
+    def _events_rewound(self, e: EventsRewound) -> None:
+        """The store lost recent writes: read its log again from the start. Result and error
+        events reach listeners once per slice (``_told``); others up to where this follower had
+        read are not told again, so those the store logged anew in that stretch are missed."""
+        log.warning("job %s: %s; reading its events again (each slice's result once; console and custom events "
+                    "logged since the loss up to #%d may be missed)", self.job.id, e.message, self.after)
+        self._replay_until = max(self._replay_until, self.after)
+        self.after = 0
+        if self.emit:
+            self.job._events_after = 0
 
     def _asking(self, call: Callable[[], T], deadline: float | None) -> T:
         """``call()``, tried again while the store fails, as the events are read."""
@@ -250,6 +271,8 @@ class Follower:
         payload = Event({k: v for k, v in ev.items() if k != "type"})
         if not self.emit:
             return self._ending(kind, payload)
+        if kind in ("result", "error") and not self._first_telling(payload.get("sliceNumber")):
+            return self._ending(kind, payload)
         if kind == "result":
             if job.listener_count("result") or job.listener_count("error"):
                 raw = payload.pop("value", None)
@@ -274,6 +297,18 @@ class Follower:
         if kind in JOB_EVENTS:
             job.emit(kind, payload)
         return self._ending(kind, payload)
+
+    def _first_telling(self, number: Any) -> bool:
+        """Whether slice ``number``'s outcome is told now for the first time (and mark it told)."""
+        if type(number) is not int or number < 0:
+            return True
+        told = self._told
+        if number >= len(told):
+            told.extend(bytes(number + 1 - len(told)))
+        elif told[number]:
+            return False
+        told[number] = 1
+        return True
 
     def _ending(self, kind: Any, payload: Mapping[str, Any]) -> Outcome | None:
         """The ``Outcome`` when this event ends the job (and why, in ``reason``)."""

@@ -216,7 +216,7 @@ def _release_free_heap() -> None:
 
 
 #: What a slice of a finished job whose result the store no longer has gets in its place.
-LOST_RESULT = ("ESCHEDULER", "the job store no longer has this slice's result (its results were deleted or evicted, "
+LOST_RESULT = ("ESTORELOST", "the job store no longer has this slice's result (its results were deleted or evicted, "
                "or the store lost recent writes); deploy the job again to compute it")
 
 

@@ -138,6 +138,17 @@ class UnknownJob(SchedulerError):
     code = "ENOJOB"
 
 
+class EventsRewound(SchedulerError):
+    """The job's event log is shorter than a reader had read: the store lost recent writes (a
+    Redis server restarted from an older snapshot). ``seq``: the log's last sequence number now."""
+
+    code = "ESTORELOST"
+
+    def __init__(self, message: str, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
 class UnknownApplication(SchedulerError):
     """No published application of that name, or no version of it within the range asked for."""
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import msgpack
 
 from ...values import unpack, unpacker
-from ..base import WORKER_TTL, JobRecord, ResultBatch, UnknownJob, WorkerInfo, lost_error
+from ..base import WORKER_TTL, EventsRewound, JobRecord, ResultBatch, UnknownJob, WorkerInfo, lost_error
 from .connection import Link
 from .keys import Keys
 from .leases import LeaseEngine, Records
@@ -112,13 +112,17 @@ class Reads:
         """Every entry after ``after`` (paged); ``UnknownJob`` if the job does not exist."""
         def first(c: Any) -> tuple:
             pipe = c.pipeline(transaction=False)
-            pipe.exists(self.keys.job(job_id))
+            pipe.hget(self.keys.job(job_id), "seq")
             pipe.xrange(key, f"(0-{after}", "+", count=PAGE)
             return tuple(pipe.execute())
 
-        exists, entries = self.link.call("read events", first)
-        if check and not exists:
+        seq, entries = self.link.call("read events", first)
+        if check and seq is None:
             raise self.unknown(job_id)
+        if check and int(seq) < after:
+            raise EventsRewound(f"the event log of job {job_id} ends at #{int(seq)}, before #{after} that was read: the "
+                                f"Redis server at {self.link.target.shown} lost recent writes (it restarted from an "
+                                "older snapshot)", int(seq))
         while len(entries) % PAGE == 0 and entries:
             more = self.link.call("read events", lambda c: c.xrange(key, f"(0-{_seq(entries[-1][0])}", "+", count=PAGE))
             entries += more
