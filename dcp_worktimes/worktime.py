@@ -303,7 +303,10 @@ class SliceContext:
 
     # -- console / events ---------------------------------------------------------------------
     def console(self, level: str, *args: Any) -> None:
-        """Log a console line (``level`` is log/debug/info/warn/error); args are joined by spaces."""
+        """Log a console line (``level`` is log/debug/info/warn/error); args are joined by spaces.
+        ``ValueError`` for another level (a deployer's listeners filter on these five)."""
+        if level not in CONSOLE_LEVELS:
+            raise ValueError(f"console({level!r}, ...): the level must be one of {', '.join(CONSOLE_LEVELS)}")
         message = " ".join(a if isinstance(a, str) else repr(a) for a in args)
         self._sink("console", {"level": level, "message": message})
 
@@ -410,6 +413,9 @@ class Block(ABC):
     def cancelled(self) -> bool:
         """True once the host asked the run to stop: settle nothing more, return."""
 
+
+#: The levels of a console line (``SliceContext.console``), as JavaScript's console has them.
+CONSOLE_LEVELS = ("log", "debug", "info", "warn", "error")
 
 #: Job options the host itself sets, accepted by every worktime.
 HOST_OPTIONS = frozenset({"spread_datum"})

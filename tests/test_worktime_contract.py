@@ -212,3 +212,16 @@ def test_progress_out_of_range_is_a_warning_whatever_the_value(value, shown):
     ctx = SliceContext(1, Limits(), sink=lambda kind, payload: events.append((kind, payload)))
     assert ctx.progress(value) is True
     assert events[0][0] == "console" and events[0][1]["message"].startswith(f"progress({shown}) is not in [0, 1]")
+
+
+def test_a_console_line_of_an_unknown_level_is_refused_where_it_is_logged():
+    # "weird-level" reached the deployer as [console.weird-level], which no listener filters on.
+    from dcp_worktimes.limits import Limits
+    from dcp_worktimes.worktime import SliceContext
+
+    said: list = []
+    ctx = SliceContext(0, Limits(), sink=lambda kind, payload: said.append(payload))
+    ctx.console("warn", "careful", 3)
+    with pytest.raises(ValueError, match="the level must be one of log, debug, info, warn, error"):
+        ctx.console("weird-level", "x")
+    assert said == [{"level": "warn", "message": "careful 3"}]

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from ...errors import ErrorCode, SliceError, WorkError
 from ...limits import exceeded, format_size
 from ...values import UnserializableValue, pack, printable, unpack, unpack_frame
+from ...worktime import CONSOLE_LEVELS
 from ..wasm_runtime import Watchdog, memory_at_quota, set_store_limits, trap_to_error
 from ..wasm_runtime.scratch import DEFAULT_SCRATCH_SIZE, ScratchCap, make_scratch, remove_tree
 from .artifacts import boot_dir, runtime_cache
@@ -97,7 +98,6 @@ _MARSHAL_FLAT = frozenset((int, float, str, bool, type(None)))
 #: The largest ``many`` frame (several results; the guest sends a bigger one alone): the door's
 #: bound before decoding, whatever the job's output limit.
 MANY_BYTES = (1 << 16) + 1024
-CONSOLE_LEVELS = frozenset({"log", "debug", "info", "warn", "error"})
 HOST_FAULT = -2  # the door's "host failed" answer: the guest's _host.call raises OSError
 _MASK = 0xFFFFFFFF
 _U32 = struct.Struct("<I")

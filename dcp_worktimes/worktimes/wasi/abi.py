@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ...errors import ErrorCode, SliceError, WorkError
 from ...values import MAX_INT_DIGITS, UnserializableValue, as_unserializable, pack, unpack
+from ...worktime import CONSOLE_LEVELS
 
 #: Accepted spellings of each content type.
 CONTENT_TYPES = {
@@ -30,8 +31,7 @@ CONTENT_TYPES = {
     "raw": ("raw", "bytes", "application/octet-stream"),
 }
 
-#: ``dcp.console(level, ptr, len)`` level numbers.
-CONSOLE_LEVELS = ("log", "debug", "info", "warn", "error")
+#: ``dcp.console(level, ptr, len)`` level numbers: indexes into ``CONSOLE_LEVELS``.
 
 
 @dataclass(frozen=True)
