@@ -950,12 +950,14 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
                   line: str | None = None, _default: Any = warnings.showwarning) -> None:
     """The package's own warnings (a plugin skipped) as one ``dcp-worker:`` line, without the
     file, line and source line Python adds: those point into the registry, not the plugin."""
+    from .plugins import PLUGINS_WARN_AS
+
     text = str(message)
-    if not (issubclass(category, RuntimeWarning) and text.startswith("dcp-worktimes: ")):
+    if not (issubclass(category, RuntimeWarning) and filename == PLUGINS_WARN_AS):
         _default(message, category, filename, lineno, file, line)
         return
     _SHOWN_WARNINGS.append(text)
-    click.echo("dcp-worker: " + text.removeprefix("dcp-worktimes: "), err=True)
+    click.echo("dcp-worker: " + text, err=True)
 
 
 def main() -> None:

@@ -45,6 +45,8 @@ from .versions import max_satisfying, parse_range, parse_version
 from .worktime import LIMIT_NAMES, WORK_KINDS, Probe, Worktime
 
 ENV_LOAD_PLUGINS = "DCP_WORKTIMES_LOAD_PLUGINS"
+#: The "file" the registry's warnings name (a plugin skipped): ``dcp-worker`` prints them as its own lines.
+PLUGINS_WARN_AS = "dcp-worktimes"
 BUILTIN_PROVIDER = "dcp-worktimes"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SETTING = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -347,7 +349,9 @@ class Registry:
         if err not in self.errors:
             self.errors.append(err)
             skipped = f"{what} of plugin {plugin} skipped" if what else f"plugin {plugin} skipped"
-            warnings.warn(f"dcp-worktimes: {skipped}: {err.error}", RuntimeWarning, stacklevel=3)
+            # Shown as "dcp-worktimes:0: RuntimeWarning: ...": the line of this file that loads
+            # plugins (where warn() would point, with its source line under it) means nothing to users.
+            warnings.warn_explicit(f"{skipped}: {err.error}", RuntimeWarning, PLUGINS_WARN_AS, 0, module=__name__)
 
     # -- lookups --------------------------------------------------------------------------------
     def worktimes(self) -> dict[str, Registration]:

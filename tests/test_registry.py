@@ -190,9 +190,11 @@ def test_invalid_registrations_are_reported_not_fatal():
 def test_a_registration_of_an_unexpected_type_removes_only_itself(attrs, message):
     cls = type("Odd", (Upper,), {"name": "odd", **attrs})
     r = Registry()
-    with pytest.warns(RuntimeWarning, match=message):
+    with pytest.warns(RuntimeWarning, match=message) as said:
         r.register_module(make_plugin("p_odd", cls), "odd")
     assert "odd" not in r.worktimes() and "map-basic" in r.worktimes()
+    # Named as the package's, not as a line of the registry's file (shown with its source line)
+    assert [w.filename for w in said] == ["dcp-worktimes"]
 
 
 def test_a_plugin_that_registers_nothing_is_named():
