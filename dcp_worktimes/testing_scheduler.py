@@ -361,19 +361,19 @@ class SchedulerConformance:
 
     def test_a_lost_lease_charges_only_the_slices_its_worker_may_have_started(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 4))
-        first = take(scheduler, "w1", ECHO, {}, 4, lease_seconds=0.3)
+        first = take(scheduler, "w1", ECHO, {}, 4, lease_seconds=1.0)
         (lid,) = {sl.lease_id for sl in first}
         # w1 says 2 and 3 wait unstarted, then dies: only 0 and 1 may have run.
-        assert scheduler.heartbeat("w1", [lid], 0.3, {lid: [2, 3]}) == []
-        time.sleep(0.8)
-        second = drain(scheduler, "w2", lease_seconds=0.3)
+        assert scheduler.heartbeat("w1", [lid], 1.0, {lid: [2, 3]}) == []
+        time.sleep(1.5)
+        second = drain(scheduler, "w2", lease_seconds=1.0)
         assert {sl.slice_number: sl.attempt for sl in second} == {0: 2, 1: 2, 2: 1, 3: 1}
         # w2 dies too, having started none by its heartbeat: 0 and 1 come back as they were, but
         # 2 and 3 were spared last time in a row, so they are charged (work that kills workers
         # before a heartbeat tells must still run out of attempts).
         for lease_id, group in _by_lease(tuple(second)).items():
-            scheduler.heartbeat("w2", [lease_id], 0.3, {lease_id: [sl.slice_number for sl in group]})
-        time.sleep(0.8)
+            scheduler.heartbeat("w2", [lease_id], 1.0, {lease_id: [sl.slice_number for sl in group]})
+        time.sleep(1.5)
         third = drain(scheduler, "w3")
         assert {sl.slice_number: sl.attempt for sl in third} == {0: 2, 1: 2, 2: 2, 3: 2}
         scheduler.report(ok(*third))
@@ -385,12 +385,29 @@ class SchedulerConformance:
         # time, the slice still fails after max_attempts losses that were charged.
         scheduler.submit(make_job("j1", 1, max_attempts=2))
         for _ in range(4):
-            (sl,) = take(scheduler, "w1", ECHO, {}, 1, lease_seconds=0.2)
-            scheduler.heartbeat("w1", [sl.lease_id], 0.2, {sl.lease_id: [0]})
-            time.sleep(0.6)
+            (sl,) = take(scheduler, "w1", ECHO, {}, 1, lease_seconds=1.0)
+            scheduler.heartbeat("w1", [sl.lease_id], 1.0, {sl.lease_id: [0]})
+            time.sleep(1.5)
         assert take(scheduler, "w2", ECHO, {}, 1, 30) == []
         r = scheduler.results("j1")[0]
         assert not r.ok and r.error["code"] == "ECRASH" and r.attempt == 2
+
+    def test_a_slice_spared_once_stays_marked_when_given_back_in_between(self, scheduler: Scheduler) -> None:
+        # Spared, then handed back by a worker that stopped, then lost again unstarted: the loss
+        # is charged (the mark goes only with a charged loss), on every backend alike.
+        scheduler.submit(make_job("j1", 1))
+        (a,) = take(scheduler, "w1", ECHO, {}, 1, lease_seconds=1.0)
+        scheduler.heartbeat("w1", [a.lease_id], 1.0, {a.lease_id: [0]})
+        time.sleep(1.5)
+        (b,) = take(scheduler, "w2", ECHO, {}, 1, 30)
+        assert b.attempt == 1  # spared
+        scheduler.return_slices(back(b))
+        (c,) = take(scheduler, "w3", ECHO, {}, 1, lease_seconds=1.0)
+        assert c.attempt == 1  # given back: no attempt used
+        scheduler.heartbeat("w3", [c.lease_id], 1.0, {c.lease_id: [0]})
+        time.sleep(1.5)
+        (d,) = take(scheduler, "w4", ECHO, {}, 1, 30)
+        assert d.attempt == 2  # still marked: charged
 
     def test_returned_slices_come_back_without_using_an_attempt(self, scheduler: Scheduler) -> None:
         scheduler.submit(make_job("j1", 3))

@@ -94,7 +94,7 @@ def test_an_unexpected_exception_in_prepare_is_this_machines_fault_not_the_works
     from dcp_worktimes.scheduler.matching import unschedulable_reason
     from dcp_worktimes.testing_scheduler import serving
 
-    with serving(Worker(s, ["fails-on-host", "echo"], cores=1)):
+    with serving(Worker(s, ["fails-on-host"], cores=1)):  # its only worktime: it still checks in
         # A deployer whose job no other worker takes is told why, not "no worker has the worktime".
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

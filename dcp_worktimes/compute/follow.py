@@ -143,8 +143,11 @@ class Follower:
                 if self.emit:
                     job._events_after = seq
                 if seq <= self._replay_until and ev.get("type") not in ("result", "error"):
-                    continue  # told before the store lost its writes (results are told once by slice)
-                ended = self.dispatch(ev)
+                    # Told before the store lost its writes (results are told once by slice); an
+                    # event that ends the job still ends it.
+                    ended = self._ending(ev.get("type"), Event({k: v for k, v in ev.items() if k != "type"}))
+                else:
+                    ended = self.dispatch(ev)
                 if ended is not None:
                     return ended
             now = time.monotonic()

@@ -541,11 +541,14 @@ class Job(EventEmitter):
             inputs = None  # a resumed stream: the datums are not known here
         unfinished = "the job was cancelled before this slice completed" if outcome is Outcome.CANCELLED else None
         results = collect(sched.result_batches(self.id), total, inputs, self.id, unfinished)
-        if unfinished is None and total is not None and results.counted < total:
+        counted = results.counted
+        if outcome in (Outcome.COMPLETE, Outcome.FAILED, None) and total is not None and counted < total:
             # Finished, yet some results are gone (a deleted or evicted key, a store that rolled
-            # back): those slices must not read as having returned None.
+            # back): those slices must not read as having returned None. (Rare: read again, the
+            # first handle let go of first.)
+            del results
             log.warning("job %s: the store has results for %d of its %d slices; the others are marked %s",
-                        self.id, results.counted, total, LOST_RESULT[0])
+                        self.id, counted, total, LOST_RESULT[0])
             results = collect(sched.result_batches(self.id), total, inputs, self.id, LOST_RESULT[1], LOST_RESULT[0])
         self._slice_count = len(results) if total is None else total
         return results

@@ -339,6 +339,9 @@ class Evaluator:
             error = SliceError(e.message, code=e.code, worker_fault=fault).to_dict()
             self.out.send({"t": "prepare_error", "error": bound_error(error, job_output(self.job))})
             return
+        except SliceError as e:  # a verdict (a limit hit while loading the work: python's boot turn): as it is
+            self.out.send({"t": "prepare_error", "error": bound_error(e.to_dict(), job_output(self.job))})
+            return
         except ValueError as e:  # the job's own fields (check_file_names, a worktime's parse of the work)
             err = host_failure(e, "", code=ErrorCode.EBADWORK)
             self.out.send({"t": "prepare_error", "error": bound_error(err.to_dict(), job_output(self.job))})
@@ -433,7 +436,8 @@ class Evaluator:
             frame = {"t": "err", "i": index, "e": {"code": "EUNCAUGHT", "message": f"RecursionError: {e}"}}
         else:  # a worktime bug: what failed, never where on the host (redact.py)
             error = host_failure(e, "").to_dict()
-            if isinstance(e, PermissionError) and e.errno == errno.EPERM and self.lockdown and not (
+            locked = bool(self.lockdown and (self.lockdown.get("seccomp") or {}).get("applied"))
+            if isinstance(e, PermissionError) and e.errno == errno.EPERM and locked and not (
                     self.worktime.spawns and self.worktime.network):
                 # What a plugin author sees when the lockdown refused a process or a socket.
                 error["message"] += (" (the sandbox refuses new processes and sockets to a worktime that does not "
@@ -760,7 +764,7 @@ def serve(worktime_cls: type[Worktime] | str, heartbeat_fd: int, parent: int, ne
     finally:
         out.flush()
         if ev.family or _has_children():  # what its engine started, detached or not, ends with it
-            isolation.end_descendants()
+            isolation.end_descendants()  # (a no-op where Landlock hides /proc's list: its children are sealed in)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,15 +87,20 @@ def apply(network: bool = False, parent_pid: int | None = None, private_mounts: 
     return done
 
 
-def end_descendants(pid: int | None = None) -> None:
+def end_descendants(pid: int | None = None, born: float | None = None) -> None:
     """SIGKILL every descendant of process ``pid`` (default: this one), detached ones included
     (they are ours: ``PR_SET_CHILD_SUBREAPER``). Called by an evaluator as it exits, and by the
-    host before it kills one (its descendants would go to init once it is gone)."""
+    host before it kills one (its descendants would go to init once it is gone). ``born``: the
+    process's start time (psutil ``create_time``): a pid reused by another process since is left
+    alone, and so is a process that already exited (a zombie has no descendants of its own)."""
     import psutil
 
     try:
-        family = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
+        proc = psutil.Process(pid)
+        if born is not None and (proc.create_time() != born or proc.status() == psutil.STATUS_ZOMBIE):
+            return
+        family = proc.children(recursive=True)
+    except (psutil.Error, OSError):  # OSError: /proc unlisted to a process under Landlock
         return
     for p in family:
         try:

@@ -240,11 +240,14 @@ def _import_roots() -> set[str]:
 def _landlock_rules(network: bool, writable: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """``([(path, "r" | "rw" | "dev")], rw folders)`` for this process."""
     shared = _READ_PATHS.get(network) or _read_paths(network)
-    # The sys.path entries that modules were imported from, as it is now (a worktime's preload()
-    # or prepare() may have added one). Not every entry: `python -m` puts the folder the worker
-    # was started in first, and from / or a home folder that made every file there readable.
-    roots = _import_roots()
-    own = {p for p in sys.path if p and os.path.isabs(p) and os.path.normpath(p) in roots} | {f"/proc/{os.getpid()}"}
+    # sys.path as it is now (a worktime's preload() or prepare() may have added to it), but for
+    # the folder the worker was started in, which `python -m` puts first: from / or a home folder
+    # that made every file there readable. It stays only if modules were imported from it.
+    here = os.path.normpath(os.getcwd())
+    entries = {os.path.normpath(p) for p in sys.path if p and os.path.isabs(p) and os.path.exists(p)}
+    if here in entries and here not in _import_roots():
+        entries.discard(here)
+    own = entries | {f"/proc/{os.getpid()}"}
     rules = [(p, "r") for p in sorted(shared | own)]
     rules += [(p, "dev") for p in ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
               if os.path.exists(p)]

@@ -886,6 +886,15 @@ class EvaluatorPool:
         index = died.index if died.index is not None else (running if span == 1 else -1)
         reason = died.reason or SliceError("the evaluator died", code=ErrorCode.ECRASH)
         excused = index >= 0 and self._excused(reason, slot, paused, task, index)
+        # It died on its own (a crash, os._exit): the processes its engine detached went to init
+        # before anyone could list them from it; the watchdog's last list still names them
+        # (psutil's kill checks that a pid was not reused since).
+        family, slot.family = slot.family, []
+        for p in family:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
         self._retire(slot)
         slot.batch_size = 1
         settled = task.settled or set()
@@ -1052,7 +1061,8 @@ class EvaluatorPool:
                 elif now - slot.stopped_over > STOPPED_GRACE:  # not excused (_excused): no elapsed-time limit named
                     said = "wall-time" if over == "wall_time" else "no-progress"
                     proc.kill(SliceError(
-                        f"the slice's evaluator stayed stopped (SIGSTOP, a debugger) {STOPPED_GRACE:g} s past its {said} "
+                        f"the slice's evaluator (or a process it started) stayed stopped (SIGSTOP, a debugger) "
+                        f"{STOPPED_GRACE:g} s past its {said} "
                         "limit while the worker ran: the work stopped itself, or something stopped it",
                         code=ErrorCode.ESLICETOOSLOW if over == "wall_time" else ErrorCode.ENOPROGRESS), index)
             else:

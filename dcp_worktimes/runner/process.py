@@ -174,6 +174,15 @@ class Zygote:
                 self.proc.wait()
 
 
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 class EvaluatorProcess:
     """One sandboxed evaluator. One driver thread reads its frames; any thread may ``send``/``kill``.
 
@@ -197,6 +206,7 @@ class EvaluatorProcess:
         #: Whether it had no child process after its first prepare and can start none
         #: (``cannot_spawn``): then it never has any, and the watchdog stops looking for them.
         self.sealed = False
+        self.born: float | None = None
         self.baseline_rss = 0
         self.slices_run = 0
         self.started = time.monotonic()
@@ -228,6 +238,8 @@ class EvaluatorProcess:
             self.close(timeout=0)
             raise
         self.isolation = ready.get("isolation", {})
+        #: When the process started (psutil ``create_time``): its pid is ours only while it matches.
+        self.born = _create_time(self.pid)
         #: Resident memory when it started, before any job: what ``prepare`` adds is the job's.
         self.start_rss = int(ready.get("rss") or 0)
         #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).
@@ -314,13 +326,15 @@ class EvaluatorProcess:
     # -- life and death -----------------------------------------------------------------------
     def kill(self, reason: SliceError | None = None, index: int | None = None) -> None:
         """Kill the whole process group (an engine may have children). First verdict wins."""
-        self.killed = True
+        first, self.killed = not self.killed, True
         if reason is not None and self.kill_reason is None:
             self.kill_reason, self.kill_index = reason, index
         if not self.pid or self._status is not None:  # never signal a pid that may have been reused
             return
-        if not self.sealed:  # its engine's processes, some maybe in sessions of their own: before they go to init
-            end_descendants(self.pid)
+        if first and not self.sealed and self.born is not None:
+            # Its engine's processes, some maybe in sessions of their own, before they go to init
+            # (once: the watchdog asks again each tick until the process is reaped).
+            end_descendants(self.pid, self.born)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

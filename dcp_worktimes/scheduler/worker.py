@@ -410,8 +410,10 @@ class Worker:
         if busy and not force and now < self._next_lease:
             return 0  # the store had nothing for us a moment ago: don't ask every 50 ms
         offered = self._offered()
-        if not offered:
+        if not offered and not self._disabled:
             return 0
+        if not offered:  # every worktime withdrawn: still check in (offering none, it can match no job),
+            room = 1       # so that deployers learn why (WITHDRAWN)
         kwargs: dict[str, Any] = {"jobs": self.jobs} if self.jobs is not None else {}
         if self.categories is not None:
             kwargs["categories"] = self.categories

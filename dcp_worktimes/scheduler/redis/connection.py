@@ -324,6 +324,9 @@ class Link:
                     raise RedisUnavailable(
                         f"the Redis server at {self.target.shown} is a read-only replica ({what}: "
                         f"{self._clean(str(error))}); point --scheduler and DCP_SCHEDULER at its primary") from None
+                if self._stop_seen is not None:
+                    raise RedisUnavailable(f"the Redis scheduler at {self.target.shown} did not answer ({what}: "
+                                           f"{self._clean(str(error))}); stopping without waiting longer") from None
                 raise RedisUnavailable(
                     f"the Redis scheduler at {self.target.shown} has been unreachable for {self.target.retry:.0f} s "
                     f"({what}): {self._clean(str(error))}; raise ?retry= in the URL to wait longer") from None

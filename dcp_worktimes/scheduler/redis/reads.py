@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import msgpack
 
+from ...recent import Recent
 from ...values import unpack, unpacker
 from ..base import WORKER_TTL, EventsRewound, JobRecord, ResultBatch, UnknownJob, WorkerInfo, lost_error
 from .connection import Link
@@ -78,6 +79,10 @@ def _seq(entry_id: bytes) -> int:
 class Reads:
     def __init__(self, link: Link, keys: Keys, records: Records, leases: LeaseEngine) -> None:
         self.link, self.keys, self.records, self.leases = link, keys, records, leases
+        #: Per job, the last event log entry this process read (id, fields): found changed or gone
+        #: at the next read, the log was rewritten (the server lost writes), even once it has grown
+        #: past where the reader was.
+        self._marks: Recent[str, tuple[int, dict]] = Recent(1000)
 
     def unknown(self, job_id: str) -> UnknownJob:
         keep = self.link.target.keep
@@ -97,6 +102,7 @@ class Reads:
             out = self._decode(job_id, entries, after, results)
             if entries:
                 cursor = _seq(entries[-1][0])
+                self._marks[job_id] = (cursor, entries[-1][1])
             if out:
                 return out if limit is None else out[: int(limit)]
             left = deadline - time.monotonic()
@@ -110,19 +116,27 @@ class Reads:
 
     def _read(self, job_id: str, key: str, after: int, check: bool = True) -> list:
         """Every entry after ``after`` (paged); ``UnknownJob`` if the job does not exist."""
+        mark = self._marks.get(job_id) if check and after else None
+        if mark is not None and mark[0] > after:
+            mark = None  # a reader further back (another follower of the job): nothing to compare
+
         def first(c: Any) -> tuple:
             pipe = c.pipeline(transaction=False)
             pipe.hget(self.keys.job(job_id), "seq")
             pipe.xrange(key, f"(0-{after}", "+", count=PAGE)
+            if mark is not None:
+                pipe.xrange(key, f"0-{mark[0]}", f"0-{mark[0]}")
             return tuple(pipe.execute())
 
-        seq, entries = self.link.call("read events", first)
+        seq, entries, *marked = self.link.call("read events", first)
         if check and seq is None:
             raise self.unknown(job_id)
-        if check and int(seq) < after:
-            raise EventsRewound(f"the event log of job {job_id} ends at #{int(seq)}, before #{after} that was read: the "
-                                f"Redis server at {self.link.target.shown} lost recent writes (it restarted from an "
-                                "older snapshot)", int(seq))
+        rewritten = bool(marked) and [fields for _id, fields in marked[0]] != [mark[1]]  # type: ignore[index]
+        if check and (int(seq) < after or rewritten):
+            self._marks.pop(job_id, None)
+            raise EventsRewound(f"the event log of job {job_id} is not the one read up to #{after}: the Redis server at "
+                                f"{self.link.target.shown} lost recent writes (it restarted from an older snapshot)",
+                                int(seq))
         while len(entries) % PAGE == 0 and entries:
             more = self.link.call("read events", lambda c: c.xrange(key, f"(0-{_seq(entries[-1][0])}", "+", count=PAGE))
             entries += more

@@ -369,7 +369,7 @@ class LeaseEngine:
             if rows:
                 self._finish_rows(job_id, [r.numbers[i] for i in keep])
             if retry:  # after settling: the re-queued rows must not be marked done
-                store.requeue(job_id, [(r.numbers[i], attempts[i]) for i in retry])
+                store.requeue(job_id, [(r.numbers[i], attempts[i]) for i in retry], retry=None)
             unusable = None if all_ok else unusable_work_reason(r.errors[i] for i in keep if not r.oks[i])
             if unusable:
                 self._settle(held)
@@ -453,7 +453,7 @@ class LeaseEngine:
                     back += [(n, a - 1) for n, a, v in zip(lease.numbers, attempts, valid) if v]
                 self._settle(held)
                 if back:
-                    store.requeue(job_id, back)
+                    store.requeue(job_id, back, retry=None)
         store.notify()
 
 

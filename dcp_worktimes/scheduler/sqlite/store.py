@@ -150,14 +150,16 @@ class Store:
         self.db.executemany(f"UPDATE slices SET state = {DONE}, datum = NULL, lease_id = NULL WHERE job_id = ? AND n = ?",
                             [(job_id, n) for n, _a in items])
 
-    def requeue(self, job_id: str, items: list[tuple[int, int]], retry: int = 1) -> None:
+    def requeue(self, job_id: str, items: list[tuple[int, int]], retry: int | None = 1) -> None:
         """Inside a transaction: slices ``(n, attempts so far)`` become pending again (retried
-        first). ``retry=2`` marks them returned unstarted from an expired lease (``schema``)."""
+        first). ``retry``: 2 marks them returned unstarted from an expired lease (``schema``), 1
+        clears that mark (a loss charged), ``None`` keeps it (given back, a retryable failure)."""
+        kept = "MAX(slices.retry, 1)" if retry is None else "excluded.retry"
         cur = self.db.executemany(
             "INSERT INTO slices (job_id, n, state, retry, attempt) VALUES (?, ?, 0, ?, ?) "
-            "ON CONFLICT (job_id, n) DO UPDATE SET state = 0, retry = excluded.retry, lease_id = NULL, "
+            f"ON CONFLICT (job_id, n) DO UPDATE SET state = 0, retry = {kept}, lease_id = NULL, "
             "attempt = excluded.attempt",
-            [(job_id, n, retry, a) for n, a in items],
+            [(job_id, n, retry or 1, a) for n, a in items],
         )
         self.db.execute("UPDATE jobs SET pending = pending + ? WHERE id = ?", (cur.rowcount, job_id))
 
