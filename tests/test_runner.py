@@ -301,11 +301,16 @@ def test_heartbeat_never_yields_a_torn_record():
     hb.close()
 
 
+def outcomes(pool, worktime: str, work: str, n: int, **limits) -> dict:
+    """Run ``work`` on slices ``0..n-1`` (datum = slice number) of a new job; their outcomes by number."""
+    spec = JobSpec(id=f"{worktime}-{time.monotonic_ns()}", worktime=worktime, work=work, limits=Limits.parse(**limits))
+    return {o.number: o for o in pool.map(spec, [(i, i) for i in range(n)])}
+
+
 def test_a_result_with_a_tuple_key_fails_its_slice_where_it_is_made(pool, probe):
     # It was stored as computed, and every later read of the job's results raised TypeError.
     work = "def work(x):\n    return {(1, 2): 3} if x == 1 else {'k': [x, {'n': (x,)}]}\n"
-    spec = JobSpec(id=f"tuplekey-{time.monotonic_ns()}", worktime="probe", work=work)
-    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(3)])}
+    outs = outcomes(pool, "probe", work, 3)
     assert outs[1].error.code == "EUNSERIALIZABLE" and "dict keys must be" in outs[1].error.message
     assert outs[0].value == {"k": [0, {"n": [0]}]} and outs[2].value == {"k": [2, {"n": [2]}]}
 
@@ -315,8 +320,7 @@ def test_a_block_settled_at_an_index_outside_it_says_so(pool, probe):
     work = ("def block(b):\n"
             "    i = b.pending()[0]\n"
             "    b.done(b.numbers[i] + 100 if b.datums[i] == 1 else i, b.datums[i] * 10)\n")
-    spec = JobSpec(id=f"blockidx-{time.monotonic_ns()}", worktime="block-probe", work=work)
-    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(3)])}
+    outs = outcomes(pool, "block-probe", work, 3)
     assert outs[0].value == 0 and outs[2].value == 20
     assert outs[1].error.code == "EUNCAUGHT" and re.search(r"block\.done\(101\): this block's slices are 0\.\.\d+ "
                                                            r"\(indexes into block.datums", outs[1].error.message)
@@ -334,9 +338,8 @@ def test_stop_process_in_a_block_is_the_verdict_of_the_slice_it_started_last(poo
             "    return x * 10\n"
             "def block(b):\n"
             "    b.run_each(lambda ctx, d: work(d))\n")
-    spec = JobSpec(id=f"blockstop-{time.monotonic_ns()}", worktime="block-probe", work=work)
     started = time.monotonic()
-    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(5)])}
+    outs = outcomes(pool, "block-probe", work, 5)
     assert outs[2].error.code == "ESLICETOOSLOW" and "wall-time limit of 5 s" in outs[2].error.message, outs[2].error
     assert [outs[n].value for n in (0, 1, 3, 4)] == [0, 10, 30, 40]
     assert time.monotonic() - started < 20
@@ -358,8 +361,7 @@ def test_an_exception_that_cannot_be_printed_or_a_keyboard_interrupt_fails_its_s
             "    return x\n"
             "def block(b):\n"
             "    b.run_each(lambda ctx, d: work(d))\n")
-    spec = JobSpec(id=f"badstr-{worktime}-{time.monotonic_ns()}", worktime=worktime, work=work)
-    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(5)])}
+    outs = outcomes(pool, worktime, work, 5)
     assert [outs[n].value for n in (0, 4)] == [0, 4]
     assert outs[1].error.code == "EUNCAUGHT" and outs[1].error.message.startswith("BadStr: (its message could not be printed")
     assert outs[2].error.code == "EUNCAUGHT" and outs[2].error.message.startswith("KeyboardInterrupt")
@@ -371,8 +373,7 @@ def test_bytes_written_to_the_message_channel_fail_the_slice_saying_so(pool, pro
     work = ("import os\ndef work(x):\n    if x == 1:\n        for fd in range(64):\n            try:\n"
             "                os.write(fd, bytes(range(1, 120)))\n            except OSError:\n                pass\n"
             "    return x\n")
-    spec = JobSpec(id=f"garbage-{time.monotonic_ns()}", worktime="probe", work=work)
-    outs = {o.number: o for o in pool.map(spec, [(i, i) for i in range(3)])}
+    outs = outcomes(pool, "probe", work, 3)
     assert outs[1].error.code == "ECRASH" and "malformed message" in outs[1].error.message, outs[1].error
     assert "internal error" not in outs[1].error.message
     assert outs[0].value == 0 and outs[2].value == 2
