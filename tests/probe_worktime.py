@@ -75,6 +75,10 @@ class FailsOnHost(ProbeWorktime):
             raise ValueError(f"cannot parse {__file__}")
         if job.work == "prepare-runtime":  # this machine's trouble, not the work's
             raise RuntimeError(f"the local model file {__file__} is corrupt")
+        if job.work == "prepare-verdict":  # a limit the work's loading hit (python's boot turn)
+            from dcp_worktimes.limits import exceeded
+
+            raise exceeded("wall_time", 0.1, subject="preparing the job")
 
     def execute(self, ctx, datum):
         raise ValueError(f"cannot parse {__file__}")

@@ -109,6 +109,14 @@ def test_an_unexpected_exception_in_prepare_is_this_machines_fault_not_the_works
     s.close()
 
 
+def test_a_verdict_raised_in_prepare_keeps_its_code(probes):
+    # Taken for an unexpected exception, it withdrew the worktime for a minute as this machine's fault.
+    with EvaluatorPool(cores=1) as pool:
+        out = next(pool.map(JobSpec(id="host-verdict", worktime="fails-on-host", work="prepare-verdict"), [(0, 1)]))
+    assert not out.ok and out.error.code == "ESLICETOOSLOW" and not out.error.worker_fault, out.error
+    assert out.error.message.startswith("preparing the job ran longer than its wall-time limit of 0.1 s")
+
+
 def test_redact_drops_traceback_frames_and_host_folders():
     import dcp_worktimes
 
