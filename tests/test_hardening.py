@@ -447,3 +447,32 @@ def test_a_huge_load_error_is_cut_too():
                       limits=Limits.parse(output="1MB"))
         out = next(pool.map(job, [(0, 1)]))
     assert out.error.code == "EBADWORK" and len(out.error.message) <= MESSAGE_CAP + 100, len(out.error.message)
+
+
+def test_an_evaluators_descendants_are_ended_only_while_its_pid_is_its_own():
+    # The host ends an evaluator's descendants before it kills it; a pid reused since by another
+    # process (the evaluator exited, reaped by its zygote) must not lose its children.
+    import subprocess
+
+    import psutil
+
+    from dcp_worktimes.runner.isolation import end_descendants
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 30
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (child,) = psutil.Process(parent.pid).children()
+        born = psutil.Process(parent.pid).create_time()
+        end_descendants(parent.pid, born - 5.0)  # as if the pid were another process's now
+        assert child.is_running()
+        end_descendants(parent.pid, born)
+        deadline = time.monotonic() + 10
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE  # killed (its parent has not reaped it)
+    finally:
+        parent.kill()
+        parent.wait()
