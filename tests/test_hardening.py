@@ -467,7 +467,8 @@ def test_an_evaluators_descendants_are_ended_only_while_its_pid_is_its_own():
         (child,) = psutil.Process(parent.pid).children()
         born = psutil.Process(parent.pid).create_time()
         end_descendants(parent.pid, born - 5.0)  # as if the pid were another process's now
-        assert child.is_running()
+        time.sleep(0.3)
+        assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE
         end_descendants(parent.pid, born)
         deadline = time.monotonic() + 10
         while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
