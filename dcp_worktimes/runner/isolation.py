@@ -33,7 +33,7 @@ import re
 import resource
 import signal
 import tempfile
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -87,6 +87,17 @@ def apply(network: bool = False, parent_pid: int | None = None, private_mounts: 
     return done
 
 
+def started(pid: int) -> float | None:
+    """When process ``pid`` of this machine started (``psutil`` create_time), to tell it from a
+    later process with its pid; ``None`` if there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def end_descendants(pid: int | None = None, born: float | None = None) -> None:
     """SIGKILL every descendant of process ``pid`` (default: this one), detached ones included
     (they are ours: ``PR_SET_CHILD_SUBREAPER``). Called by an evaluator as it exits, and by the
@@ -102,7 +113,15 @@ def end_descendants(pid: int | None = None, born: float | None = None) -> None:
         family = proc.children(recursive=True)
     except (psutil.Error, OSError):  # OSError: /proc unlisted to a process under Landlock
         return
-    for p in family:
+    kill_all(family)
+
+
+def kill_all(processes: Iterable[Any]) -> None:
+    """SIGKILL these ``psutil.Process``es, skipping those gone (psutil checks that a pid was not
+    reused by another process since it listed it)."""
+    import psutil
+
+    for p in processes:
         try:
             p.kill()
         except psutil.Error:

@@ -890,11 +890,7 @@ class EvaluatorPool:
         # before anyone could list them from it; the watchdog's last list still names them
         # (psutil's kill checks that a pid was not reused since).
         family, slot.family = slot.family, []
-        for p in family:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        isolation.kill_all(family)
         self._retire(slot)
         slot.batch_size = 1
         settled = task.settled or set()

@@ -26,7 +26,7 @@ import msgpack
 from ..errors import ErrorCode, SliceError
 from ..values import UnserializableValue, pack, packer, unpacker
 from .heartbeat import Heartbeat
-from .isolation import end_descendants, remove_area
+from .isolation import end_descendants, remove_area, started
 from .redact import redact
 
 STDERR_TAIL = 4096
@@ -174,15 +174,6 @@ class Zygote:
                 self.proc.wait()
 
 
-def _create_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 class EvaluatorProcess:
     """One sandboxed evaluator. One driver thread reads its frames; any thread may ``send``/``kill``.
 
@@ -239,7 +230,7 @@ class EvaluatorProcess:
             raise
         self.isolation = ready.get("isolation", {})
         #: When the process started (psutil ``create_time``): its pid is ours only while it matches.
-        self.born = _create_time(self.pid)
+        self.born = started(self.pid)
         #: Resident memory when it started, before any job: what ``prepare`` adds is the job's.
         self.start_rss = int(ready.get("rss") or 0)
         #: What ``runner/lockdown.py`` applied (reported with the first ``prepared`` frame).

@@ -44,7 +44,7 @@ from ..matching import unschedulable_reason
 from ..urls import sqlite_url
 from ..wake import Waiter
 from .applications import Applications
-from .leases import LeaseEngine, started
+from .leases import LeaseEngine
 from .reads import Reads
 from .schema import HOST, PENDING, QUEUED
 from .store import Store
@@ -169,6 +169,8 @@ class SqliteScheduler(Scheduler):
         store.notify()
 
     def keep_feeding(self, job_id: str, seconds: float, *, watch_caller: bool = False) -> None:
+        from ...runner.isolation import started  # here: the runner's modules are no deployer's start-up cost
+
         me = (HOST, os.getpid(), started(os.getpid())) if watch_caller else (None, None, None)
         store = self._store
         with store.tx():

@@ -469,18 +469,9 @@ def _unstarted_set(blob: bytes | None) -> frozenset[int]:
         return frozenset()
 
 
-def started(pid: int) -> float | None:
-    """When process ``pid`` of this machine started (``psutil`` create_time), to tell it from a
-    later process with its pid; ``None`` if there is no such process."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 def _alive(pid: int, since: float | None) -> bool:
     """Process ``pid`` of this machine exists and is the one that started at ``since``."""
+    from ...runner.isolation import started  # here: the runner's modules are no deployer's start-up cost
+
     now = started(pid)
     return now is not None and (since is None or abs(now - since) < 0.01)
