@@ -142,12 +142,9 @@ class Follower:
                 self.after = seq
                 if self.emit:
                     job._events_after = seq
-                if seq <= self._replay_until and ev.get("type") not in ("result", "error"):
-                    # Told before the store lost its writes (results are told once by slice); an
-                    # event that ends the job still ends it.
-                    ended = self._ending(ev.get("type"), Event({k: v for k, v in ev.items() if k != "type"}))
-                else:
-                    ended = self.dispatch(ev)
+                # Up to _replay_until, events were told before the store lost its writes (results
+                # are told once by slice): not told again, but one that ends the job still ends it.
+                ended = self.dispatch(ev, tell=seq > self._replay_until or ev.get("type") in ("result", "error"))
                 if ended is not None:
                     return ended
             now = time.monotonic()
@@ -267,12 +264,13 @@ class Follower:
             # Marks the job (an "unschedulable" event) unless a worker's check did so already.
             self._gave_up = sched.check_schedulable(job.id, grace=0.0)
 
-    def dispatch(self, ev: Mapping[str, Any]) -> Outcome | None:
-        """Hand one event to the job's listeners (unless ``emit`` is off); the ``Outcome`` when it ends the job."""
+    def dispatch(self, ev: Mapping[str, Any], tell: bool = True) -> Outcome | None:
+        """Hand one event to the job's listeners (unless ``emit`` is off, or ``tell``); the
+        ``Outcome`` when it ends the job."""
         job = self.job
         kind = ev.get("type")
         payload = Event({k: v for k, v in ev.items() if k != "type"})
-        if not self.emit:
+        if not (self.emit and tell):
             return self._ending(kind, payload)
         if kind in ("result", "error") and not self._first_telling(payload.get("sliceNumber")):
             return self._ending(kind, payload)
